@@ -1,0 +1,133 @@
+import { Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import type { Config } from "./config.ts";
+import { AccountActors } from "./billing/actor.ts";
+import { Background } from "./billing/background.ts";
+import { KeyResolver } from "./auth/keys.ts";
+import { Providers, type ProvidersFile } from "./providers/registry.ts";
+import { ApiError, errorBody, errorResponse } from "./http/errors.ts";
+import { consoleLogger, type Logger } from "./log.ts";
+import { newId } from "./ids.ts";
+import type { AppEnv, Services } from "./services.ts";
+import { auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
+import { managementRoutes } from "../routes/v1/management.ts";
+import { adminRoutes } from "../routes/v1/admin.ts";
+import { billingRoutes } from "../routes/v1/billing.ts";
+
+export interface AppDeps {
+  kv: Deno.Kv;
+  config: Config;
+  providersFile?: ProvidersFile | null;
+  /** Environment for provider key variables named in PROVIDERS_FILE. */
+  env?: Record<string, string | undefined>;
+  fetch?: typeof fetch;
+  now?: () => number;
+  log?: Logger;
+  /** Background sweep period (tests shorten it). */
+  sweepEveryMs?: number;
+}
+
+export interface Router {
+  app: Hono<AppEnv>;
+  svc: Services;
+  /** Records every pending usage event now (tests, shutdown). */
+  flush(): Promise<void>;
+  /** Stops background work; the caller closes the KV afterwards. */
+  close(): Promise<void>;
+}
+
+/** Builds the whole router from its dependencies: one Hono app, its actors and background work. */
+export function createApp(deps: AppDeps): Router {
+  const { kv, config } = deps;
+  const now = deps.now ?? Date.now;
+  const log = deps.log ?? consoleLogger;
+  const actors = new AccountActors(kv, {
+    delivery: config.outboxDelivery,
+    onCommitted: (ids) => background.notify(ids),
+    now,
+  });
+  const background: Background = new Background(kv, actors, {
+    delivery: config.outboxDelivery,
+    now,
+    sweepEveryMs: deps.sweepEveryMs,
+    onError: (e) => log("error", "background work failed", { error: String(e) }),
+  }).start();
+  const svc: Services = {
+    kv,
+    config,
+    providers: new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
+    actors,
+    keys: new KeyResolver(kv),
+    background,
+    fetch: deps.fetch ?? fetch,
+    now,
+    log,
+  };
+
+  const app = new Hono<AppEnv>();
+  app.use("*", async (c, next) => {
+    const requestId = newId("req");
+    c.set("svc", svc);
+    c.set("requestId", requestId);
+    c.set("startedAt", now());
+    c.set("audited", false);
+    await next();
+    c.res.headers.set("x-request-id", requestId);
+  });
+  app.use(
+    "/v1/*",
+    bodyLimit({
+      maxSize: config.maxBodyBytes,
+      onError: (c) =>
+        c.json(
+          errorBody(
+            413,
+            "request_too_large",
+            `The request body is over ${config.maxBodyBytes} bytes`,
+          ),
+          413,
+        ),
+    }),
+  );
+  // Every refused inference request of a known key leaves an audit row, at cost 0.
+  for (const path of ["/v1/chat/completions", "/v1/embeddings"]) {
+    app.use(path, async (c, next) => {
+      await next();
+      if (c.res.status >= 400) {
+        await auditRefusal(c, c.res.status, c.get("errorCode") ?? `http_${c.res.status}`);
+      }
+    });
+  }
+
+  app.get("/", (c) => c.json({ name: "Enterprise Router", status: "ok", docs: "/v1/models" }));
+  app.get("/healthz", (c) => c.json({ ok: true }));
+  app.route("/v1", inferenceRoutes());
+  app.route("/v1", managementRoutes());
+  app.route("/v1", billingRoutes());
+  app.route("/v1/admin", adminRoutes());
+
+  app.notFound((c) =>
+    c.json(errorBody(404, "not_found", `No route for ${c.req.method} ${c.req.path}`), 404)
+  );
+  app.onError((err, c) => {
+    if (err instanceof ApiError) {
+      c.set("errorCode", err.code);
+      return errorResponse(c, err);
+    }
+    log("error", "unhandled error", {
+      request_id: c.get("requestId"),
+      path: c.req.path,
+      // The name and place only: a message could quote request content.
+      error: err instanceof Error ? err.name : "unknown",
+      at: err instanceof Error ? err.stack?.split("\n")[1]?.trim() : undefined,
+    });
+    return c.json(errorBody(500, "internal_error", "Internal error"), 500);
+  });
+
+  return {
+    app,
+    svc,
+    flush: () => background.flush(),
+    close: () => background.close(),
+  };
+}

@@ -1,0 +1,124 @@
+import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
+import { getAll, sleep } from "../kv/util.ts";
+import { idFloor } from "../ids.ts";
+import { addRollupSums } from "../usage/rollups.ts";
+import type { AuditRow, LedgerEntry, UsageEvent } from "../billing/types.ts";
+
+const MAX_CHECKS = 90;
+const MAX_MUTATIONS = 900;
+
+export function auditRowOf(e: UsageEvent): AuditRow {
+  return {
+    timestamp: new Date(e.ts).toISOString(),
+    request_id: e.request_id,
+    key_id: e.key_id,
+    key_name: e.key_name,
+    provider: e.provider,
+    model: e.model,
+    prompt_tokens: e.prompt_tokens,
+    completion_tokens: e.completion_tokens,
+    cached_tokens: e.cached_tokens,
+    cache_write_tokens: e.cache_write_tokens,
+    reasoning_tokens: e.reasoning_tokens,
+    cost: e.cost,
+    market_cost: e.market_cost,
+    latency_ms: e.latency_ms,
+    status: e.status,
+    streaming: e.streaming,
+    client_ip: e.client_ip,
+    user_agent: e.user_agent,
+    error_code: e.error_code,
+  };
+}
+
+function ledgerRowOf(e: UsageEvent): LedgerEntry {
+  const tokens = e.prompt_tokens + e.completion_tokens;
+  return {
+    id: e.id.replace(/^evt_/, "txn_"),
+    type: "usage_debit",
+    amount: -e.cost,
+    balance_after: e.balance_after ?? 0n,
+    created_at: new Date(e.ts).toISOString(),
+    description: `${e.provider}/${e.model}, ${tokens} tokens`,
+    reference: e.request_id,
+  };
+}
+
+/** Does this event carry a ledger row? Only when money moved. */
+export const debits = (e: UsageEvent) => e.cost !== 0n && e.balance_after !== null;
+
+/**
+ * Turns outbox entries into their audit row, ledger row and rollup counters. Each atomic checks
+ * that its entries are still in the outbox and deletes them, so a duplicate or late delivery, or
+ * two processes racing on one entry, records it exactly once. Returns how many it recorded.
+ */
+export async function recordEvents(kv: Deno.Kv, ids: readonly string[]): Promise<number> {
+  let recorded = 0;
+  let pending = [...new Set(ids)];
+  for (let attempt = 0; pending.length > 0; attempt++) {
+    const entries = (await getAll<UsageEvent>(kv, pending.map((id) => outboxKey(id))))
+      .filter((e): e is Deno.KvEntry<UsageEvent> => e.value !== null);
+    const conflicted: string[] = [];
+    let i = 0;
+    while (i < entries.length) {
+      const atomic = kv.atomic();
+      const sums = new Map<string, [Deno.KvKey, bigint]>();
+      const group: Deno.KvEntry<UsageEvent>[] = [];
+      let mutations = 0;
+      for (; i < entries.length && group.length < MAX_CHECKS; i++) {
+        const before = sums.size;
+        if (entries[i].value.billed) addRollupSums(sums, entries[i].value);
+        const added = 4 + (sums.size - before);
+        if (group.length > 0 && mutations + added > MAX_MUTATIONS) {
+          // Counters of this entry may already be merged into `sums`: rebuild without it.
+          sums.clear();
+          for (const g of group) if (g.value.billed) addRollupSums(sums, g.value);
+          break;
+        }
+        mutations += added;
+        group.push(entries[i]);
+      }
+      for (const entry of group) {
+        const e = entry.value;
+        atomic.check(entry).delete(entry.key);
+        atomic.set(auditKey(e.account_id, e.ts, e.request_id), auditRowOf(e));
+        atomic.set(auditIdKey(e.account_id, e.request_id), e.ts);
+        if (debits(e)) {
+          atomic.set(ledgerKey(e.account_id, e.ts, ledgerRowOf(e).id), ledgerRowOf(e));
+        }
+      }
+      for (const [key, amount] of sums.values()) atomic.sum(key, amount);
+      const res = await atomic.commit();
+      if (res.ok) recorded += group.length;
+      else conflicted.push(...group.map((g) => g.value.id));
+    }
+    pending = conflicted;
+    if (pending.length) await sleep(Math.min(100, 2 ** attempt));
+  }
+  return recorded;
+}
+
+/** Outbox entries older than `ms`: those whose delivery was lost (a crash) or never sent. */
+export async function listStaleOutbox(kv: Deno.Kv, beforeMs: number, limit = 1000) {
+  const ids: string[] = [];
+  const iter = kv.list<UsageEvent>({
+    prefix: OUTBOX_PREFIX,
+    end: outboxKey(idFloor("evt", beforeMs)),
+  }, { limit });
+  for await (const e of iter) ids.push(e.value.id);
+  return ids;
+}
+
+/** Counts outbox entries not yet recorded, with their debits per account. */
+export async function pendingOutbox(kv: Deno.Kv) {
+  let count = 0;
+  const debitsByAccount = new Map<string, bigint>();
+  for await (const e of kv.list<UsageEvent>({ prefix: OUTBOX_PREFIX })) {
+    count++;
+    if (debits(e.value)) {
+      const a = e.value.account_id;
+      debitsByAccount.set(a, (debitsByAccount.get(a) ?? 0n) + e.value.cost);
+    }
+  }
+  return { count, debitsByAccount };
+}

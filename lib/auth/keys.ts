@@ -1,0 +1,134 @@
+import { randomToken } from "../config.ts";
+import { newId } from "../ids.ts";
+import { accountKeyIndex, apiKeyKey, keyHashKey, keySpendKey } from "../kv/schema.ts";
+import { getAll } from "../kv/util.ts";
+import {
+  type ApiKey,
+  EMPTY_KEY_SPEND,
+  type KeyScope,
+  type KeySpend,
+  type LimitReset,
+} from "../billing/types.ts";
+
+/** SHA-256 of a presented secret, hex: the only form a key is stored in. */
+export async function hashSecret(secret: string): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(secret));
+  return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+export interface NewKey {
+  name: string;
+  scope: KeyScope;
+  credit_limit?: bigint | null;
+  limit_reset?: LimitReset | null;
+  expires_at?: string | null;
+  rate_limit_rpm?: number | null;
+}
+
+/**
+ * Creates a key (`er-` + 256 random bits) for an account; returns the record and the secret,
+ * which is never stored. `extra` lets a caller add the key to a larger atomic (account creation).
+ */
+export async function createKey(
+  kv: Deno.Kv,
+  accountId: string,
+  spec: NewKey,
+  atomic?: Deno.AtomicOperation,
+): Promise<{ key: ApiKey; secret: string }> {
+  const secret = "er-" + randomToken(32);
+  const key: ApiKey = {
+    id: newId("key"),
+    account_id: accountId,
+    name: spec.name,
+    scope: spec.scope,
+    prefix: secret.slice(0, 10),
+    hash: await hashSecret(secret),
+    created_at: new Date().toISOString(),
+    disabled: false,
+    revoked_at: null,
+    credit_limit: spec.credit_limit ?? null,
+    limit_reset: spec.limit_reset ?? null,
+    expires_at: spec.expires_at ?? null,
+    rate_limit_rpm: spec.rate_limit_rpm ?? null,
+  };
+  const op = atomic ?? kv.atomic();
+  op.check({ key: keyHashKey(key.hash), versionstamp: null })
+    .set(apiKeyKey(key.id), key)
+    .set(keyHashKey(key.hash), key.id)
+    .set(accountKeyIndex(accountId, key.id), true);
+  if (!atomic) {
+    const res = await op.commit();
+    if (!res.ok) throw new Error("key creation conflicted");
+  }
+  return { key, secret };
+}
+
+export async function getKey(kv: Deno.Kv, id: string): Promise<ApiKey | null> {
+  return (await kv.get<ApiKey>(apiKeyKey(id))).value;
+}
+
+/** An account's keys (revoked ones included) with their spend records, oldest first. */
+export async function listKeysByAccount(
+  kv: Deno.Kv,
+  accountId: string,
+): Promise<{ key: ApiKey; spend: KeySpend }[]> {
+  const ids: string[] = [];
+  for await (const e of kv.list({ prefix: ["account_key", accountId] })) ids.push(String(e.key[2]));
+  const keys = await getAll<ApiKey>(kv, ids.map((id) => apiKeyKey(id)));
+  const spends = await getAll<KeySpend>(kv, ids.map((id) => keySpendKey(accountId, id)));
+  return keys.flatMap((k, i) =>
+    k.value ? [{ key: k.value, spend: spends[i].value ?? EMPTY_KEY_SPEND }] : []
+  );
+}
+
+export async function getKeySpend(kv: Deno.Kv, accountId: string, id: string): Promise<KeySpend> {
+  return (await kv.get<KeySpend>(keySpendKey(accountId, id))).value ?? EMPTY_KEY_SPEND;
+}
+
+/** Why a presented key is refused, or the key. */
+export type KeyCheck =
+  | { ok: true; key: ApiKey }
+  | { ok: false; code: "invalid_api_key" | "key_disabled" };
+
+export function checkKey(key: ApiKey | null, now: number): KeyCheck {
+  if (!key || key.revoked_at) return { ok: false, code: "invalid_api_key" };
+  if (key.expires_at !== null && Date.parse(key.expires_at) <= now) {
+    return { ok: false, code: "invalid_api_key" };
+  }
+  if (key.disabled) return { ok: false, code: "key_disabled" };
+  return { ok: true, key };
+}
+
+/**
+ * Finds the key behind a presented secret. Lookups are cached for a moment (the gateway's hot
+ * path); the cache is dropped on every change made in this process, and the reservation atomic
+ * re-reads the key, so a revoked or disabled key never gets a request billed.
+ */
+export class KeyResolver {
+  #kv: Deno.Kv;
+  #cache = new Map<string, { key: ApiKey | null; at: number }>();
+  #ttlMs: number;
+
+  constructor(kv: Deno.Kv, ttlMs = 2000) {
+    this.#kv = kv;
+    this.#ttlMs = ttlMs;
+  }
+
+  async resolve(secret: string): Promise<ApiKey | null> {
+    if (!secret.startsWith("er-") || secret.length > 200) return null;
+    const hash = await hashSecret(secret);
+    const now = Date.now();
+    const hit = this.#cache.get(hash);
+    if (hit && now - hit.at < this.#ttlMs) return hit.key;
+    const id = (await this.#kv.get<string>(keyHashKey(hash))).value;
+    const key = id ? await getKey(this.#kv, id) : null;
+    if (this.#cache.size > 10_000) this.#cache.clear();
+    this.#cache.set(hash, { key, at: now });
+    return key;
+  }
+
+  /** Forgets a key (after it changed). */
+  forget(hash: string) {
+    this.#cache.delete(hash);
+  }
+}

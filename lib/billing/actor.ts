@@ -1,0 +1,409 @@
+import { apiKeyKey, balanceKey, holdKey, keySpendKey, ledgerKey, outboxKey } from "../kv/schema.ts";
+import { getAll, keyString, sleep } from "../kv/util.ts";
+import { newId } from "../ids.ts";
+import { currentSpend } from "./periods.ts";
+import {
+  type ApiKey,
+  type BalanceState,
+  EMPTY_BALANCE,
+  EMPTY_KEY_SPEND,
+  type Hold,
+  type KeySpend,
+  type LedgerEntry,
+  type LedgerType,
+  type UsageEvent,
+} from "./types.ts";
+
+/** Take `amount` out of the available balance (and the key's limit) until settled or released. */
+export interface ReserveOp {
+  kind: "reserve";
+  keyId: string;
+  holdId: string;
+  amount: bigint;
+  ttlMs: number;
+}
+/** Release the hold, debit the actual cost, and commit the usage event. */
+export interface SettleOp {
+  kind: "settle";
+  keyId: string;
+  holdId: string;
+  cost: bigint;
+  event: UsageEvent;
+}
+/** Release a hold without charge (the provider failed); the event, if any, is recorded. */
+export interface ReleaseOp {
+  kind: "release";
+  holdId: string;
+  event: UsageEvent | null;
+}
+/** Record an event that moved no money (a refused request). */
+export interface RecordOp {
+  kind: "record";
+  event: UsageEvent;
+}
+/** Release a hold whose request died with its process. */
+export interface ExpireOp {
+  kind: "expire";
+  holdId: string;
+}
+/**
+ * Add a ledger entry and move the balance by `amount` (signed). With `once`, the credit is applied
+ * at most once: the key is written in the same atomic, and a second attempt replays what was stored.
+ */
+export interface CreditOp {
+  kind: "credit";
+  type: Exclude<LedgerType, "usage_debit">;
+  amount: bigint;
+  description: string;
+  reference: string | null;
+  once?: { key: Deno.KvKey; value: (entry: LedgerEntry) => unknown; expireIn?: number };
+}
+export type Op = ReserveOp | SettleOp | ReleaseOp | RecordOp | ExpireOp | CreditOp;
+
+export type ReserveResult =
+  | { ok: true }
+  | { ok: false; code: "insufficient_credits"; available: bigint }
+  | { ok: false; code: "key_limit_exceeded"; remaining: bigint }
+  | { ok: false; code: "key_disabled" | "invalid_api_key" };
+export type CreditResult = { replayed: false; entry: LedgerEntry } | {
+  replayed: true;
+  stored: unknown;
+};
+export interface SettleResult {
+  balanceAfter: bigint;
+}
+
+type ResultOf<O extends Op> = O extends ReserveOp ? ReserveResult
+  : O extends CreditOp ? CreditResult
+  : O extends SettleOp ? SettleResult
+  : void;
+
+interface Pending {
+  op: Op;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+interface Mailbox {
+  queue: Pending[];
+  running: boolean;
+}
+
+export interface ActorOptions {
+  /** `queue`: the committing atomic enqueues one message naming its events. */
+  delivery: "queue" | "drainer";
+  /** Called after a commit with the outbox ids it wrote. */
+  onCommitted?: (eventIds: string[]) => void;
+  now?: () => number;
+}
+
+// Deno KV allows 100 checks and 1000 mutations per atomic; stay below with room to spare.
+const MAX_CHECKS = 95;
+const MAX_MUTATIONS = 900;
+const MAX_OPS = 256;
+const MAX_ATTEMPTS = 200;
+
+/**
+ * One actor per account in this process: a serial mailbox that folds every operation waiting for
+ * it into one check-and-set atomic (group commit). Across processes, the versionstamp checks on the
+ * balance, key, key-spend and hold entries make a conflicting commit fail; the batch is then
+ * recomputed from fresh reads, so outcomes are always decided on the committed state.
+ */
+export class AccountActors {
+  #kv: Deno.Kv;
+  #opts: ActorOptions;
+  #boxes = new Map<string, Mailbox>();
+  #idle: (() => void)[] = [];
+  /** Holds reserved by requests alive in this process: the sweeper leaves them alone. */
+  readonly liveHolds = new Set<string>();
+
+  constructor(kv: Deno.Kv, opts: ActorOptions) {
+    this.#kv = kv;
+    this.#opts = opts;
+  }
+
+  #now(): number {
+    return this.#opts.now?.() ?? Date.now();
+  }
+
+  /** Queues an operation on the account's mailbox; resolves once its atomic has committed. */
+  submit<O extends Op>(accountId: string, op: O): Promise<ResultOf<O>> {
+    return new Promise((resolve, reject) => {
+      let box = this.#boxes.get(accountId);
+      if (!box) {
+        box = { queue: [], running: false };
+        this.#boxes.set(accountId, box);
+      }
+      box.queue.push({ op, resolve: resolve as (v: unknown) => void, reject });
+      if (!box.running) {
+        box.running = true;
+        // Let operations submitted in the same tick join the first batch.
+        queueMicrotask(() => this.#run(accountId, box!));
+      }
+    });
+  }
+
+  /** Resolves when every mailbox is empty. */
+  idle(): Promise<void> {
+    if (this.#boxes.size === 0) return Promise.resolve();
+    return new Promise((r) => this.#idle.push(r));
+  }
+
+  async #run(accountId: string, box: Mailbox) {
+    while (box.queue.length > 0) {
+      const batch = takeBatch(box.queue);
+      try {
+        await this.#commitBatch(accountId, batch);
+      } catch (err) {
+        if (batch.length > 1) {
+          // One bad operation must not fail its neighbours: retry them one by one.
+          for (const p of batch) {
+            try {
+              await this.#commitBatch(accountId, [p]);
+            } catch (e) {
+              p.reject(e);
+            }
+          }
+        } else batch[0].reject(err);
+      }
+    }
+    box.running = false;
+    this.#boxes.delete(accountId);
+    if (this.#boxes.size === 0) { for (const r of this.#idle.splice(0)) r(); }
+  }
+
+  async #commitBatch(accountId: string, batch: Pending[]) {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const outcome = await this.#attempt(accountId, batch);
+      if (outcome) {
+        for (let i = 0; i < batch.length; i++) batch[i].resolve(outcome.results[i]);
+        if (outcome.eventIds.length) this.#opts.onCommitted?.(outcome.eventIds);
+        return;
+      }
+      // Another process committed first: back off briefly, then decide again on fresh state.
+      await sleep(Math.random() * Math.min(50, 1 + attempt * 2));
+    }
+    throw new Error(`account ${accountId}: balance contention did not resolve`);
+  }
+
+  async #attempt(accountId: string, batch: Pending[]) {
+    const kv = this.#kv;
+    const now = this.#now();
+    const keyIds = new Set<string>();
+    const holdIds = new Set<string>();
+    const onceKeys = new Map<string, Deno.KvKey>();
+    for (const { op } of batch) {
+      if (op.kind === "reserve" || op.kind === "settle") keyIds.add(op.keyId);
+      if (op.kind === "settle" || op.kind === "release" || op.kind === "expire") {
+        holdIds.add(op.holdId);
+      }
+      if (op.kind === "credit" && op.once) onceKeys.set(keyString(op.once.key), op.once.key);
+    }
+    const keyList = [...keyIds];
+    const holdList = [...holdIds];
+    const onceList = [...onceKeys.values()];
+    const reads: Deno.KvKey[] = [
+      balanceKey(accountId),
+      ...keyList.map((id) => apiKeyKey(id)),
+      ...keyList.map((id) => keySpendKey(accountId, id)),
+      ...holdList.map((id) => holdKey(accountId, id)),
+      ...onceList,
+    ];
+    const entries = await getAll<unknown>(kv, reads);
+    const atomic = kv.atomic();
+    for (const e of entries) atomic.check(e);
+
+    const balEntry = entries[0] as Deno.KvEntryMaybe<BalanceState>;
+    let bal: BalanceState = { ...(balEntry.value ?? EMPTY_BALANCE) };
+    const keys = new Map<string, ApiKey | null>();
+    const spends = new Map<string, KeySpend>();
+    keyList.forEach((id, i) => {
+      const key = entries[1 + i].value as ApiKey | null;
+      keys.set(id, key);
+      const s = (entries[1 + keyList.length + i].value as KeySpend | null) ?? EMPTY_KEY_SPEND;
+      spends.set(id, currentSpend(s, key?.limit_reset ?? null, now));
+    });
+    const holds = new Map<string, Hold | null>();
+    holdList.forEach((id, i) => {
+      holds.set(id, entries[1 + 2 * keyList.length + i].value as Hold | null);
+    });
+    const onceStored = new Map<string, unknown>();
+    onceList.forEach((k, i) => {
+      const v = entries[1 + 2 * keyList.length + holdList.length + i].value;
+      if (v !== null) onceStored.set(keyString(k), v);
+    });
+
+    const touchedSpends = new Set<string>();
+    const results: unknown[] = [];
+    const eventIds: string[] = [];
+    const nowIso = new Date(now).toISOString();
+    const unhold = (holdId: string) => {
+      const h = holds.get(holdId);
+      if (!h) return;
+      holds.set(holdId, null);
+      bal.reserved -= h.amount;
+      const s = spends.get(h.key_id);
+      if (s) {
+        spends.set(h.key_id, { ...s, reserved: s.reserved - h.amount });
+        touchedSpends.add(h.key_id);
+      }
+      atomic.delete(holdKey(accountId, holdId));
+      this.liveHolds.delete(holdId);
+    };
+    const record = (event: UsageEvent) => {
+      atomic.set(outboxKey(event.id), event);
+      eventIds.push(event.id);
+    };
+
+    for (const { op } of batch) {
+      switch (op.kind) {
+        case "reserve": {
+          const key = keys.get(op.keyId);
+          if (
+            !key || key.revoked_at ||
+            (key.expires_at !== null && Date.parse(key.expires_at) <= now)
+          ) {
+            results.push({ ok: false, code: "invalid_api_key" });
+            break;
+          }
+          if (key.disabled) {
+            results.push({ ok: false, code: "key_disabled" });
+            break;
+          }
+          const available = bal.balance - bal.reserved;
+          if (op.amount > available) {
+            results.push({
+              ok: false,
+              code: "insufficient_credits",
+              available: available > 0n ? available : 0n,
+            });
+            break;
+          }
+          const s = spends.get(op.keyId)!;
+          if (key.credit_limit !== null) {
+            const used = key.limit_reset ? s.period_spend : s.spend;
+            const remaining = key.credit_limit - used - s.reserved;
+            if (op.amount > remaining) {
+              results.push({
+                ok: false,
+                code: "key_limit_exceeded",
+                remaining: remaining > 0n ? remaining : 0n,
+              });
+              break;
+            }
+          }
+          bal.reserved += op.amount;
+          spends.set(op.keyId, { ...s, reserved: s.reserved + op.amount });
+          touchedSpends.add(op.keyId);
+          const hold: Hold = {
+            id: op.holdId,
+            key_id: op.keyId,
+            amount: op.amount,
+            created_ms: now,
+            expires_ms: now + op.ttlMs,
+          };
+          atomic.set(holdKey(accountId, op.holdId), hold);
+          results.push({ ok: true });
+          break;
+        }
+        case "settle": {
+          unhold(op.holdId);
+          bal = { ...bal, balance: bal.balance - op.cost, total_used: bal.total_used + op.cost };
+          const s = spends.get(op.keyId)!;
+          spends.set(op.keyId, {
+            ...s,
+            spend: s.spend + op.cost,
+            period_spend: s.period_spend + op.cost,
+            usage_today: s.usage_today + op.cost,
+            usage_month: s.usage_month + op.cost,
+            last_used_at: nowIso,
+          });
+          touchedSpends.add(op.keyId);
+          record({ ...op.event, balance_after: bal.balance });
+          results.push({ balanceAfter: bal.balance });
+          break;
+        }
+        case "release":
+          unhold(op.holdId);
+          if (op.event) record(op.event);
+          results.push(undefined);
+          break;
+        case "expire": {
+          const h = holds.get(op.holdId);
+          if (h && h.expires_ms <= now) unhold(op.holdId);
+          results.push(undefined);
+          break;
+        }
+        case "record":
+          record(op.event);
+          results.push(undefined);
+          break;
+        case "credit": {
+          const ks = op.once ? keyString(op.once.key) : null;
+          if (ks !== null && onceStored.has(ks)) {
+            results.push({ replayed: true, stored: onceStored.get(ks) });
+            break;
+          }
+          bal = {
+            ...bal,
+            balance: bal.balance + op.amount,
+            total_purchased: bal.total_purchased + (op.type === "purchase" ? op.amount : 0n),
+          };
+          const entry: LedgerEntry = {
+            id: newId("txn", now),
+            type: op.type,
+            amount: op.amount,
+            balance_after: bal.balance,
+            created_at: nowIso,
+            description: op.description,
+            reference: op.reference,
+          };
+          atomic.set(ledgerKey(accountId, now, entry.id), entry);
+          if (op.once && ks !== null) {
+            const stored = op.once.value(entry);
+            atomic.set(op.once.key, stored, { expireIn: op.once.expireIn });
+            onceStored.set(ks, stored);
+          }
+          results.push({ replayed: false, entry });
+          break;
+        }
+      }
+    }
+
+    atomic.set(balanceKey(accountId), bal);
+    for (const id of touchedSpends) atomic.set(keySpendKey(accountId, id), spends.get(id)!);
+    if (eventIds.length && this.#opts.delivery === "queue") {
+      atomic.enqueue({ outbox: eventIds });
+    }
+    const res = await atomic.commit();
+    if (!res.ok) return null;
+    for (let i = 0; i < batch.length; i++) {
+      const { op } = batch[i];
+      if (op.kind === "reserve" && (results[i] as ReserveResult).ok) {
+        this.liveHolds.add(op.holdId);
+      }
+    }
+    return { results, eventIds };
+  }
+}
+
+/** Takes the longest prefix of the queue that fits one atomic's check and mutation limits. */
+function takeBatch(queue: Pending[]): Pending[] {
+  let checks = 1, mutations = 1, n = 0;
+  const keys = new Set<string>();
+  for (; n < queue.length && n < MAX_OPS; n++) {
+    const op = queue[n].op;
+    let c = 0, m = 2;
+    if ((op.kind === "reserve" || op.kind === "settle") && !keys.has(op.keyId)) {
+      c += 2;
+      m += 1;
+    }
+    if (op.kind === "settle" || op.kind === "release" || op.kind === "expire") c += 1;
+    if (op.kind === "credit" && op.once) c += 1;
+    if (n > 0 && (checks + c > MAX_CHECKS || mutations + m > MAX_MUTATIONS)) break;
+    if (op.kind === "reserve" || op.kind === "settle") keys.add(op.keyId);
+    checks += c;
+    mutations += m;
+  }
+  return queue.splice(0, Math.max(1, n));
+}

@@ -1,0 +1,133 @@
+import { HOLD_PREFIX } from "../kv/schema.ts";
+import { listStaleOutbox, recordEvents } from "../audit/recorder.ts";
+import type { AccountActors } from "./actor.ts";
+import type { Hold } from "./types.ts";
+
+export interface BackgroundOptions {
+  delivery: "queue" | "drainer";
+  /** How often the sweeper looks for stale outbox entries and expired holds. */
+  sweepEveryMs?: number;
+  /** An outbox entry older than this is recorded by the sweeper (its delivery was lost). */
+  staleAfterMs?: number;
+  now?: () => number;
+  onError?: (err: unknown) => void;
+}
+
+/**
+ * Drives the recording of usage events and the expiry of holds. With KV queues, a listener
+ * records the events each commit enqueued; without them (Deno Deploy, remote KV), an in-process
+ * drainer records them right after their commit. In both modes a sweeper records entries whose
+ * delivery was lost and releases holds whose request died with its process; `Deno.cron` runs the
+ * same sweep where the process may sleep.
+ */
+export class Background {
+  #kv: Deno.Kv;
+  #actors: AccountActors;
+  #opts: Required<Omit<BackgroundOptions, "onError">> & Pick<BackgroundOptions, "onError">;
+  #pending = new Set<string>();
+  #draining: Promise<void> | null = null;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #listener: Promise<void> | null = null;
+  #inFlight = new Set<Promise<unknown>>();
+  #closed = false;
+
+  constructor(kv: Deno.Kv, actors: AccountActors, opts: BackgroundOptions) {
+    this.#kv = kv;
+    this.#actors = actors;
+    this.#opts = {
+      sweepEveryMs: 5000,
+      staleAfterMs: 10_000,
+      now: Date.now,
+      ...opts,
+    };
+  }
+
+  start(): this {
+    if (this.#opts.delivery === "queue") {
+      this.#listener = this.#kv.listenQueue(async (msg: unknown) => {
+        const ids = (msg as { outbox?: unknown })?.outbox;
+        if (!Array.isArray(ids)) return;
+        await this.#track(recordEvents(this.#kv, ids.filter((x) => typeof x === "string")));
+      });
+    }
+    this.#timer = setInterval(() => {
+      this.#track(this.sweep()).catch((e) => this.#opts.onError?.(e));
+    }, this.#opts.sweepEveryMs);
+    return this;
+  }
+
+  /** Called by the actors after each commit with the outbox ids it wrote. */
+  notify = (ids: string[]) => {
+    if (this.#opts.delivery !== "drainer" || this.#closed) return;
+    for (const id of ids) this.#pending.add(id);
+    this.#draining ??= this.#track(this.#drain());
+  };
+
+  async #drain() {
+    // Yield once so commits landing in the same tick are drained together.
+    await new Promise((r) => setTimeout(r, 0));
+    while (this.#pending.size > 0) {
+      const ids = [...this.#pending].slice(0, 2000);
+      for (const id of ids) this.#pending.delete(id);
+      try {
+        await recordEvents(this.#kv, ids);
+      } catch (e) {
+        // The entries stay in the outbox; the sweeper records them later.
+        this.#opts.onError?.(e);
+      }
+    }
+    this.#draining = null;
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#inFlight.add(p);
+    p.finally(() => this.#inFlight.delete(p)).catch(() => {});
+    return p;
+  }
+
+  /** Records stale outbox entries and releases expired holds not owned by this process. */
+  async sweep(
+    opts: { staleAfterMs?: number } = {},
+  ): Promise<{ recorded: number; expired: number }> {
+    const now = this.#opts.now();
+    let recorded = 0;
+    for (;;) {
+      const ids = await listStaleOutbox(
+        this.#kv,
+        now - (opts.staleAfterMs ?? this.#opts.staleAfterMs),
+      );
+      if (ids.length === 0) break;
+      recorded += await recordEvents(this.#kv, ids);
+      if (ids.length < 1000) break;
+    }
+    let expired = 0;
+    const expiring: Promise<unknown>[] = [];
+    for await (const e of this.#kv.list<Hold>({ prefix: HOLD_PREFIX })) {
+      const hold = e.value;
+      if (hold.expires_ms > now || this.#actors.liveHolds.has(hold.id)) continue;
+      expired++;
+      expiring.push(this.#actors.submit(String(e.key[1]), { kind: "expire", holdId: hold.id }));
+    }
+    await Promise.all(expiring);
+    return { recorded, expired };
+  }
+
+  /** Records everything in the outbox now (tests and shutdown). */
+  async flush(): Promise<void> {
+    await this.#actors.idle();
+    while (this.#inFlight.size) await Promise.allSettled([...this.#inFlight]);
+    await this.sweep({ staleAfterMs: -1 });
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearInterval(this.#timer);
+    await this.#actors.idle();
+    while (this.#inFlight.size) await Promise.allSettled([...this.#inFlight]);
+  }
+
+  /** The queue listener's promise: it settles once the KV is closed. */
+  get listener(): Promise<void> | null {
+    return this.#listener;
+  }
+}

@@ -1,0 +1,60 @@
+import type { KeySpend, LimitReset } from "./types.ts";
+
+/** UTC day "2026-11-26" of an epoch-ms time. */
+export const dayOf = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+/** UTC month "2026-11" of an epoch-ms time. */
+export const monthOf = (ms: number) => new Date(ms).toISOString().slice(0, 7);
+
+/** The Monday (UTC) that starts the week of `ms`, as a day string. */
+export function weekOf(ms: number): string {
+  const d = new Date(ms);
+  const back = (d.getUTCDay() + 6) % 7;
+  return dayOf(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() - back));
+}
+
+/** The id of the credit-limit period that contains `ms`; "all" when the limit never resets. */
+export function limitPeriod(reset: LimitReset | null, ms: number): string {
+  switch (reset) {
+    case "daily":
+      return "d:" + dayOf(ms);
+    case "weekly":
+      return "w:" + weekOf(ms);
+    case "monthly":
+      return "m:" + monthOf(ms);
+    default:
+      return "all";
+  }
+}
+
+/** The epoch ms at which the period containing `ms` ends, or null for "never". */
+export function periodEnd(reset: LimitReset | null, ms: number): number | null {
+  const d = new Date(ms);
+  const y = d.getUTCFullYear(), m = d.getUTCMonth(), day = d.getUTCDate();
+  switch (reset) {
+    case "daily":
+      return Date.UTC(y, m, day + 1);
+    case "weekly":
+      return Date.UTC(y, m, day - ((d.getUTCDay() + 6) % 7) + 7);
+    case "monthly":
+      return Date.UTC(y, m + 1, 1);
+    default:
+      return null;
+  }
+}
+
+/** Rolls the spend's period counters forward to the periods containing `ms`. Pure. */
+export function currentSpend(s: KeySpend, reset: LimitReset | null, ms: number): KeySpend {
+  const period = limitPeriod(reset, ms);
+  const day = dayOf(ms);
+  const month = monthOf(ms);
+  if (s.period === period && s.day === day && s.month === month) return s;
+  return {
+    ...s,
+    period,
+    period_spend: s.period === period ? s.period_spend : 0n,
+    day,
+    usage_today: s.day === day ? s.usage_today : 0n,
+    month,
+    usage_month: s.month === month ? s.usage_month : 0n,
+  };
+}

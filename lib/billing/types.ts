@@ -1,0 +1,146 @@
+/** Records stored in KV. Money fields are nano-USD bigints; times are ISO strings or epoch ms. */
+
+export interface Account {
+  id: string;
+  name: string;
+  email: string | null;
+  created_at: string;
+}
+
+/** The balance record: changed only by the account actor's check-and-set atomics. */
+export interface BalanceState {
+  balance: bigint;
+  /** Σ open holds. */
+  reserved: bigint;
+  total_purchased: bigint;
+  total_used: bigint;
+}
+
+export const EMPTY_BALANCE: BalanceState = {
+  balance: 0n,
+  reserved: 0n,
+  total_purchased: 0n,
+  total_used: 0n,
+};
+
+export interface Hold {
+  id: string;
+  key_id: string;
+  amount: bigint;
+  created_ms: number;
+  expires_ms: number;
+}
+
+export type LimitReset = "daily" | "weekly" | "monthly";
+export type KeyScope = "inference" | "management";
+
+export interface ApiKey {
+  id: string;
+  account_id: string;
+  name: string;
+  scope: KeyScope;
+  prefix: string;
+  hash: string;
+  created_at: string;
+  disabled: boolean;
+  revoked_at: string | null;
+  credit_limit: bigint | null;
+  limit_reset: LimitReset | null;
+  expires_at: string | null;
+  rate_limit_rpm: number | null;
+}
+
+/** One key's money state, kept beside the balance and changed in the same atomics. */
+export interface KeySpend {
+  spend: bigint;
+  reserved: bigint;
+  /** The limit period the `period_spend` belongs to (see `limitPeriod`). */
+  period: string;
+  period_spend: bigint;
+  day: string;
+  usage_today: bigint;
+  month: string;
+  usage_month: bigint;
+  last_used_at: string | null;
+}
+
+export const EMPTY_KEY_SPEND: KeySpend = {
+  spend: 0n,
+  reserved: 0n,
+  period: "",
+  period_spend: 0n,
+  day: "",
+  usage_today: 0n,
+  month: "",
+  usage_month: 0n,
+  last_used_at: null,
+};
+
+export type LedgerType = "purchase" | "usage_debit" | "adjustment" | "refund";
+
+export interface LedgerEntry {
+  id: string;
+  type: LedgerType;
+  /** Signed: purchase and refund positive, usage_debit negative, adjustment either. */
+  amount: bigint;
+  balance_after: bigint;
+  created_at: string;
+  description: string;
+  reference: string | null;
+}
+
+/**
+ * What one request leaves behind, content-free. Committed as an outbox entry in the atomic that
+ * settles (or refuses) the request; the recorder turns it into the audit row, the ledger row (if
+ * money moved) and the usage rollups.
+ */
+export interface UsageEvent {
+  id: string;
+  account_id: string;
+  ts: number;
+  request_id: string;
+  key_id: string;
+  key_name: string;
+  provider: string;
+  model: string;
+  prompt_tokens: number;
+  completion_tokens: number;
+  cached_tokens: number;
+  cache_write_tokens: number;
+  reasoning_tokens: number;
+  cost: bigint;
+  market_cost: bigint;
+  latency_ms: number;
+  status: number;
+  streaming: boolean;
+  client_ip: string;
+  user_agent: string;
+  /** True when a provider answered and the request was billed (counted in usage). */
+  billed: boolean;
+  /** The balance right after this debit, when money moved. */
+  balance_after: bigint | null;
+  error_code: string | null;
+}
+
+/** The audit row: API.md's columns, in order, plus the error code of refused requests. */
+export interface AuditRow {
+  timestamp: string;
+  request_id: string;
+  key_id: string;
+  key_name: string;
+  provider: string;
+  model: string;
+  prompt_tokens: number;
+  completion_tokens: number;
+  cached_tokens: number;
+  cache_write_tokens: number;
+  reasoning_tokens: number;
+  cost: bigint;
+  market_cost: bigint;
+  latency_ms: number;
+  status: number;
+  streaming: boolean;
+  client_ip: string;
+  user_agent: string;
+  error_code: string | null;
+}

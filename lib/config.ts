@@ -1,0 +1,148 @@
+import { z } from "zod";
+import { type CreditPackage, loadPackages } from "./billing/packages.ts";
+
+/** A provider's upstream: its key and base URL. A provider without a key is not offered. */
+export interface UpstreamConfig {
+  apiKey: string | undefined;
+  baseUrl: string;
+}
+
+export interface Config {
+  port: number;
+  listenHost: string;
+  maxBodyBytes: number;
+  upstreamTimeoutMs: number;
+  kvPath: string | undefined;
+  adminToken: string | undefined;
+  /** True when the admin token was generated at start (development) rather than configured. */
+  adminTokenGenerated: boolean;
+  billingMode: "development" | "production";
+  /** Default discount below market rate, in basis points (20 % = 2000). */
+  discountBps: number;
+  openai: UpstreamConfig;
+  anthropic: UpstreamConfig;
+  gemini: UpstreamConfig;
+  providersFile: string | undefined;
+  stripeSecretKey: string | undefined;
+  stripeWebhookSecrets: string[];
+  stripeApiBase: string | undefined;
+  publicUrl: string | undefined;
+  /** How usage events reach the ledger: a KV queue, or the in-process drainer and cron. */
+  outboxDelivery: "queue" | "drainer";
+  /** How long an unsettled hold lives before the sweeper releases it. */
+  holdTtlMs: number;
+  /** The credit packages offered for purchase. */
+  packages: CreditPackage[];
+}
+
+/** Thrown for bad configuration; the message is one line naming the variable. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const int = (min: number, max: number) =>
+  z.string().regex(/^\d+$/, "must be a whole number").transform(Number).pipe(
+    z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`),
+  );
+
+const url = z.string().refine((v) => {
+  try {
+    const u = new URL(v);
+    return u.protocol === "https:" || u.protocol === "http:";
+  } catch {
+    return false;
+  }
+}, "must be an http(s) URL");
+
+const schema = z.object({
+  PORT: int(0, 65535).default(8000),
+  LISTEN_HOST: z.string().min(1).default("127.0.0.1"),
+  MAX_BODY_BYTES: int(1024, 1 << 30).default(10 * 1024 * 1024),
+  UPSTREAM_TIMEOUT_MS: int(1, 3_600_000).default(300_000),
+  KV_PATH: z.string().min(1).optional(),
+  ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
+  BILLING_MODE: z.enum(["development", "production"]).optional(),
+  DISCOUNT_PERCENT: z.string().regex(
+    /^\d{1,2}(\.\d{1,2})?$|^100$/,
+    "must be a percent from 0 to 100",
+  )
+    .transform((v) => Math.round(Number(v) * 100)).default(2000),
+  OPENAI_API_KEY: z.string().min(1).optional(),
+  OPENAI_BASE_URL: url.default("https://api.openai.com/v1"),
+  ANTHROPIC_API_KEY: z.string().min(1).optional(),
+  ANTHROPIC_BASE_URL: url.default("https://api.anthropic.com"),
+  GEMINI_API_KEY: z.string().min(1).optional(),
+  GEMINI_BASE_URL: url.default("https://generativelanguage.googleapis.com"),
+  PROVIDERS_FILE: z.string().min(1).optional(),
+  STRIPE_SECRET_KEY: z.string().min(1).optional(),
+  STRIPE_WEBHOOK_SECRET: z.string().min(1).optional(),
+  STRIPE_API_BASE: url.optional(),
+  PUBLIC_URL: url.optional(),
+  OUTBOX_DELIVERY: z.enum(["auto", "queue", "drainer"]).default("auto"),
+  HOLD_TTL_MS: int(1000, 86_400_000).optional(),
+  CREDIT_PACKAGES: z.string().optional(),
+});
+
+const VARIABLES = Object.keys(schema.shape);
+
+/** Reads the configuration from an environment map; throws `ConfigError` naming the variable. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const input: Record<string, string> = {};
+  for (const name of VARIABLES) {
+    const v = env[name];
+    if (v !== undefined && v !== "") input[name] = v;
+  }
+  const parsed = schema.safeParse(input);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const name = String(issue.path[0] ?? "environment");
+    throw new ConfigError(`${name}: ${issue.message}`);
+  }
+  const e = parsed.data;
+  if (e.BILLING_MODE === "production" && !e.STRIPE_SECRET_KEY) {
+    throw new ConfigError("BILLING_MODE: production needs STRIPE_SECRET_KEY");
+  }
+  const billingMode = e.BILLING_MODE ?? (e.STRIPE_SECRET_KEY ? "production" : "development");
+  let adminToken = e.ADMIN_TOKEN;
+  let adminTokenGenerated = false;
+  if (!adminToken && billingMode === "development") {
+    adminToken = "adm-" + randomToken();
+    adminTokenGenerated = true;
+  }
+  const onDeploy = env.DENO_DEPLOYMENT_ID !== undefined;
+  return {
+    port: e.PORT,
+    listenHost: e.LISTEN_HOST,
+    maxBodyBytes: e.MAX_BODY_BYTES,
+    upstreamTimeoutMs: e.UPSTREAM_TIMEOUT_MS,
+    kvPath: e.KV_PATH ?? (onDeploy ? undefined : "./data/router.kv"),
+    adminToken,
+    adminTokenGenerated,
+    billingMode,
+    discountBps: e.DISCOUNT_PERCENT,
+    openai: { apiKey: e.OPENAI_API_KEY, baseUrl: e.OPENAI_BASE_URL.replace(/\/+$/, "") },
+    anthropic: { apiKey: e.ANTHROPIC_API_KEY, baseUrl: e.ANTHROPIC_BASE_URL.replace(/\/+$/, "") },
+    gemini: { apiKey: e.GEMINI_API_KEY, baseUrl: e.GEMINI_BASE_URL.replace(/\/+$/, "") },
+    providersFile: e.PROVIDERS_FILE,
+    stripeSecretKey: e.STRIPE_SECRET_KEY,
+    stripeWebhookSecrets: (e.STRIPE_WEBHOOK_SECRET ?? "").split(",").map((s) => s.trim())
+      .filter(Boolean),
+    stripeApiBase: e.STRIPE_API_BASE,
+    publicUrl: e.PUBLIC_URL?.replace(/\/+$/, ""),
+    // Deno Deploy and remote KV have no queues: the drainer is the only path there.
+    outboxDelivery: e.OUTBOX_DELIVERY === "auto"
+      ? (onDeploy ? "drainer" : "queue")
+      : e.OUTBOX_DELIVERY,
+    holdTtlMs: e.HOLD_TTL_MS ?? Math.max(2 * e.UPSTREAM_TIMEOUT_MS, 600_000),
+    packages: loadPackages(e.CREDIT_PACKAGES),
+  };
+}
+
+/** 256 random bits, base64url without padding. */
+export function randomToken(bytes = 32): string {
+  const b = crypto.getRandomValues(new Uint8Array(bytes));
+  return btoa(String.fromCharCode(...b)).replaceAll("+", "-").replaceAll("/", "_").replace(
+    /=+$/,
+    "",
+  );
+}

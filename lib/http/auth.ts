@@ -1,0 +1,67 @@
+import { createMiddleware } from "hono/factory";
+import type { AppEnv } from "../services.ts";
+import { checkKey } from "../auth/keys.ts";
+import type { KeyScope } from "../billing/types.ts";
+import { ApiError } from "./errors.ts";
+
+/** The presented secret: `Authorization: Bearer …` or `x-api-key` (the Anthropic SDK's header). */
+export function presentedSecret(req: Request): string | null {
+  const auth = req.headers.get("authorization");
+  if (auth) {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    return m ? m[1] : null;
+  }
+  return req.headers.get("x-api-key");
+}
+
+/** Requires a live key of `scope`; sets `key` and `accountId`. */
+export const requireKey = (scope: KeyScope) =>
+  createMiddleware<AppEnv>(async (c, next) => {
+    const svc = c.get("svc");
+    const secret = presentedSecret(c.req.raw);
+    if (!secret) {
+      throw new ApiError(
+        401,
+        "invalid_api_key",
+        "Missing API key: send Authorization: Bearer <key>",
+      );
+    }
+    const check = checkKey(await svc.keys.resolve(secret), svc.now());
+    if (!check.ok) {
+      throw check.code === "key_disabled"
+        ? new ApiError(403, "key_disabled", "This API key is disabled")
+        : new ApiError(401, "invalid_api_key", "The API key is invalid, revoked or expired");
+    }
+    if (check.key.scope !== scope) {
+      throw new ApiError(
+        403,
+        "forbidden",
+        scope === "inference"
+          ? "A management key cannot call the inference API; use an inference key"
+          : "An inference key cannot call the management API; use a management key",
+      );
+    }
+    c.set("key", check.key);
+    c.set("accountId", check.key.account_id);
+    await next();
+  });
+
+/** Constant-time string equality. */
+export function safeEqual(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+}
+
+/** Requires the operator's `ADMIN_TOKEN`; 503 until one is configured. */
+export const requireAdmin = createMiddleware<AppEnv>(async (c, next) => {
+  const token = c.get("svc").config.adminToken;
+  if (!token) throw new ApiError(503, "admin_disabled", "The admin API is off: set ADMIN_TOKEN");
+  const secret = presentedSecret(c.req.raw);
+  if (!secret || !safeEqual(secret, token)) {
+    throw new ApiError(401, "invalid_api_key", "The admin token is missing or wrong");
+  }
+  await next();
+});

@@ -1,0 +1,64 @@
+import type { Context } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import type { z } from "zod";
+
+const TYPES: Record<number, string> = {
+  400: "invalid_request_error",
+  401: "authentication_error",
+  402: "insufficient_quota",
+  403: "permission_error",
+  404: "not_found_error",
+  409: "conflict_error",
+  413: "invalid_request_error",
+  429: "rate_limit_error",
+  502: "api_error",
+  503: "api_error",
+  504: "api_error",
+};
+
+/** An error with its HTTP status and API code; `onError` renders it as OpenAI-style JSON. */
+export class ApiError extends Error {
+  override name = "ApiError";
+  constructor(
+    readonly status: ContentfulStatusCode,
+    readonly code: string,
+    message: string,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+export const badRequest = (message: string) => new ApiError(400, "invalid_request", message);
+export const notFound = (what = "The resource") =>
+  new ApiError(404, "not_found", `${what} was not found`);
+
+/** The JSON body of an error, as every endpoint answers it. */
+export function errorBody(status: number, code: string, message: string) {
+  return { error: { message, type: TYPES[status] ?? "api_error", code } };
+}
+
+export function errorResponse(c: Context, err: ApiError): Response {
+  for (const [k, v] of Object.entries(err.headers)) c.header(k, v);
+  return c.json(errorBody(err.status, err.code, err.message), err.status);
+}
+
+/** A zod failure as one sentence naming the first bad field. */
+export function describeZod(error: z.ZodError): string {
+  const i = error.issues[0];
+  const path = i.path.length ? i.path.join(".") : "body";
+  return `Invalid '${path}': ${i.message}`;
+}
+
+/** Parses a JSON request body; malformed JSON and schema violations are 400 naming the field. */
+export async function readJson<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await c.req.text());
+  } catch {
+    throw badRequest("The request body is not valid JSON");
+  }
+  const r = schema.safeParse(raw);
+  if (!r.success) throw badRequest(describeZod(r.error));
+  return r.data;
+}

@@ -1,0 +1,47 @@
+import type { Context } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { idemKey } from "../kv/schema.ts";
+import { hashSecret } from "../auth/keys.ts";
+import type { AppEnv } from "../services.ts";
+import { ApiError } from "./errors.ts";
+
+/** The stored first answer to an `Idempotency-Key`. */
+export interface IdempotentReply {
+  hash: string;
+  status: number;
+  body: unknown;
+}
+
+export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
+
+/** The request's idempotency record key and body hash, or null without the header. */
+export async function idempotency(c: Context<AppEnv>, scope: string, rawBody: string) {
+  const header = c.req.header("idempotency-key");
+  if (header === undefined) return null;
+  if (header.length === 0 || header.length > 255) {
+    throw new ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 255 characters");
+  }
+  return { key: idemKey(scope, header), hash: await hashSecret(rawBody) };
+}
+
+/**
+ * Answers from a stored reply: the same body replays it, another body is 409. Returns null when
+ * nothing is stored.
+ */
+export function replay(c: Context<AppEnv>, stored: unknown, hash: string): Response {
+  const r = stored as IdempotentReply;
+  if (r.hash !== hash) {
+    throw new ApiError(
+      409,
+      "idempotency_conflict",
+      "This Idempotency-Key was already used with a different request body",
+    );
+  }
+  c.header("idempotent-replayed", "true");
+  return c.json(r.body, r.status as ContentfulStatusCode);
+}
+
+/** Looks for a stored reply first (the common replay path, without touching the writer). */
+export async function storedReply(kv: Deno.Kv, key: Deno.KvKey): Promise<IdempotentReply | null> {
+  return (await kv.get<IdempotentReply>(key)).value;
+}

@@ -1,0 +1,41 @@
+/** Small helpers over Deno KV's limits. */
+
+/** `getMany` takes at most 10 keys: reads any number, strongly, in parallel chunks. */
+export async function getAll<T>(
+  kv: Deno.Kv,
+  keys: readonly Deno.KvKey[],
+): Promise<Deno.KvEntryMaybe<T>[]> {
+  const chunks: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
+  for (let i = 0; i < keys.length; i += 10) {
+    chunks.push(kv.getMany<T[]>(keys.slice(i, i + 10) as Deno.KvKey[]));
+  }
+  return (await Promise.all(chunks)).flat();
+}
+
+/** A stable string for a KV key, for use as a Map key. */
+export function keyString(key: Deno.KvKey): string {
+  return JSON.stringify(key, (_k, v) => typeof v === "bigint" ? `${v}n` : v);
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * One page of a KV listing: up to `limit` entries that `pick` keeps (it returns null to skip), and
+ * the cursor after the last one, or null when no kept entry follows.
+ */
+export async function page<T, R>(
+  iter: Deno.KvListIterator<T>,
+  limit: number,
+  pick: (value: T, key: Deno.KvKey) => R | null,
+): Promise<{ data: R[]; next_cursor: string | null }> {
+  const data: R[] = [];
+  let cursor = "";
+  for await (const e of iter) {
+    const r = pick(e.value, e.key);
+    if (r === null) continue;
+    if (data.length === limit) return { data, next_cursor: cursor };
+    data.push(r);
+    cursor = iter.cursor;
+  }
+  return { data, next_cursor: null };
+}

@@ -1,0 +1,157 @@
+import { calcPrice, findProvider, type ModelPrice } from "@pydantic/genai-prices";
+import { divRound } from "./money.ts";
+
+/** A price per million tokens in nano-USD, possibly tiered by the request's total input tokens. */
+export interface Rate {
+  base: bigint;
+  /** Ascending; a tier applies when the request's input tokens exceed `start`. */
+  tiers: { start: number; price: bigint }[];
+}
+
+/** Market prices of one model, nano-USD per million tokens. Missing cache rates fall back to input. */
+export interface PriceTable {
+  input: Rate;
+  output: Rate;
+  cacheRead?: Rate;
+  cacheWrite?: Rate;
+  cacheWrite1h?: Rate;
+}
+
+/**
+ * Token counts with one meaning for every provider: `prompt` is all input (uncached, cache reads
+ * and cache writes); `cached` the cache reads; `cacheWrite` all cache writes, `cacheWrite1h` the
+ * part of them written for one hour; `completion` all output, reasoning included.
+ */
+export interface NormalizedUsage {
+  prompt: number;
+  completion: number;
+  cached: number;
+  cacheWrite: number;
+  cacheWrite1h: number;
+  reasoning: number;
+}
+
+export const ZERO_USAGE: NormalizedUsage = {
+  prompt: 0,
+  completion: 0,
+  cached: 0,
+  cacheWrite: 0,
+  cacheWrite1h: 0,
+  reasoning: 0,
+};
+
+export interface Cost {
+  /** What the customer pays: market less the discount. */
+  cost: bigint;
+  /** What the provider's list price charges. */
+  market: bigint;
+}
+
+const MILLION = 1_000_000n;
+const BPS = 10_000n;
+
+function rateAt(rate: Rate, inputTokens: number): bigint {
+  let price = rate.base;
+  for (const t of rate.tiers) if (inputTokens > t.start) price = t.price;
+  return price;
+}
+
+/**
+ * Prices a request exactly: Σ tokens × rate is summed in nano-USD·tokens per million first and
+ * divided once, so no per-class rounding accumulates; the discount is applied to that sum.
+ */
+export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: number): Cost {
+  const cacheWrite1h = Math.min(u.cacheWrite1h, u.cacheWrite);
+  const cacheWrite5m = u.cacheWrite - cacheWrite1h;
+  const uncached = Math.max(0, u.prompt - u.cached - u.cacheWrite);
+  const at = (r: Rate | undefined) => rateAt(r ?? p.input, u.prompt);
+  const sum = BigInt(uncached) * at(p.input) +
+    BigInt(u.cached) * at(p.cacheRead) +
+    BigInt(cacheWrite5m) * at(p.cacheWrite) +
+    BigInt(cacheWrite1h) * at(p.cacheWrite1h ?? p.cacheWrite) +
+    BigInt(u.completion) * rateAt(p.output, u.prompt);
+  const market = divRound(sum, MILLION);
+  const cost = divRound(sum * (BPS - BigInt(discountBps)), MILLION * BPS);
+  return { cost, market };
+}
+
+/** USD per million tokens (a catalog number or a decimal string) → nano-USD per million tokens. */
+export function mtokToNanos(usd: number | string): bigint {
+  const n = typeof usd === "number" ? usd : Number(usd);
+  if (!Number.isFinite(n) || n < 0) throw new RangeError(`invalid price ${usd}`);
+  return BigInt(Math.round(n * 1e9));
+}
+
+function toRate(v: unknown): Rate | undefined {
+  if (typeof v === "number") return { base: mtokToNanos(v), tiers: [] };
+  if (v && typeof v === "object" && "base" in v && "tiers" in v) {
+    const t = v as { base: number; tiers: { start: number; price: number }[] };
+    return {
+      base: mtokToNanos(t.base),
+      tiers: [...t.tiers].sort((a, b) => a.start - b.start).map((x) => ({
+        start: x.start,
+        price: mtokToNanos(x.price),
+      })),
+    };
+  }
+  return undefined;
+}
+
+/** Converts a catalog (or operator) price record in USD per million tokens to a `PriceTable`. */
+export function priceTableFrom(mp: ModelPrice | Record<string, unknown>): PriceTable | null {
+  const input = toRate(mp.input_mtok);
+  if (!input) return null;
+  return {
+    input,
+    // Embedding models have no output price: output is never produced, so zero is exact.
+    output: toRate(mp.output_mtok) ?? { base: 0n, tiers: [] },
+    cacheRead: toRate(mp.cache_read_mtok),
+    cacheWrite: toRate(mp.cache_write_mtok),
+    cacheWrite1h: toRate(mp.cache_write_1h_mtok),
+  };
+}
+
+export interface CatalogModel {
+  /** The catalog's model id (the canonical name, e.g. `gpt-4o-mini`). */
+  id: string;
+  contextWindow: number | undefined;
+  prices: PriceTable;
+}
+
+/**
+ * Looks a model up in the maintained catalog (`@pydantic/genai-prices`), with the prices in force
+ * at `when` (some models change price by date or time of day). `null` if the catalog has no text
+ * token price for it.
+ */
+export function lookupCatalog(
+  catalogProvider: string,
+  model: string,
+  when: Date,
+): CatalogModel | null {
+  let r;
+  try {
+    r = calcPrice({ input_tokens: 1, output_tokens: 1 }, model, {
+      providerId: catalogProvider,
+      timestamp: when,
+    });
+  } catch {
+    return null;
+  }
+  if (!r) return null;
+  const prices = priceTableFrom(r.model_price);
+  if (!prices) return null;
+  return { id: r.model.id, contextWindow: r.model.context_window, prices };
+}
+
+/** The catalog's model ids of one provider that carry a text token price (for `/v1/models`). */
+export function catalogModelIds(catalogProvider: string): string[] {
+  const p = findProvider({ providerId: catalogProvider });
+  if (!p) return [];
+  return p.models.filter((m) => !m.deprecated && !m.id.includes(":") && !m.id.endsWith("-"))
+    .map((m) => m.id);
+}
+
+/** Price per million tokens of a rate at small inputs, as nano-USD (for listings). */
+export function baseRate(r: Rate | undefined): bigint | undefined {
+  return r?.base;
+}

@@ -1,0 +1,185 @@
+import type { Context } from "hono";
+import { newId } from "../ids.ts";
+import { formatUsd } from "../money.ts";
+import { type Cost, type NormalizedUsage, priceUsage, ZERO_USAGE } from "../pricing.ts";
+import type { UsageEvent } from "../billing/types.ts";
+import type { ResolvedModel } from "../providers/types.ts";
+import type { AppEnv } from "../services.ts";
+import { ApiError } from "../http/errors.ts";
+
+/** The client's address, when the request came over a socket (not under `app.request`). */
+export function clientIp(c: Context<AppEnv>): string {
+  const info = c.env as Deno.ServeHandlerInfo | undefined;
+  const addr = info?.remoteAddr as Deno.NetAddr | undefined;
+  return addr?.hostname ?? "";
+}
+
+/** One content-free usage event of the current request. */
+export function usageEvent(
+  c: Context<AppEnv>,
+  fields: {
+    provider: string;
+    model: string;
+    status: number;
+    streaming: boolean;
+    usage?: NormalizedUsage;
+    cost?: Cost;
+    billed?: boolean;
+    errorCode?: string | null;
+  },
+): UsageEvent {
+  const svc = c.get("svc");
+  const key = c.get("key");
+  const now = svc.now();
+  const u = fields.usage ?? ZERO_USAGE;
+  return {
+    id: newId("evt", now),
+    account_id: key.account_id,
+    ts: now,
+    request_id: c.get("requestId"),
+    key_id: key.id,
+    key_name: key.name,
+    provider: fields.provider,
+    model: fields.model,
+    prompt_tokens: u.prompt,
+    completion_tokens: u.completion,
+    cached_tokens: u.cached,
+    cache_write_tokens: u.cacheWrite,
+    reasoning_tokens: u.reasoning,
+    cost: fields.cost?.cost ?? 0n,
+    market_cost: fields.cost?.market ?? 0n,
+    latency_ms: Math.max(0, now - c.get("startedAt")),
+    status: fields.status,
+    streaming: fields.streaming,
+    client_ip: clientIp(c),
+    user_agent: (c.req.header("user-agent") ?? "").slice(0, 512),
+    billed: fields.billed ?? false,
+    balance_after: null,
+    error_code: fields.errorCode ?? null,
+  };
+}
+
+/**
+ * The money side of one proxied request: a worst-case hold before forwarding, then exactly one
+ * of settle (the provider answered) or release (it did not). Each step goes through the account's
+ * actor and commits the request's audit event with it.
+ */
+export class MeteredRequest {
+  readonly holdId = newId("hold");
+  #done = false;
+  #held = false;
+
+  constructor(
+    readonly c: Context<AppEnv>,
+    readonly model: ResolvedModel,
+    readonly streaming: boolean,
+  ) {}
+
+  /** The cost of `usage` at this model's prices. */
+  price(usage: NormalizedUsage): Cost {
+    return priceUsage(usage, this.model.prices, this.model.discountBps);
+  }
+
+  /** Holds the worst case; throws the 402/403/401 refusal otherwise. */
+  async reserve(promptTokens: number, outputTokens: number): Promise<void> {
+    const svc = this.c.get("svc");
+    const key = this.c.get("key");
+    const amount =
+      this.price({ ...ZERO_USAGE, prompt: promptTokens, completion: outputTokens }).cost;
+    const r = await svc.actors.submit(key.account_id, {
+      kind: "reserve",
+      keyId: key.id,
+      holdId: this.holdId,
+      amount,
+      ttlMs: svc.config.holdTtlMs,
+    });
+    if (r.ok) {
+      this.#held = true;
+      return;
+    }
+    switch (r.code) {
+      case "insufficient_credits":
+      case "key_limit_exceeded": {
+        const what = r.code === "insufficient_credits"
+          ? "available credit"
+          : "the key's remaining limit";
+        const left = r.code === "insufficient_credits" ? r.available : r.remaining;
+        const fit = this.#affordableOutput(left, promptTokens);
+        throw new ApiError(
+          402,
+          r.code,
+          `This request may cost up to $${
+            formatUsd(amount)
+          } (about ${promptTokens} prompt tokens ` +
+            `and ${outputTokens} output tokens) but ${what} is $${formatUsd(left)}. ` +
+            (fit > 0
+              ? `Set max_tokens to ${fit} or less, or add credits.`
+              : "Add credits to continue."),
+        );
+      }
+      case "key_disabled":
+        throw new ApiError(403, "key_disabled", "This API key is disabled");
+      default:
+        throw new ApiError(401, "invalid_api_key", "The API key is invalid, revoked or expired");
+    }
+  }
+
+  #affordableOutput(left: bigint, promptTokens: number): number {
+    const prompt = this.price({ ...ZERO_USAGE, prompt: promptTokens }).cost;
+    const perMillion =
+      this.price({ ...ZERO_USAGE, prompt: promptTokens, completion: 1_000_000 }).cost -
+      prompt;
+    if (left <= prompt || perMillion <= 0n) return 0;
+    return Number(((left - prompt) * 1_000_000n) / perMillion);
+  }
+
+  /** Debits the actual cost and records the request. Idempotent: only the first call counts. */
+  async settle(
+    usage: NormalizedUsage,
+    fields: { status?: number; errorCode?: string | null } = {},
+  ): Promise<Cost> {
+    const cost = this.price(usage);
+    if (this.#done) return cost;
+    this.#done = true;
+    const c = this.c;
+    const event = usageEvent(c, {
+      provider: this.model.provider,
+      model: this.model.model,
+      status: fields.status ?? 200,
+      streaming: this.streaming,
+      usage,
+      cost,
+      billed: true,
+      errorCode: fields.errorCode ?? null,
+    });
+    await c.get("svc").actors.submit(c.get("key").account_id, {
+      kind: "settle",
+      keyId: c.get("key").id,
+      holdId: this.holdId,
+      cost: cost.cost,
+      event,
+    });
+    c.set("audited", true);
+    return cost;
+  }
+
+  /** Releases the hold without charge and records the failure. */
+  async release(status: number, errorCode: string): Promise<void> {
+    if (this.#done || !this.#held) return;
+    this.#done = true;
+    const c = this.c;
+    const event = usageEvent(c, {
+      provider: this.model.provider,
+      model: this.model.model,
+      status,
+      streaming: this.streaming,
+      errorCode,
+    });
+    await c.get("svc").actors.submit(c.get("key").account_id, {
+      kind: "release",
+      holdId: this.holdId,
+      event,
+    });
+    c.set("audited", true);
+  }
+}

@@ -1,0 +1,59 @@
+import { eventData, SseSplitter } from "./sse.ts";
+
+/** Tokens an image may add to a prompt beyond its bytes in the request (a URL is short). */
+const IMAGE_ALLOWANCE = 2000;
+
+/**
+ * An upper bound on a request's prompt tokens, for the worst-case hold: a text token is at least
+ * one byte, so the body's UTF-8 length bounds the text; each image adds a fixed allowance.
+ */
+export function promptTokenBound(rawBody: string): number {
+  const bytes = new TextEncoder().encode(rawBody).length;
+  const images = rawBody.match(/"(image_url|input_image|image)"/g)?.length ?? 0;
+  return bytes + images * IMAGE_ALLOWANCE;
+}
+
+/** A token estimate for text the router counts itself (about four characters a token). */
+export const estimateTokens = (text: string) => Math.ceil(text.length / 4);
+
+function textOf(v: unknown): string {
+  if (typeof v === "string") return v;
+  if (Array.isArray(v)) return v.map(textOf).join(" ");
+  if (v && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    return [o.text, o.content, o.arguments, o.name].map(textOf).join(" ");
+  }
+  return "";
+}
+
+/** Estimated prompt tokens of an OpenAI chat body (messages and tools), for when usage is lost. */
+export function estimatePromptTokens(body: Record<string, unknown>): number {
+  const messages = Array.isArray(body.messages) ? body.messages : [];
+  let tokens = 3;
+  for (const m of messages) tokens += 4 + estimateTokens(textOf(m));
+  if (body.tools) tokens += estimateTokens(JSON.stringify(body.tools));
+  return tokens;
+}
+
+/**
+ * Counts the output an OpenAI-format chat stream produced so far (content, reasoning and tool-call
+ * arguments of every delta), for a stream that ended without its usage chunk.
+ */
+export function countStreamedOutput(sse: string): number {
+  const splitter = new SseSplitter();
+  let chars = 0;
+  let deltas = 0;
+  for (const event of splitter.push(sse + "\n\n")) {
+    const data = eventData(event) as { choices?: { delta?: Record<string, unknown> }[] } | null;
+    for (const choice of data?.choices ?? []) {
+      const d = choice.delta ?? {};
+      const text = textOf(d.content) + textOf(d.reasoning_content ?? d.reasoning) +
+        textOf(d.tool_calls);
+      if (text) {
+        chars += text.length;
+        deltas++;
+      }
+    }
+  }
+  return Math.max(deltas, Math.ceil(chars / 4));
+}

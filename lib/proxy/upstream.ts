@@ -1,0 +1,78 @@
+import { ApiError } from "../http/errors.ts";
+import type { UpstreamCall } from "../providers/types.ts";
+
+/** An upstream reply that arrived, with a way to abort its body. */
+export interface UpstreamReply {
+  res: Response;
+  abort: () => void;
+}
+
+/**
+ * Sends a request to a provider. Waits at most `timeoutMs` for the reply's headers; connection
+ * failures are 502 and time-outs 504. Provider error replies map to the API's errors without
+ * echoing their body (it may contain prompt text).
+ */
+export async function callUpstream(
+  fetchFn: typeof fetch,
+  call: UpstreamCall,
+  timeoutMs: number,
+): Promise<UpstreamReply> {
+  const ac = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ac.abort();
+  }, timeoutMs);
+  let res: Response;
+  try {
+    res = await fetchFn(call.url, { ...call.init, signal: ac.signal });
+  } catch {
+    throw timedOut
+      ? new ApiError(504, "upstream_timeout", "The provider did not answer in time")
+      : new ApiError(502, "upstream_error", "The provider could not be reached");
+  } finally {
+    clearTimeout(timer);
+  }
+  if (!res.ok) {
+    await res.body?.cancel().catch(() => {});
+    throw upstreamError(res);
+  }
+  return { res, abort: () => ac.abort() };
+}
+
+/** Maps a provider's error status to the router's error, keeping its Retry-After. */
+export function upstreamError(res: Response): ApiError {
+  const s = res.status;
+  if (s === 429) {
+    const retry = res.headers.get("retry-after");
+    return new ApiError(
+      429,
+      "upstream_rate_limited",
+      "The provider is rate limiting requests; retry later",
+      retry ? { "retry-after": retry } : {},
+    );
+  }
+  if (s === 400 || s === 404 || s === 413 || s === 422) {
+    return new ApiError(
+      400,
+      "upstream_invalid_request",
+      `The provider rejected the request as invalid (HTTP ${s})`,
+    );
+  }
+  if (s === 408 || s === 504) {
+    return new ApiError(504, "upstream_timeout", `The provider timed out (HTTP ${s})`);
+  }
+  return new ApiError(502, "upstream_error", `The provider failed (HTTP ${s})`);
+}
+
+/** Reads a JSON reply body within the time left; a stall or bad JSON is an upstream failure. */
+export async function readUpstreamJson(reply: UpstreamReply, timeoutMs: number): Promise<unknown> {
+  const timer = setTimeout(reply.abort, timeoutMs);
+  try {
+    return await reply.res.json();
+  } catch {
+    throw new ApiError(502, "upstream_error", "The provider's reply could not be read");
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,38 @@
+import type { Config } from "./config.ts";
+import type { Providers } from "./providers/registry.ts";
+import type { AccountActors } from "./billing/actor.ts";
+import type { KeyResolver } from "./auth/keys.ts";
+import type { Background } from "./billing/background.ts";
+import type { ApiKey } from "./billing/types.ts";
+import type { Logger } from "./log.ts";
+
+/** What every handler may use; built once by `createApp`. */
+export interface Services {
+  kv: Deno.Kv;
+  config: Config;
+  providers: Providers;
+  actors: AccountActors;
+  keys: KeyResolver;
+  background: Background;
+  fetch: typeof fetch;
+  now: () => number;
+  log: Logger;
+}
+
+/** Hono's context variables. */
+export interface AppEnv {
+  Variables: {
+    svc: Services;
+    requestId: string;
+    startedAt: number;
+    /** The calling key (inference or management routes). */
+    key: ApiKey;
+    accountId: string;
+    /** Set once the request's audit event has been committed. */
+    audited: boolean;
+    /** The provider and model a request named, once known (for the audit row of a refusal). */
+    target: { provider: string; model: string };
+    /** The API error code a request was refused with. */
+    errorCode: string;
+  };
+}

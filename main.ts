@@ -1,0 +1,64 @@
+/** The composition root: configuration, KV, background work, and the HTTP server. */
+import { ConfigError, loadConfig } from "./lib/config.ts";
+import { createApp } from "./lib/app.ts";
+import { readProvidersFile } from "./lib/providers/registry.ts";
+import { consoleLogger } from "./lib/log.ts";
+
+let router;
+let config;
+let kv: Deno.Kv;
+try {
+  config = loadConfig(Deno.env.toObject());
+  const providersFile = await readProvidersFile(config.providersFile);
+  if (config.kvPath && config.kvPath !== ":memory:") {
+    const dir = config.kvPath.replace(/[^/]*$/, "");
+    if (dir) await Deno.mkdir(dir, { recursive: true });
+  }
+  kv = await Deno.openKv(config.kvPath);
+  router = createApp({ kv, config, providersFile, env: Deno.env.toObject() });
+} catch (e) {
+  if (e instanceof ConfigError) {
+    console.error(`configuration error: ${e.message}`);
+    Deno.exit(1);
+  }
+  throw e;
+}
+
+// Deno Deploy runs crons registered at the top level, before serving; the sweep records usage
+// events whose delivery was lost and releases holds of requests that died with their process.
+Deno.cron("outbox and hold sweep", "* * * * *", async () => {
+  await router.svc.background.sweep();
+});
+
+if (config.adminTokenGenerated) {
+  console.log(`development admin token (shown once): ${config.adminToken}`);
+}
+const providers = router.svc.providers.names();
+consoleLogger("info", "starting", {
+  billing_mode: config.billingMode,
+  kv: config.kvPath ?? "deno-deploy",
+  outbox_delivery: config.outboxDelivery,
+  providers,
+});
+if (providers.length === 0) {
+  consoleLogger(
+    "warn",
+    "no provider is configured: set OPENAI_API_KEY (or another provider's key)",
+  );
+}
+
+const server = Deno.serve({
+  port: config.port,
+  hostname: config.listenHost,
+  onListen: ({ hostname, port }) =>
+    consoleLogger("info", "listening", { url: `http://${hostname}:${port}` }),
+}, router.app.fetch);
+
+const shutdown = async () => {
+  await server.shutdown();
+  await router.close();
+  kv.close();
+  Deno.exit(0);
+};
+Deno.addSignalListener("SIGINT", shutdown);
+Deno.addSignalListener("SIGTERM", shutdown);

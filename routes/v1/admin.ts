@@ -1,0 +1,190 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import type { AppEnv } from "../../lib/services.ts";
+import { requireAdmin } from "../../lib/http/auth.ts";
+import { ApiError, badRequest, describeZod, notFound } from "../../lib/http/errors.ts";
+import { usdAmount } from "../../lib/http/params.ts";
+import {
+  idempotency,
+  IDEMPOTENCY_TTL_MS,
+  type IdempotentReply,
+  replay,
+  storedReply,
+} from "../../lib/http/idempotency.ts";
+import {
+  createAccount,
+  getAccount,
+  getBalance,
+  listAccounts,
+  verifyBooks,
+} from "../../lib/billing/accounts.ts";
+import { ledgerJson } from "../../lib/billing/ledger.ts";
+import type { Account, BalanceState } from "../../lib/billing/types.ts";
+import { formatUsd } from "../../lib/money.ts";
+import type { Context } from "hono";
+
+const accountSchema = z.strictObject({
+  name: z.string().trim().min(1, "must not be empty").max(200),
+  email: z.email().max(320).nullish(),
+});
+const adjustmentSchema = z.strictObject({
+  amount: usdAmount.refine((v) => v !== 0n, "must not be zero"),
+  reason: z.string().trim().min(1, "must not be empty").max(500),
+});
+const refundSchema = z.strictObject({
+  amount: usdAmount.refine((v) => v > 0n, "must be positive"),
+  reason: z.string().trim().min(1, "must not be empty").max(500),
+  reference: z.string().trim().min(1).max(200).nullish(),
+});
+
+export function accountJson(a: Account, b: BalanceState) {
+  return {
+    id: a.id,
+    name: a.name,
+    email: a.email,
+    created_at: a.created_at,
+    balance: formatUsd(b.balance),
+    reserved: formatUsd(b.reserved),
+    available: formatUsd(b.balance - b.reserved),
+    total_purchased: formatUsd(b.total_purchased),
+    total_used: formatUsd(b.total_used),
+  };
+}
+
+function parse<T extends z.ZodType>(raw: string, schema: T): z.output<T> {
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    throw badRequest("The request body is not valid JSON");
+  }
+  const r = schema.safeParse(json);
+  if (!r.success) throw badRequest(describeZod(r.error));
+  return r.data;
+}
+
+/** A credit-moving admin write: an adjustment or a refund, replayable by Idempotency-Key. */
+async function credit(
+  c: Context<AppEnv>,
+  type: "adjustment" | "refund",
+  amount: bigint,
+  description: string,
+  reference: string | null,
+  raw: string,
+) {
+  const svc = c.get("svc");
+  const id = c.req.param("id") ?? "";
+  if (!await getAccount(svc.kv, id)) throw notFound("The account");
+  const idem = await idempotency(c, `admin:${type}:${id}`, raw);
+  if (idem) {
+    const stored = await storedReply(svc.kv, idem.key);
+    if (stored) return replay(c, stored, idem.hash);
+  }
+  const r = await svc.actors.submit(id, {
+    kind: "credit",
+    type,
+    amount,
+    description,
+    reference,
+    once: idem
+      ? {
+        key: idem.key,
+        value: (entry): IdempotentReply => ({
+          hash: idem.hash,
+          status: 201,
+          body: ledgerJson(entry),
+        }),
+        expireIn: IDEMPOTENCY_TTL_MS,
+      }
+      : undefined,
+  });
+  if (r.replayed) return replay(c, r.stored, idem!.hash);
+  return c.json(ledgerJson(r.entry), 201);
+}
+
+/** The operator's API: accounts, adjustments, refunds and the books check. */
+export function adminRoutes() {
+  const app = new Hono<AppEnv>();
+  app.use("*", requireAdmin);
+
+  app.post("/accounts", async (c) => {
+    const svc = c.get("svc");
+    const raw = await c.req.text();
+    const body = parse(raw, accountSchema);
+    const idem = await idempotency(c, "admin:accounts", raw);
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if (idem) {
+        const stored = await storedReply(svc.kv, idem.key);
+        if (stored) return replay(c, stored, idem.hash);
+      }
+      const created = await createAccount(
+        svc.kv,
+        { name: body.name, email: body.email ?? null },
+        (atomic, r) => {
+          if (!idem) return;
+          const reply: IdempotentReply = {
+            hash: idem.hash,
+            status: 201,
+            body: {
+              id: r.account.id,
+              name: r.account.name,
+              email: r.account.email,
+              management_key: r.secret,
+            },
+          };
+          atomic.check({ key: idem.key, versionstamp: null })
+            .set(idem.key, reply, { expireIn: IDEMPOTENCY_TTL_MS });
+        },
+      );
+      if (created) {
+        return c.json({
+          id: created.account.id,
+          name: created.account.name,
+          email: created.account.email,
+          management_key: created.secret,
+        }, 201);
+      }
+    }
+    throw new ApiError(409, "conflict", "The account could not be created; try again");
+  });
+
+  app.get("/accounts", async (c) => {
+    const all = await listAccounts(c.get("svc").kv);
+    return c.json({ data: all.map(({ account, balance }) => accountJson(account, balance)) });
+  });
+
+  app.get("/accounts/:id", async (c) => {
+    const kv = c.get("svc").kv;
+    const account = await getAccount(kv, c.req.param("id"));
+    if (!account) throw notFound("The account");
+    return c.json(accountJson(account, await getBalance(kv, account.id)));
+  });
+
+  app.post("/accounts/:id/adjustments", async (c) => {
+    const raw = await c.req.text();
+    const body = parse(raw, adjustmentSchema);
+    return credit(c, "adjustment", body.amount, body.reason, null, raw);
+  });
+
+  app.post("/accounts/:id/refunds", async (c) => {
+    const raw = await c.req.text();
+    const body = parse(raw, refundSchema);
+    return credit(c, "refund", body.amount, body.reason, body.reference ?? null, raw);
+  });
+
+  app.get("/verify", async (c) => {
+    const v = await verifyBooks(c.get("svc").kv);
+    return c.json({
+      ...v,
+      differences: v.differences.map((d) => ({
+        account_id: d.account_id,
+        balance: formatUsd(d.balance),
+        ledger_sum: formatUsd(d.ledger_sum),
+        reserved: formatUsd(d.reserved),
+        holds_sum: formatUsd(d.holds_sum),
+      })),
+    });
+  });
+
+  return app;
+}

@@ -1,0 +1,42 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import type { AppEnv } from "../../lib/services.ts";
+import { requireKey } from "../../lib/http/auth.ts";
+import { ApiError, notFound, readJson } from "../../lib/http/errors.ts";
+import { packageJson } from "../../lib/billing/packages.ts";
+import { ledgerJson } from "../../lib/billing/ledger.ts";
+import { newId } from "../../lib/ids.ts";
+
+const checkoutSchema = z.strictObject({ package_id: z.string().min(1, "is required").max(100) });
+
+/** Credit packages and their purchase. */
+export function billingRoutes() {
+  const app = new Hono<AppEnv>();
+  app.use("/billing/*", requireKey("management"));
+
+  app.get(
+    "/billing/packages",
+    (c) => c.json({ data: c.get("svc").config.packages.map(packageJson) }),
+  );
+
+  app.post("/billing/checkout", async (c) => {
+    const svc = c.get("svc");
+    const { package_id } = await readJson(c, checkoutSchema);
+    const pkg = svc.config.packages.find((p) => p.id === package_id);
+    if (!pkg) throw notFound(`The package '${package_id}'`);
+    if (svc.config.billingMode === "production") {
+      throw new ApiError(503, "checkout_unavailable", "Stripe Checkout is not configured");
+    }
+    // Development mode: the credit is granted at once, marked as a development grant.
+    const r = await svc.actors.submit(c.get("accountId"), {
+      kind: "credit",
+      type: "purchase",
+      amount: pkg.credits,
+      description: `Development grant: ${pkg.name} package (no payment)`,
+      reference: newId("devgrant"),
+    });
+    if (r.replayed) throw new Error("a development grant cannot replay");
+    return c.json({ transaction: ledgerJson(r.entry) }, 201);
+  });
+  return app;
+}

@@ -1,0 +1,258 @@
+import { Hono } from "hono";
+import { z } from "zod";
+import type { AppEnv } from "../../lib/services.ts";
+import { requireKey } from "../../lib/http/auth.ts";
+import { ApiError, badRequest, notFound, readJson } from "../../lib/http/errors.ts";
+import { parseCursor, parseLimit, parseTime, usdAmount } from "../../lib/http/params.ts";
+import { createKey, getKeySpend, listKeysByAccount } from "../../lib/auth/keys.ts";
+import { apiKeyKey } from "../../lib/kv/schema.ts";
+import { getBalance } from "../../lib/billing/accounts.ts";
+import { ledgerJson, listLedgerByAccount } from "../../lib/billing/ledger.ts";
+import { type AuditFilter, exportAudit, listAuditByAccount } from "../../lib/audit/query.ts";
+import { type GroupBy, queryUsage } from "../../lib/usage/query.ts";
+import { formatUsd } from "../../lib/money.ts";
+import type { ApiKey, KeySpend, LedgerType } from "../../lib/billing/types.ts";
+import { EMPTY_KEY_SPEND } from "../../lib/billing/types.ts";
+import { dayBucket } from "../../lib/usage/rollups.ts";
+import type { Context } from "hono";
+
+/** A key as the API shows it. */
+export function keyJson(k: ApiKey, s: KeySpend = EMPTY_KEY_SPEND) {
+  return {
+    id: k.id,
+    name: k.name,
+    scope: k.scope,
+    prefix: k.prefix,
+    created_at: k.created_at,
+    last_used_at: s.last_used_at,
+    disabled: k.disabled,
+    revoked: k.revoked_at !== null,
+    credit_limit: k.credit_limit === null ? null : formatUsd(k.credit_limit),
+    limit_reset: k.limit_reset,
+    expires_at: k.expires_at,
+    rate_limit_rpm: k.rate_limit_rpm,
+    spend: formatUsd(s.spend),
+  };
+}
+
+const futureTime = z.string().refine((v) => Number.isFinite(Date.parse(v)), "must be an ISO time")
+  .refine((v) => Date.parse(v) > Date.now(), "must be in the future")
+  .transform((v) => new Date(v).toISOString());
+const limitReset = z.enum(["daily", "weekly", "monthly"]).nullable();
+const rpm = z.number().int().min(1).max(1_000_000).nullable();
+const name = z.string().trim().min(1, "must not be empty").max(100);
+
+const createSchema = z.strictObject({
+  name,
+  scope: z.enum(["inference", "management"]).default("inference"),
+  credit_limit: usdAmount.refine((v) => v >= 0n, "must not be negative").nullable().optional(),
+  limit_reset: limitReset.optional(),
+  expires_at: futureTime.nullable().optional(),
+  rate_limit_rpm: rpm.optional(),
+});
+
+const patchSchema = z.strictObject({
+  name: name.optional(),
+  credit_limit: usdAmount.refine((v) => v >= 0n, "must not be negative").nullable().optional(),
+  limit_reset: limitReset.optional(),
+  disabled: z.boolean().optional(),
+  rate_limit_rpm: rpm.optional(),
+  expires_at: futureTime.nullable().optional(),
+});
+
+async function ownKey(c: Context<AppEnv>): Promise<Deno.KvEntry<ApiKey>> {
+  const svc = c.get("svc");
+  const id = c.req.param("id") ?? "";
+  const entry = await svc.kv.get<ApiKey>(apiKeyKey(id));
+  // Another account's key is reported exactly like a missing one.
+  if (!entry.value || entry.value.account_id !== c.get("accountId")) throw notFound("The key");
+  return entry as Deno.KvEntry<ApiKey>;
+}
+
+/** Period parameters of usage queries: ISO dates or times, default the last 30 days. */
+function usagePeriod(c: Context<AppEnv>) {
+  const now = c.get("svc").now();
+  const to = c.req.query("to");
+  const from = c.req.query("from");
+  const toMs = to ? parseTime("to", to) : now;
+  const fromMs = from ? parseTime("from", from) : toMs - 29 * 86_400_000;
+  if (fromMs > toMs) throw badRequest("Invalid 'from': must not be after 'to'");
+  return { fromDay: dayBucket(fromMs), toDay: dayBucket(toMs) };
+}
+
+function groupBy(c: Context<AppEnv>): GroupBy | undefined {
+  const g = c.req.query("group_by");
+  if (g === undefined) return undefined;
+  if (g !== "date" && g !== "key" && g !== "provider" && g !== "model") {
+    throw badRequest("Invalid 'group_by': must be date, key, provider or model");
+  }
+  return g;
+}
+
+function auditFilter(c: Context<AppEnv>): AuditFilter {
+  const q = (n: string) => c.req.query(n) || undefined;
+  const status = q("status");
+  if (status !== undefined && !/^\d{3}$/.test(status)) {
+    throw badRequest("Invalid 'status': must be an HTTP status code");
+  }
+  const streaming = q("streaming");
+  if (streaming !== undefined && streaming !== "true" && streaming !== "false") {
+    throw badRequest("Invalid 'streaming': must be true or false");
+  }
+  const from = q("from"), to = q("to");
+  let toMs = to ? parseTime("to", to) : c.get("svc").now();
+  // A date alone as `to` includes that whole day.
+  if (to && /^\d{4}-\d{2}-\d{2}$/.test(to)) toMs += 86_400_000 - 1;
+  const fromMs = from ? parseTime("from", from) : 0;
+  if (fromMs > toMs) throw badRequest("Invalid 'from': must not be after 'to'");
+  return {
+    fromMs,
+    toMs,
+    key_id: q("key_id"),
+    provider: q("provider"),
+    model: q("model"),
+    status: status === undefined ? undefined : Number(status),
+    streaming: streaming === undefined ? undefined : streaming === "true",
+  };
+}
+
+/** The management API: keys, credits, ledger, usage and the audit trail of the caller's account. */
+export function managementRoutes() {
+  const app = new Hono<AppEnv>();
+  for (
+    const path of ["/keys", "/keys/*", "/credits", "/transactions", "/usage", "/audit", "/audit/*"]
+  ) {
+    app.use(path, requireKey("management"));
+  }
+
+  app.get("/keys", async (c) => {
+    const keys = await listKeysByAccount(c.get("svc").kv, c.get("accountId"));
+    return c.json({
+      data: keys.filter(({ key }) => key.revoked_at === null).map(({ key, spend }) =>
+        keyJson(key, spend)
+      ),
+    });
+  });
+
+  app.post("/keys", async (c) => {
+    const body = await readJson(c, createSchema);
+    if (body.limit_reset && (body.credit_limit === undefined || body.credit_limit === null)) {
+      throw badRequest("Invalid 'limit_reset': needs a credit_limit");
+    }
+    const { key, secret } = await createKey(c.get("svc").kv, c.get("accountId"), body);
+    return c.json({ ...keyJson(key), key: secret }, 201);
+  });
+
+  app.get("/keys/:id", async (c) => {
+    const { value: key } = await ownKey(c);
+    return c.json(keyJson(key, await getKeySpend(c.get("svc").kv, key.account_id, key.id)));
+  });
+
+  app.patch("/keys/:id", async (c) => {
+    const svc = c.get("svc");
+    const patch = await readJson(c, patchSchema);
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const entry = await ownKey(c);
+      if (entry.value.revoked_at) throw notFound("The key");
+      const next: ApiKey = { ...entry.value, ...patch } as ApiKey;
+      if (next.limit_reset && next.credit_limit === null) {
+        throw badRequest("Invalid 'limit_reset': needs a credit_limit");
+      }
+      const res = await svc.kv.atomic().check(entry).set(entry.key, next).commit();
+      if (res.ok) {
+        svc.keys.forget(next.hash);
+        return c.json(keyJson(next, await getKeySpend(svc.kv, next.account_id, next.id)));
+      }
+    }
+    throw new ApiError(409, "conflict", "The key changed while it was being updated; try again");
+  });
+
+  app.delete("/keys/:id", async (c) => {
+    const svc = c.get("svc");
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const entry = await ownKey(c);
+      if (entry.value.revoked_at) return c.json({ id: entry.value.id, deleted: true });
+      const next = { ...entry.value, revoked_at: new Date(svc.now()).toISOString() };
+      const res = await svc.kv.atomic().check(entry).set(entry.key, next).commit();
+      if (res.ok) {
+        svc.keys.forget(next.hash);
+        return c.json({ id: next.id, deleted: true });
+      }
+    }
+    throw new ApiError(409, "conflict", "The key changed while it was being revoked; try again");
+  });
+
+  app.get("/keys/:id/usage", async (c) => {
+    const { value: key } = await ownKey(c);
+    return c.json(
+      await queryUsage(c.get("svc").kv, {
+        accountId: key.account_id,
+        keyId: key.id,
+        groupBy: groupBy(c),
+        ...usagePeriod(c),
+      }),
+    );
+  });
+
+  app.get("/credits", async (c) => {
+    const b = await getBalance(c.get("svc").kv, c.get("accountId"));
+    return c.json({
+      balance: formatUsd(b.balance),
+      reserved: formatUsd(b.reserved),
+      available: formatUsd(b.balance - b.reserved),
+      total_purchased: formatUsd(b.total_purchased),
+      total_used: formatUsd(b.total_used),
+    });
+  });
+
+  app.get("/transactions", async (c) => {
+    const type = c.req.query("type");
+    const types = ["purchase", "usage_debit", "adjustment", "refund"];
+    if (type !== undefined && !types.includes(type)) {
+      throw badRequest(`Invalid 'type': must be one of ${types.join(", ")}`);
+    }
+    const page = await listLedgerByAccount(c.get("svc").kv, c.get("accountId"), {
+      type: type as LedgerType | undefined,
+      limit: parseLimit(c.req.query("limit")),
+      cursor: parseCursor(c.req.query("cursor")),
+    });
+    return c.json({ data: page.data.map(ledgerJson), next_cursor: page.next_cursor });
+  });
+
+  app.get("/usage", async (c) =>
+    c.json(
+      await queryUsage(c.get("svc").kv, {
+        accountId: c.get("accountId"),
+        groupBy: groupBy(c),
+        ...usagePeriod(c),
+      }),
+    ));
+
+  app.get("/audit/export", (c) => {
+    const format = c.req.query("format") ?? "csv";
+    if (format !== "csv" && format !== "json") {
+      throw badRequest("Invalid 'format': must be csv or json");
+    }
+    const f = auditFilter(c);
+    const stamp = new Date(c.get("svc").now()).toISOString().slice(0, 10);
+    return c.body(exportAudit(c.get("svc").kv, c.get("accountId"), f, format), 200, {
+      "content-type": format === "csv"
+        ? "text/csv; charset=utf-8"
+        : "application/json; charset=utf-8",
+      "content-disposition": `attachment; filename="audit-${stamp}.${format}"`,
+    });
+  });
+
+  app.get("/audit", async (c) => {
+    const page = await listAuditByAccount(
+      c.get("svc").kv,
+      c.get("accountId"),
+      auditFilter(c),
+      parseLimit(c.req.query("limit")),
+      parseCursor(c.req.query("cursor")),
+    );
+    return c.json(page);
+  });
+
+  return app;
+}

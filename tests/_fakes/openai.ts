@@ -1,0 +1,188 @@
+/**
+ * A real HTTP server on 127.0.0.1 that speaks OpenAI's wire format (chat completions, streaming
+ * and not, and embeddings), standing in for the provider. Tests steer it with `scenario`.
+ */
+
+export interface FakeUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  prompt_tokens_details?: { cached_tokens?: number; cache_write_tokens?: number };
+  completion_tokens_details?: { reasoning_tokens?: number };
+  [k: string]: unknown;
+}
+
+export interface Scenario {
+  /** Fixed usage to report; by default derived from the text lengths. */
+  usage?: FakeUsage;
+  /** Reply with this status and an error body (which must never reach the client). */
+  status?: number;
+  retryAfter?: string;
+  /** Milliseconds to wait before answering. */
+  delayMs?: number;
+  /** Number of content chunks a stream is cut into. */
+  chunks?: number;
+  /** Milliseconds between stream chunks. */
+  chunkDelayMs?: number;
+  /** Omit the usage chunk even when asked for it. */
+  omitUsage?: boolean;
+  /** Stop sending (but keep the connection open) after this many chunks. */
+  stallAfter?: number;
+  /** The reply's text; by default "Echo: " + the last user message. */
+  content?: string;
+}
+
+export interface FakeOpenAI {
+  url: string;
+  scenario: Scenario;
+  /** Bodies of the requests received, in order. */
+  requests: Record<string, unknown>[];
+  /** Authorization headers received. */
+  auth: string[];
+  /** Stream chunks the fake managed to write, per request, and whether the client cancelled. */
+  streamsCancelled: number;
+  close(): Promise<void>;
+}
+
+function lastUserText(body: Record<string, unknown>): string {
+  const messages = (body.messages ?? []) as { role: string; content: unknown }[];
+  const last = [...messages].reverse().find((m) => m.role === "user");
+  const c = last?.content;
+  if (typeof c === "string") return c;
+  if (Array.isArray(c)) return c.map((p) => (p as { text?: string }).text ?? "").join(" ");
+  return "";
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function startFakeOpenAI(): FakeOpenAI {
+  const ac = new AbortController();
+  const fake: FakeOpenAI = {
+    url: "",
+    scenario: {},
+    requests: [],
+    auth: [],
+    streamsCancelled: 0,
+    close: async () => {
+      ac.abort();
+      await server.finished;
+    },
+  };
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+    async (req) => {
+      const url = new URL(req.url);
+      const body = await req.json().catch(() => ({}));
+      fake.requests.push(body);
+      fake.auth.push(req.headers.get("authorization") ?? "");
+      const s = fake.scenario;
+      if (s.delayMs) await sleep(s.delayMs);
+      if (s.status && s.status >= 400) {
+        const headers: Record<string, string> = { "content-type": "application/json" };
+        if (s.retryAfter) headers["retry-after"] = s.retryAfter;
+        return new Response(
+          JSON.stringify({ error: { message: `upstream failure echoing: ${lastUserText(body)}` } }),
+          { status: s.status, headers },
+        );
+      }
+      if (url.pathname.endsWith("/embeddings")) {
+        const inputs = Array.isArray(body.input) ? body.input : [body.input];
+        const tokens = s.usage?.prompt_tokens ??
+          inputs.reduce((n: number, i: unknown) => n + Math.ceil(String(i).length / 4), 0);
+        return Response.json({
+          object: "list",
+          data: inputs.map((_: unknown, index: number) => ({
+            object: "embedding",
+            index,
+            embedding: [0.1, 0.2, 0.3],
+          })),
+          model: body.model,
+          usage: { prompt_tokens: tokens, total_tokens: tokens },
+        });
+      }
+      if (!url.pathname.endsWith("/chat/completions")) {
+        return new Response("not found", {
+          status: 404,
+        });
+      }
+      const content = s.content ?? `Echo: ${lastUserText(body)}`;
+      const usage: FakeUsage = s.usage ?? {
+        prompt_tokens: Math.ceil(JSON.stringify(body.messages ?? []).length / 4),
+        completion_tokens: Math.ceil(content.length / 4),
+      };
+      const full = { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens };
+      const id = `chatcmpl-${crypto.randomUUID()}`;
+      const created = Math.floor(Date.now() / 1000);
+      if (!body.stream) {
+        return Response.json({
+          id,
+          object: "chat.completion",
+          created,
+          model: body.model,
+          choices: [{
+            index: 0,
+            message: { role: "assistant", content },
+            finish_reason: "stop",
+            logprobs: null,
+          }],
+          usage: full,
+        });
+      }
+      const includeUsage =
+        (body.stream_options as { include_usage?: boolean })?.include_usage === true;
+      const n = Math.max(1, s.chunks ?? 4);
+      const size = Math.ceil(content.length / n);
+      const parts = Array.from({ length: n }, (_, i) => content.slice(i * size, (i + 1) * size));
+      const chunk = (delta: unknown, finish: string | null) => ({
+        id,
+        object: "chat.completion.chunk",
+        created,
+        model: body.model,
+        choices: [{ index: 0, delta, finish_reason: finish }],
+        ...(includeUsage ? { usage: null } : {}),
+      });
+      const events: string[] = [
+        JSON.stringify(chunk({ role: "assistant", content: "" }, null)),
+        ...parts.map((p) => JSON.stringify(chunk({ content: p }, null))),
+        JSON.stringify(chunk({}, "stop")),
+      ];
+      if (includeUsage && !s.omitUsage) {
+        events.push(
+          JSON.stringify({
+            id,
+            object: "chat.completion.chunk",
+            created,
+            model: body.model,
+            choices: [],
+            usage: full,
+          }),
+        );
+      }
+      events.push("[DONE]");
+      const enc = new TextEncoder();
+      let i = 0;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const stream = new ReadableStream<Uint8Array>({
+        async pull(ctrl) {
+          if (s.stallAfter !== undefined && i >= s.stallAfter) {
+            // Hold the connection open without sending, until the reader gives up.
+            await new Promise<void>((r) => timer = setTimeout(r, 60_000));
+            return;
+          }
+          if (i >= events.length) {
+            ctrl.close();
+            return;
+          }
+          if (s.chunkDelayMs && i > 0) await sleep(s.chunkDelayMs);
+          ctrl.enqueue(enc.encode(`data: ${events[i++]}\n\n`));
+        },
+        cancel() {
+          clearTimeout(timer);
+          fake.streamsCancelled++;
+        },
+      });
+      return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+    },
+  );
+  fake.url = `http://127.0.0.1:${server.addr.port}/v1`;
+  return fake;
+}

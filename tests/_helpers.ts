@@ -1,0 +1,140 @@
+import assert from "node:assert/strict";
+import { loadConfig } from "../lib/config.ts";
+import { createApp, type Router } from "../lib/app.ts";
+import type { ProvidersFile } from "../lib/providers/registry.ts";
+import { type Logger, silentLogger } from "../lib/log.ts";
+import { type FakeOpenAI, startFakeOpenAI } from "./_fakes/openai.ts";
+
+export const ADMIN_TOKEN = "test-admin-token-0123456789";
+
+export interface TestRouter {
+  url: string;
+  router: Router;
+  kv: Deno.Kv;
+  openai: FakeOpenAI;
+  /** Admin API call. */
+  admin(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<Response>;
+  /** Call with a key. */
+  call(
+    key: string,
+    method: string,
+    path: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<Response>;
+  /** A new account with `credit` USD granted by adjustment; returns its management key and an inference key. */
+  account(
+    credit?: string,
+    keySpec?: Record<string, unknown>,
+  ): Promise<{ id: string; mgmt: string; key: string; keyId: string }>;
+  /** Records pending events, then asserts Σ ledger = balance and reserved = Σ holds for every account. */
+  assertBooks(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface RouterOptions {
+  env?: Record<string, string>;
+  providersFile?: ProvidersFile;
+  kvPath?: string;
+  log?: Logger;
+  now?: () => number;
+}
+
+/** Starts the router on a real port against a fake OpenAI, on in-memory (or file) Deno KV. */
+export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter> {
+  const openai = startFakeOpenAI();
+  const env = {
+    ADMIN_TOKEN,
+    OPENAI_API_KEY: "sk-upstream-test",
+    OPENAI_BASE_URL: openai.url,
+    KV_PATH: opts.kvPath ?? ":memory:",
+    ...opts.env,
+  };
+  const config = loadConfig(env);
+  const kv = await Deno.openKv(config.kvPath);
+  const router = createApp({
+    kv,
+    config,
+    providersFile: opts.providersFile ?? null,
+    env,
+    log: opts.log ?? silentLogger,
+    now: opts.now,
+    sweepEveryMs: 200,
+  });
+  const ac = new AbortController();
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+    router.app.fetch,
+  );
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  const request = (
+    auth: string,
+    method: string,
+    path: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ) =>
+    fetch(url + path, {
+      method,
+      headers: { authorization: `Bearer ${auth}`, "content-type": "application/json", ...headers },
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+    });
+  const t: TestRouter = {
+    url,
+    router,
+    kv,
+    openai,
+    admin: (m, p, b, h) => request(ADMIN_TOKEN, m, p, b, h),
+    call: request,
+    async account(credit = "10", keySpec = {}) {
+      const res = await t.admin("POST", "/v1/admin/accounts", { name: "Test Co" });
+      assert.equal(res.status, 201);
+      const acct = await res.json();
+      if (credit !== "0") {
+        const adj = await t.admin("POST", `/v1/admin/accounts/${acct.id}/adjustments`, {
+          amount: credit,
+          reason: "test credit",
+        });
+        assert.equal(adj.status, 201);
+        await adj.body?.cancel();
+      }
+      const k = await request(acct.management_key, "POST", "/v1/keys", {
+        name: "test key",
+        ...keySpec,
+      });
+      assert.equal(k.status, 201);
+      const key = await k.json();
+      return { id: acct.id, mgmt: acct.management_key, key: key.key, keyId: key.id };
+    },
+    async assertBooks() {
+      await router.flush();
+      const res = await t.admin("GET", "/v1/admin/verify");
+      const v = await res.json();
+      assert.equal(v.pending_events, 0, "every usage event is recorded");
+      assert.deepEqual(v.differences, [], "balance = Σ ledger and reserved = Σ holds");
+      assert.equal(v.ok, true);
+    },
+    async close() {
+      ac.abort();
+      await server.finished;
+      await router.flush();
+      await router.close();
+      kv.close();
+      await router.svc.background.listener;
+      await openai.close();
+    },
+  };
+  return t;
+}
+
+/** Reads a JSON response, asserting its status first (with the body in the message). */
+export async function json(res: Response, status: number) {
+  const text = await res.text();
+  assert.equal(res.status, status, `expected ${status}, got ${res.status}: ${text}`);
+  return text ? JSON.parse(text) : null;
+}

@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { json, startRouter } from "../_helpers.ts";
+
+const USAGE = {
+  prompt_tokens: 1000,
+  completion_tokens: 200,
+  prompt_tokens_details: { cached_tokens: 400 },
+  completion_tokens_details: { reasoning_tokens: 50 },
+};
+// gpt-4o-mini list prices: input $0.15/M, cached input $0.075/M, output $0.60/M.
+// market = 600 × 0.15 + 400 × 0.075 + 200 × 0.60 = 240 µ$ = $0.00024; 20 % off = $0.000192.
+
+Deno.test("chat completion through the OpenAI SDK is priced exactly, cached tokens included", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { usage: USAGE };
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+    const res = await client.chat.completions.create({
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "hello" }],
+    });
+    assert.equal(res.choices[0].message.content, "Echo: hello");
+    const usage = res.usage as unknown as Record<string, number>;
+    assert.equal(usage.cost, 0.000192);
+    assert.equal(usage.market_cost, 0.00024);
+    assert.equal(t.openai.requests[0].model, "gpt-4o-mini");
+    assert.equal(t.openai.auth[0], "Bearer sk-upstream-test");
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.deepEqual(credits, {
+      balance: "0.999808",
+      reserved: "0",
+      available: "0.999808",
+      total_purchased: "0",
+      total_used: "0.000192",
+    });
+    await t.assertBooks();
+    const tx = await json(await t.call(mgmt, "GET", "/v1/transactions?type=usage_debit"), 200);
+    assert.equal(tx.data.length, 1);
+    assert.equal(tx.data[0].amount, "-0.000192");
+    assert.equal(tx.data[0].balance_after, "0.999808");
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a stream passes through, bills its usage, and shows usage only when asked", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { usage: USAGE, chunks: 5 };
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+
+    const withUsage = await client.chat.completions.create({
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "stream me" }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    let usage: Record<string, number> | null = null;
+    for await (const chunk of withUsage) {
+      text += chunk.choices[0]?.delta?.content ?? "";
+      if (chunk.usage) usage = chunk.usage as unknown as Record<string, number>;
+    }
+    assert.equal(text, "Echo: stream me");
+    assert.equal(usage?.cost, 0.000192);
+    assert.equal(usage?.market_cost, 0.00024);
+
+    const noUsage = await client.chat.completions.create({
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "again" }],
+      stream: true,
+    });
+    let sawUsage = false;
+    text = "";
+    for await (const chunk of noUsage) {
+      text += chunk.choices[0]?.delta?.content ?? "";
+      if (chunk.usage) sawUsage = true;
+    }
+    assert.equal(text, "Echo: again");
+    assert.equal(sawUsage, false, "the usage chunk is dropped when the client did not ask");
+    // The router asked the upstream for usage both times.
+    for (const r of t.openai.requests) {
+      assert.deepEqual((r.stream_options as Record<string, unknown>).include_usage, true);
+    }
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.000384");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
