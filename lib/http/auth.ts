@@ -26,8 +26,15 @@ export const requireKey = (scope: KeyScope) =>
         "Missing API key: send Authorization: Bearer <key>",
       );
     }
-    const check = checkKey(await svc.keys.resolve(secret), svc.now());
+    const found = await svc.keys.resolve(secret);
+    const check = checkKey(found, svc.now());
     if (!check.ok) {
+      if (check.code === "key_disabled" && found?.scope === scope) {
+        // The account is known: its refused request belongs in its audit trail.
+        c.set("key", found);
+        c.set("accountId", found.account_id);
+        throw new ApiError(403, "key_disabled", "This API key is disabled");
+      }
       throw check.code === "key_disabled"
         ? new ApiError(403, "key_disabled", "This API key is disabled")
         : new ApiError(401, "invalid_api_key", "The API key is invalid, revoked or expired");
