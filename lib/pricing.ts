@@ -1,5 +1,5 @@
 import { calcPrice, findProvider, type ModelPrice } from "@pydantic/genai-prices";
-import { divRound } from "./money.ts";
+import { divRound, parseUsd } from "./money.ts";
 
 /** A price per million tokens in nano-USD, possibly tiered by the request's total input tokens. */
 export interface Rate {
@@ -77,13 +77,19 @@ export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: numbe
 
 /** USD per million tokens (a catalog number or a decimal string) → nano-USD per million tokens. */
 export function mtokToNanos(usd: number | string): bigint {
-  const n = typeof usd === "number" ? usd : Number(usd);
+  if (typeof usd === "string") {
+    // A decimal string (PROVIDERS_FILE) converts exactly, without passing through a float.
+    const exact = parseUsd(usd);
+    if (exact === null || exact < 0n) throw new RangeError(`invalid price ${usd}`);
+    return exact;
+  }
+  const n = usd;
   if (!Number.isFinite(n) || n < 0) throw new RangeError(`invalid price ${usd}`);
   return BigInt(Math.round(n * 1e9));
 }
 
 function toRate(v: unknown): Rate | undefined {
-  if (typeof v === "number") return { base: mtokToNanos(v), tiers: [] };
+  if (typeof v === "number" || typeof v === "string") return { base: mtokToNanos(v), tiers: [] };
   if (v && typeof v === "object" && "base" in v && "tiers" in v) {
     const t = v as { base: number; tiers: { start: number; price: number }[] };
     return {

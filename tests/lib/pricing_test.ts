@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import { calcPrice } from "@pydantic/genai-prices";
+import {
+  lookupCatalog,
+  mtokToNanos,
+  type NormalizedUsage,
+  priceTableFrom,
+  priceUsage,
+  ZERO_USAGE,
+} from "../../lib/pricing.ts";
+
+const usage = (u: Partial<NormalizedUsage>): NormalizedUsage => ({ ...ZERO_USAGE, ...u });
+const NANO = 1_000_000_000;
+
+Deno.test("gpt-4o-mini: cached tokens at the cached rate, reasoning inside output", () => {
+  const p = lookupCatalog("openai", "gpt-4o-mini", new Date())!.prices;
+  // 600 × $0.15/M + 400 × $0.075/M + 200 × $0.60/M = $0.00024; 20 % off = $0.000192.
+  const c = priceUsage(
+    usage({ prompt: 1000, cached: 400, completion: 200, reasoning: 50 }),
+    p,
+    2000,
+  );
+  assert.deepEqual(c, { market: 240_000n, cost: 192_000n });
+});
+
+Deno.test("claude-sonnet-4-5 tiers switch above 200k input tokens, every token class with them", () => {
+  const p = lookupCatalog("anthropic", "claude-sonnet-4-5", new Date())!.prices;
+  // At the threshold the base rates apply: 200000 × $3/M + 1000 × $15/M.
+  assert.equal(priceUsage(usage({ prompt: 200_000, completion: 1000 }), p, 0).market, 615_000_000n);
+  // One token more and the whole request is at the higher tier: 200001 × $6/M + 1000 × $22.5/M.
+  assert.equal(
+    priceUsage(usage({ prompt: 200_001, completion: 1000 }), p, 0).market,
+    1_222_506_000n,
+  );
+  // 180000 uncached × $6 + 50000 cache reads × $0.6 + 15000 5-minute writes × $7.5
+  // + 5000 one-hour writes × $12 + 1000 output × $22.5 (per M) = $1.305; 20 % off = $1.044.
+  const u = usage({
+    prompt: 250_000,
+    cached: 50_000,
+    cacheWrite: 20_000,
+    cacheWrite1h: 5_000,
+    completion: 1000,
+  });
+  assert.deepEqual(priceUsage(u, p, 2000), { market: 1_305_000_000n, cost: 1_044_000_000n });
+});
+
+Deno.test("gemini-2.5-pro tiered prices agree with the catalog's own calculation", () => {
+  const when = new Date();
+  const p = lookupCatalog("google", "gemini-2.5-pro", when)!.prices;
+  for (
+    const [prompt, cached, completion] of [
+      [1000, 0, 500],
+      [199_999, 100_000, 7],
+      [200_000, 0, 1],
+      [200_001, 3, 65_536],
+      [1_000_000, 999_999, 12_345],
+    ]
+  ) {
+    const ours = priceUsage(usage({ prompt, cached, completion }), p, 0).market;
+    const theirs = calcPrice(
+      { input_tokens: prompt, cache_read_tokens: cached, output_tokens: completion },
+      "gemini-2.5-pro",
+      { providerId: "google", timestamp: when },
+    )!.total_price;
+    // The catalog computes in floating point; ours is exact and within a nano-dollar of it.
+    assert.ok(
+      Math.abs(Number(ours) - theirs * NANO) <= 1,
+      `${prompt}/${cached}/${completion}: ${ours} vs ${theirs}`,
+    );
+  }
+});
+
+Deno.test("fractional nano-dollar prices are summed first and rounded once, half away from zero", () => {
+  // $0.0015 per million tokens = 1.5 nano-USD per token.
+  const p = priceTableFrom({ input_mtok: "0.0015", output_mtok: "0.0025" })!;
+  assert.deepEqual(priceUsage(usage({ prompt: 1 }), p, 0), { market: 2n, cost: 2n });
+  assert.deepEqual(priceUsage(usage({ prompt: 3 }), p, 0), { market: 5n, cost: 5n });
+  // 1 × 1.5 + 1 × 2.5 = 4 exactly: no per-class rounding (which would give 2 + 3 = 5).
+  assert.deepEqual(priceUsage(usage({ prompt: 1, completion: 1 }), p, 0), { market: 4n, cost: 4n });
+  // The discount applies to the exact sum: 4 × 0.8 = 3.2 → 3, not round(4) × 0.8.
+  assert.deepEqual(priceUsage(usage({ prompt: 1, completion: 1 }), p, 2000), {
+    market: 4n,
+    cost: 3n,
+  });
+  // 1.5 × 0.75 = 1.125 → 1.
+  assert.deepEqual(priceUsage(usage({ prompt: 1 }), p, 2500), { market: 2n, cost: 1n });
+  assert.deepEqual(priceUsage(ZERO_USAGE, p, 2000), { market: 0n, cost: 0n });
+});
+
+Deno.test("operator prices given as decimal strings convert exactly", () => {
+  assert.equal(mtokToNanos("0.075"), 75_000_000n);
+  assert.equal(mtokToNanos(0.075), 75_000_000n);
+  assert.equal(mtokToNanos("0.000000001"), 1n);
+  // Sixteen significant digits do not survive a float; a string price must stay exact.
+  assert.equal(mtokToNanos("1234567.123456789"), 1_234_567_123_456_789n);
+  assert.throws(() => mtokToNanos("-1"), RangeError);
+  assert.throws(() => mtokToNanos("abc"), RangeError);
+});
+
+Deno.test("a missing cache rate falls back to the input rate; an embedding model has no output rate", () => {
+  const p = priceTableFrom({ input_mtok: 2, output_mtok: 8 })!;
+  // 100 cache reads billed as input: 100 × $2/M + 10 × $8/M.
+  assert.equal(
+    priceUsage(usage({ prompt: 100, cached: 100, completion: 10 }), p, 0).market,
+    280_000n,
+  );
+  const e = lookupCatalog("openai", "text-embedding-3-small", new Date())!.prices;
+  assert.equal(e.output.base, 0n);
+  assert.equal(priceUsage(usage({ prompt: 1_000_000 }), e, 0).market, 20_000_000n);
+  assert.equal(priceTableFrom({ output_mtok: 1 }), null, "no input price means no price");
+});
