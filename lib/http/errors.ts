@@ -50,15 +50,20 @@ export function describeZod(error: z.ZodError): string {
   return `Invalid '${path}': ${i.message}`;
 }
 
-/** Parses a JSON request body; malformed JSON and schema violations are 400 naming the field. */
-export async function readJson<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
-  let raw: unknown;
+/** Parses raw JSON text against a schema; malformed JSON and violations are 400 naming the field. */
+export function parseJson<T extends z.ZodType>(raw: string, schema: T): z.output<T> {
+  let json: unknown;
   try {
-    raw = JSON.parse(await c.req.text());
+    json = JSON.parse(raw);
   } catch {
     throw badRequest("The request body is not valid JSON");
   }
-  const r = schema.safeParse(raw);
+  const r = schema.safeParse(json);
   if (!r.success) throw badRequest(describeZod(r.error));
   return r.data;
+}
+
+/** Reads and parses a JSON request body (see `parseJson`). */
+export async function readJson<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
+  return parseJson(await c.req.text(), schema);
 }

@@ -2,7 +2,7 @@ import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireAdmin } from "../../lib/http/auth.ts";
-import { ApiError, badRequest, describeZod, notFound } from "../../lib/http/errors.ts";
+import { ApiError, notFound, parseJson } from "../../lib/http/errors.ts";
 import { usdAmount } from "../../lib/http/params.ts";
 import {
   idempotency,
@@ -49,18 +49,6 @@ export function accountJson(a: Account, b: BalanceState) {
     total_purchased: formatUsd(b.total_purchased),
     total_used: formatUsd(b.total_used),
   };
-}
-
-function parse<T extends z.ZodType>(raw: string, schema: T): z.output<T> {
-  let json: unknown;
-  try {
-    json = JSON.parse(raw);
-  } catch {
-    throw badRequest("The request body is not valid JSON");
-  }
-  const r = schema.safeParse(json);
-  if (!r.success) throw badRequest(describeZod(r.error));
-  return r.data;
 }
 
 /** A credit-moving admin write: an adjustment or a refund, replayable by Idempotency-Key. */
@@ -110,7 +98,7 @@ export function adminRoutes() {
   app.post("/accounts", async (c) => {
     const svc = c.get("svc");
     const raw = await c.req.text();
-    const body = parse(raw, accountSchema);
+    const body = parseJson(raw, accountSchema);
     const idem = await idempotency(c, "admin:accounts", raw);
     for (let attempt = 0; attempt < 5; attempt++) {
       if (idem) {
@@ -162,13 +150,13 @@ export function adminRoutes() {
 
   app.post("/accounts/:id/adjustments", async (c) => {
     const raw = await c.req.text();
-    const body = parse(raw, adjustmentSchema);
+    const body = parseJson(raw, adjustmentSchema);
     return credit(c, "adjustment", body.amount, body.reason, null, raw);
   });
 
   app.post("/accounts/:id/refunds", async (c) => {
     const raw = await c.req.text();
-    const body = parse(raw, refundSchema);
+    const body = parseJson(raw, refundSchema);
     return credit(c, "refund", body.amount, body.reason, body.reference ?? null, raw);
   });
 
