@@ -47,9 +47,12 @@ if (providers.length === 0) {
   );
 }
 
+// Deno Deploy chooses the address itself unless one is configured explicitly.
+const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
+const explicitAddress = Deno.env.get("PORT") !== undefined ||
+  Deno.env.get("LISTEN_HOST") !== undefined;
 const server = Deno.serve({
-  port: config.port,
-  hostname: config.listenHost,
+  ...(onDeploy && !explicitAddress ? {} : { port: config.port, hostname: config.listenHost }),
   onListen: ({ hostname, port }) =>
     consoleLogger("info", "listening", { url: `http://${hostname}:${port}` }),
 }, router.app.fetch);
