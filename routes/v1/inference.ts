@@ -14,7 +14,7 @@ import {
 import { readOpenAIUsage, UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { type Cost, ZERO_USAGE } from "../../lib/pricing.ts";
-import { formatUsd, usdNumber } from "../../lib/money.ts";
+import { divRound, formatUsd, usdNumber } from "../../lib/money.ts";
 import { getKeySpend } from "../../lib/auth/keys.ts";
 import { currentSpend, periodEnd } from "../../lib/billing/periods.ts";
 
@@ -216,9 +216,9 @@ async function embeddings(c: Context<AppEnv>) {
 
 /** The per-million-token prices of a model, market and your rate, as USD strings. */
 function pricing(m: ResolvedModel) {
-  const rate = (n: bigint | undefined) => n === undefined ? undefined : formatUsd(n / 1000n);
+  const rate = (n: bigint | undefined) => n === undefined ? undefined : formatUsd(n);
   const yours = (n: bigint | undefined) =>
-    n === undefined ? undefined : formatUsd((n * BigInt(10_000 - m.discountBps)) / 10_000n / 1000n);
+    n === undefined ? undefined : formatUsd(divRound(n * BigInt(10_000 - m.discountBps), 10_000n));
   const p = m.prices;
   const table = (f: (n: bigint | undefined) => string | undefined) => ({
     input: f(p.input.base),

@@ -1,0 +1,108 @@
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { json, startRouter } from "../_helpers.ts";
+
+Deno.test("embeddings are priced exactly and debited once", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { usage: { prompt_tokens: 1234, completion_tokens: 0 } };
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+    const res = await client.embeddings.create({
+      model: "openai/text-embedding-3-small",
+      input: ["one", "two"],
+    });
+    assert.equal(res.data.length, 2);
+    // 1234 × $0.02/M = $0.00002468 market; 20 % off = $0.000019744.
+    const usage = res.usage as unknown as Record<string, number>;
+    assert.equal(usage.market_cost, 0.00002468);
+    assert.equal(usage.cost, 0.000019744);
+    assert.equal(t.openai.requests[0].model, "text-embedding-3-small");
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.balance, "0.999980256");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+    const tx = await json(await t.call(mgmt, "GET", "/v1/transactions?type=usage_debit"), 200);
+    assert.deepEqual(tx.data.map((e: { amount: string }) => e.amount), ["-0.000019744"]);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("PROVIDERS_FILE prices and discounts override the catalog, exactly", async () => {
+  const t = await startRouter({
+    providersFile: {
+      providers: { openai: { discount_percent: 50 } },
+      models: {
+        // Decimal-string prices with fractions of a nano-dollar per token.
+        "openai/gpt-4o-mini": {
+          prices: { input_mtok: "0.333333333", output_mtok: "1.1", cache_read_mtok: "0.01" },
+          discount_percent: 12.5,
+        },
+        "openai/house-model": { prices: { input_mtok: 3, output_mtok: 9 } },
+      },
+    },
+  });
+  try {
+    const { key, mgmt } = await t.account("1");
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+    t.openai.scenario = {
+      usage: {
+        prompt_tokens: 7,
+        completion_tokens: 3,
+        prompt_tokens_details: { cached_tokens: 2 },
+      },
+    };
+    const a = await client.chat.completions.create({
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "hi" }],
+    });
+    // 5 × 333333333 + 2 × 10000000 + 3 × 1100000000 = 4986666665 nano·tokens per million
+    // → market round(4986.666665) = 4987 nano; cost round(4986.666665 × 0.875) = 4363 nano.
+    const ua = a.usage as unknown as Record<string, number>;
+    assert.equal(ua.market_cost, 0.000004987);
+    assert.equal(ua.cost, 0.000004363);
+
+    // The provider's 50 % applies to a model without its own discount.
+    t.openai.scenario = { usage: { prompt_tokens: 1000, completion_tokens: 100 } };
+    const b = await client.chat.completions.create({
+      model: "openai/house-model",
+      messages: [{ role: "user", content: "hi" }],
+    });
+    // 1000 × $3/M + 100 × $9/M = $0.0039; half = $0.00195.
+    const ub = b.usage as unknown as Record<string, number>;
+    assert.equal(ub.market_cost, 0.0039);
+    assert.equal(ub.cost, 0.00195);
+
+    const models = await json(await t.call(key, "GET", "/v1/models"), 200);
+    const house = models.data.find((m: { id: string }) => m.id === "openai/house-model");
+    assert.equal(house.pricing.market.input, "3");
+    assert.equal(house.pricing.your_rate.input, "1.5");
+    assert.equal(house.pricing.discount_percent, 50);
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.001954363");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a model without a price is refused and never billed at zero", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "openai/surely-not-a-catalog-model",
+      messages: [{ role: "user", content: "hi" }],
+    });
+    const body = await json(res, 404);
+    assert.equal(body.error.code, "model_not_priced");
+    assert.equal(t.openai.requests.length, 0, "nothing was forwarded");
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.balance, "1");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
