@@ -174,7 +174,14 @@ export class AccountActors {
 
   async #commitBatch(accountId: string, batch: Pending[]) {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const outcome = await this.#attempt(accountId, batch);
+      let outcome;
+      try {
+        outcome = await this.#attempt(accountId, batch);
+      } catch (e) {
+        // Another process holding the local KV file's write lock is contention too: retry.
+        if (!isLocked(e)) throw e;
+        outcome = null;
+      }
       if (outcome) {
         for (let i = 0; i < batch.length; i++) batch[i].resolve(outcome.results[i]);
         if (outcome.eventIds.length) this.#opts.onCommitted?.(outcome.eventIds);
@@ -386,6 +393,10 @@ export class AccountActors {
     return { results, eventIds };
   }
 }
+
+/** SQLite's busy error from a KV file another process is writing (local KV only). */
+export const isLocked = (e: unknown) =>
+  e instanceof Error && /database is locked|database table is locked/.test(e.message);
 
 /** Takes the longest prefix of the queue that fits one atomic's check and mutation limits. */
 function takeBatch(queue: Pending[]): Pending[] {
