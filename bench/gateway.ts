@@ -1,0 +1,512 @@
+/**
+ * `deno task bench`: the same load, in one run on loopback, against (a) a fake OpenAI upstream
+ * directly, (b) a bare pass-through Hono proxy on Deno, (c) the router with full billing, one hot
+ * account and 100 accounts, and (d) the Portkey gateway from npm; non-streaming and streaming, at
+ * concurrency 32 and 128. Prints requests/s, p50/p99 latency, CPU per request of the gateway
+ * process, the ratios to the baselines of the same run, how long the ledger takes to catch up
+ * after each load on the router, and whether the books balance at the end.
+ *
+ * Flags: --quick (short runs), --seconds=N, --no-portkey, --only=json|sse, --loadgen=wrk|deno.
+ * Results are also written to bench/results/latest.json.
+ */
+import type { LoadResult, LoadSpec } from "./loadgen.ts";
+import { type Row, summarize } from "./report.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+const BENCH = new URL("./", import.meta.url).pathname;
+const PORTKEY_VERSION = "1.15.2";
+const PORTKEY_DIR = `${BENCH}.portkey`;
+const ADMIN_TOKEN = "bench-admin-token-0123456789abcdef";
+const UPSTREAM_KEY = "sk-bench-upstream";
+const SPREAD_ACCOUNTS = 100;
+const CONCURRENCY = [32, 128];
+
+const args = new Set(Deno.args);
+const flag = (name: string) =>
+  Deno.args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
+const quick = args.has("--quick") || Deno.env.get("BENCH_QUICK") === "1";
+const seconds = Number(flag("seconds") ?? Deno.env.get("BENCH_SECONDS") ?? (quick ? 3 : 8));
+const warmupSeconds = quick ? 1 : 2;
+const modes = (flag("only") ? [flag("only")] : ["json", "sse"]) as ("json" | "sse")[];
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+
+interface Proc {
+  name: string;
+  pid: number;
+  url: string;
+  child: Deno.ChildProcess;
+  /** The last lines the process printed, for error messages. */
+  tail: () => string;
+}
+
+const procs: Proc[] = [];
+
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** Keeps the last few KB a stream printed, reading it to the end so the pipe never fills. */
+function drain(stream: ReadableStream<Uint8Array>): () => string {
+  let tail = "";
+  const d = new TextDecoder();
+  (async () => {
+    for await (const chunk of stream) {
+      tail = (tail + d.decode(chunk, { stream: true })).slice(-4000);
+    }
+  })().catch(() => {});
+  return () => tail;
+}
+
+/** Starts a process and waits until `readyPath` on its port answers over HTTP. */
+async function start(
+  name: string,
+  cmd: string,
+  cmdArgs: string[],
+  opts: { port: number; env?: Record<string, string>; cwd?: string; readyPath?: string },
+): Promise<Proc> {
+  const child = new Deno.Command(cmd, {
+    args: cmdArgs,
+    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1", ...opts.env },
+    cwd: opts.cwd ?? ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const out = drain(child.stdout);
+  const err = drain(child.stderr);
+  const url = `http://127.0.0.1:${opts.port}`;
+  const p: Proc = { name, pid: child.pid, url, child, tail: () => out() + err() };
+  procs.push(p);
+  let exited = false;
+  child.status.then(() => exited = true);
+  for (let i = 0; i < 300; i++) {
+    if (exited) throw new Error(`${name} exited at start:\n${p.tail()}`);
+    try {
+      const res = await fetch(url + (opts.readyPath ?? "/"));
+      await res.body?.cancel();
+      return p;
+    } catch {
+      await sleep(100);
+    }
+  }
+  throw new Error(`${name} did not start within 30 s:\n${p.tail()}`);
+}
+
+async function stopAll() {
+  for (const p of procs.splice(0).reverse()) {
+    try {
+      p.child.kill("SIGTERM");
+    } catch { /* already gone */ }
+    const done = await Promise.race([p.child.status.then(() => true), sleep(3000)]);
+    if (!done) {
+      try {
+        p.child.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await p.child.status;
+    }
+  }
+}
+
+/** User + system CPU time a process has used so far, in microseconds (Linux). */
+async function cpuMicros(pid: number): Promise<number | null> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime are fields 14 and 15 of the whole line, in clock ticks (100 per second).
+    return (Number(fields[11]) + Number(fields[12])) * 10_000;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generators
+
+async function haveWrk(): Promise<boolean> {
+  const probe = async () => {
+    try {
+      const r = await new Deno.Command("wrk", {
+        args: ["--version"],
+        stdout: "null",
+        stderr: "null",
+      })
+        .output();
+      return r.code === 0 || r.code === 1;
+    } catch {
+      return false;
+    }
+  };
+  if (await probe()) return true;
+  if (Deno.uid?.() === 0) {
+    console.log("wrk is missing: trying apt-get install -y wrk");
+    try {
+      await new Deno.Command("apt-get", {
+        args: ["install", "-y", "-qq", "wrk"],
+        env: { DEBIAN_FRONTEND: "noninteractive" },
+        stdout: "null",
+        stderr: "null",
+      }).output();
+    } catch { /* no apt */ }
+    if (await probe()) return true;
+  }
+  return false;
+}
+
+let tmp = "";
+let fileSeq = 0;
+
+async function runWrk(spec: LoadSpec): Promise<LoadResult> {
+  const bodyFile = `${tmp}/body-${fileSeq}.json`;
+  const tokensFile = `${tmp}/tokens-${fileSeq++}.txt`;
+  await Deno.writeTextFile(bodyFile, spec.body);
+  await Deno.writeTextFile(tokensFile, spec.tokens.join("\n") + "\n");
+  const out = await new Deno.Command("wrk", {
+    args: [
+      "-t1",
+      `-c${spec.concurrency}`,
+      `-d${Math.round(spec.durationMs / 1000)}s`,
+      "--timeout",
+      "10s",
+      "-s",
+      `${BENCH}post.lua`,
+      spec.url,
+      "--",
+      bodyFile,
+      spec.tokens.length ? tokensFile : "-",
+      ...Object.entries(spec.headers).map(([k, v]) => `${k}: ${v}`),
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stdout);
+  const line = text.split("\n").find((l) => l.startsWith("{"));
+  if (!line) throw new Error(`wrk failed: ${text}${new TextDecoder().decode(out.stderr)}`);
+  return JSON.parse(line);
+}
+
+async function runDenoLoad(spec: LoadSpec): Promise<LoadResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${BENCH}loadgen.ts`, JSON.stringify(spec)],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (out.code !== 0) throw new Error("the load generator failed");
+  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)!);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Targets
+
+interface Target {
+  name: string;
+  /** The process whose CPU is charged to the gateway (none for direct). */
+  proc: Proc | null;
+  url: string;
+  model: string;
+  tokens: string[];
+  headers: Record<string, string>;
+  /** Present on router targets: how to check the books. */
+  router?: Proc;
+}
+
+function body(model: string, mode: "json" | "sse"): string {
+  return JSON.stringify({
+    model,
+    messages: [{ role: "user", content: "Say hello in about twenty words." }],
+    max_tokens: 64,
+    ...(mode === "sse" ? { stream: true, stream_options: { include_usage: true } } : {}),
+  });
+}
+
+async function admin(router: Proc, method: string, path: string, payload?: unknown) {
+  const res = await fetch(router.url + path, {
+    method,
+    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+    body: payload === undefined ? undefined : JSON.stringify(payload),
+  });
+  const text = await res.text();
+  if (res.status >= 300) throw new Error(`${method} ${path}: ${res.status} ${text}`);
+  return JSON.parse(text);
+}
+
+/** Creates an account with credit and one inference key through the admin and management API. */
+async function account(router: Proc, i: number): Promise<string> {
+  const acct = await admin(router, "POST", "/v1/admin/accounts", { name: `Bench ${i}` });
+  await admin(router, "POST", `/v1/admin/accounts/${acct.id}/adjustments`, {
+    amount: "1000",
+    reason: "benchmark credit",
+  });
+  const res = await fetch(router.url + "/v1/keys", {
+    method: "POST",
+    headers: {
+      authorization: `Bearer ${acct.management_key}`,
+      "content-type": "application/json",
+    },
+    body: JSON.stringify({ name: "bench" }),
+  });
+  const key = await res.json();
+  if (res.status !== 201) throw new Error(`POST /v1/keys: ${res.status} ${JSON.stringify(key)}`);
+  return key.key;
+}
+
+async function startRouter(name: string, upstream: Proc): Promise<Proc> {
+  const port = freePort();
+  const flags = (Deno.env.get("BENCH_ROUTER_FLAGS") ?? "").split(" ").filter(Boolean);
+  return await start(name, Deno.execPath(), ["run", "-A", ...flags, "main.ts"], {
+    port,
+    readyPath: "/healthz",
+    env: {
+      PORT: String(port),
+      LISTEN_HOST: "127.0.0.1",
+      KV_PATH: `${tmp}/${name}.kv`,
+      ADMIN_TOKEN,
+      OPENAI_API_KEY: UPSTREAM_KEY,
+      OPENAI_BASE_URL: `${upstream.url}/v1`,
+    },
+  });
+}
+
+/** Polls the books check until every event is recorded and the books balance. */
+async function catchUp(router: Proc, loadEnded: number) {
+  let previous = loadEnded;
+  for (;;) {
+    const asked = performance.now();
+    const v = await admin(router, "GET", "/v1/admin/verify");
+    const answered = performance.now();
+    if (v.pending_events === 0 && v.ok) {
+      return {
+        caught_up_ms: Math.max(0, Math.round(asked - loadEnded)),
+        resolution_ms: Math.round(asked - previous),
+        verify_ms: Math.round(answered - asked),
+      };
+    }
+    if (answered - loadEnded > 60_000) {
+      throw new Error(`${router.name}: the ledger did not catch up in 60 s: ${JSON.stringify(v)}`);
+    }
+    previous = asked;
+    await sleep(20);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async function ensurePortkey(): Promise<string | null> {
+  const entry = `${PORTKEY_DIR}/node_modules/@portkey-ai/gateway/build/start-server.js`;
+  const installed = await Deno.readTextFile(
+    `${PORTKEY_DIR}/node_modules/@portkey-ai/gateway/package.json`,
+  ).then((t) => JSON.parse(t).version, () => null);
+  if (installed === PORTKEY_VERSION) return entry;
+  console.log(`installing @portkey-ai/gateway@${PORTKEY_VERSION} into bench/.portkey …`);
+  await Deno.mkdir(PORTKEY_DIR, { recursive: true });
+  const r = await new Deno.Command("npm", {
+    args: [
+      "install",
+      "--prefix",
+      PORTKEY_DIR,
+      "--no-audit",
+      "--no-fund",
+      "--loglevel=error",
+      `@portkey-ai/gateway@${PORTKEY_VERSION}`,
+    ],
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output().catch(() => null);
+  return r?.code === 0 ? entry : null;
+}
+
+async function main() {
+  tmp = await Deno.makeTempDir({ prefix: "router-bench-" });
+  const useWrk = flag("loadgen") !== "deno" && Deno.env.get("BENCH_LOADGEN") !== "deno" &&
+    await haveWrk();
+  const load = useWrk ? runWrk : runDenoLoad;
+  console.log(
+    `load generator: ${useWrk ? "wrk (1 thread)" : "deno (bench/loadgen.ts)"}; ` +
+      `${seconds} s per run after a ${warmupSeconds} s warm-up; ${Deno.osRelease()}, ` +
+      `${navigator.hardwareConcurrency} cores, deno ${Deno.version.deno}`,
+  );
+
+  const upPort = freePort();
+  const upstream = await start("upstream", "node", [`${BENCH}upstream.mjs`, String(upPort)], {
+    port: upPort,
+    readyPath: "/v1/models",
+  });
+  const proxyPort = freePort();
+  const proxy = await start("bare-proxy", Deno.execPath(), [
+    "run",
+    "-A",
+    `${BENCH}proxy.ts`,
+    String(proxyPort),
+  ], { port: proxyPort, env: { UPSTREAM: upstream.url } });
+
+  const hot = await startRouter("router-hot", upstream);
+  const spread = await startRouter("router-spread", upstream);
+  const hotKeys = [await account(hot, 0)];
+  const spreadKeys: string[] = [];
+  for (let i = 0; i < SPREAD_ACCOUNTS; i += 10) {
+    spreadKeys.push(
+      ...await Promise.all(
+        Array.from({ length: Math.min(10, SPREAD_ACCOUNTS - i) }, (_, j) => account(spread, i + j)),
+      ),
+    );
+  }
+
+  const upstreamAuth = { authorization: `Bearer ${UPSTREAM_KEY}` };
+  const targets: Target[] = [
+    {
+      name: "direct",
+      proc: null,
+      url: upstream.url,
+      model: "gpt-4o-mini",
+      tokens: [],
+      headers: upstreamAuth,
+    },
+    {
+      name: "bare proxy",
+      proc: proxy,
+      url: proxy.url,
+      model: "gpt-4o-mini",
+      tokens: [],
+      headers: upstreamAuth,
+    },
+    {
+      name: "router hot",
+      proc: hot,
+      url: hot.url,
+      model: "openai/gpt-4o-mini",
+      tokens: hotKeys,
+      headers: {},
+      router: hot,
+    },
+    {
+      name: "router spread",
+      proc: spread,
+      url: spread.url,
+      model: "openai/gpt-4o-mini",
+      tokens: spreadKeys,
+      headers: {},
+      router: spread,
+    },
+  ];
+
+  if (!args.has("--no-portkey")) {
+    const entry = await ensurePortkey();
+    if (entry) {
+      const port = freePort();
+      const portkey = await start("portkey", "node", [entry, `--port=${port}`, "--headless"], {
+        port,
+        env: { NODE_ENV: "production", PATH: Deno.env.get("PATH") ?? "" },
+      });
+      targets.push({
+        name: "portkey",
+        proc: portkey,
+        url: portkey.url,
+        model: "gpt-4o-mini",
+        tokens: [],
+        headers: {
+          ...upstreamAuth,
+          "x-portkey-provider": "openai",
+          "x-portkey-custom-host": `${upstream.url}/v1`,
+        },
+      });
+    } else console.log("portkey could not be installed: skipped");
+  }
+
+  const rows: Row[] = [];
+  for (const mode of modes) {
+    for (const t of targets) {
+      const spec: LoadSpec = {
+        url: `${t.url}/v1/chat/completions`,
+        body: body(t.model, mode),
+        tokens: t.tokens,
+        headers: t.headers,
+        concurrency: CONCURRENCY[0],
+        durationMs: warmupSeconds * 1000,
+      };
+      await load(spec);
+      if (t.router) await catchUp(t.router, performance.now());
+    }
+    for (const c of CONCURRENCY) {
+      // All targets under one load back to back, so that ratios compare like with like.
+      for (const t of targets) {
+        const spec: LoadSpec = {
+          url: `${t.url}/v1/chat/completions`,
+          body: body(t.model, mode),
+          tokens: t.tokens,
+          headers: t.headers,
+          concurrency: c,
+          durationMs: seconds * 1000,
+        };
+        const cpu0 = t.proc ? await cpuMicros(t.proc.pid) : null;
+        const r = await load(spec);
+        const ended = performance.now();
+        const cpu1 = t.proc ? await cpuMicros(t.proc.pid) : null;
+        const row: Row = {
+          target: t.name,
+          mode,
+          concurrency: c,
+          rps: r.requests / (r.duration_us / 1e6),
+          p50_ms: r.p50_us / 1000,
+          p99_ms: r.p99_us / 1000,
+          errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.status +
+            r.errors.timeout,
+          requests: r.requests,
+          cpu_us_per_request: cpu0 !== null && cpu1 !== null && r.requests > 0
+            ? (cpu1 - cpu0) / r.requests
+            : null,
+        };
+        if (t.router) row.ledger = await catchUp(t.router, ended);
+        rows.push(row);
+        console.log(formatRow(row));
+        if (row.errors > 0) console.log(`  errors: ${JSON.stringify(r.errors)}`);
+      }
+    }
+  }
+
+  const books: Record<string, unknown> = {};
+  for (const r of [hot, spread]) {
+    const v = await admin(r, "GET", "/v1/admin/verify");
+    books[r.name] = v;
+  }
+  const report = summarize(rows, books);
+  console.log("\n" + report.text);
+  await Deno.mkdir(`${BENCH}results`, { recursive: true });
+  await Deno.writeTextFile(
+    `${BENCH}results/latest.json`,
+    JSON.stringify({ at: new Date().toISOString(), seconds, rows, books }, null, 2) + "\n",
+  );
+  return report.booksOk;
+}
+
+function formatRow(r: Row): string {
+  const ledger = r.ledger ? `  ledger caught up ${r.ledger.caught_up_ms} ms` : "";
+  const cpu = r.cpu_us_per_request === null
+    ? ""
+    : `  ${r.cpu_us_per_request.toFixed(0)} µs CPU/req`;
+  return `${r.mode.padEnd(4)} c=${String(r.concurrency).padEnd(3)} ${r.target.padEnd(13)} ` +
+    `${r.rps.toFixed(0).padStart(6)} req/s  p50 ${r.p50_ms.toFixed(2)} ms  p99 ${
+      r.p99_ms.toFixed(2)
+    } ms${cpu}${ledger}${r.errors ? `  ${r.errors} errors` : ""}`;
+}
+
+let ok = false;
+try {
+  ok = await main();
+} catch (e) {
+  console.error(e instanceof Error ? e.message : e);
+  for (const p of procs) {
+    const tail = p.tail().trim();
+    if (tail) console.error(`--- ${p.name} (last output)\n${tail.slice(-1500)}`);
+  }
+} finally {
+  await stopAll();
+  if (tmp) await Deno.remove(tmp, { recursive: true }).catch(() => {});
+}
+Deno.exit(ok ? 0 : 1);
