@@ -90,7 +90,7 @@ export function createApp(deps: AppDeps): Router {
     }),
   );
   // Every refused inference request of a known key leaves an audit row, at cost 0.
-  for (const path of ["/v1/chat/completions", "/v1/embeddings"]) {
+  for (const path of ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"]) {
     app.use(path, async (c, next) => {
       await next();
       if (c.res.status >= 400) {

@@ -3,6 +3,8 @@ import type { Config } from "../config.ts";
 import { ConfigError } from "../config.ts";
 import { catalogModelIds, lookupCatalog, type PriceTable, priceTableFrom } from "../pricing.ts";
 import { openai } from "./openai/mod.ts";
+import { anthropic } from "./anthropic/mod.ts";
+import { gemini } from "./gemini/mod.ts";
 import type { ProviderAdapter, ResolvedModel, Upstream } from "./types.ts";
 
 interface ProviderEntry {
@@ -27,7 +29,9 @@ const fileSchema = z.object({
   providers: z.record(
     z.string().regex(/^[a-z0-9][a-z0-9_-]*$/),
     z.object({
-      kind: z.literal("openai").optional(),
+      kind: z.enum(["openai", "anthropic", "gemini"]).optional(),
+      /** The price catalog's provider id (e.g. `groq`, `deepseek`), when it lists this host. */
+      catalog: z.string().min(1).optional(),
       base_url: z.string().optional(),
       api_key_env: z.string().optional(),
       discount_percent: percent.optional(),
@@ -48,6 +52,12 @@ const fileSchema = z.object({
       }).optional(),
     }),
   ).default({}),
+  /** Operator fallback chains: `provider/model` → the models tried, in order, when it fails. */
+  fallbacks: z.record(z.string(), z.array(z.string().min(1)).max(8)).default({}),
+  retry: z.object({
+    max_retries: z.number().int().min(0).max(5).optional(),
+    backoff_ms: z.number().int().min(0).max(60_000).optional(),
+  }).default({}),
 });
 export type ProvidersFile = z.input<typeof fileSchema>;
 
@@ -78,6 +88,18 @@ export function checkBaseUrl(url: string): boolean {
   }
 }
 
+const ADAPTERS: Record<"openai" | "anthropic" | "gemini", [ProviderAdapter, string | null]> = {
+  openai: [openai, null],
+  anthropic: [anthropic, "anthropic"],
+  gemini: [gemini, "google"],
+};
+
+/** How often and how patiently a failed attempt is retried on the same model. */
+export interface RetryPolicy {
+  maxRetries: number;
+  backoffMs: number;
+}
+
 export type Resolution =
   | { ok: true; model: ResolvedModel }
   | { ok: false; code: "model_not_found" | "model_not_priced"; message: string };
@@ -86,6 +108,9 @@ export type Resolution =
 export class Providers {
   #providers = new Map<string, ProviderEntry>();
   #overrides = new Map<string, ModelOverride>();
+  #fallbacks = new Map<string, string[]>();
+  /** Retries of one model on 429, 5xx and connection errors before falling back. */
+  readonly retry: RetryPolicy;
 
   constructor(config: Config, file: ProvidersFile | null, env: Record<string, string | undefined>) {
     const parsed = file ? fileSchema.safeParse(file) : null;
@@ -93,25 +118,30 @@ export class Providers {
       const i = parsed.error.issues[0];
       throw new ConfigError(`PROVIDERS_FILE: ${i.path.join(".")}: ${i.message}`);
     }
-    const f = parsed?.data ?? { providers: {}, models: {} };
+    const f = parsed?.data ?? { providers: {}, models: {}, fallbacks: {}, retry: {} };
+    this.retry = { maxRetries: f.retry.max_retries ?? 2, backoffMs: f.retry.backoff_ms ?? 250 };
+    for (const [id, chain] of Object.entries(f.fallbacks)) this.#fallbacks.set(id, chain);
     const discount = (name: string) => {
       const p = f.providers[name]?.discount_percent;
       return p === undefined ? config.discountBps : Math.round(p * 100);
     };
     const builtin: [string, typeof config.openai, ProviderAdapter, string][] = [
       ["openai", config.openai, openai, "openai"],
+      ["anthropic", config.anthropic, anthropic, "anthropic"],
+      ["google", config.gemini, gemini, "google"],
     ];
     for (const [name, up, adapter, catalog] of builtin) {
       if (!up.apiKey) continue;
       if (!checkBaseUrl(up.baseUrl)) {
         throw new ConfigError(
-          `${name.toUpperCase()}_BASE_URL: must be https (http only on loopback)`,
+          `${name === "google" ? "GEMINI" : name.toUpperCase()}_BASE_URL: ` +
+            "must be https (http only on loopback)",
         );
       }
       this.#providers.set(name, {
         name,
         adapter,
-        upstream: { baseUrl: up.baseUrl, apiKey: up.apiKey },
+        upstream: { baseUrl: up.baseUrl.replace(/\/+$/, ""), apiKey: up.apiKey },
         catalog,
         discountBps: discount(name),
       });
@@ -123,11 +153,12 @@ export class Providers {
       }
       const apiKey = p.api_key_env ? env[p.api_key_env] : undefined;
       if (!apiKey) continue;
+      const [adapter, catalog] = ADAPTERS[p.kind ?? "openai"];
       this.#providers.set(name, {
         name,
-        adapter: openai,
+        adapter,
         upstream: { baseUrl: p.base_url.replace(/\/+$/, ""), apiKey },
-        catalog: null,
+        catalog: p.catalog ?? catalog,
         discountBps: discount(name),
       });
     }
@@ -142,6 +173,12 @@ export class Providers {
         maxOutputTokens: m.max_output_tokens,
       });
     }
+  }
+
+  /** The operator's fallback chain of a model (`provider/model` ids), empty if none. */
+  fallbacksFor(m: ResolvedModel): string[] {
+    return this.#fallbacks.get(`${m.provider}/${m.model}`) ??
+      this.#fallbacks.get(`${m.provider}/${m.catalogId}`) ?? [];
   }
 
   /** Names of the providers offered (those with a key). */

@@ -20,7 +20,12 @@ export interface UpstreamCall {
  */
 export interface ProviderAdapter {
   /** The wire format this adapter speaks. */
-  kind: "openai";
+  kind: "openai" | "anthropic" | "gemini";
+  /**
+   * The `max_tokens` sent when the client set none, for providers that require one (capped by
+   * the model's output limit). Providers that need none leave it unset.
+   */
+  defaultMaxTokens?: number;
   /** Builds the upstream request. `body` is the client's OpenAI-format body with the upstream
    * model name; for streams the router has already asked for usage. */
   chatRequest(up: Upstream, body: Record<string, unknown>): UpstreamCall;
@@ -29,8 +34,22 @@ export interface ProviderAdapter {
     json: unknown,
     r: UsageReader,
   ): { body: Record<string, unknown>; usage: NormalizedUsage };
-  /** The upstream SSE body → an OpenAI-format chat completion SSE body. */
+  /**
+   * The upstream SSE body → an OpenAI-format chat completion SSE body. A translated stream ends
+   * with an OpenAI usage chunk (`choices: []`) whenever the upstream reported usage.
+   */
   chatStream(body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array>;
+  /**
+   * The provider's own request format, passed through (Anthropic `/v1/messages`, OpenAI
+   * `/v1/responses`): the body as the client sent it with the upstream model name, and the
+   * client's headers that the provider needs (the operator's key replaces the client's).
+   */
+  nativeRequest?(
+    up: Upstream,
+    api: "messages" | "responses",
+    body: Record<string, unknown>,
+    headers: Headers,
+  ): UpstreamCall | null;
   embeddingsRequest?(up: Upstream, body: Record<string, unknown>): UpstreamCall;
   embeddingsReply?(json: unknown, r: UsageReader): {
     body: Record<string, unknown>;

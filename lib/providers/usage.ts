@@ -62,3 +62,84 @@ export function readOpenAIUsage(raw: unknown, r: UsageReader): NormalizedUsage {
     reasoning: r.count(cd.reasoning_tokens, "reasoning_tokens"),
   });
 }
+
+/**
+ * Anthropic Messages usage. `input_tokens` excludes cache tokens, so the prompt is
+ * input + cache reads + cache writes; `cache_creation.ephemeral_1h_input_tokens` is the part of
+ * the writes priced at the one-hour rate.
+ */
+export function readAnthropicUsage(raw: unknown, r: UsageReader): NormalizedUsage {
+  const u = obj(raw);
+  if (Object.keys(u).length === 0) return { ...ZERO_USAGE };
+  const cc = obj(u.cache_creation);
+  const input = r.count(u.input_tokens, "input_tokens");
+  const cached = r.count(u.cache_read_input_tokens, "cache_read_input_tokens");
+  const write1h = r.count(cc.ephemeral_1h_input_tokens, "ephemeral_1h_input_tokens");
+  const write =
+    u.cache_creation_input_tokens === undefined || u.cache_creation_input_tokens === null
+      ? write1h + r.count(cc.ephemeral_5m_input_tokens, "ephemeral_5m_input_tokens")
+      : r.count(u.cache_creation_input_tokens, "cache_creation_input_tokens");
+  return r.normalize({
+    prompt: Math.min(MAX_TOKENS, input + cached + write),
+    completion: r.count(u.output_tokens, "output_tokens"),
+    cached,
+    cacheWrite: write,
+    cacheWrite1h: write1h,
+    reasoning: 0,
+  });
+}
+
+/**
+ * Gemini `usageMetadata`. `promptTokenCount` already includes the cached part; thoughts are
+ * output billed at the output rate but not included in `candidatesTokenCount`.
+ */
+export function readGeminiUsage(raw: unknown, r: UsageReader): NormalizedUsage {
+  const u = obj(raw);
+  if (Object.keys(u).length === 0) return { ...ZERO_USAGE };
+  const thoughts = r.count(u.thoughtsTokenCount, "thoughtsTokenCount");
+  const prompt = r.count(u.promptTokenCount, "promptTokenCount") +
+    r.count(u.toolUsePromptTokenCount, "toolUsePromptTokenCount");
+  return r.normalize({
+    prompt: Math.min(MAX_TOKENS, prompt),
+    completion: Math.min(
+      MAX_TOKENS,
+      r.count(u.candidatesTokenCount, "candidatesTokenCount") + thoughts,
+    ),
+    cached: r.count(u.cachedContentTokenCount, "cachedContentTokenCount"),
+    cacheWrite: 0,
+    cacheWrite1h: 0,
+    reasoning: thoughts,
+  });
+}
+
+/**
+ * OpenAI Responses usage (`input_tokens`, `input_tokens_details.cached_tokens`,
+ * `output_tokens_details.reasoning_tokens`); output already includes reasoning.
+ */
+export function readResponsesUsage(raw: unknown, r: UsageReader): NormalizedUsage {
+  const u = obj(raw);
+  if (Object.keys(u).length === 0) return { ...ZERO_USAGE };
+  return r.normalize({
+    prompt: r.count(u.input_tokens, "input_tokens"),
+    completion: r.count(u.output_tokens, "output_tokens"),
+    cached: r.count(obj(u.input_tokens_details).cached_tokens, "cached_tokens"),
+    cacheWrite: 0,
+    cacheWrite1h: 0,
+    reasoning: r.count(obj(u.output_tokens_details).reasoning_tokens, "reasoning_tokens"),
+  });
+}
+
+/** A normalized usage in OpenAI chat shape, as translated replies and streams carry it. */
+export function openAIUsageOf(u: NormalizedUsage): Record<string, unknown> {
+  return {
+    prompt_tokens: u.prompt,
+    completion_tokens: u.completion,
+    total_tokens: u.prompt + u.completion,
+    prompt_tokens_details: {
+      cached_tokens: u.cached,
+      cache_write_tokens: u.cacheWrite,
+      cache_write_1h_tokens: u.cacheWrite1h,
+    },
+    completion_tokens_details: { reasoning_tokens: u.reasoning },
+  };
+}

@@ -71,7 +71,8 @@ export class MeteredRequest {
 
   constructor(
     readonly c: Context<AppEnv>,
-    readonly model: ResolvedModel,
+    /** The model being billed: the first candidate, then the one that answered. */
+    public model: ResolvedModel,
     readonly streaming: boolean,
   ) {}
 
@@ -80,12 +81,23 @@ export class MeteredRequest {
     return priceUsage(usage, this.model.prices, this.model.discountBps);
   }
 
-  /** Holds the worst case; throws the 402/403/401 refusal otherwise. */
-  async reserve(promptTokens: number, outputTokens: number): Promise<void> {
+  /**
+   * Holds the worst case; throws the 402/403/401 refusal otherwise. With fallback candidates the
+   * hold covers the dearest of them, since any one may answer.
+   */
+  async reserve(
+    promptTokens: number,
+    outputTokens: number,
+    alternatives: { model: ResolvedModel; outputTokens: number }[] = [],
+  ): Promise<void> {
     const svc = this.c.get("svc");
     const key = this.c.get("key");
-    const amount =
-      this.price({ ...ZERO_USAGE, prompt: promptTokens, completion: outputTokens }).cost;
+    let amount = this.price({ ...ZERO_USAGE, prompt: promptTokens, completion: outputTokens }).cost;
+    for (const alt of alternatives) {
+      const u = { ...ZERO_USAGE, prompt: promptTokens, completion: alt.outputTokens };
+      const c = priceUsage(u, alt.model.prices, alt.model.discountBps).cost;
+      if (c > amount) amount = c;
+    }
     const r = await svc.actors.submit(key.account_id, {
       kind: "reserve",
       keyId: key.id,
@@ -161,6 +173,28 @@ export class MeteredRequest {
     });
     c.set("audited", true);
     return cost;
+  }
+
+  /**
+   * Records one failed attempt of a request that goes on to another (a retry or a fallback), at
+   * cost 0. Its audit row's request id carries the attempt number, so each attempt has a row.
+   */
+  async recordAttempt(
+    model: ResolvedModel,
+    attempt: number,
+    status: number,
+    errorCode: string,
+  ): Promise<void> {
+    const c = this.c;
+    const event = usageEvent(c, {
+      provider: model.provider,
+      model: model.model,
+      status,
+      streaming: this.streaming,
+      errorCode,
+    });
+    event.request_id = `${event.request_id}.${attempt}`;
+    await c.get("svc").actors.submit(c.get("key").account_id, { kind: "record", event });
   }
 
   /** Releases the hold without charge and records the failure. */

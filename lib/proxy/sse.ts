@@ -1,4 +1,4 @@
-/** The project's one SSE splitter and the usage tap over OpenAI-format chat streams. */
+/** The project's one SSE splitter, the usage tap over proxied streams, and stream translation. */
 
 const EVENT_END = /\r?\n\r?\n/;
 
@@ -32,6 +32,57 @@ export function eventData(event: string): unknown {
   }
 }
 
+/** The event with its data replaced by `data` as JSON, keeping its other lines (`event:`). */
+export function withData(event: string, data: unknown): string {
+  const lines = event.split(/\r?\n/).filter((l) => l && !l.startsWith("data:"));
+  return [...lines, `data: ${JSON.stringify(data)}`].join("\n");
+}
+
+/** The `event:` name of an SSE event, or "" when it has none. */
+export function eventName(event: string): string {
+  const m = /^event:\s*(.*)$/m.exec(event);
+  return m ? m[1].trim() : "";
+}
+
+/**
+ * Translates a provider's SSE stream into OpenAI chat chunks: `onEvent` maps each upstream event
+ * (its JSON data and event name) to zero or more chunks, `onEnd` adds the closing ones; the
+ * result ends with `data: [DONE]`. Cancelling the result cancels the upstream.
+ */
+export function translateSse(
+  src: ReadableStream<Uint8Array>,
+  onEvent: (data: Record<string, unknown>, name: string) => unknown[],
+  onEnd: () => unknown[],
+): ReadableStream<Uint8Array> {
+  const decoder = new TextDecoder();
+  const encoder = new TextEncoder();
+  const splitter = new SseSplitter();
+  const emit = (chunks: unknown[]) => chunks.map((c) => `data: ${JSON.stringify(c)}\n\n`).join("");
+  const handle = (events: string[]) => {
+    let out = "";
+    for (const event of events) {
+      const data = eventData(event);
+      if (data && typeof data === "object") {
+        out += emit(onEvent(data as Record<string, unknown>, eventName(event)));
+      }
+    }
+    return out;
+  };
+  return src.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, ctrl) {
+        const out = handle(splitter.push(decoder.decode(chunk, { stream: true })));
+        if (out) ctrl.enqueue(encoder.encode(out));
+      },
+      flush(ctrl) {
+        const out = handle(splitter.push(decoder.decode() + "\n\n")) + emit(onEnd()) +
+          "data: [DONE]\n\n";
+        ctrl.enqueue(encoder.encode(out));
+      },
+    }),
+  );
+}
+
 const USAGE = /"usage"\s*:\s*\{/;
 const STREAM_FAILED = `data: ${
   JSON.stringify({
@@ -41,10 +92,12 @@ const STREAM_FAILED = `data: ${
 
 export interface TapHandlers {
   /**
-   * Called once with the chunk that carries the stream's usage; returns the event to send in its
-   * place (`data: ...`), or null to drop it.
+   * Called with each event that carries usage until one is final: returns the event to send in
+   * its place (`data: ...`), or null to drop it, which ends the watch; or undefined to pass the
+   * event on unchanged and keep watching (Anthropic's `message_start` carries the input usage and
+   * its `message_delta` the final one). `event` is the raw event text (with any `event:` line).
    */
-  onUsage(chunk: Record<string, unknown>): Promise<string | null>;
+  onUsage(chunk: Record<string, unknown>, event: string): Promise<string | null | undefined>;
   /**
    * Called once when the stream ends: `complete` after the upstream's last byte, `cancelled` when
    * the client went away, `error` when the upstream failed or stalled. `produced` decodes what was
@@ -54,7 +107,7 @@ export interface TapHandlers {
 }
 
 /**
- * Passes an OpenAI-format SSE stream through chunk by chunk. Bytes go out untouched unless a chunk
+ * Passes an SSE stream (OpenAI chat, Anthropic Messages or OpenAI Responses) through chunk by chunk. Bytes go out untouched unless a chunk
  * holds the usage event (or an event split across chunks), which is handed to `onUsage`. A read
  * that waits longer than `idleMs` ends the stream as an upstream error.
  */
@@ -119,10 +172,12 @@ export function tapStream(
           if (!usageSeen && USAGE.test(event)) {
             const data = eventData(event);
             if (data && typeof data === "object") {
-              usageSeen = true;
-              const replacement = await handlers.onUsage(data as Record<string, unknown>);
-              if (replacement !== null) out += replacement + "\n\n";
-              continue;
+              const replacement = await handlers.onUsage(data as Record<string, unknown>, event);
+              if (replacement !== undefined) {
+                usageSeen = true;
+                if (replacement !== null) out += replacement + "\n\n";
+                continue;
+              }
             }
           }
           out += event + "\n\n";

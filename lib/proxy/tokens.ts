@@ -36,16 +36,30 @@ export function estimatePromptTokens(body: Record<string, unknown>): number {
 }
 
 /**
- * Counts the output an OpenAI-format chat stream produced so far (content, reasoning and tool-call
- * arguments of every delta), for a stream that ended without its usage chunk.
+ * Counts the output a stream produced so far, for a stream that ended without its final usage:
+ * OpenAI chat deltas (content, reasoning, tool-call arguments), Anthropic `content_block_delta`
+ * (text, thinking, tool input) and OpenAI Responses `*.delta` events.
  */
 export function countStreamedOutput(sse: string): number {
   const splitter = new SseSplitter();
   let chars = 0;
   let deltas = 0;
   for (const event of splitter.push(sse + "\n\n")) {
-    const data = eventData(event) as { choices?: { delta?: Record<string, unknown> }[] } | null;
-    for (const choice of data?.choices ?? []) {
+    const data = eventData(event) as {
+      choices?: { delta?: Record<string, unknown> }[];
+      delta?: unknown;
+    } | null;
+    if (data && data.delta !== undefined) {
+      const d = data.delta as Record<string, unknown> | string;
+      const text = typeof d === "string"
+        ? d
+        : textOf(d?.text) + textOf(d?.thinking) + textOf(d?.partial_json);
+      if (text) {
+        chars += text.length;
+        deltas++;
+      }
+    }
+    for (const choice of Array.isArray(data?.choices) ? data.choices : []) {
       const d = choice.delta ?? {};
       const text = textOf(d.content) + textOf(d.reasoning_content ?? d.reasoning) +
         textOf(d.tool_calls);

@@ -2,33 +2,17 @@ import { type Context, Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
-import { ApiError, badRequest, describeZod } from "../../lib/http/errors.ts";
+import { badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest, usageEvent } from "../../lib/proxy/metered.ts";
-import { callUpstream, readUpstreamJson } from "../../lib/proxy/upstream.ts";
-import { tapStream } from "../../lib/proxy/sse.ts";
-import {
-  countStreamedOutput,
-  estimatePromptTokens,
-  promptTokenBound,
-} from "../../lib/proxy/tokens.ts";
-import { readOpenAIUsage, UsageReader } from "../../lib/providers/usage.ts";
+import { promptTokenBound } from "../../lib/proxy/tokens.ts";
+import { forward, resolveModel, settleJson } from "../../lib/proxy/pipeline.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
-import { type Cost, ZERO_USAGE } from "../../lib/pricing.ts";
-import { divRound, formatUsd, usdNumber } from "../../lib/money.ts";
+import { divRound, formatUsd } from "../../lib/money.ts";
 import { getKeySpend } from "../../lib/auth/keys.ts";
 import { currentSpend, periodEnd } from "../../lib/billing/periods.ts";
-
-const tokenLimit = z.number().int().min(1).max(10_000_000);
-
-const chatSchema = z.looseObject({
-  model: z.string().min(1, "is required"),
-  messages: z.array(z.looseObject({ role: z.string() })).min(1, "must have at least one message"),
-  stream: z.boolean().nullish(),
-  stream_options: z.looseObject({ include_usage: z.boolean().optional() }).nullish(),
-  max_tokens: tokenLimit.nullish(),
-  max_completion_tokens: tokenLimit.nullish(),
-  n: z.number().int().min(1).max(128).nullish(),
-});
+import { chatCompletions } from "./chat.ts";
+import { messages } from "./messages.ts";
+import { responses } from "./responses.ts";
 
 const embeddingsSchema = z.looseObject({
   model: z.string().min(1, "is required"),
@@ -40,166 +24,9 @@ const embeddingsSchema = z.looseObject({
   ]),
 });
 
-/** Parses the raw body against a schema: 400 naming the field on any fault. */
-function parseBody<T extends z.ZodType>(raw: string, schema: T): z.output<T> {
-  let json: unknown;
-  try {
-    json = JSON.parse(raw);
-  } catch {
-    throw badRequest("The request body is not valid JSON");
-  }
-  const r = schema.safeParse(json);
-  if (!r.success) throw badRequest(describeZod(r.error));
-  return r.data;
-}
-
-/** Resolves the requested model for `type`, or throws its 404/400. */
-function resolveModel(c: Context<AppEnv>, requested: string, type: "chat" | "embedding") {
-  const r = c.get("svc").providers.resolve(requested);
-  if (!r.ok) {
-    const slash = requested.indexOf("/");
-    c.set("target", {
-      provider: slash > 0 ? requested.slice(0, slash) : "",
-      model: slash > 0 ? requested.slice(slash + 1) : requested,
-    });
-    throw new ApiError(404, r.code, r.message);
-  }
-  c.set("target", { provider: r.model.provider, model: r.model.model });
-  if (r.model.type !== type) {
-    throw badRequest(
-      `The model '${requested}' is a${type === "chat" ? "n embedding" : " chat"} model`,
-    );
-  }
-  return r.model;
-}
-
-const withCost = (usage: unknown, cost: Cost) => ({
-  ...(usage && typeof usage === "object" ? usage : {}),
-  cost: usdNumber(cost.cost),
-  market_cost: usdNumber(cost.market),
-});
-
-/** Forwards, and on failure before a reply releases the hold and rethrows the mapped error. */
-async function forward(m: MeteredRequest, call: Parameters<typeof callUpstream>[1]) {
-  const svc = m.c.get("svc");
-  try {
-    return await callUpstream(svc.fetch, call, svc.config.upstreamTimeoutMs);
-  } catch (e) {
-    if (e instanceof ApiError) await m.release(e.status, e.code);
-    else await m.release(502, "upstream_error");
-    throw e;
-  }
-}
-
-/** Reads a JSON reply and settles it; any failure releases the hold. */
-async function settleJson(
-  m: MeteredRequest,
-  reply: Awaited<ReturnType<typeof forward>>,
-  parse: (
-    json: unknown,
-    r: UsageReader,
-  ) => { body: Record<string, unknown>; usage: typeof ZERO_USAGE },
-) {
-  const svc = m.c.get("svc");
-  let json: unknown;
-  try {
-    json = await readUpstreamJson(reply, svc.config.upstreamTimeoutMs);
-  } catch (e) {
-    await m.release(502, "upstream_error");
-    throw e;
-  }
-  const reader = new UsageReader();
-  const { body, usage } = parse(json, reader);
-  logAnomalies(m, reader);
-  const cost = await m.settle(usage);
-  body.usage = withCost(body.usage, cost);
-  return body;
-}
-
-function logAnomalies(m: MeteredRequest, reader: UsageReader) {
-  if (reader.anomalies.length === 0) return;
-  m.c.get("svc").log("warn", "upstream usage clamped", {
-    request_id: m.c.get("requestId"),
-    provider: m.model.provider,
-    model: m.model.model,
-    anomalies: reader.anomalies,
-  });
-}
-
-async function chatCompletions(c: Context<AppEnv>) {
-  const raw = await c.req.text();
-  const body = parseBody(raw, chatSchema);
-  const model = resolveModel(c, body.model, "chat");
-  const stream = body.stream === true;
-  const outputTokens = (body.max_completion_tokens ?? body.max_tokens ?? model.maxOutputTokens) *
-    (body.n ?? 1);
-  const m = new MeteredRequest(c, model, stream);
-  await m.reserve(promptTokenBound(raw), outputTokens);
-
-  const upstreamBody: Record<string, unknown> = { ...body, model: model.model };
-  if (!stream) {
-    const reply = await forward(m, model.adapter.chatRequest(model.upstream, upstreamBody));
-    return c.json(await settleJson(m, reply, model.adapter.chatReply));
-  }
-  // The router always needs the usage chunk; the client sees it only if it asked for it.
-  const wantsUsage = body.stream_options?.include_usage === true;
-  upstreamBody.stream_options = { ...(body.stream_options ?? {}), include_usage: true };
-  const reply = await forward(m, model.adapter.chatRequest(model.upstream, upstreamBody));
-  return c.body(streamWithBilling(m, model, body, reply.res.body!, wantsUsage), 200, {
-    "content-type": "text/event-stream; charset=utf-8",
-    "cache-control": "no-cache",
-  });
-}
-
-function streamWithBilling(
-  m: MeteredRequest,
-  model: ResolvedModel,
-  body: Record<string, unknown>,
-  upstream: ReadableStream<Uint8Array>,
-  wantsUsage: boolean,
-): ReadableStream<Uint8Array> {
-  const svc = m.c.get("svc");
-  const reader = new UsageReader();
-  return tapStream(model.adapter.chatStream(upstream), {
-    async onUsage(chunk) {
-      const cost = await m.settle(readOpenAIUsage(chunk.usage, reader));
-      logAnomalies(m, reader);
-      if (wantsUsage) {
-        return "data: " + JSON.stringify({ ...chunk, usage: withCost(chunk.usage, cost) });
-      }
-      if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
-        const { usage: _drop, ...rest } = chunk;
-        return "data: " + JSON.stringify(rest);
-      }
-      return null;
-    },
-    async onEnd(kind, produced) {
-      // Usage arrived and was settled; otherwise count what reached the client ourselves.
-      const completion = countStreamedOutput(produced());
-      if (kind === "error" && completion === 0) {
-        await m.release(502, "upstream_error");
-        return;
-      }
-      const errorCode = kind === "complete"
-        ? "usage_missing"
-        : kind === "cancelled"
-        ? "client_disconnected"
-        : "upstream_stream_failed";
-      await m.settle({ ...ZERO_USAGE, prompt: estimatePromptTokens(body), completion }, {
-        errorCode,
-      });
-      svc.log("warn", "stream ended without usage; counted by the router", {
-        request_id: m.c.get("requestId"),
-        reason: errorCode,
-        completion_tokens: completion,
-      });
-    },
-  }, svc.config.upstreamTimeoutMs);
-}
-
 async function embeddings(c: Context<AppEnv>) {
   const raw = await c.req.text();
-  const body = parseBody(raw, embeddingsSchema);
+  const body = parseJson(raw, embeddingsSchema);
   const model = resolveModel(c, body.model, "embedding");
   const adapter = model.adapter;
   if (!adapter.embeddingsRequest || !adapter.embeddingsReply) {
@@ -209,7 +36,8 @@ async function embeddings(c: Context<AppEnv>) {
   await m.reserve(promptTokenBound(raw), 0);
   const reply = await forward(
     m,
-    adapter.embeddingsRequest(model.upstream, { ...body, model: model.model }),
+    [model],
+    (to) => adapter.embeddingsRequest!(to.upstream, { ...body, model: to.model }),
   );
   return c.json(await settleJson(m, reply, adapter.embeddingsReply));
 }
@@ -234,7 +62,7 @@ function pricing(m: ResolvedModel) {
   };
 }
 
-/** The inference API: chat completions, embeddings, models and the calling key. */
+/** The inference API: chat completions, messages, responses, embeddings, models and the key. */
 export function inferenceRoutes() {
   const app = new Hono<AppEnv>();
 
@@ -264,7 +92,11 @@ export function inferenceRoutes() {
   app.use("/chat/completions", requireKey("inference"));
   app.use("/embeddings", requireKey("inference"));
   app.use("/key", requireKey("inference"));
+  app.use("/messages", requireKey("inference"));
+  app.use("/responses", requireKey("inference"));
   app.post("/chat/completions", chatCompletions);
+  app.post("/messages", messages);
+  app.post("/responses", responses);
   app.post("/embeddings", embeddings);
 
   app.get("/key", async (c) => {

@@ -27,4 +27,5 @@ export const openai: ProviderAdapter = {
   chatStream: (body) => body,
   embeddingsRequest: (up, body) => post(up, "/embeddings", body),
   embeddingsReply: reply,
+  nativeRequest: (up, api, body) => api === "responses" ? post(up, "/responses", body) : null,
 };

@@ -1,0 +1,300 @@
+import type { ProviderAdapter } from "../types.ts";
+import { openAIUsageOf, readGeminiUsage, UsageReader } from "../usage.ts";
+import {
+  arr,
+  completionHead,
+  contentText,
+  functionTools,
+  imageUrlOf,
+  obj,
+  parseArgs,
+  parseDataUrl,
+  stopList,
+  toolNames,
+} from "../common.ts";
+import { translateSse } from "../../proxy/sse.ts";
+
+type Part = Record<string, unknown>;
+
+/** JSON-schema keywords Gemini's OpenAPI-subset `parameters` rejects. */
+const UNSUPPORTED_SCHEMA_KEYS = new Set(["$schema", "additionalProperties", "strict", "$id"]);
+
+function cleanSchema(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(cleanSchema);
+  if (!v || typeof v !== "object") return v;
+  return Object.fromEntries(
+    Object.entries(v).filter(([k]) => !UNSUPPORTED_SCHEMA_KEYS.has(k)).map((
+      [k, x],
+    ) => [k, cleanSchema(x)]),
+  );
+}
+
+function userParts(content: unknown): Part[] {
+  if (typeof content === "string") return content ? [{ text: content }] : [];
+  const parts: Part[] = [];
+  for (const p of arr(content)) {
+    const part = obj(p);
+    if (part.type === "text" && typeof part.text === "string" && part.text) {
+      parts.push({ text: part.text });
+    } else if (part.type === "image_url") {
+      const url = imageUrlOf(part);
+      const inline = parseDataUrl(url);
+      parts.push(
+        inline
+          ? { inlineData: { mimeType: inline.mediaType, data: inline.data } }
+          : { fileData: { fileUri: url, mimeType: guessMime(url) } },
+      );
+    }
+  }
+  return parts;
+}
+
+function guessMime(url: string): string {
+  const ext = /\.(\w+)(?:\?|#|$)/.exec(url)?.[1]?.toLowerCase();
+  return ext === "png"
+    ? "image/png"
+    : ext === "webp"
+    ? "image/webp"
+    : ext === "gif"
+    ? "image/gif"
+    : "image/jpeg";
+}
+
+/** A tool result as the object Gemini's `functionResponse.response` requires. */
+function toolResponse(content: unknown): Record<string, unknown> {
+  const text = contentText(content);
+  try {
+    const v = JSON.parse(text);
+    if (v && typeof v === "object" && !Array.isArray(v)) return v;
+  } catch { /* plain text */ }
+  return { result: text };
+}
+
+/** An OpenAI chat body → a Gemini `generateContent` body. */
+export function toGeminiBody(body: Record<string, unknown>): Record<string, unknown> {
+  const messages = arr(body.messages);
+  const names = toolNames(messages);
+  const system: string[] = [];
+  const contents: { role: "user" | "model"; parts: Part[] }[] = [];
+  const push = (role: "user" | "model", parts: Part[]) => {
+    if (parts.length === 0) return;
+    const last = contents.at(-1);
+    if (last?.role === role) last.parts.push(...parts);
+    else contents.push({ role, parts });
+  };
+  for (const raw of messages) {
+    const m = obj(raw);
+    switch (m.role) {
+      case "system":
+      case "developer": {
+        const text = contentText(m.content);
+        if (text) system.push(text);
+        break;
+      }
+      case "user":
+        push("user", userParts(m.content));
+        break;
+      case "assistant": {
+        const parts: Part[] = [];
+        const text = contentText(m.content);
+        if (text) parts.push({ text });
+        for (const tc of arr(m.tool_calls)) {
+          const f = obj(obj(tc).function);
+          parts.push({ functionCall: { name: f.name, args: parseArgs(f.arguments) } });
+        }
+        push("model", parts);
+        break;
+      }
+      case "tool": {
+        const id = String(m.tool_call_id ?? "");
+        push("user", [{
+          functionResponse: { name: names.get(id) ?? id, response: toolResponse(m.content) },
+        }]);
+        break;
+      }
+    }
+  }
+  const out: Record<string, unknown> = { contents };
+  if (system.length) out.systemInstruction = { parts: [{ text: system.join("\n\n") }] };
+  const gen: Record<string, unknown> = {};
+  if (typeof body.temperature === "number") gen.temperature = body.temperature;
+  if (typeof body.top_p === "number") gen.topP = body.top_p;
+  const max = body.max_completion_tokens ?? body.max_tokens;
+  if (typeof max === "number") gen.maxOutputTokens = max;
+  const stop = stopList(body.stop);
+  if (stop) gen.stopSequences = stop;
+  if (typeof body.n === "number" && body.n > 1) gen.candidateCount = body.n;
+  if (Object.keys(gen).length) out.generationConfig = gen;
+  const tools = functionTools(body.tools);
+  if (tools.length) {
+    out.tools = [{
+      functionDeclarations: tools.map((t) => ({
+        name: t.name,
+        ...(t.description ? { description: t.description } : {}),
+        ...(t.parameters ? { parameters: cleanSchema(t.parameters) } : {}),
+      })),
+    }];
+  }
+  const tc = body.tool_choice;
+  const mode = tc === "required"
+    ? { mode: "ANY" }
+    : tc === "none"
+    ? { mode: "NONE" }
+    : tc === "auto"
+    ? { mode: "AUTO" }
+    : typeof obj(obj(tc).function).name === "string"
+    ? { mode: "ANY", allowedFunctionNames: [obj(obj(tc).function).name] }
+    : null;
+  if (mode && tools.length) out.toolConfig = { functionCallingConfig: mode };
+  return out;
+}
+
+const FINISH: Record<string, string> = {
+  STOP: "stop",
+  MAX_TOKENS: "length",
+  SAFETY: "content_filter",
+  RECITATION: "content_filter",
+  BLOCKLIST: "content_filter",
+  PROHIBITED_CONTENT: "content_filter",
+  SPII: "content_filter",
+  IMAGE_SAFETY: "content_filter",
+};
+
+/** The parts of one candidate as OpenAI message fields (text, reasoning, tool calls). */
+function partsOf(candidate: Record<string, unknown>, callIds: () => string) {
+  let text = "";
+  let reasoning = "";
+  const toolCalls: Part[] = [];
+  for (const p of arr(obj(candidate.content).parts)) {
+    const part = obj(p);
+    if (typeof part.text === "string") {
+      if (part.thought === true) reasoning += part.text;
+      else text += part.text;
+    } else if (part.functionCall) {
+      const fc = obj(part.functionCall);
+      toolCalls.push({
+        id: typeof fc.id === "string" ? fc.id : callIds(),
+        type: "function",
+        function: { name: fc.name, arguments: JSON.stringify(fc.args ?? {}) },
+      });
+    }
+  }
+  return { text, reasoning, toolCalls };
+}
+
+const finishOf = (reason: unknown, calledTools: boolean) =>
+  calledTools && (reason === "STOP" || reason === undefined)
+    ? "tool_calls"
+    : FINISH[String(reason)] ?? "stop";
+
+const idMaker = () => {
+  let n = 0;
+  const base = crypto.randomUUID().replaceAll("-", "").slice(0, 16);
+  return () => `call_${base}${n++}`;
+};
+
+/** A Gemini `generateContent` reply → an OpenAI chat completion. */
+function fromGemini(json: unknown, r: UsageReader) {
+  const j = obj(json);
+  const usage = readGeminiUsage(j.usageMetadata, r);
+  const ids = idMaker();
+  const choices = arr(j.candidates).map((c, i) => {
+    const cand = obj(c);
+    const { text, reasoning, toolCalls } = partsOf(cand, ids);
+    const message: Part = { role: "assistant", content: text || null, refusal: null };
+    if (reasoning) message.reasoning_content = reasoning;
+    if (toolCalls.length) message.tool_calls = toolCalls;
+    return {
+      index: typeof cand.index === "number" ? cand.index : i,
+      message,
+      finish_reason: finishOf(cand.finishReason, toolCalls.length > 0),
+      logprobs: null,
+    };
+  });
+  return {
+    body: {
+      ...completionHead(
+        String(j.responseId ?? `chatcmpl-${crypto.randomUUID()}`),
+        String(j.modelVersion ?? ""),
+        "chat.completion",
+      ),
+      choices,
+      usage: openAIUsageOf(usage),
+    },
+    usage,
+  };
+}
+
+/** A Gemini `streamGenerateContent?alt=sse` stream → OpenAI chat chunks, event by event. */
+function streamFromGemini(src: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  let head: ReturnType<typeof completionHead> | null = null;
+  let usage: unknown = null;
+  const ids = idMaker();
+  const toolCount = new Map<number, number>();
+  const chunk = (index: number, delta: Part, finish: string | null = null) => ({
+    ...head,
+    choices: [{ index, delta, finish_reason: finish, logprobs: null }],
+  });
+  return translateSse(src, (data) => {
+    const out: unknown[] = [];
+    if (!head) {
+      head = completionHead(
+        String(data.responseId ?? `chatcmpl-${crypto.randomUUID()}`),
+        String(data.modelVersion ?? ""),
+        "chat.completion.chunk",
+      );
+      out.push(chunk(0, { role: "assistant", content: "" }));
+    }
+    if (data.usageMetadata) usage = data.usageMetadata; // each event repeats the running totals
+    arr(data.candidates).forEach((c, i) => {
+      const cand = obj(c);
+      const index = typeof cand.index === "number" ? cand.index : i;
+      const { text, reasoning, toolCalls } = partsOf(cand, ids);
+      if (reasoning) out.push(chunk(index, { reasoning_content: reasoning }));
+      if (text) out.push(chunk(index, { content: text }));
+      if (toolCalls.length) {
+        const first = toolCount.get(index) ?? 0;
+        toolCount.set(index, first + toolCalls.length);
+        out.push(
+          chunk(index, { tool_calls: toolCalls.map((t, k) => ({ index: first + k, ...t })) }),
+        );
+      }
+      if (cand.finishReason) {
+        out.push(chunk(index, {}, finishOf(cand.finishReason, (toolCount.get(index) ?? 0) > 0)));
+      }
+    });
+    return out;
+  }, () => {
+    if (!head || !usage) return [];
+    return [{
+      ...head,
+      choices: [],
+      usage: openAIUsageOf(readGeminiUsage(usage, new UsageReader())),
+    }];
+  });
+}
+
+/** Google Gemini: `/v1/chat/completions` translated to `generateContent` and back. */
+export const gemini: ProviderAdapter = {
+  kind: "gemini",
+  chatRequest(up, body) {
+    const model = encodeURIComponent(String(body.model));
+    const url = body.stream
+      ? `${up.baseUrl}/v1beta/models/${model}:streamGenerateContent?alt=sse`
+      : `${up.baseUrl}/v1beta/models/${model}:generateContent`;
+    return {
+      url,
+      init: {
+        method: "POST",
+        headers: {
+          "x-goog-api-key": up.apiKey,
+          "content-type": "application/json",
+          accept: body.stream ? "text/event-stream" : "application/json",
+        },
+        body: JSON.stringify(toGeminiBody(body)),
+      },
+    };
+  },
+  chatReply: fromGemini,
+  chatStream: streamFromGemini,
+};

@@ -1,0 +1,221 @@
+/**
+ * The parts of the proxy pipeline every inference endpoint shares: model resolution, forwarding
+ * with retries and fallbacks, settling a JSON reply, and billing a stream through the usage tap.
+ */
+import type { Context } from "hono";
+import type { AppEnv } from "../services.ts";
+import { ApiError, badRequest } from "../http/errors.ts";
+import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
+import { UsageReader } from "../providers/usage.ts";
+import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../pricing.ts";
+import { usdNumber } from "../money.ts";
+import type { MeteredRequest } from "./metered.ts";
+import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
+import { tapStream } from "./sse.ts";
+import { countStreamedOutput } from "./tokens.ts";
+
+/** Resolves the requested model for `type`, or throws its 404/400. */
+export function resolveModel(c: Context<AppEnv>, requested: string, type: "chat" | "embedding") {
+  const r = c.get("svc").providers.resolve(requested);
+  if (!r.ok) {
+    const slash = requested.indexOf("/");
+    c.set("target", {
+      provider: slash > 0 ? requested.slice(0, slash) : "",
+      model: slash > 0 ? requested.slice(slash + 1) : requested,
+    });
+    throw new ApiError(404, r.code, r.message);
+  }
+  c.set("target", { provider: r.model.provider, model: r.model.model });
+  if (r.model.type !== type) {
+    throw badRequest(
+      `The model '${requested}' is a${type === "chat" ? "n embedding" : " chat"} model`,
+    );
+  }
+  return r.model;
+}
+
+/**
+ * The models a request may be answered by, in order: the primary, the request's own `models`
+ * (OpenRouter style), then the operator's fallback chain. Names that are not offered, of another
+ * type, or that `fits` rejects (a provider without the endpoint's API) are skipped; so are repeats.
+ */
+export function candidatesFor(
+  c: Context<AppEnv>,
+  primary: ResolvedModel,
+  requested: readonly string[],
+  fits: (m: ResolvedModel) => boolean = () => true,
+): ResolvedModel[] {
+  const providers = c.get("svc").providers;
+  const out = [primary];
+  const seen = new Set([`${primary.provider}/${primary.model}`]);
+  for (const name of [...requested, ...providers.fallbacksFor(primary)]) {
+    const r = providers.resolve(name);
+    if (!r.ok || r.model.type !== primary.type || !fits(r.model)) continue;
+    const id = `${r.model.provider}/${r.model.model}`;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    out.push(r.model);
+  }
+  return out.slice(0, 8);
+}
+
+/** The usage object with the router's `cost` and `market_cost` (USD numbers) added. */
+export const withCost = (usage: unknown, cost: Cost) => ({
+  ...(usage && typeof usage === "object" ? usage : {}),
+  cost: usdNumber(cost.cost),
+  market_cost: usdNumber(cost.market),
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** The longest Retry-After honoured within a request; a longer one goes to the next candidate. */
+const MAX_RETRY_WAIT_MS = 2000;
+const retryAfterMs = (e: ApiError) => {
+  const s = Number(e.headers["retry-after"]);
+  return Number.isFinite(s) && s > 0 ? s * 1000 : 0;
+};
+/** A failure worth another try of the same model: rate limits, provider 5xx, no connection. */
+const retryable = (e: ApiError) => e.status === 429 || e.status === 502;
+/** A failure another model may not share (anything but the client's own invalid request). */
+const fallbackable = (e: ApiError) => retryable(e) || e.status === 504;
+
+/**
+ * Forwards to each candidate in turn until one answers: a model is retried with exponential
+ * backoff on 429, 5xx and connection errors, then the next candidate is tried. Nothing has been
+ * sent to the client yet, so every retry is safe. Each failed attempt is recorded; the model that
+ * answered becomes `m.model`, the one billed. If none answers, the hold is released and the last
+ * error is thrown.
+ */
+export async function forward(
+  m: MeteredRequest,
+  candidates: readonly ResolvedModel[],
+  build: (model: ResolvedModel) => UpstreamCall,
+): Promise<UpstreamReply> {
+  const svc = m.c.get("svc");
+  const { maxRetries, backoffMs } = svc.providers.retry;
+  let attempt = 0;
+  let last: { model: ResolvedModel; error: ApiError } | null = null;
+  for (const model of candidates) {
+    for (let retry = 0; retry <= maxRetries; retry++) {
+      if (last) {
+        await m.recordAttempt(last.model, attempt, last.error.status, last.error.code);
+        if (retry > 0) {
+          await sleep(Math.max(backoffMs * 2 ** (retry - 1), retryAfterMs(last.error)));
+        }
+      }
+      attempt++;
+      try {
+        const reply = await callUpstream(svc.fetch, build(model), svc.config.upstreamTimeoutMs);
+        m.model = model;
+        m.c.set("target", { provider: model.provider, model: model.model });
+        return reply;
+      } catch (e) {
+        const error = e instanceof ApiError
+          ? e
+          : new ApiError(502, "upstream_error", "The provider could not be reached");
+        last = { model, error };
+        svc.log("warn", "upstream attempt failed", {
+          request_id: m.c.get("requestId"),
+          provider: model.provider,
+          model: model.model,
+          attempt,
+          status: error.status,
+          code: error.code,
+        });
+        if (!retryable(error) || retryAfterMs(error) > MAX_RETRY_WAIT_MS) break;
+      }
+    }
+    if (last && !fallbackable(last.error)) break;
+  }
+  const failed = last!;
+  m.model = failed.model;
+  await m.release(failed.error.status, failed.error.code);
+  throw failed.error;
+}
+
+/** Logs the clamps a usage reader made (counts and field names only). */
+export function logAnomalies(m: MeteredRequest, reader: UsageReader) {
+  if (reader.anomalies.length === 0) return;
+  m.c.get("svc").log("warn", "upstream usage clamped", {
+    request_id: m.c.get("requestId"),
+    provider: m.model.provider,
+    model: m.model.model,
+    anomalies: reader.anomalies,
+  });
+}
+
+/** Reads a JSON reply and settles it; the body's `usage` gains the cost. Any failure releases. */
+export async function settleJson(
+  m: MeteredRequest,
+  reply: UpstreamReply,
+  parse: (
+    json: unknown,
+    r: UsageReader,
+  ) => { body: Record<string, unknown>; usage: NormalizedUsage },
+) {
+  const svc = m.c.get("svc");
+  let json: unknown;
+  try {
+    json = await readUpstreamJson(reply, svc.config.upstreamTimeoutMs);
+  } catch (e) {
+    await m.release(502, "upstream_error");
+    throw e;
+  }
+  const reader = new UsageReader();
+  const { body, usage } = parse(json, reader);
+  logAnomalies(m, reader);
+  const cost = await m.settle(usage);
+  body.usage = withCost(body.usage, cost);
+  return body;
+}
+
+/**
+ * Bills a proxied stream. `onUsage` is the format's usage handling (see `TapHandlers`): it
+ * settles with `settle` and returns the event the client gets. When the stream ends without a
+ * final usage, the router counts what was streamed and settles that with `promptTokens` (or
+ * releases the hold if the upstream failed before producing anything).
+ */
+export function billStream(
+  m: MeteredRequest,
+  upstream: ReadableStream<Uint8Array>,
+  onUsage: (
+    chunk: Record<string, unknown>,
+    event: string,
+    settle: (u: NormalizedUsage) => Promise<Cost>,
+  ) => Promise<string | null | undefined>,
+  promptTokens: () => number,
+): ReadableStream<Uint8Array> {
+  const svc = m.c.get("svc");
+  let settled = false;
+  const settle = (u: NormalizedUsage) => {
+    settled = true;
+    return m.settle(u);
+  };
+  return tapStream(upstream, {
+    onUsage: (chunk, event) => onUsage(chunk, event, settle),
+    async onEnd(kind, produced) {
+      if (settled) return;
+      const completion = countStreamedOutput(produced());
+      if (kind === "error" && completion === 0) {
+        await m.release(502, "upstream_error");
+        return;
+      }
+      const errorCode = kind === "complete"
+        ? "usage_missing"
+        : kind === "cancelled"
+        ? "client_disconnected"
+        : "upstream_stream_failed";
+      await m.settle({ ...ZERO_USAGE, prompt: promptTokens(), completion }, { errorCode });
+      svc.log("warn", "stream ended without usage; counted by the router", {
+        request_id: m.c.get("requestId"),
+        reason: errorCode,
+        completion_tokens: completion,
+      });
+    },
+  }, svc.config.upstreamTimeoutMs);
+}
+
+/** Response headers of a proxied event stream. */
+export const SSE_HEADERS = {
+  "content-type": "text/event-stream; charset=utf-8",
+  "cache-control": "no-cache",
+};

@@ -1,0 +1,100 @@
+import type { Context } from "hono";
+import { z } from "zod";
+import type { AppEnv } from "../../lib/services.ts";
+import { parseJson } from "../../lib/http/errors.ts";
+import { MeteredRequest } from "../../lib/proxy/metered.ts";
+import { estimatePromptTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
+import {
+  billStream,
+  candidatesFor,
+  forward,
+  logAnomalies,
+  resolveModel,
+  settleJson,
+  SSE_HEADERS,
+  withCost,
+} from "../../lib/proxy/pipeline.ts";
+import { readOpenAIUsage, UsageReader } from "../../lib/providers/usage.ts";
+import type { ResolvedModel } from "../../lib/providers/types.ts";
+
+const tokenLimit = z.number().int().min(1).max(10_000_000);
+
+const chatSchema = z.looseObject({
+  model: z.string().min(1, "is required"),
+  messages: z.array(z.looseObject({ role: z.string() })).min(1, "must have at least one message"),
+  stream: z.boolean().nullish(),
+  stream_options: z.looseObject({ include_usage: z.boolean().optional() }).nullish(),
+  max_tokens: tokenLimit.nullish(),
+  max_completion_tokens: tokenLimit.nullish(),
+  n: z.number().int().min(1).max(128).nullish(),
+  /** Fallback models, tried in order when the primary fails (OpenRouter's `models`). */
+  models: z.array(z.string().min(1)).max(8).nullish(),
+});
+type ChatBody = z.output<typeof chatSchema>;
+
+/** The output limit a request may reach on `model`, and the `max_tokens` to send it, if any. */
+function outputLimit(body: ChatBody, model: ResolvedModel) {
+  const asked = body.max_completion_tokens ?? body.max_tokens;
+  if (asked) return { tokens: asked, send: undefined };
+  const d = model.adapter.defaultMaxTokens;
+  if (d === undefined) return { tokens: model.maxOutputTokens, send: undefined };
+  // A provider that requires max_tokens gets a sensible default, within the model's limit.
+  const send = Math.min(d, model.maxOutputTokens);
+  return { tokens: send, send };
+}
+
+/** `POST /v1/chat/completions`: OpenAI format to any provider, translated both ways. */
+export async function chatCompletions(c: Context<AppEnv>) {
+  const raw = await c.req.text();
+  const body = parseJson(raw, chatSchema);
+  const primary = resolveModel(c, body.model, "chat");
+  const candidates = candidatesFor(c, primary, body.models ?? []);
+  const stream = body.stream === true;
+  const n = body.n ?? 1;
+  const m = new MeteredRequest(c, primary, stream);
+  const prompt = promptTokenBound(raw);
+  await m.reserve(
+    prompt,
+    outputLimit(body, primary).tokens * n,
+    candidates.slice(1).map((model) => ({
+      model,
+      outputTokens: outputLimit(body, model).tokens * n,
+    })),
+  );
+
+  const { models: _fallbacks, ...rest } = body;
+  const wantsUsage = body.stream_options?.include_usage === true;
+  const build = (model: ResolvedModel) => {
+    const upstreamBody: Record<string, unknown> = { ...rest, model: model.model };
+    const send = outputLimit(body, model).send;
+    if (send !== undefined) upstreamBody.max_tokens = send;
+    // The router always needs the usage chunk; the client sees it only if it asked for it.
+    if (stream) {
+      upstreamBody.stream_options = { ...(body.stream_options ?? {}), include_usage: true };
+    }
+    return model.adapter.chatRequest(model.upstream, upstreamBody);
+  };
+  const reply = await forward(m, candidates, build);
+  const model = m.model;
+  if (!stream) return c.json(await settleJson(m, reply, model.adapter.chatReply));
+
+  const reader = new UsageReader();
+  const out = billStream(
+    m,
+    model.adapter.chatStream(reply.res.body!),
+    async (chunk, _event, settle) => {
+      const cost = await settle(readOpenAIUsage(chunk.usage, reader));
+      logAnomalies(m, reader);
+      if (wantsUsage) {
+        return "data: " + JSON.stringify({ ...chunk, usage: withCost(chunk.usage, cost) });
+      }
+      if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
+        const { usage: _drop, ...without } = chunk;
+        return "data: " + JSON.stringify(without);
+      }
+      return null;
+    },
+    () => estimatePromptTokens(body),
+  );
+  return c.body(out, 200, SSE_HEADERS);
+}

@@ -1,0 +1,91 @@
+import type { Context } from "hono";
+import { z } from "zod";
+import type { AppEnv } from "../../lib/services.ts";
+import { badRequest, parseJson } from "../../lib/http/errors.ts";
+import { MeteredRequest } from "../../lib/proxy/metered.ts";
+import { estimatePromptTokens, estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
+import { withData } from "../../lib/proxy/sse.ts";
+import {
+  billStream,
+  candidatesFor,
+  forward,
+  logAnomalies,
+  resolveModel,
+  settleJson,
+  SSE_HEADERS,
+  withCost,
+} from "../../lib/proxy/pipeline.ts";
+import { readAnthropicUsage, UsageReader } from "../../lib/providers/usage.ts";
+import type { ResolvedModel } from "../../lib/providers/types.ts";
+import { obj } from "../../lib/providers/common.ts";
+
+const messagesSchema = z.looseObject({
+  model: z.string().min(1, "is required"),
+  messages: z.array(z.looseObject({ role: z.string() })).min(1, "must have at least one message"),
+  max_tokens: z.number().int().min(1).max(10_000_000),
+  stream: z.boolean().nullish(),
+});
+
+const speaksMessages = (m: ResolvedModel) => m.adapter.kind === "anthropic";
+
+/** `POST /v1/messages`: the Anthropic Messages API, passed through with the operator's key. */
+export async function messages(c: Context<AppEnv>) {
+  const raw = await c.req.text();
+  const body = parseJson(raw, messagesSchema);
+  const primary = resolveModel(c, body.model, "chat");
+  if (!speaksMessages(primary)) {
+    throw badRequest(
+      `The model '${body.model}' is not an Anthropic model; call it through /v1/chat/completions`,
+    );
+  }
+  const candidates = candidatesFor(c, primary, [], speaksMessages);
+  const stream = body.stream === true;
+  const m = new MeteredRequest(c, primary, stream);
+  await m.reserve(
+    promptTokenBound(raw),
+    body.max_tokens,
+    candidates.slice(1).map((model) => ({ model, outputTokens: body.max_tokens })),
+  );
+  const headers = c.req.raw.headers;
+  const reply = await forward(
+    m,
+    candidates,
+    (model) =>
+      model.adapter.nativeRequest!(
+        model.upstream,
+        "messages",
+        { ...body, model: model.model },
+        headers,
+      )!,
+  );
+  if (!stream) {
+    return c.json(
+      await settleJson(m, reply, (json, r) => {
+        const out = obj(json);
+        return { body: out, usage: readAnthropicUsage(out.usage, r) };
+      }),
+    );
+  }
+  const reader = new UsageReader();
+  // message_start carries the input usage, message_delta the final (cumulative) output.
+  let started: Record<string, unknown> | null = null;
+  const out = billStream(
+    m,
+    reply.res.body!,
+    async (data, event, settle) => {
+      if (data.type === "message_start") {
+        started = { ...obj(obj(data.message).usage) };
+        return undefined;
+      }
+      if (data.type !== "message_delta") return undefined;
+      const cost = await settle(readAnthropicUsage({ ...started, ...obj(data.usage) }, reader));
+      logAnomalies(m, reader);
+      return withData(event, { ...data, usage: withCost(data.usage, cost) });
+    },
+    () =>
+      started
+        ? readAnthropicUsage(started, new UsageReader()).prompt
+        : estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
+  );
+  return c.body(out, 200, SSE_HEADERS);
+}

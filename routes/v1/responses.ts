@@ -1,0 +1,88 @@
+import type { Context } from "hono";
+import { z } from "zod";
+import type { AppEnv } from "../../lib/services.ts";
+import { badRequest, parseJson } from "../../lib/http/errors.ts";
+import { MeteredRequest } from "../../lib/proxy/metered.ts";
+import { estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
+import { withData } from "../../lib/proxy/sse.ts";
+import {
+  billStream,
+  candidatesFor,
+  forward,
+  logAnomalies,
+  resolveModel,
+  settleJson,
+  SSE_HEADERS,
+  withCost,
+} from "../../lib/proxy/pipeline.ts";
+import { readResponsesUsage, UsageReader } from "../../lib/providers/usage.ts";
+import type { ResolvedModel } from "../../lib/providers/types.ts";
+import { obj } from "../../lib/providers/common.ts";
+
+const responsesSchema = z.looseObject({
+  model: z.string().min(1, "is required"),
+  input: z.union([z.string(), z.array(z.unknown())]).optional(),
+  max_output_tokens: z.number().int().min(1).max(10_000_000).nullish(),
+  stream: z.boolean().nullish(),
+});
+
+const speaksResponses = (m: ResolvedModel) => m.adapter.kind === "openai";
+
+/** `POST /v1/responses`: the OpenAI Responses API, passed through with the operator's key. */
+export async function responses(c: Context<AppEnv>) {
+  const raw = await c.req.text();
+  const body = parseJson(raw, responsesSchema);
+  const primary = resolveModel(c, body.model, "chat");
+  if (!speaksResponses(primary)) {
+    throw badRequest(
+      `The model '${body.model}' is not served by the Responses API; use /v1/chat/completions`,
+    );
+  }
+  const candidates = candidatesFor(c, primary, [], speaksResponses);
+  const stream = body.stream === true;
+  const m = new MeteredRequest(c, primary, stream);
+  const limit = (model: ResolvedModel) => body.max_output_tokens ?? model.maxOutputTokens;
+  await m.reserve(
+    promptTokenBound(raw),
+    limit(primary),
+    candidates.slice(1).map((model) => ({ model, outputTokens: limit(model) })),
+  );
+  const headers = c.req.raw.headers;
+  const reply = await forward(
+    m,
+    candidates,
+    (model) =>
+      model.adapter.nativeRequest!(
+        model.upstream,
+        "responses",
+        { ...body, model: model.model },
+        headers,
+      )!,
+  );
+  if (!stream) {
+    return c.json(
+      await settleJson(m, reply, (json, r) => {
+        const out = obj(json);
+        return { body: out, usage: readResponsesUsage(out.usage, r) };
+      }),
+    );
+  }
+  const reader = new UsageReader();
+  const out = billStream(
+    m,
+    reply.res.body!,
+    async (data, event, settle) => {
+      // response.completed (or .incomplete / .failed) carries the final usage in `response`.
+      const response = obj(data.response);
+      if (!response.usage || typeof response.usage !== "object") return undefined;
+      const cost = await settle(readResponsesUsage(response.usage, reader));
+      logAnomalies(m, reader);
+      return withData(event, {
+        ...data,
+        response: { ...response, usage: withCost(response.usage, cost) },
+      });
+    },
+    () => estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? "")),
+  );
+  return c.body(out, 200, SSE_HEADERS);
+}
