@@ -3,6 +3,7 @@ import { ConfigError, loadConfig } from "./lib/config.ts";
 import { createApp } from "./lib/app.ts";
 import { readProvidersFile } from "./lib/providers/registry.ts";
 import { consoleLogger } from "./lib/log.ts";
+import { pruneAudit } from "./lib/audit/query.ts";
 
 let router;
 let config;
@@ -28,6 +29,12 @@ try {
 // events whose delivery was lost and releases holds of requests that died with their process.
 Deno.cron("outbox and hold sweep", "* * * * *", async () => {
   await router.svc.background.sweep();
+});
+
+// Audit retention: rows older than AUDIT_RETENTION_DAYS go (with their index); the ledger stays.
+Deno.cron("audit retention", "17 * * * *", async () => {
+  if (config.auditRetentionDays === null) return;
+  await pruneAudit(kv, Date.now() - config.auditRetentionDays * 86_400_000);
 });
 
 if (config.adminTokenGenerated) {

@@ -33,6 +33,8 @@ export interface Config {
   holdTtlMs: number;
   /** The credit packages offered for purchase. */
   packages: CreditPackage[];
+  /** Audit rows older than this many days are deleted (the ledger never is); null keeps all. */
+  auditRetentionDays: number | null;
 }
 
 /** Thrown for bad configuration; the message is one line naming the variable. */
@@ -81,6 +83,7 @@ const schema = z.object({
   OUTBOX_DELIVERY: z.enum(["auto", "queue", "drainer"]).default("auto"),
   HOLD_TTL_MS: int(1000, 86_400_000).optional(),
   CREDIT_PACKAGES: z.string().optional(),
+  AUDIT_RETENTION_DAYS: int(1, 36_500).optional(),
 });
 
 const VARIABLES = Object.keys(schema.shape);
@@ -135,6 +138,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       : e.OUTBOX_DELIVERY,
     holdTtlMs: e.HOLD_TTL_MS ?? Math.max(2 * e.UPSTREAM_TIMEOUT_MS, 600_000),
     packages: loadPackages(e.CREDIT_PACKAGES),
+    auditRetentionDays: e.AUDIT_RETENTION_DAYS ?? null,
   };
 }
 

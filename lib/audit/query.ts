@@ -1,8 +1,10 @@
 import type { AuditRow } from "../billing/types.ts";
 import { formatUsd } from "../money.ts";
-import { page } from "../kv/util.ts";
+import { auditIdKey, auditKey } from "../kv/schema.ts";
+import { badRequest } from "../http/errors.ts";
 
 export interface AuditFilter {
+  /** Start (inclusive) and end (exclusive) of the period, epoch ms. */
   fromMs: number;
   toMs: number;
   key_id?: string;
@@ -41,26 +43,99 @@ const matches = (r: AuditRow, f: AuditFilter) =>
   (f.status === undefined || r.status === f.status) &&
   (f.streaming === undefined || r.streaming === f.streaming);
 
-function listAuditRange(kv: Deno.Kv, accountId: string, f: AuditFilter, cursor?: string) {
+function listAuditRange(kv: Deno.Kv, accountId: string, f: AuditFilter, end?: Deno.KvKey) {
   return kv.list<AuditRow>({
     start: ["audit", accountId, f.fromMs],
-    end: ["audit", accountId, f.toMs + 1],
-  }, { reverse: true, cursor, batchSize: 500 });
+    end: end ?? ["audit", accountId, f.toMs],
+  }, { reverse: true, batchSize: 1000 });
 }
 
-/** A page of audit rows, newest first. */
-export function listAuditByAccount(
+/** A page stops after scanning this many rows, so a rare filter cannot make one request slow. */
+const MAX_SCAN = 20_000;
+
+/** The paging cursor: the (time, request id) of the last row seen, base64url JSON. */
+function encodeCursor(key: Deno.KvKey): string {
+  return btoa(JSON.stringify([key[2], key[3]])).replaceAll("+", "-").replaceAll("/", "_")
+    .replace(/=+$/, "");
+}
+
+function decodeCursor(accountId: string, cursor: string): Deno.KvKey {
+  try {
+    const [ms, id] = JSON.parse(atob(cursor.replaceAll("-", "+").replaceAll("_", "/")));
+    if (Number.isSafeInteger(ms) && typeof id === "string") return auditKey(accountId, ms, id);
+  } catch {
+    // reported below
+  }
+  throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+}
+
+/**
+ * A page of audit rows, newest first. The cursor names the last row seen and the next page starts
+ * strictly below it, so rows recorded meanwhile (newer) neither shift nor repeat the pages.
+ */
+export async function listAuditByAccount(
   kv: Deno.Kv,
   accountId: string,
   f: AuditFilter,
   limit: number,
   cursor?: string,
-) {
-  return page(
-    listAuditRange(kv, accountId, f, cursor),
-    limit,
-    (r) => matches(r, f) ? auditJson(r) : null,
-  );
+): Promise<{ data: ReturnType<typeof auditJson>[]; next_cursor: string | null }> {
+  let end: Deno.KvKey | undefined;
+  if (cursor) {
+    end = decodeCursor(accountId, cursor);
+    if ((end[2] as number) >= f.toMs) end = undefined;
+  }
+  const data: ReturnType<typeof auditJson>[] = [];
+  let scanned = 0;
+  let last: Deno.KvKey | null = null;
+  for await (const e of listAuditRange(kv, accountId, f, end)) {
+    if (data.length === limit || scanned === MAX_SCAN) {
+      return { data, next_cursor: encodeCursor(last!) };
+    }
+    scanned++;
+    last = e.key;
+    if (matches(e.value, f)) data.push(auditJson(e.value));
+  }
+  return { data, next_cursor: null };
+}
+
+/** One audit row by its request id, or null. */
+export async function getAuditRow(
+  kv: Deno.Kv,
+  accountId: string,
+  requestId: string,
+): Promise<AuditRow | null> {
+  const at = await kv.get<number>(auditIdKey(accountId, requestId));
+  if (at.value === null) return null;
+  return (await kv.get<AuditRow>(auditKey(accountId, at.value, requestId))).value;
+}
+
+/**
+ * Deletes audit rows older than `beforeMs` and their request-id index entries, every account,
+ * a few hundred per atomic. The ledger and the rollups are kept. Returns how many rows went.
+ */
+export async function pruneAudit(kv: Deno.Kv, beforeMs: number): Promise<number> {
+  let deleted = 0;
+  for await (const acct of kv.list({ prefix: ["account"] })) {
+    const accountId = acct.key[1] as string;
+    for (;;) {
+      const atomic = kv.atomic();
+      let n = 0;
+      const iter = kv.list<AuditRow>(
+        { start: ["audit", accountId], end: ["audit", accountId, beforeMs] },
+        { limit: 400 },
+      );
+      for await (const e of iter) {
+        atomic.delete(e.key).delete(auditIdKey(accountId, e.key[3] as string));
+        n++;
+      }
+      if (n === 0) break;
+      await atomic.commit();
+      deleted += n;
+      if (n < 400) break;
+    }
+  }
+  return deleted;
 }
 
 /** An audit row as the API shows it (money as decimal strings). */
@@ -121,7 +196,7 @@ export function exportAudit(
         out = format === "csv" ? AUDIT_COLUMNS.join(",") + "\r\n" : "[";
       }
       let n = 0;
-      while (n < 500) {
+      while (n < 1000) {
         const next = await iter.next();
         if (next.done) {
           if (format === "json") out += "]";

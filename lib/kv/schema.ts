@@ -33,18 +33,32 @@ export const auditKey = (accountId: string, ms: number, requestId: string) =>
 export const auditIdKey = (accountId: string, requestId: string) =>
   ["audit_id", accountId, requestId] as const;
 /**
- * ["rollup", accountId, grain, dimension, value, bucket, field] → Deno.KvU64, added with `sum`.
- * grain "d" (bucket "2026-11-26") or "h" ("2026-11-26T13"); dimension "all" (value ""), "key",
- * "provider", "model", "key_provider", "key_model" (value "keyId|name").
+ * ["rollup", accountId, grain, scope, dimension, bucket, value, field] → Deno.KvU64, added with
+ * `sum`. grain "d" (bucket "2026-11-26") or "h" ("2026-11-26T13"); scope "" (the account) with
+ * dimensions "all" (value ""), "key", "provider", "model", or a key id with "provider", "model".
+ * Bucket before value: one bucket of one dimension is a contiguous range.
  */
 export const rollupKey = (
   accountId: string,
   grain: "d" | "h",
+  scope: string,
   dim: string,
-  value: string,
   bucket: string,
+  value: string,
   field: string,
-) => ["rollup", accountId, grain, dim, value, bucket, field] as const;
+) => ["rollup", accountId, grain, scope, dim, bucket, value, field] as const;
+/**
+ * ["rollup_digest", accountId, grain, scope, dimension, bucket] → RollupDigest: every value's
+ * counters of one closed bucket in one record, valid while the bucket's "all" request count is
+ * unchanged (a cache the usage query builds and checks, never the source of truth).
+ */
+export const rollupDigestKey = (
+  accountId: string,
+  grain: "d" | "h",
+  scope: string,
+  dim: string,
+  bucket: string,
+) => ["rollup_digest", accountId, grain, scope, dim, bucket] as const;
 /** ["idem", scope, idempotencyKey] → IdempotentReply, kept for 24 h. */
 export const idemKey = (scope: string, key: string) => ["idem", scope, key] as const;
 /** ["once", accountId, reference] → ledger entry id: a credit applied at most once per reference. */

@@ -1,86 +1,312 @@
+import { rollupDigestKey } from "../kv/schema.ts";
+import { getAll } from "../kv/util.ts";
 import { formatUsd, savingsPercent } from "../money.ts";
-import { addTotals, emptyTotals, type RollupField, type Totals } from "./rollups.ts";
+import { monthOf, weekOf } from "../billing/periods.ts";
+import {
+  addTotals,
+  dayBucket,
+  emptyTotals,
+  type Grain,
+  hourBucket,
+  ROLLUP_FIELDS,
+  type RollupField,
+  type Totals,
+} from "./rollups.ts";
 
 export type GroupBy = "date" | "key" | "provider" | "model";
+export type Interval = "hour" | "day" | "week" | "month";
+
+export const HOUR_MS = 3_600_000;
+export const DAY_MS = 86_400_000;
 
 export interface UsageQuery {
   accountId: string;
-  /** First and last UTC day included, "YYYY-MM-DD". */
-  fromDay: string;
-  toDay: string;
+  /** Start (inclusive) and end (exclusive) of the period: epoch ms on whole UTC hours. */
+  fromMs: number;
+  toMs: number;
   groupBy?: GroupBy;
+  /** Rows of `group_by=date`; default hours for periods of two days or less, else days. */
+  interval?: Interval;
   /** Restrict to one key. */
   keyId?: string;
+  /** The clock: decides which buckets are closed and may be digested. */
+  now?: number;
 }
 
+/** One rollup bucket of the period. */
+interface Bucket {
+  grain: Grain;
+  name: string;
+  startMs: number;
+}
+
+/** A digest: every value's counters of one bucket of one dimension, and the version it saw. */
+interface RollupDigest {
+  /** The bucket's account-wide request count when the digest was built. */
+  v: bigint;
+  rows: [value: string, counters: bigint[]][];
+}
+
+/** Digests hold at most this many values (a KV value is at most 64 KiB); larger ones are scanned. */
+const DIGEST_MAX_VALUES = 300;
+/** A bucket gets a digest once it ended this long ago (late events are rare after that). */
+const DIGEST_AFTER_MS = 5 * 60_000;
+
 /**
- * Sums rollup counters of one dimension over a day range, per dimension value (or per day when
- * `byDay`). Reads only rollups, never the audit trail.
+ * Splits [from, to) into whole UTC days where it can and hours at the ragged ends (hours only
+ * when `hoursOnly`), so a period like 10:00–14:00 is exact at hour resolution.
  */
-async function sumRollups(
+export function periodBuckets(fromMs: number, toMs: number, hoursOnly: boolean): Bucket[] {
+  const out: Bucket[] = [];
+  let t = fromMs;
+  while (t < toMs) {
+    if (!hoursOnly && t % DAY_MS === 0 && t + DAY_MS <= toMs) {
+      out.push({ grain: "d", name: dayBucket(t), startMs: t });
+      t += DAY_MS;
+    } else {
+      out.push({ grain: "h", name: hourBucket(t), startMs: t });
+      t += HOUR_MS;
+    }
+  }
+  return out;
+}
+
+/** Consecutive buckets of one grain: each is one contiguous key range per dimension. */
+function runsOf(buckets: Bucket[]): Bucket[][] {
+  const runs: Bucket[][] = [];
+  for (const b of buckets) {
+    const last = runs.at(-1);
+    if (last && last[0].grain === b.grain) last.push(b);
+    else runs.push([b]);
+  }
+  return runs;
+}
+
+const bucketEnd = (b: Bucket) => b.startMs + (b.grain === "d" ? DAY_MS : HOUR_MS);
+
+/**
+ * Reads the counters of one dimension over a run of buckets in one range scan:
+ * bucket → value → totals.
+ */
+async function scanRun(
   kv: Deno.Kv,
   accountId: string,
+  grain: Grain,
+  scope: string,
   dim: string,
-  valuePrefix: string | null,
-  fromDay: string,
-  toDay: string,
-  byDay: boolean,
-): Promise<Map<string, Totals>> {
-  const base = ["rollup", accountId, "d", dim];
-  // One value ("all", or one key): a range of its days. A "keyId|" prefix: that key's values.
-  const exact = dim === "all"
-    ? ""
-    : valuePrefix !== null && !valuePrefix.endsWith("|")
-    ? valuePrefix
-    : null;
-  const selector: Deno.KvListSelector = exact !== null
-    ? { start: [...base, exact, fromDay], end: [...base, exact, toDay + "~"] }
-    : valuePrefix !== null
-    ? { start: [...base, valuePrefix], end: [...base, valuePrefix + "\uffff"] }
-    : { prefix: base };
-  const out = new Map<string, Totals>();
-  for await (const e of kv.list<Deno.KvU64>(selector, { batchSize: 1000 })) {
-    const [, , , , value, bucket, field] = e.key as [
-      string,
-      string,
-      string,
-      string,
-      string,
-      string,
-      RollupField,
-    ];
-    if (bucket < fromDay || bucket > toDay) continue;
-    const group = byDay ? bucket : exact ?? (valuePrefix ? value.slice(valuePrefix.length) : value);
-    let t = out.get(group);
-    if (!t) out.set(group, t = emptyTotals());
+  first: string,
+  last: string,
+): Promise<Map<string, Map<string, Totals>>> {
+  const base = ["rollup", accountId, grain, scope, dim];
+  const out = new Map<string, Map<string, Totals>>();
+  const iter = kv.list<Deno.KvU64>(
+    { start: [...base, first], end: [...base, last + "\u0000"] },
+    { batchSize: 1000 },
+  );
+  for await (const e of iter) {
+    const bucket = e.key[5] as string, value = e.key[6] as string;
+    const field = e.key[7] as RollupField;
+    let byValue = out.get(bucket);
+    if (!byValue) out.set(bucket, byValue = new Map());
+    let t = byValue.get(value);
+    if (!t) byValue.set(value, t = emptyTotals());
     t[field] += e.value.value;
   }
   return out;
 }
 
-/** Usage totals for a period and, with `groupBy`, the breakdown rows sorted by group. */
-export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
-  const key = q.keyId;
-  let dim: string, prefix: string | null = null, byDay = false;
-  switch (q.groupBy ?? "date") {
-    case "date":
-      [dim, prefix, byDay] = key ? ["key", key, true] : ["all", "", true];
-      break;
-    case "key":
-      [dim, prefix] = ["key", key ?? null];
-      break;
-    case "provider":
-      [dim, prefix] = key ? ["key_provider", key + "|"] : ["provider", null];
-      break;
-    case "model":
-      [dim, prefix] = key ? ["key_model", key + "|"] : ["model", null];
-      break;
+/**
+ * Per bucket, the totals of every value of a dimension. Closed buckets come from digests when the
+ * digest's version (the bucket's account-wide request count, which every rollup write raises)
+ * still matches; others are scanned, and closed ones then digested for the next query.
+ */
+async function dimensionGroups(
+  kv: Deno.Kv,
+  accountId: string,
+  scope: string,
+  dim: string,
+  runs: Bucket[][],
+  versions: Map<string, bigint>,
+  now: number,
+): Promise<Map<string, Map<string, Totals>>> {
+  const out = new Map<string, Map<string, Totals>>();
+  await Promise.all(runs.map(async (run) => {
+    const grain = run[0].grain;
+    const needed = run.filter((b) => (versions.get(b.name) ?? 0n) > 0n);
+    if (needed.length === 0) return;
+    const first = needed[0].name, last = needed.at(-1)!.name;
+    const digests = new Map<string, RollupDigest>();
+    const base = ["rollup_digest", accountId, grain, scope, dim];
+    for await (
+      const e of kv.list<RollupDigest>({ start: [...base, first], end: [...base, last + "\u0000"] })
+    ) digests.set(e.key[5] as string, e.value);
+    const stale: Bucket[] = [];
+    for (const b of needed) {
+      const d = digests.get(b.name);
+      if (d && d.v === versions.get(b.name)) out.set(b.name, fromDigest(d));
+      else stale.push(b);
+    }
+    if (stale.length === 0) return;
+    const scanned = await scanRun(
+      kv,
+      accountId,
+      grain,
+      scope,
+      dim,
+      stale[0].name,
+      stale.at(-1)!.name,
+    );
+    for (const b of stale) out.set(b.name, scanned.get(b.name) ?? new Map());
+    const closed = stale.filter((b) => bucketEnd(b) + DIGEST_AFTER_MS <= now);
+    if (closed.length) {
+      await storeDigests(kv, accountId, grain, scope, dim, closed, versions, out).catch(() => {});
+    }
+  }));
+  return out;
+}
+
+function fromDigest(d: RollupDigest): Map<string, Totals> {
+  const m = new Map<string, Totals>();
+  for (const [value, counters] of d.rows) {
+    const t = emptyTotals();
+    ROLLUP_FIELDS.forEach((f, i) => t[f] = counters[i]);
+    m.set(value, t);
   }
-  const groups = await sumRollups(kv, q.accountId, dim!, prefix, q.fromDay, q.toDay, byDay);
-  const summary = [...groups.values()].reduce((a, t) => addTotals(a, t), emptyTotals());
-  const breakdown = [...groups.entries()].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
+  return m;
+}
+
+/** Stores digests of scanned buckets whose version did not move while they were scanned. */
+async function storeDigests(
+  kv: Deno.Kv,
+  accountId: string,
+  grain: Grain,
+  scope: string,
+  dim: string,
+  buckets: Bucket[],
+  versions: Map<string, bigint>,
+  groups: Map<string, Map<string, Totals>>,
+) {
+  const after = await getAll<Deno.KvU64>(
+    kv,
+    buckets.map((b) => ["rollup", accountId, grain, "", "all", b.name, "", "requests"]),
+  );
+  let atomic = kv.atomic(), n = 0;
+  for (let i = 0; i < buckets.length; i++) {
+    const b = buckets[i];
+    const v = versions.get(b.name)!;
+    const byValue = groups.get(b.name)!;
+    if ((after[i].value?.value ?? 0n) !== v || byValue.size > DIGEST_MAX_VALUES) continue;
+    const rows = [...byValue].map(([value, t]) =>
+      [value, ROLLUP_FIELDS.map((f) => t[f])] as [string, bigint[]]
+    );
+    atomic.set(rollupDigestKey(accountId, grain, scope, dim, b.name), { v, rows });
+    if (++n % 10 === 0) {
+      await atomic.commit();
+      atomic = kv.atomic();
+    }
+  }
+  if (n % 10) await atomic.commit();
+}
+
+/** The label of the date row a bucket belongs to. */
+function dateLabel(ms: number, interval: Interval): string {
+  switch (interval) {
+    case "hour":
+      return new Date(ms).toISOString().slice(0, 13) + ":00:00Z";
+    case "day":
+      return dayBucket(ms);
+    case "week":
+      return weekOf(ms);
+    case "month":
+      return monthOf(ms);
+  }
+}
+
+/** The interval `group_by=date` uses when none is asked for. */
+export const defaultInterval = (fromMs: number, toMs: number): Interval =>
+  toMs - fromMs <= 2 * DAY_MS ? "hour" : "day";
+
+/**
+ * Usage totals of a period and the breakdown rows of its grouping, exact, read from rollups only
+ * (never the audit trail). The summary comes from the account's (or key's) own totals, the rows
+ * from the grouping's dimension: both are written in the same atomics, so they always agree.
+ */
+export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
+  const groupBy = q.groupBy ?? "date";
+  const interval = q.interval ?? defaultInterval(q.fromMs, q.toMs);
+  const now = q.now ?? Date.now();
+  const buckets = periodBuckets(q.fromMs, q.toMs, groupBy === "date" && interval === "hour");
+  const runs = runsOf(buckets);
+
+  // The account's totals per bucket: the summary, and the version of every digest.
+  const all = new Map<string, Totals>();
+  await Promise.all(runs.map(async (run) => {
+    const m = await scanRun(
+      kv,
+      q.accountId,
+      run[0].grain,
+      "",
+      "all",
+      run[0].name,
+      run.at(-1)!.name,
+    );
+    for (const [bucket, byValue] of m) all.set(bucket, byValue.get("") ?? emptyTotals());
+  }));
+  const versions = new Map([...all].map(([b, t]) => [b, t.requests]));
+  const groups = (scope: string, dim: string) =>
+    dimensionGroups(kv, q.accountId, scope, dim, runs, versions, now);
+
+  // Per bucket, the totals of the scope (account or key), and per bucket the grouped totals.
+  let scopeTotals: Map<string, Totals>;
+  let perBucket: Map<string, Map<string, Totals>>;
+  if (q.keyId === undefined) {
+    scopeTotals = all;
+    perBucket = groupBy === "date"
+      ? new Map([...all].map(([b, t]) => [b, new Map([["", t]])]))
+      : await groups("", groupBy);
+  } else {
+    const keyId = q.keyId;
+    const byKey = await groups("", "key");
+    scopeTotals = new Map();
+    for (const [b, m] of byKey) {
+      const t = m.get(keyId);
+      if (t) scopeTotals.set(b, t);
+    }
+    perBucket = groupBy === "date" || groupBy === "key"
+      ? new Map([...scopeTotals].map(([b, t]) => [b, new Map([[keyId, t]])]))
+      : await groups(keyId, groupBy);
+  }
+
+  const summary = emptyTotals();
+  for (const t of scopeTotals.values()) addTotals(summary, t);
+  const rows = new Map<string, Totals>();
+  if (groupBy === "date") {
+    // Every interval of the period has a row, zeros included, so charts need no gap filling.
+    for (const b of buckets) {
+      const label = dateLabel(b.startMs, interval);
+      let t = rows.get(label);
+      if (!t) rows.set(label, t = emptyTotals());
+      for (const bt of perBucket.get(b.name)?.values() ?? []) addTotals(t, bt);
+    }
+  } else {
+    for (const byValue of perBucket.values()) {
+      for (const [value, t] of byValue) {
+        let r = rows.get(value);
+        if (!r) rows.set(value, r = emptyTotals());
+        addTotals(r, t);
+      }
+    }
+  }
+  const breakdown = [...rows.entries()].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
     .map(([group, t]) => ({ group, ...totalsJson(t) }));
-  return { summary: totalsJson(summary), breakdown };
+  return {
+    from: new Date(q.fromMs).toISOString(),
+    to: new Date(q.toMs).toISOString(),
+    group_by: groupBy,
+    interval: groupBy === "date" ? interval : null,
+    summary: totalsJson(summary),
+    breakdown,
+  };
 }
 
 /** Totals as the API shows them: counts as numbers, money as decimal strings. */

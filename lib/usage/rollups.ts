@@ -35,17 +35,22 @@ export function addTotals(into: Totals, t: Totals): Totals {
 export const dayBucket = (ms: number) => new Date(ms).toISOString().slice(0, 10);
 export const hourBucket = (ms: number) => new Date(ms).toISOString().slice(0, 13);
 
-/** The dimensions a billed event is counted under: [grain, dimension, value]. */
-function dimensions(e: UsageEvent): [grain: "d" | "h", dim: string, value: string][] {
+/** A rollup grain: UTC day or UTC hour. */
+export type Grain = "d" | "h";
+
+/**
+ * The [scope, dimension, value] a billed event is counted under, at both grains: the account
+ * ("" scope) in total, per key, provider and model, and per provider and model within its key.
+ * 6 dimensions × 2 grains × 8 fields: at most 96 counters per event, merged within a batch.
+ */
+function dimensions(e: UsageEvent): [scope: string, dim: string, value: string][] {
   return [
-    ["d", "all", ""],
-    ["d", "key", e.key_id],
-    ["d", "provider", e.provider],
-    ["d", "model", e.model],
-    ["d", "key_provider", `${e.key_id}|${e.provider}`],
-    ["d", "key_model", `${e.key_id}|${e.model}`],
-    ["h", "all", ""],
-    ["h", "key", e.key_id],
+    ["", "all", ""],
+    ["", "key", e.key_id],
+    ["", "provider", e.provider],
+    ["", "model", e.model],
+    [e.key_id, "provider", e.provider],
+    [e.key_id, "model", e.model],
   ];
 }
 
@@ -68,18 +73,18 @@ function eventTotals(e: UsageEvent): Totals {
  */
 export function addRollupSums(sums: Map<string, [Deno.KvKey, bigint]>, e: UsageEvent): void {
   const totals = eventTotals(e);
-  const day = dayBucket(e.ts);
-  const hour = hourBucket(e.ts);
-  for (const [grain, dim, value] of dimensions(e)) {
-    const bucket = grain === "d" ? day : hour;
-    for (const f of ROLLUP_FIELDS) {
-      const amount = totals[f];
-      if (amount === 0n) continue;
-      const key = rollupKey(e.account_id, grain, dim, value, bucket, f);
-      const s = `${e.account_id}\u0000${grain}\u0000${dim}\u0000${value}\u0000${bucket}\u0000${f}`;
-      const prev = sums.get(s);
-      if (prev) prev[1] += amount;
-      else sums.set(s, [key, amount]);
+  const buckets: [Grain, string][] = [["d", dayBucket(e.ts)], ["h", hourBucket(e.ts)]];
+  for (const [grain, bucket] of buckets) {
+    for (const [scope, dim, value] of dimensions(e)) {
+      for (const f of ROLLUP_FIELDS) {
+        const amount = totals[f];
+        if (amount === 0n) continue;
+        const key = rollupKey(e.account_id, grain, scope, dim, bucket, value, f);
+        const s = key.join("\u0000");
+        const prev = sums.get(s);
+        if (prev) prev[1] += amount;
+        else sums.set(s, [key, amount]);
+      }
     }
   }
 }

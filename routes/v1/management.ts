@@ -8,12 +8,18 @@ import { createKey, getKeySpend, listKeysByAccount } from "../../lib/auth/keys.t
 import { apiKeyKey } from "../../lib/kv/schema.ts";
 import { getBalance } from "../../lib/billing/accounts.ts";
 import { ledgerJson, listLedgerByAccount } from "../../lib/billing/ledger.ts";
-import { type AuditFilter, exportAudit, listAuditByAccount } from "../../lib/audit/query.ts";
-import { type GroupBy, queryUsage } from "../../lib/usage/query.ts";
+import {
+  type AuditFilter,
+  auditJson,
+  exportAudit,
+  getAuditRow,
+  listAuditByAccount,
+} from "../../lib/audit/query.ts";
+import { queryUsage } from "../../lib/usage/query.ts";
+import { usageParams } from "../../lib/usage/params.ts";
 import { formatUsd } from "../../lib/money.ts";
 import type { ApiKey, KeySpend, LedgerType } from "../../lib/billing/types.ts";
 import { EMPTY_KEY_SPEND } from "../../lib/billing/types.ts";
-import { dayBucket } from "../../lib/usage/rollups.ts";
 import type { Context } from "hono";
 
 /** A key as the API shows it. */
@@ -69,24 +75,15 @@ async function ownKey(c: Context<AppEnv>): Promise<Deno.KvEntry<ApiKey>> {
   return entry as Deno.KvEntry<ApiKey>;
 }
 
-/** Period parameters of usage queries: ISO dates or times, default the last 30 days. */
-function usagePeriod(c: Context<AppEnv>) {
+/** A usage query of the caller's account (and one key), from the request's parameters. */
+function usageQuery(c: Context<AppEnv>, keyId?: string) {
   const now = c.get("svc").now();
-  const to = c.req.query("to");
-  const from = c.req.query("from");
-  const toMs = to ? parseTime("to", to) : now;
-  const fromMs = from ? parseTime("from", from) : toMs - 29 * 86_400_000;
-  if (fromMs > toMs) throw badRequest("Invalid 'from': must not be after 'to'");
-  return { fromDay: dayBucket(fromMs), toDay: dayBucket(toMs) };
-}
-
-function groupBy(c: Context<AppEnv>): GroupBy | undefined {
-  const g = c.req.query("group_by");
-  if (g === undefined) return undefined;
-  if (g !== "date" && g !== "key" && g !== "provider" && g !== "model") {
-    throw badRequest("Invalid 'group_by': must be date, key, provider or model");
-  }
-  return g;
+  return queryUsage(c.get("svc").kv, {
+    accountId: c.get("accountId"),
+    keyId,
+    now,
+    ...usageParams((n) => c.req.query(n), now),
+  });
 }
 
 function auditFilter(c: Context<AppEnv>): AuditFilter {
@@ -100,11 +97,11 @@ function auditFilter(c: Context<AppEnv>): AuditFilter {
     throw badRequest("Invalid 'streaming': must be true or false");
   }
   const from = q("from"), to = q("to");
-  let toMs = to ? parseTime("to", to) : c.get("svc").now();
-  // A date alone as `to` includes that whole day.
-  if (to && /^\d{4}-\d{2}-\d{2}$/.test(to)) toMs += 86_400_000 - 1;
+  // The period is [from, to): a date alone as `to` includes that whole day.
+  let toMs = to ? parseTime("to", to) : Number.MAX_SAFE_INTEGER;
+  if (to && /^\d{4}-\d{2}-\d{2}$/.test(to)) toMs += 86_400_000;
   const fromMs = from ? parseTime("from", from) : 0;
-  if (fromMs > toMs) throw badRequest("Invalid 'from': must not be after 'to'");
+  if (fromMs >= toMs) throw badRequest("Invalid 'from': must be before 'to'");
   return {
     fromMs,
     toMs,
@@ -184,14 +181,7 @@ export function managementRoutes() {
 
   app.get("/keys/:id/usage", async (c) => {
     const { value: key } = await ownKey(c);
-    return c.json(
-      await queryUsage(c.get("svc").kv, {
-        accountId: key.account_id,
-        keyId: key.id,
-        groupBy: groupBy(c),
-        ...usagePeriod(c),
-      }),
-    );
+    return c.json(await usageQuery(c, key.id));
   });
 
   app.get("/credits", async (c) => {
@@ -219,14 +209,7 @@ export function managementRoutes() {
     return c.json({ data: page.data.map(ledgerJson), next_cursor: page.next_cursor });
   });
 
-  app.get("/usage", async (c) =>
-    c.json(
-      await queryUsage(c.get("svc").kv, {
-        accountId: c.get("accountId"),
-        groupBy: groupBy(c),
-        ...usagePeriod(c),
-      }),
-    ));
+  app.get("/usage", async (c) => c.json(await usageQuery(c)));
 
   app.get("/audit/export", (c) => {
     const format = c.req.query("format") ?? "csv";
@@ -252,6 +235,13 @@ export function managementRoutes() {
       parseCursor(c.req.query("cursor")),
     );
     return c.json(page);
+  });
+
+  app.get("/audit/:request_id", async (c) => {
+    const svc = c.get("svc");
+    const row = await getAuditRow(svc.kv, c.get("accountId"), c.req.param("request_id"));
+    if (!row) throw notFound("The audit row");
+    return c.json(auditJson(row));
   });
 
   return app;
