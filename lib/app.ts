@@ -13,6 +13,7 @@ import { auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
 import { managementRoutes } from "../routes/v1/management.ts";
 import { adminRoutes } from "../routes/v1/admin.ts";
 import { billingRoutes } from "../routes/v1/billing.ts";
+import { stripeRoutes } from "../routes/v1/stripe.ts";
 
 export interface AppDeps {
   kv: Deno.Kv;
@@ -104,6 +105,7 @@ export function createApp(deps: AppDeps): Router {
   app.route("/v1", inferenceRoutes());
   app.route("/v1", managementRoutes());
   app.route("/v1", billingRoutes());
+  app.route("/v1", stripeRoutes());
   app.route("/v1/admin", adminRoutes());
 
   app.notFound((c) =>

@@ -64,3 +64,10 @@ export const idemKey = (scope: string, key: string) => ["idem", scope, key] as c
 /** ["once", accountId, reference] → ledger entry id: a credit applied at most once per reference. */
 export const onceKey = (accountId: string, reference: string) =>
   ["once", accountId, reference] as const;
+/** ["stripe_customer", accountId] → Stripe customer id: one customer per account, created once. */
+export const stripeCustomerKey = (accountId: string) => ["stripe_customer", accountId] as const;
+/** ["stripe_checkout", sessionId] → CheckoutRecord: what a Checkout Session was created to sell. */
+export const stripeCheckoutKey = (sessionId: string) => ["stripe_checkout", sessionId] as const;
+/** ["stripe_payment", paymentIntentId] → StripePayment: a credited payment, found by its refunds. */
+export const stripePaymentKey = (paymentIntentId: string) =>
+  ["stripe_payment", paymentIntentId] as const;

@@ -6,6 +6,12 @@ import { ApiError, notFound, readJson } from "../../lib/http/errors.ts";
 import { packageJson } from "../../lib/billing/packages.ts";
 import { ledgerJson } from "../../lib/billing/ledger.ts";
 import { newId } from "../../lib/ids.ts";
+import {
+  checkoutIdempotencyKey,
+  createCheckoutSession,
+  stripeClient,
+} from "../../lib/billing/stripe.ts";
+import Stripe from "stripe";
 
 const checkoutSchema = z.strictObject({ package_id: z.string().min(1, "is required").max(100) });
 
@@ -25,7 +31,38 @@ export function billingRoutes() {
     const pkg = svc.config.packages.find((p) => p.id === package_id);
     if (!pkg) throw notFound(`The package '${package_id}'`);
     if (svc.config.billingMode === "production") {
-      throw new ApiError(503, "checkout_unavailable", "Stripe Checkout is not configured");
+      const stripe = stripeClient(svc.config);
+      if (!stripe) {
+        throw new ApiError(503, "checkout_unavailable", "Stripe Checkout is not configured");
+      }
+      const accountId = c.get("accountId");
+      try {
+        const session = await createCheckoutSession(svc, stripe, {
+          accountId,
+          pkg,
+          origin: svc.config.publicUrl ?? new URL(c.req.url).origin,
+          idempotencyKey: await checkoutIdempotencyKey(
+            accountId,
+            c.req.header("idempotency-key"),
+            c.get("requestId"),
+          ),
+        });
+        return c.json({ url: session.url });
+      } catch (e) {
+        if (e instanceof Stripe.errors.StripeIdempotencyError) {
+          throw new ApiError(
+            409,
+            "idempotency_conflict",
+            "This Idempotency-Key was already used with a different request body",
+          );
+        }
+        if (e instanceof Stripe.errors.StripeError) {
+          // Stripe's message may describe its own configuration: log its type, not the text.
+          svc.log("error", "stripe checkout failed", { type: e.type, status: e.statusCode });
+          throw new ApiError(502, "upstream_error", "Stripe did not create the Checkout Session");
+        }
+        throw e;
+      }
     }
     // Development mode: the credit is granted at once, marked as a development grant.
     const r = await svc.actors.submit(c.get("accountId"), {

@@ -1,0 +1,336 @@
+/**
+ * Buying credit through Stripe: the client, one Stripe customer per account, Checkout Sessions,
+ * and the webhook events that grant (and, on refund, take back) credit exactly once.
+ */
+import Stripe from "stripe";
+import type { Config } from "../config.ts";
+import type { Services } from "../services.ts";
+import type { CreditPackage } from "./packages.ts";
+import type { LedgerEntry } from "./types.ts";
+import { getAccount } from "./accounts.ts";
+import { formatUsd } from "../money.ts";
+import { hashSecret } from "../auth/keys.ts";
+import { onceKey, stripeCheckoutKey, stripeCustomerKey, stripePaymentKey } from "../kv/schema.ts";
+
+/** Nano-USD in one US cent: Stripe amounts are integer cents. */
+export const NANOS_PER_CENT = 10_000_000n;
+/** How old a webhook signature may be, in seconds (Stripe's own default). */
+export const WEBHOOK_TOLERANCE_S = 300;
+/** Where Checkout sends the customer back to, below `PUBLIC_URL` (or the request origin). */
+export const BILLING_PAGE = "/settings/billing";
+
+/** What a Checkout Session was created to sell, stored when it is created. */
+export interface CheckoutRecord {
+  account_id: string;
+  package_id: string;
+  name: string;
+  /** nano-USD, whole cents. */
+  price: bigint;
+  /** nano-USD granted when paid. */
+  credits: bigint;
+  created_at: string;
+}
+
+/** A credited payment: how a later refund of its charge finds the account and the credit. */
+export interface StripePayment {
+  account_id: string;
+  session_id: string;
+  name: string;
+  /** What was paid, in cents. */
+  amount: number;
+  /** nano-USD granted for it. */
+  credits: bigint;
+}
+
+const clients = new WeakMap<Config, Stripe>();
+
+/** The Stripe client options for a configuration: `STRIPE_API_BASE` becomes host/port/protocol. */
+export function stripeOptions(config: Config): Stripe.StripeConfig {
+  const opts: Stripe.StripeConfig = {
+    httpClient: Stripe.createFetchHttpClient(),
+    // Every POST carries an idempotency key, so retrying a network failure cannot buy twice.
+    maxNetworkRetries: 2,
+    timeout: 20_000,
+    telemetry: false,
+  };
+  if (config.stripeApiBase) {
+    const u = new URL(config.stripeApiBase);
+    const protocol = u.protocol === "http:" ? "http" : "https";
+    opts.host = u.hostname;
+    opts.port = u.port ? Number(u.port) : protocol === "http" ? 80 : 443;
+    opts.protocol = protocol;
+  }
+  return opts;
+}
+
+/** The Stripe client of this configuration (one per config), or null without `STRIPE_SECRET_KEY`. */
+export function stripeClient(config: Config): Stripe | null {
+  if (!config.stripeSecretKey) return null;
+  let client = clients.get(config);
+  if (!client) {
+    client = new Stripe(config.stripeSecretKey, stripeOptions(config));
+    clients.set(config, client);
+  }
+  return client;
+}
+
+/** The account's Stripe customer: created on the first checkout, stored, and reused after. */
+export async function customerForAccount(
+  svc: Services,
+  stripe: Stripe,
+  accountId: string,
+): Promise<string> {
+  const key = stripeCustomerKey(accountId);
+  const stored = await svc.kv.get<string>(key);
+  if (stored.value) return stored.value;
+  const account = await getAccount(svc.kv, accountId);
+  const customer = await stripe.customers.create(
+    {
+      name: account?.name,
+      email: account?.email ?? undefined,
+      metadata: { account_id: accountId },
+    },
+    // One key per account: two first checkouts at once get the same customer from Stripe.
+    { idempotencyKey: `customer-${accountId}` },
+  );
+  const res = await svc.kv.atomic().check({ key, versionstamp: null }).set(key, customer.id)
+    .commit();
+  if (res.ok) return customer.id;
+  return (await svc.kv.get<string>(key)).value ?? customer.id;
+}
+
+/**
+ * Creates a Checkout Session selling `pkg` to the account and records what it sells; returns its
+ * id and the URL to send the customer to. `idempotencyKey` makes a retried request return the
+ * same session.
+ */
+export async function createCheckoutSession(
+  svc: Services,
+  stripe: Stripe,
+  opts: { accountId: string; pkg: CreditPackage; origin: string; idempotencyKey: string },
+): Promise<{ id: string; url: string }> {
+  const { accountId, pkg, origin } = opts;
+  const customer = await customerForAccount(svc, stripe, accountId);
+  const metadata = { account_id: accountId, package_id: pkg.id };
+  const session = await stripe.checkout.sessions.create({
+    mode: "payment",
+    customer,
+    client_reference_id: accountId,
+    metadata,
+    // The payment (and so its charges and refunds) carries the account too, for the operator.
+    payment_intent_data: { metadata },
+    line_items: [{
+      quantity: 1,
+      price_data: {
+        currency: "usd",
+        unit_amount: Number(pkg.price / NANOS_PER_CENT),
+        product_data: {
+          name: `${pkg.name} credit package`,
+          description: `$${formatUsd(pkg.credits)} of API credit`,
+        },
+      },
+    }],
+    success_url: `${origin}${BILLING_PAGE}?checkout=success&session_id={CHECKOUT_SESSION_ID}`,
+    cancel_url: `${origin}${BILLING_PAGE}?checkout=cancelled`,
+  }, { idempotencyKey: opts.idempotencyKey });
+  if (!session.url) throw new Error("Stripe returned a Checkout Session without a URL");
+  const record: CheckoutRecord = {
+    account_id: accountId,
+    package_id: pkg.id,
+    name: pkg.name,
+    price: pkg.price,
+    credits: pkg.credits,
+    created_at: new Date(svc.now()).toISOString(),
+  };
+  await svc.kv.set(stripeCheckoutKey(session.id), record);
+  return { id: session.id, url: session.url };
+}
+
+/** The Stripe idempotency key of a checkout request: the client's key if it sent one. */
+export async function checkoutIdempotencyKey(
+  accountId: string,
+  clientKey: string | undefined,
+  requestId: string,
+): Promise<string> {
+  if (!clientKey) return `checkout-${requestId}`;
+  return `checkout-${accountId}-${await hashSecret(clientKey)}`;
+}
+
+const cryptoProvider = Stripe.createSubtleCryptoProvider();
+
+/**
+ * The event, if `header` is a valid Stripe signature of `raw` by one of `secrets` (several while
+ * one is rotated) and at most five minutes old; otherwise null.
+ */
+export async function verifyWebhook(
+  raw: string,
+  header: string | undefined,
+  secrets: string[],
+  nowMs: number,
+): Promise<Stripe.Event | null> {
+  if (!header) return null;
+  for (const secret of secrets) {
+    try {
+      // Only the async variant works on Deno: SubtleCrypto has no synchronous HMAC.
+      return await Stripe.webhooks.constructEventAsync(
+        raw,
+        header,
+        secret,
+        WEBHOOK_TOLERANCE_S,
+        cryptoProvider,
+        nowMs,
+      );
+    } catch (e) {
+      if (!(e instanceof Stripe.errors.StripeSignatureVerificationError)) throw e;
+    }
+  }
+  return null;
+}
+
+/** The event cannot be applied yet (a refund before its purchase): Stripe should deliver it again. */
+export class RetryLater extends Error {
+  override name = "RetryLater";
+}
+
+/** What an event did. */
+export type EventResult =
+  | "credited"
+  | "already_credited"
+  | "awaiting_payment"
+  | "refunded"
+  | "already_refunded"
+  | "ignored"
+  | "rejected";
+
+/**
+ * Applies one verified Stripe event. A paid Checkout Session grants its package's credit once per
+ * session; a refunded charge takes back the refunded share once per refund; anything else is
+ * ignored. Throws `RetryLater` when the event must wait for another one.
+ */
+export async function handleStripeEvent(svc: Services, event: Stripe.Event): Promise<EventResult> {
+  switch (event.type) {
+    case "checkout.session.completed":
+    case "checkout.session.async_payment_succeeded":
+      return await creditSession(svc, event.data.object);
+    case "charge.refunded":
+      return await refundCharge(svc, event.data.object);
+    default:
+      return "ignored";
+  }
+}
+
+const idOf = (v: string | { id: string } | null | undefined) =>
+  typeof v === "string" ? v : v?.id ?? null;
+
+async function creditSession(svc: Services, session: Stripe.Checkout.Session) {
+  if (session.mode !== "payment") return "ignored";
+  const accountId = session.metadata?.account_id ?? session.client_reference_id;
+  // A session this router did not create (another product on the same Stripe account).
+  if (!accountId) return "ignored";
+  // An async method (bank debit) completes unpaid; its async_payment_succeeded grants the credit.
+  if (session.payment_status !== "paid") return "awaiting_payment";
+  const reject = (reason: string) => {
+    svc.log("error", "stripe checkout session not credited", {
+      session_id: session.id,
+      account_id: accountId,
+      reason,
+    });
+    return "rejected" as const;
+  };
+  if (session.client_reference_id && session.client_reference_id !== accountId) {
+    return reject("client_reference_id and metadata name different accounts");
+  }
+  // What was sold is what the router recorded at creation; metadata is the fallback.
+  const record = (await svc.kv.get<CheckoutRecord>(stripeCheckoutKey(session.id))).value;
+  let sold: { name: string; price: bigint; credits: bigint };
+  if (record) {
+    if (record.account_id !== accountId) return reject("session record names another account");
+    sold = record;
+  } else {
+    const pkg = svc.config.packages.find((p) => p.id === session.metadata?.package_id);
+    if (!pkg) return reject("unknown package");
+    sold = pkg;
+  }
+  if (session.currency !== "usd" || session.amount_total !== Number(sold.price / NANOS_PER_CENT)) {
+    return reject("the amount paid is not the package's price");
+  }
+  if (!await getAccount(svc.kv, accountId)) return reject("unknown account");
+
+  const paymentIntent = idOf(session.payment_intent);
+  if (paymentIntent) {
+    // Written before the credit, so every credited payment can be found by its refunds.
+    const payment: StripePayment = {
+      account_id: accountId,
+      session_id: session.id,
+      name: sold.name,
+      amount: session.amount_total,
+      credits: sold.credits,
+    };
+    await svc.kv.set(stripePaymentKey(paymentIntent), payment);
+  }
+  const r = await svc.actors.submit(accountId, {
+    kind: "credit",
+    type: "purchase",
+    amount: sold.credits,
+    description: `Stripe Checkout: ${sold.name} package`,
+    reference: session.id,
+    once: { key: onceKey(accountId, session.id), value: (e: LedgerEntry) => e.id },
+  });
+  return r.replayed ? "already_credited" : "credited";
+}
+
+/** The charge's refunds, oldest first: from the event when complete, else from the API. */
+async function refundsOf(svc: Services, charge: Stripe.Charge): Promise<Stripe.Refund[]> {
+  let refunds: Stripe.Refund[];
+  if (charge.refunds && !charge.refunds.has_more) refunds = [...charge.refunds.data];
+  else {
+    const stripe = stripeClient(svc.config);
+    if (!stripe) throw new Error("listing a charge's refunds needs STRIPE_SECRET_KEY");
+    refunds = [];
+    for await (const r of stripe.refunds.list({ charge: charge.id, limit: 100 })) refunds.push(r);
+  }
+  return refunds
+    .filter((r) => r.status !== "failed" && r.status !== "canceled")
+    .sort((a, b) => a.created - b.created || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+}
+
+async function refundCharge(svc: Services, charge: Stripe.Charge) {
+  const paymentIntent = idOf(charge.payment_intent);
+  const payment = paymentIntent
+    ? (await svc.kv.get<StripePayment>(stripePaymentKey(paymentIntent))).value
+    : null;
+  if (!payment) {
+    // Ours (it carries our metadata) but not credited yet: Stripe retries, the purchase comes first.
+    if (charge.metadata?.account_id) {
+      throw new RetryLater("The refunded payment has not been credited yet");
+    }
+    return "ignored";
+  }
+  const credited = await svc.kv.get(onceKey(payment.account_id, payment.session_id));
+  if (credited.value === null) {
+    throw new RetryLater("The refunded payment has not been credited yet");
+  }
+  const amount = BigInt(charge.amount);
+  if (amount <= 0n) return "ignored";
+  // The credit taken back is the refunded share of the credit granted. Each refund takes the
+  // difference of the cumulative shares, so partial refunds add up to exactly the whole.
+  const share = (cents: bigint) => payment.credits * (cents < amount ? cents : amount) / amount;
+  let before = 0n;
+  let changed = false;
+  for (const refund of await refundsOf(svc, charge)) {
+    const after = before + BigInt(refund.amount);
+    const take = share(after) - share(before);
+    before = after;
+    if (take <= 0n) continue;
+    const r = await svc.actors.submit(payment.account_id, {
+      kind: "credit",
+      type: "adjustment",
+      amount: -take,
+      description: `Stripe refund ${refund.id}: ${payment.name} package`,
+      reference: charge.id,
+      once: { key: onceKey(payment.account_id, refund.id), value: (e: LedgerEntry) => e.id },
+    });
+    if (!r.replayed) changed = true;
+  }
+  return changed ? "refunded" : "already_refunded";
+}

@@ -1,0 +1,306 @@
+/**
+ * A real HTTP server on 127.0.0.1 that speaks the part of Stripe's API the router calls
+ * (customers, Checkout Sessions, refunds: form-encoded bodies, bearer auth, idempotency keys),
+ * plus what Stripe itself does around it: the customer paying, refunds, and signed webhook events
+ * (signed with the `stripe` library's own test signer).
+ */
+import Stripe from "stripe";
+
+export interface RecordedRequest {
+  method: string;
+  path: string;
+  /** The decoded form body (nested as Stripe's bracket notation says), or the query for GETs. */
+  body: Record<string, unknown>;
+  headers: Record<string, string>;
+}
+
+type Obj = Record<string, unknown>;
+
+export interface FakeStripe {
+  url: string;
+  /** Every API request received, in order. */
+  requests: RecordedRequest[];
+  /** When set, every API call answers this status with a Stripe error body. */
+  failWith: number | null;
+  customers: Map<string, Obj>;
+  sessions: Map<string, Obj>;
+  charges: Map<string, Obj>;
+  refunds: Obj[];
+  /** The customer finishes Checkout: card payments are paid, async methods complete unpaid. */
+  complete(sessionId: string, opts?: { paid?: boolean }): Obj;
+  /** An async payment of a completed session succeeds. */
+  asyncPaymentSucceeds(sessionId: string): Obj;
+  /** Refunds `amount` cents of the session's charge; returns the updated charge. */
+  refund(sessionId: string, amount: number): Obj;
+  /** An Event object wrapping `object`, as Stripe sends it. */
+  event(type: string, object: Obj): Obj;
+  /** The raw payload and `Stripe-Signature` header of an event. */
+  sign(
+    event: Obj,
+    secret: string,
+    opts?: { timestamp?: number },
+  ): Promise<{ payload: string; header: string }>;
+  close(): Promise<void>;
+}
+
+const cryptoProvider = Stripe.createSubtleCryptoProvider();
+let counter = 0;
+const newId = (prefix: string) =>
+  `${prefix}_test_${(++counter).toString(36).padStart(6, "0")}${
+    crypto.randomUUID().replaceAll("-", "").slice(0, 12)
+  }`;
+
+/** Decodes `a[b][0][c]=v` form fields into nested objects and arrays. */
+export function parseForm(params: URLSearchParams): Obj {
+  const root: Obj = {};
+  for (const [name, value] of params) {
+    const path = name.replace(/\]/g, "").split("[");
+    let node: Record<string, unknown> | unknown[] = root;
+    for (let i = 0; i < path.length; i++) {
+      const part = path[i];
+      const last = i === path.length - 1;
+      const key: string | number = Array.isArray(node) ? Number(part) : part;
+      const container = node as Record<string | number, unknown>;
+      if (last) container[key] = value;
+      else {
+        if (container[key] === undefined) container[key] = /^\d+$/.test(path[i + 1]) ? [] : {};
+        node = container[key] as Obj;
+      }
+    }
+  }
+  return root;
+}
+
+const now = () => Math.floor(Date.now() / 1000);
+
+function stripeError(status: number, type: string, message: string, extra: Obj = {}) {
+  return Response.json({ error: { type, message, ...extra } }, { status });
+}
+
+export function startFakeStripe(): FakeStripe {
+  const ac = new AbortController();
+  const idempotent = new Map<string, { body: string; status: number; json: unknown }>();
+
+  const fake: FakeStripe = {
+    url: "",
+    requests: [],
+    failWith: null,
+    customers: new Map(),
+    sessions: new Map(),
+    charges: new Map(),
+    refunds: [],
+    complete(sessionId, opts = {}) {
+      const s = fake.sessions.get(sessionId);
+      if (!s) throw new Error(`no session ${sessionId}`);
+      const paid = opts.paid ?? true;
+      const pi = newId("pi");
+      s.status = "complete";
+      s.payment_status = paid ? "paid" : "unpaid";
+      s.payment_intent = pi;
+      if (paid) chargeFor(s);
+      return publicSession(s);
+    },
+    asyncPaymentSucceeds(sessionId) {
+      const s = fake.sessions.get(sessionId)!;
+      s.payment_status = "paid";
+      chargeFor(s);
+      return publicSession(s);
+    },
+    refund(sessionId, amount) {
+      const s = fake.sessions.get(sessionId)!;
+      const charge = [...fake.charges.values()].find((c) => c.payment_intent === s.payment_intent)!;
+      const refund = {
+        id: newId("re"),
+        object: "refund",
+        amount,
+        charge: charge.id,
+        currency: "usd",
+        created: now(),
+        payment_intent: charge.payment_intent,
+        status: "succeeded",
+        metadata: {},
+      };
+      fake.refunds.push(refund);
+      charge.amount_refunded = (charge.amount_refunded as number) + amount;
+      charge.refunded = charge.amount_refunded === charge.amount;
+      // As on current API versions, the charge in the event does not embed its refunds.
+      return structuredClone(charge);
+    },
+    event(type, object) {
+      return {
+        id: newId("evt"),
+        object: "event",
+        api_version: "2026-10-28.endive",
+        created: now(),
+        livemode: false,
+        pending_webhooks: 1,
+        request: { id: null, idempotency_key: null },
+        type,
+        data: { object },
+      };
+    },
+    async sign(event, secret, opts = {}) {
+      const payload = JSON.stringify(event, null, 2);
+      const header = await Stripe.webhooks.generateTestHeaderStringAsync({
+        payload,
+        secret,
+        timestamp: opts.timestamp,
+        cryptoProvider,
+      });
+      return { payload, header };
+    },
+    async close() {
+      ac.abort();
+      await server.finished;
+    },
+  };
+
+  /** The session as Stripe shows it (without what the fake keeps for the charge). */
+  function publicSession(s: Obj): Obj {
+    const { payment_intent_metadata: _, ...rest } = s;
+    return structuredClone(rest);
+  }
+
+  function chargeFor(s: Obj) {
+    const charge = {
+      id: newId("ch"),
+      object: "charge",
+      amount: s.amount_total,
+      amount_captured: s.amount_total,
+      amount_refunded: 0,
+      currency: s.currency,
+      customer: s.customer,
+      paid: true,
+      refunded: false,
+      status: "succeeded",
+      payment_intent: s.payment_intent,
+      created: now(),
+      metadata: { ...(s.payment_intent_metadata as Obj) },
+    };
+    fake.charges.set(charge.id, charge);
+  }
+
+  function route(method: string, path: string, body: Obj): Response {
+    if (method === "POST" && path === "/v1/customers") {
+      const c = {
+        id: newId("cus"),
+        object: "customer",
+        created: now(),
+        name: body.name ?? null,
+        email: body.email ?? null,
+        metadata: body.metadata ?? {},
+      };
+      fake.customers.set(c.id, c);
+      return Response.json(c);
+    }
+    let m = /^\/v1\/customers\/([^/]+)$/.exec(path);
+    if (method === "GET" && m) {
+      const c = fake.customers.get(m[1]);
+      return c ? Response.json(c) : missing("customer", m[1]);
+    }
+    if (method === "POST" && path === "/v1/checkout/sessions") {
+      if (body.mode !== "payment") {
+        return stripeError(400, "invalid_request_error", "Only payment mode is faked", {
+          param: "mode",
+        });
+      }
+      if (body.customer && !fake.customers.has(body.customer as string)) {
+        return missing("customer", body.customer as string);
+      }
+      const items = (body.line_items ?? []) as Obj[];
+      let total = 0;
+      let currency = "usd";
+      for (const item of items) {
+        const pd = item.price_data as Obj;
+        total += Number(pd.unit_amount) * Number(item.quantity ?? 1);
+        currency = pd.currency as string;
+      }
+      const id = newId("cs");
+      const pid = body.payment_intent_data as Obj | undefined;
+      const s = {
+        id,
+        object: "checkout.session",
+        mode: "payment",
+        status: "open",
+        payment_status: "unpaid",
+        amount_subtotal: total,
+        amount_total: total,
+        currency,
+        customer: body.customer ?? null,
+        client_reference_id: body.client_reference_id ?? null,
+        metadata: body.metadata ?? {},
+        payment_intent: null,
+        success_url: body.success_url,
+        cancel_url: body.cancel_url,
+        url: `https://checkout.stripe.test/c/pay/${id}`,
+        created: now(),
+        livemode: false,
+      };
+      fake.sessions.set(id, { ...s, payment_intent_metadata: pid?.metadata ?? {} });
+      return Response.json(s);
+    }
+    m = /^\/v1\/checkout\/sessions\/([^/]+)$/.exec(path);
+    if (method === "GET" && m) {
+      const s = fake.sessions.get(m[1]);
+      return s ? Response.json(publicSession(s)) : missing("checkout.session", m[1]);
+    }
+    if (method === "GET" && path === "/v1/refunds") {
+      const data = fake.refunds.filter((r) => !body.charge || r.charge === body.charge)
+        .sort((a, b) => (b.created as number) - (a.created as number));
+      return Response.json({ object: "list", url: "/v1/refunds", has_more: false, data });
+    }
+    return stripeError(
+      404,
+      "invalid_request_error",
+      `Unrecognized request URL (${method}: ${path})`,
+    );
+  }
+
+  function missing(what: string, id: string) {
+    return stripeError(404, "invalid_request_error", `No such ${what}: '${id}'`, {
+      code: "resource_missing",
+    });
+  }
+
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+    async (req) => {
+      const url = new URL(req.url);
+      const text = await req.text();
+      const body = parseForm(req.method === "GET" ? url.searchParams : new URLSearchParams(text));
+      const headers = Object.fromEntries(req.headers);
+      fake.requests.push({ method: req.method, path: url.pathname, body, headers });
+      if (!/^Bearer sk_(test|live)_\S+$/.test(headers.authorization ?? "")) {
+        return stripeError(401, "invalid_request_error", "Invalid API Key provided");
+      }
+      if (fake.failWith !== null) {
+        return stripeError(fake.failWith, "api_error", "The fake is told to fail");
+      }
+      const key = headers["idempotency-key"];
+      if (req.method === "POST" && key) {
+        const seen = idempotent.get(key);
+        if (seen) {
+          if (seen.body !== text) {
+            return stripeError(
+              400,
+              "idempotency_error",
+              "Keys for idempotent requests can only be used with the same parameters",
+            );
+          }
+          return Response.json(seen.json, {
+            status: seen.status,
+            headers: { "idempotent-replayed": "true" },
+          });
+        }
+      }
+      const res = route(req.method, url.pathname, body);
+      if (req.method === "POST" && key && res.status < 500) {
+        const json = await res.clone().json();
+        idempotent.set(key, { body: text, status: res.status, json });
+      }
+      return res;
+    },
+  );
+  fake.url = `http://127.0.0.1:${server.addr.port}`;
+  return fake;
+}

@@ -1,0 +1,382 @@
+import assert from "node:assert/strict";
+import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { type FakeStripe, startFakeStripe } from "../_fakes/stripe.ts";
+
+const SECRET = "whsec_test_current_0123456789";
+const OLD_SECRET = "whsec_test_previous_0123456789";
+
+type Tx = { type: string; amount: string; reference: string | null; description: string };
+
+/** A router in production billing mode against a fresh fake Stripe. */
+async function production(env: Record<string, string> = {}) {
+  const stripe = startFakeStripe();
+  const t = await startRouter({
+    env: {
+      STRIPE_SECRET_KEY: "sk_test_router",
+      STRIPE_WEBHOOK_SECRET: SECRET,
+      STRIPE_API_BASE: stripe.url,
+      PUBLIC_URL: "https://router.example",
+      ...env,
+    },
+  });
+  return { t, stripe };
+}
+
+async function run(fn: (t: TestRouter, stripe: FakeStripe) => Promise<void>, env = {}) {
+  const { t, stripe } = await production(env);
+  try {
+    await fn(t, stripe);
+  } finally {
+    await t.close();
+    await stripe.close();
+  }
+}
+
+/** Buys `packageId` through the router; returns the Checkout Session id. */
+async function checkout(t: TestRouter, stripe: FakeStripe, mgmt: string, packageId: string) {
+  const body = await json(
+    await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: packageId }),
+    200,
+  );
+  const id = /\/c\/pay\/(cs_[a-z0-9_]+)$/.exec(body.url)?.[1];
+  assert.ok(id && stripe.sessions.has(id), `a session URL: ${body.url}`);
+  return id;
+}
+
+/** Delivers a signed event to the webhook, without any API key. */
+async function deliver(
+  t: TestRouter,
+  stripe: FakeStripe,
+  event: Record<string, unknown>,
+  secret = SECRET,
+) {
+  const { payload, header } = await stripe.sign(event, secret);
+  return fetch(`${t.url}/v1/stripe/webhook`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "stripe-signature": header },
+    body: payload,
+  });
+}
+
+async function transactions(t: TestRouter, mgmt: string, type?: string): Promise<Tx[]> {
+  const q = type ? `?type=${type}` : "";
+  return (await json(await t.call(mgmt, "GET", `/v1/transactions${q}`), 200)).data;
+}
+
+async function balance(t: TestRouter, mgmt: string): Promise<string> {
+  return (await json(await t.call(mgmt, "GET", "/v1/credits"), 200)).balance;
+}
+
+/** Every KV key with its versionstamp: equal snapshots mean nothing was written. */
+async function snapshot(kv: Deno.Kv) {
+  const out: string[] = [];
+  for await (const e of kv.list({ prefix: [] })) out.push(`${String(e.key)}@${e.versionstamp}`);
+  return out;
+}
+
+Deno.test("POST /v1/billing/checkout creates a Checkout Session and reuses the account's customer", () =>
+  run(async (t, stripe) => {
+    const { mgmt, id: accountId } = await t.account("0");
+    const first = await checkout(t, stripe, mgmt, "team");
+    const second = await checkout(t, stripe, mgmt, "scale");
+
+    const customerPosts = stripe.requests.filter((r) => r.path === "/v1/customers");
+    assert.equal(customerPosts.length, 1, "one Stripe customer per account");
+    assert.equal((customerPosts[0].body.metadata as Record<string, string>).account_id, accountId);
+    const sessionPosts = stripe.requests.filter((r) => r.path === "/v1/checkout/sessions");
+    assert.equal(sessionPosts.length, 2);
+    const [customerId] = stripe.customers.keys();
+    for (const r of sessionPosts) {
+      assert.equal(r.headers.authorization, "Bearer sk_test_router");
+      assert.ok(r.headers["idempotency-key"], "session creation carries an idempotency key");
+      assert.equal(r.body.mode, "payment");
+      assert.equal(r.body.customer, customerId);
+      assert.equal(r.body.client_reference_id, accountId);
+      assert.ok(String(r.body.success_url).startsWith("https://router.example/"));
+      assert.ok(String(r.body.cancel_url).startsWith("https://router.example/"));
+    }
+    assert.notEqual(
+      sessionPosts[0].headers["idempotency-key"],
+      sessionPosts[1].headers["idempotency-key"],
+    );
+    assert.deepEqual(sessionPosts[1].body.metadata, { account_id: accountId, package_id: "scale" });
+    const item = (sessionPosts[1].body.line_items as Record<string, Record<string, unknown>>[])[0];
+    assert.equal(item.quantity, "1");
+    assert.equal(item.price_data.currency, "usd");
+    assert.equal(item.price_data.unit_amount, "10000", "the package's price in cents");
+    assert.equal(stripe.sessions.get(first)!.amount_total, 2500);
+    assert.equal(stripe.sessions.get(second)!.amount_total, 10000);
+
+    // Nothing is credited before Stripe says the session is paid.
+    assert.equal(await balance(t, mgmt), "0");
+    assert.deepEqual(await transactions(t, mgmt), []);
+
+    const missing = await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "nope" });
+    assert.equal((await json(missing, 404)).error.code, "not_found");
+    assert.equal(stripe.requests.length, 3, "an unknown package never reaches Stripe");
+    await t.assertBooks();
+  }));
+
+Deno.test("POST /v1/billing/checkout replays a client Idempotency-Key as the same session", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const headers = { "idempotency-key": "buy-1" };
+    const a = await json(
+      await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "team" }, headers),
+      200,
+    );
+    const b = await json(
+      await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "team" }, headers),
+      200,
+    );
+    assert.equal(a.url, b.url);
+    assert.equal(stripe.sessions.size, 1);
+    const other = await t.call(
+      mgmt,
+      "POST",
+      "/v1/billing/checkout",
+      { package_id: "scale" },
+      headers,
+    );
+    assert.equal((await json(other, 409)).error.code, "idempotency_conflict");
+    await t.assertBooks();
+  }));
+
+Deno.test("POST /v1/billing/checkout answers 502 when Stripe fails", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    stripe.failWith = 400;
+    const res = await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "team" });
+    assert.equal((await json(res, 502)).error.code, "upstream_error");
+    assert.equal(await balance(t, mgmt), "0");
+    await t.assertBooks();
+  }));
+
+Deno.test("a paid checkout.session.completed delivered three times, two at once, credits once", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "scale");
+    const event = stripe.event("checkout.session.completed", stripe.complete(sessionId));
+    const [a, b] = await Promise.all([deliver(t, stripe, event), deliver(t, stripe, event)]);
+    const c = await deliver(t, stripe, event);
+    const results = [await json(a, 200), await json(b, 200), await json(c, 200)]
+      .map((r) => r.result).sort();
+    assert.deepEqual(results, ["already_credited", "already_credited", "credited"]);
+    // The same session's async_payment_succeeded, in any order, grants nothing more.
+    const late = stripe.event(
+      "checkout.session.async_payment_succeeded",
+      structuredClone(event.data as { object: Record<string, unknown> }).object,
+    );
+    assert.equal((await json(await deliver(t, stripe, late), 200)).result, "already_credited");
+
+    assert.equal(await balance(t, mgmt), "105", "$100 package with $5 bonus");
+    const purchases = await transactions(t, mgmt, "purchase");
+    assert.equal(purchases.length, 1);
+    assert.equal(purchases[0].amount, "105");
+    assert.equal(purchases[0].reference, sessionId);
+    assert.match(purchases[0].description, /Scale/);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_purchased, "105");
+    await t.assertBooks();
+  }));
+
+Deno.test("an unpaid session credits nothing until checkout.session.async_payment_succeeded", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "starter");
+    const completed = stripe.event(
+      "checkout.session.completed",
+      stripe.complete(sessionId, { paid: false }),
+    );
+    assert.equal((await json(await deliver(t, stripe, completed), 200)).result, "awaiting_payment");
+    assert.equal(await balance(t, mgmt), "0");
+    assert.deepEqual(await transactions(t, mgmt), []);
+    await t.assertBooks();
+
+    const failed = stripe.event(
+      "checkout.session.async_payment_failed",
+      (completed.data as { object: Record<string, unknown> }).object,
+    );
+    assert.equal((await json(await deliver(t, stripe, failed), 200)).result, "ignored");
+    const succeeded = stripe.event(
+      "checkout.session.async_payment_succeeded",
+      stripe.asyncPaymentSucceeds(sessionId),
+    );
+    const results = await Promise.all([
+      deliver(t, stripe, succeeded),
+      deliver(t, stripe, succeeded),
+      deliver(t, stripe, succeeded),
+    ]).then((rs) => Promise.all(rs.map((r) => json(r, 200))));
+    assert.equal(results.filter((r) => r.result === "credited").length, 1);
+    // The unpaid completion delivered again later still grants nothing more.
+    await json(await deliver(t, stripe, completed), 200);
+    assert.equal(await balance(t, mgmt), "10");
+    assert.equal((await transactions(t, mgmt, "purchase")).length, 1);
+    await t.assertBooks();
+  }));
+
+Deno.test("a bad, changed, stale or missing signature is 400 invalid_signature and writes nothing", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "team");
+    const event = stripe.event("checkout.session.completed", stripe.complete(sessionId));
+    const post = (body: string, header?: string) =>
+      fetch(`${t.url}/v1/stripe/webhook`, {
+        method: "POST",
+        headers: header ? { "stripe-signature": header } : {},
+        body,
+      });
+    const good = await stripe.sign(event, SECRET);
+    const i = good.payload.indexOf('"amount_total": 2500') + '"amount_total": '.length;
+    const changed = good.payload.slice(0, i) + "9" + good.payload.slice(i + 1);
+    assert.equal(changed.length, good.payload.length);
+    const wrongSecret = await stripe.sign(event, "whsec_someone_else");
+    const stale = await stripe.sign(event, SECRET, {
+      timestamp: Math.floor(Date.now() / 1000) - 301,
+    });
+
+    const before = await snapshot(t.kv);
+    const cases: [string, string, string | undefined][] = [
+      ["wrong secret", wrongSecret.payload, wrongSecret.header],
+      ["one changed byte", changed, good.header],
+      ["stale timestamp", stale.payload, stale.header],
+      ["missing header", good.payload, undefined],
+      ["garbage header", good.payload, "t=1,v1=00"],
+    ];
+    for (const [name, body, header] of cases) {
+      const res = await post(body, header);
+      const err = await json(res, 400);
+      assert.equal(err.error.code, "invalid_signature", name);
+    }
+    assert.deepEqual(await snapshot(t.kv), before, "nothing written");
+    assert.equal(await balance(t, mgmt), "0");
+
+    // The untouched delivery is accepted: the refusals above were about the signature alone.
+    assert.equal((await json(await post(good.payload, good.header), 200)).result, "credited");
+    assert.equal(await balance(t, mgmt), "25");
+    await t.assertBooks();
+  }));
+
+Deno.test("during a secret rotation events signed with either secret are accepted", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const a = await checkout(t, stripe, mgmt, "starter");
+    const b = await checkout(t, stripe, mgmt, "team");
+    const ea = stripe.event("checkout.session.completed", stripe.complete(a));
+    const eb = stripe.event("checkout.session.completed", stripe.complete(b));
+    assert.equal((await json(await deliver(t, stripe, ea, OLD_SECRET), 200)).result, "credited");
+    assert.equal((await json(await deliver(t, stripe, eb, SECRET), 200)).result, "credited");
+    const third = await deliver(t, stripe, ea, "whsec_neither_of_them");
+    assert.equal((await json(third, 400)).error.code, "invalid_signature");
+    assert.equal(await balance(t, mgmt), "35");
+    await t.assertBooks();
+  }, { STRIPE_WEBHOOK_SECRET: `${SECRET}, ${OLD_SECRET}` }));
+
+Deno.test("charge.refunded takes the refunded share of the credit back once per refund", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "scale");
+    const completed = stripe.event("checkout.session.completed", stripe.complete(sessionId));
+
+    // A refund whose purchase is not credited yet is refused so Stripe delivers it again.
+    const early = stripe.event("charge.refunded", stripe.refund(sessionId, 4000));
+    assert.equal((await json(await deliver(t, stripe, early), 503)).error.code, "retry_later");
+    assert.equal(await balance(t, mgmt), "0");
+
+    await json(await deliver(t, stripe, completed), 200);
+    assert.equal(await balance(t, mgmt), "105");
+    // $40 of $100 refunded: 40 % of the $105 granted.
+    const [r1, r2] = await Promise.all([deliver(t, stripe, early), deliver(t, stripe, early)]);
+    assert.deepEqual([(await json(r1, 200)).result, (await json(r2, 200)).result].sort(), [
+      "already_refunded",
+      "refunded",
+    ]);
+    assert.equal(await balance(t, mgmt), "63");
+
+    // The rest is refunded: the credit goes to zero, and the earlier refund is not applied twice.
+    const rest = stripe.event("charge.refunded", stripe.refund(sessionId, 6000));
+    assert.equal((await json(await deliver(t, stripe, rest), 200)).result, "refunded");
+    assert.equal((await json(await deliver(t, stripe, rest), 200)).result, "already_refunded");
+    assert.equal(await balance(t, mgmt), "0");
+
+    const [charge] = stripe.charges.keys();
+    const adjustments = await transactions(t, mgmt, "adjustment");
+    assert.deepEqual(adjustments.map((e) => [e.amount, e.reference]), [
+      ["-63", charge],
+      ["-42", charge],
+    ]);
+    assert.equal((await transactions(t, mgmt, "purchase")).length, 1);
+    assert.ok(
+      stripe.requests.some((r) => r.path === "/v1/refunds" && r.body.charge === charge),
+      "the refunds were read from Stripe",
+    );
+    await t.assertBooks();
+  }));
+
+Deno.test("other Stripe events answer 200 and change nothing", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const before = await snapshot(t.kv);
+    for (const type of ["customer.created", "payment_intent.succeeded", "invoice.paid"]) {
+      const res = await deliver(t, stripe, stripe.event(type, { id: "obj_1", object: "thing" }));
+      assert.equal((await json(res, 200)).result, "ignored");
+    }
+    // A charge this router never sold (no metadata) is not ours to refund.
+    const foreign = stripe.event("charge.refunded", {
+      id: "ch_foreign",
+      object: "charge",
+      amount: 500,
+      amount_refunded: 500,
+      payment_intent: "pi_foreign",
+      metadata: {},
+    });
+    assert.equal((await json(await deliver(t, stripe, foreign), 200)).result, "ignored");
+    assert.deepEqual(await snapshot(t.kv), before);
+    assert.equal(await balance(t, mgmt), "0");
+    await t.assertBooks();
+  }));
+
+Deno.test("the credit comes from what the router sold, not from the session's metadata", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "starter");
+    const session = stripe.complete(sessionId);
+    // A session edited on Stripe's side to name a bigger package still grants the $10 sold.
+    (session.metadata as Record<string, string>).package_id = "scale";
+    const r = await deliver(t, stripe, stripe.event("checkout.session.completed", session));
+    assert.equal((await json(r, 200)).result, "credited");
+    assert.equal(await balance(t, mgmt), "10");
+    // A paid amount that is not the price grants nothing.
+    const other = await checkout(t, stripe, mgmt, "team");
+    const cheap = { ...stripe.complete(other), amount_total: 100 };
+    const r2 = await deliver(t, stripe, stripe.event("checkout.session.completed", cheap));
+    assert.equal((await json(r2, 200)).result, "rejected");
+    assert.equal(await balance(t, mgmt), "10");
+    await t.assertBooks();
+  }));
+
+Deno.test("development mode grants the package at once, marked as a development grant", async () => {
+  const t = await startRouter();
+  try {
+    const { mgmt } = await t.account("0");
+    const packages = await json(await t.call(mgmt, "GET", "/v1/billing/packages"), 200);
+    assert.deepEqual(packages.data.map((p: { id: string }) => p.id), ["starter", "team", "scale"]);
+    const res = await json(
+      await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "team" }),
+      201,
+    );
+    assert.equal(res.transaction.type, "purchase");
+    assert.equal(res.transaction.amount, "25");
+    assert.match(res.transaction.description, /Development grant/);
+    assert.equal(await balance(t, mgmt), "25");
+    const purchases = await transactions(t, mgmt, "purchase");
+    assert.deepEqual(purchases.map((e) => e.amount), ["25"]);
+    assert.deepEqual(await transactions(t, mgmt, "usage_debit"), []);
+    // Without STRIPE_WEBHOOK_SECRET the webhook accepts nothing (Stripe will retry later).
+    const hook = await fetch(`${t.url}/v1/stripe/webhook`, { method: "POST", body: "{}" });
+    assert.equal((await json(hook, 503)).error.code, "webhook_unconfigured");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
