@@ -1,5 +1,5 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
-import { getAll, sleep } from "../kv/util.ts";
+import { getAll, isLocked, sleep } from "../kv/util.ts";
 import { idFloor } from "../ids.ts";
 import { addRollupSums } from "../usage/rollups.ts";
 import type { AuditRow, LedgerEntry, UsageEvent } from "../billing/types.ts";
@@ -88,7 +88,14 @@ export async function recordEvents(kv: Deno.Kv, ids: readonly string[]): Promise
         }
       }
       for (const [key, amount] of sums.values()) atomic.sum(key, amount);
-      const res = await atomic.commit();
+      let res: Deno.KvCommitResult | Deno.KvCommitError;
+      try {
+        res = await atomic.commit();
+      } catch (e) {
+        // Another process holds the KV file's write lock: like a conflict, try again.
+        if (!isLocked(e)) throw e;
+        res = { ok: false };
+      }
       if (res.ok) recorded += group.length;
       else conflicted.push(...group.map((g) => g.value.id));
     }

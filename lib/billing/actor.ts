@@ -1,5 +1,5 @@
 import { apiKeyKey, balanceKey, holdKey, keySpendKey, ledgerKey, outboxKey } from "../kv/schema.ts";
-import { getAll, keyString, sleep } from "../kv/util.ts";
+import { getAll, isLocked, keyString, sleep } from "../kv/util.ts";
 import { newId } from "../ids.ts";
 import { currentSpend } from "./periods.ts";
 import {
@@ -393,10 +393,6 @@ export class AccountActors {
     return { results, eventIds };
   }
 }
-
-/** SQLite's busy error from a KV file another process is writing (local KV only). */
-export const isLocked = (e: unknown) =>
-  e instanceof Error && /database is locked|database table is locked/.test(e.message);
 
 /** Takes the longest prefix of the queue that fits one atomic's check and mutation limits. */
 function takeBatch(queue: Pending[]): Pending[] {

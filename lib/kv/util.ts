@@ -17,6 +17,10 @@ export function keyString(key: Deno.KvKey): string {
   return JSON.stringify(key, (_k, v) => typeof v === "bigint" ? `${v}n` : v);
 }
 
+/** SQLite's busy error from a KV file another process is writing (local KV only): retry it. */
+export const isLocked = (e: unknown) =>
+  e instanceof Error && /database (table )?is locked/.test(e.message);
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /**

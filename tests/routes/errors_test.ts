@@ -1,0 +1,285 @@
+import assert from "node:assert/strict";
+import { json, startRouter, type TestRouter } from "../_helpers.ts";
+
+type Snapshot = Map<string, string>;
+
+const ser = (v: unknown) => JSON.stringify(v, (_k, x) => typeof x === "bigint" ? `${x}n` : x);
+
+/** Every KV entry's value, after all pending work is recorded. */
+async function snapshot(t: TestRouter): Promise<Snapshot> {
+  await t.router.flush();
+  const out: Snapshot = new Map();
+  for await (const e of t.kv.list({ prefix: [] })) out.set(ser(e.key), ser(e.value));
+  return out;
+}
+
+/**
+ * Asserts that nothing but the refusal's own audit trail changed: no money, hold, ledger, key
+ * or rollup entry was written. `audited` is how many audit rows the refusals may add.
+ */
+function assertNothingWritten(before: Snapshot, after: Snapshot, audited: number) {
+  const added: string[] = [];
+  for (const [k, v] of after) {
+    if (!before.has(k)) added.push(k);
+    else assert.equal(v, before.get(k), `${k} changed`);
+  }
+  for (const k of before.keys()) assert.ok(after.has(k), `${k} was deleted`);
+  const prefixes = added.map((k) => JSON.parse(k)[0]);
+  assert.deepEqual(
+    prefixes.filter((p) => p !== "audit" && p !== "audit_id"),
+    [],
+    "only audit rows were added",
+  );
+  assert.equal(prefixes.filter((p) => p === "audit").length, audited);
+}
+
+async function expectError(res: Response, status: number, code: string, message?: RegExp) {
+  const body = await json(res, status);
+  assert.equal(body.error.code, code, JSON.stringify(body));
+  assert.equal(typeof body.error.type, "string");
+  assert.equal(typeof body.error.message, "string");
+  if (message) assert.match(body.error.message, message);
+  assert.ok(res.headers.get("content-type")?.startsWith("application/json"));
+  return body;
+}
+
+Deno.test("bad inference input gets the right JSON error and writes nothing", async () => {
+  const t = await startRouter({ env: { MAX_BODY_BYTES: "4096" } });
+  try {
+    const { key, mgmt: mgmt0 } = await t.account("1");
+    const before = await snapshot(t);
+    const chat = (body: unknown) => t.call(key, "POST", "/v1/chat/completions", body);
+    const hi = [{ role: "user", content: "hi" }];
+
+    await expectError(
+      await chat('{"model": "gpt-4o-mini", "messages": ['),
+      400,
+      "invalid_request",
+      /JSON/,
+    );
+    await expectError(await chat(""), 400, "invalid_request", /JSON/);
+    await expectError(
+      await chat({ model: "gpt-4o-mini", messages: "hi" }),
+      400,
+      "invalid_request",
+      /'messages'/,
+    );
+    await expectError(
+      await chat({ model: "gpt-4o-mini", messages: [] }),
+      400,
+      "invalid_request",
+      /'messages'/,
+    );
+    await expectError(await chat({ messages: hi }), 400, "invalid_request", /'model'/);
+    await expectError(await chat({ model: 42, messages: hi }), 400, "invalid_request", /'model'/);
+    await expectError(
+      await chat({ model: "gpt-4o-mini", messages: hi, max_tokens: "100" }),
+      400,
+      "invalid_request",
+      /'max_tokens'/,
+    );
+    await expectError(
+      await chat({ model: "gpt-4o-mini", messages: hi, max_tokens: -1 }),
+      400,
+      "invalid_request",
+      /'max_tokens'/,
+    );
+    await expectError(
+      await chat({ model: "gpt-4o-mini", messages: hi, stream: "yes" }),
+      400,
+      "invalid_request",
+      /'stream'/,
+    );
+    await expectError(
+      await chat({ model: "gpt-4o-mini", messages: [{ content: "no role" }] }),
+      400,
+      "invalid_request",
+      /'messages\.0\.role'/,
+    );
+    await expectError(await chat([1, 2, 3]), 400, "invalid_request");
+    await expectError(
+      await t.call(key, "POST", "/v1/embeddings", { model: "text-embedding-3-small", input: 5 }),
+      400,
+      "invalid_request",
+      /'input'/,
+    );
+    await expectError(
+      await t.call(key, "POST", "/v1/embeddings", { model: "gpt-4o-mini", input: "x" }),
+      400,
+      "invalid_request",
+      /chat model/,
+    );
+    await expectError(
+      await chat({ model: "gpt-4o-mini", messages: [{ role: "user", content: "x".repeat(5000) }] }),
+      413,
+      "request_too_large",
+    );
+    await expectError(await chat({ model: "nope/xyz", messages: hi }), 404, "model_not_found");
+    await expectError(
+      await chat({ model: "no-such-model-xyz", messages: hi }),
+      404,
+      "model_not_found",
+    );
+    await expectError(
+      await chat({ model: "openai/not-a-priced-model", messages: hi }),
+      404,
+      "model_not_priced",
+    );
+
+    assert.equal(t.openai.requests.length, 0, "nothing was forwarded");
+    // Each refusal of a known key leaves a cost-0 audit row (API.md), and nothing else.
+    const after = await snapshot(t);
+    // The over-size body is refused before its key is read, so it leaves no row.
+    const audit = await json(await t.call(mgmt0, "GET", "/v1/audit?limit=1000"), 200);
+    const codes = audit.data.map((r: { status: number; error_code: string }) =>
+      `${r.status} ${r.error_code}`
+    ).sort();
+    assert.deepEqual(codes, [
+      ...Array(13).fill("400 invalid_request"),
+      "404 model_not_found",
+      "404 model_not_found",
+      "404 model_not_priced",
+    ]);
+    assert.ok(audit.data.every((r: { cost: string }) => r.cost === "0"), "refusals cost 0");
+    assertNothingWritten(before, after, 16);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("bad or missing credentials: 401/403 and not a byte written", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const before = await snapshot(t);
+    const body = { model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] };
+    const noAuth = await fetch(`${t.url}/v1/chat/completions`, {
+      method: "POST",
+      body: JSON.stringify(body),
+    });
+    await expectError(noAuth, 401, "invalid_api_key");
+    await expectError(
+      await t.call("er-unknownunknownunknownunknown", "POST", "/v1/chat/completions", body),
+      401,
+      "invalid_api_key",
+    );
+    await expectError(
+      await t.call("garbage", "POST", "/v1/chat/completions", body),
+      401,
+      "invalid_api_key",
+    );
+    await expectError(await t.call("", "GET", "/v1/credits"), 401, "invalid_api_key");
+    await expectError(await t.call(mgmt, "POST", "/v1/chat/completions", body), 403, "forbidden");
+    await expectError(await t.call(mgmt, "POST", "/v1/embeddings", body), 403, "forbidden");
+    await expectError(await t.call(key, "GET", "/v1/credits"), 403, "forbidden");
+    await expectError(await t.call(key, "GET", "/v1/keys"), 403, "forbidden");
+    await expectError(await t.call(key, "GET", "/v1/transactions"), 403, "forbidden");
+    await expectError(await t.call(key, "GET", "/v1/admin/accounts"), 401, "invalid_api_key");
+    await expectError(await t.call(mgmt, "GET", "/v1/admin/verify"), 401, "invalid_api_key");
+    // The Anthropic SDK's header is accepted too, and checked the same way.
+    const xKey = await fetch(`${t.url}/v1/key`, { headers: { "x-api-key": "er-nope" } });
+    await expectError(xKey, 401, "invalid_api_key");
+    assert.equal(t.openai.requests.length, 0);
+    assertNothingWritten(before, await snapshot(t), 0);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a revoked or disabled key is refused on its very next request", async () => {
+  const t = await startRouter();
+  try {
+    const { key, keyId, mgmt } = await t.account("1");
+    const body = { model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] };
+    await json(await t.call(key, "POST", "/v1/chat/completions", body), 200);
+
+    await json(await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, { disabled: true }), 200);
+    await expectError(await t.call(key, "POST", "/v1/chat/completions", body), 403, "key_disabled");
+    await expectError(await t.call(key, "GET", "/v1/key"), 403, "key_disabled");
+    await json(await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, { disabled: false }), 200);
+    await json(await t.call(key, "POST", "/v1/chat/completions", body), 200);
+
+    await json(await t.call(mgmt, "DELETE", `/v1/keys/${keyId}`), 200);
+    await expectError(
+      await t.call(key, "POST", "/v1/chat/completions", body),
+      401,
+      "invalid_api_key",
+    );
+    // The revoked key stays readable for the record, and can no longer change.
+    assert.equal((await json(await t.call(mgmt, "GET", `/v1/keys/${keyId}`), 200)).revoked, true);
+    await expectError(
+      await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, { disabled: false }),
+      404,
+      "not_found",
+    );
+    assert.equal(t.openai.requests.length, 2);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a key revoked through another process is refused on its next request here", async () => {
+  const dir = await Deno.makeTempDir();
+  const a = await startRouter({ kvPath: `${dir}/router.kv` });
+  const b = await startRouter({ kvPath: `${dir}/router.kv` });
+  try {
+    const { key, keyId, mgmt } = await a.account("1");
+    const body = { model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] };
+    // Warm b's key cache, then revoke through a: b's cache does not know yet.
+    await json(await b.call(key, "POST", "/v1/chat/completions", body), 200);
+    await json(await a.call(mgmt, "DELETE", `/v1/keys/${keyId}`), 200);
+    await expectError(
+      await b.call(key, "POST", "/v1/chat/completions", body),
+      401,
+      "invalid_api_key",
+    );
+    const other = await a.account("1");
+    await json(await b.call(other.key, "POST", "/v1/chat/completions", body), 200);
+    await json(
+      await a.call(other.mgmt, "PATCH", `/v1/keys/${other.keyId}`, { disabled: true }),
+      200,
+    );
+    await expectError(
+      await b.call(other.key, "POST", "/v1/chat/completions", body),
+      403,
+      "key_disabled",
+    );
+    assert.equal(b.openai.requests.length, 2, "the refused requests were not forwarded");
+    await b.router.flush();
+    await a.assertBooks();
+  } finally {
+    await a.close();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("another account's key id is not found, whatever the method", async () => {
+  const t = await startRouter();
+  try {
+    const mine = await t.account("1");
+    const theirs = await t.account("1");
+    for (const method of ["GET", "PATCH", "DELETE"]) {
+      const res = await t.call(
+        mine.mgmt,
+        method,
+        `/v1/keys/${theirs.keyId}`,
+        method === "PATCH" ? { name: "stolen" } : undefined,
+      );
+      await expectError(res, 404, "not_found");
+    }
+    await expectError(
+      await t.call(mine.mgmt, "GET", `/v1/keys/${theirs.keyId}/usage`),
+      404,
+      "not_found",
+    );
+    // Their key still works, unchanged.
+    const k = await json(await t.call(theirs.mgmt, "GET", `/v1/keys/${theirs.keyId}`), 200);
+    assert.equal(k.name, "test key");
+    assert.equal(k.revoked, false);
+  } finally {
+    await t.close();
+  }
+});
