@@ -3,6 +3,9 @@ import type { AppEnv } from "../services.ts";
 import { checkKey } from "../auth/keys.ts";
 import type { KeyScope } from "../billing/types.ts";
 import { ApiError } from "./errors.ts";
+import type { Context } from "hono";
+import { checkCsrf, getSession, sessionToken } from "../auth/sessions.ts";
+import { getMembership } from "../auth/users.ts";
 
 /** The presented secret: `Authorization: Bearer …` or `x-api-key` (the Anthropic SDK's header). */
 export function presentedSecret(req: Request): string | null {
@@ -14,11 +17,42 @@ export function presentedSecret(req: Request): string | null {
   return req.headers.get("x-api-key");
 }
 
-/** Requires a live key of `scope`; sets `key` and `accountId`. */
+/**
+ * The account of the request's dashboard session, or null without one. A state-changing request
+ * must also pass the CSRF check (same origin, `x-csrf-token` header), else 403.
+ */
+async function sessionAccount(c: Context<AppEnv>): Promise<string | null> {
+  const svc = c.get("svc");
+  const session = await getSession(svc.kv, sessionToken(c.req.raw), svc.now());
+  if (!session || session.kind !== "user" || !session.account_id || !session.user_id) return null;
+  if (!await getMembership(svc.kv, session.account_id, session.user_id)) return null;
+  const method = c.req.method;
+  if (method !== "GET" && method !== "HEAD") {
+    const origins = svc.config.publicUrl ? [new URL(svc.config.publicUrl).origin] : [];
+    if (!checkCsrf(c.req.raw, session, c.req.header("x-csrf-token"), origins)) {
+      throw new ApiError(
+        403,
+        "forbidden",
+        "Cross-site request refused: missing or wrong CSRF token",
+      );
+    }
+  }
+  return session.account_id;
+}
+
+/** Requires a live key of `scope` (or, for management, a dashboard session); sets `accountId`, and `key` when one was presented. */
 export const requireKey = (scope: KeyScope) =>
   createMiddleware<AppEnv>(async (c, next) => {
     const svc = c.get("svc");
     const secret = presentedSecret(c.req.raw);
+    if (!secret && scope === "management") {
+      // A dashboard session acts as its account on the management API.
+      const accountId = await sessionAccount(c);
+      if (accountId) {
+        c.set("accountId", accountId);
+        return await next();
+      }
+    }
     if (!secret) {
       throw new ApiError(
         401,

@@ -64,6 +64,21 @@ export const idemKey = (scope: string, key: string) => ["idem", scope, key] as c
 /** ["once", accountId, reference] → ledger entry id: a credit applied at most once per reference. */
 export const onceKey = (accountId: string, reference: string) =>
   ["once", accountId, reference] as const;
+/** ["user", userId] → User: a person who signs in to the dashboard. */
+export const userKey = (id: string) => ["user", id] as const;
+/** ["user_email", lowercased email] → userId: the sign-in lookup, unique per email. */
+export const userEmailKey = (email: string) => ["user_email", email] as const;
+/** ["member", accountId, userId] → Membership: who belongs to an account, with the role. */
+export const memberKey = (accountId: string, userId: string) =>
+  ["member", accountId, userId] as const;
+/** ["user_account", userId, accountId] → Membership: the accounts one user belongs to. */
+export const userAccountKey = (userId: string, accountId: string) =>
+  ["user_account", userId, accountId] as const;
+/** ["session", sha256hex of the cookie token] → Session, expiring with the session. */
+export const sessionKey = (tokenHash: string) => ["session", tokenHash] as const;
+/** ["signin_attempts", ip, window start ms] → Deno.KvU64: sign-in attempts of one IP per window. */
+export const signinAttemptsKey = (ip: string, windowMs: number) =>
+  ["signin_attempts", ip, windowMs] as const;
 /** ["stripe_customer", accountId] → Stripe customer id: one customer per account, created once. */
 export const stripeCustomerKey = (accountId: string) => ["stripe_customer", accountId] as const;
 /** ["stripe_checkout", sessionId] → CheckoutRecord: what a Checkout Session was created to sell. */

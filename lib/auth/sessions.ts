@@ -1,0 +1,149 @@
+import { randomToken } from "../config.ts";
+import { sessionKey, signinAttemptsKey } from "../kv/schema.ts";
+import { hashSecret } from "./keys.ts";
+
+/** A dashboard session: a signed-in user working in one account, or the operator. */
+export interface Session {
+  kind: "user" | "admin";
+  user_id: string | null;
+  account_id: string | null;
+  /** The per-session CSRF token every state-changing request must echo. */
+  csrf: string;
+  created_ms: number;
+  expires_ms: number;
+}
+
+export const SESSION_TTL_MS = 7 * 86_400_000;
+/** The cookie's name: the `__Host-` prefix pins it to this origin, path / and Secure. */
+export const SESSION_COOKIE = "__Host-session";
+/** Over plain http beyond loopback a browser refuses `__Host-` cookies: the unprefixed fallback. */
+export const PLAIN_SESSION_COOKIE = "session";
+
+/** Creates a session and returns the cookie token (stored only as its hash). */
+export async function createSession(
+  kv: Deno.Kv,
+  spec: { kind: "user" | "admin"; user_id?: string; account_id?: string },
+  now: number,
+): Promise<{ token: string; session: Session }> {
+  const token = randomToken(32);
+  const session: Session = {
+    kind: spec.kind,
+    user_id: spec.user_id ?? null,
+    account_id: spec.account_id ?? null,
+    csrf: randomToken(24),
+    created_ms: now,
+    expires_ms: now + SESSION_TTL_MS,
+  };
+  await kv.set(sessionKey(await hashSecret(token)), session, { expireIn: SESSION_TTL_MS });
+  return { token, session };
+}
+
+/** The live session behind a cookie token, or null (unknown, expired or malformed). */
+export async function getSession(
+  kv: Deno.Kv,
+  token: string | undefined,
+  now: number,
+): Promise<Session | null> {
+  if (!token || token.length > 100) return null;
+  const s = (await kv.get<Session>(sessionKey(await hashSecret(token)))).value;
+  // KV expiry is lazy: the session's own deadline decides.
+  return s && s.expires_ms > now ? s : null;
+}
+
+/** Ends a session. */
+export async function deleteSession(kv: Deno.Kv, token: string | undefined) {
+  if (token) await kv.delete(sessionKey(await hashSecret(token)));
+}
+
+/** Moves a session to another account the user belongs to (the caller checked membership). */
+export async function switchSessionAccount(kv: Deno.Kv, token: string, accountId: string) {
+  const key = sessionKey(await hashSecret(token));
+  const entry = await kv.get<Session>(key);
+  if (!entry.value) return false;
+  const ttl = Math.max(1000, entry.value.expires_ms - Date.now());
+  const res = await kv.atomic().check(entry).set(key, { ...entry.value, account_id: accountId }, {
+    expireIn: ttl,
+  }).commit();
+  return res.ok;
+}
+
+/** Reads a cookie from a Cookie header. */
+export function readCookie(header: string | null, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(";")) {
+    const i = part.indexOf("=");
+    if (i > 0 && part.slice(0, i).trim() === name) return part.slice(i + 1).trim();
+  }
+  return undefined;
+}
+
+/** The session token a request carries, under either cookie name. */
+export function sessionToken(req: Request): string | undefined {
+  const h = req.headers.get("cookie");
+  return readCookie(h, SESSION_COOKIE) ?? readCookie(h, PLAIN_SESSION_COOKIE);
+}
+
+/** Constant-time string equality. */
+function sameToken(a: string, b: string): boolean {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
+  return diff === 0;
+}
+
+const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+/**
+ * The Set-Cookie value for a session token (empty token and maxAge 0 clear it). Secure over
+ * https and on loopback (browsers treat loopback as a secure context); plain http elsewhere uses
+ * the unprefixed name, because a `__Host-` cookie must be Secure.
+ */
+export function sessionCookie(url: string, token: string, maxAgeS: number): string {
+  const u = new URL(url);
+  const secure = u.protocol === "https:" || LOOPBACK.has(u.hostname);
+  const name = secure ? SESSION_COOKIE : PLAIN_SESSION_COOKIE;
+  return `${name}=${token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${maxAgeS}` +
+    (secure ? "; Secure" : "");
+}
+
+/**
+ * Whether a state-changing request may act for `session`: it must come from this origin
+ * (Sec-Fetch-Site, else Origin, when the browser sends them) and echo the session's CSRF token.
+ */
+export function checkCsrf(
+  req: Request,
+  session: Session,
+  token: string | null | undefined,
+  allowedOrigins: string[] = [],
+): boolean {
+  const site = req.headers.get("sec-fetch-site");
+  if (site !== null && site !== "same-origin") return false;
+  const origin = req.headers.get("origin");
+  if (origin !== null && origin !== new URL(req.url).origin && !allowedOrigins.includes(origin)) {
+    return false;
+  }
+  return typeof token === "string" && token.length > 0 && sameToken(token, session.csrf);
+}
+
+/** Sign-in attempts allowed per IP per window. */
+export const SIGNIN_LIMIT = 10;
+export const SIGNIN_WINDOW_MS = 5 * 60_000;
+
+/**
+ * Counts a sign-in attempt of `ip` and says whether it may proceed; when not, how many seconds
+ * until the window ends.
+ */
+export async function countSigninAttempt(
+  kv: Deno.Kv,
+  ip: string,
+  now: number,
+): Promise<{ ok: boolean; retryAfterS: number }> {
+  const windowMs = now - (now % SIGNIN_WINDOW_MS);
+  const key = signinAttemptsKey(ip, windowMs);
+  await kv.atomic().sum(key, 1n).commit();
+  const n = (await kv.get<Deno.KvU64>(key)).value?.value ?? 0n;
+  return {
+    ok: n <= BigInt(SIGNIN_LIMIT),
+    retryAfterS: Math.ceil((windowMs + SIGNIN_WINDOW_MS - now) / 1000),
+  };
+}

@@ -1,0 +1,184 @@
+import { newId } from "../ids.ts";
+import { memberKey, userAccountKey, userEmailKey, userKey } from "../kv/schema.ts";
+import { createAccount } from "../billing/accounts.ts";
+import type { Account } from "../billing/types.ts";
+import { getAll } from "../kv/util.ts";
+
+/** PBKDF2-SHA256 iterations for new password hashes (OWASP 2023 guidance: at least 600,000). */
+export const PBKDF2_ITERATIONS = 600_000;
+
+/** A stored password: PBKDF2-SHA256 with a per-user random salt. */
+export interface PasswordHash {
+  alg: "pbkdf2-sha256";
+  iterations: number;
+  salt: string;
+  hash: string;
+}
+
+export interface User {
+  id: string;
+  email: string;
+  name: string;
+  password: PasswordHash;
+  created_at: string;
+}
+
+export type Role = "owner" | "member";
+
+export interface Membership {
+  account_id: string;
+  user_id: string;
+  role: Role;
+  created_at: string;
+}
+
+const b64 = (b: Uint8Array) => btoa(String.fromCharCode(...b));
+const unb64 = (s: string) => Uint8Array.from(atob(s), (ch) => ch.charCodeAt(0));
+
+async function pbkdf2(password: string, salt: Uint8Array, iterations: number) {
+  const material = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(password),
+    "PBKDF2",
+    false,
+    ["deriveBits"],
+  );
+  const bits = await crypto.subtle.deriveBits(
+    { name: "PBKDF2", hash: "SHA-256", salt: salt as BufferSource, iterations },
+    material,
+    256,
+  );
+  return new Uint8Array(bits);
+}
+
+/** Hashes a password with PBKDF2-SHA256 and a fresh 128-bit salt. */
+export async function hashPassword(
+  password: string,
+  iterations = PBKDF2_ITERATIONS,
+): Promise<PasswordHash> {
+  const salt = crypto.getRandomValues(new Uint8Array(16));
+  return {
+    alg: "pbkdf2-sha256",
+    iterations,
+    salt: b64(salt),
+    hash: b64(await pbkdf2(password, salt, iterations)),
+  };
+}
+
+/** Checks a password against its stored hash, comparing in constant time. */
+export async function verifyPassword(password: string, stored: PasswordHash): Promise<boolean> {
+  const got = await pbkdf2(password, unb64(stored.salt), stored.iterations);
+  const want = unb64(stored.hash);
+  let diff = got.length ^ want.length;
+  for (let i = 0; i < Math.max(got.length, want.length); i++) {
+    diff |= (got[i] ?? 0) ^ (want[i] ?? 0);
+  }
+  return diff === 0;
+}
+
+/** Emails compare case-insensitively. */
+export const normalizeEmail = (email: string) => email.trim().toLowerCase();
+
+export async function getUser(kv: Deno.Kv, id: string): Promise<User | null> {
+  return (await kv.get<User>(userKey(id))).value;
+}
+
+export async function getUserByEmail(kv: Deno.Kv, email: string): Promise<User | null> {
+  const id = (await kv.get<string>(userEmailKey(normalizeEmail(email)))).value;
+  return id ? await getUser(kv, id) : null;
+}
+
+/**
+ * Signs a person up: the account, its balance and first management key, the user and the owner
+ * membership, all in one atomic. Null when the email is already taken.
+ */
+export async function signUp(
+  kv: Deno.Kv,
+  spec: { email: string; name: string; password: string; accountName: string },
+): Promise<{ user: User; account: Account } | null> {
+  const email = normalizeEmail(spec.email);
+  const user: User = {
+    id: newId("user"),
+    email,
+    name: spec.name,
+    password: await hashPassword(spec.password),
+    created_at: new Date().toISOString(),
+  };
+  const created = await createAccount(
+    kv,
+    { name: spec.accountName, email },
+    (atomic, r) => {
+      const m: Membership = {
+        account_id: r.account.id,
+        user_id: user.id,
+        role: "owner",
+        created_at: user.created_at,
+      };
+      atomic.check({ key: userEmailKey(email), versionstamp: null })
+        .set(userEmailKey(email), user.id)
+        .set(userKey(user.id), user)
+        .set(memberKey(r.account.id, user.id), m)
+        .set(userAccountKey(user.id, r.account.id), m);
+    },
+  );
+  return created ? { user, account: created.account } : null;
+}
+
+/** The membership of a user in an account, or null. */
+export async function getMembership(
+  kv: Deno.Kv,
+  accountId: string,
+  userId: string,
+): Promise<Membership | null> {
+  return (await kv.get<Membership>(memberKey(accountId, userId))).value;
+}
+
+/** The accounts a user belongs to, with the role in each. */
+export async function listAccountsByUser(kv: Deno.Kv, userId: string): Promise<Membership[]> {
+  const out: Membership[] = [];
+  for await (const e of kv.list<Membership>({ prefix: ["user_account", userId] })) {
+    out.push(e.value);
+  }
+  return out;
+}
+
+/** The members of an account with their users, oldest first. */
+export async function listMembersByAccount(
+  kv: Deno.Kv,
+  accountId: string,
+): Promise<{ membership: Membership; user: User }[]> {
+  const ms: Membership[] = [];
+  for await (const e of kv.list<Membership>({ prefix: ["member", accountId] })) ms.push(e.value);
+  const users = await getAll<User>(kv, ms.map((m) => userKey(m.user_id)));
+  return ms.flatMap((m, i) => users[i].value ? [{ membership: m, user: users[i].value! }] : []);
+}
+
+/** Adds an existing user to an account; false when already a member. */
+export async function addMember(
+  kv: Deno.Kv,
+  accountId: string,
+  userId: string,
+  role: Role,
+): Promise<boolean> {
+  const m: Membership = {
+    account_id: accountId,
+    user_id: userId,
+    role,
+    created_at: new Date().toISOString(),
+  };
+  const res = await kv.atomic()
+    .check({ key: memberKey(accountId, userId), versionstamp: null })
+    .set(memberKey(accountId, userId), m)
+    .set(userAccountKey(userId, accountId), m)
+    .commit();
+  return res.ok;
+}
+
+/** Removes a member (never the owner). */
+export async function removeMember(kv: Deno.Kv, accountId: string, userId: string) {
+  const entry = await kv.get<Membership>(memberKey(accountId, userId));
+  if (!entry.value || entry.value.role === "owner") return false;
+  const res = await kv.atomic().check(entry).delete(memberKey(accountId, userId))
+    .delete(userAccountKey(userId, accountId)).commit();
+  return res.ok;
+}
