@@ -17,7 +17,7 @@ export const NANOS_PER_CENT = 10_000_000n;
 /** How old a webhook signature may be, in seconds (Stripe's own default). */
 export const WEBHOOK_TOLERANCE_S = 300;
 /** Where Checkout sends the customer back to, below `PUBLIC_URL` (or the request origin). */
-export const BILLING_PAGE = "/settings/billing";
+export const BILLING_PAGE = "/dashboard/settings/billing";
 
 /** What a Checkout Session was created to sell, stored when it is created. */
 export interface CheckoutRecord {
@@ -74,15 +74,19 @@ export function stripeClient(config: Config): Stripe | null {
   return client;
 }
 
-/** The account's Stripe customer: created on the first checkout, stored, and reused after. */
+/**
+ * The account's Stripe customer: created on the first checkout, stored, and reused after. With
+ * `replacing`, that stored customer no longer exists in Stripe and a new one takes its place.
+ */
 export async function customerForAccount(
   svc: Services,
   stripe: Stripe,
   accountId: string,
+  replacing?: string,
 ): Promise<string> {
   const key = stripeCustomerKey(accountId);
   const stored = await svc.kv.get<string>(key);
-  if (stored.value) return stored.value;
+  if (stored.value && stored.value !== replacing) return stored.value;
   const account = await getAccount(svc.kv, accountId);
   const customer = await stripe.customers.create(
     {
@@ -90,14 +94,22 @@ export async function customerForAccount(
       email: account?.email ?? undefined,
       metadata: { account_id: accountId },
     },
-    // One key per account: two first checkouts at once get the same customer from Stripe.
-    { idempotencyKey: `customer-${accountId}` },
+    // One key per account (and per replaced customer): two first checkouts at once get the same
+    // customer from Stripe.
+    {
+      idempotencyKey: replacing
+        ? `customer-${accountId}-after-${replacing}`
+        : `customer-${accountId}`,
+    },
   );
-  const res = await svc.kv.atomic().check({ key, versionstamp: null }).set(key, customer.id)
-    .commit();
+  const res = await svc.kv.atomic().check(stored).set(key, customer.id).commit();
   if (res.ok) return customer.id;
   return (await svc.kv.get<string>(key)).value ?? customer.id;
 }
+
+const isMissingCustomer = (e: unknown) =>
+  e instanceof Stripe.errors.StripeInvalidRequestError && e.code === "resource_missing" &&
+  e.param === "customer";
 
 /**
  * Creates a Checkout Session selling `pkg` to the account and records what it sells; returns its
@@ -110,29 +122,39 @@ export async function createCheckoutSession(
   opts: { accountId: string; pkg: CreditPackage; origin: string; idempotencyKey: string },
 ): Promise<{ id: string; url: string }> {
   const { accountId, pkg, origin } = opts;
-  const customer = await customerForAccount(svc, stripe, accountId);
   const metadata = { account_id: accountId, package_id: pkg.id };
-  const session = await stripe.checkout.sessions.create({
-    mode: "payment",
-    customer,
-    client_reference_id: accountId,
-    metadata,
-    // The payment (and so its charges and refunds) carries the account too, for the operator.
-    payment_intent_data: { metadata },
-    line_items: [{
-      quantity: 1,
-      price_data: {
-        currency: "usd",
-        unit_amount: Number(pkg.price / NANOS_PER_CENT),
-        product_data: {
-          name: `${pkg.name} credit package`,
-          description: `$${formatUsd(pkg.credits)} of API credit`,
+  const create = (customer: string, idempotencyKey: string) =>
+    stripe.checkout.sessions.create({
+      mode: "payment",
+      customer,
+      client_reference_id: accountId,
+      metadata,
+      // The payment (and so its charges and refunds) carries the account too, for the operator.
+      payment_intent_data: { metadata },
+      line_items: [{
+        quantity: 1,
+        price_data: {
+          currency: "usd",
+          unit_amount: Number(pkg.price / NANOS_PER_CENT),
+          product_data: {
+            name: `${pkg.name} credit package`,
+            description: `$${formatUsd(pkg.credits)} of API credit`,
+          },
         },
-      },
-    }],
-    success_url: `${origin}${BILLING_PAGE}?checkout=success&session_id={CHECKOUT_SESSION_ID}`,
-    cancel_url: `${origin}${BILLING_PAGE}?checkout=cancelled`,
-  }, { idempotencyKey: opts.idempotencyKey });
+      }],
+      success_url: `${origin}${BILLING_PAGE}?checkout=success&session_id={CHECKOUT_SESSION_ID}`,
+      cancel_url: `${origin}${BILLING_PAGE}?checkout=cancelled`,
+    }, { idempotencyKey });
+  let customer = await customerForAccount(svc, stripe, accountId);
+  let session: Stripe.Checkout.Session;
+  try {
+    session = await create(customer, opts.idempotencyKey);
+  } catch (e) {
+    // The stored customer was deleted in Stripe: make a new one and try once more.
+    if (!isMissingCustomer(e)) throw e;
+    customer = await customerForAccount(svc, stripe, accountId, customer);
+    session = await create(customer, `${opts.idempotencyKey}-${customer}`);
+  }
   if (!session.url) throw new Error("Stripe returned a Checkout Session without a URL");
   const record: CheckoutRecord = {
     account_id: accountId,

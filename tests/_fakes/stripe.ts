@@ -205,7 +205,7 @@ export function startFakeStripe(): FakeStripe {
         });
       }
       if (body.customer && !fake.customers.has(body.customer as string)) {
-        return missing("customer", body.customer as string);
+        return missing("customer", body.customer as string, "customer");
       }
       const items = (body.line_items ?? []) as Obj[];
       let total = 0;
@@ -256,9 +256,11 @@ export function startFakeStripe(): FakeStripe {
     );
   }
 
-  function missing(what: string, id: string) {
-    return stripeError(404, "invalid_request_error", `No such ${what}: '${id}'`, {
+  function missing(what: string, id: string, param?: string) {
+    // A missing object named by a parameter is 400; a missing object at its own URL is 404.
+    return stripeError(param ? 400 : 404, "invalid_request_error", `No such ${what}: '${id}'`, {
       code: "resource_missing",
+      param,
     });
   }
 

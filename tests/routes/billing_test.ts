@@ -380,3 +380,57 @@ Deno.test("development mode grants the package at once, marked as a development 
     await t.close();
   }
 });
+
+Deno.test("two first checkouts at once share one customer; a customer deleted in Stripe is replaced", () =>
+  run(async (t, stripe) => {
+    const { mgmt, id: accountId } = await t.account("0");
+    await Promise.all([
+      checkout(t, stripe, mgmt, "starter"),
+      checkout(t, stripe, mgmt, "team"),
+    ]);
+    assert.equal(stripe.customers.size, 1, "the shared idempotency key made one customer");
+    const [first] = stripe.customers.keys();
+    // Without PUBLIC_URL, Checkout returns the customer to the origin the request came to.
+    const posts = stripe.requests.filter((r) => r.path === "/v1/checkout/sessions");
+    assert.ok(String(posts[0].body.success_url).startsWith(`${t.url}/dashboard/settings/billing?`));
+
+    stripe.customers.delete(first);
+    await checkout(t, stripe, mgmt, "scale");
+    assert.equal(stripe.customers.size, 1);
+    const [second] = stripe.customers.keys();
+    assert.notEqual(second, first);
+    assert.equal(
+      (stripe.customers.get(second)!.metadata as Record<string, string>).account_id,
+      accountId,
+    );
+    await checkout(t, stripe, mgmt, "starter");
+    const last = stripe.requests.filter((r) => r.path === "/v1/checkout/sessions").at(-1)!;
+    assert.equal(last.body.customer, second, "the new customer is stored and reused");
+    assert.equal(stripe.customers.size, 1);
+    await t.assertBooks();
+  }, { PUBLIC_URL: "" }));
+
+Deno.test("partial refunds take back exactly the credit granted, to the nano-dollar", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "odd");
+    await json(
+      await deliver(
+        t,
+        stripe,
+        stripe.event("checkout.session.completed", stripe.complete(sessionId)),
+      ),
+      200,
+    );
+    assert.equal(await balance(t, mgmt), "1");
+    for (let i = 0; i < 3; i++) {
+      const ev = stripe.event("charge.refunded", stripe.refund(sessionId, 100));
+      assert.equal((await json(await deliver(t, stripe, ev), 200)).result, "refunded");
+    }
+    const taken = (await transactions(t, mgmt, "adjustment")).map((e) => e.amount).reverse();
+    assert.deepEqual(taken, ["-0.333333333", "-0.333333333", "-0.333333334"]);
+    assert.equal(await balance(t, mgmt), "0");
+    await t.assertBooks();
+  }, {
+    CREDIT_PACKAGES: JSON.stringify([{ id: "odd", name: "Odd", price: "3", credits: "1" }]),
+  }));
