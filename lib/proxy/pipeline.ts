@@ -7,7 +7,7 @@ import type { AppEnv } from "../services.ts";
 import { ApiError, badRequest } from "../http/errors.ts";
 import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
 import { UsageReader } from "../providers/usage.ts";
-import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../pricing.ts";
+import type { Cost, NormalizedUsage } from "../pricing.ts";
 import { usdNumber } from "../money.ts";
 import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
@@ -171,8 +171,9 @@ export async function settleJson(
 /**
  * Bills a proxied stream. `onUsage` is the format's usage handling (see `TapHandlers`): it
  * settles with `settle` and returns the event the client gets. When the stream ends without a
- * final usage, the router counts what was streamed and settles that with `promptTokens` (or
- * releases the hold if the upstream failed before producing anything).
+ * final usage, the router counts what was streamed and settles that on top of `inputUsage` (the
+ * input side as far as known), or releases the hold if the upstream failed before producing
+ * anything.
  */
 export function billStream(
   m: MeteredRequest,
@@ -182,7 +183,7 @@ export function billStream(
     event: string,
     settle: (u: NormalizedUsage) => Promise<Cost>,
   ) => Promise<string | null | undefined>,
-  promptTokens: () => number,
+  inputUsage: () => NormalizedUsage,
 ): ReadableStream<Uint8Array> {
   const svc = m.c.get("svc");
   let settled = false;
@@ -204,7 +205,7 @@ export function billStream(
         : kind === "cancelled"
         ? "client_disconnected"
         : "upstream_stream_failed";
-      await m.settle({ ...ZERO_USAGE, prompt: promptTokens(), completion }, { errorCode });
+      await m.settle({ ...inputUsage(), completion, reasoning: 0 }, { errorCode });
       svc.log("warn", "stream ended without usage; counted by the router", {
         request_id: m.c.get("requestId"),
         reason: errorCode,

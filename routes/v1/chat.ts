@@ -16,6 +16,7 @@ import {
 } from "../../lib/proxy/pipeline.ts";
 import { readOpenAIUsage, UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
+import { ZERO_USAGE } from "../../lib/pricing.ts";
 
 const tokenLimit = z.number().int().min(1).max(10_000_000);
 
@@ -94,7 +95,7 @@ export async function chatCompletions(c: Context<AppEnv>) {
       }
       return null;
     },
-    () => estimatePromptTokens(body),
+    () => ({ ...ZERO_USAGE, prompt: estimatePromptTokens(body) }),
   );
   return c.body(out, 200, SSE_HEADERS);
 }

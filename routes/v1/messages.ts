@@ -17,6 +17,7 @@ import {
 } from "../../lib/proxy/pipeline.ts";
 import { readAnthropicUsage, UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
+import { ZERO_USAGE } from "../../lib/pricing.ts";
 import { obj } from "../../lib/providers/common.ts";
 
 const messagesSchema = z.looseObject({
@@ -83,9 +84,10 @@ export async function messages(c: Context<AppEnv>) {
       return withData(event, { ...data, usage: withCost(data.usage, cost) });
     },
     () =>
-      started
-        ? readAnthropicUsage(started, new UsageReader()).prompt
-        : estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
+      started ? readAnthropicUsage(started, new UsageReader()) : {
+        ...ZERO_USAGE,
+        prompt: estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
+      },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

@@ -17,6 +17,7 @@ import {
 } from "../../lib/proxy/pipeline.ts";
 import { readResponsesUsage, UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
+import { ZERO_USAGE } from "../../lib/pricing.ts";
 import { obj } from "../../lib/providers/common.ts";
 
 const responsesSchema = z.looseObject({
@@ -82,7 +83,10 @@ export async function responses(c: Context<AppEnv>) {
         response: { ...response, usage: withCost(response.usage, cost) },
       });
     },
-    () => estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? "")),
+    () => ({
+      ...ZERO_USAGE,
+      prompt: estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? "")),
+    }),
   );
   return c.body(out, 200, SSE_HEADERS);
 }

@@ -29,6 +29,8 @@ export interface Scenario {
   stallAfter?: number;
   /** The reply's text; by default "Echo: " + the last user message. */
   content?: string;
+  /** Usage a Responses API reply reports (`input_tokens`, `output_tokens`, details). */
+  responsesUsage?: Record<string, unknown>;
 }
 
 export interface FakeOpenAI {
@@ -99,6 +101,7 @@ export function startFakeOpenAI(): FakeOpenAI {
           usage: { prompt_tokens: tokens, total_tokens: tokens },
         });
       }
+      if (url.pathname.endsWith("/responses")) return responsesReply(body, s, fake);
       if (!url.pathname.endsWith("/chat/completions")) {
         return new Response("not found", {
           status: 404,
@@ -185,4 +188,71 @@ export function startFakeOpenAI(): FakeOpenAI {
   );
   fake.url = `http://127.0.0.1:${server.addr.port}/v1`;
   return fake;
+}
+
+/** The Responses API (`POST /responses`): a message output, streamed as typed events or not. */
+function responsesReply(body: Record<string, unknown>, s: Scenario, fake: FakeOpenAI): Response {
+  const input = typeof body.input === "string" ? body.input : JSON.stringify(body.input ?? "");
+  const text = s.content ?? `Echo: ${input}`;
+  const usage = s.responsesUsage ?? {
+    input_tokens: Math.ceil(input.length / 4),
+    input_tokens_details: { cached_tokens: 0 },
+    output_tokens: Math.ceil(text.length / 4),
+    output_tokens_details: { reasoning_tokens: 0 },
+  };
+  const id = `resp_${crypto.randomUUID().replaceAll("-", "")}`;
+  const msgId = `msg_${crypto.randomUUID().replaceAll("-", "")}`;
+  const created_at = Math.floor(Date.now() / 1000);
+  const response = (status: string, output: unknown[], u: unknown) => ({
+    id,
+    object: "response",
+    created_at,
+    status,
+    model: body.model,
+    output,
+    usage: u,
+  });
+  const message = {
+    type: "message",
+    id: msgId,
+    status: "completed",
+    role: "assistant",
+    content: [{ type: "output_text", text, annotations: [] }],
+  };
+  if (!body.stream) return Response.json(response("completed", [message], usage));
+  const n = Math.max(1, s.chunks ?? 3);
+  const size = Math.ceil(text.length / n);
+  let seq = 0;
+  const events: Record<string, unknown>[] = [
+    { type: "response.created", response: response("in_progress", [], null) },
+    ...Array.from({ length: n }, (_, i) => ({
+      type: "response.output_text.delta",
+      item_id: msgId,
+      output_index: 0,
+      content_index: 0,
+      delta: text.slice(i * size, (i + 1) * size),
+    })),
+    { type: "response.output_text.done", item_id: msgId, output_index: 0, content_index: 0, text },
+    { type: "response.completed", response: response("completed", [message], usage) },
+  ];
+  const enc = new TextEncoder();
+  let i = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    pull(ctrl) {
+      if (s.stallAfter !== undefined && i >= s.stallAfter) {
+        ctrl.error(new Error("connection lost"));
+        return;
+      }
+      if (i >= events.length) {
+        ctrl.close();
+        return;
+      }
+      const e: Record<string, unknown> = { ...events[i++], sequence_number: seq++ };
+      ctrl.enqueue(enc.encode(`event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`));
+    },
+    cancel() {
+      fake.streamsCancelled++;
+    },
+  });
+  return new Response(stream, { headers: { "content-type": "text/event-stream" } });
 }

@@ -1,0 +1,175 @@
+/**
+ * A real HTTP server on 127.0.0.1 that speaks Anthropic's Messages wire format (`POST
+ * /v1/messages`, streaming and not, tool use included), standing in for the provider.
+ */
+
+export interface AnthropicScenario {
+  /** Usage to report (Anthropic shape); by default derived from the text lengths. */
+  usage?: Record<string, unknown>;
+  /** Reply with this status and an error body (which must never reach the client). */
+  status?: number;
+  /** The reply's text; by default "Echo: " + the last user text, or the last tool result. */
+  content?: string;
+  /** Answer with a call of this tool (after any text) and stop_reason `tool_use`. */
+  toolCall?: { id: string; name: string; input: Record<string, unknown> };
+  /** Number of text deltas a stream is cut into. */
+  chunks?: number;
+  /** Close the stream abruptly (no message_delta) after this many events. */
+  breakAfter?: number;
+}
+
+export interface FakeAnthropic {
+  url: string;
+  scenario: AnthropicScenario;
+  requests: Record<string, unknown>[];
+  headers: Headers[];
+  close(): Promise<void>;
+}
+
+type Block = Record<string, unknown>;
+
+/** The text the fake answers: the last tool result if the conversation ends with one. */
+function replyText(body: Record<string, unknown>): string {
+  const messages = (body.messages ?? []) as { role: string; content: unknown }[];
+  const last = [...messages].reverse().find((m) => m.role === "user");
+  const c = last?.content;
+  if (typeof c === "string") return `Echo: ${c}`;
+  const blocks = (Array.isArray(c) ? c : []) as Block[];
+  const result = blocks.find((b) => b.type === "tool_result");
+  if (result) return `Tool said: ${typeof result.content === "string" ? result.content : ""}`;
+  return `Echo: ${blocks.map((b) => b.type === "text" ? b.text : "").join(" ")}`;
+}
+
+export function startFakeAnthropic(): FakeAnthropic {
+  const ac = new AbortController();
+  const fake: FakeAnthropic = {
+    url: "",
+    scenario: {},
+    requests: [],
+    headers: [],
+    close: async () => {
+      ac.abort();
+      await server.finished;
+    },
+  };
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+    async (req) => {
+      const url = new URL(req.url);
+      const body = await req.json().catch(() => ({}));
+      fake.requests.push(body);
+      fake.headers.push(req.headers);
+      const s = fake.scenario;
+      if (url.pathname !== "/v1/messages") return new Response("not found", { status: 404 });
+      if (s.status && s.status >= 400) {
+        return Response.json({
+          type: "error",
+          error: { type: "api_error", message: `failure echoing: ${JSON.stringify(body)}` },
+        }, { status: s.status });
+      }
+      const text = s.content ?? replyText(body);
+      const tool = s.toolCall && body.tools ? s.toolCall : undefined;
+      const usage = s.usage ?? {
+        input_tokens: Math.ceil(JSON.stringify(body.messages ?? []).length / 4),
+        output_tokens: Math.ceil(text.length / 4),
+        cache_read_input_tokens: 0,
+        cache_creation_input_tokens: 0,
+      };
+      const id = `msg_${crypto.randomUUID().replaceAll("-", "")}`;
+      const stopReason = tool ? "tool_use" : "end_turn";
+      if (!body.stream) {
+        const content: Block[] = [{ type: "text", text }];
+        if (tool) content.push({ type: "tool_use", ...tool });
+        return Response.json({
+          id,
+          type: "message",
+          role: "assistant",
+          model: body.model,
+          content,
+          stop_reason: stopReason,
+          stop_sequence: null,
+          usage,
+        });
+      }
+      const n = Math.max(1, s.chunks ?? 3);
+      const size = Math.ceil(text.length / n);
+      const events: [string, Block][] = [
+        ["message_start", {
+          type: "message_start",
+          message: {
+            id,
+            type: "message",
+            role: "assistant",
+            model: body.model,
+            content: [],
+            stop_reason: null,
+            stop_sequence: null,
+            usage: { ...usage, output_tokens: 1 },
+          },
+        }],
+        ["content_block_start", {
+          type: "content_block_start",
+          index: 0,
+          content_block: { type: "text", text: "" },
+        }],
+        ["ping", { type: "ping" }],
+        ...Array.from({ length: n }, (_, i): [string, Block] => [
+          "content_block_delta",
+          {
+            type: "content_block_delta",
+            index: 0,
+            delta: { type: "text_delta", text: text.slice(i * size, (i + 1) * size) },
+          },
+        ]),
+        ["content_block_stop", { type: "content_block_stop", index: 0 }],
+      ];
+      if (tool) {
+        const json = JSON.stringify(tool.input);
+        const half = Math.floor(json.length / 2);
+        events.push(
+          ["content_block_start", {
+            type: "content_block_start",
+            index: 1,
+            content_block: { type: "tool_use", id: tool.id, name: tool.name, input: {} },
+          }],
+          ...[json.slice(0, half), json.slice(half)].map((part): [string, Block] => [
+            "content_block_delta",
+            {
+              type: "content_block_delta",
+              index: 1,
+              delta: { type: "input_json_delta", partial_json: part },
+            },
+          ]),
+          ["content_block_stop", { type: "content_block_stop", index: 1 }],
+        );
+      }
+      events.push(
+        ["message_delta", {
+          type: "message_delta",
+          delta: { stop_reason: stopReason, stop_sequence: null },
+          usage: { output_tokens: usage.output_tokens },
+        }],
+        ["message_stop", { type: "message_stop" }],
+      );
+      const enc = new TextEncoder();
+      let i = 0;
+      const stream = new ReadableStream<Uint8Array>({
+        pull(ctrl) {
+          if (s.breakAfter !== undefined && i >= s.breakAfter) {
+            ctrl.error(new Error("connection lost"));
+            return;
+          }
+          if (i >= events.length) {
+            ctrl.close();
+            return;
+          }
+          const [name, data] = events[i++];
+          ctrl.enqueue(enc.encode(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`));
+        },
+      });
+      return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+    },
+  );
+  fake.url = `http://127.0.0.1:${server.addr.port}`;
+  return fake;
+}

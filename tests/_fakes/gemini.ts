@@ -1,0 +1,122 @@
+/**
+ * A real HTTP server on 127.0.0.1 that speaks Gemini's wire format (`generateContent` and
+ * `streamGenerateContent?alt=sse`, function calling included), standing in for the provider.
+ */
+
+export interface GeminiScenario {
+  /** `usageMetadata` to report; by default derived from the text lengths. */
+  usage?: Record<string, unknown>;
+  /** Reply with this status and an error body (which must never reach the client). */
+  status?: number;
+  /** The reply's text; by default "Echo: " + the last user text, or the last function result. */
+  content?: string;
+  /** Answer with a call of this function instead of text. */
+  functionCall?: { name: string; args: Record<string, unknown> };
+  /** Number of events a stream is cut into. */
+  chunks?: number;
+}
+
+export interface FakeGemini {
+  url: string;
+  scenario: GeminiScenario;
+  requests: Record<string, unknown>[];
+  /** The path and query of each request (model and method). */
+  paths: string[];
+  keys: string[];
+  close(): Promise<void>;
+}
+
+type Part = Record<string, unknown>;
+
+function replyText(body: Record<string, unknown>): string {
+  const contents = (body.contents ?? []) as { role: string; parts: Part[] }[];
+  const last = [...contents].reverse().find((c) => c.role === "user");
+  const parts = last?.parts ?? [];
+  const fr = parts.find((p) => p.functionResponse)?.functionResponse as Part | undefined;
+  if (fr) return `Tool said: ${JSON.stringify(fr.response)}`;
+  return `Echo: ${parts.map((p) => p.text ?? "").join(" ")}`;
+}
+
+export function startFakeGemini(): FakeGemini {
+  const ac = new AbortController();
+  const fake: FakeGemini = {
+    url: "",
+    scenario: {},
+    requests: [],
+    paths: [],
+    keys: [],
+    close: async () => {
+      ac.abort();
+      await server.finished;
+    },
+  };
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+    async (req) => {
+      const url = new URL(req.url);
+      const body = await req.json().catch(() => ({}));
+      fake.requests.push(body);
+      fake.paths.push(url.pathname + url.search);
+      fake.keys.push(req.headers.get("x-goog-api-key") ?? "");
+      const s = fake.scenario;
+      const m = /^\/v1beta\/models\/([^:]+):(generateContent|streamGenerateContent)$/.exec(
+        url.pathname,
+      );
+      if (!m) return new Response("not found", { status: 404 });
+      if (s.status && s.status >= 400) {
+        return Response.json(
+          { error: { code: s.status, message: `failure echoing: ${JSON.stringify(body)}` } },
+          { status: s.status },
+        );
+      }
+      const text = s.content ?? replyText(body);
+      const usage = s.usage ?? {
+        promptTokenCount: Math.ceil(JSON.stringify(body.contents ?? []).length / 4),
+        candidatesTokenCount: Math.ceil(text.length / 4),
+        totalTokenCount: 0,
+      };
+      const responseId = crypto.randomUUID().replaceAll("-", "").slice(0, 20);
+      const answer = (parts: Part[], finish: string | null, u: unknown) => ({
+        candidates: [{
+          content: { role: "model", parts },
+          ...(finish ? { finishReason: finish } : {}),
+          index: 0,
+        }],
+        usageMetadata: u,
+        modelVersion: m[1],
+        responseId,
+      });
+      if (m[2] === "generateContent") {
+        const parts: Part[] = s.functionCall ? [{ functionCall: s.functionCall }] : [{ text }];
+        return Response.json(answer(parts, "STOP", usage));
+      }
+      if (url.searchParams.get("alt") !== "sse") return new Response("alt=sse", { status: 400 });
+      const n = Math.max(1, s.chunks ?? 3);
+      const size = Math.ceil(text.length / n);
+      const partial = { promptTokenCount: usage.promptTokenCount };
+      const events = s.functionCall
+        ? [answer([{ functionCall: s.functionCall }], "STOP", usage)]
+        : Array.from(
+          { length: n },
+          (_, i) =>
+            answer(
+              [{ text: text.slice(i * size, (i + 1) * size) }],
+              i === n - 1 ? "STOP" : null,
+              i === n - 1 ? usage : partial,
+            ),
+        );
+      const enc = new TextEncoder();
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          start(ctrl) {
+            for (const e of events) ctrl.enqueue(enc.encode(`data: ${JSON.stringify(e)}\r\n\r\n`));
+            ctrl.close();
+          },
+        }),
+        { headers: { "content-type": "text/event-stream" } },
+      );
+    },
+  );
+  fake.url = `http://127.0.0.1:${server.addr.port}`;
+  return fake;
+}
