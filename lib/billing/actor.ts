@@ -1,7 +1,7 @@
 import { apiKeyKey, balanceKey, holdKey, keySpendKey, ledgerKey, outboxKey } from "../kv/schema.ts";
 import { getAll, isLocked, keyString, sleep } from "../kv/util.ts";
 import { newId } from "../ids.ts";
-import { currentSpend } from "./periods.ts";
+import { countRequest, currentSpend, rateLimitWait, rateWindow } from "./periods.ts";
 import {
   type ApiKey,
   type BalanceState,
@@ -64,6 +64,7 @@ export type ReserveResult =
   | { ok: true }
   | { ok: false; code: "insufficient_credits"; available: bigint }
   | { ok: false; code: "key_limit_exceeded"; remaining: bigint }
+  | { ok: false; code: "rate_limited"; rpm: number; retryAfterSec: number }
   | { ok: false; code: "key_disabled" | "invalid_api_key" };
 export type CreditResult = { replayed: false; entry: LedgerEntry } | {
   replayed: true;
@@ -277,6 +278,23 @@ export class AccountActors {
             results.push({ ok: false, code: "key_disabled" });
             break;
           }
+          // The rate window lives in the key's spend record, checked and written in this atomic,
+          // so `rate_limit_rpm` holds across processes.
+          const window = key.rate_limit_rpm === null
+            ? null
+            : rateWindow(spends.get(op.keyId)!.rate, now);
+          if (window && key.rate_limit_rpm !== null) {
+            const wait = rateLimitWait(window, key.rate_limit_rpm, now);
+            if (wait > 0) {
+              results.push({
+                ok: false,
+                code: "rate_limited",
+                rpm: key.rate_limit_rpm,
+                retryAfterSec: wait,
+              });
+              break;
+            }
+          }
           const available = bal.balance - bal.reserved;
           if (op.amount > available) {
             results.push({
@@ -300,7 +318,11 @@ export class AccountActors {
             }
           }
           bal.reserved += op.amount;
-          spends.set(op.keyId, { ...s, reserved: s.reserved + op.amount });
+          spends.set(op.keyId, {
+            ...s,
+            reserved: s.reserved + op.amount,
+            ...(window ? { rate: countRequest(window, now) } : {}),
+          });
           touchedSpends.add(op.keyId);
           const hold: Hold = {
             id: op.holdId,

@@ -58,3 +58,37 @@ export function currentSpend(s: KeySpend, reset: LimitReset | null, ms: number):
     usage_month: s.month === month ? s.usage_month : 0n,
   };
 }
+
+/** The rate window: requests counted while less than 60 s old. */
+const RATE_WINDOW_S = 60;
+
+/** The entries of a rate window still inside the 60 s before `ms`. Pure. */
+export function rateWindow(
+  rate: [number, number][] | undefined,
+  ms: number,
+): [number, number][] {
+  const sec = Math.floor(ms / 1000);
+  return (rate ?? []).filter(([s]) => sec - s < RATE_WINDOW_S);
+}
+
+/**
+ * Seconds until one more request fits `rpm` requests per 60 s, or 0 when it fits now. `window`
+ * comes from `rateWindow` (oldest first).
+ */
+export function rateLimitWait(window: [number, number][], rpm: number, ms: number): number {
+  let total = window.reduce((a, [, n]) => a + n, 0);
+  if (total < rpm) return 0;
+  for (const [s, n] of window) {
+    total -= n;
+    if (total < rpm) return Math.max(1, Math.ceil(((s + RATE_WINDOW_S) * 1000 - ms) / 1000));
+  }
+  return RATE_WINDOW_S;
+}
+
+/** The window with one more request at `ms`. Pure. */
+export function countRequest(window: [number, number][], ms: number): [number, number][] {
+  const sec = Math.floor(ms / 1000);
+  const last = window.at(-1);
+  if (last && last[0] === sec) return [...window.slice(0, -1), [sec, last[1] + 1]];
+  return [...window, [sec, 1]];
+}

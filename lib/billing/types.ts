@@ -62,6 +62,8 @@ export interface KeySpend {
   month: string;
   usage_month: bigint;
   last_used_at: string | null;
+  /** Requests admitted in the last 60 s, as [epoch second, count] pairs (for `rate_limit_rpm`). */
+  rate?: [sec: number, count: number][];
 }
 
 export const EMPTY_KEY_SPEND: KeySpend = {

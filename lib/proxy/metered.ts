@@ -129,6 +129,13 @@ export class MeteredRequest {
               : "Add credits to continue."),
         );
       }
+      case "rate_limited":
+        throw new ApiError(
+          429,
+          "rate_limited",
+          `This key allows ${r.rpm} requests per minute; retry in ${r.retryAfterSec} s`,
+          { "retry-after": String(r.retryAfterSec) },
+        );
       case "key_disabled":
         throw new ApiError(403, "key_disabled", "This API key is disabled");
       default:
