@@ -47,6 +47,12 @@ consoleLogger("info", "starting", {
   outbox_delivery: config.outboxDelivery,
   providers,
 });
+if (config.billingMode === "production" && config.stripeWebhookSecrets.length === 0) {
+  consoleLogger(
+    "warn",
+    "STRIPE_WEBHOOK_SECRET is unset: paid Checkout Sessions cannot be credited",
+  );
+}
 if (providers.length === 0) {
   consoleLogger(
     "warn",
