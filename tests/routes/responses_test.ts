@@ -1,0 +1,99 @@
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { json, startRouter } from "../_helpers.ts";
+
+// o3-mini list prices ($/M): input 1.10, cached input 0.55, output 4.40 (reasoning is output).
+// Usage: 2000 input tokens of which 1000 cached, 500 output tokens of which 300 reasoning.
+// market = 1000×1.10 + 1000×0.55 + 500×4.40 = 1100 + 550 + 2200 = 3850 µ$ = $0.00385
+// (3 850 000 nano-USD); 20 % off = $0.00308.
+const USAGE = {
+  input_tokens: 2000,
+  input_tokens_details: { cached_tokens: 1000 },
+  output_tokens: 500,
+  output_tokens_details: { reasoning_tokens: 300 },
+  total_tokens: 2500,
+};
+
+Deno.test("the Responses API passes through and is billed with cached and reasoning tokens", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { responsesUsage: USAGE };
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+    const res = await client.responses.create({ model: "openai/o3-mini", input: "hello" });
+    assert.equal(res.output_text, "Echo: hello");
+    const usage = res.usage as unknown as Record<string, unknown>;
+    assert.equal(usage.input_tokens, 2000);
+    assert.equal(usage.cost, 0.00308);
+    assert.equal(usage.market_cost, 0.00385);
+    assert.equal(t.openai.requests[0].model, "o3-mini");
+    assert.equal(t.openai.auth[0], "Bearer sk-upstream-test");
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00308");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a Responses stream bills response.completed's usage and shows its cost", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { responsesUsage: USAGE, chunks: 4 };
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+    const stream = await client.responses.create({
+      model: "o3-mini",
+      input: "stream me",
+      stream: true,
+    });
+    let text = "";
+    let usage: Record<string, unknown> | null = null;
+    const types: string[] = [];
+    for await (const event of stream) {
+      types.push(event.type);
+      if (event.type === "response.output_text.delta") text += event.delta;
+      if (event.type === "response.completed") {
+        usage = event.response.usage as unknown as Record<string, unknown>;
+      }
+    }
+    assert.equal(text, "Echo: stream me");
+    assert.equal(types[0], "response.created");
+    assert.equal(types.at(-1), "response.completed");
+    assert.equal(usage?.cost, 0.00308);
+    assert.equal(usage?.market_cost, 0.00385);
+    assert.equal(t.openai.requests[0].stream, true);
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00308");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a Responses stream cut mid-way is billed for what it produced, never retried", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // response.created and two deltas ("Echo" + ": st" of "Echo: stream me" in 4 parts), then cut.
+    t.openai.scenario = { responsesUsage: USAGE, chunks: 4, stallAfter: 3 };
+    const res = await t.call(key, "POST", "/v1/responses", {
+      model: "o3-mini",
+      input: "stream me",
+      stream: true,
+    });
+    assert.equal(res.status, 200);
+    assert.match(await res.text(), /upstream_error/);
+    assert.equal(t.openai.requests.length, 1, "no retry once bytes reached the client");
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0");
+    // Counted by the router: input ≈ ⌈len('"stream me"') / 4⌉ = 3 tokens, output 2 deltas of 4
+    // characters = 2 tokens → 3×1.10 + 2×4.40 = 12.1 µ$ market, 9.68 µ$ at 20 % off.
+    assert.equal(credits.total_used, "0.00000968");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
