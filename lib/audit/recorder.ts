@@ -6,6 +6,26 @@ import type { AuditRow, LedgerEntry, UsageEvent } from "../billing/types.ts";
 
 const MAX_CHECKS = 90;
 const MAX_MUTATIONS = 900;
+// Deno KV refuses an atomic whose keys (checks and mutations) total over 81,920 bytes; events of
+// many accounts bring up to 96 rollup counters each, so a group is bounded by key size too.
+const MAX_KEY_BYTES = 64_000;
+
+const utf8 = new TextEncoder();
+/**
+ * An upper bound of a key's encoded size: each part's bytes (a NUL byte is escaped as two) plus
+ * its type tag and terminator; numbers and bigints are counted generously.
+ */
+function keyBytes(key: Deno.KvKey): number {
+  let n = 0;
+  for (const part of key) {
+    const bytes = typeof part === "string" ? utf8.encode(part) : part;
+    if (bytes instanceof Uint8Array) {
+      n += bytes.length + 2;
+      for (const b of bytes) if (b === 0) n++;
+    } else n += 24;
+  }
+  return n;
+}
 
 export function auditRowOf(e: UsageEvent): AuditRow {
   return {
@@ -65,17 +85,33 @@ export async function recordEvents(kv: Deno.Kv, ids: readonly string[]): Promise
       const sums = new Map<string, [Deno.KvKey, bigint]>();
       const group: Deno.KvEntry<UsageEvent>[] = [];
       let mutations = 0;
+      let keyTotal = 0;
       for (; i < entries.length && group.length < MAX_CHECKS; i++) {
-        const before = sums.size;
-        if (entries[i].value.billed) addRollupSums(sums, entries[i].value);
-        const added = 4 + (sums.size - before);
-        if (group.length > 0 && mutations + added > MAX_MUTATIONS) {
-          // Counters of this entry may already be merged into `sums`: rebuild without it.
-          sums.clear();
-          for (const g of group) if (g.value.billed) addRollupSums(sums, g.value);
-          break;
+        const e = entries[i].value;
+        const own = new Map<string, [Deno.KvKey, bigint]>();
+        if (e.billed) addRollupSums(own, e);
+        let added = 4;
+        // The outbox key is both checked and deleted; audit, audit id and ledger rows are set.
+        let bytes = 2 * keyBytes(entries[i].key) +
+          keyBytes(auditKey(e.account_id, e.ts, e.request_id)) +
+          keyBytes(auditIdKey(e.account_id, e.request_id)) +
+          keyBytes(ledgerKey(e.account_id, e.ts, e.id));
+        for (const [s, [key]] of own) {
+          if (sums.has(s)) continue;
+          added++;
+          bytes += keyBytes(key);
         }
+        if (
+          group.length > 0 &&
+          (mutations + added > MAX_MUTATIONS || keyTotal + bytes > MAX_KEY_BYTES)
+        ) break;
         mutations += added;
+        keyTotal += bytes;
+        for (const [s, [key, amount]] of own) {
+          const prev = sums.get(s);
+          if (prev) prev[1] += amount;
+          else sums.set(s, [key, amount]);
+        }
         group.push(entries[i]);
       }
       for (const entry of group) {
