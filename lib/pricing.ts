@@ -134,6 +134,23 @@ export function lookupCatalog(
   model: string,
   when: Date,
 ): CatalogModel | null {
+  // Matching a model against the catalog costs more than the rest of pricing a request: keep the
+  // answer for the same minute (time-dependent prices change on date or hour boundaries).
+  const cacheKey = `${catalogProvider}\u0000${model}\u0000${Math.floor(when.getTime() / 60_000)}`;
+  if (catalogCache.has(cacheKey)) return catalogCache.get(cacheKey)!;
+  const found = lookupCatalogUncached(catalogProvider, model, when);
+  if (catalogCache.size >= 1000) catalogCache.clear();
+  catalogCache.set(cacheKey, found);
+  return found;
+}
+
+const catalogCache = new Map<string, CatalogModel | null>();
+
+function lookupCatalogUncached(
+  catalogProvider: string,
+  model: string,
+  when: Date,
+): CatalogModel | null {
   let r;
   try {
     r = calcPrice({ input_tokens: 1, output_tokens: 1 }, model, {
