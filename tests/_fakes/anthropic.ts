@@ -8,6 +8,8 @@ export interface AnthropicScenario {
   usage?: Record<string, unknown>;
   /** Reply with this status and an error body (which must never reach the client). */
   status?: number;
+  /** Apply `status` only to the first this many requests, then answer normally. */
+  failFirst?: number;
   /** The reply's text; by default "Echo: " + the last user text, or the last tool result. */
   content?: string;
   /** Answer with a call of this tool (after any text) and stop_reason `tool_use`. */
@@ -61,7 +63,8 @@ export function startFakeAnthropic(): FakeAnthropic {
       fake.headers.push(req.headers);
       const s = fake.scenario;
       if (url.pathname !== "/v1/messages") return new Response("not found", { status: 404 });
-      if (s.status && s.status >= 400) {
+      const failing = s.failFirst === undefined || fake.requests.length <= s.failFirst;
+      if (s.status && s.status >= 400 && failing) {
         return Response.json({
           type: "error",
           error: { type: "api_error", message: `failure echoing: ${JSON.stringify(body)}` },

@@ -1,0 +1,315 @@
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { startProviders } from "./_setup.ts";
+import { startFakeOpenAI } from "../_fakes/openai.ts";
+import { Providers } from "../../lib/providers/registry.ts";
+import { ConfigError, loadConfig } from "../../lib/config.ts";
+
+const FAST_RETRY = { retry: { max_retries: 1, backoff_ms: 1 } };
+// claude-haiku-4-5 list prices ($/M): input 1, output 5. 1000 input + 200 output tokens:
+// market = 1000×1 + 200×5 = 2000 µ$ = $0.002; 20 % off = $0.0016.
+const HAIKU_USAGE = { input_tokens: 1000, output_tokens: 200 };
+
+type Row = Record<string, unknown>;
+async function auditRows(t: TestRouter, mgmt: string): Promise<Row[]> {
+  const body = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
+  return (body.data as Row[]).sort((a, b) =>
+    String(a.request_id).length - String(b.request_id).length
+  );
+}
+
+Deno.test("a fallback after a 500 bills only the provider that answered; every attempt is audited", async () => {
+  const t = await startProviders({ providersFile: FAST_RETRY });
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { status: 500 };
+    t.anthropic.scenario = { usage: HAIKU_USAGE };
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
+    const res = await client.chat.completions.create({
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "hello" }],
+      // OpenRouter-style fallbacks; unknown names are skipped.
+      models: ["no-such/model", "anthropic/claude-haiku-4-5"],
+    } as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    assert.equal(res.choices[0].message.content, "Echo: hello");
+    assert.equal((res.usage as unknown as Row).cost, 0.0016);
+    assert.equal(t.openai.requests.length, 2, "the first model was tried, then retried once");
+    assert.equal(t.anthropic.requests.length, 1);
+    assert.equal(t.anthropic.requests[0].models, undefined, "`models` is not sent upstream");
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.0016");
+    assert.equal(credits.reserved, "0");
+    await t.router.flush();
+    const rows = await auditRows(t, mgmt);
+    assert.equal(rows.length, 3);
+    const [answered, ...failed] = rows;
+    assert.equal(answered.provider, "anthropic");
+    assert.equal(answered.status, 200);
+    assert.equal(answered.cost, "0.0016");
+    for (const f of failed) {
+      assert.equal(f.provider, "openai");
+      assert.equal(f.status, 502);
+      assert.equal(f.cost, "0");
+      assert.match(String(f.request_id), new RegExp(`^${answered.request_id}\\.\\d$`));
+    }
+    const usage = await json(await t.call(mgmt, "GET", "/v1/usage?group_by=provider"), 200);
+    assert.equal(usage.summary.requests, 1, "only the answered attempt counts as a request");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("an operator fallback chain serves a stream after the provider rate-limits", async () => {
+  const t = await startProviders({
+    providersFile: {
+      ...FAST_RETRY,
+      fallbacks: { "anthropic/claude-haiku-4-5": ["google/gemini-2.5-flash"] },
+    },
+  });
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.anthropic.scenario = { status: 429 };
+    // gemini-2.5-flash: 1000 input × 0.30 + 200 output × 2.50 = 800 µ$; 20 % off = $0.00064.
+    t.gemini.scenario = {
+      usage: { promptTokenCount: 1000, candidatesTokenCount: 200 },
+      content: "from gemini",
+    };
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
+    const stream = await client.chat.completions.create({
+      model: "claude-haiku-4-5",
+      messages: [{ role: "user", content: "hi" }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let text = "";
+    let cost: unknown = null;
+    for await (const c of stream) {
+      text += c.choices[0]?.delta?.content ?? "";
+      if (c.usage) cost = (c.usage as unknown as Row).cost;
+    }
+    assert.equal(text, "from gemini");
+    assert.equal(cost, 0.00064);
+    assert.equal(t.anthropic.requests.length, 2);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00064");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a 5xx is retried with backoff and the retry that answers is billed once", async () => {
+  const t = await startProviders({ providersFile: FAST_RETRY });
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.anthropic.scenario = { status: 503, failFirst: 1, usage: HAIKU_USAGE };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "anthropic/claude-haiku-4-5",
+      messages: [{ role: "user", content: "hi" }],
+    });
+    const body = await json(res, 200);
+    assert.equal(body.usage.cost, 0.0016);
+    assert.equal(t.anthropic.requests.length, 2);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.0016");
+    await t.router.flush();
+    const rows = await auditRows(t, mgmt);
+    assert.deepEqual(rows.map((r) => [r.status, r.cost]), [[200, "0.0016"], [502, "0"]]);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("when every candidate fails, the last error is returned and nothing is billed", async () => {
+  const t = await startProviders({ providersFile: FAST_RETRY });
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { status: 500 };
+    t.anthropic.scenario = { status: 429 };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "my secret" }],
+      models: ["claude-haiku-4-5"],
+    });
+    const text = await res.text();
+    assert.equal(res.status, 429);
+    assert.equal(JSON.parse(text).error.code, "upstream_rate_limited");
+    assert.doesNotMatch(text, /my secret|failure echoing/);
+    assert.equal(t.openai.requests.length + t.anthropic.requests.length, 4);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0");
+    assert.equal(credits.reserved, "0");
+    await t.router.flush();
+    assert.equal((await auditRows(t, mgmt)).length, 4, "one row per attempt");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a retry never happens once bytes reached the client", async () => {
+  const t = await startProviders({ providersFile: FAST_RETRY });
+  try {
+    const { key, mgmt } = await t.account("1");
+    // The stream breaks after message_start, the text block start, a ping and one delta.
+    t.anthropic.scenario = { usage: HAIKU_USAGE, breakAfter: 4, content: "abcdefgh", chunks: 2 };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "anthropic/claude-haiku-4-5",
+      messages: [{ role: "user", content: "hi" }],
+      models: ["openai/gpt-4o-mini"],
+      stream: true,
+    });
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    assert.match(text, /"content":"abcd"/);
+    assert.match(text, /upstream_error/);
+    assert.equal(t.anthropic.requests.length, 1);
+    assert.equal(t.openai.requests.length, 0, "no fallback after bytes were sent");
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0");
+    // Counted by the router: prompt 3 + 4 + ⌈len(" hi  ") / 4⌉ = 9 tokens, output "abcd" = 1
+    // token → 9×1 + 1×5 = 14 µ$ market at claude-haiku-4-5's prices, 11.2 µ$ at 20 % off.
+    assert.equal(credits.total_used, "0.0000112");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the hold covers the dearest fallback candidate", async () => {
+  const t = await startProviders();
+  try {
+    // gpt-4o-mini alone: tiny; claude-sonnet-4-5 with 64 000 output tokens × $15/M ≈ $0.96 market.
+    const { key } = await t.account("0.05");
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "hi" }],
+      models: ["anthropic/claude-sonnet-4-5"],
+    });
+    const body = await json(res, 402);
+    assert.equal(body.error.code, "insufficient_credits");
+    assert.equal(t.openai.requests.length, 0);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a provider with no key is not offered", async () => {
+  const t = await startRouter({
+    providersFile: {
+      providers: { groq: { base_url: "https://api.groq.com/openai/v1", api_key_env: "GROQ_KEY" } },
+      models: { "groq/llama-3.3-70b": { prices: { input_mtok: 0.59, output_mtok: 0.79 } } },
+    },
+  });
+  try {
+    const { key } = await t.account("1");
+    const models = await json(await t.call(key, "GET", "/v1/models"), 200);
+    const ids = (models.data as Row[]).map((m) => String(m.id));
+    assert.ok(ids.includes("openai/gpt-4o-mini"));
+    assert.ok(!ids.some((id) => /^(anthropic|google|groq)\//.test(id)), ids.join(","));
+    for (const model of ["anthropic/claude-haiku-4-5", "claude-haiku-4-5", "groq/llama-3.3-70b"]) {
+      const res = await t.call(key, "POST", "/v1/chat/completions", {
+        model,
+        messages: [{ role: "user", content: "hi" }],
+      });
+      assert.equal((await json(res, 404)).error.code, "model_not_found", model);
+    }
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("an OpenAI-compatible host from PROVIDERS_FILE is offered, priced and sent its own key", async () => {
+  const host = startFakeOpenAI();
+  const t = await startRouter({
+    env: { LOCAL_LLM_KEY: "local-secret" },
+    providersFile: {
+      providers: { local: { base_url: host.url, api_key_env: "LOCAL_LLM_KEY" } },
+      models: {
+        "local/llama-3.1-8b": { prices: { input_mtok: "0.2", output_mtok: "0.4" } },
+        "local/unpriced-model": { max_output_tokens: 100 },
+      },
+    },
+  });
+  try {
+    const { key, mgmt } = await t.account("1");
+    // 1000 input × 0.2 + 500 output × 0.4 = 400 µ$ market; 20 % off = $0.00032.
+    host.scenario = { usage: { prompt_tokens: 1000, completion_tokens: 500 } };
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+    const res = await client.chat.completions.create({
+      model: "local/llama-3.1-8b",
+      messages: [{ role: "user", content: "hello" }],
+    });
+    assert.equal(res.choices[0].message.content, "Echo: hello");
+    assert.equal((res.usage as unknown as Row).cost, 0.00032);
+    assert.equal(host.auth[0], "Bearer local-secret");
+    assert.equal(host.requests[0].model, "llama-3.1-8b");
+    assert.equal(t.openai.requests.length, 0);
+
+    const models = await json(await t.call(key, "GET", "/v1/models"), 200);
+    const ids = (models.data as Row[]).map((m) => m.id);
+    assert.ok(ids.includes("local/llama-3.1-8b"));
+    assert.ok(!ids.includes("local/unpriced-model"), "no price, not offered");
+    const unpriced = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "local/unpriced-model",
+      messages: [{ role: "user", content: "hi" }],
+    });
+    assert.equal((await json(unpriced, 404)).error.code, "model_not_priced");
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00032");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+    await host.close();
+  }
+});
+
+Deno.test("/v1/models lists every offered provider's models with market price and your rate", async () => {
+  const t = await startProviders();
+  try {
+    const { key } = await t.account("1");
+    const models = await json(await t.call(key, "GET", "/v1/models"), 200);
+    const byId = new Map((models.data as Row[]).map((m) => [m.id, m]));
+    const sonnet = byId.get("anthropic/claude-sonnet-4-5") as Row;
+    assert.equal(sonnet.owned_by, "anthropic");
+    const pricing = sonnet.pricing as Record<string, Record<string, string>>;
+    assert.equal(pricing.market.input, "3");
+    assert.equal(pricing.your_rate.input, "2.4");
+    assert.ok(byId.has("google/gemini-2.5-flash"));
+    assert.ok(byId.has("openai/gpt-4o-mini"));
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("provider base URLs must be https, or http on loopback", () => {
+  const config = loadConfig({ ADMIN_TOKEN: "x".repeat(20) });
+  const file = (base_url: string) => ({
+    providers: { vllm: { base_url, api_key_env: "VLLM_KEY" } },
+  });
+  const env = { VLLM_KEY: "k" };
+  assert.throws(() => new Providers(config, file("http://10.0.0.5:8000/v1"), env), ConfigError);
+  assert.throws(() => new Providers(config, file("ftp://example.com"), env), ConfigError);
+  assert.deepEqual(new Providers(config, file("http://127.0.0.1:8000/v1"), env).names(), [
+    "vllm",
+  ]);
+  assert.deepEqual(new Providers(config, file("https://vllm.example.com/v1"), env).names(), [
+    "vllm",
+  ]);
+  assert.throws(
+    () =>
+      new Providers(
+        loadConfig({ ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: "http://evil.example" }),
+        null,
+        {},
+      ),
+    /ANTHROPIC_BASE_URL/,
+  );
+});
