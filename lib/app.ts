@@ -13,6 +13,7 @@ import { auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
 import { managementRoutes } from "../routes/v1/management.ts";
 import { adminRoutes } from "../routes/v1/admin.ts";
 import { billingRoutes } from "../routes/v1/billing.ts";
+import { pageRoutes } from "./render/routes.ts";
 import { stripeRoutes } from "../routes/v1/stripe.ts";
 
 export interface AppDeps {
@@ -100,7 +101,8 @@ export function createApp(deps: AppDeps): Router {
     });
   }
 
-  app.get("/", (c) => c.json({ name: "Enterprise Router", status: "ok", docs: "/v1/models" }));
+  // The dashboard: landing, sign-in, pages, static files (GET / answers 200 for warm-up checks).
+  app.route("/", pageRoutes());
   app.get("/healthz", (c) => c.json({ ok: true }));
   app.route("/v1", inferenceRoutes());
   app.route("/v1", managementRoutes());

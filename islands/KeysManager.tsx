@@ -1,0 +1,294 @@
+import { Fragment } from "preact";
+import { useSignal } from "@preact/signals";
+import { formatMoney, formatTime } from "../lib/render/format.ts";
+
+/** A key as GET /v1/keys shows it. */
+export interface KeyView {
+  id: string;
+  name: string;
+  scope: string;
+  prefix: string;
+  created_at: string;
+  last_used_at: string | null;
+  disabled: boolean;
+  credit_limit: string | null;
+  limit_reset: string | null;
+  spend: string;
+}
+
+export interface KeysManagerProps extends Record<string, unknown> {
+  keys: KeyView[];
+  csrf: string;
+}
+
+/** Calls the management API as the signed-in session; returns the JSON or throws its message. */
+async function api(csrf: string, method: string, path: string, body?: unknown) {
+  const res = await fetch(path, {
+    method,
+    credentials: "same-origin",
+    headers: { "content-type": "application/json", "x-csrf-token": csrf },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const json = await res.json().catch(() => null);
+  if (!res.ok) throw new Error(json?.error?.message ?? `The request failed (${res.status})`);
+  return json;
+}
+
+/** The keys table with create (secret shown once, with copy), limit edits, disable and revoke. */
+export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
+  const keys = useSignal<KeyView[]>(initial);
+  const secret = useSignal<{ name: string; key: string } | null>(null);
+  const copied = useSignal(false);
+  const error = useSignal("");
+  const busy = useSignal(false);
+  const editing = useSignal<string | null>(null);
+  const confirming = useSignal<string | null>(null);
+
+  const run = async (f: () => Promise<unknown>) => {
+    busy.value = true;
+    error.value = "";
+    try {
+      await f();
+    } catch (e) {
+      error.value = e instanceof Error ? e.message : String(e);
+    } finally {
+      busy.value = false;
+    }
+  };
+
+  const create = (e: Event) => {
+    e.preventDefault();
+    const form = e.currentTarget as HTMLFormElement;
+    const f = new FormData(form);
+    const limit = String(f.get("credit_limit") ?? "").trim();
+    const reset = String(f.get("limit_reset") ?? "");
+    const body: Record<string, unknown> = {
+      name: String(f.get("name") ?? ""),
+      scope: String(f.get("scope") ?? "inference"),
+    };
+    if (limit) body.credit_limit = limit;
+    if (limit && reset) body.limit_reset = reset;
+    return run(async () => {
+      const k = await api(csrf, "POST", "/v1/keys", body);
+      const { key, ...view } = k;
+      keys.value = [...keys.value, view as KeyView];
+      secret.value = { name: k.name, key };
+      copied.value = false;
+      form.reset();
+    });
+  };
+
+  const copy = async () => {
+    if (!secret.value) return;
+    try {
+      await navigator.clipboard.writeText(secret.value.key);
+      copied.value = true;
+    } catch {
+      error.value = "Copying was blocked by the browser: select the key and copy it by hand.";
+    }
+  };
+
+  const replace = (k: KeyView) => keys.value = keys.value.map((x) => x.id === k.id ? k : x);
+
+  const saveLimit = (e: Event, id: string) => {
+    e.preventDefault();
+    const f = new FormData(e.currentTarget as HTMLFormElement);
+    const limit = String(f.get("credit_limit") ?? "").trim();
+    const reset = String(f.get("limit_reset") ?? "");
+    return run(async () => {
+      replace(
+        await api(csrf, "PATCH", `/v1/keys/${id}`, {
+          credit_limit: limit || null,
+          limit_reset: limit && reset ? reset : null,
+        }),
+      );
+      editing.value = null;
+    });
+  };
+
+  const toggle = (k: KeyView) =>
+    run(async () =>
+      replace(await api(csrf, "PATCH", `/v1/keys/${k.id}`, { disabled: !k.disabled }))
+    );
+
+  const revoke = (k: KeyView) =>
+    run(async () => {
+      await api(csrf, "DELETE", `/v1/keys/${k.id}`);
+      keys.value = keys.value.filter((x) => x.id !== k.id);
+      confirming.value = null;
+    });
+
+  return (
+    <div class="keys">
+      <section class="card">
+        <h2>Create a key</h2>
+        <form class="row-form" onSubmit={create}>
+          <label>
+            Name<input name="name" required maxLength={100} placeholder="backend" />
+          </label>
+          <label>
+            Scope
+            <select name="scope">
+              <option value="inference">Inference</option>
+              <option value="management">Management</option>
+            </select>
+          </label>
+          <label>
+            Credit limit (USD)
+            <input
+              name="credit_limit"
+              inputMode="decimal"
+              pattern="\d+(\.\d{1,9})?"
+              placeholder="none"
+            />
+          </label>
+          <label>
+            Resets
+            <select name="limit_reset">
+              <option value="">Never</option>
+              <option value="daily">Daily</option>
+              <option value="weekly">Weekly</option>
+              <option value="monthly">Monthly</option>
+            </select>
+          </label>
+          <button type="submit" disabled={busy.value}>Create key</button>
+        </form>
+        {secret.value
+          ? (
+            <div class="secret" role="status">
+              <p>
+                <strong>{secret.value.name}</strong>: copy this key now. It is shown only once.
+              </p>
+              <div class="secret-row">
+                <code id="new-key-secret">{secret.value.key}</code>
+                <button type="button" class="secondary" onClick={copy} id="copy-key">
+                  {copied.value ? "Copied" : "Copy"}
+                </button>
+              </div>
+            </div>
+          )
+          : null}
+        {error.value ? <p class="notice error" role="alert">{error.value}</p> : null}
+      </section>
+      <section class="card">
+        <h2>Your keys</h2>
+        {keys.value.length === 0
+          ? <div class="empty">No keys yet: create one above to call the API.</div>
+          : (
+            <div class="table-wrap">
+              <table class="data" id="keys-table">
+                <thead>
+                  <tr>
+                    <th scope="col">Name</th>
+                    <th scope="col">Scope</th>
+                    <th scope="col" class="r">Spend</th>
+                    <th scope="col" class="r">Limit</th>
+                    <th scope="col">Last used</th>
+                    <th scope="col">Status</th>
+                    <th scope="col">
+                      <span class="sr-only">Actions</span>
+                    </th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {keys.value.map((k) => (
+                    <Fragment key={k.id}>
+                      <tr data-key-id={k.id}>
+                        <th scope="row">
+                          {k.name}
+                          <span class="sub">
+                            <code>{k.prefix}…</code>
+                          </span>
+                        </th>
+                        <td>{k.scope}</td>
+                        <td class="r key-spend" data-usd={k.spend}>{formatMoney(k.spend)}</td>
+                        <td class="r">
+                          {k.credit_limit === null ? "None" : formatMoney(k.credit_limit)}
+                          {k.limit_reset ? <span class="sub">{k.limit_reset}</span> : null}
+                        </td>
+                        <td>{formatTime(k.last_used_at)}</td>
+                        <td>
+                          <span class={`badge ${k.disabled ? "off" : "on"}`}>
+                            {k.disabled ? "Disabled" : "Active"}
+                          </span>
+                        </td>
+                        <td>
+                          <div class="btns">
+                            <button
+                              type="button"
+                              class="small secondary"
+                              aria-expanded={editing.value === k.id}
+                              onClick={() => editing.value = editing.value === k.id ? null : k.id}
+                            >
+                              Edit limit
+                            </button>
+                            <button
+                              type="button"
+                              class="small secondary"
+                              disabled={busy.value}
+                              onClick={() => toggle(k)}
+                            >
+                              {k.disabled ? "Enable" : "Disable"}
+                            </button>
+                            {confirming.value === k.id
+                              ? (
+                                <button
+                                  type="button"
+                                  class="small danger"
+                                  disabled={busy.value}
+                                  onClick={() => revoke(k)}
+                                >
+                                  Confirm revoke
+                                </button>
+                              )
+                              : (
+                                <button
+                                  type="button"
+                                  class="small danger-outline"
+                                  onClick={() => confirming.value = k.id}
+                                >
+                                  Revoke
+                                </button>
+                              )}
+                          </div>
+                        </td>
+                      </tr>
+                      {editing.value === k.id
+                        ? (
+                          <tr class="edit-row">
+                            <td colSpan={7}>
+                              <form class="row-form" onSubmit={(e) => saveLimit(e, k.id)}>
+                                <label>
+                                  Credit limit (USD)
+                                  <input
+                                    name="credit_limit"
+                                    inputMode="decimal"
+                                    value={k.credit_limit ?? ""}
+                                    placeholder="none"
+                                  />
+                                </label>
+                                <label>
+                                  Resets
+                                  <select name="limit_reset">
+                                    <option value="">Never</option>
+                                    {["daily", "weekly", "monthly"].map((r) => (
+                                      <option value={r} selected={k.limit_reset === r}>{r}</option>
+                                    ))}
+                                  </select>
+                                </label>
+                                <button type="submit" disabled={busy.value}>Save limit</button>
+                              </form>
+                            </td>
+                          </tr>
+                        )
+                        : null}
+                    </Fragment>
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          )}
+      </section>
+    </div>
+  );
+}

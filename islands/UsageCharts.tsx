@@ -1,0 +1,192 @@
+import { useEffect, useRef } from "preact/hooks";
+import { useSignal } from "@preact/signals";
+import {
+  ArcElement,
+  BarController,
+  BarElement,
+  CategoryScale,
+  Chart,
+  DoughnutController,
+  Legend,
+  LinearScale,
+  LineController,
+  LineElement,
+  PointElement,
+  Tooltip,
+} from "chart.js";
+import { formatMoney } from "../lib/render/format.ts";
+
+export interface UsageChartsProps extends Record<string, unknown> {
+  /** Every day of the period with its spend and market rate (USD decimal strings). */
+  days: { day: string; cost: string; market_cost: string }[];
+  models: { label: string; cost: string }[];
+  providers: { label: string; cost: string }[];
+}
+
+const PALETTE = ["#3b5bdb", "#0ca678", "#f08c00", "#ae3ec9", "#e03131", "#1098ad", "#5c940d"];
+const money = (v: number | string) => formatMoney(typeof v === "number" ? v.toFixed(9) : v);
+
+/** Spend over time, cost by model and cost by provider, drawn with Chart.js. */
+export default function UsageCharts({ days, models, providers }: UsageChartsProps) {
+  const showMarket = useSignal(true);
+  const drawn = useSignal(false);
+  const lineRef = useRef<HTMLCanvasElement>(null);
+  const modelRef = useRef<HTMLCanvasElement>(null);
+  const providerRef = useRef<HTMLCanvasElement>(null);
+  const line = useRef<Chart | null>(null);
+
+  useEffect(() => {
+    Chart.register(
+      LineController,
+      LineElement,
+      PointElement,
+      LinearScale,
+      CategoryScale,
+      BarController,
+      BarElement,
+      DoughnutController,
+      ArcElement,
+      Tooltip,
+      Legend,
+    );
+    const tooltip = {
+      callbacks: {
+        label: (c: { dataset: { label?: string }; raw: unknown }) =>
+          `${c.dataset.label ?? ""}: ${money(c.raw as number)}`,
+      },
+    };
+    const charts: Chart[] = [];
+    line.current = new Chart(lineRef.current!, {
+      type: "line",
+      data: {
+        labels: days.map((d) => d.day.slice(5)),
+        datasets: [
+          {
+            label: "Spend",
+            data: days.map((d) => Number(d.cost)),
+            borderColor: PALETTE[0],
+            backgroundColor: PALETTE[0],
+            tension: 0.25,
+          },
+          {
+            label: "Market rate",
+            data: days.map((d) => Number(d.market_cost)),
+            borderColor: "#868e96",
+            backgroundColor: "#868e96",
+            borderDash: [6, 4],
+            tension: 0.25,
+          },
+        ],
+      },
+      options: {
+        animation: false,
+        responsive: true,
+        maintainAspectRatio: false,
+        scales: { y: { beginAtZero: true, ticks: { callback: (v) => money(Number(v)) } } },
+        plugins: { tooltip },
+      },
+    });
+    charts.push(line.current);
+    const bar = (el: HTMLCanvasElement, rows: { label: string; cost: string }[]) =>
+      new Chart(el, {
+        type: "bar",
+        data: {
+          labels: rows.map((r) => r.label),
+          datasets: [{
+            label: "Spend",
+            data: rows.map((r) => Number(r.cost)),
+            backgroundColor: rows.map((_, i) => PALETTE[i % PALETTE.length]),
+          }],
+        },
+        options: {
+          animation: false,
+          responsive: true,
+          maintainAspectRatio: false,
+          indexAxis: "y",
+          scales: { x: { beginAtZero: true, ticks: { callback: (v) => money(Number(v)) } } },
+          plugins: { legend: { display: false }, tooltip },
+        },
+      });
+    charts.push(bar(modelRef.current!, models));
+    charts.push(
+      new Chart(providerRef.current!, {
+        type: "doughnut",
+        data: {
+          labels: providers.map((r) => r.label),
+          datasets: [{
+            label: "Spend",
+            data: providers.map((r) => Number(r.cost)),
+            backgroundColor: providers.map((_, i) => PALETTE[i % PALETTE.length]),
+          }],
+        },
+        options: {
+          animation: false,
+          responsive: true,
+          maintainAspectRatio: false,
+          plugins: { tooltip },
+        },
+      }),
+    );
+    drawn.value = true;
+    return () => charts.forEach((c) => c.destroy());
+  }, []);
+
+  useEffect(() => {
+    const c = line.current;
+    if (!c) return;
+    c.setDatasetVisibility(1, showMarket.value);
+    c.update();
+  }, [showMarket.value]);
+
+  const empty = days.every((d) => d.cost === "0");
+  return (
+    <div class="charts" data-drawn={drawn.value ? "true" : undefined}>
+      <figure class="card chart-card wide">
+        <figcaption>
+          <span>Spend over time</span>
+          <label class="inline">
+            <input
+              type="checkbox"
+              checked={showMarket.value}
+              onChange={(e) => showMarket.value = (e.currentTarget as HTMLInputElement).checked}
+            />{" "}
+            Show market rate
+          </label>
+        </figcaption>
+        <div class="chart-box">
+          <canvas
+            ref={lineRef}
+            id="chart-spend"
+            role="img"
+            aria-label={`Daily spend from ${days[0]?.day} to ${days.at(-1)?.day}`}
+          />
+        </div>
+        {empty ? <p class="muted">No spend in this period yet.</p> : null}
+      </figure>
+      <figure class="card chart-card">
+        <figcaption>Cost by model</figcaption>
+        <div class="chart-box">
+          <canvas
+            ref={modelRef}
+            id="chart-models"
+            role="img"
+            aria-label={models.map((m) => `${m.label} ${money(m.cost)}`).join(", ") ||
+              "No spend"}
+          />
+        </div>
+      </figure>
+      <figure class="card chart-card">
+        <figcaption>Cost by provider</figcaption>
+        <div class="chart-box">
+          <canvas
+            ref={providerRef}
+            id="chart-providers"
+            role="img"
+            aria-label={providers.map((m) => `${m.label} ${money(m.cost)}`).join(", ") ||
+              "No spend"}
+          />
+        </div>
+      </figure>
+    </div>
+  );
+}

@@ -1,0 +1,167 @@
+import type { ComponentChildren } from "preact";
+import type { Viewer } from "./page.tsx";
+import { formatCount, formatMoney, formatPercent } from "./format.ts";
+
+const NAV = [
+  { id: "overview", href: "/dashboard", label: "Overview" },
+  { id: "usage", href: "/dashboard/usage", label: "Usage" },
+  { id: "keys", href: "/dashboard/keys", label: "Keys" },
+  { id: "audit", href: "/dashboard/audit", label: "Audit" },
+  { id: "billing", href: "/dashboard/settings/billing", label: "Billing" },
+  { id: "members", href: "/dashboard/settings/members", label: "Members" },
+];
+
+function Brand({ href }: { href: string }) {
+  return (
+    <a class="brand" href={href}>
+      <span class="brand-mark" aria-hidden="true">◆</span> Enterprise Router
+    </a>
+  );
+}
+
+/** Pages for visitors: the landing page, sign-in and sign-up. */
+export function PublicShell({ children }: { url: URL; children: ComponentChildren }) {
+  return (
+    <>
+      <a class="skip" href="#main">Skip to content</a>
+      <header class="topbar">
+        <Brand href="/" />
+        <nav aria-label="Account" class="topnav">
+          <a href="/signin">Sign in</a>
+          <a class="button small" href="/signup">Sign up</a>
+        </nav>
+      </header>
+      <main id="main" class="public">{children}</main>
+    </>
+  );
+}
+
+/** The customer dashboard: navigation, account switcher and sign-out around a page. */
+export function DashboardShell(
+  { viewer, active, title, children }: {
+    viewer: Viewer;
+    active: string;
+    title: string;
+    children: ComponentChildren;
+  },
+) {
+  return (
+    <>
+      <a class="skip" href="#main">Skip to content</a>
+      <header class="topbar">
+        <Brand href="/dashboard" />
+        <div class="who">
+          {viewer.accounts.length > 1
+            ? (
+              <form method="post" action="/dashboard/switch" class="switcher">
+                <input type="hidden" name="_csrf" value={viewer.session.csrf} />
+                <label for="account-switch" class="sr-only">Account</label>
+                <select id="account-switch" name="account_id">
+                  {viewer.accounts.map((a) => (
+                    <option value={a.id} selected={a.id === viewer.account?.id}>{a.name}</option>
+                  ))}
+                </select>
+                <button type="submit" class="small secondary">Switch</button>
+              </form>
+            )
+            : <span class="account-name">{viewer.account?.name}</span>}
+          <span class="user-email">{viewer.user?.email}</span>
+          <form method="post" action="/signout">
+            <input type="hidden" name="_csrf" value={viewer.session.csrf} />
+            <button type="submit" class="small secondary">Sign out</button>
+          </form>
+        </div>
+      </header>
+      <nav class="sidenav" aria-label="Dashboard">
+        {NAV.map((n) => (
+          <a href={n.href} aria-current={n.id === active ? "page" : undefined}>
+            {n.id === "billing" ? <span class="crumb">Settings ›</span> : null}
+            {n.id === "members" ? <span class="crumb">Settings ›</span> : null}
+            {n.label}
+          </a>
+        ))}
+      </nav>
+      <main id="main" class="content">
+        <h1>{title}</h1>
+        {children}
+      </main>
+    </>
+  );
+}
+
+/** The operator's pages. */
+export function AdminShell(
+  { viewer, active, title, children }: {
+    viewer: Viewer;
+    active: string;
+    title: string;
+    children: ComponentChildren;
+  },
+) {
+  return (
+    <>
+      <a class="skip" href="#main">Skip to content</a>
+      <header class="topbar admin">
+        <Brand href="/dashboard/admin" />
+        <div class="who">
+          <span class="badge">Operator</span>
+          <form method="post" action="/signout">
+            <input type="hidden" name="_csrf" value={viewer.session.csrf} />
+            <button type="submit" class="small secondary">Sign out</button>
+          </form>
+        </div>
+      </header>
+      <nav class="sidenav" aria-label="Admin">
+        <a href="/dashboard/admin" aria-current={active === "accounts" ? "page" : undefined}>
+          Accounts
+        </a>
+      </nav>
+      <main id="main" class="content">
+        <h1>{title}</h1>
+        {children}
+      </main>
+    </>
+  );
+}
+
+/** A money figure for people, with the exact decimal kept in `data-usd` and the tooltip. */
+export function Money({ usd }: { usd: string }) {
+  return <span class="money" data-usd={usd} title={`${usd} USD`}>{formatMoney(usd)}</span>;
+}
+
+export function Count({ n }: { n: number }) {
+  return <span class="num">{formatCount(n)}</span>;
+}
+
+export function Percent({ p }: { p: number }) {
+  return <span class="num">{formatPercent(p)}</span>;
+}
+
+/** One headline figure. */
+export function Metric(
+  { label, children, hint, id }: {
+    label: string;
+    children: ComponentChildren;
+    hint?: ComponentChildren;
+    id?: string;
+  },
+) {
+  return (
+    <div class="metric" id={id}>
+      <div class="metric-label">{label}</div>
+      <div class="metric-value">{children}</div>
+      {hint ? <div class="metric-hint">{hint}</div> : null}
+    </div>
+  );
+}
+
+/** What a page shows when there is nothing yet. */
+export function Empty({ children }: { children: ComponentChildren }) {
+  return <div class="empty">{children}</div>;
+}
+
+/** A notice (success or error) after a form. */
+export function Notice({ kind, children }: { kind: "ok" | "error"; children: ComponentChildren }) {
+  return <div class={`notice ${kind}`} role={kind === "error" ? "alert" : "status"}>{children}
+  </div>;
+}

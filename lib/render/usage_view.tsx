@@ -1,0 +1,186 @@
+/** Pieces the Overview and Usage pages share: the period, the breakdown and its table. */
+import type { GroupBy } from "../usage/query.ts";
+import { queryUsage, type UsageQuery } from "../usage/query.ts";
+import { usageParams } from "../usage/params.ts";
+import { listKeysByAccount } from "../auth/keys.ts";
+import { dayBucket } from "../usage/rollups.ts";
+import { Count, Empty, Money, Percent } from "./layout.tsx";
+
+export type UsageResult = Awaited<ReturnType<typeof queryUsage>>;
+export type UsageRow = UsageResult["breakdown"][number];
+
+const DAY = 86_400_000;
+export const PERIODS = { "7d": 7, "30d": 30, "90d": 90 } as const;
+
+export interface Period {
+  period: keyof typeof PERIODS | "custom";
+  fromDay: string;
+  toDay: string;
+  error?: string;
+}
+
+const isDay = (v: string | null): v is string =>
+  !!v && /^\d{4}-\d{2}-\d{2}$/.test(v) && Number.isFinite(Date.parse(v));
+
+/**
+ * The period a page shows: the last 7, 30 (default, as GET /v1/usage) or 90 days ending today,
+ * or custom dates.
+ */
+export function readPeriod(q: URLSearchParams, now: number): Period {
+  const p = q.get("period") ?? "30d";
+  if (p === "custom") {
+    const from = q.get("from"), to = q.get("to");
+    if (isDay(from) && isDay(to) && from <= to) {
+      return { period: "custom", fromDay: from, toDay: to };
+    }
+    const d = readPeriod(new URLSearchParams(), now);
+    return { ...d, error: "Choose a start and an end date, the start not after the end." };
+  }
+  const days = PERIODS[p as keyof typeof PERIODS] ?? 30;
+  return {
+    period: (p in PERIODS ? p : "30d") as Period["period"],
+    fromDay: dayBucket(now - (days - 1) * DAY),
+    toDay: dayBucket(now),
+  };
+}
+
+/**
+ * The usage query of a period, read through the same parameter rules as GET /v1/usage
+ * (`from`/`to` as dates, the whole of `to` included), so the page and the API agree exactly.
+ */
+export function usageQueryOf(
+  accountId: string,
+  period: Period,
+  now: number,
+  extra: Partial<UsageQuery> = {},
+): UsageQuery {
+  const p = usageParams(
+    (n) => n === "from" ? period.fromDay : n === "to" ? period.toDay : undefined,
+    now,
+  );
+  return { accountId, fromMs: p.fromMs, toMs: p.toMs, now, ...extra };
+}
+
+export function readGroupBy(q: URLSearchParams, fallback: GroupBy): GroupBy {
+  const g = q.get("group_by");
+  return g === "date" || g === "key" || g === "provider" || g === "model" ? g : fallback;
+}
+
+/** Every day of a period, for charts that must show the quiet days too. */
+export function daysOf(fromDay: string, toDay: string): string[] {
+  const out: string[] = [];
+  for (let t = Date.parse(fromDay); t <= Date.parse(toDay) && out.length < 400; t += DAY) {
+    out.push(dayBucket(t));
+  }
+  return out;
+}
+
+/** Key ids to names (revoked keys included: their history stays). */
+export async function keyNames(kv: Deno.Kv, accountId: string): Promise<Record<string, string>> {
+  const keys = await listKeysByAccount(kv, accountId);
+  return Object.fromEntries(keys.map(({ key }) => [key.id, key.name]));
+}
+
+const GROUP_LABEL: Record<GroupBy, string> = {
+  date: "Date",
+  key: "Key",
+  provider: "Provider",
+  model: "Model",
+};
+
+/** The period and grouping form (a plain GET form: works without script). */
+export function PeriodForm(
+  { period, groupBy, action }: { period: Period; groupBy: GroupBy; action: string },
+) {
+  return (
+    <form method="get" action={action} class="filters" aria-label="Period and grouping">
+      <label>
+        Period
+        <select name="period">
+          <option value="7d" selected={period.period === "7d"}>Last 7 days</option>
+          <option value="30d" selected={period.period === "30d"}>Last 30 days</option>
+          <option value="90d" selected={period.period === "90d"}>Last 90 days</option>
+          <option value="custom" selected={period.period === "custom"}>Custom dates</option>
+        </select>
+      </label>
+      <label>
+        From<input type="date" name="from" value={period.fromDay} />
+      </label>
+      <label>
+        To<input type="date" name="to" value={period.toDay} />
+      </label>
+      <label>
+        Break down by
+        <select name="group_by">
+          {(Object.keys(GROUP_LABEL) as GroupBy[]).map((g) => (
+            <option value={g} selected={g === groupBy}>{GROUP_LABEL[g]}</option>
+          ))}
+        </select>
+      </label>
+      <button type="submit" class="secondary">Apply</button>
+    </form>
+  );
+}
+
+/** The breakdown rows as a table, newest date first when grouped by date. */
+export function BreakdownTable(
+  { rows, groupBy, names }: { rows: UsageRow[]; groupBy: GroupBy; names: Record<string, string> },
+) {
+  if (rows.length === 0) {
+    return <Empty>No usage in this period yet. Requests made with your keys show up here.</Empty>;
+  }
+  const sorted = groupBy === "date" ? [...rows].reverse() : rows;
+  return (
+    <div class="table-wrap">
+      <table class="data" id="breakdown">
+        <caption class="sr-only">Usage by {GROUP_LABEL[groupBy].toLowerCase()}</caption>
+        <thead>
+          <tr>
+            <th scope="col">{GROUP_LABEL[groupBy]}</th>
+            <th scope="col" class="r">Requests</th>
+            <th scope="col" class="r">Prompt tokens</th>
+            <th scope="col" class="r">Completion tokens</th>
+            <th scope="col" class="r">Cached tokens</th>
+            <th scope="col" class="r">Spend</th>
+            <th scope="col" class="r">Market rate</th>
+            <th scope="col" class="r">Saved</th>
+          </tr>
+        </thead>
+        <tbody>
+          {sorted.map((r) => (
+            <tr data-group={r.group}>
+              <th scope="row">
+                {groupBy === "key" ? (names[r.group] ?? r.group) : r.group}
+                {groupBy === "key" ? <span class="sub">{r.group}</span> : null}
+              </th>
+              <td class="r">
+                <Count n={r.requests} />
+              </td>
+              <td class="r">
+                <Count n={r.prompt_tokens} />
+              </td>
+              <td class="r">
+                <Count n={r.completion_tokens} />
+              </td>
+              <td class="r">
+                <Count n={r.cached_tokens} />
+              </td>
+              <td class="r cost">
+                <Money usd={r.cost} />
+              </td>
+              <td class="r">
+                <Money usd={r.market_cost} />
+              </td>
+              <td class="r">
+                <Money usd={r.savings} />{" "}
+                <span class="sub">
+                  (<Percent p={r.savings_percent} />)
+                </span>
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}

@@ -1,0 +1,183 @@
+import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
+import { Csrf } from "../../../lib/render/page.tsx";
+import { getAccount, getBalance } from "../../../lib/billing/accounts.ts";
+import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts";
+import { accountJson } from "../../v1/admin.ts";
+import { parseUsd } from "../../../lib/money.ts";
+import { Empty, Metric, Money, Notice } from "../../../lib/render/layout.tsx";
+import { formatTime } from "../../../lib/render/format.ts";
+
+export const config: PageConfig = {
+  title: "Account",
+  auth: "admin",
+  layout: "admin",
+  nav: "accounts",
+};
+
+interface Data {
+  account: ReturnType<typeof accountJson> | null;
+  tx: ReturnType<typeof ledgerJson>[];
+  notice: { kind: "ok" | "error"; text: string } | null;
+}
+
+async function load(ctx: PageCtx, notice: Data["notice"] = null, status?: number) {
+  const kv = ctx.svc.kv;
+  const id = ctx.c.req.param("id") ?? "";
+  const account = await getAccount(kv, id);
+  if (!account) return { data: { account: null, tx: [], notice }, status: 404 };
+  const [balance, page] = await Promise.all([
+    getBalance(kv, id),
+    listLedgerByAccount(kv, id, { limit: 50 }),
+  ]);
+  return {
+    data: { account: accountJson(account, balance), tx: page.data.map(ledgerJson), notice },
+    status: status ?? 200,
+  };
+}
+
+export const handler = {
+  GET: (ctx: PageCtx) => {
+    const done = ctx.url.searchParams.get("done");
+    return load(
+      ctx,
+      done === "adjustment" || done === "refund"
+        ? { kind: "ok", text: `The ${done} is recorded.` }
+        : null,
+    );
+  },
+  /** An adjustment (either sign) or a refund (positive), with its reason, through the account actor. */
+  async POST(ctx: PageCtx) {
+    const id = ctx.c.req.param("id") ?? "";
+    if (!await getAccount(ctx.svc.kv, id)) return load(ctx);
+    const type = ctx.form.get("type") === "refund" ? "refund" : "adjustment";
+    const amount = parseUsd(String(ctx.form.get("amount") ?? ""));
+    const reason = String(ctx.form.get("reason") ?? "").trim().slice(0, 500);
+    const reference = String(ctx.form.get("reference") ?? "").trim().slice(0, 200) || null;
+    if (amount === null || amount === 0n || (type === "refund" && amount < 0n)) {
+      return load(ctx, {
+        kind: "error",
+        text: type === "refund"
+          ? "A refund needs a positive USD amount."
+          : "An adjustment needs a non-zero USD amount.",
+      }, 400);
+    }
+    if (!reason) return load(ctx, { kind: "error", text: "Give a reason." }, 400);
+    const r = await ctx.svc.actors.submit(id, {
+      kind: "credit",
+      type,
+      amount,
+      description: reason,
+      reference,
+    });
+    if (r.replayed) throw new Error("an admin credit without an idempotency key cannot replay");
+    // Post/redirect/get: reloading the page cannot credit twice.
+    return ctx.redirect(`/dashboard/admin/accounts/${id}?done=${type}`);
+  },
+};
+
+/** One account: balance, ledger, and the operator's adjustments and refunds. */
+export default function AdminAccount({ data, viewer }: PageProps<Data>) {
+  const a = data.account;
+  if (!a) {
+    return (
+      <Empty>
+        No such account. <a href="/dashboard/admin">All accounts</a>
+      </Empty>
+    );
+  }
+  return (
+    <>
+      <p>
+        <a href="/dashboard/admin">← All accounts</a>
+      </p>
+      <h2>
+        {a.name} <span class="sub">{a.id}</span>
+      </h2>
+      {data.notice ? <Notice kind={data.notice.kind}>{data.notice.text}</Notice> : null}
+      <div class="metrics">
+        <Metric label="Balance" id="admin-balance">
+          <Money usd={a.balance} />
+        </Metric>
+        <Metric label="Available">
+          <Money usd={a.available} />
+        </Metric>
+        <Metric label="Purchased">
+          <Money usd={a.total_purchased} />
+        </Metric>
+        <Metric label="Used">
+          <Money usd={a.total_used} />
+        </Metric>
+      </div>
+      <div class="grid2">
+        <section class="card">
+          <h2>Adjustment</h2>
+          <form method="post" class="stack">
+            <Csrf viewer={viewer} />
+            <input type="hidden" name="type" value="adjustment" />
+            <label>
+              Amount (USD, negative to take credit away)
+              <input name="amount" required inputMode="decimal" pattern="-?\d+(\.\d{1,9})?" />
+            </label>
+            <label>
+              Reason<input name="reason" required maxLength={500} />
+            </label>
+            <button type="submit">Record adjustment</button>
+          </form>
+        </section>
+        <section class="card">
+          <h2>Refund</h2>
+          <form method="post" class="stack">
+            <Csrf viewer={viewer} />
+            <input type="hidden" name="type" value="refund" />
+            <label>
+              Amount (USD)
+              <input name="amount" required inputMode="decimal" pattern="\d+(\.\d{1,9})?" />
+            </label>
+            <label>
+              Reason<input name="reason" required maxLength={500} />
+            </label>
+            <label>
+              Reference (optional)<input name="reference" maxLength={200} />
+            </label>
+            <button type="submit">Record refund</button>
+          </form>
+        </section>
+      </div>
+      <section class="card">
+        <h2>Ledger</h2>
+        {data.tx.length === 0 ? <Empty>No transactions.</Empty> : (
+          <div class="table-wrap">
+            <table class="data" id="admin-ledger">
+              <thead>
+                <tr>
+                  <th scope="col">Date</th>
+                  <th scope="col">Type</th>
+                  <th scope="col">Description</th>
+                  <th scope="col" class="r">Amount</th>
+                  <th scope="col" class="r">Balance after</th>
+                </tr>
+              </thead>
+              <tbody>
+                {data.tx.map((t) => (
+                  <tr data-type={t.type}>
+                    <td>{formatTime(t.created_at)}</td>
+                    <td>
+                      <span class={`badge tx-${t.type}`}>{t.type}</span>
+                    </td>
+                    <td>{t.description}</td>
+                    <td class="r">
+                      <Money usd={t.amount} />
+                    </td>
+                    <td class="r">
+                      <Money usd={t.balance_after} />
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+        )}
+      </section>
+    </>
+  );
+}

@@ -1,0 +1,54 @@
+import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
+import {
+  countSigninAttempt,
+  createSession,
+  deleteSession,
+  sessionCookie,
+} from "../../../lib/auth/sessions.ts";
+import { safeEqual } from "../../../lib/http/auth.ts";
+import { clientIp } from "../../../lib/proxy/metered.ts";
+import { Notice } from "../../../lib/render/layout.tsx";
+
+export const config: PageConfig = { title: "Operator sign-in", auth: "public", layout: "public" };
+
+/** Operator sessions are short: 8 hours. */
+const ADMIN_TTL_S = 8 * 3600;
+
+export const handler = {
+  GET: () => ({ data: { error: "" } }),
+  async POST(ctx: PageCtx) {
+    const { kv, config: cfg } = ctx.svc;
+    const limit = await countSigninAttempt(kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
+    if (!limit.ok) {
+      ctx.c.header("retry-after", String(limit.retryAfterS));
+      return { data: { error: "Too many attempts; try again in a few minutes." }, status: 429 };
+    }
+    if (!cfg.adminToken) {
+      return { data: { error: "The admin pages are off: set ADMIN_TOKEN." }, status: 503 };
+    }
+    const token = String(ctx.form.get("token") ?? "");
+    if (!safeEqual(token, cfg.adminToken)) {
+      return { data: { error: "That token is wrong." }, status: 401 };
+    }
+    await deleteSession(kv, ctx.viewer?.token);
+    const s = await createSession(kv, { kind: "admin" }, ctx.svc.now());
+    ctx.c.header("set-cookie", sessionCookie(ctx.c.req.url, s.token, ADMIN_TTL_S));
+    return ctx.redirect("/dashboard/admin");
+  },
+};
+
+/** The operator signs in with ADMIN_TOKEN. */
+export default function AdminSignIn({ data }: PageProps<{ error: string }>) {
+  return (
+    <section class="card auth-card">
+      <h1>Operator sign-in</h1>
+      {data.error ? <Notice kind="error">{data.error}</Notice> : null}
+      <form method="post" class="stack">
+        <label>
+          Admin token<input name="token" type="password" autocomplete="current-password" required />
+        </label>
+        <button type="submit">Sign in</button>
+      </form>
+    </section>
+  );
+}

@@ -1,0 +1,101 @@
+import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
+import { type GroupBy, queryUsage } from "../../lib/usage/query.ts";
+import { getBalance } from "../../lib/billing/accounts.ts";
+import { formatUsd } from "../../lib/money.ts";
+import { Count, Metric, Money, Notice, Percent } from "../../lib/render/layout.tsx";
+import {
+  BreakdownTable,
+  keyNames,
+  type Period,
+  PeriodForm,
+  readGroupBy,
+  readPeriod,
+  usageQueryOf,
+  type UsageResult,
+} from "../../lib/render/usage_view.tsx";
+
+export const config: PageConfig = {
+  title: "Overview",
+  auth: "user",
+  layout: "dashboard",
+  nav: "overview",
+};
+
+interface Data {
+  period: Period;
+  groupBy: GroupBy;
+  usage: UsageResult;
+  names: Record<string, string>;
+  available: string;
+}
+
+export const handler = {
+  async GET(ctx: PageCtx): Promise<{ data: Data }> {
+    const accountId = ctx.viewer!.account!.id;
+    const q = ctx.url.searchParams;
+    const period = readPeriod(q, ctx.svc.now());
+    const groupBy = readGroupBy(q, "key");
+    const [usage, names, balance] = await Promise.all([
+      queryUsage(ctx.svc.kv, usageQueryOf(accountId, period, ctx.svc.now(), { groupBy })),
+      keyNames(ctx.svc.kv, accountId),
+      getBalance(ctx.svc.kv, accountId),
+    ]);
+    return {
+      data: {
+        period,
+        groupBy,
+        usage,
+        names,
+        available: formatUsd(balance.balance - balance.reserved),
+      },
+    };
+  },
+};
+
+/** Total Spend, Market Rate and You Saved for a period, and where the money went. */
+export default function Overview({ data }: PageProps<Data>) {
+  const s = data.usage.summary;
+  return (
+    <>
+      <PeriodForm period={data.period} groupBy={data.groupBy} action="/dashboard" />
+      {data.period.error ? <Notice kind="error">{data.period.error}</Notice> : null}
+      <p class="muted period-label">
+        {data.period.fromDay} to {data.period.toDay} (UTC)
+      </p>
+      <div class="metrics">
+        <Metric label="Total Spend" id="total-spend" hint="What you actually paid">
+          <Money usd={s.cost} />
+        </Metric>
+        <Metric label="Market Rate" id="market-rate" hint="At the providers' list prices">
+          <Money usd={s.market_cost} />
+        </Metric>
+        <Metric
+          label="You Saved"
+          id="you-saved"
+          hint={
+            <>
+              <Percent p={s.savings_percent} /> below market rate
+            </>
+          }
+        >
+          <Money usd={s.savings} />
+        </Metric>
+        <Metric
+          label="Requests"
+          id="requests"
+          hint={
+            <>
+              Available credit <Money usd={data.available} />
+            </>
+          }
+        >
+          <Count n={s.requests} />
+        </Metric>
+      </div>
+      <section class="card">
+        <h2>Breakdown</h2>
+        <BreakdownTable rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
+      </section>
+    </>
+  );
+}

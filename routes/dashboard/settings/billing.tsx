@@ -1,0 +1,172 @@
+import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
+import { getBalance } from "../../../lib/billing/accounts.ts";
+import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts";
+import { packageJson } from "../../../lib/billing/packages.ts";
+import type { LedgerType } from "../../../lib/billing/types.ts";
+import { formatUsd } from "../../../lib/money.ts";
+import { Island } from "../../../lib/render/island.tsx";
+import BuyCredits, { type BuyCreditsProps } from "../../../islands/BuyCredits.tsx";
+import { Empty, Metric, Money, Notice } from "../../../lib/render/layout.tsx";
+import { formatTime } from "../../../lib/render/format.ts";
+
+export const config: PageConfig = {
+  title: "Settings › Billing",
+  auth: "user",
+  layout: "dashboard",
+  nav: "billing",
+};
+
+const TYPES: LedgerType[] = ["purchase", "usage_debit", "adjustment", "refund"];
+const TYPE_HELP: Record<LedgerType, string> = {
+  purchase: "Credits added via payment",
+  usage_debit: "Credits deducted for API usage",
+  adjustment: "Manual credit adjustment by admin",
+  refund: "Credits returned",
+};
+
+interface Data {
+  credits: Record<"balance" | "reserved" | "available" | "total_purchased" | "total_used", string>;
+  buy: BuyCreditsProps;
+  tx: ReturnType<typeof ledgerJson>[];
+  nextCursor: string | null;
+  type: LedgerType | null;
+  notice: string | null;
+}
+
+export const handler = {
+  async GET(ctx: PageCtx): Promise<{ data: Data }> {
+    const { kv, config: cfg } = ctx.svc;
+    const accountId = ctx.viewer!.account!.id;
+    const q = ctx.url.searchParams;
+    const t = q.get("type");
+    const type = TYPES.includes(t as LedgerType) ? t as LedgerType : null;
+    const cursor = q.get("cursor") || undefined;
+    const [b, page] = await Promise.all([
+      getBalance(kv, accountId),
+      listLedgerByAccount(kv, accountId, { type: type ?? undefined, limit: 50, cursor }).catch(
+        () => listLedgerByAccount(kv, accountId, { type: type ?? undefined, limit: 50 }),
+      ),
+    ]);
+    const purchased = cfg.packages.find((p) => p.id === q.get("purchased"));
+    return {
+      data: {
+        // The same figures as GET /v1/credits.
+        credits: {
+          balance: formatUsd(b.balance),
+          reserved: formatUsd(b.reserved),
+          available: formatUsd(b.balance - b.reserved),
+          total_purchased: formatUsd(b.total_purchased),
+          total_used: formatUsd(b.total_used),
+        },
+        buy: {
+          packages: cfg.packages.map(packageJson),
+          mode: cfg.billingMode,
+          csrf: ctx.viewer!.session.csrf,
+        },
+        tx: page.data.map(ledgerJson),
+        nextCursor: page.next_cursor,
+        type,
+        notice: purchased
+          ? `${purchased.name} package bought: the credit is in your balance.`
+          : q.get("checkout") === "success"
+          ? "Payment received: the credit appears as soon as Stripe confirms it."
+          : null,
+      },
+    };
+  },
+};
+
+/** Balance, credit packages and the transaction history. */
+export default function Billing({ data, url }: PageProps<Data>) {
+  const c = data.credits;
+  const next = new URLSearchParams(url.searchParams);
+  next.delete("purchased");
+  if (data.nextCursor) next.set("cursor", data.nextCursor);
+  return (
+    <>
+      {data.notice ? <Notice kind="ok">{data.notice}</Notice> : null}
+      <div class="metrics">
+        <Metric label="Balance" id="balance">
+          <Money usd={c.balance} />
+        </Metric>
+        <Metric
+          label="Available"
+          id="available"
+          hint={
+            <>
+              Held for requests in flight <Money usd={c.reserved} />
+            </>
+          }
+        >
+          <Money usd={c.available} />
+        </Metric>
+        <Metric label="Total purchased" id="total-purchased">
+          <Money usd={c.total_purchased} />
+        </Metric>
+        <Metric label="Total used" id="total-used">
+          <Money usd={c.total_used} />
+        </Metric>
+      </div>
+      <section class="card">
+        <h2>Buy credit</h2>
+        <Island name="BuyCredits" component={BuyCredits} props={data.buy} />
+      </section>
+      <section class="card">
+        <h2>Transaction history</h2>
+        <form method="get" class="filters" aria-label="Filter transactions">
+          <label>
+            Type
+            <select name="type">
+              <option value="">All types</option>
+              {TYPES.map((t) => <option key={t} value={t} selected={data.type === t}>{t}</option>)}
+            </select>
+          </label>
+          <button type="submit" class="secondary">Filter</button>
+        </form>
+        {data.tx.length === 0
+          ? <Empty>No transactions yet: buy a package above to add credit.</Empty>
+          : (
+            <div class="table-wrap">
+              <table class="data" id="transactions">
+                <thead>
+                  <tr>
+                    <th scope="col">Date</th>
+                    <th scope="col">Type</th>
+                    <th scope="col">Description</th>
+                    <th scope="col" class="r">Amount</th>
+                    <th scope="col" class="r">Balance after</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {data.tx.map((t) => (
+                    <tr data-type={t.type} data-id={t.id}>
+                      <td>{formatTime(t.created_at)}</td>
+                      <td>
+                        <span class={`badge tx-${t.type}`} title={TYPE_HELP[t.type as LedgerType]}>
+                          {t.type}
+                        </span>
+                      </td>
+                      <td>{t.description}</td>
+                      <td class={`r amount ${t.amount.startsWith("-") ? "neg" : "pos"}`}>
+                        <Money usd={t.amount} />
+                      </td>
+                      <td class="r">
+                        <Money usd={t.balance_after} />
+                      </td>
+                    </tr>
+                  ))}
+                </tbody>
+              </table>
+            </div>
+          )}
+        {data.nextCursor
+          ? (
+            <p>
+              <a class="button secondary" href={`?${next}`}>Older transactions</a>
+            </p>
+          )
+          : null}
+      </section>
+    </>
+  );
+}

@@ -1,0 +1,127 @@
+import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
+import { type GroupBy, queryUsage, type UsageQuery } from "../../lib/usage/query.ts";
+import { Count, Metric, Money, Notice, Percent } from "../../lib/render/layout.tsx";
+import { Island } from "../../lib/render/island.tsx";
+import UsageCharts, { type UsageChartsProps } from "../../islands/UsageCharts.tsx";
+import {
+  BreakdownTable,
+  daysOf,
+  keyNames,
+  type Period,
+  PeriodForm,
+  readGroupBy,
+  readPeriod,
+  usageQueryOf,
+  type UsageResult,
+} from "../../lib/render/usage_view.tsx";
+
+export const config: PageConfig = {
+  title: "Usage",
+  auth: "user",
+  layout: "dashboard",
+  nav: "usage",
+};
+
+interface Data {
+  period: Period;
+  groupBy: GroupBy;
+  usage: UsageResult;
+  names: Record<string, string>;
+  charts: UsageChartsProps;
+}
+
+export const handler = {
+  async GET(ctx: PageCtx): Promise<{ data: Data }> {
+    const accountId = ctx.viewer!.account!.id;
+    const q = ctx.url.searchParams;
+    const period = readPeriod(q, ctx.svc.now());
+    const groupBy = readGroupBy(q, "date");
+    const now = ctx.svc.now();
+    const kv = ctx.svc.kv;
+    const query = (extra: Partial<UsageQuery>) =>
+      queryUsage(kv, usageQueryOf(accountId, period, now, extra));
+    const [usage, byDate, byModel, byProvider, names] = await Promise.all([
+      query({ groupBy }),
+      query({ groupBy: "date", interval: "day" }),
+      query({ groupBy: "model" }),
+      query({ groupBy: "provider" }),
+      keyNames(kv, accountId),
+    ]);
+    const perDay = new Map(byDate.breakdown.map((r) => [r.group, r]));
+    const byCost = (a: { cost: string }, b: { cost: string }) => Number(b.cost) - Number(a.cost);
+    return {
+      data: {
+        period,
+        groupBy,
+        usage,
+        names,
+        charts: {
+          days: daysOf(period.fromDay, period.toDay).map((day) => ({
+            day,
+            cost: perDay.get(day)?.cost ?? "0",
+            market_cost: perDay.get(day)?.market_cost ?? "0",
+          })),
+          models: byModel.breakdown.map((r) => ({ label: r.group, cost: r.cost })).sort(byCost),
+          providers: byProvider.breakdown.map((r) => ({ label: r.group, cost: r.cost })).sort(
+            byCost,
+          ),
+        },
+      },
+    };
+  },
+};
+
+/** Requests, tokens, cost and savings for a period, with charts and the breakdown. */
+export default function Usage({ data }: PageProps<Data>) {
+  const s = data.usage.summary;
+  return (
+    <>
+      <PeriodForm period={data.period} groupBy={data.groupBy} action="/dashboard/usage" />
+      {data.period.error ? <Notice kind="error">{data.period.error}</Notice> : null}
+      <div class="metrics">
+        <Metric label="Requests" id="usage-requests">
+          <Count n={s.requests} />
+        </Metric>
+        <Metric
+          label="Tokens"
+          id="usage-tokens"
+          hint={
+            <>
+              <Count n={s.prompt_tokens} /> prompt (<Count n={s.cached_tokens} /> cached) ·{" "}
+              <Count n={s.completion_tokens} /> completion
+            </>
+          }
+        >
+          <Count n={s.prompt_tokens + s.completion_tokens} />
+        </Metric>
+        <Metric
+          label="Cost"
+          id="usage-cost"
+          hint={
+            <>
+              Market rate <Money usd={s.market_cost} />
+            </>
+          }
+        >
+          <Money usd={s.cost} />
+        </Metric>
+        <Metric
+          label="Savings"
+          id="usage-savings"
+          hint={
+            <>
+              <Percent p={s.savings_percent} /> below market
+            </>
+          }
+        >
+          <Money usd={s.savings} />
+        </Metric>
+      </div>
+      <Island name="UsageCharts" component={UsageCharts} props={data.charts} />
+      <section class="card">
+        <h2>Breakdown</h2>
+        <BreakdownTable rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
+      </section>
+    </>
+  );
+}

@@ -1,0 +1,107 @@
+import type { PageConfig, PageCtx, PageProps } from "../lib/render/page.tsx";
+import {
+  getUserByEmail,
+  hashPassword,
+  listAccountsByUser,
+  type PasswordHash,
+  verifyPassword,
+} from "../lib/auth/users.ts";
+import {
+  countSigninAttempt,
+  createSession,
+  deleteSession,
+  SESSION_TTL_MS,
+  sessionCookie,
+} from "../lib/auth/sessions.ts";
+import { clientIp } from "../lib/proxy/metered.ts";
+import { Notice } from "../lib/render/layout.tsx";
+
+export const config: PageConfig = { title: "Sign in", auth: "public", layout: "public" };
+
+interface Data {
+  error?: string;
+  email: string;
+  next: string;
+}
+
+/** Only same-site paths are followed after sign-in. */
+const safeNext = (v: string | null | undefined) =>
+  v && v.startsWith("/") && !v.startsWith("//") && !v.startsWith("/\\") ? v : "/dashboard";
+
+// Unknown emails still pay for one hash, so timing does not tell which emails exist.
+let decoy: Promise<PasswordHash> | null = null;
+
+export const handler = {
+  GET: (ctx: PageCtx): { data: Data } => ({
+    data: { email: "", next: safeNext(ctx.url.searchParams.get("next")) },
+  }),
+  async POST(ctx: PageCtx) {
+    const email = String(ctx.form.get("email") ?? "").trim();
+    const password = String(ctx.form.get("password") ?? "");
+    const next = safeNext(String(ctx.form.get("next") ?? ""));
+    const { kv } = ctx.svc;
+    const limit = await countSigninAttempt(kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
+    if (!limit.ok) {
+      ctx.c.header("retry-after", String(limit.retryAfterS));
+      return {
+        data: {
+          email,
+          next,
+          error: "Too many sign-in attempts from your address; try again in a few minutes.",
+        },
+        status: 429,
+      };
+    }
+    const user = email ? await getUserByEmail(kv, email) : null;
+    const ok = user
+      ? await verifyPassword(password, user.password)
+      : (await verifyPassword(password, await (decoy ??= hashPassword("decoy"))), false);
+    if (!user || !ok) {
+      return { data: { email, next, error: "The email or password is wrong." }, status: 401 };
+    }
+    const memberships = await listAccountsByUser(kv, user.id);
+    const home = memberships.find((m) => m.role === "owner") ?? memberships[0];
+    if (!home) {
+      return { data: { email, next, error: "This user belongs to no account." }, status: 403 };
+    }
+    // A fresh session at every sign-in: a token planted before sign-in is worth nothing after.
+    await deleteSession(kv, ctx.viewer?.token);
+    const { token } = await createSession(kv, {
+      kind: "user",
+      user_id: user.id,
+      account_id: home.account_id,
+    }, ctx.svc.now());
+    ctx.c.header("set-cookie", sessionCookie(ctx.c.req.url, token, SESSION_TTL_MS / 1000));
+    return ctx.redirect(next);
+  },
+};
+
+/** Sign-in with email and password. */
+export default function SignIn({ data }: PageProps<Data>) {
+  return (
+    <section class="card auth-card">
+      <h1>Sign in</h1>
+      {data.error ? <Notice kind="error">{data.error}</Notice> : null}
+      <form method="post" class="stack">
+        <input type="hidden" name="next" value={data.next} />
+        <label>
+          Email<input
+            name="email"
+            type="email"
+            autocomplete="username"
+            required
+            value={data.email}
+          />
+        </label>
+        <label>
+          Password<input name="password" type="password" autocomplete="current-password" required />
+        </label>
+        <button type="submit">Sign in</button>
+      </form>
+      <p class="muted">
+        New here? <a href="/signup">Create an account</a> · Operator?{" "}
+        <a href="/dashboard/admin/signin">Admin sign-in</a>
+      </p>
+    </section>
+  );
+}

@@ -1,0 +1,112 @@
+import { z } from "zod";
+import type { PageConfig, PageCtx, PageProps } from "../lib/render/page.tsx";
+import { signUp } from "../lib/auth/users.ts";
+import {
+  countSigninAttempt,
+  createSession,
+  SESSION_TTL_MS,
+  sessionCookie,
+} from "../lib/auth/sessions.ts";
+import { clientIp } from "../lib/proxy/metered.ts";
+import { Notice } from "../lib/render/layout.tsx";
+
+export const config: PageConfig = { title: "Create an account", auth: "public", layout: "public" };
+
+const schema = z.object({
+  name: z.string().trim().min(1, "Your name is required").max(100),
+  email: z.email("Enter a valid email address").max(320),
+  account: z.string().trim().min(1, "The organisation name is required").max(200),
+  password: z.string().min(10, "The password needs at least 10 characters").max(200),
+});
+
+interface Data {
+  error?: string;
+  values: { name: string; email: string; account: string };
+}
+
+export const handler = {
+  GET: (): { data: Data } => ({ data: { values: { name: "", email: "", account: "" } } }),
+  async POST(ctx: PageCtx) {
+    const f = Object.fromEntries(
+      ["name", "email", "account", "password"].map((k) => [k, String(ctx.form.get(k) ?? "")]),
+    );
+    const values = { name: f.name, email: f.email, account: f.account };
+    const limit = await countSigninAttempt(ctx.svc.kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
+    if (!limit.ok) {
+      ctx.c.header("retry-after", String(limit.retryAfterS));
+      return {
+        data: { values, error: "Too many attempts from your address; try again in a few minutes." },
+        status: 429,
+      };
+    }
+    const r = schema.safeParse(f);
+    if (!r.success) return { data: { values, error: r.error.issues[0].message }, status: 400 };
+    const created = await signUp(ctx.svc.kv, {
+      email: r.data.email,
+      name: r.data.name,
+      password: r.data.password,
+      accountName: r.data.account,
+    });
+    if (!created) {
+      return {
+        data: { values, error: "An account with this email already exists: sign in instead." },
+        status: 409,
+      };
+    }
+    const { token } = await createSession(ctx.svc.kv, {
+      kind: "user",
+      user_id: created.user.id,
+      account_id: created.account.id,
+    }, ctx.svc.now());
+    ctx.c.header("set-cookie", sessionCookie(ctx.c.req.url, token, SESSION_TTL_MS / 1000));
+    return ctx.redirect("/dashboard");
+  },
+};
+
+/** Sign-up: the organisation's account and its owner. */
+export default function SignUp({ data }: PageProps<Data>) {
+  return (
+    <section class="card auth-card">
+      <h1>Create an account</h1>
+      {data.error ? <Notice kind="error">{data.error}</Notice> : null}
+      <form method="post" class="stack">
+        <label>
+          Your name<input name="name" autocomplete="name" required value={data.values.name} />
+        </label>
+        <label>
+          Email<input
+            name="email"
+            type="email"
+            autocomplete="email"
+            required
+            value={data.values.email}
+          />
+        </label>
+        <label>
+          Organisation<input
+            name="account"
+            autocomplete="organization"
+            required
+            value={data.values.account}
+          />
+        </label>
+        <label>
+          Password
+          <input
+            name="password"
+            type="password"
+            autocomplete="new-password"
+            minLength={10}
+            required
+            aria-describedby="pw-hint"
+          />
+          <span id="pw-hint" class="hint">At least 10 characters.</span>
+        </label>
+        <button type="submit">Create account</button>
+      </form>
+      <p class="muted">
+        Already have an account? <a href="/signin">Sign in</a>
+      </p>
+    </section>
+  );
+}
