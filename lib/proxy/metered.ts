@@ -7,11 +7,26 @@ import type { ResolvedModel } from "../providers/types.ts";
 import type { AppEnv } from "../services.ts";
 import { ApiError } from "../http/errors.ts";
 
+// Deno refuses to read a request's address or headers once it has closed, and a stream whose
+// client went away is settled after that: both are read while the request is open, and kept.
+const clients = new WeakMap<Context<AppEnv>, { ip: string; userAgent: string }>();
+function client(c: Context<AppEnv>) {
+  let found = clients.get(c);
+  if (!found) {
+    const info = c.env as Deno.ServeHandlerInfo | undefined;
+    const addr = info?.remoteAddr as Deno.NetAddr | undefined;
+    found = {
+      ip: addr?.hostname ?? "",
+      userAgent: (c.req.header("user-agent") ?? "").slice(0, 512),
+    };
+    clients.set(c, found);
+  }
+  return found;
+}
+
 /** The client's address, when the request came over a socket (not under `app.request`). */
 export function clientIp(c: Context<AppEnv>): string {
-  const info = c.env as Deno.ServeHandlerInfo | undefined;
-  const addr = info?.remoteAddr as Deno.NetAddr | undefined;
-  return addr?.hostname ?? "";
+  return client(c).ip;
 }
 
 /** One content-free usage event of the current request. */
@@ -52,7 +67,7 @@ export function usageEvent(
     status: fields.status,
     streaming: fields.streaming,
     client_ip: clientIp(c),
-    user_agent: (c.req.header("user-agent") ?? "").slice(0, 512),
+    user_agent: client(c).userAgent,
     billed: fields.billed ?? false,
     balance_after: null,
     error_code: fields.errorCode ?? null,
@@ -74,7 +89,9 @@ export class MeteredRequest {
     /** The model being billed: the first candidate, then the one that answered. */
     public model: ResolvedModel,
     readonly streaming: boolean,
-  ) {}
+  ) {
+    client(c);
+  }
 
   /** The cost of `usage` at this model's prices. */
   price(usage: NormalizedUsage): Cost {

@@ -123,6 +123,7 @@ export function tapStream(
   const seen: Uint8Array[] = [];
   let usageSeen = false;
   let ended = false;
+  let cancelled = false;
   const produced = () => {
     const d = new TextDecoder();
     return seen.map((c) => d.decode(c, { stream: true })).join("") + d.decode();
@@ -151,6 +152,10 @@ export function tapStream(
           await end("error");
           ctrl.enqueue(encoder.encode(STREAM_FAILED));
           ctrl.close();
+          return;
+        }
+        if (r.done && cancelled) {
+          // The client went away while this read waited: `cancel` settles it as such.
           return;
         }
         if (r.done) {
@@ -189,6 +194,7 @@ export function tapStream(
       }
     },
     async cancel() {
+      cancelled = true;
       await reader.cancel().catch(() => {});
       await end("cancelled");
     },
