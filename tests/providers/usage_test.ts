@@ -1,0 +1,151 @@
+import assert from "node:assert/strict";
+import {
+  readAnthropicUsage,
+  readGeminiUsage,
+  readResponsesUsage,
+  UsageReader,
+} from "../../lib/providers/usage.ts";
+import { anthropic } from "../../lib/providers/anthropic/mod.ts";
+import { gemini } from "../../lib/providers/gemini/mod.ts";
+import { ZERO_USAGE } from "../../lib/pricing.ts";
+import { sseData } from "./_setup.ts";
+
+Deno.test("Anthropic usage: the prompt adds cache reads and writes to input_tokens", () => {
+  const r = new UsageReader();
+  assert.deepEqual(
+    readAnthropicUsage({
+      input_tokens: 10,
+      cache_read_input_tokens: 20,
+      cache_creation_input_tokens: 30,
+      cache_creation: { ephemeral_5m_input_tokens: 18, ephemeral_1h_input_tokens: 12 },
+      output_tokens: 5,
+    }, r),
+    { prompt: 60, cached: 20, cacheWrite: 30, cacheWrite1h: 12, completion: 5, reasoning: 0 },
+  );
+  // Without the total, the write breakdown is summed.
+  assert.equal(
+    readAnthropicUsage({
+      input_tokens: 1,
+      cache_creation: { ephemeral_5m_input_tokens: 2, ephemeral_1h_input_tokens: 3 },
+    }, r).cacheWrite,
+    5,
+  );
+  assert.deepEqual(r.anomalies, []);
+  assert.deepEqual(readAnthropicUsage(null, r), ZERO_USAGE);
+  const bad = new UsageReader();
+  assert.equal(readAnthropicUsage({ input_tokens: -5, output_tokens: "x" }, bad).prompt, 0);
+  assert.equal(bad.anomalies.length, 2);
+});
+
+Deno.test("Gemini usage: thoughts are reasoning output, cached content is part of the prompt", () => {
+  const r = new UsageReader();
+  assert.deepEqual(
+    readGeminiUsage({
+      promptTokenCount: 100,
+      cachedContentTokenCount: 40,
+      candidatesTokenCount: 7,
+      thoughtsTokenCount: 3,
+    }, r),
+    { prompt: 100, cached: 40, cacheWrite: 0, cacheWrite1h: 0, completion: 10, reasoning: 3 },
+  );
+});
+
+Deno.test("Responses usage: cached and reasoning details", () => {
+  assert.deepEqual(
+    readResponsesUsage({
+      input_tokens: 9,
+      input_tokens_details: { cached_tokens: 4 },
+      output_tokens: 6,
+      output_tokens_details: { reasoning_tokens: 2 },
+    }, new UsageReader()),
+    { prompt: 9, cached: 4, cacheWrite: 0, cacheWrite1h: 0, completion: 6, reasoning: 2 },
+  );
+});
+
+/** A stream delivering `text` a few bytes at a time, splitting events and UTF-8 sequences. */
+function trickle(text: string, size: number): ReadableStream<Uint8Array> {
+  const bytes = new TextEncoder().encode(text);
+  let i = 0;
+  return new ReadableStream({
+    pull(ctrl) {
+      if (i >= bytes.length) return ctrl.close();
+      ctrl.enqueue(bytes.slice(i, i + size));
+      i += size;
+    },
+  });
+}
+
+const sse = (events: [string, unknown][]) =>
+  events.map(([name, data]) => `event: ${name}\ndata: ${JSON.stringify(data)}\n\n`).join("");
+
+Deno.test("the Anthropic stream translation survives events split at any byte", async () => {
+  const upstream = sse([
+    ["message_start", {
+      type: "message_start",
+      message: { id: "msg_1", model: "claude-x", usage: { input_tokens: 5, output_tokens: 1 } },
+    }],
+    ["content_block_start", {
+      type: "content_block_start",
+      index: 0,
+      content_block: { type: "text", text: "" },
+    }],
+    ["content_block_delta", {
+      type: "content_block_delta",
+      index: 0,
+      delta: { type: "text_delta", text: "héllo ✓" },
+    }],
+    ["message_delta", {
+      type: "message_delta",
+      delta: { stop_reason: "max_tokens" },
+      usage: { output_tokens: 9 },
+    }],
+    ["message_stop", { type: "message_stop" }],
+  ]);
+  for (const size of [1, 3, 7, 1000]) {
+    const out = await new Response(anthropic.chatStream(trickle(upstream, size))).text();
+    assert.ok(out.endsWith("data: [DONE]\n\n"));
+    const chunks = sseData(out);
+    assert.equal(chunks.length, 4, `size ${size}`);
+    const choices = chunks.map((c) => (c.choices as Record<string, unknown>[])[0]);
+    assert.deepEqual(choices[1].delta, { content: "héllo ✓" });
+    assert.equal(choices[2].finish_reason, "length");
+    assert.equal(chunks[3].id, "msg_1");
+    assert.deepEqual(chunks[3].choices, []);
+    assert.equal((chunks[3].usage as Record<string, number>).completion_tokens, 9);
+    assert.equal((chunks[3].usage as Record<string, number>).prompt_tokens, 5);
+  }
+});
+
+Deno.test("the Gemini stream translation reports the last usageMetadata once, at the end", async () => {
+  const data = (text: string, usage: unknown, finish?: string) =>
+    `data: ${
+      JSON.stringify({
+        candidates: [{
+          content: { parts: [{ text }] },
+          ...(finish ? { finishReason: finish } : {}),
+        }],
+        usageMetadata: usage,
+        responseId: "r1",
+      })
+    }\r\n\r\n`;
+  const upstream = data("a", { promptTokenCount: 4 }) +
+    data(
+      "b",
+      { promptTokenCount: 4, candidatesTokenCount: 2, thoughtsTokenCount: 5 },
+      "MAX_TOKENS",
+    );
+  const out = await new Response(gemini.chatStream(trickle(upstream, 5))).text();
+  const chunks = sseData(out);
+  const usage = chunks.filter((c) => c.usage);
+  assert.equal(usage.length, 1);
+  assert.deepEqual(usage[0].usage, {
+    prompt_tokens: 4,
+    completion_tokens: 7,
+    total_tokens: 11,
+    prompt_tokens_details: { cached_tokens: 0, cache_write_tokens: 0, cache_write_1h_tokens: 0 },
+    completion_tokens_details: { reasoning_tokens: 5 },
+  });
+  const finish = chunks.map((c) => (c.choices as Record<string, unknown>[])[0]?.finish_reason)
+    .filter(Boolean);
+  assert.deepEqual(finish, ["length"]);
+});
