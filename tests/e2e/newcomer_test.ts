@@ -92,6 +92,9 @@ function csvFields(line: string): string[] {
 // 1. 600 × 0.15 + 400 × 0.075 + 200 × 0.60 = 240 µ$ market → $0.000192
 // 2. 2000 × 0.15 + 1000 × 0.60 = 900 µ$ market → $0.00072
 // 3. 10 × 0.15 + 7 × 0.60 = 5.7 µ$ market → $0.00000456
+/** Sent in prompts and echoed in completions: it must never reach the KV file or the logs. */
+const CANARY = `canary-${crypto.randomUUID()}`;
+
 const CALLS = [
   {
     usage: {
@@ -117,7 +120,8 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     OPENAI_BASE_URL: openai.url,
     NO_COLOR: "1",
   };
-  for (const name of ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME", "TMPDIR"]) {
+  const shell = ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME", "TMPDIR", "DENO_CERT"];
+  for (const name of [...shell, "NPM_CONFIG_REGISTRY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"]) {
     const v = Deno.env.get(name);
     if (v !== undefined) env[name] = v;
   }
@@ -212,7 +216,7 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     openai.scenario = { usage: CALLS[1].usage, chunks: 5 };
     const two = await client.chat.completions.create({
       model: "openai/gpt-4o-mini",
-      messages: [{ role: "user", content: "stream with usage" }],
+      messages: [{ role: "user", content: `stream with usage ${CANARY}` }],
       stream: true,
       stream_options: { include_usage: true },
     }).withResponse();
@@ -222,7 +226,7 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
       text += chunk.choices[0]?.delta?.content ?? "";
       if (chunk.usage) streamCost = costNanos((chunk.usage as unknown as { cost: number }).cost);
     }
-    assert.equal(text, "Echo: stream with usage");
+    assert.equal(text, `Echo: stream with usage ${CANARY}`);
     seen.push({
       requestId: two.response.headers.get("x-request-id")!,
       cost: streamCost,
@@ -232,7 +236,7 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     openai.scenario = { usage: CALLS[2].usage, chunks: 3 };
     const three = await client.chat.completions.create({
       model: "openai/gpt-4o-mini",
-      messages: [{ role: "user", content: "stream without usage" }],
+      messages: [{ role: "user", content: `stream without usage ${CANARY}` }],
       stream: true,
     }).withResponse();
     text = "";
@@ -240,7 +244,7 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
       assert.equal(chunk.usage ?? null, null, "no usage chunk unless asked for");
       text += chunk.choices[0]?.delta?.content ?? "";
     }
-    assert.equal(text, "Echo: stream without usage");
+    assert.equal(text, `Echo: stream without usage ${CANARY}`);
     seen.push({
       requestId: three.response.headers.get("x-request-id")!,
       cost: null,
@@ -354,11 +358,19 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     child.kill("SIGTERM");
     const s = await status;
     assert.equal(s.code, 0, `exit code ${s.code}; stderr:\n${err.lines.join("\n")}`);
-    assert.equal(
-      err.lines.filter((l) => l.trim() !== "").length,
-      0,
-      `stderr:\n${err.lines.join("\n")}`,
-    );
+    // No error was logged, and nothing threw (runtime notices on stderr are not errors).
+    const errors = err.lines.filter((l) => /"level":"error"|^error|Uncaught/.test(l));
+    assert.deepEqual(errors, [], `stderr:\n${err.lines.join("\n")}`);
+
+    // No prompt or completion text was written: not to the logs, not to the KV files.
+    assert.ok(![...out.lines, ...err.lines].some((l) => l.includes(CANARY)), "canary in the logs");
+    for await (const file of Deno.readDir(dir)) {
+      const bytes = await Deno.readFile(`${dir}/${file.name}`);
+      assert.ok(
+        !new TextDecoder("latin1").decode(bytes).includes(CANARY),
+        `canary in ${file.name}`,
+      );
+    }
   } finally {
     if (!exited) child.kill("SIGKILL");
     await status;
