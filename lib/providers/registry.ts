@@ -217,7 +217,10 @@ export class Providers {
       };
     }
     const override = this.#overrides.get(`${p.name}/${model}`);
-    const catalog = p.catalog ? lookupCatalog(p.catalog, model, when) : null;
+    let catalog = p.catalog ? lookupCatalog(p.catalog, model, when) : null;
+    if (catalog && p.adapter.catalogFilter && !p.adapter.catalogFilter.test(catalog.id)) {
+      catalog = null;
+    }
     const prices = override?.prices ?? catalog?.prices;
     if (!prices) {
       return {
@@ -252,7 +255,10 @@ export class Providers {
       const ids = p.catalog ? catalogModelIds(p.catalog) : [];
       for (const id of ids) {
         const r = this.#resolveIn(p, id, when);
-        if (r.ok) out.set(`${p.name}/${id}`, r.model);
+        // An embedding model is offered only by a provider whose adapter speaks embeddings.
+        if (r.ok && (r.model.type === "chat" || p.adapter.embeddingsRequest)) {
+          out.set(`${p.name}/${id}`, r.model);
+        }
       }
     }
     for (const id of this.#overrides.keys()) {

@@ -26,6 +26,11 @@ export interface ProviderAdapter {
    * the model's output limit). Providers that need none leave it unset.
    */
   defaultMaxTokens?: number;
+  /**
+   * The catalog models this API serves, when the catalog's provider lists more (Google's lists
+   * the Claude models of Vertex AI, which the Gemini API does not serve).
+   */
+  catalogFilter?: RegExp;
   /** Builds the upstream request. `body` is the client's OpenAI-format body with the upstream
    * model name; for streams the router has already asked for usage. */
   chatRequest(up: Upstream, body: Record<string, unknown>): UpstreamCall;

@@ -283,6 +283,9 @@ Deno.test("/v1/models lists every offered provider's models with market price an
     assert.equal(pricing.market.input, "3");
     assert.equal(pricing.your_rate.input, "2.4");
     assert.ok(byId.has("google/gemini-2.5-flash"));
+    // Google's catalog also prices Vertex AI's Claude models, which the Gemini API does not serve.
+    assert.ok(![...byId.keys()].some((id) => String(id).startsWith("google/claude")));
+    assert.ok(![...byId.keys()].some((id) => String(id).startsWith("google/gemini-embedding")));
     assert.ok(byId.has("openai/gpt-4o-mini"));
   } finally {
     await t.close();

@@ -266,6 +266,7 @@ const authHeaders = (up: Upstream, version: string | null, beta: string | null) 
 /** Anthropic: `/v1/chat/completions` translated to Messages and back; `/v1/messages` native. */
 export const anthropic: ProviderAdapter = {
   kind: "anthropic",
+  catalogFilter: /^claude-/,
   defaultMaxTokens: 8192,
   chatRequest: (up, body) =>
     post(`${up.baseUrl}/v1/messages`, {

@@ -277,6 +277,7 @@ function streamFromGemini(src: ReadableStream<Uint8Array>): ReadableStream<Uint8
 /** Google Gemini: `/v1/chat/completions` translated to `generateContent` and back. */
 export const gemini: ProviderAdapter = {
   kind: "gemini",
+  catalogFilter: /^(gemini|gemma)-/,
   chatRequest(up, body) {
     const model = encodeURIComponent(String(body.model));
     const url = body.stream
