@@ -1,26 +1,19 @@
 /** Number formatting for people; pure, so islands use it too. Money stays exact until display. */
-import { divRound, parseUsd } from "../money.ts";
+import { parseUsd } from "../money.ts";
 
-const CENT = 10_000_000n;
 const thousands = (n: bigint) => n.toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
 
 /**
- * A USD decimal string for people: "$1,234.56"; amounts under a cent keep their digits
- * ("$0.000192") so small requests never show as zero.
+ * A USD decimal string for people: "$1,234.50", "−$0.000192". Whole cents show two decimals;
+ * finer amounts keep every digit, so a figure on a page is the API's figure exactly.
  */
 export function formatMoney(usd: string): string {
   const n = parseUsd(usd);
   if (n === null) return usd;
   const neg = n < 0n;
   const abs = neg ? -n : n;
-  let body: string;
-  if (abs === 0n || abs >= CENT) {
-    const cents = divRound(abs, CENT);
-    body = `${thousands(cents / 100n)}.${(cents % 100n).toString().padStart(2, "0")}`;
-  } else {
-    body = `0.${abs.toString().padStart(9, "0").replace(/0+$/, "")}`;
-  }
-  return `${neg ? "−" : ""}$${body}`;
+  const frac = (abs % 1_000_000_000n).toString().padStart(9, "0").replace(/0+$/, "").padEnd(2, "0");
+  return `${neg ? "−" : ""}$${thousands(abs / 1_000_000_000n)}.${frac}`;
 }
 
 /** A count with thousands separators. */

@@ -126,6 +126,8 @@ export function PeriodForm(
 export function BreakdownTable(
   { rows, groupBy, names }: { rows: UsageRow[]; groupBy: GroupBy; names: Record<string, string> },
 ) {
+  // Date rows cover every day of the period; the table lists the days with activity.
+  if (groupBy === "date") rows = rows.filter((r) => r.requests > 0 || r.cost !== "0");
   if (rows.length === 0) {
     return <Empty>No usage in this period yet. Requests made with your keys show up here.</Empty>;
   }

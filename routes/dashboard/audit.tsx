@@ -139,12 +139,12 @@ export default function Audit({ data, url }: PageProps<Data>) {
               <tbody>
                 {data.rows.map((r) => (
                   <tr data-request-id={r.request_id}>
-                    <td>
+                    <td class="nowrap">
                       {r.timestamp.slice(0, 19).replace("T", " ")}
                       <span class="sub">{r.request_id}</span>
                     </td>
                     <td>{r.key_name}</td>
-                    <td>
+                    <td class="nowrap">
                       {r.model}
                       <span class="sub">{r.provider}{r.streaming ? " · stream" : ""}</span>
                     </td>

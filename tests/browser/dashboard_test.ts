@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import type { BrowserContext, Page } from "playwright-core";
 import { ADMIN_TOKEN, json, startRouter, type TestRouter } from "../_helpers.ts";
+import { startFakeStripe } from "../_fakes/stripe.ts";
 import { ensureBundle, hasChromium, hydrated, launch, shot, usd, watchErrors } from "./_browser.ts";
 
 const USAGE = {
@@ -165,6 +166,20 @@ Deno.test({
     await row.getByRole("button", { name: "Enable" }).click();
     await row.getByText("Active").waitFor();
     await shot(page, "keys-desktop");
+    // Revoke takes a second, explicit click; the revoked key stops working at once.
+    await page.getByLabel("Name").fill("temporary");
+    await page.getByRole("button", { name: "Create key" }).click();
+    await page.locator("#new-key-secret", { hasText: "er-" }).waitFor();
+    const tempSecret = (await page.locator("#new-key-secret").innerText()).trim();
+    assert.notEqual(tempSecret, secret);
+    const temp = page.locator("#keys-table tbody tr", { hasText: "temporary" });
+    await temp.getByRole("button", { name: "Revoke" }).click();
+    await temp.getByRole("button", { name: "Confirm revoke" }).click();
+    await temp.waitFor({ state: "detached" });
+    const revoked = await fetch(`${t.url}/v1/key`, {
+      headers: { authorization: `Bearer ${tempSecret}` },
+    });
+    await json(revoked, 401);
 
     // Billing: the purchase and the three debits, balance as GET /v1/credits.
     const credits = await api("/v1/credits");
@@ -270,6 +285,12 @@ Deno.test({
       headers: { cookie: otherCookie },
     });
     await json(peek, 404);
+    // Until Bob adds Ada as a member of his account: then she may switch to it.
+    await otherPage.goto(t.url + "/dashboard/settings/members");
+    await otherPage.getByLabel("Email of a signed-up user").fill("ada@example.com");
+    await otherPage.getByRole("button", { name: "Add member" }).click();
+    await otherPage.getByText("ada@example.com is now a member.").waitFor();
+    assert.equal(await otherPage.locator("#members tbody tr").count(), 2);
     await other.close();
 
     // Sign out, then sign in again (rotating the session).
@@ -287,6 +308,14 @@ Deno.test({
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.waitForURL(`${t.url}/dashboard`);
     assert.notEqual(await cookieHeader(ctx), cookie, "a new session at sign-in");
+    await page.getByLabel("Account").selectOption({ label: "Bob's Bakery" });
+    await page.getByRole("button", { name: "Switch" }).click();
+    await page.waitForURL(`${t.url}/dashboard`);
+    assert.equal(await page.locator("#account-switch option:checked").innerText(), "Bob's Bakery");
+    assert.equal(await usd(page, "#total-spend .money"), "0");
+    // A member does not manage members.
+    await page.goto(t.url + "/dashboard/settings/members");
+    assert.equal(await page.getByRole("button", { name: "Add member" }).count(), 0);
 
     assert.deepEqual(errors, []);
     assert.deepEqual(phoneErrors, []);
@@ -361,5 +390,66 @@ Deno.test({
   } finally {
     await browser.close();
     await t.close();
+  }
+});
+
+Deno.test({
+  name: "dashboard billing in production: a click goes to Stripe Checkout, the webhook credits",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const stripe = startFakeStripe();
+  const t = await startRouter({
+    env: {
+      STRIPE_SECRET_KEY: "sk_test_router",
+      STRIPE_WEBHOOK_SECRET: "whsec_test_dashboard_0123456789",
+      STRIPE_API_BASE: stripe.url,
+    },
+  });
+  const browser = await launch();
+  try {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    // Stripe's hosted page is not reachable here: stand in for it.
+    await ctx.route(
+      "https://checkout.stripe.test/**",
+      (route) =>
+        route.fulfill({ contentType: "text/html", body: "<title>Stripe Checkout</title>" }),
+    );
+    const page = await ctx.newPage();
+    const errors = watchErrors(page);
+    await signUp(page, t, { name: "Cy", email: "cy@example.com", org: "Cyber" });
+    await page.goto(t.url + "/dashboard/settings/billing");
+    await hydrated(page);
+    assert.match(await page.locator("body").innerText(), /taken to Stripe Checkout/);
+    await page.getByRole("button", { name: "Buy Team" }).click();
+    await page.waitForURL(/^https:\/\/checkout\.stripe\.test\/c\/pay\/cs_/);
+    const sessionId = page.url().split("/").at(-1)!;
+    const session = stripe.sessions.get(sessionId)!;
+    assert.ok(String(session.success_url).startsWith(`${t.url}/dashboard/settings/billing`));
+    // Nothing is credited before Stripe says the session is paid.
+    const cookie = await cookieHeader(ctx);
+    const before = await json(await fetch(`${t.url}/v1/credits`, { headers: { cookie } }), 200);
+    assert.equal(before.balance, "0");
+    const event = stripe.event("checkout.session.completed", stripe.complete(sessionId));
+    const { payload, header } = await stripe.sign(event, "whsec_test_dashboard_0123456789");
+    const hook = await fetch(`${t.url}/v1/stripe/webhook`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "stripe-signature": header },
+      body: payload,
+    });
+    assert.equal(hook.status, 200);
+    await hook.body?.cancel();
+    await page.goto(String(session.success_url).replace("{CHECKOUT_SESSION_ID}", sessionId));
+    await page.getByText("Payment received").waitFor();
+    assert.equal(await usd(page, "#balance .money"), "25");
+    assert.equal(await page.locator("#transactions tr[data-type='purchase']").count(), 1);
+    await shot(page, "billing-production-desktop");
+    assert.deepEqual(errors, []);
+    await ctx.close();
+    await t.assertBooks();
+  } finally {
+    await browser.close();
+    await t.close();
+    await stripe.close();
   }
 });

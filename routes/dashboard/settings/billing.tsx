@@ -70,6 +70,8 @@ export const handler = {
           ? `${purchased.name} package bought: the credit is in your balance.`
           : q.get("checkout") === "success"
           ? "Payment received: the credit appears as soon as Stripe confirms it."
+          : q.get("checkout") === "cancelled"
+          ? "Checkout was cancelled: nothing was charged."
           : null,
       },
     };
