@@ -3,6 +3,7 @@ import OpenAI from "openai";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { startProviders } from "./_setup.ts";
 import { startFakeOpenAI } from "../_fakes/openai.ts";
+import { startFakeAnthropic } from "../_fakes/anthropic.ts";
 import { Providers } from "../../lib/providers/registry.ts";
 import { ConfigError, loadConfig } from "../../lib/config.ts";
 
@@ -315,4 +316,69 @@ Deno.test("provider base URLs must be https, or http on loopback", () => {
       ),
     /ANTHROPIC_BASE_URL/,
   );
+});
+
+Deno.test("a PROVIDERS_FILE host of kind anthropic serves chat and native Messages", async () => {
+  const host = startFakeAnthropic();
+  const t = await startRouter({
+    env: { CLAUDE_EU_KEY: "eu-secret" },
+    providersFile: {
+      providers: {
+        "claude-eu": { kind: "anthropic", base_url: host.url, api_key_env: "CLAUDE_EU_KEY" },
+      },
+    },
+  });
+  try {
+    const { key, mgmt } = await t.account("1");
+    host.scenario = { usage: HAIKU_USAGE };
+    const chat = await json(
+      await t.call(key, "POST", "/v1/chat/completions", {
+        model: "claude-eu/claude-haiku-4-5",
+        messages: [{ role: "user", content: "hi" }],
+      }),
+      200,
+    );
+    assert.equal(chat.choices[0].message.content, "Echo: hi");
+    assert.equal(chat.usage.cost, 0.0016, "priced from the anthropic catalog");
+    const native = await json(
+      await t.call(key, "POST", "/v1/messages", {
+        model: "claude-eu/claude-haiku-4-5",
+        max_tokens: 50,
+        messages: [{ role: "user", content: "hey" }],
+      }),
+      200,
+    );
+    assert.equal(native.usage.cost, 0.0016);
+    assert.deepEqual(host.headers.map((h) => h.get("x-api-key")), ["eu-secret", "eu-secret"]);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.0032");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+    await host.close();
+  }
+});
+
+Deno.test("a Gemini error is mapped without its body; a 5xx is retried then reported", async () => {
+  const t = await startProviders({ providersFile: FAST_RETRY });
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.gemini.scenario = { status: 500 };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gemini-2.5-flash",
+      messages: [{ role: "user", content: "private words" }],
+      stream: true,
+    });
+    const text = await res.text();
+    assert.equal(res.status, 502);
+    assert.equal(JSON.parse(text).error.code, "upstream_error");
+    assert.doesNotMatch(text, /private words|failure echoing/);
+    assert.equal(t.gemini.requests.length, 2);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
 });
