@@ -1,0 +1,218 @@
+import assert from "node:assert/strict";
+import { ADMIN_TOKEN, json } from "../_helpers.ts";
+import { startFakeOpenAI } from "../_fakes/openai.ts";
+import { parseUsd } from "../../lib/money.ts";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` until it returns a value, or fails after `ms`. */
+async function until<T>(what: string, ms: number, check: () => Promise<T | null>): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v !== null) return v;
+    assert.ok(Date.now() < end, `timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+/** `deno run -A main.ts` as a real process on the KV file; resolves once it listens. */
+async function spawnRouter(env: Record<string, string>) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts"],
+    cwd: ROOT,
+    env: { ...env, PORT: "0", NO_COLOR: "1" },
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let output = "";
+  const drain = async (s: ReadableStream<Uint8Array>) => {
+    const dec = new TextDecoder();
+    for await (const chunk of s) output += dec.decode(chunk, { stream: true });
+  };
+  const drained = Promise.all([drain(child.stdout), drain(child.stderr)]);
+  const url = await until("the router to listen", 20_000, () => {
+    const m = /"msg":"listening","url":"(http:\/\/[^"]+)"/.exec(output);
+    return Promise.resolve(m ? m[1] : null);
+  });
+  return {
+    url,
+    child,
+    output: () => output,
+    async stop(signal: Deno.Signal) {
+      child.kill(signal);
+      await child.status;
+      await drained;
+    },
+  };
+}
+
+interface Done {
+  requestId: string;
+  cost: bigint;
+}
+
+/** One request, streaming or not; resolves with what the client was told it cost. */
+async function request(url: string, key: string, stream: boolean): Promise<Done> {
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "load" }],
+      max_tokens: 64,
+      stream,
+      ...(stream ? { stream_options: { include_usage: true } } : {}),
+    }),
+  });
+  const requestId = res.headers.get("x-request-id")!;
+  const text = await res.text();
+  assert.equal(res.status, 200, text);
+  let usage: { cost: number } | undefined;
+  if (!stream) usage = JSON.parse(text).usage;
+  else {
+    for (const line of text.split("\n")) {
+      if (line.startsWith("data: {") && line.includes('"usage":{')) {
+        usage = JSON.parse(line.slice(6)).usage;
+      }
+    }
+  }
+  assert.ok(usage, "the client was told the cost");
+  return { requestId, cost: parseUsd(usage.cost.toFixed(9))! };
+}
+
+Deno.test("a router killed with SIGKILL under load loses no settled debit and strands no hold", async () => {
+  const dir = await Deno.makeTempDir();
+  const openai = startFakeOpenAI();
+  // Slow streams: many are in flight whenever the process dies.
+  openai.scenario = {
+    usage: { prompt_tokens: 20, completion_tokens: 10 },
+    chunks: 10,
+    chunkDelayMs: 40,
+  };
+  const env = {
+    KV_PATH: `${dir}/router.kv`,
+    OPENAI_API_KEY: "sk-upstream-test",
+    OPENAI_BASE_URL: openai.url,
+    ADMIN_TOKEN,
+    HOLD_TTL_MS: "2000",
+    PATH: Deno.env.get("PATH") ?? "",
+    HOME: Deno.env.get("HOME") ?? "",
+    ...(Deno.env.get("DENO_DIR") ? { DENO_DIR: Deno.env.get("DENO_DIR")! } : {}),
+  };
+  const admin = (url: string, method: string, path: string, body?: unknown) =>
+    fetch(url + path, {
+      method,
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  let first: Awaited<ReturnType<typeof spawnRouter>> | null = null;
+  let second: Awaited<ReturnType<typeof spawnRouter>> | null = null;
+  try {
+    first = await spawnRouter(env);
+    const acct = await json(
+      await admin(first.url, "POST", "/v1/admin/accounts", { name: "Crash" }),
+      201,
+    );
+    await json(
+      await admin(first.url, "POST", `/v1/admin/accounts/${acct.id}/adjustments`, {
+        amount: "1",
+        reason: "t",
+      }),
+      201,
+    );
+    const k = await fetch(`${first.url}/v1/keys`, {
+      method: "POST",
+      headers: {
+        authorization: `Bearer ${acct.management_key}`,
+        "content-type": "application/json",
+      },
+      body: JSON.stringify({ name: "load" }),
+    });
+    const key = (await json(k, 201)).key;
+
+    // Eight clients in a loop, streaming and not, until the process dies under them.
+    const completed: Done[] = [];
+    let inFlightStreams = 0;
+    let failures = 0;
+    let stop = false;
+    const url = first.url;
+    const workers = Array.from({ length: 8 }, async (_, w) => {
+      for (let i = 0; !stop; i++) {
+        const stream = (i + w) % 2 === 0;
+        if (stream) inFlightStreams++;
+        try {
+          completed.push(await request(url, key, stream));
+        } catch {
+          failures++;
+        } finally {
+          if (stream) inFlightStreams--;
+        }
+      }
+    });
+    await until(
+      "completed requests with streams in flight",
+      20_000,
+      () => Promise.resolve(completed.length >= 20 && inFlightStreams >= 2 ? true : null),
+    );
+    const atKill = inFlightStreams;
+    await first.stop("SIGKILL");
+    stop = true;
+    await Promise.all(workers);
+    assert.ok(atKill > 0 && failures > 0, "requests were cut by the kill");
+    const expectedUsed = completed.reduce((s, d) => s + d.cost, 0n);
+
+    second = await spawnRouter(env);
+    const restarted = second;
+    const mgmt = acct.management_key;
+    const get = async (path: string) =>
+      await json(
+        await fetch(restarted.url + path, { headers: { authorization: `Bearer ${mgmt}` } }),
+        200,
+      );
+    // Holds of the cut requests expire and the sweeper releases them; queued events are recorded.
+    const early = await get("/v1/credits");
+    assert.notEqual(early.reserved, "0", "the crash left holds behind");
+    const verify = await until("holds released and events recorded", 30_000, async () => {
+      const v = await json(await admin(restarted.url, "GET", "/v1/admin/verify"), 200);
+      const c = await get("/v1/credits");
+      return v.ok && v.pending_events === 0 && c.reserved === "0" ? v : null;
+    });
+    assert.deepEqual(verify.differences, []);
+
+    // Every debit a client was told about is in the ledger, exactly.
+    const ledger = new Map<string, bigint>();
+    let cursor: string | null = null;
+    do {
+      const page: { data: { reference: string; amount: string }[]; next_cursor: string | null } =
+        await get(
+          `/v1/transactions?type=usage_debit&limit=1000${cursor ? `&cursor=${cursor}` : ""}`,
+        );
+      for (const e of page.data) {
+        assert.ok(!ledger.has(e.reference), "one debit per request");
+        ledger.set(e.reference, -parseUsd(e.amount)!);
+      }
+      cursor = page.next_cursor;
+    } while (cursor);
+    for (const d of completed) {
+      assert.equal(ledger.get(d.requestId), d.cost, `debit of ${d.requestId}`);
+    }
+    // Requests cut by the crash may have settled too (their cost is in the ledger), never more.
+    const credits = await get("/v1/credits");
+    const used = parseUsd(credits.total_used)!;
+    assert.ok(used >= expectedUsed);
+    assert.equal(parseUsd(credits.balance), 1_000_000_000n - used);
+    assert.equal([...ledger.values()].reduce((s, v) => s + v, 0n), used);
+
+    // The restarted router serves.
+    await request(second.url, key, true);
+  } finally {
+    await first?.stop("SIGKILL").catch(() => {});
+    await second?.stop("SIGTERM").catch(() => {});
+    await openai.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
