@@ -1,6 +1,6 @@
 /**
- * The newcomer's path, end to end: the router started the way README starts it (`main.ts` in a
- * child process, development billing, the admin token read from what it prints), README's steps
+ * The newcomer's path, end to end: the router started the way README starts it (`deno task start`
+ * in a child process, development billing, the admin token read from what it prints), README's steps
  * followed literally, and every view of the money (balance, ledger, audit export, usage, the
  * key's spend, the cost the SDK saw) agreeing to the nano-dollar.
  */
@@ -126,7 +126,8 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     if (v !== undefined) env[name] = v;
   }
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts"],
+    // README's start command; the task runner passes SIGTERM on to the router.
+    args: ["task", "start"],
     cwd: ROOT,
     env,
     clearEnv: true,
@@ -143,8 +144,9 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
   });
   try {
     // What the start command prints: the development admin token once, then where it listens.
-    const admin = (await out.waitFor(/^development admin token \(shown once\): (\S+)$/, 60_000))[1];
-    const base = JSON.parse((await out.waitFor(/^{.*"msg":"listening".*}$/, 60_000))[0])
+    const admin =
+      (await out.waitFor(/^development admin token \(shown once\): (\S+)$/, 120_000))[1];
+    const base = JSON.parse((await out.waitFor(/^{.*"msg":"listening".*}$/, 120_000))[0])
       .url as string;
     const starting = JSON.parse((await out.waitFor(/^{.*"msg":"starting".*}$/, 1_000))[0]);
     assert.equal(starting.billing_mode, "development");
@@ -372,7 +374,13 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
       );
     }
   } finally {
-    if (!exited) child.kill("SIGKILL");
+    if (!exited) {
+      // SIGTERM first: the task runner forwards it, where SIGKILL would orphan the router.
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => exited || child.kill("SIGKILL"), 10_000);
+      await status;
+      clearTimeout(timer);
+    }
     await status;
     await out.done;
     await err.done;
