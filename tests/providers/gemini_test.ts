@@ -54,6 +54,9 @@ Deno.test("chat completions to Gemini: a tool-calling round trip, reasoning and 
       temperature: 0.2,
       stop: ["END", "STOP"],
       max_tokens: 500,
+      seed: 7,
+      reasoning_effort: "low",
+      response_format: { type: "json_object" },
     });
     const choice = first.choices[0];
     assert.equal(choice.finish_reason, "tool_calls");
@@ -84,6 +87,9 @@ Deno.test("chat completions to Gemini: a tool-calling round trip, reasoning and 
       temperature: 0.2,
       maxOutputTokens: 500,
       stopSequences: ["END", "STOP"],
+      seed: 7,
+      responseMimeType: "application/json",
+      thinkingConfig: { thinkingBudget: 1024 },
     });
     assert.deepEqual(sent.tools, [{
       functionDeclarations: [{

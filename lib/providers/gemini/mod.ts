@@ -124,6 +124,18 @@ export function toGeminiBody(body: Record<string, unknown>): Record<string, unkn
   const stop = stopList(body.stop);
   if (stop) gen.stopSequences = stop;
   if (typeof body.n === "number" && body.n > 1) gen.candidateCount = body.n;
+  if (typeof body.seed === "number") gen.seed = body.seed;
+  if (typeof body.presence_penalty === "number") gen.presencePenalty = body.presence_penalty;
+  if (typeof body.frequency_penalty === "number") gen.frequencyPenalty = body.frequency_penalty;
+  const rf = obj(body.response_format);
+  if (rf.type === "json_object") gen.responseMimeType = "application/json";
+  if (rf.type === "json_schema") {
+    gen.responseMimeType = "application/json";
+    const schema = obj(rf.json_schema).schema;
+    if (schema) gen.responseJsonSchema = schema;
+  }
+  const budget = THINKING_BUDGET[String(body.reasoning_effort)];
+  if (budget !== undefined) gen.thinkingConfig = { thinkingBudget: budget };
   if (Object.keys(gen).length) out.generationConfig = gen;
   const tools = functionTools(body.tools);
   if (tools.length) {
@@ -148,6 +160,15 @@ export function toGeminiBody(body: Record<string, unknown>): Record<string, unkn
   if (mode && tools.length) out.toolConfig = { functionCallingConfig: mode };
   return out;
 }
+
+/** OpenAI's `reasoning_effort` as a Gemini thinking budget (tokens). */
+const THINKING_BUDGET: Record<string, number> = {
+  none: 0,
+  minimal: 0,
+  low: 1024,
+  medium: 8192,
+  high: 24576,
+};
 
 const FINISH: Record<string, string> = {
   STOP: "stop",
