@@ -4,6 +4,7 @@ import { startFakeOpenAI } from "../_fakes/openai.ts";
 import { parseUsd } from "../../lib/money.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
+const CANARY = `canary-${crypto.randomUUID()}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `check` until it returns a value, or fails after `ms`. */
@@ -62,7 +63,7 @@ async function request(url: string, key: string, stream: boolean): Promise<Done>
     headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
     body: JSON.stringify({
       model: "gpt-4o-mini",
-      messages: [{ role: "user", content: "load" }],
+      messages: [{ role: "user", content: `load ${CANARY}` }],
       max_tokens: 64,
       stream,
       ...(stream ? { stream_options: { include_usage: true } } : {}),
@@ -209,6 +210,12 @@ Deno.test("a router killed with SIGKILL under load loses no settled debit and st
 
     // The restarted router serves.
     await request(second.url, key, true);
+    // Prompts and completions carried the canary: neither process logged it.
+    assert.ok(openai.requests.some((r) => JSON.stringify(r).includes(CANARY)));
+    for (const out of [first.output(), second.output()]) {
+      assert.match(out, /"msg":"listening"/);
+      assert.ok(!out.includes(CANARY), "no prompt or completion text in the logs");
+    }
   } finally {
     await first?.stop("SIGKILL").catch(() => {});
     await second?.stop("SIGTERM").catch(() => {});
