@@ -33,6 +33,14 @@ const chatSchema = z.looseObject({
 });
 type ChatBody = z.output<typeof chatSchema>;
 
+/** As OpenRouter allows, a request naming only `models` is served by the first of them. */
+const chatRequest = z.preprocess((v) => {
+  const o = v && typeof v === "object" && !Array.isArray(v) ? v as Record<string, unknown> : null;
+  if (!o || o.model !== undefined || !Array.isArray(o.models)) return v;
+  const [first, ...rest] = o.models;
+  return typeof first === "string" ? { ...o, model: first, models: rest } : v;
+}, chatSchema);
+
 /** The output limit a request may reach on `model`, and the `max_tokens` to send it, if any. */
 function outputLimit(body: ChatBody, model: ResolvedModel) {
   const asked = body.max_completion_tokens ?? body.max_tokens;
@@ -47,7 +55,7 @@ function outputLimit(body: ChatBody, model: ResolvedModel) {
 /** `POST /v1/chat/completions`: OpenAI format to any provider, translated both ways. */
 export async function chatCompletions(c: Context<AppEnv>) {
   const raw = await c.req.text();
-  const body = parseJson(raw, chatSchema);
+  const body = parseJson(raw, chatRequest);
   const primary = resolveModel(c, body.model, "chat");
   const candidates = candidatesFor(c, primary, body.models ?? []);
   const stream = body.stream === true;

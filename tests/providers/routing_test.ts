@@ -382,3 +382,28 @@ Deno.test("a Gemini error is mapped without its body; a 5xx is retried then repo
     await t.close();
   }
 });
+
+Deno.test("a request naming only models is served by the first that answers", async () => {
+  const t = await startProviders({ providersFile: FAST_RETRY });
+  try {
+    const { key } = await t.account("1");
+    t.anthropic.scenario = { status: 500 };
+    const body = await json(
+      await t.call(key, "POST", "/v1/chat/completions", {
+        models: ["anthropic/claude-haiku-4-5", "openai/gpt-4o-mini"],
+        messages: [{ role: "user", content: "hi" }],
+      }),
+      200,
+    );
+    assert.equal(body.choices[0].message.content, "Echo: hi");
+    assert.equal(t.anthropic.requests.length, 2);
+    assert.equal(t.openai.requests[0].model, "gpt-4o-mini");
+    const none = await t.call(key, "POST", "/v1/chat/completions", {
+      messages: [{ role: "user", content: "hi" }],
+    });
+    assert.match((await json(none, 400)).error.message, /'model'/);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
