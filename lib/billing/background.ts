@@ -34,11 +34,13 @@ export class Background {
   constructor(kv: Deno.Kv, actors: AccountActors, opts: BackgroundOptions) {
     this.#kv = kv;
     this.#actors = actors;
+    // Defaults apply to options left undefined too: spreading `{sweepEveryMs: undefined}` over
+    // them made setInterval sweep back to back, hundreds of times a second.
     this.#opts = {
-      sweepEveryMs: 5000,
-      staleAfterMs: 10_000,
-      now: Date.now,
       ...opts,
+      sweepEveryMs: opts.sweepEveryMs ?? 5000,
+      staleAfterMs: opts.staleAfterMs ?? 10_000,
+      now: opts.now ?? Date.now,
     };
   }
 
