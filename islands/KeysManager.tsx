@@ -217,6 +217,7 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                             <button
                               type="button"
                               class="small secondary"
+                              aria-label={`Edit limit of ${k.name}`}
                               aria-expanded={editing.value === k.id}
                               onClick={() => editing.value = editing.value === k.id ? null : k.id}
                             >
@@ -226,6 +227,7 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                               type="button"
                               class="small secondary"
                               disabled={busy.value}
+                              aria-label={`${k.disabled ? "Enable" : "Disable"} ${k.name}`}
                               onClick={() => toggle(k)}
                             >
                               {k.disabled ? "Enable" : "Disable"}
@@ -236,6 +238,7 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                                   type="button"
                                   class="small danger"
                                   disabled={busy.value}
+                                  aria-label={`Confirm revoke of ${k.name}`}
                                   onClick={() => revoke(k)}
                                 >
                                   Confirm revoke
@@ -245,6 +248,7 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                                 <button
                                   type="button"
                                   class="small danger-outline"
+                                  aria-label={`Revoke ${k.name}`}
                                   onClick={() => confirming.value = k.id}
                                 >
                                   Revoke

@@ -131,7 +131,7 @@ export const SIGNIN_WINDOW_MS = 5 * 60_000;
 
 /**
  * Counts a sign-in attempt of `ip` and says whether it may proceed; when not, how many seconds
- * until the window ends.
+ * until the window ends. The counter expires with its window.
  */
 export async function countSigninAttempt(
   kv: Deno.Kv,
@@ -140,10 +140,16 @@ export async function countSigninAttempt(
 ): Promise<{ ok: boolean; retryAfterS: number }> {
   const windowMs = now - (now % SIGNIN_WINDOW_MS);
   const key = signinAttemptsKey(ip, windowMs);
-  await kv.atomic().sum(key, 1n).commit();
-  const n = (await kv.get<Deno.KvU64>(key)).value?.value ?? 0n;
-  return {
-    ok: n <= BigInt(SIGNIN_LIMIT),
-    retryAfterS: Math.ceil((windowMs + SIGNIN_WINDOW_MS - now) / 1000),
-  };
+  const retryAfterS = Math.ceil((windowMs + SIGNIN_WINDOW_MS - now) / 1000);
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const entry = await kv.get<number>(key);
+    const n = (entry.value ?? 0) + 1;
+    // Past the limit there is nothing more to count.
+    if (n > SIGNIN_LIMIT + 1) return { ok: false, retryAfterS };
+    const res = await kv.atomic().check(entry).set(key, n, { expireIn: SIGNIN_WINDOW_MS * 2 })
+      .commit();
+    if (res.ok) return { ok: n <= SIGNIN_LIMIT, retryAfterS };
+  }
+  // Contended beyond reason: refuse rather than let attempts through uncounted.
+  return { ok: false, retryAfterS };
 }

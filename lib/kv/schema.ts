@@ -76,7 +76,7 @@ export const userAccountKey = (userId: string, accountId: string) =>
   ["user_account", userId, accountId] as const;
 /** ["session", sha256hex of the cookie token] → Session, expiring with the session. */
 export const sessionKey = (tokenHash: string) => ["session", tokenHash] as const;
-/** ["signin_attempts", ip, window start ms] → Deno.KvU64: sign-in attempts of one IP per window. */
+/** ["signin_attempts", ip, window start ms] → number: sign-in attempts of one IP in one window. */
 export const signinAttemptsKey = (ip: string, windowMs: number) =>
   ["signin_attempts", ip, windowMs] as const;
 /** ["stripe_customer", accountId] → Stripe customer id: one customer per account, created once. */

@@ -4,6 +4,7 @@
  * guards forms against CSRF, and renders the page with its layout, islands and boot script.
  */
 import type { Context, Hono } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { ComponentChildren, VNode } from "preact";
 import type { AppEnv, Services } from "../services.ts";
 import { checkCsrf, getSession, type Session, sessionToken } from "../auth/sessions.ts";
@@ -177,7 +178,7 @@ export function errorPage(
 /** Mounts a route module on `path` (GET and, when the handler has one, POST). */
 export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>) {
   const cfg = mod.config;
-  app.on(["GET", "POST"], path, async (c) => {
+  app.on(["GET", "HEAD", "POST"], path, async (c) => {
     const svc = c.get("svc");
     const url = new URL(c.req.url);
     const viewer = await loadViewer(c);
@@ -188,7 +189,8 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
     if (cfg.auth === "admin" && viewer?.session.kind !== "admin") {
       return c.redirect("/dashboard/admin/signin", 303);
     }
-    const method = c.req.method as "GET" | "POST";
+    // HEAD is answered as GET (the server drops the body).
+    const method = (c.req.method === "HEAD" ? "GET" : c.req.method) as "GET" | "POST";
     const h = mod.handler[method];
     if (!h) return errorPage(cfg, viewer, url, 405, `${method} is not allowed here.`);
     let form = new FormData();
@@ -217,10 +219,16 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
     const r = await h(ctx);
     if (r instanceof Response) return r;
     const Page = mod.default;
-    return renderDocument(
+    const res = await renderDocument(
       cfg.title,
       shell(cfg, viewer, url, <Page data={r.data} url={url} viewer={viewer} />),
       r.status ?? 200,
+    );
+    // Through the context, so headers a handler set (Retry-After) are kept.
+    return c.body(
+      await res.text(),
+      res.status as ContentfulStatusCode,
+      Object.fromEntries(res.headers),
     );
   });
 }

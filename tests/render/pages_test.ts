@@ -1,0 +1,113 @@
+import assert from "node:assert/strict";
+import { startRouter, type TestRouter } from "../_helpers.ts";
+import { SIGNIN_LIMIT } from "../../lib/auth/sessions.ts";
+import { ensureBundle } from "../browser/_browser.ts";
+
+function post(t: TestRouter, path: string, form: Record<string, string>, headers = {}) {
+  return fetch(t.url + path, {
+    method: "POST",
+    redirect: "manual",
+    headers: { "content-type": "application/x-www-form-urlencoded", origin: t.url, ...headers },
+    body: new URLSearchParams(form),
+  });
+}
+
+const SIGNUP = {
+  name: "Ada",
+  email: "ada@example.com",
+  account: "Analytical",
+  password: "a long password 123",
+};
+
+Deno.test("GET / is the landing page, 200 HTML without a boot script; HEAD too", async () => {
+  const t = await startRouter();
+  try {
+    const res = await fetch(t.url + "/");
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type")!, /^text\/html/);
+    const html = await res.text();
+    assert.match(html, /Create an account/);
+    assert.ok(!html.includes('type="module"'), "no islands, no boot script");
+    const head = await fetch(t.url + "/", { method: "HEAD" });
+    assert.equal(head.status, 200);
+    await head.body?.cancel();
+    const icon = await fetch(t.url + "/favicon.ico");
+    assert.equal(icon.status, 200);
+    await icon.body?.cancel();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("sign-up sets a __Host- session cookie; the boot script comes only with islands", async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  try {
+    const res = await post(t, "/signup", SIGNUP);
+    assert.equal(res.status, 303);
+    assert.equal(res.headers.get("location"), "/dashboard");
+    const setCookie = res.headers.get("set-cookie")!;
+    assert.match(setCookie, /^__Host-session=[\w-]+; Path=\/; HttpOnly; SameSite=Lax; .*Secure/);
+    await res.body?.cancel();
+    const cookie = setCookie.split(";")[0];
+
+    const keys = await (await fetch(t.url + "/dashboard/keys", { headers: { cookie } })).text();
+    const boot = keys.match(/<script type="module" src="(\/static\/build\/client\.js\?v=\w+)">/);
+    assert.ok(boot, "the keys page boots its island");
+    assert.equal(keys.split('id="__islands"').length, 2, "island props serialised once");
+    assert.ok(!keys.includes("er-") || !/"key":"er-/.test(keys), "no secret in the page");
+    const audit = await (await fetch(t.url + "/dashboard/audit", { headers: { cookie } })).text();
+    assert.ok(!audit.includes('type="module"'), "the audit page has no island");
+
+    const js = await fetch(t.url + boot[1]);
+    assert.equal(js.status, 200);
+    assert.equal(js.headers.get("cache-control"), "public, max-age=31536000, immutable");
+    assert.match(js.headers.get("content-type")!, /javascript/);
+    await js.body?.cancel();
+    for (const bad of ["/static/../deno.json", "/static/%2e%2e/deno.json", "/static/nope.css"]) {
+      const r = await fetch(t.url + bad);
+      assert.equal(r.status, 404, bad);
+      await r.body?.cancel();
+    }
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a cross-origin sign-up is refused and creates nothing", async () => {
+  const t = await startRouter();
+  try {
+    const res = await post(t, "/signup", SIGNUP, { origin: "http://evil.example" });
+    assert.equal(res.status, 403);
+    await res.body?.cancel();
+    const site = await post(t, "/signup", SIGNUP, { "sec-fetch-site": "cross-site" });
+    assert.equal(site.status, 403);
+    await site.body?.cancel();
+    let users = 0;
+    for await (const _ of t.kv.list({ prefix: ["user"] })) users++;
+    assert.equal(users, 0);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("sign-in attempts are limited per IP", async () => {
+  const t = await startRouter();
+  try {
+    const ok = await post(t, "/signup", SIGNUP);
+    assert.equal(ok.status, 303);
+    await ok.body?.cancel();
+    // The sign-up counted as one attempt of this address.
+    for (let i = 1; i < SIGNIN_LIMIT; i++) {
+      const r = await post(t, "/signin", { email: SIGNUP.email, password: "wrong password" });
+      assert.equal(r.status, 401);
+      await r.body?.cancel();
+    }
+    const limited = await post(t, "/signin", { email: SIGNUP.email, password: SIGNUP.password });
+    assert.equal(limited.status, 429, "even the right password waits for the window");
+    assert.ok(Number(limited.headers.get("retry-after")) > 0);
+    await limited.body?.cancel();
+  } finally {
+    await t.close();
+  }
+});
