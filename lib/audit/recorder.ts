@@ -10,18 +10,23 @@ const MAX_MUTATIONS = 900;
 // many accounts bring up to 96 rollup counters each, so a group is bounded by key size too.
 const MAX_KEY_BYTES = 64_000;
 
-const utf8 = new TextEncoder();
 /**
- * An upper bound of a key's encoded size: each part's bytes (a NUL byte is escaped as two) plus
- * its type tag and terminator; numbers and bigints are counted generously.
+ * An upper bound of a key's encoded size: each part's UTF-8 bytes (a NUL byte is escaped as two)
+ * plus its type tag and terminator; numbers and bigints are counted generously.
  */
 function keyBytes(key: Deno.KvKey): number {
   let n = 0;
   for (const part of key) {
-    const bytes = typeof part === "string" ? utf8.encode(part) : part;
-    if (bytes instanceof Uint8Array) {
-      n += bytes.length + 2;
-      for (const b of bytes) if (b === 0) n++;
+    if (typeof part === "string") {
+      n += 2;
+      // Counting UTF-16 units is cheaper than encoding: at most 3 UTF-8 bytes each.
+      for (let i = 0; i < part.length; i++) {
+        const c = part.charCodeAt(i);
+        n += c === 0 ? 2 : c < 0x80 ? 1 : 3;
+      }
+    } else if (part instanceof Uint8Array) {
+      n += part.length + 2;
+      for (const b of part) if (b === 0) n++;
     } else n += 24;
   }
   return n;
