@@ -103,9 +103,10 @@ const CALLS = [
       prompt_tokens_details: { cached_tokens: 400 },
     },
     cost: 192_000n,
+    market: 240_000n,
   },
-  { usage: { prompt_tokens: 2000, completion_tokens: 1000 }, cost: 720_000n },
-  { usage: { prompt_tokens: 10, completion_tokens: 7 }, cost: 4_560n },
+  { usage: { prompt_tokens: 2000, completion_tokens: 1000 }, cost: 720_000n, market: 900_000n },
+  { usage: { prompt_tokens: 10, completion_tokens: 7 }, cost: 4_560n, market: 5_700n },
 ];
 
 Deno.test("a newcomer follows README: start, account, credit, SDK calls, books agree to the nano-dollar", async () => {
@@ -209,6 +210,7 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     assert.equal(one.data.choices[0].message.content, "Echo: hi");
     const usage = one.data.usage as unknown as Record<string, number>;
     assert.equal(usage.prompt_tokens, 1000);
+    assert.equal(costNanos(usage.market_cost), CALLS[0].market);
     seen.push({
       requestId: one.response.headers.get("x-request-id")!,
       cost: costNanos(usage.cost),
@@ -223,15 +225,17 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
       stream_options: { include_usage: true },
     }).withResponse();
     let text = "";
-    let streamCost: bigint | null = null;
+    let streamUsage: Record<string, number> | null = null;
     for await (const chunk of two.data) {
       text += chunk.choices[0]?.delta?.content ?? "";
-      if (chunk.usage) streamCost = costNanos((chunk.usage as unknown as { cost: number }).cost);
+      if (chunk.usage) streamUsage = chunk.usage as unknown as Record<string, number>;
     }
+    assert.ok(streamUsage, "the usage chunk, asked for");
+    assert.equal(costNanos(streamUsage.market_cost), CALLS[1].market);
     assert.equal(text, `Echo: stream with usage ${CANARY}`);
     seen.push({
       requestId: two.response.headers.get("x-request-id")!,
-      cost: streamCost,
+      cost: costNanos(streamUsage.cost),
       streaming: true,
     });
 
@@ -330,6 +334,26 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     const refusal = audit.find((r) => !seen.some((s) => s.requestId === r.request_id))!;
     assert.equal(refusal.status, "404");
     assert.equal(nanos(refusal.cost), 0n);
+    assert.equal(nanos(refusal.market_cost), 0n);
+    for (const [i, c] of CALLS.entries()) {
+      const row = audit.find((r) => r.request_id === seen[i].requestId)!;
+      assert.equal(nanos(row.market_cost), c.market);
+    }
+
+    // The JSON export holds the same rows, and says why the refusal was refused.
+    const exported = await curl("/v1/audit/export?format=json", mgmt);
+    assert.equal(exported.status, 200, exported.text);
+    assert.deepEqual(
+      exported.body.map((r: Record<string, unknown>) =>
+        Object.fromEntries(cols.map((c) => [c, String(r[c])]))
+      ),
+      audit,
+    );
+    assert.equal(
+      exported.body.find((r: { request_id: string }) => r.request_id === refusal.request_id)
+        .error_code,
+      "model_not_priced",
+    );
 
     const usageRes = await curl("/v1/usage", mgmt);
     assert.equal(usageRes.status, 200, usageRes.text);
@@ -340,7 +364,9 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
       summary.prompt_tokens,
       CALLS.reduce((s, c) => s + c.usage.prompt_tokens, 0),
     );
-    assert.equal(nanos(summary.savings), nanos(summary.market_cost) - spent);
+    const market = CALLS.reduce((sum, c) => sum + c.market, 0n);
+    assert.equal(nanos(summary.market_cost), market);
+    assert.equal(nanos(summary.savings), market - spent);
     assert.equal(summary.savings_percent, 20);
 
     // The key holder's own view, with the inference key.
