@@ -53,6 +53,7 @@ function pricing(m: ResolvedModel) {
     output: f(p.output.base),
     cache_read: f((p.cacheRead ?? p.input).base),
     cache_write: f((p.cacheWrite ?? p.input).base),
+    cache_write_1h: f((p.cacheWrite1h ?? p.cacheWrite ?? p.input).base),
   });
   return {
     unit: "USD per million tokens",

@@ -110,12 +110,12 @@ Deno.test("chat completions to Anthropic: a tool-calling round trip, translated 
         { role: "tool", tool_call_id: "toolu_01", content: "sunny, 21 °C" },
       ],
       tools: TOOLS,
-      max_tokens: 100,
+      max_tokens: 2000,
     });
     assert.equal(second.choices[0].message.content, "Tool said: sunny, 21 °C");
     assert.equal(second.choices[0].finish_reason, "stop");
     const sent2 = t.anthropic.requests[1];
-    assert.equal(sent2.max_tokens, 100);
+    assert.equal(sent2.max_tokens, 2000);
     assert.deepEqual(sent2.messages, [
       { role: "user", content: [{ type: "text", text: "Weather in Paris?" }] },
       {

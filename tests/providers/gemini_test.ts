@@ -53,7 +53,7 @@ Deno.test("chat completions to Gemini: a tool-calling round trip, reasoning and 
       tool_choice: "auto",
       temperature: 0.2,
       stop: ["END", "STOP"],
-      max_tokens: 500,
+      max_tokens: 4000,
       seed: 7,
       reasoning_effort: "low",
       response_format: { type: "json_object" },
@@ -85,7 +85,7 @@ Deno.test("chat completions to Gemini: a tool-calling round trip, reasoning and 
     }]);
     assert.deepEqual(sent.generationConfig, {
       temperature: 0.2,
-      maxOutputTokens: 500,
+      maxOutputTokens: 4000,
       stopSequences: ["END", "STOP"],
       seed: 7,
       responseMimeType: "application/json",

@@ -283,6 +283,9 @@ Deno.test("/v1/models lists every offered provider's models with market price an
     const pricing = sonnet.pricing as Record<string, Record<string, string>>;
     assert.equal(pricing.market.input, "3");
     assert.equal(pricing.your_rate.input, "2.4");
+    assert.equal(pricing.market.cache_read, "0.3");
+    assert.equal(pricing.market.cache_write, "3.75");
+    assert.equal(pricing.market.cache_write_1h, "6");
     assert.ok(byId.has("google/gemini-2.5-flash"));
     // Google's catalog also prices Vertex AI's Claude models, which the Gemini API does not serve.
     assert.ok(![...byId.keys()].some((id) => String(id).startsWith("google/claude")));
@@ -343,7 +346,7 @@ Deno.test("a PROVIDERS_FILE host of kind anthropic serves chat and native Messag
     const native = await json(
       await t.call(key, "POST", "/v1/messages", {
         model: "claude-eu/claude-haiku-4-5",
-        max_tokens: 50,
+        max_tokens: 1000,
         messages: [{ role: "user", content: "hey" }],
       }),
       200,

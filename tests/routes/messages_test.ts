@@ -83,7 +83,7 @@ Deno.test("a native Messages stream bills message_delta's cumulative usage once"
     // The SDK's helper assembles the final message through the router too.
     const final = await client.messages.stream({
       model: "claude-haiku-4-5",
-      max_tokens: 64,
+      max_tokens: 1024,
       messages: [{ role: "user", content: "again" }],
     }).finalMessage();
     assert.deepEqual(final.content, [{ type: "text", text: "Echo: again" }]);
@@ -104,7 +104,7 @@ Deno.test("a Messages stream cut by the provider bills input and the output prod
     t.anthropic.scenario = { usage: USAGE, chunks: 4, breakAfter: 5, content: "abcdefghijklmnop" };
     const res = await t.call(key, "POST", "/v1/messages", {
       model: "claude-haiku-4-5",
-      max_tokens: 100,
+      max_tokens: 1000,
       messages: [{ role: "user", content: "x" }],
       stream: true,
     });
