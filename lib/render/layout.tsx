@@ -20,7 +20,7 @@ function Brand({ href }: { href: string }) {
 }
 
 /** Pages for visitors: the landing page, sign-in and sign-up. */
-export function PublicShell({ children }: { url: URL; children: ComponentChildren }) {
+export function PublicShell({ children }: { children: ComponentChildren }) {
   return (
     <>
       <a class="skip" href="#main">Skip to content</a>

@@ -136,7 +136,7 @@ export function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
 }
 
-function shell(cfg: PageConfig, viewer: Viewer | null, url: URL, children: ComponentChildren) {
+function shell(cfg: PageConfig, viewer: Viewer | null, children: ComponentChildren) {
   if (cfg.layout === "dashboard" && viewer) {
     return (
       <DashboardShell viewer={viewer} active={cfg.nav ?? ""} title={cfg.title}>
@@ -149,25 +149,23 @@ function shell(cfg: PageConfig, viewer: Viewer | null, url: URL, children: Compo
       <AdminShell viewer={viewer} active={cfg.nav ?? ""} title={cfg.title}>{children}</AdminShell>
     );
   }
-  return <PublicShell url={url}>{children}</PublicShell>;
+  return <PublicShell>{children}</PublicShell>;
 }
 
 /** A plain error page in the page's layout. */
 export function errorPage(
   cfg: PageConfig,
   viewer: Viewer | null,
-  url: URL,
   status: number,
   message: string,
 ) {
   return renderDocument(
-    "Error",
+    status === 404 ? "Not found" : "Error",
     shell(
       cfg,
       viewer,
-      url,
       <div class="card error-state" role="alert">
-        <h2>Something went wrong</h2>
+        <h2>{status === 404 ? "Not found" : "Something went wrong"}</h2>
         <p>{message}</p>
       </div>,
     ),
@@ -192,20 +190,20 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
     // HEAD is answered as GET (the server drops the body).
     const method = (c.req.method === "HEAD" ? "GET" : c.req.method) as "GET" | "POST";
     const h = mod.handler[method];
-    if (!h) return errorPage(cfg, viewer, url, 405, `${method} is not allowed here.`);
+    if (!h) return errorPage(cfg, viewer, 405, `${method} is not allowed here.`);
     let form = new FormData();
     if (method === "POST") {
       try {
         form = await c.req.formData();
       } catch {
-        return errorPage(cfg, viewer, url, 400, "The form could not be read.");
+        return errorPage(cfg, viewer, 400, "The form could not be read.");
       }
       const token = form.get("_csrf");
       const origins = publicOrigin(c) ? [publicOrigin(c)!] : [];
       const ok = cfg.auth === "public" ? sameOrigin(c) : viewer !== null &&
         checkCsrf(c.req.raw, viewer.session, typeof token === "string" ? token : null, origins);
       if (!ok) {
-        return errorPage(cfg, viewer, url, 403, "Cross-site request refused.");
+        return errorPage(cfg, viewer, 403, "Cross-site request refused.");
       }
     }
     const ctx: PageCtx = {
@@ -221,7 +219,7 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
     const Page = mod.default;
     const res = await renderDocument(
       cfg.title,
-      shell(cfg, viewer, url, <Page data={r.data} url={url} viewer={viewer} />),
+      shell(cfg, viewer, <Page data={r.data} url={url} viewer={viewer} />),
       r.status ?? 200,
     );
     // Through the context, so headers a handler set (Retry-After) are kept.

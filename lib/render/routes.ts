@@ -1,7 +1,8 @@
 /** Mounts the dashboard's pages (routes/*.tsx, routes/dashboard/**) and the static files. */
 import { Hono } from "hono";
 import type { AppEnv } from "../services.ts";
-import { mountPage, type PageModule } from "./page.tsx";
+import { errorPage, mountPage, type PageConfig, type PageModule } from "./page.tsx";
+import { ApiError } from "../http/errors.ts";
 import { serveStatic, STATIC_DIR } from "./static.ts";
 import * as landing from "../../routes/index.tsx";
 import * as signup from "../../routes/signup.tsx";
@@ -36,11 +37,25 @@ const PAGES: [string, PageModule<any>][] = [
   ["/dashboard/admin/accounts/:id", adminAccount],
 ];
 
+const NOT_FOUND: PageConfig = { title: "Not found", auth: "public", layout: "public" };
+
 /** The pages, `/static/*` and `/favicon.ico`. */
 export function pageRoutes() {
   const app = new Hono<AppEnv>();
   for (const [path, mod] of PAGES) mountPage(app, path, mod);
   app.get("/dashboard/settings", (c) => c.redirect("/dashboard/settings/billing"));
+  app.all("/dashboard/*", () => errorPage(NOT_FOUND, null, 404, "There is no such page."));
+  // A page that fails answers an HTML page (the API keeps its JSON errors).
+  app.onError((err, c) => {
+    if (err instanceof ApiError) return errorPage(NOT_FOUND, null, err.status, err.message);
+    c.get("svc").log("error", "page failed", {
+      request_id: c.get("requestId"),
+      path: c.req.path,
+      error: err instanceof Error ? err.name : "unknown",
+      at: err instanceof Error ? err.stack?.split("\n")[1]?.trim() : undefined,
+    });
+    return errorPage(NOT_FOUND, null, 500, "The page could not be shown; try again in a moment.");
+  });
   app.get("/static/*", serveStatic);
   app.get(
     "/favicon.ico",

@@ -31,6 +31,11 @@ Deno.test("GET / is the landing page, 200 HTML without a boot script; HEAD too",
     const head = await fetch(t.url + "/", { method: "HEAD" });
     assert.equal(head.status, 200);
     await head.body?.cancel();
+    const missing = await fetch(t.url + "/dashboard/nowhere");
+    assert.equal(missing.status, 404);
+    assert.match(await missing.text(), /There is no such page/);
+    const api404 = await fetch(t.url + "/v1/nowhere");
+    assert.equal((await api404.json()).error.code, "not_found", "the API keeps JSON errors");
     const icon = await fetch(t.url + "/favicon.ico");
     assert.equal(icon.status, 200);
     await icon.body?.cancel();
