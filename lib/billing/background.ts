@@ -48,7 +48,8 @@ export class Background {
     if (this.#opts.delivery === "queue") {
       this.#listener = this.#kv.listenQueue(async (msg: unknown) => {
         const ids = (msg as { outbox?: unknown })?.outbox;
-        if (!Array.isArray(ids)) return;
+        // After close the KV is going away: the entries stay in the outbox for the next sweep.
+        if (!Array.isArray(ids) || this.#closed) return;
         await this.#track(recordEvents(this.#kv, ids.filter((x) => typeof x === "string")));
       });
     }
