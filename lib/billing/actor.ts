@@ -72,6 +72,8 @@ export type CreditResult = { replayed: false; entry: LedgerEntry } | {
 };
 export interface SettleResult {
   balanceAfter: bigint;
+  /** What was debited: the cost, or less when the cost would have overdrawn the balance. */
+  charged: bigint;
 }
 
 type ResultOf<O extends Op> = O extends ReserveOp ? ReserveResult
@@ -337,19 +339,23 @@ export class AccountActors {
         }
         case "settle": {
           unhold(op.holdId);
-          bal = { ...bal, balance: bal.balance - op.cost, total_used: bal.total_used + op.cost };
+          // A balance never goes below zero, nor eats into other requests' holds: a cost beyond
+          // that (an upstream reporting more usage than the worst case held) is not charged.
+          const left = bal.balance - bal.reserved;
+          const cost = op.cost <= left ? op.cost : left > 0n ? left : 0n;
+          bal = { ...bal, balance: bal.balance - cost, total_used: bal.total_used + cost };
           const s = spends.get(op.keyId)!;
           spends.set(op.keyId, {
             ...s,
-            spend: s.spend + op.cost,
-            period_spend: s.period_spend + op.cost,
-            usage_today: s.usage_today + op.cost,
-            usage_month: s.usage_month + op.cost,
+            spend: s.spend + cost,
+            period_spend: s.period_spend + cost,
+            usage_today: s.usage_today + cost,
+            usage_month: s.usage_month + cost,
             last_used_at: nowIso,
           });
           touchedSpends.add(op.keyId);
-          record({ ...op.event, balance_after: bal.balance });
-          results.push({ balanceAfter: bal.balance });
+          record({ ...op.event, cost, balance_after: bal.balance });
+          results.push({ balanceAfter: bal.balance, charged: cost });
           break;
         }
         case "release":

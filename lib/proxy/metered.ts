@@ -174,7 +174,7 @@ export class MeteredRequest {
     usage: NormalizedUsage,
     fields: { status?: number; errorCode?: string | null } = {},
   ): Promise<Cost> {
-    const cost = this.price(usage);
+    let cost = this.price(usage);
     if (this.#done) return cost;
     this.#done = true;
     const c = this.c;
@@ -188,7 +188,7 @@ export class MeteredRequest {
       billed: true,
       errorCode: fields.errorCode ?? null,
     });
-    await c.get("svc").actors.submit(c.get("key").account_id, {
+    const r = await c.get("svc").actors.submit(c.get("key").account_id, {
       kind: "settle",
       keyId: c.get("key").id,
       holdId: this.holdId,
@@ -196,6 +196,16 @@ export class MeteredRequest {
       event,
     });
     c.set("audited", true);
+    if (r.charged !== cost.cost) {
+      c.get("svc").log("warn", "usage cost exceeds the balance; charge capped", {
+        request_id: c.get("requestId"),
+        provider: this.model.provider,
+        model: this.model.model,
+        cost: cost.cost,
+        charged: r.charged,
+      });
+      cost = { ...cost, cost: r.charged };
+    }
     return cost;
   }
 

@@ -127,3 +127,35 @@ Deno.test("two router processes on one KV file share the balance without overspe
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("an upstream reporting more usage than the balance holds cannot overdraw it", async () => {
+  const logs: string[] = [];
+  const t = await startRouter({ log: (_l, msg) => logs.push(msg) });
+  try {
+    // max_tokens 10, yet a million output tokens reported: $0.48 at list price.
+    t.openai.scenario = { usage: { prompt_tokens: 5, completion_tokens: 1_000_000 } };
+    for (const stream of [false, true]) {
+      const { key, mgmt } = await t.account("0.0001");
+      const res = await t.call(key, "POST", "/v1/chat/completions", {
+        model: "gpt-4o-mini",
+        messages: [{ role: "user", content: "hi" }],
+        max_tokens: 10,
+        stream,
+        stream_options: stream ? { include_usage: true } : undefined,
+      });
+      const text = await res.text();
+      assert.equal(res.status, 200, text);
+      // The client is told what it was charged: all that was left, not the $0.384 reported.
+      assert.match(text, /"cost":0\.0001[,}]/);
+      await t.assertBooks();
+      const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+      assert.equal(credits.balance, "0", "never below zero");
+      assert.equal(credits.total_used, "0.0001");
+      const tx = await json(await t.call(mgmt, "GET", "/v1/transactions?type=usage_debit"), 200);
+      assert.deepEqual(tx.data.map((e: { amount: string }) => e.amount), ["-0.0001"]);
+    }
+    assert.equal(logs.filter((m) => /charge capped/.test(m)).length, 2, "each cap is logged");
+  } finally {
+    await t.close();
+  }
+});
