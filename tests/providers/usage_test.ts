@@ -149,3 +149,18 @@ Deno.test("the Gemini stream translation reports the last usageMetadata once, at
     .filter(Boolean);
   assert.deepEqual(finish, ["length"]);
 });
+
+Deno.test("a Gemini reply to a blocked prompt is a content_filter choice, its prompt billed", () => {
+  const r = new UsageReader();
+  const { body, usage } = gemini.chatReply({
+    promptFeedback: { blockReason: "SAFETY" },
+    usageMetadata: { promptTokenCount: 12 },
+  }, r);
+  assert.deepEqual(body.choices, [{
+    index: 0,
+    message: { role: "assistant", content: null, refusal: null },
+    finish_reason: "content_filter",
+    logprobs: null,
+  }]);
+  assert.equal(usage.prompt, 12);
+});

@@ -232,6 +232,15 @@ function fromGemini(json: unknown, r: UsageReader) {
       logprobs: null,
     };
   });
+  if (choices.length === 0 && obj(j.promptFeedback).blockReason) {
+    // A blocked prompt has no candidate: answer as OpenAI does for filtered content.
+    choices.push({
+      index: 0,
+      message: { role: "assistant", content: null, refusal: null },
+      finish_reason: "content_filter",
+      logprobs: null,
+    });
+  }
   return {
     body: {
       ...completionHead(
