@@ -37,11 +37,19 @@ export function readPeriod(q: URLSearchParams, now: number): Period {
     return { ...d, error: "Choose a start and an end date, the start not after the end." };
   }
   const days = PERIODS[p as keyof typeof PERIODS] ?? 30;
-  return {
+  const preset: Period = {
     period: (p in PERIODS ? p : "30d") as Period["period"],
     fromDay: dayBucket(now - (days - 1) * DAY),
     toDay: dayBucket(now),
   };
+  // Dates edited in the form while a preset was selected mean those dates.
+  const from = q.get("from"), to = q.get("to");
+  if (isDay(from) && isDay(to) && (from !== preset.fromDay || to !== preset.toDay)) {
+    const custom = new URLSearchParams(q);
+    custom.set("period", "custom");
+    return readPeriod(custom, now);
+  }
+  return preset;
 }
 
 /**

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { formatCount, formatMoney, formatPercent, formatTime } from "../../lib/render/format.ts";
+import { readPeriod } from "../../lib/render/usage_view.tsx";
 
 Deno.test("formatMoney shows whole cents with two decimals and finer amounts exactly", () => {
   assert.equal(formatMoney("0"), "$0.00");
@@ -19,4 +20,19 @@ Deno.test("formatCount, formatPercent and formatTime read as people expect", () 
   assert.equal(formatPercent(19.99), "19.99%");
   assert.equal(formatTime("2026-11-26T13:05:59.123Z"), "2026-11-26 13:05 UTC");
   assert.equal(formatTime(null), "—");
+});
+
+Deno.test("readPeriod: presets end today, custom dates are checked, edited dates win", () => {
+  const now = Date.UTC(2026, 10, 26, 15);
+  const q = (s: string) => readPeriod(new URLSearchParams(s), now);
+  assert.deepEqual(q(""), { period: "30d", fromDay: "2026-10-28", toDay: "2026-11-26" });
+  assert.deepEqual(q("period=7d"), { period: "7d", fromDay: "2026-11-20", toDay: "2026-11-26" });
+  assert.deepEqual(q("period=custom&from=2026-11-01&to=2026-11-02"), {
+    period: "custom",
+    fromDay: "2026-11-01",
+    toDay: "2026-11-02",
+  });
+  assert.ok(q("period=custom&from=2026-11-05&to=2026-11-02").error);
+  assert.equal(q("period=30d&from=2026-11-01&to=2026-11-26").period, "custom");
+  assert.equal(q("period=30d&from=2026-10-28&to=2026-11-26").period, "30d");
 });
