@@ -192,3 +192,33 @@ Deno.test("a stream whose upstream omits the usage chunk is counted by the route
     await t.close();
   }
 });
+
+Deno.test("a stream passes through chunk by chunk: content arrives while the upstream still holds the rest", async () => {
+  const t = await startRouter({ env: { UPSTREAM_TIMEOUT_MS: "1000" } });
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { chunks: 4, stallAfter: 2, content: "first-part second-part" };
+    const res = await t.call(key, "POST", "/v1/chat/completions", body({ stream: true }));
+    const reader = res.body!.getReader();
+    const dec = new TextDecoder();
+    let got = "";
+    while (!got.includes("first")) {
+      const r = await reader.read();
+      assert.ok(!r.done);
+      got += dec.decode(r.value, { stream: true });
+    }
+    // The upstream is still holding its stream open: nothing was buffered until its end.
+    assert.equal(t.openai.streamsCancelled, 0);
+    assert.ok(!got.includes("upstream_error"));
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) break;
+      got += dec.decode(r.value, { stream: true });
+    }
+    assert.match(got, /upstream_error/);
+    await auditRows(t, mgmt, 1);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});

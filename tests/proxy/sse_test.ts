@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { eventData, SseSplitter, tapStream } from "../../lib/proxy/sse.ts";
+
+const chunk = (content: string) =>
+  JSON.stringify({
+    id: "c1",
+    object: "chat.completion.chunk",
+    choices: [{ index: 0, delta: { content } }],
+    usage: null,
+  });
+const USAGE_EVENT = `data: ${
+  JSON.stringify({
+    id: "c1",
+    object: "chat.completion.chunk",
+    choices: [],
+    usage: { prompt_tokens: 3, completion_tokens: 5 },
+  })
+}`;
+const EVENTS = [
+  `data: ${chunk("")}`,
+  `data: ${chunk("héllo ")}`,
+  ": a comment line",
+  `data: ${chunk("wörld 🚀\\n")}`,
+  `event: message\ndata: ${chunk("∑")}`,
+  USAGE_EVENT,
+  "data: [DONE]",
+];
+
+/** A byte stream of `text` cut at the given offsets (which may split UTF-8 characters). */
+function cut(bytes: Uint8Array, offsets: number[]): ReadableStream<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  let prev = 0;
+  for (const o of [...offsets, bytes.length]) {
+    if (o > prev) parts.push(bytes.slice(prev, o));
+    prev = Math.max(prev, o);
+  }
+  return new ReadableStream({
+    pull(ctrl) {
+      const p = parts.shift();
+      if (p) ctrl.enqueue(p);
+      else ctrl.close();
+    },
+  });
+}
+
+async function run(src: ReadableStream<Uint8Array>) {
+  const usages: unknown[] = [];
+  const ends: string[] = [];
+  let produced = "";
+  const out = tapStream(src, {
+    onUsage(data) {
+      usages.push(data.usage);
+      return Promise.resolve(
+        `data: ${JSON.stringify({ ...data, usage: { ...data.usage as object, cost: 1 } })}`,
+      );
+    },
+    onEnd(kind, p) {
+      ends.push(kind);
+      produced = p();
+      return Promise.resolve();
+    },
+  }, 5_000);
+  const text = await new Response(out).text();
+  return { text, usages, ends, produced };
+}
+
+Deno.test("tapStream passes every byte through, however the upstream cuts it, and taps usage once", async () => {
+  for (const sep of ["\n\n", "\r\n\r\n"]) {
+    const input = EVENTS.map((e) => e.replaceAll("\n", sep === "\n\n" ? "\n" : "\r\n") + sep).join(
+      "",
+    );
+    const bytes = new TextEncoder().encode(input);
+    const expected = input.replace(
+      USAGE_EVENT,
+      `data: ${
+        JSON.stringify({
+          ...eventData(USAGE_EVENT) as object,
+          usage: { prompt_tokens: 3, completion_tokens: 5, cost: 1 },
+        })
+      }`,
+    );
+    const cuts: number[][] = [[]];
+    for (let size = 1; size <= 64; size++) {
+      cuts.push(Array.from({ length: Math.ceil(bytes.length / size) }, (_, i) => i * size));
+    }
+    for (let i = 0; i < 50; i++) {
+      cuts.push(
+        Array.from({ length: 8 }, () => Math.floor(Math.random() * bytes.length)).sort((a, b) =>
+          a - b
+        ),
+      );
+    }
+    for (const offsets of cuts) {
+      const r = await run(cut(bytes, offsets));
+      // Events are re-terminated as "\n\n" only where the router rewrote them.
+      assert.equal(
+        r.text.replaceAll("\r\n", "\n"),
+        expected.replaceAll("\r\n", "\n"),
+        `cuts ${offsets}`,
+      );
+      assert.deepEqual(r.usages, [{ prompt_tokens: 3, completion_tokens: 5 }]);
+      assert.deepEqual(r.ends, ["complete"]);
+      assert.equal(r.produced, input, "what was produced is decoded whole");
+    }
+  }
+});
+
+Deno.test("a stream without usage still ends once, as complete", async () => {
+  const input = EVENTS.filter((e) => e !== USAGE_EVENT).map((e) => e + "\n\n").join("");
+  const r = await run(cut(new TextEncoder().encode(input), [5, 17, 100]));
+  assert.equal(r.text, input);
+  assert.deepEqual(r.usages, []);
+  assert.deepEqual(r.ends, ["complete"]);
+});
+
+Deno.test("SseSplitter keeps incomplete events, including a terminator cut in half", () => {
+  const s = new SseSplitter();
+  assert.deepEqual(s.push("data: a\r\n\r"), []);
+  assert.deepEqual(s.push("\ndata: b\n"), ["data: a"]);
+  assert.deepEqual(s.push("\ndata: c"), ["data: b"]);
+  assert.equal(s.rest, "data: c");
+  assert.equal(eventData("data: [DONE]"), null);
+  assert.equal(eventData(": comment"), null);
+  assert.deepEqual(eventData('data: {"a":\ndata: 1}'), { a: 1 });
+  assert.equal(eventData("data: {not json"), null);
+});
