@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { ConfigError, loadConfig } from "../../lib/config.ts";
+
+Deno.test("defaults follow API.md's table", () => {
+  const c = loadConfig({});
+  assert.equal(c.port, 8000);
+  assert.equal(c.listenHost, "127.0.0.1");
+  assert.equal(c.maxBodyBytes, 10 * 1024 * 1024);
+  assert.equal(c.upstreamTimeoutMs, 300_000);
+  assert.equal(c.kvPath, "./data/router.kv");
+  assert.equal(c.billingMode, "development");
+  assert.equal(c.discountBps, 2000);
+  assert.equal(c.openai.baseUrl, "https://api.openai.com/v1");
+  assert.equal(c.openai.apiKey, undefined, "a provider without a key is not offered");
+  assert.ok(c.adminTokenGenerated && c.adminToken!.length >= 16, "development generates a token");
+  assert.equal(c.outboxDelivery, "queue");
+  assert.equal(loadConfig({ DENO_DEPLOYMENT_ID: "x" }).outboxDelivery, "drainer");
+  assert.equal(loadConfig({ OUTBOX_DELIVERY: "drainer" }).outboxDelivery, "drainer");
+});
+
+Deno.test("values are parsed exactly", () => {
+  const c = loadConfig({
+    PORT: "0",
+    DISCOUNT_PERCENT: "12.5",
+    OPENAI_BASE_URL: "http://127.0.0.1:9/v1///",
+    HOLD_TTL_MS: "2000",
+    ADMIN_TOKEN: "0123456789abcdef",
+  });
+  assert.equal(c.port, 0);
+  assert.equal(c.discountBps, 1250);
+  assert.equal(c.openai.baseUrl, "http://127.0.0.1:9/v1");
+  assert.equal(c.holdTtlMs, 2000);
+  assert.equal(c.adminTokenGenerated, false);
+  assert.equal(loadConfig({ DISCOUNT_PERCENT: "0" }).discountBps, 0);
+  assert.equal(loadConfig({ DISCOUNT_PERCENT: "100" }).discountBps, 10_000);
+  assert.equal(loadConfig({ PORT: "" }).port, 8000, "an empty variable is unset");
+});
+
+Deno.test("a bad value is one line naming the variable", () => {
+  for (
+    const [name, value] of [
+      ["PORT", "eighty"],
+      ["PORT", "70000"],
+      ["MAX_BODY_BYTES", "-1"],
+      ["UPSTREAM_TIMEOUT_MS", "0"],
+      ["ADMIN_TOKEN", "short"],
+      ["BILLING_MODE", "free"],
+      ["DISCOUNT_PERCENT", "101"],
+      ["DISCOUNT_PERCENT", "-5"],
+      ["DISCOUNT_PERCENT", "12.345"],
+      ["OPENAI_BASE_URL", "not a url"],
+      ["OPENAI_BASE_URL", "ftp://example.com"],
+      ["OUTBOX_DELIVERY", "smoke"],
+      ["HOLD_TTL_MS", "10"],
+    ]
+  ) {
+    assert.throws(() => loadConfig({ [name]: value }), (e: unknown) => {
+      assert.ok(e instanceof ConfigError);
+      assert.ok(e.message.startsWith(`${name}: `), e.message);
+      assert.ok(!e.message.includes("\n"), "one line");
+      return true;
+    });
+  }
+  assert.throws(() => loadConfig({ BILLING_MODE: "production" }), /^ConfigError: BILLING_MODE: /);
+});
+
+Deno.test("main.ts stops on bad configuration with one line naming the variable", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts"],
+    cwd: new URL("../../", import.meta.url).pathname,
+    env: { PORT: "eighty", KV_PATH: ":memory:", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(out.code, 1);
+  const err = new TextDecoder().decode(out.stderr).trim();
+  assert.equal(err.split("\n").length, 1, err);
+  assert.match(err, /PORT: must be a whole number/);
+});
