@@ -4,6 +4,7 @@ import { signUp } from "../lib/auth/users.ts";
 import {
   countSigninAttempt,
   createSession,
+  deleteSession,
   SESSION_TTL_MS,
   sessionCookie,
 } from "../lib/auth/sessions.ts";
@@ -53,6 +54,8 @@ export const handler = {
         status: 409,
       };
     }
+    // Whatever session the browser had ends here: the new account gets a fresh one.
+    await deleteSession(ctx.svc.kv, ctx.viewer?.token);
     const { token } = await createSession(ctx.svc.kv, {
       kind: "user",
       user_id: created.user.id,

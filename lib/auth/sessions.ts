@@ -19,11 +19,12 @@ export const SESSION_COOKIE = "__Host-session";
 /** Over plain http beyond loopback a browser refuses `__Host-` cookies: the unprefixed fallback. */
 export const PLAIN_SESSION_COOKIE = "session";
 
-/** Creates a session and returns the cookie token (stored only as its hash). */
+/** Creates a session (7 days unless `ttlMs` says otherwise) and returns the cookie token, stored only as its hash. */
 export async function createSession(
   kv: Deno.Kv,
   spec: { kind: "user" | "admin"; user_id?: string; account_id?: string },
   now: number,
+  ttlMs = SESSION_TTL_MS,
 ): Promise<{ token: string; session: Session }> {
   const token = randomToken(32);
   const session: Session = {
@@ -32,9 +33,9 @@ export async function createSession(
     account_id: spec.account_id ?? null,
     csrf: randomToken(24),
     created_ms: now,
-    expires_ms: now + SESSION_TTL_MS,
+    expires_ms: now + ttlMs,
   };
-  await kv.set(sessionKey(await hashSecret(token)), session, { expireIn: SESSION_TTL_MS });
+  await kv.set(sessionKey(await hashSecret(token)), session, { expireIn: ttlMs });
   return { token, session };
 }
 
