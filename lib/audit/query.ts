@@ -169,10 +169,18 @@ export function csvField(v: string | number | boolean): string {
   return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
 }
 
+/** One CSV line in AUDIT_COLUMNS order; written out by hand, as it runs once per exported row. */
 function csvLine(r: AuditRow): string {
-  const j = auditJson(r);
-  return AUDIT_COLUMNS.map((c) => csvField(j[c])).join(",") + "\r\n";
+  const q = (v: string) => NEEDS_QUOTES.test(v) ? `"${v.replaceAll('"', '""')}"` : v;
+  return `${r.timestamp},${q(r.request_id)},${q(r.key_id)},${q(r.key_name)},${q(r.provider)},${
+    q(r.model)
+  },${r.prompt_tokens},${r.completion_tokens},${r.cached_tokens},${r.cache_write_tokens},${r.reasoning_tokens},${
+    formatUsd(r.cost)
+  },${formatUsd(r.market_cost)},${r.latency_ms},${r.status},${r.streaming},${q(r.client_ip)},${
+    q(r.user_agent)
+  }\r\n`;
 }
+const NEEDS_QUOTES = /[",\r\n]/;
 
 /**
  * The audit rows of a period as a byte stream (CSV or a JSON array), newest first, read from KV

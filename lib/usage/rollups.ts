@@ -43,18 +43,19 @@ export type Grain = "d" | "h";
  * ("" scope) in total, per key, provider and model, and per provider and model within its key.
  * 6 dimensions × 2 grains × 8 fields: at most 96 counters per event, merged within a batch.
  */
-function dimensions(e: UsageEvent): [scope: string, dim: string, value: string][] {
+function dimensions(keyId: string, provider: string, model: string) {
   return [
     ["", "all", ""],
-    ["", "key", e.key_id],
-    ["", "provider", e.provider],
-    ["", "model", e.model],
-    [e.key_id, "provider", e.provider],
-    [e.key_id, "model", e.model],
-  ];
+    ["", "key", keyId],
+    ["", "provider", provider],
+    ["", "model", model],
+    [keyId, "provider", provider],
+    [keyId, "model", model],
+  ] as const;
 }
 
-function eventTotals(e: UsageEvent): Totals {
+/** The counters one billed event adds. */
+export function eventTotals(e: UsageEvent): Totals {
   return {
     requests: 1n,
     prompt_tokens: BigInt(e.prompt_tokens),
@@ -72,14 +73,30 @@ function eventTotals(e: UsageEvent): Totals {
  * events of the same batch already put there, so a batch writes each counter once.
  */
 export function addRollupSums(sums: Map<string, [Deno.KvKey, bigint]>, e: UsageEvent): void {
-  const totals = eventTotals(e);
-  const buckets: [Grain, string][] = [["d", dayBucket(e.ts)], ["h", hourBucket(e.ts)]];
-  for (const [grain, bucket] of buckets) {
-    for (const [scope, dim, value] of dimensions(e)) {
+  addRollupTotals(sums, e.account_id, e.ts, e.key_id, e.provider, e.model, eventTotals(e));
+}
+
+/**
+ * Adds `totals` of requests made at `ms` with one key, provider and model to `sums`, under every
+ * dimension of the given grains (`addRollupSums` for one event; bulk loaders for many at once).
+ */
+export function addRollupTotals(
+  sums: Map<string, [Deno.KvKey, bigint]>,
+  accountId: string,
+  ms: number,
+  keyId: string,
+  provider: string,
+  model: string,
+  totals: Totals,
+  grains: readonly Grain[] = ["d", "h"],
+): void {
+  for (const grain of grains) {
+    const bucket = grain === "d" ? dayBucket(ms) : hourBucket(ms);
+    for (const [scope, dim, value] of dimensions(keyId, provider, model)) {
       for (const f of ROLLUP_FIELDS) {
         const amount = totals[f];
         if (amount === 0n) continue;
-        const key = rollupKey(e.account_id, grain, scope, dim, bucket, value, f);
+        const key = rollupKey(accountId, grain, scope, dim, bucket, value, f);
         const s = key.join("\u0000");
         const prev = sums.get(s);
         if (prev) prev[1] += amount;
