@@ -71,7 +71,7 @@ export const handler = {
       user_id: user.id,
       account_id: home.account_id,
     }, ctx.svc.now());
-    ctx.c.header("set-cookie", sessionCookie(ctx.c.req.url, token, SESSION_TTL_MS / 1000));
+    ctx.c.header("set-cookie", sessionCookie(ctx.siteUrl, token, SESSION_TTL_MS / 1000));
     return ctx.redirect(next);
   },
 };

@@ -6,7 +6,7 @@ export const config: PageConfig = { title: "Sign out", auth: "session", layout: 
 export const handler = {
   async POST(ctx: PageCtx) {
     await deleteSession(ctx.svc.kv, ctx.viewer?.token);
-    ctx.c.header("set-cookie", sessionCookie(ctx.c.req.url, "", 0));
+    ctx.c.header("set-cookie", sessionCookie(ctx.siteUrl, "", 0));
     return ctx.redirect("/signin");
   },
 };

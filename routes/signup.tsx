@@ -61,7 +61,7 @@ export const handler = {
       user_id: created.user.id,
       account_id: created.account.id,
     }, ctx.svc.now());
-    ctx.c.header("set-cookie", sessionCookie(ctx.c.req.url, token, SESSION_TTL_MS / 1000));
+    ctx.c.header("set-cookie", sessionCookie(ctx.siteUrl, token, SESSION_TTL_MS / 1000));
     return ctx.redirect("/dashboard");
   },
 };

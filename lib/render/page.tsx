@@ -30,6 +30,8 @@ export interface PageCtx {
   svc: Services;
   url: URL;
   viewer: Viewer | null;
+  /** The site's public URL (PUBLIC_URL behind a proxy, else the request's): decides Secure cookies. */
+  siteUrl: string;
   /** The posted form (POST only; its CSRF check has passed). */
   form: FormData;
   redirect(to: string): Response;
@@ -211,6 +213,7 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
       svc,
       url,
       viewer,
+      siteUrl: svc.config.publicUrl ?? c.req.url,
       form,
       redirect: (to) => c.redirect(to, 303),
     };

@@ -32,7 +32,7 @@ export const handler = {
     }
     await deleteSession(kv, ctx.viewer?.token);
     const s = await createSession(kv, { kind: "admin" }, ctx.svc.now(), ADMIN_TTL_S * 1000);
-    ctx.c.header("set-cookie", sessionCookie(ctx.c.req.url, s.token, ADMIN_TTL_S));
+    ctx.c.header("set-cookie", sessionCookie(ctx.siteUrl, s.token, ADMIN_TTL_S));
     return ctx.redirect("/dashboard/admin");
   },
 };
