@@ -44,20 +44,30 @@ export function eventName(event: string): string {
   return m ? m[1].trim() : "";
 }
 
+/** How a translated stream writes its events: OpenAI chunks end with `[DONE]`, Anthropic events
+ * are named by their `type`. */
+export type SseFormat = "openai" | "anthropic";
+
 /**
- * Translates a provider's SSE stream into OpenAI chat chunks: `onEvent` maps each upstream event
- * (its JSON data and event name) to zero or more chunks, `onEnd` adds the closing ones; the
- * result ends with `data: [DONE]`. Cancelling the result cancels the upstream.
+ * Translates a provider's SSE stream into another format's events (OpenAI chat chunks by
+ * default): `onEvent` maps each upstream event (its JSON data and event name) to zero or more
+ * events, `onEnd` adds the closing ones. Cancelling the result cancels the upstream.
  */
 export function translateSse(
   src: ReadableStream<Uint8Array>,
   onEvent: (data: Record<string, unknown>, name: string) => unknown[],
   onEnd: () => unknown[],
+  format: SseFormat = "openai",
 ): ReadableStream<Uint8Array> {
   const decoder = new TextDecoder();
   const encoder = new TextEncoder();
   const splitter = new SseSplitter();
-  const emit = (chunks: unknown[]) => chunks.map((c) => `data: ${JSON.stringify(c)}\n\n`).join("");
+  const emit = (chunks: unknown[]) =>
+    chunks.map((c) =>
+      format === "anthropic"
+        ? `event: ${(c as { type?: string }).type}\ndata: ${JSON.stringify(c)}\n\n`
+        : `data: ${JSON.stringify(c)}\n\n`
+    ).join("");
   const handle = (events: string[]) => {
     let out = "";
     for (const event of events) {
@@ -76,7 +86,7 @@ export function translateSse(
       },
       flush(ctrl) {
         const out = handle(splitter.push(decoder.decode() + "\n\n")) + emit(onEnd()) +
-          "data: [DONE]\n\n";
+          (format === "openai" ? "data: [DONE]\n\n" : "");
         ctrl.enqueue(encoder.encode(out));
       },
     }),

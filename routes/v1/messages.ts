@@ -1,7 +1,7 @@
 import type { Context } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
-import { badRequest, parseJson } from "../../lib/http/errors.ts";
+import { parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
 import { estimatePromptTokens, estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
 import { withData } from "../../lib/proxy/sse.ts";
@@ -19,6 +19,11 @@ import { readAnthropicUsage, UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { ZERO_USAGE } from "../../lib/pricing.ts";
 import { obj } from "../../lib/providers/common.ts";
+import {
+  chatStreamToMessages,
+  chatToMessage,
+  messagesToChat,
+} from "../../lib/providers/anthropic/messages_api.ts";
 
 const messagesSchema = z.looseObject({
   model: z.string().min(1, "is required"),
@@ -27,19 +32,19 @@ const messagesSchema = z.looseObject({
   stream: z.boolean().nullish(),
 });
 
-const speaksMessages = (m: ResolvedModel) => m.adapter.kind === "anthropic";
+/** Anthropic models get the request as sent; any other chat model gets it translated. */
+const native = (m: ResolvedModel) => m.adapter.kind === "anthropic";
 
-/** `POST /v1/messages`: the Anthropic Messages API, passed through with the operator's key. */
+/**
+ * `POST /v1/messages`: the Anthropic Messages API. Anthropic models are passed through with the
+ * operator's key (`anthropic-version` and `anthropic-beta` forwarded); any other chat model is
+ * reached through its chat adapter and answered in the Messages format.
+ */
 export async function messages(c: Context<AppEnv>) {
   const raw = await c.req.text();
   const body = parseJson(raw, messagesSchema);
   const primary = resolveModel(c, body.model, "chat");
-  if (!speaksMessages(primary)) {
-    throw badRequest(
-      `The model '${body.model}' is not an Anthropic model; call it through /v1/chat/completions`,
-    );
-  }
-  const candidates = candidatesFor(c, primary, [], speaksMessages);
+  const candidates = candidatesFor(c, primary, []);
   const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
   await m.reserve(
@@ -52,39 +57,53 @@ export async function messages(c: Context<AppEnv>) {
     m,
     candidates,
     (model) =>
-      model.adapter.nativeRequest!(
-        model.upstream,
-        "messages",
-        { ...body, model: model.model },
-        headers,
-      )!,
+      native(model)
+        ? model.adapter.nativeRequest!(
+          model.upstream,
+          "messages",
+          { ...body, model: model.model },
+          headers,
+        )!
+        : model.adapter.chatRequest(model.upstream, messagesToChat(body, model.model)),
   );
+  const model = m.model;
+  const translated = !native(model);
   if (!stream) {
     return c.json(
       await settleJson(m, reply, (json, r) => {
+        if (translated) {
+          const { body: chat, usage } = model.adapter.chatReply(json, r);
+          return { body: chatToMessage(chat, usage, body.model), usage };
+        }
         const out = obj(json);
         return { body: out, usage: readAnthropicUsage(out.usage, r) };
       }),
     );
   }
+  const upstream = translated
+    ? chatStreamToMessages(model.adapter.chatStream(reply.res.body!), body.model)
+    : reply.res.body!;
   const reader = new UsageReader();
   // message_start carries the input usage, message_delta the final (cumulative) output.
   let started: Record<string, unknown> | null = null;
   const out = billStream(
     m,
-    reply.res.body!,
+    upstream,
     async (data, event, settle) => {
       if (data.type === "message_start") {
         started = { ...obj(obj(data.message).usage) };
         return undefined;
       }
       if (data.type !== "message_delta") return undefined;
-      const cost = await settle(readAnthropicUsage({ ...started, ...obj(data.usage) }, reader));
+      const usage = obj(data.usage);
+      // A translated stream whose upstream reported no usage has no input_tokens: count instead.
+      if (translated && usage.input_tokens === undefined) return undefined;
+      const cost = await settle(readAnthropicUsage({ ...started, ...usage }, reader));
       logAnomalies(m, reader);
       return withData(event, { ...data, usage: withCost(data.usage, cost) });
     },
     () =>
-      started ? readAnthropicUsage(started, new UsageReader()) : {
+      started && !translated ? readAnthropicUsage(started, new UsageReader()) : {
         ...ZERO_USAGE,
         prompt: estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
       },

@@ -124,17 +124,130 @@ Deno.test("a Messages stream cut by the provider bills input and the output prod
   }
 });
 
-Deno.test("/v1/messages refuses models that are not Anthropic's", async () => {
+// gpt-4o-mini ($/M): input 0.15, cached input 0.075, output 0.60. 1000 prompt tokens of which
+// 400 cached, 200 output: 600×0.15 + 400×0.075 + 200×0.60 = 240 µ$ market, $0.000192 at 20 % off.
+const OPENAI_USAGE = {
+  prompt_tokens: 1000,
+  completion_tokens: 200,
+  prompt_tokens_details: { cached_tokens: 400 },
+};
+
+Deno.test("the Anthropic SDK reaches an OpenAI model through /v1/messages, translated", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { usage: OPENAI_USAGE };
+    const client = new Anthropic({ apiKey: key, baseURL: t.url });
+    const msg = await client.messages.create({
+      model: "openai/gpt-4o-mini",
+      max_tokens: 1000,
+      system: [{ type: "text", text: "Be brief." }],
+      stop_sequences: ["END"],
+      messages: [{ role: "user", content: [{ type: "text", text: "hello" }] }],
+    });
+    assert.equal(msg.type, "message");
+    assert.equal(msg.model, "openai/gpt-4o-mini");
+    assert.deepEqual(msg.content, [{ type: "text", text: "Echo: hello" }]);
+    assert.equal(msg.stop_reason, "end_turn");
+    const usage = msg.usage as unknown as Record<string, unknown>;
+    assert.equal(usage.input_tokens, 600, "uncached input, as Anthropic counts it");
+    assert.equal(usage.cache_read_input_tokens, 400);
+    assert.equal(usage.output_tokens, 200);
+    assert.equal(usage.cost, 0.000192);
+    assert.equal(usage.market_cost, 0.00024);
+    const sent = t.openai.requests[0];
+    assert.deepEqual(sent.messages, [
+      { role: "system", content: "Be brief." },
+      { role: "user", content: [{ type: "text", text: "hello" }] },
+    ]);
+    assert.equal(sent.max_tokens, 1000);
+    assert.deepEqual(sent.stop, ["END"]);
+    assert.equal(t.openai.auth[0], "Bearer sk-upstream-test");
+    assert.equal(t.anthropic.requests.length, 0);
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.000192");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the Anthropic SDK calls tools on a Gemini model, streaming, billed from its usage", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // gemini-2.5-flash: 1000 input × 0.30 + 200 output × 2.50 = 800 µ$; 20 % off = $0.00064.
+    const usage = { promptTokenCount: 1000, candidatesTokenCount: 200 };
+    t.gemini.scenario = { usage, functionCall: { name: "get_weather", args: { city: "Lima" } } };
+    const client = new Anthropic({ apiKey: key, baseURL: t.url });
+    const tools = [{
+      name: "get_weather",
+      description: "Weather of a city",
+      input_schema: { type: "object" as const, properties: { city: { type: "string" } } },
+    }];
+    const first = await client.messages.stream({
+      model: "google/gemini-2.5-flash",
+      max_tokens: 1000,
+      tools,
+      messages: [{ role: "user", content: "Weather in Lima?" }],
+    }).finalMessage();
+    assert.equal(first.stop_reason, "tool_use");
+    const call = first.content.find((b) => b.type === "tool_use");
+    assert.ok(call && call.type === "tool_use");
+    assert.equal(call.name, "get_weather");
+    assert.deepEqual(call.input, { city: "Lima" });
+    assert.equal(first.usage.input_tokens, 1000);
+    assert.equal(first.usage.output_tokens, 200);
+    assert.match(t.gemini.paths[0], /:streamGenerateContent\?alt=sse$/);
+
+    t.gemini.scenario = { usage };
+    const events = await client.messages.create({
+      model: "gemini-2.5-flash",
+      max_tokens: 1000,
+      tools,
+      stream: true,
+      messages: [
+        { role: "user", content: "Weather in Lima?" },
+        { role: "assistant", content: first.content },
+        {
+          role: "user",
+          content: [{ type: "tool_result", tool_use_id: call.id, content: "cloudy" }],
+        },
+      ],
+    });
+    let text = "";
+    const types: string[] = [];
+    let final: Record<string, unknown> | null = null;
+    for await (const e of events) {
+      types.push(e.type);
+      if (e.type === "content_block_delta" && e.delta.type === "text_delta") text += e.delta.text;
+      if (e.type === "message_delta") final = e.usage as unknown as Record<string, unknown>;
+    }
+    assert.equal(text, 'Tool said: {"result":"cloudy"}');
+    assert.deepEqual(types.slice(0, 2), ["message_start", "content_block_start"]);
+    assert.deepEqual(types.slice(-3), ["content_block_stop", "message_delta", "message_stop"]);
+    assert.equal(final?.cost, 0.00064);
+    assert.deepEqual(t.gemini.requests[1].contents, [
+      { role: "user", parts: [{ text: "Weather in Lima?" }] },
+      { role: "model", parts: [{ functionCall: { name: "get_weather", args: { city: "Lima" } } }] },
+      {
+        role: "user",
+        parts: [{ functionResponse: { name: "get_weather", response: { result: "cloudy" } } }],
+      },
+    ]);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00128");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("/v1/messages validates its body", async () => {
   const t = await startProviders();
   try {
     const { key } = await t.account("1");
-    const res = await t.call(key, "POST", "/v1/messages", {
-      model: "openai/gpt-4o-mini",
-      max_tokens: 10,
-      messages: [{ role: "user", content: "x" }],
-    });
-    const body = await json(res, 400);
-    assert.equal(body.error.code, "invalid_request");
     const missing = await json(
       await t.call(key, "POST", "/v1/messages", {
         model: "claude-haiku-4-5",
