@@ -14,11 +14,13 @@ export interface BackgroundOptions {
 }
 
 /**
- * Drives the recording of usage events and the expiry of holds. With KV queues, a listener
- * records the events each commit enqueued; without them (Deno Deploy, remote KV), an in-process
- * drainer records them right after their commit. In both modes a sweeper records entries whose
- * delivery was lost and releases holds whose request died with its process; `Deno.cron` runs the
- * same sweep where the process may sleep.
+ * Drives the recording of usage events and the expiry of holds. An in-process drainer records
+ * each commit's events right after it, many accounts' events per atomic. With KV queues, a
+ * listener also receives the message each commit enqueued: the at-least-once backstop, which
+ * usually finds its events recorded already (one message per commit, delivered one by one, could
+ * not keep up with a load spread over many accounts). In both modes a sweeper records entries
+ * whose delivery was lost and releases holds whose request died with its process; `Deno.cron`
+ * runs the same sweep where the process may sleep.
  */
 export class Background {
   #kv: Deno.Kv;
@@ -61,7 +63,7 @@ export class Background {
 
   /** Called by the actors after each commit with the outbox ids it wrote. */
   notify = (ids: string[]) => {
-    if (this.#opts.delivery !== "drainer" || this.#closed) return;
+    if (this.#closed) return;
     for (const id of ids) this.#pending.add(id);
     this.#draining ??= this.#track(this.#drain());
   };
