@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { startRouter, type TestRouter } from "../_helpers.ts";
 import { SIGNIN_LIMIT } from "../../lib/auth/sessions.ts";
 import { ensureBundle } from "../browser/_browser.ts";
+import { createKey } from "../../lib/auth/keys.ts";
+import { getUserByEmail, listAccountsByUser } from "../../lib/auth/users.ts";
 
 function post(t: TestRouter, path: string, form: Record<string, string>, headers = {}) {
   return fetch(t.url + path, {
@@ -116,3 +118,59 @@ Deno.test("sign-in attempts are limited per IP", async () => {
     await t.close();
   }
 });
+
+Deno.test("the audit and transaction pages page through the same rows as the API", async () => {
+  const t = await startRouter();
+  try {
+    const res = await post(t, "/signup", SIGNUP);
+    const cookie = res.headers.get("set-cookie")!.split(";")[0];
+    await res.body?.cancel();
+    const user = (await getUserByEmail(t.kv, SIGNUP.email))!;
+    const acct = (await listAccountsByUser(t.kv, user.id))[0].account_id;
+    await t.router.svc.actors.submit(acct, {
+      kind: "credit",
+      type: "adjustment",
+      amount: 1_000_000_000n,
+      description: "test credit",
+      reference: null,
+    });
+    const { secret } = await createKey(t.kv, acct, { name: "pager", scope: "inference" });
+    for (let i = 0; i < 53; i++) {
+      const r = await t.call(secret, "POST", "/v1/chat/completions", {
+        model: "gpt-4o-mini",
+        messages: [{ role: "user", content: "hi" }],
+      });
+      assert.equal(r.status, 200);
+      await r.body?.cancel();
+    }
+    await t.router.flush();
+    const get = async (path: string) =>
+      await (await fetch(t.url + path, { headers: { cookie } })).text();
+    const ids = (html: string, attr: string) =>
+      [...html.matchAll(new RegExp(`${attr}="([^"]+)"`, "g"))].map((m) => m[1]);
+    const older = (html: string) =>
+      html.match(/href="(\?[^"]*cursor=[^"]+)"/)?.[1].replaceAll("&amp;", "&");
+
+    const api1 = JSON.parse(await get("/v1/audit?limit=50"));
+    const page1 = await get("/dashboard/audit");
+    assert.deepEqual(ids(page1, "data-request-id"), api1.data.map((r: Row) => r.request_id));
+    const next = older(page1);
+    assert.ok(next, "a link to older rows");
+    const page2 = await get("/dashboard/audit" + next);
+    const api2 = JSON.parse(await get(`/v1/audit?limit=50&cursor=${api1.next_cursor}`));
+    assert.deepEqual(ids(page2, "data-request-id"), api2.data.map((r: Row) => r.request_id));
+    assert.equal(ids(page2, "data-request-id").length, 3);
+    assert.equal(older(page2), undefined);
+
+    const tx1 = await get("/dashboard/settings/billing");
+    const apiTx = JSON.parse(await get("/v1/transactions?limit=50"));
+    assert.deepEqual(ids(tx1, "data-id"), apiTx.data.map((r: { id: string }) => r.id));
+    const tx2 = await get("/dashboard/settings/billing" + older(tx1));
+    assert.equal(ids(tx2, "data-id").length, 4, "53 debits and the credit: 54 entries");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+type Row = { request_id: string };
