@@ -262,3 +262,30 @@ Deno.test("/v1/messages validates its body", async () => {
     await t.close();
   }
 });
+
+Deno.test("a translated Messages stream whose upstream sent no usage is counted by the router", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { omitUsage: true, content: "abcdefgh", chunks: 2 };
+    const res = await t.call(key, "POST", "/v1/messages", {
+      model: "openai/gpt-4o-mini",
+      max_tokens: 100,
+      messages: [{ role: "user", content: "hi" }],
+      stream: true,
+    });
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    assert.match(text, /event: message_delta/);
+    assert.match(text, /event: message_stop/);
+    // Counted: prompt 3 + 4 + ⌈len(" hi  ") / 4⌉ + 1 (the empty system, '""') = 10 tokens;
+    // output "abcd" + "efgh" = 2 tokens → 10×0.15 + 2×0.60 = 2.7 µ$ market at gpt-4o-mini's
+    // prices, 2.16 µ$ at 20 % off.
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00000216");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
