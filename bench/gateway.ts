@@ -327,6 +327,8 @@ async function main() {
   const useWrk = flag("loadgen") !== "deno" && Deno.env.get("BENCH_LOADGEN") !== "deno" &&
     await haveWrk();
   const load = useWrk ? runWrk : runDenoLoad;
+  const loadavg = () => Deno.loadavg().map((n) => n.toFixed(1)).join(" ");
+  console.log(`load average before the run: ${loadavg()}`);
   console.log(
     `load generator: ${useWrk ? "wrk (1 thread)" : "deno (bench/loadgen.ts)"}; ` +
       `${seconds} s per run after a ${warmupSeconds} s warm-up; ${Deno.osRelease()}, ` +
@@ -452,7 +454,8 @@ async function main() {
           target: t.name,
           mode,
           concurrency: c,
-          rps: r.requests / (r.duration_us / 1e6),
+          // Only successful replies count: a gateway answering errors fast is not fast.
+          rps: (r.requests - r.errors.status) / (r.duration_us / 1e6),
           p50_ms: r.p50_us / 1000,
           p99_ms: r.p99_us / 1000,
           errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.status +
@@ -477,10 +480,15 @@ async function main() {
   }
   const report = summarize(rows, books);
   console.log("\n" + report.text);
+  console.log(`load average after the run: ${loadavg()}`);
   await Deno.mkdir(`${BENCH}results`, { recursive: true });
   await Deno.writeTextFile(
     `${BENCH}results/latest.json`,
-    JSON.stringify({ at: new Date().toISOString(), seconds, rows, books }, null, 2) + "\n",
+    JSON.stringify(
+      { at: new Date().toISOString(), seconds, loadavg: loadavg(), rows, books },
+      null,
+      2,
+    ) + "\n",
   );
   return report.booksOk;
 }
