@@ -88,7 +88,11 @@ export function summarize(rows: Row[], books: Record<string, unknown>) {
       }
     }
     const pk = find("portkey", mode, c);
-    if (pk && direct) {
+    if (pk && direct && pk.errors >= pk.requests / 2) {
+      lines.push(
+        `  ${mode} c=${c} portkey failed: ${pk.errors} of ${pk.requests} replies were errors`,
+      );
+    } else if (pk && direct) {
       lines.push(
         `  ${mode} c=${c} portkey ÷ direct = ${f(pk.rps / direct.rps, 3)}, ÷ bare proxy = ${
           f(pk.rps / bare.rps, 3)
