@@ -150,6 +150,18 @@ Deno.test("admin: Idempotency-Key replays the first answer; another body is 409"
       await t.admin("POST", "/v1/admin/accounts", { name: "Twice" }, { "idempotency-key": "a1" }),
       409,
     );
+    // Racing creations with one key make one account.
+    const raced = await Promise.all(
+      Array.from(
+        { length: 8 },
+        () =>
+          t.admin("POST", "/v1/admin/accounts", { name: "Race" }, { "idempotency-key": "a2" })
+            .then((r) => json(r, 201)),
+      ),
+    );
+    assert.equal(new Set(raced.map((a) => a.id)).size, 1);
+    const accounts = await json(await t.admin("GET", "/v1/admin/accounts"), 200);
+    assert.equal(accounts.data.filter((a: { name: string }) => a.name === "Race").length, 1);
 
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.balance, "11");

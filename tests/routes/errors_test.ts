@@ -222,21 +222,27 @@ Deno.test("a revoked or disabled key is refused on its very next request", async
 
 Deno.test("a key revoked through another process is refused on its next request here", async () => {
   const dir = await Deno.makeTempDir();
-  const a = await startRouter({ kvPath: `${dir}/router.kv` });
-  const b = await startRouter({ kvPath: `${dir}/router.kv` });
+  // Without queue listeners, which would both poll the one file's queue.
+  const env = { OUTBOX_DELIVERY: "drainer" };
+  const a = await startRouter({ kvPath: `${dir}/router.kv`, env });
+  const b = await startRouter({ kvPath: `${dir}/router.kv`, env });
   try {
     const { key, keyId, mgmt } = await a.account("1");
     const body = { model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] };
-    // Warm b's key cache, then revoke through a: b's cache does not know yet.
+    // Warm b's key cache, then revoke through a: b's cache does not know yet. (Each process
+    // finishes its writes first: a local KV file refuses a write while another process writes.)
     await json(await b.call(key, "POST", "/v1/chat/completions", body), 200);
+    await b.router.flush();
     await json(await a.call(mgmt, "DELETE", `/v1/keys/${keyId}`), 200);
     await expectError(
       await b.call(key, "POST", "/v1/chat/completions", body),
       401,
       "invalid_api_key",
     );
+    await b.router.flush();
     const other = await a.account("1");
     await json(await b.call(other.key, "POST", "/v1/chat/completions", body), 200);
+    await b.router.flush();
     await json(
       await a.call(other.mgmt, "PATCH", `/v1/keys/${other.keyId}`, { disabled: true }),
       200,
@@ -282,4 +288,38 @@ Deno.test("another account's key id is not found, whatever the method", async ()
   } finally {
     await t.close();
   }
+});
+
+// A streamed upload refused mid-body leaves fetch's request-body resource behind (STACK.md).
+Deno.test({
+  name: "a streamed body over MAX_BODY_BYTES is 413 too, and nothing is forwarded",
+  sanitizeResources: false,
+  fn: async () => {
+    const t = await startRouter({ env: { MAX_BODY_BYTES: "4096" } });
+    try {
+      const { key } = await t.account("1");
+      const before = await snapshot(t);
+      const big = new TextEncoder().encode(JSON.stringify({
+        model: "gpt-4o-mini",
+        messages: [{ role: "user", content: "x".repeat(100_000) }],
+      }));
+      const body = new ReadableStream<Uint8Array>({
+        start(c) {
+          for (let i = 0; i < big.length; i += 1000) c.enqueue(big.slice(i, i + 1000));
+          c.close();
+        },
+      });
+      const res = await fetch(`${t.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key}` },
+        body,
+        duplex: "half",
+      } as RequestInit);
+      await expectError(res, 413, "request_too_large");
+      assert.equal(t.openai.requests.length, 0);
+      assertNothingWritten(before, await snapshot(t), 0);
+    } finally {
+      await t.close();
+    }
+  },
 });
