@@ -51,7 +51,7 @@ export interface ProviderAdapter {
    */
   nativeRequest?(
     up: Upstream,
-    api: "messages" | "responses",
+    api: "messages" | "count_tokens" | "responses",
     body: Record<string, unknown>,
     headers: Headers,
   ): UpstreamCall | null;

@@ -11,7 +11,7 @@ import { divRound, formatUsd } from "../../lib/money.ts";
 import { getKeySpend } from "../../lib/auth/keys.ts";
 import { currentSpend, periodEnd } from "../../lib/billing/periods.ts";
 import { chatCompletions } from "./chat.ts";
-import { messages } from "./messages.ts";
+import { countTokens, messages } from "./messages.ts";
 import { responses } from "./responses.ts";
 
 const embeddingsSchema = z.looseObject({
@@ -94,9 +94,11 @@ export function inferenceRoutes() {
   app.use("/embeddings", requireKey("inference"));
   app.use("/key", requireKey("inference"));
   app.use("/messages", requireKey("inference"));
+  app.use("/messages/count_tokens", requireKey("inference"));
   app.use("/responses", requireKey("inference"));
   app.post("/chat/completions", chatCompletions);
   app.post("/messages", messages);
+  app.post("/messages/count_tokens", countTokens);
   app.post("/responses", responses);
   app.post("/embeddings", embeddings);
 

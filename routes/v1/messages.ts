@@ -5,6 +5,7 @@ import { parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
 import { estimatePromptTokens, estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
 import { withData } from "../../lib/proxy/sse.ts";
+import { callUpstream, readUpstreamJson } from "../../lib/proxy/upstream.ts";
 import {
   billStream,
   candidatesFor,
@@ -109,4 +110,30 @@ export async function messages(c: Context<AppEnv>) {
       },
   );
   return c.body(out, 200, SSE_HEADERS);
+}
+
+const countSchema = messagesSchema.omit({ max_tokens: true, stream: true });
+
+/**
+ * `POST /v1/messages/count_tokens`: free, so neither held nor billed. Anthropic models ask the
+ * provider; other models get the router's estimate.
+ */
+export async function countTokens(c: Context<AppEnv>) {
+  const body = parseJson(await c.req.text(), countSchema);
+  const model = resolveModel(c, body.model, "chat");
+  if (!native(model)) {
+    const tokens = estimatePromptTokens(body) +
+      estimateTokens(JSON.stringify(body.system ?? "") + JSON.stringify(body.tools ?? ""));
+    return c.json({ input_tokens: tokens });
+  }
+  const svc = c.get("svc");
+  const call = model.adapter.nativeRequest!(
+    model.upstream,
+    "count_tokens",
+    { ...body, model: model.model },
+    c.req.raw.headers,
+  )!;
+  const reply = await callUpstream(svc.fetch, call, svc.config.upstreamTimeoutMs);
+  const json = obj(await readUpstreamJson(reply, svc.config.upstreamTimeoutMs));
+  return c.json({ input_tokens: new UsageReader().count(json.input_tokens, "input_tokens") });
 }

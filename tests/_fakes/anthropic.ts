@@ -62,6 +62,9 @@ export function startFakeAnthropic(): FakeAnthropic {
       fake.requests.push(body);
       fake.headers.push(req.headers);
       const s = fake.scenario;
+      if (url.pathname === "/v1/messages/count_tokens") {
+        return Response.json({ input_tokens: Math.ceil(JSON.stringify(body.messages).length / 4) });
+      }
       if (url.pathname !== "/v1/messages") return new Response("not found", { status: 404 });
       const failing = s.failFirst === undefined || fake.requests.length <= s.failFirst;
       if (s.status && s.status >= 400 && failing) {

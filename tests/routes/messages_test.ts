@@ -289,3 +289,23 @@ Deno.test("a translated Messages stream whose upstream sent no usage is counted 
     await t.close();
   }
 });
+
+Deno.test("count_tokens asks Anthropic for its models and estimates for others, free", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const client = new Anthropic({ apiKey: key, baseURL: t.url });
+    const messages = [{ role: "user" as const, content: "count these words" }];
+    const counted = await client.messages.countTokens({ model: "claude-haiku-4-5", messages });
+    assert.equal(counted.input_tokens, Math.ceil(JSON.stringify(messages).length / 4));
+    assert.equal(t.anthropic.headers[0].get("x-api-key"), "sk-ant-operator");
+    const estimated = await client.messages.countTokens({ model: "gpt-4o-mini", messages });
+    assert.ok(estimated.input_tokens > 0);
+    assert.equal(t.openai.requests.length, 0);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});

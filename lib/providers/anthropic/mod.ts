@@ -276,8 +276,9 @@ export const anthropic: ProviderAdapter = {
   chatReply: fromAnthropic,
   chatStream: streamFromAnthropic,
   nativeRequest(up, api, body, headers) {
-    if (api !== "messages") return null;
-    return post(`${up.baseUrl}/v1/messages`, {
+    if (api === "responses") return null;
+    const path = api === "count_tokens" ? "/v1/messages/count_tokens" : "/v1/messages";
+    return post(`${up.baseUrl}${path}`, {
       ...authHeaders(up, headers.get("anthropic-version"), headers.get("anthropic-beta")),
       accept: body.stream ? "text/event-stream" : "application/json",
     }, body);
