@@ -193,7 +193,18 @@ export function exportAudit(
   format: "csv" | "json",
 ): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder();
-  const iter = listAuditRange(kv, accountId, f);
+  // Pages of PAGE keys, each read while the previous one is being formatted (one page ahead).
+  const PAGE = 1000;
+  const fetchPage = async (end?: Deno.KvKey) => {
+    const rows: Deno.KvEntry<AuditRow>[] = [];
+    const iter = kv.list<AuditRow>(
+      { start: ["audit", accountId, f.fromMs], end: end ?? ["audit", accountId, f.toMs] },
+      { reverse: true, limit: PAGE, batchSize: PAGE },
+    );
+    for await (const e of iter) rows.push(e);
+    return rows;
+  };
+  let next: Promise<Deno.KvEntry<AuditRow>[]> | null = fetchPage();
   let started = false;
   let first = true;
   return new ReadableStream<Uint8Array>({
@@ -203,25 +214,27 @@ export function exportAudit(
         started = true;
         out = format === "csv" ? AUDIT_COLUMNS.join(",") + "\r\n" : "[";
       }
-      let n = 0;
-      while (n < 1000) {
-        const next = await iter.next();
-        if (next.done) {
-          if (format === "json") out += "]";
-          if (out) ctrl.enqueue(encoder.encode(out));
-          ctrl.close();
-          return;
+      // Skip pages the filters empty entirely, so every pull yields bytes or ends the stream.
+      while (next) {
+        const rows = await next;
+        next = rows.length === PAGE ? fetchPage(rows[PAGE - 1].key) : null;
+        for (const { value: row } of rows) {
+          if (!matches(row, f)) continue;
+          if (format === "csv") out += csvLine(row);
+          else {
+            out += (first ? "" : ",") + JSON.stringify(auditJson(row));
+            first = false;
+          }
         }
-        const row = next.value.value;
-        if (!matches(row, f)) continue;
-        n++;
-        if (format === "csv") out += csvLine(row);
-        else {
-          out += (first ? "" : ",") + JSON.stringify(auditJson(row));
-          first = false;
-        }
+        if (out) break;
       }
-      ctrl.enqueue(encoder.encode(out));
+      if (!next && format === "json") out += "]";
+      if (out) ctrl.enqueue(encoder.encode(out));
+      if (!next) ctrl.close();
+    },
+    cancel() {
+      next?.catch(() => {});
+      next = null;
     },
   }, { highWaterMark: 0 });
 }

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
-import { AUDIT_COLUMNS, pruneAudit } from "../../lib/audit/query.ts";
-import { auditIdKey, outboxKey } from "../../lib/kv/schema.ts";
+import { AUDIT_COLUMNS, exportAudit, pruneAudit } from "../../lib/audit/query.ts";
+import { auditRowOf } from "../../lib/audit/recorder.ts";
+import { auditIdKey, auditKey, outboxKey } from "../../lib/kv/schema.ts";
 import type { UsageEvent } from "../../lib/billing/types.ts";
 import { newId } from "../../lib/ids.ts";
 
@@ -258,5 +259,71 @@ Deno.test("audit retention deletes old rows and their index, never the ledger", 
     await t.assertBooks();
   } finally {
     await t.close();
+  }
+});
+
+Deno.test("audit export streams many pages in order, filters skipping whole pages", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const base: UsageEvent = {
+      id: "",
+      account_id: "acct_x",
+      ts: 0,
+      request_id: "",
+      key_id: "key_a",
+      key_name: "a",
+      provider: "openai",
+      model: "gpt-4o-mini",
+      prompt_tokens: 1,
+      completion_tokens: 1,
+      cached_tokens: 0,
+      cache_write_tokens: 0,
+      reasoning_tokens: 0,
+      cost: 5n,
+      market_cost: 6n,
+      latency_ms: 1,
+      status: 200,
+      streaming: false,
+      client_ip: "",
+      user_agent: "",
+      billed: true,
+      balance_after: 0n,
+      error_code: null,
+    };
+    // 2,500 rows; only the first 100 and the last 100 are key_b's (whole pages between match none).
+    let atomic = kv.atomic();
+    for (let i = 0; i < 2500; i++) {
+      const e = {
+        ...base,
+        ts: T0 + i,
+        request_id: `req_${String(i).padStart(5, "0")}`,
+        key_id: i < 100 || i >= 2400 ? "key_b" : "key_a",
+      };
+      atomic.set(auditKey("acct_x", e.ts, e.request_id), auditRowOf(e));
+      if (i % 500 === 499) {
+        await atomic.commit();
+        atomic = kv.atomic();
+      }
+    }
+    const read = async (s: ReadableStream<Uint8Array>) => await new Response(s).text();
+    const all = { fromMs: 0, toMs: Number.MAX_SAFE_INTEGER };
+    const csv = parseCsv(await read(exportAudit(kv, "acct_x", all, "csv")));
+    assert.equal(csv.length, 2501);
+    assert.equal(csv[1][1], "req_02499");
+    assert.equal(csv[2500][1], "req_00000");
+    const b = JSON.parse(
+      await read(exportAudit(kv, "acct_x", { ...all, key_id: "key_b" }, "json")),
+    );
+    assert.equal(b.length, 200);
+    assert.equal(b[99].request_id, "req_02400");
+    assert.equal(b[100].request_id, "req_00099");
+    const none = await read(exportAudit(kv, "acct_x", { ...all, key_id: "key_c" }, "json"));
+    assert.equal(none, "[]");
+    const period = parseCsv(
+      await read(exportAudit(kv, "acct_x", { fromMs: T0 + 1000, toMs: T0 + 2000 }, "csv")),
+    );
+    assert.equal(period.length, 1001);
+  } finally {
+    kv.close();
   }
 });
