@@ -18,6 +18,8 @@ export interface AnthropicScenario {
   chunks?: number;
   /** Close the stream abruptly (no message_delta) after this many events. */
   breakAfter?: number;
+  /** Milliseconds between stream events. */
+  eventDelayMs?: number;
 }
 
 export interface FakeAnthropic {
@@ -25,6 +27,8 @@ export interface FakeAnthropic {
   scenario: AnthropicScenario;
   requests: Record<string, unknown>[];
   headers: Headers[];
+  /** Streams the client (the router) cancelled before their end. */
+  streamsCancelled: number;
   close(): Promise<void>;
 }
 
@@ -49,6 +53,7 @@ export function startFakeAnthropic(): FakeAnthropic {
     scenario: {},
     requests: [],
     headers: [],
+    streamsCancelled: 0,
     close: async () => {
       ac.abort();
       await server.finished;
@@ -160,7 +165,8 @@ export function startFakeAnthropic(): FakeAnthropic {
       const enc = new TextEncoder();
       let i = 0;
       const stream = new ReadableStream<Uint8Array>({
-        pull(ctrl) {
+        async pull(ctrl) {
+          if (s.eventDelayMs && i > 0) await new Promise((r) => setTimeout(r, s.eventDelayMs));
           if (s.breakAfter !== undefined && i >= s.breakAfter) {
             ctrl.error(new Error("connection lost"));
             return;
@@ -171,6 +177,9 @@ export function startFakeAnthropic(): FakeAnthropic {
           }
           const [name, data] = events[i++];
           ctrl.enqueue(enc.encode(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`));
+        },
+        cancel() {
+          fake.streamsCancelled++;
         },
       });
       return new Response(stream, { headers: { "content-type": "text/event-stream" } });

@@ -245,3 +245,47 @@ Deno.test("an Anthropic error is mapped and its body never echoed", async () => 
     await t.close();
   }
 });
+
+Deno.test("a client leaving a translated stream pays for the input and the output produced", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.anthropic.scenario = {
+      usage: USAGE,
+      content: "x".repeat(400),
+      chunks: 100,
+      eventDelayMs: 20,
+    };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "anthropic/claude-sonnet-4-5",
+      messages: [{ role: "user", content: "long answer please" }],
+      stream: true,
+    });
+    const reader = res.body!.getReader();
+    let got = "";
+    while (!got.includes('"content":"xxxx"')) {
+      got += new TextDecoder().decode((await reader.read()).value);
+    }
+    await reader.cancel();
+    // The cancel reaches the provider through the translation, and the hold is settled.
+    for (let i = 0; i < 200 && t.anthropic.streamsCancelled === 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert.equal(t.anthropic.streamsCancelled, 1);
+    let credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    for (let i = 0; i < 200 && credits.reserved !== "0"; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+      credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    }
+    assert.equal(credits.reserved, "0");
+    assert.notEqual(credits.total_used, "0");
+    await t.router.flush();
+    const audit = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
+    assert.equal(audit.data[0].provider, "anthropic");
+    assert.ok(audit.data[0].completion_tokens >= 1, "the output produced is counted");
+    assert.ok(audit.data[0].completion_tokens < 100, "not the whole answer");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
