@@ -242,6 +242,7 @@ export class Providers {
         discountBps: override?.discountBps ?? p.discountBps,
         maxOutputTokens: override?.maxOutputTokens ??
           OUTPUT_LIMITS.find(([re]) => re.test(catalogId))?.[1] ?? DEFAULT_OUTPUT_LIMIT,
+        contextWindow: catalog?.contextWindow,
         adapter: p.adapter,
         upstream: p.upstream,
       },

@@ -74,6 +74,8 @@ export interface ResolvedModel {
   prices: PriceTable;
   discountBps: number;
   maxOutputTokens: number;
+  /** The model's context window in tokens, when the catalog knows it. */
+  contextWindow?: number;
   adapter: ProviderAdapter;
   upstream: Upstream;
 }

@@ -27,6 +27,9 @@ const responsesSchema = z.looseObject({
   stream: z.boolean().nullish(),
 });
 
+/** The prompt allowance of a continued conversation when the model's context window is unknown. */
+const STORED_CONTEXT_BOUND = 128_000;
+
 const speaksResponses = (m: ResolvedModel) => m.adapter.kind === "openai";
 
 /** `POST /v1/responses`: the OpenAI Responses API, passed through with the operator's key. */
@@ -43,8 +46,13 @@ export async function responses(c: Context<AppEnv>) {
   const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
   const limit = (model: ResolvedModel) => body.max_output_tokens ?? model.maxOutputTokens;
+  // A continued conversation's earlier turns are stored upstream, not in this body: the prompt
+  // may then fill the model's context window.
+  const stored = body.previous_response_id || body.conversation
+    ? primary.contextWindow ?? STORED_CONTEXT_BOUND
+    : 0;
   await m.reserve(
-    promptTokenBound(raw),
+    promptTokenBound(raw) + stored,
     limit(primary),
     candidates.slice(1).map((model) => ({ model, outputTokens: limit(model) })),
   );

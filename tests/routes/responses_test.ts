@@ -97,3 +97,31 @@ Deno.test("a Responses stream cut mid-way is billed for what it produced, never 
     await t.close();
   }
 });
+
+Deno.test("a continued Responses conversation holds for the stored context and bills it all", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // The upstream counts the stored turns: 150 000 input tokens from a tiny body.
+    // 150 000 × 0.15 + 100 × 0.60 = 22 560 µ$ market at gpt-4o-mini's prices; 20 % off = $0.018048.
+    t.openai.scenario = {
+      responsesUsage: { input_tokens: 150_000, output_tokens: 100 },
+    };
+    const res = await json(
+      await t.call(key, "POST", "/v1/responses", {
+        model: "gpt-4o-mini",
+        input: "and then?",
+        previous_response_id: "resp_123",
+        max_output_tokens: 100,
+      }),
+      200,
+    );
+    assert.equal(res.usage.cost, 0.018048);
+    assert.equal(t.openai.requests[0].previous_response_id, "resp_123");
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.018048");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
