@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { startRouter, type TestRouter } from "../_helpers.ts";
+import { ADMIN_TOKEN, startRouter, type TestRouter } from "../_helpers.ts";
 import { SIGNIN_LIMIT } from "../../lib/auth/sessions.ts";
 import { ensureBundle } from "../browser/_browser.ts";
 import { createKey } from "../../lib/auth/keys.ts";
@@ -174,3 +174,43 @@ Deno.test("the audit and transaction pages page through the same rows as the API
 });
 
 type Row = { request_id: string };
+
+Deno.test("an operator's adjustment form submitted twice records the credit once", async () => {
+  const t = await startRouter();
+  try {
+    const acct = await t.account("1");
+    const signin = await post(t, "/dashboard/admin/signin", { token: ADMIN_TOKEN });
+    assert.equal(signin.status, 303);
+    const cookie = signin.headers.get("set-cookie")!.split(";")[0];
+    await signin.body?.cancel();
+    const page = await (await fetch(`${t.url}/dashboard/admin/accounts/${acct.id}`, {
+      headers: { cookie },
+    })).text();
+    const field = (name: string) => page.match(new RegExp(`name="${name}" value="([^"]+)"`))![1];
+    const form = {
+      _csrf: field("_csrf"),
+      nonce: field("nonce"),
+      type: "adjustment",
+      amount: "0.5",
+      reason: "goodwill",
+    };
+    for (let i = 0; i < 2; i++) {
+      const r = await post(t, `/dashboard/admin/accounts/${acct.id}`, form, { cookie });
+      assert.equal(r.status, 303);
+      await r.body?.cancel();
+    }
+    const credits = await (await t.call(acct.mgmt, "GET", "/v1/credits")).json();
+    assert.equal(credits.balance, "1.5");
+    // Without the CSRF token nothing is recorded.
+    const forged = await post(t, `/dashboard/admin/accounts/${acct.id}`, {
+      ...form,
+      _csrf: "",
+      nonce: "form_0123456789abcdef",
+    }, { cookie });
+    assert.equal(forged.status, 403);
+    await forged.body?.cancel();
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});

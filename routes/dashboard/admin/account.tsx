@@ -4,6 +4,9 @@ import { getAccount, getBalance } from "../../../lib/billing/accounts.ts";
 import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts";
 import { accountJson } from "../../v1/admin.ts";
 import { parseUsd } from "../../../lib/money.ts";
+import { newId } from "../../../lib/ids.ts";
+import { idemKey } from "../../../lib/kv/schema.ts";
+import { IDEMPOTENCY_TTL_MS } from "../../../lib/http/idempotency.ts";
 import { Empty, Metric, Money, Notice } from "../../../lib/render/layout.tsx";
 import { formatTime } from "../../../lib/render/format.ts";
 
@@ -62,14 +65,22 @@ export const handler = {
       }, 400);
     }
     if (!reason) return load(ctx, { kind: "error", text: "Give a reason." }, 400);
-    const r = await ctx.svc.actors.submit(id, {
+    // Each rendered form carries a nonce: a double submit records the credit once.
+    const nonce = String(ctx.form.get("nonce") ?? "");
+    await ctx.svc.actors.submit(id, {
       kind: "credit",
       type,
       amount,
       description: reason,
       reference,
+      once: /^form_\w{10,40}$/.test(nonce)
+        ? {
+          key: idemKey(`dashboard:admin:${type}:${id}`, nonce),
+          value: (entry) => entry.id,
+          expireIn: IDEMPOTENCY_TTL_MS,
+        }
+        : undefined,
     });
-    if (r.replayed) throw new Error("an admin credit without an idempotency key cannot replay");
     // Post/redirect/get: reloading the page cannot credit twice.
     return ctx.redirect(`/dashboard/admin/accounts/${id}?done=${type}`);
   },
@@ -114,6 +125,7 @@ export default function AdminAccount({ data, viewer }: PageProps<Data>) {
           <form method="post" class="stack">
             <Csrf viewer={viewer} />
             <input type="hidden" name="type" value="adjustment" />
+            <input type="hidden" name="nonce" value={newId("form")} />
             <label>
               Amount (USD, negative to take credit away)
               <input name="amount" required inputMode="decimal" pattern="-?\d+(\.\d{1,9})?" />
@@ -129,6 +141,7 @@ export default function AdminAccount({ data, viewer }: PageProps<Data>) {
           <form method="post" class="stack">
             <Csrf viewer={viewer} />
             <input type="hidden" name="type" value="refund" />
+            <input type="hidden" name="nonce" value={newId("form")} />
             <label>
               Amount (USD)
               <input name="amount" required inputMode="decimal" pattern="\d+(\.\d{1,9})?" />
