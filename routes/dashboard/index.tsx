@@ -27,6 +27,7 @@ interface Data {
   usage: UsageResult;
   names: Record<string, string>;
   available: string;
+  baseUrl: string;
 }
 
 export const handler = {
@@ -47,6 +48,7 @@ export const handler = {
         usage,
         names,
         available: formatUsd(balance.balance - balance.reserved),
+        baseUrl: `${ctx.svc.config.publicUrl ?? ctx.url.origin}/v1`,
       },
     };
   },
@@ -62,6 +64,7 @@ export default function Overview({ data }: PageProps<Data>) {
       <p class="muted period-label">
         {data.period.fromDay} to {data.period.toDay} (UTC)
       </p>
+      {s.requests === 0 ? <GettingStarted baseUrl={data.baseUrl} /> : null}
       <div class="metrics">
         <Metric label="Total Spend" id="total-spend" hint="What you actually paid">
           <Money usd={s.cost} />
@@ -97,5 +100,27 @@ export default function Overview({ data }: PageProps<Data>) {
         <BreakdownTable rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
       </section>
     </>
+  );
+}
+
+/** The three steps from a new account to the first request. */
+function GettingStarted({ baseUrl }: { baseUrl: string }) {
+  return (
+    <section class="card getting-started" aria-labelledby="start-title">
+      <h2 id="start-title">Get started</h2>
+      <ol>
+        <li>
+          <a href="/dashboard/settings/billing">Buy credit</a> in Settings › Billing.
+        </li>
+        <li>
+          <a href="/dashboard/keys">Create an inference key</a> and copy it.
+        </li>
+        <li>
+          Point your OpenAI SDK at the router:
+          <pre><code>{`const client = new OpenAI({ apiKey: "er-…", baseURL: "${baseUrl}" });`}</code></pre>
+        </li>
+      </ol>
+      <p class="muted">Your spend, market rate and savings show here after the first request.</p>
+    </section>
   );
 }
