@@ -62,6 +62,8 @@ Deno.test({
     const landing = await page.goto(t.url + "/");
     assert.equal(landing?.status(), 200);
     await shot(page, "landing-desktop");
+    await page.goto(`${t.url}/signup`);
+    await shot(page, "signup-desktop");
     await signUp(page, t, { name: "Ada", email: "ada@example.com", org: "Analytical Engines" });
     assert.equal(await usd(page, "#total-spend .money"), "0");
     assert.match(await page.locator(".empty").first().innerText(), /No usage/);
@@ -340,6 +342,7 @@ Deno.test({
     const errors = watchErrors(page);
     await page.goto(t.url + "/dashboard/admin");
     await page.waitForURL(/\/dashboard\/admin\/signin/);
+    await shot(page, "admin-signin-desktop");
     await page.getByLabel("Admin token").fill("not the token at all");
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.getByText("That token is wrong.").waitFor();
