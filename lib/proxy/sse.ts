@@ -138,17 +138,43 @@ export function tapStream(
     const d = new TextDecoder();
     return seen.map((c) => d.decode(c, { stream: true })).join("") + d.decode();
   };
+  // One idle watchdog per stream rather than a timer and a promise per chunk (a stream has tens
+  // to thousands of chunks): it fires at most every `idleMs` and cancels a read that waited longer.
+  let reading = false;
+  let readStarted = 0;
+  let stalled = false;
+  let watchdog: ReturnType<typeof setTimeout> | undefined;
+  const watch = () => {
+    watchdog = undefined;
+    if (!reading || ended) return; // the next read re-arms it
+    const left = readStarted + idleMs - Date.now();
+    if (left > 0) {
+      watchdog = setTimeout(watch, left);
+      return;
+    }
+    stalled = true;
+    // Cancelling settles the pending read as done; `read` turns that into the stall error.
+    reader.cancel().catch(() => {});
+  };
   const end = async (kind: "complete" | "cancelled" | "error") => {
     if (ended) return;
     ended = true;
+    clearTimeout(watchdog);
     await handlers.onEnd(kind, produced);
   };
 
-  const read = () =>
-    new Promise<ReadableStreamReadResult<Uint8Array>>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("upstream stalled")), idleMs);
-      reader.read().then(resolve, reject).finally(() => clearTimeout(timer));
-    });
+  const read = async (): Promise<ReadableStreamReadResult<Uint8Array>> => {
+    reading = true;
+    readStarted = Date.now();
+    watchdog ??= setTimeout(watch, idleMs);
+    try {
+      const r = await reader.read();
+      if (stalled) throw new Error("upstream stalled");
+      return r;
+    } finally {
+      reading = false;
+    }
+  };
 
   return new ReadableStream<Uint8Array>({
     async pull(ctrl) {
@@ -205,6 +231,7 @@ export function tapStream(
     },
     async cancel() {
       cancelled = true;
+      clearTimeout(watchdog);
       await reader.cancel().catch(() => {});
       await end("cancelled");
     },
