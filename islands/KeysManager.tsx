@@ -214,6 +214,13 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                         </td>
                         <td>
                           <div class="btns">
+                            <a
+                              class="button small secondary"
+                              href={`/dashboard/usage?key_id=${encodeURIComponent(k.id)}`}
+                              aria-label={`Usage of ${k.name}`}
+                            >
+                              Usage
+                            </a>
                             <button
                               type="button"
                               class="small secondary"

@@ -98,7 +98,14 @@ const GROUP_LABEL: Record<GroupBy, string> = {
 
 /** The period and grouping form (a plain GET form: works without script). */
 export function PeriodForm(
-  { period, groupBy, action }: { period: Period; groupBy: GroupBy; action: string },
+  { period, groupBy, action, keys, keyId }: {
+    period: Period;
+    groupBy: GroupBy;
+    action: string;
+    /** With key names: a key filter (the Usage page). */
+    keys?: Record<string, string>;
+    keyId?: string | null;
+  },
 ) {
   return (
     <form method="get" action={action} class="filters" aria-label="Period and grouping">
@@ -117,6 +124,19 @@ export function PeriodForm(
       <label>
         To<input type="date" name="to" value={period.toDay} />
       </label>
+      {keys
+        ? (
+          <label>
+            Key
+            <select name="key_id">
+              <option value="">All keys</option>
+              {Object.entries(keys).map(([id, name]) => (
+                <option key={id} value={id} selected={id === keyId}>{name}</option>
+              ))}
+            </select>
+          </label>
+        )
+        : null}
       <label>
         Break down by
         <select name="group_by">

@@ -27,6 +27,7 @@ interface Data {
   groupBy: GroupBy;
   usage: UsageResult;
   names: Record<string, string>;
+  keyId: string | null;
   charts: UsageChartsProps;
 }
 
@@ -36,16 +37,18 @@ export const handler = {
     const q = ctx.url.searchParams;
     const period = readPeriod(q, ctx.svc.now());
     const groupBy = readGroupBy(q, "date");
+    const names = await keyNames(ctx.svc.kv, accountId);
+    // One key's usage (GET /v1/keys/{id}/usage), when a key of this account is chosen.
+    const keyId = names[q.get("key_id") ?? ""] !== undefined ? q.get("key_id")! : undefined;
     const now = ctx.svc.now();
     const kv = ctx.svc.kv;
     const query = (extra: Partial<UsageQuery>) =>
-      queryUsage(kv, usageQueryOf(accountId, period, now, extra));
-    const [usage, byDate, byModel, byProvider, names] = await Promise.all([
+      queryUsage(kv, usageQueryOf(accountId, period, now, { keyId, ...extra }));
+    const [usage, byDate, byModel, byProvider] = await Promise.all([
       query({ groupBy }),
       query({ groupBy: "date", interval: "day" }),
       query({ groupBy: "model" }),
       query({ groupBy: "provider" }),
-      keyNames(kv, accountId),
     ]);
     const perDay = new Map(byDate.breakdown.map((r) => [r.group, r]));
     const byCost = (a: { cost: string }, b: { cost: string }) => Number(b.cost) - Number(a.cost);
@@ -55,6 +58,7 @@ export const handler = {
         groupBy,
         usage,
         names,
+        keyId: keyId ?? null,
         charts: {
           days: daysOf(period.fromDay, period.toDay).map((day) => ({
             day,
@@ -76,7 +80,13 @@ export default function Usage({ data }: PageProps<Data>) {
   const s = data.usage.summary;
   return (
     <>
-      <PeriodForm period={data.period} groupBy={data.groupBy} action="/dashboard/usage" />
+      <PeriodForm
+        period={data.period}
+        groupBy={data.groupBy}
+        action="/dashboard/usage"
+        keys={data.names}
+        keyId={data.keyId}
+      />
       {data.period.error ? <Notice kind="error">{data.period.error}</Notice> : null}
       <div class="metrics">
         <Metric label="Requests" id="usage-requests">

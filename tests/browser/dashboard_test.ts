@@ -182,6 +182,15 @@ Deno.test({
       headers: { authorization: `Bearer ${tempSecret}` },
     });
     await json(revoked, 401);
+    // Per-key usage, as GET /v1/keys/{id}/usage.
+    await row.getByRole("link", { name: "Usage of backend" }).click();
+    await page.waitForURL(/\/dashboard\/usage\?key_id=/);
+    const keyUsage = await api(`/v1/keys/${backend.id}/usage`);
+    assert.equal(keyUsage.summary.requests, 3);
+    assert.equal(await usd(page, "#usage-cost .metric-value .money"), keyUsage.summary.cost);
+    const mgmtKey = keys.data.find((k: { scope: string }) => k.scope === "management");
+    await page.goto(`${t.url}/dashboard/usage?key_id=${mgmtKey.id}`);
+    assert.equal(await page.locator("#usage-requests .metric-value").innerText(), "0");
 
     // Billing: the purchase and the three debits, balance as GET /v1/credits.
     const credits = await api("/v1/credits");
