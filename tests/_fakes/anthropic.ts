@@ -164,9 +164,12 @@ export function startFakeAnthropic(): FakeAnthropic {
       );
       const enc = new TextEncoder();
       let i = 0;
+      let timer: ReturnType<typeof setTimeout> | undefined;
       const stream = new ReadableStream<Uint8Array>({
         async pull(ctrl) {
-          if (s.eventDelayMs && i > 0) await new Promise((r) => setTimeout(r, s.eventDelayMs));
+          if (s.eventDelayMs && i > 0) {
+            await new Promise((r) => timer = setTimeout(r, s.eventDelayMs));
+          }
           if (s.breakAfter !== undefined && i >= s.breakAfter) {
             ctrl.error(new Error("connection lost"));
             return;
@@ -179,6 +182,7 @@ export function startFakeAnthropic(): FakeAnthropic {
           ctrl.enqueue(enc.encode(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`));
         },
         cancel() {
+          clearTimeout(timer);
           fake.streamsCancelled++;
         },
       });
