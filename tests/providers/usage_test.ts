@@ -164,3 +164,33 @@ Deno.test("a Gemini reply to a blocked prompt is a content_filter choice, its pr
   }]);
   assert.equal(usage.prompt, 12);
 });
+
+Deno.test("a Gemini thought signature travels in the tool call id and goes back with the call", () => {
+  const { body } = gemini.chatReply({
+    candidates: [{
+      content: {
+        parts: [{ functionCall: { name: "f", args: { a: 1 } }, thoughtSignature: "c2ln+/=" }],
+      },
+      finishReason: "STOP",
+    }],
+  }, new UsageReader());
+  const call = ((body.choices as Record<string, unknown>[])[0].message as {
+    tool_calls: { id: string; function: { name: string; arguments: string } }[];
+  }).tool_calls[0];
+  const next = JSON.parse(
+    String(
+      gemini.chatRequest({ baseUrl: "http://127.0.0.1:1", apiKey: "k" }, {
+        model: "gemini-3-pro-preview",
+        messages: [
+          { role: "user", content: "go" },
+          { role: "assistant", content: null, tool_calls: [{ type: "function", ...call }] },
+          { role: "tool", tool_call_id: call.id, content: "done" },
+        ],
+      }).init.body,
+    ),
+  );
+  assert.deepEqual(next.contents[1].parts, [
+    { functionCall: { name: "f", args: { a: 1 } }, thoughtSignature: "c2ln+/=" },
+  ]);
+  assert.equal(next.contents[2].parts[0].functionResponse.name, "f");
+});

@@ -16,6 +16,9 @@ import { translateSse } from "../../proxy/sse.ts";
 
 type Part = Record<string, unknown>;
 
+/** Separates a tool call id from the Gemini thought signature carried inside it. */
+const SIGNATURE_MARK = "__thought__";
+
 /** JSON-schema keywords Gemini's OpenAPI-subset `parameters` rejects. */
 const UNSUPPORTED_SCHEMA_KEYS = new Set(["$schema", "additionalProperties", "strict", "$id"]);
 
@@ -99,8 +102,13 @@ export function toGeminiBody(body: Record<string, unknown>): Record<string, unkn
         const text = contentText(m.content);
         if (text) parts.push({ text });
         for (const tc of arr(m.tool_calls)) {
-          const f = obj(obj(tc).function);
-          parts.push({ functionCall: { name: f.name, args: parseArgs(f.arguments) } });
+          const t = obj(tc);
+          const f = obj(t.function);
+          const signature = String(t.id ?? "").split(SIGNATURE_MARK)[1];
+          parts.push({
+            functionCall: { name: f.name, args: parseArgs(f.arguments) },
+            ...(signature ? { thoughtSignature: signature } : {}),
+          });
         }
         push("model", parts);
         break;
@@ -194,7 +202,9 @@ function partsOf(candidate: Record<string, unknown>, callIds: () => string) {
     } else if (part.functionCall) {
       const fc = obj(part.functionCall);
       toolCalls.push({
-        id: typeof fc.id === "string" ? fc.id : callIds(),
+        // Gemini wants a call's thought signature back with it; OpenAI clients return the id.
+        id: (typeof fc.id === "string" ? fc.id : callIds()) +
+          (typeof part.thoughtSignature === "string" ? SIGNATURE_MARK + part.thoughtSignature : ""),
         type: "function",
         function: { name: fc.name, arguments: JSON.stringify(fc.args ?? {}) },
       });
