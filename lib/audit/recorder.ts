@@ -33,27 +33,8 @@ function keyBytes(key: Deno.KvKey): number {
 }
 
 export function auditRowOf(e: UsageEvent): AuditRow {
-  return {
-    timestamp: new Date(e.ts).toISOString(),
-    request_id: e.request_id,
-    key_id: e.key_id,
-    key_name: e.key_name,
-    provider: e.provider,
-    model: e.model,
-    prompt_tokens: e.prompt_tokens,
-    completion_tokens: e.completion_tokens,
-    cached_tokens: e.cached_tokens,
-    cache_write_tokens: e.cache_write_tokens,
-    reasoning_tokens: e.reasoning_tokens,
-    cost: e.cost,
-    market_cost: e.market_cost,
-    latency_ms: e.latency_ms,
-    status: e.status,
-    streaming: e.streaming,
-    client_ip: e.client_ip,
-    user_agent: e.user_agent,
-    error_code: e.error_code,
-  };
+  const { id: _id, account_id: _account, ts, billed: _billed, balance_after: _after, ...facts } = e;
+  return { timestamp: new Date(ts).toISOString(), ...facts };
 }
 
 function ledgerRowOf(e: UsageEvent): LedgerEntry {

@@ -91,58 +91,45 @@ export interface LedgerEntry {
   reference: string | null;
 }
 
+/** What the audit trail keeps of one request: metadata only, never content. */
+export interface RequestFacts {
+  request_id: string;
+  key_id: string;
+  key_name: string;
+  provider: string;
+  model: string;
+  prompt_tokens: number;
+  completion_tokens: number;
+  cached_tokens: number;
+  cache_write_tokens: number;
+  reasoning_tokens: number;
+  cost: bigint;
+  market_cost: bigint;
+  latency_ms: number;
+  status: number;
+  streaming: boolean;
+  client_ip: string;
+  user_agent: string;
+  /** The API error code of a refused or failed request. */
+  error_code: string | null;
+}
+
 /**
  * What one request leaves behind, content-free. Committed as an outbox entry in the atomic that
  * settles (or refuses) the request; the recorder turns it into the audit row, the ledger row (if
  * money moved) and the usage rollups.
  */
-export interface UsageEvent {
+export interface UsageEvent extends RequestFacts {
   id: string;
   account_id: string;
   ts: number;
-  request_id: string;
-  key_id: string;
-  key_name: string;
-  provider: string;
-  model: string;
-  prompt_tokens: number;
-  completion_tokens: number;
-  cached_tokens: number;
-  cache_write_tokens: number;
-  reasoning_tokens: number;
-  cost: bigint;
-  market_cost: bigint;
-  latency_ms: number;
-  status: number;
-  streaming: boolean;
-  client_ip: string;
-  user_agent: string;
   /** True when a provider answered and the request was billed (counted in usage). */
   billed: boolean;
   /** The balance right after this debit, when money moved. */
   balance_after: bigint | null;
-  error_code: string | null;
 }
 
-/** The audit row: API.md's columns, in order, plus the error code of refused requests. */
-export interface AuditRow {
+/** The audit row: API.md's columns (`timestamp` first), plus the error code. */
+export interface AuditRow extends RequestFacts {
   timestamp: string;
-  request_id: string;
-  key_id: string;
-  key_name: string;
-  provider: string;
-  model: string;
-  prompt_tokens: number;
-  completion_tokens: number;
-  cached_tokens: number;
-  cache_write_tokens: number;
-  reasoning_tokens: number;
-  cost: bigint;
-  market_cost: bigint;
-  latency_ms: number;
-  status: number;
-  streaming: boolean;
-  client_ip: string;
-  user_agent: string;
-  error_code: string | null;
 }
