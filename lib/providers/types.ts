@@ -41,9 +41,14 @@ export interface ProviderAdapter {
   ): { body: Record<string, unknown>; usage: NormalizedUsage };
   /**
    * The upstream SSE body → an OpenAI-format chat completion SSE body. A translated stream ends
-   * with an OpenAI usage chunk (`choices: []`) whenever the upstream reported usage.
+   * with an OpenAI usage chunk (`choices: []`) whenever the upstream reported usage. A provider
+   * that reports its input usage early (Anthropic's `message_start`) passes it to `onInput`, so
+   * a stream cut before its end is billed for the real input.
    */
-  chatStream(body: ReadableStream<Uint8Array>): ReadableStream<Uint8Array>;
+  chatStream(
+    body: ReadableStream<Uint8Array>,
+    onInput?: (usage: NormalizedUsage) => void,
+  ): ReadableStream<Uint8Array>;
   /**
    * The provider's own request format, passed through (Anthropic `/v1/messages`, OpenAI
    * `/v1/responses`): the body as the client sent it with the upstream model name, and the

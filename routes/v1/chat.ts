@@ -16,7 +16,7 @@ import {
 } from "../../lib/proxy/pipeline.ts";
 import { readOpenAIUsage, UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
-import { ZERO_USAGE } from "../../lib/pricing.ts";
+import { type NormalizedUsage, ZERO_USAGE } from "../../lib/pricing.ts";
 
 const tokenLimit = z.number().int().min(1).max(10_000_000);
 
@@ -88,9 +88,10 @@ export async function chatCompletions(c: Context<AppEnv>) {
   if (!stream) return c.json(await settleJson(m, reply, model.adapter.chatReply));
 
   const reader = new UsageReader();
+  let input: NormalizedUsage | null = null;
   const out = billStream(
     m,
-    model.adapter.chatStream(reply.res.body!),
+    model.adapter.chatStream(reply.res.body!, (u) => input = u),
     async (chunk, _event, settle) => {
       const cost = await settle(readOpenAIUsage(chunk.usage, reader));
       logAnomalies(m, reader);
@@ -103,7 +104,7 @@ export async function chatCompletions(c: Context<AppEnv>) {
       }
       return null;
     },
-    () => ({ ...ZERO_USAGE, prompt: estimatePromptTokens(body) }),
+    () => input ?? { ...ZERO_USAGE, prompt: estimatePromptTokens(body) },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

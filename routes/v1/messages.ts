@@ -18,7 +18,7 @@ import {
 } from "../../lib/proxy/pipeline.ts";
 import { readAnthropicUsage, UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
-import { ZERO_USAGE } from "../../lib/pricing.ts";
+import { type NormalizedUsage, ZERO_USAGE } from "../../lib/pricing.ts";
 import { obj } from "../../lib/providers/common.ts";
 import {
   chatStreamToMessages,
@@ -81,8 +81,9 @@ export async function messages(c: Context<AppEnv>) {
       }),
     );
   }
+  let input: NormalizedUsage | null = null;
   const upstream = translated
-    ? chatStreamToMessages(model.adapter.chatStream(reply.res.body!), body.model)
+    ? chatStreamToMessages(model.adapter.chatStream(reply.res.body!, (u) => input = u), body.model)
     : reply.res.body!;
   const reader = new UsageReader();
   // message_start carries the input usage, message_delta the final (cumulative) output.
@@ -104,7 +105,7 @@ export async function messages(c: Context<AppEnv>) {
       return withData(event, { ...data, usage: withCost(data.usage, cost) });
     },
     () =>
-      started && !translated ? readAnthropicUsage(started, new UsageReader()) : {
+      started && !translated ? readAnthropicUsage(started, new UsageReader()) : input ?? {
         ...ZERO_USAGE,
         prompt: estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
       },

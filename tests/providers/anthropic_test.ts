@@ -282,6 +282,9 @@ Deno.test("a client leaving a translated stream pays for the input and the outpu
     await t.router.flush();
     const audit = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
     assert.equal(audit.data[0].provider, "anthropic");
+    assert.equal(audit.data[0].prompt_tokens, 6000, "the input message_start reported");
+    assert.equal(audit.data[0].cached_tokens, 2000);
+    assert.equal(audit.data[0].cache_write_tokens, 3000);
     assert.ok(audit.data[0].completion_tokens >= 1, "the output produced is counted");
     assert.ok(audit.data[0].completion_tokens < 100, "not the whole answer");
     await t.assertBooks();

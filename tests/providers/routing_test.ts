@@ -172,9 +172,9 @@ Deno.test("a retry never happens once bytes reached the client", async () => {
     assert.equal(t.openai.requests.length, 0, "no fallback after bytes were sent");
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.reserved, "0");
-    // Counted by the router: prompt 3 + 4 + ⌈len(" hi  ") / 4⌉ = 9 tokens, output "abcd" = 1
-    // token → 9×1 + 1×5 = 14 µ$ market at claude-haiku-4-5's prices, 11.2 µ$ at 20 % off.
-    assert.equal(credits.total_used, "0.0000112");
+    // Billed: message_start's 1000 input tokens and the output counted by the router ("abcd" =
+    // 1 token) → 1000×1 + 1×5 = 1005 µ$ market at claude-haiku-4-5's prices, 804 µ$ at 20 % off.
+    assert.equal(credits.total_used, "0.000804");
     await t.assertBooks();
   } finally {
     await t.close();

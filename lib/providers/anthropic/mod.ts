@@ -1,4 +1,5 @@
 import type { ProviderAdapter, Upstream, UpstreamCall } from "../types.ts";
+import type { NormalizedUsage } from "../../pricing.ts";
 import { openAIUsageOf, readAnthropicUsage, UsageReader } from "../usage.ts";
 import {
   arr,
@@ -178,7 +179,10 @@ const STREAM_FAILED = {
 };
 
 /** An Anthropic Messages event stream → OpenAI chat chunks, event by event. */
-function streamFromAnthropic(src: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+function streamFromAnthropic(
+  src: ReadableStream<Uint8Array>,
+  onInput?: (usage: NormalizedUsage) => void,
+): ReadableStream<Uint8Array> {
   let head = completionHead("msg", "", "chat.completion.chunk");
   let usage: Record<string, unknown> = {};
   let finished = false;
@@ -199,6 +203,7 @@ function streamFromAnthropic(src: ReadableStream<Uint8Array>): ReadableStream<Ui
         const msg = obj(data.message);
         head = completionHead(String(msg.id ?? "msg"), String(msg.model ?? ""), head.object);
         usage = { ...obj(msg.usage) };
+        onInput?.({ ...readAnthropicUsage(usage, new UsageReader()), completion: 0 });
         return [chunk({ role: "assistant", content: "" })];
       }
       case "content_block_start": {
