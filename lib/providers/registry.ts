@@ -53,7 +53,10 @@ const fileSchema = z.object({
     }),
   ).default({}),
   /** Operator fallback chains: `provider/model` → the models tried, in order, when it fails. */
-  fallbacks: z.record(z.string(), z.array(z.string().min(1)).max(8)).default({}),
+  fallbacks: z.record(
+    z.string().regex(/^[a-z0-9_-]+\/.+$/, "must be provider/model"),
+    z.array(z.string().min(1)).max(8),
+  ).default({}),
   retry: z.object({
     max_retries: z.number().int().min(0).max(5).optional(),
     backoff_ms: z.number().int().min(0).max(60_000).optional(),

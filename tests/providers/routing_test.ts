@@ -311,6 +311,10 @@ Deno.test("provider base URLs must be https, or http on loopback", () => {
     "vllm",
   ]);
   assert.throws(
+    () => new Providers(config, { fallbacks: { "gpt-4o": ["openai/gpt-4o-mini"] } }, env),
+    /PROVIDERS_FILE: fallbacks\.gpt-4o/,
+  );
+  assert.throws(
     () =>
       new Providers(
         loadConfig({ ANTHROPIC_API_KEY: "k", ANTHROPIC_BASE_URL: "http://evil.example" }),
