@@ -51,6 +51,27 @@ export function accountJson(a: Account, b: BalanceState) {
   };
 }
 
+/** Every account with its balance, as GET /v1/admin/accounts lists them (and the admin page). */
+export async function listAccountsJson(kv: Deno.Kv) {
+  const all = await listAccounts(kv);
+  return all.map(({ account, balance }) => accountJson(account, balance));
+}
+
+/** The books check as GET /v1/admin/verify reports it (and the admin page shows it). */
+export async function verifyBooksJson(kv: Deno.Kv) {
+  const v = await verifyBooks(kv);
+  return {
+    ...v,
+    differences: v.differences.map((d) => ({
+      account_id: d.account_id,
+      balance: formatUsd(d.balance),
+      ledger_sum: formatUsd(d.ledger_sum),
+      reserved: formatUsd(d.reserved),
+      holds_sum: formatUsd(d.holds_sum),
+    })),
+  };
+}
+
 /** A credit-moving admin write: an adjustment or a refund, replayable by Idempotency-Key. */
 async function credit(
   c: Context<AppEnv>,
@@ -136,10 +157,7 @@ export function adminRoutes() {
     throw new ApiError(409, "conflict", "The account could not be created; try again");
   });
 
-  app.get("/accounts", async (c) => {
-    const all = await listAccounts(c.get("svc").kv);
-    return c.json({ data: all.map(({ account, balance }) => accountJson(account, balance)) });
-  });
+  app.get("/accounts", async (c) => c.json({ data: await listAccountsJson(c.get("svc").kv) }));
 
   app.get("/accounts/:id", async (c) => {
     const kv = c.get("svc").kv;
@@ -160,19 +178,7 @@ export function adminRoutes() {
     return credit(c, "refund", body.amount, body.reason, body.reference ?? null, raw);
   });
 
-  app.get("/verify", async (c) => {
-    const v = await verifyBooks(c.get("svc").kv);
-    return c.json({
-      ...v,
-      differences: v.differences.map((d) => ({
-        account_id: d.account_id,
-        balance: formatUsd(d.balance),
-        ledger_sum: formatUsd(d.ledger_sum),
-        reserved: formatUsd(d.reserved),
-        holds_sum: formatUsd(d.holds_sum),
-      })),
-    });
-  });
+  app.get("/verify", async (c) => c.json(await verifyBooksJson(c.get("svc").kv)));
 
   return app;
 }

@@ -1,7 +1,5 @@
 import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
-import { listAccounts, verifyBooks } from "../../../lib/billing/accounts.ts";
-import { accountJson } from "../../v1/admin.ts";
-import { formatUsd } from "../../../lib/money.ts";
+import { listAccountsJson, verifyBooksJson } from "../../v1/admin.ts";
 import { Empty, Money, Notice } from "../../../lib/render/layout.tsx";
 import { formatCount, formatTime } from "../../../lib/render/format.ts";
 
@@ -12,46 +10,20 @@ export const config: PageConfig = {
   nav: "accounts",
 };
 
-interface Books {
-  ok: boolean;
-  accounts_checked: number;
-  pending_events: number;
-  differences: {
-    account_id: string;
-    balance: string;
-    ledger_sum: string;
-    reserved: string;
-    holds_sum: string;
-  }[];
-}
-
 interface Data {
-  accounts: ReturnType<typeof accountJson>[];
-  books: Books | null;
+  accounts: Awaited<ReturnType<typeof listAccountsJson>>;
+  books: Awaited<ReturnType<typeof verifyBooksJson>> | null;
 }
 
 export const handler = {
   async GET(ctx: PageCtx): Promise<{ data: Data }> {
     const kv = ctx.svc.kv;
-    const all = await listAccounts(kv);
-    let books: Books | null = null;
-    if (ctx.url.searchParams.get("verify") === "1") {
-      // The same check as GET /v1/admin/verify.
-      const v = await verifyBooks(kv);
-      books = {
-        ...v,
-        differences: v.differences.map((d) => ({
-          account_id: d.account_id,
-          balance: formatUsd(d.balance),
-          ledger_sum: formatUsd(d.ledger_sum),
-          reserved: formatUsd(d.reserved),
-          holds_sum: formatUsd(d.holds_sum),
-        })),
-      };
-    }
-    return {
-      data: { accounts: all.map(({ account, balance }) => accountJson(account, balance)), books },
-    };
+    // The same list and books check as GET /v1/admin/accounts and GET /v1/admin/verify.
+    const [accounts, books] = await Promise.all([
+      listAccountsJson(kv),
+      ctx.url.searchParams.get("verify") === "1" ? verifyBooksJson(kv) : null,
+    ]);
+    return { data: { accounts, books } };
   },
 };
 
