@@ -36,6 +36,43 @@ export function PublicShell({ children }: { children: ComponentChildren }) {
   );
 }
 
+/** The sign-out button every signed-in page carries. */
+function SignOut({ viewer }: { viewer: Viewer }) {
+  return (
+    <form method="post" action="/signout">
+      <input type="hidden" name="_csrf" value={viewer.session.csrf} />
+      <button type="submit" class="small secondary">Sign out</button>
+    </form>
+  );
+}
+
+/** The frame of a signed-in page: skip link, top bar, side navigation and the titled content. */
+function SignedInFrame(
+  { topbarClass, home, who, nav, title, children }: {
+    topbarClass: string;
+    home: string;
+    who: ComponentChildren;
+    nav: ComponentChildren;
+    title: string;
+    children: ComponentChildren;
+  },
+) {
+  return (
+    <>
+      <a class="skip" href="#main">Skip to content</a>
+      <header class={topbarClass}>
+        <Brand href={home} />
+        <div class="who">{who}</div>
+      </header>
+      {nav}
+      <main id="main" class="content">
+        <h1>{title}</h1>
+        {children}
+      </main>
+    </>
+  );
+}
+
 /** The customer dashboard: navigation, account switcher and sign-out around a page. */
 export function DashboardShell(
   { viewer, active, title, children }: {
@@ -45,47 +82,41 @@ export function DashboardShell(
     children: ComponentChildren;
   },
 ) {
-  return (
+  const who = (
     <>
-      <a class="skip" href="#main">Skip to content</a>
-      <header class="topbar">
-        <Brand href="/dashboard" />
-        <div class="who">
-          {viewer.accounts.length > 1
-            ? (
-              <form method="post" action="/dashboard/switch" class="switcher">
-                <input type="hidden" name="_csrf" value={viewer.session.csrf} />
-                <label for="account-switch" class="sr-only">Account</label>
-                <select id="account-switch" name="account_id">
-                  {viewer.accounts.map((a) => (
-                    <option value={a.id} selected={a.id === viewer.account?.id}>{a.name}</option>
-                  ))}
-                </select>
-                <button type="submit" class="small secondary">Switch</button>
-              </form>
-            )
-            : <span class="account-name">{viewer.account?.name}</span>}
-          <span class="user-email">{viewer.user?.email}</span>
-          <form method="post" action="/signout">
+      {viewer.accounts.length > 1
+        ? (
+          <form method="post" action="/dashboard/switch" class="switcher">
             <input type="hidden" name="_csrf" value={viewer.session.csrf} />
-            <button type="submit" class="small secondary">Sign out</button>
+            <label for="account-switch" class="sr-only">Account</label>
+            <select id="account-switch" name="account_id">
+              {viewer.accounts.map((a) => (
+                <option value={a.id} selected={a.id === viewer.account?.id}>{a.name}</option>
+              ))}
+            </select>
+            <button type="submit" class="small secondary">Switch</button>
           </form>
-        </div>
-      </header>
-      <nav class="sidenav" aria-label="Dashboard">
-        {NAV.map((n) => (
-          <a href={n.href} aria-current={n.id === active ? "page" : undefined}>
-            {n.id === "billing" ? <span class="crumb">Settings ›</span> : null}
-            {n.id === "members" ? <span class="crumb">Settings ›</span> : null}
-            {n.label}
-          </a>
-        ))}
-      </nav>
-      <main id="main" class="content">
-        <h1>{title}</h1>
-        {children}
-      </main>
+        )
+        : <span class="account-name">{viewer.account?.name}</span>}
+      <span class="user-email">{viewer.user?.email}</span>
+      <SignOut viewer={viewer} />
     </>
+  );
+  const nav = (
+    <nav class="sidenav" aria-label="Dashboard">
+      {NAV.map((n) => (
+        <a href={n.href} aria-current={n.id === active ? "page" : undefined}>
+          {n.id === "billing" ? <span class="crumb">Settings ›</span> : null}
+          {n.id === "members" ? <span class="crumb">Settings ›</span> : null}
+          {n.label}
+        </a>
+      ))}
+    </nav>
+  );
+  return (
+    <SignedInFrame topbarClass="topbar" home="/dashboard" who={who} nav={nav} title={title}>
+      {children}
+    </SignedInFrame>
   );
 }
 
@@ -98,29 +129,29 @@ export function AdminShell(
     children: ComponentChildren;
   },
 ) {
-  return (
+  const who = (
     <>
-      <a class="skip" href="#main">Skip to content</a>
-      <header class="topbar admin">
-        <Brand href="/dashboard/admin" />
-        <div class="who">
-          <span class="badge">Operator</span>
-          <form method="post" action="/signout">
-            <input type="hidden" name="_csrf" value={viewer.session.csrf} />
-            <button type="submit" class="small secondary">Sign out</button>
-          </form>
-        </div>
-      </header>
-      <nav class="sidenav" aria-label="Admin">
-        <a href="/dashboard/admin" aria-current={active === "accounts" ? "page" : undefined}>
-          Accounts
-        </a>
-      </nav>
-      <main id="main" class="content">
-        <h1>{title}</h1>
-        {children}
-      </main>
+      <span class="badge">Operator</span>
+      <SignOut viewer={viewer} />
     </>
+  );
+  const nav = (
+    <nav class="sidenav" aria-label="Admin">
+      <a href="/dashboard/admin" aria-current={active === "accounts" ? "page" : undefined}>
+        Accounts
+      </a>
+    </nav>
+  );
+  return (
+    <SignedInFrame
+      topbarClass="topbar admin"
+      home="/dashboard/admin"
+      who={who}
+      nav={nav}
+      title={title}
+    >
+      {children}
+    </SignedInFrame>
   );
 }
 
