@@ -175,7 +175,10 @@ export function startFakeOpenAI(): FakeOpenAI {
             ctrl.close();
             return;
           }
-          if (s.chunkDelayMs && i > 0) await sleep(s.chunkDelayMs);
+          if (s.chunkDelayMs && i > 0) {
+            // Cancelled by `cancel` when the reader goes away, so no timer outlives the stream.
+            await new Promise<void>((r) => timer = setTimeout(r, s.chunkDelayMs));
+          }
           ctrl.enqueue(enc.encode(`data: ${events[i++]}\n\n`));
         },
         cancel() {
