@@ -81,7 +81,7 @@ Deno.test("chat completions to Anthropic: a tool-calling round trip, translated 
     assert.equal(sent.system, "Be brief.");
     assert.equal(sent.max_tokens, 8192, "the default max_tokens Anthropic requires");
     assert.equal(sent.temperature, 1, "clamped to Anthropic's range");
-    assert.equal(sent.top_p, 0.9);
+    assert.equal(sent.top_p, undefined, "not sent with temperature (recent Claude refuses both)");
     assert.deepEqual(sent.stop_sequences, ["END"]);
     assert.deepEqual(sent.tool_choice, { type: "any" });
     assert.deepEqual(sent.tools, [{
@@ -111,11 +111,13 @@ Deno.test("chat completions to Anthropic: a tool-calling round trip, translated 
       ],
       tools: TOOLS,
       max_tokens: 2000,
+      top_p: 0.9,
     });
     assert.equal(second.choices[0].message.content, "Tool said: sunny, 21 °C");
     assert.equal(second.choices[0].finish_reason, "stop");
     const sent2 = t.anthropic.requests[1];
     assert.equal(sent2.max_tokens, 2000);
+    assert.equal(sent2.top_p, 0.9);
     assert.deepEqual(sent2.messages, [
       { role: "user", content: [{ type: "text", text: "Weather in Paris?" }] },
       {

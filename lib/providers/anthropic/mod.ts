@@ -111,7 +111,8 @@ export function toAnthropicBody(body: Record<string, unknown>): Record<string, u
   if (system) out.system = system;
   // OpenAI's temperature runs to 2, Anthropic's to 1.
   if (typeof body.temperature === "number") out.temperature = Math.min(1, body.temperature);
-  if (typeof body.top_p === "number") out.top_p = body.top_p;
+  // Recent Claude models refuse temperature and top_p together: temperature wins.
+  if (typeof body.top_p === "number" && out.temperature === undefined) out.top_p = body.top_p;
   const stop = stopList(body.stop);
   if (stop) out.stop_sequences = stop;
   if (body.stream === true) out.stream = true;
