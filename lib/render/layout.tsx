@@ -196,3 +196,26 @@ export function Notice({ kind, children }: { kind: "ok" | "error"; children: Com
   return <div class={`notice ${kind}`} role={kind === "error" ? "alert" : "status"}>{children}
   </div>;
 }
+
+/**
+ * The link to the next (older) page of a cursor-paged table: this page's query with the cursor
+ * set and the `drop` parameters removed; nothing when there is no next page.
+ */
+export function OlderLink(
+  { url, cursor, label, drop = [] }: {
+    url: URL;
+    cursor: string | null;
+    label: string;
+    drop?: string[];
+  },
+) {
+  if (!cursor) return null;
+  const next = new URLSearchParams(url.searchParams);
+  for (const name of drop) next.delete(name);
+  next.set("cursor", cursor);
+  return (
+    <p>
+      <a class="button secondary" href={`?${next}`}>{label}</a>
+    </p>
+  );
+}

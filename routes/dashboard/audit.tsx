@@ -1,7 +1,7 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
 import { type AuditFilter, auditJson, listAuditByAccount } from "../../lib/audit/query.ts";
 import { keyNames } from "../../lib/render/usage_view.tsx";
-import { Count, Empty, Money, Notice } from "../../lib/render/layout.tsx";
+import { Count, Empty, Money, Notice, OlderLink } from "../../lib/render/layout.tsx";
 import { formatCount } from "../../lib/render/format.ts";
 
 export const config: PageConfig = {
@@ -72,8 +72,6 @@ export const handler = {
 /** The audit trail: every request's metadata, filterable, paged, exportable. */
 export default function Audit({ data, url }: PageProps<Data>) {
   const v = data.values;
-  const next = new URLSearchParams(url.searchParams);
-  if (data.nextCursor) next.set("cursor", data.nextCursor);
   const ex = data.exportQuery ? `&${data.exportQuery}` : "";
   return (
     <>
@@ -173,13 +171,7 @@ export default function Audit({ data, url }: PageProps<Data>) {
             </table>
           </div>
         )}
-      {data.nextCursor
-        ? (
-          <p>
-            <a class="button secondary" href={`?${next}`}>Older rows</a>
-          </p>
-        )
-        : null}
+      <OlderLink url={url} cursor={data.nextCursor} label="Older rows" />
     </>
   );
 }

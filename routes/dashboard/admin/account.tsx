@@ -8,7 +8,7 @@ import { newId } from "../../../lib/ids.ts";
 import { idemKey } from "../../../lib/kv/schema.ts";
 import { IDEMPOTENCY_TTL_MS } from "../../../lib/http/idempotency.ts";
 import { Empty, Metric, Money, Notice } from "../../../lib/render/layout.tsx";
-import { formatTime } from "../../../lib/render/format.ts";
+import { LedgerTable } from "../../../lib/render/ledger.tsx";
 
 export const config: PageConfig = {
   title: "Account",
@@ -158,38 +158,7 @@ export default function AdminAccount({ data, viewer }: PageProps<Data>) {
       </div>
       <section class="card">
         <h2>Ledger</h2>
-        {data.tx.length === 0 ? <Empty>No transactions.</Empty> : (
-          <div class="table-wrap">
-            <table class="data" id="admin-ledger">
-              <thead>
-                <tr>
-                  <th scope="col">Date</th>
-                  <th scope="col">Type</th>
-                  <th scope="col">Description</th>
-                  <th scope="col" class="r">Amount</th>
-                  <th scope="col" class="r">Balance after</th>
-                </tr>
-              </thead>
-              <tbody>
-                {data.tx.map((t) => (
-                  <tr data-type={t.type}>
-                    <td>{formatTime(t.created_at)}</td>
-                    <td>
-                      <span class={`badge tx-${t.type}`}>{t.type}</span>
-                    </td>
-                    <td>{t.description}</td>
-                    <td class="r">
-                      <Money usd={t.amount} />
-                    </td>
-                    <td class="r">
-                      <Money usd={t.balance_after} />
-                    </td>
-                  </tr>
-                ))}
-              </tbody>
-            </table>
-          </div>
-        )}
+        <LedgerTable id="admin-ledger" rows={data.tx} empty="No transactions." />
       </section>
     </>
   );

@@ -6,8 +6,8 @@ import type { LedgerType } from "../../../lib/billing/types.ts";
 import { formatUsd } from "../../../lib/money.ts";
 import { Island } from "../../../lib/render/island.tsx";
 import BuyCredits, { type BuyCreditsProps } from "../../../islands/BuyCredits.tsx";
-import { Empty, Metric, Money, Notice } from "../../../lib/render/layout.tsx";
-import { formatTime } from "../../../lib/render/format.ts";
+import { Metric, Money, Notice, OlderLink } from "../../../lib/render/layout.tsx";
+import { LedgerTable } from "../../../lib/render/ledger.tsx";
 
 export const config: PageConfig = {
   title: "Settings › Billing",
@@ -17,12 +17,6 @@ export const config: PageConfig = {
 };
 
 const TYPES: LedgerType[] = ["purchase", "usage_debit", "adjustment", "refund"];
-const TYPE_HELP: Record<LedgerType, string> = {
-  purchase: "Credits added via payment",
-  usage_debit: "Credits deducted for API usage",
-  adjustment: "Manual credit adjustment by admin",
-  refund: "Credits returned",
-};
 
 interface Data {
   credits: Record<"balance" | "reserved" | "available" | "total_purchased" | "total_used", string>;
@@ -81,9 +75,6 @@ export const handler = {
 /** Balance, credit packages and the transaction history. */
 export default function Billing({ data, url }: PageProps<Data>) {
   const c = data.credits;
-  const next = new URLSearchParams(url.searchParams);
-  next.delete("purchased");
-  if (data.nextCursor) next.set("cursor", data.nextCursor);
   return (
     <>
       {data.notice ? <Notice kind="ok">{data.notice}</Notice> : null}
@@ -125,49 +116,17 @@ export default function Billing({ data, url }: PageProps<Data>) {
           </label>
           <button type="submit" class="secondary">Filter</button>
         </form>
-        {data.tx.length === 0
-          ? <Empty>No transactions yet: buy a package above to add credit.</Empty>
-          : (
-            <div class="table-wrap">
-              <table class="data" id="transactions">
-                <thead>
-                  <tr>
-                    <th scope="col">Date</th>
-                    <th scope="col">Type</th>
-                    <th scope="col">Description</th>
-                    <th scope="col" class="r">Amount</th>
-                    <th scope="col" class="r">Balance after</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {data.tx.map((t) => (
-                    <tr data-type={t.type} data-id={t.id}>
-                      <td>{formatTime(t.created_at)}</td>
-                      <td>
-                        <span class={`badge tx-${t.type}`} title={TYPE_HELP[t.type as LedgerType]}>
-                          {t.type}
-                        </span>
-                      </td>
-                      <td>{t.description}</td>
-                      <td class={`r amount ${t.amount.startsWith("-") ? "neg" : "pos"}`}>
-                        <Money usd={t.amount} />
-                      </td>
-                      <td class="r">
-                        <Money usd={t.balance_after} />
-                      </td>
-                    </tr>
-                  ))}
-                </tbody>
-              </table>
-            </div>
-          )}
-        {data.nextCursor
-          ? (
-            <p>
-              <a class="button secondary" href={`?${next}`}>Older transactions</a>
-            </p>
-          )
-          : null}
+        <LedgerTable
+          id="transactions"
+          rows={data.tx}
+          empty="No transactions yet: buy a package above to add credit."
+        />
+        <OlderLink
+          url={url}
+          cursor={data.nextCursor}
+          label="Older transactions"
+          drop={["purchased"]}
+        />
       </section>
     </>
   );
