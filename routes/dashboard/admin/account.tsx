@@ -1,5 +1,5 @@
 import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
-import { Csrf } from "../../../lib/render/page.tsx";
+import { Csrf, type Viewer } from "../../../lib/render/page.tsx";
 import { getAccount, getBalance } from "../../../lib/billing/accounts.ts";
 import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts";
 import { accountJson } from "../../v1/admin.ts";
@@ -120,46 +120,51 @@ export default function AdminAccount({ data, viewer }: PageProps<Data>) {
         </Metric>
       </div>
       <div class="grid2">
-        <section class="card">
-          <h2>Adjustment</h2>
-          <form method="post" class="stack">
-            <Csrf viewer={viewer} />
-            <input type="hidden" name="type" value="adjustment" />
-            <input type="hidden" name="nonce" value={newId("form")} />
-            <label>
-              Amount (USD, negative to take credit away)
-              <input name="amount" required inputMode="decimal" pattern="-?\d+(\.\d{1,9})?" />
-            </label>
-            <label>
-              Reason<input name="reason" required maxLength={500} />
-            </label>
-            <button type="submit">Record adjustment</button>
-          </form>
-        </section>
-        <section class="card">
-          <h2>Refund</h2>
-          <form method="post" class="stack">
-            <Csrf viewer={viewer} />
-            <input type="hidden" name="type" value="refund" />
-            <input type="hidden" name="nonce" value={newId("form")} />
-            <label>
-              Amount (USD)
-              <input name="amount" required inputMode="decimal" pattern="\d+(\.\d{1,9})?" />
-            </label>
-            <label>
-              Reason<input name="reason" required maxLength={500} />
-            </label>
-            <label>
-              Reference (optional)<input name="reference" maxLength={200} />
-            </label>
-            <button type="submit">Record refund</button>
-          </form>
-        </section>
+        <CreditForm type="adjustment" viewer={viewer} />
+        <CreditForm type="refund" viewer={viewer} />
       </div>
       <section class="card">
         <h2>Ledger</h2>
         <LedgerTable id="admin-ledger" rows={data.tx} empty="No transactions." />
       </section>
     </>
+  );
+}
+
+/**
+ * The operator's credit form: an adjustment (either sign) or a refund (positive, with an optional
+ * reference). Each rendering carries a fresh nonce, so a double submit records the credit once.
+ */
+function CreditForm({ type, viewer }: { type: "adjustment" | "refund"; viewer: Viewer | null }) {
+  const refund = type === "refund";
+  return (
+    <section class="card">
+      <h2>{refund ? "Refund" : "Adjustment"}</h2>
+      <form method="post" class="stack">
+        <Csrf viewer={viewer} />
+        <input type="hidden" name="type" value={type} />
+        <input type="hidden" name="nonce" value={newId("form")} />
+        <label>
+          {refund ? "Amount (USD)" : "Amount (USD, negative to take credit away)"}
+          <input
+            name="amount"
+            required
+            inputMode="decimal"
+            pattern={refund ? "\\d+(\\.\\d{1,9})?" : "-?\\d+(\\.\\d{1,9})?"}
+          />
+        </label>
+        <label>
+          Reason<input name="reason" required maxLength={500} />
+        </label>
+        {refund
+          ? (
+            <label>
+              Reference (optional)<input name="reference" maxLength={200} />
+            </label>
+          )
+          : null}
+        <button type="submit">{refund ? "Record refund" : "Record adjustment"}</button>
+      </form>
+    </section>
   );
 }
