@@ -34,6 +34,42 @@ async function api(csrf: string, method: string, path: string, body?: unknown) {
   return json;
 }
 
+/** A limit form's fields as the API takes them: no limit is null, a reset only with a limit. */
+function readLimit(f: FormData) {
+  const limit = String(f.get("credit_limit") ?? "").trim();
+  const reset = String(f.get("limit_reset") ?? "");
+  return { credit_limit: limit || null, limit_reset: limit && reset ? reset : null };
+}
+
+const RESETS = { daily: "Daily", weekly: "Weekly", monthly: "Monthly" };
+
+/** The credit limit and its reset period: blank (create) or a key's current values (edit). */
+function LimitFields({ limit, reset }: { limit?: string; reset?: string | null }) {
+  return (
+    <>
+      <label>
+        Credit limit (USD)
+        <input
+          name="credit_limit"
+          inputMode="decimal"
+          pattern="\d+(\.\d{1,9})?"
+          value={limit}
+          placeholder="none"
+        />
+      </label>
+      <label>
+        Resets
+        <select name="limit_reset">
+          <option value="">Never</option>
+          {Object.entries(RESETS).map(([r, label]) => (
+            <option value={r} selected={reset === r}>{label}</option>
+          ))}
+        </select>
+      </label>
+    </>
+  );
+}
+
 /** The keys table with create (secret shown once, with copy), limit edits, disable and revoke. */
 export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
   const keys = useSignal<KeyView[]>(initial);
@@ -60,14 +96,11 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
     e.preventDefault();
     const form = e.currentTarget as HTMLFormElement;
     const f = new FormData(form);
-    const limit = String(f.get("credit_limit") ?? "").trim();
-    const reset = String(f.get("limit_reset") ?? "");
-    const body: Record<string, unknown> = {
+    const body = {
       name: String(f.get("name") ?? ""),
       scope: String(f.get("scope") ?? "inference"),
+      ...readLimit(f),
     };
-    if (limit) body.credit_limit = limit;
-    if (limit && reset) body.limit_reset = reset;
     return run(async () => {
       const k = await api(csrf, "POST", "/v1/keys", body);
       const { key, ...view } = k;
@@ -93,15 +126,8 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
   const saveLimit = (e: Event, id: string) => {
     e.preventDefault();
     const f = new FormData(e.currentTarget as HTMLFormElement);
-    const limit = String(f.get("credit_limit") ?? "").trim();
-    const reset = String(f.get("limit_reset") ?? "");
     return run(async () => {
-      replace(
-        await api(csrf, "PATCH", `/v1/keys/${id}`, {
-          credit_limit: limit || null,
-          limit_reset: limit && reset ? reset : null,
-        }),
-      );
+      replace(await api(csrf, "PATCH", `/v1/keys/${id}`, readLimit(f)));
       editing.value = null;
     });
   };
@@ -133,24 +159,7 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
               <option value="management">Management</option>
             </select>
           </label>
-          <label>
-            Credit limit (USD)
-            <input
-              name="credit_limit"
-              inputMode="decimal"
-              pattern="\d+(\.\d{1,9})?"
-              placeholder="none"
-            />
-          </label>
-          <label>
-            Resets
-            <select name="limit_reset">
-              <option value="">Never</option>
-              <option value="daily">Daily</option>
-              <option value="weekly">Weekly</option>
-              <option value="monthly">Monthly</option>
-            </select>
-          </label>
+          <LimitFields />
           <button type="submit" disabled={busy.value}>Create key</button>
         </form>
         {secret.value
@@ -269,24 +278,7 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                           <tr class="edit-row">
                             <td colSpan={7}>
                               <form class="row-form" onSubmit={(e) => saveLimit(e, k.id)}>
-                                <label>
-                                  Credit limit (USD)
-                                  <input
-                                    name="credit_limit"
-                                    inputMode="decimal"
-                                    value={k.credit_limit ?? ""}
-                                    placeholder="none"
-                                  />
-                                </label>
-                                <label>
-                                  Resets
-                                  <select name="limit_reset">
-                                    <option value="">Never</option>
-                                    {["daily", "weekly", "monthly"].map((r) => (
-                                      <option value={r} selected={k.limit_reset === r}>{r}</option>
-                                    ))}
-                                  </select>
-                                </label>
+                                <LimitFields limit={k.credit_limit ?? ""} reset={k.limit_reset} />
                                 <button type="submit" disabled={busy.value}>Save limit</button>
                               </form>
                             </td>
