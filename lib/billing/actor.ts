@@ -105,6 +105,13 @@ const MAX_CHECKS = 95;
 const MAX_MUTATIONS = 900;
 const MAX_OPS = 256;
 const MAX_ATTEMPTS = 200;
+const CACHE_IDLE_MS = 30_000;
+const CACHE_SWEEP_MS = 5_000;
+
+interface AccountCache {
+  entries: Map<string, Deno.KvEntryMaybe<unknown>>;
+  used: number;
+}
 
 /**
  * One actor per account in this process: a serial mailbox that folds every operation waiting for
@@ -119,6 +126,13 @@ export class AccountActors {
   #idle: (() => void)[] = [];
   /** Holds reserved by requests alive in this process: the sweeper leaves them alone. */
   readonly liveHolds = new Set<string>();
+  /**
+   * Each account's entries as this process last committed or read them, with their versionstamps:
+   * the next batch is decided on them without a read. The atomic still checks every one, so a
+   * write by another process fails the commit, which drops the account's cache and reads afresh.
+   */
+  #cache = new Map<string, AccountCache>();
+  #lastEviction = 0;
 
   constructor(kv: Deno.Kv, opts: ActorOptions) {
     this.#kv = kv;
@@ -138,12 +152,47 @@ export class AccountActors {
         this.#boxes.set(accountId, box);
       }
       box.queue.push({ op, resolve: resolve as (v: unknown) => void, reject });
+      this.#evictIdle();
       if (!box.running) {
         box.running = true;
         // Let operations submitted in the same tick join the first batch.
         queueMicrotask(() => this.#run(accountId, box!));
       }
     });
+  }
+
+  /** The entries at `keys`, from the account's cache where present, else read (and cached). */
+  async #read(accountId: string, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<unknown>[]> {
+    const now = Date.now();
+    let cache = this.#cache.get(accountId);
+    if (!cache) {
+      cache = { entries: new Map(), used: now };
+      this.#cache.set(accountId, cache);
+    }
+    cache.used = now;
+    const out: (Deno.KvEntryMaybe<unknown> | undefined)[] = keys.map((k) =>
+      cache!.entries.get(keyString(k))
+    );
+    const missing: number[] = [];
+    out.forEach((e, i) => e === undefined && missing.push(i));
+    if (missing.length) {
+      const read = await getAll<unknown>(this.#kv, missing.map((i) => keys[i]));
+      missing.forEach((idx, j) => {
+        out[idx] = read[j];
+        cache!.entries.set(keyString(keys[idx]), read[j]);
+      });
+    }
+    return out as Deno.KvEntryMaybe<unknown>[];
+  }
+
+  /** Drops the caches of accounts idle for a while: memory stays bounded, stale state re-read. */
+  #evictIdle() {
+    const now = Date.now();
+    if (now - this.#lastEviction < CACHE_SWEEP_MS) return;
+    this.#lastEviction = now;
+    for (const [id, c] of this.#cache) {
+      if (now - c.used > CACHE_IDLE_MS && !this.#boxes.has(id)) this.#cache.delete(id);
+    }
   }
 
   /** Resolves when every mailbox is empty. */
@@ -219,7 +268,7 @@ export class AccountActors {
       ...holdList.map((id) => holdKey(accountId, id)),
       ...onceList,
     ];
-    const entries = await getAll<unknown>(kv, reads);
+    const entries = await this.#read(accountId, reads);
     const atomic = kv.atomic();
     for (const e of entries) atomic.check(e);
 
@@ -244,6 +293,7 @@ export class AccountActors {
     });
 
     const touchedSpends = new Set<string>();
+    const newHolds: Hold[] = [];
     const results: unknown[] = [];
     const eventIds: string[] = [];
     const nowIso = new Date(now).toISOString();
@@ -334,6 +384,7 @@ export class AccountActors {
             expires_ms: now + op.ttlMs,
           };
           atomic.set(holdKey(accountId, op.holdId), hold);
+          newHolds.push(hold);
           results.push({ ok: true });
           break;
         }
@@ -410,13 +461,33 @@ export class AccountActors {
     if (eventIds.length && this.#opts.delivery === "queue") {
       atomic.enqueue({ outbox: eventIds });
     }
-    const res = await atomic.commit();
-    if (!res.ok) return null;
-    for (let i = 0; i < batch.length; i++) {
-      const { op } = batch[i];
-      if (op.kind === "reserve" && (results[i] as ReserveResult).ok) {
-        this.liveHolds.add(op.holdId);
-      }
+    let res: Deno.KvCommitResult | Deno.KvCommitError;
+    try {
+      res = await atomic.commit();
+    } catch (e) {
+      this.#cache.delete(accountId);
+      throw e;
+    }
+    if (!res.ok) {
+      // Another process (or a key change) wrote first: decide again on fresh reads.
+      this.#cache.delete(accountId);
+      return null;
+    }
+    const cache = this.#cache.get(accountId)!;
+    const stamp = res.versionstamp;
+    const remember = (key: Deno.KvKey, value: unknown) =>
+      cache.entries.set(keyString(key), { key, value, versionstamp: stamp });
+    remember(balanceKey(accountId), bal);
+    for (const id of touchedSpends) remember(keySpendKey(accountId, id), spends.get(id)!);
+    for (const [id, h] of holds) {
+      if (h === null) cache.entries.delete(keyString(holdKey(accountId, id)));
+    }
+    // Once-keys are read afresh each time: credits are rare.
+    for (const k of onceList) cache.entries.delete(keyString(k));
+    // This process's holds are usually settled here too: keep them, still checked on settle.
+    for (const h of newHolds) {
+      remember(holdKey(accountId, h.id), h);
+      this.liveHolds.add(h.id);
     }
     return { results, eventIds };
   }
