@@ -4,7 +4,7 @@ import { queryUsage, type UsageQuery } from "../usage/query.ts";
 import { usageParams } from "../usage/params.ts";
 import { listKeysByAccount } from "../auth/keys.ts";
 import { dayBucket } from "../usage/rollups.ts";
-import { Count, Empty, Money, Percent } from "./layout.tsx";
+import { Count, Empty, Money, Notice, Percent } from "./layout.tsx";
 
 export type UsageResult = Awaited<ReturnType<typeof queryUsage>>;
 export type UsageRow = UsageResult["breakdown"][number];
@@ -96,7 +96,7 @@ const GROUP_LABEL: Record<GroupBy, string> = {
   model: "Model",
 };
 
-/** The period and grouping form (a plain GET form: works without script). */
+/** The period and grouping form (a plain GET form: works without script), and what was wrong with the period. */
 export function PeriodForm(
   { period, groupBy, action, keys, keyId }: {
     period: Period;
@@ -108,50 +108,64 @@ export function PeriodForm(
   },
 ) {
   return (
-    <form method="get" action={action} class="filters" aria-label="Period and grouping">
-      <label>
-        Period
-        <select name="period">
-          <option value="7d" selected={period.period === "7d"}>Last 7 days</option>
-          <option value="30d" selected={period.period === "30d"}>Last 30 days</option>
-          <option value="90d" selected={period.period === "90d"}>Last 90 days</option>
-          <option value="custom" selected={period.period === "custom"}>Custom dates</option>
-        </select>
-      </label>
-      <label>
-        From<input type="date" name="from" value={period.fromDay} />
-      </label>
-      <label>
-        To<input type="date" name="to" value={period.toDay} />
-      </label>
-      {keys
-        ? (
-          <label>
-            Key
-            <select name="key_id">
-              <option value="">All keys</option>
-              {Object.entries(keys).map(([id, name]) => (
-                <option key={id} value={id} selected={id === keyId}>{name}</option>
-              ))}
-            </select>
-          </label>
-        )
-        : null}
-      <label>
-        Break down by
-        <select name="group_by">
-          {(Object.keys(GROUP_LABEL) as GroupBy[]).map((g) => (
-            <option value={g} selected={g === groupBy}>{GROUP_LABEL[g]}</option>
-          ))}
-        </select>
-      </label>
-      <button type="submit" class="secondary">Apply</button>
-    </form>
+    <>
+      <form method="get" action={action} class="filters" aria-label="Period and grouping">
+        <label>
+          Period
+          <select name="period">
+            <option value="7d" selected={period.period === "7d"}>Last 7 days</option>
+            <option value="30d" selected={period.period === "30d"}>Last 30 days</option>
+            <option value="90d" selected={period.period === "90d"}>Last 90 days</option>
+            <option value="custom" selected={period.period === "custom"}>Custom dates</option>
+          </select>
+        </label>
+        <label>
+          From<input type="date" name="from" value={period.fromDay} />
+        </label>
+        <label>
+          To<input type="date" name="to" value={period.toDay} />
+        </label>
+        {keys
+          ? (
+            <label>
+              Key
+              <select name="key_id">
+                <option value="">All keys</option>
+                {Object.entries(keys).map(([id, name]) => (
+                  <option key={id} value={id} selected={id === keyId}>{name}</option>
+                ))}
+              </select>
+            </label>
+          )
+          : null}
+        <label>
+          Break down by
+          <select name="group_by">
+            {(Object.keys(GROUP_LABEL) as GroupBy[]).map((g) => (
+              <option value={g} selected={g === groupBy}>{GROUP_LABEL[g]}</option>
+            ))}
+          </select>
+        </label>
+        <button type="submit" class="secondary">Apply</button>
+      </form>
+      {period.error ? <Notice kind="error">{period.error}</Notice> : null}
+    </>
   );
 }
 
-/** The breakdown rows as a table, newest date first when grouped by date. */
-export function BreakdownTable(
+/** The Breakdown card: the breakdown rows as a table, newest date first when grouped by date. */
+export function Breakdown(
+  { rows, groupBy, names }: { rows: UsageRow[]; groupBy: GroupBy; names: Record<string, string> },
+) {
+  return (
+    <section class="card">
+      <h2>Breakdown</h2>
+      <BreakdownTable rows={rows} groupBy={groupBy} names={names} />
+    </section>
+  );
+}
+
+function BreakdownTable(
   { rows, groupBy, names }: { rows: UsageRow[]; groupBy: GroupBy; names: Record<string, string> },
 ) {
   // Date rows cover every day of the period; the table lists the days with activity.

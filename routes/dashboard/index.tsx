@@ -2,9 +2,9 @@ import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
 import { type GroupBy, queryUsage } from "../../lib/usage/query.ts";
 import { getBalance } from "../../lib/billing/accounts.ts";
 import { formatUsd } from "../../lib/money.ts";
-import { Count, Metric, Money, Notice, Percent } from "../../lib/render/layout.tsx";
+import { Count, Metric, Money, Percent } from "../../lib/render/layout.tsx";
 import {
-  BreakdownTable,
+  Breakdown,
   keyNames,
   type Period,
   PeriodForm,
@@ -60,7 +60,6 @@ export default function Overview({ data }: PageProps<Data>) {
   return (
     <>
       <PeriodForm period={data.period} groupBy={data.groupBy} action="/dashboard" />
-      {data.period.error ? <Notice kind="error">{data.period.error}</Notice> : null}
       <p class="muted period-label">
         {data.period.fromDay} to {data.period.toDay} (UTC)
       </p>
@@ -95,10 +94,7 @@ export default function Overview({ data }: PageProps<Data>) {
           <Count n={s.requests} />
         </Metric>
       </div>
-      <section class="card">
-        <h2>Breakdown</h2>
-        <BreakdownTable rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
-      </section>
+      <Breakdown rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
     </>
   );
 }

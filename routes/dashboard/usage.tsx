@@ -1,10 +1,10 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
 import { type GroupBy, queryUsage, type UsageQuery } from "../../lib/usage/query.ts";
-import { Count, Metric, Money, Notice, Percent } from "../../lib/render/layout.tsx";
+import { Count, Metric, Money, Percent } from "../../lib/render/layout.tsx";
 import { Island } from "../../lib/render/island.tsx";
 import UsageCharts, { type UsageChartsProps } from "../../islands/UsageCharts.tsx";
 import {
-  BreakdownTable,
+  Breakdown,
   daysOf,
   keyNames,
   type Period,
@@ -87,7 +87,6 @@ export default function Usage({ data }: PageProps<Data>) {
         keys={data.names}
         keyId={data.keyId}
       />
-      {data.period.error ? <Notice kind="error">{data.period.error}</Notice> : null}
       <div class="metrics">
         <Metric label="Requests" id="usage-requests">
           <Count n={s.requests} />
@@ -128,10 +127,7 @@ export default function Usage({ data }: PageProps<Data>) {
         </Metric>
       </div>
       <Island name="UsageCharts" component={UsageCharts} props={data.charts} />
-      <section class="card">
-        <h2>Breakdown</h2>
-        <BreakdownTable rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
-      </section>
+      <Breakdown rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
     </>
   );
 }
