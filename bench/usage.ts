@@ -23,14 +23,14 @@ const DAY = 86_400_000, HOUR = 3_600_000;
 const END = Date.UTC(2026, 10, 26); // the period ends at a UTC midnight
 const START = END - DAYS * DAY;
 
+// REUSE=<file> measures a KV file kept by an earlier run (KEEP=1) instead of seeding again.
+const reuse = Deno.env.get("REUSE");
 // A RAM-backed temp dir when there is one: the seed's fsyncs would otherwise time the disk.
 const shm = await Deno.stat("/dev/shm").then((s) => s.isDirectory, () => false);
-const dir = await Deno.makeTempDir({
+const dir = reuse ? null : await Deno.makeTempDir({
   prefix: "usage-bench-",
   dir: Deno.env.get("BENCH_DIR") ?? (shm ? "/dev/shm" : undefined),
 });
-// REUSE=<file> measures a KV file kept by an earlier run (KEEP=1) instead of seeding again.
-const reuse = Deno.env.get("REUSE");
 const path = reuse ?? `${dir}/bench.kv`;
 const kv = await Deno.openKv(path);
 
@@ -236,4 +236,4 @@ if (exported !== seeded) throw new Error(`exported ${exported} of ${seeded} rows
 
 kv.close();
 if (Deno.env.get("KEEP") || reuse) console.log(`KV kept at ${path}`);
-else await Deno.remove(dir, { recursive: true });
+else await Deno.remove(dir!, { recursive: true });

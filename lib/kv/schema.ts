@@ -49,12 +49,13 @@ export const rollupKey = (
 ) => ["rollup", accountId, grain, scope, dim, bucket, value, field] as const;
 /**
  * ["rollup_digest", accountId, grain, scope, dimension, bucket] → RollupDigest: every value's
- * counters of one closed bucket in one record, valid while the bucket's "all" request count is
- * unchanged (a cache the usage query builds and checks, never the source of truth).
+ * counters of one closed bucket (grain "d", "h", or "m" for a month "2026-11") in one record, valid
+ * while the bucket's "all" request count is unchanged (a cache the usage query builds and checks,
+ * never the source of truth).
  */
 export const rollupDigestKey = (
   accountId: string,
-  grain: "d" | "h",
+  grain: "d" | "h" | "m",
   scope: string,
   dim: string,
   bucket: string,

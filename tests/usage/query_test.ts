@@ -291,3 +291,46 @@ Deno.test("usage parameters: dates, times widened to the hour, clear 400s", () =
       re.test(e.message));
   }
 });
+
+Deno.test("usage: whole months come from month digests, which a late event invalidates", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const events: UsageEvent[] = [];
+    for (let i = 0; i < 80; i++) {
+      const t = ms("2026-08-20T00:00:00Z") + i * 29 * 3_600_000;
+      events.push(
+        event(new Date(t).toISOString(), `key_${i % 4}`, "openai", `m${i % 5}`, BigInt(100 + i)),
+      );
+    }
+    await record(kv, events);
+    const q = {
+      accountId: ACCT,
+      fromMs: ms("2026-08-25"),
+      toMs: ms("2026-11-02"),
+      now: FAR_FUTURE,
+    };
+    const inPeriod = events.filter((e) => e.ts >= q.fromMs && e.ts < q.toMs);
+    const first = await allGroupings(kv, q);
+    let months = 0;
+    for await (const _ of kv.list({ prefix: ["rollup_digest", ACCT, "m"] })) months++;
+    assert.ok(months >= 6, "September and October digested per grouping");
+    const again = await allGroupings(kv, q);
+    assert.deepEqual(again, first);
+    assert.equal(parseUsd(first.model.summary.cost), inPeriod.reduce((a, e) => a + e.cost, 0n));
+    const kq = { ...q, keyId: "key_1", groupBy: "model" as const };
+    const k1 = await queryUsage(kv, kq);
+    assert.equal(
+      parseUsd(k1.summary.cost),
+      inPeriod.filter((e) => e.key_id === "key_1").reduce((a, e) => a + e.cost, 0n),
+    );
+
+    await record(kv, [event("2026-09-15T12:00:00Z", "key_1", "openai", "m9", 5000n)]);
+    const after = await allGroupings(kv, q);
+    assert.equal(parseUsd(after.key.summary.cost), parseUsd(first.key.summary.cost)! + 5000n);
+    assert.equal(parseUsd(after.model.breakdown.find((b) => b.group === "m9")!.cost), 5000n);
+    const k1After = await queryUsage(kv, kq);
+    assert.equal(parseUsd(k1After.summary.cost), parseUsd(k1.summary.cost)! + 5000n);
+  } finally {
+    kv.close();
+  }
+});
