@@ -73,14 +73,17 @@ function SignedInFrame(
   );
 }
 
+/** What a signed-in layout wraps: the viewer, the active nav entry, the title and the page. */
+interface ShellProps {
+  viewer: Viewer;
+  active: string;
+  title: string;
+  children: ComponentChildren;
+}
+
 /** The customer dashboard: navigation, account switcher and sign-out around a page. */
 export function DashboardShell(
-  { viewer, active, title, children }: {
-    viewer: Viewer;
-    active: string;
-    title: string;
-    children: ComponentChildren;
-  },
+  { viewer, active, title, children }: ShellProps,
 ) {
   const who = (
     <>
@@ -122,12 +125,7 @@ export function DashboardShell(
 
 /** The operator's pages. */
 export function AdminShell(
-  { viewer, active, title, children }: {
-    viewer: Viewer;
-    active: string;
-    title: string;
-    children: ComponentChildren;
-  },
+  { viewer, active, title, children }: ShellProps,
 ) {
   const who = (
     <>
