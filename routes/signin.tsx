@@ -6,14 +6,7 @@ import {
   type PasswordHash,
   verifyPassword,
 } from "../lib/auth/users.ts";
-import {
-  countSigninAttempt,
-  createSession,
-  deleteSession,
-  SESSION_TTL_MS,
-  sessionCookie,
-} from "../lib/auth/sessions.ts";
-import { clientIp } from "../lib/proxy/metered.ts";
+import { allowSigninAttempt, startSession } from "../lib/render/session.ts";
 import { Notice } from "../lib/render/layout.tsx";
 
 export const config: PageConfig = { title: "Sign in", auth: "public", layout: "public" };
@@ -40,9 +33,7 @@ export const handler = {
     const password = String(ctx.form.get("password") ?? "");
     const next = safeNext(String(ctx.form.get("next") ?? ""));
     const { kv } = ctx.svc;
-    const limit = await countSigninAttempt(kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
-    if (!limit.ok) {
-      ctx.c.header("retry-after", String(limit.retryAfterS));
+    if (!await allowSigninAttempt(ctx)) {
       return {
         data: {
           email,
@@ -64,14 +55,7 @@ export const handler = {
     if (!home) {
       return { data: { email, next, error: "This user belongs to no account." }, status: 403 };
     }
-    // A fresh session at every sign-in: a token planted before sign-in is worth nothing after.
-    await deleteSession(kv, ctx.viewer?.token);
-    const { token } = await createSession(kv, {
-      kind: "user",
-      user_id: user.id,
-      account_id: home.account_id,
-    }, ctx.svc.now());
-    ctx.c.header("set-cookie", sessionCookie(ctx.siteUrl, token, SESSION_TTL_MS / 1000));
+    await startSession(ctx, { kind: "user", user_id: user.id, account_id: home.account_id });
     return ctx.redirect(next);
   },
 };

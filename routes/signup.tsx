@@ -1,14 +1,7 @@
 import { z } from "zod";
 import type { PageConfig, PageCtx, PageProps } from "../lib/render/page.tsx";
 import { signUp } from "../lib/auth/users.ts";
-import {
-  countSigninAttempt,
-  createSession,
-  deleteSession,
-  SESSION_TTL_MS,
-  sessionCookie,
-} from "../lib/auth/sessions.ts";
-import { clientIp } from "../lib/proxy/metered.ts";
+import { allowSigninAttempt, startSession } from "../lib/render/session.ts";
 import { Notice } from "../lib/render/layout.tsx";
 
 export const config: PageConfig = { title: "Create an account", auth: "public", layout: "public" };
@@ -32,9 +25,7 @@ export const handler = {
       ["name", "email", "account", "password"].map((k) => [k, String(ctx.form.get(k) ?? "")]),
     );
     const values = { name: f.name, email: f.email, account: f.account };
-    const limit = await countSigninAttempt(ctx.svc.kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
-    if (!limit.ok) {
-      ctx.c.header("retry-after", String(limit.retryAfterS));
+    if (!await allowSigninAttempt(ctx)) {
       return {
         data: { values, error: "Too many attempts from your address; try again in a few minutes." },
         status: 429,
@@ -55,13 +46,11 @@ export const handler = {
       };
     }
     // Whatever session the browser had ends here: the new account gets a fresh one.
-    await deleteSession(ctx.svc.kv, ctx.viewer?.token);
-    const { token } = await createSession(ctx.svc.kv, {
+    await startSession(ctx, {
       kind: "user",
       user_id: created.user.id,
       account_id: created.account.id,
-    }, ctx.svc.now());
-    ctx.c.header("set-cookie", sessionCookie(ctx.siteUrl, token, SESSION_TTL_MS / 1000));
+    });
     return ctx.redirect("/dashboard");
   },
 };

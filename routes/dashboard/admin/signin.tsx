@@ -1,12 +1,6 @@
 import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
-import {
-  countSigninAttempt,
-  createSession,
-  deleteSession,
-  sessionCookie,
-} from "../../../lib/auth/sessions.ts";
 import { safeEqual } from "../../../lib/http/auth.ts";
-import { clientIp } from "../../../lib/proxy/metered.ts";
+import { allowSigninAttempt, startSession } from "../../../lib/render/session.ts";
 import { Notice } from "../../../lib/render/layout.tsx";
 
 export const config: PageConfig = { title: "Operator sign-in", auth: "public", layout: "public" };
@@ -17,10 +11,8 @@ const ADMIN_TTL_S = 8 * 3600;
 export const handler = {
   GET: () => ({ data: { error: "" } }),
   async POST(ctx: PageCtx) {
-    const { kv, config: cfg } = ctx.svc;
-    const limit = await countSigninAttempt(kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
-    if (!limit.ok) {
-      ctx.c.header("retry-after", String(limit.retryAfterS));
+    const cfg = ctx.svc.config;
+    if (!await allowSigninAttempt(ctx)) {
       return { data: { error: "Too many attempts; try again in a few minutes." }, status: 429 };
     }
     if (!cfg.adminToken) {
@@ -30,9 +22,7 @@ export const handler = {
     if (!safeEqual(token, cfg.adminToken)) {
       return { data: { error: "That token is wrong." }, status: 401 };
     }
-    await deleteSession(kv, ctx.viewer?.token);
-    const s = await createSession(kv, { kind: "admin" }, ctx.svc.now(), ADMIN_TTL_S * 1000);
-    ctx.c.header("set-cookie", sessionCookie(ctx.siteUrl, s.token, ADMIN_TTL_S));
+    await startSession(ctx, { kind: "admin" }, ADMIN_TTL_S * 1000);
     return ctx.redirect("/dashboard/admin");
   },
 };

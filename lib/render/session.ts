@@ -1,0 +1,34 @@
+/** What the sign-in, sign-up and operator sign-in pages do alike: limit attempts, start a session. */
+import type { PageCtx } from "./page.tsx";
+import {
+  countSigninAttempt,
+  createSession,
+  deleteSession,
+  SESSION_TTL_MS,
+  sessionCookie,
+} from "../auth/sessions.ts";
+import { clientIp } from "../proxy/metered.ts";
+
+/**
+ * Counts one sign-in attempt from the request's IP; false (with Retry-After set on the reply)
+ * when the address has used up its attempts.
+ */
+export async function allowSigninAttempt(ctx: PageCtx): Promise<boolean> {
+  const limit = await countSigninAttempt(ctx.svc.kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
+  if (!limit.ok) ctx.c.header("retry-after", String(limit.retryAfterS));
+  return limit.ok;
+}
+
+/**
+ * Ends whatever session the browser had and starts a fresh one, set as the session cookie: a
+ * token planted before sign-in is worth nothing after.
+ */
+export async function startSession(
+  ctx: PageCtx,
+  spec: { kind: "user" | "admin"; user_id?: string; account_id?: string },
+  ttlMs = SESSION_TTL_MS,
+): Promise<void> {
+  await deleteSession(ctx.svc.kv, ctx.viewer?.token);
+  const { token } = await createSession(ctx.svc.kv, spec, ctx.svc.now(), ttlMs);
+  ctx.c.header("set-cookie", sessionCookie(ctx.siteUrl, token, ttlMs / 1000));
+}
