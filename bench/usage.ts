@@ -220,7 +220,7 @@ let bytes = 0, lines = 0;
 const stream = exportAudit(kv, ACCT, { fromMs: 0, toMs: Number.MAX_SAFE_INTEGER }, "csv");
 for await (const chunk of stream) {
   bytes += chunk.length;
-  for (let i = 0; i < chunk.length; i++) if (chunk[i] === 10) lines++;
+  for (let i = chunk.indexOf(10); i !== -1; i = chunk.indexOf(10, i + 1)) lines++;
 }
 const exportS = (performance.now() - s) / 1000;
 clearInterval(sampler);
