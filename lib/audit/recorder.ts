@@ -1,5 +1,5 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
-import { getAll, isLocked, sleep } from "../kv/util.ts";
+import { getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
 import { idFloor } from "../ids.ts";
 import { addRollupSums } from "../usage/rollups.ts";
 import type { AuditRow, LedgerEntry, UsageEvent } from "../billing/types.ts";
@@ -9,28 +9,6 @@ const MAX_MUTATIONS = 900;
 // Deno KV refuses an atomic whose keys (checks and mutations) total over 81,920 bytes; events of
 // many accounts bring up to 96 rollup counters each, so a group is bounded by key size too.
 const MAX_KEY_BYTES = 64_000;
-
-/**
- * An upper bound of a key's encoded size: each part's UTF-8 bytes (a NUL byte is escaped as two)
- * plus its type tag and terminator; numbers and bigints are counted generously.
- */
-function keyBytes(key: Deno.KvKey): number {
-  let n = 0;
-  for (const part of key) {
-    if (typeof part === "string") {
-      n += 2;
-      // Counting UTF-16 units is cheaper than encoding: at most 3 UTF-8 bytes each.
-      for (let i = 0; i < part.length; i++) {
-        const c = part.charCodeAt(i);
-        n += c === 0 ? 2 : c < 0x80 ? 1 : 3;
-      }
-    } else if (part instanceof Uint8Array) {
-      n += part.length + 2;
-      for (const b of part) if (b === 0) n++;
-    } else n += 24;
-  }
-  return n;
-}
 
 export function auditRowOf(e: UsageEvent): AuditRow {
   const { id: _id, account_id: _account, ts, billed: _billed, balance_after: _after, ...facts } = e;

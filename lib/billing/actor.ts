@@ -1,5 +1,5 @@
 import { apiKeyKey, balanceKey, holdKey, keySpendKey, ledgerKey, outboxKey } from "../kv/schema.ts";
-import { getAll, isLocked, keyString, sleep } from "../kv/util.ts";
+import { getAll, isLocked, keyBytes, keyString, sleep } from "../kv/util.ts";
 import { newId } from "../ids.ts";
 import { countRequest, currentSpend, rateLimitWait, rateWindow } from "./periods.ts";
 import {
@@ -89,7 +89,13 @@ interface Pending {
 
 interface Mailbox {
   queue: Pending[];
-  running: boolean;
+}
+
+/** One account's batch in a committing atomic. */
+interface Part {
+  accountId: string;
+  box: Mailbox;
+  batch: Pending[];
 }
 
 export interface ActorOptions {
@@ -100,9 +106,12 @@ export interface ActorOptions {
   now?: () => number;
 }
 
-// Deno KV allows 100 checks and 1000 mutations per atomic; stay below with room to spare.
-const MAX_CHECKS = 95;
-const MAX_MUTATIONS = 900;
+// Deno KV's limits per atomic: checks, mutations, total key bytes, total bytes. Each part's
+// footprint is an upper bound (fitBatch), so the limits can be used to the full.
+const MAX_CHECKS = 100;
+const MAX_MUTATIONS = 1000;
+const MAX_KEY_BYTES = 81_920;
+const MAX_BYTES = 800 * 1024;
 const MAX_OPS = 256;
 const MAX_ATTEMPTS = 200;
 const CACHE_IDLE_MS = 30_000;
@@ -123,6 +132,9 @@ export class AccountActors {
   #kv: Deno.Kv;
   #opts: ActorOptions;
   #boxes = new Map<string, Mailbox>();
+  /** Accounts with operations waiting and no batch in the committing atomic, in arrival order. */
+  #ready = new Set<string>();
+  #pumping = false;
   #idle: (() => void)[] = [];
   /** Holds reserved by requests alive in this process: the sweeper leaves them alone. */
   readonly liveHolds = new Set<string>();
@@ -148,15 +160,16 @@ export class AccountActors {
     return new Promise((resolve, reject) => {
       let box = this.#boxes.get(accountId);
       if (!box) {
-        box = { queue: [], running: false };
+        box = { queue: [] };
         this.#boxes.set(accountId, box);
       }
       box.queue.push({ op, resolve: resolve as (v: unknown) => void, reject });
       this.#evictIdle();
-      if (!box.running) {
-        box.running = true;
-        // Let operations submitted in the same tick join the first batch.
-        queueMicrotask(() => this.#run(accountId, box!));
+      this.#ready.add(accountId);
+      if (!this.#pumping) {
+        this.#pumping = true;
+        // Let operations submitted in the same tick join the first atomic.
+        queueMicrotask(() => this.#pump());
       }
     });
   }
@@ -201,75 +214,118 @@ export class AccountActors {
     return new Promise((r) => this.#idle.push(r));
   }
 
-  async #run(accountId: string, box: Mailbox) {
-    while (box.queue.length > 0) {
-      const batch = takeBatch(box.queue);
-      try {
-        await this.#commitBatch(accountId, batch);
-      } catch (err) {
-        if (batch.length > 1) {
-          // One bad operation must not fail its neighbours: retry them one by one.
-          for (const p of batch) {
-            try {
-              await this.#commitBatch(accountId, [p]);
-            } catch (e) {
-              p.reject(e);
-            }
-          }
-        } else batch[0].reject(err);
+  /**
+   * The committer: while operations wait, folds the next batch of as many accounts as fit into one
+   * atomic and commits it. An account joins an atomic with one batch at most, and its next batch
+   * waits for that commit, so each account's operations apply in order.
+   */
+  async #pump() {
+    while (this.#ready.size > 0) {
+      const parts = this.#takeParts();
+      await this.#commitParts(parts);
+      for (const { accountId, box } of parts) {
+        if (box.queue.length === 0) this.#boxes.delete(accountId);
       }
     }
-    box.running = false;
-    this.#boxes.delete(accountId);
+    this.#pumping = false;
     if (this.#boxes.size === 0) { for (const r of this.#idle.splice(0)) r(); }
   }
 
-  async #commitBatch(accountId: string, batch: Pending[]) {
+  /** Takes the next batch of each ready account, in turn, while the atomic's limits allow. */
+  #takeParts(): Part[] {
+    const room: Room = {
+      checks: MAX_CHECKS,
+      mutations: MAX_MUTATIONS - 1, // the queue message, if any
+      keyBytes: MAX_KEY_BYTES,
+      bytes: MAX_BYTES - 64 * 1024, // the queue message's ids
+    };
+    const parts: Part[] = [];
+    for (const accountId of this.#ready) {
+      const box = this.#boxes.get(accountId)!;
+      const n = fitBatch(accountId, box.queue, room, parts.length === 0);
+      if (n === 0) break;
+      this.#ready.delete(accountId);
+      parts.push({ accountId, box, batch: box.queue.splice(0, n) });
+    }
+    return parts;
+  }
+
+  /** Commits the parts; never throws: every operation is resolved or rejected. */
+  async #commitParts(parts: Part[]): Promise<void> {
+    try {
+      await this.#commitWithRetry(parts);
+    } catch (err) {
+      if (parts.length > 1) {
+        // One account's bad operation must not fail the other accounts: each alone.
+        for (const p of parts) await this.#commitParts([p]);
+      } else if (parts[0].batch.length > 1) {
+        // Nor its neighbours in the account's batch: one by one.
+        for (const op of parts[0].batch) await this.#commitParts([{ ...parts[0], batch: [op] }]);
+      } else parts[0].batch[0].reject(err);
+    } finally {
+      for (const { accountId, box } of parts) if (box.queue.length) this.#ready.add(accountId);
+    }
+  }
+
+  async #commitWithRetry(parts: Part[]) {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      let outcome;
+      let done = false;
       try {
-        outcome = await this.#attempt(accountId, batch);
+        done = await this.#attempt(parts);
       } catch (e) {
         // Another process holding the local KV file's write lock is contention too: retry.
         if (!isLocked(e)) throw e;
-        outcome = null;
       }
-      if (outcome) {
-        for (let i = 0; i < batch.length; i++) batch[i].resolve(outcome.results[i]);
-        if (outcome.eventIds.length) this.#opts.onCommitted?.(outcome.eventIds);
-        return;
-      }
+      if (done) return;
       // Another process committed first: back off briefly, then decide again on fresh state.
       await sleep(Math.random() * Math.min(50, 1 + attempt * 2));
     }
-    throw new Error(`account ${accountId}: balance contention did not resolve`);
+    throw new Error("balance contention did not resolve");
   }
 
-  async #attempt(accountId: string, batch: Pending[]) {
-    const kv = this.#kv;
+  /** Decides every part on its (cached or read) entries and commits them as one atomic. */
+  async #attempt(parts: Part[]): Promise<boolean> {
     const now = this.#now();
-    const keyIds = new Set<string>();
-    const holdIds = new Set<string>();
-    const onceKeys = new Map<string, Deno.KvKey>();
-    for (const { op } of batch) {
-      if (op.kind === "reserve" || op.kind === "settle") keyIds.add(op.keyId);
-      if (op.kind === "settle" || op.kind === "release" || op.kind === "expire") {
-        holdIds.add(op.holdId);
-      }
-      if (op.kind === "credit" && op.once) onceKeys.set(keyString(op.once.key), op.once.key);
+    const atomic = this.#kv.atomic();
+    const entries = await Promise.all(
+      parts.map((p) => this.#read(p.accountId, readsOf(p.accountId, p.batch).keys)),
+    );
+    const decided = parts.map((p, i) =>
+      this.#decide(p.accountId, p.batch, entries[i], atomic, now)
+    );
+    const eventIds = decided.flatMap((d) => d.eventIds);
+    if (eventIds.length && this.#opts.delivery === "queue") atomic.enqueue({ outbox: eventIds });
+    let res: Deno.KvCommitResult | Deno.KvCommitError;
+    try {
+      res = await atomic.commit();
+    } catch (e) {
+      for (const p of parts) this.#cache.delete(p.accountId);
+      throw e;
     }
-    const keyList = [...keyIds];
-    const holdList = [...holdIds];
-    const onceList = [...onceKeys.values()];
-    const reads: Deno.KvKey[] = [
-      balanceKey(accountId),
-      ...keyList.map((id) => apiKeyKey(id)),
-      ...keyList.map((id) => keySpendKey(accountId, id)),
-      ...holdList.map((id) => holdKey(accountId, id)),
-      ...onceList,
-    ];
-    const entries = await this.#read(accountId, reads);
-    const atomic = kv.atomic();
+    if (!res.ok) {
+      // Another process (or a key change) wrote first: the accounts are decided again on fresh
+      // reads. Which check failed is not reported, so every account of the atomic is re-read.
+      for (const p of parts) this.#cache.delete(p.accountId);
+      return false;
+    }
+    for (const d of decided) d.remember(res.versionstamp);
+    parts.forEach((p, i) => p.batch.forEach((q, j) => q.resolve(decided[i].results[j])));
+    if (eventIds.length) this.#opts.onCommitted?.(eventIds);
+    return true;
+  }
+
+  /**
+   * Decides one account's batch on its entries: adds its checks and writes to `atomic`, and returns
+   * the results with what to remember once the atomic has committed.
+   */
+  #decide(
+    accountId: string,
+    batch: Pending[],
+    entries: Deno.KvEntryMaybe<unknown>[],
+    atomic: Deno.AtomicOperation,
+    now: number,
+  ) {
+    const { keyList, holdList, onceList } = readsOf(accountId, batch);
     for (const e of entries) atomic.check(e);
 
     const balEntry = entries[0] as Deno.KvEntryMaybe<BalanceState>;
@@ -458,58 +514,158 @@ export class AccountActors {
 
     atomic.set(balanceKey(accountId), bal);
     for (const id of touchedSpends) atomic.set(keySpendKey(accountId, id), spends.get(id)!);
-    if (eventIds.length && this.#opts.delivery === "queue") {
-      atomic.enqueue({ outbox: eventIds });
-    }
-    let res: Deno.KvCommitResult | Deno.KvCommitError;
-    try {
-      res = await atomic.commit();
-    } catch (e) {
-      this.#cache.delete(accountId);
-      throw e;
-    }
-    if (!res.ok) {
-      // Another process (or a key change) wrote first: decide again on fresh reads.
-      this.#cache.delete(accountId);
-      return null;
-    }
-    const cache = this.#cache.get(accountId)!;
-    const stamp = res.versionstamp;
-    const remember = (key: Deno.KvKey, value: unknown) =>
-      cache.entries.set(keyString(key), { key, value, versionstamp: stamp });
-    remember(balanceKey(accountId), bal);
-    for (const id of touchedSpends) remember(keySpendKey(accountId, id), spends.get(id)!);
-    for (const [id, h] of holds) {
-      if (h === null) cache.entries.delete(keyString(holdKey(accountId, id)));
-    }
-    // Once-keys are read afresh each time: credits are rare.
-    for (const k of onceList) cache.entries.delete(keyString(k));
-    // This process's holds are usually settled here too: keep them, still checked on settle.
-    for (const h of newHolds) {
-      remember(holdKey(accountId, h.id), h);
-      this.liveHolds.add(h.id);
-    }
-    return { results, eventIds };
+    const remember = (stamp: string) => {
+      const cache = this.#cache.get(accountId);
+      if (!cache) return;
+      const keep = (key: Deno.KvKey, value: unknown) =>
+        cache.entries.set(keyString(key), { key, value, versionstamp: stamp });
+      keep(balanceKey(accountId), bal);
+      for (const id of touchedSpends) keep(keySpendKey(accountId, id), spends.get(id)!);
+      for (const [id, h] of holds) {
+        if (h === null) cache.entries.delete(keyString(holdKey(accountId, id)));
+      }
+      // Once-keys are read afresh each time: credits are rare.
+      for (const k of onceList) cache.entries.delete(keyString(k));
+      // This process's holds are usually settled here too: keep them, still checked on settle.
+      for (const h of newHolds) {
+        keep(holdKey(accountId, h.id), h);
+        this.liveHolds.add(h.id);
+      }
+    };
+    return { results, eventIds, remember };
   }
 }
 
-/** Takes the longest prefix of the queue that fits one atomic's check and mutation limits. */
-function takeBatch(queue: Pending[]): Pending[] {
-  let checks = 1, mutations = 1, n = 0;
+/** The keys a batch reads and checks: balance, its keys and their spend, its holds, once-keys. */
+function readsOf(accountId: string, batch: Pending[]) {
+  const keyIds = new Set<string>();
+  const holdIds = new Set<string>();
+  const onceKeys = new Map<string, Deno.KvKey>();
+  for (const { op } of batch) {
+    if (op.kind === "reserve" || op.kind === "settle") keyIds.add(op.keyId);
+    if (op.kind === "settle" || op.kind === "release" || op.kind === "expire") {
+      holdIds.add(op.holdId);
+    }
+    if (op.kind === "credit" && op.once) onceKeys.set(keyString(op.once.key), op.once.key);
+  }
+  const keyList = [...keyIds];
+  const holdList = [...holdIds];
+  const onceList = [...onceKeys.values()];
+  const keys: Deno.KvKey[] = [
+    balanceKey(accountId),
+    ...keyList.map((id) => apiKeyKey(id)),
+    ...keyList.map((id) => keySpendKey(accountId, id)),
+    ...holdList.map((id) => holdKey(accountId, id)),
+    ...onceList,
+  ];
+  return { keys, keyList, holdList, onceList };
+}
+
+/** What is left of one atomic's limits. */
+interface Room {
+  checks: number;
+  mutations: number;
+  keyBytes: number;
+  bytes: number;
+}
+
+// Upper bounds of stored sizes, beyond their keys: a balance, a key's spend with its rate window,
+// a hold, a ledger entry without its description, a once-value.
+const BALANCE_BYTES = 256;
+const SPEND_BYTES = 2048;
+const HOLD_BYTES = 256;
+const LEDGER_BYTES = 512;
+const ONCE_BYTES = 4096;
+
+/**
+ * How many operations at the head of an account's queue fit in the room left (and takes it): the
+ * longest prefix, at most MAX_OPS. The first part of an atomic takes at least one operation.
+ */
+function fitBatch(accountId: string, queue: Pending[], room: Room, first: boolean): number {
+  const accountBytes = accountId.length * 3;
+  // The balance: checked and set.
+  let checks = 1, mutations = 1;
+  let kbytes = 2 * (12 + accountBytes), bytes = BALANCE_BYTES;
   const keys = new Set<string>();
+  let n = 0;
   for (; n < queue.length && n < MAX_OPS; n++) {
     const op = queue[n].op;
-    let c = 0, m = 2;
+    let c = 0, m = 0, kb = 0, b = 0;
     if ((op.kind === "reserve" || op.kind === "settle") && !keys.has(op.keyId)) {
+      // The key is checked; its spend checked and set.
+      const k = 3 * (16 + op.keyId.length * 3 + accountBytes);
       c += 2;
       m += 1;
+      kb += k;
+      b += SPEND_BYTES;
     }
-    if (op.kind === "settle" || op.kind === "release" || op.kind === "expire") c += 1;
-    if (op.kind === "credit" && op.once) c += 1;
-    if (n > 0 && (checks + c > MAX_CHECKS || mutations + m > MAX_MUTATIONS)) break;
+    const holdKeyBytes = "holdId" in op ? 12 + accountBytes + op.holdId.length * 3 : 0;
+    switch (op.kind) {
+      case "reserve":
+        m += 1;
+        kb += holdKeyBytes;
+        b += HOLD_BYTES;
+        break;
+      case "settle":
+      case "release":
+      case "expire":
+        c += 1;
+        m += 1;
+        kb += 2 * holdKeyBytes;
+        break;
+      case "credit":
+        m += 1;
+        kb += 64 + accountBytes;
+        b += LEDGER_BYTES + op.description.length * 3 + (op.reference?.length ?? 0) * 3;
+        if (op.once) {
+          c += 1;
+          m += 1;
+          kb += 2 * keyBytes(op.once.key);
+          b += ONCE_BYTES;
+        }
+        break;
+    }
+    const event = op.kind === "settle" || op.kind === "record"
+      ? op.event
+      : op.kind === "release"
+      ? op.event
+      : null;
+    if (event) {
+      m += 1;
+      kb += 16 + event.id.length * 3;
+      b += approxBytes(event);
+    }
+    b += kb;
+    const over = checks + c > room.checks || mutations + m > room.mutations ||
+      kbytes + kb > room.keyBytes || bytes + b > room.bytes;
+    if (over && !(first && n === 0)) break;
     if (op.kind === "reserve" || op.kind === "settle") keys.add(op.keyId);
     checks += c;
     mutations += m;
+    kbytes += kb;
+    bytes += b;
   }
-  return queue.splice(0, Math.max(1, n));
+  if (n === 0) return 0;
+  room.checks -= checks;
+  room.mutations -= mutations;
+  room.keyBytes -= kbytes;
+  room.bytes -= bytes;
+  return n;
+}
+
+/** A generous estimate of a plain value's serialized size. */
+function approxBytes(v: unknown): number {
+  switch (typeof v) {
+    case "string":
+      return 8 + v.length * 3;
+    case "object": {
+      if (v === null) return 2;
+      let n = 8;
+      if (Array.isArray(v)) { for (const x of v) n += approxBytes(x); }
+      else for (const [k, x] of Object.entries(v)) n += 8 + k.length * 3 + approxBytes(x);
+      return n;
+    }
+    default:
+      return 24;
+  }
 }

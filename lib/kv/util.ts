@@ -17,6 +17,28 @@ export function keyString(key: Deno.KvKey): string {
   return JSON.stringify(key, (_k, v) => typeof v === "bigint" ? `${v}n` : v);
 }
 
+/**
+ * An upper bound of a key's encoded size: each part's UTF-8 bytes (a NUL byte is escaped as two)
+ * plus its type tag and terminator; numbers and bigints are counted generously.
+ */
+export function keyBytes(key: Deno.KvKey): number {
+  let n = 0;
+  for (const part of key) {
+    if (typeof part === "string") {
+      n += 2;
+      // Counting UTF-16 units is cheaper than encoding: at most 3 UTF-8 bytes each.
+      for (let i = 0; i < part.length; i++) {
+        const c = part.charCodeAt(i);
+        n += c === 0 ? 2 : c < 0x80 ? 1 : 3;
+      }
+    } else if (part instanceof Uint8Array) {
+      n += part.length + 2;
+      for (const b of part) if (b === 0) n++;
+    } else n += 24;
+  }
+  return n;
+}
+
 /** SQLite's busy error from a KV file another process is writing (local KV only): retry it. */
 export const isLocked = (e: unknown) =>
   e instanceof Error && /database (table )?is locked/.test(e.message);
