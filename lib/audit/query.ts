@@ -43,11 +43,30 @@ const matches = (r: AuditRow, f: AuditFilter) =>
   (f.status === undefined || r.status === f.status) &&
   (f.streaming === undefined || r.streaming === f.streaming);
 
-function listAuditRange(kv: Deno.Kv, accountId: string, f: AuditFilter, end?: Deno.KvKey) {
-  return kv.list<AuditRow>({
+/**
+ * The rows of a period, newest first: a first batch of `first` rows, then batches of 1,000 for
+ * as long as the caller reads on. A page reads a page and one row past it, so an unfiltered page
+ * is one batch of its own size; a filter that skips rows goes on in large batches.
+ */
+async function* listAuditRange(
+  kv: Deno.Kv,
+  accountId: string,
+  f: AuditFilter,
+  first: number,
+  end?: Deno.KvKey,
+): AsyncGenerator<Deno.KvEntry<AuditRow>> {
+  const selector = {
     start: ["audit", accountId, f.fromMs],
     end: end ?? ["audit", accountId, f.toMs],
-  }, { reverse: true, batchSize: 1000 });
+  };
+  const head = kv.list<AuditRow>(selector, { reverse: true, limit: first, batchSize: first });
+  let n = 0;
+  for await (const e of head) {
+    n++;
+    yield e;
+  }
+  if (n < first) return;
+  yield* kv.list<AuditRow>(selector, { reverse: true, cursor: head.cursor, batchSize: 1000 });
 }
 
 /** A page stops after scanning this many rows, so a rare filter cannot make one request slow. */
@@ -88,7 +107,7 @@ export async function listAuditByAccount(
   const data: ReturnType<typeof auditJson>[] = [];
   let scanned = 0;
   let last: Deno.KvKey | null = null;
-  for await (const e of listAuditRange(kv, accountId, f, end)) {
+  for await (const e of listAuditRange(kv, accountId, f, Math.min(limit + 1, 1000), end)) {
     if (data.length === limit || scanned === MAX_SCAN) {
       return { data, next_cursor: encodeCursor(last!) };
     }
