@@ -45,7 +45,7 @@ export function createApp(deps: AppDeps): Router {
   const log = deps.log ?? consoleLogger;
   const actors = new AccountActors(kv, {
     delivery: config.outboxDelivery,
-    onCommitted: (ids) => background.notify(ids),
+    onCommitted: (ids, events) => background.notify(ids, events),
     now,
   });
   const background: Background = new Background(kv, actors, {

@@ -1,14 +1,21 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
-import { getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
+import { approxBytes, getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
 import { idFloor } from "../ids.ts";
-import { addRollupSums } from "../usage/rollups.ts";
+import {
+  notePending,
+  pendingKeyBytes,
+  pendingRowBytes,
+  PendingRollups,
+} from "../usage/compact.ts";
 import type { AuditRow, LedgerEntry, UsageEvent } from "../billing/types.ts";
 
-const MAX_CHECKS = 90;
-const MAX_MUTATIONS = 900;
-// Deno KV refuses an atomic whose keys (checks and mutations) total over 81,920 bytes; events of
-// many accounts bring up to 96 rollup counters each, so a group is bounded by key size too.
-const MAX_KEY_BYTES = 64_000;
+// Deno KV's limits per atomic. The key and value sizes counted are upper bounds (keyBytes,
+// approxBytes), so the limits themselves are the bounds. Events of many accounts bring up to 96
+// rollup counters each, so key bytes often bind first.
+const MAX_CHECKS = 100;
+const MAX_MUTATIONS = 1000;
+const MAX_KEY_BYTES = 81_920;
+const MAX_BYTES = 800 * 1024;
 
 export function auditRowOf(e: UsageEvent): AuditRow {
   const { id: _id, account_id: _account, ts, billed: _billed, balance_after: _after, ...facts } = e;
@@ -34,48 +41,68 @@ export const debits = (e: UsageEvent) => e.cost !== 0n && e.balance_after !== nu
 /**
  * Turns outbox entries into their audit row, ledger row and rollup counters. Each atomic checks
  * that its entries are still in the outbox and deletes them, so a duplicate or late delivery, or
- * two processes racing on one entry, records it exactly once. Returns how many it recorded.
+ * two processes racing on one entry, records it exactly once. `known` holds entries as this process
+ * committed them (with their versionstamps): they are not read again; a failed check re-reads them.
+ * Returns how many it recorded.
  */
-export async function recordEvents(kv: Deno.Kv, ids: readonly string[]): Promise<number> {
+export async function recordEvents(
+  kv: Deno.Kv,
+  ids: readonly string[],
+  known?: ReadonlyMap<string, Deno.KvEntry<UsageEvent>>,
+): Promise<number> {
   let recorded = 0;
   let pending = [...new Set(ids)];
   for (let attempt = 0; pending.length > 0; attempt++) {
-    const entries = (await getAll<UsageEvent>(kv, pending.map((id) => outboxKey(id))))
-      .filter((e): e is Deno.KvEntry<UsageEvent> => e.value !== null);
+    const cached = attempt === 0 && known ? pending.map((id) => known.get(id)) : [];
+    const toRead = attempt === 0 && known ? pending.filter((_, i) => !cached[i]) : pending;
+    const read = toRead.length
+      ? await getAll<UsageEvent>(kv, toRead.map((id) => outboxKey(id)))
+      : [];
+    const entries = [...cached, ...read]
+      .filter((e): e is Deno.KvEntry<UsageEvent> => !!e && e.value !== null)
+      // One account's events together: their rollup counters merge into one sum each.
+      .sort((a, b) =>
+        a.value.account_id < b.value.account_id
+          ? -1
+          : a.value.account_id > b.value.account_id
+          ? 1
+          : 0
+      );
     const conflicted: string[] = [];
     let i = 0;
     while (i < entries.length) {
       const atomic = kv.atomic();
-      const sums = new Map<string, [Deno.KvKey, bigint]>();
+      // One pending rollup entry per account of the atomic (lib/usage/compact.ts folds them).
+      const rollups = new PendingRollups();
       const group: Deno.KvEntry<UsageEvent>[] = [];
       let mutations = 0;
       let keyTotal = 0;
+      let byteTotal = 0;
       for (; i < entries.length && group.length < MAX_CHECKS; i++) {
         const e = entries[i].value;
-        const own = new Map<string, [Deno.KvKey, bigint]>();
-        if (e.billed) addRollupSums(own, e);
+        // A billed event opens its account's pending rollup entry unless the atomic has one.
+        const opens = e.billed && rollups.opensEntry(e);
         let added = 4;
         // The outbox key is both checked and deleted; audit, audit id and ledger rows are set.
         let bytes = 2 * keyBytes(entries[i].key) +
           keyBytes(auditKey(e.account_id, e.ts, e.request_id)) +
           keyBytes(auditIdKey(e.account_id, e.request_id)) +
           keyBytes(ledgerKey(e.account_id, e.ts, e.id));
-        for (const [s, [key]] of own) {
-          if (sums.has(s)) continue;
+        if (opens) {
           added++;
-          bytes += keyBytes(key);
+          bytes += pendingKeyBytes(e.account_id);
         }
+        // Values: the audit row and the ledger row (each smaller than the event), the counters.
+        const valueBytes = 2 * approxBytes(e) + (e.billed ? pendingRowBytes(e) : 0);
         if (
           group.length > 0 &&
-          (mutations + added > MAX_MUTATIONS || keyTotal + bytes > MAX_KEY_BYTES)
+          (mutations + added > MAX_MUTATIONS || keyTotal + bytes > MAX_KEY_BYTES ||
+            byteTotal + bytes + valueBytes > MAX_BYTES)
         ) break;
         mutations += added;
         keyTotal += bytes;
-        for (const [s, [key, amount]] of own) {
-          const prev = sums.get(s);
-          if (prev) prev[1] += amount;
-          else sums.set(s, [key, amount]);
-        }
+        byteTotal += bytes + valueBytes;
+        if (e.billed) rollups.add(e);
         group.push(entries[i]);
       }
       for (const entry of group) {
@@ -87,7 +114,7 @@ export async function recordEvents(kv: Deno.Kv, ids: readonly string[]): Promise
           atomic.set(ledgerKey(e.account_id, e.ts, ledgerRowOf(e).id), ledgerRowOf(e));
         }
       }
-      for (const [key, amount] of sums.values()) atomic.sum(key, amount);
+      const accounts = rollups.write(atomic);
       let res: Deno.KvCommitResult | Deno.KvCommitError;
       try {
         res = await atomic.commit();
@@ -96,8 +123,10 @@ export async function recordEvents(kv: Deno.Kv, ids: readonly string[]): Promise
         if (!isLocked(e)) throw e;
         res = { ok: false };
       }
-      if (res.ok) recorded += group.length;
-      else conflicted.push(...group.map((g) => g.value.id));
+      if (res.ok) {
+        recorded += group.length;
+        notePending(kv, accounts);
+      } else conflicted.push(...group.map((g) => g.value.id));
     }
     pending = conflicted;
     if (pending.length) await sleep(Math.min(100, 2 ** attempt));

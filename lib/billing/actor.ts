@@ -1,5 +1,5 @@
 import { apiKeyKey, balanceKey, holdKey, keySpendKey, ledgerKey, outboxKey } from "../kv/schema.ts";
-import { getAll, isLocked, keyBytes, keyString, sleep } from "../kv/util.ts";
+import { approxBytes, getAll, isLocked, keyBytes, keyString, sleep } from "../kv/util.ts";
 import { newId } from "../ids.ts";
 import { countRequest, currentSpend, rateLimitWait, rateWindow } from "./periods.ts";
 import {
@@ -101,8 +101,11 @@ interface Part {
 export interface ActorOptions {
   /** `queue`: the committing atomic enqueues one message naming its events. */
   delivery: "queue" | "drainer";
-  /** Called after a commit with the outbox ids it wrote. */
-  onCommitted?: (eventIds: string[]) => void;
+  /**
+   * Called after a commit with the outbox ids it wrote and the entries as committed (with their
+   * versionstamp), so that recording them needs no read.
+   */
+  onCommitted?: (eventIds: string[], events: Deno.KvEntry<UsageEvent>[]) => void;
   now?: () => number;
 }
 
@@ -310,7 +313,13 @@ export class AccountActors {
     }
     for (const d of decided) d.remember(res.versionstamp);
     parts.forEach((p, i) => p.batch.forEach((q, j) => q.resolve(decided[i].results[j])));
-    if (eventIds.length) this.#opts.onCommitted?.(eventIds);
+    if (eventIds.length && this.#opts.onCommitted) {
+      const stamp = res.versionstamp;
+      const events = decided.flatMap((d) =>
+        d.events.map((value) => ({ key: outboxKey(value.id), value, versionstamp: stamp }))
+      );
+      this.#opts.onCommitted(eventIds, events);
+    }
     return true;
   }
 
@@ -352,6 +361,7 @@ export class AccountActors {
     const newHolds: Hold[] = [];
     const results: unknown[] = [];
     const eventIds: string[] = [];
+    const events: UsageEvent[] = [];
     const nowIso = new Date(now).toISOString();
     const unhold = (holdId: string) => {
       const h = holds.get(holdId);
@@ -369,6 +379,7 @@ export class AccountActors {
     const record = (event: UsageEvent) => {
       atomic.set(outboxKey(event.id), event);
       eventIds.push(event.id);
+      events.push(event);
     };
 
     for (const { op } of batch) {
@@ -532,7 +543,7 @@ export class AccountActors {
         this.liveHolds.add(h.id);
       }
     };
-    return { results, eventIds, remember };
+    return { results, eventIds, events, remember };
   }
 }
 
@@ -651,21 +662,4 @@ function fitBatch(accountId: string, queue: Pending[], room: Room, first: boolea
   room.keyBytes -= kbytes;
   room.bytes -= bytes;
   return n;
-}
-
-/** A generous estimate of a plain value's serialized size. */
-function approxBytes(v: unknown): number {
-  switch (typeof v) {
-    case "string":
-      return 8 + v.length * 3;
-    case "object": {
-      if (v === null) return 2;
-      let n = 8;
-      if (Array.isArray(v)) { for (const x of v) n += approxBytes(x); }
-      else for (const [k, x] of Object.entries(v)) n += 8 + k.length * 3 + approxBytes(x);
-      return n;
-    }
-    default:
-      return 24;
-  }
 }

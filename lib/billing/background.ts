@@ -1,7 +1,16 @@
 import { HOLD_PREFIX } from "../kv/schema.ts";
 import { listStaleOutbox, recordEvents } from "../audit/recorder.ts";
+import { compactPending } from "../usage/compact.ts";
+
+// How often pending rollup entries of the accounts recorded here are folded into the counters.
+const COMPACT_EVERY_MS = 1000;
 import type { AccountActors } from "./actor.ts";
-import type { Hold } from "./types.ts";
+import type { Hold, UsageEvent } from "./types.ts";
+import { sleep } from "../kv/util.ts";
+
+// Under load the drainer waits up to COALESCE_MS for COALESCE_EVENTS events before a pass.
+const COALESCE_MS = 25;
+const COALESCE_EVENTS = 256;
 
 export interface BackgroundOptions {
   delivery: "queue" | "drainer";
@@ -26,9 +35,12 @@ export class Background {
   #kv: Deno.Kv;
   #actors: AccountActors;
   #opts: Required<Omit<BackgroundOptions, "onError">> & Pick<BackgroundOptions, "onError">;
-  #pending = new Set<string>();
+  /** Outbox ids to record, with their entries as committed when this process committed them. */
+  #pending = new Map<string, Deno.KvEntry<UsageEvent> | undefined>();
   #draining: Promise<void> | null = null;
   #timer: ReturnType<typeof setInterval> | undefined;
+  #compactTimer: ReturnType<typeof setInterval> | undefined;
+  #compacting = false;
   #listener: Promise<void> | null = null;
   #inFlight = new Set<Promise<unknown>>();
   #closed = false;
@@ -58,24 +70,40 @@ export class Background {
     this.#timer = setInterval(() => {
       this.#track(this.sweep()).catch((e) => this.#opts.onError?.(e));
     }, this.#opts.sweepEveryMs);
+    this.#compactTimer = setInterval(() => {
+      if (this.#compacting) return;
+      this.#compacting = true;
+      this.#track(compactPending(this.#kv)).catch((e) => this.#opts.onError?.(e))
+        .finally(() => this.#compacting = false);
+    }, COMPACT_EVERY_MS);
     return this;
   }
 
   /** Called by the actors after each commit with the outbox ids it wrote. */
-  notify = (ids: string[]) => {
+  notify = (ids: string[], events: Deno.KvEntry<UsageEvent>[] = []) => {
     if (this.#closed) return;
-    for (const id of ids) this.#pending.add(id);
+    for (const id of ids) if (!this.#pending.has(id)) this.#pending.set(id, undefined);
+    for (const e of events) this.#pending.set(e.value.id, e);
     this.#draining ??= this.#track(this.#drain());
   };
 
   async #drain() {
     // Yield once so commits landing in the same tick are drained together.
-    await new Promise((r) => setTimeout(r, 0));
-    while (this.#pending.size > 0) {
-      const ids = [...this.#pending].slice(0, 2000);
+    await sleep(0);
+    for (let pass = 0; this.#pending.size > 0; pass++) {
+      // Under load (events arrived while the last pass recorded), wait a little for more: events
+      // of one account then share their rollup sums, and the atomics are fewer and fuller.
+      if (pass > 0 && this.#pending.size < COALESCE_EVENTS) await sleep(COALESCE_MS);
+      const known = new Map<string, Deno.KvEntry<UsageEvent>>();
+      const ids: string[] = [];
+      for (const [id, entry] of this.#pending) {
+        if (ids.length === 2000) break;
+        ids.push(id);
+        if (entry) known.set(id, entry);
+      }
       for (const id of ids) this.#pending.delete(id);
       try {
-        await recordEvents(this.#kv, ids);
+        await recordEvents(this.#kv, ids, known);
       } catch (e) {
         // The entries stay in the outbox; the sweeper records them later.
         this.#opts.onError?.(e);
@@ -90,7 +118,10 @@ export class Background {
     return p;
   }
 
-  /** Records stale outbox entries and releases expired holds not owned by this process. */
+  /**
+   * Records stale outbox entries, releases expired holds not owned by this process and folds
+   * every account's pending rollup entries (those of other processes too).
+   */
   async sweep(
     opts: { staleAfterMs?: number } = {},
   ): Promise<{ recorded: number; expired: number }> {
@@ -114,6 +145,7 @@ export class Background {
       expiring.push(this.#actors.submit(String(e.key[1]), { kind: "expire", holdId: hold.id }));
     }
     await Promise.all(expiring);
+    await compactPending(this.#kv, { scan: true });
     return { recorded, expired };
   }
 
@@ -127,6 +159,7 @@ export class Background {
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#timer);
+    clearInterval(this.#compactTimer);
     await this.#actors.idle();
     while (this.#inFlight.size) await Promise.allSettled([...this.#inFlight]);
   }

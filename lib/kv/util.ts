@@ -39,6 +39,23 @@ export function keyBytes(key: Deno.KvKey): number {
   return n;
 }
 
+/** A generous estimate of a plain value's serialized size. */
+export function approxBytes(v: unknown): number {
+  switch (typeof v) {
+    case "string":
+      return 8 + v.length * 3;
+    case "object": {
+      if (v === null) return 2;
+      let n = 8;
+      if (Array.isArray(v)) { for (const x of v) n += approxBytes(x); }
+      else for (const [k, x] of Object.entries(v)) n += 8 + k.length * 3 + approxBytes(x);
+      return n;
+    }
+    default:
+      return 24;
+  }
+}
+
 /** SQLite's busy error from a KV file another process is writing (local KV only): retry it. */
 export const isLocked = (e: unknown) =>
   e instanceof Error && /database (table )?is locked/.test(e.message);
