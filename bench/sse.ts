@@ -1,0 +1,67 @@
+/**
+ * The SSE usage tap alone: passes the bench upstream's stream (20 content deltas, a finish chunk,
+ * the usage chunk and `[DONE]`, one chunk per event) through `tapStream` and, for comparison, a
+ * plain pass-through pipe, many times. Prints µs per stream and per chunk
+ * (wall time of one busy thread: run it on a quiet machine, compare within one run).
+ * Usage: deno run -A bench/sse.ts [streams=20000]
+ */
+import { tapStream } from "../lib/proxy/sse.ts";
+
+const N = Number(Deno.args[0] ?? 20_000);
+const enc = new TextEncoder();
+const chunk = (choices: unknown[], extra = {}) =>
+  enc.encode(
+    "data: " + JSON.stringify({
+      id: "chatcmpl-bench",
+      object: "chat.completion.chunk",
+      created: 1,
+      model: "gpt-4o-mini",
+      choices,
+      ...extra,
+    }) + "\n\n",
+  );
+const events = [chunk([{ index: 0, delta: { role: "assistant", content: "" } }])];
+for (let i = 0; i < 20; i++) {
+  events.push(chunk([{ index: 0, delta: { content: "tok " }, finish_reason: null }]));
+}
+events.push(chunk([{ index: 0, delta: {}, finish_reason: "stop" }]));
+events.push(chunk([], { usage: { prompt_tokens: 12, completion_tokens: 20, total_tokens: 32 } }));
+events.push(enc.encode("data: [DONE]\n\n"));
+
+const source = () => {
+  let i = 0;
+  return new ReadableStream<Uint8Array>({
+    pull(ctrl) {
+      if (i < events.length) ctrl.enqueue(events[i++]);
+      else ctrl.close();
+    },
+  });
+};
+
+async function drain(s: ReadableStream<Uint8Array>) {
+  const r = s.getReader();
+  while (!(await r.read()).done);
+}
+
+const usageLine = `data: ${JSON.stringify({ usage: { cost: 0.0001 } })}`;
+const targets: [string, () => ReadableStream<Uint8Array>][] = [
+  ["pass-through", () => source().pipeThrough(new TransformStream())],
+  ["tapStream", () =>
+    tapStream(source(), {
+      onUsage: () => Promise.resolve(usageLine),
+      onEnd: () => Promise.resolve(),
+    }, 60_000)],
+];
+
+for (const [name, make] of targets) {
+  for (let i = 0; i < 1000; i++) await drain(make()); // warm-up
+  const t0 = performance.now();
+  for (let i = 0; i < N; i++) await drain(make());
+  const ms = performance.now() - t0;
+  const us = (ms * 1000) / N;
+  console.log(
+    `${name.padEnd(13)} ${us.toFixed(1)} µs per stream, ${
+      (us / events.length).toFixed(2)
+    } µs per chunk`,
+  );
+}
