@@ -1,12 +1,7 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
 import { approxBytes, getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
 import { idFloor } from "../ids.ts";
-import {
-  notePending,
-  pendingKeyBytes,
-  pendingRowBytes,
-  PendingRollups,
-} from "../usage/compact.ts";
+import { notePending, pendingKeyBytes, PendingRollups, pendingRowBytes } from "../usage/compact.ts";
 import type { AuditRow, LedgerEntry, UsageEvent } from "../billing/types.ts";
 
 // Deno KV's limits per atomic. The key and value sizes counted are upper bounds (keyBytes,

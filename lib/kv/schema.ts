@@ -48,6 +48,13 @@ export const rollupKey = (
   field: string,
 ) => ["rollup", accountId, grain, scope, dim, bucket, value, field] as const;
 /**
+ * ["rollup_pending", accountId, id] → PendingRow[]: rollup counters recorded but not yet added to
+ * the "rollup" counters, written with the events' audit rows and folded in by lib/usage/compact.ts.
+ */
+export const rollupPendingKey = (accountId: string, id: string) =>
+  ["rollup_pending", accountId, id] as const;
+export const ROLLUP_PENDING_PREFIX = ["rollup_pending"] as const;
+/**
  * ["rollup_digest", accountId, grain, scope, dimension, bucket] → RollupDigest: every value's
  * counters of one closed bucket (grain "d", "h", or "m" for a month "2026-11") in one record, valid
  * while the bucket's "all" request count is unchanged (a cache the usage query builds and checks,

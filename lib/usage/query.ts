@@ -1,4 +1,5 @@
 import { rollupDigestKey } from "../kv/schema.ts";
+import { compactAccount } from "./compact.ts";
 import { getAll } from "../kv/util.ts";
 import { formatUsd, savingsPercent } from "../money.ts";
 import { monthOf, weekOf } from "../billing/periods.ts";
@@ -337,10 +338,13 @@ export const defaultInterval = (fromMs: number, toMs: number): Interval =>
 
 /**
  * Usage totals of a period and the breakdown rows of its grouping, exact, read from rollups only
- * (never the audit trail). The summary comes from the account's (or key's) own totals, the rows
- * from the grouping's dimension: both are written in the same atomics, so they always agree.
+ * (never the audit trail), after folding in the account's pending ones. The summary comes from
+ * the account's (or key's) own totals, the rows from the grouping's dimension: both are written
+ * in the same atomics, so they always agree.
  */
 export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
+  // Every recorded event counts: fold the account's pending rollup entries first.
+  await compactAccount(kv, q.accountId);
   const groupBy = q.groupBy ?? "date";
   const interval = q.interval ?? defaultInterval(q.fromMs, q.toMs);
   const now = q.now ?? Date.now();
