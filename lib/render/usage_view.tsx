@@ -89,6 +89,23 @@ export async function keyNames(kv: Deno.Kv, accountId: string): Promise<Record<s
   return Object.fromEntries(keys.map(({ key }) => [key.id, key.name]));
 }
 
+/** The `key_id` filter of a GET form: all keys, or one of the account's (by name). */
+export function KeyFilter(
+  { names, selected }: { names: Record<string, string>; selected: string },
+) {
+  return (
+    <label>
+      Key
+      <select name="key_id">
+        <option value="">All keys</option>
+        {Object.entries(names).map(([id, name]) => (
+          <option key={id} value={id} selected={id === selected}>{name}</option>
+        ))}
+      </select>
+    </label>
+  );
+}
+
 const GROUP_LABEL: Record<GroupBy, string> = {
   date: "Date",
   key: "Key",
@@ -125,19 +142,7 @@ export function PeriodForm(
         <label>
           To<input type="date" name="to" value={period.toDay} />
         </label>
-        {keys
-          ? (
-            <label>
-              Key
-              <select name="key_id">
-                <option value="">All keys</option>
-                {Object.entries(keys).map(([id, name]) => (
-                  <option key={id} value={id} selected={id === keyId}>{name}</option>
-                ))}
-              </select>
-            </label>
-          )
-          : null}
+        {keys ? <KeyFilter names={keys} selected={keyId ?? ""} /> : null}
         <label>
           Break down by
           <select name="group_by">

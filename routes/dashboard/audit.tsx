@@ -1,6 +1,6 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
 import { type AuditFilter, auditJson, listAuditByAccount } from "../../lib/audit/query.ts";
-import { keyNames } from "../../lib/render/usage_view.tsx";
+import { KeyFilter, keyNames } from "../../lib/render/usage_view.tsx";
 import { Count, Empty, Money, Notice, OlderLink } from "../../lib/render/layout.tsx";
 import { formatCount } from "../../lib/render/format.ts";
 
@@ -82,15 +82,7 @@ export default function Audit({ data, url }: PageProps<Data>) {
         <label>
           To<input type="date" name="to" value={v.to} />
         </label>
-        <label>
-          Key
-          <select name="key_id">
-            <option value="">All keys</option>
-            {Object.entries(data.names).map(([id, name]) => (
-              <option value={id} selected={v.key_id === id}>{name}</option>
-            ))}
-          </select>
-        </label>
+        <KeyFilter names={data.names} selected={v.key_id} />
         <label>
           Provider<input name="provider" value={v.provider} placeholder="openai" />
         </label>
