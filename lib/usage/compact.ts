@@ -92,8 +92,10 @@ export class PendingRollups {
   }
 }
 
-const rowId = (e: UsageEvent) =>
-  `${e.ts - e.ts % HOUR_MS}\u0000${e.key_id}\u0000${e.provider}\u0000${e.model}`;
+const rowKey = (hourMs: number, keyId: string, provider: string, model: string) =>
+  `${hourMs}\u0000${keyId}\u0000${provider}\u0000${model}`;
+const rowId = (e: UsageEvent) => rowKey(e.ts - e.ts % HOUR_MS, e.key_id, e.provider, e.model);
+const ONES = Object.fromEntries(ROLLUP_FIELDS.map((f) => [f, 1n])) as Totals;
 
 /** The rollup counters of pending rows, merged into `sums` (key string → [key, amount]). */
 export function addPendingSums(
@@ -135,19 +137,27 @@ export async function compactAccount(kv: Deno.Kv, accountId: string): Promise<nu
     let i = 0;
     while (i < entries.length) {
       const atomic = kv.atomic();
-      const sums = new Map<string, [Deno.KvKey, bigint]>();
+      // The group's rows merged by hour, key, provider and model (`rowKey`), and the counter keys
+      // they add: each distinct row is expanded once, not once per entry.
+      const rows = new Map<string, PendingRow>();
+      const counterKeys = new Set<string>();
       const group: Deno.KvEntry<PendingRow[]>[] = [];
       let mutations = 0;
       let bytes = 0;
       let split: Deno.KvEntry<PendingRow[]> | null = null;
       for (; i < entries.length && group.length < MAX_CHECKS; i++) {
+        // Counter keys of rows new to the group, as if every field were non-zero (an upper
+        // bound: a field zero in one entry may not be in the next of the same row).
         const own = new Map<string, [Deno.KvKey, bigint]>();
-        addPendingSums(own, accountId, entries[i].value);
+        for (const [hourMs, keyId, provider, model] of entries[i].value) {
+          if (rows.has(rowKey(hourMs, keyId, provider, model))) continue;
+          addRollupTotals(own, accountId, hourMs, keyId, provider, model, ONES);
+        }
         // The entry's key is both checked and deleted.
         let added = 1;
         let b = 2 * keyBytes(entries[i].key);
         for (const [s, [key]] of own) {
-          if (sums.has(s)) continue;
+          if (counterKeys.has(s)) continue;
           added++;
           b += keyBytes(key);
         }
@@ -162,10 +172,12 @@ export async function compactAccount(kv: Deno.Kv, accountId: string): Promise<nu
         }
         mutations += added;
         bytes += b;
-        for (const [s, [key, amount]] of own) {
-          const prev = sums.get(s);
-          if (prev) prev[1] += amount;
-          else sums.set(s, [key, amount]);
+        for (const s of own.keys()) counterKeys.add(s);
+        for (const [hourMs, keyId, provider, model, c] of entries[i].value) {
+          const id = rowKey(hourMs, keyId, provider, model);
+          const row = rows.get(id);
+          if (row) c.forEach((x, j) => row[4][j] += x);
+          else rows.set(id, [hourMs, keyId, provider, model, [...c]]);
         }
         group.push(entries[i]);
       }
@@ -181,6 +193,8 @@ export async function compactAccount(kv: Deno.Kv, accountId: string): Promise<nu
         continue;
       }
       for (const entry of group) atomic.check(entry).delete(entry.key);
+      const sums = new Map<string, [Deno.KvKey, bigint]>();
+      addPendingSums(sums, accountId, [...rows.values()]);
       for (const [key, amount] of sums.values()) atomic.sum(key, amount);
       if ((await commit(atomic)).ok) folded += group.length;
       else retry.push(...group.map((g) => g.key));
