@@ -8,6 +8,7 @@ import { Providers, type ProvidersFile } from "./providers/registry.ts";
 import { ApiError, errorBody, errorResponse } from "./http/errors.ts";
 import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
+import { isLocked } from "./kv/util.ts";
 import type { AppEnv, Services } from "./services.ts";
 import { auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
 import { managementRoutes } from "../routes/v1/management.ts";
@@ -117,6 +118,11 @@ export function createApp(deps: AppDeps): Router {
     if (err instanceof ApiError) {
       c.set("errorCode", err.code);
       return errorResponse(c, err);
+    }
+    if (isLocked(err)) {
+      // Another process held the local KV file past every retry; nothing was written.
+      c.header("retry-after", "1");
+      return c.json(errorBody(503, "busy", "The store is busy; retry shortly"), 503);
     }
     log("error", "unhandled error", {
       request_id: c.get("requestId"),

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { randomToken } from "../config.ts";
 import { newId } from "../ids.ts";
 import { accountKeyIndex, apiKeyKey, keyHashKey, keySpendKey } from "../kv/schema.ts";
-import { getAll } from "../kv/util.ts";
+import { commitRetrying, getAll } from "../kv/util.ts";
 import {
   type ApiKey,
   EMPTY_KEY_SPEND,
@@ -59,7 +59,7 @@ export async function createKey(
     .set(keyHashKey(key.hash), key.id)
     .set(accountKeyIndex(accountId, key.id), true);
   if (!atomic) {
-    const res = await op.commit();
+    const res = await commitRetrying(op);
     if (!res.ok) throw new Error("key creation conflicted");
   }
   return { key, secret };

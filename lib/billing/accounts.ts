@@ -1,6 +1,6 @@
 import { newId } from "../ids.ts";
 import { accountKey, balanceKey, HOLD_PREFIX } from "../kv/schema.ts";
-import { getAll } from "../kv/util.ts";
+import { commitRetrying, getAll } from "../kv/util.ts";
 import { createKey } from "../auth/keys.ts";
 import { pendingOutbox } from "../audit/recorder.ts";
 import {
@@ -37,7 +37,7 @@ export async function createAccount(
     atomic,
   );
   extra?.(atomic, { account, secret });
-  const res = await atomic.commit();
+  const res = await commitRetrying(atomic);
   return res.ok ? { account, secret } : null;
 }
 

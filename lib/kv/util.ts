@@ -63,6 +63,23 @@ export const isLocked = (e: unknown) =>
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /**
+ * Commits an atomic, retrying while another process holds the KV file's lock. A check failure is
+ * returned as usual (`ok: false`); any other error is thrown.
+ */
+export async function commitRetrying(
+  atomic: Deno.AtomicOperation,
+): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await atomic.commit();
+    } catch (e) {
+      if (!isLocked(e) || attempt >= 50) throw e;
+      await sleep(Math.min(100, 2 + attempt * 5) * Math.random());
+    }
+  }
+}
+
+/**
  * One page of a KV listing: up to `limit` entries that `pick` keeps (it returns null to skip), and
  * the cursor after the last one, or null when no kept entry follows.
  */

@@ -1,6 +1,7 @@
 import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
+import { commitRetrying } from "../../lib/kv/util.ts";
 import { requireKey } from "../../lib/http/auth.ts";
 import { ApiError, badRequest, notFound, readJson } from "../../lib/http/errors.ts";
 import { parseCursor, parseLimit, parseTime, usdAmount } from "../../lib/http/params.ts";
@@ -155,7 +156,7 @@ export function managementRoutes() {
       if (next.limit_reset && next.credit_limit === null) {
         throw badRequest("Invalid 'limit_reset': needs a credit_limit");
       }
-      const res = await svc.kv.atomic().check(entry).set(entry.key, next).commit();
+      const res = await commitRetrying(svc.kv.atomic().check(entry).set(entry.key, next));
       if (res.ok) {
         svc.keys.forget(next.hash);
         return c.json(keyJson(next, await getKeySpend(svc.kv, next.account_id, next.id)));
@@ -170,7 +171,7 @@ export function managementRoutes() {
       const entry = await ownKey(c);
       if (entry.value.revoked_at) return c.json({ id: entry.value.id, deleted: true });
       const next = { ...entry.value, revoked_at: new Date(svc.now()).toISOString() };
-      const res = await svc.kv.atomic().check(entry).set(entry.key, next).commit();
+      const res = await commitRetrying(svc.kv.atomic().check(entry).set(entry.key, next));
       if (res.ok) {
         svc.keys.forget(next.hash);
         return c.json({ id: next.id, deleted: true });
