@@ -16,15 +16,35 @@ import {
 } from "chart.js";
 import { formatMoney } from "../lib/render/format.ts";
 
+/** Spend per label (model or provider), USD decimal strings. */
+type Spend = { label: string; cost: string }[];
+
 export interface UsageChartsProps extends Record<string, unknown> {
   /** Every day of the period with its spend and market rate (USD decimal strings). */
   days: { day: string; cost: string; market_cost: string }[];
-  models: { label: string; cost: string }[];
-  providers: { label: string; cost: string }[];
+  models: Spend;
+  providers: Spend;
 }
 
 const PALETTE = ["#3b5bdb", "#0ca678", "#f08c00", "#ae3ec9", "#e03131", "#1098ad", "#5c940d"];
 const money = (v: number | string) => formatMoney(typeof v === "number" ? v.toFixed(9) : v);
+
+/** One "Spend" dataset over labelled rows, a palette colour each (cost by model, by provider). */
+const spendData = (rows: Spend) => ({
+  labels: rows.map((r) => r.label),
+  datasets: [{
+    label: "Spend",
+    data: rows.map((r) => Number(r.cost)),
+    backgroundColor: rows.map((_, i) => PALETTE[i % PALETTE.length]),
+  }],
+});
+
+/** The rows as a screen reader hears the chart. */
+const spoken = (rows: Spend) =>
+  rows.map((m) => `${m.label} ${money(m.cost)}`).join(", ") || "No spend";
+
+/** Every chart here: no animation, sized by its box. */
+const FIXED = { animation: false, responsive: true, maintainAspectRatio: false } as const;
 
 /** Spend over time, cost by model and cost by provider, drawn with Chart.js. */
 export default function UsageCharts({ days, models, providers }: UsageChartsProps) {
@@ -79,52 +99,29 @@ export default function UsageCharts({ days, models, providers }: UsageChartsProp
         ],
       },
       options: {
-        animation: false,
-        responsive: true,
-        maintainAspectRatio: false,
+        ...FIXED,
         scales: { y: { beginAtZero: true, ticks: { callback: (v) => money(Number(v)) } } },
         plugins: { tooltip },
       },
     });
     charts.push(line.current);
-    const bar = (el: HTMLCanvasElement, rows: { label: string; cost: string }[]) =>
-      new Chart(el, {
+    charts.push(
+      new Chart(modelRef.current!, {
         type: "bar",
-        data: {
-          labels: rows.map((r) => r.label),
-          datasets: [{
-            label: "Spend",
-            data: rows.map((r) => Number(r.cost)),
-            backgroundColor: rows.map((_, i) => PALETTE[i % PALETTE.length]),
-          }],
-        },
+        data: spendData(models),
         options: {
-          animation: false,
-          responsive: true,
-          maintainAspectRatio: false,
+          ...FIXED,
           indexAxis: "y",
           scales: { x: { beginAtZero: true, ticks: { callback: (v) => money(Number(v)) } } },
           plugins: { legend: { display: false }, tooltip },
         },
-      });
-    charts.push(bar(modelRef.current!, models));
+      }),
+    );
     charts.push(
       new Chart(providerRef.current!, {
         type: "doughnut",
-        data: {
-          labels: providers.map((r) => r.label),
-          datasets: [{
-            label: "Spend",
-            data: providers.map((r) => Number(r.cost)),
-            backgroundColor: providers.map((_, i) => PALETTE[i % PALETTE.length]),
-          }],
-        },
-        options: {
-          animation: false,
-          responsive: true,
-          maintainAspectRatio: false,
-          plugins: { tooltip },
-        },
+        data: spendData(providers),
+        options: { ...FIXED, plugins: { tooltip } },
       }),
     );
     drawn.value = true;
@@ -170,8 +167,7 @@ export default function UsageCharts({ days, models, providers }: UsageChartsProp
             ref={modelRef}
             id="chart-models"
             role="img"
-            aria-label={models.map((m) => `${m.label} ${money(m.cost)}`).join(", ") ||
-              "No spend"}
+            aria-label={spoken(models)}
           />
         </div>
       </figure>
@@ -182,8 +178,7 @@ export default function UsageCharts({ days, models, providers }: UsageChartsProp
             ref={providerRef}
             id="chart-providers"
             role="img"
-            aria-label={providers.map((m) => `${m.label} ${money(m.cost)}`).join(", ") ||
-              "No spend"}
+            aria-label={spoken(providers)}
           />
         </div>
       </figure>
