@@ -28,14 +28,24 @@ events.push(chunk([{ index: 0, delta: {}, finish_reason: "stop" }]));
 events.push(chunk([], { usage: { prompt_tokens: 12, completion_tokens: 20, total_tokens: 32 } }));
 events.push(enc.encode("data: [DONE]\n\n"));
 
+// Like a fetch body: a byte stream whose default reads allocate 64 KiB each.
 const source = () => {
   let i = 0;
-  return new ReadableStream<Uint8Array>({
+  return new ReadableStream({
+    type: "bytes",
+    autoAllocateChunkSize: 64 * 1024,
     pull(ctrl) {
-      if (i < events.length) ctrl.enqueue(events[i++]);
-      else ctrl.close();
+      const req = ctrl.byobRequest!;
+      if (i === events.length) {
+        ctrl.close();
+        req.respond(0);
+        return;
+      }
+      const e = events[i++];
+      new Uint8Array(req.view!.buffer, req.view!.byteOffset).set(e);
+      req.respond(e.length);
     },
-  });
+  }) as ReadableStream<Uint8Array>;
 };
 
 async function drain(s: ReadableStream<Uint8Array>) {

@@ -94,6 +94,34 @@ export function translateSse(
 }
 
 const USAGE = /"usage"\s*:\s*\{/;
+const READ_BYTES = 16 * 1024;
+
+/**
+ * Reads a stream chunk by chunk. A byte stream (a fetch body) is read into one reused buffer and
+ * each chunk copied out at its size: its default reader allocates 64 KiB per read, which each
+ * chunk of a few hundred bytes would keep alive (the router's largest streaming cost in profiles).
+ */
+function chunkReader(src: ReadableStream<Uint8Array>): {
+  read(): Promise<ReadableStreamReadResult<Uint8Array>>;
+  cancel(reason?: unknown): Promise<void>;
+} {
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = src.getReader({ mode: "byob" });
+  } catch {
+    return src.getReader(); // not a byte stream
+  }
+  let buf = new ArrayBuffer(READ_BYTES);
+  return {
+    async read() {
+      const r = await byob.read(new Uint8Array(buf));
+      if (r.done || !r.value) return { done: true, value: undefined };
+      buf = r.value.buffer as ArrayBuffer;
+      return { done: false, value: r.value.slice() };
+    },
+    cancel: (reason) => byob.cancel(reason),
+  };
+}
 const STREAM_FAILED = `data: ${
   JSON.stringify({
     error: { message: "The provider's stream failed", type: "api_error", code: "upstream_error" },
@@ -126,7 +154,7 @@ export function tapStream(
   handlers: TapHandlers,
   idleMs: number,
 ): ReadableStream<Uint8Array> {
-  const reader = src.getReader();
+  const reader = chunkReader(src);
   const decoder = new TextDecoder();
   const encoder = new TextEncoder();
   const splitter = new SseSplitter();
