@@ -234,6 +234,14 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
   });
 }
 
+/**
+ * The page of a paged table that the URL's `cursor` names, or the first page when the list
+ * refuses that cursor (an edited or outdated link): the Older link pairs with this.
+ */
+export function pageOfUrl<T>(url: URL, list: (cursor?: string) => Promise<T>): Promise<T> {
+  return list(url.searchParams.get("cursor") || undefined).catch(() => list());
+}
+
 /** The hidden CSRF field every dashboard form carries. */
 export function Csrf({ viewer }: { viewer: Viewer | null }) {
   return <input type="hidden" name="_csrf" value={viewer?.session.csrf ?? ""} />;

@@ -1,4 +1,9 @@
-import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
+import {
+  type PageConfig,
+  type PageCtx,
+  pageOfUrl,
+  type PageProps,
+} from "../../lib/render/page.tsx";
 import { type AuditFilter, auditJson, listAuditByAccount } from "../../lib/audit/query.ts";
 import { KeyFilter, keyNames } from "../../lib/render/usage_view.tsx";
 import { Count, Empty, Money, Notice, OlderLink } from "../../lib/render/layout.tsx";
@@ -52,10 +57,10 @@ export const handler = {
       status: values.status ? Number(values.status) : undefined,
     };
     const accountId = ctx.viewer!.account!.id;
-    const cursor = q.get("cursor") || undefined;
     const [page, names] = await Promise.all([
-      listAuditByAccount(ctx.svc.kv, accountId, filter, PAGE, cursor).catch(() =>
-        listAuditByAccount(ctx.svc.kv, accountId, filter, PAGE)
+      pageOfUrl(
+        ctx.url,
+        (cursor) => listAuditByAccount(ctx.svc.kv, accountId, filter, PAGE, cursor),
       ),
       keyNames(ctx.svc.kv, accountId),
     ]);

@@ -167,6 +167,15 @@ Deno.test("the audit and transaction pages page through the same rows as the API
     assert.deepEqual(ids(tx1, "data-id"), apiTx.data.map((r: { id: string }) => r.id));
     const tx2 = await get("/dashboard/settings/billing" + older(tx1));
     assert.equal(ids(tx2, "data-id").length, 4, "53 debits and the credit: 54 entries");
+    // A cursor the list refuses (an edited or outdated link) shows the first page.
+    assert.deepEqual(
+      ids(await get("/dashboard/audit?cursor=not-a-cursor"), "data-request-id"),
+      ids(page1, "data-request-id"),
+    );
+    assert.deepEqual(
+      ids(await get("/dashboard/settings/billing?cursor=not-a-cursor"), "data-id"),
+      ids(tx1, "data-id"),
+    );
     await t.assertBooks();
   } finally {
     await t.close();

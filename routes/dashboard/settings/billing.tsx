@@ -1,4 +1,9 @@
-import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
+import {
+  type PageConfig,
+  type PageCtx,
+  pageOfUrl,
+  type PageProps,
+} from "../../../lib/render/page.tsx";
 import { getBalance } from "../../../lib/billing/accounts.ts";
 import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts";
 import { packageJson } from "../../../lib/billing/packages.ts";
@@ -34,11 +39,12 @@ export const handler = {
     const q = ctx.url.searchParams;
     const t = q.get("type");
     const type = TYPES.includes(t as LedgerType) ? t as LedgerType : null;
-    const cursor = q.get("cursor") || undefined;
     const [b, page] = await Promise.all([
       getBalance(kv, accountId),
-      listLedgerByAccount(kv, accountId, { type: type ?? undefined, limit: 50, cursor }).catch(
-        () => listLedgerByAccount(kv, accountId, { type: type ?? undefined, limit: 50 }),
+      pageOfUrl(
+        ctx.url,
+        (cursor) =>
+          listLedgerByAccount(kv, accountId, { type: type ?? undefined, limit: 50, cursor }),
       ),
     ]);
     const purchased = cfg.packages.find((p) => p.id === q.get("purchased"));
