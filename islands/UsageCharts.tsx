@@ -1,3 +1,4 @@
+import type { RefObject } from "preact";
 import { useEffect, useRef } from "preact/hooks";
 import { useSignal } from "@preact/signals";
 import {
@@ -39,9 +40,29 @@ const spendData = (rows: Spend) => ({
   }],
 });
 
-/** The rows as a screen reader hears the chart. */
-const spoken = (rows: Spend) =>
-  rows.map((m) => `${m.label} ${money(m.cost)}`).join(", ") || "No spend";
+/** A card with the canvas of one spend-per-label chart, read out to screen readers as its rows. */
+function SpendFigure(
+  { caption, id, canvas, rows }: {
+    caption: string;
+    id: string;
+    canvas: RefObject<HTMLCanvasElement | null>;
+    rows: Spend;
+  },
+) {
+  return (
+    <figure class="card chart-card">
+      <figcaption>{caption}</figcaption>
+      <div class="chart-box">
+        <canvas
+          ref={canvas}
+          id={id}
+          role="img"
+          aria-label={rows.map((m) => `${m.label} ${money(m.cost)}`).join(", ") || "No spend"}
+        />
+      </div>
+    </figure>
+  );
+}
 
 /** Every chart here: no animation, sized by its box. */
 const FIXED = { animation: false, responsive: true, maintainAspectRatio: false } as const;
@@ -160,28 +181,13 @@ export default function UsageCharts({ days, models, providers }: UsageChartsProp
         </div>
         {empty ? <p class="muted">No spend in this period yet.</p> : null}
       </figure>
-      <figure class="card chart-card">
-        <figcaption>Cost by model</figcaption>
-        <div class="chart-box">
-          <canvas
-            ref={modelRef}
-            id="chart-models"
-            role="img"
-            aria-label={spoken(models)}
-          />
-        </div>
-      </figure>
-      <figure class="card chart-card">
-        <figcaption>Cost by provider</figcaption>
-        <div class="chart-box">
-          <canvas
-            ref={providerRef}
-            id="chart-providers"
-            role="img"
-            aria-label={spoken(providers)}
-          />
-        </div>
-      </figure>
+      <SpendFigure caption="Cost by model" id="chart-models" canvas={modelRef} rows={models} />
+      <SpendFigure
+        caption="Cost by provider"
+        id="chart-providers"
+        canvas={providerRef}
+        rows={providers}
+      />
     </div>
   );
 }
