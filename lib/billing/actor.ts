@@ -117,6 +117,9 @@ const MAX_KEY_BYTES = 81_920;
 const MAX_BYTES = 800 * 1024;
 const MAX_OPS = 256;
 const MAX_ATTEMPTS = 200;
+// Atomics committing at once (of different accounts): the next one is decided and serialized
+// while the previous one is written.
+const MAX_IN_FLIGHT = 2;
 const CACHE_IDLE_MS = 30_000;
 const CACHE_SWEEP_MS = 5_000;
 
@@ -137,7 +140,9 @@ export class AccountActors {
   #boxes = new Map<string, Mailbox>();
   /** Accounts with operations waiting and no batch in the committing atomic, in arrival order. */
   #ready = new Set<string>();
-  #pumping = false;
+  /** Accounts with a batch in a committing atomic: their next batch waits for it. */
+  #busy = new Set<string>();
+  #pumps = 0;
   #idle: (() => void)[] = [];
   /** Holds reserved by requests alive in this process: the sweeper leaves them alone. */
   readonly liveHolds = new Set<string>();
@@ -169,8 +174,8 @@ export class AccountActors {
       box.queue.push({ op, resolve: resolve as (v: unknown) => void, reject });
       this.#evictIdle();
       this.#ready.add(accountId);
-      if (!this.#pumping) {
-        this.#pumping = true;
+      if (this.#pumps < MAX_IN_FLIGHT) {
+        this.#pumps++;
         // Let operations submitted in the same tick join the first atomic.
         queueMicrotask(() => this.#pump());
       }
@@ -213,7 +218,7 @@ export class AccountActors {
 
   /** Resolves when every mailbox is empty. */
   idle(): Promise<void> {
-    if (this.#boxes.size === 0) return Promise.resolve();
+    if (this.#boxes.size === 0 && this.#pumps === 0) return Promise.resolve();
     return new Promise((r) => this.#idle.push(r));
   }
 
@@ -223,15 +228,21 @@ export class AccountActors {
    * waits for that commit, so each account's operations apply in order.
    */
   async #pump() {
-    while (this.#ready.size > 0) {
+    for (;;) {
       const parts = this.#takeParts();
+      // Nothing to take, or only accounts the other committer holds: it takes them next.
+      if (parts.length === 0) break;
+      for (const p of parts) this.#busy.add(p.accountId);
       await this.#commitParts(parts);
       for (const { accountId, box } of parts) {
+        this.#busy.delete(accountId);
         if (box.queue.length === 0) this.#boxes.delete(accountId);
       }
     }
-    this.#pumping = false;
-    if (this.#boxes.size === 0) { for (const r of this.#idle.splice(0)) r(); }
+    this.#pumps--;
+    if (this.#boxes.size === 0 && this.#pumps === 0) {
+      for (const r of this.#idle.splice(0)) r();
+    }
   }
 
   /** Takes the next batch of each ready account, in turn, while the atomic's limits allow. */
@@ -244,6 +255,7 @@ export class AccountActors {
     };
     const parts: Part[] = [];
     for (const accountId of this.#ready) {
+      if (this.#busy.has(accountId)) continue;
       const box = this.#boxes.get(accountId)!;
       const n = fitBatch(accountId, box.queue, room, parts.length === 0);
       if (n === 0) break;
