@@ -188,18 +188,57 @@ export function csvField(v: string | number | boolean): string {
   return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
 }
 
+/**
+ * formatUsd for the export's hot loop: amounts within 2^53 nano-USD (about 9 million USD) are
+ * split with exact double arithmetic (`%` is exact, and `x - f` is a multiple of 1e9), which costs
+ * a fraction of the bigint division; anything else goes through formatUsd itself.
+ */
+export function csvUsd(n: bigint): string {
+  if (n < 0n || n > 9007199254740991n) return formatUsd(n);
+  const x = Number(n);
+  let f = x % 1e9;
+  const whole = (x - f) / 1e9;
+  if (f === 0) return String(whole);
+  let digits = 9;
+  while (f % 10 === 0) {
+    f /= 10;
+    digits--;
+  }
+  const s = String(f);
+  return `${whole}.${s.length < digits ? "0".repeat(digits - s.length) + s : s}`;
+}
+
+const NEEDS_QUOTES = /[",\r\n]/;
+const quote = (v: string) => NEEDS_QUOTES.test(v) ? `"${v.replaceAll('"', '""')}"` : v;
+
+/**
+ * The CSV form of the text columns that repeat from row to row (key, model, client, agent), so
+ * each distinct value is tested and quoted once per export; bounded, then it quotes as it goes.
+ */
+class QuotedFields {
+  #seen = new Map<string, string>();
+  get(v: string): string {
+    let s = this.#seen.get(v);
+    if (s === undefined) {
+      s = quote(v);
+      if (this.#seen.size < 2000) this.#seen.set(v, s);
+    }
+    return s;
+  }
+}
+
 /** One CSV line in AUDIT_COLUMNS order; written out by hand, as it runs once per exported row. */
-function csvLine(r: AuditRow): string {
-  const q = (v: string) => NEEDS_QUOTES.test(v) ? `"${v.replaceAll('"', '""')}"` : v;
-  return `${r.timestamp},${q(r.request_id)},${q(r.key_id)},${q(r.key_name)},${q(r.provider)},${
-    q(r.model)
+function csvLine(r: AuditRow, q: QuotedFields): string {
+  return `${r.timestamp},${quote(r.request_id)},${q.get(r.key_id)},${q.get(r.key_name)},${
+    q.get(r.provider)
+  },${
+    q.get(r.model)
   },${r.prompt_tokens},${r.completion_tokens},${r.cached_tokens},${r.cache_write_tokens},${r.reasoning_tokens},${
-    formatUsd(r.cost)
-  },${formatUsd(r.market_cost)},${r.latency_ms},${r.status},${r.streaming},${q(r.client_ip)},${
-    q(r.user_agent)
+    csvUsd(r.cost)
+  },${csvUsd(r.market_cost)},${r.latency_ms},${r.status},${r.streaming},${q.get(r.client_ip)},${
+    q.get(r.user_agent)
   }\r\n`;
 }
-const NEEDS_QUOTES = /[",\r\n]/;
 
 /**
  * The audit rows of a period as a byte stream (CSV or a JSON array), newest first, read from KV
@@ -212,6 +251,7 @@ export function exportAudit(
   format: "csv" | "json",
 ): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder();
+  const quoted = new QuotedFields();
   // Pages of PAGE keys, each read while the previous one is being formatted (one page ahead).
   const PAGE = 1000;
   const fetchPage = async (end?: Deno.KvKey) => {
@@ -239,7 +279,7 @@ export function exportAudit(
         next = rows.length === PAGE ? fetchPage(rows[PAGE - 1].key) : null;
         for (const { value: row } of rows) {
           if (!matches(row, f)) continue;
-          if (format === "csv") out += csvLine(row);
+          if (format === "csv") out += csvLine(row, quoted);
           else {
             out += (first ? "" : ",") + JSON.stringify(auditJson(row));
             first = false;
