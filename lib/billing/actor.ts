@@ -268,7 +268,14 @@ export class AccountActors {
   /** Commits the parts; never throws: every operation is resolved or rejected. */
   async #commitParts(parts: Part[]): Promise<void> {
     try {
-      await this.#commitWithRetry(parts);
+      // Many accounts' atomic fails when any of them was written elsewhere: after a few tries,
+      // each account alone, so one contended account does not hold back the others.
+      if (await this.#commitWithRetry(parts, parts.length > 1 ? 3 : MAX_ATTEMPTS)) return;
+      if (parts.length > 1) {
+        for (const p of parts) await this.#commitParts([p]);
+        return;
+      }
+      throw new Error("balance contention did not resolve");
     } catch (err) {
       if (parts.length > 1) {
         // One account's bad operation must not fail the other accounts: each alone.
@@ -282,8 +289,9 @@ export class AccountActors {
     }
   }
 
-  async #commitWithRetry(parts: Part[]) {
-    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+  /** Commits the parts, deciding again after each conflict; false when `attempts` all conflicted. */
+  async #commitWithRetry(parts: Part[], attempts: number): Promise<boolean> {
+    for (let attempt = 0; attempt < attempts; attempt++) {
       let done = false;
       try {
         done = await this.#attempt(parts);
@@ -291,11 +299,11 @@ export class AccountActors {
         // Another process holding the local KV file's write lock is contention too: retry.
         if (!isLocked(e)) throw e;
       }
-      if (done) return;
+      if (done) return true;
       // Another process committed first: back off briefly, then decide again on fresh state.
       await sleep(Math.random() * Math.min(50, 1 + attempt * 2));
     }
-    throw new Error("balance contention did not resolve");
+    return false;
   }
 
   /** Decides every part on its (cached or read) entries and commits them as one atomic. */
