@@ -17,6 +17,10 @@ export function keyString(key: Deno.KvKey): string {
   return JSON.stringify(key, (_k, v) => typeof v === "bigint" ? `${v}n` : v);
 }
 
+// NUL is escaped in keys, so it leaves the plain case: the range must start at \x01.
+// deno-lint-ignore no-control-regex
+const NOT_PLAIN_ASCII = /[^\x01-\x7f]/;
+
 /**
  * An upper bound of a key's encoded size: each part's UTF-8 bytes (a NUL byte is escaped as two)
  * plus its type tag and terminator; numbers and bigints are counted generously.
@@ -26,6 +30,11 @@ export function keyBytes(key: Deno.KvKey): number {
   for (const part of key) {
     if (typeof part === "string") {
       n += 2;
+      // Ids and names are ASCII without NUL: one byte per unit, tested natively.
+      if (!NOT_PLAIN_ASCII.test(part)) {
+        n += part.length;
+        continue;
+      }
       // Counting UTF-16 units is cheaper than encoding: at most 3 UTF-8 bytes each.
       for (let i = 0; i < part.length; i++) {
         const c = part.charCodeAt(i);
