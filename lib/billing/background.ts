@@ -11,6 +11,8 @@ import { sleep } from "../kv/util.ts";
 // Under load the drainer waits up to COALESCE_MS for COALESCE_EVENTS events before a pass.
 const COALESCE_MS = 25;
 const COALESCE_EVENTS = 256;
+// Ids handed to the drainer that the queue listener remembers, per generation.
+const HANDED_KEPT = 50_000;
 
 export interface BackgroundOptions {
   delivery: "queue" | "drainer";
@@ -38,6 +40,9 @@ export class Background {
   /** Outbox ids to record, with their entries as committed when this process committed them. */
   #pending = new Map<string, Deno.KvEntry<UsageEvent> | undefined>();
   #draining: Promise<void> | null = null;
+  /** Outbox ids handed to the drainer (two generations, bounded): the queue listener skips them. */
+  #handed = new Set<string>();
+  #handedBefore = new Set<string>();
   #timer: ReturnType<typeof setInterval> | undefined;
   #compactTimer: ReturnType<typeof setInterval> | undefined;
   #compacting = false;
@@ -64,7 +69,12 @@ export class Background {
         const ids = (msg as { outbox?: unknown })?.outbox;
         // After close the KV is going away: the entries stay in the outbox for the next sweep.
         if (!Array.isArray(ids) || this.#closed) return;
-        await this.#track(recordEvents(this.#kv, ids.filter((x) => typeof x === "string")));
+        // Events this process's drainer was handed need no second read here: if it fails, they
+        // stay in the outbox for the sweeper, like those of a process that died.
+        const rest = ids.filter((x) =>
+          typeof x === "string" && !this.#handed.has(x) && !this.#handedBefore.has(x)
+        );
+        if (rest.length) await this.#track(recordEvents(this.#kv, rest));
       });
     }
     this.#timer = setInterval(() => {
@@ -82,7 +92,14 @@ export class Background {
   /** Called by the actors after each commit with the outbox ids it wrote. */
   notify = (ids: string[], events: Deno.KvEntry<UsageEvent>[] = []) => {
     if (this.#closed) return;
-    for (const id of ids) if (!this.#pending.has(id)) this.#pending.set(id, undefined);
+    for (const id of ids) {
+      if (!this.#pending.has(id)) this.#pending.set(id, undefined);
+      this.#handed.add(id);
+    }
+    if (this.#handed.size > HANDED_KEPT) {
+      this.#handedBefore = this.#handed;
+      this.#handed = new Set();
+    }
     for (const e of events) this.#pending.set(e.value.id, e);
     this.#draining ??= this.#track(this.#drain());
   };
