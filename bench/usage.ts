@@ -1,24 +1,35 @@
 /**
  * Usage analytics and audit export at scale: seeds 1,000,000 audit rows over 90 days across 100
- * keys and 20 models (the rows, index entries, ledger rows and rollup counters the recorder
- * writes, built with its own functions) into a temp-file KV, then times the usage summary and
- * every breakdown over the 90 days, and the full CSV export (rows/s and peak RSS growth).
+ * keys and 20 models (the rows, index entries, ledger rows and rollup counters the recorder and
+ * the rollup compactor leave once compacted, built with their own functions) into a temp-file KV
+ * for an account signed up through lib/auth, then times the usage summary and every breakdown
+ * over the 90 days, a bare KV list of the audit rows, the full CSV export (rows/s, peak RSS
+ * growth), and the dashboard pages (Overview, Usage, Keys, Audit, Billing) of the account's owner
+ * through the whole app.
  *
  *   deno task bench:usage    # ROWS=200000 for a quicker run; KEEP=1 keeps the KV file and
  *                            # REUSE=<file> (with the same ROWS) measures it again without seeding;
- *                            # BENCH_DIR=<dir> for the KV file's folder (default /dev/shm)
+ *                            # BENCH_DIR=<dir> for the KV file's folder (default /dev/shm);
+ *                            # PAGE_RUNS=<n> warm requests per page (default 21)
  */
 import { auditRowOf } from "../lib/audit/recorder.ts";
 import { exportAudit } from "../lib/audit/query.ts";
 import { auditIdKey, auditKey, ledgerKey } from "../lib/kv/schema.ts";
 import { newId } from "../lib/ids.ts";
+import { keyBytes } from "../lib/kv/util.ts";
 import { addRollupTotals, addTotals, eventTotals, type Totals } from "../lib/usage/rollups.ts";
 import { queryUsage, type UsageQuery } from "../lib/usage/query.ts";
+import { getUserByEmail, listAccountsByUser, signUp } from "../lib/auth/users.ts";
+import { createKey, listKeysByAccount } from "../lib/auth/keys.ts";
+import { createSession } from "../lib/auth/sessions.ts";
+import { loadConfig } from "../lib/config.ts";
+import { createApp } from "../lib/app.ts";
+import { silentLogger } from "../lib/log.ts";
 import type { LedgerEntry, UsageEvent } from "../lib/billing/types.ts";
 
 const ROWS = Number(Deno.env.get("ROWS") ?? 1_000_000);
 const DAYS = 90, KEYS = 100, MODELS = 20;
-const ACCT = "acct_bench";
+const EMAIL = "owner@bench.example";
 const DAY = 86_400_000, HOUR = 3_600_000;
 const END = Date.UTC(2026, 10, 26); // the period ends at a UTC midnight
 const START = END - DAYS * DAY;
@@ -42,24 +53,56 @@ const rand = () => {
   state ^= state << 5;
   return (state >>> 0) / 4294967296;
 };
-const keys = Array.from({ length: KEYS }, (_, i) => `key_${String(i).padStart(3, "0")}`);
+
+// The account is a real one, signed up through the lib (user, owner membership, management key),
+// with 100 real inference keys, so the dashboard pages can be timed against it. A kept file finds
+// it again by its owner's email.
+let ACCT: string;
+let userId: string;
+const keys: string[] = [];
+const existing = await getUserByEmail(kv, EMAIL);
+if (existing) {
+  userId = existing.id;
+  ACCT = (await listAccountsByUser(kv, userId))[0].account_id;
+  for (const { key } of await listKeysByAccount(kv, ACCT)) {
+    if (key.scope === "inference") keys.push(key.id);
+  }
+} else {
+  const made = await signUp(kv, {
+    email: EMAIL,
+    name: "Bench Owner",
+    password: "bench-password-1",
+    accountName: "Bench Co",
+  });
+  userId = made!.user.id;
+  ACCT = made!.account.id;
+  for (let i = 0; i < KEYS; i++) {
+    const name = `Team key_${String(i).padStart(3, "0")}, "prod"`;
+    keys.push((await createKey(kv, ACCT, { name, scope: "inference" })).key.id);
+  }
+}
 const models = Array.from(
   { length: MODELS },
   (_, i) => [["openai", "anthropic", "google", "mistral"][i % 4], `model-${i}`],
 );
 const agents = ["openai-python/1.99", 'Mozilla/5.0 (X11; "bench", x)', "curl/8.5", "Zoë-client/2"];
 
-/** Keeps a few commits in flight; each atomic stays under 1000 mutations and 800 KiB. */
+/**
+ * Keeps a few commits in flight; each atomic stays under 1000 mutations, 80 KiB of keys and
+ * 800 KiB in all.
+ */
 class Writer {
   #atomic = kv.atomic();
   #n = 0;
+  #keyBytes = 0;
   #inflight: Promise<unknown>[] = [];
   mutations = 0;
   commits = 0;
-  async add(f: (a: Deno.AtomicOperation) => void, mutations: number) {
-    if (this.#n + mutations > 990) await this.flush(false);
+  async add(f: (a: Deno.AtomicOperation) => void, mutations: number, keyBytes: number) {
+    if (this.#n + mutations > 990 || this.#keyBytes + keyBytes > 80_000) await this.flush(false);
     f(this.#atomic);
     this.#n += mutations;
+    this.#keyBytes += keyBytes;
     this.mutations += mutations;
   }
   async flush(wait = true) {
@@ -73,6 +116,7 @@ class Writer {
       );
       this.#atomic = kv.atomic();
       this.#n = 0;
+      this.#keyBytes = 0;
     }
     if (wait || this.#inflight.length >= 4) {
       await Promise.all(this.#inflight);
@@ -102,7 +146,9 @@ async function seed() {
     for (const c of combos.values()) {
       addRollupTotals(sums, ACCT, ms, c.key, c.provider, c.model, c.totals, [grain]);
     }
-    for (const [k, v] of sums.values()) await w.add((a) => a.set(k, new Deno.KvU64(v)), 1);
+    for (const [k, v] of sums.values()) {
+      await w.add((a) => a.set(k, new Deno.KvU64(v)), 1, keyBytes(k));
+    }
   };
   let dayCombos = new Map<string, Combo>();
   let balance = 10n ** 15n;
@@ -112,7 +158,8 @@ async function seed() {
     for (let i = 0; i < n; i++) {
       const ts = START + h * HOUR + Math.floor(rand() * HOUR);
       const [provider, model] = models[Math.floor(rand() * rand() * MODELS)];
-      const key = keys[Math.floor(rand() * KEYS)];
+      const k = Math.floor(rand() * KEYS);
+      const key = keys[k];
       const prompt = 50 + Math.floor(rand() * 4000), completion = 1 + Math.floor(rand() * 800);
       const market = BigInt(prompt) * 150n + BigInt(completion) * 600n;
       const cost = market - market / 5n;
@@ -123,7 +170,7 @@ async function seed() {
         ts,
         request_id: newId("req", ts),
         key_id: key,
-        key_name: `Team ${key}, "prod"`,
+        key_name: `Team key_${String(k).padStart(3, "0")}, "prod"`,
         provider,
         model,
         prompt_tokens: prompt,
@@ -151,10 +198,13 @@ async function seed() {
         description: `${provider}/${model}, ${prompt + completion} tokens`,
         reference: e.request_id,
       };
-      await w.add((a) =>
-        a.set(auditKey(ACCT, ts, e.request_id), auditRowOf(e))
-          .set(auditIdKey(ACCT, e.request_id), ts)
-          .set(ledgerKey(ACCT, ts, entry.id), entry), 3);
+      const ak = auditKey(ACCT, ts, e.request_id), ik = auditIdKey(ACCT, e.request_id);
+      const lk = ledgerKey(ACCT, ts, entry.id);
+      await w.add(
+        (a) => a.set(ak, auditRowOf(e)).set(ik, ts).set(lk, entry),
+        3,
+        keyBytes(ak) + keyBytes(ik) + keyBytes(lk),
+      );
       merge(hourCombos, { key, provider, model, totals: eventTotals(e) });
     }
     made += n;
@@ -211,11 +261,21 @@ for (const [name, q] of queries) {
 }
 console.table(results);
 
+// The baseline: the same rows listed bare (newest first, 1,000 a batch), nothing formatted.
+let s = performance.now();
+let listed = 0;
+const bare = kv.list({ prefix: ["audit", ACCT] }, { reverse: true, batchSize: 1000 });
+for await (const _ of bare) listed++;
+const bareS = (performance.now() - s) / 1000;
+console.log(
+  `bare KV list: ${listed} rows in ${bareS.toFixed(1)} s = ${Math.round(listed / bareS)} rows/s`,
+);
+
 // The full CSV export, consumed as a client would, with RSS sampled while it streams.
 const rssBefore = Deno.memoryUsage().rss;
 let peak = rssBefore;
 const sampler = setInterval(() => peak = Math.max(peak, Deno.memoryUsage().rss), 20);
-const s = performance.now();
+s = performance.now();
 let bytes = 0, lines = 0;
 const stream = exportAudit(kv, ACCT, { fromMs: 0, toMs: Number.MAX_SAFE_INTEGER }, "csv");
 for await (const chunk of stream) {
@@ -230,9 +290,61 @@ console.log(
   `export: ${exported} rows, ${(bytes / 1e6).toFixed(0)} MB in ${exportS.toFixed(1)} s = ` +
     `${Math.round(exported / exportS)} rows/s; peak RSS growth ${
       ((peak - rssBefore) / 1e6).toFixed(1)
-    } MB`,
+    } MB; ${(exported / exportS / (listed / bareS) * 100).toFixed(0)} % of the bare list's rate`,
 );
 if (exported !== seeded) throw new Error(`exported ${exported} of ${seeded} rows`);
+
+// The dashboard pages of the account, as its owner sees them: the whole app (session lookup,
+// data, rendering) through `app.request`. The first request of each page is the cold one.
+const env = { ADMIN_TOKEN: "bench-admin-token-0123456789abcdef", KV_PATH: path };
+const router = createApp({ kv, config: loadConfig(env), env, log: silentLogger, now: () => now });
+const { token } = await createSession(kv, { kind: "user", user_id: userId, account_id: ACCT }, now);
+const pages: [string, string][] = [
+  ["Overview", "/dashboard"],
+  ["Usage (30 days, default)", "/dashboard/usage"],
+  ["Usage (90 days)", "/dashboard/usage?period=90d"],
+  ["Usage (90 days, by key)", "/dashboard/usage?period=90d&group_by=key"],
+  ["Keys", "/dashboard/keys"],
+  ["Audit", "/dashboard/audit"],
+  ["Settings > Billing", "/dashboard/settings/billing"],
+];
+// The digests the queries above built are dropped first, so each page's first (cold) request
+// is an account's first view of that page (pages run in this order, and a later page finds the
+// digests an earlier one wrote, as it would in use).
+let dropped = 0;
+for await (const e of kv.list({ prefix: ["rollup_digest", ACCT] })) {
+  await kv.delete(e.key);
+  dropped++;
+}
+console.log(`dropped ${dropped} digests before the pages`);
+const RUNS = Number(Deno.env.get("PAGE_RUNS") ?? 21);
+const p95 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.ceil(xs.length * 0.95) - 1];
+const pageResults: Record<string, unknown>[] = [];
+for (const [name, url] of pages) {
+  const times: number[] = [];
+  let html = 0;
+  for (let i = 0; i <= RUNS; i++) {
+    const t = performance.now();
+    const res = await router.app.request(`http://127.0.0.1${url}`, {
+      headers: { cookie: `__Host-session=${token}` },
+    });
+    const body = await res.text();
+    times.push(performance.now() - t);
+    if (res.status !== 200) throw new Error(`${url}: ${res.status} ${body.slice(0, 200)}`);
+    html = body.length;
+  }
+  const [cold, ...warm] = times;
+  const r1 = (x: number) => Math.round(x * 10) / 10;
+  pageResults.push({
+    page: name,
+    cold_ms: r1(cold),
+    median_ms: r1(median(warm)),
+    p95_ms: r1(p95(warm)),
+    html_kb: Math.round(html / 1024),
+  });
+}
+console.table(pageResults);
+await router.close();
 
 kv.close();
 if (Deno.env.get("KEEP") || reuse) console.log(`KV kept at ${path}`);

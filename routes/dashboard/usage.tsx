@@ -1,5 +1,10 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
-import { type GroupBy, queryUsage, type UsageQuery } from "../../lib/usage/query.ts";
+import {
+  defaultInterval,
+  type GroupBy,
+  queryUsage,
+  type UsageQuery,
+} from "../../lib/usage/query.ts";
 import { Count, Metric, Money, Percent } from "../../lib/render/layout.tsx";
 import { Island } from "../../lib/render/island.tsx";
 import UsageCharts, { type UsageChartsProps } from "../../islands/UsageCharts.tsx";
@@ -42,14 +47,18 @@ export const handler = {
     const keyId = names[q.get("key_id") ?? ""] !== undefined ? q.get("key_id")! : undefined;
     const now = ctx.svc.now();
     const kv = ctx.svc.kv;
-    const query = (extra: Partial<UsageQuery>) =>
-      queryUsage(kv, usageQueryOf(accountId, period, now, { keyId, ...extra }));
-    const [usage, byDate, byModel, byProvider] = await Promise.all([
+    const base = usageQueryOf(accountId, period, now, { keyId });
+    const query = (extra: Partial<UsageQuery>) => queryUsage(kv, { ...base, ...extra });
+    // Grouped by date over more than two days, the breakdown already is the daily chart's
+    // query: asked once, not twice (each query reads the period's account totals again).
+    const daily = groupBy === "date" && defaultInterval(base.fromMs, base.toMs) === "day";
+    const [usage, byDay, byModel, byProvider] = await Promise.all([
       query({ groupBy }),
-      query({ groupBy: "date", interval: "day" }),
+      daily ? null : query({ groupBy: "date", interval: "day" }),
       query({ groupBy: "model" }),
       query({ groupBy: "provider" }),
     ]);
+    const byDate = byDay ?? usage;
     const perDay = new Map(byDate.breakdown.map((r) => [r.group, r]));
     const byCost = (a: { cost: string }, b: { cost: string }) => Number(b.cost) - Number(a.cost);
     return {
