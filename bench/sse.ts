@@ -1,11 +1,12 @@
 /**
  * The SSE usage tap alone: passes the bench upstream's stream (20 content deltas, a finish chunk,
- * the usage chunk and `[DONE]`, one chunk per event) through `tapStream` and, for comparison, a
- * plain pass-through pipe, many times. Prints µs per stream and per chunk
- * (wall time of one busy thread: run it on a quiet machine, compare within one run).
+ * the usage chunk and `[DONE]`, one chunk per event) through `tapStream`, `translateSse` (each
+ * event mapped to itself) and, for comparison, a plain pass-through pipe, many times. Prints µs
+ * per stream and per chunk (wall time of one busy thread: run it on a quiet machine, compare
+ * within one run).
  * Usage: deno run -A bench/sse.ts [streams=20000]
  */
-import { tapStream } from "../lib/proxy/sse.ts";
+import { tapStream, translateSse } from "../lib/proxy/sse.ts";
 
 const N = Number(Deno.args[0] ?? 20_000);
 const enc = new TextEncoder();
@@ -56,6 +57,7 @@ async function drain(s: ReadableStream<Uint8Array>) {
 const usageLine = `data: ${JSON.stringify({ usage: { cost: 0.0001 } })}`;
 const targets: [string, () => ReadableStream<Uint8Array>][] = [
   ["pass-through", () => source().pipeThrough(new TransformStream())],
+  ["translateSse", () => translateSse(source(), (data) => [data], () => [])],
   ["tapStream", () =>
     tapStream(source(), {
       onUsage: () => Promise.resolve(usageLine),

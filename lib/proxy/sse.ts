@@ -78,7 +78,7 @@ export function translateSse(
     }
     return out;
   };
-  return src.pipeThrough(
+  return buffered(src).pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({
       transform(chunk, ctrl) {
         const out = handle(splitter.push(decoder.decode(chunk, { stream: true })));
@@ -95,6 +95,19 @@ export function translateSse(
 
 const USAGE = /"usage"\s*:\s*\{/;
 const READ_BYTES = 16 * 1024;
+
+/** The stream's chunks as read by `chunkReader` (for a fetch body: without 64 KiB per chunk). */
+function buffered(src: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+  const reader = chunkReader(src);
+  return new ReadableStream<Uint8Array>({
+    async pull(ctrl) {
+      const r = await reader.read();
+      if (r.done) ctrl.close();
+      else ctrl.enqueue(r.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  }, { highWaterMark: 0 });
+}
 
 /**
  * Reads a stream chunk by chunk. A byte stream (a fetch body) is read into one reused buffer and
