@@ -108,7 +108,8 @@ export function checkKey(key: ApiKey | null, now: number): KeyCheck {
  */
 export class KeyResolver {
   #kv: Deno.Kv;
-  #cache = new Map<string, { key: ApiKey | null; at: number }>();
+  /** Lookups by secret hash; concurrent requests with one key share a single lookup. */
+  #cache = new Map<string, { key: Promise<ApiKey | null>; at: number }>();
   #ttlMs: number;
 
   constructor(kv: Deno.Kv, ttlMs = 2000) {
@@ -122,11 +123,17 @@ export class KeyResolver {
     const now = Date.now();
     const hit = this.#cache.get(hash);
     if (hit && now - hit.at < this.#ttlMs) return hit.key;
-    const id = (await this.#kv.get<string>(keyHashKey(hash))).value;
-    const key = id ? await getKey(this.#kv, id) : null;
+    const key = this.#lookup(hash);
     if (this.#cache.size > 10_000) this.#cache.clear();
     this.#cache.set(hash, { key, at: now });
+    // A failed read is not remembered: the next request tries again.
+    key.catch(() => this.#cache.delete(hash));
     return key;
+  }
+
+  async #lookup(hash: string): Promise<ApiKey | null> {
+    const id = (await this.#kv.get<string>(keyHashKey(hash))).value;
+    return id ? await getKey(this.#kv, id) : null;
   }
 
   /** Forgets a key (after it changed). */
