@@ -242,7 +242,12 @@ function csvLine(r: AuditRow, q: QuotedFields): string {
 
 /**
  * The audit rows of a period as a byte stream (CSV or a JSON array), newest first, read from KV
- * a batch at a time as the client consumes it, so memory stays flat whatever the size.
+ * a page at a time as the client consumes it, so memory stays flat whatever the size.
+ *
+ * The period is read as consecutive time slices of about a page each, two reads in flight: the
+ * next slice's first page is read while the current one is continued or formatted. Deserializing
+ * a page (most of the cost) then overlaps the next read, which one range read after the other
+ * cannot do: a range's next page needs its previous page's last key.
  */
 export function exportAudit(
   kv: Deno.Kv,
@@ -252,19 +257,43 @@ export function exportAudit(
 ): ReadableStream<Uint8Array> {
   const encoder = new TextEncoder();
   const quoted = new QuotedFields();
-  // Pages of PAGE keys, each read while the previous one is being formatted (one page ahead).
   const PAGE = 1000;
-  const fetchPage = async (end?: Deno.KvKey) => {
-    const rows: Deno.KvEntry<AuditRow>[] = [];
-    const iter = kv.list<AuditRow>(
-      { start: ["audit", accountId, f.fromMs], end: end ?? ["audit", accountId, f.toMs] },
-      { reverse: true, limit: PAGE, batchSize: PAGE },
-    );
-    for await (const e of iter) rows.push(e);
+  type Rows = Deno.KvEntry<AuditRow>[];
+  const read = async (selector: Deno.KvListSelector, limit: number) => {
+    const rows: Rows = [];
+    for await (const e of kv.list<AuditRow>(selector, { reverse: true, limit, batchSize: limit })) {
+      rows.push(e);
+    }
     return rows;
   };
-  let next: Promise<Deno.KvEntry<AuditRow>[]> | null = fetchPage();
+  // A slice [lo, hi) of the period (epoch ms) and its page being read.
+  interface Slice {
+    lo: number;
+    hi: number;
+    page: Promise<Rows>;
+  }
+  // One page of a slice, below `end` when continuing it.
+  const fetchPage = (lo: number, hi: number, end?: Deno.KvKey) => {
+    const page = read(
+      { start: ["audit", accountId, lo], end: end ?? ["audit", accountId, hi] },
+      PAGE,
+    );
+    // A slice read ahead may fail after the stream was cancelled; the awaited one still throws.
+    page.catch(() => {});
+    return page;
+  };
+  // Slices are cut downwards from `hi` to `floor`; the width adapts to the rows per slice.
+  let hi = 0, floor = 0, width = 60_000;
+  const slices: Slice[] = [];
+  const topUp = () => {
+    while (slices.length < 2 && hi > floor) {
+      const lo = Math.max(floor, hi - width);
+      slices.push({ lo, hi, page: fetchPage(lo, hi) });
+      hi = lo;
+    }
+  };
   let started = false;
+  let done = false;
   let first = true;
   return new ReadableStream<Uint8Array>({
     async pull(ctrl) {
@@ -272,11 +301,32 @@ export function exportAudit(
       if (!started) {
         started = true;
         out = format === "csv" ? AUDIT_COLUMNS.join(",") + "\r\n" : "[";
+        // The period's newest and oldest rows bound the slices.
+        const range = { start: ["audit", accountId, f.fromMs], end: ["audit", accountId, f.toMs] };
+        const [newest] = await read(range, 1);
+        const oldest = newest
+          ? (await Array.fromAsync(kv.list<AuditRow>(range, { limit: 1 })))[0]
+          : undefined;
+        if (newest && oldest) {
+          hi = (newest.key[2] as number) + 1;
+          floor = oldest.key[2] as number;
+          topUp();
+        }
       }
-      // Skip pages the filters empty entirely, so every pull yields bytes or ends the stream.
-      while (next) {
-        const rows = await next;
-        next = rows.length === PAGE ? fetchPage(rows[PAGE - 1].key) : null;
+      // Skip slices the filters empty entirely, so every pull yields bytes or ends the stream.
+      while (!done && slices.length > 0) {
+        const slice = slices[0];
+        const rows = await slice.page;
+        if (done) return;
+        if (rows.length === PAGE) {
+          // A full page: the slice goes on below its last row, and the next slices are narrower.
+          slice.page = fetchPage(slice.lo, slice.hi, rows[PAGE - 1].key);
+          width = Math.max(1, Math.floor(width / 2));
+        } else {
+          slices.shift();
+          if (rows.length < PAGE / 4) width *= 2;
+        }
+        topUp();
         for (const { value: row } of rows) {
           if (!matches(row, f)) continue;
           if (format === "csv") out += csvLine(row, quoted);
@@ -287,13 +337,14 @@ export function exportAudit(
         }
         if (out) break;
       }
-      if (!next && format === "json") out += "]";
+      const end = slices.length === 0;
+      if (end && format === "json") out += "]";
       if (out) ctrl.enqueue(encoder.encode(out));
-      if (!next) ctrl.close();
+      if (end) ctrl.close();
     },
     cancel() {
-      next?.catch(() => {});
-      next = null;
+      done = true;
+      slices.length = 0;
     },
   }, { highWaterMark: 0 });
 }
