@@ -2,6 +2,7 @@
 import { ConfigError, loadConfig } from "./lib/config.ts";
 import { createApp } from "./lib/app.ts";
 import { readProvidersFile } from "./lib/providers/registry.ts";
+import { warmUsageDigests } from "./lib/usage/warm.ts";
 import { consoleLogger } from "./lib/log.ts";
 import { pruneAudit } from "./lib/audit/query.ts";
 
@@ -32,6 +33,11 @@ Deno.cron("outbox and hold sweep", "* * * * *", async () => {
 });
 
 // Audit retention: rows older than AUDIT_RETENTION_DAYS go (with their index); the ledger stays.
+// After midnight UTC, yesterday becomes a closed day: digest it before customers look.
+Deno.cron("usage digests", "7 0 * * *", async () => {
+  await warmUsageDigests(kv);
+});
+
 Deno.cron("audit retention", "17 * * * *", async () => {
   if (config.auditRetentionDays === null) return;
   await pruneAudit(kv, Date.now() - config.auditRetentionDays * 86_400_000);
