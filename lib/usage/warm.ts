@@ -14,9 +14,10 @@ export async function warmUsageDigests(kv: Deno.Kv, now = Date.now()): Promise<n
   const today = Math.floor(now / DAY_MS) * DAY_MS;
   const fromMs = today - WARM_DAYS * DAY_MS;
   let accounts = 0;
-  for (const { account, balance } of await listAccounts(kv)) {
-    // An account that never spent anything has no counters to digest.
-    if (balance.total_used === 0n) continue;
+  for (const { account } of await listAccounts(kv)) {
+    // An account without usage counters has nothing to digest.
+    const [any] = await Array.fromAsync(kv.list({ prefix: ["rollup", account.id] }, { limit: 1 }));
+    if (!any) continue;
     for (const groupBy of GROUPINGS) {
       await queryUsage(kv, { accountId: account.id, fromMs, toMs: today, groupBy, now });
     }
