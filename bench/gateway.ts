@@ -4,7 +4,8 @@
  * account and 100 accounts, and (d) the Portkey gateway from npm; non-streaming and streaming, at
  * concurrency 32 and 128. Prints requests/s, p50/p99 latency, CPU per request of the gateway
  * process, the ratios to the baselines of the same run, how long the ledger takes to catch up
- * after each load on the router, and whether the books balance at the end.
+ * after each load on the router, and whether the books balance at the end. Then, at concurrency 1,
+ * direct, bare proxy and router hot once more: the router's added p50/p99 latency, unloaded.
  *
  * Flags: --quick (short runs), --seconds=N, --no-portkey, --only=json|sse, --loadgen=wrk|deno.
  * Results are also written to bench/results/latest.json.
@@ -20,6 +21,8 @@ const ADMIN_TOKEN = "bench-admin-token-0123456789abcdef";
 const UPSTREAM_KEY = "sk-bench-upstream";
 const SPREAD_ACCOUNTS = 100;
 const CONCURRENCY = [32, 128];
+/** Targets also measured unloaded, at concurrency 1: the router's own added latency. */
+const UNLOADED = ["direct", "bare proxy", "router hot"];
 
 const args = new Set(Deno.args);
 const flag = (name: string) =>
@@ -422,6 +425,7 @@ async function main() {
   }
 
   const rows: Row[] = [];
+  const unloaded: Row[] = [];
   for (const mode of modes) {
     for (const t of targets) {
       const spec: LoadSpec = {
@@ -471,6 +475,33 @@ async function main() {
         if (row.errors > 0) console.log(`  errors: ${JSON.stringify(r.errors)}`);
       }
     }
+    // Unloaded: one request at a time, so latency is the path's own, not queueing (at a fixed
+    // saturating concurrency p50 is just concurrency ÷ throughput).
+    for (const t of targets.filter((t) => UNLOADED.includes(t.name))) {
+      const r = await load({
+        url: `${t.url}/v1/chat/completions`,
+        body: body(t.model, mode),
+        tokens: t.tokens,
+        headers: t.headers,
+        concurrency: 1,
+        durationMs: seconds * 1000,
+      });
+      const row: Row = {
+        target: t.name,
+        mode,
+        concurrency: 1,
+        rps: (r.requests - r.errors.status) / (r.duration_us / 1e6),
+        p50_ms: r.p50_us / 1000,
+        p99_ms: r.p99_us / 1000,
+        errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.status +
+          r.errors.timeout,
+        requests: r.requests,
+        cpu_us_per_request: null,
+      };
+      if (t.router) await catchUp(t.router, performance.now());
+      unloaded.push(row);
+      console.log(formatRow(row));
+    }
   }
 
   const books: Record<string, unknown> = {};
@@ -480,17 +511,40 @@ async function main() {
   }
   const report = summarize(rows, books);
   console.log("\n" + report.text);
+  console.log("\n" + unloadedText(unloaded));
   console.log(`load average after the run: ${loadavg()}`);
   await Deno.mkdir(`${BENCH}results`, { recursive: true });
   await Deno.writeTextFile(
     `${BENCH}results/latest.json`,
     JSON.stringify(
-      { at: new Date().toISOString(), seconds, loadavg: loadavg(), rows, books },
+      { at: new Date().toISOString(), seconds, loadavg: loadavg(), rows, unloaded, books },
       null,
       2,
     ) + "\n",
   );
   return report.booksOk;
+}
+
+/** The c=1 table and the router's added latency over the bare proxy, per mode. */
+function unloadedText(rows: Row[]): string {
+  const lines = [
+    "Unloaded (c=1, one request at a time):",
+    "| mode | target | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  ];
+  for (const r of rows) {
+    const bare = rows.find((b) => b.mode === r.mode && b.target === "bare proxy");
+    const added = (a: number, b: number | undefined) =>
+      r.target.startsWith("router") && b !== undefined ? (a - b).toFixed(2) : "-";
+    lines.push(
+      `| ${r.mode} | ${r.target} | ${r.rps.toFixed(0)} | ${r.p50_ms.toFixed(2)} | ${
+        r.p99_ms.toFixed(2)
+      } | ${added(r.p50_ms, bare?.p50_ms)} | ${added(r.p99_ms, bare?.p99_ms)} |${
+        r.errors ? ` ${r.errors} errors` : ""
+      }`,
+    );
+  }
+  return lines.join("\n");
 }
 
 function formatRow(r: Row): string {
