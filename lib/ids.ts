@@ -1,6 +1,11 @@
 const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
 let lastMs = 0;
 let seq = 0;
+/** The millisecond part of the last id, kept: ids of one millisecond share it. */
+let timeMs = -1;
+let timePart = "";
+const pool = new Uint8Array(4096);
+let poolAt = pool.length;
 
 /**
  * A time-ordered id: 10 characters of milliseconds, 4 of a per-millisecond sequence, 10 random.
@@ -14,14 +19,23 @@ export function newId(prefix: string, now = Date.now()): string {
     lastMs = now;
     seq = 0;
   }
-  let t = "";
-  for (let v = now, i = 0; i < 10; i++, v = Math.floor(v / 32)) t = ALPHABET[v % 32] + t;
+  if (now !== timeMs) {
+    timeMs = now;
+    timePart = "";
+    for (let v = now, i = 0; i < 10; i++, v = Math.floor(v / 32)) {
+      timePart = ALPHABET[v % 32] + timePart;
+    }
+  }
   let s = "";
   for (let v = seq, i = 0; i < 4; i++, v = Math.floor(v / 32)) s = ALPHABET[v % 32] + s;
-  const r = crypto.getRandomValues(new Uint8Array(10));
+  // Random bytes are drawn a pool at a time: one getRandomValues call per id cost more than the rest.
+  if (poolAt + 10 > pool.length) {
+    crypto.getRandomValues(pool);
+    poolAt = 0;
+  }
   let rnd = "";
-  for (const b of r) rnd += ALPHABET[b & 31];
-  return `${prefix}_${t}${s}${rnd}`;
+  for (const end = poolAt + 10; poolAt < end; poolAt++) rnd += ALPHABET[pool[poolAt] & 31];
+  return `${prefix}_${timePart}${s}${rnd}`;
 }
 
 /** The id of the first instant of `ms`: every id made at or after `ms` sorts at or after it. */
