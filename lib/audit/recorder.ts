@@ -17,10 +17,13 @@ export function auditRowOf(e: UsageEvent): AuditRow {
   return { timestamp: new Date(ts).toISOString(), ...facts };
 }
 
+/** The ledger row id of an event: its own id under the `txn_` prefix. */
+const ledgerId = (e: UsageEvent) => e.id.startsWith("evt_") ? "txn_" + e.id.slice(4) : e.id;
+
 function ledgerRowOf(e: UsageEvent): LedgerEntry {
   const tokens = e.prompt_tokens + e.completion_tokens;
   return {
-    id: e.id.replace(/^evt_/, "txn_"),
+    id: ledgerId(e),
     type: "usage_debit",
     amount: -e.cost,
     balance_after: e.balance_after ?? 0n,
@@ -70,6 +73,8 @@ export async function recordEvents(
       // One pending rollup entry per account of the atomic (lib/usage/compact.ts folds them).
       const rollups = new PendingRollups();
       const group: Deno.KvEntry<UsageEvent>[] = [];
+      // Each event's audit, audit id and ledger keys, made once for sizing and for writing.
+      const keys: [Deno.KvKey, Deno.KvKey, Deno.KvKey][] = [];
       let mutations = 0;
       let keyTotal = 0;
       let byteTotal = 0;
@@ -79,10 +84,13 @@ export async function recordEvents(
         const opens = e.billed && rollups.opensEntry(e);
         let added = 4;
         // The outbox key is both checked and deleted; audit, audit id and ledger rows are set.
-        let bytes = 2 * keyBytes(entries[i].key) +
-          keyBytes(auditKey(e.account_id, e.ts, e.request_id)) +
-          keyBytes(auditIdKey(e.account_id, e.request_id)) +
-          keyBytes(ledgerKey(e.account_id, e.ts, e.id));
+        const k: [Deno.KvKey, Deno.KvKey, Deno.KvKey] = [
+          auditKey(e.account_id, e.ts, e.request_id),
+          auditIdKey(e.account_id, e.request_id),
+          ledgerKey(e.account_id, e.ts, ledgerId(e)),
+        ];
+        let bytes = 2 * keyBytes(entries[i].key) + keyBytes(k[0]) + keyBytes(k[1]) +
+          keyBytes(k[2]);
         if (opens) {
           added++;
           bytes += pendingKeyBytes(e.account_id);
@@ -99,16 +107,16 @@ export async function recordEvents(
         byteTotal += bytes + valueBytes;
         if (e.billed) rollups.add(e);
         group.push(entries[i]);
+        keys.push(k);
       }
-      for (const entry of group) {
+      group.forEach((entry, j) => {
         const e = entry.value;
+        const [audit, auditId, ledger] = keys[j];
         atomic.check(entry).delete(entry.key);
-        atomic.set(auditKey(e.account_id, e.ts, e.request_id), auditRowOf(e));
-        atomic.set(auditIdKey(e.account_id, e.request_id), e.ts);
-        if (debits(e)) {
-          atomic.set(ledgerKey(e.account_id, e.ts, ledgerRowOf(e).id), ledgerRowOf(e));
-        }
-      }
+        atomic.set(audit, auditRowOf(e));
+        atomic.set(auditId, e.ts);
+        if (debits(e)) atomic.set(ledger, ledgerRowOf(e));
+      });
       const accounts = rollups.write(atomic);
       let res: Deno.KvCommitResult | Deno.KvCommitError;
       try {

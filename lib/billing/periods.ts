@@ -1,9 +1,23 @@
 import type { KeySpend, LimitReset } from "./types.ts";
 
+const DAY_MS = 86_400_000;
+// The last day formatted: every billed request asks for today's day and month, each a
+// toISOString otherwise.
+let dayStart = 0;
+let dayEnd = -1;
+let dayString = "";
+
 /** UTC day "2026-11-26" of an epoch-ms time. */
-export const dayOf = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+export function dayOf(ms: number): string {
+  if (ms >= dayStart && ms < dayEnd) return dayString;
+  const iso = new Date(ms).toISOString().slice(0, 10);
+  if (!Number.isFinite(ms)) return iso;
+  dayStart = Math.floor(ms / DAY_MS) * DAY_MS;
+  dayEnd = dayStart + DAY_MS;
+  return dayString = iso;
+}
 /** UTC month "2026-11" of an epoch-ms time. */
-export const monthOf = (ms: number) => new Date(ms).toISOString().slice(0, 7);
+export const monthOf = (ms: number) => dayOf(ms).slice(0, 7);
 
 /** The Monday (UTC) that starts the week of `ms`, as a day string. */
 export function weekOf(ms: number): string {

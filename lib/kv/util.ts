@@ -12,9 +12,14 @@ export async function getAll<T>(
   return (await Promise.all(chunks)).flat();
 }
 
+const withBigints = (_k: string, v: unknown) => typeof v === "bigint" ? `${v}n` : v;
+
 /** A stable string for a KV key, for use as a Map key. */
 export function keyString(key: Deno.KvKey): string {
-  return JSON.stringify(key, (_k, v) => typeof v === "bigint" ? `${v}n` : v);
+  // The same string either way; a replacer function takes JSON.stringify off its fast path, and
+  // the actor's cache looks keys up several times per request.
+  for (const part of key) if (typeof part === "bigint") return JSON.stringify(key, withBigints);
+  return JSON.stringify(key);
 }
 
 // NUL is escaped in keys, so it leaves the plain case: the range must start at \x01.

@@ -2,13 +2,17 @@ import { eventData, SseSplitter } from "./sse.ts";
 
 /** Tokens an image may add to a prompt beyond its bytes in the request (a URL is short). */
 const IMAGE_ALLOWANCE = 2000;
+const encoder = new TextEncoder();
+// deno-lint-ignore no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
 
 /**
  * An upper bound on a request's prompt tokens, for the worst-case hold: a text token is at least
  * one byte, so the body's UTF-8 length bounds the text; each image adds a fixed allowance.
  */
 export function promptTokenBound(rawBody: string): number {
-  const bytes = new TextEncoder().encode(rawBody).length;
+  // An ASCII body's length is its byte count: only other bodies are encoded to be measured.
+  const bytes = NON_ASCII.test(rawBody) ? encoder.encode(rawBody).length : rawBody.length;
   const images = rawBody.match(/"(image_url|input_image|image)"/g)?.length ?? 0;
   return bytes + images * IMAGE_ALLOWANCE;
 }
