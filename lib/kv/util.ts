@@ -61,8 +61,13 @@ export function approxBytes(v: unknown): number {
     case "object": {
       if (v === null) return 2;
       let n = 8;
-      if (Array.isArray(v)) { for (const x of v) n += approxBytes(x); }
-      else for (const [k, x] of Object.entries(v)) n += 8 + k.length * 3 + approxBytes(x);
+      if (Array.isArray(v)) {
+        for (const x of v) n += approxBytes(x);
+        return n;
+      }
+      // for…in over a plain value's own keys: Object.entries would allocate a pair per field.
+      const o = v as Record<string, unknown>;
+      for (const k in o) n += 8 + k.length * 3 + approxBytes(o[k]);
       return n;
     }
     default:
