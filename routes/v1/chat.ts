@@ -34,7 +34,7 @@ const chatSchema = z.looseObject({
 type ChatBody = z.output<typeof chatSchema>;
 
 /** As OpenRouter allows, a request naming only `models` is served by the first of them. */
-const chatRequest = z.preprocess((v) => {
+export const chatRequest = z.preprocess((v) => {
   const o = v && typeof v === "object" && !Array.isArray(v) ? v as Record<string, unknown> : null;
   if (!o || o.model !== undefined || !Array.isArray(o.models)) return v;
   const [first, ...rest] = o.models;
@@ -52,7 +52,7 @@ const isRecord = (v: unknown): v is Record<string, unknown> =>
  * is left to it); zod's copy of every message cost more than the rest of the parse, and zod still
  * judges, and words the error for, anything else.
  */
-function plainChat(v: unknown): ChatBody | null {
+export function plainChat(v: unknown): ChatBody | null {
   if (!isRecord(v) || typeof v.model !== "string" || v.model.length === 0) return null;
   const msgs = v.messages;
   if (!Array.isArray(msgs) || msgs.length === 0) return null;
