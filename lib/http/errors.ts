@@ -50,24 +50,14 @@ export function describeZod(error: z.ZodError): string {
   return `Invalid '${path}': ${i.message}`;
 }
 
-/**
- * Parses raw JSON text against a schema; malformed JSON and violations are 400 naming the field.
- * `plain`, when given, may accept the parsed value as is (a hand check of the common valid shape,
- * cheaper than zod); when it returns null the schema decides.
- */
-export function parseJson<T extends z.ZodType>(
-  raw: string,
-  schema: T,
-  plain?: (json: unknown) => z.output<T> | null,
-): z.output<T> {
+/** Parses raw JSON text against a schema; malformed JSON and violations are 400 naming the field. */
+export function parseJson<T extends z.ZodType>(raw: string, schema: T): z.output<T> {
   let json: unknown;
   try {
     json = JSON.parse(raw);
   } catch {
     throw badRequest("The request body is not valid JSON");
   }
-  const accepted = plain?.(json);
-  if (accepted) return accepted;
   const r = schema.safeParse(json);
   if (!r.success) throw badRequest(describeZod(r.error));
   return r.data;

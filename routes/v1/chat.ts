@@ -34,45 +34,12 @@ const chatSchema = z.looseObject({
 type ChatBody = z.output<typeof chatSchema>;
 
 /** As OpenRouter allows, a request naming only `models` is served by the first of them. */
-export const chatRequest = z.preprocess((v) => {
+const chatRequest = z.preprocess((v) => {
   const o = v && typeof v === "object" && !Array.isArray(v) ? v as Record<string, unknown> : null;
   if (!o || o.model !== undefined || !Array.isArray(o.models)) return v;
   const [first, ...rest] = o.models;
   return typeof first === "string" ? { ...o, model: first, models: rest } : v;
 }, chatSchema);
-
-const isTokens = (v: unknown, max = 10_000_000) =>
-  v == null || (Number.isInteger(v) && (v as number) >= 1 && (v as number) <= max);
-const isRecord = (v: unknown): v is Record<string, unknown> =>
-  typeof v === "object" && v !== null && !Array.isArray(v);
-
-/**
- * The body when it is a plainly valid chat request, else null. The hot path's bodies pass these
- * checks, which accept exactly what `chatRequest` accepts unchanged (a body naming only `models`
- * is left to it); zod's copy of every message cost more than the rest of the parse, and zod still
- * judges, and words the error for, anything else.
- */
-export function plainChat(v: unknown): ChatBody | null {
-  if (!isRecord(v) || typeof v.model !== "string" || v.model.length === 0) return null;
-  const msgs = v.messages;
-  if (!Array.isArray(msgs) || msgs.length === 0) return null;
-  for (const m of msgs) if (!isRecord(m) || typeof m.role !== "string") return null;
-  if (v.stream != null && typeof v.stream !== "boolean") return null;
-  const so = v.stream_options;
-  if (
-    so != null &&
-    (!isRecord(so) || (so.include_usage !== undefined && typeof so.include_usage !== "boolean"))
-  ) return null;
-  if (!isTokens(v.max_tokens) || !isTokens(v.max_completion_tokens) || !isTokens(v.n, 128)) {
-    return null;
-  }
-  const models = v.models;
-  if (models != null) {
-    if (!Array.isArray(models) || models.length > 8) return null;
-    for (const m of models) if (typeof m !== "string" || m.length === 0) return null;
-  }
-  return v as ChatBody;
-}
 
 /** The output limit a request may reach on `model`, and the `max_tokens` to send it, if any. */
 function outputLimit(body: ChatBody, model: ResolvedModel) {
@@ -88,7 +55,7 @@ function outputLimit(body: ChatBody, model: ResolvedModel) {
 /** `POST /v1/chat/completions`: OpenAI format to any provider, translated both ways. */
 export async function chatCompletions(c: Context<AppEnv>) {
   const raw = await c.req.text();
-  const body = parseJson(raw, chatRequest, plainChat);
+  const body = parseJson(raw, chatRequest);
   const primary = resolveModel(c, body.model, "chat");
   const candidates = candidatesFor(c, primary, body.models ?? []);
   const stream = body.stream === true;
