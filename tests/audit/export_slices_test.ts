@@ -3,33 +3,10 @@ import { auditRowOf } from "../../lib/audit/recorder.ts";
 import { exportAudit } from "../../lib/audit/query.ts";
 import { auditKey } from "../../lib/kv/schema.ts";
 import type { AuditRow, UsageEvent } from "../../lib/billing/types.ts";
+import { usageEvent } from "../_fixtures.ts";
 
 const T0 = Date.UTC(2026, 0, 1);
-const base: UsageEvent = {
-  id: "",
-  account_id: "acct_s",
-  ts: 0,
-  request_id: "",
-  key_id: "key_a",
-  key_name: "a",
-  provider: "openai",
-  model: "gpt-4o-mini",
-  prompt_tokens: 1,
-  completion_tokens: 1,
-  cached_tokens: 0,
-  cache_write_tokens: 0,
-  reasoning_tokens: 0,
-  cost: 5n,
-  market_cost: 6n,
-  latency_ms: 1,
-  status: 200,
-  streaming: false,
-  client_ip: "",
-  user_agent: "",
-  billed: true,
-  balance_after: 0n,
-  error_code: null,
-};
+const base: UsageEvent = usageEvent({ id: "", account_id: "acct_s", ts: 0, request_id: "" });
 
 Deno.test("export reads the period in time slices yet yields every row once, newest first", async () => {
   const kv = await Deno.openKv(":memory:");

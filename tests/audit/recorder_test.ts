@@ -5,6 +5,7 @@ import { recordEvents } from "../../lib/audit/recorder.ts";
 import { newId } from "../../lib/ids.ts";
 import { outboxKey } from "../../lib/kv/schema.ts";
 import type { UsageEvent } from "../../lib/billing/types.ts";
+import { usageEvent } from "../_fixtures.ts";
 
 const COST = 192_000n;
 
@@ -28,31 +29,22 @@ async function settled(t: TestRouter, n: number) {
     });
     assert.deepEqual(r, { ok: true });
     const now = Date.now();
-    const event: UsageEvent = {
-      id: newId("evt", now),
+    const event: UsageEvent = usageEvent({
       account_id: acct.id,
       ts: now,
-      request_id: newId("req", now),
       key_id: key.id,
       key_name: key.name,
-      provider: "openai",
-      model: "gpt-4o-mini",
       prompt_tokens: 1000,
       completion_tokens: 200,
       cached_tokens: 400,
-      cache_write_tokens: 0,
       reasoning_tokens: 50,
       cost: COST,
       market_cost: 240_000n,
       latency_ms: 5,
-      status: 200,
-      streaming: false,
       client_ip: "127.0.0.1",
       user_agent: "test",
-      billed: true,
       balance_after: null,
-      error_code: null,
-    };
+    });
     await actors.submit(acct.id, { kind: "settle", keyId: key.id, holdId, cost: COST, event });
     ids.push(event.id);
   }

@@ -1,37 +1,28 @@
 import assert from "node:assert/strict";
 import { AccountActors } from "../../lib/billing/actor.ts";
-import { newId } from "../../lib/ids.ts";
 import { apiKeyKey, balanceKey, OUTBOX_PREFIX } from "../../lib/kv/schema.ts";
 import type { ApiKey, BalanceState, UsageEvent } from "../../lib/billing/types.ts";
+import { usageEvent } from "../_fixtures.ts";
 
 /** An unbilled event (a refused request) of the account, with a user agent of `uaBytes`. */
 function event(accountId: string, uaBytes = 10): UsageEvent {
   const now = Date.now();
-  return {
-    id: newId("evt", now),
+  return usageEvent({
     account_id: accountId,
     ts: now,
-    request_id: newId("req", now),
     key_id: "key_none",
     key_name: "k",
-    provider: "openai",
-    model: "gpt-4o-mini",
     prompt_tokens: 0,
     completion_tokens: 0,
-    cached_tokens: 0,
-    cache_write_tokens: 0,
-    reasoning_tokens: 0,
     cost: 0n,
     market_cost: 0n,
-    latency_ms: 1,
     status: 402,
-    streaming: false,
     client_ip: "127.0.0.1",
     user_agent: "u".repeat(uaBytes),
     billed: false,
     balance_after: null,
     error_code: "insufficient_credits",
-  };
+  });
 }
 
 function apiKey(id: string, accountId: string): ApiKey {

@@ -5,6 +5,7 @@ import { auditRowOf } from "../../lib/audit/recorder.ts";
 import { auditIdKey, auditKey, outboxKey } from "../../lib/kv/schema.ts";
 import type { UsageEvent } from "../../lib/billing/types.ts";
 import { newId } from "../../lib/ids.ts";
+import { usageEvent } from "../_fixtures.ts";
 
 // Test clocks run ahead of the real one (see tests/billing/limits_test.ts).
 const T0 = Date.parse("2031-05-01T09:00:00Z");
@@ -265,31 +266,7 @@ Deno.test("audit retention deletes old rows and their index, never the ledger", 
 Deno.test("audit export streams many pages in order, filters skipping whole pages", async () => {
   const kv = await Deno.openKv(":memory:");
   try {
-    const base: UsageEvent = {
-      id: "",
-      account_id: "acct_x",
-      ts: 0,
-      request_id: "",
-      key_id: "key_a",
-      key_name: "a",
-      provider: "openai",
-      model: "gpt-4o-mini",
-      prompt_tokens: 1,
-      completion_tokens: 1,
-      cached_tokens: 0,
-      cache_write_tokens: 0,
-      reasoning_tokens: 0,
-      cost: 5n,
-      market_cost: 6n,
-      latency_ms: 1,
-      status: 200,
-      streaming: false,
-      client_ip: "",
-      user_agent: "",
-      billed: true,
-      balance_after: 0n,
-      error_code: null,
-    };
+    const base: UsageEvent = usageEvent({ id: "", account_id: "acct_x", ts: 0, request_id: "" });
     // 2,500 rows; only the first 100 and the last 100 are key_b's (whole pages between match none).
     let atomic = kv.atomic();
     for (let i = 0; i < 2500; i++) {

@@ -1,0 +1,36 @@
+import type { UsageEvent } from "../lib/billing/types.ts";
+import { newId } from "../lib/ids.ts";
+
+/**
+ * A billed usage event of one chat request (openai/gpt-4o-mini, 1 prompt and 1 completion token,
+ * cost 5 nano-USD, market 6) with a fresh id at `ts`; `fields` overrides any part.
+ */
+export function usageEvent(fields: Partial<UsageEvent> = {}): UsageEvent {
+  const ts = fields.ts ?? Date.now();
+  return {
+    id: newId("evt", ts),
+    account_id: "acct_test",
+    ts,
+    request_id: newId("req", ts),
+    key_id: "key_a",
+    key_name: "a",
+    provider: "openai",
+    model: "gpt-4o-mini",
+    prompt_tokens: 1,
+    completion_tokens: 1,
+    cached_tokens: 0,
+    cache_write_tokens: 0,
+    reasoning_tokens: 0,
+    cost: 5n,
+    market_cost: 6n,
+    latency_ms: 1,
+    status: 200,
+    streaming: false,
+    client_ip: "",
+    user_agent: "",
+    billed: true,
+    balance_after: 0n,
+    error_code: null,
+    ...fields,
+  };
+}
