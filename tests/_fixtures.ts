@@ -34,3 +34,28 @@ export function usageEvent(fields: Partial<UsageEvent> = {}): UsageEvent {
     ...fields,
   };
 }
+
+let seq = 0;
+
+/**
+ * A billed usage event whose ids and token figures differ from every other one made here, with
+ * cost 1000 + 7·n nano-USD (or `fields.cost`) and a market cost a quarter above it.
+ */
+export function distinctEvent(fields: Partial<UsageEvent> = {}): UsageEvent {
+  seq++;
+  const cost = fields.cost ?? BigInt(1000 + 7 * seq);
+  return usageEvent({
+    id: `evt_${String(seq).padStart(8, "0")}`,
+    request_id: `req_${seq}`,
+    prompt_tokens: 100 + seq,
+    completion_tokens: 10 + seq,
+    cached_tokens: seq % 3,
+    cache_write_tokens: seq % 2,
+    reasoning_tokens: seq % 5,
+    cost,
+    market_cost: cost + cost / 4n,
+    latency_ms: 5,
+    balance_after: 1_000_000_000n - cost,
+    ...fields,
+  });
+}

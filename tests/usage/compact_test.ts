@@ -13,39 +13,19 @@ import { OUTBOX_PREFIX, outboxKey, ROLLUP_PENDING_PREFIX } from "../../lib/kv/sc
 import { keyString } from "../../lib/kv/util.ts";
 import { parseUsd } from "../../lib/money.ts";
 import type { UsageEvent } from "../../lib/billing/types.ts";
+import { distinctEvent } from "../_fixtures.ts";
 
-let seq = 0;
-
-/** A billed event with distinct figures per call. */
+/** A billed (or refused) event with distinct figures per call. */
 function event(account: string, ms: number, keyId: string, model: string, billed = true) {
-  seq++;
-  const cost = BigInt(1000 + 7 * seq);
-  const e: UsageEvent = {
-    id: `evt_${String(seq).padStart(8, "0")}`,
+  return distinctEvent({
     account_id: account,
     ts: ms,
-    request_id: `req_${seq}`,
     key_id: keyId,
     key_name: keyId,
-    provider: "openai",
     model,
-    prompt_tokens: 100 + seq,
-    completion_tokens: 10 + seq,
-    cached_tokens: seq % 3,
-    cache_write_tokens: seq % 2,
-    reasoning_tokens: seq % 5,
-    cost,
-    market_cost: cost + cost / 4n,
-    latency_ms: 5,
-    status: 200,
-    streaming: false,
-    client_ip: "",
-    user_agent: "",
     billed,
-    balance_after: billed ? 1_000_000_000n - cost : null,
-    error_code: null,
-  };
-  return e;
+    ...(billed ? {} : { balance_after: null }),
+  });
 }
 
 const H = 3_600_000;

@@ -6,39 +6,20 @@ import { periodBuckets, queryUsage, type UsageQuery } from "../../lib/usage/quer
 import { usageParams } from "../../lib/usage/params.ts";
 import type { LedgerEntry, UsageEvent } from "../../lib/billing/types.ts";
 import { ApiError } from "../../lib/http/errors.ts";
+import { distinctEvent } from "../_fixtures.ts";
 
 const ACCT = "acct_test";
-let seq = 0;
-
 /** A billed usage event at `iso`, with distinct token and money figures per call. */
 function event(iso: string, keyId: string, provider: string, model: string, cost: bigint) {
-  seq++;
-  const e: UsageEvent = {
-    id: `evt_${String(seq).padStart(8, "0")}`,
+  return distinctEvent({
     account_id: ACCT,
     ts: Date.parse(iso),
-    request_id: `req_${seq}`,
     key_id: keyId,
     key_name: keyId,
     provider,
     model,
-    prompt_tokens: 100 + seq,
-    completion_tokens: 10 + seq,
-    cached_tokens: seq % 3,
-    cache_write_tokens: seq % 2,
-    reasoning_tokens: seq % 5,
     cost,
-    market_cost: cost + cost / 4n,
-    latency_ms: 5,
-    status: 200,
-    streaming: false,
-    client_ip: "",
-    user_agent: "",
-    billed: true,
-    balance_after: 1_000_000_000n - cost,
-    error_code: null,
-  };
-  return e;
+  });
 }
 
 async function record(kv: Deno.Kv, events: UsageEvent[]) {
