@@ -4,6 +4,7 @@ import { createApp, type Router } from "../lib/app.ts";
 import type { ProvidersFile } from "../lib/providers/registry.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./_fakes/openai.ts";
+import { serveLoopback } from "./_fakes/serve.ts";
 
 export const ADMIN_TOKEN = "test-admin-token-0123456789";
 
@@ -66,12 +67,8 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
     now: opts.now,
     sweepEveryMs: 200,
   });
-  const ac = new AbortController();
-  const server = Deno.serve(
-    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
-    router.app.fetch,
-  );
-  const url = `http://127.0.0.1:${server.addr.port}`;
+  const server = serveLoopback(router.app.fetch);
+  const url = server.origin;
   const request = (
     auth: string,
     method: string,
@@ -120,8 +117,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
       assert.equal(v.ok, true);
     },
     async close() {
-      ac.abort();
-      await server.finished;
+      await server.close();
       await router.flush();
       await router.close();
       kv.close();

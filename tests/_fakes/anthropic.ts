@@ -2,6 +2,7 @@
  * A real HTTP server on 127.0.0.1 that speaks Anthropic's Messages wire format (`POST
  * /v1/messages`, streaming and not, tool use included), standing in for the provider.
  */
+import { serveLoopback } from "./serve.ts";
 
 export interface AnthropicScenario {
   /** Usage to report (Anthropic shape); by default derived from the text lengths. */
@@ -47,20 +48,15 @@ function replyText(body: Record<string, unknown>): string {
 }
 
 export function startFakeAnthropic(): FakeAnthropic {
-  const ac = new AbortController();
   const fake: FakeAnthropic = {
     url: "",
     scenario: {},
     requests: [],
     headers: [],
     streamsCancelled: 0,
-    close: async () => {
-      ac.abort();
-      await server.finished;
-    },
+    close: () => server.close(),
   };
-  const server = Deno.serve(
-    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+  const server = serveLoopback(
     async (req) => {
       const url = new URL(req.url);
       const body = await req.json().catch(() => ({}));
@@ -189,6 +185,6 @@ export function startFakeAnthropic(): FakeAnthropic {
       return new Response(stream, { headers: { "content-type": "text/event-stream" } });
     },
   );
-  fake.url = `http://127.0.0.1:${server.addr.port}`;
+  fake.url = server.origin;
   return fake;
 }

@@ -2,6 +2,7 @@
  * A real HTTP server on 127.0.0.1 that speaks Gemini's wire format (`generateContent` and
  * `streamGenerateContent?alt=sse`, function calling included), standing in for the provider.
  */
+import { serveLoopback } from "./serve.ts";
 
 export interface GeminiScenario {
   /** `usageMetadata` to report; by default derived from the text lengths. */
@@ -38,20 +39,15 @@ function replyText(body: Record<string, unknown>): string {
 }
 
 export function startFakeGemini(): FakeGemini {
-  const ac = new AbortController();
   const fake: FakeGemini = {
     url: "",
     scenario: {},
     requests: [],
     paths: [],
     keys: [],
-    close: async () => {
-      ac.abort();
-      await server.finished;
-    },
+    close: () => server.close(),
   };
-  const server = Deno.serve(
-    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+  const server = serveLoopback(
     async (req) => {
       const url = new URL(req.url);
       const body = await req.json().catch(() => ({}));
@@ -117,6 +113,6 @@ export function startFakeGemini(): FakeGemini {
       );
     },
   );
-  fake.url = `http://127.0.0.1:${server.addr.port}`;
+  fake.url = server.origin;
   return fake;
 }

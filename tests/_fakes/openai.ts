@@ -2,6 +2,7 @@
  * A real HTTP server on 127.0.0.1 that speaks OpenAI's wire format (chat completions, streaming
  * and not, and embeddings), standing in for the provider. Tests steer it with `scenario`.
  */
+import { serveLoopback } from "./serve.ts";
 
 export interface FakeUsage {
   prompt_tokens: number;
@@ -57,20 +58,15 @@ function lastUserText(body: Record<string, unknown>): string {
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export function startFakeOpenAI(): FakeOpenAI {
-  const ac = new AbortController();
   const fake: FakeOpenAI = {
     url: "",
     scenario: {},
     requests: [],
     auth: [],
     streamsCancelled: 0,
-    close: async () => {
-      ac.abort();
-      await server.finished;
-    },
+    close: () => server.close(),
   };
-  const server = Deno.serve(
-    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+  const server = serveLoopback(
     async (req) => {
       const url = new URL(req.url);
       const body = await req.json().catch(() => ({}));
@@ -189,7 +185,7 @@ export function startFakeOpenAI(): FakeOpenAI {
       return new Response(stream, { headers: { "content-type": "text/event-stream" } });
     },
   );
-  fake.url = `http://127.0.0.1:${server.addr.port}/v1`;
+  fake.url = `${server.origin}/v1`;
   return fake;
 }
 

@@ -5,6 +5,7 @@
  * (signed with the `stripe` library's own test signer).
  */
 import Stripe from "stripe";
+import { serveLoopback } from "./serve.ts";
 
 export interface RecordedRequest {
   method: string;
@@ -78,7 +79,6 @@ function stripeError(status: number, type: string, message: string, extra: Obj =
 }
 
 export function startFakeStripe(): FakeStripe {
-  const ac = new AbortController();
   const idempotent = new Map<string, { body: string; status: number; json: unknown }>();
 
   const fake: FakeStripe = {
@@ -149,10 +149,7 @@ export function startFakeStripe(): FakeStripe {
       });
       return { payload, header };
     },
-    async close() {
-      ac.abort();
-      await server.finished;
-    },
+    close: () => server.close(),
   };
 
   /** The session as Stripe shows it (without what the fake keeps for the charge). */
@@ -264,8 +261,7 @@ export function startFakeStripe(): FakeStripe {
     });
   }
 
-  const server = Deno.serve(
-    { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+  const server = serveLoopback(
     async (req) => {
       const url = new URL(req.url);
       const text = await req.text();
@@ -303,6 +299,6 @@ export function startFakeStripe(): FakeStripe {
       return res;
     },
   );
-  fake.url = `http://127.0.0.1:${server.addr.port}`;
+  fake.url = server.origin;
   return fake;
 }
