@@ -12,7 +12,7 @@
  *                            # BENCH_DIR=<dir> for the KV file's folder (default /dev/shm);
  *                            # PAGE_RUNS=<n> warm requests per page (default 21)
  */
-import { auditRowOf } from "../lib/audit/recorder.ts";
+import { auditBytesOf } from "../lib/audit/recorder.ts";
 import { exportAudit } from "../lib/audit/query.ts";
 import { auditIdKey, auditKey, ledgerKey } from "../lib/kv/schema.ts";
 import { newId } from "../lib/ids.ts";
@@ -202,7 +202,7 @@ async function seed() {
       const ak = auditKey(ACCT, ts, e.request_id), ik = auditIdKey(ACCT, e.request_id);
       const lk = ledgerKey(ACCT, ts, entry.id);
       await w.add(
-        (a) => a.set(ak, auditRowOf(e)).set(ik, ts).set(lk, entry),
+        (a) => a.set(ak, auditBytesOf(e)).set(ik, ts).set(lk, entry),
         3,
         keyBytes(ak) + keyBytes(ik) + keyBytes(lk),
       );

@@ -1,5 +1,6 @@
 import type { AuditRow } from "../billing/types.ts";
 import { formatUsd } from "../money.ts";
+import { AUDIT_COLUMNS, csvLength, decodeAuditRow } from "./row.ts";
 import { auditIdKey, auditKey } from "../kv/schema.ts";
 import { badRequest } from "../http/errors.ts";
 
@@ -14,34 +15,17 @@ export interface AuditFilter {
   streaming?: boolean;
 }
 
-/** API.md's audit columns, in order: the CSV header and the JSON row's fields. */
-export const AUDIT_COLUMNS = [
-  "timestamp",
-  "request_id",
-  "key_id",
-  "key_name",
-  "provider",
-  "model",
-  "prompt_tokens",
-  "completion_tokens",
-  "cached_tokens",
-  "cache_write_tokens",
-  "reasoning_tokens",
-  "cost",
-  "market_cost",
-  "latency_ms",
-  "status",
-  "streaming",
-  "client_ip",
-  "user_agent",
-] as const;
-
 const matches = (r: AuditRow, f: AuditFilter) =>
   (f.key_id === undefined || r.key_id === f.key_id) &&
   (f.provider === undefined || r.provider === f.provider) &&
   (f.model === undefined || r.model === f.model) &&
   (f.status === undefined || r.status === f.status) &&
   (f.streaming === undefined || r.streaming === f.streaming);
+
+/** Does the filter test the rows themselves, beyond the period in their keys? */
+const filters = (f: AuditFilter) =>
+  f.key_id !== undefined || f.provider !== undefined || f.model !== undefined ||
+  f.status !== undefined || f.streaming !== undefined;
 
 /**
  * The rows of a period, newest first: a first batch of `first` rows, then batches of 1,000 for
@@ -54,19 +38,19 @@ async function* listAuditRange(
   f: AuditFilter,
   first: number,
   end?: Deno.KvKey,
-): AsyncGenerator<Deno.KvEntry<AuditRow>> {
+): AsyncGenerator<Deno.KvEntry<Uint8Array>> {
   const selector = {
     start: ["audit", accountId, f.fromMs],
     end: end ?? ["audit", accountId, f.toMs],
   };
-  const head = kv.list<AuditRow>(selector, { reverse: true, limit: first, batchSize: first });
+  const head = kv.list<Uint8Array>(selector, { reverse: true, limit: first, batchSize: first });
   let n = 0;
   for await (const e of head) {
     n++;
     yield e;
   }
   if (n < first) return;
-  yield* kv.list<AuditRow>(selector, { reverse: true, cursor: head.cursor, batchSize: 1000 });
+  yield* kv.list<Uint8Array>(selector, { reverse: true, cursor: head.cursor, batchSize: 1000 });
 }
 
 /** A page stops after scanning this many rows, so a rare filter cannot make one request slow. */
@@ -113,7 +97,8 @@ export async function listAuditByAccount(
     }
     scanned++;
     last = e.key;
-    if (matches(e.value, f)) data.push(auditJson(e.value));
+    const row = decodeAuditRow(e.value);
+    if (matches(row, f)) data.push(auditJson(row));
   }
   return { data, next_cursor: null };
 }
@@ -126,7 +111,8 @@ export async function getAuditRow(
 ): Promise<AuditRow | null> {
   const at = await kv.get<number>(auditIdKey(accountId, requestId));
   if (at.value === null) return null;
-  return (await kv.get<AuditRow>(auditKey(accountId, at.value, requestId))).value;
+  const row = await kv.get<Uint8Array>(auditKey(accountId, at.value, requestId));
+  return row.value === null ? null : decodeAuditRow(row.value);
 }
 
 /**
@@ -140,7 +126,7 @@ export async function pruneAudit(kv: Deno.Kv, beforeMs: number): Promise<number>
     for (;;) {
       const atomic = kv.atomic();
       let n = 0;
-      const iter = kv.list<AuditRow>(
+      const iter = kv.list(
         { start: ["audit", accountId], end: ["audit", accountId, beforeMs] },
         { limit: 400 },
       );
@@ -182,71 +168,19 @@ export function auditJson(r: AuditRow) {
   };
 }
 
-/** One RFC 4180 field: quoted when it holds a comma, quote, CR or LF; quotes doubled. */
-export function csvField(v: string | number | boolean): string {
-  const s = String(v);
-  return /[",\r\n]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
-}
-
-/**
- * formatUsd for the export's hot loop: amounts within 2^53 nano-USD (about 9 million USD) are
- * split with exact double arithmetic (`%` is exact, and `x - f` is a multiple of 1e9), which costs
- * a fraction of the bigint division; anything else goes through formatUsd itself.
- */
-export function csvUsd(n: bigint): string {
-  if (n < 0n || n > 9007199254740991n) return formatUsd(n);
-  const x = Number(n);
-  let f = x % 1e9;
-  const whole = (x - f) / 1e9;
-  if (f === 0) return String(whole);
-  let digits = 9;
-  while (f % 10 === 0) {
-    f /= 10;
-    digits--;
-  }
-  const s = String(f);
-  return `${whole}.${s.length < digits ? "0".repeat(digits - s.length) + s : s}`;
-}
-
-const NEEDS_QUOTES = /[",\r\n]/;
-const quote = (v: string) => NEEDS_QUOTES.test(v) ? `"${v.replaceAll('"', '""')}"` : v;
-
-/**
- * The CSV form of the text columns that repeat from row to row (key, model, client, agent), so
- * each distinct value is tested and quoted once per export; bounded, then it quotes as it goes.
- */
-class QuotedFields {
-  #seen = new Map<string, string>();
-  get(v: string): string {
-    let s = this.#seen.get(v);
-    if (s === undefined) {
-      s = quote(v);
-      if (this.#seen.size < 2000) this.#seen.set(v, s);
-    }
-    return s;
-  }
-}
-
-/** One CSV line in AUDIT_COLUMNS order; written out by hand, as it runs once per exported row. */
-function csvLine(r: AuditRow, q: QuotedFields): string {
-  return `${r.timestamp},${quote(r.request_id)},${q.get(r.key_id)},${q.get(r.key_name)},${
-    q.get(r.provider)
-  },${
-    q.get(r.model)
-  },${r.prompt_tokens},${r.completion_tokens},${r.cached_tokens},${r.cache_write_tokens},${r.reasoning_tokens},${
-    csvUsd(r.cost)
-  },${csvUsd(r.market_cost)},${r.latency_ms},${r.status},${r.streaming},${q.get(r.client_ip)},${
-    q.get(r.user_agent)
-  }\r\n`;
-}
+const encoder = new TextEncoder();
+const CSV_HEADER = encoder.encode(AUDIT_COLUMNS.join(",") + "\r\n");
 
 /**
  * The audit rows of a period as a byte stream (CSV or a JSON array), newest first, read from KV
  * a page at a time as the client consumes it, so memory stays flat whatever the size.
  *
+ * Rows are stored as their CSV lines (lib/audit/row.ts), so the CSV export copies each page's
+ * lines into one chunk as they are; rows are decoded only to test filters or to write JSON.
+ *
  * The period is read as consecutive time slices of about a page each, two reads in flight: the
- * next slice's first page is read while the current one is continued or formatted. Deserializing
- * a page (most of the cost) then overlaps the next read, which one range read after the other
+ * next slice's first page is read while the current one is continued or copied out. Reading a
+ * page (most of the cost) then overlaps the next read, which one range read after the other
  * cannot do: a range's next page needs its previous page's last key.
  */
 export function exportAudit(
@@ -255,13 +189,14 @@ export function exportAudit(
   f: AuditFilter,
   format: "csv" | "json",
 ): ReadableStream<Uint8Array> {
-  const encoder = new TextEncoder();
-  const quoted = new QuotedFields();
   const PAGE = 1000;
-  type Rows = Deno.KvEntry<AuditRow>[];
+  const filtered = filters(f);
+  type Rows = Deno.KvEntry<Uint8Array>[];
   const read = async (selector: Deno.KvListSelector, limit: number) => {
     const rows: Rows = [];
-    for await (const e of kv.list<AuditRow>(selector, { reverse: true, limit, batchSize: limit })) {
+    for await (
+      const e of kv.list<Uint8Array>(selector, { reverse: true, limit, batchSize: limit })
+    ) {
       rows.push(e);
     }
     return rows;
@@ -297,15 +232,21 @@ export function exportAudit(
   let first = true;
   return new ReadableStream<Uint8Array>({
     async pull(ctrl) {
-      let out = "";
+      // What this pull enqueues: CSV lines as stored (`size` bytes in all), or JSON text.
+      const lines: Uint8Array[] = [];
+      let size = 0;
+      let json = "";
       if (!started) {
         started = true;
-        out = format === "csv" ? AUDIT_COLUMNS.join(",") + "\r\n" : "[";
+        if (format === "csv") {
+          lines.push(CSV_HEADER);
+          size = CSV_HEADER.length;
+        } else json = "[";
         // The period's newest and oldest rows bound the slices.
         const range = { start: ["audit", accountId, f.fromMs], end: ["audit", accountId, f.toMs] };
         const [newest] = await read(range, 1);
         const oldest = newest
-          ? (await Array.fromAsync(kv.list<AuditRow>(range, { limit: 1 })))[0]
+          ? (await Array.fromAsync(kv.list(range, { limit: 1 })))[0]
           : undefined;
         if (newest && oldest) {
           hi = (newest.key[2] as number) + 1;
@@ -327,19 +268,37 @@ export function exportAudit(
           if (rows.length < PAGE / 4) width *= 2;
         }
         topUp();
-        for (const { value: row } of rows) {
-          if (!matches(row, f)) continue;
-          if (format === "csv") out += csvLine(row, quoted);
-          else {
-            out += (first ? "" : ",") + JSON.stringify(auditJson(row));
+        if (format === "csv") {
+          for (const { value } of rows) {
+            if (filtered && !matches(decodeAuditRow(value), f)) continue;
+            const n = csvLength(value);
+            lines.push(n === value.length ? value : value.subarray(0, n));
+            size += n;
+          }
+          if (size) break;
+        } else {
+          for (const { value } of rows) {
+            const row = decodeAuditRow(value);
+            if (!matches(row, f)) continue;
+            json += (first ? "" : ",") + JSON.stringify(auditJson(row));
             first = false;
           }
+          if (json) break;
         }
-        if (out) break;
       }
       const end = slices.length === 0;
-      if (end && format === "json") out += "]";
-      if (out) ctrl.enqueue(encoder.encode(out));
+      if (format === "csv" && size) {
+        const chunk = new Uint8Array(size);
+        let at = 0;
+        for (const line of lines) {
+          chunk.set(line, at);
+          at += line.length;
+        }
+        ctrl.enqueue(chunk);
+      } else if (format === "json") {
+        if (end) json += "]";
+        if (json) ctrl.enqueue(encoder.encode(json));
+      }
       if (end) ctrl.close();
     },
     cancel() {

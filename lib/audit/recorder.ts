@@ -1,6 +1,7 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
 import { approxBytes, getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
 import { idFloor } from "../ids.ts";
+import { encodeAuditRow } from "./row.ts";
 import { notePending, pendingKeyBytes, PendingRollups, pendingRowBytes } from "../usage/compact.ts";
 import type { AuditRow, LedgerEntry, UsageEvent } from "../billing/types.ts";
 
@@ -12,10 +13,14 @@ const MAX_MUTATIONS = 1000;
 const MAX_KEY_BYTES = 81_920;
 const MAX_BYTES = 800 * 1024;
 
+/** The audit row of an event: its request facts, timed. */
 export function auditRowOf(e: UsageEvent): AuditRow {
   const { id: _id, account_id: _account, ts, billed: _billed, balance_after: _after, ...facts } = e;
   return { timestamp: new Date(ts).toISOString(), ...facts };
 }
+
+/** What the audit key of an event stores: its audit row, encoded (lib/audit/row.ts). */
+export const auditBytesOf = (e: UsageEvent): Uint8Array => encodeAuditRow(auditRowOf(e));
 
 /** The ledger row id of an event: its own id under the `txn_` prefix. */
 const ledgerId = (e: UsageEvent) => e.id.startsWith("evt_") ? "txn_" + e.id.slice(4) : e.id;
@@ -73,8 +78,10 @@ export async function recordEvents(
       // One pending rollup entry per account of the atomic (lib/usage/compact.ts folds them).
       const rollups = new PendingRollups();
       const group: Deno.KvEntry<UsageEvent>[] = [];
-      // Each event's audit, audit id and ledger keys, made once for sizing and for writing.
+      // Each event's audit, audit id and ledger keys and its audit row, made once for sizing and
+      // for writing.
       const keys: [Deno.KvKey, Deno.KvKey, Deno.KvKey][] = [];
+      const rows: Uint8Array[] = [];
       let mutations = 0;
       let keyTotal = 0;
       let byteTotal = 0;
@@ -95,8 +102,11 @@ export async function recordEvents(
           added++;
           bytes += pendingKeyBytes(e.account_id);
         }
-        // Values: the audit row and the ledger row (each smaller than the event), the counters.
-        const valueBytes = 2 * approxBytes(e) + (e.billed ? pendingRowBytes(e) : 0);
+        // Values: the audit row (stored as its bytes, so counted exactly), the audit id's time, the
+        // ledger row (smaller than the event), the counters.
+        const row = auditBytesOf(e);
+        const valueBytes = row.length + approxBytes(e.ts) + approxBytes(e) +
+          (e.billed ? pendingRowBytes(e) : 0);
         if (
           group.length > 0 &&
           (mutations + added > MAX_MUTATIONS || keyTotal + bytes > MAX_KEY_BYTES ||
@@ -108,12 +118,13 @@ export async function recordEvents(
         if (e.billed) rollups.add(e);
         group.push(entries[i]);
         keys.push(k);
+        rows.push(row);
       }
       group.forEach((entry, j) => {
         const e = entry.value;
         const [audit, auditId, ledger] = keys[j];
         atomic.check(entry).delete(entry.key);
-        atomic.set(audit, auditRowOf(e));
+        atomic.set(audit, rows[j]);
         atomic.set(auditId, e.ts);
         if (debits(e)) atomic.set(ledger, ledgerRowOf(e));
       });

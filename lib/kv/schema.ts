@@ -26,7 +26,10 @@ export const OUTBOX_PREFIX = ["outbox"] as const;
 /** ["ledger", accountId, createdMs, entryId] → LedgerEntry, append-only. */
 export const ledgerKey = (accountId: string, ms: number, id: string) =>
   ["ledger", accountId, ms, id] as const;
-/** ["audit", accountId, timestampMs, requestId] → AuditRow */
+/**
+ * ["audit", accountId, timestampMs, requestId] → Uint8Array: the AuditRow as its CSV export line
+ * then its error code (lib/audit/row.ts), so the export copies the bytes as stored.
+ */
 export const auditKey = (accountId: string, ms: number, requestId: string) =>
   ["audit", accountId, ms, requestId] as const;
 /** ["audit_id", accountId, requestId] → timestampMs: finds one audit row by request id. */

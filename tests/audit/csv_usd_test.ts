@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { csvUsd } from "../../lib/audit/query.ts";
+import { csvUsd } from "../../lib/audit/row.ts";
 import { formatUsd } from "../../lib/money.ts";
 
 Deno.test("csvUsd writes exactly what formatUsd writes", () => {

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { auditRowOf } from "../../lib/audit/recorder.ts";
+import { auditBytesOf } from "../../lib/audit/recorder.ts";
 import { exportAudit } from "../../lib/audit/query.ts";
+import { decodeAuditRow } from "../../lib/audit/row.ts";
 import { auditKey } from "../../lib/kv/schema.ts";
-import type { AuditRow, UsageEvent } from "../../lib/billing/types.ts";
+import type { UsageEvent } from "../../lib/billing/types.ts";
 import { usageEvent } from "../_fixtures.ts";
 
 const T0 = Date.UTC(2026, 0, 1);
@@ -28,7 +29,7 @@ Deno.test("export reads the period in time slices yet yields every row once, new
         request_id: `req_${String(i).padStart(6, "0")}`,
         key_id: i % 3 === 0 ? "key_b" : "key_a",
       };
-      atomic.set(auditKey(account, ts, e.request_id), auditRowOf(e));
+      atomic.set(auditKey(account, ts, e.request_id), auditBytesOf(e));
       if (++n % 500 === 0) {
         await atomic.commit();
         atomic = kv.atomic();
@@ -40,11 +41,14 @@ Deno.test("export reads the period in time slices yet yields every row once, new
 
     const expected = async (from: number, to: number, key?: string) => {
       const out: string[] = [];
-      const iter = kv.list<AuditRow>({
+      const iter = kv.list<Uint8Array>({
         start: ["audit", "acct_s", from],
         end: ["audit", "acct_s", to],
       }, { reverse: true });
-      for await (const e of iter) if (!key || e.value.key_id === key) out.push(e.value.request_id);
+      for await (const { value } of iter) {
+        const row = decodeAuditRow(value);
+        if (!key || row.key_id === key) out.push(row.request_id);
+      }
       return out;
     };
     const exported = async (from: number, to: number, key?: string) => {

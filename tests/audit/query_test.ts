@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { type AuditFilter, listAuditByAccount } from "../../lib/audit/query.ts";
 import { auditIdKey, auditKey } from "../../lib/kv/schema.ts";
-import type { AuditRow } from "../../lib/billing/types.ts";
+import { encodeAuditRow } from "../../lib/audit/row.ts";
 
 const ACCT = "acct_q";
 const BASE = Date.UTC(2026, 10, 1);
@@ -32,8 +32,8 @@ async function seed(kv: Deno.Kv, n: number, every: number) {
         client_ip: "",
         user_agent: "",
         error_code: null,
-      } as unknown as AuditRow;
-      a.set(auditKey(ACCT, ms, id), row).set(auditIdKey(ACCT, id), ms);
+      };
+      a.set(auditKey(ACCT, ms, id), encodeAuditRow(row)).set(auditIdKey(ACCT, id), ms);
     }
     await a.commit();
   }

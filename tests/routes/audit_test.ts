@@ -1,35 +1,17 @@
 import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
-import { AUDIT_COLUMNS, exportAudit, pruneAudit } from "../../lib/audit/query.ts";
-import { auditRowOf } from "../../lib/audit/recorder.ts";
+import { exportAudit, pruneAudit } from "../../lib/audit/query.ts";
+import { auditBytesOf } from "../../lib/audit/recorder.ts";
+import { AUDIT_COLUMNS } from "../../lib/audit/row.ts";
 import { auditIdKey, auditKey, outboxKey } from "../../lib/kv/schema.ts";
 import type { UsageEvent } from "../../lib/billing/types.ts";
 import { newId } from "../../lib/ids.ts";
 import { usageEvent } from "../_fixtures.ts";
+import { parseCsv } from "../_csv.ts";
 
 // Test clocks run ahead of the real one (see tests/billing/limits_test.ts).
 const T0 = Date.parse("2031-05-01T09:00:00Z");
 const USAGE = { prompt_tokens: 100, completion_tokens: 20 };
-
-/** RFC 4180 parser: quoted fields with doubled quotes, commas and line breaks inside. */
-function parseCsv(text: string): string[][] {
-  const rows: string[][] = [];
-  let row: string[] = [], field = "", i = 0, quoted = false;
-  while (i < text.length) {
-    const ch = text[i];
-    if (quoted) {
-      if (ch === '"' && text[i + 1] === '"') (field += '"', i += 2);
-      else if (ch === '"') (quoted = false, i++);
-      else (field += ch, i++);
-    } else if (ch === '"') (quoted = true, i++);
-    else if (ch === ",") (row.push(field), field = "", i++);
-    else if (ch === "\r" && text[i + 1] === "\n") {
-      row.push(field), rows.push(row), row = [], field = "", i += 2;
-    } else (field += ch, i++);
-  }
-  assert.equal(field, "", "the CSV ends with CRLF");
-  return rows;
-}
 
 async function chat(t: TestRouter, key: string, headers: Record<string, string> = {}) {
   const res = await t.call(key, "POST", "/v1/chat/completions", {
@@ -276,7 +258,7 @@ Deno.test("audit export streams many pages in order, filters skipping whole page
         request_id: `req_${String(i).padStart(5, "0")}`,
         key_id: i < 100 || i >= 2400 ? "key_b" : "key_a",
       };
-      atomic.set(auditKey("acct_x", e.ts, e.request_id), auditRowOf(e));
+      atomic.set(auditKey("acct_x", e.ts, e.request_id), auditBytesOf(e));
       if (i % 500 === 499) {
         await atomic.commit();
         atomic = kv.atomic();

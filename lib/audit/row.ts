@@ -1,0 +1,177 @@
+/**
+ * The stored form of an audit row: the UTF-8 bytes of its CSV line exactly as the export writes it
+ * (AUDIT_COLUMNS, RFC 4180, ending in CRLF), then its error code (empty when null). Audit rows never
+ * change, so the export copies these bytes as they are instead of deserializing and formatting
+ * every row; the other readers decode them.
+ *
+ * @module
+ */
+import type { AuditRow } from "../billing/types.ts";
+import { formatUsd, parseUsd } from "../money.ts";
+
+/** API.md's audit columns, in order: the CSV header and the JSON row's fields. */
+export const AUDIT_COLUMNS = [
+  "timestamp",
+  "request_id",
+  "key_id",
+  "key_name",
+  "provider",
+  "model",
+  "prompt_tokens",
+  "completion_tokens",
+  "cached_tokens",
+  "cache_write_tokens",
+  "reasoning_tokens",
+  "cost",
+  "market_cost",
+  "latency_ms",
+  "status",
+  "streaming",
+  "client_ip",
+  "user_agent",
+] as const;
+
+/**
+ * formatUsd, faster for the usual amounts: within 2^53 nano-USD (about 9 million USD) they are
+ * split with exact double arithmetic (`%` is exact, and `x - f` is a multiple of 1e9), which costs
+ * a fraction of the bigint division; anything else goes through formatUsd itself.
+ */
+export function csvUsd(n: bigint): string {
+  if (n < 0n || n > 9007199254740991n) return formatUsd(n);
+  const x = Number(n);
+  let f = x % 1e9;
+  const whole = (x - f) / 1e9;
+  if (f === 0) return String(whole);
+  let digits = 9;
+  while (f % 10 === 0) {
+    f /= 10;
+    digits--;
+  }
+  const s = String(f);
+  return `${whole}.${s.length < digits ? "0".repeat(digits - s.length) + s : s}`;
+}
+
+const NEEDS_QUOTES = /[",\r\n]/;
+/** One RFC 4180 field: quoted when it holds a comma, quote, CR or LF; quotes doubled. */
+const quote = (v: string) => NEEDS_QUOTES.test(v) ? `"${v.replaceAll('"', '""')}"` : v;
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/**
+ * An audit row's stored bytes: its CSV line in AUDIT_COLUMNS order, CRLF, then its error code.
+ * Error codes are the API's snake_case codes; a line break in one (which would hide where the CSV
+ * line ends) is written as a space.
+ *
+ * @example
+ * const bytes = encodeAuditRow(row);
+ * csvPart(bytes); // the row's line of the CSV export
+ */
+export function encodeAuditRow(r: AuditRow): Uint8Array {
+  const line = `${quote(r.timestamp)},${quote(r.request_id)},${quote(r.key_id)},${
+    quote(r.key_name)
+  },${quote(r.provider)},${
+    quote(r.model)
+  },${r.prompt_tokens},${r.completion_tokens},${r.cached_tokens},${r.cache_write_tokens},${r.reasoning_tokens},${
+    csvUsd(r.cost)
+  },${csvUsd(r.market_cost)},${r.latency_ms},${r.status},${r.streaming},${quote(r.client_ip)},${
+    quote(r.user_agent)
+  }\r\n`;
+  return encoder.encode(line + (r.error_code ?? "").replace(/[\r\n]/g, " "));
+}
+
+/**
+ * The length of the CSV line at the start of stored audit row bytes (its CRLF included): the
+ * error code after it holds no line feed, so the line ends at the last one.
+ */
+export const csvLength = (bytes: Uint8Array): number => bytes.lastIndexOf(10) + 1;
+
+/** Splits one CSV record (without its line ending) into its fields. */
+function parseRecord(s: string): string[] {
+  const fields: string[] = [];
+  let i = 0;
+  for (;;) {
+    if (s.charCodeAt(i) === 34) {
+      // Quoted: runs to the quote not followed by another one; doubled quotes are one.
+      let v = "";
+      i++;
+      for (;;) {
+        const q = s.indexOf('"', i);
+        if (q === -1) throw new SyntaxError("Audit row has an unterminated quoted field");
+        v += s.slice(i, q);
+        if (s.charCodeAt(q + 1) !== 34) {
+          i = q + 1;
+          break;
+        }
+        v += '"';
+        i = q + 2;
+      }
+      fields.push(v);
+    } else {
+      const c = s.indexOf(",", i);
+      const stop = c === -1 ? s.length : c;
+      fields.push(s.slice(i, stop));
+      i = stop;
+    }
+    if (i === s.length) return fields;
+    if (s.charCodeAt(i) !== 44) throw new SyntaxError("Audit row has text after a quoted field");
+    i++;
+  }
+}
+
+function num(text: string): number {
+  const n = Number(text);
+  if (text === "" || !Number.isFinite(n)) {
+    throw new SyntaxError(`Audit row has a malformed number: ${text}`);
+  }
+  return n;
+}
+
+function bool(text: string): boolean {
+  if (text === "true" || text === "false") return text === "true";
+  throw new SyntaxError(`Audit row has a malformed boolean: ${text}`);
+}
+
+function money(text: string): bigint {
+  const n = parseUsd(text);
+  if (n === null) throw new SyntaxError(`Audit row has a malformed amount: ${text}`);
+  return n;
+}
+
+/**
+ * An audit row back from its stored bytes (encodeAuditRow's inverse; an empty error code is
+ * null).
+ */
+export function decodeAuditRow(bytes: Uint8Array): AuditRow {
+  const text = decoder.decode(bytes);
+  const lf = text.lastIndexOf("\n");
+  if (lf < 1 || text.charCodeAt(lf - 1) !== 13) {
+    throw new SyntaxError("Audit row does not end its CSV line with CRLF");
+  }
+  const f = parseRecord(text.slice(0, lf - 1));
+  if (f.length !== AUDIT_COLUMNS.length) {
+    throw new SyntaxError(`Audit row has ${f.length} fields, not ${AUDIT_COLUMNS.length}`);
+  }
+  const error = text.slice(lf + 1);
+  return {
+    timestamp: f[0],
+    request_id: f[1],
+    key_id: f[2],
+    key_name: f[3],
+    provider: f[4],
+    model: f[5],
+    prompt_tokens: num(f[6]),
+    completion_tokens: num(f[7]),
+    cached_tokens: num(f[8]),
+    cache_write_tokens: num(f[9]),
+    reasoning_tokens: num(f[10]),
+    cost: money(f[11]),
+    market_cost: money(f[12]),
+    latency_ms: num(f[13]),
+    status: num(f[14]),
+    streaming: bool(f[15]),
+    client_ip: f[16],
+    user_agent: f[17],
+    error_code: error === "" ? null : error,
+  };
+}
