@@ -41,6 +41,22 @@ const commit = proto.commit;
 proto.commit = function () {
   return time("atomic.commit", () => commit.call(this));
 };
+// Checks and mutations per key prefix: what each request costs the atomics.
+const ops = new Map<string, number>();
+const count = (what: string, key: Deno.KvKey) => {
+  const k = `${what} ${String(key[0])}`;
+  ops.set(k, (ops.get(k) ?? 0) + 1);
+};
+for (const m of ["check", "set", "delete", "sum"] as const) {
+  const orig = proto[m] as (...a: unknown[]) => Deno.AtomicOperation;
+  // deno-lint-ignore no-explicit-any
+  (proto as any)[m] = function (this: Deno.AtomicOperation, ...a: unknown[]) {
+    for (const x of m === "check" ? a : [a[0]]) {
+      count(m, m === "check" ? (x as Deno.AtomicCheck).key : x as Deno.KvKey);
+    }
+    return orig.apply(this, a);
+  };
+}
 const kvp = Deno.Kv.prototype;
 const getMany = kvp.getMany;
 kvp.getMany = function (this: Deno.Kv, ...a: Parameters<typeof getMany>) {
@@ -91,6 +107,7 @@ await Deno.writeTextFile(
 );
 await router.flush();
 stats.clear();
+ops.clear();
 const cpu = () => {
   const f = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
   return (Number(f[11]) + Number(f[12])) * 10;
@@ -148,6 +165,11 @@ for (const [name, s] of stats) {
 }
 await server.shutdown();
 await router.flush();
+// Counted through the flush, so the recording and folding of the load's events are included.
+const perReq = [...ops].sort((a, b) => b[1] - a[1]).map(([k, n]) =>
+  `${k} ${(n / res.requests).toFixed(2)}`
+);
+console.log(`  per request: ${perReq.join(", ")}`);
 await router.close();
 kv.close();
 up.kill();
