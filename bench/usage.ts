@@ -262,6 +262,9 @@ for (const [name, q] of queries) {
 }
 console.table(results);
 
+// The machine is shared: the 1-minute load average (this process included) goes with the rates.
+const load = () => Deno.loadavg()[0].toFixed(2);
+console.log(`load average before the bare list: ${load()}`);
 // The baseline: the same rows listed bare (newest first, 1,000 a batch), nothing formatted.
 let s = performance.now();
 let listed = 0;
@@ -293,6 +296,7 @@ console.log(
       ((peak - rssBefore) / 1e6).toFixed(1)
     } MB; ${(exported / exportS / (listed / bareS) * 100).toFixed(0)} % of the bare list's rate`,
 );
+console.log(`load average after the export: ${load()}`);
 if (exported !== seeded) throw new Error(`exported ${exported} of ${seeded} rows`);
 
 // The dashboard pages of the account, as its owner sees them: the whole app (session lookup,
