@@ -65,7 +65,8 @@ const decoder = new TextDecoder();
  *
  * @example
  * const bytes = encodeAuditRow(row);
- * csvPart(bytes); // the row's line of the CSV export
+ * bytes.subarray(0, csvLength(bytes)); // the row's line of the CSV export
+ * decodeAuditRow(bytes); // the row again
  */
 export function encodeAuditRow(r: AuditRow): Uint8Array {
   const line = `${quote(r.timestamp)},${quote(r.request_id)},${quote(r.key_id)},${
