@@ -3,6 +3,7 @@
  * with retries and fallbacks, settling a JSON reply, and billing a stream through the usage tap.
  */
 import type { Context } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { AppEnv } from "../services.ts";
 import { ApiError, badRequest } from "../http/errors.ts";
 import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
@@ -66,7 +67,23 @@ export const withCost = (usage: unknown, cost: Cost) => ({
   market_cost: usdNumber(cost.market),
 });
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Waits `ms` (none when 0), or until `signal` aborts; true when the client is still there. */
+const pause = (ms: number, signal: AbortSignal) =>
+  new Promise<boolean>((resolve) => {
+    if (signal.aborted || ms <= 0) return resolve(!signal.aborted);
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve(!signal.aborted);
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done);
+  });
+/**
+ * The status recorded for a request whose client went away before any reply: nginx's "client
+ * closed request", since no status was ever answered.
+ */
+const CLIENT_CLOSED = 499 as ContentfulStatusCode;
 /** The longest Retry-After honoured within a request; a longer one goes to the next candidate. */
 const MAX_RETRY_WAIT_MS = 2000;
 const retryAfterMs = (e: ApiError) => {
@@ -83,7 +100,8 @@ const fallbackable = (e: ApiError) => retryable(e) || e.status === 504;
  * backoff on 429, 5xx and connection errors, then the next candidate is tried. Nothing has been
  * sent to the client yet, so every retry is safe. Each failed attempt is recorded; the model that
  * answered becomes `m.model`, the one billed. If none answers, the hold is released and the last
- * error is thrown.
+ * error is thrown. A client that disconnects while a retry waits gets no further attempt: the
+ * hold is released, recorded as `client_disconnected`.
  */
 export async function forward(
   m: MeteredRequest,
@@ -98,8 +116,16 @@ export async function forward(
     for (let retry = 0; retry <= maxRetries; retry++) {
       if (last) {
         await m.recordAttempt(last.model, attempt, last.error.status, last.error.code);
-        if (retry > 0) {
-          await sleep(Math.max(backoffMs * 2 ** (retry - 1), retryAfterMs(last.error)));
+        // Read only once an attempt failed: the first attempt's path stays as it was.
+        const signal = m.c.req.raw.signal;
+        const wait = retry > 0
+          ? Math.max(backoffMs * 2 ** (retry - 1), retryAfterMs(last.error))
+          : 0;
+        if (!(await pause(wait, signal))) {
+          // The client went away: nothing answered it, so nothing is billed.
+          m.model = last.model;
+          await m.release(CLIENT_CLOSED, "client_disconnected");
+          throw new ApiError(CLIENT_CLOSED, "client_disconnected", "The client closed the request");
         }
       }
       attempt++;
