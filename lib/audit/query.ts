@@ -3,6 +3,7 @@ import { formatUsd } from "../money.ts";
 import { AUDIT_COLUMNS, csvLength, decodeAuditRow } from "./row.ts";
 import { auditIdKey, auditKey } from "../kv/schema.ts";
 import { badRequest } from "../http/errors.ts";
+import { getAll } from "../kv/util.ts";
 
 export interface AuditFilter {
   /** Start (inclusive) and end (exclusive) of the period, epoch ms. */
@@ -113,6 +114,35 @@ export async function getAuditRow(
   if (at.value === null) return null;
   const row = await kv.get<Uint8Array>(auditKey(accountId, at.value, requestId));
   return row.value === null ? null : decodeAuditRow(row.value);
+}
+
+/** A failed attempt's request id: the request's own id, a dot and the attempt number. */
+const ATTEMPT_SUFFIX = /^\.(\d+)$/;
+
+/**
+ * The audit rows of a request's failed attempts (request ids `{requestId}.N`), in attempt order.
+ * They are found through the request-id index: a range from `{requestId}.` up to `{requestId}/`
+ * (`/` follows `.`) holds exactly the ids that continue with a dot; `.10` sorts before `.2` there,
+ * so the rows are ordered by their number.
+ */
+export async function getAuditAttempts(
+  kv: Deno.Kv,
+  accountId: string,
+  requestId: string,
+): Promise<AuditRow[]> {
+  const found: { n: number; key: Deno.KvKey }[] = [];
+  const ids = kv.list<number>({
+    start: auditIdKey(accountId, requestId + "."),
+    end: auditIdKey(accountId, requestId + "/"),
+  });
+  for await (const e of ids) {
+    const id = e.key[2] as string;
+    const m = ATTEMPT_SUFFIX.exec(id.slice(requestId.length));
+    if (m) found.push({ n: Number(m[1]), key: auditKey(accountId, e.value, id) });
+  }
+  found.sort((a, b) => a.n - b.n);
+  const rows = await getAll<Uint8Array>(kv, found.map((f) => f.key));
+  return rows.flatMap((r) => r.value === null ? [] : [decodeAuditRow(r.value)]);
 }
 
 /**

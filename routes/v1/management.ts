@@ -13,6 +13,7 @@ import {
   type AuditFilter,
   auditJson,
   exportAudit,
+  getAuditAttempts,
   getAuditRow,
   listAuditByAccount,
 } from "../../lib/audit/query.ts";
@@ -240,9 +241,14 @@ export function managementRoutes() {
 
   app.get("/audit/:request_id", async (c) => {
     const svc = c.get("svc");
-    const row = await getAuditRow(svc.kv, c.get("accountId"), c.req.param("request_id"));
+    const [accountId, requestId] = [c.get("accountId"), c.req.param("request_id")];
+    const [row, attempts] = await Promise.all([
+      getAuditRow(svc.kv, accountId, requestId),
+      getAuditAttempts(svc.kv, accountId, requestId),
+    ]);
     if (!row) throw notFound("The audit row");
-    return c.json(auditJson(row));
+    // The failed attempts before it (retries, fallbacks), each under `{request_id}.N`.
+    return c.json({ ...auditJson(row), attempts: attempts.map(auditJson) });
   });
 
   return app;

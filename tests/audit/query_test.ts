@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
-import { type AuditFilter, listAuditByAccount } from "../../lib/audit/query.ts";
-import { auditIdKey, auditKey } from "../../lib/kv/schema.ts";
+import { type AuditFilter, getAuditAttempts, listAuditByAccount } from "../../lib/audit/query.ts";
+import { auditRowOf, recordEvents } from "../../lib/audit/recorder.ts";
+import { auditIdKey, auditKey, outboxKey } from "../../lib/kv/schema.ts";
+import { usageEvent } from "../_fixtures.ts";
 import { encodeAuditRow } from "../../lib/audit/row.ts";
 
 const ACCT = "acct_q";
@@ -67,6 +69,45 @@ Deno.test("listAuditByAccount: pages read past their first batch when a filter s
     assert.deepEqual(rare.ids, expected.filter((id) => Number(id.slice(4)) % 7 === 0));
     const common = await allPages(kv, { ...all, model: "common" }, 1000);
     assert.deepEqual(common.ids, expected.filter((id) => Number(id.slice(4)) % 7 !== 0));
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("getAuditAttempts: a request's attempt rows in attempt order, and no other request's", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const at = (i: number) => BASE + i * 1000;
+    const events = [
+      // Twelve failed attempts ("req_x.10" sorts before "req_x.2" in the index), then the reply.
+      ...Array.from({ length: 12 }, (_, i) =>
+        usageEvent({
+          account_id: ACCT,
+          ts: at(i),
+          request_id: `req_x.${i + 1}`,
+          status: 502,
+          cost: 0n,
+          error_code: "upstream_error",
+        })),
+      usageEvent({ account_id: ACCT, ts: at(12), request_id: "req_x" }),
+      // Neighbours in the index that are not attempts of req_x.
+      ...["req_x2", "req_x2.1", "req_xy", "req_x.1.2", "req_x."].map((request_id, i) =>
+        usageEvent({ account_id: ACCT, ts: at(20 + i), request_id })
+      ),
+      usageEvent({ account_id: "acct_other", ts: at(30), request_id: "req_x.13" }),
+    ];
+    for (const e of events) await kv.set(outboxKey(e.id), e);
+    assert.equal(await recordEvents(kv, events.map((e) => e.id)), events.length);
+
+    const attempts = await getAuditAttempts(kv, ACCT, "req_x");
+    assert.deepEqual(
+      attempts.map((r) => r.request_id),
+      Array.from({ length: 12 }, (_, i) => `req_x.${i + 1}`),
+    );
+    assert.deepEqual(attempts[0], auditRowOf(events[0]));
+    assert.deepEqual(await getAuditAttempts(kv, ACCT, "req_x2"), [auditRowOf(events[14])]);
+    assert.deepEqual(await getAuditAttempts(kv, ACCT, "req_xy"), []);
+    assert.deepEqual(await getAuditAttempts(kv, ACCT, "req_missing"), []);
   } finally {
     kv.close();
   }

@@ -414,3 +414,46 @@ Deno.test("a request naming only models is served by the first that answers", as
     await t.close();
   }
 });
+
+Deno.test("GET /v1/audit/{request_id} shows the answering row and the failed attempts before it", async () => {
+  const t = await startProviders({ providersFile: { retry: { max_retries: 0 } } });
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { status: 500 };
+    t.anthropic.scenario = { usage: HAIKU_USAGE };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "hello" }],
+      models: ["anthropic/claude-haiku-4-5"],
+    });
+    await json(res, 200);
+    const requestId = res.headers.get("x-request-id")!;
+    await t.router.flush();
+    const row = await json(await t.call(mgmt, "GET", `/v1/audit/${requestId}`), 200);
+    assert.equal(row.request_id, requestId);
+    assert.deepEqual([row.provider, row.status, row.cost], ["anthropic", 200, "0.0016"]);
+    assert.equal(row.attempts.length, 1);
+    const [failed] = row.attempts;
+    assert.deepEqual(
+      [failed.request_id, failed.provider, failed.model, failed.status, failed.cost],
+      [`${requestId}.1`, "openai", "gpt-4o-mini", 502, "0"],
+    );
+    assert.equal(failed.error_code, "upstream_error");
+    // The rows have the list's shape: the same fields as GET /v1/audit.
+    const list = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
+    const { attempts: _, ...answered } = row;
+    assert.deepEqual(
+      new Set(list.data.map((r: Row) => JSON.stringify(r))),
+      new Set([answered, failed].map((r) => JSON.stringify(r))),
+    );
+    // An attempt's own id finds that row, with no attempts of its own.
+    const one = await json(await t.call(mgmt, "GET", `/v1/audit/${requestId}.1`), 200);
+    assert.deepEqual(one, { ...failed, attempts: [] });
+    // Another account sees neither.
+    const other = await t.account("1");
+    await json(await t.call(other.mgmt, "GET", `/v1/audit/${requestId}`), 404);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
