@@ -1,6 +1,7 @@
 /**
  * Buying credit through Stripe: the client, one Stripe customer per account, Checkout Sessions,
- * and the webhook events that grant (and, on refund, take back) credit exactly once.
+ * and the webhook events that grant (and, on refund, take back; on a failed refund, give back)
+ * credit exactly once.
  */
 import Stripe from "stripe";
 import type { Config } from "../config.ts";
@@ -10,7 +11,14 @@ import type { LedgerEntry } from "./types.ts";
 import { getAccount } from "./accounts.ts";
 import { formatUsd } from "../money.ts";
 import { hashSecret } from "../auth/keys.ts";
-import { onceKey, stripeCheckoutKey, stripeCustomerKey, stripePaymentKey } from "../kv/schema.ts";
+import {
+  onceKey,
+  stripeCheckoutKey,
+  stripeCustomerKey,
+  stripePaymentKey,
+  stripeRefundFailedKey,
+} from "../kv/schema.ts";
+import { getAll } from "../kv/util.ts";
 
 /** Nano-USD in one US cent: Stripe amounts are integer cents. */
 export const NANOS_PER_CENT = 10_000_000n;
@@ -41,6 +49,24 @@ export interface StripePayment {
   /** nano-USD granted for it. */
   credits: bigint;
 }
+
+/**
+ * What a refund's once-key holds: the take-back's ledger entry and amount (older take-backs stored
+ * the entry id alone), or the mark that the refund failed before anything was taken back.
+ */
+export type RefundTakeBack =
+  | { entry_id: string; amount: bigint }
+  | string
+  | { failed_before_take_back: true };
+
+/** A refund Stripe reported failed, recorded so that no later delivery takes its credit back. */
+export interface RefundFailure {
+  charge: string | null;
+  failed_at: string;
+}
+
+/** How long a failed refund is remembered: far beyond Stripe's three days of redelivery. */
+const REFUND_FAILURE_TTL_MS = 90 * 86_400_000;
 
 const clients = new WeakMap<Config, Stripe>();
 
@@ -221,13 +247,16 @@ export type EventResult =
   | "awaiting_payment"
   | "refunded"
   | "already_refunded"
+  | "refund_reversed"
+  | "already_reversed"
   | "ignored"
   | "rejected";
 
 /**
  * Applies one verified Stripe event. A paid Checkout Session grants its package's credit once per
- * session; a refunded charge takes back the refunded share once per refund; anything else is
- * ignored. Throws `RetryLater` when the event must wait for another one.
+ * session; a refunded charge takes back the refunded share once per refund; a refund that
+ * failed gives back what it took, once; anything else is ignored. Throws `RetryLater` when the
+ * event must wait for another one.
  */
 export async function handleStripeEvent(svc: Services, event: Stripe.Event): Promise<EventResult> {
   switch (event.type) {
@@ -236,6 +265,11 @@ export async function handleStripeEvent(svc: Services, event: Stripe.Event): Pro
       return await creditSession(svc, event.data.object);
     case "charge.refunded":
       return await refundCharge(svc, event.data.object);
+    // Which of these an endpoint receives depends on its API version and the payment method.
+    case "charge.refund.updated":
+    case "refund.updated":
+    case "refund.failed":
+      return await refundFailed(svc, event.data.object);
     default:
       return "ignored";
   }
@@ -337,9 +371,17 @@ async function refundCharge(svc: Services, charge: Stripe.Charge) {
   // The credit taken back is the refunded share of the credit granted. Each refund takes the
   // difference of the cumulative shares, so partial refunds add up to exactly the whole.
   const share = (cents: bigint) => payment.credits * (cents < amount ? cents : amount) / amount;
+  const refunds = await refundsOf(svc, charge);
+  // A refund recorded as failed counts for nothing, even where the charge's list still shows it
+  // succeeded (an event built before the failure): the shares are those of a fresh listing.
+  const failed = await getAll<RefundFailure>(
+    svc.kv,
+    refunds.map((r) => stripeRefundFailedKey(r.id)),
+  );
   let before = 0n;
   let changed = false;
-  for (const refund of await refundsOf(svc, charge)) {
+  for (const [i, refund] of refunds.entries()) {
+    if (failed[i].value !== null) continue;
     const after = before + BigInt(refund.amount);
     const take = share(after) - share(before);
     before = after;
@@ -350,9 +392,74 @@ async function refundCharge(svc: Services, charge: Stripe.Charge) {
       amount: -take,
       description: `Stripe refund ${refund.id}: ${payment.name} package`,
       reference: charge.id,
-      once: { key: onceKey(payment.account_id, refund.id), value: (e: LedgerEntry) => e.id },
+      // A failure recorded meanwhile holds this key too, so the take-back replays instead.
+      once: {
+        key: onceKey(payment.account_id, refund.id),
+        value: (e: LedgerEntry): RefundTakeBack => ({ entry_id: e.id, amount: -e.amount }),
+      },
     });
     if (!r.replayed) changed = true;
   }
   return changed ? "refunded" : "already_refunded";
+}
+
+/**
+ * A refund Stripe reports failed (the money never left): the credit its take-back removed comes
+ * back once, as a positive adjustment referencing the refund. The failure is recorded first, and
+ * a refund not yet taken back has its once-key claimed, so a take-back delivered later (or at the
+ * same moment) replays instead of applying.
+ */
+async function refundFailed(svc: Services, refund: Stripe.Refund): Promise<EventResult> {
+  if (refund.status !== "failed") return "ignored";
+  const failure: RefundFailure = {
+    charge: idOf(refund.charge),
+    failed_at: new Date(svc.now()).toISOString(),
+  };
+  // Also covers a payment not known yet: its refunds are checked against this before any take-back.
+  // Written once: a redelivered failure finds it there and leaves it be.
+  const failedKey = stripeRefundFailedKey(refund.id);
+  await svc.kv.atomic().check({ key: failedKey, versionstamp: null })
+    .set(failedKey, failure, { expireIn: REFUND_FAILURE_TTL_MS }).commit();
+  const paymentIntent = idOf(refund.payment_intent);
+  const payment = paymentIntent
+    ? (await svc.kv.get<StripePayment>(stripePaymentKey(paymentIntent))).value
+    : null;
+  if (!payment) return "ignored";
+  const key = onceKey(payment.account_id, refund.id);
+  let taken: Deno.KvEntryMaybe<RefundTakeBack>;
+  for (;;) {
+    taken = await svc.kv.get<RefundTakeBack>(key);
+    if (taken.value !== null) break;
+    // Nothing taken back: the take-back's own once-key says it never may be.
+    const claim = await svc.kv.atomic().check(taken)
+      .set(key, { failed_before_take_back: true } satisfies RefundTakeBack).commit();
+    if (claim.ok) return "ignored";
+  }
+  const amount = await takenBack(svc.kv, payment.account_id, taken.value);
+  if (amount === null) return "ignored";
+  const r = await svc.actors.submit(payment.account_id, {
+    kind: "credit",
+    type: "adjustment",
+    amount,
+    description: `Stripe refund ${refund.id} failed: ${payment.name} package credit returned`,
+    reference: refund.id,
+    once: { key: onceKey(payment.account_id, `${refund.id}/failed`), value: (e) => e.id },
+  });
+  return r.replayed ? "already_reversed" : "refund_reversed";
+}
+
+/** The credit a refund's take-back removed (positive), or null when none was taken. */
+async function takenBack(
+  kv: Deno.Kv,
+  accountId: string,
+  stored: RefundTakeBack,
+): Promise<bigint | null> {
+  if (typeof stored === "object") return "entry_id" in stored ? stored.amount : null;
+  // An older take-back stored its entry id alone: find the entry in the account's ledger.
+  for await (
+    const e of kv.list<LedgerEntry>({ prefix: ["ledger", accountId] }, { reverse: true })
+  ) {
+    if (e.value.id === stored) return -e.value.amount;
+  }
+  return null;
 }

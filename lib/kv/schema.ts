@@ -97,3 +97,9 @@ export const stripeCheckoutKey = (sessionId: string) => ["stripe_checkout", sess
 /** ["stripe_payment", paymentIntentId] → StripePayment: a credited payment, found by its refunds. */
 export const stripePaymentKey = (paymentIntentId: string) =>
   ["stripe_payment", paymentIntentId] as const;
+/**
+ * ["stripe_refund_failed", refundId] → RefundFailure: Stripe reported the refund failed, so no
+ * later delivery of its charge may take its credit back.
+ */
+export const stripeRefundFailedKey = (refundId: string) =>
+  ["stripe_refund_failed", refundId] as const;

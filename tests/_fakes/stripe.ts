@@ -33,6 +33,11 @@ export interface FakeStripe {
   asyncPaymentSucceeds(sessionId: string): Obj;
   /** Refunds `amount` cents of the session's charge; returns the updated charge. */
   refund(sessionId: string, amount: number): Obj;
+  /**
+   * The bank returns a refund: its status becomes `failed` and the charge's refunded amount
+   * drops by it, as Stripe does. Returns the refund as the failure events carry it.
+   */
+  failRefund(refundId: string): Obj;
   /** An Event object wrapping `object`, as Stripe sends it. */
   event(type: string, object: Obj): Obj;
   /** The raw payload and `Stripe-Signature` header of an event. */
@@ -125,6 +130,16 @@ export function startFakeStripe(): FakeStripe {
       charge.refunded = charge.amount_refunded === charge.amount;
       // As on current API versions, the charge in the event does not embed its refunds.
       return structuredClone(charge);
+    },
+    failRefund(refundId) {
+      const refund = fake.refunds.find((r) => r.id === refundId);
+      if (!refund) throw new Error(`no refund ${refundId}`);
+      refund.status = "failed";
+      refund.failure_reason = "expired_or_canceled_card";
+      const charge = fake.charges.get(refund.charge as string)!;
+      charge.amount_refunded = (charge.amount_refunded as number) - (refund.amount as number);
+      charge.refunded = false;
+      return structuredClone(refund);
     },
     event(type, object) {
       return {

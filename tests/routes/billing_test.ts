@@ -434,3 +434,170 @@ Deno.test("partial refunds take back exactly the credit granted, to the nano-dol
   }, {
     CREDIT_PACKAGES: JSON.stringify([{ id: "odd", name: "Odd", price: "3", credits: "1" }]),
   }));
+
+/** A charge as an older API version's event shows it: with its refunds embedded, as they were. */
+function withRefunds(charge: Record<string, unknown>, refunds: Record<string, unknown>[]) {
+  const refunded = refunds.reduce((n, r) => n + (r.amount as number), 0);
+  return {
+    ...charge,
+    amount_refunded: refunded,
+    refunded: refunded === charge.amount,
+    refunds: { object: "list", data: refunds, has_more: false, url: `/v1/charges/x/refunds` },
+  };
+}
+
+Deno.test("a refund that fails after its take-back gives the credit back once, however delivered", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "scale");
+    await json(
+      await deliver(
+        t,
+        stripe,
+        stripe.event("checkout.session.completed", stripe.complete(sessionId)),
+      ),
+      200,
+    );
+    const refunded = stripe.event("charge.refunded", stripe.refund(sessionId, 4000));
+    assert.equal((await json(await deliver(t, stripe, refunded), 200)).result, "refunded");
+    assert.equal(await balance(t, mgmt), "63");
+    await t.assertBooks();
+
+    const refund = stripe.refunds.at(-1)!;
+    // A refund update that is not a failure changes nothing.
+    const pending = stripe.event("refund.updated", {
+      ...structuredClone(refund),
+      status: "pending",
+    });
+    assert.equal((await json(await deliver(t, stripe, pending), 200)).result, "ignored");
+
+    const failed = stripe.failRefund(refund.id as string);
+    const event = stripe.event("charge.refund.updated", failed);
+    const [a, b] = await Promise.all([deliver(t, stripe, event), deliver(t, stripe, event)]);
+    const c = await deliver(t, stripe, event);
+    const results = [await json(a, 200), await json(b, 200), await json(c, 200)]
+      .map((r) => r.result).sort();
+    assert.deepEqual(results, ["already_reversed", "already_reversed", "refund_reversed"]);
+    // The same failure under the other event names Stripe uses changes nothing more.
+    for (const type of ["refund.failed", "refund.updated"]) {
+      const other = await deliver(t, stripe, stripe.event(type, failed));
+      assert.equal((await json(other, 200)).result, "already_reversed", type);
+    }
+    assert.equal(await balance(t, mgmt), "105");
+    await t.assertBooks();
+
+    // The charge's refund delivered again takes nothing: the failed refund counts for nothing.
+    assert.equal((await json(await deliver(t, stripe, refunded), 200)).result, "already_refunded");
+    assert.equal(await balance(t, mgmt), "105");
+
+    // A later refund of $60 takes 60 % of the credit, as if the failed one had never been.
+    const later = stripe.event("charge.refunded", stripe.refund(sessionId, 6000));
+    assert.equal((await json(await deliver(t, stripe, later), 200)).result, "refunded");
+    assert.equal(await balance(t, mgmt), "42");
+
+    const [charge] = stripe.charges.keys();
+    const adjustments = await transactions(t, mgmt, "adjustment");
+    assert.deepEqual(adjustments.map((e) => [e.amount, e.reference]), [
+      ["-63", charge],
+      ["42", refund.id],
+      ["-42", charge],
+    ]);
+    assert.match(adjustments[1].description, new RegExp(`Stripe refund ${refund.id} failed`));
+    await t.assertBooks();
+  }));
+
+Deno.test("a refund failure seen before its take-back keeps the take-back from ever applying", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "scale");
+    const completed = stripe.event("checkout.session.completed", stripe.complete(sessionId));
+
+    // Refund A fails before its purchase is even credited (the router does not know the payment).
+    const charge = stripe.refund(sessionId, 4000);
+    const staleA = structuredClone(stripe.refunds.at(-1)!);
+    const failA = stripe.event("refund.failed", stripe.failRefund(staleA.id as string));
+    assert.equal((await json(await deliver(t, stripe, failA), 200)).result, "ignored");
+    assert.equal((await json(await deliver(t, stripe, completed), 200)).result, "credited");
+    assert.equal(await balance(t, mgmt), "105");
+
+    // Refund B fails after the purchase is credited, before its take-back arrives.
+    stripe.refund(sessionId, 3000);
+    const staleB = structuredClone(stripe.refunds.at(-1)!);
+    const failB = stripe.event("charge.refund.updated", stripe.failRefund(staleB.id as string));
+    assert.equal((await json(await deliver(t, stripe, failB), 200)).result, "ignored");
+    // A failure of a refund never taken back, delivered again, writes nothing at all.
+    const before = await snapshot(t.kv);
+    assert.equal((await json(await deliver(t, stripe, failB), 200)).result, "ignored");
+    assert.deepEqual(await snapshot(t.kv), before);
+    assert.equal(await balance(t, mgmt), "105");
+
+    // A take-back that read the failure records just before B's was written sees none for B:
+    // B's claimed once-key alone must stop it (A's stands on its failure record alone).
+    await t.kv.delete(["stripe_refund_failed", staleB.id as string]);
+    // The take-backs arrive late, built before the failures: both refunds still look succeeded.
+    const late = stripe.event("charge.refunded", withRefunds(charge, [staleB, staleA]));
+    assert.equal((await json(await deliver(t, stripe, late), 200)).result, "already_refunded");
+    assert.equal(await balance(t, mgmt), "105");
+    assert.deepEqual(await transactions(t, mgmt, "adjustment"), []);
+    assert.equal((await json(await deliver(t, stripe, failA), 200)).result, "ignored");
+    assert.equal((await json(await deliver(t, stripe, late), 200)).result, "already_refunded");
+
+    // A refund that goes through takes its own share, as if the failed ones had never been.
+    const c = stripe.event("charge.refunded", stripe.refund(sessionId, 2000));
+    assert.equal((await json(await deliver(t, stripe, c), 200)).result, "refunded");
+    assert.equal(await balance(t, mgmt), "84", "20 % of the $105 granted");
+    const adjustments = await transactions(t, mgmt, "adjustment");
+    assert.deepEqual(adjustments.map((e) => [e.amount, e.reference]), [["-21", charge.id]]);
+
+    // A failure of a refund this router never sold changes nothing either.
+    const foreign = stripe.event("refund.failed", {
+      id: "re_foreign",
+      object: "refund",
+      amount: 500,
+      charge: "ch_foreign",
+      payment_intent: "pi_foreign",
+      status: "failed",
+    });
+    assert.equal((await json(await deliver(t, stripe, foreign), 200)).result, "ignored");
+    assert.equal(await balance(t, mgmt), "84");
+    assert.equal((await transactions(t, mgmt)).length, 2);
+    await t.assertBooks();
+  }));
+
+Deno.test("a take-back and its refund's failure delivered at once leave the credit whole", () =>
+  run(async (t, stripe) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "scale");
+    await json(
+      await deliver(
+        t,
+        stripe,
+        stripe.event("checkout.session.completed", stripe.complete(sessionId)),
+      ),
+      200,
+    );
+    const outcomes = new Set<string>();
+    for (let i = 0; i < 5; i++) {
+      const charge = stripe.refund(sessionId, 1000);
+      const stale = structuredClone(stripe.refunds.at(-1)!);
+      const failed = stripe.event("refund.failed", stripe.failRefund(stale.id as string));
+      const taken = stripe.event("charge.refunded", withRefunds(charge, [stale]));
+      const [a, b] = await Promise.all([deliver(t, stripe, taken), deliver(t, stripe, failed)]);
+      const pair = `${(await json(a, 200)).result} ${(await json(b, 200)).result}`;
+      // Either the failure came first and the take-back replays, or the take-back came first and
+      // the failure gives it back.
+      assert.ok(["already_refunded ignored", "refunded refund_reversed"].includes(pair), pair);
+      outcomes.add(pair);
+      // Delivered again in either order, neither does anything more.
+      assert.equal(
+        (await json(await deliver(t, stripe, failed), 200)).result,
+        pair.endsWith("ignored") ? "ignored" : "already_reversed",
+      );
+      assert.equal((await json(await deliver(t, stripe, taken), 200)).result, "already_refunded");
+      assert.equal(await balance(t, mgmt), "105");
+      await t.assertBooks();
+    }
+    const sum = (await transactions(t, mgmt, "adjustment"))
+      .reduce((n, e) => n + Number(e.amount) * 100, 0);
+    assert.equal(sum, 0, `${[...outcomes].join(", ")}: every take-back given back`);
+  }));
