@@ -10,7 +10,7 @@ import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
 import type { AppEnv, Services } from "./services.ts";
-import { auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
+import { auditOversize, auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
 import { managementRoutes } from "../routes/v1/management.ts";
 import { adminRoutes } from "../routes/v1/admin.ts";
 import { billingRoutes } from "../routes/v1/billing.ts";
@@ -77,23 +77,27 @@ export function createApp(deps: AppDeps): Router {
     await next();
     c.res.headers.set("x-request-id", requestId);
   });
+  // Every refused inference request of a known key leaves an audit row, at cost 0.
+  const audited = ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"];
   app.use(
     "/v1/*",
     bodyLimit({
       maxSize: config.maxBodyBytes,
-      onError: (c) =>
-        c.json(
+      onError: async (c) => {
+        // Refused before the key is read: on an audited path the key is looked up for its row.
+        if (audited.includes(c.req.path)) await auditOversize(c);
+        return c.json(
           errorBody(
             413,
             "request_too_large",
             `The request body is over ${config.maxBodyBytes} bytes`,
           ),
           413,
-        ),
+        );
+      },
     }),
   );
-  // Every refused inference request of a known key leaves an audit row, at cost 0.
-  for (const path of ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"]) {
+  for (const path of audited) {
     app.use(path, async (c, next) => {
       await next();
       if (c.res.status >= 400) {

@@ -129,7 +129,6 @@ Deno.test("bad inference input gets the right JSON error and writes nothing", as
     assert.equal(t.openai.requests.length, 0, "nothing was forwarded");
     // Each refusal of a known key leaves a cost-0 audit row (API.md), and nothing else.
     const after = await snapshot(t);
-    // The over-size body is refused before its key is read, so it leaves no row.
     const audit = await json(await t.call(mgmt0, "GET", "/v1/audit?limit=1000"), 200);
     const codes = audit.data.map((r: { status: number; error_code: string }) =>
       `${r.status} ${r.error_code}`
@@ -139,9 +138,10 @@ Deno.test("bad inference input gets the right JSON error and writes nothing", as
       "404 model_not_found",
       "404 model_not_found",
       "404 model_not_priced",
+      "413 request_too_large",
     ]);
     assert.ok(audit.data.every((r: { cost: string }) => r.cost === "0"), "refusals cost 0");
-    assertNothingWritten(before, after, 16);
+    assertNothingWritten(before, after, 17);
     await t.assertBooks();
   } finally {
     await t.close();
@@ -292,12 +292,12 @@ Deno.test("another account's key id is not found, whatever the method", async ()
 
 // A streamed upload refused mid-body leaves fetch's request-body resource behind (STACK.md).
 Deno.test({
-  name: "a streamed body over MAX_BODY_BYTES is 413 too, and nothing is forwarded",
+  name: "a streamed body over MAX_BODY_BYTES is 413 too, audited, and nothing is forwarded",
   sanitizeResources: false,
   fn: async () => {
     const t = await startRouter({ env: { MAX_BODY_BYTES: "4096" } });
     try {
-      const { key } = await t.account("1");
+      const { key, mgmt } = await t.account("1");
       const before = await snapshot(t);
       const big = new TextEncoder().encode(JSON.stringify({
         model: "gpt-4o-mini",
@@ -317,9 +317,63 @@ Deno.test({
       } as RequestInit);
       await expectError(res, 413, "request_too_large");
       assert.equal(t.openai.requests.length, 0);
-      assertNothingWritten(before, await snapshot(t), 0);
+      assertNothingWritten(before, await snapshot(t), 1);
+      const [row] = (await json(await t.call(mgmt, "GET", "/v1/audit"), 200)).data;
+      assert.deepEqual([row.status, row.error_code, row.cost], [413, "request_too_large", "0"]);
+      await t.assertBooks();
     } finally {
       await t.close();
     }
   },
+});
+
+Deno.test("a body over MAX_BODY_BYTES leaves one cost-0 audit row for a known key, none otherwise", async () => {
+  const t = await startRouter({ env: { MAX_BODY_BYTES: "4096" } });
+  try {
+    const { key, keyId, mgmt } = await t.account("1");
+    const before = await snapshot(t);
+    const big = { model: "gpt-4o-mini", messages: [{ role: "user", content: "x".repeat(5000) }] };
+    const res = await t.call(key, "POST", "/v1/chat/completions", big);
+    await expectError(res, 413, "request_too_large", /4096 bytes/);
+    const requestId = res.headers.get("x-request-id")!;
+    // Refusals of no key, an unknown key, a management key, or off the inference paths: no row.
+    await expectError(
+      await fetch(`${t.url}/v1/chat/completions`, { method: "POST", body: JSON.stringify(big) }),
+      413,
+      "request_too_large",
+    );
+    for (const secret of ["er-unknownunknownunknownunknown", "garbage", mgmt]) {
+      const r = await t.call(secret, "POST", "/v1/chat/completions", big);
+      await expectError(r, 413, "request_too_large");
+    }
+    await expectError(
+      await t.call(key, "POST", "/v1/messages/count_tokens", big),
+      413,
+      "request_too_large",
+    );
+    await expectError(
+      await t.call(mgmt, "POST", "/v1/keys", { name: "x".repeat(5000) }),
+      413,
+      "request_too_large",
+    );
+    assert.equal(t.openai.requests.length, 0, "nothing was forwarded");
+    assertNothingWritten(before, await snapshot(t), 1);
+
+    const row = await json(await t.call(mgmt, "GET", `/v1/audit/${requestId}`), 200);
+    assert.equal(row.key_id, keyId);
+    assert.deepEqual([row.status, row.error_code, row.cost], [413, "request_too_large", "0"]);
+    assert.equal(row.prompt_tokens, 0);
+    const c = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.deepEqual([c.balance, c.reserved], ["1", "0"]);
+
+    // A disabled key is known too (as for its 403): its over-size body is audited.
+    await json(await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, { disabled: true }), 200);
+    const disabled = await snapshot(t);
+    const r = await t.call(key, "POST", "/v1/embeddings", { model: "x", input: "x".repeat(5000) });
+    await expectError(r, 413, "request_too_large");
+    assertNothingWritten(disabled, await snapshot(t), 1);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
 });
