@@ -5,6 +5,7 @@ import { readProvidersFile } from "./lib/providers/registry.ts";
 import { warmUsageDigests } from "./lib/usage/warm.ts";
 import { consoleLogger } from "./lib/log.ts";
 import { pruneAudit } from "./lib/audit/query.ts";
+import { trustingProxies } from "./lib/http/client_addr.ts";
 
 let router;
 let config;
@@ -74,7 +75,7 @@ const server = Deno.serve({
   ...(onDeploy && !explicitAddress ? {} : { port: config.port, hostname: config.listenHost }),
   onListen: ({ hostname, port }) =>
     consoleLogger("info", "listening", { url: `http://${hostname}:${port}` }),
-}, router.app.fetch);
+}, trustingProxies(router.app.fetch, config.trustedProxies));
 
 const shutdown = async () => {
   await server.shutdown();

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { type CreditPackage, loadPackages } from "./billing/packages.ts";
+import { canonicalIp } from "./http/client_addr.ts";
 
 /** A provider's upstream: its key and base URL. A provider without a key is not offered. */
 export interface UpstreamConfig {
@@ -35,6 +36,11 @@ export interface Config {
   packages: CreditPackage[];
   /** Audit rows older than this many days are deleted (the ledger never is); null keeps all. */
   auditRetentionDays: number | null;
+  /**
+   * Reverse proxies (canonical IPs) whose `X-Forwarded-For` names the client; empty: the socket
+   * address is the client's and the header is ignored.
+   */
+  trustedProxies: string[];
 }
 
 /** Thrown for bad configuration; the message is one line naming the variable. */
@@ -55,6 +61,23 @@ const url = z.string().refine((v) => {
     return false;
   }
 }, "must be an http(s) URL");
+
+/** A comma-separated list of IP addresses, each in its canonical form. */
+const ipList = z.string().transform((v, ctx) => {
+  const out: string[] = [];
+  for (const part of v.split(",").map((p) => p.trim()).filter(Boolean)) {
+    const ip = canonicalIp(part);
+    if (ip === null) {
+      ctx.addIssue({
+        code: "custom",
+        message: `"${part.slice(0, 60)}" is not an IP address (a comma-separated list of IPs)`,
+      });
+      return z.NEVER;
+    }
+    out.push(ip);
+  }
+  return out;
+});
 
 const schema = z.object({
   PORT: int(0, 65535).default(8000),
@@ -84,6 +107,7 @@ const schema = z.object({
   HOLD_TTL_MS: int(1000, 86_400_000).optional(),
   CREDIT_PACKAGES: z.string().optional(),
   AUDIT_RETENTION_DAYS: int(1, 36_500).optional(),
+  TRUSTED_PROXIES: ipList.optional(),
 });
 
 const VARIABLES = Object.keys(schema.shape);
@@ -139,6 +163,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     holdTtlMs: e.HOLD_TTL_MS ?? Math.max(2 * e.UPSTREAM_TIMEOUT_MS, 600_000),
     packages: loadPackages(e.CREDIT_PACKAGES),
     auditRetentionDays: e.AUDIT_RETENTION_DAYS ?? null,
+    trustedProxies: e.TRUSTED_PROXIES ?? [],
   };
 }
 

@@ -5,6 +5,7 @@ import type { ProvidersFile } from "../lib/providers/registry.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./_fakes/openai.ts";
 import { serveLoopback } from "./_fakes/serve.ts";
+import { trustingProxies } from "../lib/http/client_addr.ts";
 
 export const ADMIN_TOKEN = "test-admin-token-0123456789";
 
@@ -67,7 +68,8 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
     now: opts.now,
     sweepEveryMs: 200,
   });
-  const server = serveLoopback(router.app.fetch);
+  // Served as main.ts serves it: the client's address resolved behind TRUSTED_PROXIES.
+  const server = serveLoopback(trustingProxies(router.app.fetch, config.trustedProxies));
   const url = server.origin;
   const request = (
     auth: string,

@@ -52,6 +52,10 @@ Deno.test("a bad value is one line naming the variable", () => {
       ["OPENAI_BASE_URL", "ftp://example.com"],
       ["OUTBOX_DELIVERY", "smoke"],
       ["HOLD_TTL_MS", "10"],
+      ["TRUSTED_PROXIES", "10.0.0.1,proxy.internal"],
+      ["TRUSTED_PROXIES", "10.0.0.0/8"],
+      ["TRUSTED_PROXIES", "10.0.0.256"],
+      ["TRUSTED_PROXIES", "10.0.0.1;10.0.0.2"],
     ]
   ) {
     assert.throws(() => loadConfig({ [name]: value }), (e: unknown) => {
@@ -64,16 +68,34 @@ Deno.test("a bad value is one line naming the variable", () => {
   assert.throws(() => loadConfig({ BILLING_MODE: "production" }), /^ConfigError: BILLING_MODE: /);
 });
 
+Deno.test("TRUSTED_PROXIES is a comma-separated list of IPs, kept in canonical form", () => {
+  assert.deepEqual(loadConfig({}).trustedProxies, []);
+  assert.deepEqual(
+    loadConfig({ TRUSTED_PROXIES: " 10.0.0.2, 2001:DB8::0:9 ,,::ffff:10.0.0.3" }).trustedProxies,
+    ["10.0.0.2", "2001:db8::9", "10.0.0.3"],
+  );
+  assert.throws(
+    () => loadConfig({ TRUSTED_PROXIES: "10.0.0.2, proxy.internal" }),
+    /^ConfigError: TRUSTED_PROXIES: "proxy.internal" is not an IP address/,
+  );
+});
+
 Deno.test("main.ts stops on bad configuration with one line naming the variable", async () => {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts"],
-    cwd: new URL("../../", import.meta.url).pathname,
-    env: { PORT: "eighty", KV_PATH: ":memory:", NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(out.code, 1);
-  const err = new TextDecoder().decode(out.stderr).trim();
-  assert.equal(err.split("\n").length, 1, err);
-  assert.match(err, /PORT: must be a whole number/);
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ PORT: "eighty" }, /PORT: must be a whole number/],
+    [{ TRUSTED_PROXIES: "10.0.0.1, nope" }, /TRUSTED_PROXIES: "nope" is not an IP address/],
+  ];
+  for (const [env, message] of cases) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "main.ts"],
+      cwd: new URL("../../", import.meta.url).pathname,
+      env: { ...env, KV_PATH: ":memory:", NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 1);
+    const err = new TextDecoder().decode(out.stderr).trim();
+    assert.equal(err.split("\n").length, 1, err);
+    assert.match(err, message);
+  }
 });
