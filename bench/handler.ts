@@ -30,8 +30,10 @@ const reply = JSON.stringify({
   }],
   usage: { prompt_tokens: 12, completion_tokens: 20, total_tokens: 32 },
 });
-const upstream = (_url: string | URL | Request, _init?: RequestInit) =>
+const canned = (_url: string | URL | Request, _init?: RequestInit) =>
   Promise.resolve(new Response(reply, { headers: { "content-type": "application/json" } }));
+// UPSTREAM=http://127.0.0.1:PORT/v1 sends the upstream calls there instead (bench/upstream.mjs).
+const upstreamUrl = Deno.env.get("UPSTREAM");
 
 const dir = await Deno.makeTempDir(
   (await Deno.stat("/dev/shm").catch(() => null)) ? { dir: "/dev/shm" } : {},
@@ -39,12 +41,18 @@ const dir = await Deno.makeTempDir(
 const env = {
   ADMIN_TOKEN: "handler-bench-admin-token-0123",
   OPENAI_API_KEY: "sk-handler-bench",
-  OPENAI_BASE_URL: "http://127.0.0.1:9/v1",
+  OPENAI_BASE_URL: upstreamUrl ?? "http://127.0.0.1:9/v1",
   KV_PATH: `${dir}/router.kv`,
 };
 const config = loadConfig(env);
 const kv = await Deno.openKv(config.kvPath);
-const router = createApp({ kv, config, env, log: silentLogger, fetch: upstream as typeof fetch });
+const router = createApp({
+  kv,
+  config,
+  env,
+  log: silentLogger,
+  fetch: upstreamUrl ? fetch : canned as typeof fetch,
+});
 
 const post = (auth: string, path: string, body: string) =>
   router.app.fetch(
