@@ -24,7 +24,10 @@ function client(c: Context<AppEnv>) {
   return found;
 }
 
-/** The client's address, when the request came over a socket (not under `app.request`). */
+/**
+ * The client's address, when the request came over a socket (not under `app.request`): the
+ * socket's peer, or the forwarded client when that peer is a trusted proxy (`trustingProxies`).
+ */
 export function clientIp(c: Context<AppEnv>): string {
   return client(c).ip;
 }
