@@ -13,7 +13,8 @@ import type { Hold, UsageEvent } from "./types.ts";
 import { sleep } from "../kv/util.ts";
 
 // Under load the drainer gathers events before a pass, in steps of COALESCE_STEP_MS, until it
-// has COALESCE_EVENTS, or COALESCE_PER_ACCOUNT per account among them, or COALESCE_MAX_MS passed.
+// has COALESCE_EVENTS, or COALESCE_PER_ACCOUNT per account among them, or COALESCE_MAX_MS passed,
+// or a step brought no new event (the load stopped: the ledger catches up at once).
 // Each account's audit, ledger and rollup rows sit together in the KV file, so a pass that writes
 // several rows per account dirties a page per account, not a page per row: with load spread over
 // 100 accounts, waiting for 4 events an account (up to 250 ms) rather than 25 ms cut the router's
@@ -124,8 +125,10 @@ export class Background {
       // of one account then share their rollup sums and pages, and the atomics are fewer and fuller.
       if (pass > 0) {
         for (let waited = 0; waited < COALESCE_MAX_MS && !this.#enough();) {
+          const before = this.#pending.size;
           await sleep(COALESCE_STEP_MS);
           waited += COALESCE_STEP_MS;
+          if (this.#pending.size === before) break;
         }
       }
       const known = new Map<string, Deno.KvEntry<UsageEvent>>();
