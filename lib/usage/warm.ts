@@ -5,10 +5,15 @@ import { DAY_MS, type GroupBy, queryUsage } from "./query.ts";
 const WARM_DAYS = 90;
 const GROUPINGS: GroupBy[] = ["date", "key", "provider", "model"];
 
+/** One key's groupings that read digests of their own (its date rows read the account's by-key). */
+const KEY_GROUPINGS: GroupBy[] = ["provider", "model"];
+
 /**
  * Builds the usage digests of every account's closed days (and closed months) of the last 90 days,
- * by running the dashboard's queries over them once. Run after midnight UTC, so a customer's first
- * view of a period reads digests instead of scanning every counter of it.
+ * by running the dashboard's queries over them once: the account's, and those of each key that
+ * was used in the period. Run after midnight UTC, so a customer's first view of a period reads
+ * digests instead of scanning every counter of it; after the first night each run digests only
+ * the day that closed.
  */
 export async function warmUsageDigests(kv: Deno.Kv, now = Date.now()): Promise<number> {
   const today = Math.floor(now / DAY_MS) * DAY_MS;
@@ -18,8 +23,15 @@ export async function warmUsageDigests(kv: Deno.Kv, now = Date.now()): Promise<n
     // An account without usage counters has nothing to digest.
     const [any] = await Array.fromAsync(kv.list({ prefix: ["rollup", account.id] }, { limit: 1 }));
     if (!any) continue;
+    const keyIds: string[] = [];
     for (const groupBy of GROUPINGS) {
-      await queryUsage(kv, { accountId: account.id, fromMs, toMs: today, groupBy, now });
+      const r = await queryUsage(kv, { accountId: account.id, fromMs, toMs: today, groupBy, now });
+      if (groupBy === "key") keyIds.push(...r.breakdown.map((row) => row.group));
+    }
+    for (const keyId of keyIds) {
+      for (const groupBy of KEY_GROUPINGS) {
+        await queryUsage(kv, { accountId: account.id, fromMs, toMs: today, groupBy, keyId, now });
+      }
     }
     accounts++;
   }

@@ -12,9 +12,11 @@ async function chat(t: Awaited<ReturnType<typeof startRouter>>, key: string) {
   await json(res, 200);
 }
 
-async function digestCount(kv: Deno.Kv, accountId: string): Promise<number> {
+async function digestCount(kv: Deno.Kv, accountId: string, scope?: string): Promise<number> {
   let n = 0;
-  for await (const _ of kv.list({ prefix: ["rollup_digest", accountId] })) n++;
+  for await (const e of kv.list({ prefix: ["rollup_digest", accountId] })) {
+    if (scope === undefined || e.key[3] === scope) n++;
+  }
   return n;
 }
 
@@ -37,7 +39,25 @@ Deno.test("warmUsageDigests digests closed days so later queries read them, with
     assert.equal(await digestCount(t.kv, spender.id), 0);
     assert.equal(await warmUsageDigests(t.kv, clock), 1, "only the account that spent is warmed");
     assert.ok(await digestCount(t.kv, spender.id) > 0, "closed days of the spender are digested");
+    assert.ok(
+      await digestCount(t.kv, spender.id, spender.keyId) > 0,
+      "and those of its key's own groupings (by provider, by model)",
+    );
     assert.equal(await digestCount(t.kv, idle.id), 0);
+
+    // A key's breakdown by model reads the warmed digests: it writes none, and agrees.
+    const before = await digestCount(t.kv, spender.id);
+    const byModel = await json(
+      await t.call(
+        spender.mgmt,
+        "GET",
+        `/v1/keys/${spender.keyId}/usage?from=2030-03-01&to=2030-03-11&group_by=model`,
+      ),
+      200,
+    );
+    assert.equal(await digestCount(t.kv, spender.id), before);
+    assert.deepEqual(byModel.breakdown.map((r: { group: string }) => r.group), ["gpt-4o-mini"]);
+    assert.equal(byModel.summary.requests, 3);
 
     const warm = await json(await t.call(spender.mgmt, "GET", query), 200);
     assert.equal(warm.summary.requests, 3);
