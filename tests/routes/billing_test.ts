@@ -43,6 +43,14 @@ async function checkout(t: TestRouter, stripe: FakeStripe, mgmt: string, package
   return id;
 }
 
+/** A Checkout Session of the package, paid: its completion delivered and answered 200. */
+async function paidCheckout(t: TestRouter, stripe: FakeStripe, mgmt: string, packageId: string) {
+  const sessionId = await checkout(t, stripe, mgmt, packageId);
+  const completed = stripe.event("checkout.session.completed", stripe.complete(sessionId));
+  await json(await deliver(t, stripe, completed), 200);
+  return sessionId;
+}
+
 /** Delivers a signed event to the webhook, without any API key. */
 async function deliver(
   t: TestRouter,
@@ -413,15 +421,7 @@ Deno.test("two first checkouts at once share one customer; a customer deleted in
 Deno.test("partial refunds take back exactly the credit granted, to the nano-dollar", () =>
   run(async (t, stripe) => {
     const { mgmt } = await t.account("0");
-    const sessionId = await checkout(t, stripe, mgmt, "odd");
-    await json(
-      await deliver(
-        t,
-        stripe,
-        stripe.event("checkout.session.completed", stripe.complete(sessionId)),
-      ),
-      200,
-    );
+    const sessionId = await paidCheckout(t, stripe, mgmt, "odd");
     assert.equal(await balance(t, mgmt), "1");
     for (let i = 0; i < 3; i++) {
       const ev = stripe.event("charge.refunded", stripe.refund(sessionId, 100));
@@ -449,15 +449,7 @@ function withRefunds(charge: Record<string, unknown>, refunds: Record<string, un
 Deno.test("a refund that fails after its take-back gives the credit back once, however delivered", () =>
   run(async (t, stripe) => {
     const { mgmt } = await t.account("0");
-    const sessionId = await checkout(t, stripe, mgmt, "scale");
-    await json(
-      await deliver(
-        t,
-        stripe,
-        stripe.event("checkout.session.completed", stripe.complete(sessionId)),
-      ),
-      200,
-    );
+    const sessionId = await paidCheckout(t, stripe, mgmt, "scale");
     const refunded = stripe.event("charge.refunded", stripe.refund(sessionId, 4000));
     assert.equal((await json(await deliver(t, stripe, refunded), 200)).result, "refunded");
     assert.equal(await balance(t, mgmt), "63");
@@ -567,15 +559,7 @@ Deno.test("a refund failure seen before its take-back keeps the take-back from e
 Deno.test("a take-back and its refund's failure delivered at once leave the credit whole", () =>
   run(async (t, stripe) => {
     const { mgmt } = await t.account("0");
-    const sessionId = await checkout(t, stripe, mgmt, "scale");
-    await json(
-      await deliver(
-        t,
-        stripe,
-        stripe.event("checkout.session.completed", stripe.complete(sessionId)),
-      ),
-      200,
-    );
+    const sessionId = await paidCheckout(t, stripe, mgmt, "scale");
     const outcomes = new Set<string>();
     for (let i = 0; i < 5; i++) {
       const charge = stripe.refund(sessionId, 1000);
