@@ -210,6 +210,40 @@ async function runDenoLoad(spec: LoadSpec): Promise<LoadResult> {
 // ---------------------------------------------------------------------------------------------
 // Targets
 
+/** One load of chat completions on a target. */
+function loadSpec(
+  t: Target,
+  mode: "json" | "sse",
+  concurrency: number,
+  durationMs: number,
+): LoadSpec {
+  return {
+    url: `${t.url}/v1/chat/completions`,
+    body: body(t.model, mode),
+    tokens: t.tokens,
+    headers: t.headers,
+    concurrency,
+    durationMs,
+  };
+}
+
+/** A load's figures as a report row (without CPU, which only some loads measure). */
+function rowOf(t: Target, mode: "json" | "sse", concurrency: number, r: LoadResult): Row {
+  return {
+    target: t.name,
+    mode,
+    concurrency,
+    // Only successful replies count: a gateway answering errors fast is not fast.
+    rps: (r.requests - r.errors.status) / (r.duration_us / 1e6),
+    p50_ms: r.p50_us / 1000,
+    p99_ms: r.p99_us / 1000,
+    errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.status +
+      r.errors.timeout,
+    requests: r.requests,
+    cpu_us_per_request: null,
+  };
+}
+
 interface Target {
   name: string;
   /** The process whose CPU is charged to the gateway (none for direct). */
@@ -445,47 +479,20 @@ async function main() {
   const unloaded: Row[] = [];
   for (const mode of modes) {
     for (const t of targets) {
-      const spec: LoadSpec = {
-        url: `${t.url}/v1/chat/completions`,
-        body: body(t.model, mode),
-        tokens: t.tokens,
-        headers: t.headers,
-        concurrency: CONCURRENCY[0],
-        durationMs: warmupSeconds * 1000,
-      };
-      await load(spec);
+      await load(loadSpec(t, mode, CONCURRENCY[0], warmupSeconds * 1000));
       if (t.router) await catchUp(t.router, performance.now());
     }
     for (const c of CONCURRENCY) {
       // All targets under one load back to back, so that ratios compare like with like.
       for (const t of targets) {
-        const spec: LoadSpec = {
-          url: `${t.url}/v1/chat/completions`,
-          body: body(t.model, mode),
-          tokens: t.tokens,
-          headers: t.headers,
-          concurrency: c,
-          durationMs: seconds * 1000,
-        };
         const cpu0 = t.proc ? await cpuMicros(t.proc.pid) : null;
-        const r = await load(spec);
+        const r = await load(loadSpec(t, mode, c, seconds * 1000));
         const ended = performance.now();
         const cpu1 = t.proc ? await cpuMicros(t.proc.pid) : null;
-        const row: Row = {
-          target: t.name,
-          mode,
-          concurrency: c,
-          // Only successful replies count: a gateway answering errors fast is not fast.
-          rps: (r.requests - r.errors.status) / (r.duration_us / 1e6),
-          p50_ms: r.p50_us / 1000,
-          p99_ms: r.p99_us / 1000,
-          errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.status +
-            r.errors.timeout,
-          requests: r.requests,
-          cpu_us_per_request: cpu0 !== null && cpu1 !== null && r.requests > 0
-            ? (cpu1 - cpu0) / r.requests
-            : null,
-        };
+        const row = rowOf(t, mode, c, r);
+        row.cpu_us_per_request = cpu0 !== null && cpu1 !== null && r.requests > 0
+          ? (cpu1 - cpu0) / r.requests
+          : null;
         if (t.router) row.ledger = await catchUp(t.router, ended);
         rows.push(row);
         console.log(formatRow(row));
@@ -495,26 +502,7 @@ async function main() {
     // Unloaded: one request at a time, so latency is the path's own, not queueing (at a fixed
     // saturating concurrency p50 is just concurrency ÷ throughput).
     for (const t of targets.filter((t) => UNLOADED.includes(t.name))) {
-      const r = await load({
-        url: `${t.url}/v1/chat/completions`,
-        body: body(t.model, mode),
-        tokens: t.tokens,
-        headers: t.headers,
-        concurrency: 1,
-        durationMs: seconds * 1000,
-      });
-      const row: Row = {
-        target: t.name,
-        mode,
-        concurrency: 1,
-        rps: (r.requests - r.errors.status) / (r.duration_us / 1e6),
-        p50_ms: r.p50_us / 1000,
-        p99_ms: r.p99_us / 1000,
-        errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.status +
-          r.errors.timeout,
-        requests: r.requests,
-        cpu_us_per_request: null,
-      };
+      const row = rowOf(t, mode, 1, await load(loadSpec(t, mode, 1, seconds * 1000)));
       if (t.router) await catchUp(t.router, performance.now());
       unloaded.push(row);
       console.log(formatRow(row));
