@@ -13,6 +13,7 @@ import process from "node:process";
 import { loadConfig } from "../lib/config.ts";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
+import { printThreadCpu, threadCpuMs } from "./threads.ts";
 
 const accounts = Number(Deno.args[0] ?? 100);
 const concurrency = Number(Deno.args[1] ?? 32);
@@ -96,24 +97,8 @@ async function load() {
   await router.flush();
 }
 
-/** CPU ms of each thread of this process by name (Linux), e.g. the main thread and SQLite's. */
-function threads(): Map<string, number> {
-  const m = new Map<string, number>();
-  try {
-    for (const t of Deno.readDirSync("/proc/self/task")) {
-      const st = Deno.readTextFileSync(`/proc/self/task/${t.name}/stat`);
-      const name = st.slice(st.indexOf("(") + 1, st.lastIndexOf(")"));
-      const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
-      m.set(name, (m.get(name) ?? 0) + (Number(f[11]) + Number(f[12])) * 10);
-    }
-  } catch {
-    // not Linux, or a thread ended while read
-  }
-  return m;
-}
-
 await load(); // warm-up
-const threads0 = threads();
+const threads0 = threadCpuMs();
 const cpu0 = process.cpuUsage();
 const t0 = performance.now();
 await load();
@@ -124,10 +109,7 @@ console.log(
     (requests / seconds).toFixed(0)
   } req/s, CPU ${((cpu.user + cpu.system) / requests).toFixed(0)} µs/req`,
 );
-for (const [name, ms] of threads()) {
-  const d = ms - (threads0.get(name) ?? 0);
-  if (d > 0) console.log(`  thread ${name}: ${(d * 1000 / requests).toFixed(0)} µs/req`);
-}
+printThreadCpu(threads0, requests);
 await router.close();
 kv.close();
 await Deno.remove(dir, { recursive: true });

@@ -8,6 +8,7 @@
 import { loadConfig } from "../lib/config.ts";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
+import { printThreadCpu, threadCpuMs } from "./threads.ts";
 
 const accounts = Number(Deno.args[0] ?? 100);
 const concurrency = Number(Deno.args[1] ?? 32);
@@ -112,19 +113,7 @@ const cpu = () => {
   const f = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
   return (Number(f[11]) + Number(f[12])) * 10;
 };
-const threads = () => {
-  const m = new Map<string, number>();
-  for (const t of Deno.readDirSync("/proc/self/task")) {
-    try {
-      const st = Deno.readTextFileSync(`/proc/self/task/${t.name}/stat`);
-      const name = st.slice(st.indexOf("(") + 1, st.lastIndexOf(")"));
-      const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
-      m.set(name, (m.get(name) ?? 0) + (Number(f[11]) + Number(f[12])) * 10);
-    } catch { /* thread ended */ }
-  }
-  return m;
-};
-const t0 = threads();
+const t0 = threadCpuMs();
 const c0 = cpu();
 const out = await new Deno.Command("wrk", {
   args: [
@@ -149,11 +138,7 @@ console.log(
     ((c1 - c0) * 1000 / res.requests).toFixed(0)
   } µs/req`,
 );
-const t1 = threads();
-for (const [name, ms] of t1) {
-  const d = ms - (t0.get(name) ?? 0);
-  if (d > 0) console.log(`  thread ${name}: ${(d * 1000 / res.requests).toFixed(0)} µs/req`);
-}
+printThreadCpu(t0, res.requests);
 for (const [name, s] of stats) {
   s.ms.sort((a, b) => a - b);
   const p = (q: number) => s.ms[Math.floor((s.ms.length - 1) * q)].toFixed(2);
