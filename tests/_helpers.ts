@@ -45,6 +45,8 @@ export interface RouterOptions {
   kvPath?: string;
   log?: Logger;
   now?: () => number;
+  /** What the router is given instead of the opened KV (tests that watch or hold its commits). */
+  wrapKv?: (kv: Deno.Kv) => Deno.Kv;
 }
 
 /** Starts the router on a real port against a fake OpenAI, on in-memory (or file) Deno KV. */
@@ -60,7 +62,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
   const config = loadConfig(env);
   const kv = await Deno.openKv(config.kvPath);
   const router = createApp({
-    kv,
+    kv: opts.wrapKv?.(kv) ?? kv,
     config,
     providersFile: opts.providersFile ?? null,
     env,

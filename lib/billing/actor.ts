@@ -153,6 +153,8 @@ export class AccountActors {
    */
   #cache = new Map<string, AccountCache>();
   #lastEviction = 0;
+  /** Per account, Σ amounts of the reserves submitted and not yet decided. */
+  #deciding = new Map<string, bigint>();
 
   constructor(kv: Deno.Kv, opts: ActorOptions) {
     this.#kv = kv;
@@ -171,7 +173,9 @@ export class AccountActors {
         box = { queue: [] };
         this.#boxes.set(accountId, box);
       }
-      box.queue.push({ op, resolve: resolve as (v: unknown) => void, reject });
+      let pending: Pending = { op, resolve: resolve as (v: unknown) => void, reject };
+      if (op.kind === "reserve") pending = this.#whileDeciding(accountId, op.amount, pending);
+      box.queue.push(pending);
       this.#evictIdle();
       this.#ready.add(accountId);
       if (this.#pumps < MAX_IN_FLIGHT) {
@@ -180,6 +184,56 @@ export class AccountActors {
         queueMicrotask(() => this.#pump());
       }
     });
+  }
+
+  /** Counts a reserve's amount as deciding on its account until it is resolved or rejected. */
+  #whileDeciding(accountId: string, amount: bigint, p: Pending): Pending {
+    const add = (d: bigint) => {
+      const n = (this.#deciding.get(accountId) ?? 0n) + d;
+      if (n === 0n) this.#deciding.delete(accountId);
+      else this.#deciding.set(accountId, n);
+    };
+    add(amount);
+    return {
+      op: p.op,
+      resolve: (v) => {
+        add(-amount);
+        p.resolve(v);
+      },
+      reject: (e) => {
+        add(-amount);
+        p.reject(e);
+      },
+    };
+  }
+
+  /**
+   * Whether a reserve of `amount` on this key will almost surely be granted: judged on the
+   * account's entries as this process last committed or read them, less every reserve still
+   * deciding, and only for a live key without a rate limit. A forecast, never a decision: the
+   * reserve's atomic decides, on checked entries. False whenever the state is not cached.
+   */
+  forecast(accountId: string, keyId: string, amount: bigint): boolean {
+    const cache = this.#cache.get(accountId);
+    if (!cache) return false;
+    const bal = cache.entries.get(keyString(balanceKey(accountId)))?.value as
+      | BalanceState
+      | null
+      | undefined;
+    const key = cache.entries.get(keyString(apiKeyKey(keyId)))?.value as ApiKey | null | undefined;
+    const spend = cache.entries.get(keyString(keySpendKey(accountId, keyId)));
+    if (!bal || !key || !spend || key.rate_limit_rpm !== null) return false;
+    const now = this.#now();
+    if (keyRefusal(key, now)) return false;
+    const deciding = this.#deciding.get(accountId) ?? 0n;
+    const s = currentSpend(
+      (spend.value as KeySpend | null) ?? EMPTY_KEY_SPEND,
+      key.limit_reset,
+      now,
+    );
+    // Every deciding reserve of the account is counted against the key too: more than its own.
+    const ahead = { ...bal, reserved: bal.reserved + deciding };
+    return moneyRefusal(key, { ...s, reserved: s.reserved + deciding }, ahead, amount) === null;
   }
 
   /** The entries at `keys`, from the account's cache where present, else read (and cached). */
@@ -405,16 +459,10 @@ export class AccountActors {
     for (const { op } of batch) {
       switch (op.kind) {
         case "reserve": {
-          const key = keys.get(op.keyId);
-          if (
-            !key || key.revoked_at ||
-            (key.expires_at !== null && Date.parse(key.expires_at) <= now)
-          ) {
-            results.push({ ok: false, code: "invalid_api_key" });
-            break;
-          }
-          if (key.disabled) {
-            results.push({ ok: false, code: "key_disabled" });
+          const key = keys.get(op.keyId) ?? null;
+          const refused = keyRefusal(key, now);
+          if (refused || !key) {
+            results.push(refused ?? { ok: false, code: "invalid_api_key" });
             break;
           }
           // The rate window lives in the key's spend record, checked and written in this atomic,
@@ -434,27 +482,11 @@ export class AccountActors {
               break;
             }
           }
-          const available = bal.balance - bal.reserved;
-          if (op.amount > available) {
-            results.push({
-              ok: false,
-              code: "insufficient_credits",
-              available: available > 0n ? available : 0n,
-            });
-            break;
-          }
           const s = spends.get(op.keyId)!;
-          if (key.credit_limit !== null) {
-            const used = key.limit_reset ? s.period_spend : s.spend;
-            const remaining = key.credit_limit - used - s.reserved;
-            if (op.amount > remaining) {
-              results.push({
-                ok: false,
-                code: "key_limit_exceeded",
-                remaining: remaining > 0n ? remaining : 0n,
-              });
-              break;
-            }
+          const short = moneyRefusal(key, s, bal, op.amount);
+          if (short) {
+            results.push(short);
+            break;
           }
           bal.reserved += op.amount;
           spends.set(op.keyId, {
@@ -565,6 +597,36 @@ export class AccountActors {
     };
     return { results, eventIds, events, remember };
   }
+}
+
+/** Why a reserve on this key is refused before any money is looked at; null when it is live. */
+function keyRefusal(key: ApiKey | null, now: number): ReserveResult | null {
+  if (!key || key.revoked_at || (key.expires_at !== null && Date.parse(key.expires_at) <= now)) {
+    return { ok: false, code: "invalid_api_key" };
+  }
+  if (key.disabled) return { ok: false, code: "key_disabled" };
+  return null;
+}
+
+/** Why `amount` cannot be held: the account's available balance, then the key's credit limit. */
+function moneyRefusal(
+  key: ApiKey,
+  s: KeySpend,
+  bal: BalanceState,
+  amount: bigint,
+): ReserveResult | null {
+  const available = bal.balance - bal.reserved;
+  if (amount > available) {
+    return { ok: false, code: "insufficient_credits", available: available > 0n ? available : 0n };
+  }
+  if (key.credit_limit !== null) {
+    const used = key.limit_reset ? s.period_spend : s.spend;
+    const remaining = key.credit_limit - used - s.reserved;
+    if (amount > remaining) {
+      return { ok: false, code: "key_limit_exceeded", remaining: remaining > 0n ? remaining : 0n };
+    }
+  }
+  return null;
 }
 
 /** The keys a batch reads and checks: balance, its keys and their spend, its holds, once-keys. */

@@ -3,6 +3,7 @@ import { newId } from "../ids.ts";
 import { formatUsd } from "../money.ts";
 import { type Cost, type NormalizedUsage, priceUsage, ZERO_USAGE } from "../pricing.ts";
 import type { UsageEvent } from "../billing/types.ts";
+import type { ReserveResult } from "../billing/actor.ts";
 import type { ResolvedModel } from "../providers/types.ts";
 import type { AppEnv } from "../services.ts";
 import { ApiError } from "../http/errors.ts";
@@ -86,6 +87,8 @@ export class MeteredRequest {
   readonly holdId = newId("hold");
   #done = false;
   #held = false;
+  /** The hold's decision, while the provider is already being called (see `reserve`). */
+  #deciding: Promise<void> | null = null;
 
   constructor(
     readonly c: Context<AppEnv>,
@@ -104,6 +107,12 @@ export class MeteredRequest {
   /**
    * Holds the worst case; throws the 402/403/401 refusal otherwise. With fallback candidates the
    * hold covers the dearest of them, since any one may answer.
+   *
+   * When this process's last committed state of the account covers the hold with every other
+   * deciding reserve counted (`AccountActors.forecast`), it returns at once and the hold commits
+   * while the provider is called: `whileHolding` waits for it before the reply is used, and a
+   * refusal (another process spent the balance, or revoked the key, in between) aborts the call.
+   * So a request waits for one commit (its settlement) instead of two.
    */
   async reserve(
     promptTokens: number,
@@ -118,17 +127,56 @@ export class MeteredRequest {
       const c = priceUsage(u, alt.model.prices, alt.model.discountBps).cost;
       if (c > amount) amount = c;
     }
-    const r = await svc.actors.submit(key.account_id, {
+    const decided = svc.actors.submit(key.account_id, {
       kind: "reserve",
       keyId: key.id,
       holdId: this.holdId,
       amount,
       ttlMs: svc.config.holdTtlMs,
-    });
-    if (r.ok) {
+    }).then((r) => {
+      if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens);
       this.#held = true;
+    });
+    if (svc.actors.forecast(key.account_id, key.id, amount)) {
+      decided.catch(() => {});
+      this.#deciding = decided;
       return;
     }
+    await decided;
+  }
+
+  /**
+   * Starts `call` (an upstream call, aborted through its signal) and, if the hold is still being
+   * decided, waits for it: a refused hold aborts the call and throws the refusal. Resolves once
+   * the hold is granted, with the call still under way (wrapped, so that its failure is the
+   * caller's to handle, apart from the refusal).
+   */
+  async whileHolding<T extends { abort: () => void }>(
+    call: (signal: AbortSignal) => Promise<T>,
+  ): Promise<{ reply: Promise<T> }> {
+    const ac = new AbortController();
+    const reply = (async () => await call(ac.signal))();
+    reply.catch(() => {});
+    const deciding = this.#deciding;
+    if (!deciding) return { reply };
+    this.#deciding = null;
+    try {
+      await deciding;
+    } catch (refusal) {
+      ac.abort();
+      reply.then((r) => r.abort(), () => {});
+      throw refusal;
+    }
+    return { reply };
+  }
+
+  /** The error a refused reserve answers with. */
+  #refusal(
+    r: Exclude<ReserveResult, { ok: true }>,
+    amount: bigint,
+    promptTokens: number,
+    outputTokens: number,
+  ): ApiError {
     switch (r.code) {
       case "insufficient_credits":
       case "key_limit_exceeded": {
@@ -137,7 +185,7 @@ export class MeteredRequest {
           : "the key's remaining limit";
         const left = r.code === "insufficient_credits" ? r.available : r.remaining;
         const fit = this.#affordableOutput(left, promptTokens);
-        throw new ApiError(
+        return new ApiError(
           402,
           r.code,
           `This request may cost up to $${
@@ -150,16 +198,16 @@ export class MeteredRequest {
         );
       }
       case "rate_limited":
-        throw new ApiError(
+        return new ApiError(
           429,
           "rate_limited",
           `This key allows ${r.rpm} requests per minute; retry in ${r.retryAfterSec} s`,
           { "retry-after": String(r.retryAfterSec) },
         );
       case "key_disabled":
-        throw new ApiError(403, "key_disabled", "This API key is disabled");
+        return new ApiError(403, "key_disabled", "This API key is disabled");
       default:
-        throw new ApiError(401, "invalid_api_key", "The API key is invalid, revoked or expired");
+        return new ApiError(401, "invalid_api_key", "The API key is invalid, revoked or expired");
     }
   }
 
@@ -179,6 +227,8 @@ export class MeteredRequest {
   ): Promise<Cost> {
     let cost = this.price(usage);
     if (this.#done) return cost;
+    // Never a charge without its hold: a refused one throws here.
+    if (this.#deciding) await this.#deciding;
     this.#done = true;
     const c = this.c;
     const event = usageEvent(c, {
@@ -236,6 +286,7 @@ export class MeteredRequest {
 
   /** Releases the hold without charge and records the failure. */
   async release(status: number, errorCode: string): Promise<void> {
+    if (this.#deciding) await this.#deciding.catch(() => {});
     if (this.#done || !this.#held) return;
     this.#done = true;
     const c = this.c;

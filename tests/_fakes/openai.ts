@@ -43,6 +43,8 @@ export interface FakeOpenAI {
   auth: string[];
   /** Stream chunks the fake managed to write, per request, and whether the client cancelled. */
   streamsCancelled: number;
+  /** Requests whose client went away before the fake answered. */
+  aborted: number;
   close(): Promise<void>;
 }
 
@@ -64,127 +66,135 @@ export function startFakeOpenAI(): FakeOpenAI {
     requests: [],
     auth: [],
     streamsCancelled: 0,
+    aborted: 0,
     close: () => server.close(),
   };
-  const server = serveLoopback(
-    async (req) => {
-      const url = new URL(req.url);
-      const body = await req.json().catch(() => ({}));
-      fake.requests.push(body);
-      fake.auth.push(req.headers.get("authorization") ?? "");
-      const s = fake.scenario;
-      if (s.delayMs) await sleep(s.delayMs);
-      if (s.status && s.status >= 400) {
-        const headers: Record<string, string> = { "content-type": "application/json" };
-        if (s.retryAfter) headers["retry-after"] = s.retryAfter;
-        return new Response(
-          JSON.stringify({ error: { message: `upstream failure echoing: ${lastUserText(body)}` } }),
-          { status: s.status, headers },
-        );
-      }
-      if (url.pathname.endsWith("/embeddings")) {
-        const inputs = Array.isArray(body.input) ? body.input : [body.input];
-        const tokens = s.usage?.prompt_tokens ??
-          inputs.reduce((n: number, i: unknown) => n + Math.ceil(String(i).length / 4), 0);
-        return Response.json({
-          object: "list",
-          data: inputs.map((_: unknown, index: number) => ({
-            object: "embedding",
-            index,
-            embedding: [0.1, 0.2, 0.3],
-          })),
-          model: body.model,
-          usage: { prompt_tokens: tokens, total_tokens: tokens },
-        });
-      }
-      if (url.pathname.endsWith("/responses")) return responsesReply(body, s, fake);
-      if (!url.pathname.endsWith("/chat/completions")) {
-        return new Response("not found", {
-          status: 404,
-        });
-      }
-      const content = s.content ?? `Echo: ${lastUserText(body)}`;
-      const usage: FakeUsage = s.usage ?? {
-        prompt_tokens: Math.ceil(JSON.stringify(body.messages ?? []).length / 4),
-        completion_tokens: Math.ceil(content.length / 4),
-      };
-      const full = { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens };
-      const id = `chatcmpl-${crypto.randomUUID()}`;
-      const created = Math.floor(Date.now() / 1000);
-      if (!body.stream) {
-        return Response.json({
-          id,
-          object: "chat.completion",
-          created,
-          model: body.model,
-          choices: [{
-            index: 0,
-            message: { role: "assistant", content },
-            finish_reason: "stop",
-            logprobs: null,
-          }],
-          usage: full,
-        });
-      }
-      const includeUsage =
-        (body.stream_options as { include_usage?: boolean })?.include_usage === true;
-      const n = Math.max(1, s.chunks ?? 4);
-      const size = Math.ceil(content.length / n);
-      const parts = Array.from({ length: n }, (_, i) => content.slice(i * size, (i + 1) * size));
-      const chunk = (delta: unknown, finish: string | null) => ({
+  const server = serveLoopback(async (req) => {
+    let answered = false;
+    req.signal.addEventListener("abort", () => answered || fake.aborted++);
+    try {
+      return await answer(req);
+    } finally {
+      answered = true;
+    }
+  });
+  const answer = async (req: Request): Promise<Response> => {
+    const url = new URL(req.url);
+    const body = await req.json().catch(() => ({}));
+    fake.requests.push(body);
+    fake.auth.push(req.headers.get("authorization") ?? "");
+    const s = fake.scenario;
+    if (s.delayMs) await sleep(s.delayMs);
+    if (s.status && s.status >= 400) {
+      const headers: Record<string, string> = { "content-type": "application/json" };
+      if (s.retryAfter) headers["retry-after"] = s.retryAfter;
+      return new Response(
+        JSON.stringify({ error: { message: `upstream failure echoing: ${lastUserText(body)}` } }),
+        { status: s.status, headers },
+      );
+    }
+    if (url.pathname.endsWith("/embeddings")) {
+      const inputs = Array.isArray(body.input) ? body.input : [body.input];
+      const tokens = s.usage?.prompt_tokens ??
+        inputs.reduce((n: number, i: unknown) => n + Math.ceil(String(i).length / 4), 0);
+      return Response.json({
+        object: "list",
+        data: inputs.map((_: unknown, index: number) => ({
+          object: "embedding",
+          index,
+          embedding: [0.1, 0.2, 0.3],
+        })),
+        model: body.model,
+        usage: { prompt_tokens: tokens, total_tokens: tokens },
+      });
+    }
+    if (url.pathname.endsWith("/responses")) return responsesReply(body, s, fake);
+    if (!url.pathname.endsWith("/chat/completions")) {
+      return new Response("not found", {
+        status: 404,
+      });
+    }
+    const content = s.content ?? `Echo: ${lastUserText(body)}`;
+    const usage: FakeUsage = s.usage ?? {
+      prompt_tokens: Math.ceil(JSON.stringify(body.messages ?? []).length / 4),
+      completion_tokens: Math.ceil(content.length / 4),
+    };
+    const full = { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens };
+    const id = `chatcmpl-${crypto.randomUUID()}`;
+    const created = Math.floor(Date.now() / 1000);
+    if (!body.stream) {
+      return Response.json({
         id,
-        object: "chat.completion.chunk",
+        object: "chat.completion",
         created,
         model: body.model,
-        choices: [{ index: 0, delta, finish_reason: finish }],
-        ...(includeUsage ? { usage: null } : {}),
+        choices: [{
+          index: 0,
+          message: { role: "assistant", content },
+          finish_reason: "stop",
+          logprobs: null,
+        }],
+        usage: full,
       });
-      const events: string[] = [
-        JSON.stringify(chunk({ role: "assistant", content: "" }, null)),
-        ...parts.map((p) => JSON.stringify(chunk({ content: p }, null))),
-        JSON.stringify(chunk({}, "stop")),
-      ];
-      if (includeUsage && !s.omitUsage) {
-        events.push(
-          JSON.stringify({
-            id,
-            object: "chat.completion.chunk",
-            created,
-            model: body.model,
-            choices: [],
-            usage: full,
-          }),
-        );
-      }
-      events.push("[DONE]");
-      const enc = new TextEncoder();
-      let i = 0;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const stream = new ReadableStream<Uint8Array>({
-        async pull(ctrl) {
-          if (s.stallAfter !== undefined && i >= s.stallAfter) {
-            // Hold the connection open without sending, until the reader gives up.
-            await new Promise<void>((r) => timer = setTimeout(r, 60_000));
-            return;
-          }
-          if (i >= events.length) {
-            ctrl.close();
-            return;
-          }
-          if (s.chunkDelayMs && i > 0) {
-            // Cancelled by `cancel` when the reader goes away, so no timer outlives the stream.
-            await new Promise<void>((r) => timer = setTimeout(r, s.chunkDelayMs));
-          }
-          ctrl.enqueue(enc.encode(`data: ${events[i++]}\n\n`));
-        },
-        cancel() {
-          clearTimeout(timer);
-          fake.streamsCancelled++;
-        },
-      });
-      return new Response(stream, { headers: { "content-type": "text/event-stream" } });
-    },
-  );
+    }
+    const includeUsage =
+      (body.stream_options as { include_usage?: boolean })?.include_usage === true;
+    const n = Math.max(1, s.chunks ?? 4);
+    const size = Math.ceil(content.length / n);
+    const parts = Array.from({ length: n }, (_, i) => content.slice(i * size, (i + 1) * size));
+    const chunk = (delta: unknown, finish: string | null) => ({
+      id,
+      object: "chat.completion.chunk",
+      created,
+      model: body.model,
+      choices: [{ index: 0, delta, finish_reason: finish }],
+      ...(includeUsage ? { usage: null } : {}),
+    });
+    const events: string[] = [
+      JSON.stringify(chunk({ role: "assistant", content: "" }, null)),
+      ...parts.map((p) => JSON.stringify(chunk({ content: p }, null))),
+      JSON.stringify(chunk({}, "stop")),
+    ];
+    if (includeUsage && !s.omitUsage) {
+      events.push(
+        JSON.stringify({
+          id,
+          object: "chat.completion.chunk",
+          created,
+          model: body.model,
+          choices: [],
+          usage: full,
+        }),
+      );
+    }
+    events.push("[DONE]");
+    const enc = new TextEncoder();
+    let i = 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stream = new ReadableStream<Uint8Array>({
+      async pull(ctrl) {
+        if (s.stallAfter !== undefined && i >= s.stallAfter) {
+          // Hold the connection open without sending, until the reader gives up.
+          await new Promise<void>((r) => timer = setTimeout(r, 60_000));
+          return;
+        }
+        if (i >= events.length) {
+          ctrl.close();
+          return;
+        }
+        if (s.chunkDelayMs && i > 0) {
+          // Cancelled by `cancel` when the reader goes away, so no timer outlives the stream.
+          await new Promise<void>((r) => timer = setTimeout(r, s.chunkDelayMs));
+        }
+        ctrl.enqueue(enc.encode(`data: ${events[i++]}\n\n`));
+      },
+      cancel() {
+        clearTimeout(timer);
+        fake.streamsCancelled++;
+      },
+    });
+    return new Response(stream, { headers: { "content-type": "text/event-stream" } });
+  };
   fake.url = `${server.origin}/v1`;
   return fake;
 }
