@@ -1,6 +1,7 @@
 import { apiKeyKey, balanceKey, holdKey, keySpendKey, ledgerKey, outboxKey } from "../kv/schema.ts";
 import { approxBytes, getAll, isLocked, keyBytes, keyString, sleep } from "../kv/util.ts";
 import { newId } from "../ids.ts";
+import { checkKey } from "../auth/keys.ts";
 import { countRequest, currentSpend, rateLimitWait, rateWindow } from "./periods.ts";
 import {
   type ApiKey,
@@ -224,7 +225,7 @@ export class AccountActors {
     const spend = cache.entries.get(keyString(keySpendKey(accountId, keyId)));
     if (!bal || !key || !spend || key.rate_limit_rpm !== null) return false;
     const now = this.#now();
-    if (keyRefusal(key, now)) return false;
+    if (!checkKey(key, now).ok) return false;
     const deciding = this.#deciding.get(accountId) ?? 0n;
     const s = currentSpend(
       (spend.value as KeySpend | null) ?? EMPTY_KEY_SPEND,
@@ -459,12 +460,12 @@ export class AccountActors {
     for (const { op } of batch) {
       switch (op.kind) {
         case "reserve": {
-          const key = keys.get(op.keyId) ?? null;
-          const refused = keyRefusal(key, now);
-          if (refused || !key) {
-            results.push(refused ?? { ok: false, code: "invalid_api_key" });
+          const check = checkKey(keys.get(op.keyId) ?? null, now);
+          if (!check.ok) {
+            results.push({ ok: false, code: check.code });
             break;
           }
+          const key = check.key;
           // The rate window lives in the key's spend record, checked and written in this atomic,
           // so `rate_limit_rpm` holds across processes.
           const window = key.rate_limit_rpm === null
@@ -597,15 +598,6 @@ export class AccountActors {
     };
     return { results, eventIds, events, remember };
   }
-}
-
-/** Why a reserve on this key is refused before any money is looked at; null when it is live. */
-function keyRefusal(key: ApiKey | null, now: number): ReserveResult | null {
-  if (!key || key.revoked_at || (key.expires_at !== null && Date.parse(key.expires_at) <= now)) {
-    return { ok: false, code: "invalid_api_key" };
-  }
-  if (key.disabled) return { ok: false, code: "key_disabled" };
-  return null;
 }
 
 /** Why `amount` cannot be held: the account's available balance, then the key's credit limit. */

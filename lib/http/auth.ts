@@ -1,7 +1,7 @@
 import { createMiddleware } from "hono/factory";
 import type { AppEnv } from "../services.ts";
 import { checkKey } from "../auth/keys.ts";
-import type { KeyScope } from "../billing/types.ts";
+import type { ApiKey, KeyScope } from "../billing/types.ts";
 import { ApiError } from "./errors.ts";
 import type { Context } from "hono";
 import { checkCsrf, getSession, sessionToken } from "../auth/sessions.ts";
@@ -40,6 +40,16 @@ async function sessionAccount(c: Context<AppEnv>): Promise<string | null> {
   return session.account_id;
 }
 
+/**
+ * The key a refused request is audited under: one of `scope` that is live or only disabled (its
+ * account is known); null for no key, an unknown, revoked or expired one, or one of another scope.
+ */
+export function auditableKey(found: ApiKey | null, scope: KeyScope, now: number): ApiKey | null {
+  if (!found || found.scope !== scope) return null;
+  const check = checkKey(found, now);
+  return check.ok || check.code === "key_disabled" ? found : null;
+}
+
 /** Requires a live key of `scope` (or, for management, a dashboard session); sets `accountId`, and `key` when one was presented. */
 export const requireKey = (scope: KeyScope) =>
   createMiddleware<AppEnv>(async (c, next) => {
@@ -63,11 +73,11 @@ export const requireKey = (scope: KeyScope) =>
     const found = await svc.keys.resolve(secret);
     const check = checkKey(found, svc.now());
     if (!check.ok) {
-      if (check.code === "key_disabled" && found?.scope === scope) {
+      const audited = auditableKey(found, scope, svc.now());
+      if (audited) {
         // The account is known: its refused request belongs in its audit trail.
-        c.set("key", found);
-        c.set("accountId", found.account_id);
-        throw new ApiError(403, "key_disabled", "This API key is disabled");
+        c.set("key", audited);
+        c.set("accountId", audited.account_id);
       }
       throw check.code === "key_disabled"
         ? new ApiError(403, "key_disabled", "This API key is disabled")

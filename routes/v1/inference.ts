@@ -1,14 +1,14 @@
 import { type Context, Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
-import { presentedSecret, requireKey } from "../../lib/http/auth.ts";
+import { auditableKey, presentedSecret, requireKey } from "../../lib/http/auth.ts";
 import { badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest, usageEvent } from "../../lib/proxy/metered.ts";
 import { promptTokenBound } from "../../lib/proxy/tokens.ts";
 import { forward, resolveModel, settleJson } from "../../lib/proxy/pipeline.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { divRound, formatUsd } from "../../lib/money.ts";
-import { checkKey, getKeySpend } from "../../lib/auth/keys.ts";
+import { getKeySpend } from "../../lib/auth/keys.ts";
 import { currentSpend, periodEnd } from "../../lib/billing/periods.ts";
 import { chatCompletions } from "./chat.ts";
 import { countTokens, messages } from "./messages.ts";
@@ -129,19 +129,17 @@ export function inferenceRoutes() {
 
 /**
  * Audits a body over MAX_BODY_BYTES on an inference path. The body limit answers before
- * `requireKey` runs, so the presented key is resolved here; like there, a live or disabled key of
- * the inference scope is known, and anything else writes nothing.
+ * `requireKey` runs, so the presented key is resolved here, and audited under the same rule
+ * (`auditableKey`); anything else writes nothing.
  */
 export async function auditOversize(c: Context<AppEnv>) {
   const secret = presentedSecret(c.req.raw);
   if (!secret) return;
   const svc = c.get("svc");
-  const found = await svc.keys.resolve(secret);
-  const check = checkKey(found, svc.now());
-  if (!found || found.scope !== "inference") return;
-  if (!check.ok && check.code !== "key_disabled") return;
-  c.set("key", found);
-  c.set("accountId", found.account_id);
+  const key = auditableKey(await svc.keys.resolve(secret), "inference", svc.now());
+  if (!key) return;
+  c.set("key", key);
+  c.set("accountId", key.account_id);
   await auditRefusal(c, 413, "request_too_large");
 }
 
