@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { type CreditPackage, loadPackages } from "./billing/packages.ts";
-import { canonicalIp } from "./http/client_addr.ts";
+import { canonicalProxy } from "./http/client_addr.ts";
 
 /** A provider's upstream: its key and base URL. A provider without a key is not offered. */
 export interface UpstreamConfig {
@@ -62,15 +62,17 @@ const url = z.string().refine((v) => {
   }
 }, "must be an http(s) URL");
 
-/** A comma-separated list of IP addresses, each in its canonical form. */
-const ipList = z.string().transform((v, ctx) => {
+/** A comma-separated list of IP addresses and CIDR ranges, each in its canonical form. */
+const proxyList = z.string().transform((v, ctx) => {
   const out: string[] = [];
   for (const part of v.split(",").map((p) => p.trim()).filter(Boolean)) {
-    const ip = canonicalIp(part);
+    const ip = canonicalProxy(part);
     if (ip === null) {
       ctx.addIssue({
         code: "custom",
-        message: `"${part.slice(0, 60)}" is not an IP address (a comma-separated list of IPs)`,
+        message: `"${
+          part.slice(0, 60)
+        }" is not an IP address or CIDR range (a comma-separated list of them)`,
       });
       return z.NEVER;
     }
@@ -107,7 +109,7 @@ const schema = z.object({
   HOLD_TTL_MS: int(1000, 86_400_000).optional(),
   CREDIT_PACKAGES: z.string().optional(),
   AUDIT_RETENTION_DAYS: int(1, 36_500).optional(),
-  TRUSTED_PROXIES: ipList.optional(),
+  TRUSTED_PROXIES: proxyList.optional(),
 });
 
 const VARIABLES = Object.keys(schema.shape);

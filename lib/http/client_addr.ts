@@ -1,6 +1,6 @@
 /**
  * The client's address behind trusted reverse proxies. The socket address is the client's unless
- * it is one of `TRUSTED_PROXIES`; then the client is the right-most `X-Forwarded-For` entry that
+ * it is one of `TRUSTED_PROXIES` (addresses or CIDR ranges); then the client is the right-most `X-Forwarded-For` entry that
  * is not itself a trusted proxy. Entries left of it were written by whoever sent the request, so a
  * client cannot choose its own address, and without a trusted proxy the header is not read at all.
  */
@@ -50,6 +50,99 @@ export function canonicalIp(s: string): string | null {
   return host;
 }
 
+/** The bytes of a canonical address (`canonicalIp`): 4 for IPv4, 16 for IPv6. */
+function ipBytes(ip: string): number[] {
+  if (!ip.includes(":")) return ip.split(".").map(Number);
+  // Canonical IPv6 is hex groups with at most one "::".
+  const [head, tail] = ip.includes("::") ? ip.split("::") : [ip, null];
+  const groups = (g: string) => g ? g.split(":").map((h) => parseInt(h, 16)) : [];
+  const hi = groups(head);
+  const lo = tail === null ? [] : groups(tail);
+  const all = [...hi, ...Array(8 - hi.length - lo.length).fill(0), ...lo];
+  return all.flatMap((g) => [g >> 8, g & 255]);
+}
+
+/** A network: its address bytes with the host bits cleared, and its prefix length. */
+interface Range {
+  bytes: number[];
+  bits: number;
+}
+
+function masked(bytes: number[], bits: number): number[] {
+  return bytes.map((b, i) => {
+    const keep = Math.max(0, Math.min(8, bits - 8 * i));
+    return b & (0xff << (8 - keep)) & 0xff;
+  });
+}
+
+/**
+ * A trusted proxy in canonical form: an address (`canonicalIp`) or a CIDR range written as its
+ * network and prefix length, host bits cleared ("10.1.2.3/8" is "10.0.0.0/8"); null when `s` is
+ * neither. An IPv4-mapped IPv6 range of at least /96 is the IPv4 range it maps.
+ *
+ * @example
+ * ```ts
+ * canonicalProxy("10.0.0.2"); // "10.0.0.2"
+ * canonicalProxy("2001:DB8::/32"); // "2001:db8::/32"
+ * canonicalProxy("10.0.0.0/33"); // null
+ * ```
+ */
+export function canonicalProxy(s: string): string | null {
+  const v = s.trim();
+  const slash = v.indexOf("/");
+  if (slash < 0) return canonicalIp(v);
+  const prefix = v.slice(slash + 1);
+  const ip = canonicalIp(v.slice(0, slash));
+  if (ip === null || !/^(0|[1-9]\d{0,2})$/.test(prefix)) return null;
+  let bits = Number(prefix);
+  const mapped = !ip.includes(":") && v.slice(0, slash).includes(":");
+  if (mapped) {
+    if (bits < 96) return null;
+    bits -= 96;
+  }
+  const bytes = ipBytes(ip);
+  if (bits > bytes.length * 8) return null;
+  const network = masked(bytes, bits);
+  const text = bytes.length === 4 ? network.join(".") : canonicalIp(
+    Array.from({ length: 8 }, (_, i) => ((network[2 * i] << 8) | network[2 * i + 1]).toString(16))
+      .join(":"),
+  );
+  return `${text}/${bits}`;
+}
+
+/** Whether an address is a trusted proxy. */
+export interface TrustedProxies {
+  has(ip: string): boolean;
+}
+
+/**
+ * The trusted proxies of a canonical list (`canonicalProxy`): addresses are looked up exactly,
+ * ranges by their prefix, each family against its own.
+ */
+export function trustedProxies(list: readonly string[]): TrustedProxies {
+  const exact = new Set<string>();
+  const ranges: Range[] = [];
+  for (const entry of list) {
+    const slash = entry.indexOf("/");
+    if (slash < 0) exact.add(entry);
+    else {ranges.push({
+        bytes: ipBytes(entry.slice(0, slash)),
+        bits: Number(entry.slice(slash + 1)),
+      });}
+  }
+  return {
+    has(ip) {
+      if (exact.has(ip)) return true;
+      if (ranges.length === 0) return false;
+      const bytes = ipBytes(ip);
+      return ranges.some((r) =>
+        r.bytes.length === bytes.length &&
+        masked(bytes, r.bits).every((b, i) => b === r.bytes[i])
+      );
+    },
+  };
+}
+
 /** An `X-Forwarded-For` entry's address: some proxies append the port ("1.2.3.4:80", "[::1]:80"). */
 function forwardedIp(entry: string): string | null {
   const v = entry.trim();
@@ -61,11 +154,11 @@ function forwardedIp(entry: string): string | null {
 
 /**
  * The client's address of a request that came from `socketIp` carrying `forwardedFor` (the
- * `X-Forwarded-For` header, or null). `trusted` holds canonical addresses (`canonicalIp`).
+ * `X-Forwarded-For` header, or null). `trusted` answers for canonical addresses (`canonicalIp`).
  *
  * @example
  * ```ts
- * const proxies = new Set(["10.0.0.2"]);
+ * const proxies = trustedProxies(["10.0.0.2"]);
  * clientAddress("10.0.0.2", "6.6.6.6, 203.0.113.7", proxies); // "203.0.113.7"
  * clientAddress("198.51.100.4", "203.0.113.7", proxies); // "198.51.100.4"
  * ```
@@ -73,7 +166,7 @@ function forwardedIp(entry: string): string | null {
 export function clientAddress(
   socketIp: string,
   forwardedFor: string | null,
-  trusted: ReadonlySet<string>,
+  trusted: TrustedProxies,
 ): string {
   const socket = canonicalIp(socketIp);
   if (socket === null || !trusted.has(socket) || !forwardedFor) return socketIp;
@@ -96,10 +189,10 @@ export function clientAddress(
  */
 export function trustingProxies(
   handler: Deno.ServeHandler,
-  trustedProxies: readonly string[],
+  proxies: readonly string[],
 ): Deno.ServeHandler {
-  if (trustedProxies.length === 0) return handler;
-  const trusted = new Set(trustedProxies);
+  if (proxies.length === 0) return handler;
+  const trusted = trustedProxies(proxies);
   return (req, info) => {
     const addr = info.remoteAddr;
     if (addr.transport !== "tcp" && addr.transport !== "udp") return handler(req, info);

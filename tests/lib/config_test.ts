@@ -53,7 +53,7 @@ Deno.test("a bad value is one line naming the variable", () => {
       ["OUTBOX_DELIVERY", "smoke"],
       ["HOLD_TTL_MS", "10"],
       ["TRUSTED_PROXIES", "10.0.0.1,proxy.internal"],
-      ["TRUSTED_PROXIES", "10.0.0.0/8"],
+      ["TRUSTED_PROXIES", "10.0.0.0/33"],
       ["TRUSTED_PROXIES", "10.0.0.256"],
       ["TRUSTED_PROXIES", "10.0.0.1;10.0.0.2"],
     ]
@@ -68,11 +68,13 @@ Deno.test("a bad value is one line naming the variable", () => {
   assert.throws(() => loadConfig({ BILLING_MODE: "production" }), /^ConfigError: BILLING_MODE: /);
 });
 
-Deno.test("TRUSTED_PROXIES is a comma-separated list of IPs, kept in canonical form", () => {
+Deno.test("TRUSTED_PROXIES is a comma-separated list of IPs and CIDR ranges, kept in canonical form", () => {
   assert.deepEqual(loadConfig({}).trustedProxies, []);
   assert.deepEqual(
-    loadConfig({ TRUSTED_PROXIES: " 10.0.0.2, 2001:DB8::0:9 ,,::ffff:10.0.0.3" }).trustedProxies,
-    ["10.0.0.2", "2001:db8::9", "10.0.0.3"],
+    loadConfig({
+      TRUSTED_PROXIES: " 10.0.0.2, 2001:DB8::0:9 ,,::ffff:10.0.0.3, 172.16.5.4/12, FD00::/8",
+    }).trustedProxies,
+    ["10.0.0.2", "2001:db8::9", "10.0.0.3", "172.16.0.0/12", "fd00::/8"],
   );
   assert.throws(
     () => loadConfig({ TRUSTED_PROXIES: "10.0.0.2, proxy.internal" }),
