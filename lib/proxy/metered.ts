@@ -127,6 +127,8 @@ export class MeteredRequest {
       const c = priceUsage(u, alt.model.prices, alt.model.discountBps).cost;
       if (c > amount) amount = c;
     }
+    // Judged before the reserve is submitted, which counts it among the account's deciding ones.
+    const ahead = svc.actors.forecast(key.account_id, key.id, amount);
     const decided = svc.actors.submit(key.account_id, {
       kind: "reserve",
       keyId: key.id,
@@ -137,7 +139,7 @@ export class MeteredRequest {
       if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens);
       this.#held = true;
     });
-    if (svc.actors.forecast(key.account_id, key.id, amount)) {
+    if (ahead) {
       decided.catch(() => {});
       this.#deciding = decided;
       return;
@@ -152,13 +154,13 @@ export class MeteredRequest {
    * caller's to handle, apart from the refusal).
    */
   async whileHolding<T extends { abort: () => void }>(
-    call: (signal: AbortSignal) => Promise<T>,
+    call: (signal?: AbortSignal) => Promise<T>,
   ): Promise<{ reply: Promise<T> }> {
-    const ac = new AbortController();
-    const reply = (async () => await call(ac.signal))();
-    reply.catch(() => {});
     const deciding = this.#deciding;
-    if (!deciding) return { reply };
+    const ac = deciding ? new AbortController() : null;
+    const reply = (async () => await call(ac?.signal))();
+    reply.catch(() => {});
+    if (!deciding || !ac) return { reply };
     this.#deciding = null;
     try {
       await deciding;

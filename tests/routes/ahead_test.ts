@@ -112,7 +112,8 @@ Deno.test("an account's first request, with nothing cached, is sent once its hol
 });
 
 Deno.test("a hold not covered once the other deciding holds are counted is not sent ahead", async () => {
-  const t = await startRouter();
+  const gate: { closed: Promise<void> | null } = { closed: null };
+  const t = await startRouter({ wrapKv: (kv) => holdGated(kv, gate) });
   try {
     // A credit that covers one hold of 10,000 output tokens (at the model's rate) but not two.
     const models = await json(await fetch(`${t.url}/v1/models`), 200);
@@ -121,13 +122,19 @@ Deno.test("a hold not covered once the other deciding holds are counted is not s
     const { id, key, mgmt } = await t.account((1.6 * hold).toFixed(9));
     await json(await t.call(key, "POST", "/v1/chat/completions", { ...body, max_tokens: 10 }), 200);
     const big = { ...body, max_tokens: 10_000 };
-    t.openai.scenario = { delayMs: 300 };
+    let open!: () => void;
+    gate.closed = new Promise((r) => open = r);
+    // The first is covered: sent ahead while its hold waits at the gate.
     const first = t.call(key, "POST", "/v1/chat/completions", big);
     await until("the first is at the provider", () => t.openai.requests.length === 2);
-    assert.equal(await holdsOf(t, id), 1);
-    const second = await t.call(key, "POST", "/v1/chat/completions", big);
-    assert.equal(second.status, 402);
-    assert.equal((await second.json()).error.code, "insufficient_credits");
+    assert.equal(await holdsOf(t, id), 0);
+    // The second is not, with the first's hold counted while it decides (or once committed).
+    const second = t.call(key, "POST", "/v1/chat/completions", big);
+    await new Promise((r) => setTimeout(r, 50));
+    open();
+    const refused = await second;
+    assert.equal(refused.status, 402);
+    assert.equal((await refused.json()).error.code, "insufficient_credits");
     await json(await first, 200);
     assert.equal(t.openai.requests.length, 2, "the refused request never reached the provider");
     assert.equal((await debits(t, mgmt)).length, 2);
