@@ -237,6 +237,15 @@ export class AccountActors {
     return moneyRefusal(key, { ...s, reserved: s.reserved + deciding }, ahead, amount) === null;
   }
 
+  /**
+   * Forgets the cached entry of a key changed in this process (limits, disabling, revocation): the
+   * next forecast on it is false and the next reserve reads it afresh, so a change made here never
+   * has a request sent ahead on the key as it was.
+   */
+  forgetKey(accountId: string, keyId: string) {
+    this.#cache.get(accountId)?.entries.delete(keyString(apiKeyKey(keyId)));
+  }
+
   /** The entries at `keys`, from the account's cache where present, else read (and cached). */
   async #read(accountId: string, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<unknown>[]> {
     const now = Date.now();

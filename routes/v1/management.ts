@@ -160,6 +160,7 @@ export function managementRoutes() {
       const res = await commitRetrying(svc.kv.atomic().check(entry).set(entry.key, next));
       if (res.ok) {
         svc.keys.forget(next.hash);
+        svc.actors.forgetKey(next.account_id, next.id);
         return c.json(keyJson(next, await getKeySpend(svc.kv, next.account_id, next.id)));
       }
     }
@@ -175,6 +176,7 @@ export function managementRoutes() {
       const res = await commitRetrying(svc.kv.atomic().check(entry).set(entry.key, next));
       if (res.ok) {
         svc.keys.forget(next.hash);
+        svc.actors.forgetKey(next.account_id, next.id);
         return c.json({ id: next.id, deleted: true });
       }
     }

@@ -144,6 +144,24 @@ Deno.test("a hold not covered once the other deciding holds are counted is not s
   }
 });
 
+Deno.test("a key's limit lowered in this process is judged afresh: the refused request is not sent ahead", async () => {
+  const t = await startRouter();
+  try {
+    const { key, keyId, mgmt } = await t.account("5", { credit_limit: "5" });
+    await json(await t.call(key, "POST", "/v1/chat/completions", body), 200);
+    await json(await t.call(key, "POST", "/v1/chat/completions", body), 200);
+    await json(await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, { credit_limit: "0.000001" }), 200);
+    const refused = await t.call(key, "POST", "/v1/chat/completions", body);
+    assert.equal(refused.status, 402);
+    assert.equal((await refused.json()).error.code, "key_limit_exceeded");
+    assert.equal(t.openai.requests.length, 2, "the refused request never reached the provider");
+    assert.equal((await debits(t, mgmt)).length, 2);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("a hold refused while the provider is called aborts the call and bills nothing", async () => {
   const dir = await Deno.makeTempDir();
   const env = { OUTBOX_DELIVERY: "drainer" };
