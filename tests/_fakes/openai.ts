@@ -57,7 +57,17 @@ function lastUserText(body: Record<string, unknown>): string {
   return "";
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Waits `ms`, or less when `signal` aborts (a client that went away leaves no timer behind). */
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done);
+  });
 
 export function startFakeOpenAI(): FakeOpenAI {
   const fake: FakeOpenAI = {
@@ -84,7 +94,7 @@ export function startFakeOpenAI(): FakeOpenAI {
     fake.requests.push(body);
     fake.auth.push(req.headers.get("authorization") ?? "");
     const s = fake.scenario;
-    if (s.delayMs) await sleep(s.delayMs);
+    if (s.delayMs) await sleep(s.delayMs, req.signal);
     if (s.status && s.status >= 400) {
       const headers: Record<string, string> = { "content-type": "application/json" };
       if (s.retryAfter) headers["retry-after"] = s.retryAfter;
