@@ -79,8 +79,9 @@ export function usageEvent(
 }
 
 /**
- * The money side of one proxied request: a worst-case hold before forwarding, then exactly one
- * of settle (the provider answered) or release (it did not). Each step goes through the account's
+ * The money side of one proxied request: a worst-case hold, granted before the reply is used (the
+ * call may already be under way: see `reserve`), then exactly one of settle (the provider
+ * answered) or release (it did not). Each step goes through the account's
  * actor and commits the request's audit event with it.
  */
 export class MeteredRequest {
