@@ -7,8 +7,16 @@
  * after each load on the router, and whether the books balance at the end. Then, at concurrency 1,
  * direct, bare proxy and router hot once more: the router's added p50/p99 latency, unloaded.
  *
- * Flags: --quick (short runs), --seconds=N, --no-portkey, --only=json|sse, --loadgen=wrk|deno.
- * Results are also written to bench/results/latest.json.
+ * Each load is cut into rounds (`--rounds`, 4 by default): every target in turn for a slice of
+ * the run, round after round, so that the machine's drift over a run (on a shared machine the same
+ * target's throughput moves by up to 2.5× within minutes) falls on every target alike. A router's
+ * slice lasts until its ledger has caught up, so the recording a slice leaves behind is charged to
+ * it (time and CPU). A target's figures are over all its slices: requests/s from the sums, p50 the
+ * median of the slices' p50s, p99 the largest of their p99s, the ledger's catch-up the slowest;
+ * the report also shows each router's ratio to the bare proxy round by round.
+ *
+ * Flags: --quick (short runs), --seconds=N, --rounds=N, --no-portkey, --only=json|sse,
+ * --loadgen=wrk|deno. Results are also written to bench/results/latest.json.
  */
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 import { type Row, summarize } from "./report.ts";
@@ -30,6 +38,12 @@ const flag = (name: string) =>
 const quick = args.has("--quick") || Deno.env.get("BENCH_QUICK") === "1";
 const seconds = Number(flag("seconds") ?? Deno.env.get("BENCH_SECONDS") ?? (quick ? 3 : 8));
 const warmupSeconds = quick ? 1 : 2;
+const rounds = Math.max(
+  1,
+  Number(flag("rounds") ?? Deno.env.get("BENCH_ROUNDS") ?? (quick ? 3 : 4)),
+);
+/** Whole seconds per slice (wrk's unit): the run shared out among the rounds. */
+const sliceSeconds = Math.max(1, Math.round(seconds / rounds));
 const modes = (flag("only") ? [flag("only")] : ["json", "sse"]) as ("json" | "sse")[];
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -227,14 +241,48 @@ function loadSpec(
   };
 }
 
+/**
+ * One target's slices of a load as one result: counts and durations summed, p50 the median of the
+ * slices' p50s, p99 the largest of their p99s.
+ */
+function merged(slices: LoadResult[]): LoadResult {
+  const sum = (f: (r: LoadResult) => number) => slices.reduce((n, r) => n + f(r), 0);
+  const p50s = slices.map((r) => r.p50_us).sort((a, b) => a - b);
+  const mid = p50s.length >> 1;
+  return {
+    requests: sum((r) => r.requests),
+    duration_us: sum((r) => r.duration_us),
+    p50_us: p50s.length % 2 ? p50s[mid] : (p50s[mid - 1] + p50s[mid]) / 2,
+    p99_us: Math.max(...slices.map((r) => r.p99_us)),
+    max_us: Math.max(...slices.map((r) => r.max_us)),
+    errors: {
+      connect: sum((r) => r.errors.connect),
+      read: sum((r) => r.errors.read),
+      write: sum((r) => r.errors.write),
+      status: sum((r) => r.errors.status),
+      timeout: sum((r) => r.errors.timeout),
+    },
+  };
+}
+
+/** Successful replies per second of one load. */
+const successRate = (r: LoadResult) => (r.requests - r.errors.status) / (r.duration_us / 1e6);
+
 /** A load's figures as a report row (without CPU, which only some loads measure). */
-function rowOf(t: Target, mode: "json" | "sse", concurrency: number, r: LoadResult): Row {
+function rowOf(
+  t: Target,
+  mode: "json" | "sse",
+  concurrency: number,
+  slices: LoadResult[],
+): Row {
+  const r = merged(slices);
   return {
     target: t.name,
     mode,
     concurrency,
     // Only successful replies count: a gateway answering errors fast is not fast.
-    rps: (r.requests - r.errors.status) / (r.duration_us / 1e6),
+    rps: successRate(r),
+    rounds_rps: slices.map(successRate),
     p50_ms: r.p50_us / 1000,
     p99_ms: r.p99_us / 1000,
     errors: r.errors.connect + r.errors.read + r.errors.write + r.errors.status +
@@ -323,7 +371,7 @@ const routerKvs = new Map<string, Deno.Kv>();
  * check itself sums every ledger row, so it takes longer as a run goes on: polling it instead would
  * measure its own duration more than the ledger's.
  */
-async function catchUp(router: Proc, loadEnded: number) {
+async function catchUp(router: Proc, loadEnded: number, onEmpty?: () => Promise<void>) {
   let kv = routerKvs.get(router.name);
   if (!kv) routerKvs.set(router.name, kv = await Deno.openKv(`${tmp}/${router.name}.kv`));
   let previous = loadEnded;
@@ -331,6 +379,7 @@ async function catchUp(router: Proc, loadEnded: number) {
     const looked = performance.now();
     const [left] = await Array.fromAsync(kv.list({ prefix: ["outbox"] }, { limit: 1 }));
     if (!left) {
+      await onEmpty?.();
       // Requests cut off by the end of the load may still settle: the books check must agree.
       const v = await admin(router, "GET", "/v1/admin/verify");
       const answered = performance.now();
@@ -385,7 +434,8 @@ async function main() {
   console.log(`load average before the run: ${loadavg()}`);
   console.log(
     `load generator: ${useWrk ? "wrk (1 thread)" : "deno (bench/loadgen.ts)"}; ` +
-      `${seconds} s per run after a ${warmupSeconds} s warm-up; ${Deno.osRelease()}, ` +
+      `${seconds} s per run after a ${warmupSeconds} s warm-up, in ${rounds} rounds of ` +
+      `${sliceSeconds} s per target; ${Deno.osRelease()}, ` +
       `${navigator.hardwareConcurrency} cores, deno ${Deno.version.deno}`,
   );
 
@@ -483,27 +533,55 @@ async function main() {
       if (t.router) await catchUp(t.router, performance.now());
     }
     for (const c of CONCURRENCY) {
-      // All targets under one load back to back, so that ratios compare like with like.
+      // All targets under one load, in turn, round after round, so that ratios compare like with
+      // like: each router waits for its ledger to catch up before the next target's slice.
+      const slices = new Map(targets.map((t) => [t, [] as LoadResult[]]));
+      const cpu = new Map(targets.map((t) => [t, 0]));
+      const ledgers = new Map<Target, NonNullable<Row["ledger"]>[]>();
+      for (let round = 0; round < rounds; round++) {
+        for (const t of targets) {
+          const cpu0 = t.proc ? await cpuMicros(t.proc.pid) : null;
+          const r = await load(loadSpec(t, mode, c, sliceSeconds * 1000));
+          let cpu1 = t.proc ? await cpuMicros(t.proc.pid) : null;
+          if (t.router) {
+            // A router's slice lasts until its ledger caught up: the recording left at the end of
+            // the slice is part of the load's work, in time and in CPU (up to the books check,
+            // which is the benchmark's), as it is in a long run.
+            const pid = t.router.pid;
+            const caught = await catchUp(t.router, performance.now(), async () => {
+              cpu1 = await cpuMicros(pid);
+            });
+            ledgers.set(t, [...ledgers.get(t) ?? [], caught]);
+            r.duration_us += caught.caught_up_ms * 1000;
+          }
+          slices.get(t)!.push(r);
+          if (cpu0 !== null && cpu1 !== null) cpu.set(t, cpu.get(t)! + cpu1 - cpu0);
+        }
+      }
       for (const t of targets) {
-        const cpu0 = t.proc ? await cpuMicros(t.proc.pid) : null;
-        const r = await load(loadSpec(t, mode, c, seconds * 1000));
-        const ended = performance.now();
-        const cpu1 = t.proc ? await cpuMicros(t.proc.pid) : null;
-        const row = rowOf(t, mode, c, r);
-        row.cpu_us_per_request = cpu0 !== null && cpu1 !== null && r.requests > 0
-          ? (cpu1 - cpu0) / r.requests
-          : null;
-        if (t.router) row.ledger = await catchUp(t.router, ended);
+        const row = rowOf(t, mode, c, slices.get(t)!);
+        row.cpu_us_per_request = t.proc && row.requests > 0 ? cpu.get(t)! / row.requests : null;
+        const caught = ledgers.get(t);
+        if (caught) row.ledger = caught.reduce((a, b) => b.caught_up_ms > a.caught_up_ms ? b : a);
         rows.push(row);
         console.log(formatRow(row));
-        if (row.errors > 0) console.log(`  errors: ${JSON.stringify(r.errors)}`);
+        if (row.errors > 0) {
+          console.log(`  errors: ${JSON.stringify(merged(slices.get(t)!).errors)}`);
+        }
       }
     }
     // Unloaded: one request at a time, so latency is the path's own, not queueing (at a fixed
-    // saturating concurrency p50 is just concurrency ÷ throughput).
-    for (const t of targets.filter((t) => UNLOADED.includes(t.name))) {
-      const row = rowOf(t, mode, 1, await load(loadSpec(t, mode, 1, seconds * 1000)));
-      if (t.router) await catchUp(t.router, performance.now());
+    // saturating concurrency p50 is just concurrency ÷ throughput). Also in rounds.
+    const alone = targets.filter((t) => UNLOADED.includes(t.name));
+    const aloneSlices = new Map(alone.map((t) => [t, [] as LoadResult[]]));
+    for (let round = 0; round < rounds; round++) {
+      for (const t of alone) {
+        aloneSlices.get(t)!.push(await load(loadSpec(t, mode, 1, sliceSeconds * 1000)));
+        if (t.router) await catchUp(t.router, performance.now());
+      }
+    }
+    for (const t of alone) {
+      const row = rowOf(t, mode, 1, aloneSlices.get(t)!);
       unloaded.push(row);
       console.log(formatRow(row));
     }
@@ -522,7 +600,15 @@ async function main() {
   await Deno.writeTextFile(
     `${BENCH}results/latest.json`,
     JSON.stringify(
-      { at: new Date().toISOString(), seconds, loadavg: loadavg(), rows, unloaded, books },
+      {
+        at: new Date().toISOString(),
+        seconds,
+        rounds,
+        loadavg: loadavg(),
+        rows,
+        unloaded,
+        books,
+      },
       null,
       2,
     ) + "\n",

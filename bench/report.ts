@@ -6,6 +6,8 @@ export interface Row {
   mode: "json" | "sse";
   concurrency: number;
   rps: number;
+  /** Successful replies per second in each round's slice (see bench/gateway.ts). */
+  rounds_rps?: number[];
   p50_ms: number;
   p99_ms: number;
   errors: number;
@@ -24,6 +26,13 @@ export const TARGETS = {
 };
 
 const f = (n: number, d = 2) => n.toFixed(d);
+
+/** A router's ratio to the bare proxy round by round, when the load ran in rounds. */
+function roundRatios(r: Row, bare: Row): string {
+  const a = r.rounds_rps, b = bare.rounds_rps;
+  if (!a || !b || a.length < 2 || a.length !== b.length) return "";
+  return `; by round ${a.map((x, i) => f(x / b[i], 3)).join(", ")}`;
+}
 
 /**
  * The ratio table, the targets (met or not) and the books check of each router. `booksOk` is
@@ -76,7 +85,7 @@ export function summarize(rows: Row[], books: Record<string, unknown>) {
       lines.push(
         `  ${mode} c=${c} ${v} ÷ bare proxy = ${f(ratio, 3)} (≥ ${TARGETS.routerOverBare}): ${
           verdict(ratio >= TARGETS.routerOverBare)
-        }; ÷ direct = ${direct ? f(r.rps / direct.rps, 3) : "-"}`,
+        }; ÷ direct = ${direct ? f(r.rps / direct.rps, 3) : "-"}${roundRatios(r, bare)}`,
       );
       if (c === 32) {
         const over = r.p50_ms - bare.p50_ms;
