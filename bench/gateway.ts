@@ -11,9 +11,9 @@
  * the run, round after round, so that the machine's drift over a run (on a shared machine the same
  * target's throughput moves by up to 2.5× within minutes) falls on every target alike. After each
  * of a router's slices its ledger catches up before the next target's: that recording's CPU is
- * charged to the slice, its time is not. A target's figures are over all its slices: requests/s from the sums, p50 the
- * median of the slices' p50s, p99 the largest of their p99s, the ledger's catch-up the slowest;
- * the report also shows each router's ratio to the bare proxy round by round.
+ * charged to the slice, its time is not. A target's figures are over all its slices: requests/s
+ * from the sums, p50 the median of the slices' p50s, p99 the largest of their p99s, the ledger's
+ * catch-up the slowest; the report also shows each router's ratio to the bare proxy round by round.
  *
  * Flags: --quick (short runs), --seconds=N, --rounds=N, --no-portkey, --only=json|sse,
  * --loadgen=wrk|deno. Results are also written to bench/results/latest.json.

@@ -1,7 +1,8 @@
 /**
  * The main thread's share of a Deno KV atomic per check or mutation: the synchronous part of
- * `commit()` (the operations handed to the KV thread) timed alone, on an in-memory KV, for the kinds
- * of items the router writes. The commit itself (SQLite) runs on another thread and is not counted.
+ * `commit()` (the operations handed to the KV thread) timed alone, on an in-memory KV, for the
+ * kinds of items the router writes. The commit itself (SQLite) runs on another thread and is not
+ * counted.
  *
  * Usage: deno run -A bench/kvops.ts [atomics=2000]
  */

@@ -1,8 +1,9 @@
 /**
  * The client's address behind trusted reverse proxies. The socket address is the client's unless
- * it is one of `TRUSTED_PROXIES` (addresses or CIDR ranges); then the client is the right-most `X-Forwarded-For` entry that
- * is not itself a trusted proxy. Entries left of it were written by whoever sent the request, so a
- * client cannot choose its own address, and without a trusted proxy the header is not read at all.
+ * it is one of `TRUSTED_PROXIES` (addresses or CIDR ranges); then the client is the right-most
+ * `X-Forwarded-For` entry that is not itself a trusted proxy. Entries left of it were written by
+ * whoever sent the request, so a client cannot choose its own address, and without a trusted proxy
+ * the header is not read at all.
  */
 
 const IPV4 = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
@@ -124,11 +125,11 @@ export function trustedProxies(list: readonly string[]): TrustedProxies {
   const ranges: Range[] = [];
   for (const entry of list) {
     const slash = entry.indexOf("/");
-    if (slash < 0) exact.add(entry);
-    else {ranges.push({
-        bytes: ipBytes(entry.slice(0, slash)),
-        bits: Number(entry.slice(slash + 1)),
-      });}
+    if (slash < 0) {
+      exact.add(entry);
+      continue;
+    }
+    ranges.push({ bytes: ipBytes(entry.slice(0, slash)), bits: Number(entry.slice(slash + 1)) });
   }
   return {
     has(ip) {
