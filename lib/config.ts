@@ -70,9 +70,7 @@ const proxyList = z.string().transform((v, ctx) => {
     if (ip === null) {
       ctx.addIssue({
         code: "custom",
-        message: `"${
-          part.slice(0, 60)
-        }" is not an IP address or CIDR range (a comma-separated list of them)`,
+        message: `"${part.slice(0, 60)}" is not an IP address or CIDR range (comma-separated)`,
       });
       return z.NEVER;
     }
