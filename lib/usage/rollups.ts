@@ -1,5 +1,6 @@
 import { rollupKey } from "../kv/schema.ts";
 import type { UsageEvent } from "../billing/types.ts";
+import { dayOf } from "../billing/periods.ts";
 
 /** The counters kept per rollup bucket, each a `Deno.KvU64` added to with `sum`. */
 export const ROLLUP_FIELDS = [
@@ -32,7 +33,7 @@ export function addTotals(into: Totals, t: Totals): Totals {
 }
 
 /** UTC day bucket "2026-11-26" and hour bucket "2026-11-26T13" of an epoch-ms time. */
-export const dayBucket = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+export const dayBucket = dayOf;
 export const hourBucket = (ms: number) => new Date(ms).toISOString().slice(0, 13);
 
 /** A rollup grain: UTC day or UTC hour. */
