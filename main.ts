@@ -33,12 +33,12 @@ Deno.cron("outbox and hold sweep", "* * * * *", async () => {
   await router.svc.background.sweep();
 });
 
-// Audit retention: rows older than AUDIT_RETENTION_DAYS go (with their index); the ledger stays.
 // After midnight UTC, yesterday becomes a closed day: digest it before customers look.
 Deno.cron("usage digests", "7 0 * * *", async () => {
   await warmUsageDigests(kv);
 });
 
+// Audit retention: rows older than AUDIT_RETENTION_DAYS go (with their index); the ledger stays.
 Deno.cron("audit retention", "17 * * * *", async () => {
   if (config.auditRetentionDays === null) return;
   await pruneAudit(kv, Date.now() - config.auditRetentionDays * 86_400_000);
