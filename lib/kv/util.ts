@@ -81,6 +81,19 @@ export const isLocked = (e: unknown) =>
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
+/** Waits `ms` (none when 0), or until `signal` aborts; true when it did not abort. */
+export const pause = (ms: number, signal: AbortSignal) =>
+  new Promise<boolean>((resolve) => {
+    if (signal.aborted || ms <= 0) return resolve(!signal.aborted);
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener("abort", done);
+      resolve(!signal.aborted);
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done);
+  });
+
 /**
  * Commits an atomic, retrying while another process holds the KV file's lock. A check failure is
  * returned as usual (`ok: false`); any other error is thrown.

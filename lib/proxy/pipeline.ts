@@ -14,6 +14,7 @@ import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
 import { tapStream } from "./sse.ts";
 import { countStreamedOutput } from "./tokens.ts";
+import { pause } from "../kv/util.ts";
 
 /** Resolves the requested model for `type`, or throws its 404/400. */
 export function resolveModel(c: Context<AppEnv>, requested: string, type: "chat" | "embedding") {
@@ -67,18 +68,6 @@ export const withCost = (usage: unknown, cost: Cost) => ({
   market_cost: usdNumber(cost.market),
 });
 
-/** Waits `ms` (none when 0), or until `signal` aborts; true when the client is still there. */
-const pause = (ms: number, signal: AbortSignal) =>
-  new Promise<boolean>((resolve) => {
-    if (signal.aborted || ms <= 0) return resolve(!signal.aborted);
-    const done = () => {
-      clearTimeout(timer);
-      signal.removeEventListener("abort", done);
-      resolve(!signal.aborted);
-    };
-    const timer = setTimeout(done, ms);
-    signal.addEventListener("abort", done);
-  });
 /**
  * The status recorded for a request whose client went away before any reply: nginx's "client
  * closed request", since no status was ever answered.

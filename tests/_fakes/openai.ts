@@ -3,6 +3,7 @@
  * and not, and embeddings), standing in for the provider. Tests steer it with `scenario`.
  */
 import { serveLoopback } from "./serve.ts";
+import { pause } from "../../lib/kv/util.ts";
 
 export interface FakeUsage {
   prompt_tokens: number;
@@ -57,18 +58,6 @@ function lastUserText(body: Record<string, unknown>): string {
   return "";
 }
 
-/** Waits `ms`, or less when `signal` aborts (a client that went away leaves no timer behind). */
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener("abort", done);
-  });
-
 export function startFakeOpenAI(): FakeOpenAI {
   const fake: FakeOpenAI = {
     url: "",
@@ -94,7 +83,8 @@ export function startFakeOpenAI(): FakeOpenAI {
     fake.requests.push(body);
     fake.auth.push(req.headers.get("authorization") ?? "");
     const s = fake.scenario;
-    if (s.delayMs) await sleep(s.delayMs, req.signal);
+    // A client that went away leaves no timer behind.
+    if (s.delayMs) await pause(s.delayMs, req.signal);
     if (s.status && s.status >= 400) {
       const headers: Record<string, string> = { "content-type": "application/json" };
       if (s.retryAfter) headers["retry-after"] = s.retryAfter;
