@@ -12,7 +12,7 @@ import type { Cost, NormalizedUsage } from "../pricing.ts";
 import { usdNumber } from "../money.ts";
 import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
-import { tapStream } from "./sse.ts";
+import { type SseFormat, tapStream } from "./sse.ts";
 import { countStreamedOutput } from "./tokens.ts";
 import { pause } from "../kv/util.ts";
 
@@ -193,7 +193,7 @@ export async function settleJson(
  * settles with `settle` and returns the event the client gets. When the stream ends without a
  * final usage, the router counts what was streamed and settles that on top of `inputUsage` (the
  * input side as far as known), or releases the hold if the upstream failed before producing
- * anything.
+ * anything. An upstream failure ends the stream with an error event in the client's `format`.
  */
 export function billStream(
   m: MeteredRequest,
@@ -204,6 +204,7 @@ export function billStream(
     settle: (u: NormalizedUsage) => Promise<Cost>,
   ) => Promise<string | null | undefined>,
   inputUsage: () => NormalizedUsage,
+  format: SseFormat = "openai",
 ): ReadableStream<Uint8Array> {
   const svc = m.c.get("svc");
   let settled = false;
@@ -212,6 +213,7 @@ export function billStream(
     return m.settle(u);
   };
   return tapStream(upstream, {
+    format,
     onUsage: (chunk, event) => onUsage(chunk, event, settle),
     async onEnd(kind, produced) {
       if (settled) return;

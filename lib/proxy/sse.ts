@@ -135,13 +135,23 @@ function chunkReader(src: ReadableStream<Uint8Array>): {
     cancel: (reason) => byob.cancel(reason),
   };
 }
-const STREAM_FAILED = `data: ${
-  JSON.stringify({
-    error: { message: "The provider's stream failed", type: "api_error", code: "upstream_error" },
-  })
-}\n\n`;
+const FAILURE = {
+  message: "The provider's stream failed",
+  type: "api_error",
+  code: "upstream_error",
+};
+/**
+ * The event that ends a stream whose upstream failed, per format: OpenAI's SDKs throw on a chunk
+ * with `error`; Anthropic's read only named events, and throw on `event: error`.
+ */
+const STREAM_FAILED: Record<SseFormat, string> = {
+  openai: `data: ${JSON.stringify({ error: FAILURE })}\n\n`,
+  anthropic: `event: error\ndata: ${JSON.stringify({ type: "error", error: FAILURE })}\n\n`,
+};
 
 export interface TapHandlers {
+  /** The format of the error event ending a stream whose upstream failed (default OpenAI's). */
+  format?: SseFormat;
   /**
    * Called with each event that carries usage until one is final: returns the event to send in
    * its place (`data: ...`), or null to drop it, which ends the watch; or undefined to pass the
@@ -227,7 +237,7 @@ export function tapStream(
         } catch {
           reader.cancel().catch(() => {});
           await end("error");
-          ctrl.enqueue(encoder.encode(STREAM_FAILED));
+          ctrl.enqueue(encoder.encode(STREAM_FAILED[handlers.format ?? "openai"]));
           ctrl.close();
           return;
         }
