@@ -8,12 +8,12 @@ import type { AppEnv } from "../services.ts";
 import { ApiError, badRequest } from "../http/errors.ts";
 import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
 import { UsageReader } from "../providers/usage.ts";
-import type { Cost, NormalizedUsage } from "../pricing.ts";
+import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../pricing.ts";
 import { usdNumber } from "../money.ts";
 import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
 import { type SseFormat, tapStream } from "./sse.ts";
-import { countStreamedOutput } from "./tokens.ts";
+import { countReplyOutput, countStreamedOutput } from "./tokens.ts";
 import { pause } from "../kv/util.ts";
 
 /** Resolves the requested model for `type`, or throws its 404/400. */
@@ -163,7 +163,11 @@ export function logAnomalies(m: MeteredRequest, reader: UsageReader) {
   });
 }
 
-/** Reads a JSON reply and settles it; the body's `usage` gains the cost. Any failure releases. */
+/**
+ * Reads a JSON reply and settles it; the body's `usage` gains the cost. Any failure releases. A
+ * reply without usage is counted by the router, as a stream's is: `promptTokens` (the request's
+ * estimate) and the reply's output.
+ */
 export async function settleJson(
   m: MeteredRequest,
   reply: UpstreamReply,
@@ -171,6 +175,7 @@ export async function settleJson(
     json: unknown,
     r: UsageReader,
   ) => { body: Record<string, unknown>; usage: NormalizedUsage },
+  promptTokens: () => number,
 ) {
   const svc = m.c.get("svc");
   let json: unknown;
@@ -181,9 +186,20 @@ export async function settleJson(
     throw e;
   }
   const reader = new UsageReader();
-  const { body, usage } = parse(json, reader);
+  const parsed = parse(json, reader);
+  const body = parsed.body;
+  let usage = parsed.usage;
   logAnomalies(m, reader);
-  const cost = await m.settle(usage);
+  const missing = usage.prompt === 0 && usage.completion === 0;
+  if (missing) {
+    usage = { ...ZERO_USAGE, prompt: promptTokens(), completion: countReplyOutput(body) };
+    svc.log("warn", "reply without usage; counted by the router", {
+      request_id: m.c.get("requestId"),
+      prompt_tokens: usage.prompt,
+      completion_tokens: usage.completion,
+    });
+  }
+  const cost = await m.settle(usage, { errorCode: missing ? "usage_missing" : null });
   body.usage = withCost(body.usage, cost);
   return body;
 }

@@ -75,3 +75,34 @@ export function countStreamedOutput(sse: string): number {
   }
   return Math.max(deltas, Math.ceil(chars / 4));
 }
+
+/** Keys whose string values are a reply's output text (chat, Messages and Responses shapes). */
+const OUTPUT_KEYS = new Set([
+  "content",
+  "text",
+  "reasoning_content",
+  "reasoning",
+  "thinking",
+  "arguments",
+  "refusal",
+]);
+
+/**
+ * Counts the output of a JSON reply that came without usage: the text of chat `choices`,
+ * Messages `content` blocks (tool input included) or Responses `output` items.
+ */
+export function countReplyOutput(body: Record<string, unknown>): number {
+  let chars = 0;
+  const walk = (v: unknown, key: string): void => {
+    if (typeof v === "string") {
+      if (OUTPUT_KEYS.has(key)) chars += v.length;
+    } else if (Array.isArray(v)) {
+      for (const x of v) walk(x, key);
+    } else if (v && typeof v === "object") {
+      if (key === "input") chars += JSON.stringify(v).length;
+      else for (const [k, x] of Object.entries(v)) walk(x, k);
+    }
+  };
+  walk(body.choices ?? body.content ?? body.output, "");
+  return Math.ceil(chars / 4);
+}

@@ -85,7 +85,11 @@ export async function chatCompletions(c: Context<AppEnv>) {
   };
   const reply = await forward(m, candidates, build);
   const model = m.model;
-  if (!stream) return c.json(await settleJson(m, reply, model.adapter.chatReply));
+  if (!stream) {
+    return c.json(
+      await settleJson(m, reply, model.adapter.chatReply, () => estimatePromptTokens(body)),
+    );
+  }
 
   const reader = new UsageReader();
   let input: NormalizedUsage | null = null;

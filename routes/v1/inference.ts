@@ -4,7 +4,7 @@ import type { AppEnv } from "../../lib/services.ts";
 import { auditableKey, presentedSecret, requireKey } from "../../lib/http/auth.ts";
 import { badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest, usageEvent } from "../../lib/proxy/metered.ts";
-import { promptTokenBound } from "../../lib/proxy/tokens.ts";
+import { estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
 import { forward, resolveModel, settleJson } from "../../lib/proxy/pipeline.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { divRound, formatUsd } from "../../lib/money.ts";
@@ -24,6 +24,15 @@ const embeddingsSchema = z.looseObject({
   ]),
 });
 
+/** Estimated tokens of an embeddings input (text, or token ids as given), for a reply without usage. */
+function inputTokens(input: z.output<typeof embeddingsSchema>["input"]): number {
+  if (typeof input === "string") return estimateTokens(input);
+  return (input as unknown[]).reduce<number>(
+    (n, x) => n + (typeof x === "string" ? estimateTokens(x) : Array.isArray(x) ? x.length : 1),
+    0,
+  );
+}
+
 async function embeddings(c: Context<AppEnv>) {
   const raw = await c.req.text();
   const body = parseJson(raw, embeddingsSchema);
@@ -39,7 +48,7 @@ async function embeddings(c: Context<AppEnv>) {
     [model],
     (to) => adapter.embeddingsRequest!(to.upstream, { ...body, model: to.model }),
   );
-  return c.json(await settleJson(m, reply, adapter.embeddingsReply));
+  return c.json(await settleJson(m, reply, adapter.embeddingsReply, () => inputTokens(body.input)));
 }
 
 /** The per-million-token prices of a model, market and your rate, as USD strings. */

@@ -78,7 +78,7 @@ export async function messages(c: Context<AppEnv>) {
         }
         const out = obj(json);
         return { body: out, usage: readAnthropicUsage(out.usage, r) };
-      }),
+      }, () => estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? ""))),
     );
   }
   let input: NormalizedUsage | null = null;

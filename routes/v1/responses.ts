@@ -73,7 +73,7 @@ export async function responses(c: Context<AppEnv>) {
       await settleJson(m, reply, (json, r) => {
         const out = obj(json);
         return { body: out, usage: readResponsesUsage(out.usage, r) };
-      }),
+      }, () => estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? ""))),
     );
   }
   const reader = new UsageReader();

@@ -397,3 +397,42 @@ Deno.test("chat request shapes an SDK sends: extra fields, explicit stream false
     await t.close();
   }
 });
+
+Deno.test("a JSON reply without usage is counted by the router, as a stream's is, never free", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const text = "a reply of some length ".repeat(20);
+    // Each provider answers with an empty usage object (embeddings: no tokens).
+    t.openai.scenario = { usage: {} as never, responsesUsage: {}, content: text };
+    t.anthropic.scenario = { usage: {}, content: text };
+    const calls: [string, Record<string, unknown>][] = [
+      ["/v1/chat/completions", { model: "gpt-4o-mini", messages: hi, max_tokens: 500 }],
+      ["/v1/messages", { model: "claude-haiku-4-5", messages: hi, max_tokens: 500 }],
+      ["/v1/responses", { model: "gpt-4o-mini", input: "hi", max_output_tokens: 500 }],
+      ["/v1/embeddings", { model: "text-embedding-3-small", input: "some words to embed" }],
+    ];
+    for (const [path, body] of calls) {
+      // The fake derives embeddings usage unless told a count: it reports none.
+      if (path === "/v1/embeddings") t.openai.scenario = { usage: { prompt_tokens: 0 } as never };
+      const res = await t.call(key, "POST", path, body);
+      const out = await json(res, 200);
+      assert.ok(out.usage.cost > 0, `${path}: usage.cost ${out.usage.cost}`);
+      assert.ok(out.usage.market_cost > out.usage.cost, path);
+      await t.router.flush();
+      const id = res.headers.get("x-request-id");
+      const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
+      assert.equal(row.error_code, "usage_missing", path);
+      assert.ok(row.prompt_tokens > 0, path);
+      const output = path === "/v1/embeddings" ? 0 : Math.ceil(text.length / 4);
+      assert.equal(row.completion_tokens, output, path);
+      assert.notEqual(row.cost, "0", path);
+    }
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.notEqual(credits.total_used, "0");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
