@@ -13,12 +13,26 @@ export const usdAmount = z.union([z.string(), z.number()]).transform((v, ctx) =>
   return n;
 });
 
+/** The date-time string as UTC epoch ms, or NaN: a real calendar day, a time without a zone in UTC. */
+export function isoTimeMs(v: string): number {
+  const m = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](.+))?$/.exec(v);
+  if (!m) return NaN;
+  const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const leap = y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0);
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1];
+  // Date.parse would take "2026-02-30" for March 2.
+  if (days === undefined || d < 1 || d > days) return NaN;
+  const date = `${m[1]}-${m[2]}-${m[3]}`;
+  if (m[4] === undefined) return Date.parse(date + "T00:00:00Z");
+  // Without a zone Date.parse reads the server's local time; the API's periods are UTC.
+  const zoned = /(?:[Zz]|[+-]\d{2}:?\d{2})$/.test(m[4]);
+  return Date.parse(`${date}T${m[4]}${zoned ? "" : "Z"}`);
+}
+
 /** Parses an ISO date ("2026-11-26") or time; throws 400 naming the parameter. */
 export function parseTime(name: string, v: string): number {
-  const ms = /^\d{4}-\d{2}-\d{2}$/.test(v) ? Date.parse(v + "T00:00:00Z") : Date.parse(v);
-  if (!Number.isFinite(ms) || !/^\d{4}-\d{2}-\d{2}/.test(v)) {
-    throw badRequest(`Invalid '${name}': must be an ISO date or time`);
-  }
+  const ms = isoTimeMs(v);
+  if (!Number.isFinite(ms)) throw badRequest(`Invalid '${name}': must be an ISO date or time`);
   return ms;
 }
 

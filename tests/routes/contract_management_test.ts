@@ -59,3 +59,59 @@ Deno.test("paging: a cursor the endpoint never returned is 400 naming 'cursor', 
     await t.close();
   }
 });
+
+Deno.test("periods: an impossible calendar date is 400 naming the parameter, not another day", async () => {
+  const t = await startRouter();
+  try {
+    const { mgmt, keyId } = await t.account("1");
+    const cases: [string, string][] = [
+      ["/v1/usage?from=2026-02-30", "'from'"],
+      ["/v1/usage?from=2026-01-01&to=2026-04-31", "'to'"],
+      ["/v1/usage?from=2026-02-29T10:00:00Z&to=2026-03-05", "'from'"],
+      [`/v1/keys/${keyId}/usage?from=2026-06-31`, "'from'"],
+      ["/v1/audit?from=2026-02-30", "'from'"],
+      ["/v1/audit?to=2026-09-31T00:00:00Z", "'to'"],
+      ["/v1/audit/export?format=json&from=2026-11-31", "'from'"],
+    ];
+    for (const [path, name] of cases) {
+      await expectError(await t.call(mgmt, "GET", path), 400, "invalid_request", name);
+    }
+    // Leap days that exist are fine.
+    await json(await t.call(mgmt, "GET", "/v1/usage?from=2028-02-29&to=2028-02-29"), 200);
+    await json(await t.call(mgmt, "GET", "/v1/audit?from=2028-02-29T10:00:00Z"), 200);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("periods: a time without a zone is UTC, whatever the server's local time zone", async () => {
+  // The server's zone is the process's: a child process in Tokyo (UTC+9) parses the parameters.
+  const code = `
+    import { parseTime } from "./lib/http/params.ts";
+    import { usageParams } from "./lib/usage/params.ts";
+    const q = { from: "2030-03-01T10:00", to: "2030-03-01T14:00:00" };
+    const u = usageParams((n) => q[n], Date.parse("2030-03-05T00:00:00Z"));
+    console.log(JSON.stringify([
+      new Date(parseTime("from", "2030-03-01T10:00")).toISOString(),
+      new Date(parseTime("to", "2030-03-01 10:00:00.250")).toISOString(),
+      new Date(parseTime("to", "2030-03-01T10:00:00+02:00")).toISOString(),
+      new Date(u.fromMs).toISOString(),
+      new Date(u.toMs).toISOString(),
+    ]));
+  `;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", code],
+    env: { TZ: "Asia/Tokyo", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr);
+  assert.ok(out.success, stderr);
+  assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)), [
+    "2030-03-01T10:00:00.000Z",
+    "2030-03-01T10:00:00.250Z",
+    "2030-03-01T08:00:00.000Z",
+    "2030-03-01T10:00:00.000Z",
+    "2030-03-01T14:00:00.000Z",
+  ]);
+});
