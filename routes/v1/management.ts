@@ -4,7 +4,7 @@ import type { AppEnv } from "../../lib/services.ts";
 import { commitRetrying } from "../../lib/kv/util.ts";
 import { requireKey } from "../../lib/http/auth.ts";
 import { ApiError, badRequest, notFound, readJson } from "../../lib/http/errors.ts";
-import { parseCursor, parseLimit, parseTime, usdAmount } from "../../lib/http/params.ts";
+import { isoTimeMs, parseCursor, parseLimit, parseTime, usdAmount } from "../../lib/http/params.ts";
 import { createKey, getKeySpend, listKeysByAccount } from "../../lib/auth/keys.ts";
 import { apiKeyKey } from "../../lib/kv/schema.ts";
 import { getBalance } from "../../lib/billing/accounts.ts";
@@ -43,9 +43,9 @@ export function keyJson(k: ApiKey, s: KeySpend = EMPTY_KEY_SPEND) {
   };
 }
 
-const futureTime = z.string().refine((v) => Number.isFinite(Date.parse(v)), "must be an ISO time")
-  .refine((v) => Date.parse(v) > Date.now(), "must be in the future")
-  .transform((v) => new Date(v).toISOString());
+const futureTime = z.string().refine((v) => Number.isFinite(isoTimeMs(v)), "must be an ISO time")
+  .refine((v) => isoTimeMs(v) > Date.now(), "must be in the future")
+  .transform((v) => new Date(isoTimeMs(v)).toISOString());
 const limitReset = z.enum(["daily", "weekly", "monthly"]).nullable();
 const rpm = z.number().int().min(1).max(1_000_000).nullable();
 const name = z.string().trim().min(1, "must not be empty").max(100);

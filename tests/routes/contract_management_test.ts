@@ -115,3 +115,38 @@ Deno.test("periods: a time without a zone is UTC, whatever the server's local ti
     "2030-03-01T14:00:00.000Z",
   ]);
 });
+
+Deno.test("keys: expires_at must be a real day; a time without a zone is UTC", async () => {
+  const t = await startRouter();
+  try {
+    const { mgmt, keyId } = await t.account("1");
+    const before = await snapshot(t);
+    for (const expires_at of ["2099-02-30T00:00:00Z", "2099-04-31", "2099-13-01T00:00:00Z"]) {
+      await expectError(
+        await t.call(mgmt, "POST", "/v1/keys", { name: "x", expires_at }),
+        400,
+        "invalid_request",
+        "'expires_at'",
+      );
+      await expectError(
+        await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, { expires_at }),
+        400,
+        "invalid_request",
+        "'expires_at'",
+      );
+    }
+    assert.deepEqual(await snapshot(t), before, "nothing written");
+    const created = await json(
+      await t.call(mgmt, "POST", "/v1/keys", { name: "x", expires_at: "2099-03-01T10:00" }),
+      201,
+    );
+    assert.equal(created.expires_at, "2099-03-01T10:00:00.000Z");
+    const patched = await json(
+      await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, { expires_at: "2099-02-28" }),
+      200,
+    );
+    assert.equal(patched.expires_at, "2099-02-28T00:00:00.000Z");
+  } finally {
+    await t.close();
+  }
+});
