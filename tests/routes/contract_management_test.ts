@@ -2,6 +2,7 @@
 // proves it: cursors, periods, the key object, limits, amounts, ADMIN_TOKEN unset.
 import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { parseUsd } from "../../lib/money.ts";
 
 type Snapshot = Map<string, string>;
 const ser = (v: unknown) => JSON.stringify(v, (_k, x) => typeof x === "bigint" ? `${x}n` : x);
@@ -146,6 +147,177 @@ Deno.test("keys: expires_at must be a real day; a time without a zone is UTC", a
       200,
     );
     assert.equal(patched.expires_at, "2099-02-28T00:00:00.000Z");
+  } finally {
+    await t.close();
+  }
+});
+
+const KEY_FIELDS = [
+  "id",
+  "name",
+  "scope",
+  "prefix",
+  "created_at",
+  "last_used_at",
+  "disabled",
+  "credit_limit",
+  "limit_reset",
+  "expires_at",
+  "rate_limit_rpm",
+  "spend",
+];
+
+const chat = (extra: Record<string, unknown> = {}) => ({
+  model: "gpt-4o-mini",
+  messages: [{ role: "user", content: "hi" }],
+  max_tokens: 8,
+  ...extra,
+});
+
+Deno.test("keys: every field of the key object; each PATCH takes effect on the next request", async () => {
+  const t = await startRouter();
+  try {
+    const { mgmt, key, keyId } = await t.account("1");
+    const get = async () => await json(await t.call(mgmt, "GET", `/v1/keys/${keyId}`), 200);
+    const fresh = await get();
+    for (const f of KEY_FIELDS) assert.ok(f in fresh, `key object has ${f}`);
+    assert.equal(fresh.last_used_at, null);
+    assert.equal(fresh.spend, "0");
+    assert.equal(fresh.disabled, false);
+    const listed = await json(await t.call(mgmt, "GET", "/v1/keys"), 200);
+    assert.deepEqual(listed.data.find((k: { id: string }) => k.id === keyId), fresh);
+
+    // Used once: last_used_at and spend follow.
+    await json(await t.call(key, "POST", "/v1/chat/completions", chat()), 200);
+    await t.router.flush();
+    const used = await get();
+    assert.match(used.last_used_at, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/);
+    assert.ok(parseUsd(used.spend)! > 0n);
+
+    const patch = async (body: Record<string, unknown>) =>
+      await json(await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, body), 200);
+    // credit_limit set (as a JSON number too): the next request is held against it.
+    assert.equal((await patch({ credit_limit: 0 })).credit_limit, "0");
+    await expectError(
+      await t.call(key, "POST", "/v1/chat/completions", chat()),
+      402,
+      "key_limit_exceeded",
+    );
+    // With a reset period, then both cleared: unlimited again.
+    const reset = await patch({ credit_limit: "0.000000001", limit_reset: "weekly" });
+    assert.deepEqual([reset.credit_limit, reset.limit_reset], ["0.000000001", "weekly"]);
+    const cleared = await patch({ credit_limit: null, limit_reset: null });
+    assert.deepEqual([cleared.credit_limit, cleared.limit_reset], [null, null]);
+    await json(await t.call(key, "POST", "/v1/chat/completions", chat()), 200);
+
+    // rate_limit_rpm set: the second request within the minute is 429; cleared: no limit.
+    assert.equal((await patch({ rate_limit_rpm: 1 })).rate_limit_rpm, 1);
+    await json(await t.call(key, "POST", "/v1/chat/completions", chat()), 200);
+    const limited = await t.call(key, "POST", "/v1/chat/completions", chat());
+    assert.ok(Number(limited.headers.get("retry-after")) > 0);
+    await expectError(limited, 429, "rate_limited");
+    assert.equal((await patch({ rate_limit_rpm: null })).rate_limit_rpm, null);
+    await json(await t.call(key, "POST", "/v1/chat/completions", chat()), 200);
+
+    // name; disabled and back.
+    assert.equal((await patch({ name: "  renamed  " })).name, "renamed");
+    assert.equal((await patch({ disabled: true })).disabled, true);
+    await expectError(await t.call(key, "GET", "/v1/key"), 403, "key_disabled");
+    assert.equal((await patch({ disabled: false })).disabled, false);
+    await json(await t.call(key, "GET", "/v1/key"), 200);
+    // An empty PATCH changes nothing.
+    const same = await get();
+    assert.deepEqual(await patch({}), same);
+
+    // Bad PATCHes are 400 naming the field and change nothing.
+    const before = await snapshot(t);
+    for (
+      const [body, field] of [
+        [{ rate_limit_rpm: 1.5 }, "rate_limit_rpm"],
+        [{ rate_limit_rpm: 0 }, "rate_limit_rpm"],
+        [{ rate_limit_rpm: "5" }, "rate_limit_rpm"],
+        [{ disabled: "true" }, "disabled"],
+        [{ credit_limit: "-0.1" }, "credit_limit"],
+        [{ credit_limit: "0.0000000001" }, "credit_limit"],
+        [{ credit_limit: 1e21 }, "credit_limit"],
+        [{ limit_reset: "hourly" }, "limit_reset"],
+        [{ limit_reset: "daily" }, "limit_reset"],
+        [{ name: " " }, "name"],
+        [{ spend: "0" }, "body"],
+      ] as const
+    ) {
+      const res = await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, body);
+      await expectError(res, 400, "invalid_request", field === "body" ? undefined : `'${field}'`);
+    }
+    await expectError(
+      await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, "{"),
+      400,
+      "invalid_request",
+    );
+    assert.deepEqual(await snapshot(t), before, "nothing written");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("keys: a management key disabled or revoked is refused on its next management call", async () => {
+  const t = await startRouter();
+  try {
+    const { mgmt } = await t.account("1");
+    const ops = await json(
+      await t.call(mgmt, "POST", "/v1/keys", { name: "ops", scope: "management" }),
+      201,
+    );
+    assert.equal(ops.scope, "management");
+    await json(await t.call(ops.key, "GET", "/v1/credits"), 200);
+    await expectError(
+      await t.call(ops.key, "POST", "/v1/chat/completions", chat()),
+      403,
+      "forbidden",
+    );
+    await json(await t.call(mgmt, "PATCH", `/v1/keys/${ops.id}`, { disabled: true }), 200);
+    await expectError(await t.call(ops.key, "GET", "/v1/credits"), 403, "key_disabled");
+    await expectError(await t.call(ops.key, "GET", "/v1/keys"), 403, "key_disabled");
+    await json(await t.call(mgmt, "DELETE", `/v1/keys/${ops.id}`), 200);
+    await expectError(await t.call(ops.key, "GET", "/v1/credits"), 401, "invalid_api_key");
+    // Revoking again answers the same; an unknown id is 404.
+    assert.deepEqual(await json(await t.call(mgmt, "DELETE", `/v1/keys/${ops.id}`), 200), {
+      id: ops.id,
+      deleted: true,
+    });
+    await expectError(await t.call(mgmt, "DELETE", "/v1/keys/key_nope"), 404, "not_found");
+    await expectError(await t.call(mgmt, "GET", "/v1/keys/key_nope"), 404, "not_found");
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("admin: without ADMIN_TOKEN (production billing) every admin endpoint is 503", async () => {
+  const t = await startRouter({ env: { ADMIN_TOKEN: "", STRIPE_SECRET_KEY: "sk_test_x" } });
+  try {
+    assert.equal(t.router.svc.config.adminToken, undefined);
+    for (
+      const [method, path] of [
+        ["GET", "/v1/admin/verify"],
+        ["GET", "/v1/admin/accounts"],
+        ["POST", "/v1/admin/accounts"],
+        ["GET", "/v1/admin/accounts/acct_x"],
+        ["POST", "/v1/admin/accounts/acct_x/adjustments"],
+        ["POST", "/v1/admin/accounts/acct_x/refunds"],
+      ]
+    ) {
+      const body = method === "POST" ? { name: "x", amount: "1", reason: "x" } : undefined;
+      await expectError(
+        await t.call("anything-at-all-long", method, path, body),
+        503,
+        "admin_disabled",
+      );
+      await expectError(await fetch(t.url + path, { method }), 503, "admin_disabled");
+    }
+    let n = 0;
+    for await (const _ of t.kv.list({ prefix: ["account"] })) n++;
+    assert.equal(n, 0, "no account was created");
   } finally {
     await t.close();
   }
