@@ -322,3 +322,106 @@ Deno.test("admin: without ADMIN_TOKEN (production billing) every admin endpoint 
     await t.close();
   }
 });
+
+Deno.test("admin amounts: every malformed amount is 400 naming 'amount' and writes nothing", async () => {
+  const t = await startRouter();
+  try {
+    const { id, mgmt } = await t.account("1");
+    const before = await snapshot(t);
+    const bad: unknown[] = [
+      "",
+      " ",
+      "1e3",
+      "1E-3",
+      1e21,
+      1e-7,
+      "0.0000000001",
+      0.1234567891,
+      "1.",
+      ".5",
+      "+1",
+      "1,5",
+      "0x10",
+      "NaN",
+      "Infinity",
+      "１",
+      true,
+      null,
+      {},
+      ["1"],
+      "0",
+      0,
+    ];
+    for (const sub of ["adjustments", "refunds"]) {
+      for (const amount of bad) {
+        const res = await t.admin("POST", `/v1/admin/accounts/${id}/${sub}`, {
+          amount,
+          reason: "x",
+        });
+        await expectError(res, 400, "invalid_request", "'amount'");
+      }
+      const missing = await t.admin("POST", `/v1/admin/accounts/${id}/${sub}`, { reason: "x" });
+      await expectError(missing, 400, "invalid_request", "'amount'");
+      // Idempotency-Key on a bad body stores nothing: the key stays free.
+      const keyed = await t.admin("POST", `/v1/admin/accounts/${id}/${sub}`, {
+        amount: "abc",
+        reason: "x",
+      }, { "idempotency-key": `bad-${sub}` });
+      await expectError(keyed, 400, "invalid_request", "'amount'");
+    }
+    assert.deepEqual(await snapshot(t), before, "nothing written");
+
+    // A JSON number with up to 9 decimals is exact.
+    const path = `/v1/admin/accounts/${id}`;
+    const num = await json(
+      await t.admin("POST", `${path}/adjustments`, `{"amount":0.000001,"reason":"n"}`),
+      201,
+    );
+    assert.equal(num.amount, "0.000001");
+    const neg = await json(
+      await t.admin("POST", `${path}/adjustments`, { amount: -2.5, reason: "n" }),
+      201,
+    );
+    assert.deepEqual([neg.amount, neg.balance_after], ["-2.5", "-1.499999"]);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.balance, "-1.499999");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("admin refunds: Idempotency-Key replays without a second ledger row; another body is 409", async () => {
+  const t = await startRouter();
+  try {
+    const { id, mgmt } = await t.account("0");
+    const path = `/v1/admin/accounts/${id}/refunds`;
+    const body = { amount: "0.25", reason: "billed in error", reference: "req_1" };
+    const h = { "idempotency-key": "r1" };
+    const first = await json(await t.admin("POST", path, body, h), 201);
+    assert.deepEqual(
+      Object.keys(first).sort(),
+      ["amount", "balance_after", "created_at", "description", "id", "reference", "type"],
+    );
+    const again = await t.admin("POST", path, body, h);
+    assert.equal(again.headers.get("idempotent-replayed"), "true");
+    assert.deepEqual(await json(again, 201), first);
+    const before = await snapshot(t);
+    const conflict = await t.admin("POST", path, { ...body, amount: "0.26" }, h);
+    await expectError(conflict, 409, "idempotency_conflict");
+    // The same key for another account is that account's own write.
+    const other = await t.account("0");
+    await json(await t.admin("POST", `/v1/admin/accounts/${other.id}/refunds`, body, h), 201);
+    const tx = await json(await t.call(mgmt, "GET", "/v1/transactions"), 200);
+    assert.deepEqual(tx.data.map((e: { id: string }) => e.id), [first.id]);
+    assert.equal((await json(await t.call(mgmt, "GET", "/v1/credits"), 200)).balance, "0.25");
+    const ledgerBefore = [...before.keys()].filter((k) => k.startsWith('["ledger"'));
+    const ledgerAfter = [...(await snapshot(t)).keys()].filter((k) =>
+      k.startsWith(`["ledger","${id}"`)
+    );
+    assert.deepEqual(ledgerAfter, ledgerBefore, "the conflict wrote no ledger row");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
