@@ -425,3 +425,143 @@ Deno.test("admin refunds: Idempotency-Key replays without a second ledger row; a
     await t.close();
   }
 });
+
+Deno.test("ledger and audit: limit defaults to 100, amounts are signed, exports filter on streaming", async () => {
+  const t = await startRouter();
+  try {
+    const { id, key, mgmt } = await t.account("5");
+    // 104 requests, one streamed: 105 ledger rows with the grant, 104 audit rows.
+    for (let i = 0; i < 104; i++) {
+      const body = chat(i === 50 ? { stream: true } : {});
+      const res = await t.call(key, "POST", "/v1/chat/completions", body);
+      assert.equal(res.status, 200);
+      await res.body?.cancel();
+    }
+    await json(
+      await t.admin("POST", `/v1/admin/accounts/${id}/adjustments`, {
+        amount: "-0.5",
+        reason: "taken back",
+      }),
+      201,
+    );
+    await json(
+      await t.admin("POST", `/v1/admin/accounts/${id}/refunds`, { amount: "0.25", reason: "r" }),
+      201,
+    );
+    await json(await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "starter" }), 201);
+    await t.router.flush();
+
+    const tx = await json(await t.call(mgmt, "GET", "/v1/transactions"), 200);
+    assert.equal(tx.data.length, 100, "default limit 100");
+    assert.equal(typeof tx.next_cursor, "string");
+    const all = await json(await t.call(mgmt, "GET", "/v1/transactions?limit=1000"), 200);
+    assert.equal(all.data.length, 108);
+    assert.equal(all.next_cursor, null);
+    const sign = (type: string) =>
+      new Set(
+        all.data.filter((e: { type: string }) => e.type === type).map((e: { amount: string }) =>
+          parseUsd(e.amount)! > 0n ? "+" : "-"
+        ),
+      );
+    assert.deepEqual(sign("purchase"), new Set(["+"]));
+    assert.deepEqual(sign("refund"), new Set(["+"]));
+    assert.deepEqual(sign("usage_debit"), new Set(["-"]));
+    assert.deepEqual(sign("adjustment"), new Set(["+", "-"]));
+    // Σ ledger = balance.
+    const sum = all.data.reduce((a: bigint, e: { amount: string }) => a + parseUsd(e.amount)!, 0n);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(sum, parseUsd(credits.balance));
+    assert.equal(credits.available, credits.balance);
+    assert.equal(
+      parseUsd(credits.total_used),
+      -all.data.filter((e: { type: string }) => e.type === "usage_debit")
+        .reduce((a: bigint, e: { amount: string }) => a + parseUsd(e.amount)!, 0n),
+    );
+    assert.equal(credits.total_purchased, "10");
+
+    const audit = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
+    assert.equal(audit.data.length, 100, "default limit 100");
+    assert.equal(typeof audit.next_cursor, "string");
+    const auditAll = await json(await t.call(mgmt, "GET", "/v1/audit?limit=1000"), 200);
+    assert.equal(auditAll.data.length, 104);
+    await expectError(
+      await t.call(mgmt, "GET", "/v1/audit?limit=1001"),
+      400,
+      "invalid_request",
+      "'limit'",
+    );
+
+    // streaming=true|false on the export: CSV and JSON alike.
+    const streamed = await json(
+      await t.call(mgmt, "GET", "/v1/audit/export?format=json&streaming=true"),
+      200,
+    );
+    assert.ok(Array.isArray(streamed));
+    assert.deepEqual(streamed.map((r: { streaming: boolean }) => r.streaming), [true]);
+    const plain = await json(
+      await t.call(mgmt, "GET", "/v1/audit/export?format=json&streaming=false"),
+      200,
+    );
+    assert.equal(plain.length, 103);
+    const csv = await (await t.call(mgmt, "GET", "/v1/audit/export?streaming=true")).text();
+    const lines = csv.split("\r\n");
+    assert.equal(lines.length, 3, "header, one row, and the final CRLF");
+    assert.equal(lines[1].split(",")[15], "true");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("billing: packages and a development checkout; bad checkouts are clear and write nothing", async () => {
+  const t = await startRouter();
+  try {
+    const { mgmt, key } = await t.account("0");
+    const packages = await json(await t.call(mgmt, "GET", "/v1/billing/packages"), 200);
+    for (const p of packages.data) {
+      assert.deepEqual(Object.keys(p).sort(), ["credits", "currency", "id", "name", "price"]);
+      assert.notEqual(parseUsd(p.price), null);
+      assert.notEqual(parseUsd(p.credits), null);
+    }
+    const before = await snapshot(t);
+    await expectError(
+      await t.call(mgmt, "POST", "/v1/billing/checkout", {}),
+      400,
+      "invalid_request",
+      "'package_id'",
+    );
+    await expectError(
+      await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: 5 }),
+      400,
+      "invalid_request",
+      "'package_id'",
+    );
+    await expectError(
+      await t.call(mgmt, "POST", "/v1/billing/checkout", "not json"),
+      400,
+      "invalid_request",
+    );
+    await expectError(
+      await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "nope" }),
+      404,
+      "not_found",
+    );
+    await expectError(
+      await t.call(key, "POST", "/v1/billing/checkout", { package_id: "starter" }),
+      403,
+      "forbidden",
+    );
+    await expectError(await t.call(key, "GET", "/v1/billing/packages"), 403, "forbidden");
+    assert.deepEqual(await snapshot(t), before, "nothing written");
+    const r = await json(
+      await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "scale" }),
+      201,
+    );
+    const scale = packages.data.find((p: { id: string }) => p.id === "scale");
+    assert.equal(r.transaction.amount, scale.credits);
+    assert.equal(r.transaction.balance_after, scale.credits);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
