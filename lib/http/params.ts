@@ -2,9 +2,21 @@ import { parseUsd } from "../money.ts";
 import { badRequest } from "./errors.ts";
 import { z } from "zod";
 
+/**
+ * A JSON number's decimal digits: its shortest form, or, for one JS writes with an exponent below 1
+ * (0.0000001 is "1e-7"), its 9-decimal form when that is the same number. Larger exponents stay
+ * and are refused.
+ */
+function numberText(v: number): string {
+  const text = String(v);
+  if (!/e-/i.test(text) || Math.abs(v) >= 1) return text;
+  const fixed = v.toFixed(9);
+  return Number(fixed) === v ? fixed : text;
+}
+
 /** A USD amount as a decimal string ("12.5") or a JSON number, to exact nano-USD. */
 export const usdAmount = z.union([z.string(), z.number()]).transform((v, ctx) => {
-  const text = typeof v === "number" ? String(v) : v;
+  const text = typeof v === "number" ? numberText(v) : v;
   const n = /e/i.test(text) ? null : parseUsd(text);
   if (n === null) {
     ctx.addIssue({ code: "custom", message: "must be a USD amount with at most 9 decimals" });
