@@ -14,6 +14,26 @@ export interface IdempotentReply {
 
 export const IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000;
 
+/** A JSON value with every object's keys in order, so that one set of parameters has one text. */
+function sortedKeys(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(sortedKeys);
+  if (v === null || typeof v !== "object") return v;
+  const o = v as Record<string, unknown>;
+  return Object.fromEntries(Object.keys(o).sort().map((k) => [k, sortedKeys(o[k])]));
+}
+
+/**
+ * A body's parameters as one text: a JSON body parsed and written back with sorted keys (as Stripe
+ * compares a retry's parameters, not its bytes), anything else as it came.
+ */
+function canonicalBody(raw: string): string {
+  try {
+    return JSON.stringify(sortedKeys(JSON.parse(raw)));
+  } catch {
+    return raw;
+  }
+}
+
 /** The request's idempotency record key and body hash, or null without the header. */
 export async function idempotency(c: Context<AppEnv>, scope: string, rawBody: string) {
   const header = c.req.header("idempotency-key");
@@ -21,7 +41,7 @@ export async function idempotency(c: Context<AppEnv>, scope: string, rawBody: st
   if (header.length === 0 || header.length > 255) {
     throw new ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 255 characters");
   }
-  return { key: idemKey(scope, header), hash: await hashSecret(rawBody) };
+  return { key: idemKey(scope, header), hash: await hashSecret(canonicalBody(rawBody)) };
 }
 
 /**

@@ -113,6 +113,15 @@ Deno.test("admin: Idempotency-Key replays the first answer; another body is 409"
     const againRes = await t.admin("POST", path, body, { "idempotency-key": "k1" });
     assert.equal(againRes.headers.get("idempotent-replayed"), "true");
     assert.deepEqual(await json(againRes, 201), first);
+    // The same parameters written differently (spacing, key order) are the same request.
+    const respelled = await t.admin(
+      "POST",
+      path,
+      '{ "reason" : "promo",\n  "amount": "5" }',
+      { "idempotency-key": "k1" },
+    );
+    assert.equal(respelled.headers.get("idempotent-replayed"), "true");
+    assert.deepEqual(await json(respelled, 201), first);
     const conflict = await json(
       await t.admin("POST", path, { amount: "6", reason: "promo" }, { "idempotency-key": "k1" }),
       409,
