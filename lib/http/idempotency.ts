@@ -41,16 +41,25 @@ export async function idempotency(c: Context<AppEnv>, scope: string, rawBody: st
   if (header.length === 0 || header.length > 255) {
     throw new ApiError(400, "invalid_request", "Idempotency-Key must be 1 to 255 characters");
   }
-  return { key: idemKey(scope, header), hash: await hashSecret(canonicalBody(rawBody)) };
+  return {
+    key: idemKey(scope, header),
+    hash: await hashSecret(canonicalBody(rawBody)),
+    // Replies stored before bodies were compared by their parameters hold the bytes' hash.
+    rawHash: await hashSecret(rawBody),
+  };
 }
 
 /**
  * Answers from a stored reply: the same body replays it, another body is 409. Returns null when
  * nothing is stored.
  */
-export function replay(c: Context<AppEnv>, stored: unknown, hash: string): Response {
+export function replay(
+  c: Context<AppEnv>,
+  stored: unknown,
+  idem: { hash: string; rawHash: string },
+): Response {
   const r = stored as IdempotentReply;
-  if (r.hash !== hash) {
+  if (r.hash !== idem.hash && r.hash !== idem.rawHash) {
     throw new ApiError(
       409,
       "idempotency_conflict",

@@ -87,7 +87,7 @@ async function credit(
   const idem = await idempotency(c, `admin:${type}:${id}`, raw);
   if (idem) {
     const stored = await storedReply(svc.kv, idem.key);
-    if (stored) return replay(c, stored, idem.hash);
+    if (stored) return replay(c, stored, idem);
   }
   const r = await svc.actors.submit(id, {
     kind: "credit",
@@ -107,7 +107,7 @@ async function credit(
       }
       : undefined,
   });
-  if (r.replayed) return replay(c, r.stored, idem!.hash);
+  if (r.replayed) return replay(c, r.stored, idem!);
   return c.json(ledgerJson(r.entry), 201);
 }
 
@@ -124,7 +124,7 @@ export function adminRoutes() {
     for (let attempt = 0; attempt < 5; attempt++) {
       if (idem) {
         const stored = await storedReply(svc.kv, idem.key);
-        if (stored) return replay(c, stored, idem.hash);
+        if (stored) return replay(c, stored, idem);
       }
       const created = await createAccount(
         svc.kv,

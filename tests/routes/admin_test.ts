@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { ADMIN_TOKEN, json, startRouter } from "../_helpers.ts";
+import { hashSecret } from "../../lib/auth/keys.ts";
+import { idemKey } from "../../lib/kv/schema.ts";
 
 Deno.test("admin: accounts are created, listed and read with their balances", async () => {
   const t = await startRouter();
@@ -122,6 +124,14 @@ Deno.test("admin: Idempotency-Key replays the first answer; another body is 409"
     );
     assert.equal(respelled.headers.get("idempotent-replayed"), "true");
     assert.deepEqual(await json(respelled, 201), first);
+    // A reply stored before bodies were compared by their parameters (under the bytes' hash)
+    // still replays for those bytes.
+    const older = '{"reason":"older","amount":"7"}';
+    const stored = { hash: await hashSecret(older), status: 201, body: { id: "stored-earlier" } };
+    await t.kv.set(idemKey(`admin:adjustment:${id}`, "k-old"), stored);
+    const olderRes = await t.admin("POST", path, older, { "idempotency-key": "k-old" });
+    assert.equal(olderRes.headers.get("idempotent-replayed"), "true");
+    assert.deepEqual(await json(olderRes, 201), { id: "stored-earlier" });
     const conflict = await json(
       await t.admin("POST", path, { amount: "6", reason: "promo" }, { "idempotency-key": "k1" }),
       409,
