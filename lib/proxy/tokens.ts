@@ -20,12 +20,17 @@ export function promptTokenBound(rawBody: string): number {
 /** A token estimate for text the router counts itself (about four characters a token). */
 export const estimateTokens = (text: string) => Math.ceil(text.length / 4);
 
+/**
+ * The text of a message, content part or tool call, parts joined by a space: a tool call's name and
+ * arguments sit under `function`, an assistant message's calls under `tool_calls`.
+ */
 function textOf(v: unknown): string {
   if (typeof v === "string") return v;
-  if (Array.isArray(v)) return v.map(textOf).join(" ");
+  if (Array.isArray(v)) return v.map(textOf).filter(Boolean).join(" ");
   if (v && typeof v === "object") {
     const o = v as Record<string, unknown>;
-    return [o.text, o.content, o.arguments, o.name].map(textOf).join(" ");
+    return [o.text, o.content, o.arguments, o.name, o.function, o.tool_calls].map(textOf)
+      .filter(Boolean).join(" ");
   }
   return "";
 }

@@ -278,11 +278,11 @@ Deno.test("a translated Messages stream whose upstream sent no usage is counted 
     const text = await res.text();
     assert.match(text, /event: message_delta/);
     assert.match(text, /event: message_stop/);
-    // Counted: prompt 3 + 4 + ⌈len(" hi  ") / 4⌉ + 1 (the empty system, '""') = 10 tokens;
-    // output "abcd" + "efgh" = 2 tokens → 10×0.15 + 2×0.60 = 2.7 µ$ market at gpt-4o-mini's
-    // prices, 2.16 µ$ at 20 % off.
+    // Counted: prompt 3 + 4 + ⌈len("hi") / 4⌉ + 1 (the empty system, '""') = 9 tokens;
+    // output "abcd" + "efgh" = 2 tokens → 9×0.15 + 2×0.60 = 2.55 µ$ market at gpt-4o-mini's
+    // prices, 2.04 µ$ at 20 % off.
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, "0.00000216");
+    assert.equal(credits.total_used, "0.00000204");
     assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {
