@@ -12,7 +12,7 @@ import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../pricing.ts";
 import { usdNumber } from "../money.ts";
 import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
-import { type SseFormat, tapStream } from "./sse.ts";
+import { type SseFormat, tapStream, type UsageAnswer } from "./sse.ts";
 import { countReplyOutput, countStreamedOutput } from "./tokens.ts";
 import { pause } from "../kv/util.ts";
 
@@ -206,10 +206,14 @@ export async function settleJson(
 
 /**
  * Bills a proxied stream. `onUsage` is the format's usage handling (see `TapHandlers`): it
- * settles with `settle` and returns the event the client gets. When the stream ends without a
- * final usage, the router counts what was streamed and settles that on top of `inputUsage` (the
- * input side as far as known), or releases the hold if the upstream failed before producing
- * anything. An upstream failure ends the stream with an error event in the client's `format`.
+ * settles the final usage with `settle` and returns the event the client gets; usage that is not
+ * final yet (a provider's running count on a chunk that still carries choices) it hands to
+ * `interim`, the latest replacing the one before. When the stream ends without a final usage, the
+ * latest interim usage is settled (it is the provider's own count); without one the router counts
+ * what was streamed and settles that on top of `inputUsage` (the input side as far as known), or
+ * releases the hold if the upstream failed before producing anything. Either is audited with the
+ * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`). An upstream failure
+ * ends the stream with an error event in the client's `format`.
  */
 export function billStream(
   m: MeteredRequest,
@@ -218,31 +222,46 @@ export function billStream(
     chunk: Record<string, unknown>,
     event: string,
     settle: (u: NormalizedUsage) => Promise<Cost>,
-  ) => Promise<string | null | undefined>,
+    interim: (u: NormalizedUsage) => void,
+  ) => Promise<UsageAnswer>,
   inputUsage: () => NormalizedUsage,
   format: SseFormat = "openai",
 ): ReadableStream<Uint8Array> {
   const svc = m.c.get("svc");
   let settled = false;
+  let latest: NormalizedUsage | null = null;
   const settle = (u: NormalizedUsage) => {
     settled = true;
     return m.settle(u);
   };
+  const interim = (u: NormalizedUsage) => {
+    latest = u;
+  };
   return tapStream(upstream, {
     format,
-    onUsage: (chunk, event) => onUsage(chunk, event, settle),
+    onUsage: (chunk, event) => onUsage(chunk, event, settle, interim),
     async onEnd(kind, produced) {
       if (settled) return;
-      const completion = countStreamedOutput(produced());
-      if (kind === "error" && completion === 0) {
-        await m.release(502, "upstream_error");
-        return;
-      }
       const errorCode = kind === "complete"
         ? "usage_missing"
         : kind === "cancelled"
         ? "client_disconnected"
         : "upstream_stream_failed";
+      if (latest) {
+        await m.settle(latest, { errorCode });
+        svc.log("warn", "stream ended without final usage; its latest usage settled", {
+          request_id: m.c.get("requestId"),
+          reason: errorCode,
+          prompt_tokens: latest.prompt,
+          completion_tokens: latest.completion,
+        });
+        return;
+      }
+      const completion = countStreamedOutput(produced());
+      if (kind === "error" && completion === 0) {
+        await m.release(502, "upstream_error");
+        return;
+      }
       await m.settle({ ...inputUsage(), completion, reasoning: 0 }, { errorCode });
       svc.log("warn", "stream ended without usage; counted by the router", {
         request_id: m.c.get("requestId"),

@@ -149,16 +149,23 @@ const STREAM_FAILED: Record<SseFormat, string> = {
   anthropic: `event: error\ndata: ${JSON.stringify({ type: "error", error: FAILURE })}\n\n`,
 };
 
+/**
+ * What `onUsage` answers for an event carrying usage. Final usage: the event to send in its place
+ * (`data: ...`), or null to drop it; either ends the watch. Usage that is not final: undefined
+ * passes the event on unchanged, `{ interim }` sends `interim` in its place (null drops it); the
+ * watch goes on (Anthropic's `message_start` carries the input usage and its `message_delta` the
+ * final one; some OpenAI-compatible hosts put running usage on every chunk).
+ */
+export type UsageAnswer = string | null | undefined | { interim: string | null };
+
 export interface TapHandlers {
   /** The format of the error event ending a stream whose upstream failed (default OpenAI's). */
   format?: SseFormat;
   /**
-   * Called with each event that carries usage until one is final: returns the event to send in
-   * its place (`data: ...`), or null to drop it, which ends the watch; or undefined to pass the
-   * event on unchanged and keep watching (Anthropic's `message_start` carries the input usage and
-   * its `message_delta` the final one). `event` is the raw event text (with any `event:` line).
+   * Called with each event that carries usage until one is final (see `UsageAnswer`). `event` is
+   * the raw event text (with any `event:` line).
    */
-  onUsage(chunk: Record<string, unknown>, event: string): Promise<string | null | undefined>;
+  onUsage(chunk: Record<string, unknown>, event: string): Promise<UsageAnswer>;
   /**
    * Called once when the stream ends: `complete` after the upstream's last byte, `cancelled` when
    * the client went away, `error` when the upstream failed or stalled. `produced` decodes what was
@@ -264,10 +271,14 @@ export function tapStream(
           if (!usageSeen && USAGE.test(event)) {
             const data = eventData(event);
             if (data && typeof data === "object") {
-              const replacement = await handlers.onUsage(data as Record<string, unknown>, event);
-              if (replacement !== undefined) {
+              const answer = await handlers.onUsage(data as Record<string, unknown>, event);
+              if (answer !== null && typeof answer === "object") {
+                if (answer.interim !== null) out += answer.interim + "\n\n";
+                continue;
+              }
+              if (answer !== undefined) {
                 usageSeen = true;
-                if (replacement !== null) out += replacement + "\n\n";
+                if (answer !== null) out += answer + "\n\n";
                 continue;
               }
             }

@@ -96,15 +96,20 @@ export async function chatCompletions(c: Context<AppEnv>) {
   const out = billStream(
     m,
     model.adapter.chatStream(reply.res.body!, (u) => input = u),
-    async (chunk, _event, settle) => {
+    async (chunk, _event, settle, interim) => {
+      // OpenAI's final usage comes in a chunk of its own, with no choices. Usage on a chunk that
+      // still carries choices (some OpenAI-compatible hosts send the running count on every
+      // chunk) is not final: remembered, in case no final chunk comes, and passed on as it is.
+      if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
+        interim(readOpenAIUsage(chunk.usage, new UsageReader()));
+        if (wantsUsage) return undefined;
+        const { usage: _drop, ...without } = chunk;
+        return { interim: "data: " + JSON.stringify(without) };
+      }
       const cost = await settle(readOpenAIUsage(chunk.usage, reader));
       logAnomalies(m, reader);
       if (wantsUsage) {
         return "data: " + JSON.stringify({ ...chunk, usage: withCost(chunk.usage, cost) });
-      }
-      if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
-        const { usage: _drop, ...without } = chunk;
-        return "data: " + JSON.stringify(without);
       }
       return null;
     },

@@ -27,6 +27,11 @@ export interface Scenario {
   chunkDelayMs?: number;
   /** Omit the usage chunk even when asked for it. */
   omitUsage?: boolean;
+  /**
+   * Put the running (cumulative) usage on every chunk that carries choices, as vLLM's continuous
+   * usage stats do: the input in full, the output so far, the last chunk the whole reply's.
+   */
+  cumulativeUsage?: boolean;
   /** Stop sending (but keep the connection open) after this many chunks. */
   stallAfter?: number;
   /** The reply's text; by default "Echo: " + the last user message. */
@@ -142,18 +147,31 @@ export function startFakeOpenAI(): FakeOpenAI {
     const n = Math.max(1, s.chunks ?? 4);
     const size = Math.ceil(content.length / n);
     const parts = Array.from({ length: n }, (_, i) => content.slice(i * size, (i + 1) * size));
-    const chunk = (delta: unknown, finish: string | null) => ({
+    /** The cumulative usage after `k` of the `n` content parts. */
+    const runningUsage = (k: number) => {
+      const completion = Math.ceil(usage.completion_tokens * k / n);
+      const reasoning = usage.completion_tokens_details?.reasoning_tokens;
+      return {
+        ...full,
+        completion_tokens: completion,
+        total_tokens: usage.prompt_tokens + completion,
+        ...(reasoning === undefined
+          ? {}
+          : { completion_tokens_details: { reasoning_tokens: Math.min(reasoning, completion) } }),
+      };
+    };
+    const chunk = (delta: unknown, finish: string | null, k: number) => ({
       id,
       object: "chat.completion.chunk",
       created,
       model: body.model,
       choices: [{ index: 0, delta, finish_reason: finish }],
-      ...(includeUsage ? { usage: null } : {}),
+      ...(s.cumulativeUsage ? { usage: runningUsage(k) } : includeUsage ? { usage: null } : {}),
     });
     const events: string[] = [
-      JSON.stringify(chunk({ role: "assistant", content: "" }, null)),
-      ...parts.map((p) => JSON.stringify(chunk({ content: p }, null))),
-      JSON.stringify(chunk({}, "stop")),
+      JSON.stringify(chunk({ role: "assistant", content: "" }, null, 0)),
+      ...parts.map((p, i) => JSON.stringify(chunk({ content: p }, null, i + 1))),
+      JSON.stringify(chunk({}, "stop", n)),
     ];
     if (includeUsage && !s.omitUsage) {
       events.push(

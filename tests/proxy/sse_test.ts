@@ -124,3 +124,30 @@ Deno.test("SseSplitter keeps incomplete events, including a terminator cut in ha
   assert.deepEqual(eventData('data: {"a":\ndata: 1}'), { a: 1 });
   assert.equal(eventData("data: {not json"), null);
 });
+
+Deno.test("tapStream: usage answered as interim is replaced (or dropped) and the watch goes on", async () => {
+  const running = (n: number) =>
+    `data: ${
+      JSON.stringify({
+        id: "c1",
+        choices: [{ index: 0, delta: { content: String(n) } }],
+        usage: { completion_tokens: n },
+      })
+    }`;
+  const input = [running(1), running(2), running(3), USAGE_EVENT, "data: [DONE]"]
+    .map((e) => e + "\n\n").join("");
+  const seen: unknown[] = [];
+  const out = tapStream(cut(new TextEncoder().encode(input), [7, 60]), {
+    onUsage(data) {
+      seen.push(data.usage);
+      const n = (data.usage as { completion_tokens: number }).completion_tokens;
+      if ((data.choices as unknown[]).length === 0) return Promise.resolve("data: final");
+      // The first passes unchanged, the second is dropped, the third rewritten.
+      return Promise.resolve(n === 1 ? undefined : { interim: n === 2 ? null : "data: three" });
+    },
+    onEnd: () => Promise.resolve(),
+  }, 5_000);
+  const text = await new Response(out).text();
+  assert.equal(text, `${running(1)}\n\ndata: three\n\ndata: final\n\ndata: [DONE]\n\n`);
+  assert.equal(seen.length, 4, "every usage event up to the final one is handed over");
+});

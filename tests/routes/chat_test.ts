@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { json, startRouter } from "../_helpers.ts";
+import { sseData } from "../providers/_setup.ts";
 
 const USAGE = {
   prompt_tokens: 1000,
@@ -88,6 +89,102 @@ Deno.test("a stream passes through, bills its usage, and shows usage only when a
     }
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.total_used, "0.000384");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("usage on every chunk (vLLM's continuous stats): the empty-choices chunk is the one billed", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // Each chunk carries the running usage (output so far); the last, empty-choices chunk the
+    // whole reply's: 1000 in, 200 out, billed $0.000192 at your rate.
+    t.openai.scenario = { usage: USAGE, chunks: 5, cumulativeUsage: true };
+    const stream = (include_usage: boolean) =>
+      t.call(key, "POST", "/v1/chat/completions", {
+        model: "gpt-4o-mini",
+        messages: [{ role: "user", content: "stream me" }],
+        stream: true,
+        stream_options: { include_usage },
+      });
+
+    // Asked for usage: the running counts pass unchanged, the final chunk carries the cost.
+    const asked = sseData(await (await stream(true)).text());
+    const withChoices = asked.filter((c) => (c.choices as unknown[]).length > 0);
+    assert.equal(withChoices.length, 7);
+    assert.deepEqual(
+      withChoices.map((c) => (c.usage as Record<string, number>).completion_tokens),
+      [0, 40, 80, 120, 160, 200, 200],
+      "the provider's running usage reaches the client as sent",
+    );
+    assert.ok(withChoices.every((c) => !("cost" in (c.usage as object))));
+    const final = asked.at(-1)!;
+    assert.deepEqual(final.choices, []);
+    const u = final.usage as Record<string, number>;
+    assert.equal(u.completion_tokens, 200);
+    assert.equal(u.cost, 0.000192);
+    assert.equal(u.market_cost, 0.00024);
+
+    // Not asked: no usage anywhere, as with OpenAI.
+    const plain = sseData(await (await stream(false)).text());
+    assert.ok(plain.length > 0);
+    assert.ok(plain.every((c) => !c.usage), "no usage when the client did not ask");
+    assert.ok(plain.every((c) => (c.choices as unknown[]).length > 0));
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.000384", "each stream billed the final usage exactly");
+    assert.equal(credits.reserved, "0");
+    const audit = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
+    assert.equal(audit.data.length, 2);
+    for (const row of audit.data) {
+      assert.equal(row.error_code, null);
+      assert.equal(row.prompt_tokens, 1000);
+      assert.equal(row.completion_tokens, 200);
+      assert.equal(row.reasoning_tokens, 50);
+      assert.equal(row.cost, "0.000192");
+    }
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("usage on every chunk and no final usage chunk: the last running usage is billed", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { usage: USAGE, chunks: 5, cumulativeUsage: true, omitUsage: true };
+    const ids: string[] = [];
+    for (const include_usage of [true, false]) {
+      const res = await t.call(key, "POST", "/v1/chat/completions", {
+        model: "gpt-4o-mini",
+        messages: [{ role: "user", content: "stream me" }],
+        stream: true,
+        stream_options: { include_usage },
+      });
+      assert.equal(res.status, 200);
+      ids.push(res.headers.get("x-request-id")!);
+      const chunks = sseData(await res.text());
+      assert.ok(chunks.every((c) => (c.choices as unknown[]).length > 0));
+      const last = chunks.at(-1)!.usage as Record<string, number> | undefined;
+      if (include_usage) assert.equal(last?.completion_tokens, 200, "passed on as sent");
+      else assert.ok(chunks.every((c) => !c.usage));
+    }
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.000384", "the provider's last count, not the first");
+    assert.equal(credits.reserved, "0");
+    await t.router.flush();
+    for (const id of ids) {
+      const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
+      assert.equal(row.error_code, "usage_missing", "no final usage chunk arrived");
+      assert.equal(row.prompt_tokens, 1000);
+      assert.equal(row.cached_tokens, 400);
+      assert.equal(row.completion_tokens, 200);
+      assert.equal(row.reasoning_tokens, 50);
+      assert.equal(row.cost, "0.000192");
+    }
     await t.assertBooks();
   } finally {
     await t.close();
