@@ -2,7 +2,7 @@ import { type Context, Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { auditableKey, presentedSecret, requireKey } from "../../lib/http/auth.ts";
-import { badRequest, parseJson } from "../../lib/http/errors.ts";
+import { ApiError, badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest, usageEvent } from "../../lib/proxy/metered.ts";
 import { estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
 import { forward, resolveModel, settleJson } from "../../lib/proxy/pipeline.ts";
@@ -72,6 +72,18 @@ function pricing(m: ResolvedModel) {
   };
 }
 
+/** A model as `GET /v1/models` lists it: OpenAI's model object, with `type` and `pricing`. */
+function modelObject(m: ResolvedModel) {
+  return {
+    id: `${m.provider}/${m.model}`,
+    object: "model",
+    created: Math.floor(Date.UTC(2024, 0, 1) / 1000),
+    owned_by: m.provider,
+    type: m.type,
+    pricing: pricing(m),
+  };
+}
+
 /** The inference API: chat completions, messages, responses, embeddings, models and the key. */
 export function inferenceRoutes() {
   const app = new Hono<AppEnv>();
@@ -80,23 +92,27 @@ export function inferenceRoutes() {
   app.get("/models", (c) => {
     const svc = c.get("svc");
     if (!cached || svc.now() - cached.at > 60_000) {
-      const created = Math.floor(Date.UTC(2024, 0, 1) / 1000);
       cached = {
         at: svc.now(),
-        body: {
-          object: "list",
-          data: svc.providers.list().map((m) => ({
-            id: `${m.provider}/${m.model}`,
-            object: "model",
-            created,
-            owned_by: m.provider,
-            type: m.type,
-            pricing: pricing(m),
-          })),
-        },
+        body: { object: "list", data: svc.providers.list().map(modelObject) },
       };
     }
     return c.json(cached.body);
+  });
+  // One model (OpenAI's `models.retrieve`). Its id holds a slash, sent as is or as %2F; a bare
+  // catalog name resolves as it does in a chat request.
+  app.get("/models/:id{.+}", (c) => {
+    const r = c.get("svc").providers.resolve(c.req.param("id"));
+    if (!r.ok) throw new ApiError(404, r.code, r.message);
+    // As in the list: an embedding model only where the provider speaks embeddings.
+    if (r.model.type === "embedding" && !r.model.adapter.embeddingsRequest) {
+      throw new ApiError(
+        404,
+        "model_not_found",
+        `The model '${r.model.provider}/${r.model.model}' is not offered. GET /v1/models lists the models.`,
+      );
+    }
+    return c.json(modelObject(r.model));
   });
 
   app.use("/chat/completions", requireKey("inference"));

@@ -436,3 +436,56 @@ Deno.test("a JSON reply without usage is counted by the router, as a stream's is
     await t.close();
   }
 });
+
+Deno.test("GET /v1/models/{id}: the OpenAI SDK's models.retrieve gets the list's entry; unknown ids are 404", async () => {
+  const t = await startProviders();
+  try {
+    const { key } = await t.account("1");
+    const list = await json(await fetch(`${t.url}/v1/models`), 200);
+    const entry = (id: string) => list.data.find((m: { id: string }) => m.id === id);
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
+    // The SDK sends the slash as %2F.
+    for (
+      const id of ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4-5", "google/gemini-2.5-flash"]
+    ) {
+      const model = await client.models.retrieve(id);
+      assert.ok(entry(id), id);
+      assert.deepEqual({ ...model }, entry(id), id);
+      assert.match(model._request_id ?? "", /^req_/);
+    }
+    const embedding = await client.models.retrieve("openai/text-embedding-3-small");
+    assert.equal((embedding as unknown as { type: string }).type, "embedding");
+    // A bare catalog name resolves as it does in a chat request; a raw slash works too.
+    assert.deepEqual(
+      { ...await client.models.retrieve("gpt-4o-mini") },
+      entry("openai/gpt-4o-mini"),
+    );
+    assert.deepEqual(
+      await json(await fetch(`${t.url}/v1/models/openai/gpt-4o-mini`), 200),
+      entry("openai/gpt-4o-mini"),
+    );
+    // Unknown and unpriced models: 404 in the router's error shape, with a request id.
+    for (
+      const [path, code] of [
+        ["nope%2Fxyz", "model_not_found"],
+        ["nope/xyz", "model_not_found"],
+        ["no-such-model-anywhere", "model_not_found"],
+        ["openai%2Fno-such-model-xyz", "model_not_priced"],
+        ["openai/no-such-model-xyz", "model_not_priced"],
+      ]
+    ) {
+      const res = await fetch(`${t.url}/v1/models/${path}`);
+      assert.match(res.headers.get("x-request-id") ?? "", /^req_/);
+      const body = await json(res, 404);
+      assert.equal(body.error.code, code, path);
+      assert.equal(typeof body.error.message, "string");
+      assert.equal(typeof body.error.type, "string");
+    }
+    const e = await client.models.retrieve("openai/no-such-model-xyz").then(() => null, (e) => e);
+    assert.ok(e instanceof OpenAI.NotFoundError, `expected NotFoundError, got ${e}`);
+    assert.equal(e.code, "model_not_priced");
+    assert.equal(t.openai.requests.length, 0, "nothing was forwarded");
+  } finally {
+    await t.close();
+  }
+});
