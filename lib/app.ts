@@ -76,6 +76,11 @@ export function createApp(deps: AppDeps): Router {
     c.set("audited", false);
     await next();
     c.res.headers.set("x-request-id", requestId);
+    // The Anthropic SDK reads Anthropic's own name for it (`message._request_id`, errors'
+    // `requestID`).
+    if (c.req.path === "/v1/messages" || c.req.path.startsWith("/v1/messages/")) {
+      c.res.headers.set("request-id", requestId);
+    }
   });
   // Every refused inference request of a known key leaves an audit row, at cost 0.
   const audited = ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"];

@@ -489,3 +489,41 @@ Deno.test("GET /v1/models/{id}: the OpenAI SDK's models.retrieve gets the list's
     await t.close();
   }
 });
+
+Deno.test("the Anthropic SDK reads the request id (request-id) on /v1/messages: replies, streams and errors", async () => {
+  const t = await startProviders({ providersFile: { retry: { max_retries: 0 } } });
+  try {
+    const { key } = await t.account("1");
+    const client = new Anthropic({ apiKey: key, baseURL: t.url, maxRetries: 0 });
+    const body = { model: "claude-haiku-4-5", max_tokens: 10, messages: hi };
+    const message = await client.messages.create(body);
+    assert.match(message._request_id ?? "", /^req_\w+$/, "message._request_id");
+    const { response, request_id } = await client.messages.create(body).withResponse();
+    assert.match(request_id ?? "", /^req_\w+$/);
+    assert.equal(request_id, response.headers.get("x-request-id"), "the same id as x-request-id");
+    const stream = client.messages.stream(body);
+    await stream.finalMessage();
+    assert.match(stream.request_id ?? "", /^req_\w+$/, "a stream's request_id");
+    const counted = await client.messages.countTokens({ model: "claude-haiku-4-5", messages: hi });
+    assert.match(counted._request_id ?? "", /^req_\w+$/);
+    // An error: the SDK's requestID is the router's id.
+    const e = await client.messages.create({ ...body, model: "anthropic/no-such-claude" }).then(
+      () => null,
+      (e) => e,
+    );
+    assert.ok(e instanceof Anthropic.NotFoundError, `expected NotFoundError, got ${e}`);
+    assert.match(e.requestID ?? "", /^req_\w+$/, "error.requestID");
+    assert.equal(e.requestID, e.headers.get("x-request-id"));
+    // Other endpoints keep their own header only.
+    const chat = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gpt-4o-mini",
+      messages: hi,
+      max_tokens: 10,
+    });
+    await json(chat, 200);
+    assert.equal(chat.headers.get("request-id"), null);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
