@@ -230,16 +230,26 @@ export function billStream(
   const svc = m.c.get("svc");
   let settled = false;
   let latest: NormalizedUsage | null = null;
-  const settle = (u: NormalizedUsage) => {
+  // A final usage of no tokens at all is no count (a provider left it empty): as in a reply
+  // without usage, the latest interim usage or the router's own count is settled instead.
+  const settleWith = (produced: () => string) => (u: NormalizedUsage) => {
     settled = true;
-    return m.settle(u);
+    if (u.prompt !== 0 || u.completion !== 0) return m.settle(u);
+    const counted = latest ??
+      { ...inputUsage(), completion: countStreamedOutput(produced()), reasoning: 0 };
+    svc.log("warn", "stream's final usage is empty; counted by the router", {
+      request_id: m.c.get("requestId"),
+      prompt_tokens: counted.prompt,
+      completion_tokens: counted.completion,
+    });
+    return m.settle(counted, { errorCode: "usage_missing" });
   };
   const interim = (u: NormalizedUsage) => {
     latest = u;
   };
   return tapStream(upstream, {
     format,
-    onUsage: (chunk, event) => onUsage(chunk, event, settle, interim),
+    onUsage: (chunk, event, produced) => onUsage(chunk, event, settleWith(produced), interim),
     async onEnd(kind, produced) {
       if (settled) return;
       const errorCode = kind === "complete"

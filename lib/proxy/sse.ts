@@ -163,9 +163,13 @@ export interface TapHandlers {
   format?: SseFormat;
   /**
    * Called with each event that carries usage until one is final (see `UsageAnswer`). `event` is
-   * the raw event text (with any `event:` line).
+   * the raw event text (with any `event:` line); `produced` decodes what was streamed so far.
    */
-  onUsage(chunk: Record<string, unknown>, event: string): Promise<UsageAnswer>;
+  onUsage(
+    chunk: Record<string, unknown>,
+    event: string,
+    produced: () => string,
+  ): Promise<UsageAnswer>;
   /**
    * Called once when the stream ends: `complete` after the upstream's last byte, `cancelled` when
    * the client went away, `error` when the upstream failed or stalled. `produced` decodes what was
@@ -271,7 +275,11 @@ export function tapStream(
           if (!usageSeen && USAGE.test(event)) {
             const data = eventData(event);
             if (data && typeof data === "object") {
-              const answer = await handlers.onUsage(data as Record<string, unknown>, event);
+              const answer = await handlers.onUsage(
+                data as Record<string, unknown>,
+                event,
+                produced,
+              );
               if (answer !== null && typeof answer === "object") {
                 if (answer.interim !== null) out += answer.interim + "\n\n";
                 continue;

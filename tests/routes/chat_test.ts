@@ -151,6 +151,41 @@ Deno.test("usage on every chunk (vLLM's continuous stats): the empty-choices chu
   }
 });
 
+Deno.test("a stream whose final usage counts no tokens is counted by the router, never free", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // "abcd" × 4 in two chunks: 16 characters, 4 output tokens at four characters a token.
+    t.openai.scenario = {
+      usage: { prompt_tokens: 0, completion_tokens: 0 },
+      content: "abcd".repeat(4),
+      chunks: 2,
+    };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "x".repeat(40) }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    assert.equal(res.status, 200);
+    const usage = sseData(await res.text()).at(-1)!.usage as Record<string, number>;
+    // Prompt estimated as 3 + 4 + 10 = 17 tokens: 17 × 0.15 + 4 × 0.60 = 4.95 µ$ market,
+    // 3.96 µ$ at 20 % off (gpt-4o-mini).
+    assert.equal(usage.cost, 0.00000396);
+    assert.equal(usage.market_cost, 0.00000495);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00000396");
+    await t.router.flush();
+    const id = res.headers.get("x-request-id")!;
+    const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
+    assert.equal(row.error_code, "usage_missing");
+    assert.deepEqual([row.prompt_tokens, row.completion_tokens], [17, 4]);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("usage on every chunk and no final usage chunk: the last running usage is billed", async () => {
   const t = await startRouter();
   try {
