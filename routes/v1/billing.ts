@@ -13,6 +13,11 @@ import {
 } from "../../lib/billing/stripe.ts";
 import Stripe from "stripe";
 
+/** Stripe's client gave up waiting (its `timeout`, after its retries): a 504, not a failure. */
+const isStripeTimeout = (e: Stripe.errors.StripeError) =>
+  e instanceof Stripe.errors.StripeConnectionError &&
+  (e.detail as { code?: unknown } | undefined)?.code === "ETIMEDOUT";
+
 const checkoutSchema = z.strictObject({ package_id: z.string().min(1, "is required").max(100) });
 
 /** Credit packages and their purchase. */
@@ -59,6 +64,9 @@ export function billingRoutes() {
         if (e instanceof Stripe.errors.StripeError) {
           // Stripe's message may describe its own configuration: log its type, not the text.
           svc.log("error", "stripe checkout failed", { type: e.type, status: e.statusCode });
+          if (isStripeTimeout(e)) {
+            throw new ApiError(504, "upstream_timeout", "Stripe did not answer in time");
+          }
           throw new ApiError(502, "upstream_error", "Stripe did not create the Checkout Session");
         }
         throw e;
