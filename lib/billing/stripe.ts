@@ -404,13 +404,15 @@ async function refundCharge(svc: Services, charge: Stripe.Charge) {
 }
 
 /**
- * A refund Stripe reports failed (the money never left): the credit its take-back removed comes
- * back once, as a positive adjustment referencing the refund. The failure is recorded first, and
+ * A refund Stripe reports failed or canceled (the money never left): the credit its take-back
+ * removed comes back once, as a positive adjustment referencing the refund. The failure is recorded first, and
  * a refund not yet taken back has its once-key claimed, so a take-back delivered later (or at the
  * same moment) replays instead of applying.
  */
 async function refundFailed(svc: Services, refund: Stripe.Refund): Promise<EventResult> {
-  if (refund.status !== "failed") return "ignored";
+  // A canceled refund (one awaiting the customer's details, then canceled) is undone like a
+  // failed one: the charge's other refunds already count neither (`refundsOf`).
+  if (refund.status !== "failed" && refund.status !== "canceled") return "ignored";
   const failure: RefundFailure = {
     charge: idOf(refund.charge),
     failed_at: new Date(svc.now()).toISOString(),
@@ -441,7 +443,8 @@ async function refundFailed(svc: Services, refund: Stripe.Refund): Promise<Event
     kind: "credit",
     type: "adjustment",
     amount,
-    description: `Stripe refund ${refund.id} failed: ${payment.name} package credit returned`,
+    description:
+      `Stripe refund ${refund.id} ${refund.status}: ${payment.name} package credit returned`,
     reference: refund.id,
     once: { key: onceKey(payment.account_id, `${refund.id}/failed`), value: (e) => e.id },
   });

@@ -503,6 +503,63 @@ Deno.test("charge.dispute.created is acknowledged and changes nothing (no take-b
     await t.assertBooks();
   }));
 
+Deno.test("a refund canceled after its take-back gives the credit back once", () =>
+  run(async ({ t, stripe }) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "scale");
+    await result(t, stripe, stripe.event("checkout.session.completed", stripe.complete(sessionId)));
+    const refunded = stripe.event("charge.refunded", stripe.refund(sessionId, 4000));
+    assert.equal(await result(t, stripe, refunded), "refunded");
+    assert.equal(await balance(t, mgmt), "63");
+    // The refund is canceled (the money never left): Stripe shows it `canceled`, the charge's
+    // refunded amount drops by it.
+    const refund = stripe.refunds.at(-1)!;
+    stripe.failRefund(refund.id as string);
+    refund.status = "canceled";
+    delete refund.failure_reason;
+    const results = [];
+    for (const type of ["charge.refund.updated", "refund.updated", "charge.refund.updated"]) {
+      results.push(await result(t, stripe, stripe.event(type, structuredClone(refund))));
+    }
+    assert.deepEqual(results, ["refund_reversed", "already_reversed", "already_reversed"]);
+    assert.equal(await balance(t, mgmt), "105", "the canceled refund's take-back is given back");
+    const [charge] = stripe.charges.keys();
+    const adjustments = await transactions(t, mgmt, "adjustment");
+    assert.deepEqual(adjustments.map((e) => [e.amount, e.reference]), [
+      ["42", refund.id],
+      ["-42", charge],
+    ]);
+    assert.match(adjustments[0].description, /canceled/);
+    assert.equal(await result(t, stripe, refunded), "already_refunded");
+    assert.equal(await balance(t, mgmt), "105");
+    await assertLedgerSum(t, mgmt);
+    await t.assertBooks();
+  }));
+
+Deno.test("a refund canceled before its take-back arrives keeps the take-back from applying", () =>
+  run(async ({ t, stripe }) => {
+    const { mgmt } = await t.account("0");
+    const sessionId = await checkout(t, stripe, mgmt, "scale");
+    await result(t, stripe, stripe.event("checkout.session.completed", stripe.complete(sessionId)));
+    const charge = stripe.refund(sessionId, 4000);
+    const stale = structuredClone(stripe.refunds.at(-1)!);
+    const refund = stripe.refunds.at(-1)!;
+    stripe.failRefund(refund.id as string);
+    refund.status = "canceled";
+    delete refund.failure_reason;
+    const canceled = stripe.event("refund.updated", structuredClone(refund));
+    assert.equal(await result(t, stripe, canceled), "ignored", "nothing was taken back");
+    // The take-back arrives late, built while the refund still looked pending.
+    const late = stripe.event("charge.refunded", {
+      ...charge,
+      refunds: { object: "list", data: [{ ...stale, status: "pending" }], has_more: false },
+    });
+    assert.equal(await result(t, stripe, late), "already_refunded");
+    assert.equal(await balance(t, mgmt), "105");
+    assert.deepEqual(await transactions(t, mgmt, "adjustment"), []);
+    await t.assertBooks();
+  }));
+
 // ---------------------------------------------------------------------------------------------
 // Signatures
 
