@@ -207,6 +207,30 @@ Deno.test("checkout while Stripe is too slow: 504 upstream_timeout JSON, nothing
   }
 });
 
+Deno.test("checkout takes no amount from the client: only the package's price reaches Stripe", () =>
+  run(async ({ t, stripe }) => {
+    const { mgmt } = await t.account("0");
+    const before = await snapshot(t.kv);
+    for (
+      const body of [
+        { package_id: "starter", amount: "1000" },
+        { package_id: "starter", price: "0.01" },
+        { package_id: "starter", credits: "1000" },
+      ]
+    ) {
+      const res = await t.call(mgmt, "POST", "/v1/billing/checkout", body);
+      assert.equal((await json(res, 400)).error.code, "invalid_request", JSON.stringify(body));
+    }
+    assert.equal(stripe.requests.length, 0, "nothing reached Stripe");
+    assert.deepEqual(await snapshot(t.kv), before);
+    await checkout(t, stripe, mgmt, "starter");
+    const post = stripe.requests.find((r) => r.path === "/v1/checkout/sessions")!;
+    const item = (post.body.line_items as Record<string, Record<string, unknown>>[])[0];
+    assert.equal(item.price_data.unit_amount, "1000");
+    assert.equal(post.headers.authorization, `Bearer ${SECRET_KEY}`);
+    await t.assertBooks();
+  }));
+
 // ---------------------------------------------------------------------------------------------
 // Secrets
 
