@@ -405,9 +405,9 @@ async function refundCharge(svc: Services, charge: Stripe.Charge) {
 
 /**
  * A refund Stripe reports failed or canceled (the money never left): the credit its take-back
- * removed comes back once, as a positive adjustment referencing the refund. The failure is recorded first, and
- * a refund not yet taken back has its once-key claimed, so a take-back delivered later (or at the
- * same moment) replays instead of applying.
+ * removed comes back once, as a positive adjustment referencing the refund. The failure is
+ * recorded first, and a refund not yet taken back has its once-key claimed, so a take-back
+ * delivered later (or at the same moment) replays instead of applying.
  */
 async function refundFailed(svc: Services, refund: Stripe.Refund): Promise<EventResult> {
   // A canceled refund (one awaiting the customer's details, then canceled) is undone like a
