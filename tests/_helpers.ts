@@ -138,3 +138,19 @@ export async function json(res: Response, status: number) {
   assert.equal(res.status, status, `expected ${status}, got ${res.status}: ${text}`);
   return text ? JSON.parse(text) : null;
 }
+
+/** Every KV entry (key and value as text), once all pending work is recorded. */
+export type KvSnapshot = Map<string, string>;
+
+const snapshotText = (v: unknown) =>
+  JSON.stringify(v, (_k, x) => typeof x === "bigint" ? `${x}n` : x);
+
+/** The router's KV contents after a flush: equal snapshots mean nothing was written. */
+export async function kvSnapshot(t: TestRouter): Promise<KvSnapshot> {
+  await t.router.flush();
+  const out: KvSnapshot = new Map();
+  for await (const e of t.kv.list({ prefix: [] })) {
+    out.set(snapshotText(e.key), snapshotText(e.value));
+  }
+  return out;
+}

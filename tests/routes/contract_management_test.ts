@@ -1,19 +1,8 @@
 // The management and admin API against API.md's contract, point by point, where no other test
 // proves it: cursors, periods, the key object, limits, amounts, ADMIN_TOKEN unset.
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, kvSnapshot, startRouter } from "../_helpers.ts";
 import { parseUsd } from "../../lib/money.ts";
-
-type Snapshot = Map<string, string>;
-const ser = (v: unknown) => JSON.stringify(v, (_k, x) => typeof x === "bigint" ? `${x}n` : x);
-
-/** Every KV entry, after all pending work is recorded. */
-async function snapshot(t: TestRouter): Promise<Snapshot> {
-  await t.router.flush();
-  const out: Snapshot = new Map();
-  for await (const e of t.kv.list({ prefix: [] })) out.set(ser(e.key), ser(e.value));
-  return out;
-}
 
 async function expectError(res: Response, status: number, code: string, names?: string) {
   const body = await json(res, status);
@@ -32,7 +21,7 @@ Deno.test("paging: a cursor the endpoint never returned is 400 naming 'cursor', 
       await t.admin("POST", `/v1/admin/accounts/${id}/adjustments`, { amount: "1", reason: "x" }),
       201,
     );
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     // Each passes the cursor's character set yet is no cursor either endpoint gave out.
     for (const cursor of ["abc", "A", "eDE", "AngxAA"]) {
       for (const path of ["/v1/transactions", "/v1/audit"]) {
@@ -55,7 +44,7 @@ Deno.test("paging: a cursor the endpoint never returned is 400 naming 'cursor', 
     assert.equal(next.data.length, 1);
     assert.notEqual(next.data[0].id, first.data[0].id);
     assert.equal(next.next_cursor, null);
-    assert.deepEqual(await snapshot(t), before, "nothing written");
+    assert.deepEqual(await kvSnapshot(t), before, "nothing written");
   } finally {
     await t.close();
   }
@@ -121,7 +110,7 @@ Deno.test("keys: expires_at must be a real day; a time without a zone is UTC", a
   const t = await startRouter();
   try {
     const { mgmt, keyId } = await t.account("1");
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     for (const expires_at of ["2099-02-30T00:00:00Z", "2099-04-31", "2099-13-01T00:00:00Z"]) {
       await expectError(
         await t.call(mgmt, "POST", "/v1/keys", { name: "x", expires_at }),
@@ -136,7 +125,7 @@ Deno.test("keys: expires_at must be a real day; a time without a zone is UTC", a
         "'expires_at'",
       );
     }
-    assert.deepEqual(await snapshot(t), before, "nothing written");
+    assert.deepEqual(await kvSnapshot(t), before, "nothing written");
     const created = await json(
       await t.call(mgmt, "POST", "/v1/keys", { name: "x", expires_at: "2099-03-01T10:00" }),
       201,
@@ -230,7 +219,7 @@ Deno.test("keys: every field of the key object; each PATCH takes effect on the n
     assert.deepEqual(await patch({}), same);
 
     // Bad PATCHes are 400 naming the field and change nothing.
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     for (
       const [body, field] of [
         [{ rate_limit_rpm: 1.5 }, "rate_limit_rpm"],
@@ -254,7 +243,7 @@ Deno.test("keys: every field of the key object; each PATCH takes effect on the n
       400,
       "invalid_request",
     );
-    assert.deepEqual(await snapshot(t), before, "nothing written");
+    assert.deepEqual(await kvSnapshot(t), before, "nothing written");
     await t.assertBooks();
   } finally {
     await t.close();
@@ -327,7 +316,7 @@ Deno.test("admin amounts: every malformed amount is 400 naming 'amount' and writ
   const t = await startRouter();
   try {
     const { id, mgmt } = await t.account("1");
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     const bad: unknown[] = [
       "",
       " ",
@@ -369,7 +358,7 @@ Deno.test("admin amounts: every malformed amount is 400 naming 'amount' and writ
       }, { "idempotency-key": `bad-${sub}` });
       await expectError(keyed, 400, "invalid_request", "'amount'");
     }
-    assert.deepEqual(await snapshot(t), before, "nothing written");
+    assert.deepEqual(await kvSnapshot(t), before, "nothing written");
 
     // A JSON number with up to 9 decimals is exact.
     const path = `/v1/admin/accounts/${id}`;
@@ -412,7 +401,7 @@ Deno.test("admin refunds: Idempotency-Key replays without a second ledger row; a
     const again = await t.admin("POST", path, body, h);
     assert.equal(again.headers.get("idempotent-replayed"), "true");
     assert.deepEqual(await json(again, 201), first);
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     const conflict = await t.admin("POST", path, { ...body, amount: "0.26" }, h);
     await expectError(conflict, 409, "idempotency_conflict");
     // The same key for another account is that account's own write.
@@ -422,7 +411,7 @@ Deno.test("admin refunds: Idempotency-Key replays without a second ledger row; a
     assert.deepEqual(tx.data.map((e: { id: string }) => e.id), [first.id]);
     assert.equal((await json(await t.call(mgmt, "GET", "/v1/credits"), 200)).balance, "0.25");
     const ledgerBefore = [...before.keys()].filter((k) => k.startsWith('["ledger"'));
-    const ledgerAfter = [...(await snapshot(t)).keys()].filter((k) =>
+    const ledgerAfter = [...(await kvSnapshot(t)).keys()].filter((k) =>
       k.startsWith(`["ledger","${id}"`)
     );
     assert.deepEqual(ledgerAfter, ledgerBefore, "the conflict wrote no ledger row");
@@ -529,7 +518,7 @@ Deno.test("billing: packages and a development checkout; bad checkouts are clear
       assert.notEqual(parseUsd(p.price), null);
       assert.notEqual(parseUsd(p.credits), null);
     }
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     await expectError(
       await t.call(mgmt, "POST", "/v1/billing/checkout", {}),
       400,
@@ -558,7 +547,7 @@ Deno.test("billing: packages and a development checkout; bad checkouts are clear
       "forbidden",
     );
     await expectError(await t.call(key, "GET", "/v1/billing/packages"), 403, "forbidden");
-    assert.deepEqual(await snapshot(t), before, "nothing written");
+    assert.deepEqual(await kvSnapshot(t), before, "nothing written");
     const r = await json(
       await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "scale" }),
       201,

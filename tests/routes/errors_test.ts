@@ -1,23 +1,11 @@
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
-
-type Snapshot = Map<string, string>;
-
-const ser = (v: unknown) => JSON.stringify(v, (_k, x) => typeof x === "bigint" ? `${x}n` : x);
-
-/** Every KV entry's value, after all pending work is recorded. */
-async function snapshot(t: TestRouter): Promise<Snapshot> {
-  await t.router.flush();
-  const out: Snapshot = new Map();
-  for await (const e of t.kv.list({ prefix: [] })) out.set(ser(e.key), ser(e.value));
-  return out;
-}
+import { json, type KvSnapshot, kvSnapshot, startRouter } from "../_helpers.ts";
 
 /**
  * Asserts that nothing but the refusal's own audit trail changed: no money, hold, ledger, key
  * or rollup entry was written. `audited` is how many audit rows the refusals may add.
  */
-function assertNothingWritten(before: Snapshot, after: Snapshot, audited: number) {
+function assertNothingWritten(before: KvSnapshot, after: KvSnapshot, audited: number) {
   const added: string[] = [];
   for (const [k, v] of after) {
     if (!before.has(k)) added.push(k);
@@ -47,7 +35,7 @@ Deno.test("bad inference input gets the right JSON error and writes nothing", as
   const t = await startRouter({ env: { MAX_BODY_BYTES: "4096" } });
   try {
     const { key, mgmt: mgmt0 } = await t.account("1");
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     const chat = (body: unknown) => t.call(key, "POST", "/v1/chat/completions", body);
     const hi = [{ role: "user", content: "hi" }];
 
@@ -128,7 +116,7 @@ Deno.test("bad inference input gets the right JSON error and writes nothing", as
 
     assert.equal(t.openai.requests.length, 0, "nothing was forwarded");
     // Each refusal of a known key leaves a cost-0 audit row (API.md), and nothing else.
-    const after = await snapshot(t);
+    const after = await kvSnapshot(t);
     const audit = await json(await t.call(mgmt0, "GET", "/v1/audit?limit=1000"), 200);
     const codes = audit.data.map((r: { status: number; error_code: string }) =>
       `${r.status} ${r.error_code}`
@@ -152,7 +140,7 @@ Deno.test("bad or missing credentials: 401/403 and not a byte written", async ()
   const t = await startRouter();
   try {
     const { key, mgmt } = await t.account("1");
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     const body = { model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] };
     const noAuth = await fetch(`${t.url}/v1/chat/completions`, {
       method: "POST",
@@ -181,7 +169,7 @@ Deno.test("bad or missing credentials: 401/403 and not a byte written", async ()
     const xKey = await fetch(`${t.url}/v1/key`, { headers: { "x-api-key": "er-nope" } });
     await expectError(xKey, 401, "invalid_api_key");
     assert.equal(t.openai.requests.length, 0);
-    assertNothingWritten(before, await snapshot(t), 0);
+    assertNothingWritten(before, await kvSnapshot(t), 0);
   } finally {
     await t.close();
   }
@@ -304,7 +292,7 @@ Deno.test({
     const t = await startRouter({ env: { MAX_BODY_BYTES: "4096" } });
     try {
       const { key, mgmt } = await t.account("1");
-      const before = await snapshot(t);
+      const before = await kvSnapshot(t);
       const big = new TextEncoder().encode(JSON.stringify({
         model: "gpt-4o-mini",
         messages: [{ role: "user", content: "x".repeat(100_000) }],
@@ -323,7 +311,7 @@ Deno.test({
       } as RequestInit);
       await expectError(res, 413, "request_too_large");
       assert.equal(t.openai.requests.length, 0);
-      assertNothingWritten(before, await snapshot(t), 1);
+      assertNothingWritten(before, await kvSnapshot(t), 1);
       const [row] = (await json(await t.call(mgmt, "GET", "/v1/audit"), 200)).data;
       assert.deepEqual([row.status, row.error_code, row.cost], [413, "request_too_large", "0"]);
       await t.assertBooks();
@@ -337,7 +325,7 @@ Deno.test("a body over MAX_BODY_BYTES leaves one cost-0 audit row for a known ke
   const t = await startRouter({ env: { MAX_BODY_BYTES: "4096" } });
   try {
     const { key, keyId, mgmt } = await t.account("1");
-    const before = await snapshot(t);
+    const before = await kvSnapshot(t);
     const big = { model: "gpt-4o-mini", messages: [{ role: "user", content: "x".repeat(5000) }] };
     const res = await t.call(key, "POST", "/v1/chat/completions", big);
     await expectError(res, 413, "request_too_large", /4096 bytes/);
@@ -363,7 +351,7 @@ Deno.test("a body over MAX_BODY_BYTES leaves one cost-0 audit row for a known ke
       "request_too_large",
     );
     assert.equal(t.openai.requests.length, 0, "nothing was forwarded");
-    assertNothingWritten(before, await snapshot(t), 1);
+    assertNothingWritten(before, await kvSnapshot(t), 1);
 
     const row = await json(await t.call(mgmt, "GET", `/v1/audit/${requestId}`), 200);
     assert.equal(row.key_id, keyId);
@@ -374,10 +362,10 @@ Deno.test("a body over MAX_BODY_BYTES leaves one cost-0 audit row for a known ke
 
     // A disabled key is known too (as for its 403): its over-size body is audited.
     await json(await t.call(mgmt, "PATCH", `/v1/keys/${keyId}`, { disabled: true }), 200);
-    const disabled = await snapshot(t);
+    const disabled = await kvSnapshot(t);
     const r = await t.call(key, "POST", "/v1/embeddings", { model: "x", input: "x".repeat(5000) });
     await expectError(r, 413, "request_too_large");
-    assertNothingWritten(disabled, await snapshot(t), 1);
+    assertNothingWritten(disabled, await kvSnapshot(t), 1);
     await t.assertBooks();
   } finally {
     await t.close();
