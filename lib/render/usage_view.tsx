@@ -42,9 +42,13 @@ export function readPeriod(q: URLSearchParams, now: number): Period {
     fromDay: dayBucket(now - (days - 1) * DAY),
     toDay: dayBucket(now),
   };
-  // Dates edited in the form while a preset was selected mean those dates.
+  // Dates edited in the form while a preset was selected mean those dates. The form also sends
+  // the dates it showed (`shown_from`, `shown_to`): dates left as shown mean the chosen preset.
   const from = q.get("from"), to = q.get("to");
-  if (isDay(from) && isDay(to) && (from !== preset.fromDay || to !== preset.toDay)) {
+  const shown = q.has("shown_from")
+    ? { fromDay: q.get("shown_from"), toDay: q.get("shown_to") }
+    : preset;
+  if (isDay(from) && isDay(to) && (from !== shown.fromDay || to !== shown.toDay)) {
     const custom = new URLSearchParams(q);
     custom.set("period", "custom");
     return readPeriod(custom, now);
@@ -142,6 +146,8 @@ export function PeriodForm(
         <label>
           To<input type="date" name="to" value={period.toDay} />
         </label>
+        <input type="hidden" name="shown_from" value={period.fromDay} />
+        <input type="hidden" name="shown_to" value={period.toDay} />
         {keys ? <KeyFilter names={keys} selected={keyId ?? ""} /> : null}
         <label>
           Break down by

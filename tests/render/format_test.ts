@@ -35,4 +35,15 @@ Deno.test("readPeriod: presets end today, custom dates are checked, edited dates
   assert.ok(q("period=custom&from=2026-11-05&to=2026-11-02").error);
   assert.equal(q("period=30d&from=2026-11-01&to=2026-11-26").period, "custom");
   assert.equal(q("period=30d&from=2026-10-28&to=2026-11-26").period, "30d");
+  // The form sends the dates it showed: a preset chosen over them means the preset.
+  const shown = "from=2026-10-28&to=2026-11-26&shown_from=2026-10-28&shown_to=2026-11-26";
+  assert.deepEqual(q(`period=7d&${shown}`), {
+    period: "7d",
+    fromDay: "2026-11-20",
+    toDay: "2026-11-26",
+  });
+  assert.equal(
+    q(`period=90d&${shown.replace("from=2026-10-28", "from=2026-10-01")}`).period,
+    "custom",
+  );
 });

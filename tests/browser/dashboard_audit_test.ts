@@ -1,0 +1,67 @@
+/** Defects found walking the dashboard as a user: each test fails without its fix. */
+import assert from "node:assert/strict";
+import type { Page } from "playwright-core";
+import { startRouter, type TestRouter } from "../_helpers.ts";
+import { ensureBundle, hasChromium, launch, watchErrors } from "./_browser.ts";
+
+async function signUp(page: Page, t: TestRouter, email: string) {
+  await page.goto(`${t.url}/signup`);
+  await page.getByLabel("Your name").fill("Ada");
+  await page.getByLabel("Email").fill(email);
+  await page.getByLabel("Organisation").fill("Analytical Engines");
+  await page.getByLabel("Password").fill("a long password 123");
+  await page.getByRole("button", { name: "Create account" }).click();
+  await page.waitForURL(`${t.url}/dashboard`);
+}
+
+const DAY = 86_400_000;
+const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+
+async function apply(page: Page) {
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForLoadState();
+}
+
+Deno.test({
+  name: "dashboard period form: each preset applies, edited dates mean those dates",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const errors = watchErrors(page);
+    await signUp(page, t, "periods@example.com");
+    const now = Date.now();
+    const today = day(now);
+    const period = page.locator("select[name='period']");
+    const from = page.getByLabel("From", { exact: true });
+    const to = page.getByLabel("To", { exact: true });
+    for (const path of ["/dashboard", "/dashboard/usage"]) {
+      await page.goto(t.url + path);
+      for (
+        const [label, days] of [["Last 7 days", 7], ["Last 90 days", 90], ["Last 30 days", 30]]
+      ) {
+        await period.selectOption({ label: label as string });
+        await apply(page);
+        assert.equal(await period.locator("option:checked").innerText(), label, `${path} ${label}`);
+        assert.equal(await from.inputValue(), day(now - ((days as number) - 1) * DAY));
+        assert.equal(await to.inputValue(), today);
+      }
+      // Dates typed in mean those dates; then a preset chosen again means the preset.
+      await from.fill(day(now - 3 * DAY));
+      await apply(page);
+      assert.equal(await period.locator("option:checked").innerText(), "Custom dates");
+      assert.equal(await from.inputValue(), day(now - 3 * DAY));
+      await period.selectOption({ label: "Last 7 days" });
+      await apply(page);
+      assert.equal(await period.locator("option:checked").innerText(), "Last 7 days", path);
+      assert.equal(await from.inputValue(), day(now - 6 * DAY));
+    }
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    await t.close();
+  }
+});
