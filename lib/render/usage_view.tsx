@@ -2,6 +2,8 @@
 import type { GroupBy } from "../usage/query.ts";
 import { queryUsage, type UsageQuery } from "../usage/query.ts";
 import { usageParams } from "../usage/params.ts";
+import { isoTimeMs } from "../http/params.ts";
+import { ApiError } from "../http/errors.ts";
 import { listKeysByAccount } from "../auth/keys.ts";
 import { dayBucket } from "../usage/rollups.ts";
 import { Count, Empty, Money, Notice, Percent } from "./layout.tsx";
@@ -19,8 +21,20 @@ export interface Period {
   error?: string;
 }
 
+// A real calendar day, as the API reads it (Date.parse takes "2026-02-30" for March 2).
 const isDay = (v: string | null): v is string =>
-  !!v && /^\d{4}-\d{2}-\d{2}$/.test(v) && Number.isFinite(Date.parse(v));
+  !!v && /^\d{4}-\d{2}-\d{2}$/.test(v) && Number.isFinite(isoTimeMs(v));
+
+/** Why GET /v1/usage would refuse these dates (too long a period, before 1970), or null. */
+function refusal(from: string, to: string, now: number): string | null {
+  try {
+    usageParams((n) => n === "from" ? from : n === "to" ? to : undefined, now);
+    return null;
+  } catch (e) {
+    if (e instanceof ApiError) return e.message.replace(/^Invalid '\w+': /, "");
+    throw e;
+  }
+}
 
 /**
  * The period a page shows: the last 7, 30 (default, as GET /v1/usage) or 90 days ending today,
@@ -30,10 +44,12 @@ export function readPeriod(q: URLSearchParams, now: number): Period {
   const p = q.get("period") ?? "30d";
   if (p === "custom") {
     const from = q.get("from"), to = q.get("to");
-    if (isDay(from) && isDay(to) && from <= to) {
-      return { period: "custom", fromDay: from, toDay: to };
-    }
     const d = readPeriod(new URLSearchParams(), now);
+    if (isDay(from) && isDay(to) && from <= to) {
+      const why = refusal(from, to, now);
+      if (why === null) return { period: "custom", fromDay: from, toDay: to };
+      return { ...d, error: `These dates cannot be shown: ${why}.` };
+    }
     return { ...d, error: "Choose a start and an end date, the start not after the end." };
   }
   const days = PERIODS[p as keyof typeof PERIODS] ?? 30;

@@ -65,3 +65,33 @@ Deno.test({
     await t.close();
   }
 });
+
+Deno.test({
+  name: "dashboard custom dates the API refuses keep the page and say what is wrong",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    await signUp(page, t, "dates@example.com");
+    const today = day(Date.now());
+    for (const path of ["/dashboard", "/dashboard/usage"]) {
+      for (const [from, to] of [["2026-02-30", "2026-03-05"], ["2000-01-01", today]]) {
+        const res = await page.goto(`${t.url}${path}?period=custom&from=${from}&to=${to}`);
+        assert.equal(res?.status(), 200, `${path} ${from}..${to}`);
+        // Still the dashboard: its navigation, the form, and a notice about the dates.
+        assert.equal(await page.locator("nav.sidenav").count(), 1);
+        assert.match(await page.locator(".notice.error").innerText(), /date/i);
+        assert.equal(
+          await page.locator("select[name='period'] option:checked").innerText(),
+          "Last 30 days",
+        );
+      }
+    }
+  } finally {
+    await browser.close();
+    await t.close();
+  }
+});

@@ -33,6 +33,12 @@ Deno.test("readPeriod: presets end today, custom dates are checked, edited dates
     toDay: "2026-11-02",
   });
   assert.ok(q("period=custom&from=2026-11-05&to=2026-11-02").error);
+  // Dates GET /v1/usage refuses: not a calendar day, more than 1830 days, before 1970.
+  for (const [from, to] of [["2026-02-30", "2026-03-05"], ["2000-01-01", "2026-11-26"]]) {
+    assert.deepEqual(q(`period=custom&from=${from}&to=${to}`).fromDay, "2026-10-28");
+    assert.ok(q(`period=custom&from=${from}&to=${to}`).error, `${from}..${to}`);
+  }
+  assert.ok(q("period=custom&from=0000-01-01&to=0000-01-02").error);
   assert.equal(q("period=30d&from=2026-11-01&to=2026-11-26").period, "custom");
   assert.equal(q("period=30d&from=2026-10-28&to=2026-11-26").period, "30d");
   // The form sends the dates it showed: a preset chosen over them means the preset.
