@@ -8,6 +8,7 @@ import { type AuditFilter, auditJson, listAuditByAccount } from "../../lib/audit
 import { KeyFilter, keyNames } from "../../lib/render/usage_view.tsx";
 import { Count, Empty, Money, Notice, OlderLink } from "../../lib/render/layout.tsx";
 import { formatCount } from "../../lib/render/format.ts";
+import { isoTimeMs } from "../../lib/http/params.ts";
 
 export const config: PageConfig = {
   title: "Audit",
@@ -28,7 +29,8 @@ interface Data {
   error: string | null;
 }
 
-const isDay = (v: string) => /^\d{4}-\d{2}-\d{2}$/.test(v) && Number.isFinite(Date.parse(v));
+// A real calendar day, as GET /v1/audit reads it (Date.parse takes "2026-02-30" for March 2).
+const isDay = (v: string) => /^\d{4}-\d{2}-\d{2}$/.test(v) && Number.isFinite(isoTimeMs(v));
 
 export const handler = {
   async GET(ctx: PageCtx): Promise<{ data: Data; status?: number }> {
@@ -43,14 +45,18 @@ export const handler = {
         values[f] = "";
       }
     }
+    if (values.from && values.to && values.from > values.to) {
+      error = "'from' must not be after 'to'";
+      values.from = values.to = "";
+    }
     if (values.status && !/^\d{3}$/.test(values.status)) {
       error = "'status' must be an HTTP status code such as 200 or 402";
       values.status = "";
     }
     // The same filter as GET /v1/audit: the period is [from, to), a date as 'to' includes that day.
     const filter: AuditFilter = {
-      fromMs: values.from ? Date.parse(values.from) : 0,
-      toMs: values.to ? Date.parse(values.to) + 86_400_000 : Number.MAX_SAFE_INTEGER,
+      fromMs: values.from ? isoTimeMs(values.from) : 0,
+      toMs: values.to ? isoTimeMs(values.to) + 86_400_000 : Number.MAX_SAFE_INTEGER,
       key_id: values.key_id || undefined,
       provider: values.provider || undefined,
       model: values.model || undefined,

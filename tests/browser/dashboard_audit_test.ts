@@ -95,3 +95,29 @@ Deno.test({
     await t.close();
   }
 });
+
+Deno.test({
+  name: "dashboard audit: dates the export refuses are refused on the page too, never a 500",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    await signUp(page, t, "audit@example.com");
+    for (const q of ["from=2026-11-20&to=2026-11-01", "from=2026-02-30", "to=2026-02-31"]) {
+      const res = await page.goto(`${t.url}/dashboard/audit?${q}`);
+      assert.equal(res?.status(), 400, q);
+      assert.equal(await page.locator("nav.sidenav").count(), 1, q);
+      assert.match(await page.locator(".notice.error").innerText(), /date|before|after/, q);
+      // The export link carries no date the export would refuse.
+      const href = (await page.locator("#export-csv").getAttribute("href"))!;
+      const exp = await page.request.get(t.url + href);
+      assert.equal(exp.status(), 200, `${q}: ${href}`);
+    }
+  } finally {
+    await browser.close();
+    await t.close();
+  }
+});
