@@ -94,10 +94,13 @@ export function readGroupBy(q: URLSearchParams, fallback: GroupBy): GroupBy {
   return g === "date" || g === "key" || g === "provider" || g === "model" ? g : fallback;
 }
 
+/** The most days a period has: GET /v1/usage's longest period (1830 days). */
+const MAX_DAYS = 1830;
+
 /** Every day of a period, for charts that must show the quiet days too. */
 export function daysOf(fromDay: string, toDay: string): string[] {
   const out: string[] = [];
-  for (let t = Date.parse(fromDay); t <= Date.parse(toDay) && out.length < 400; t += DAY) {
+  for (let t = Date.parse(fromDay); t <= Date.parse(toDay) && out.length < MAX_DAYS; t += DAY) {
     out.push(dayBucket(t));
   }
   return out;

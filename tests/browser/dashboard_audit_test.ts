@@ -1,8 +1,9 @@
 /** Defects found walking the dashboard as a user: each test fails without its fix. */
 import assert from "node:assert/strict";
+import OpenAI from "openai";
 import type { Page } from "playwright-core";
 import { startRouter, type TestRouter } from "../_helpers.ts";
-import { ensureBundle, hasChromium, launch, watchErrors } from "./_browser.ts";
+import { ensureBundle, hasChromium, hydrated, launch, usd, watchErrors } from "./_browser.ts";
 
 async function signUp(page: Page, t: TestRouter, email: string) {
   await page.goto(`${t.url}/signup`);
@@ -116,6 +117,53 @@ Deno.test({
       const exp = await page.request.get(t.url + href);
       assert.equal(exp.status(), 200, `${q}: ${href}`);
     }
+  } finally {
+    await browser.close();
+    await t.close();
+  }
+});
+
+Deno.test({
+  name: "dashboard usage: the spend chart of a long custom period reaches its last day",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const errors = watchErrors(page);
+    await signUp(page, t, "long@example.com");
+    await page.goto(t.url + "/dashboard/keys");
+    await hydrated(page);
+    await page.getByLabel("Name").fill("backend");
+    await page.getByRole("button", { name: "Create key" }).click();
+    await page.locator("#new-key-secret", { hasText: "er-" }).waitFor();
+    const secret = (await page.locator("#new-key-secret").innerText()).trim();
+    await page.goto(t.url + "/dashboard/settings/billing");
+    await hydrated(page);
+    await page.getByRole("button", { name: "Buy Starter" }).click();
+    await page.waitForURL(/purchased=starter/);
+    t.openai.scenario = { usage: { prompt_tokens: 1000, completion_tokens: 500 } };
+    const client = new OpenAI({ apiKey: secret, baseURL: `${t.url}/v1` });
+    await client.chat.completions.create({
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "hello" }],
+    });
+    await t.router.flush();
+
+    const now = Date.now();
+    const from = day(now - 1000 * DAY);
+    await page.goto(`${t.url}/dashboard/usage?period=custom&from=${from}&to=${day(now)}`);
+    await page.waitForSelector(".charts[data-drawn='true']");
+    const islands = JSON.parse((await page.locator("#__islands").textContent())!);
+    const days: { day: string; cost: string }[] = islands[0].props.days;
+    assert.equal(days.length, 1001);
+    assert.equal(days[0].day, from);
+    assert.equal(days.at(-1)!.day, day(now));
+    assert.equal(days.at(-1)!.cost, await usd(page, "#usage-cost .metric-value .money"));
+    assert.equal(await page.getByText("No spend in this period yet.").count(), 0);
+    assert.deepEqual(errors, []);
   } finally {
     await browser.close();
     await t.close();
