@@ -169,3 +169,39 @@ Deno.test({
     await t.close();
   }
 });
+
+Deno.test({
+  name: "dashboard members: each Remove button names the member it removes",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  const browser = await launch();
+  try {
+    for (const email of ["bob@example.com", "cy@example.com"]) {
+      const other = await browser.newPage();
+      await signUp(other, t, email);
+      await other.close();
+    }
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    const errors = watchErrors(page);
+    await signUp(page, t, "owner@example.com");
+    await page.goto(t.url + "/dashboard/settings/members");
+    for (const email of ["bob@example.com", "cy@example.com"]) {
+      await page.getByLabel("Email of a signed-up user").fill(email);
+      await page.getByRole("button", { name: "Add member" }).click();
+      await page.getByText(`${email} is now a member.`).waitFor();
+    }
+    await page.getByRole("button", { name: "Remove bob@example.com" }).click();
+    await page.getByText("Member removed.").waitFor();
+    assert.equal(
+      await page.locator("#members tbody tr", { hasText: "bob@example.com" }).count(),
+      0,
+    );
+    assert.equal(await page.getByRole("button", { name: "Remove cy@example.com" }).count(), 1);
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    await t.close();
+  }
+});

@@ -119,7 +119,13 @@ export default function Members({ data, viewer }: PageProps<Data>) {
                             <form method="post">
                               <Csrf viewer={viewer as Viewer} />
                               <input type="hidden" name="remove" value={m.user_id} />
-                              <button type="submit" class="small danger-outline">Remove</button>
+                              <button
+                                type="submit"
+                                class="small danger-outline"
+                                aria-label={`Remove ${m.email}`}
+                              >
+                                Remove
+                              </button>
                             </form>
                           )
                           : null}
