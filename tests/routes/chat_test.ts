@@ -136,6 +136,8 @@ Deno.test("usage on every chunk (vLLM's continuous stats): the empty-choices chu
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.total_used, "0.000384", "each stream billed the final usage exactly");
     assert.equal(credits.reserved, "0");
+    // Audit rows are recorded from the outbox after the settlement: wait for the recorder.
+    await t.router.flush();
     const audit = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
     assert.equal(audit.data.length, 2);
     for (const row of audit.data) {
