@@ -17,6 +17,7 @@ import {
   stripeCustomerKey,
   stripePaymentKey,
   stripeRefundFailedKey,
+  stripeRejectedKey,
 } from "../kv/schema.ts";
 import { getAll } from "../kv/util.ts";
 
@@ -63,6 +64,18 @@ export type RefundTakeBack =
 export interface RefundFailure {
   charge: string | null;
   failed_at: string;
+}
+
+/**
+ * A paid Checkout Session the router refused to credit (unknown account, amount not the price…),
+ * recorded under its payment so that a refund of it is known to have nothing to take back.
+ */
+export interface StripeRejection {
+  session_id: string;
+  /** The account the session named (it may not exist). */
+  account_id: string;
+  reason: string;
+  rejected_at: string;
 }
 
 /** How long a failed refund is remembered: far beyond Stripe's three days of redelivery. */
@@ -249,6 +262,7 @@ export type EventResult =
   | "already_refunded"
   | "refund_reversed"
   | "already_reversed"
+  | "not_credited"
   | "ignored"
   | "rejected";
 
@@ -285,34 +299,48 @@ async function creditSession(svc: Services, session: Stripe.Checkout.Session) {
   if (!accountId) return "ignored";
   // An async method (bank debit) completes unpaid; its async_payment_succeeded grants the credit.
   if (session.payment_status !== "paid") return "awaiting_payment";
-  const reject = (reason: string) => {
+  const paymentIntent = idOf(session.payment_intent);
+  const reject = async (reason: string) => {
     svc.log("error", "stripe checkout session not credited", {
       session_id: session.id,
       account_id: accountId,
       reason,
     });
+    // Recorded (once) so that a refund of this payment is answered instead of waiting for a
+    // purchase that will never come.
+    if (paymentIntent) {
+      const key = stripeRejectedKey(paymentIntent);
+      const rejection: StripeRejection = {
+        session_id: session.id,
+        account_id: accountId,
+        reason,
+        rejected_at: new Date(svc.now()).toISOString(),
+      };
+      await svc.kv.atomic().check({ key, versionstamp: null }).set(key, rejection).commit();
+    }
     return "rejected" as const;
   };
   if (session.client_reference_id && session.client_reference_id !== accountId) {
-    return reject("client_reference_id and metadata name different accounts");
+    return await reject("client_reference_id and metadata name different accounts");
   }
   // What was sold is what the router recorded at creation; metadata is the fallback.
   const record = (await svc.kv.get<CheckoutRecord>(stripeCheckoutKey(session.id))).value;
   let sold: { name: string; price: bigint; credits: bigint };
   if (record) {
-    if (record.account_id !== accountId) return reject("session record names another account");
+    if (record.account_id !== accountId) {
+      return await reject("session record names another account");
+    }
     sold = record;
   } else {
     const pkg = svc.config.packages.find((p) => p.id === session.metadata?.package_id);
-    if (!pkg) return reject("unknown package");
+    if (!pkg) return await reject("unknown package");
     sold = pkg;
   }
   if (session.currency !== "usd" || session.amount_total !== Number(sold.price / NANOS_PER_CENT)) {
-    return reject("the amount paid is not the package's price");
+    return await reject("the amount paid is not the package's price");
   }
-  if (!await getAccount(svc.kv, accountId)) return reject("unknown account");
+  if (!await getAccount(svc.kv, accountId)) return await reject("unknown account");
 
-  const paymentIntent = idOf(session.payment_intent);
   if (paymentIntent) {
     // Written before the credit, so every credited payment can be found by its refunds.
     const payment: StripePayment = {
@@ -350,22 +378,52 @@ async function refundsOf(svc: Services, charge: Stripe.Charge): Promise<Stripe.R
     .sort((a, b) => a.created - b.created || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
-async function refundCharge(svc: Services, charge: Stripe.Charge) {
-  const paymentIntent = idOf(charge.payment_intent);
+/**
+ * The credited purchase a refund (or dispute) of `paymentIntent` takes back from; "not_credited"
+ * when its Checkout Session was rejected (nothing was ever granted); null when the payment is not
+ * the router's (`ours` false: no account in its metadata). Throws `RetryLater` while the purchase
+ * of a payment of ours has not been credited yet: Stripe delivers again, the purchase comes first.
+ */
+async function creditedPayment(
+  svc: Services,
+  paymentIntent: string | null,
+  ours: () => boolean | Promise<boolean>,
+  what: string,
+): Promise<StripePayment | "not_credited" | null> {
   const payment = paymentIntent
     ? (await svc.kv.get<StripePayment>(stripePaymentKey(paymentIntent))).value
     : null;
-  if (!payment) {
-    // Ours (it carries our metadata) but not credited yet: Stripe retries, the purchase comes first.
-    if (charge.metadata?.account_id) {
-      throw new RetryLater("The refunded payment has not been credited yet");
+  if (payment) {
+    const credited = await svc.kv.get(onceKey(payment.account_id, payment.session_id));
+    if (credited.value === null) {
+      throw new RetryLater(`The ${what} payment has not been credited yet`);
     }
-    return "ignored";
+    return payment;
   }
-  const credited = await svc.kv.get(onceKey(payment.account_id, payment.session_id));
-  if (credited.value === null) {
-    throw new RetryLater("The refunded payment has not been credited yet");
+  if (paymentIntent) {
+    const rejected = (await svc.kv.get<StripeRejection>(stripeRejectedKey(paymentIntent))).value;
+    if (rejected) {
+      svc.log("warn", `stripe ${what} payment was never credited`, {
+        payment_intent: paymentIntent,
+        session_id: rejected.session_id,
+        reason: rejected.reason,
+      });
+      return "not_credited";
+    }
   }
+  if (await ours()) throw new RetryLater(`The ${what} payment has not been credited yet`);
+  return null;
+}
+
+async function refundCharge(svc: Services, charge: Stripe.Charge) {
+  const payment = await creditedPayment(
+    svc,
+    idOf(charge.payment_intent),
+    () => Boolean(charge.metadata?.account_id),
+    "refunded",
+  );
+  if (payment === null) return "ignored";
+  if (payment === "not_credited") return "not_credited";
   const amount = BigInt(charge.amount);
   if (amount <= 0n) return "ignored";
   // The credit taken back is the refunded share of the credit granted. Each refund takes the

@@ -103,3 +103,9 @@ export const stripePaymentKey = (paymentIntentId: string) =>
  */
 export const stripeRefundFailedKey = (refundId: string) =>
   ["stripe_refund_failed", refundId] as const;
+/**
+ * ["stripe_rejected", paymentIntentId] → StripeRejection: a paid Checkout Session the router refused
+ * to credit, so that its refunds are answered at once instead of waiting for a purchase.
+ */
+export const stripeRejectedKey = (paymentIntentId: string) =>
+  ["stripe_rejected", paymentIntentId] as const;

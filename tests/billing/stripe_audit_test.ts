@@ -264,7 +264,7 @@ Deno.test("no secret appears in webhook answers or logs, whatever the failure", 
 // ---------------------------------------------------------------------------------------------
 // Sessions and accounts the router does not know
 
-Deno.test("a paid session for an unknown account is acknowledged, rejected and writes nothing", () =>
+Deno.test("a paid session for an unknown account is acknowledged, rejected and credits nothing", () =>
   run(async ({ t, stripe, logs }) => {
     const { mgmt } = await t.account("0");
     const sessionId = await checkout(t, stripe, mgmt, "team");
@@ -274,13 +274,71 @@ Deno.test("a paid session for an unknown account is acknowledged, rejected and w
     // Also without the router's record of the session (as if created elsewhere).
     await t.kv.delete(["stripe_checkout", sessionId]);
     const before = await snapshot(t.kv);
-    assert.equal(
-      await result(t, stripe, stripe.event("checkout.session.completed", session)),
-      "rejected",
-    );
-    assert.deepEqual(await snapshot(t.kv), before, "nothing written");
+    const completed = stripe.event("checkout.session.completed", session);
+    assert.equal(await result(t, stripe, completed), "rejected");
+    // Only the rejection is recorded (for the payment's refunds), once however often delivered.
+    const rejectedKey = ["stripe_rejected", session.payment_intent as string];
+    const written = (await snapshot(t.kv)).filter((k) => !before.includes(k));
+    assert.deepEqual(written.map((k) => k.split("@")[0]), [String(rejectedKey)]);
+    assert.equal(await result(t, stripe, completed), "rejected");
+    assert.deepEqual((await snapshot(t.kv)).filter((k) => !before.includes(k)), written);
+    const rejection = (await t.kv.get<Obj>(rejectedKey)).value!;
+    assert.equal(rejection.session_id, sessionId);
+    assert.equal(rejection.reason, "unknown account");
     assert.ok(logs.some((l) => l.includes("unknown account")), "the operator is told");
     assert.equal(await balance(t, mgmt), "0");
+    await t.assertBooks();
+  }));
+
+Deno.test("a refund of a session that was never credited is answered 200 at once, takes nothing", () =>
+  run(async ({ t, stripe }) => {
+    const { mgmt, id } = await t.account("0");
+    await json(
+      await t.admin("POST", `/v1/admin/accounts/${id}/adjustments`, {
+        amount: "5",
+        reason: "goodwill",
+      }),
+      201,
+    );
+    // Rejected for an unknown account, its refund delivered (twice) after the rejection.
+    const a = await checkout(t, stripe, mgmt, "team");
+    const unknown: Obj = {
+      ...stripe.complete(a),
+      metadata: { account_id: "acct_nobody" },
+      client_reference_id: "acct_nobody",
+    };
+    assert.equal(
+      await result(t, stripe, stripe.event("checkout.session.completed", unknown)),
+      "rejected",
+    );
+    const refundA = stripe.event("charge.refunded", stripe.refund(a, 2500));
+    assert.equal(await result(t, stripe, refundA), "not_credited");
+    assert.equal(await result(t, stripe, refundA), "not_credited");
+    // Rejected because the amount paid is not the package's price; the refund arrived first
+    // (503, the purchase may yet come), then the rejection, then the refund again.
+    const b = await checkout(t, stripe, mgmt, "team");
+    const cheap = { ...stripe.complete(b), amount_total: 100 };
+    const refundB = stripe.event("charge.refunded", stripe.refund(b, 100));
+    const early = await deliver(t, stripe, refundB);
+    assert.equal((await json(early, 503)).error.code, "retry_later");
+    assert.equal(
+      await result(t, stripe, stripe.event("checkout.session.completed", cheap)),
+      "rejected",
+    );
+    assert.equal(await result(t, stripe, refundB), "not_credited");
+    // A refund of a purchase neither rejected nor credited yet still waits for it.
+    const c = await checkout(t, stripe, mgmt, "starter");
+    const completedC = stripe.event("checkout.session.completed", stripe.complete(c));
+    const refundC = stripe.event("charge.refunded", stripe.refund(c, 400));
+    for (let i = 0; i < 2; i++) {
+      assert.equal((await json(await deliver(t, stripe, refundC), 503)).error.code, "retry_later");
+    }
+    assert.equal(await result(t, stripe, completedC), "credited");
+    assert.equal(await result(t, stripe, refundC), "refunded");
+    assert.equal(await balance(t, mgmt), "11", "$5 + $10 − $4");
+    assert.equal((await transactions(t, mgmt, "adjustment")).length, 2);
+    assert.equal((await transactions(t, mgmt, "purchase")).length, 1);
+    await assertLedgerSum(t, mgmt);
     await t.assertBooks();
   }));
 
