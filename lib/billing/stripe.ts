@@ -1,7 +1,7 @@
 /**
  * Buying credit through Stripe: the client, one Stripe customer per account, Checkout Sessions,
- * and the webhook events that grant (and, on refund, take back; on a failed refund, give back)
- * credit exactly once.
+ * and the webhook events that grant (and, on refund or a dispute's withdrawal, take back; on a
+ * failed refund or a won dispute, give back) credit exactly once.
  */
 import Stripe from "stripe";
 import type { Config } from "../config.ts";
@@ -15,6 +15,8 @@ import {
   onceKey,
   stripeCheckoutKey,
   stripeCustomerKey,
+  stripeDisputeKey,
+  stripeDisputesPrefix,
   stripePaymentKey,
   stripeRefundFailedKey,
   stripeRejectedKey,
@@ -59,6 +61,25 @@ export type RefundTakeBack =
   | { entry_id: string; amount: bigint }
   | string
   | { failed_before_take_back: true };
+
+/** A dispute whose funds were withdrawn from a credited payment (see `stripeDisputeKey`). */
+export interface StripeDispute {
+  account_id: string;
+  charge: string | null;
+  /** The disputed amount, in the charge's cents. */
+  amount: number;
+  withdrawn_at: string;
+}
+
+/**
+ * What a dispute's once-key holds: the take-back's ledger entry and amount; the mark that nothing
+ * was left to take (refunds and other disputes took the whole purchase); or the mark that the
+ * funds were reinstated before anything was taken back.
+ */
+export type DisputeTakeBack =
+  | { entry_id: string; amount: bigint }
+  | { nothing_taken: true }
+  | { reinstated_before_take_back: true };
 
 /** A refund Stripe reported failed, recorded so that no later delivery takes its credit back. */
 export interface RefundFailure {
@@ -262,6 +283,11 @@ export type EventResult =
   | "already_refunded"
   | "refund_reversed"
   | "already_reversed"
+  | "disputed"
+  | "already_disputed"
+  | "dispute_reinstated"
+  | "already_reinstated"
+  | "nothing_to_take"
   | "not_credited"
   | "ignored"
   | "rejected";
@@ -269,8 +295,9 @@ export type EventResult =
 /**
  * Applies one verified Stripe event. A paid Checkout Session grants its package's credit once per
  * session; a refunded charge takes back the refunded share once per refund; a refund that
- * failed gives back what it took, once; anything else is ignored. Throws `RetryLater` when the
- * event must wait for another one.
+ * failed gives back what it took, once; a dispute whose funds are withdrawn takes back the
+ * disputed share once, and gives it back once if the funds are reinstated; anything else is
+ * ignored. Throws `RetryLater` when the event must wait for another one.
  */
 export async function handleStripeEvent(svc: Services, event: Stripe.Event): Promise<EventResult> {
   switch (event.type) {
@@ -284,6 +311,12 @@ export async function handleStripeEvent(svc: Services, event: Stripe.Event): Pro
     case "refund.updated":
     case "refund.failed":
       return await refundFailed(svc, event.data.object);
+    case "charge.dispute.created":
+    case "charge.dispute.updated":
+    case "charge.dispute.funds_withdrawn":
+    case "charge.dispute.funds_reinstated":
+    case "charge.dispute.closed":
+      return await disputeEvent(svc, event.type, event.data.object);
     default:
       return "ignored";
   }
@@ -363,8 +396,15 @@ async function creditSession(svc: Services, session: Stripe.Checkout.Session) {
   return r.replayed ? "already_credited" : "credited";
 }
 
-/** The charge's refunds, oldest first: from the event when complete, else from the API. */
-async function refundsOf(svc: Services, charge: Stripe.Charge): Promise<Stripe.Refund[]> {
+/**
+ * The charge's refunds that count, oldest first: from the event when complete, else from the API;
+ * none failed or canceled. A refund recorded as failed counts for nothing either, even where the
+ * charge's list still shows it succeeded (an event built before the failure).
+ */
+async function refundsOf(
+  svc: Services,
+  charge: { id: string; refunds?: Stripe.Charge["refunds"] },
+): Promise<Stripe.Refund[]> {
   let refunds: Stripe.Refund[];
   if (charge.refunds && !charge.refunds.has_more) refunds = [...charge.refunds.data];
   else {
@@ -373,8 +413,13 @@ async function refundsOf(svc: Services, charge: Stripe.Charge): Promise<Stripe.R
     refunds = [];
     for await (const r of stripe.refunds.list({ charge: charge.id, limit: 100 })) refunds.push(r);
   }
+  refunds = refunds.filter((r) => r.status !== "failed" && r.status !== "canceled");
+  const failed = await getAll<RefundFailure>(
+    svc.kv,
+    refunds.map((r) => stripeRefundFailedKey(r.id)),
+  );
   return refunds
-    .filter((r) => r.status !== "failed" && r.status !== "canceled")
+    .filter((_, i) => failed[i].value === null)
     .sort((a, b) => a.created - b.created || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
 }
 
@@ -416,9 +461,10 @@ async function creditedPayment(
 }
 
 async function refundCharge(svc: Services, charge: Stripe.Charge) {
+  const paymentIntent = idOf(charge.payment_intent);
   const payment = await creditedPayment(
     svc,
-    idOf(charge.payment_intent),
+    paymentIntent,
     () => Boolean(charge.metadata?.account_id),
     "refunded",
   );
@@ -427,19 +473,19 @@ async function refundCharge(svc: Services, charge: Stripe.Charge) {
   const amount = BigInt(charge.amount);
   if (amount <= 0n) return "ignored";
   // The credit taken back is the refunded share of the credit granted. Each refund takes the
-  // difference of the cumulative shares, so partial refunds add up to exactly the whole.
-  const share = (cents: bigint) => payment.credits * (cents < amount ? cents : amount) / amount;
+  // difference of the cumulative shares, so partial refunds add up to exactly the whole; what
+  // the payment's disputes hold taken back is off limits, so that refunds and disputes together
+  // never take back more than was credited.
+  const disputed = paymentIntent ? await disputedCredit(svc, paymentIntent, payment) : 0n;
+  const limit = payment.credits - disputed;
+  const share = (cents: bigint) => {
+    const s = payment.credits * (cents < amount ? cents : amount) / amount;
+    return s < limit ? s : limit;
+  };
   const refunds = await refundsOf(svc, charge);
-  // A refund recorded as failed counts for nothing, even where the charge's list still shows it
-  // succeeded (an event built before the failure): the shares are those of a fresh listing.
-  const failed = await getAll<RefundFailure>(
-    svc.kv,
-    refunds.map((r) => stripeRefundFailedKey(r.id)),
-  );
   let before = 0n;
   let changed = false;
-  for (const [i, refund] of refunds.entries()) {
-    if (failed[i].value !== null) continue;
+  for (const refund of refunds) {
     const after = before + BigInt(refund.amount);
     const take = share(after) - share(before);
     before = after;
@@ -523,4 +569,164 @@ async function takenBack(
     if (e.value.id === stored) return -e.value.amount;
   }
   return null;
+}
+
+/**
+ * The credit the payment's disputes hold taken back (withdrawn and not reinstated), all of them
+ * but `except`.
+ */
+async function disputedCredit(
+  svc: Services,
+  paymentIntent: string,
+  payment: StripePayment,
+  except?: string,
+): Promise<bigint> {
+  const ids: string[] = [];
+  for await (
+    const e of svc.kv.list<StripeDispute>({ prefix: stripeDisputesPrefix(paymentIntent) })
+  ) {
+    const id = e.key.at(-1) as string;
+    if (id !== except) ids.push(id);
+  }
+  if (ids.length === 0) return 0n;
+  const entries = await getAll<unknown>(
+    svc.kv,
+    ids.flatMap((id) => [
+      onceKey(payment.account_id, id),
+      onceKey(payment.account_id, `${id}/reinstated`),
+    ]),
+  );
+  let held = 0n;
+  for (let i = 0; i < ids.length; i++) {
+    const taken = entries[2 * i].value as DisputeTakeBack | null;
+    if (taken && "entry_id" in taken && entries[2 * i + 1].value === null) held += taken.amount;
+  }
+  return held;
+}
+
+/**
+ * A dispute (chargeback) event. Funds withdrawn (`charge.dispute.funds_withdrawn`, or any dispute
+ * event whose balance transactions show the withdrawal) take back the disputed share of the
+ * purchase's credit once per dispute, as a negative adjustment referencing the dispute. Funds
+ * reinstated to a dispute not lost (`charge.dispute.funds_reinstated`, or a `won` dispute showing
+ * the reinstatement) give back exactly what was taken, once; reinstated before the withdrawal
+ * arrives, the take-back's once-key is claimed so it never applies. A dispute lost after a partial
+ * refund has the refunded part reinstated: its take-back never included that part, and stands.
+ * Anything else (an inquiry, a dispute opened with no funds withdrawn, `closed` after the funds
+ * moved) changes nothing.
+ */
+async function disputeEvent(
+  svc: Services,
+  type: string,
+  dispute: Stripe.Dispute,
+): Promise<EventResult> {
+  const txs = dispute.balance_transactions ?? [];
+  const reinstated = dispute.status !== "lost" &&
+    (type === "charge.dispute.funds_reinstated" ||
+      (dispute.status === "won" && txs.some((t) => t.amount > 0)));
+  const withdrawn = type === "charge.dispute.funds_withdrawn" || txs.some((t) => t.amount < 0);
+  if (!reinstated && !withdrawn) return "ignored";
+
+  const chargeId = idOf(dispute.charge);
+  let charge: Stripe.Charge | null = null;
+  const fetchCharge = async () => {
+    if (charge) return charge;
+    const stripe = stripeClient(svc.config);
+    if (!stripe || !chargeId) throw new Error("reading a disputed charge needs STRIPE_SECRET_KEY");
+    return charge = await stripe.charges.retrieve(chargeId);
+  };
+  // Older API versions' disputes name the charge only.
+  const paymentIntent = idOf(dispute.payment_intent) ??
+    (chargeId ? idOf((await fetchCharge()).payment_intent) : null);
+  const payment = await creditedPayment(
+    svc,
+    paymentIntent,
+    async () => chargeId !== null && Boolean((await fetchCharge()).metadata?.account_id),
+    "disputed",
+  );
+  if (payment === null) return "ignored";
+  if (payment === "not_credited") return "not_credited";
+  return reinstated
+    ? await disputeReinstated(svc, dispute, payment)
+    : await disputeWithdrawn(svc, dispute, paymentIntent!, chargeId, payment);
+}
+
+async function disputeWithdrawn(
+  svc: Services,
+  dispute: Stripe.Dispute,
+  paymentIntent: string,
+  chargeId: string | null,
+  payment: StripePayment,
+): Promise<EventResult> {
+  const amount = BigInt(payment.amount);
+  if (amount <= 0n) return "ignored";
+  const key = onceKey(payment.account_id, dispute.id);
+  if ((await svc.kv.get(key)).value !== null) return "already_disputed";
+  // Written before the take-back, so that the payment's refunds count it.
+  const record: StripeDispute = {
+    account_id: payment.account_id,
+    charge: chargeId,
+    amount: dispute.amount,
+    withdrawn_at: new Date(svc.now()).toISOString(),
+  };
+  const recordKey = stripeDisputeKey(paymentIntent, dispute.id);
+  await svc.kv.atomic().check({ key: recordKey, versionstamp: null }).set(recordKey, record)
+    .commit();
+  // The disputed cents come after the charge's refunds (a fresh listing), shared out as refunds
+  // are: the cumulative share of refunds and dispute, less the refunds' own. What the refunds and
+  // the other disputes took is never taken twice.
+  const share = (cents: bigint) => payment.credits * (cents < amount ? cents : amount) / amount;
+  const refunded = chargeId
+    ? (await refundsOf(svc, { id: chargeId })).reduce((n, r) => n + BigInt(r.amount), 0n)
+    : 0n;
+  let take = share(refunded + BigInt(dispute.amount)) - share(refunded);
+  const left = payment.credits - share(refunded) -
+    await disputedCredit(svc, paymentIntent, payment, dispute.id);
+  if (take > left) take = left;
+  if (take <= 0n) {
+    const claim = await svc.kv.atomic().check({ key, versionstamp: null })
+      .set(key, { nothing_taken: true } satisfies DisputeTakeBack).commit();
+    return claim.ok ? "nothing_to_take" : "already_disputed";
+  }
+  const r = await svc.actors.submit(payment.account_id, {
+    kind: "credit",
+    type: "adjustment",
+    amount: -take,
+    description: `Stripe dispute ${dispute.id} (${dispute.reason}): ${payment.name} package`,
+    reference: dispute.id,
+    // A reinstatement recorded meanwhile holds this key too, so the take-back replays instead.
+    once: {
+      key,
+      value: (e: LedgerEntry): DisputeTakeBack => ({ entry_id: e.id, amount: -e.amount }),
+    },
+  });
+  return r.replayed ? "already_disputed" : "disputed";
+}
+
+async function disputeReinstated(
+  svc: Services,
+  dispute: Stripe.Dispute,
+  payment: StripePayment,
+): Promise<EventResult> {
+  const key = onceKey(payment.account_id, dispute.id);
+  let taken: Deno.KvEntryMaybe<DisputeTakeBack>;
+  for (;;) {
+    taken = await svc.kv.get<DisputeTakeBack>(key);
+    if (taken.value !== null) break;
+    // Nothing taken back: the take-back's own once-key says it never may be.
+    const claim = await svc.kv.atomic().check(taken)
+      .set(key, { reinstated_before_take_back: true } satisfies DisputeTakeBack).commit();
+    if (claim.ok) return "ignored";
+  }
+  if (!("entry_id" in taken.value)) return "ignored";
+  const r = await svc.actors.submit(payment.account_id, {
+    kind: "credit",
+    type: "adjustment",
+    amount: taken.value.amount,
+    description:
+      `Stripe dispute ${dispute.id} ${dispute.status}: ${payment.name} package credit returned`,
+    reference: dispute.id,
+    once: { key: onceKey(payment.account_id, `${dispute.id}/reinstated`), value: (e) => e.id },
+  });
+  return r.replayed ? "already_reinstated" : "dispute_reinstated";
 }

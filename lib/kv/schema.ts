@@ -104,6 +104,15 @@ export const stripePaymentKey = (paymentIntentId: string) =>
 export const stripeRefundFailedKey = (refundId: string) =>
   ["stripe_refund_failed", refundId] as const;
 /**
+ * ["stripe_dispute", paymentIntentId, disputeId] → StripeDispute: a dispute whose funds were
+ * withdrawn from a credited payment, so that the payment's refunds count what it took back.
+ */
+export const stripeDisputeKey = (paymentIntentId: string, disputeId: string) =>
+  ["stripe_dispute", paymentIntentId, disputeId] as const;
+/** ["stripe_dispute", paymentIntentId] → every StripeDispute of one payment. */
+export const stripeDisputesPrefix = (paymentIntentId: string) =>
+  ["stripe_dispute", paymentIntentId] as const;
+/**
  * ["stripe_rejected", paymentIntentId] → StripeRejection: a paid Checkout Session the router refused
  * to credit, so that its refunds are answered at once instead of waiting for a purchase.
  */

@@ -1,8 +1,8 @@
 /**
  * A real HTTP server on 127.0.0.1 that speaks the part of Stripe's API the router calls
- * (customers, Checkout Sessions, refunds: form-encoded bodies, bearer auth, idempotency keys),
- * plus what Stripe itself does around it: the customer paying, refunds, and signed webhook events
- * (signed with the `stripe` library's own test signer).
+ * (customers, Checkout Sessions, charges, refunds: form-encoded bodies, bearer auth, idempotency
+ * keys), plus what Stripe itself does around it: the customer paying, refunds, disputes, and
+ * signed webhook events (signed with the `stripe` library's own test signer).
  */
 import Stripe from "stripe";
 import { serveLoopback } from "./serve.ts";
@@ -38,6 +38,21 @@ export interface FakeStripe {
    * drops by it, as Stripe does. Returns the refund as the failure events carry it.
    */
   failRefund(refundId: string): Obj;
+  disputes: Map<string, Obj>;
+  /**
+   * The cardholder disputes `amount` cents (the whole charge by default) of the session's charge.
+   * A card dispute withdraws the funds at once (the withdrawal is among its balance transactions);
+   * with `withdrawn: false` it is opened without (an inquiry, or funds not yet moved). Returns the
+   * dispute as the events carry it.
+   */
+  dispute(sessionId: string, opts?: { amount?: number; withdrawn?: boolean; status?: string }): Obj;
+  /** The disputed funds are withdrawn (if not yet). */
+  withdrawDispute(disputeId: string): Obj;
+  /**
+   * The dispute is closed: `won` reinstates the funds; `lost` reinstates `reinstate` cents if
+   * given (a dispute of a partially refunded payment: the refunded part comes back).
+   */
+  closeDispute(disputeId: string, outcome: "won" | "lost", reinstate?: number): Obj;
   /** An Event object wrapping `object`, as Stripe sends it. */
   event(type: string, object: Obj): Obj;
   /** The raw payload and `Stripe-Signature` header of an event. */
@@ -94,6 +109,49 @@ export function startFakeStripe(): FakeStripe {
     sessions: new Map(),
     charges: new Map(),
     refunds: [],
+    disputes: new Map(),
+    dispute(sessionId, opts = {}) {
+      const s = fake.sessions.get(sessionId)!;
+      const charge = [...fake.charges.values()].find((c) => c.payment_intent === s.payment_intent)!;
+      const d = {
+        id: newId("dp"),
+        object: "dispute",
+        amount: opts.amount ?? charge.amount,
+        balance_transactions: [] as Obj[],
+        charge: charge.id,
+        currency: charge.currency,
+        created: now(),
+        is_charge_refundable: false,
+        livemode: false,
+        metadata: {},
+        payment_intent: charge.payment_intent,
+        reason: "fraudulent",
+        status: opts.status ?? "needs_response",
+      };
+      fake.disputes.set(d.id, d);
+      charge.disputed = true;
+      if (opts.withdrawn ?? true) return fake.withdrawDispute(d.id);
+      return structuredClone(d);
+    },
+    withdrawDispute(disputeId) {
+      const d = fake.disputes.get(disputeId)!;
+      const txs = d.balance_transactions as Obj[];
+      if (!txs.some((t) => (t.amount as number) < 0)) {
+        txs.push(balanceTransaction(d, -(d.amount as number), "Chargeback withdrawal"));
+      }
+      return structuredClone(d);
+    },
+    closeDispute(disputeId, outcome, reinstate) {
+      const d = fake.disputes.get(disputeId)!;
+      d.status = outcome;
+      const back = outcome === "won" ? d.amount as number : reinstate ?? 0;
+      if (back > 0) {
+        (d.balance_transactions as Obj[]).push(
+          balanceTransaction(d, back, "Chargeback reversal"),
+        );
+      }
+      return structuredClone(d);
+    },
     complete(sessionId, opts = {}) {
       const s = fake.sessions.get(sessionId);
       if (!s) throw new Error(`no session ${sessionId}`);
@@ -171,6 +229,23 @@ export function startFakeStripe(): FakeStripe {
   function publicSession(s: Obj): Obj {
     const { payment_intent_metadata: _, ...rest } = s;
     return structuredClone(rest);
+  }
+
+  function balanceTransaction(d: Obj, amount: number, what: string): Obj {
+    return {
+      id: newId("txn"),
+      object: "balance_transaction",
+      amount,
+      currency: d.currency,
+      created: now(),
+      description: `${what} for ${d.charge}`,
+      fee: amount < 0 ? 1500 : 0,
+      net: amount < 0 ? amount - 1500 : amount,
+      reporting_category: amount < 0 ? "dispute" : "dispute_reversal",
+      source: d.id,
+      status: "pending",
+      type: "adjustment",
+    };
   }
 
   function chargeFor(s: Obj) {
@@ -255,6 +330,11 @@ export function startFakeStripe(): FakeStripe {
     if (method === "GET" && m) {
       const s = fake.sessions.get(m[1]);
       return s ? Response.json(publicSession(s)) : missing("checkout.session", m[1]);
+    }
+    m = /^\/v1\/charges\/([^/]+)$/.exec(path);
+    if (method === "GET" && m) {
+      const c = fake.charges.get(m[1]);
+      return c ? Response.json(c) : missing("charge", m[1]);
     }
     if (method === "GET" && path === "/v1/refunds") {
       const data = fake.refunds.filter((r) => !body.charge || r.charge === body.charge)

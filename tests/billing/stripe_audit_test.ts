@@ -560,28 +560,264 @@ Deno.test("a refund takes back credit already spent: the balance goes below zero
 // ---------------------------------------------------------------------------------------------
 // Disputes and canceled refunds
 
-Deno.test("charge.dispute.created is acknowledged and changes nothing (no take-back)", () =>
+Deno.test("a dispute opened without funds withdrawn takes nothing; the withdrawal takes back once", () =>
   run(async ({ t, stripe }) => {
     const { mgmt } = await t.account("0");
     const sessionId = await checkout(t, stripe, mgmt, "team");
     await result(t, stripe, stripe.event("checkout.session.completed", stripe.complete(sessionId)));
-    const [charge] = stripe.charges.values();
+    // An inquiry, then a dispute opened before its funds move: acknowledged, nothing written.
+    const inquiry = stripe.dispute(sessionId, {
+      withdrawn: false,
+      status: "warning_needs_response",
+    });
+    const opened = stripe.dispute(sessionId, { withdrawn: false });
     const before = await snapshot(t.kv);
-    for (const type of ["charge.dispute.created", "charge.dispute.funds_withdrawn"]) {
-      const dispute = stripe.event(type, {
-        id: "dp_test_1",
-        object: "dispute",
-        amount: 2500,
-        charge: charge.id,
-        payment_intent: charge.payment_intent,
-        currency: "usd",
-        reason: "fraudulent",
-        status: "needs_response",
-      });
-      assert.equal(await result(t, stripe, dispute), "ignored", type);
+    for (const type of ["charge.dispute.created", "charge.dispute.updated"]) {
+      for (const d of [inquiry, opened]) {
+        assert.equal(await result(t, stripe, stripe.event(type, d)), "ignored", type);
+      }
     }
+    assert.equal(
+      await result(
+        t,
+        stripe,
+        stripe.event("charge.dispute.closed", { ...inquiry, status: "warning_closed" }),
+      ),
+      "ignored",
+    );
     assert.deepEqual(await snapshot(t.kv), before);
     assert.equal(await balance(t, mgmt), "25");
+    // The funds are withdrawn: the disputed share is taken back once, however delivered.
+    const withdrawn = stripe.event(
+      "charge.dispute.funds_withdrawn",
+      stripe.withdrawDispute(opened.id as string),
+    );
+    const rs = await Promise.all([deliver(t, stripe, withdrawn), deliver(t, stripe, withdrawn)])
+      .then((xs) => Promise.all(xs.map((r) => json(r, 200))));
+    assert.deepEqual(rs.map((r) => r.result).sort(), ["already_disputed", "disputed"]);
+    assert.equal(await result(t, stripe, withdrawn), "already_disputed");
+    assert.equal(await balance(t, mgmt), "0");
+    // Created delivered late (as first built, no funds moved yet), then the loss: nothing more.
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.created", opened)),
+      "ignored",
+    );
+    const lost = stripe.closeDispute(opened.id as string, "lost");
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.closed", lost)),
+      "already_disputed",
+    );
+    assert.equal(await balance(t, mgmt), "0");
+    const adjustments = await transactions(t, mgmt, "adjustment");
+    assert.deepEqual(adjustments.map((e) => [e.amount, e.reference]), [["-25", opened.id]]);
+    assert.match(
+      adjustments[0].description,
+      /^Stripe dispute dp_\S+ \(fraudulent\): Team package$/,
+    );
+    await assertLedgerSum(t, mgmt);
+    await t.assertBooks();
+  }));
+
+Deno.test("a dispute won gives back exactly what it took, once, in every order of its events", () =>
+  run(async ({ t, stripe }) => {
+    const { mgmt } = await t.account("0");
+    const orders = permutations(["created", "withdrawn", "reinstated", "closed"]);
+    for (const [n, order] of orders.entries()) {
+      const sessionId = await checkout(t, stripe, mgmt, "scale");
+      await result(
+        t,
+        stripe,
+        stripe.event("checkout.session.completed", stripe.complete(sessionId)),
+      );
+      // $33.33 of the $100 charge disputed (a card dispute withdraws at once), then won.
+      const created = stripe.dispute(sessionId, { amount: 3333 });
+      const won = stripe.closeDispute(created.id as string, "won");
+      const events: Record<string, Obj> = {
+        created: stripe.event("charge.dispute.created", created),
+        withdrawn: stripe.event("charge.dispute.funds_withdrawn", created),
+        reinstated: stripe.event("charge.dispute.funds_reinstated", won),
+        closed: stripe.event("charge.dispute.closed", won),
+      };
+      for (const name of order) await result(t, stripe, events[name]);
+      // Everything again, two at once.
+      for (const name of order) {
+        await Promise.all([deliver(t, stripe, events[name]), deliver(t, stripe, events[name])])
+          .then((xs) => Promise.all(xs.map((r) => json(r, 200))));
+      }
+      assert.equal(await balance(t, mgmt), String(105 * (n + 1)), order.join(","));
+      const rows = (await transactions(t, mgmt, "adjustment"))
+        .filter((e) => e.reference === created.id).map((e) => e.amount);
+      // Taken and given back, or (the reinstatement, or the closing as won, first) never taken.
+      const first = (names: string[]) => Math.min(...names.map((x) => order.indexOf(x)));
+      const expected = first(["reinstated", "closed"]) < first(["created", "withdrawn"])
+        ? []
+        : ["34.9965", "-34.9965"];
+      assert.deepEqual(rows, expected, order.join(","));
+    }
+    await assertLedgerSum(t, mgmt);
+    await t.assertBooks();
+  }));
+
+Deno.test("refunds and disputes together never take back more than the purchase credited", () =>
+  run(async ({ t, stripe }) => {
+    const { mgmt } = await t.account("0");
+    const buy = async () => {
+      const id = await checkout(t, stripe, mgmt, "scale");
+      await result(t, stripe, stripe.event("checkout.session.completed", stripe.complete(id)));
+      return id;
+    };
+    // $40 refunded, then the whole $100 disputed: the dispute takes only the unrefunded 60 %.
+    const a = await buy();
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.refunded", stripe.refund(a, 4000))),
+      "refunded",
+    );
+    const da = stripe.dispute(a);
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.funds_withdrawn", da)),
+      "disputed",
+    );
+    assert.equal(await balance(t, mgmt), "0");
+    // Lost, the refunded $40 is reinstated ("partially won"): the take-back stands as it is.
+    const lostA = stripe.closeDispute(da.id as string, "lost", 4000);
+    for (const type of ["charge.dispute.funds_reinstated", "charge.dispute.closed"]) {
+      assert.equal(await result(t, stripe, stripe.event(type, lostA)), "already_disputed", type);
+    }
+    assert.equal(await balance(t, mgmt), "0");
+    // The same with the refund's event delivered after the dispute's.
+    const b = await buy();
+    const refundB = stripe.event("charge.refunded", stripe.refund(b, 4000));
+    const db = stripe.dispute(b);
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.created", db)),
+      "disputed",
+    );
+    assert.equal(await balance(t, mgmt), "42");
+    assert.equal(await result(t, stripe, refundB), "refunded");
+    assert.equal(await balance(t, mgmt), "0");
+    // Won after the refund: the dispute's take-back (only) comes back.
+    const c = await buy();
+    await result(t, stripe, stripe.event("charge.refunded", stripe.refund(c, 4000)));
+    const dc = stripe.dispute(c);
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.funds_withdrawn", dc)),
+      "disputed",
+    );
+    const wonC = stripe.closeDispute(dc.id as string, "won");
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.funds_reinstated", wonC)),
+      "dispute_reinstated",
+    );
+    assert.equal(await balance(t, mgmt), "63");
+    // Fully refunded, then a (mistaken) dispute withdrawal: nothing left to take.
+    const d = await buy();
+    await result(t, stripe, stripe.event("charge.refunded", stripe.refund(d, 10000)));
+    const dd = stripe.dispute(d);
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.funds_withdrawn", dd)),
+      "nothing_to_take",
+    );
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.funds_withdrawn", dd)),
+      "already_disputed",
+    );
+    assert.equal(await balance(t, mgmt), "63");
+    // The whole charge disputed, then a refund (Stripe refuses to refund a disputed payment; were
+    // one made anyway): the refund finds nothing left to take.
+    const e = await buy();
+    await result(t, stripe, stripe.event("charge.dispute.funds_withdrawn", stripe.dispute(e)));
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.refunded", stripe.refund(e, 4000))),
+      "already_refunded",
+    );
+    assert.equal(await balance(t, mgmt), "63");
+    const byRef = (await transactions(t, mgmt, "adjustment")).reverse()
+      .map((e) => [e.amount, e.reference]);
+    const charge = (session: string) =>
+      [...stripe.charges.values()].find((ch) =>
+        ch.payment_intent === stripe.sessions.get(session)!.payment_intent
+      )!.id;
+    assert.deepEqual(byRef, [
+      ["-42", charge(a)],
+      ["-63", da.id],
+      ["-63", db.id],
+      ["-42", charge(b)],
+      ["-42", charge(c)],
+      ["-63", dc.id],
+      ["63", dc.id],
+      ["-105", charge(d)],
+      ["-105", [...stripe.disputes.keys()].at(-1)],
+    ]);
+    await assertLedgerSum(t, mgmt);
+    await t.assertBooks();
+  }));
+
+Deno.test("a dispute of a payment with no credited purchase is answered as its refund would be", () =>
+  run(async ({ t, stripe }) => {
+    const { mgmt } = await t.account("0");
+    // A charge of another product on the same Stripe account (no metadata): not ours, ignored.
+    stripe.charges.set("ch_foreign", {
+      id: "ch_foreign",
+      object: "charge",
+      amount: 500,
+      currency: "usd",
+      payment_intent: "pi_foreign",
+      metadata: {},
+    });
+    const foreign = {
+      id: "dp_foreign",
+      object: "dispute",
+      amount: 500,
+      balance_transactions: [{ id: "txn_x", object: "balance_transaction", amount: -500 }],
+      charge: "ch_foreign",
+      currency: "usd",
+      payment_intent: null,
+      reason: "fraudulent",
+      status: "needs_response",
+    };
+    const before = await snapshot(t.kv);
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.funds_withdrawn", foreign)),
+      "ignored",
+    );
+    assert.deepEqual(await snapshot(t.kv), before);
+    // Ours, its purchase not credited yet: 503 so that Stripe delivers it again.
+    const a = await checkout(t, stripe, mgmt, "team");
+    const completed = stripe.event("checkout.session.completed", stripe.complete(a));
+    // As an older API version shows it: the charge only, no payment_intent.
+    const disputed = stripe.event("charge.dispute.funds_withdrawn", {
+      ...stripe.dispute(a, { amount: 1000 }),
+      payment_intent: null,
+    });
+    for (let i = 0; i < 2; i++) {
+      assert.equal((await json(await deliver(t, stripe, disputed), 503)).error.code, "retry_later");
+    }
+    assert.equal(await result(t, stripe, completed), "credited");
+    assert.equal(await result(t, stripe, disputed), "disputed");
+    assert.equal(await balance(t, mgmt), "15");
+    // A purchase the router rejected: nothing to take back, answered at once.
+    const b = await checkout(t, stripe, mgmt, "team");
+    const unknown: Obj = {
+      ...stripe.complete(b),
+      metadata: { account_id: "acct_nobody" },
+      client_reference_id: "acct_nobody",
+    };
+    assert.equal(
+      await result(t, stripe, stripe.event("checkout.session.completed", unknown)),
+      "rejected",
+    );
+    const db = stripe.dispute(b);
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.funds_withdrawn", db)),
+      "not_credited",
+    );
+    const wonB = stripe.closeDispute(db.id as string, "won");
+    assert.equal(
+      await result(t, stripe, stripe.event("charge.dispute.funds_reinstated", wonB)),
+      "not_credited",
+    );
+    assert.equal(await balance(t, mgmt), "15");
+    await assertLedgerSum(t, mgmt);
     await t.assertBooks();
   }));
 
