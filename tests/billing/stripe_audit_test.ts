@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import Stripe from "stripe";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { type FakeStripe, startFakeStripe } from "../_fakes/stripe.ts";
+import { balance, checkout, deliverSigned, kvStamps, transactions } from "../_stripe.ts";
 import { serveLoopback } from "../_fakes/serve.ts";
 import { stripeClient } from "../../lib/billing/stripe.ts";
 import type { Logger } from "../../lib/log.ts";
@@ -16,7 +17,6 @@ const SECRET_KEY = "sk_test_router_secret_do_not_leak_4242";
 const WEBHOOK_SECRET = "whsec_test_audit_do_not_leak_0123456789";
 
 type Obj = Record<string, unknown>;
-type Tx = { type: string; amount: string; reference: string | null; description: string };
 
 interface Ctx {
   t: TestRouter;
@@ -57,37 +57,11 @@ async function run(
   }
 }
 
-async function checkout(t: TestRouter, stripe: FakeStripe, mgmt: string, packageId: string) {
-  const body = await json(
-    await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: packageId }),
-    200,
-  );
-  const id = /\/c\/pay\/(cs_[a-z0-9_]+)$/.exec(body.url)?.[1];
-  assert.ok(id && stripe.sessions.has(id), `a session URL: ${body.url}`);
-  return id;
-}
-
-function deliver(t: TestRouter, stripe: FakeStripe, event: Obj, secret = WEBHOOK_SECRET) {
-  return stripe.sign(event, secret).then(({ payload, header }) =>
-    fetch(`${t.url}/v1/stripe/webhook`, {
-      method: "POST",
-      headers: { "content-type": "application/json", "stripe-signature": header },
-      body: payload,
-    })
-  );
-}
+const deliver = (t: TestRouter, stripe: FakeStripe, event: Obj, secret = WEBHOOK_SECRET) =>
+  deliverSigned(t, stripe, event, secret);
 
 async function result(t: TestRouter, stripe: FakeStripe, event: Obj): Promise<string> {
   return (await json(await deliver(t, stripe, event), 200)).result;
-}
-
-async function transactions(t: TestRouter, mgmt: string, type?: string): Promise<Tx[]> {
-  const q = type ? `?type=${type}` : "";
-  return (await json(await t.call(mgmt, "GET", `/v1/transactions${q}`), 200)).data;
-}
-
-async function balance(t: TestRouter, mgmt: string): Promise<string> {
-  return (await json(await t.call(mgmt, "GET", "/v1/credits"), 200)).balance;
 }
 
 /** Σ ledger = balance, checked here too (besides /v1/admin/verify). */
@@ -101,12 +75,6 @@ async function assertLedgerSum(t: TestRouter, mgmt: string) {
   };
   const sum = txs.reduce((n, e) => n + nanos(e.amount), 0n);
   assert.equal(sum, nanos(await balance(t, mgmt)), "Σ ledger = balance");
-}
-
-async function snapshot(kv: Deno.Kv) {
-  const out: string[] = [];
-  for await (const e of kv.list({ prefix: [] })) out.push(`${String(e.key)}@${e.versionstamp}`);
-  return out;
 }
 
 const sessionOf = (event: Obj) => structuredClone((event.data as { object: Obj }).object);
@@ -127,7 +95,7 @@ Deno.test("checkout while Stripe is unreachable: 502 upstream_error JSON, nothin
   await gone.close();
   await run(async ({ t, logs }) => {
     const { mgmt } = await t.account("0");
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     const res = await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "team" });
     assert.match(res.headers.get("content-type") ?? "", /application\/json/);
     const text = await res.text();
@@ -135,7 +103,7 @@ Deno.test("checkout while Stripe is unreachable: 502 upstream_error JSON, nothin
     assert.equal(JSON.parse(text).error.code, "upstream_error");
     assertNoSecrets("the error body", text);
     assertNoSecrets("the logs", logs.join("\n"));
-    assert.deepEqual(await snapshot(t.kv), before, "nothing written");
+    assert.deepEqual(await kvStamps(t.kv), before, "nothing written");
     await t.assertBooks();
   }, { env: { STRIPE_API_BASE: origin } });
 });
@@ -143,7 +111,7 @@ Deno.test("checkout while Stripe is unreachable: 502 upstream_error JSON, nothin
 Deno.test("checkout when Stripe answers 500 or refuses the key: 502, no secret in the answer or logs", () =>
   run(async ({ t, stripe, logs }) => {
     const { mgmt } = await t.account("0");
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     for (const status of [500, 401, 400]) {
       stripe.failWith = status;
       const res = await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "team" });
@@ -157,7 +125,7 @@ Deno.test("checkout when Stripe answers 500 or refuses the key: 502, no secret i
     assert.equal(posts.length, 3 + 1 + 1);
     assert.equal(new Set(posts.slice(0, 3).map((r) => r.headers["idempotency-key"])).size, 1);
     assertNoSecrets("the logs", logs.join("\n"));
-    assert.deepEqual(await snapshot(t.kv), before, "nothing written");
+    assert.deepEqual(await kvStamps(t.kv), before, "nothing written");
     await t.assertBooks();
     // Stripe back: the checkout works.
     stripe.failWith = null;
@@ -190,7 +158,7 @@ Deno.test("checkout while Stripe is too slow: 504 upstream_timeout JSON, nothing
       };
       client._setApiField("timeout", 150);
       const { mgmt } = await t.account("0");
-      const before = await snapshot(t.kv);
+      const before = await kvStamps(t.kv);
       const res = await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "team" });
       const text = await res.text();
       assert.equal(res.status, 504, text);
@@ -198,7 +166,7 @@ Deno.test("checkout while Stripe is too slow: 504 upstream_timeout JSON, nothing
       assert.equal(JSON.parse(text).error.code, "upstream_timeout");
       assertNoSecrets("the error body", text);
       assertNoSecrets("the logs", logs.join("\n"));
-      assert.deepEqual(await snapshot(t.kv), before, "nothing written");
+      assert.deepEqual(await kvStamps(t.kv), before, "nothing written");
       await t.assertBooks();
     }, { env: { STRIPE_API_BASE: slow.origin } });
   } finally {
@@ -210,7 +178,7 @@ Deno.test("checkout while Stripe is too slow: 504 upstream_timeout JSON, nothing
 Deno.test("checkout takes no amount from the client: only the package's price reaches Stripe", () =>
   run(async ({ t, stripe }) => {
     const { mgmt } = await t.account("0");
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     for (
       const body of [
         { package_id: "starter", amount: "1000" },
@@ -222,7 +190,7 @@ Deno.test("checkout takes no amount from the client: only the package's price re
       assert.equal((await json(res, 400)).error.code, "invalid_request", JSON.stringify(body));
     }
     assert.equal(stripe.requests.length, 0, "nothing reached Stripe");
-    assert.deepEqual(await snapshot(t.kv), before);
+    assert.deepEqual(await kvStamps(t.kv), before);
     await checkout(t, stripe, mgmt, "starter");
     const post = stripe.requests.find((r) => r.path === "/v1/checkout/sessions")!;
     const item = (post.body.line_items as Record<string, Record<string, unknown>>[])[0];
@@ -273,15 +241,15 @@ Deno.test("a paid session for an unknown account is acknowledged, rejected and c
     session.client_reference_id = "acct_nobody";
     // Also without the router's record of the session (as if created elsewhere).
     await t.kv.delete(["stripe_checkout", sessionId]);
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     const completed = stripe.event("checkout.session.completed", session);
     assert.equal(await result(t, stripe, completed), "rejected");
     // Only the rejection is recorded (for the payment's refunds), once however often delivered.
     const rejectedKey = ["stripe_rejected", session.payment_intent as string];
-    const written = (await snapshot(t.kv)).filter((k) => !before.includes(k));
+    const written = (await kvStamps(t.kv)).filter((k) => !before.includes(k));
     assert.deepEqual(written.map((k) => k.split("@")[0]), [String(rejectedKey)]);
     assert.equal(await result(t, stripe, completed), "rejected");
-    assert.deepEqual((await snapshot(t.kv)).filter((k) => !before.includes(k)), written);
+    assert.deepEqual((await kvStamps(t.kv)).filter((k) => !before.includes(k)), written);
     const rejection = (await t.kv.get<Obj>(rejectedKey)).value!;
     assert.equal(rejection.session_id, sessionId);
     assert.equal(rejection.reason, "unknown account");
@@ -571,7 +539,7 @@ Deno.test("a dispute opened without funds withdrawn takes nothing; the withdrawa
       status: "warning_needs_response",
     });
     const opened = stripe.dispute(sessionId, { withdrawn: false });
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     for (const type of ["charge.dispute.created", "charge.dispute.updated"]) {
       for (const d of [inquiry, opened]) {
         assert.equal(await result(t, stripe, stripe.event(type, d)), "ignored", type);
@@ -585,7 +553,7 @@ Deno.test("a dispute opened without funds withdrawn takes nothing; the withdrawa
       ),
       "ignored",
     );
-    assert.deepEqual(await snapshot(t.kv), before);
+    assert.deepEqual(await kvStamps(t.kv), before);
     assert.equal(await balance(t, mgmt), "25");
     // The funds are withdrawn: the disputed share is taken back once, however delivered.
     const withdrawn = stripe.event(
@@ -775,12 +743,12 @@ Deno.test("a dispute of a payment with no credited purchase is answered as its r
       reason: "fraudulent",
       status: "needs_response",
     };
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     assert.equal(
       await result(t, stripe, stripe.event("charge.dispute.funds_withdrawn", foreign)),
       "ignored",
     );
-    assert.deepEqual(await snapshot(t.kv), before);
+    assert.deepEqual(await kvStamps(t.kv), before);
     // Ours, its purchase not credited yet: 503 so that Stripe delivers it again.
     const a = await checkout(t, stripe, mgmt, "team");
     const completed = stripe.event("checkout.session.completed", stripe.complete(a));

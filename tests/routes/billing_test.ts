@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { type FakeStripe, startFakeStripe } from "../_fakes/stripe.ts";
+import { balance, checkout, deliverSigned, kvStamps, transactions } from "../_stripe.ts";
 
 const SECRET = "whsec_test_current_0123456789";
 const OLD_SECRET = "whsec_test_previous_0123456789";
-
-type Tx = { type: string; amount: string; reference: string | null; description: string };
 
 /** A router in production billing mode against a fresh fake Stripe. */
 async function production(env: Record<string, string> = {}) {
@@ -32,17 +31,6 @@ async function run(fn: (t: TestRouter, stripe: FakeStripe) => Promise<void>, env
   }
 }
 
-/** Buys `packageId` through the router; returns the Checkout Session id. */
-async function checkout(t: TestRouter, stripe: FakeStripe, mgmt: string, packageId: string) {
-  const body = await json(
-    await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: packageId }),
-    200,
-  );
-  const id = /\/c\/pay\/(cs_[a-z0-9_]+)$/.exec(body.url)?.[1];
-  assert.ok(id && stripe.sessions.has(id), `a session URL: ${body.url}`);
-  return id;
-}
-
 /** A Checkout Session of the package, paid: its completion delivered and answered 200. */
 async function paidCheckout(t: TestRouter, stripe: FakeStripe, mgmt: string, packageId: string) {
   const sessionId = await checkout(t, stripe, mgmt, packageId);
@@ -52,35 +40,12 @@ async function paidCheckout(t: TestRouter, stripe: FakeStripe, mgmt: string, pac
 }
 
 /** Delivers a signed event to the webhook, without any API key. */
-async function deliver(
+const deliver = (
   t: TestRouter,
   stripe: FakeStripe,
   event: Record<string, unknown>,
   secret = SECRET,
-) {
-  const { payload, header } = await stripe.sign(event, secret);
-  return fetch(`${t.url}/v1/stripe/webhook`, {
-    method: "POST",
-    headers: { "content-type": "application/json", "stripe-signature": header },
-    body: payload,
-  });
-}
-
-async function transactions(t: TestRouter, mgmt: string, type?: string): Promise<Tx[]> {
-  const q = type ? `?type=${type}` : "";
-  return (await json(await t.call(mgmt, "GET", `/v1/transactions${q}`), 200)).data;
-}
-
-async function balance(t: TestRouter, mgmt: string): Promise<string> {
-  return (await json(await t.call(mgmt, "GET", "/v1/credits"), 200)).balance;
-}
-
-/** Every KV key with its versionstamp: equal snapshots mean nothing was written. */
-async function snapshot(kv: Deno.Kv) {
-  const out: string[] = [];
-  for await (const e of kv.list({ prefix: [] })) out.push(`${String(e.key)}@${e.versionstamp}`);
-  return out;
-}
+) => deliverSigned(t, stripe, event, secret);
 
 Deno.test("POST /v1/billing/checkout creates a Checkout Session and reuses the account's customer", () =>
   run(async (t, stripe) => {
@@ -243,7 +208,7 @@ Deno.test("a bad, changed, stale or missing signature is 400 invalid_signature a
       timestamp: Math.floor(Date.now() / 1000) - 301,
     });
 
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     const cases: [string, string, string | undefined][] = [
       ["wrong secret", wrongSecret.payload, wrongSecret.header],
       ["one changed byte", changed, good.header],
@@ -256,7 +221,7 @@ Deno.test("a bad, changed, stale or missing signature is 400 invalid_signature a
       const err = await json(res, 400);
       assert.equal(err.error.code, "invalid_signature", name);
     }
-    assert.deepEqual(await snapshot(t.kv), before, "nothing written");
+    assert.deepEqual(await kvStamps(t.kv), before, "nothing written");
     assert.equal(await balance(t, mgmt), "0");
 
     // The untouched delivery is accepted: the refusals above were about the signature alone.
@@ -324,7 +289,7 @@ Deno.test("charge.refunded takes the refunded share of the credit back once per 
 Deno.test("other Stripe events answer 200 and change nothing", () =>
   run(async (t, stripe) => {
     const { mgmt } = await t.account("0");
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     for (const type of ["customer.created", "payment_intent.succeeded", "invoice.paid"]) {
       const res = await deliver(t, stripe, stripe.event(type, { id: "obj_1", object: "thing" }));
       assert.equal((await json(res, 200)).result, "ignored");
@@ -339,7 +304,7 @@ Deno.test("other Stripe events answer 200 and change nothing", () =>
       metadata: {},
     });
     assert.equal((await json(await deliver(t, stripe, foreign), 200)).result, "ignored");
-    assert.deepEqual(await snapshot(t.kv), before);
+    assert.deepEqual(await kvStamps(t.kv), before);
     assert.equal(await balance(t, mgmt), "0");
     await t.assertBooks();
   }));
@@ -518,9 +483,9 @@ Deno.test("a refund failure seen before its take-back keeps the take-back from e
     const failB = stripe.event("charge.refund.updated", stripe.failRefund(staleB.id as string));
     assert.equal((await json(await deliver(t, stripe, failB), 200)).result, "ignored");
     // A failure of a refund never taken back, delivered again, writes nothing at all.
-    const before = await snapshot(t.kv);
+    const before = await kvStamps(t.kv);
     assert.equal((await json(await deliver(t, stripe, failB), 200)).result, "ignored");
-    assert.deepEqual(await snapshot(t.kv), before);
+    assert.deepEqual(await kvStamps(t.kv), before);
     assert.equal(await balance(t, mgmt), "105");
 
     // A take-back that read the failure records just before B's was written sees none for B:
