@@ -225,7 +225,12 @@ export function billStream(
     interim: (u: NormalizedUsage) => void,
   ) => Promise<UsageAnswer>,
   inputUsage: () => NormalizedUsage,
-  format: SseFormat = "openai",
+  opts: {
+    /** The format of the error event that ends a failed stream (default OpenAI's). */
+    format?: SseFormat;
+    /** What to send for an event carrying usage after the final one (see `TapHandlers`). */
+    afterFinal?: (chunk: Record<string, unknown>) => string | null | undefined;
+  } = {},
 ): ReadableStream<Uint8Array> {
   const svc = m.c.get("svc");
   let settled = false;
@@ -248,7 +253,8 @@ export function billStream(
     latest = u;
   };
   return tapStream(upstream, {
-    format,
+    format: opts.format,
+    afterFinal: opts.afterFinal,
     onUsage: (chunk, event, produced) => onUsage(chunk, event, settleWith(produced), interim),
     async onEnd(kind, produced) {
       if (settled) return;

@@ -176,6 +176,11 @@ export interface TapHandlers {
    * streamed so far, for counting when no usage arrived.
    */
   onEnd(kind: "complete" | "cancelled" | "error", produced: () => string): Promise<void>;
+  /**
+   * Called with each event that carries usage after the final one, if set: the event to send in
+   * its place, null to drop it, undefined to pass it on. Unset, such events pass on unchanged.
+   */
+  afterFinal?(chunk: Record<string, unknown>): string | null | undefined;
 }
 
 /**
@@ -265,13 +270,26 @@ export function tapStream(
         }
         seen.push(r.value);
         const text = decoder.decode(r.value, { stream: true });
-        if (!splitter.rest && (usageSeen || (!USAGE.test(text) && /\n\n$|\r\n\r\n$/.test(text)))) {
+        const watching = !usageSeen || handlers.afterFinal !== undefined;
+        if (
+          !splitter.rest && (!watching || (!USAGE.test(text) && /\n\n$|\r\n\r\n$/.test(text)))
+        ) {
           // Fast path: whole events without usage (or anything after it) go out as they came.
           ctrl.enqueue(r.value);
           return;
         }
         let out = "";
         for (const event of splitter.push(text)) {
+          if (usageSeen && handlers.afterFinal && USAGE.test(event)) {
+            const data = eventData(event);
+            const answer = data && typeof data === "object"
+              ? handlers.afterFinal(data as Record<string, unknown>)
+              : undefined;
+            if (answer !== undefined) {
+              if (answer !== null) out += answer + "\n\n";
+              continue;
+            }
+          }
           if (!usageSeen && USAGE.test(event)) {
             const data = eventData(event);
             if (data && typeof data === "object") {

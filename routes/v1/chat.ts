@@ -16,7 +16,7 @@ import {
 } from "../../lib/proxy/pipeline.ts";
 import { readOpenAIUsage, UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
-import { type NormalizedUsage, ZERO_USAGE } from "../../lib/pricing.ts";
+import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../../lib/pricing.ts";
 
 const tokenLimit = z.number().int().min(1).max(10_000_000);
 
@@ -51,6 +51,10 @@ function outputLimit(body: ChatBody, model: ResolvedModel) {
   const send = Math.min(d, model.maxOutputTokens);
   return { tokens: send, send };
 }
+
+/** Whether a stream chunk's choice is finished (carries its finish reason). */
+const finishesChoice = (choice: unknown) =>
+  (choice as { finish_reason?: unknown } | null)?.finish_reason != null;
 
 /** `POST /v1/chat/completions`: OpenAI format to any provider, translated both ways. */
 export async function chatCompletions(c: Context<AppEnv>) {
@@ -93,27 +97,41 @@ export async function chatCompletions(c: Context<AppEnv>) {
 
   const reader = new UsageReader();
   let input: NormalizedUsage | null = null;
+  let billed: Cost | null = null;
+  /** A chunk carrying the billed usage, as the client gets it: with the cost, or without usage. */
+  const withBilled = (chunk: Record<string, unknown>, cost: Cost) => {
+    if (wantsUsage) {
+      return "data: " + JSON.stringify({ ...chunk, usage: withCost(chunk.usage, cost) });
+    }
+    if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
+      const { usage: _drop, ...without } = chunk;
+      return "data: " + JSON.stringify(without);
+    }
+    return null;
+  };
   const out = billStream(
     m,
     model.adapter.chatStream(reply.res.body!, (u) => input = u),
     async (chunk, _event, settle, interim) => {
-      // OpenAI's final usage comes in a chunk of its own, with no choices. Usage on a chunk that
-      // still carries choices (some OpenAI-compatible hosts send the running count on every
-      // chunk) is not final: remembered, in case no final chunk comes, and passed on as it is.
-      if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
+      // OpenAI's final usage comes in a chunk of its own, with no choices. Some OpenAI-compatible
+      // hosts report usage with the choices instead: a running count on every chunk, or the whole
+      // on the last. Such usage is final on the chunk that finishes the only choice; before that
+      // it is remembered (in case the stream ends first) and passed on as it came.
+      const choices = Array.isArray(chunk.choices) ? chunk.choices : [];
+      if (choices.length > 0 && !(n === 1 && choices.every(finishesChoice))) {
         interim(readOpenAIUsage(chunk.usage, new UsageReader()));
         if (wantsUsage) return undefined;
         const { usage: _drop, ...without } = chunk;
         return { interim: "data: " + JSON.stringify(without) };
       }
       const cost = await settle(readOpenAIUsage(chunk.usage, reader));
+      billed = cost;
       logAnomalies(m, reader);
-      if (wantsUsage) {
-        return "data: " + JSON.stringify({ ...chunk, usage: withCost(chunk.usage, cost) });
-      }
-      return null;
+      return withBilled(chunk, cost);
     },
     () => input ?? { ...ZERO_USAGE, prompt: estimatePromptTokens(body) },
+    // A usage chunk of its own after the finishing one (vLLM sends both): the same bill.
+    { afterFinal: (chunk) => withBilled(chunk, billed!) },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

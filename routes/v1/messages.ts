@@ -109,7 +109,7 @@ export async function messages(c: Context<AppEnv>) {
         ...ZERO_USAGE,
         prompt: estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
       },
-    "anthropic",
+    { format: "anthropic" },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

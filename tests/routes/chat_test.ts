@@ -95,12 +95,12 @@ Deno.test("a stream passes through, bills its usage, and shows usage only when a
   }
 });
 
-Deno.test("usage on every chunk (vLLM's continuous stats): the empty-choices chunk is the one billed", async () => {
+Deno.test("usage on every chunk (vLLM's continuous stats): billed once, on the chunk that finishes the choice", async () => {
   const t = await startRouter();
   try {
     const { key, mgmt } = await t.account("1");
-    // Each chunk carries the running usage (output so far); the last, empty-choices chunk the
-    // whole reply's: 1000 in, 200 out, billed $0.000192 at your rate.
+    // Each chunk carries the running usage (output so far), the finishing chunk and the last,
+    // empty-choices chunk the whole reply's: 1000 in, 200 out, billed $0.000192 at your rate.
     t.openai.scenario = { usage: USAGE, chunks: 5, cumulativeUsage: true };
     const stream = (include_usage: boolean) =>
       t.call(key, "POST", "/v1/chat/completions", {
@@ -110,7 +110,8 @@ Deno.test("usage on every chunk (vLLM's continuous stats): the empty-choices chu
         stream_options: { include_usage },
       });
 
-    // Asked for usage: the running counts pass unchanged, the final chunk carries the cost.
+    // Asked for usage: the running counts pass unchanged; the finishing chunk, and the usage
+    // chunk after it, carry the cost of the whole.
     const asked = sseData(await (await stream(true)).text());
     const withChoices = asked.filter((c) => (c.choices as unknown[]).length > 0);
     assert.equal(withChoices.length, 7);
@@ -119,13 +120,14 @@ Deno.test("usage on every chunk (vLLM's continuous stats): the empty-choices chu
       [0, 40, 80, 120, 160, 200, 200],
       "the provider's running usage reaches the client as sent",
     );
-    assert.ok(withChoices.every((c) => !("cost" in (c.usage as object))));
-    const final = asked.at(-1)!;
-    assert.deepEqual(final.choices, []);
-    const u = final.usage as Record<string, number>;
-    assert.equal(u.completion_tokens, 200);
-    assert.equal(u.cost, 0.000192);
-    assert.equal(u.market_cost, 0.00024);
+    assert.ok(withChoices.slice(0, -1).every((c) => !("cost" in (c.usage as object))));
+    for (const billed of [withChoices.at(-1)!, asked.at(-1)!]) {
+      const u = billed.usage as Record<string, number>;
+      assert.equal(u.completion_tokens, 200);
+      assert.equal(u.cost, 0.000192);
+      assert.equal(u.market_cost, 0.00024);
+    }
+    assert.deepEqual(asked.at(-1)!.choices, []);
 
     // Not asked: no usage anywhere, as with OpenAI.
     const plain = sseData(await (await stream(false)).text());
@@ -188,7 +190,7 @@ Deno.test("a stream whose final usage counts no tokens is counted by the router,
   }
 });
 
-Deno.test("usage on every chunk and no final usage chunk: the last running usage is billed", async () => {
+Deno.test("usage with the choices and no usage chunk of its own (Mistral style): billed on the finishing chunk", async () => {
   const t = await startRouter();
   try {
     const { key, mgmt } = await t.account("1");
@@ -206,8 +208,10 @@ Deno.test("usage on every chunk and no final usage chunk: the last running usage
       const chunks = sseData(await res.text());
       assert.ok(chunks.every((c) => (c.choices as unknown[]).length > 0));
       const last = chunks.at(-1)!.usage as Record<string, number> | undefined;
-      if (include_usage) assert.equal(last?.completion_tokens, 200, "passed on as sent");
-      else assert.ok(chunks.every((c) => !c.usage));
+      if (include_usage) {
+        assert.equal(last?.completion_tokens, 200, "the provider's count, as sent");
+        assert.equal(last?.cost, 0.000192, "with its cost");
+      } else assert.ok(chunks.every((c) => !c.usage));
     }
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.total_used, "0.000384", "the provider's last count, not the first");
@@ -215,13 +219,43 @@ Deno.test("usage on every chunk and no final usage chunk: the last running usage
     await t.router.flush();
     for (const id of ids) {
       const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
-      assert.equal(row.error_code, "usage_missing", "no final usage chunk arrived");
+      assert.equal(row.error_code, null, "the provider reported the usage");
       assert.equal(row.prompt_tokens, 1000);
       assert.equal(row.cached_tokens, 400);
       assert.equal(row.completion_tokens, 200);
       assert.equal(row.reasoning_tokens, 50);
       assert.equal(row.cost, "0.000192");
     }
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("usage on every chunk and a stream cut before its end: the last running count is billed", async () => {
+  const t = await startRouter({ env: { UPSTREAM_TIMEOUT_MS: "200" } });
+  try {
+    const { key, mgmt } = await t.account("1");
+    // Events: the role chunk (0 out), then parts 1 and 2 (40, 80 out); the upstream then stalls.
+    t.openai.scenario = { usage: USAGE, chunks: 5, cumulativeUsage: true, stallAfter: 3 };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "stream me" }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    assert.equal(res.status, 200);
+    assert.match(await res.text(), /"code":"upstream_error"/);
+    await t.router.flush();
+    const row = await json(
+      await t.call(mgmt, "GET", `/v1/audit/${res.headers.get("x-request-id")}`),
+      200,
+    );
+    assert.equal(row.error_code, "upstream_stream_failed");
+    assert.deepEqual([row.prompt_tokens, row.completion_tokens], [1000, 80]);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, row.cost);
+    assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {
     await t.close();
