@@ -76,17 +76,23 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
   const secret = useSignal<{ name: string; key: string } | null>(null);
   const copied = useSignal(false);
   const error = useSignal("");
+  /** The last failed row action's message, shown under that key's row rather than up in the form. */
+  const rowError = useSignal<{ id: string; message: string } | null>(null);
   const busy = useSignal(false);
   const editing = useSignal<string | null>(null);
   const confirming = useSignal<string | null>(null);
 
-  const run = async (f: () => Promise<unknown>) => {
+  /** Runs an action; its error goes to the create form, or with `id` to that key's row. */
+  const run = async (f: () => Promise<unknown>, id?: string) => {
     busy.value = true;
-    error.value = "";
+    if (id === undefined) error.value = "";
+    else rowError.value = null;
     try {
       await f();
     } catch (e) {
-      error.value = e instanceof Error ? e.message : String(e);
+      const message = e instanceof Error ? e.message : String(e);
+      if (id === undefined) error.value = message;
+      else rowError.value = { id, message };
     } finally {
       busy.value = false;
     }
@@ -129,12 +135,13 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
     return run(async () => {
       replace(await api(csrf, "PATCH", `/v1/keys/${id}`, readLimit(f)));
       editing.value = null;
-    });
+    }, id);
   };
 
   const toggle = (k: KeyView) =>
-    run(async () =>
-      replace(await api(csrf, "PATCH", `/v1/keys/${k.id}`, { disabled: !k.disabled }))
+    run(
+      async () => replace(await api(csrf, "PATCH", `/v1/keys/${k.id}`, { disabled: !k.disabled })),
+      k.id,
     );
 
   const revoke = (k: KeyView) =>
@@ -142,7 +149,7 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
       await api(csrf, "DELETE", `/v1/keys/${k.id}`);
       keys.value = keys.value.filter((x) => x.id !== k.id);
       confirming.value = null;
-    });
+    }, k.id);
 
   return (
     <div class="keys">
@@ -281,6 +288,17 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                                 <LimitFields limit={k.credit_limit ?? ""} reset={k.limit_reset} />
                                 <button type="submit" disabled={busy.value}>Save limit</button>
                               </form>
+                            </td>
+                          </tr>
+                        )
+                        : null}
+                      {rowError.value?.id === k.id
+                        ? (
+                          <tr class="row-error" data-error-for={k.id}>
+                            <td colSpan={7}>
+                              <p class="notice error" role="alert">
+                                {k.name}: {rowError.value.message}
+                              </p>
                             </td>
                           </tr>
                         )

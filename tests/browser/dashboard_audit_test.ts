@@ -205,3 +205,93 @@ Deno.test({
     await t.close();
   }
 });
+
+Deno.test({
+  name: "dashboard keys: a row action's error shows at its row, the create form's in its card",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  const browser = await launch();
+  try {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const page = await context.newPage();
+    const pageErrors: string[] = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    page.setDefaultTimeout(5000);
+    await signUp(page, t, "rows@example.com");
+    await page.goto(t.url + "/dashboard/keys");
+    await hydrated(page);
+    for (const name of ["alpha", "beta", "gamma"]) {
+      await page.getByLabel("Name").fill(name);
+      await page.getByRole("button", { name: "Create key" }).click();
+      await page.locator("#keys-table tbody tr", { hasText: name }).waitFor();
+    }
+    const idOf = async (name: string) =>
+      (await page.locator("#keys-table tbody tr", { hasText: name }).getAttribute("data-key-id"))!;
+    const [alpha, beta, gamma] = [await idOf("alpha"), await idOf("beta"), await idOf("gamma")];
+    const createCard = page.locator("section.card", {
+      has: page.getByRole("heading", { name: "Create a key" }),
+    });
+
+    // alpha and beta are revoked in another tab: this one's actions on them now fail.
+    const other = await context.newPage();
+    await other.goto(t.url + "/dashboard/keys");
+    await hydrated(other);
+    for (const name of ["alpha", "beta"]) {
+      await other.getByRole("button", { name: `Revoke ${name}` }).click();
+      await other.getByRole("button", { name: `Confirm revoke of ${name}` }).click();
+      await other.locator("#keys-table tbody tr", { hasText: name }).waitFor({ state: "detached" });
+    }
+    await other.close();
+
+    // Disable: the error is announced in the row right under beta's.
+    await page.getByRole("button", { name: "Disable beta" }).click();
+    const betaError = page.locator(`tr[data-key-id='${beta}'] + tr`).getByRole("alert");
+    await betaError.waitFor();
+    assert.match(await betaError.innerText(), /not found/i);
+    assert.equal(await createCard.getByRole("alert").count(), 0);
+
+    // Edit limit: under alpha's edit form, and beta's error is gone.
+    await page.getByRole("button", { name: "Edit limit of alpha" }).click();
+    await page.locator(".edit-row input[name='credit_limit']").fill("5");
+    await page.getByRole("button", { name: "Save limit" }).click();
+    const alphaError = page.locator(`tr[data-key-id='${alpha}'] + tr.edit-row + tr`)
+      .getByRole("alert");
+    await alphaError.waitFor();
+    assert.match(await alphaError.innerText(), /not found/i);
+    assert.equal(await page.getByRole("alert").count(), 1);
+
+    // Revoke: a refusal of the DELETE shows under gamma's row.
+    await page.route(
+      `**/v1/keys/${gamma}`,
+      (route) =>
+        route.request().method() === "DELETE"
+          ? route.fulfill({
+            status: 409,
+            contentType: "application/json",
+            body: JSON.stringify({
+              error: { type: "conflict", message: "The key changed while it was being revoked" },
+            }),
+          })
+          : route.fallback(),
+    );
+    await page.getByRole("button", { name: "Revoke gamma" }).click();
+    await page.getByRole("button", { name: "Confirm revoke of gamma" }).click();
+    const gammaError = page.locator(`tr[data-key-id='${gamma}'] + tr`).getByRole("alert");
+    await gammaError.waitFor();
+    assert.match(await gammaError.innerText(), /changed while/);
+    assert.equal(await createCard.getByRole("alert").count(), 0);
+
+    // The create form's own error stays in its card.
+    await page.getByLabel("Name").fill("   ");
+    await page.getByRole("button", { name: "Create key" }).click();
+    await createCard.getByRole("alert").waitFor();
+    assert.match(await createCard.getByRole("alert").innerText(), /name/i);
+    assert.equal(await page.locator("#keys-table").getByRole("alert").count(), 1);
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await browser.close();
+    await t.close();
+  }
+});
