@@ -6,7 +6,7 @@ import {
   type PasswordHash,
   verifyPassword,
 } from "../lib/auth/users.ts";
-import { allowSigninAttempt, startSession } from "../lib/render/session.ts";
+import { allowSigninAttempt, safeNext, startSession, withNext } from "../lib/render/session.ts";
 import { Notice } from "../lib/render/layout.tsx";
 
 export const config: PageConfig = { title: "Sign in", auth: "public", layout: "public" };
@@ -16,10 +16,6 @@ interface Data {
   email: string;
   next: string;
 }
-
-/** Only same-site paths are followed after sign-in. */
-const safeNext = (v: string | null | undefined) =>
-  v && v.startsWith("/") && !v.startsWith("//") && !v.startsWith("/\\") ? v : "/dashboard";
 
 // Unknown emails still pay for one hash, so timing does not tell which emails exist.
 let decoy: Promise<PasswordHash> | null = null;
@@ -83,7 +79,7 @@ export default function SignIn({ data }: PageProps<Data>) {
         <button type="submit">Sign in</button>
       </form>
       <p class="muted">
-        New here? <a href="/signup">Create an account</a> · Operator?{" "}
+        New here? <a href={withNext("/signup", data.next)}>Create an account</a> · Operator?{" "}
         <a href="/dashboard/admin/signin">Admin sign-in</a>
       </p>
     </section>

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import type { PageConfig, PageCtx, PageProps } from "../lib/render/page.tsx";
 import { signUp } from "../lib/auth/users.ts";
-import { allowSigninAttempt, startSession } from "../lib/render/session.ts";
+import { allowSigninAttempt, safeNext, startSession, withNext } from "../lib/render/session.ts";
 import { Notice } from "../lib/render/layout.tsx";
 
 export const config: PageConfig = { title: "Create an account", auth: "public", layout: "public" };
@@ -16,23 +16,37 @@ const schema = z.object({
 interface Data {
   error?: string;
   values: { name: string; email: string; account: string };
+  /** Where the new user goes once the account exists (a same-site path, as after sign-in). */
+  next: string;
 }
 
 export const handler = {
-  GET: (): { data: Data } => ({ data: { values: { name: "", email: "", account: "" } } }),
+  GET: (ctx: PageCtx): { data: Data } => ({
+    data: {
+      values: { name: "", email: "", account: "" },
+      next: safeNext(ctx.url.searchParams.get("next")),
+    },
+  }),
   async POST(ctx: PageCtx) {
     const f = Object.fromEntries(
       ["name", "email", "account", "password"].map((k) => [k, String(ctx.form.get(k) ?? "")]),
     );
     const values = { name: f.name, email: f.email, account: f.account };
+    const next = safeNext(String(ctx.form.get("next") ?? ""));
     if (!await allowSigninAttempt(ctx)) {
       return {
-        data: { values, error: "Too many attempts from your address; try again in a few minutes." },
+        data: {
+          values,
+          next,
+          error: "Too many attempts from your address; try again in a few minutes.",
+        },
         status: 429,
       };
     }
     const r = schema.safeParse(f);
-    if (!r.success) return { data: { values, error: r.error.issues[0].message }, status: 400 };
+    if (!r.success) {
+      return { data: { values, next, error: r.error.issues[0].message }, status: 400 };
+    }
     const created = await signUp(ctx.svc.kv, {
       email: r.data.email,
       name: r.data.name,
@@ -41,7 +55,11 @@ export const handler = {
     });
     if (!created) {
       return {
-        data: { values, error: "An account with this email already exists: sign in instead." },
+        data: {
+          values,
+          next,
+          error: "An account with this email already exists: sign in instead.",
+        },
         status: 409,
       };
     }
@@ -51,7 +69,7 @@ export const handler = {
       user_id: created.user.id,
       account_id: created.account.id,
     });
-    return ctx.redirect("/dashboard");
+    return ctx.redirect(next);
   },
 };
 
@@ -62,6 +80,7 @@ export default function SignUp({ data }: PageProps<Data>) {
       <h1>Create an account</h1>
       {data.error ? <Notice kind="error">{data.error}</Notice> : null}
       <form method="post" class="stack">
+        <input type="hidden" name="next" value={data.next} />
         <label>
           Your name<input name="name" autocomplete="name" required value={data.values.name} />
         </label>
@@ -97,7 +116,7 @@ export default function SignUp({ data }: PageProps<Data>) {
         <button type="submit">Create account</button>
       </form>
       <p class="muted">
-        Already have an account? <a href="/signin">Sign in</a>
+        Already have an account? <a href={withNext("/signin", data.next)}>Sign in</a>
       </p>
     </section>
   );

@@ -9,6 +9,14 @@ import {
 } from "../auth/sessions.ts";
 import { clientIp } from "../proxy/metered.ts";
 
+/** Only same-site paths are followed after sign-in or sign-up; anything else means the dashboard. */
+export const safeNext = (v: string | null | undefined): string =>
+  v && v.startsWith("/") && !v.startsWith("//") && !v.startsWith("/\\") ? v : "/dashboard";
+
+/** `path` carrying the return address `next` along, unless it is the default. */
+export const withNext = (path: string, next: string): string =>
+  next === "/dashboard" ? path : `${path}?next=${encodeURIComponent(next)}`;
+
 /**
  * Counts one sign-in attempt from the request's IP; false (with Retry-After set on the reply)
  * when the address has used up its attempts.

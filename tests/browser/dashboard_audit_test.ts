@@ -295,3 +295,59 @@ Deno.test({
     await t.close();
   }
 });
+
+Deno.test({
+  name: "sign-in's Create an account link keeps the deep link: the new user lands on it",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  const browser = await launch();
+  try {
+    const taken = await browser.newPage();
+    await signUp(taken, t, "taken@example.com");
+    await taken.close();
+
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.setDefaultTimeout(5000);
+    const pageErrors: string[] = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    const deep = "/dashboard/usage?group_by=model&period=7d";
+    await page.goto(t.url + deep);
+    await page.waitForURL(/\/signin\?next=/);
+    await page.getByRole("link", { name: "Create an account" }).click();
+    await page.waitForURL(/\/signup\?next=/);
+    const fill = async (email: string) => {
+      await page.getByLabel("Your name").fill("Ada");
+      await page.getByLabel("Email").fill(email);
+      await page.getByLabel("Organisation").fill("Analytical Engines");
+      await page.getByLabel("Password").fill("a long password 123");
+      await page.getByRole("button", { name: "Create account" }).click();
+      await page.waitForLoadState();
+    };
+    // A refused sign-up keeps the return address for the next try.
+    await fill("taken@example.com");
+    assert.match(await page.locator(".notice.error").innerText(), /already exists/);
+    await fill("deep@example.com");
+    await page.waitForURL(t.url + deep);
+    assert.equal(
+      await page.locator("select[name='period'] option:checked").innerText(),
+      "Last 7 days",
+    );
+
+    // Another site's address is not followed, through sign-up as through sign-in.
+    for (const next of ["https://evil.example/", "//evil.example/"]) {
+      const other = await browser.newPage();
+      await other.goto(`${t.url}/signin?next=${encodeURIComponent(next)}`);
+      await other.getByRole("link", { name: "Create an account" }).click();
+      await other.waitForURL(`${t.url}/signup`);
+      await other.goto(`${t.url}/signup?next=${encodeURIComponent(next)}`);
+      await signUp(other, t, `evil${next.length}@example.com`);
+      await other.close();
+    }
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await browser.close();
+    await t.close();
+  }
+});
