@@ -43,8 +43,16 @@ function readLimit(f: FormData) {
 
 const RESETS = { daily: "Daily", weekly: "Weekly", monthly: "Monthly" };
 
-/** The credit limit and its reset period: blank (create) or a key's current values (edit). */
-function LimitFields({ limit, reset }: { limit?: string; reset?: string | null }) {
+/** What the credit limit field takes, as the API does (`usdAmount`): shown, and in `title`. */
+const LIMIT_FORMAT = "A USD amount such as 25 or 12.50, with up to 9 decimals";
+
+/**
+ * The credit limit and its reset period: blank (create) or a key's current values (edit). The
+ * limit input is described by `hint`, the id of the form's LimitHint.
+ */
+function LimitFields(
+  { hint, limit, reset }: { hint: string; limit?: string; reset?: string | null },
+) {
   return (
     <>
       <label>
@@ -53,6 +61,8 @@ function LimitFields({ limit, reset }: { limit?: string; reset?: string | null }
           name="credit_limit"
           inputMode="decimal"
           pattern="\d+(\.\d{1,9})?"
+          title={LIMIT_FORMAT}
+          aria-describedby={hint}
           value={limit}
           placeholder="none"
         />
@@ -68,6 +78,11 @@ function LimitFields({ limit, reset }: { limit?: string; reset?: string | null }
       </label>
     </>
   );
+}
+
+/** The credit limit's expected form, on its own line under a limit form. */
+function LimitHint({ id }: { id: string }) {
+  return <p id={id} class="hint form-hint">{LIMIT_FORMAT}; empty for no limit.</p>;
 }
 
 /** The keys table with create (secret shown once, with copy), limit edits, disable and revoke. */
@@ -166,8 +181,9 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
               <option value="management">Management</option>
             </select>
           </label>
-          <LimitFields />
+          <LimitFields hint="limit-hint-new" />
           <button type="submit" disabled={busy.value}>Create key</button>
+          <LimitHint id="limit-hint-new" />
         </form>
         {secret.value
           ? (
@@ -285,8 +301,13 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                           <tr class="edit-row">
                             <td colSpan={7}>
                               <form class="row-form" onSubmit={(e) => saveLimit(e, k.id)}>
-                                <LimitFields limit={k.credit_limit ?? ""} reset={k.limit_reset} />
+                                <LimitFields
+                                  hint={`limit-hint-${k.id}`}
+                                  limit={k.credit_limit ?? ""}
+                                  reset={k.limit_reset}
+                                />
                                 <button type="submit" disabled={busy.value}>Save limit</button>
+                                <LimitHint id={`limit-hint-${k.id}`} />
                               </form>
                             </td>
                           </tr>

@@ -351,3 +351,48 @@ Deno.test({
     await t.close();
   }
 });
+
+Deno.test({
+  name: "dashboard keys: the credit limit field says what it takes, and so does its error",
+  ignore: !hasChromium,
+}, async () => {
+  await ensureBundle();
+  const t = await startRouter();
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    page.setDefaultTimeout(5000);
+    const errors = watchErrors(page);
+    await signUp(page, t, "limits@example.com");
+    await page.goto(t.url + "/dashboard/keys");
+    await hydrated(page);
+    await page.getByRole("button", { name: "Edit limit of Management" }).click();
+    for (const form of [page.locator(".keys form").first(), page.locator(".edit-row form")]) {
+      const input = form.getByLabel("Credit limit (USD)");
+      // A visible hint, tied to the input, of the form the API takes.
+      const described = await input.getAttribute("aria-describedby");
+      assert.ok(described, "the limit input is described by its hint");
+      const hint = page.locator(`[id='${described}']`);
+      assert.equal(await hint.count(), 1);
+      assert.ok(await hint.isVisible(), "the hint is shown");
+      assert.match(
+        await hint.innerText(),
+        /USD amount.*25.*12\.50.*9 decimals.*empty for no limit/i,
+      );
+      // A bad value is refused with the format in the title: Chromium shows it under its own
+      // "Please match the requested format." (validationMessage holds only the latter).
+      assert.match((await input.getAttribute("title"))!, /USD amount.*25.*12\.50.*9 decimals/);
+      await input.fill("12,50");
+      await form.getByRole("button").click();
+      assert.equal(
+        await input.evaluate((el) => (el as HTMLInputElement).validity.patternMismatch),
+        true,
+      );
+      await input.fill("");
+    }
+    assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+    await t.close();
+  }
+});
