@@ -1,5 +1,6 @@
 /** Shared setup of the browser tests: Debian's Chromium through playwright-core, and the bundle. */
 import { type Browser, chromium, type Page } from "playwright-core";
+import { startRouter, type TestRouter } from "../_helpers.ts";
 
 export const CHROMIUM = "/usr/bin/chromium";
 export const hasChromium = await Deno.stat(CHROMIUM).then(() => true, () => false);
@@ -64,4 +65,40 @@ export async function hydrated(page: Page) {
 /** The exact USD string behind a money figure. */
 export async function usd(page: Page, selector: string): Promise<string | null> {
   return await page.locator(selector).first().getAttribute("data-usd");
+}
+
+/**
+ * A browser test (skipped where Chromium is missing): the island bundle built, a router started
+ * and Chromium launched for `fn`, both closed after it.
+ */
+export function browserTest(
+  name: string,
+  fn: (t: TestRouter, browser: Browser) => Promise<void>,
+): void {
+  Deno.test({ name, ignore: !hasChromium }, async () => {
+    await ensureBundle();
+    const t = await startRouter();
+    const browser = await launch();
+    try {
+      await fn(t, browser);
+    } finally {
+      await browser.close();
+      await t.close();
+    }
+  });
+}
+
+/** Signs up through the form as a new organisation's owner; lands on the dashboard. */
+export async function signUp(
+  page: Page,
+  t: TestRouter,
+  who: { email: string; name?: string; org?: string },
+): Promise<void> {
+  await page.goto(`${t.url}/signup`);
+  await page.getByLabel("Your name").fill(who.name ?? "Ada");
+  await page.getByLabel("Email").fill(who.email);
+  await page.getByLabel("Organisation").fill(who.org ?? "Analytical Engines");
+  await page.getByLabel("Password").fill("a long password 123");
+  await page.getByRole("button", { name: "Create account" }).click();
+  await page.waitForURL(`${t.url}/dashboard`);
 }

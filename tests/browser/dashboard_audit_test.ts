@@ -2,18 +2,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import type { Page } from "playwright-core";
-import { startRouter, type TestRouter } from "../_helpers.ts";
-import { ensureBundle, hasChromium, hydrated, launch, usd, watchErrors } from "./_browser.ts";
-
-async function signUp(page: Page, t: TestRouter, email: string) {
-  await page.goto(`${t.url}/signup`);
-  await page.getByLabel("Your name").fill("Ada");
-  await page.getByLabel("Email").fill(email);
-  await page.getByLabel("Organisation").fill("Analytical Engines");
-  await page.getByLabel("Password").fill("a long password 123");
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.waitForURL(`${t.url}/dashboard`);
-}
+import { browserTest, hydrated, signUp, usd, watchErrors } from "./_browser.ts";
 
 const DAY = 86_400_000;
 const day = (ms: number) => new Date(ms).toISOString().slice(0, 10);
@@ -23,17 +12,12 @@ async function apply(page: Page) {
   await page.waitForLoadState();
 }
 
-Deno.test({
-  name: "dashboard period form: each preset applies, edited dates mean those dates",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard period form: each preset applies, edited dates mean those dates",
+  async (t, browser) => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const errors = watchErrors(page);
-    await signUp(page, t, "periods@example.com");
+    await signUp(page, t, { email: "periods@example.com" });
     const now = Date.now();
     const today = day(now);
     const period = page.locator("select[name='period']");
@@ -61,22 +45,14 @@ Deno.test({
       assert.equal(await from.inputValue(), day(now - 6 * DAY));
     }
     assert.deepEqual(errors, []);
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
-Deno.test({
-  name: "dashboard custom dates the API refuses keep the page and say what is wrong",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard custom dates the API refuses keep the page and say what is wrong",
+  async (t, browser) => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    await signUp(page, t, "dates@example.com");
+    await signUp(page, t, { email: "dates@example.com" });
     const today = day(Date.now());
     for (const path of ["/dashboard", "/dashboard/usage"]) {
       for (const [from, to] of [["2026-02-30", "2026-03-05"], ["2000-01-01", today]]) {
@@ -91,22 +67,14 @@ Deno.test({
         );
       }
     }
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
-Deno.test({
-  name: "dashboard audit: dates the export refuses are refused on the page too, never a 500",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard audit: dates the export refuses are refused on the page too, never a 500",
+  async (t, browser) => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-    await signUp(page, t, "audit@example.com");
+    await signUp(page, t, { email: "audit@example.com" });
     for (const q of ["from=2026-11-20&to=2026-11-01", "from=2026-02-30", "to=2026-02-31"]) {
       const res = await page.goto(`${t.url}/dashboard/audit?${q}`);
       assert.equal(res?.status(), 400, q);
@@ -117,23 +85,15 @@ Deno.test({
       const exp = await page.request.get(t.url + href);
       assert.equal(exp.status(), 200, `${q}: ${href}`);
     }
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
-Deno.test({
-  name: "dashboard usage: the spend chart of a long custom period reaches its last day",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard usage: the spend chart of a long custom period reaches its last day",
+  async (t, browser) => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const errors = watchErrors(page);
-    await signUp(page, t, "long@example.com");
+    await signUp(page, t, { email: "long@example.com" });
     await page.goto(t.url + "/dashboard/keys");
     await hydrated(page);
     await page.getByLabel("Name").fill("backend");
@@ -164,28 +124,20 @@ Deno.test({
     assert.equal(days.at(-1)!.cost, await usd(page, "#usage-cost .metric-value .money"));
     assert.equal(await page.getByText("No spend in this period yet.").count(), 0);
     assert.deepEqual(errors, []);
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
-Deno.test({
-  name: "dashboard members: each Remove button names the member it removes",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard members: each Remove button names the member it removes",
+  async (t, browser) => {
     for (const email of ["bob@example.com", "cy@example.com"]) {
       const other = await browser.newPage();
-      await signUp(other, t, email);
+      await signUp(other, t, { email });
       await other.close();
     }
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const errors = watchErrors(page);
-    await signUp(page, t, "owner@example.com");
+    await signUp(page, t, { email: "owner@example.com" });
     await page.goto(t.url + "/dashboard/settings/members");
     for (const email of ["bob@example.com", "cy@example.com"]) {
       await page.getByLabel("Email of a signed-up user").fill(email);
@@ -200,26 +152,18 @@ Deno.test({
     );
     assert.equal(await page.getByRole("button", { name: "Remove cy@example.com" }).count(), 1);
     assert.deepEqual(errors, []);
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
-Deno.test({
-  name: "dashboard keys: a row action's error shows at its row, the create form's in its card",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard keys: a row action's error shows at its row, the create form's in its card",
+  async (t, browser) => {
     const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const page = await context.newPage();
     const pageErrors: string[] = [];
     page.on("pageerror", (e) => pageErrors.push(e.message));
     page.setDefaultTimeout(5000);
-    await signUp(page, t, "rows@example.com");
+    await signUp(page, t, { email: "rows@example.com" });
     await page.goto(t.url + "/dashboard/keys");
     await hydrated(page);
     for (const name of ["alpha", "beta", "gamma"]) {
@@ -290,22 +234,14 @@ Deno.test({
     assert.match(await createCard.getByRole("alert").innerText(), /name/i);
     assert.equal(await page.locator("#keys-table").getByRole("alert").count(), 1);
     assert.deepEqual(pageErrors, []);
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
-Deno.test({
-  name: "sign-in's Create an account link keeps the deep link: the new user lands on it",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "sign-in's Create an account link keeps the deep link: the new user lands on it",
+  async (t, browser) => {
     const taken = await browser.newPage();
-    await signUp(taken, t, "taken@example.com");
+    await signUp(taken, t, { email: "taken@example.com" });
     await taken.close();
 
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
@@ -342,28 +278,20 @@ Deno.test({
       await other.getByRole("link", { name: "Create an account" }).click();
       await other.waitForURL(`${t.url}/signup`);
       await other.goto(`${t.url}/signup?next=${encodeURIComponent(next)}`);
-      await signUp(other, t, `evil${next.length}@example.com`);
+      await signUp(other, t, { email: `evil${next.length}@example.com` });
       await other.close();
     }
     assert.deepEqual(pageErrors, []);
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
-Deno.test({
-  name: "dashboard keys: the credit limit field says what it takes, and so does its error",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard keys: the credit limit field says what it takes, and so does its error",
+  async (t, browser) => {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     page.setDefaultTimeout(5000);
     const errors = watchErrors(page);
-    await signUp(page, t, "limits@example.com");
+    await signUp(page, t, { email: "limits@example.com" });
     await page.goto(t.url + "/dashboard/keys");
     await hydrated(page);
     await page.getByRole("button", { name: "Edit limit of Management" }).click();
@@ -391,8 +319,5 @@ Deno.test({
       await input.fill("");
     }
     assert.deepEqual(errors, []);
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);

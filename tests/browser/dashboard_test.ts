@@ -1,9 +1,19 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import type { BrowserContext, Page } from "playwright-core";
-import { ADMIN_TOKEN, json, startRouter, type TestRouter } from "../_helpers.ts";
+import type { BrowserContext } from "playwright-core";
+import { ADMIN_TOKEN, json, startRouter } from "../_helpers.ts";
 import { startFakeStripe } from "../_fakes/stripe.ts";
-import { ensureBundle, hasChromium, hydrated, launch, shot, usd, watchErrors } from "./_browser.ts";
+import {
+  browserTest,
+  ensureBundle,
+  hasChromium,
+  hydrated,
+  launch,
+  shot,
+  signUp,
+  usd,
+  watchErrors,
+} from "./_browser.ts";
 
 const USAGE = {
   prompt_tokens: 1000,
@@ -21,20 +31,6 @@ const PAGES = [
   ["members", "/dashboard/settings/members"],
 ] as const;
 
-async function signUp(
-  page: Page,
-  t: TestRouter,
-  who: { name: string; email: string; org: string },
-) {
-  await page.goto(`${t.url}/signup`);
-  await page.getByLabel("Your name").fill(who.name);
-  await page.getByLabel("Email").fill(who.email);
-  await page.getByLabel("Organisation").fill(who.org);
-  await page.getByLabel("Password").fill("a long password 123");
-  await page.getByRole("button", { name: "Create account" }).click();
-  await page.waitForURL(`${t.url}/dashboard`);
-}
-
 /** The session cookie of a browser context as a Cookie header, for API calls as that session. */
 async function cookieHeader(ctx: BrowserContext) {
   const cookies = await ctx.cookies();
@@ -45,14 +41,9 @@ async function cookieHeader(ctx: BrowserContext) {
   return `${c.name}=${c.value}`;
 }
 
-Deno.test({
-  name: "dashboard: sign up, key, credit, requests, then every page agrees with the API",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard: sign up, key, credit, requests, then every page agrees with the API",
+  async (t, browser) => {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     await ctx.grantPermissions(["clipboard-read", "clipboard-write"], { origin: t.url });
     const page = await ctx.newPage();
@@ -332,20 +323,12 @@ Deno.test({
     assert.deepEqual(phoneErrors, []);
     await ctx.close();
     await t.assertBooks();
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
-Deno.test({
-  name: "dashboard admin: the operator sees accounts, adjusts with a reason, checks the books",
-  ignore: !hasChromium,
-}, async () => {
-  await ensureBundle();
-  const t = await startRouter();
-  const browser = await launch();
-  try {
+browserTest(
+  "dashboard admin: the operator sees accounts, adjusts with a reason, checks the books",
+  async (t, browser) => {
     const acct = await t.account("2");
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const errors = watchErrors(page);
@@ -399,11 +382,8 @@ Deno.test({
     await anon.body?.cancel();
     assert.deepEqual(errors, []);
     await t.assertBooks();
-  } finally {
-    await browser.close();
-    await t.close();
-  }
-});
+  },
+);
 
 Deno.test({
   name: "dashboard billing in production: a click goes to Stripe Checkout, the webhook credits",
