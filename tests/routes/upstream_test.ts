@@ -167,6 +167,34 @@ Deno.test("a client that disconnects mid-stream pays input plus the output produ
   }
 });
 
+Deno.test("a non-streaming call whose client leaves is finished by the provider and billed once", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { delayMs: 300, usage: { prompt_tokens: 1000, completion_tokens: 200 } };
+    const ac = new AbortController();
+    const req = fetch(`${t.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify(body()),
+      signal: ac.signal,
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    ac.abort();
+    await assert.rejects(req);
+    const rows = await auditRows(t, mgmt, 1);
+    assert.equal(t.openai.aborted, 0, "the provider's call is not abandoned");
+    assert.deepEqual([rows[0].status, rows[0].error_code], [200, null]);
+    // gpt-4o-mini: 1000 × 0.15 + 200 × 0.60 = 270 µ$ market, 216 µ$ at 20 % off.
+    assert.equal(rows[0].cost, "0.000216");
+    const c = await credits(t, mgmt);
+    assert.deepEqual([c.total_used, c.reserved], ["0.000216", "0"]);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("a stream whose upstream omits the usage chunk is counted by the router", async () => {
   const t = await startRouter();
   try {
