@@ -1,7 +1,7 @@
 import type { Context } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
-import { parseJson } from "../../lib/http/errors.ts";
+import { badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
 import { estimatePromptTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
 import {
@@ -61,9 +61,14 @@ export async function chatCompletions(c: Context<AppEnv>) {
   const raw = await c.req.text();
   const body = parseJson(raw, chatRequest);
   const primary = resolveModel(c, body.model, "chat");
-  const candidates = candidatesFor(c, primary, body.models ?? []);
-  const stream = body.stream === true;
   const n = body.n ?? 1;
+  // Anthropic's Messages API answers with one choice: more are refused, not quietly dropped.
+  const servesN = (model: ResolvedModel) => n === 1 || model.adapter.kind !== "anthropic";
+  if (!servesN(primary)) {
+    throw badRequest(`n: the model '${body.model}' answers one choice only; set n to 1`);
+  }
+  const candidates = candidatesFor(c, primary, body.models ?? [], servesN);
+  const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
   const prompt = promptTokenBound(raw);
   await m.reserve(

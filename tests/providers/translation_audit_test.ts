@@ -1,0 +1,83 @@
+import assert from "node:assert/strict";
+import OpenAI from "openai";
+import { json } from "../_helpers.ts";
+import { sseData, startProviders } from "./_setup.ts";
+import { anthropic } from "../../lib/providers/anthropic/mod.ts";
+import { gemini } from "../../lib/providers/gemini/mod.ts";
+
+const FAST_RETRY = { retry: { max_retries: 1, backoff_ms: 1 } };
+const UP = { baseUrl: "http://127.0.0.1:1", apiKey: "k" };
+type Row = Record<string, unknown>;
+const obj = (v: unknown) => (v && typeof v === "object" ? v : {}) as Row;
+
+/** The upstream body an adapter builds for an OpenAI chat body. */
+const sent = (adapter: typeof anthropic, body: Row) =>
+  JSON.parse(String(adapter.chatRequest(UP, { model: "m", ...body }).init.body));
+
+const streamOf = (text: string) => new Response(text).body!;
+const anthropicSse = (events: Row[]) =>
+  events.map((e) => `event: ${e.type}\ndata: ${JSON.stringify(e)}\n\n`).join("");
+const geminiSse = (events: Row[]) =>
+  events.map((e) => `data: ${JSON.stringify(e)}\r\n\r\n`).join("");
+const choicesOf = (chunks: Row[]) =>
+  chunks.flatMap((c) => (c.choices as Row[]) ?? []).filter(Boolean);
+
+Deno.test("n > 1 to Anthropic (one choice only) is refused clearly, before any hold or call", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "anthropic/claude-haiku-4-5",
+      messages: [{ role: "user", content: "hi" }],
+      n: 2,
+    });
+    const body = await json(res, 400);
+    assert.equal(body.error.code, "invalid_request");
+    assert.match(body.error.message, /\bn\b/);
+    assert.equal(t.anthropic.requests.length, 0, "never sent upstream");
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0");
+    assert.equal(credits.reserved, "0");
+
+    // n = 1 is served as usual; so is n > 1 by Gemini (candidateCount).
+    await json(
+      await t.call(key, "POST", "/v1/chat/completions", {
+        model: "anthropic/claude-haiku-4-5",
+        messages: [{ role: "user", content: "hi" }],
+        n: 1,
+      }),
+      200,
+    );
+    await json(
+      await t.call(key, "POST", "/v1/chat/completions", {
+        model: "google/gemini-2.5-flash",
+        messages: [{ role: "user", content: "hi" }],
+        n: 2,
+      }),
+      200,
+    );
+    assert.equal(obj(obj(t.gemini.requests[0]).generationConfig).candidateCount, 2);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("n > 1: an Anthropic fallback is skipped rather than answering one choice", async () => {
+  const t = await startProviders({ providersFile: FAST_RETRY });
+  try {
+    const { key } = await t.account("1");
+    t.openai.scenario = { status: 500 };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "hi" }],
+      n: 2,
+      models: ["anthropic/claude-haiku-4-5", "google/gemini-2.5-flash"],
+    });
+    await json(res, 200);
+    assert.equal(t.anthropic.requests.length, 0);
+    assert.equal(t.gemini.requests.length, 1);
+  } finally {
+    await t.close();
+  }
+});
