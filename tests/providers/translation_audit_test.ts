@@ -81,3 +81,26 @@ Deno.test("n > 1: an Anthropic fallback is skipped rather than answering one cho
     await t.close();
   }
 });
+
+Deno.test("response_format json_schema reaches Anthropic as output_config.format", () => {
+  const schema = {
+    type: "object",
+    properties: { city: { type: "string" } },
+    required: ["city"],
+    additionalProperties: false,
+  };
+  const body = sent(anthropic, {
+    messages: [{ role: "user", content: "where?" }],
+    max_tokens: 100,
+    response_format: { type: "json_schema", json_schema: { name: "place", strict: true, schema } },
+  });
+  assert.deepEqual(body.output_config, { format: { type: "json_schema", schema } });
+  // Plain text, and json_object (no Anthropic equivalent), send no format.
+  assert.equal(
+    sent(anthropic, {
+      messages: [{ role: "user", content: "x" }],
+      response_format: { type: "text" },
+    }).output_config,
+    undefined,
+  );
+});

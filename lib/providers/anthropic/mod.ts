@@ -126,6 +126,12 @@ export function toAnthropicBody(body: Record<string, unknown>): Record<string, u
   }
   const tc = toolChoice(body.tool_choice, body.parallel_tool_calls);
   if (tc && (tools.length || tc.type === "none")) out.tool_choice = tc;
+  // Structured outputs: OpenAI's json_schema is Anthropic's output_config.format.
+  const rf = obj(body.response_format);
+  const schema = obj(rf.json_schema).schema;
+  if (rf.type === "json_schema" && schema && typeof schema === "object") {
+    out.output_config = { format: { type: "json_schema", schema } };
+  }
   const user = obj(body.metadata).user_id ?? body.user;
   if (typeof user === "string") out.metadata = { user_id: user };
   return out;
