@@ -104,3 +104,92 @@ Deno.test("response_format json_schema reaches Anthropic as output_config.format
     undefined,
   );
 });
+
+Deno.test("system messages (several, mid-conversation) and parallel tool results translate", () => {
+  const messages = [
+    { role: "system", content: "A." },
+    { role: "user", content: "go" },
+    { role: "developer", content: [{ type: "text", text: "B." }] },
+    {
+      role: "assistant",
+      content: null,
+      tool_calls: [
+        { id: "call_1", type: "function", function: { name: "f", arguments: '{"a":1}' } },
+        { id: "call_2", type: "function", function: { name: "g", arguments: "{}" } },
+      ],
+    },
+    { role: "tool", tool_call_id: "call_1", content: "one" },
+    { role: "tool", tool_call_id: "call_2", content: "two" },
+    { role: "user", content: [{ type: "image_url", image_url: { url: "https://x.test/a.png" } }] },
+  ];
+  const a = sent(anthropic, { messages, max_tokens: 10 });
+  assert.equal(a.system, "A.\n\nB.");
+  assert.deepEqual(a.messages, [
+    { role: "user", content: [{ type: "text", text: "go" }] },
+    {
+      role: "assistant",
+      content: [
+        { type: "tool_use", id: "call_1", name: "f", input: { a: 1 } },
+        { type: "tool_use", id: "call_2", name: "g", input: {} },
+      ],
+    },
+    {
+      role: "user",
+      content: [
+        { type: "tool_result", tool_use_id: "call_1", content: "one" },
+        { type: "tool_result", tool_use_id: "call_2", content: "two" },
+        { type: "image", source: { type: "url", url: "https://x.test/a.png" } },
+      ],
+    },
+  ]);
+  const g = sent(gemini, { messages });
+  assert.deepEqual(g.systemInstruction, { parts: [{ text: "A.\n\nB." }] });
+  assert.deepEqual(g.contents, [
+    { role: "user", parts: [{ text: "go" }] },
+    {
+      role: "model",
+      parts: [{ functionCall: { name: "f", args: { a: 1 } } }, {
+        functionCall: { name: "g", args: {} },
+      }],
+    },
+    {
+      role: "user",
+      parts: [
+        { functionResponse: { name: "f", response: { result: "one" } } },
+        { functionResponse: { name: "g", response: { result: "two" } } },
+        { fileData: { fileUri: "https://x.test/a.png", mimeType: "image/png" } },
+      ],
+    },
+  ]);
+});
+
+Deno.test("tool_choice translates for Anthropic and Gemini; none never carries parallel flags", () => {
+  const tools = [{ type: "function", function: { name: "f", parameters: { type: "object" } } }];
+  const base = { messages: [{ role: "user", content: "x" }], tools, max_tokens: 5 };
+  const cases: [unknown, Row | undefined, Row | undefined][] = [
+    ["auto", { type: "auto" }, { mode: "AUTO" }],
+    ["none", { type: "none" }, { mode: "NONE" }],
+    ["required", { type: "any" }, { mode: "ANY" }],
+    [
+      { type: "function", function: { name: "f" } },
+      { type: "tool", name: "f" },
+      { mode: "ANY", allowedFunctionNames: ["f"] },
+    ],
+  ];
+  for (const [choice, a, g] of cases) {
+    assert.deepEqual(sent(anthropic, { ...base, tool_choice: choice }).tool_choice, a);
+    assert.deepEqual(
+      obj(sent(gemini, { ...base, tool_choice: choice }).toolConfig).functionCallingConfig,
+      g,
+    );
+  }
+  assert.deepEqual(
+    sent(anthropic, { ...base, tool_choice: "required", parallel_tool_calls: false }).tool_choice,
+    { type: "any", disable_parallel_tool_use: true },
+  );
+  // Anthropic's `none` choice has no disable_parallel_tool_use field.
+  assert.deepEqual(
+    sent(anthropic, { ...base, tool_choice: "none", parallel_tool_calls: false }).tool_choice,
+    { type: "none" },
+  );
+});

@@ -96,7 +96,10 @@ function toolChoice(choice: unknown, parallel: unknown): Block | undefined {
     const name = obj(obj(choice).function).name;
     if (typeof name === "string") tc = { type: "tool", name };
   }
-  if (parallel === false) tc = { ...(tc ?? { type: "auto" }), disable_parallel_tool_use: true };
+  // Anthropic's `none` choice has no disable_parallel_tool_use (no tool is called at all).
+  if (parallel === false && tc?.type !== "none") {
+    tc = { ...(tc ?? { type: "auto" }), disable_parallel_tool_use: true };
+  }
   return tc;
 }
 
