@@ -193,3 +193,47 @@ Deno.test("tool_choice translates for Anthropic and Gemini; none never carries p
     { type: "none" },
   );
 });
+
+Deno.test("a streamed Anthropic tool call without arguments still gives the client a JSON object", async () => {
+  const upstream = anthropicSse([
+    { type: "message_start", message: { id: "msg_1", model: "c", usage: { input_tokens: 3 } } },
+    {
+      type: "content_block_start",
+      index: 0,
+      content_block: { type: "tool_use", id: "toolu_1", name: "now", input: {} },
+    },
+    {
+      type: "content_block_delta",
+      index: 0,
+      delta: { type: "input_json_delta", partial_json: "" },
+    },
+    { type: "content_block_stop", index: 0 },
+    {
+      type: "content_block_start",
+      index: 1,
+      content_block: { type: "tool_use", id: "toolu_2", name: "where", input: {} },
+    },
+    {
+      type: "content_block_delta",
+      index: 1,
+      delta: { type: "input_json_delta", partial_json: '{"a":' },
+    },
+    {
+      type: "content_block_delta",
+      index: 1,
+      delta: { type: "input_json_delta", partial_json: "1}" },
+    },
+    { type: "content_block_stop", index: 1 },
+    { type: "message_delta", delta: { stop_reason: "tool_use" }, usage: { output_tokens: 9 } },
+    { type: "message_stop" },
+  ]);
+  const chunks = sseData(await new Response(anthropic.chatStream(streamOf(upstream))).text());
+  const args = ["", ""];
+  for (const c of choicesOf(chunks)) {
+    for (const tc of (obj(c.delta).tool_calls as Row[]) ?? []) {
+      args[tc.index as number] += String(obj(tc.function).arguments ?? "");
+    }
+  }
+  assert.deepEqual(args, ["{}", '{"a":1}']);
+  assert.equal(choicesOf(chunks).at(-1)!.finish_reason, "tool_calls");
+});

@@ -198,6 +198,8 @@ function streamFromAnthropic(
   let finished = false;
   let usageSent = false;
   const toolIndex = new Map<number, number>();
+  /** Tool calls (by OpenAI index) whose arguments have not started yet. */
+  const noArgs = new Set<number>();
   const chunk = (delta: Block, finish: string | null = null) => ({
     ...head,
     choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
@@ -221,6 +223,7 @@ function streamFromAnthropic(
         if (block.type === "tool_use") {
           const index = toolIndex.size;
           toolIndex.set(Number(data.index), index);
+          noArgs.add(index);
           return [chunk({
             tool_calls: [{
               index,
@@ -241,9 +244,16 @@ function streamFromAnthropic(
         if (d.type === "thinking_delta") return [chunk({ reasoning_content: d.thinking })];
         if (d.type === "input_json_delta") {
           const index = toolIndex.get(Number(data.index)) ?? 0;
+          if (typeof d.partial_json === "string" && d.partial_json) noArgs.delete(index);
           return [chunk({ tool_calls: [{ index, function: { arguments: d.partial_json } }] })];
         }
         return [];
+      }
+      case "content_block_stop": {
+        // A call without input streams no JSON (or ""): OpenAI clients parse arguments, so "{}".
+        const index = toolIndex.get(Number(data.index));
+        if (index === undefined || !noArgs.delete(index)) return [];
+        return [chunk({ tool_calls: [{ index, function: { arguments: "{}" } }] })];
       }
       case "message_delta": {
         // output_tokens here is cumulative; later fields replace earlier ones.
