@@ -15,6 +15,10 @@ export interface GeminiScenario {
   functionCall?: { name: string; args: Record<string, unknown> };
   /** Number of events a stream is cut into. */
   chunks?: number;
+  /** Block the prompt for this reason: no candidate, only promptFeedback and the prompt's usage. */
+  blockReason?: string;
+  /** In a stream, send an error event (echoing the request) after this many events. */
+  errorAfter?: number;
 }
 
 export interface FakeGemini {
@@ -82,6 +86,18 @@ export function startFakeGemini(): FakeGemini {
         modelVersion: m[1],
         responseId,
       });
+      if (s.blockReason) {
+        const blocked = {
+          promptFeedback: { blockReason: s.blockReason },
+          usageMetadata: { promptTokenCount: usage.promptTokenCount, totalTokenCount: 0 },
+          modelVersion: m[1],
+          responseId,
+        };
+        if (m[2] === "generateContent") return Response.json(blocked);
+        return new Response(`data: ${JSON.stringify(blocked)}\r\n\r\n`, {
+          headers: { "content-type": "text/event-stream" },
+        });
+      }
       if (m[2] === "generateContent") {
         const parts: Part[] = s.functionCall ? [{ functionCall: s.functionCall }] : [{ text }];
         return Response.json(answer(parts, "STOP", usage));
@@ -90,7 +106,7 @@ export function startFakeGemini(): FakeGemini {
       const n = Math.max(1, s.chunks ?? 3);
       const size = Math.ceil(text.length / n);
       const partial = { promptTokenCount: usage.promptTokenCount };
-      const events = s.functionCall
+      const events: unknown[] = s.functionCall
         ? [answer([{ functionCall: s.functionCall }], "STOP", usage)]
         : Array.from(
           { length: n },
@@ -101,6 +117,11 @@ export function startFakeGemini(): FakeGemini {
               i === n - 1 ? usage : partial,
             ),
         );
+      if (s.errorAfter !== undefined) {
+        events.splice(s.errorAfter, events.length, {
+          error: { code: 500, message: `failure echoing: ${JSON.stringify(body)}` },
+        });
+      }
       const enc = new TextEncoder();
       return new Response(
         new ReadableStream<Uint8Array>({

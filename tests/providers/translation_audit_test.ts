@@ -237,3 +237,51 @@ Deno.test("a streamed Anthropic tool call without arguments still gives the clie
   assert.deepEqual(args, ["{}", '{"a":1}']);
   assert.equal(choicesOf(chunks).at(-1)!.finish_reason, "tool_calls");
 });
+
+Deno.test("a streamed Gemini reply to a blocked prompt finishes as content_filter, its prompt billed", async () => {
+  const upstream = geminiSse([{
+    promptFeedback: { blockReason: "PROHIBITED_CONTENT" },
+    usageMetadata: { promptTokenCount: 12, totalTokenCount: 12 },
+    modelVersion: "gemini-2.5-flash",
+    responseId: "r1",
+  }]);
+  const chunks = sseData(await new Response(gemini.chatStream(streamOf(upstream))).text());
+  const finishes = choicesOf(chunks).map((c) => c.finish_reason).filter(Boolean);
+  assert.deepEqual(finishes, ["content_filter"]);
+  assert.equal(obj(chunks.at(-1)!.usage).prompt_tokens, 12);
+});
+
+Deno.test("a Gemini blocked prompt, streamed or not: content_filter through the SDK, the prompt billed", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
+    // gemini-2.5-flash input $0.30/M: 1000 prompt tokens = 300 µ$, 20 % off = $0.00024.
+    t.gemini.scenario = { blockReason: "SAFETY", usage: { promptTokenCount: 1000 } };
+    const reply = await client.chat.completions.create({
+      model: "gemini-2.5-flash",
+      messages: [{ role: "user", content: "x" }],
+    });
+    assert.equal(reply.choices[0].finish_reason, "content_filter");
+    assert.equal((reply.usage as unknown as Row).cost, 0.00024);
+    const stream = await client.chat.completions.create({
+      model: "gemini-2.5-flash",
+      messages: [{ role: "user", content: "x" }],
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    let finish: string | null = null;
+    let cost: unknown = null;
+    for await (const c of stream) {
+      finish = c.choices[0]?.finish_reason ?? finish;
+      if (c.usage) cost = (c.usage as unknown as Row).cost;
+    }
+    assert.equal(finish, "content_filter");
+    assert.equal(cost, 0.00024);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00048");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});

@@ -286,6 +286,10 @@ function streamFromGemini(src: ReadableStream<Uint8Array>): ReadableStream<Uint8
       out.push(chunk(0, { role: "assistant", content: "" }));
     }
     if (data.usageMetadata) usage = data.usageMetadata; // each event repeats the running totals
+    if (arr(data.candidates).length === 0 && obj(data.promptFeedback).blockReason) {
+      // A blocked prompt has no candidate: finish as OpenAI does for filtered content.
+      out.push(chunk(0, {}, "content_filter"));
+    }
     arr(data.candidates).forEach((c, i) => {
       const cand = obj(c);
       const index = typeof cand.index === "number" ? cand.index : i;
