@@ -285,3 +285,63 @@ Deno.test("a Gemini blocked prompt, streamed or not: content_filter through the 
     await t.close();
   }
 });
+
+Deno.test("a Gemini stream that reports an error mid-way ends with an error, not a quiet [DONE]", async () => {
+  const upstream = geminiSse([
+    {
+      candidates: [{ content: { role: "model", parts: [{ text: "Hel" }] }, index: 0 }],
+      usageMetadata: { promptTokenCount: 7 },
+      responseId: "r2",
+    },
+    { error: { code: 500, message: "Internal error echoing secret words", status: "INTERNAL" } },
+  ]);
+  const text = await new Response(gemini.chatStream(streamOf(upstream))).text();
+  assert.doesNotMatch(text, /secret words/);
+  const chunks = sseData(text);
+  const err = chunks.find((c) => c.error);
+  assert.ok(err, "the client sees the failure");
+  assert.equal(obj(err.error).code, "upstream_error");
+});
+
+Deno.test("a Gemini stream failing mid-way: the SDK throws, nothing echoed, the reported input billed", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.gemini.scenario = {
+      content: "abcdefgh",
+      chunks: 2,
+      errorAfter: 1,
+      usage: { promptTokenCount: 1000, candidatesTokenCount: 2 },
+    };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gemini-2.5-flash",
+      messages: [{ role: "user", content: "secret words" }],
+      stream: true,
+    });
+    const text = await res.text();
+    assert.doesNotMatch(text, /secret words|failure echoing/);
+    assert.ok(sseData(text).some((c) => obj(c.error).code === "upstream_error"));
+
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
+    const stream = await client.chat.completions.create({
+      model: "gemini-2.5-flash",
+      messages: [{ role: "user", content: "x" }],
+      stream: true,
+    });
+    await assert.rejects(async () => {
+      for await (const _ of stream) { /* reads until the error */ }
+    });
+
+    await t.router.flush();
+    const audit = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
+    for (const row of audit.data as Row[]) {
+      assert.equal(row.prompt_tokens, 1000, "the input Gemini reported");
+      assert.ok(Number(row.completion_tokens) >= 1, "the output streamed is counted");
+    }
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});

@@ -1,4 +1,5 @@
 import type { ProviderAdapter } from "../types.ts";
+import type { NormalizedUsage } from "../../pricing.ts";
 import { openAIUsageOf, readGeminiUsage, UsageReader } from "../usage.ts";
 import {
   arr,
@@ -265,10 +266,22 @@ function fromGemini(json: unknown, r: UsageReader) {
   };
 }
 
-/** A Gemini `streamGenerateContent?alt=sse` stream → OpenAI chat chunks, event by event. */
-function streamFromGemini(src: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+const STREAM_FAILED = {
+  error: { message: "The provider's stream failed", type: "api_error", code: "upstream_error" },
+};
+
+/**
+ * A Gemini `streamGenerateContent?alt=sse` stream → OpenAI chat chunks, event by event. An error
+ * event ends it with the router's error (never Gemini's message) and no usage chunk: the router
+ * then bills the input Gemini reported (`onInput`) and counts the output streamed.
+ */
+function streamFromGemini(
+  src: ReadableStream<Uint8Array>,
+  onInput?: (usage: NormalizedUsage) => void,
+): ReadableStream<Uint8Array> {
   let head: ReturnType<typeof completionHead> | null = null;
   let usage: unknown = null;
+  let failed = false;
   const ids = idMaker();
   const toolCount = new Map<number, number>();
   const chunk = (index: number, delta: Part, finish: string | null = null) => ({
@@ -276,6 +289,11 @@ function streamFromGemini(src: ReadableStream<Uint8Array>): ReadableStream<Uint8
     choices: [{ index, delta, finish_reason: finish, logprobs: null }],
   });
   return translateSse(src, (data) => {
+    if (failed) return [];
+    if (data.error) {
+      failed = true;
+      return [STREAM_FAILED];
+    }
     const out: unknown[] = [];
     if (!head) {
       head = completionHead(
@@ -285,7 +303,13 @@ function streamFromGemini(src: ReadableStream<Uint8Array>): ReadableStream<Uint8
       );
       out.push(chunk(0, { role: "assistant", content: "" }));
     }
-    if (data.usageMetadata) usage = data.usageMetadata; // each event repeats the running totals
+    if (data.usageMetadata) {
+      if (!usage) {
+        const u = readGeminiUsage(data.usageMetadata, new UsageReader());
+        onInput?.({ ...u, completion: 0, reasoning: 0 });
+      }
+      usage = data.usageMetadata; // each event repeats the running totals
+    }
     if (arr(data.candidates).length === 0 && obj(data.promptFeedback).blockReason) {
       // A blocked prompt has no candidate: finish as OpenAI does for filtered content.
       out.push(chunk(0, {}, "content_filter"));
@@ -309,7 +333,7 @@ function streamFromGemini(src: ReadableStream<Uint8Array>): ReadableStream<Uint8
     });
     return out;
   }, () => {
-    if (!head || !usage) return [];
+    if (!head || !usage || failed) return [];
     return [{
       ...head,
       choices: [],
