@@ -345,3 +345,36 @@ Deno.test("a Gemini stream failing mid-way: the SDK throws, nothing echoed, the 
     await t.close();
   }
 });
+
+Deno.test("Anthropic overloaded_error (529) is retried like a 5xx and never echoed", async () => {
+  const t = await startProviders({ providersFile: FAST_RETRY });
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.anthropic.scenario = {
+      status: 529,
+      failFirst: 1,
+      usage: { input_tokens: 10, output_tokens: 2 },
+    };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "anthropic/claude-haiku-4-5",
+      messages: [{ role: "user", content: "hi" }],
+    });
+    const body = await json(res, 200);
+    assert.equal(t.anthropic.requests.length, 2);
+    assert.equal(body.usage.prompt_tokens, 10);
+    t.anthropic.scenario = { status: 529 };
+    const fail = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "anthropic/claude-haiku-4-5",
+      messages: [{ role: "user", content: "secret words" }],
+    });
+    const text = await fail.text();
+    assert.equal(fail.status, 502);
+    assert.doesNotMatch(text, /secret words|failure echoing/);
+    assert.equal(t.anthropic.requests.length, 4);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
