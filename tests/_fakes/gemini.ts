@@ -76,12 +76,15 @@ export function startFakeGemini(): FakeGemini {
         totalTokenCount: 0,
       };
       const responseId = crypto.randomUUID().replaceAll("-", "").slice(0, 20);
+      const gen = (body.generationConfig ?? {}) as Record<string, unknown>;
+      const candidateCount = typeof gen.candidateCount === "number" ? gen.candidateCount : 1;
       const answer = (parts: Part[], finish: string | null, u: unknown) => ({
-        candidates: [{
+        // One candidate per `generationConfig.candidateCount` (the same parts in each).
+        candidates: Array.from({ length: candidateCount }, (_, index) => ({
           content: { role: "model", parts },
           ...(finish ? { finishReason: finish } : {}),
-          index: 0,
-        }],
+          index,
+        })),
         usageMetadata: u,
         modelVersion: m[1],
         responseId,

@@ -346,6 +346,27 @@ Deno.test("a Gemini stream failing mid-way: the SDK throws, nothing echoed, the 
   }
 });
 
+Deno.test("n > 1 streamed from Gemini: the OpenAI SDK assembles every choice", async () => {
+  const t = await startProviders();
+  try {
+    const { key } = await t.account("1");
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
+    t.gemini.scenario = { content: "two ways", chunks: 2 };
+    const stream = client.chat.completions.stream({
+      model: "gemini-2.5-flash",
+      messages: [{ role: "user", content: "x" }],
+      n: 2,
+    });
+    const done = await stream.finalChatCompletion();
+    assert.deepEqual(
+      done.choices.map((c) => [c.index, c.message.role, c.message.content, c.finish_reason]),
+      [[0, "assistant", "two ways", "stop"], [1, "assistant", "two ways", "stop"]],
+    );
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("Anthropic overloaded_error (529) is retried like a 5xx and never echoed", async () => {
   const t = await startProviders({ providersFile: FAST_RETRY });
   try {

@@ -284,6 +284,8 @@ function streamFromGemini(
   let failed = false;
   const ids = idMaker();
   const toolCount = new Map<number, number>();
+  /** Choices (candidates) already opened with their role chunk. */
+  const opened = new Set<number>();
   const chunk = (index: number, delta: Part, finish: string | null = null) => ({
     ...head,
     choices: [{ index, delta, finish_reason: finish, logprobs: null }],
@@ -302,6 +304,7 @@ function streamFromGemini(
         "chat.completion.chunk",
       );
       out.push(chunk(0, { role: "assistant", content: "" }));
+      opened.add(0);
     }
     if (data.usageMetadata) {
       if (!usage) {
@@ -317,6 +320,11 @@ function streamFromGemini(
     arr(data.candidates).forEach((c, i) => {
       const cand = obj(c);
       const index = typeof cand.index === "number" ? cand.index : i;
+      // Each choice starts with its role (n > 1): OpenAI clients assemble a message per index.
+      if (!opened.has(index)) {
+        opened.add(index);
+        out.push(chunk(index, { role: "assistant", content: "" }));
+      }
       const { text, reasoning, toolCalls } = partsOf(cand, ids);
       if (reasoning) out.push(chunk(index, { reasoning_content: reasoning }));
       if (text) out.push(chunk(index, { content: text }));
