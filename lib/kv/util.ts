@@ -53,6 +53,16 @@ export function keyBytes(key: Deno.KvKey): number {
   return n;
 }
 
+/**
+ * `s` cut to at most `max` UTF-16 units (never splitting a surrogate pair): free text from a request
+ * (a model name, a user agent) kept short enough for KV's value and key limits.
+ */
+export function clip(s: string, max: number): string {
+  if (s.length <= max) return s;
+  const cut = s.charCodeAt(max - 1);
+  return s.slice(0, cut >= 0xd800 && cut <= 0xdbff ? max - 1 : max);
+}
+
 /** A generous estimate of a plain value's serialized size. */
 export function approxBytes(v: unknown): number {
   switch (typeof v) {
