@@ -1,5 +1,5 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
-import { approxBytes, getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
+import { approxBytes, clip, getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
 import { idFloor } from "../ids.ts";
 import { encodeAuditRow } from "./row.ts";
 import { notePending, pendingKeyBytes, PendingRollups, pendingRowBytes } from "../usage/compact.ts";
@@ -13,10 +13,23 @@ const MAX_MUTATIONS = 1000;
 const MAX_KEY_BYTES = 81_920;
 const MAX_BYTES = 800 * 1024;
 
-/** The audit row of an event: its request facts, timed. */
+/**
+ * The audit row of an event: its request facts, timed. Its free text is clipped (the router keeps
+ * it shorter already), so that a row always fits one KV value whatever the outbox entry held: a
+ * string of one-byte characters fits the entry at nearly twice the length its UTF-8 row can.
+ */
 export function auditRowOf(e: UsageEvent): AuditRow {
   const { id: _id, account_id: _account, ts, billed: _billed, balance_after: _after, ...facts } = e;
-  return { timestamp: new Date(ts).toISOString(), ...facts };
+  return {
+    timestamp: new Date(ts).toISOString(),
+    ...facts,
+    key_name: clip(facts.key_name, 256),
+    provider: clip(facts.provider, 256),
+    model: clip(facts.model, 256),
+    client_ip: clip(facts.client_ip, 64),
+    user_agent: clip(facts.user_agent, 512),
+    error_code: facts.error_code === null ? null : clip(facts.error_code, 64),
+  };
 }
 
 /** What the audit key of an event stores: its audit row, encoded (lib/audit/row.ts). */
@@ -33,9 +46,29 @@ function ledgerRowOf(e: UsageEvent): LedgerEntry {
     amount: -e.cost,
     balance_after: e.balance_after ?? 0n,
     created_at: new Date(e.ts).toISOString(),
-    description: `${e.provider}/${e.model}, ${tokens} tokens`,
+    description: `${clip(e.provider, 256)}/${clip(e.model, 256)}, ${tokens} tokens`,
     reference: e.request_id,
   };
+}
+
+/**
+ * Some events could not be recorded: each failed in an atomic of its own, for a reason other than
+ * a conflict (a key or value over KV's limits, a malformed entry). They stay in the outbox; every
+ * other event was recorded.
+ */
+export class RecordError extends Error {
+  override name = "RecordError";
+  constructor(
+    readonly recorded: number,
+    readonly failed: string[],
+    override readonly cause: unknown,
+  ) {
+    super(
+      `${failed.length} outbox entries could not be recorded (${failed.slice(0, 5).join(", ")}): ${
+        cause instanceof Error ? cause.message : String(cause)
+      }`,
+    );
+  }
 }
 
 /** Does this event carry a ledger row? Only when money moved. */
@@ -46,7 +79,9 @@ export const debits = (e: UsageEvent) => e.cost !== 0n && e.balance_after !== nu
  * that its entries are still in the outbox and deletes them, so a duplicate or late delivery, or
  * two processes racing on one entry, records it exactly once. `known` holds entries as this process
  * committed them (with their versionstamps): they are not read again; a failed check re-reads them.
- * Returns how many it recorded.
+ * Returns how many it recorded. An atomic that fails for another reason than a conflict is tried
+ * again one event per atomic, so that one bad entry holds back no other; the entries that fail
+ * alone stay in the outbox and are reported by a `RecordError` once the rest are recorded.
  */
 export async function recordEvents(
   kv: Deno.Kv,
@@ -54,6 +89,8 @@ export async function recordEvents(
   known?: ReadonlyMap<string, Deno.KvEntry<UsageEvent>>,
 ): Promise<number> {
   let recorded = 0;
+  const failed: string[] = [];
+  let failure: unknown = null;
   let pending = [...new Set(ids)];
   for (let attempt = 0; pending.length > 0; attempt++) {
     const cached = attempt === 0 && known ? pending.map((id) => known.get(id)) : [];
@@ -73,7 +110,10 @@ export async function recordEvents(
       );
     const conflicted: string[] = [];
     let i = 0;
+    // Entries before this index are tried one per atomic: their shared atomic failed.
+    let aloneUntil = 0;
     while (i < entries.length) {
+      const start = i;
       const atomic = kv.atomic();
       // One pending rollup entry per account of the atomic (lib/usage/compact.ts folds them).
       const rollups = new PendingRollups();
@@ -85,66 +125,82 @@ export async function recordEvents(
       let mutations = 0;
       let keyTotal = 0;
       let byteTotal = 0;
-      for (; i < entries.length && group.length < MAX_CHECKS; i++) {
-        const e = entries[i].value;
-        // A billed event opens its account's pending rollup entry unless the atomic has one.
-        const opens = e.billed && rollups.opensEntry(e);
-        let added = 4;
-        // The outbox key is both checked and deleted; audit, audit id and ledger rows are set.
-        const k: [Deno.KvKey, Deno.KvKey, Deno.KvKey] = [
-          auditKey(e.account_id, e.ts, e.request_id),
-          auditIdKey(e.account_id, e.request_id),
-          ledgerKey(e.account_id, e.ts, ledgerId(e)),
-        ];
-        let bytes = 2 * keyBytes(entries[i].key) + keyBytes(k[0]) + keyBytes(k[1]) +
-          keyBytes(k[2]);
-        if (opens) {
-          added++;
-          bytes += pendingKeyBytes(e.account_id);
-        }
-        // Values: the audit row (stored as its bytes, so counted exactly), the audit id's time, the
-        // ledger row (smaller than the event), the counters.
-        const row = auditBytesOf(e);
-        const valueBytes = row.length + approxBytes(e.ts) + approxBytes(e) +
-          (e.billed ? pendingRowBytes(e) : 0);
-        if (
-          group.length > 0 &&
-          (mutations + added > MAX_MUTATIONS || keyTotal + bytes > MAX_KEY_BYTES ||
-            byteTotal + bytes + valueBytes > MAX_BYTES)
-        ) break;
-        mutations += added;
-        keyTotal += bytes;
-        byteTotal += bytes + valueBytes;
-        if (e.billed) rollups.add(e);
-        group.push(entries[i]);
-        keys.push(k);
-        rows.push(row);
-      }
-      group.forEach((entry, j) => {
-        const e = entry.value;
-        const [audit, auditId, ledger] = keys[j];
-        atomic.check(entry).delete(entry.key);
-        atomic.set(audit, rows[j]);
-        atomic.set(auditId, e.ts);
-        if (debits(e)) atomic.set(ledger, ledgerRowOf(e));
-      });
-      const accounts = rollups.write(atomic);
-      let res: Deno.KvCommitResult | Deno.KvCommitError;
+      const most = i < aloneUntil ? 1 : MAX_CHECKS;
       try {
-        res = await atomic.commit();
+        for (; i < entries.length && group.length < most; i++) {
+          const e = entries[i].value;
+          // A billed event opens its account's pending rollup entry unless the atomic has one.
+          const opens = e.billed && rollups.opensEntry(e);
+          let added = 4;
+          // The outbox key is both checked and deleted; audit, audit id and ledger rows are set.
+          const k: [Deno.KvKey, Deno.KvKey, Deno.KvKey] = [
+            auditKey(e.account_id, e.ts, e.request_id),
+            auditIdKey(e.account_id, e.request_id),
+            ledgerKey(e.account_id, e.ts, ledgerId(e)),
+          ];
+          let bytes = 2 * keyBytes(entries[i].key) + keyBytes(k[0]) + keyBytes(k[1]) +
+            keyBytes(k[2]);
+          if (opens) {
+            added++;
+            bytes += pendingKeyBytes(e.account_id);
+          }
+          // Values: the audit row (stored as its bytes, so counted exactly), the audit id's time, the
+          // ledger row (smaller than the event), the counters.
+          const row = auditBytesOf(e);
+          const valueBytes = row.length + approxBytes(e.ts) + approxBytes(e) +
+            (e.billed ? pendingRowBytes(e) : 0);
+          if (
+            group.length > 0 &&
+            (mutations + added > MAX_MUTATIONS || keyTotal + bytes > MAX_KEY_BYTES ||
+              byteTotal + bytes + valueBytes > MAX_BYTES)
+          ) break;
+          mutations += added;
+          keyTotal += bytes;
+          byteTotal += bytes + valueBytes;
+          if (e.billed) rollups.add(e);
+          group.push(entries[i]);
+          keys.push(k);
+          rows.push(row);
+        }
+        group.forEach((entry, j) => {
+          const e = entry.value;
+          const [audit, auditId, ledger] = keys[j];
+          atomic.check(entry).delete(entry.key);
+          atomic.set(audit, rows[j]);
+          atomic.set(auditId, e.ts);
+          if (debits(e)) atomic.set(ledger, ledgerRowOf(e));
+        });
+        const accounts = rollups.write(atomic);
+        let res: Deno.KvCommitResult | Deno.KvCommitError;
+        try {
+          res = await atomic.commit();
+        } catch (e) {
+          // Another process holds the KV file's write lock: like a conflict, try again.
+          if (!isLocked(e)) throw e;
+          res = { ok: false };
+        }
+        if (res.ok) {
+          recorded += group.length;
+          notePending(kv, accounts);
+        } else conflicted.push(...group.map((g) => g.value.id));
       } catch (e) {
-        // Another process holds the KV file's write lock: like a conflict, try again.
-        if (!isLocked(e)) throw e;
-        res = { ok: false };
+        // Not a conflict: the same atomic would fail again. A shared atomic's events (and the one
+        // being sized, if that threw) are tried again one per atomic; one that fails alone is left
+        // in the outbox.
+        if (most > 1) {
+          aloneUntil = Math.min(entries.length, i + 1);
+          i = start;
+        } else {
+          failed.push(entries[start].value.id);
+          failure = e;
+          i = start + 1;
+        }
       }
-      if (res.ok) {
-        recorded += group.length;
-        notePending(kv, accounts);
-      } else conflicted.push(...group.map((g) => g.value.id));
     }
     pending = conflicted;
     if (pending.length) await sleep(Math.min(100, 2 ** attempt));
   }
+  if (failed.length) throw new RecordError(recorded, failed, failure);
   return recorded;
 }
 

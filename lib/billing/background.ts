@@ -1,5 +1,5 @@
 import { HOLD_PREFIX } from "../kv/schema.ts";
-import { listStaleOutbox, recordEvents } from "../audit/recorder.ts";
+import { listStaleOutbox, RecordError, recordEvents } from "../audit/recorder.ts";
 import { compactPending } from "../usage/compact.ts";
 
 // How often pending rollup entries of the accounts recorded here are folded into the counters.
@@ -179,8 +179,19 @@ export class Background {
         now - (opts.staleAfterMs ?? this.#opts.staleAfterMs),
       );
       if (ids.length === 0) break;
-      recorded += await recordEvents(this.#kv, ids);
-      if (ids.length < 1000) break;
+      let n: number;
+      try {
+        n = await recordEvents(this.#kv, ids);
+      } catch (e) {
+        // Entries no atomic can record stay in the outbox, reported; they hold back neither the
+        // other entries nor the holds below.
+        if (!(e instanceof RecordError)) throw e;
+        this.#opts.onError?.(e);
+        n = e.recorded;
+      }
+      recorded += n;
+      // A full page recorded nothing: what is left are such entries.
+      if (ids.length < 1000 || n === 0) break;
     }
     let expired = 0;
     const expiring: Promise<unknown>[] = [];
