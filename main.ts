@@ -13,11 +13,17 @@ let kv: Deno.Kv;
 try {
   config = loadConfig(Deno.env.toObject());
   const providersFile = await readProvidersFile(config.providersFile);
-  if (config.kvPath && config.kvPath !== ":memory:") {
-    const dir = config.kvPath.replace(/[^/]*$/, "");
-    if (dir) await Deno.mkdir(dir, { recursive: true });
+  try {
+    if (config.kvPath && config.kvPath !== ":memory:") {
+      const dir = config.kvPath.replace(/[^/]*$/, "");
+      if (dir) await Deno.mkdir(dir, { recursive: true });
+    }
+    kv = await Deno.openKv(config.kvPath);
+  } catch (e) {
+    throw new ConfigError(
+      `KV_PATH: cannot open ${config.kvPath ?? "the deployment's KV"}: ${(e as Error).message}`,
+    );
   }
-  kv = await Deno.openKv(config.kvPath);
   router = createApp({ kv, config, providersFile, env: Deno.env.toObject() });
 } catch (e) {
   if (e instanceof ConfigError) {
@@ -71,11 +77,27 @@ if (providers.length === 0) {
 const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
 const explicitAddress = Deno.env.get("PORT") !== undefined ||
   Deno.env.get("LISTEN_HOST") !== undefined;
-const server = Deno.serve({
-  ...(onDeploy && !explicitAddress ? {} : { port: config.port, hostname: config.listenHost }),
-  onListen: ({ hostname, port }) =>
-    consoleLogger("info", "listening", { url: `http://${hostname}:${port}` }),
-}, trustingProxies(router.app.fetch, config.trustedProxies));
+let server: Deno.HttpServer;
+try {
+  server = Deno.serve({
+    ...(onDeploy && !explicitAddress ? {} : { port: config.port, hostname: config.listenHost }),
+    onListen: ({ hostname, port }) =>
+      consoleLogger("info", "listening", { url: `http://${hostname}:${port}` }),
+  }, trustingProxies(router.app.fetch, config.trustedProxies));
+} catch (e) {
+  // A port taken or refused is PORT's; an address this machine does not have is LISTEN_HOST's.
+  const name = e instanceof Deno.errors.AddrInUse || e instanceof Deno.errors.PermissionDenied
+    ? "PORT"
+    : "LISTEN_HOST";
+  console.error(
+    new ConfigError(
+      `configuration error: ${name}: cannot listen on ${config.listenHost}:${config.port}: ${
+        (e as Error).message
+      }`,
+    ).message,
+  );
+  Deno.exit(1);
+}
 
 const shutdown = async () => {
   await server.shutdown();

@@ -46,6 +46,10 @@ export interface Config {
 /** Thrown for bad configuration; the message is one line naming the variable. */
 export class ConfigError extends Error {
   override name = "ConfigError";
+  constructor(message: string) {
+    // One line, whatever the value or a parser's message quoted (an env value may hold newlines).
+    super(message.replace(/\s*[\r\n]+\s*/g, " "));
+  }
 }
 
 const int = (min: number, max: number) =>
@@ -81,7 +85,10 @@ const proxyList = z.string().transform((v, ctx) => {
 
 const schema = z.object({
   PORT: int(0, 65535).default(8000),
-  LISTEN_HOST: z.string().min(1).default("127.0.0.1"),
+  LISTEN_HOST: z.string().regex(
+    /^[A-Za-z0-9.:-]+$/,
+    "must be a host name or IP address",
+  ).default("127.0.0.1"),
   MAX_BODY_BYTES: int(1024, 1 << 30).default(10 * 1024 * 1024),
   UPSTREAM_TIMEOUT_MS: int(1, 3_600_000).default(300_000),
   KV_PATH: z.string().min(1).optional(),

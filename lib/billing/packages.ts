@@ -29,7 +29,10 @@ const schema = z.array(z.object({
   name: z.string().min(1).max(80),
   price: money.refine((v) => usd(v) % 10_000_000n === 0n, "must be whole cents"),
   credits: money,
-})).min(1);
+})).min(1).refine(
+  (a) => new Set(a.map((p) => p.id)).size === a.length,
+  "ids must be unique",
+);
 
 /** Packages from `CREDIT_PACKAGES` (a JSON array), or the default set. */
 export function loadPackages(json: string | undefined): CreditPackage[] {

@@ -101,3 +101,118 @@ Deno.test("main.ts stops on bad configuration with one line naming the variable"
     assert.match(err, message);
   }
 });
+
+/** `deno run -A main.ts` with `env` (and nothing else of this process's environment). */
+function mainTs(env: Record<string, string>) {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts"],
+    cwd: new URL("../../", import.meta.url).pathname,
+    env: {
+      KV_PATH: ":memory:",
+      PORT: "0",
+      NO_COLOR: "1",
+      RUST_BACKTRACE: "0",
+      PATH: Deno.env.get("PATH") ?? "",
+      HOME: Deno.env.get("HOME") ?? "",
+      ...(Deno.env.get("DENO_DIR") ? { DENO_DIR: Deno.env.get("DENO_DIR")! } : {}),
+      ...env,
+    },
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+Deno.test("main.ts names the variable when the KV, the address or a value's own text is the trouble", async () => {
+  const dir = await Deno.makeTempDir();
+  const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    await Deno.writeTextFile(`${dir}/file`, "");
+    await Deno.writeTextFile(`${dir}/providers.json`, '{"providers":\n  nope}');
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ KV_PATH: `${dir}/file/router.kv` }, /^configuration error: KV_PATH: cannot open /],
+      [{ KV_PATH: dir }, /^configuration error: KV_PATH: cannot open /],
+      [{ LISTEN_HOST: "not a host!" }, /^configuration error: LISTEN_HOST: /],
+      // TEST-NET-3: an address no interface of this machine has.
+      [{ LISTEN_HOST: "203.0.113.9" }, /^configuration error: LISTEN_HOST: cannot listen on /],
+      [{ PORT: String(busy.addr.port) }, /^configuration error: PORT: cannot listen on /],
+      [{ TRUSTED_PROXIES: "10.0.0.1,a\nb" }, /^configuration error: TRUSTED_PROXIES: "a b" is not/],
+      [{ PROVIDERS_FILE: `${dir}/providers.json` }, /^configuration error: PROVIDERS_FILE: /],
+      [
+        {
+          CREDIT_PACKAGES: JSON.stringify([
+            { id: "a", name: "A", price: "1", credits: "1" },
+            { id: "a", name: "B", price: "2", credits: "2" },
+          ]),
+        },
+        /^configuration error: CREDIT_PACKAGES: .*unique/,
+      ],
+    ];
+    for (const [env, message] of cases) {
+      const out = await mainTs(env).output();
+      const err = new TextDecoder().decode(out.stderr).trim();
+      assert.equal(out.code, 1, `${JSON.stringify(env)}: ${err}`);
+      assert.equal(err.split("\n").length, 1, err);
+      assert.match(err, message);
+    }
+  } finally {
+    busy.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("main.ts starts with every variable at the edge of what it accepts", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const envs: Record<string, string>[] = [
+      {
+        MAX_BODY_BYTES: "1024",
+        UPSTREAM_TIMEOUT_MS: "1",
+        HOLD_TTL_MS: "1000",
+        AUDIT_RETENTION_DAYS: "1",
+        DISCOUNT_PERCENT: "0",
+        ADMIN_TOKEN: "0123456789abcdef",
+        OUTBOX_DELIVERY: "drainer",
+        TRUSTED_PROXIES: "0.0.0.0/0, ::/0",
+        LISTEN_HOST: "localhost",
+        KV_PATH: `${dir}/new/nested/router.kv`,
+      },
+      {
+        MAX_BODY_BYTES: String(1 << 30),
+        UPSTREAM_TIMEOUT_MS: "3600000",
+        HOLD_TTL_MS: "86400000",
+        AUDIT_RETENTION_DAYS: "36500",
+        DISCOUNT_PERCENT: "100",
+        OUTBOX_DELIVERY: "queue",
+        LISTEN_HOST: "0.0.0.0",
+        CREDIT_PACKAGES: JSON.stringify([{ id: "x", name: "X", price: "0.01", credits: "1" }]),
+      },
+      { DISCOUNT_PERCENT: "99.99", OUTBOX_DELIVERY: "auto", DENO_DEPLOYMENT_ID: "edge" },
+    ];
+    for (const env of envs) {
+      const child = mainTs(env).spawn();
+      let out = "";
+      const dec = new TextDecoder();
+      const reader = child.stdout.getReader();
+      while (!out.includes('"msg":"listening"')) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        out += dec.decode(value, { stream: true });
+      }
+      reader.releaseLock();
+      // The SIGTERM handler is registered right after the listening line is printed.
+      await new Promise((r) => setTimeout(r, 200));
+      child.kill("SIGTERM");
+      const [status, err] = await Promise.all([
+        child.status,
+        new Response(child.stderr).text(),
+        child.stdout.cancel(),
+      ]);
+      assert.match(out, /"msg":"listening"/, `${JSON.stringify(env)}: ${err}`);
+      assert.equal(status.code, 0, err);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
