@@ -141,3 +141,343 @@ Deno.test("an outbox entry no atomic can record is left alone: the sweep records
     await t.close();
   }
 });
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/** `deno run -A main.ts` on `env`; resolves once it listens. */
+async function spawnRouter(env: Record<string, string>) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "main.ts"],
+    cwd: ROOT,
+    env: {
+      PORT: "0",
+      NO_COLOR: "1",
+      PATH: Deno.env.get("PATH") ?? "",
+      HOME: Deno.env.get("HOME") ?? "",
+      ...(Deno.env.get("DENO_DIR") ? { DENO_DIR: Deno.env.get("DENO_DIR")! } : {}),
+      ...env,
+    },
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let output = "";
+  const drain = async (s: ReadableStream<Uint8Array>) => {
+    const dec = new TextDecoder();
+    for await (const chunk of s) output += dec.decode(chunk, { stream: true });
+  };
+  const drained = Promise.all([drain(child.stdout), drain(child.stderr)]);
+  const end = Date.now() + 20_000;
+  let url: string | null = null;
+  while (!url) {
+    url = /"msg":"listening","url":"(http:\/\/[^"]+)"/.exec(output)?.[1] ?? null;
+    assert.ok(Date.now() < end, `the router did not listen: ${output}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    output: () => output,
+    async stop() {
+      child.kill("SIGTERM");
+      await child.status;
+      await drained;
+    },
+  };
+}
+
+Deno.test("drainer delivery: two processes sweeping the outbox a crashed one left record each event once and release its holds", async () => {
+  const dir = await Deno.makeTempDir();
+  const kvPath = `${dir}/router.kv`;
+  const env = {
+    KV_PATH: kvPath,
+    OUTBOX_DELIVERY: "drainer",
+    HOLD_TTL_MS: "1000",
+    ADMIN_TOKEN: "test-admin-token-0123456789",
+  };
+  const routers: Awaited<ReturnType<typeof spawnRouter>>[] = [];
+  try {
+    // The state a process killed between its settling commits and their recording leaves: settled
+    // events in the outbox, and holds of requests that were still running.
+    const t = await startRouter({ kvPath, env: { OUTBOX_DELIVERY: "drainer" } });
+    let acct: { id: string; keyId: string };
+    try {
+      acct = await t.account("1");
+    } finally {
+      await t.close();
+    }
+    const kv = await Deno.openKv(kvPath);
+    try {
+      const actors = new AccountActors(kv, { delivery: "drainer" });
+      for (let i = 0; i < 33; i++) {
+        const holdId = newId("hold");
+        const r = await actors.submit(acct.id, {
+          kind: "reserve",
+          keyId: acct.keyId,
+          holdId,
+          amount: 1_000_000n,
+          ttlMs: 1000,
+        });
+        assert.deepEqual(r, { ok: true });
+        // The last three were still running.
+        if (i >= 30) continue;
+        const event = usageEvent({ account_id: acct.id, key_id: acct.keyId, cost: COST });
+        await actors.submit(acct.id, {
+          kind: "settle",
+          keyId: acct.keyId,
+          holdId,
+          cost: COST,
+          event,
+        });
+      }
+    } finally {
+      kv.close();
+    }
+    routers.push(...await Promise.all([spawnRouter(env), spawnRouter(env)]));
+    const admin = (url: string, path: string) =>
+      fetch(url + path, { headers: { authorization: `Bearer ${env.ADMIN_TOKEN}` } });
+    const end = Date.now() + 40_000;
+    for (;;) {
+      const [v, a] = await Promise.all([
+        json(await admin(routers[0].url, "/v1/admin/verify"), 200),
+        json(await admin(routers[1].url, `/v1/admin/accounts/${acct.id}`), 200),
+      ]);
+      if (v.ok && v.pending_events === 0 && a.reserved === "0") break;
+      assert.ok(Date.now() < end, `not recorded in time: ${JSON.stringify([v, a])}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    await Promise.all(routers.splice(0).map((r) => r.stop()));
+    const after = await Deno.openKv(kvPath);
+    try {
+      let debits = 0, audits = 0;
+      for await (const e of after.list<{ type: string }>({ prefix: ["ledger", acct.id] })) {
+        if (e.value.type === "usage_debit") debits++;
+      }
+      for await (const _ of after.list({ prefix: ["audit", acct.id] })) audits++;
+      assert.equal(debits, 30, "one debit per event");
+      assert.equal(audits, 30, "one audit row per event");
+    } finally {
+      after.close();
+    }
+  } finally {
+    await Promise.all(routers.map((r) => r.stop()));
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a stream outliving its hold, expired meanwhile by another process, is charged once and the books balance", async () => {
+  const dir = await Deno.makeTempDir();
+  const kvPath = `${dir}/router.kv`;
+  // Two processes on one KV; the hold lives 1 s, the stream 2 s, and the other process sweeps
+  // every 200 ms.
+  const a = await startRouter({ kvPath, env: { HOLD_TTL_MS: "1000" } });
+  const b = await startRouter({ kvPath, env: { HOLD_TTL_MS: "1000" } });
+  try {
+    const acct = await a.account("1");
+    a.openai.scenario = {
+      usage: { prompt_tokens: 20, completion_tokens: 10 },
+      chunks: 20,
+      chunkDelayMs: 100,
+    };
+    const res = await a.call(acct.key, "POST", "/v1/chat/completions", {
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "long" }],
+      max_tokens: 64,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    assert.equal(res.status, 200);
+    const requestId = res.headers.get("x-request-id")!;
+    // While the stream runs past its hold's expiry, the other process releases the hold.
+    let released = false;
+    const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+      const c = await json(await b.call(acct.mgmt, "GET", "/v1/credits"), 200);
+      if (c.reserved === "0") released = true;
+    }
+    assert.ok(released, "the hold expired under the live stream");
+    const usage = text.split("\n").filter((l) => l.includes('"usage":{')).map((l) =>
+      JSON.parse(l.slice(6)).usage
+    ).pop();
+    assert.ok(usage?.cost > 0, "the client was told its cost");
+    await a.router.flush();
+    await b.router.flush();
+    const tx = await json(await b.call(acct.mgmt, "GET", "/v1/transactions?type=usage_debit"), 200);
+    assert.equal(tx.data.length, 1, "charged once");
+    assert.equal(tx.data[0].reference, requestId);
+    assert.equal(Number(tx.data[0].amount), -usage.cost, "charged what the client was told");
+    const credits = await json(await b.call(acct.mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0");
+    assert.equal(Number(credits.total_used), usage.cost);
+    await a.assertBooks();
+    await b.assertBooks();
+  } finally {
+    await a.close();
+    await b.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("an account's first requests racing its own first credit are each refused or charged once", async () => {
+  const t = await startRouter();
+  try {
+    for (let round = 0; round < 5; round++) {
+      const acct = await t.account("0");
+      const [adj, ...replies] = await Promise.all([
+        t.admin("POST", `/v1/admin/accounts/${acct.id}/adjustments`, {
+          amount: "0.01",
+          reason: "first credit",
+        }),
+        ...Array.from({ length: 4 }, () =>
+          t.call(acct.key, "POST", "/v1/chat/completions", {
+            model: "openai/gpt-4o-mini",
+            messages: [{ role: "user", content: "hi" }],
+            max_tokens: 16,
+          })),
+      ]);
+      await json(adj, 201);
+      let charged = 0n;
+      for (const r of replies) {
+        const body = await r.json();
+        assert.ok(r.status === 200 || r.status === 402, JSON.stringify(body));
+        if (r.status === 200) charged += BigInt(Math.round(body.usage.cost * 1e9));
+      }
+      await t.router.flush();
+      const c = await json(await t.call(acct.mgmt, "GET", "/v1/credits"), 200);
+      assert.equal(c.reserved, "0");
+      assert.equal(BigInt(Math.round(Number(c.total_used) * 1e9)), charged);
+      const tx = await json(await t.call(acct.mgmt, "GET", "/v1/transactions"), 200);
+      assert.equal(
+        tx.data.filter((e: { type: string }) => e.type === "usage_debit").length,
+        replies.filter((r) => r.status === 200).length,
+      );
+    }
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the largest request the API accepts settles and records within KV's limits", async () => {
+  const t = await startRouter({ env: { TRUSTED_PROXIES: "127.0.0.1" } });
+  try {
+    // A 255-character Idempotency-Key (header values are bytes) on the first credit.
+    const acct = await t.account("0", { name: "鍵".repeat(100) });
+    const idem = "~".repeat(255);
+    for (let i = 0; i < 2; i++) {
+      const r = await fetch(`${t.url}/v1/admin/accounts/${acct.id}/adjustments`, {
+        method: "POST",
+        headers: {
+          authorization: "Bearer test-admin-token-0123456789",
+          "content-type": "application/json",
+          "idempotency-key": idem,
+        },
+        body: JSON.stringify({ amount: "100", reason: "r".repeat(500) }),
+      });
+      await json(r, 201);
+    }
+    // Thousands of messages near MAX_BODY_BYTES, a user agent of 8 KB, a long proxy chain.
+    const messages = Array.from({ length: 4000 }, (_, i) => ({
+      role: i % 2 ? "assistant" : "user",
+      content: "word ".repeat(400),
+    }));
+    const headers = {
+      "user-agent": "UA/" + "x".repeat(8000),
+      "x-forwarded-for": Array.from({ length: 400 }, (_, i) => `10.0.${i >> 8}.${i & 255}`)
+        .join(", ") + ", 2001:db8::1",
+    };
+    for (const stream of [false, true]) {
+      const res = await t.call(acct.key, "POST", "/v1/chat/completions", {
+        model: "openai/gpt-4o-mini",
+        messages,
+        max_tokens: 16,
+        stream,
+        ...(stream ? { stream_options: { include_usage: true } } : {}),
+      }, headers);
+      assert.equal(res.status, 200, await res.clone().text());
+      await res.body?.cancel();
+    }
+    await t.router.flush();
+    const audit = await json(await t.call(acct.mgmt, "GET", "/v1/audit"), 200);
+    assert.equal(audit.data.length, 2);
+    for (const row of audit.data) {
+      assert.equal(row.status, 200);
+      assert.equal(row.client_ip, "2001:db8::1");
+      assert.equal(row.user_agent.length, 512);
+      assert.equal(row.key_name, "鍵".repeat(100));
+    }
+    const tx = await json(await t.call(acct.mgmt, "GET", "/v1/transactions"), 200);
+    assert.equal(tx.data.filter((e: { type: string }) => e.type === "usage_debit").length, 2);
+    assert.equal(tx.data.filter((e: { type: string }) => e.type === "adjustment").length, 1);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a hold whose settlement failed to commit is released by its own process's sweeper", async () => {
+  // The KV fails the first commit that settles a hold (a transient store error).
+  let failNext = true;
+  const wrapKv = (kv: Deno.Kv) =>
+    new Proxy(kv, {
+      get(target, prop) {
+        if (prop !== "atomic") {
+          const v = Reflect.get(target, prop, target);
+          return typeof v === "function" ? v.bind(target) : v;
+        }
+        return () => {
+          const atomic = target.atomic();
+          let settles = false;
+          return new Proxy(atomic, {
+            get(a, p) {
+              const v = Reflect.get(a, p, a);
+              if (p === "delete") {
+                return (key: Deno.KvKey) => {
+                  if (key[0] === "hold") settles = true;
+                  a.delete(key);
+                  return atomic;
+                };
+              }
+              if (p === "commit") {
+                return () => {
+                  if (settles && failNext) {
+                    failNext = false;
+                    return Promise.reject(new Error("transient store failure"));
+                  }
+                  return a.commit();
+                };
+              }
+              return typeof v === "function" ? v.bind(a) : v;
+            },
+          });
+        };
+      },
+    });
+  const t = await startRouter({ env: { HOLD_TTL_MS: "1000" }, wrapKv });
+  try {
+    const acct = await t.account("1");
+    const res = await t.call(acct.key, "POST", "/v1/chat/completions", {
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "hi" }],
+      max_tokens: 16,
+    });
+    // The reply was made but could not be billed: the client is told so, and nothing is charged.
+    assert.equal(res.status, 500);
+    await res.body?.cancel();
+    assert.equal(failNext, false, "the settlement failed");
+    const end = Date.now() + 5000;
+    for (;;) {
+      const c = await json(await t.call(acct.mgmt, "GET", "/v1/credits"), 200);
+      if (c.reserved === "0") break;
+      assert.ok(Date.now() < end, `the hold is never released: ${JSON.stringify(c)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
