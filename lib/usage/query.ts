@@ -336,21 +336,20 @@ function dateLabel(ms: number, interval: Interval): string {
 export const defaultInterval = (fromMs: number, toMs: number): Interval =>
   toMs - fromMs <= 2 * DAY_MS ? "hour" : "day";
 
-/**
- * Usage totals of a period and the breakdown rows of its grouping, exact, read from rollups only
- * (never the audit trail), after folding in the account's pending ones. The summary comes from
- * the account's (or key's) own totals, the rows from the grouping's dimension: both are written
- * in the same atomics, so they always agree.
- */
-export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
-  // Every recorded event counts: fold the account's pending rollup entries first.
-  await compactAccount(kv, q.accountId);
-  const groupBy = q.groupBy ?? "date";
-  const interval = q.interval ?? defaultInterval(q.fromMs, q.toMs);
-  const now = q.now ?? Date.now();
-  const buckets = periodBuckets(q.fromMs, q.toMs, groupBy === "date" && interval === "hour");
-  const runs = runsOf(buckets);
+/** How often a query reads its period again when folds keep landing between its reads. */
+const READ_ATTEMPTS = 5;
 
+/**
+ * One read of a query's per-bucket totals of its scope and per-bucket groups, and the versions
+ * (the account's request count per bucket) it read them at.
+ */
+async function readGroups(
+  kv: Deno.Kv,
+  q: UsageQuery,
+  groupBy: GroupBy,
+  runs: Bucket[][],
+  now: number,
+) {
   // The account's totals per bucket: the summary, and the version of every digest.
   const all = new Map<string, Totals>();
   await Promise.all(runs.map(async (run) => {
@@ -389,6 +388,46 @@ export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
     perBucket = groupBy === "date" || groupBy === "key"
       ? new Map([...scopeTotals].map(([b, t]) => [b, new Map([[keyId, t]])]))
       : await groups(keyId, groupBy);
+  }
+  return { scopeTotals, perBucket, versions };
+}
+
+/**
+ * Usage totals of a period and the breakdown rows of its grouping, exact, read from rollups only
+ * (never the audit trail), after folding in the account's pending ones. The summary comes from
+ * the account's (or key's) own totals, the rows from the grouping's dimension: both are written
+ * in the same atomics, and read again if a fold landed between their reads, so they agree.
+ */
+export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
+  // Every recorded event counts: fold the account's pending rollup entries first.
+  await compactAccount(kv, q.accountId);
+  const groupBy = q.groupBy ?? "date";
+  const interval = q.interval ?? defaultInterval(q.fromMs, q.toMs);
+  const now = q.now ?? Date.now();
+  const buckets = periodBuckets(q.fromMs, q.toMs, groupBy === "date" && interval === "hour");
+  const runs = runsOf(buckets);
+
+  // Per bucket, the totals of the scope (account or key), and per bucket the grouped totals.
+  let scopeTotals = new Map<string, Totals>();
+  let perBucket = new Map<string, Map<string, Totals>>();
+  // The totals and the grouping's rows are separate reads: a compactor committing between them
+  // (another process, or another query's fold) would make them disagree. Every fold raises the
+  // account-wide request count of each bucket it touches, and counters only grow, so unchanged
+  // counts after the reads mean every read saw the same state; otherwise read again.
+  // (Date rows, and a key's rows by key, are the scope's totals themselves: one read.)
+  const oneRead = groupBy === "date" || (q.keyId !== undefined && groupBy === "key");
+  for (let attempt = 1;; attempt++) {
+    const read = await readGroups(kv, q, groupBy, runs, now);
+    ({ scopeTotals, perBucket } = read);
+    if (oneRead || attempt === READ_ATTEMPTS) break;
+    const after = await getAll<Deno.KvU64>(
+      kv,
+      buckets.map((b) => ["rollup", q.accountId, b.grain, "", "all", b.name, "", "requests"]),
+    );
+    const moved = buckets.some((b, i) =>
+      (after[i].value?.value ?? 0n) !== (read.versions.get(b.name) ?? 0n)
+    );
+    if (!moved) break;
   }
 
   const summary = emptyTotals();

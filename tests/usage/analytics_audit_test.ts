@@ -10,6 +10,10 @@ import { parseUsd } from "../../lib/money.ts";
 import { outboxKey } from "../../lib/kv/schema.ts";
 import type { UsageEvent } from "../../lib/billing/types.ts";
 import { newId } from "../../lib/ids.ts";
+import { recordEvents } from "../../lib/audit/recorder.ts";
+import { compactAccount } from "../../lib/usage/compact.ts";
+import { queryUsage } from "../../lib/usage/query.ts";
+import { distinctEvent } from "../_fixtures.ts";
 
 // Test clocks run ahead of the real one (see tests/billing/limits_test.ts).
 const T0 = Date.parse("2032-01-05T21:10:00Z");
@@ -298,5 +302,73 @@ Deno.test("usage = audit trail over day and hour cuts, renamed and revoked keys,
   } finally {
     await t.close();
     await anthropic.close();
+  }
+});
+
+/**
+ * A KV whose first range read of a rollup dimension (`dim`) first waits for `before`: another
+ * process's compactor committing while a usage query is between its reads.
+ */
+function racingKv(kv: Deno.Kv, dim: string, before: () => Promise<void>): Deno.Kv {
+  let fired = false;
+  return new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "list") {
+        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+          const start = "start" in selector ? selector.start : undefined;
+          if (fired || start?.[0] !== "rollup" || start[4] !== dim) {
+            return target.list(selector, options);
+          }
+          fired = true;
+          return (async function* () {
+            await before();
+            yield* target.list(selector, options);
+          })();
+        };
+      }
+      const v = Reflect.get(target, prop, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
+}
+
+Deno.test("usage: a compactor committing during a query never makes the summary and breakdown disagree", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const acct = "acct_race";
+    const at = Date.parse("2032-03-02T10:20:00Z");
+    const ev = (ts: number, model: string, cost: bigint) =>
+      distinctEvent({ account_id: acct, ts, key_id: "key_a", model, cost });
+    const record = async (evs: UsageEvent[]) => {
+      for (const e of evs) await kv.set(outboxKey(e.id), e);
+      assert.equal(await recordEvents(kv, evs.map((e) => e.id)), evs.length);
+    };
+    await record([ev(at, "m1", 1000n), ev(at + 60_000, "m2", 2000n)]);
+    for (
+      const [groupBy, now] of [["model", at], ["key", at], ["provider", at + 3 * DAY]] as const
+    ) {
+      // Another process records and compacts one more event of the period while this query
+      // is between its reads of the account's totals and of the grouping's dimension.
+      const raced = racingKv(kv, groupBy, async () => {
+        await record([ev(at + 120_000, "m3", 4000n)]);
+        await compactAccount(kv, acct);
+      });
+      const r = await queryUsage(raced, {
+        accountId: acct,
+        fromMs: Date.parse("2032-03-02"),
+        toMs: Date.parse("2032-03-03"),
+        groupBy,
+        now,
+      });
+      const sum = r.breakdown.reduce((a, b) => a + parseUsd(b.cost)!, 0n);
+      assert.equal(sum, parseUsd(r.summary.cost), `${groupBy}: Σ breakdown = summary`);
+      assert.equal(
+        r.breakdown.reduce((a, b) => a + b.requests, 0),
+        r.summary.requests,
+        `${groupBy}: Σ requests = summary`,
+      );
+    }
+  } finally {
+    kv.close();
   }
 });
