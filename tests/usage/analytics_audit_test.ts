@@ -14,10 +14,14 @@ import { recordEvents } from "../../lib/audit/recorder.ts";
 import { compactAccount } from "../../lib/usage/compact.ts";
 import { queryUsage } from "../../lib/usage/query.ts";
 import { distinctEvent } from "../_fixtures.ts";
+import { parseCsv } from "../_csv.ts";
 
 // Test clocks run ahead of the real one (see tests/billing/limits_test.ts).
 const T0 = Date.parse("2032-01-05T21:10:00Z");
 const DAY = 86_400_000;
+/** API.md's audit columns: the CSV header. */
+const CSV_HEADER =
+  "timestamp,request_id,key_id,key_name,provider,model,prompt_tokens,completion_tokens,cached_tokens,cache_write_tokens,reasoning_tokens,cost,market_cost,latency_ms,status,streaming,client_ip,user_agent";
 
 type AuditRowJson = Record<string, string | number | boolean | null>;
 type UsageRow = Record<string, string | number>;
@@ -101,10 +105,38 @@ async function exportJson(t: TestRouter, mgmt: string, q: string): Promise<Audit
   return JSON.parse(await res.text());
 }
 
+/**
+ * Asserts each audit filter, with the period, exports exactly the period's rows that match it, in
+ * CSV (API.md's header, then each row as its JSON twin's fields) and in JSON.
+ */
+async function assertFilters(t: TestRouter, mgmt: string, q: string, rows: AuditRowJson[]) {
+  const filters: [string, (r: AuditRowJson) => boolean][] = [
+    ["provider=anthropic", (r) => r.provider === "anthropic"],
+    ["model=gpt-4o-mini", (r) => r.model === "gpt-4o-mini"],
+    ["status=200", (r) => r.status === 200],
+    ["status=502", (r) => r.status === 502],
+    ["streaming=true", (r) => r.streaming === true],
+    ["streaming=false&provider=openai", (r) => r.streaming === false && r.provider === "openai"],
+  ];
+  for (const [f, keep] of filters) {
+    const want = rows.filter(keep);
+    assert.deepEqual(await exportJson(t, mgmt, `${q}&${f}`), want, `${q}&${f} (JSON)`);
+    const res = await t.call(mgmt, "GET", `/v1/audit/export?format=csv&${q}&${f}`);
+    const [header, ...lines] = parseCsv(await res.text());
+    assert.equal(header.join(","), CSV_HEADER);
+    assert.deepEqual(
+      lines,
+      want.map((r) => header.map((c) => String(r[c]))),
+      `${q}&${f} (CSV)`,
+    );
+  }
+}
+
 /** Compares every grouping of the usage of [from, to) with the audit export of the same period. */
 async function compare(t: TestRouter, mgmt: string, from: string, to: string, keyIds: string[]) {
   const q = `from=${from}&to=${to}`;
   const rows = await exportJson(t, mgmt, q);
+  await assertFilters(t, mgmt, q, rows);
   const all = sumsOf(rows);
   for (const g of ["date", "key", "provider", "model"]) {
     const u = await json(await t.call(mgmt, "GET", `/v1/usage?${q}&group_by=${g}`), 200);
@@ -238,8 +270,9 @@ Deno.test("usage = audit trail over day and hour cuts, renamed and revoked keys,
       ["2032-01-05T21:00:00Z", "2032-01-07T00:00:00Z"],
       ["2032-01-01", "2032-01-31"],
     ];
-    // While the days are open (no digests), then once they are closed and digested.
-    for (const now of [clock, T0 + 10 * DAY]) {
+    // While the days are open (no digests), once they are closed and digested, and once their
+    // month is closed too (month digests).
+    for (const now of [clock, T0 + 10 * DAY, T0 + 60 * DAY]) {
       clock = now;
       for (const [from, to] of periods) await compare(t, mgmt, from, to, keyIds);
     }
@@ -270,7 +303,21 @@ Deno.test("usage = audit trail over day and hour cuts, renamed and revoked keys,
       "a revoked key is still listed",
     );
 
-    // A late event: recorded after its (closed, digested) day was digested.
+    // A period without rows: the header alone, an empty array, zero usage.
+    const empty = "from=2031-12-01&to=2031-12-02T05:00:00Z";
+    const csv = await t.call(mgmt, "GET", `/v1/audit/export?${empty}`);
+    assert.equal(await csv.text(), CSV_HEADER + "\r\n");
+    const arr = await t.call(mgmt, "GET", `/v1/audit/export?format=json&${empty}&key_id=${keyId}`);
+    assert.equal(await arr.text(), "[]");
+    await compare(t, mgmt, "2031-12-01", "2031-12-02T05:00:00Z", keyIds);
+    const none = await json(await t.call(mgmt, "GET", `/v1/usage?${empty}&group_by=model`), 200);
+    assert.equal(none.summary.requests, 0);
+    assert.deepEqual(none.breakdown, []);
+    const monthDigests = await Array.fromAsync(
+      t.kv.list({ prefix: ["rollup_digest", accountId, "m"] }),
+    );
+    assert.ok(monthDigests.length > 0, "January's month digests exist");
+    // A late event: recorded after its (closed) day and month were digested.
     const late: UsageEvent = {
       id: newId("evt", clock),
       account_id: accountId,
