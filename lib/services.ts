@@ -32,6 +32,8 @@ export interface AppEnv {
     audited: boolean;
     /** The provider and model a request named, once known (for the audit row of a refusal). */
     target: { provider: string; model: string };
+    /** Whether the request asked for a stream, once its body is read (for the same row). */
+    streaming: boolean;
     /** The API error code a request was refused with. */
     errorCode: string;
   };

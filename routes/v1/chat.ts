@@ -60,6 +60,8 @@ const finishesChoice = (choice: unknown) =>
 export async function chatCompletions(c: Context<AppEnv>) {
   const raw = await c.req.text();
   const body = parseJson(raw, chatRequest);
+  // A refusal from here on is audited as the kind of request it was.
+  c.set("streaming", body.stream === true);
   const primary = resolveModel(c, body.model, "chat");
   const n = body.n ?? 1;
   // Anthropic's Messages API answers with one choice: more are refused, not quietly dropped.

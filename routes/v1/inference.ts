@@ -173,7 +173,7 @@ export async function auditRefusal(c: Context<AppEnv>, status: number, code: str
   const key = c.get("key");
   if (!key || c.get("audited") || key.scope !== "inference") return;
   const target = c.get("target") ?? { provider: "", model: "" };
-  const streaming = false;
+  const streaming = c.get("streaming") ?? false;
   const event = usageEvent(c, { ...target, status, streaming, errorCode: code });
   c.set("audited", true);
   await c.get("svc").actors.submit(key.account_id, { kind: "record", event });

@@ -44,6 +44,8 @@ const native = (m: ResolvedModel) => m.adapter.kind === "anthropic";
 export async function messages(c: Context<AppEnv>) {
   const raw = await c.req.text();
   const body = parseJson(raw, messagesSchema);
+  // A refusal from here on is audited as the kind of request it was.
+  c.set("streaming", body.stream === true);
   const primary = resolveModel(c, body.model, "chat");
   const candidates = candidatesFor(c, primary, []);
   const stream = body.stream === true;

@@ -36,6 +36,8 @@ const speaksResponses = (m: ResolvedModel) => m.adapter.kind === "openai";
 export async function responses(c: Context<AppEnv>) {
   const raw = await c.req.text();
   const body = parseJson(raw, responsesSchema);
+  // A refusal from here on is audited as the kind of request it was.
+  c.set("streaming", body.stream === true);
   const primary = resolveModel(c, body.model, "chat");
   if (!speaksResponses(primary)) {
     throw badRequest(

@@ -527,3 +527,41 @@ Deno.test("the Anthropic SDK reads the request id (request-id) on /v1/messages: 
     await t.close();
   }
 });
+
+Deno.test("a refused streaming request is audited as streaming", async () => {
+  const t = await startProviders();
+  try {
+    // Credit for no request at all: every reservation is refused.
+    const { key, mgmt } = await t.account("0.000001");
+    for (
+      const [path, stream] of [["/v1/chat/completions", true], ["/v1/chat/completions", false]]
+    ) {
+      const res = await t.call(key, "POST", path as string, {
+        model: "openai/gpt-4o-mini",
+        messages: hi,
+        max_tokens: 1000,
+        stream,
+      });
+      assert.equal(res.status, 402);
+      await res.body?.cancel();
+    }
+    const anthropic = await t.call(key, "POST", "/v1/messages", {
+      model: "anthropic/claude-sonnet-4-5",
+      max_tokens: 1000,
+      messages: hi,
+      stream: true,
+    });
+    assert.equal(anthropic.status, 402);
+    await anthropic.body?.cancel();
+    await t.router.flush();
+    const rows = (await json(await t.call(mgmt, "GET", "/v1/audit"), 200)).data;
+    // Newest first: the Messages stream, the chat call, the chat stream.
+    assert.deepEqual(
+      rows.map((r: { status: number; streaming: boolean }) => [r.status, r.streaming]),
+      [[402, true], [402, false], [402, true]],
+    );
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
