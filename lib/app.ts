@@ -53,6 +53,7 @@ export function createApp(deps: AppDeps): Router {
     delivery: config.outboxDelivery,
     now,
     sweepEveryMs: deps.sweepEveryMs,
+    holdTtlMs: config.holdTtlMs,
     onError: (e) => log("error", "background work failed", { error: String(e) }),
   }).start();
   const svc: Services = {

@@ -48,6 +48,15 @@ export interface ExpireOp {
   holdId: string;
 }
 /**
+ * Push back the expiry of a hold this process still serves, to `ttlMs` from now, so that no
+ * process's sweep releases it. A hold already gone (settled, released or expired) is not recreated.
+ */
+export interface RenewOp {
+  kind: "renew";
+  holdId: string;
+  ttlMs: number;
+}
+/**
  * Add a ledger entry and move the balance by `amount` (signed). With `once`, the credit is applied
  * at most once: the key is written in the same atomic, and a second attempt replays what was stored.
  */
@@ -59,7 +68,7 @@ export interface CreditOp {
   reference: string | null;
   once?: { key: Deno.KvKey; value: (entry: LedgerEntry) => unknown; expireIn?: number };
 }
-export type Op = ReserveOp | SettleOp | ReleaseOp | RecordOp | ExpireOp | CreditOp;
+export type Op = ReserveOp | SettleOp | ReleaseOp | RecordOp | ExpireOp | RenewOp | CreditOp;
 
 export type ReserveResult =
   | { ok: true }
@@ -77,9 +86,20 @@ export interface SettleResult {
   charged: bigint;
 }
 
+/** The renewed hold's new expiry, or null when the hold is gone (or not this process's). */
+export type RenewResult = number | null;
+
+/** A hold reserved by a request alive in this process. */
+export interface LiveHold {
+  accountId: string;
+  /** Its expiry as this process last committed it. */
+  expiresMs: number;
+}
+
 type ResultOf<O extends Op> = O extends ReserveOp ? ReserveResult
   : O extends CreditOp ? CreditResult
   : O extends SettleOp ? SettleResult
+  : O extends RenewOp ? RenewResult
   : void;
 
 interface Pending {
@@ -145,8 +165,11 @@ export class AccountActors {
   #busy = new Set<string>();
   #pumps = 0;
   #idle: (() => void)[] = [];
-  /** Holds reserved by requests alive in this process: the sweeper leaves them alone. */
-  readonly liveHolds = new Set<string>();
+  /**
+   * Holds reserved by requests alive in this process: the sweeper leaves them alone, and
+   * `renewLive` keeps them from expiring for the other processes' sweeps.
+   */
+  readonly liveHolds = new Map<string, LiveHold>();
   /**
    * Each account's entries as this process last committed or read them, with their versionstamps:
    * the next batch is decided on them without a read. The atomic still checks every one, so a
@@ -244,6 +267,23 @@ export class AccountActors {
    */
   forgetKey(accountId: string, keyId: string) {
     this.#cache.get(accountId)?.entries.delete(keyString(apiKeyKey(keyId)));
+  }
+
+  /**
+   * Renews every live hold with less than half of `ttlMs` left, to `ttlMs` from now, each in its
+   * account's next batch; resolves with how many were renewed. Run every quarter TTL or so (by
+   * `Background`): a request that lives long keeps its hold, one that ends sooner costs nothing,
+   * and a process that dies stops renewing, so its holds expire.
+   */
+  async renewLive(ttlMs: number): Promise<number> {
+    const due = this.#now() + ttlMs / 2;
+    const renewing: Promise<RenewResult>[] = [];
+    for (const [holdId, h] of this.liveHolds) {
+      if (h.expiresMs > due) continue;
+      renewing.push(this.submit(h.accountId, { kind: "renew", holdId, ttlMs }));
+    }
+    const renewed = await Promise.all(renewing);
+    return renewed.filter((r) => r !== null).length;
   }
 
   /** The entries at `keys`, from the account's cache where present, else read (and cached). */
@@ -443,11 +483,14 @@ export class AccountActors {
 
     const touchedSpends = new Set<string>();
     const newHolds: Hold[] = [];
+    const renewed = new Set<string>();
     const results: unknown[] = [];
     const eventIds: string[] = [];
     const events: UsageEvent[] = [];
     const nowIso = new Date(now).toISOString();
     const unhold = (holdId: string) => {
+      // Gone already (expired by a sweep): no longer this process's to protect or renew either.
+      this.liveHolds.delete(holdId);
       const h = holds.get(holdId);
       if (!h) return;
       holds.set(holdId, null);
@@ -458,7 +501,6 @@ export class AccountActors {
         touchedSpends.add(h.key_id);
       }
       atomic.delete(holdKey(accountId, holdId));
-      this.liveHolds.delete(holdId);
     };
     const record = (event: UsageEvent) => {
       atomic.set(outboxKey(event.id), event);
@@ -549,6 +591,24 @@ export class AccountActors {
           results.push(undefined);
           break;
         }
+        case "renew": {
+          const h = holds.get(op.holdId);
+          if (!h || !this.liveHolds.has(op.holdId)) {
+            // Its request settled, or a sweep released it meanwhile: nothing left to keep.
+            this.liveHolds.delete(op.holdId);
+            results.push(null);
+            break;
+          }
+          const expires = now + op.ttlMs;
+          if (expires > h.expires_ms) {
+            const hold = { ...h, expires_ms: expires };
+            holds.set(op.holdId, hold);
+            atomic.set(holdKey(accountId, op.holdId), hold);
+            renewed.add(op.holdId);
+          }
+          results.push(holds.get(op.holdId)!.expires_ms);
+          break;
+        }
         case "record":
           record(op.event);
           results.push(undefined);
@@ -596,13 +656,18 @@ export class AccountActors {
       for (const id of touchedSpends) keep(keySpendKey(accountId, id), spends.get(id)!);
       for (const [id, h] of holds) {
         if (h === null) cache.entries.delete(keyString(holdKey(accountId, id)));
+        else if (renewed.has(id)) {
+          keep(holdKey(accountId, id), h);
+          const live = this.liveHolds.get(id);
+          if (live) live.expiresMs = h.expires_ms;
+        }
       }
       // Once-keys are read afresh each time: credits are rare.
       for (const k of onceList) cache.entries.delete(keyString(k));
       // This process's holds are usually settled here too: keep them, still checked on settle.
       for (const h of newHolds) {
         keep(holdKey(accountId, h.id), h);
-        this.liveHolds.add(h.id);
+        this.liveHolds.set(h.id, { accountId, expiresMs: h.expires_ms });
       }
     };
     return { results, eventIds, events, remember };
@@ -637,7 +702,9 @@ function readsOf(accountId: string, batch: Pending[]) {
   const onceKeys = new Map<string, Deno.KvKey>();
   for (const { op } of batch) {
     if (op.kind === "reserve" || op.kind === "settle") keyIds.add(op.keyId);
-    if (op.kind === "settle" || op.kind === "release" || op.kind === "expire") {
+    if (
+      op.kind === "settle" || op.kind === "release" || op.kind === "expire" || op.kind === "renew"
+    ) {
       holdIds.add(op.holdId);
     }
     if (op.kind === "credit" && op.once) onceKeys.set(keyString(op.once.key), op.once.key);
@@ -706,6 +773,12 @@ function fitBatch(accountId: string, queue: Pending[], room: Room, first: boolea
         c += 1;
         m += 1;
         kb += 2 * holdKeyBytes;
+        break;
+      case "renew":
+        c += 1;
+        m += 1;
+        kb += 2 * holdKeyBytes;
+        b += HOLD_BYTES;
         break;
       case "credit":
         m += 1;

@@ -33,6 +33,11 @@ export interface BackgroundOptions {
   sweepEveryMs?: number;
   /** An outbox entry older than this is recorded by the sweeper (its delivery was lost). */
   staleAfterMs?: number;
+  /**
+   * How long a hold lives unrenewed (HOLD_TTL_MS). Every quarter of it, the holds of requests this
+   * process still serves are renewed (`AccountActors.renewLive`). Without it, none are.
+   */
+  holdTtlMs?: number;
   now?: () => number;
   onError?: (err: unknown) => void;
 }
@@ -49,7 +54,9 @@ export interface BackgroundOptions {
 export class Background {
   #kv: Deno.Kv;
   #actors: AccountActors;
-  #opts: Required<Omit<BackgroundOptions, "onError">> & Pick<BackgroundOptions, "onError">;
+  #opts:
+    & Required<Omit<BackgroundOptions, "onError" | "holdTtlMs">>
+    & Pick<BackgroundOptions, "onError" | "holdTtlMs">;
   /** Outbox ids to record, with their entries as committed when this process committed them. */
   #pending = new Map<string, Deno.KvEntry<UsageEvent> | undefined>();
   #draining: Promise<void> | null = null;
@@ -58,6 +65,8 @@ export class Background {
   #handedBefore = new Set<string>();
   #timer: ReturnType<typeof setInterval> | undefined;
   #compactTimer: ReturnType<typeof setInterval> | undefined;
+  #renewTimer: ReturnType<typeof setInterval> | undefined;
+  #renewing = false;
   #compacting = false;
   #listener: Promise<void> | null = null;
   #inFlight = new Set<Promise<unknown>>();
@@ -93,6 +102,15 @@ export class Background {
     this.#timer = setInterval(() => {
       this.#track(this.sweep()).catch((e) => this.#opts.onError?.(e));
     }, this.#opts.sweepEveryMs);
+    const ttl = this.#opts.holdTtlMs;
+    if (ttl !== undefined) {
+      this.#renewTimer = setInterval(() => {
+        if (this.#renewing) return;
+        this.#renewing = true;
+        this.#track(this.#actors.renewLive(ttl)).catch((e) => this.#opts.onError?.(e))
+          .finally(() => this.#renewing = false);
+      }, Math.max(1, Math.floor(ttl / 4)));
+    }
     this.#compactTimer = setInterval(() => {
       if (this.#compacting) return;
       this.#compacting = true;
@@ -217,6 +235,7 @@ export class Background {
     this.#closed = true;
     clearInterval(this.#timer);
     clearInterval(this.#compactTimer);
+    clearInterval(this.#renewTimer);
     await this.#actors.idle();
     while (this.#inFlight.size) await Promise.allSettled([...this.#inFlight]);
   }

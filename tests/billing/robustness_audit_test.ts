@@ -265,60 +265,115 @@ Deno.test("drainer delivery: two processes sweeping the outbox a crashed one lef
   }
 });
 
-Deno.test("a stream outliving its hold, expired meanwhile by another process, is charged once and the books balance", async () => {
+Deno.test("a stream lasting several hold TTLs keeps its hold against another process's sweeps: nothing else spends the held credit, and it is charged once, in full", async () => {
   const dir = await Deno.makeTempDir();
   const kvPath = `${dir}/router.kv`;
-  // Two processes on one KV; the hold lives 1 s, the stream 2 s, and the other process sweeps
-  // every 200 ms.
+  // Two processes on one KV; a hold lives 1 s unrenewed, the stream 4 s, and the other process
+  // sweeps every 200 ms (and in the loop below).
   const a = await startRouter({ kvPath, env: { HOLD_TTL_MS: "1000" } });
   const b = await startRouter({ kvPath, env: { HOLD_TTL_MS: "1000" } });
   try {
-    const acct = await a.account("1");
-    a.openai.scenario = {
-      usage: { prompt_tokens: 20, completion_tokens: 10 },
-      chunks: 20,
-      chunkDelayMs: 100,
-    };
-    const res = await a.call(acct.key, "POST", "/v1/chat/completions", {
+    // $0.0007: room for one worst case of the request below (about $0.0005), not two.
+    const acct = await a.account("0.0007");
+    const usage = { prompt_tokens: 20, completion_tokens: 1000 };
+    a.openai.scenario = { usage, chunks: 40, chunkDelayMs: 100 };
+    // The other process's requests would cost as much: had the hold been released, one granted
+    // there would leave too little for this stream's charge.
+    b.openai.scenario = { usage };
+    const request = (stream: boolean) => ({
       model: "openai/gpt-4o-mini",
       messages: [{ role: "user", content: "long" }],
-      max_tokens: 64,
-      stream: true,
-      stream_options: { include_usage: true },
+      max_tokens: 1000,
+      ...(stream ? { stream: true, stream_options: { include_usage: true } } : {}),
     });
+    const res = await a.call(acct.key, "POST", "/v1/chat/completions", request(true));
     assert.equal(res.status, 200);
     const requestId = res.headers.get("x-request-id")!;
-    // While the stream runs past its hold's expiry, the other process releases the hold.
-    let released = false;
+    const held = (await json(await b.call(acct.mgmt, "GET", "/v1/credits"), 200)).reserved;
+    assert.notEqual(held, "0");
+    const started = Date.now();
+    let chunks = 0, probes = 0;
     const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
     let text = "";
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
       text += value;
+      // Until the usage chunk, which comes once the stream is settled.
+      if (++chunks % 4 !== 0 || text.includes('"usage":{')) continue;
+      // The other process sweeps, then tries to spend the credit the stream holds.
+      await b.router.svc.background.sweep();
       const c = await json(await b.call(acct.mgmt, "GET", "/v1/credits"), 200);
-      if (c.reserved === "0") released = true;
+      assert.equal(c.reserved, held, `the hold is still there after ${Date.now() - started} ms`);
+      const probe = await b.call(acct.key, "POST", "/v1/chat/completions", request(false));
+      assert.equal((await json(probe, 402)).error.code, "insufficient_credits");
+      probes++;
     }
-    assert.ok(released, "the hold expired under the live stream");
-    const usage = text.split("\n").filter((l) => l.includes('"usage":{')).map((l) =>
+    assert.ok(Date.now() - started > 3000, "the stream outlived several TTLs");
+    assert.ok(probes >= 5);
+    const told = text.split("\n").filter((l) => l.includes('"usage":{')).map((l) =>
       JSON.parse(l.slice(6)).usage
     ).pop();
-    assert.ok(usage?.cost > 0, "the client was told its cost");
+    // 20 × $0.15/M + 1000 × $0.60/M, less the default 20 % discount.
+    assert.equal(told?.cost, 0.0004824, "the client was told the full cost");
     await a.router.flush();
     await b.router.flush();
     const tx = await json(await b.call(acct.mgmt, "GET", "/v1/transactions?type=usage_debit"), 200);
     assert.equal(tx.data.length, 1, "charged once");
     assert.equal(tx.data[0].reference, requestId);
-    assert.equal(Number(tx.data[0].amount), -usage.cost, "charged what the client was told");
+    assert.equal(tx.data[0].amount, "-0.0004824", "charged in full");
     const credits = await json(await b.call(acct.mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.reserved, "0");
-    assert.equal(Number(credits.total_used), usage.cost);
+    assert.equal(credits.total_used, "0.0004824");
+    assert.equal(a.router.svc.actors.liveHolds.size, 0, "nothing left to renew");
     await a.assertBooks();
     await b.assertBooks();
   } finally {
     await a.close();
     await b.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the holds of a process that stops renewing (it crashed) expire under another process's sweep, and are not recreated", async () => {
+  const t = await startRouter({ env: { HOLD_TTL_MS: "1000" } });
+  try {
+    const acct = await t.account("1");
+    // The other process, on the same KV: it serves one request for a while, then dies.
+    const other = new AccountActors(t.kv, { delivery: "drainer" });
+    const holdId = newId("hold");
+    assert.deepEqual(
+      await other.submit(acct.id, {
+        kind: "reserve",
+        keyId: acct.keyId,
+        holdId,
+        amount: 1_000_000n,
+        ttlMs: 1000,
+      }),
+      { ok: true },
+    );
+    const started = Date.now();
+    // Alive: renewing every 250 ms, as its Background would; `t` sweeps every 200 ms.
+    while (Date.now() - started < 2500) {
+      await other.renewLive(1000);
+      assert.ok((await t.kv.get(holdKey(acct.id, holdId))).value, "renewed, the hold stays");
+      await new Promise((r) => setTimeout(r, 250));
+    }
+    // Dead: no more renewals, and `t` releases the hold once its last renewal runs out.
+    const end = Date.now() + 5000;
+    while ((await t.kv.get(holdKey(acct.id, holdId))).value !== null) {
+      assert.ok(Date.now() < end, "the dead process's hold never expired");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    // A late renewal (the process was only stalled) does not bring the hold back.
+    assert.equal(await other.renewLive(1000), 0);
+    assert.equal((await t.kv.get(holdKey(acct.id, holdId))).value, null);
+    assert.equal(other.liveHolds.size, 0);
+    const c = await json(await t.call(acct.mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(c.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
   }
 });
 
