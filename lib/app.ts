@@ -106,6 +106,7 @@ export function createApp(deps: AppDeps): Router {
   for (const path of audited) {
     app.use(path, async (c, next) => {
       await next();
+      await c.get("metered")?.answered();
       if (c.res.status >= 400) {
         await auditRefusal(c, c.res.status, c.get("errorCode") ?? `http_${c.res.status}`);
       }

@@ -5,6 +5,7 @@ import type { KeyResolver } from "./auth/keys.ts";
 import type { Background } from "./billing/background.ts";
 import type { ApiKey } from "./billing/types.ts";
 import type { Logger } from "./log.ts";
+import type { MeteredRequest } from "./proxy/metered.ts";
 
 /** What every handler may use; built once by `createApp`. */
 export interface Services {
@@ -36,5 +37,7 @@ export interface AppEnv {
     streaming: boolean;
     /** The API error code a request was refused with. */
     errorCode: string;
+    /** The money side of an inference request, once it has one. */
+    metered: MeteredRequest;
   };
 }

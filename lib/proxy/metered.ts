@@ -95,6 +95,8 @@ export class MeteredRequest {
   readonly holdId = newId("hold");
   #done = false;
   #held = false;
+  /** Whether a billed stream took the hold over: its end settles or releases it. */
+  #streamed = false;
   /** The hold's decision, while the provider is already being called (see `reserve`). */
   #deciding: Promise<void> | null = null;
 
@@ -105,6 +107,28 @@ export class MeteredRequest {
     readonly streaming: boolean,
   ) {
     client(c);
+    c.set("metered", this);
+  }
+
+  /** The stream that will settle or release the hold has been made (`billStream`). */
+  streamed() {
+    this.#streamed = true;
+  }
+
+  /**
+   * Called once the handler has answered (app.ts). A hold it left neither settled, released nor
+   * to a stream (the handler failed in between) is no longer this process's: it is not renewed,
+   * and the sweeper releases it once it expires.
+   */
+  async answered(): Promise<void> {
+    if (this.#deciding) await this.#deciding.catch(() => {});
+    if (this.#done || !this.#held || this.#streamed) return;
+    const svc = this.c.get("svc");
+    if (!svc.actors.liveHolds.delete(this.holdId)) return;
+    svc.log("warn", "request ended with its hold unsettled; left to expire", {
+      request_id: this.c.get("requestId"),
+      status: this.c.res.status,
+    });
   }
 
   /** The cost of `usage` at this model's prices. */

@@ -233,6 +233,7 @@ export function billStream(
   } = {},
 ): ReadableStream<Uint8Array> {
   const svc = m.c.get("svc");
+  m.streamed();
   let settled = false;
   let latest: NormalizedUsage | null = null;
   // A final usage of no tokens at all is no count (a provider left it empty): as in a reply

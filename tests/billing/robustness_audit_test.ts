@@ -536,3 +536,70 @@ Deno.test("a hold whose settlement failed to commit is released by its own proce
     await t.close();
   }
 });
+
+Deno.test("a request whose handler fails with its hold unsettled stops renewing it: the sweeper releases it", async () => {
+  // The KV fails the first commit that only records an event (a failed attempt's row).
+  let failNext = true;
+  const wrapKv = (kv: Deno.Kv) =>
+    new Proxy(kv, {
+      get(target, prop) {
+        if (prop !== "atomic") {
+          const v = Reflect.get(target, prop, target);
+          return typeof v === "function" ? v.bind(target) : v;
+        }
+        return () => {
+          const atomic = target.atomic();
+          let records = false, holds = false;
+          return new Proxy(atomic, {
+            get(a, p) {
+              const v = Reflect.get(a, p, a);
+              if (p === "set" || p === "delete") {
+                return (key: Deno.KvKey, ...rest: unknown[]) => {
+                  if (key[0] === "outbox") records = true;
+                  if (key[0] === "hold") holds = true;
+                  (a[p] as (...args: unknown[]) => unknown)(key, ...rest);
+                  return atomic;
+                };
+              }
+              if (p === "commit") {
+                return () => {
+                  if (records && !holds && failNext) {
+                    failNext = false;
+                    return Promise.reject(new Error("transient store failure"));
+                  }
+                  return a.commit();
+                };
+              }
+              return typeof v === "function" ? v.bind(a) : v;
+            },
+          });
+        };
+      },
+    });
+  const t = await startRouter({ env: { HOLD_TTL_MS: "1000" }, wrapKv });
+  try {
+    const acct = await t.account("1");
+    // The provider fails: recording the failed attempt before its retry fails, and the handler
+    // throws with the hold neither settled nor released.
+    t.openai.scenario = { status: 503 };
+    const res = await t.call(acct.key, "POST", "/v1/chat/completions", {
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "hi" }],
+      max_tokens: 16,
+    });
+    assert.equal(res.status, 500);
+    await res.body?.cancel();
+    assert.equal(failNext, false, "the attempt's record failed");
+    const end = Date.now() + 5000;
+    for (;;) {
+      const c = await json(await t.call(acct.mgmt, "GET", "/v1/credits"), 200);
+      if (c.reserved === "0") break;
+      assert.ok(Date.now() < end, `the hold is never released: ${JSON.stringify(c)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(t.router.svc.actors.liveHolds.size, 0);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
