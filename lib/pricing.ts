@@ -75,6 +75,31 @@ export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: numbe
   return { cost, market };
 }
 
+/**
+ * The most a request of at most `prompt` input and `completion` output tokens can cost: every
+ * input token at the dearest input-side rate (a cache write, above all a one-hour one, costs more
+ * than plain input), every output token at the dearest output rate, in the tier of `prompt`. The
+ * worst-case hold, so that no split of the prompt the provider reports is charged more than held.
+ */
+export function priceWorstCase(
+  prompt: number,
+  completion: number,
+  p: PriceTable,
+  discountBps: number,
+): Cost {
+  const max = (rates: (Rate | undefined)[]) =>
+    rates.reduce((m, r) => {
+      const v = r ? rateAt(r, prompt) : 0n;
+      return v > m ? v : m;
+    }, 0n);
+  const sum = BigInt(prompt) * max([p.input, p.cacheRead, p.cacheWrite, p.cacheWrite1h]) +
+    BigInt(completion) * max([p.output]);
+  return {
+    market: divRound(sum, MILLION),
+    cost: divRound(sum * (BPS - BigInt(discountBps)), MILLION * BPS),
+  };
+}
+
 /** USD per million tokens (a catalog number or a decimal string) → nano-USD per million tokens. */
 export function mtokToNanos(usd: number | string): bigint {
   if (typeof usd === "string") {

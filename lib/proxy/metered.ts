@@ -1,7 +1,13 @@
 import type { Context } from "hono";
 import { newId } from "../ids.ts";
 import { formatUsd } from "../money.ts";
-import { type Cost, type NormalizedUsage, priceUsage, ZERO_USAGE } from "../pricing.ts";
+import {
+  type Cost,
+  type NormalizedUsage,
+  priceUsage,
+  priceWorstCase,
+  ZERO_USAGE,
+} from "../pricing.ts";
 import type { UsageEvent } from "../billing/types.ts";
 import type { ReserveResult } from "../billing/actor.ts";
 import type { ResolvedModel } from "../providers/types.ts";
@@ -153,10 +159,12 @@ export class MeteredRequest {
   ): Promise<void> {
     const svc = this.c.get("svc");
     const key = this.c.get("key");
-    let amount = this.price({ ...ZERO_USAGE, prompt: promptTokens, completion: outputTokens }).cost;
+    let amount =
+      priceWorstCase(promptTokens, outputTokens, this.model.prices, this.model.discountBps).cost;
     for (const alt of alternatives) {
-      const u = { ...ZERO_USAGE, prompt: promptTokens, completion: alt.outputTokens };
-      const c = priceUsage(u, alt.model.prices, alt.model.discountBps).cost;
+      const c =
+        priceWorstCase(promptTokens, alt.outputTokens, alt.model.prices, alt.model.discountBps)
+          .cost;
       if (c > amount) amount = c;
     }
     // Judged before the reserve is submitted, which counts it among the account's deciding ones.
@@ -246,10 +254,9 @@ export class MeteredRequest {
   }
 
   #affordableOutput(left: bigint, promptTokens: number): number {
-    const prompt = this.price({ ...ZERO_USAGE, prompt: promptTokens }).cost;
-    const perMillion =
-      this.price({ ...ZERO_USAGE, prompt: promptTokens, completion: 1_000_000 }).cost -
-      prompt;
+    const { prices, discountBps } = this.model;
+    const prompt = priceWorstCase(promptTokens, 0, prices, discountBps).cost;
+    const perMillion = priceWorstCase(promptTokens, 1_000_000, prices, discountBps).cost - prompt;
     if (left <= prompt || perMillion <= 0n) return 0;
     return Number(((left - prompt) * 1_000_000n) / perMillion);
   }

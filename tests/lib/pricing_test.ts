@@ -6,6 +6,7 @@ import {
   type NormalizedUsage,
   priceTableFrom,
   priceUsage,
+  priceWorstCase,
   ZERO_USAGE,
 } from "../../lib/pricing.ts";
 
@@ -108,4 +109,41 @@ Deno.test("a missing cache rate falls back to the input rate; an embedding model
   assert.equal(e.output.base, 0n);
   assert.equal(priceUsage(usage({ prompt: 1_000_000 }), e, 0).market, 20_000_000n);
   assert.equal(priceTableFrom({ output_mtok: 1 }), null, "no input price means no price");
+});
+
+Deno.test("the worst case covers every split of the prompt: one-hour cache writes cost most", () => {
+  const when = new Date("2026-01-15T12:00:00Z");
+  const haiku = lookupCatalog("anthropic", "claude-haiku-4-5", when)!.prices;
+  // 10000 prompt tokens at the one-hour write rate $2/M + 100 output × $5/M = $0.0205; 20 % off.
+  assert.deepEqual(priceWorstCase(10_000, 100, haiku, 2000), {
+    market: 20_500_000n,
+    cost: 16_400_000n,
+  });
+  const split = usage({
+    prompt: 10_000,
+    cacheWrite: 10_000,
+    cacheWrite1h: 10_000,
+    completion: 100,
+  });
+  assert.deepEqual(priceUsage(split, haiku, 2000), priceWorstCase(10_000, 100, haiku, 2000));
+  // A tiered model: a prompt bound above 200k holds at the upper tier, one-hour writes $12/M and
+  // output $22.5/M: 200001 × 12 + 1000 × 22.5 = 2422512 µ$ = $2.422512.
+  const sonnet = lookupCatalog("anthropic", "claude-sonnet-4-5", when)!.prices;
+  assert.equal(priceWorstCase(200_001, 1000, sonnet, 0).market, 2_422_512_000n);
+  assert.equal(priceWorstCase(200_000, 1000, sonnet, 0).market, 1_215_000_000n);
+  // Without cache write prices (OpenAI) the input rate is the dearest: 1000 × $0.15 + 10 × $0.6.
+  const mini = lookupCatalog("openai", "gpt-4o-mini", when)!.prices;
+  assert.equal(priceWorstCase(1000, 10, mini, 0).market, 156_000n);
+  for (
+    const [prompt, cached, write, write1h, completion] of [
+      [200_000, 0, 200_000, 200_000, 64_000],
+      [200_001, 100_000, 100_001, 50_000, 1],
+      [250_000, 250_000, 0, 0, 0],
+    ]
+  ) {
+    const u = usage({ prompt, cached, cacheWrite: write, cacheWrite1h: write1h, completion });
+    assert.ok(
+      priceUsage(u, sonnet, 2000).cost <= priceWorstCase(prompt, completion, sonnet, 2000).cost,
+    );
+  }
 });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { json, startRouter } from "../_helpers.ts";
+import { startProviders } from "../providers/_setup.ts";
 
 Deno.test("embeddings are priced exactly and debited once", async () => {
   const t = await startRouter();
@@ -101,6 +102,39 @@ Deno.test("a model without a price is refused and never billed at zero", async (
     assert.equal(t.openai.requests.length, 0, "nothing was forwarded");
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.balance, "1");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the hold covers a prompt written to the one-hour cache: never charged beyond it", async () => {
+  const t = await startProviders();
+  try {
+    const body = JSON.stringify({
+      model: "anthropic/claude-haiku-4-5",
+      max_tokens: 1,
+      messages: [{ role: "user", content: "🀄".repeat(50) }],
+    });
+    const bound = new TextEncoder().encode(body).length;
+    // Credit for the hold at the input rate ($1/M) alone: (bound × 1 + 1 × 5) µ$, 20 % off.
+    const credit = BigInt(bound) * 800n + 4000n;
+    const { key, mgmt } = await t.account(`0.${credit.toString().padStart(9, "0")}`);
+    // Every prompt token (as many as the body's bytes) written to the one-hour cache ($2/M).
+    t.anthropic.scenario = {
+      usage: {
+        input_tokens: 0,
+        cache_creation_input_tokens: bound,
+        cache_creation: { ephemeral_5m_input_tokens: 0, ephemeral_1h_input_tokens: bound },
+        output_tokens: 1,
+      },
+    };
+    const res = await t.call(key, "POST", "/v1/messages", body);
+    const out = await json(res, 402);
+    assert.equal(out.error.code, "insufficient_credits");
+    assert.equal(t.anthropic.requests.length, 0, "refused before the provider is called");
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {
     await t.close();
