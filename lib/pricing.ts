@@ -15,6 +15,10 @@ export interface PriceTable {
   cacheRead?: Rate;
   cacheWrite?: Rate;
   cacheWrite1h?: Rate;
+  /** Audio input, audio cache reads and audio output, where the catalog prices them apart. */
+  inputAudio?: Rate;
+  cacheAudioRead?: Rate;
+  outputAudio?: Rate;
 }
 
 /**
@@ -29,6 +33,13 @@ export interface NormalizedUsage {
   cacheWrite: number;
   cacheWrite1h: number;
   reasoning: number;
+  /**
+   * The audio parts, where the provider reports them: `audioIn` of the prompt (cache reads
+   * included), `audioCached` of the cache reads, `audioOut` of the completion.
+   */
+  audioIn?: number;
+  audioCached?: number;
+  audioOut?: number;
 }
 
 export const ZERO_USAGE: NormalizedUsage = {
@@ -63,13 +74,20 @@ function rateAt(rate: Rate, inputTokens: number): bigint {
 export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: number): Cost {
   const cacheWrite1h = Math.min(u.cacheWrite1h, u.cacheWrite);
   const cacheWrite5m = u.cacheWrite - cacheWrite1h;
-  const uncached = Math.max(0, u.prompt - u.cached - u.cacheWrite);
+  // Audio is a part of the prompt (its cache reads a part of both) and of the completion.
+  const audioCached = Math.min(u.audioCached ?? 0, u.cached, u.audioIn ?? 0);
+  const audioIn = Math.min((u.audioIn ?? 0) - audioCached, u.prompt - u.cached - u.cacheWrite);
+  const audioOut = Math.min(u.audioOut ?? 0, u.completion);
+  const uncached = Math.max(0, u.prompt - u.cached - u.cacheWrite - Math.max(0, audioIn));
   const at = (r: Rate | undefined) => rateAt(r ?? p.input, u.prompt);
   const sum = BigInt(uncached) * at(p.input) +
-    BigInt(u.cached) * at(p.cacheRead) +
+    BigInt(Math.max(0, audioIn)) * at(p.inputAudio) +
+    BigInt(u.cached - audioCached) * at(p.cacheRead) +
+    BigInt(audioCached) * at(p.cacheAudioRead ?? p.cacheRead) +
     BigInt(cacheWrite5m) * at(p.cacheWrite) +
     BigInt(cacheWrite1h) * at(p.cacheWrite1h ?? p.cacheWrite) +
-    BigInt(u.completion) * rateAt(p.output, u.prompt);
+    BigInt(u.completion - audioOut) * rateAt(p.output, u.prompt) +
+    BigInt(audioOut) * rateAt(p.outputAudio ?? p.output, u.prompt);
   const market = divRound(sum, MILLION);
   const cost = divRound(sum * (BPS - BigInt(discountBps)), MILLION * BPS);
   return { cost, market };
@@ -92,8 +110,9 @@ export function priceWorstCase(
       const v = r ? rateAt(r, prompt) : 0n;
       return v > m ? v : m;
     }, 0n);
-  const sum = BigInt(prompt) * max([p.input, p.cacheRead, p.cacheWrite, p.cacheWrite1h]) +
-    BigInt(completion) * max([p.output]);
+  const sum = BigInt(prompt) *
+      max([p.input, p.cacheRead, p.cacheWrite, p.cacheWrite1h, p.inputAudio, p.cacheAudioRead]) +
+    BigInt(completion) * max([p.output, p.outputAudio]);
   return {
     market: divRound(sum, MILLION),
     cost: divRound(sum * (BPS - BigInt(discountBps)), MILLION * BPS),
@@ -139,8 +158,30 @@ export function priceTableFrom(mp: ModelPrice | Record<string, unknown>): PriceT
     cacheRead: toRate(mp.cache_read_mtok),
     cacheWrite: toRate(mp.cache_write_mtok),
     cacheWrite1h: toRate(mp.cache_write_1h_mtok),
+    inputAudio: toRate(mp.input_audio_mtok),
+    cacheAudioRead: toRate(mp.cache_audio_read_mtok),
+    outputAudio: toRate(mp.output_audio_mtok),
   };
 }
+
+/**
+ * The catalog's price keys a model may carry and still be served. A model priced by anything
+ * else (image or video tokens, audio by the hour, pages, messages) would be under-billed at its
+ * text rates, so it is refused instead. The tool fees (web and file searches per thousand, which
+ * most chat models list) are not billed: they apply only when the provider runs those tools.
+ */
+const SERVED_PRICE_KEYS = new Set([
+  "input_mtok",
+  "output_mtok",
+  "cache_read_mtok",
+  "cache_write_mtok",
+  "cache_write_1h_mtok",
+  "input_audio_mtok",
+  "cache_audio_read_mtok",
+  "output_audio_mtok",
+  "web_searches_kcount",
+  "storage_searches_kcount",
+]);
 
 export interface CatalogModel {
   /** The catalog's model id (the canonical name, e.g. `gpt-4o-mini`). */
@@ -186,6 +227,9 @@ function lookupCatalogUncached(
     return null;
   }
   if (!r) return null;
+  for (const [k, v] of Object.entries(r.model_price)) {
+    if (v !== undefined && !SERVED_PRICE_KEYS.has(k)) return null;
+  }
   const prices = priceTableFrom(r.model_price);
   if (!prices) return null;
   return { id: r.model.id, contextWindow: r.model.context_window, prices };

@@ -36,6 +36,13 @@ export class UsageReader {
       out.completion = out.reasoning;
     }
     out.cacheWrite1h = Math.min(out.cacheWrite1h, out.cacheWrite);
+    if (out.audioIn !== undefined) {
+      out.audioIn = Math.min(out.audioIn, out.prompt - out.cacheWrite);
+    }
+    if (out.audioCached !== undefined) {
+      out.audioCached = Math.min(out.audioCached, out.cached, out.audioIn ?? 0);
+    }
+    if (out.audioOut !== undefined) out.audioOut = Math.min(out.audioOut, out.completion);
     return out;
   }
 }
@@ -43,10 +50,20 @@ export class UsageReader {
 const obj = (v: unknown): Record<string, unknown> =>
   v && typeof v === "object" && !Array.isArray(v) ? v as Record<string, unknown> : {};
 
+/** The audio counts of a usage, only those reported (a zero where none is). */
+function audioOf(audioIn: number, audioCached: number, audioOut: number) {
+  return {
+    ...(audioIn ? { audioIn } : {}),
+    ...(audioCached ? { audioCached } : {}),
+    ...(audioOut ? { audioOut } : {}),
+  };
+}
+
 /**
- * OpenAI chat/embeddings usage (`prompt_tokens`, `prompt_tokens_details.cached_tokens`,
- * `completion_tokens_details.reasoning_tokens`). The router's own translated streams also carry
- * `prompt_tokens_details.cache_write_tokens` (and `cache_write_1h_tokens`) in this shape.
+ * OpenAI chat/embeddings usage (`prompt_tokens`, `prompt_tokens_details.cached_tokens` and
+ * `audio_tokens`, `completion_tokens_details.reasoning_tokens` and `audio_tokens`). The router's
+ * own translated streams also carry `prompt_tokens_details.cache_write_tokens` (and
+ * `cache_write_1h_tokens`, `cached_audio_tokens`) in this shape.
  */
 export function readOpenAIUsage(raw: unknown, r: UsageReader): NormalizedUsage {
   const u = obj(raw);
@@ -60,6 +77,11 @@ export function readOpenAIUsage(raw: unknown, r: UsageReader): NormalizedUsage {
     cacheWrite: r.count(pd.cache_write_tokens, "cache_write_tokens"),
     cacheWrite1h: r.count(pd.cache_write_1h_tokens, "cache_write_1h_tokens"),
     reasoning: r.count(cd.reasoning_tokens, "reasoning_tokens"),
+    ...audioOf(
+      r.count(pd.audio_tokens, "audio_tokens"),
+      r.count(pd.cached_audio_tokens, "cached_audio_tokens"),
+      r.count(cd.audio_tokens, "audio_tokens"),
+    ),
   });
 }
 
@@ -89,9 +111,20 @@ export function readAnthropicUsage(raw: unknown, r: UsageReader): NormalizedUsag
   });
 }
 
+/** The AUDIO entries of Gemini's per-modality token counts (`[{modality, tokenCount}]`). */
+function geminiAudio(details: unknown, r: UsageReader, field: string): number {
+  if (!Array.isArray(details)) return 0;
+  let n = 0;
+  for (const d of details) {
+    if (obj(d).modality === "AUDIO") n += r.count(obj(d).tokenCount, `${field}.AUDIO`);
+  }
+  return Math.min(MAX_TOKENS, n);
+}
+
 /**
  * Gemini `usageMetadata`. `promptTokenCount` already includes the cached part; thoughts are
- * output billed at the output rate but not included in `candidatesTokenCount`.
+ * output billed at the output rate but not included in `candidatesTokenCount`. Audio (in the
+ * prompt, the tool-use prompt, the cache reads and the candidates) is priced at its own rates.
  */
 export function readGeminiUsage(raw: unknown, r: UsageReader): NormalizedUsage {
   const u = obj(raw);
@@ -109,6 +142,15 @@ export function readGeminiUsage(raw: unknown, r: UsageReader): NormalizedUsage {
     cacheWrite: 0,
     cacheWrite1h: 0,
     reasoning: thoughts,
+    ...audioOf(
+      Math.min(
+        MAX_TOKENS,
+        geminiAudio(u.promptTokensDetails, r, "promptTokensDetails") +
+          geminiAudio(u.toolUsePromptTokensDetails, r, "toolUsePromptTokensDetails"),
+      ),
+      geminiAudio(u.cacheTokensDetails, r, "cacheTokensDetails"),
+      geminiAudio(u.candidatesTokensDetails, r, "candidatesTokensDetails"),
+    ),
   });
 }
 
@@ -139,7 +181,12 @@ export function openAIUsageOf(u: NormalizedUsage): Record<string, unknown> {
       cached_tokens: u.cached,
       cache_write_tokens: u.cacheWrite,
       cache_write_1h_tokens: u.cacheWrite1h,
+      ...(u.audioIn ? { audio_tokens: u.audioIn } : {}),
+      ...(u.audioCached ? { cached_audio_tokens: u.audioCached } : {}),
     },
-    completion_tokens_details: { reasoning_tokens: u.reasoning },
+    completion_tokens_details: {
+      reasoning_tokens: u.reasoning,
+      ...(u.audioOut ? { audio_tokens: u.audioOut } : {}),
+    },
   };
 }

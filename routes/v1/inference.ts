@@ -63,6 +63,10 @@ function pricing(m: ResolvedModel) {
     cache_read: f((p.cacheRead ?? p.input).base),
     cache_write: f((p.cacheWrite ?? p.input).base),
     cache_write_1h: f((p.cacheWrite1h ?? p.cacheWrite ?? p.input).base),
+    // Audio where the model prices it apart from text (otherwise at the text rates above).
+    ...(p.inputAudio ? { input_audio: f(p.inputAudio.base) } : {}),
+    ...(p.cacheAudioRead ? { cache_audio_read: f(p.cacheAudioRead.base) } : {}),
+    ...(p.outputAudio ? { output_audio: f(p.outputAudio.base) } : {}),
   });
   return {
     unit: "USD per million tokens",

@@ -147,3 +147,54 @@ Deno.test("the worst case covers every split of the prompt: one-hour cache write
     );
   }
 });
+
+Deno.test("audio tokens at the catalog's audio rates, cached audio at the cached audio rate", () => {
+  const when = new Date("2026-01-15T12:00:00Z");
+  const flash = lookupCatalog("google", "gemini-2.5-flash", when)!.prices;
+  // gemini-2.5-flash ($/M): input 0.30, cache read 0.03, output 2.50, audio input 1.00, audio
+  // cache read 0.10. A prompt of 10000 (6000 audio), 2000 cache reads (500 of them audio):
+  // 500 × 0.10 + 1500 × 0.03 + 5500 × 1.00 + 2500 × 0.30 + 1500 × 2.50 = 10095 µ$.
+  const u = usage({
+    prompt: 10_000,
+    cached: 2000,
+    audioIn: 6000,
+    audioCached: 500,
+    completion: 1500,
+    reasoning: 1000,
+  });
+  assert.deepEqual(priceUsage(u, flash, 2000), { market: 10_095_000n, cost: 8_076_000n });
+  const theirs = calcPrice(
+    {
+      input_tokens: 10_000,
+      cache_read_tokens: 2000,
+      input_audio_tokens: 6000,
+      cache_audio_read_tokens: 500,
+      output_tokens: 1500,
+    },
+    "gemini-2.5-flash",
+    { providerId: "google", timestamp: when },
+  )!.total_price;
+  assert.ok(Math.abs(10_095_000 - theirs * NANO) <= 1);
+
+  // gpt-audio ($/M): input 2.5, output 10, audio input 32, audio output 64:
+  // 200 × 2.5 + 800 × 32 + 100 × 10 + 400 × 64 = 52700 µ$.
+  const audio = lookupCatalog("openai", "gpt-audio", when)!.prices;
+  const a = usage({ prompt: 1000, audioIn: 800, completion: 500, audioOut: 400 });
+  assert.equal(priceUsage(a, audio, 0).market, 52_700_000n);
+  // The hold prices a prompt and output that may be all audio at the audio rates.
+  assert.equal(priceWorstCase(1000, 500, audio, 0).market, 64_000_000n);
+  // A model without audio prices bills audio as text, as the catalog does.
+  const mini = lookupCatalog("openai", "gpt-4o-mini", when)!.prices;
+  assert.equal(priceUsage(usage({ prompt: 1000, audioIn: 1000 }), mini, 0).market, 150_000n);
+});
+
+Deno.test("a model the catalog prices by units the router does not bill is refused", () => {
+  const when = new Date("2026-01-15T12:00:00Z");
+  // Image output ($30/M against $2.50/M text) and image tokens would be under-billed as text.
+  assert.equal(lookupCatalog("google", "gemini-2.5-flash-image", when), null);
+  assert.equal(lookupCatalog("openai", "gpt-image-1", when), null);
+  assert.equal(lookupCatalog("openai", "whisper-1", when), null);
+  // Tool fees alone do not refuse a chat model.
+  assert.ok(lookupCatalog("openai", "gpt-4.1", when));
+  assert.ok(lookupCatalog("anthropic", "claude-haiku-4-5", when));
+});

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import {
+  openAIUsageOf,
   readAnthropicUsage,
   readGeminiUsage,
+  readOpenAIUsage,
   readResponsesUsage,
   UsageReader,
 } from "../../lib/providers/usage.ts";
@@ -193,4 +195,45 @@ Deno.test("a Gemini thought signature travels in the tool call id and goes back 
     { functionCall: { name: "f", args: { a: 1 } }, thoughtSignature: "c2ln+/=" },
   ]);
   assert.equal(next.contents[2].parts[0].functionResponse.name, "f");
+});
+
+Deno.test("audio tokens are read from OpenAI and Gemini usage and survive translation", () => {
+  const r = new UsageReader();
+  const openai = readOpenAIUsage({
+    prompt_tokens: 1000,
+    completion_tokens: 500,
+    prompt_tokens_details: { cached_tokens: 0, audio_tokens: 800 },
+    completion_tokens_details: { reasoning_tokens: 0, audio_tokens: 400 },
+  }, r);
+  assert.equal(openai.audioIn, 800);
+  assert.equal(openai.audioOut, 400);
+  const gem = readGeminiUsage({
+    promptTokenCount: 10_000,
+    cachedContentTokenCount: 2000,
+    candidatesTokenCount: 500,
+    thoughtsTokenCount: 1000,
+    promptTokensDetails: [{ modality: "TEXT", tokenCount: 4000 }, {
+      modality: "AUDIO",
+      tokenCount: 6000,
+    }],
+    cacheTokensDetails: [{ modality: "AUDIO", tokenCount: 500 }, {
+      modality: "TEXT",
+      tokenCount: 1500,
+    }],
+    candidatesTokensDetails: [{ modality: "TEXT", tokenCount: 500 }],
+  }, r);
+  assert.deepEqual(gem, {
+    prompt: 10_000,
+    cached: 2000,
+    cacheWrite: 0,
+    cacheWrite1h: 0,
+    completion: 1500,
+    reasoning: 1000,
+    audioIn: 6000,
+    audioCached: 500,
+  });
+  // The router's own OpenAI-shaped usage (translated streams) reads back the same.
+  assert.deepEqual(readOpenAIUsage(openAIUsageOf(gem), r), gem);
+  assert.deepEqual(readOpenAIUsage(openAIUsageOf(openai), r), openai);
+  assert.deepEqual(r.anomalies, []);
 });

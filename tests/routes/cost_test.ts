@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { json, startRouter } from "../_helpers.ts";
-import { startProviders } from "../providers/_setup.ts";
+import { sseData, startProviders } from "../providers/_setup.ts";
 
 Deno.test("embeddings are priced exactly and debited once", async () => {
   const t = await startRouter();
@@ -135,6 +135,52 @@ Deno.test("the hold covers a prompt written to the one-hour cache: never charged
     assert.equal(t.anthropic.requests.length, 0, "refused before the provider is called");
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("Gemini audio input is billed at the audio rate, streamed or not", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // gemini-2.5-flash: 1000 audio prompt tokens × $1/M + 100 output × $2.50/M = $0.00125
+    // (at the text rate, $0.30/M, it would be $0.00055); 20 % off = $0.001.
+    t.gemini.scenario = {
+      usage: {
+        promptTokenCount: 1000,
+        candidatesTokenCount: 100,
+        promptTokensDetails: [{ modality: "AUDIO", tokenCount: 1000 }],
+      },
+    };
+    const request = {
+      model: "google/gemini-2.5-flash",
+      messages: [{
+        role: "user",
+        content: [{ type: "image_url", image_url: { url: "data:audio/wav;base64,UklGRg==" } }],
+      }],
+    };
+    const plain = await json(await t.call(key, "POST", "/v1/chat/completions", request), 200);
+    assert.equal(plain.usage.market_cost, 0.00125);
+    assert.equal(plain.usage.cost, 0.001);
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      ...request,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const chunks = sseData(await res.text());
+    const usage = chunks.at(-1)!.usage as Record<string, number>;
+    assert.equal(usage.market_cost, 0.00125);
+    assert.equal(usage.cost, 0.001);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.002");
+    const models = await json(await t.call(key, "GET", "/v1/models"), 200);
+    const flash = models.data.find((m: { id: string }) => m.id === "google/gemini-2.5-flash");
+    assert.equal(flash.pricing.market.input_audio, "1");
+    assert.equal(flash.pricing.your_rate.input_audio, "0.8");
+    assert.equal(flash.pricing.market.cache_audio_read, "0.1");
+    assert.ok(!models.data.some((m: { id: string }) => m.id === "google/gemini-2.5-flash-image"));
     await t.assertBooks();
   } finally {
     await t.close();
