@@ -9,9 +9,18 @@ import {
 } from "../auth/sessions.ts";
 import { clientIp } from "../proxy/metered.ts";
 
-/** Only same-site paths are followed after sign-in or sign-up; anything else means the dashboard. */
-export const safeNext = (v: string | null | undefined): string =>
-  v && v.startsWith("/") && !v.startsWith("//") && !v.startsWith("/\\") ? v : "/dashboard";
+/**
+ * Only same-site paths are followed after sign-in or sign-up; anything else means the dashboard.
+ * A browser drops tabs and newlines from a URL before reading it ("/\t/evil" is "//evil") and
+ * reads a backslash as a slash, so control characters are refused and the path must resolve here.
+ */
+export const safeNext = (v: string | null | undefined): string => {
+  // deno-lint-ignore no-control-regex
+  if (!v || !v.startsWith("/") || /[\x00-\x1f\x7f]/.test(v)) return "/dashboard";
+  if (v.startsWith("//") || v.startsWith("/\\")) return "/dashboard";
+  const base = "http://next.invalid";
+  return new URL(v, base).origin === base ? v : "/dashboard";
+};
 
 /** `path` carrying the return address `next` along, unless it is the default. */
 export const withNext = (path: string, next: string): string =>
