@@ -78,10 +78,15 @@ export function readCookie(header: string | null, name: string): string | undefi
   return undefined;
 }
 
-/** The session token a request carries, under either cookie name. */
-export function sessionToken(req: Request): string | undefined {
+/**
+ * The session token a request to the site at `siteUrl` carries. A secure site (`secureSite`) sets
+ * only `__Host-session`, and only that one is read: the unprefixed name can be planted by a
+ * sibling subdomain or over plain http. A plain-http site reads either.
+ */
+export function sessionToken(req: Request, siteUrl: string = req.url): string | undefined {
   const h = req.headers.get("cookie");
-  return readCookie(h, SESSION_COOKIE) ?? readCookie(h, PLAIN_SESSION_COOKIE);
+  const token = readCookie(h, SESSION_COOKIE);
+  return token !== undefined || secureSite(siteUrl) ? token : readCookie(h, PLAIN_SESSION_COOKIE);
 }
 
 /** Constant-time string equality. */
@@ -94,14 +99,19 @@ function sameToken(a: string, b: string): boolean {
 
 const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);
 
+/** Whether the site's session cookie is Secure and `__Host-`: https, or loopback. */
+function secureSite(url: string): boolean {
+  const u = new URL(url);
+  return u.protocol === "https:" || LOOPBACK.has(u.hostname);
+}
+
 /**
  * The Set-Cookie value for a session token (empty token and maxAge 0 clear it). Secure over
  * https and on loopback (browsers treat loopback as a secure context); plain http elsewhere uses
  * the unprefixed name, because a `__Host-` cookie must be Secure.
  */
 export function sessionCookie(url: string, token: string, maxAgeS: number): string {
-  const u = new URL(url);
-  const secure = u.protocol === "https:" || LOOPBACK.has(u.hostname);
+  const secure = secureSite(url);
   const name = secure ? SESSION_COOKIE : PLAIN_SESSION_COOKIE;
   return `${name}=${token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=${maxAgeS}` +
     (secure ? "; Secure" : "");

@@ -23,7 +23,8 @@ export function presentedSecret(req: Request): string | null {
  */
 async function sessionAccount(c: Context<AppEnv>): Promise<string | null> {
   const svc = c.get("svc");
-  const session = await getSession(svc.kv, sessionToken(c.req.raw), svc.now());
+  const token = sessionToken(c.req.raw, svc.config.publicUrl ?? c.req.url);
+  const session = await getSession(svc.kv, token, svc.now());
   if (!session || session.kind !== "user" || !session.account_id || !session.user_id) return null;
   if (!await getMembership(svc.kv, session.account_id, session.user_id)) return null;
   const method = c.req.method;

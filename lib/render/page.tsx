@@ -67,7 +67,7 @@ export interface PageModule<T> {
 
 async function loadViewer(c: Context<AppEnv>): Promise<Viewer | null> {
   const svc = c.get("svc");
-  const token = sessionToken(c.req.raw);
+  const token = sessionToken(c.req.raw, svc.config.publicUrl ?? c.req.url);
   const session = await getSession(svc.kv, token, svc.now());
   if (!session || !token) return null;
   if (session.kind === "admin") {
