@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { signUp } from "../../lib/auth/users.ts";
 import { safeNext } from "../../lib/render/session.ts";
 import { createSession, PLAIN_SESSION_COOKIE, SESSION_COOKIE } from "../../lib/auth/sessions.ts";
-import { json, startRouter } from "../_helpers.ts";
+import { json, startRouter, type TestRouter } from "../_helpers.ts";
 
 Deno.test("safeNext keeps same-site paths and refuses anything a browser resolves off-site", () => {
   assert.equal(safeNext("/dashboard/keys?x=1#y"), "/dashboard/keys?x=1#y");
@@ -119,6 +119,270 @@ Deno.test("on a plain-http site (not loopback) the unprefixed cookie is the sess
       headers: { cookie: `${PLAIN_SESSION_COOKIE}=${token}` },
     });
     assert.equal((await json(res, 200)).balance, "0");
+  } finally {
+    await t.close();
+  }
+});
+
+/** A signed-up user with a dashboard session on their own account. */
+async function userSession(t: TestRouter, email: string) {
+  const u = await signUp(t.kv, {
+    email,
+    name: email,
+    password: "password-" + email,
+    accountName: email + " Co",
+  });
+  assert.ok(u);
+  const { token, session } = await createSession(t.kv, {
+    kind: "user",
+    user_id: u.user.id,
+    account_id: u.account.id,
+  }, Date.now());
+  const headers = (h: Record<string, string> = {}) => ({
+    cookie: `${SESSION_COOKIE}=${token}`,
+    origin: t.url,
+    "x-csrf-token": session.csrf,
+    ...h,
+  });
+  return { ...u, token, csrf: session.csrf, headers };
+}
+
+Deno.test("a dashboard session never reaches another account's keys, audit rows or ledger", async () => {
+  const t = await startRouter();
+  try {
+    const theirs = await t.account("5");
+    const chat = await t.call(theirs.key, "POST", "/v1/chat/completions", {
+      model: "openai/gpt-4o-mini",
+      messages: [{ role: "user", content: "secret prompt" }],
+    });
+    const requestId = chat.headers.get("x-request-id")!;
+    await json(chat, 200);
+    await t.router.flush();
+    const me = await userSession(t, "iso@example.com");
+    const api = (method: string, path: string, body?: unknown) =>
+      fetch(t.url + path, {
+        method,
+        redirect: "manual",
+        headers: me.headers({ "content-type": "application/json" }),
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+
+    for (const method of ["GET", "PATCH", "DELETE"]) {
+      const res = await api(
+        method,
+        `/v1/keys/${theirs.keyId}`,
+        method === "PATCH" ? { disabled: true } : undefined,
+      );
+      assert.equal((await json(res, 404)).error.code, "not_found", method);
+    }
+    await json(await api("GET", `/v1/keys/${theirs.keyId}/usage`), 404);
+    await json(await api("GET", `/v1/audit/${requestId}`), 404);
+    assert.deepEqual(
+      (await json(await api("GET", `/v1/audit?key_id=${theirs.keyId}`), 200)).data,
+      [],
+    );
+    const exported = await api("GET", `/v1/audit/export?format=json&key_id=${theirs.keyId}`);
+    assert.deepEqual(JSON.parse(await exported.text()), []);
+    assert.deepEqual((await json(await api("GET", "/v1/transactions"), 200)).data, []);
+    assert.equal((await json(await api("GET", "/v1/credits"), 200)).balance, "0");
+    const usage = await json(await api("GET", `/v1/usage?key_id=${theirs.keyId}`), 200);
+    assert.equal(usage.summary.requests, 0);
+
+    // The dashboard pages, given their ids, show nothing of theirs.
+    for (
+      const path of [
+        `/dashboard/audit?key_id=${theirs.keyId}`,
+        `/dashboard?key_id=${theirs.keyId}`,
+        `/dashboard/usage?key_id=${theirs.keyId}`,
+        "/dashboard/keys",
+        "/dashboard/settings/billing",
+      ]
+    ) {
+      const html = await (await api("GET", path)).text();
+      assert.ok(!html.includes(requestId), path);
+      // Their key id is echoed only as the filter asked for (the export link), never as a key.
+      assert.ok(!html.includes(`value="${theirs.keyId}"`), path);
+      assert.ok(!html.includes("test key"), path);
+    }
+    // Switching into their account is refused; the session stays in its own.
+    const sw = await fetch(t.url + "/dashboard/switch", {
+      method: "POST",
+      redirect: "manual",
+      headers: me.headers(),
+      body: new URLSearchParams({ _csrf: me.csrf, account_id: theirs.id }),
+    });
+    await sw.body?.cancel();
+    assert.equal((await json(await api("GET", "/v1/credits"), 200)).balance, "0");
+    // Their key is untouched.
+    const k = await json(await t.call(theirs.mgmt, "GET", `/v1/keys/${theirs.keyId}`), 200);
+    assert.equal(k.disabled, false);
+    assert.equal(k.revoked, false);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("a removed member's session stops working at once, on the pages and the API", async () => {
+  const t = await startRouter();
+  try {
+    const owner = await userSession(t, "owner@example.com");
+    const member = await userSession(t, "member@example.com");
+    const add = await fetch(t.url + "/dashboard/settings/members", {
+      method: "POST",
+      headers: owner.headers(),
+      body: new URLSearchParams({ _csrf: owner.csrf, email: "member@example.com" }),
+    });
+    assert.equal(add.status, 200, await add.text());
+    const sw = await fetch(t.url + "/dashboard/switch", {
+      method: "POST",
+      redirect: "manual",
+      headers: member.headers(),
+      body: new URLSearchParams({ _csrf: member.csrf, account_id: owner.account.id }),
+    });
+    await sw.body?.cancel();
+    const keys = () => fetch(t.url + "/v1/keys", { headers: member.headers(), redirect: "manual" });
+    const before = await json(await keys(), 200);
+    assert.equal(before.data.length, 1, "the owner's account's management key");
+
+    const rm = await fetch(t.url + "/dashboard/settings/members", {
+      method: "POST",
+      headers: owner.headers(),
+      body: new URLSearchParams({ _csrf: owner.csrf, remove: member.user.id }),
+    });
+    assert.equal(rm.status, 200, await rm.text());
+    await json(await keys(), 401);
+    const page = await fetch(t.url + "/dashboard/keys", {
+      headers: member.headers(),
+      redirect: "manual",
+    });
+    await page.body?.cancel();
+    assert.equal(page.status, 303);
+    const post = await fetch(t.url + "/v1/keys", {
+      method: "POST",
+      headers: member.headers({ "content-type": "application/json" }),
+      body: JSON.stringify({ name: "after removal" }),
+    });
+    await json(post, 401);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("every state-changing form and session API call refuses a missing token or a foreign origin", async () => {
+  const t = await startRouter();
+  try {
+    const me = await userSession(t, "csrf@example.com");
+    const other = await userSession(t, "csrf-other@example.com");
+    const cookie = me.headers().cookie;
+    const forms: [string, Record<string, string>][] = [
+      ["/signout", {}],
+      ["/dashboard/switch", { account_id: me.account.id }],
+      ["/dashboard/settings/members", { email: "csrf-other@example.com" }],
+    ];
+    const attempts: [string, Record<string, string>][] = [
+      ["no token", { origin: t.url }],
+      ["wrong token", { origin: t.url, _csrf: "x".repeat(me.csrf.length) }],
+      ["cross-site", { origin: "http://evil.example", _csrf: me.csrf }],
+      ["sec-fetch-site cross-site", { "sec-fetch-site": "cross-site", _csrf: me.csrf }],
+    ];
+    for (const [path, fields] of forms) {
+      for (const [what, a] of attempts) {
+        const { _csrf, ...headers } = a;
+        const body = new URLSearchParams(fields);
+        if (_csrf) body.set("_csrf", _csrf);
+        const res = await fetch(t.url + path, {
+          method: "POST",
+          redirect: "manual",
+          headers: { cookie, ...headers },
+          body,
+        });
+        await res.body?.cancel();
+        assert.equal(res.status, 403, `${path}: ${what}`);
+      }
+    }
+    const writes: [string, string, unknown][] = [
+      ["POST", "/v1/keys", { name: "k" }],
+      ["POST", "/v1/billing/checkout", { package_id: "starter" }],
+    ];
+    const mine = await json(
+      await fetch(t.url + "/v1/keys", { headers: me.headers() }),
+      200,
+    );
+    const keyId = mine.data[0].id;
+    writes.push(["PATCH", `/v1/keys/${keyId}`, { disabled: true }], [
+      "DELETE",
+      `/v1/keys/${keyId}`,
+      undefined,
+    ]);
+    for (const [method, path, body] of writes) {
+      for (const [what, a] of attempts) {
+        const { _csrf, ...headers } = a;
+        const res = await fetch(t.url + path, {
+          method,
+          headers: {
+            cookie,
+            "content-type": "application/json",
+            ...headers,
+            ...(_csrf ? { "x-csrf-token": _csrf } : {}),
+          },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        assert.equal((await json(res, 403)).error.code, "forbidden", `${method} ${path}: ${what}`);
+      }
+    }
+    // Another session's token is not this one's.
+    const res = await fetch(t.url + "/v1/keys", {
+      method: "POST",
+      headers: { cookie, origin: t.url, "x-csrf-token": other.csrf },
+      body: JSON.stringify({ name: "k" }),
+    });
+    await json(res, 403);
+    // Nothing changed: one key, live; no credit; the session still works; no member added.
+    const after = await json(await fetch(t.url + "/v1/keys", { headers: me.headers() }), 200);
+    assert.equal(after.data.length, 1);
+    assert.equal(after.data[0].disabled, false);
+    assert.equal(
+      (await json(await fetch(t.url + "/v1/credits", { headers: me.headers() }), 200)).balance,
+      "0",
+    );
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("sign-in starts a new session id, and sign-out ends it on the server", async () => {
+  const t = await startRouter();
+  try {
+    const me = await userSession(t, "fix@example.com");
+    const signin = await fetch(t.url + "/signin", {
+      method: "POST",
+      redirect: "manual",
+      headers: { origin: t.url, cookie: me.headers().cookie },
+      body: new URLSearchParams({ email: "fix@example.com", password: "password-fix@example.com" }),
+    });
+    await signin.body?.cancel();
+    assert.equal(signin.status, 303);
+    const setCookie = signin.headers.get("set-cookie") ?? "";
+    assert.match(setCookie, /^__Host-session=[^;]+; Path=\/; HttpOnly; SameSite=Lax; .*Secure$/);
+    const fresh = /^__Host-session=([^;]+)/.exec(setCookie)![1];
+    assert.notEqual(fresh, me.token, "a new id");
+    // The session the browser had before is gone.
+    await json(await fetch(t.url + "/v1/credits", { headers: me.headers() }), 401);
+    const cookie = `${SESSION_COOKIE}=${fresh}`;
+    await json(await fetch(t.url + "/v1/credits", { headers: { cookie } }), 200);
+    const page = await (await fetch(t.url + "/dashboard", { headers: { cookie } })).text();
+    const csrf = /name="_csrf" value="([^"]+)"/.exec(page)![1];
+    const out = await fetch(t.url + "/signout", {
+      method: "POST",
+      redirect: "manual",
+      headers: { cookie, origin: t.url },
+      body: new URLSearchParams({ _csrf: csrf }),
+    });
+    await out.body?.cancel();
+    assert.equal(out.status, 303);
+    assert.match(out.headers.get("set-cookie") ?? "", /Max-Age=0/);
+    // The old cookie, replayed, is no session.
+    await json(await fetch(t.url + "/v1/credits", { headers: { cookie } }), 401);
   } finally {
     await t.close();
   }
