@@ -22,6 +22,8 @@ import { ledgerJson } from "../../lib/billing/ledger.ts";
 import type { Account, BalanceState } from "../../lib/billing/types.ts";
 import { formatUsd } from "../../lib/money.ts";
 import type { Context } from "hono";
+import { Buffer } from "node:buffer";
+import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 
 const accountSchema = z.strictObject({
   name: z.string().trim().min(1, "must not be empty").max(200),
@@ -36,6 +38,49 @@ const refundSchema = z.strictObject({
   reason: z.string().trim().min(1, "must not be empty").max(500),
   reference: z.string().trim().min(1).max(200).nullish(),
 });
+
+/**
+ * The management key in a stored reply to an account creation, sealed (AES-256-GCM) under a key
+ * derived from ADMIN_TOKEN: only a key's SHA-256 is kept in the clear, and only the operator, who
+ * alone can replay the reply, can open it.
+ */
+function sealer(adminToken: string) {
+  const key = createHash("sha256").update("idempotent management key\0" + adminToken).digest();
+  return {
+    seal(secret: string): string {
+      const iv = randomBytes(12);
+      const c = createCipheriv("aes-256-gcm", key, iv);
+      const ct = Buffer.concat([c.update(secret, "utf8"), c.final()]);
+      return [iv, ct, c.getAuthTag()].map((b) => b.toString("base64url")).join(".");
+    },
+    /** The secret, or null when it was sealed under another token. */
+    open(sealed: string): string | null {
+      try {
+        const [iv, ct, tag] = sealed.split(".").map((p) => Buffer.from(p, "base64url"));
+        const d = createDecipheriv("aes-256-gcm", key, iv);
+        d.setAuthTag(tag);
+        return Buffer.concat([d.update(ct), d.final()]).toString("utf8");
+      } catch {
+        return null;
+      }
+    },
+  };
+}
+
+/** A stored account-creation reply as it is answered: its sealed management key opened. */
+function openedReply(stored: IdempotentReply, adminToken: string): IdempotentReply {
+  const { management_key_sealed: sealed, ...body } = stored.body as Record<string, unknown>;
+  if (typeof sealed !== "string") return stored;
+  const secret = sealer(adminToken).open(sealed);
+  if (secret === null) {
+    throw new ApiError(
+      409,
+      "idempotency_conflict",
+      "This Idempotency-Key's answer was sealed under another ADMIN_TOKEN; use a new key",
+    );
+  }
+  return { ...stored, body: { ...body, management_key: secret } };
+}
 
 export function accountJson(a: Account, b: BalanceState) {
   return {
@@ -121,10 +166,11 @@ export function adminRoutes() {
     const raw = await c.req.text();
     const body = parseJson(raw, accountSchema);
     const idem = await idempotency(c, "admin:accounts", raw);
+    const adminToken = svc.config.adminToken!;
     for (let attempt = 0; attempt < 5; attempt++) {
       if (idem) {
         const stored = await storedReply(svc.kv, idem.key);
-        if (stored) return replay(c, stored, idem);
+        if (stored) return replay(c, openedReply(stored, adminToken), idem);
       }
       const created = await createAccount(
         svc.kv,
@@ -138,7 +184,7 @@ export function adminRoutes() {
               id: r.account.id,
               name: r.account.name,
               email: r.account.email,
-              management_key: r.secret,
+              management_key_sealed: sealer(adminToken).seal(r.secret),
             },
           };
           atomic.check({ key: idem.key, versionstamp: null })

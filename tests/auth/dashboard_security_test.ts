@@ -387,3 +387,28 @@ Deno.test("sign-in starts a new session id, and sign-out ends it on the server",
     await t.close();
   }
 });
+
+Deno.test("an account created with an Idempotency-Key keeps no management key in the clear in KV", async () => {
+  const t = await startRouter();
+  try {
+    const first = await json(
+      await t.admin("POST", "/v1/admin/accounts", { name: "Sealed" }, { "idempotency-key": "s1" }),
+      201,
+    );
+    const secret: string = first.management_key;
+    for await (const e of t.kv.list({ prefix: [] })) {
+      const text = JSON.stringify(e, (_k, v) => typeof v === "bigint" ? String(v) : v);
+      assert.ok(!text.includes(secret), `the key is stored in the clear under ${String(e.key)}`);
+      assert.ok(!text.includes(secret.slice(12)), String(e.key));
+    }
+    // The replay still gives the first answer, key included.
+    const again = await json(
+      await t.admin("POST", "/v1/admin/accounts", { name: "Sealed" }, { "idempotency-key": "s1" }),
+      201,
+    );
+    assert.deepEqual(again, first);
+    await json(await t.call(again.management_key, "GET", "/v1/credits"), 200);
+  } finally {
+    await t.close();
+  }
+});
