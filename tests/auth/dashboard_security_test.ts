@@ -412,3 +412,97 @@ Deno.test("an account created with an Idempotency-Key keeps no management key in
     await t.close();
   }
 });
+
+Deno.test("every dashboard page, error page included, carries the security headers", async () => {
+  const t = await startRouter();
+  try {
+    const me = await userSession(t, "headers@example.com");
+    const paths = [
+      "/",
+      "/signin",
+      "/signup",
+      "/dashboard",
+      "/dashboard/usage",
+      "/dashboard/keys",
+      "/dashboard/audit",
+      "/dashboard/audit?from=2026-02-30",
+      "/dashboard/settings/billing",
+      "/dashboard/settings/members",
+      "/dashboard/admin/signin",
+      "/dashboard/nothing-here",
+      "/signout",
+    ];
+    for (const path of paths) {
+      const res = await fetch(t.url + path, { headers: { cookie: me.headers().cookie } });
+      await res.body?.cancel();
+      const h = res.headers;
+      assert.match(h.get("content-type") ?? "", /^text\/html/, path);
+      assert.equal(h.get("x-content-type-options"), "nosniff", path);
+      assert.equal(h.get("x-frame-options"), "DENY", path);
+      assert.equal(h.get("referrer-policy"), "same-origin", path);
+      const csp = h.get("content-security-policy") ?? "";
+      assert.match(csp, /frame-ancestors 'none'/, path);
+      assert.match(csp, /script-src 'self'(;|$)/, path);
+      assert.doesNotMatch(csp, /unsafe-eval|script-src[^;]*unsafe-inline/, path);
+    }
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("sign-in answers an unknown email exactly as a wrong password", async () => {
+  const t = await startRouter();
+  try {
+    await userSession(t, "known@example.com");
+    const attempt = async (email: string) => {
+      const started = performance.now();
+      const res = await fetch(t.url + "/signin", {
+        method: "POST",
+        headers: { origin: t.url },
+        body: new URLSearchParams({ email, password: "not the password" }),
+      });
+      const html = (await res.text()).replaceAll(email, "EMAIL");
+      return { status: res.status, html, ms: performance.now() - started };
+    };
+    await attempt("warmup@example.com");
+    const known = await attempt("known@example.com");
+    const unknown = await attempt("unknown@example.com");
+    assert.equal(known.status, 401);
+    assert.equal(unknown.status, known.status);
+    assert.equal(unknown.html, known.html);
+    // Both pay for one PBKDF2 verification (600,000 iterations).
+    assert.ok(unknown.ms > known.ms / 3, `unknown ${unknown.ms} ms, known ${known.ms} ms`);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("the admin API refuses a wrong token and every router key", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    for (
+      const auth of [
+        "wrong",
+        "test-admin-token-012345678",
+        "test-admin-token-0123456789x",
+        key,
+        mgmt,
+      ]
+    ) {
+      const res = await t.call(auth, "GET", "/v1/admin/accounts");
+      assert.equal((await json(res, 401)).error.code, "invalid_api_key", auth);
+    }
+    const me = await userSession(t, "notadmin@example.com");
+    const res = await fetch(t.url + "/v1/admin/accounts", { headers: me.headers() });
+    await json(res, 401);
+    const page = await fetch(t.url + "/dashboard/admin", {
+      headers: me.headers(),
+      redirect: "manual",
+    });
+    await page.body?.cancel();
+    assert.equal(page.status, 303);
+  } finally {
+    await t.close();
+  }
+});
