@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { ADMIN_TOKEN, json } from "../_helpers.ts";
 import { startFakeOpenAI } from "../_fakes/openai.ts";
+import { spawnRouter } from "../_main.ts";
 import { parseUsd } from "../../lib/money.ts";
 
-const ROOT = new URL("../../", import.meta.url).pathname;
 const CANARY = `canary-${crypto.randomUUID()}`;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -16,39 +16,6 @@ async function until<T>(what: string, ms: number, check: () => Promise<T | null>
     assert.ok(Date.now() < end, `timed out waiting for ${what}`);
     await sleep(100);
   }
-}
-
-/** `deno run -A main.ts` as a real process on the KV file; resolves once it listens. */
-async function spawnRouter(env: Record<string, string>) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts"],
-    cwd: ROOT,
-    env: { ...env, PORT: "0", NO_COLOR: "1" },
-    clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let output = "";
-  const drain = async (s: ReadableStream<Uint8Array>) => {
-    const dec = new TextDecoder();
-    for await (const chunk of s) output += dec.decode(chunk, { stream: true });
-  };
-  const drained = Promise.all([drain(child.stdout), drain(child.stderr)]);
-  const url = await until("the router to listen", 20_000, () => {
-    const m = /"msg":"listening","url":"(http:\/\/[^"]+)"/.exec(output);
-    return Promise.resolve(m ? m[1] : null);
-  });
-  return {
-    url,
-    child,
-    output: () => output,
-    async stop(signal: Deno.Signal) {
-      child.kill(signal);
-      await child.status;
-      await drained;
-    },
-  };
 }
 
 interface Done {

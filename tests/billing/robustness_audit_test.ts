@@ -10,6 +10,7 @@ import { newId } from "../../lib/ids.ts";
 import { holdKey, outboxKey } from "../../lib/kv/schema.ts";
 import type { UsageEvent } from "../../lib/billing/types.ts";
 import { usageEvent } from "../_fixtures.ts";
+import { spawnRouter } from "../_main.ts";
 
 const COST = 192_000n;
 
@@ -141,50 +142,6 @@ Deno.test("an outbox entry no atomic can record is left alone: the sweep records
     await t.close();
   }
 });
-
-const ROOT = new URL("../../", import.meta.url).pathname;
-
-/** `deno run -A main.ts` on `env`; resolves once it listens. */
-async function spawnRouter(env: Record<string, string>) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts"],
-    cwd: ROOT,
-    env: {
-      PORT: "0",
-      NO_COLOR: "1",
-      PATH: Deno.env.get("PATH") ?? "",
-      HOME: Deno.env.get("HOME") ?? "",
-      ...(Deno.env.get("DENO_DIR") ? { DENO_DIR: Deno.env.get("DENO_DIR")! } : {}),
-      ...env,
-    },
-    clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let output = "";
-  const drain = async (s: ReadableStream<Uint8Array>) => {
-    const dec = new TextDecoder();
-    for await (const chunk of s) output += dec.decode(chunk, { stream: true });
-  };
-  const drained = Promise.all([drain(child.stdout), drain(child.stderr)]);
-  const end = Date.now() + 20_000;
-  let url: string | null = null;
-  while (!url) {
-    url = /"msg":"listening","url":"(http:\/\/[^"]+)"/.exec(output)?.[1] ?? null;
-    assert.ok(Date.now() < end, `the router did not listen: ${output}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return {
-    url,
-    output: () => output,
-    async stop() {
-      child.kill("SIGTERM");
-      await child.status;
-      await drained;
-    },
-  };
-}
 
 Deno.test("drainer delivery: two processes sweeping the outbox a crashed one left record each event once and release its holds", async () => {
   const dir = await Deno.makeTempDir();

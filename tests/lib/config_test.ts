@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { ConfigError, loadConfig } from "../../lib/config.ts";
+import { mainTs } from "../_main.ts";
 
 Deno.test("defaults follow API.md's table", () => {
   const c = loadConfig({});
@@ -102,28 +103,6 @@ Deno.test("main.ts stops on bad configuration with one line naming the variable"
   }
 });
 
-/** `deno run -A main.ts` with `env` (and nothing else of this process's environment). */
-function mainTs(env: Record<string, string>) {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "main.ts"],
-    cwd: new URL("../../", import.meta.url).pathname,
-    env: {
-      KV_PATH: ":memory:",
-      PORT: "0",
-      NO_COLOR: "1",
-      RUST_BACKTRACE: "0",
-      PATH: Deno.env.get("PATH") ?? "",
-      HOME: Deno.env.get("HOME") ?? "",
-      ...(Deno.env.get("DENO_DIR") ? { DENO_DIR: Deno.env.get("DENO_DIR")! } : {}),
-      ...env,
-    },
-    clearEnv: true,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  });
-}
-
 Deno.test("main.ts names the variable when the KV, the address or a value's own text is the trouble", async () => {
   const dir = await Deno.makeTempDir();
   const busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -150,7 +129,7 @@ Deno.test("main.ts names the variable when the KV, the address or a value's own 
       ],
     ];
     for (const [env, message] of cases) {
-      const out = await mainTs(env).output();
+      const out = await mainTs({ KV_PATH: ":memory:", ...env }).output();
       const err = new TextDecoder().decode(out.stderr).trim();
       assert.equal(out.code, 1, `${JSON.stringify(env)}: ${err}`);
       assert.equal(err.split("\n").length, 1, err);
@@ -191,7 +170,7 @@ Deno.test("main.ts starts with every variable at the edge of what it accepts", a
       { DISCOUNT_PERCENT: "99.99", OUTBOX_DELIVERY: "auto", DENO_DEPLOYMENT_ID: "edge" },
     ];
     for (const env of envs) {
-      const child = mainTs(env).spawn();
+      const child = mainTs({ KV_PATH: ":memory:", ...env }).spawn();
       let out = "";
       const dec = new TextDecoder();
       const reader = child.stdout.getReader();
