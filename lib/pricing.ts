@@ -19,6 +19,11 @@ export interface PriceTable {
   inputAudio?: Rate;
   cacheAudioRead?: Rate;
   outputAudio?: Rate;
+  /**
+   * The provider's server-side web search fee, nano-USD per thousand searches (the catalog's
+   * `web_searches_kcount`). Absent where the catalog lists none: searches are then not billed.
+   */
+  webSearchK?: bigint;
 }
 
 /**
@@ -40,6 +45,12 @@ export interface NormalizedUsage {
   audioIn?: number;
   audioCached?: number;
   audioOut?: number;
+  /**
+   * Server-side web searches the provider ran for the request (Anthropic's
+   * `server_tool_use.web_search_requests`, OpenAI Responses' `web_search_call` items), billed at
+   * the model's per-search fee on top of the tokens.
+   */
+  webSearches?: number;
 }
 
 export const ZERO_USAGE: NormalizedUsage = {
@@ -60,6 +71,12 @@ export interface Cost {
 
 const MILLION = 1_000_000n;
 const BPS = 10_000n;
+/** A fee per thousand searches, scaled to the per-million sum priceUsage divides once. */
+const PER_K_TO_PER_M = 1_000n;
+
+/** The web search fee of `searches`, in the same nano-USD per million units as token sums. */
+const searchSum = (searches: number, p: PriceTable) =>
+  BigInt(Math.max(0, Math.floor(searches))) * (p.webSearchK ?? 0n) * PER_K_TO_PER_M;
 
 function rateAt(rate: Rate, inputTokens: number): bigint {
   let price = rate.base;
@@ -68,8 +85,9 @@ function rateAt(rate: Rate, inputTokens: number): bigint {
 }
 
 /**
- * Prices a request exactly: Σ tokens × rate is summed in nano-USD·tokens per million first and
- * divided once, so no per-class rounding accumulates; the discount is applied to that sum.
+ * Prices a request exactly: Σ tokens × rate (and web searches × their fee) is summed in
+ * nano-USD·units per million first and divided once, so no per-class rounding accumulates; the
+ * discount is applied to that sum.
  */
 export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: number): Cost {
   const cacheWrite1h = Math.min(u.cacheWrite1h, u.cacheWrite);
@@ -87,7 +105,8 @@ export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: numbe
     BigInt(cacheWrite5m) * at(p.cacheWrite) +
     BigInt(cacheWrite1h) * at(p.cacheWrite1h ?? p.cacheWrite) +
     BigInt(u.completion - audioOut) * rateAt(p.output, u.prompt) +
-    BigInt(audioOut) * rateAt(p.outputAudio ?? p.output, u.prompt);
+    BigInt(audioOut) * rateAt(p.outputAudio ?? p.output, u.prompt) +
+    searchSum(u.webSearches ?? 0, p);
   const market = divRound(sum, MILLION);
   const cost = divRound(sum * (BPS - BigInt(discountBps)), MILLION * BPS);
   return { cost, market };
@@ -98,12 +117,14 @@ export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: numbe
  * input token at the dearest input-side rate (a cache write, above all a one-hour one, costs more
  * than plain input), every output token at the dearest output rate, in the tier of `prompt`. The
  * worst-case hold, so that no split of the prompt the provider reports is charged more than held.
+ * `searches` is the most server-side web searches the request may run, at the model's fee.
  */
 export function priceWorstCase(
   prompt: number,
   completion: number,
   p: PriceTable,
   discountBps: number,
+  searches = 0,
 ): Cost {
   const max = (rates: (Rate | undefined)[]) =>
     rates.reduce((m, r) => {
@@ -112,7 +133,7 @@ export function priceWorstCase(
     }, 0n);
   const sum = BigInt(prompt) *
       max([p.input, p.cacheRead, p.cacheWrite, p.cacheWrite1h, p.inputAudio, p.cacheAudioRead]) +
-    BigInt(completion) * max([p.output, p.outputAudio]);
+    BigInt(completion) * max([p.output, p.outputAudio]) + searchSum(searches, p);
   return {
     market: divRound(sum, MILLION),
     cost: divRound(sum * (BPS - BigInt(discountBps)), MILLION * BPS),
@@ -161,14 +182,21 @@ export function priceTableFrom(mp: ModelPrice | Record<string, unknown>): PriceT
     inputAudio: toRate(mp.input_audio_mtok),
     cacheAudioRead: toRate(mp.cache_audio_read_mtok),
     outputAudio: toRate(mp.output_audio_mtok),
+    webSearchK: toFee(mp.web_searches_kcount),
   };
+}
+
+/** A flat fee (USD per thousand, a catalog number or a decimal string) → nano-USD per thousand. */
+function toFee(v: unknown): bigint | undefined {
+  return typeof v === "number" || typeof v === "string" ? mtokToNanos(v) : undefined;
 }
 
 /**
  * The catalog's price keys a model may carry and still be served. A model priced by anything
  * else (image or video tokens, audio by the hour, pages, messages) would be under-billed at its
- * text rates, so it is refused instead. The tool fees (web and file searches per thousand, which
- * most chat models list) are not billed: they apply only when the provider runs those tools.
+ * text rates, so it is refused instead. Web searches per thousand (which most OpenAI and
+ * Anthropic chat models list) are billed per search the provider reports; file (storage)
+ * searches are not: the router does not count them.
  */
 const SERVED_PRICE_KEYS = new Set([
   "input_mtok",

@@ -49,6 +49,8 @@ const fileSchema = z.object({
         cache_read_mtok: price.optional(),
         cache_write_mtok: price.optional(),
         cache_write_1h_mtok: price.optional(),
+        /** USD per thousand server-side web searches. */
+        web_searches_kcount: price.optional(),
       }).optional(),
     }),
   ).default({}),

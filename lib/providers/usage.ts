@@ -85,10 +85,14 @@ export function readOpenAIUsage(raw: unknown, r: UsageReader): NormalizedUsage {
   });
 }
 
+/** The web searches a usage reports, only when it reports some (absent where none). */
+const searchesOf = (webSearches: number) => webSearches ? { webSearches } : {};
+
 /**
  * Anthropic Messages usage. `input_tokens` excludes cache tokens, so the prompt is
  * input + cache reads + cache writes; `cache_creation.ephemeral_1h_input_tokens` is the part of
- * the writes priced at the one-hour rate.
+ * the writes priced at the one-hour rate; `server_tool_use.web_search_requests` counts the web
+ * searches Anthropic ran (billed per search).
  */
 export function readAnthropicUsage(raw: unknown, r: UsageReader): NormalizedUsage {
   const u = obj(raw);
@@ -108,6 +112,9 @@ export function readAnthropicUsage(raw: unknown, r: UsageReader): NormalizedUsag
     cacheWrite: write,
     cacheWrite1h: write1h,
     reasoning: 0,
+    ...searchesOf(
+      r.count(obj(u.server_tool_use).web_search_requests, "server_tool_use.web_search_requests"),
+    ),
   });
 }
 
@@ -169,6 +176,25 @@ export function readResponsesUsage(raw: unknown, r: UsageReader): NormalizedUsag
     cacheWrite1h: 0,
     reasoning: r.count(obj(u.output_tokens_details).reasoning_tokens, "reasoning_tokens"),
   });
+}
+
+/**
+ * The web searches of an OpenAI Responses reply: OpenAI reports no count in its usage but one
+ * `web_search_call` output item per call of the web search tool, each billed as one search.
+ */
+export function responsesWebSearches(output: unknown, r: UsageReader): number {
+  if (!Array.isArray(output)) return 0;
+  let n = 0;
+  for (const item of output) if (obj(item).type === "web_search_call") n++;
+  return r.count(n, "web_search_call items");
+}
+
+/**
+ * A normalized usage that counts at least `searches` web searches (two counts of one request's
+ * searches are cumulative, so the larger is taken); unchanged when it already does.
+ */
+export function withSearches(u: NormalizedUsage, searches: number): NormalizedUsage {
+  return searches > (u.webSearches ?? 0) ? { ...u, webSearches: searches } : u;
 }
 
 /** A normalized usage in OpenAI chat shape, as translated replies and streams carry it. */

@@ -155,16 +155,27 @@ export class MeteredRequest {
   async reserve(
     promptTokens: number,
     outputTokens: number,
-    alternatives: { model: ResolvedModel; outputTokens: number }[] = [],
+    alternatives: { model: ResolvedModel; outputTokens: number; searches?: number }[] = [],
+    /** The most server-side web searches the request may run (`webSearchBound`). */
+    searches = 0,
   ): Promise<void> {
     const svc = this.c.get("svc");
     const key = this.c.get("key");
-    let amount =
-      priceWorstCase(promptTokens, outputTokens, this.model.prices, this.model.discountBps).cost;
+    let amount = priceWorstCase(
+      promptTokens,
+      outputTokens,
+      this.model.prices,
+      this.model.discountBps,
+      searches,
+    ).cost;
     for (const alt of alternatives) {
-      const c =
-        priceWorstCase(promptTokens, alt.outputTokens, alt.model.prices, alt.model.discountBps)
-          .cost;
+      const c = priceWorstCase(
+        promptTokens,
+        alt.outputTokens,
+        alt.model.prices,
+        alt.model.discountBps,
+        alt.searches ?? searches,
+      ).cost;
       if (c > amount) amount = c;
     }
     // Judged before the reserve is submitted, which counts it among the account's deciding ones.
@@ -176,7 +187,7 @@ export class MeteredRequest {
       amount,
       ttlMs: svc.config.holdTtlMs,
     }).then((r) => {
-      if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens);
+      if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens, searches);
       this.#held = true;
     });
     if (ahead) {
@@ -218,6 +229,7 @@ export class MeteredRequest {
     amount: bigint,
     promptTokens: number,
     outputTokens: number,
+    searches: number,
   ): ApiError {
     switch (r.code) {
       case "insufficient_credits":
@@ -226,13 +238,16 @@ export class MeteredRequest {
           ? "available credit"
           : "the key's remaining limit";
         const left = r.code === "insufficient_credits" ? r.available : r.remaining;
-        const fit = this.#affordableOutput(left, promptTokens);
+        const fit = this.#affordableOutput(left, promptTokens, searches);
+        const searching = searches > 0 && this.model.prices.webSearchK
+          ? `, ${searches} web searches`
+          : "";
         return new ApiError(
           402,
           r.code,
           `This request may cost up to $${
             formatUsd(amount)
-          } (about ${promptTokens} prompt tokens ` +
+          } (about ${promptTokens} prompt tokens${searching} ` +
             `and ${outputTokens} output tokens) but ${what} is $${formatUsd(left)}. ` +
             (fit > 0
               ? `Set max_tokens to ${fit} or less, or add credits.`
@@ -253,10 +268,11 @@ export class MeteredRequest {
     }
   }
 
-  #affordableOutput(left: bigint, promptTokens: number): number {
+  #affordableOutput(left: bigint, promptTokens: number, searches: number): number {
     const { prices, discountBps } = this.model;
-    const prompt = priceWorstCase(promptTokens, 0, prices, discountBps).cost;
-    const perMillion = priceWorstCase(promptTokens, 1_000_000, prices, discountBps).cost - prompt;
+    const prompt = priceWorstCase(promptTokens, 0, prices, discountBps, searches).cost;
+    const perMillion = priceWorstCase(promptTokens, 1_000_000, prices, discountBps, searches).cost -
+      prompt;
     if (left <= prompt || perMillion <= 0n) return 0;
     return Number(((left - prompt) * 1_000_000n) / perMillion);
   }

@@ -7,7 +7,7 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { AppEnv } from "../services.ts";
 import { ApiError, badRequest } from "../http/errors.ts";
 import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
-import { UsageReader } from "../providers/usage.ts";
+import { UsageReader, withSearches } from "../providers/usage.ts";
 import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../pricing.ts";
 import { usdNumber } from "../money.ts";
 import type { MeteredRequest } from "./metered.ts";
@@ -192,7 +192,11 @@ export async function settleJson(
   logAnomalies(m, reader);
   const missing = usage.prompt === 0 && usage.completion === 0;
   if (missing) {
-    usage = { ...ZERO_USAGE, prompt: promptTokens(), completion: countReplyOutput(body) };
+    // Searches the reply did report are still billed (they are not tokens).
+    usage = withSearches(
+      { ...ZERO_USAGE, prompt: promptTokens(), completion: countReplyOutput(body) },
+      usage.webSearches ?? 0,
+    );
     svc.log("warn", "reply without usage; counted by the router", {
       request_id: m.c.get("requestId"),
       prompt_tokens: usage.prompt,
@@ -241,8 +245,10 @@ export function billStream(
   const settleWith = (produced: () => string) => (u: NormalizedUsage) => {
     settled = true;
     if (u.prompt !== 0 || u.completion !== 0) return m.settle(u);
-    const counted = latest ??
-      { ...inputUsage(), completion: countStreamedOutput(produced()), reasoning: 0 };
+    const counted = withSearches(
+      latest ?? { ...inputUsage(), completion: countStreamedOutput(produced()), reasoning: 0 },
+      u.webSearches ?? 0,
+    );
     svc.log("warn", "stream's final usage is empty; counted by the router", {
       request_id: m.c.get("requestId"),
       prompt_tokens: counted.prompt,

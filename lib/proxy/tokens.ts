@@ -17,6 +17,48 @@ export function promptTokenBound(rawBody: string): number {
   return bytes + images * IMAGE_ALLOWANCE;
 }
 
+/**
+ * The web searches held for a request that allows the provider's web search tool without a
+ * limit of its own (Anthropic's `max_uses`, OpenAI's `max_tool_calls`). Not a limit: a request
+ * that searches more is billed every search, up to the balance left (the charge is capped there).
+ */
+export const DEFAULT_WEB_SEARCH_BOUND = 20;
+
+/** A request's own search limit, if it is a count; otherwise none. */
+const limitOf = (v: unknown) =>
+  typeof v === "number" && Number.isInteger(v) && v >= 0 ? v : undefined;
+
+const objects = (v: unknown) =>
+  (Array.isArray(v) ? v : []).filter((t): t is Record<string, unknown> =>
+    !!t && typeof t === "object"
+  );
+
+/**
+ * The most web searches an Anthropic Messages request may run, for the hold: each web search
+ * tool (`web_search_20250305` and later versions) allows its `max_uses`, or the default bound.
+ */
+export function anthropicSearchBound(body: Record<string, unknown>): number {
+  let n = 0;
+  for (const t of objects(body.tools)) {
+    if (typeof t.type !== "string" || !t.type.startsWith("web_search")) continue;
+    n += limitOf(t.max_uses) ?? DEFAULT_WEB_SEARCH_BOUND;
+  }
+  return n;
+}
+
+/**
+ * The most web searches an OpenAI Responses request may run, for the hold: none without a web
+ * search tool (`web_search`, `web_search_preview` and their dated versions), unless a stored
+ * prompt (`prompt`), whose tools the body does not show, is used; `max_tool_calls` (all built-in
+ * tool calls of the response) when set, the default bound otherwise.
+ */
+export function responsesSearchBound(body: Record<string, unknown>): number {
+  const searching = body.prompt ||
+    objects(body.tools).some((t) => typeof t.type === "string" && t.type.startsWith("web_search"));
+  if (!searching) return 0;
+  return limitOf(body.max_tool_calls) ?? DEFAULT_WEB_SEARCH_BOUND;
+}
+
 /** A token estimate for text the router counts itself (about four characters a token). */
 export const estimateTokens = (text: string) => Math.ceil(text.length / 4);
 

@@ -3,7 +3,12 @@ import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
-import { estimatePromptTokens, estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
+import {
+  anthropicSearchBound,
+  estimatePromptTokens,
+  estimateTokens,
+  promptTokenBound,
+} from "../../lib/proxy/tokens.ts";
 import { withData } from "../../lib/proxy/sse.ts";
 import { callUpstream, readUpstreamJson } from "../../lib/proxy/upstream.ts";
 import {
@@ -50,10 +55,18 @@ export async function messages(c: Context<AppEnv>) {
   const candidates = candidatesFor(c, primary, []);
   const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
+  // Anthropic's web search tool runs only where the request goes as sent (the translation to
+  // other providers passes custom tools only): the hold covers its searches there.
+  const searches = (model: ResolvedModel) => native(model) ? anthropicSearchBound(body) : 0;
   await m.reserve(
     promptTokenBound(raw),
     body.max_tokens,
-    candidates.slice(1).map((model) => ({ model, outputTokens: body.max_tokens })),
+    candidates.slice(1).map((model) => ({
+      model,
+      outputTokens: body.max_tokens,
+      searches: searches(model),
+    })),
+    searches(primary),
   );
   const headers = c.req.raw.headers;
   const reply = await forward(

@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
-import { estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
+import { estimateTokens, promptTokenBound, responsesSearchBound } from "../../lib/proxy/tokens.ts";
 import { withData } from "../../lib/proxy/sse.ts";
 import {
   billStream,
@@ -15,7 +15,12 @@ import {
   SSE_HEADERS,
   withCost,
 } from "../../lib/proxy/pipeline.ts";
-import { readResponsesUsage, UsageReader } from "../../lib/providers/usage.ts";
+import {
+  readResponsesUsage,
+  responsesWebSearches,
+  UsageReader,
+  withSearches,
+} from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { ZERO_USAGE } from "../../lib/pricing.ts";
 import { obj } from "../../lib/providers/common.ts";
@@ -57,6 +62,7 @@ export async function responses(c: Context<AppEnv>) {
     promptTokenBound(raw) + stored,
     limit(primary),
     candidates.slice(1).map((model) => ({ model, outputTokens: limit(model) })),
+    responsesSearchBound(body),
   );
   const headers = c.req.raw.headers;
   const reply = await forward(
@@ -74,7 +80,12 @@ export async function responses(c: Context<AppEnv>) {
     return c.json(
       await settleJson(m, reply, (json, r) => {
         const out = obj(json);
-        return { body: out, usage: readResponsesUsage(out.usage, r) };
+        // Each web_search_call output item is one search, billed at the model's fee.
+        const usage = withSearches(
+          readResponsesUsage(out.usage, r),
+          responsesWebSearches(out.output, r),
+        );
+        return { body: out, usage };
       }, () => estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? ""))),
     );
   }
@@ -86,7 +97,11 @@ export async function responses(c: Context<AppEnv>) {
       // response.completed (or .incomplete / .failed) carries the final usage in `response`.
       const response = obj(data.response);
       if (!response.usage || typeof response.usage !== "object") return undefined;
-      const cost = await settle(readResponsesUsage(response.usage, reader));
+      // The final response lists every output item, its web_search_call items included.
+      const cost = await settle(withSearches(
+        readResponsesUsage(response.usage, reader),
+        responsesWebSearches(response.output, reader),
+      ));
       logAnomalies(m, reader);
       return withData(event, {
         ...data,

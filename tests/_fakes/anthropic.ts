@@ -111,7 +111,12 @@ export function startFakeAnthropic(): FakeAnthropic {
             content: [],
             stop_reason: null,
             stop_sequence: null,
-            usage: { ...usage, output_tokens: 1 },
+            // As Anthropic's: the searches are counted in message_delta, none at the start.
+            usage: {
+              ...usage,
+              output_tokens: 1,
+              ...(usage.server_tool_use ? { server_tool_use: { web_search_requests: 0 } } : {}),
+            },
           },
         }],
         ["content_block_start", {
@@ -154,7 +159,10 @@ export function startFakeAnthropic(): FakeAnthropic {
         ["message_delta", {
           type: "message_delta",
           delta: { stop_reason: stopReason, stop_sequence: null },
-          usage: { output_tokens: usage.output_tokens },
+          usage: {
+            output_tokens: usage.output_tokens,
+            ...(usage.server_tool_use ? { server_tool_use: usage.server_tool_use } : {}),
+          },
         }],
         ["message_stop", { type: "message_stop" }],
       );

@@ -38,6 +38,8 @@ export interface Scenario {
   content?: string;
   /** Usage a Responses API reply reports (`input_tokens`, `output_tokens`, details). */
   responsesUsage?: Record<string, unknown>;
+  /** Web search calls (`web_search_call` output items) a Responses reply makes before its text. */
+  webSearchCalls?: number;
 }
 
 export interface FakeOpenAI {
@@ -246,21 +248,43 @@ function responsesReply(body: Record<string, unknown>, s: Scenario, fake: FakeOp
     role: "assistant",
     content: [{ type: "output_text", text, annotations: [] }],
   };
-  if (!body.stream) return Response.json(response("completed", [message], usage));
+  const searches = Array.from({ length: s.webSearchCalls ?? 0 }, (_, i) => ({
+    type: "web_search_call",
+    id: `ws_${i}`,
+    status: "completed",
+    action: { type: "search", query: `query ${i}`, sources: [] },
+  }));
+  const output = [...searches, message];
+  if (!body.stream) return Response.json(response("completed", output, usage));
   const n = Math.max(1, s.chunks ?? 3);
   const size = Math.ceil(text.length / n);
   let seq = 0;
   const events: Record<string, unknown>[] = [
     { type: "response.created", response: response("in_progress", [], null) },
+    ...searches.flatMap((item, i) => [
+      {
+        type: "response.output_item.added",
+        output_index: i,
+        item: { ...item, status: "in_progress" },
+      },
+      { type: "response.web_search_call.completed", output_index: i, item_id: item.id },
+      { type: "response.output_item.done", output_index: i, item },
+    ]),
     ...Array.from({ length: n }, (_, i) => ({
       type: "response.output_text.delta",
       item_id: msgId,
-      output_index: 0,
+      output_index: searches.length,
       content_index: 0,
       delta: text.slice(i * size, (i + 1) * size),
     })),
-    { type: "response.output_text.done", item_id: msgId, output_index: 0, content_index: 0, text },
-    { type: "response.completed", response: response("completed", [message], usage) },
+    {
+      type: "response.output_text.done",
+      item_id: msgId,
+      output_index: searches.length,
+      content_index: 0,
+      text,
+    },
+    { type: "response.completed", response: response("completed", output, usage) },
   ];
   const enc = new TextEncoder();
   let i = 0;

@@ -198,3 +198,26 @@ Deno.test("a model the catalog prices by units the router does not bill is refus
   assert.ok(lookupCatalog("openai", "gpt-4.1", when));
   assert.ok(lookupCatalog("anthropic", "claude-haiku-4-5", when));
 });
+
+Deno.test("web searches are billed at the catalog's fee per thousand, after the discount", () => {
+  const p = lookupCatalog("anthropic", "claude-haiku-4-5", new Date())!.prices;
+  assert.equal(p.webSearchK, 10_000_000_000n, "$10 per 1000 searches");
+  // 1000 × $1/M + 3 searches × $0.01 = $0.031; 20 % off = $0.0248.
+  assert.deepEqual(priceUsage(usage({ prompt: 1000, webSearches: 3 }), p, 2000), {
+    market: 31_000_000n,
+    cost: 24_800_000n,
+  });
+  // A fee of a fraction of a nano-dollar per search is summed before the one division.
+  const odd = priceTableFrom({ input_mtok: 1, web_searches_kcount: "0.000000001" })!;
+  assert.equal(priceUsage(usage({ webSearches: 1499 }), odd, 0).market, 1n);
+  assert.equal(priceUsage(usage({ webSearches: 1500 }), odd, 0).market, 2n);
+  // The worst case holds every search allowed at the same fee.
+  assert.equal(
+    priceWorstCase(0, 0, p, 2000, 5).cost - priceWorstCase(0, 0, p, 2000).cost,
+    40_000_000n,
+  );
+  // A model whose catalog entry lists no search fee keeps billing searches at nothing.
+  const none = lookupCatalog("anthropic", "claude-3-haiku", new Date())!;
+  assert.equal(none.prices.webSearchK, undefined);
+  assert.equal(priceUsage(usage({ webSearches: 3 }), none.prices, 0).market, 0n);
+});

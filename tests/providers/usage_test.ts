@@ -5,8 +5,15 @@ import {
   readGeminiUsage,
   readOpenAIUsage,
   readResponsesUsage,
+  responsesWebSearches,
   UsageReader,
+  withSearches,
 } from "../../lib/providers/usage.ts";
+import {
+  anthropicSearchBound,
+  DEFAULT_WEB_SEARCH_BOUND,
+  responsesSearchBound,
+} from "../../lib/proxy/tokens.ts";
 import { anthropic } from "../../lib/providers/anthropic/mod.ts";
 import { gemini } from "../../lib/providers/gemini/mod.ts";
 import { ZERO_USAGE } from "../../lib/pricing.ts";
@@ -236,4 +243,52 @@ Deno.test("audio tokens are read from OpenAI and Gemini usage and survive transl
   assert.deepEqual(readOpenAIUsage(openAIUsageOf(gem), r), gem);
   assert.deepEqual(readOpenAIUsage(openAIUsageOf(openai), r), openai);
   assert.deepEqual(r.anomalies, []);
+});
+
+Deno.test("web searches: Anthropic's server_tool_use, OpenAI Responses' web_search_call items", () => {
+  const r = new UsageReader();
+  const u = readAnthropicUsage({
+    input_tokens: 10,
+    output_tokens: 5,
+    server_tool_use: { web_search_requests: 4, web_fetch_requests: 2 },
+  }, r);
+  assert.equal(u.webSearches, 4);
+  assert.equal(readAnthropicUsage({ input_tokens: 1, output_tokens: 1 }, r).webSearches, undefined);
+  const output = [
+    { type: "web_search_call", id: "ws_1", status: "completed", action: { type: "search" } },
+    { type: "reasoning", id: "rs_1" },
+    { type: "web_search_call", id: "ws_2", status: "completed", action: { type: "open_page" } },
+    { type: "message", id: "msg_1" },
+  ];
+  assert.equal(responsesWebSearches(output, r), 2);
+  assert.equal(responsesWebSearches(undefined, r), 0);
+  const base = readResponsesUsage({ input_tokens: 7, output_tokens: 3 }, r);
+  assert.equal(withSearches(base, 2).webSearches, 2);
+  // Two counts of one request's searches are cumulative: the larger stands.
+  assert.equal(withSearches({ ...base, webSearches: 5 }, 2).webSearches, 5);
+  assert.deepEqual(r.anomalies, []);
+  assert.equal(
+    readAnthropicUsage({ server_tool_use: { web_search_requests: -1 } }, r).webSearches,
+    undefined,
+  );
+  assert.equal(r.anomalies.length, 1);
+});
+
+Deno.test("the hold's search bound: max_uses, max_tool_calls, or the default", () => {
+  const ws = { type: "web_search_20250305", name: "web_search" };
+  assert.equal(anthropicSearchBound({ tools: [{ name: "f", input_schema: {} }] }), 0);
+  assert.equal(anthropicSearchBound({ tools: [{ ...ws, max_uses: 3 }] }), 3);
+  assert.equal(anthropicSearchBound({ tools: [ws] }), DEFAULT_WEB_SEARCH_BOUND);
+  assert.equal(
+    anthropicSearchBound({ tools: [{ ...ws, max_uses: "9" }] }),
+    DEFAULT_WEB_SEARCH_BOUND,
+  );
+  assert.equal(responsesSearchBound({ tools: [{ type: "function", name: "f" }] }), 0);
+  assert.equal(responsesSearchBound({ tools: [{ type: "web_search" }] }), DEFAULT_WEB_SEARCH_BOUND);
+  assert.equal(
+    responsesSearchBound({ tools: [{ type: "web_search_preview" }], max_tool_calls: 2 }),
+    2,
+  );
+  // A stored prompt may bring its own tools: held as if it searched.
+  assert.equal(responsesSearchBound({ prompt: { id: "pmpt_1" } }), DEFAULT_WEB_SEARCH_BOUND);
 });
