@@ -33,6 +33,94 @@ export interface FakeGemini {
 
 type Part = Record<string, unknown>;
 
+/**
+ * The fields of Gemini's `Schema`, the OpenAPI subset that `parameters` and `responseSchema` take.
+ * Its parser knows no other: `additionalProperties`, `$ref`, `const`... are refused with a 400.
+ */
+const SCHEMA_FIELDS = new Set([
+  "type",
+  "format",
+  "title",
+  "description",
+  "nullable",
+  "enum",
+  "maxItems",
+  "minItems",
+  "properties",
+  "required",
+  "minProperties",
+  "maxProperties",
+  "minLength",
+  "maxLength",
+  "pattern",
+  "example",
+  "anyOf",
+  "propertyOrdering",
+  "default",
+  "items",
+  "minimum",
+  "maximum",
+]);
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  !!v && typeof v === "object" && !Array.isArray(v);
+
+/** Why Gemini's parser refuses this `Schema` (wording as the real API's), or null. */
+function schemaError(s: unknown, at: string): string | null {
+  if (!isObject(s)) return `Invalid value at '${at}': Starting an object on a scalar field`;
+  for (const [k, v] of Object.entries(s)) {
+    if (!SCHEMA_FIELDS.has(k)) return `Unknown name "${k}" at '${at}': Cannot find field.`;
+    if (k === "type" && typeof v !== "string") {
+      return `Invalid value at '${at}.type': Proto field is not repeating, cannot start list.`;
+    }
+    const subs: [unknown, string][] = k === "properties" && isObject(v)
+      ? Object.values(v).map((x, i) => [x, `${at}.properties[${i}].value`])
+      : k === "items"
+      ? [[v, `${at}.items`]]
+      : k === "anyOf" && Array.isArray(v)
+      ? v.map((x, i) => [x, `${at}.any_of[${i}]`])
+      : [];
+    for (const [x, where] of subs) {
+      const e = schemaError(x, where);
+      if (e) return e;
+    }
+  }
+  return null;
+}
+
+/** Why the real API would refuse this request's tools or schemas, or null. */
+function requestError(body: Record<string, unknown>): string | null {
+  const tools = Array.isArray(body.tools) ? body.tools : [];
+  for (const [i, t] of tools.entries()) {
+    const decls = isObject(t) && Array.isArray(t.functionDeclarations)
+      ? t.functionDeclarations
+      : [];
+    for (const [j, d] of decls.entries()) {
+      const at = `tools[${i}].function_declarations[${j}]`;
+      if (!isObject(d)) return `Invalid value at '${at}'`;
+      if (d.parameters !== undefined && d.parametersJsonSchema !== undefined) {
+        return `${at}: parameters and parameters_json_schema are mutually exclusive`;
+      }
+      if (d.parameters !== undefined) {
+        const e = schemaError(d.parameters, `${at}.parameters`);
+        if (e) return e;
+      }
+      if (d.parametersJsonSchema !== undefined && !isObject(d.parametersJsonSchema)) {
+        return `${at}.parameters_json_schema: the schema must describe an object`;
+      }
+    }
+  }
+  const gen = isObject(body.generationConfig) ? body.generationConfig : {};
+  if (gen.responseSchema !== undefined && gen.responseJsonSchema !== undefined) {
+    return "generation_config: response_schema and response_json_schema are mutually exclusive";
+  }
+  if (gen.responseSchema !== undefined) {
+    const e = schemaError(gen.responseSchema, "generation_config.response_schema");
+    if (e) return e;
+  }
+  return null;
+}
+
 function replyText(body: Record<string, unknown>): string {
   const contents = (body.contents ?? []) as { role: string; parts: Part[] }[];
   const last = [...contents].reverse().find((c) => c.role === "user");
@@ -63,6 +151,13 @@ export function startFakeGemini(): FakeGemini {
         url.pathname,
       );
       if (!m) return new Response("not found", { status: 404 });
+      const invalid = requestError(body);
+      if (invalid) {
+        return Response.json(
+          { error: { code: 400, message: invalid, status: "INVALID_ARGUMENT" } },
+          { status: 400 },
+        );
+      }
       if (s.status && s.status >= 400) {
         return Response.json(
           { error: { code: s.status, message: `failure echoing: ${JSON.stringify(body)}` } },

@@ -95,11 +95,7 @@ Deno.test("chat completions to Gemini: a tool-calling round trip, reasoning and 
       functionDeclarations: [{
         name: "get_weather",
         description: "Weather of a city",
-        parameters: {
-          type: "object",
-          properties: { city: { type: "string" } },
-          required: ["city"],
-        },
+        parametersJsonSchema: TOOLS[0].function.parameters,
       }],
     }]);
     assert.deepEqual(sent.toolConfig, { functionCallingConfig: { mode: "AUTO" } });
@@ -192,6 +188,60 @@ Deno.test("a streamed Gemini reply is translated to OpenAI chunks one by one", a
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.total_used, "0.007072");
     await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+// A tool schema as OpenAI clients write them (zod, Pydantic): $defs/$ref, const, nullable unions
+// and closed objects. None of it fits Gemini's OpenAPI-subset `parameters`.
+const RICH_SCHEMA = {
+  $schema: "http://json-schema.org/draft-07/schema#",
+  type: "object",
+  $defs: {
+    unit: { type: "string", enum: ["c", "f"] },
+  },
+  properties: {
+    city: { type: "string" },
+    unit: { $ref: "#/$defs/unit" },
+    country: { type: ["string", "null"] },
+    days: { anyOf: [{ type: "integer", minimum: 1 }, { type: "null" }] },
+    kind: { const: "forecast" },
+  },
+  required: ["city", "unit", "country", "days", "kind"],
+  additionalProperties: false,
+};
+
+Deno.test("tool and response schemas reach Gemini whole, as JSON Schema (parametersJsonSchema)", async () => {
+  const t = await startProviders();
+  try {
+    const { key } = await t.account("1");
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+    t.gemini.scenario = { content: "{}" };
+    const reply = await client.chat.completions.create({
+      model: "gemini-2.5-flash",
+      messages: [{ role: "user", content: "Forecast?" }],
+      tools: [{
+        type: "function",
+        function: { name: "forecast", description: "A forecast", parameters: RICH_SCHEMA },
+      }],
+      response_format: {
+        type: "json_schema",
+        json_schema: { name: "answer", strict: true, schema: RICH_SCHEMA },
+      },
+    });
+    assert.equal(reply.choices[0].finish_reason, "stop");
+    const sent = t.gemini.requests[0];
+    assert.deepEqual(sent.tools, [{
+      functionDeclarations: [{
+        name: "forecast",
+        description: "A forecast",
+        parametersJsonSchema: RICH_SCHEMA,
+      }],
+    }]);
+    const gen = sent.generationConfig as Record<string, unknown>;
+    assert.deepEqual(gen.responseJsonSchema, RICH_SCHEMA);
+    assert.equal(gen.responseSchema, undefined);
   } finally {
     await t.close();
   }

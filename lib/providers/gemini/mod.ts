@@ -20,19 +20,6 @@ type Part = Record<string, unknown>;
 /** Separates a tool call id from the Gemini thought signature carried inside it. */
 const SIGNATURE_MARK = "__thought__";
 
-/** JSON-schema keywords Gemini's OpenAPI-subset `parameters` rejects. */
-const UNSUPPORTED_SCHEMA_KEYS = new Set(["$schema", "additionalProperties", "strict", "$id"]);
-
-function cleanSchema(v: unknown): unknown {
-  if (Array.isArray(v)) return v.map(cleanSchema);
-  if (!v || typeof v !== "object") return v;
-  return Object.fromEntries(
-    Object.entries(v).filter(([k]) => !UNSUPPORTED_SCHEMA_KEYS.has(k)).map((
-      [k, x],
-    ) => [k, cleanSchema(x)]),
-  );
-}
-
 function userParts(content: unknown): Part[] {
   if (typeof content === "string") return content ? [{ text: content }] : [];
   const parts: Part[] = [];
@@ -152,7 +139,9 @@ export function toGeminiBody(body: Record<string, unknown>): Record<string, unkn
       functionDeclarations: tools.map((t) => ({
         name: t.name,
         ...(t.description ? { description: t.description } : {}),
-        ...(t.parameters ? { parameters: cleanSchema(t.parameters) } : {}),
+        // As given: `parametersJsonSchema` takes JSON Schema ($ref, const, type lists, closed
+        // objects...), which Gemini's OpenAPI-subset `parameters` refuses.
+        ...(t.parameters ? { parametersJsonSchema: t.parameters } : {}),
       })),
     }];
   }
