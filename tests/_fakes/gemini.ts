@@ -11,8 +11,8 @@ export interface GeminiScenario {
   status?: number;
   /** The reply's text; by default "Echo: " + the last user text, or the last function result. */
   content?: string;
-  /** Answer with a call of this function instead of text. */
-  functionCall?: { name: string; args: Record<string, unknown> };
+  /** Answer with a call of this function instead of text (with Gemini's call `id` if given). */
+  functionCall?: { name: string; args: Record<string, unknown>; id?: string };
   /** Number of events a stream is cut into. */
   chunks?: number;
   /** Block the prompt for this reason: no candidate, only promptFeedback and the prompt's usage. */
@@ -28,6 +28,8 @@ export interface FakeGemini {
   /** The path and query of each request (model and method). */
   paths: string[];
   keys: string[];
+  /** The function call ids handed out; once there are some, each functionResponse must carry one. */
+  callIds: Set<string>;
   close(): Promise<void>;
 }
 
@@ -88,8 +90,8 @@ function schemaError(s: unknown, at: string): string | null {
   return null;
 }
 
-/** Why the real API would refuse this request's tools or schemas, or null. */
-function requestError(body: Record<string, unknown>): string | null {
+/** Why the real API would refuse this request's tools, schemas or function responses, or null. */
+function requestError(body: Record<string, unknown>, callIds: Set<string>): string | null {
   const tools = Array.isArray(body.tools) ? body.tools : [];
   for (const [i, t] of tools.entries()) {
     const decls = isObject(t) && Array.isArray(t.functionDeclarations)
@@ -118,6 +120,17 @@ function requestError(body: Record<string, unknown>): string | null {
     const e = schemaError(gen.responseSchema, "generation_config.response_schema");
     if (e) return e;
   }
+  if (callIds.size) {
+    const contents = Array.isArray(body.contents) ? body.contents : [];
+    for (const c of contents) {
+      for (const p of (isObject(c) && Array.isArray(c.parts) ? c.parts : [])) {
+        const fr = isObject(p) ? p.functionResponse : undefined;
+        if (isObject(fr) && !callIds.has(String(fr.id))) {
+          return `function_response.id ${JSON.stringify(fr.id)} matches no function call id`;
+        }
+      }
+    }
+  }
   return null;
 }
 
@@ -137,6 +150,7 @@ export function startFakeGemini(): FakeGemini {
     requests: [],
     paths: [],
     keys: [],
+    callIds: new Set(),
     close: () => server.close(),
   };
   const server = serveLoopback(
@@ -151,13 +165,14 @@ export function startFakeGemini(): FakeGemini {
         url.pathname,
       );
       if (!m) return new Response("not found", { status: 404 });
-      const invalid = requestError(body);
+      const invalid = requestError(body, fake.callIds);
       if (invalid) {
         return Response.json(
           { error: { code: 400, message: invalid, status: "INVALID_ARGUMENT" } },
           { status: 400 },
         );
       }
+      if (s.functionCall?.id) fake.callIds.add(s.functionCall.id);
       if (s.status && s.status >= 400) {
         return Response.json(
           { error: { code: s.status, message: `failure echoing: ${JSON.stringify(body)}` } },

@@ -246,3 +246,70 @@ Deno.test("tool and response schemas reach Gemini whole, as JSON Schema (paramet
     await t.close();
   }
 });
+
+Deno.test("Gemini's function call id goes back on the functionResponse, streamed or not", async () => {
+  const t = await startProviders();
+  try {
+    const { key } = await t.account("1");
+    const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
+    const ask = [{ role: "user" as const, content: "Weather in Rome?" }];
+    for (const stream of [false, true]) {
+      const geminiId = stream ? "fc-stream-2" : "fc-plain-1";
+      t.gemini.scenario = {
+        functionCall: { id: geminiId, name: "get_weather", args: { city: "Rome" } },
+      };
+      let call: { id: string; type: "function"; function: { name: string; arguments: string } };
+      if (stream) {
+        const chunks = await client.chat.completions.create({
+          model: "gemini-2.5-flash",
+          messages: ask,
+          tools: TOOLS,
+          stream: true,
+        });
+        let id = "";
+        let args = "";
+        for await (const c of chunks) {
+          const tc = c.choices[0]?.delta?.tool_calls?.[0];
+          id += tc?.id ?? "";
+          args += tc?.function?.arguments ?? "";
+        }
+        call = { id, type: "function", function: { name: "get_weather", arguments: args } };
+      } else {
+        const first = await client.chat.completions.create({
+          model: "gemini-2.5-flash",
+          messages: ask,
+          tools: TOOLS,
+        });
+        const tc = first.choices[0].message.tool_calls![0];
+        assert.equal(tc.type, "function");
+        call = tc as typeof call;
+      }
+      t.gemini.scenario = {};
+      const second = await client.chat.completions.create({
+        model: "gemini-2.5-flash",
+        messages: [
+          ...ask,
+          { role: "assistant", content: null, tool_calls: [call] },
+          { role: "tool", tool_call_id: call.id, content: '{"sky":"clear"}' },
+        ],
+        tools: TOOLS,
+      });
+      assert.equal(second.choices[0].message.content, 'Tool said: {"sky":"clear"}');
+      assert.deepEqual(t.gemini.requests.at(-1)!.contents, [
+        { role: "user", parts: [{ text: "Weather in Rome?" }] },
+        {
+          role: "model",
+          parts: [{ functionCall: { id: geminiId, name: "get_weather", args: { city: "Rome" } } }],
+        },
+        {
+          role: "user",
+          parts: [{
+            functionResponse: { id: geminiId, name: "get_weather", response: { sky: "clear" } },
+          }],
+        },
+      ]);
+    }
+  } finally {
+    await t.close();
+  }
+});

@@ -4,6 +4,7 @@ import { json } from "../_helpers.ts";
 import { sseData, startProviders } from "./_setup.ts";
 import { anthropic } from "../../lib/providers/anthropic/mod.ts";
 import { gemini } from "../../lib/providers/gemini/mod.ts";
+import { UsageReader } from "../../lib/providers/usage.ts";
 
 const FAST_RETRY = { retry: { max_retries: 1, backoff_ms: 1 } };
 const UP = { baseUrl: "http://127.0.0.1:1", apiKey: "k" };
@@ -398,4 +399,45 @@ Deno.test("Anthropic overloaded_error (529) is retried like a 5xx and never echo
   } finally {
     await t.close();
   }
+});
+
+Deno.test("Gemini's call id and thought signature both travel in the tool call id, and go back", () => {
+  const { body } = gemini.chatReply({
+    candidates: [{
+      content: {
+        parts: [
+          { functionCall: { id: "g-1", name: "f", args: { a: 1 } }, thoughtSignature: "c2_ln+/=" },
+          { functionCall: { name: "g", args: {} } },
+        ],
+      },
+      finishReason: "STOP",
+    }],
+  }, new UsageReader());
+  const calls = obj((body.choices as Row[])[0].message).tool_calls as Row[];
+  assert.equal(new Set(calls.map((c) => c.id)).size, 2, "distinct ids");
+  const g = sent(gemini, {
+    messages: [
+      { role: "user", content: "go" },
+      { role: "assistant", content: null, tool_calls: calls },
+      { role: "tool", tool_call_id: calls[0].id, content: "one" },
+      { role: "tool", tool_call_id: calls[1].id, content: "two" },
+    ],
+  });
+  assert.deepEqual(g.contents.slice(1), [
+    {
+      role: "model",
+      parts: [
+        { functionCall: { id: "g-1", name: "f", args: { a: 1 } }, thoughtSignature: "c2_ln+/=" },
+        { functionCall: { name: "g", args: {} } },
+      ],
+    },
+    {
+      role: "user",
+      parts: [
+        { functionResponse: { id: "g-1", name: "f", response: { result: "one" } } },
+        // A call Gemini gave no id: the router's id stays with the router.
+        { functionResponse: { name: "g", response: { result: "two" } } },
+      ],
+    },
+  ]);
 });

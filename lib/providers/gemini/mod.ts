@@ -19,6 +19,29 @@ type Part = Record<string, unknown>;
 
 /** Separates a tool call id from the Gemini thought signature carried inside it. */
 const SIGNATURE_MARK = "__thought__";
+/** Separates the router's tool call id from Gemini's own id of the call, carried inside it. */
+const CALL_ID_MARK = "__gemini__";
+
+/**
+ * The OpenAI tool call id of a Gemini function call: the router's id, then Gemini's id of the call
+ * and its thought signature if it has them, which OpenAI clients hand back with the call and its
+ * result (`…__gemini__<id>__thought__<signature>`).
+ */
+function toolCallId(part: Part, call: Part, mint: () => string): string {
+  return mint() + (typeof call.id === "string" && call.id ? CALL_ID_MARK + call.id : "") +
+    (typeof part.thoughtSignature === "string" ? SIGNATURE_MARK + part.thoughtSignature : "");
+}
+
+/** What a tool call id carries back to Gemini: its id of the call and the thought signature. */
+function fromToolCallId(toolCallId: unknown): { id?: string; signature?: string } {
+  const s = String(toolCallId ?? "");
+  const at = s.indexOf(SIGNATURE_MARK);
+  const head = at < 0 ? s : s.slice(0, at);
+  const signature = at < 0 ? "" : s.slice(at + SIGNATURE_MARK.length);
+  const mark = head.indexOf(CALL_ID_MARK);
+  const id = mark < 0 ? "" : head.slice(mark + CALL_ID_MARK.length);
+  return { ...(id ? { id } : {}), ...(signature ? { signature } : {}) };
+}
 
 function userParts(content: unknown): Part[] {
   if (typeof content === "string") return content ? [{ text: content }] : [];
@@ -92,9 +115,9 @@ export function toGeminiBody(body: Record<string, unknown>): Record<string, unkn
         for (const tc of arr(m.tool_calls)) {
           const t = obj(tc);
           const f = obj(t.function);
-          const signature = String(t.id ?? "").split(SIGNATURE_MARK)[1];
+          const { id, signature } = fromToolCallId(t.id);
           parts.push({
-            functionCall: { name: f.name, args: parseArgs(f.arguments) },
+            functionCall: { ...(id ? { id } : {}), name: f.name, args: parseArgs(f.arguments) },
             ...(signature ? { thoughtSignature: signature } : {}),
           });
         }
@@ -102,9 +125,15 @@ export function toGeminiBody(body: Record<string, unknown>): Record<string, unkn
         break;
       }
       case "tool": {
-        const id = String(m.tool_call_id ?? "");
+        const callId = String(m.tool_call_id ?? "");
+        // Gemini matches a response to its call by the call's id, when it gave one.
+        const { id } = fromToolCallId(callId);
         push("user", [{
-          functionResponse: { name: names.get(id) ?? id, response: toolResponse(m.content) },
+          functionResponse: {
+            ...(id ? { id } : {}),
+            name: names.get(callId) ?? callId,
+            response: toolResponse(m.content),
+          },
         }]);
         break;
       }
@@ -192,9 +221,8 @@ function partsOf(candidate: Record<string, unknown>, callIds: () => string) {
     } else if (part.functionCall) {
       const fc = obj(part.functionCall);
       toolCalls.push({
-        // Gemini wants a call's thought signature back with it; OpenAI clients return the id.
-        id: (typeof fc.id === "string" ? fc.id : callIds()) +
-          (typeof part.thoughtSignature === "string" ? SIGNATURE_MARK + part.thoughtSignature : ""),
+        // Gemini wants its id and thought signature back; OpenAI clients return the tool call id.
+        id: toolCallId(part, fc, callIds),
         type: "function",
         function: { name: fc.name, arguments: JSON.stringify(fc.args ?? {}) },
       });
