@@ -43,11 +43,14 @@ export interface ProviderAdapter {
    * The upstream SSE body → an OpenAI-format chat completion SSE body. A translated stream ends
    * with an OpenAI usage chunk (`choices: []`) whenever the upstream reported usage. A provider
    * that reports its input usage early (Anthropic's `message_start`) passes it to `onInput`, so
-   * a stream cut before its end is billed for the real input.
+   * a stream cut before its end is billed for the real input. A provider's error event mid-stream
+   * becomes an OpenAI error chunk and the stream then ends as usual; `onFailed` tells the billing
+   * that it failed (audited `upstream_stream_failed`, not `usage_missing`).
    */
   chatStream(
     body: ReadableStream<Uint8Array>,
     onInput?: (usage: NormalizedUsage) => void,
+    onFailed?: () => void,
   ): ReadableStream<Uint8Array>;
   /**
    * The provider's own request format, passed through (Anthropic `/v1/messages`, OpenAI

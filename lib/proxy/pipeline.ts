@@ -216,8 +216,9 @@ export async function settleJson(
  * latest interim usage is settled (it is the provider's own count); without one the router counts
  * what was streamed and settles that on top of `inputUsage` (the input side as far as known), or
  * releases the hold if the upstream failed before producing anything. Either is audited with the
- * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`). An upstream failure
- * ends the stream with an error event in the client's `format`.
+ * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`; the last also when
+ * `failed` says the provider reported a failure in-stream). An upstream failure ends the stream
+ * with an error event in the client's `format`.
  */
 export function billStream(
   m: MeteredRequest,
@@ -234,6 +235,12 @@ export function billStream(
     format?: SseFormat;
     /** What to send for an event carrying usage after the final one (see `TapHandlers`). */
     afterFinal?: (chunk: Record<string, unknown>) => string | null | undefined;
+    /**
+     * Whether the upstream failed though the stream ended as usual: a translated stream whose
+     * provider sent an error event (the translator's error chunk ends it). Audited
+     * `upstream_stream_failed` whichever way the stream then ended.
+     */
+    failed?: () => boolean;
   } = {},
 ): ReadableStream<Uint8Array> {
   const svc = m.c.get("svc");
@@ -265,11 +272,11 @@ export function billStream(
     onUsage: (chunk, event, produced) => onUsage(chunk, event, settleWith(produced), interim),
     async onEnd(kind, produced) {
       if (settled) return;
-      const errorCode = kind === "complete"
+      const errorCode = kind === "error" || opts.failed?.()
+        ? "upstream_stream_failed"
+        : kind === "complete"
         ? "usage_missing"
-        : kind === "cancelled"
-        ? "client_disconnected"
-        : "upstream_stream_failed";
+        : "client_disconnected";
       if (latest) {
         await m.settle(latest, { errorCode });
         svc.log("warn", "stream ended without final usage; its latest usage settled", {

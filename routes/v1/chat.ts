@@ -116,9 +116,10 @@ export async function chatCompletions(c: Context<AppEnv>) {
     }
     return null;
   };
+  let failed = false;
   const out = billStream(
     m,
-    model.adapter.chatStream(reply.res.body!, (u) => input = u),
+    model.adapter.chatStream(reply.res.body!, (u) => input = u, () => failed = true),
     async (chunk, _event, settle, interim) => {
       // OpenAI's final usage comes in a chunk of its own, with no choices. Some OpenAI-compatible
       // hosts report usage with the choices instead: a running count on every chunk, or the whole
@@ -138,7 +139,7 @@ export async function chatCompletions(c: Context<AppEnv>) {
     },
     () => input ?? { ...ZERO_USAGE, prompt: estimatePromptTokens(body) },
     // A usage chunk of its own after the finishing one (vLLM sends both): the same bill.
-    { afterFinal: (chunk) => withBilled(chunk, billed!) },
+    { afterFinal: (chunk) => withBilled(chunk, billed!), failed: () => failed },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

@@ -97,8 +97,12 @@ export async function messages(c: Context<AppEnv>) {
     );
   }
   let input: NormalizedUsage | null = null;
+  let failed = false;
   const upstream = translated
-    ? chatStreamToMessages(model.adapter.chatStream(reply.res.body!, (u) => input = u), body.model)
+    ? chatStreamToMessages(
+      model.adapter.chatStream(reply.res.body!, (u) => input = u, () => failed = true),
+      body.model,
+    )
     : reply.res.body!;
   const reader = new UsageReader();
   // message_start carries the input usage, message_delta the final (cumulative) output.
@@ -124,7 +128,7 @@ export async function messages(c: Context<AppEnv>) {
         ...ZERO_USAGE,
         prompt: estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
       },
-    { format: "anthropic" },
+    { format: "anthropic", failed: () => failed },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

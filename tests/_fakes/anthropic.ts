@@ -21,6 +21,8 @@ export interface AnthropicScenario {
   breakAfter?: number;
   /** Milliseconds between stream events. */
   eventDelayMs?: number;
+  /** In a stream, send an `error` event (echoing the request) after this many events, then end. */
+  errorAfter?: number;
 }
 
 export interface FakeAnthropic {
@@ -166,6 +168,13 @@ export function startFakeAnthropic(): FakeAnthropic {
         }],
         ["message_stop", { type: "message_stop" }],
       );
+      if (s.errorAfter !== undefined) {
+        // As Anthropic's mid-stream failures (overloaded_error): an error event, then the end.
+        events.splice(s.errorAfter, events.length, ["error", {
+          type: "error",
+          error: { type: "overloaded_error", message: `failure echoing: ${JSON.stringify(body)}` },
+        }]);
+      }
       const enc = new TextEncoder();
       let i = 0;
       let timer: ReturnType<typeof setTimeout> | undefined;

@@ -347,6 +347,68 @@ Deno.test("a Gemini stream failing mid-way: the SDK throws, nothing echoed, the 
   }
 });
 
+Deno.test("a translated stream whose provider sends an error event is audited as a failed stream", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // Anthropic: message_start (1000 input), the text block's start, a ping, one delta, then an
+    // overloaded_error event. Gemini: one event with text and the prompt's usage, then an error.
+    t.anthropic.scenario = {
+      content: "abcdefgh",
+      chunks: 2,
+      errorAfter: 4,
+      usage: { input_tokens: 1000, output_tokens: 2 },
+    };
+    t.gemini.scenario = {
+      content: "abcdefgh",
+      chunks: 2,
+      errorAfter: 1,
+      usage: { promptTokenCount: 1000, candidatesTokenCount: 2 },
+    };
+    for (const model of ["anthropic/claude-haiku-4-5", "google/gemini-2.5-flash"]) {
+      const res = await t.call(key, "POST", "/v1/chat/completions", {
+        model,
+        messages: [{ role: "user", content: "secret words" }],
+        stream: true,
+        stream_options: { include_usage: true },
+      });
+      const text = await res.text();
+      assert.doesNotMatch(text, /secret words|failure echoing/, model);
+      const chunks = sseData(text);
+      // What the client receives is unchanged: the text so far, the error chunk, [DONE].
+      assert.equal(obj(chunks.at(-1)!.error).code, "upstream_error", model);
+      assert.ok(!chunks.some((c) => c.usage), model);
+      assert.match(text, /data: \[DONE\]\n\n$/, model);
+    }
+    // Gemini reached through the Messages API: the translated stream ends with `event: error`.
+    const res = await t.call(key, "POST", "/v1/messages", {
+      model: "google/gemini-2.5-flash",
+      max_tokens: 100,
+      messages: [{ role: "user", content: "secret words" }],
+      stream: true,
+    });
+    const text = await res.text();
+    assert.doesNotMatch(text, /secret words|failure echoing/);
+    assert.match(text, /event: error\n/);
+
+    await t.router.flush();
+    const audit = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
+    const rows = audit.data as Row[];
+    assert.deepEqual(rows.map((r) => r.provider).sort(), ["anthropic", "google", "google"]);
+    for (const row of rows) {
+      assert.equal(row.error_code, "upstream_stream_failed", String(row.provider));
+      assert.equal(row.prompt_tokens, 1000, "the input the provider reported");
+      assert.ok(Number(row.completion_tokens) >= 1, "the output streamed is counted");
+      assert.ok(Number(row.cost) > 0, "billed");
+    }
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("n > 1 streamed from Gemini: the OpenAI SDK assembles every choice", async () => {
   const t = await startProviders();
   try {
