@@ -12,7 +12,7 @@ import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../pricing.ts";
 import { usdNumber } from "../money.ts";
 import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
-import { type SseFormat, tapStream, type UsageAnswer } from "./sse.ts";
+import { type Observer, type SseFormat, tapStream, type UsageAnswer } from "./sse.ts";
 import { countReplyOutput, countStreamedOutput } from "./tokens.ts";
 import { pause } from "../kv/util.ts";
 
@@ -241,6 +241,11 @@ export function billStream(
      * `upstream_stream_failed` whichever way the stream then ended.
      */
     failed?: () => boolean;
+    /**
+     * Events to look at before the final usage (see `TapHandlers.observe`): what they tell (web
+     * searches already run) belongs in `inputUsage`, billed if the stream ends without usage.
+     */
+    observe?: Observer;
   } = {},
 ): ReadableStream<Uint8Array> {
   const svc = m.c.get("svc");
@@ -269,6 +274,7 @@ export function billStream(
   return tapStream(upstream, {
     format: opts.format,
     afterFinal: opts.afterFinal,
+    observe: opts.observe,
     onUsage: (chunk, event, produced) => onUsage(chunk, event, settleWith(produced), interim),
     async onEnd(kind, produced) {
       if (settled) return;
@@ -288,15 +294,18 @@ export function billStream(
         return;
       }
       const completion = countStreamedOutput(produced());
-      if (kind === "error" && completion === 0) {
+      const input = inputUsage();
+      // Searches the provider already ran are billed even when no output came before the failure.
+      if (kind === "error" && completion === 0 && !input.webSearches) {
         await m.release(502, "upstream_error");
         return;
       }
-      await m.settle({ ...inputUsage(), completion, reasoning: 0 }, { errorCode });
+      await m.settle({ ...input, completion, reasoning: 0 }, { errorCode });
       svc.log("warn", "stream ended without usage; counted by the router", {
         request_id: m.c.get("requestId"),
         reason: errorCode,
         completion_tokens: completion,
+        web_searches: input.webSearches ?? 0,
       });
     },
   }, svc.config.upstreamTimeoutMs);

@@ -181,6 +181,18 @@ export interface TapHandlers {
    * its place, null to drop it, undefined to pass it on. Unset, such events pass on unchanged.
    */
   afterFinal?(chunk: Record<string, unknown>): string | null | undefined;
+  /**
+   * Events worth a look before the final usage though they carry none (a web search the
+   * provider completed): each whose text matches `pattern` is parsed and handed to `see`, and
+   * passes on unchanged.
+   */
+  observe?: Observer;
+}
+
+/** See `TapHandlers.observe`. */
+export interface Observer {
+  pattern: RegExp;
+  see(chunk: Record<string, unknown>): void;
 }
 
 /**
@@ -271,8 +283,11 @@ export function tapStream(
         seen.push(r.value);
         const text = decoder.decode(r.value, { stream: true });
         const watching = !usageSeen || handlers.afterFinal !== undefined;
+        const observe = usageSeen ? undefined : handlers.observe;
         if (
-          !splitter.rest && (!watching || (!USAGE.test(text) && /\n\n$|\r\n\r\n$/.test(text)))
+          !splitter.rest && (!watching || (
+            !USAGE.test(text) && !observe?.pattern.test(text) && /\n\n$|\r\n\r\n$/.test(text)
+          ))
         ) {
           // Fast path: whole events without usage (or anything after it) go out as they came.
           ctrl.enqueue(r.value);
@@ -280,6 +295,10 @@ export function tapStream(
         }
         let out = "";
         for (const event of splitter.push(text)) {
+          if (observe?.pattern.test(event)) {
+            const data = eventData(event);
+            if (data && typeof data === "object") observe.see(data as Record<string, unknown>);
+          }
           if (usageSeen && handlers.afterFinal && USAGE.test(event)) {
             const data = eventData(event);
             const answer = data && typeof data === "object"

@@ -21,7 +21,7 @@ import {
   SSE_HEADERS,
   withCost,
 } from "../../lib/proxy/pipeline.ts";
-import { readAnthropicUsage, UsageReader } from "../../lib/providers/usage.ts";
+import { readAnthropicUsage, UsageReader, withSearches } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { type NormalizedUsage, ZERO_USAGE } from "../../lib/pricing.ts";
 import { obj } from "../../lib/providers/common.ts";
@@ -107,6 +107,9 @@ export async function messages(c: Context<AppEnv>) {
   const reader = new UsageReader();
   // message_start carries the input usage, message_delta the final (cumulative) output.
   let started: Record<string, unknown> | null = null;
+  // The web searches whose results came before the final usage (message_delta counts them): a
+  // stream cut before it still bills them. A search that failed (its result an error) is not billed.
+  const searched = new Set<string>();
   const out = billStream(
     m,
     upstream,
@@ -124,11 +127,27 @@ export async function messages(c: Context<AppEnv>) {
       return withData(event, { ...data, usage: withCost(data.usage, cost) });
     },
     () =>
-      started && !translated ? readAnthropicUsage(started, new UsageReader()) : input ?? {
-        ...ZERO_USAGE,
-        prompt: estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
+      withSearches(
+        started && !translated ? readAnthropicUsage(started, new UsageReader()) : input ?? {
+          ...ZERO_USAGE,
+          prompt: estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
+        },
+        searched.size,
+      ),
+    {
+      format: "anthropic",
+      failed: () => failed,
+      observe: {
+        pattern: /"web_search_tool_result"/,
+        see(data) {
+          const block = obj(data.content_block);
+          if (data.type !== "content_block_start" || block.type !== "web_search_tool_result") {
+            return;
+          }
+          if (Array.isArray(block.content)) searched.add(String(block.tool_use_id ?? data.index));
+        },
       },
-    { format: "anthropic", failed: () => failed },
+    },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

@@ -90,6 +90,8 @@ export async function responses(c: Context<AppEnv>) {
     );
   }
   const reader = new UsageReader();
+  // The web_search_call items done so far: a stream cut before its final usage still bills them.
+  const searched = new Set<string>();
   const out = billStream(
     m,
     reply.res.body!,
@@ -108,10 +110,21 @@ export async function responses(c: Context<AppEnv>) {
         response: { ...response, usage: withCost(response.usage, cost) },
       });
     },
-    () => ({
-      ...ZERO_USAGE,
-      prompt: estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? "")),
-    }),
+    () =>
+      withSearches({
+        ...ZERO_USAGE,
+        prompt: estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? "")),
+      }, searched.size),
+    {
+      observe: {
+        pattern: /"web_search_call"/,
+        see(data) {
+          const item = obj(data.item);
+          if (data.type !== "response.output_item.done" || item.type !== "web_search_call") return;
+          searched.add(String(item.id ?? data.output_index));
+        },
+      },
+    },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

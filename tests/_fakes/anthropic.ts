@@ -21,6 +21,11 @@ export interface AnthropicScenario {
   breakAfter?: number;
   /** Milliseconds between stream events. */
   eventDelayMs?: number;
+  /**
+   * In a stream, server-side web searches run before the text: each a `server_tool_use` block
+   * and its `web_search_tool_result` block (as Anthropic's; the count comes in `usage`).
+   */
+  webSearches?: number;
   /** In a stream, send an `error` event (echoing the request) after this many events, then end. */
   errorAfter?: number;
 }
@@ -121,9 +126,35 @@ export function startFakeAnthropic(): FakeAnthropic {
             },
           },
         }],
+        ...Array.from({ length: s.webSearches ?? 0 }, (_, i): [string, Block][] => {
+          const id = `srvtoolu_${i}`;
+          return [
+            ["content_block_start", {
+              type: "content_block_start",
+              index: 2 * i,
+              content_block: { type: "server_tool_use", id, name: "web_search", input: {} },
+            }],
+            ["content_block_delta", {
+              type: "content_block_delta",
+              index: 2 * i,
+              delta: { type: "input_json_delta", partial_json: `{"query":"query ${i}"}` },
+            }],
+            ["content_block_stop", { type: "content_block_stop", index: 2 * i }],
+            ["content_block_start", {
+              type: "content_block_start",
+              index: 2 * i + 1,
+              content_block: {
+                type: "web_search_tool_result",
+                tool_use_id: id,
+                content: [{ type: "web_search_result", title: "T", url: "https://example.com/" }],
+              },
+            }],
+            ["content_block_stop", { type: "content_block_stop", index: 2 * i + 1 }],
+          ];
+        }).flat(),
         ["content_block_start", {
           type: "content_block_start",
-          index: 0,
+          index: 2 * (s.webSearches ?? 0),
           content_block: { type: "text", text: "" },
         }],
         ["ping", { type: "ping" }],
@@ -131,11 +162,11 @@ export function startFakeAnthropic(): FakeAnthropic {
           "content_block_delta",
           {
             type: "content_block_delta",
-            index: 0,
+            index: 2 * (s.webSearches ?? 0),
             delta: { type: "text_delta", text: text.slice(i * size, (i + 1) * size) },
           },
         ]),
-        ["content_block_stop", { type: "content_block_stop", index: 0 }],
+        ["content_block_stop", { type: "content_block_stop", index: 2 * (s.webSearches ?? 0) }],
       ];
       if (tool) {
         const json = JSON.stringify(tool.input);

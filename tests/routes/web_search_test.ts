@@ -3,7 +3,7 @@ import Anthropic from "@anthropic-ai/sdk";
 import OpenAI from "openai";
 import { json } from "../_helpers.ts";
 import { startProviders } from "../providers/_setup.ts";
-import { lookupCatalog, priceWorstCase } from "../../lib/pricing.ts";
+import { lookupCatalog, priceUsage, priceWorstCase, ZERO_USAGE } from "../../lib/pricing.ts";
 import { DEFAULT_WEB_SEARCH_BOUND } from "../../lib/proxy/tokens.ts";
 
 const WEB_SEARCH = { type: "web_search_20250305", name: "web_search" } as const;
@@ -103,6 +103,103 @@ Deno.test("OpenAI Responses web_search_call items are billed one search each", a
 
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.total_used, "0.064336");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+type Row = Record<string, unknown>;
+
+/** The audit rows of an account, newest first, once the usage events are recorded. */
+async function auditRows(t: Awaited<ReturnType<typeof startProviders>>, mgmt: string) {
+  await t.router.flush();
+  return (await json(await t.call(mgmt, "GET", "/v1/audit"), 200)).data as Row[];
+}
+
+/** What a row's tokens plus `searches` web searches cost on `provider/model`, 20 % off. */
+function priced(row: Row, provider: string, model: string, searches: number) {
+  const prices = lookupCatalog(provider, model, new Date())!.prices;
+  const u = {
+    ...ZERO_USAGE,
+    prompt: Number(row.prompt_tokens),
+    completion: Number(row.completion_tokens),
+    webSearches: searches,
+  };
+  const { cost, market } = priceUsage(u, prices, 2000);
+  return { cost: usd(cost), market: usd(market) };
+}
+
+Deno.test("a Responses stream cut after two completed web searches bills both searches", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // Events: response.created, then per search output_item.added, web_search_call.completed and
+    // output_item.done (6), then the text deltas. The connection is lost after the first delta,
+    // then (second request) before any text at all.
+    for (const stallAfter of [8, 7]) {
+      t.openai.scenario = { webSearchCalls: 2, content: "abcdefghijkl", stallAfter };
+      const res = await t.call(key, "POST", "/v1/responses", {
+        model: "openai/gpt-4o-mini",
+        input: "what is new?",
+        tools: [{ type: "web_search" }],
+        stream: true,
+      });
+      const text = await res.text();
+      assert.equal((text.match(/"type":"response\.output_item\.done"/g) ?? []).length, 2);
+      assert.match(text, /upstream_error/, "the stream ends with the router's error");
+
+      const [row] = await auditRows(t, mgmt);
+      assert.equal(row.error_code, "upstream_stream_failed");
+      assert.ok(Number(row.prompt_tokens) > 0, "the input counted");
+      assert.equal(Number(row.completion_tokens) > 0, stallAfter === 8, "the output streamed");
+      const want = priced(row, "openai", "gpt-4o-mini", 2);
+      assert.equal(row.cost, want.cost, `stallAfter ${stallAfter}`);
+      assert.equal(row.market_cost, want.market);
+      // Two searches at $10/1000 are $0.02 of the market cost.
+      assert.ok(Number(row.market_cost) > 0.02);
+    }
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("an Anthropic stream cut before message_delta bills the searches whose results came", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // message_start, then 5 events per search: the connection is lost after the second result.
+    t.anthropic.scenario = {
+      webSearches: 2,
+      breakAfter: 11,
+      usage: {
+        input_tokens: 1000,
+        output_tokens: 200,
+        server_tool_use: { web_search_requests: 2 },
+      },
+    };
+    const res = await t.call(key, "POST", "/v1/messages", {
+      model: "anthropic/claude-haiku-4-5",
+      max_tokens: 300,
+      messages: hi,
+      tools: [{ ...WEB_SEARCH, max_uses: 5 }],
+      stream: true,
+    });
+    const text = await res.text();
+    assert.equal((text.match(/"type":"web_search_tool_result"/g) ?? []).length, 2);
+    assert.match(text, /event: error\n/);
+
+    const [row] = await auditRows(t, mgmt);
+    assert.equal(row.error_code, "upstream_stream_failed");
+    assert.equal(row.prompt_tokens, 1000, "the input message_start reported");
+    const want = priced(row, "anthropic", "claude-haiku-4-5", 2);
+    assert.equal(row.cost, want.cost);
+    assert.equal(row.market_cost, want.market);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {
