@@ -11,6 +11,11 @@ export interface Session {
   csrf: string;
   created_ms: number;
   expires_ms: number;
+  /**
+   * An operator session's tag of the ADMIN_TOKEN it was opened with (`adminTokenTag`): once the
+   * operator changes the token, the session is refused.
+   */
+  admin_tag?: string;
 }
 
 export const SESSION_TTL_MS = 7 * 86_400_000;
@@ -19,10 +24,18 @@ export const SESSION_COOKIE = "__Host-session";
 /** Over plain http beyond loopback a browser refuses `__Host-` cookies: the unprefixed fallback. */
 export const PLAIN_SESSION_COOKIE = "session";
 
+/** What a new session is: a user's in one account, or the operator's (with `admin_tag`). */
+export interface SessionSpec {
+  kind: "user" | "admin";
+  user_id?: string;
+  account_id?: string;
+  admin_tag?: string;
+}
+
 /** Creates a session (7 days unless `ttlMs` says otherwise) and returns the cookie token, stored only as its hash. */
 export async function createSession(
   kv: Deno.Kv,
-  spec: { kind: "user" | "admin"; user_id?: string; account_id?: string },
+  spec: SessionSpec,
   now: number,
   ttlMs = SESSION_TTL_MS,
 ): Promise<{ token: string; session: Session }> {
@@ -34,6 +47,7 @@ export async function createSession(
     csrf: randomToken(24),
     created_ms: now,
     expires_ms: now + ttlMs,
+    ...(spec.admin_tag ? { admin_tag: spec.admin_tag } : {}),
   };
   await kv.set(sessionKey(await hashSecret(token)), session, { expireIn: ttlMs });
   return { token, session };
@@ -49,6 +63,52 @@ export async function getSession(
   const s = (await kv.get<Session>(sessionKey(await hashSecret(token)))).value;
   // KV expiry is lazy: the session's own deadline decides.
   return s && s.expires_ms > now ? s : null;
+}
+
+/**
+ * The tag an operator session keeps of the ADMIN_TOKEN it was opened with. Not the token, nor a
+ * plain hash of it (an operator-chosen token may be guessable from one): PBKDF2-SHA256, worked out
+ * once per token per process.
+ */
+export function adminTokenTag(adminToken: string): Promise<string> {
+  let tag = adminTags.get(adminToken);
+  if (!tag) {
+    tag = pbkdf2(adminToken);
+    adminTags.set(adminToken, tag);
+  }
+  return tag;
+}
+
+const adminTags = new Map<string, Promise<string>>();
+const ADMIN_TAG_SALT = new TextEncoder().encode("enterprise-router operator session");
+const ADMIN_TAG_ITERATIONS = 100_000;
+
+async function pbkdf2(secret: string): Promise<string> {
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(secret),
+    "PBKDF2",
+    false,
+    ["deriveBits"],
+  );
+  const bits = await crypto.subtle.deriveBits(
+    { name: "PBKDF2", hash: "SHA-256", salt: ADMIN_TAG_SALT, iterations: ADMIN_TAG_ITERATIONS },
+    key,
+    256,
+  );
+  return Array.from(new Uint8Array(bits), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * Whether an operator session still stands: it was opened with the ADMIN_TOKEN configured now
+ * (compared in constant time). False when no token is configured, or for a session without a tag.
+ */
+export async function adminSessionValid(
+  session: Session,
+  adminToken: string | undefined,
+): Promise<boolean> {
+  if (session.kind !== "admin" || !adminToken || !session.admin_tag) return false;
+  return sameToken(session.admin_tag, await adminTokenTag(adminToken));
 }
 
 /** Ends a session. */

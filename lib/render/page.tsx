@@ -7,7 +7,13 @@ import type { Context, Hono } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { ComponentChildren, VNode } from "preact";
 import type { AppEnv, Services } from "../services.ts";
-import { checkCsrf, getSession, type Session, sessionToken } from "../auth/sessions.ts";
+import {
+  adminSessionValid,
+  checkCsrf,
+  getSession,
+  type Session,
+  sessionToken,
+} from "../auth/sessions.ts";
 import { getMembership, getUser, listAccountsByUser, type Role, type User } from "../auth/users.ts";
 import { getAccount } from "../billing/accounts.ts";
 import type { Account } from "../billing/types.ts";
@@ -71,6 +77,9 @@ async function loadViewer(c: Context<AppEnv>): Promise<Viewer | null> {
   const session = await getSession(svc.kv, token, svc.now());
   if (!session || !token) return null;
   if (session.kind === "admin") {
+    // An operator session opened with another ADMIN_TOKEN than this process's is refused (left
+    // to expire: during a rolling restart another process may still hold the token it names).
+    if (!await adminSessionValid(session, svc.config.adminToken)) return null;
     return { session, token, user: null, account: null, role: null, accounts: [] };
   }
   const user = session.user_id ? await getUser(svc.kv, session.user_id) : null;

@@ -6,6 +6,7 @@ import {
   deleteSession,
   SESSION_TTL_MS,
   sessionCookie,
+  type SessionSpec,
 } from "../auth/sessions.ts";
 import { clientIp } from "../proxy/metered.ts";
 
@@ -42,7 +43,7 @@ export async function allowSigninAttempt(ctx: PageCtx): Promise<boolean> {
  */
 export async function startSession(
   ctx: PageCtx,
-  spec: { kind: "user" | "admin"; user_id?: string; account_id?: string },
+  spec: SessionSpec,
   ttlMs = SESSION_TTL_MS,
 ): Promise<void> {
   await deleteSession(ctx.svc.kv, ctx.viewer?.token);

@@ -506,3 +506,59 @@ Deno.test("the admin API refuses a wrong token and every router key", async () =
     await t.close();
   }
 });
+
+Deno.test("an operator session ends when ADMIN_TOKEN changes: refused after a restart with another token", async () => {
+  const dir = await Deno.makeTempDir();
+  const kvPath = `${dir}/router.kv`;
+  const OLD = "old-admin-token-0123456789";
+  const NEW = "new-admin-token-9876543210";
+  /** The status and Location of the admin page for `cookie` on a router with `token`. */
+  const adminPage = async (token: string, cookie: string) => {
+    const t = await startRouter({ kvPath, env: { ADMIN_TOKEN: token } });
+    try {
+      const res = await fetch(t.url + "/dashboard/admin", {
+        headers: { cookie },
+        redirect: "manual",
+      });
+      await res.body?.cancel();
+      return [res.status, res.headers.get("location")];
+    } finally {
+      await t.close();
+    }
+  };
+  try {
+    let cookie: string;
+    const t = await startRouter({ kvPath, env: { ADMIN_TOKEN: OLD } });
+    try {
+      const signin = await fetch(t.url + "/dashboard/admin/signin", {
+        method: "POST",
+        redirect: "manual",
+        headers: { "content-type": "application/x-www-form-urlencoded", origin: t.url },
+        body: new URLSearchParams({ token: OLD }),
+      });
+      await signin.body?.cancel();
+      assert.equal(signin.status, 303);
+      cookie = signin.headers.get("set-cookie")!.split(";")[0];
+    } finally {
+      await t.close();
+    }
+    // A restart with the same token keeps the session; the token changed, it is refused (and
+    // stays refused), as is a session that names no token at all.
+    assert.deepEqual(await adminPage(OLD, cookie), [200, null]);
+    assert.deepEqual(await adminPage(NEW, cookie), [303, "/dashboard/admin/signin"]);
+    assert.deepEqual(await adminPage(NEW, cookie), [303, "/dashboard/admin/signin"]);
+    const kv = await Deno.openKv(kvPath);
+    let untagged: string;
+    try {
+      untagged = (await createSession(kv, { kind: "admin" }, Date.now())).token;
+    } finally {
+      kv.close();
+    }
+    assert.deepEqual(
+      await adminPage(NEW, `${SESSION_COOKIE}=${untagged}`),
+      [303, "/dashboard/admin/signin"],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

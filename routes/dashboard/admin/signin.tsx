@@ -1,6 +1,7 @@
 import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
 import { safeEqual } from "../../../lib/http/auth.ts";
 import { allowSigninAttempt, startSession } from "../../../lib/render/session.ts";
+import { adminTokenTag } from "../../../lib/auth/sessions.ts";
 import { Notice } from "../../../lib/render/layout.tsx";
 
 export const config: PageConfig = { title: "Operator sign-in", auth: "public", layout: "public" };
@@ -22,7 +23,9 @@ export const handler = {
     if (!safeEqual(token, cfg.adminToken)) {
       return { data: { error: "That token is wrong." }, status: 401 };
     }
-    await startSession(ctx, { kind: "admin" }, ADMIN_TTL_S * 1000);
+    // Tied to this token: once the operator changes ADMIN_TOKEN, the session is refused.
+    const tag = await adminTokenTag(cfg.adminToken);
+    await startSession(ctx, { kind: "admin", admin_tag: tag }, ADMIN_TTL_S * 1000);
     return ctx.redirect("/dashboard/admin");
   },
 };
