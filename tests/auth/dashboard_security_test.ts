@@ -65,18 +65,7 @@ Deno.test("on a secure site only the __Host- cookie carries a session: a planted
   // need not be Secure and may name a Domain); only `__Host-session` is this origin's own.
   const t = await startRouter();
   try {
-    const a = await signUp(t.kv, {
-      email: "plain@example.com",
-      name: "P",
-      password: "password-p-123",
-      accountName: "Attacker Co",
-    });
-    assert.ok(a);
-    const { token } = await createSession(t.kv, {
-      kind: "user",
-      user_id: a.user.id,
-      account_id: a.account.id,
-    }, Date.now());
+    const { token } = await userSession(t, "plain@example.com");
     const get = (path: string, cookie: string) =>
       fetch(t.url + path, { redirect: "manual", headers: { cookie } });
 
@@ -103,18 +92,7 @@ Deno.test("on a secure site only the __Host- cookie carries a session: a planted
 Deno.test("on a plain-http site (not loopback) the unprefixed cookie is the session", async () => {
   const t = await startRouter({ env: { PUBLIC_URL: "http://10.0.0.5:8000" } });
   try {
-    const a = await signUp(t.kv, {
-      email: "http@example.com",
-      name: "H",
-      password: "password-h-123",
-      accountName: "H Co",
-    });
-    assert.ok(a);
-    const { token } = await createSession(t.kv, {
-      kind: "user",
-      user_id: a.user.id,
-      account_id: a.account.id,
-    }, Date.now());
+    const { token } = await userSession(t, "http@example.com");
     const res = await fetch(t.url + "/v1/credits", {
       headers: { cookie: `${PLAIN_SESSION_COOKIE}=${token}` },
     });
