@@ -431,6 +431,17 @@ Deno.test("the largest request the API accepts settles and records within KV's l
   }
 });
 
+/** Waits (at most 5 s) until the account has nothing reserved: its holds were released. */
+async function untilReleased(t: TestRouter, mgmt: string) {
+  const end = Date.now() + 5000;
+  for (;;) {
+    const c = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    if (c.reserved === "0") return;
+    assert.ok(Date.now() < end, `the hold is never released: ${JSON.stringify(c)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /**
  * A KV whose first atomic matching `fails` (given the first part of every key the atomic sets or
  * deletes) fails to commit, as a transient store error would; `failed()` tells whether it did.
@@ -492,13 +503,7 @@ Deno.test("a hold whose settlement failed to commit is released by its own proce
     assert.equal(res.status, 500);
     await res.body?.cancel();
     assert.ok(failed(), "the settlement failed");
-    const end = Date.now() + 5000;
-    for (;;) {
-      const c = await json(await t.call(acct.mgmt, "GET", "/v1/credits"), 200);
-      if (c.reserved === "0") break;
-      assert.ok(Date.now() < end, `the hold is never released: ${JSON.stringify(c)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await untilReleased(t, acct.mgmt);
     await t.assertBooks();
   } finally {
     await t.close();
@@ -524,13 +529,7 @@ Deno.test("a request whose handler fails with its hold unsettled stops renewing 
     assert.equal(res.status, 500);
     await res.body?.cancel();
     assert.ok(failed(), "the attempt's record failed");
-    const end = Date.now() + 5000;
-    for (;;) {
-      const c = await json(await t.call(acct.mgmt, "GET", "/v1/credits"), 200);
-      if (c.reserved === "0") break;
-      assert.ok(Date.now() < end, `the hold is never released: ${JSON.stringify(c)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await untilReleased(t, acct.mgmt);
     assert.equal(t.router.svc.actors.liveHolds.size, 0);
     await t.assertBooks();
   } finally {
