@@ -12,7 +12,14 @@ import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../pricing.ts";
 import { usdNumber } from "../money.ts";
 import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
-import { type Observer, type SseFormat, tapStream, type UsageAnswer } from "./sse.ts";
+import {
+  type FailureEvent,
+  holdsFailure,
+  type Observer,
+  type SseFormat,
+  tapStream,
+  type UsageAnswer,
+} from "./sse.ts";
 import { countReplyOutput, countStreamedOutput } from "./tokens.ts";
 import { pause } from "../kv/util.ts";
 
@@ -217,8 +224,8 @@ export async function settleJson(
  * what was streamed and settles that on top of `inputUsage` (the input side as far as known), or
  * releases the hold if the upstream failed before producing anything. Either is audited with the
  * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`; the last also when
- * `failed` says the provider reported a failure in-stream). An upstream failure ends the stream
- * with an error event in the client's `format`.
+ * `failed` says the provider reported a failure in-stream, or a `failure` event was streamed).
+ * An upstream failure ends the stream with an error event in the client's `format`.
  */
 export function billStream(
   m: MeteredRequest,
@@ -241,6 +248,13 @@ export function billStream(
      * `upstream_stream_failed` whichever way the stream then ended.
      */
     failed?: () => boolean;
+    /**
+     * The event by which the provider reports a failure in a stream passed through as it came
+     * (Anthropic's `event: error`, an OpenAI error chunk or Responses `error` event): a stream
+     * ending without final usage after one is audited `upstream_stream_failed`, as with `failed`.
+     * Looked for in what was streamed once the stream has ended, not in each chunk as it passes.
+     */
+    failure?: FailureEvent;
     /**
      * Events to look at before the final usage (see `TapHandlers.observe`): what they tell (web
      * searches already run) belongs in `inputUsage`, billed if the stream ends without usage.
@@ -278,7 +292,10 @@ export function billStream(
     onUsage: (chunk, event, produced) => onUsage(chunk, event, settleWith(produced), interim),
     async onEnd(kind, produced) {
       if (settled) return;
-      const errorCode = kind === "error" || opts.failed?.()
+      let text: string | undefined;
+      const streamed = () => text ??= produced();
+      const errorCode = kind === "error" || opts.failed?.() ||
+          (opts.failure !== undefined && holdsFailure(streamed(), opts.failure))
         ? "upstream_stream_failed"
         : kind === "complete"
         ? "usage_missing"
@@ -293,7 +310,7 @@ export function billStream(
         });
         return;
       }
-      const completion = countStreamedOutput(produced());
+      const completion = countStreamedOutput(streamed());
       const input = inputUsage();
       // Searches the provider already ran are billed even when no output came before the failure.
       if (kind === "error" && completion === 0 && !input.webSearches) {

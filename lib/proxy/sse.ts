@@ -196,6 +196,35 @@ export interface Observer {
 }
 
 /**
+ * An event by which a provider reports, inside a stream, that it failed (Anthropic's
+ * `event: error`, an OpenAI chunk with `error`): an event whose text matches `pattern` and whose
+ * data (and `event:` name) `is` accepts.
+ */
+export interface FailureEvent {
+  pattern: RegExp;
+  is(chunk: Record<string, unknown>, name: string): boolean;
+}
+
+/**
+ * Whether `sse` (a stream's text) holds a `FailureEvent`. Meant for the end of a stream that
+ * went without final usage, so that streams going as usual are not searched chunk by chunk.
+ */
+export function holdsFailure(sse: string, failure: FailureEvent): boolean {
+  if (!failure.pattern.test(sse)) return false;
+  for (const event of new SseSplitter().push(sse + "\n\n")) {
+    if (!failure.pattern.test(event)) continue;
+    const data = eventData(event);
+    if (
+      data && typeof data === "object" &&
+      failure.is(data as Record<string, unknown>, eventName(event))
+    ) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/**
  * Passes an SSE stream (OpenAI chat, Anthropic Messages or OpenAI Responses) through chunk by chunk. Bytes go out untouched unless a chunk
  * holds the usage event (or an event split across chunks), which is handed to `onUsage`. A read
  * that waits longer than `idleMs` ends the stream as an upstream error.

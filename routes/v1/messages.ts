@@ -137,6 +137,11 @@ export async function messages(c: Context<AppEnv>) {
     {
       format: "anthropic",
       failed: () => failed,
+      // Anthropic reports a failure mid-stream (overloaded_error) as `event: error`.
+      failure: {
+        pattern: /"error"/,
+        is: (data, name) => name === "error" || data.type === "error",
+      },
       observe: {
         pattern: /"web_search_tool_result"/,
         see(data) {

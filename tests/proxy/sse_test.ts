@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { eventData, SseSplitter, tapStream } from "../../lib/proxy/sse.ts";
+import { eventData, holdsFailure, SseSplitter, tapStream } from "../../lib/proxy/sse.ts";
 
 const chunk = (content: string) =>
   JSON.stringify({
@@ -150,4 +150,20 @@ Deno.test("tapStream: usage answered as interim is replaced (or dropped) and the
   const text = await new Response(out).text();
   assert.equal(text, `${running(1)}\n\ndata: three\n\ndata: final\n\ndata: [DONE]\n\n`);
   assert.equal(seen.length, 4, "every usage event up to the final one is handed over");
+});
+
+Deno.test("holdsFailure finds the failure event, not the word in a reply's text", () => {
+  const failure = { pattern: /"error"/, is: (d: Record<string, unknown>) => d.error != null };
+  const said = `data: ${chunk('the "error" key')}\n\n`;
+  assert.ok(!holdsFailure(said, failure), "quoted in content, the word is escaped");
+  assert.ok(!holdsFailure(`data: {"error":null}\n\n${said}`, failure));
+  assert.ok(
+    holdsFailure(`${said}data: {"error":{"message":"m"}}`, failure),
+    "without a last blank line",
+  );
+  const anthropic = {
+    pattern: /"error"/,
+    is: (d: Record<string, unknown>, name: string) => name === "error" || d.type === "error",
+  };
+  assert.ok(holdsFailure('event: error\r\ndata: {"type":"error","error":{}}\r\n\r\n', anthropic));
 });

@@ -132,6 +132,40 @@ const OPENAI_USAGE = {
   prompt_tokens_details: { cached_tokens: 400 },
 };
 
+Deno.test("a native Messages stream carrying an error event is audited as a failed stream", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // message_start, content_block_start, ping, two text deltas, then an overloaded_error event.
+    t.anthropic.scenario = { usage: USAGE, chunks: 4, errorAfter: 5, content: "abcdefghijklmnop" };
+    const res = await t.call(key, "POST", "/v1/messages", {
+      model: "claude-haiku-4-5",
+      max_tokens: 1000,
+      messages: [{ role: "user", content: "x" }],
+      stream: true,
+    });
+    assert.equal(res.status, 200);
+    const body = await res.text();
+    // Passed on as Anthropic sent it.
+    assert.match(body, /event: error\ndata: \{"type":"error","error":\{"type":"overloaded_error"/);
+    assert.doesNotMatch(body, /upstream_error/);
+    await t.router.flush();
+    const row = await json(
+      await t.call(mgmt, "GET", `/v1/audit/${res.headers.get("x-request-id")}`),
+      200,
+    );
+    assert.equal(row.error_code, "upstream_stream_failed");
+    // Billed as a stream cut there: message_start's input and 2 counted output tokens, $0.001128.
+    assert.equal(row.completion_tokens, 2);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.001128");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("the Anthropic SDK reaches an OpenAI model through /v1/messages, translated", async () => {
   const t = await startProviders();
   try {
