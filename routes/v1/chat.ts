@@ -139,7 +139,12 @@ export async function chatCompletions(c: Context<AppEnv>) {
     },
     () => input ?? { ...ZERO_USAGE, prompt: estimatePromptTokens(body) },
     // A usage chunk of its own after the finishing one (vLLM sends both): the same bill.
-    { afterFinal: (chunk) => withBilled(chunk, billed!), failed: () => failed },
+    {
+      afterFinal: (chunk) => withBilled(chunk, billed!),
+      failed: () => failed,
+      // OpenAI (and OpenAI-compatible hosts) report a failure mid-stream as a chunk with `error`.
+      failure: { pattern: /"error"/, is: (chunk) => chunk.error != null },
+    },
   );
   return c.body(out, 200, SSE_HEADERS);
 }

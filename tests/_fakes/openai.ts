@@ -40,7 +40,11 @@ export interface Scenario {
   responsesUsage?: Record<string, unknown>;
   /** Web search calls (`web_search_call` output items) a Responses reply makes before its text. */
   webSearchCalls?: number;
+  /** In a chat stream, send a chunk with `error` after this many events, then end. */
+  errorAfter?: number;
 }
+
+const STREAM_ERROR = { message: "The server had an error while processing your request." };
 
 export interface FakeOpenAI {
   url: string;
@@ -188,6 +192,16 @@ export function startFakeOpenAI(): FakeOpenAI {
       );
     }
     events.push("[DONE]");
+    if (s.errorAfter !== undefined) {
+      // As OpenAI's mid-stream failures: a chunk with `error` (no choices), then the end.
+      events.splice(
+        s.errorAfter,
+        events.length,
+        JSON.stringify({
+          error: { ...STREAM_ERROR, type: "server_error", param: null, code: null },
+        }),
+      );
+    }
     const enc = new TextEncoder();
     let i = 0;
     let timer: ReturnType<typeof setTimeout> | undefined;

@@ -261,3 +261,46 @@ Deno.test("usage on every chunk and a stream cut before its end: the last runnin
     await t.close();
   }
 });
+
+Deno.test("an OpenAI stream carrying an error chunk is audited as a failed stream, passed on as sent", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    // The role chunk, "abcdabcd" twice, then OpenAI's error chunk and the end (no usage).
+    t.openai.scenario = {
+      content: "abcd".repeat(4),
+      chunks: 2,
+      errorAfter: 3,
+    };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "x".repeat(40) }],
+      stream: true,
+    });
+    assert.equal(res.status, 200);
+    const chunks = sseData(await res.text());
+    assert.deepEqual(chunks.at(-1), {
+      error: {
+        message: "The server had an error while processing your request.",
+        type: "server_error",
+        param: null,
+        code: null,
+      },
+    });
+    await t.router.flush();
+    const row = await json(
+      await t.call(mgmt, "GET", `/v1/audit/${res.headers.get("x-request-id")}`),
+      200,
+    );
+    assert.equal(row.error_code, "upstream_stream_failed");
+    // Counted by the router: the prompt estimated as 17 tokens, 16 characters streamed as 4
+    // output tokens: 17 × 0.15 + 4 × 0.60 = 4.95 µ$ market, 3.96 µ$ at 20 % off.
+    assert.deepEqual([row.prompt_tokens, row.completion_tokens], [17, 4]);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00000396");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
