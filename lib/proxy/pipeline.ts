@@ -225,7 +225,8 @@ export async function settleJson(
  * releases the hold if the upstream failed before producing anything. Either is audited with the
  * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`; the last also when
  * `failed` says the provider reported a failure in-stream, or a `failure` event was streamed).
- * An upstream failure ends the stream with an error event in the client's `format`.
+ * `settle` takes that reason too when the final usage itself comes with a failure. An upstream
+ * failure ends the stream with an error event in the client's `format`.
  */
 export function billStream(
   m: MeteredRequest,
@@ -233,7 +234,7 @@ export function billStream(
   onUsage: (
     chunk: Record<string, unknown>,
     event: string,
-    settle: (u: NormalizedUsage) => Promise<Cost>,
+    settle: (u: NormalizedUsage, errorCode?: string) => Promise<Cost>,
     interim: (u: NormalizedUsage) => void,
   ) => Promise<UsageAnswer>,
   inputUsage: () => NormalizedUsage,
@@ -268,9 +269,9 @@ export function billStream(
   let latest: NormalizedUsage | null = null;
   // A final usage of no tokens at all is no count (a provider left it empty): as in a reply
   // without usage, the latest interim usage or the router's own count is settled instead.
-  const settleWith = (produced: () => string) => (u: NormalizedUsage) => {
+  const settleWith = (produced: () => string) => (u: NormalizedUsage, errorCode?: string) => {
     settled = true;
-    if (u.prompt !== 0 || u.completion !== 0) return m.settle(u);
+    if (u.prompt !== 0 || u.completion !== 0) return m.settle(u, { errorCode });
     const counted = withSearches(
       latest ?? { ...inputUsage(), completion: countStreamedOutput(produced()), reasoning: 0 },
       u.webSearches ?? 0,
@@ -280,7 +281,7 @@ export function billStream(
       prompt_tokens: counted.prompt,
       completion_tokens: counted.completion,
     });
-    return m.settle(counted, { errorCode: "usage_missing" });
+    return m.settle(counted, { errorCode: errorCode ?? "usage_missing" });
   };
   const interim = (u: NormalizedUsage) => {
     latest = u;

@@ -100,10 +100,13 @@ export async function responses(c: Context<AppEnv>) {
       const response = obj(data.response);
       if (!response.usage || typeof response.usage !== "object") return undefined;
       // The final response lists every output item, its web_search_call items included.
-      const cost = await settle(withSearches(
-        readResponsesUsage(response.usage, reader),
-        responsesWebSearches(response.output, reader),
-      ));
+      const cost = await settle(
+        withSearches(
+          readResponsesUsage(response.usage, reader),
+          responsesWebSearches(response.output, reader),
+        ),
+        data.type === "response.failed" ? "upstream_stream_failed" : undefined,
+      );
       logAnomalies(m, reader);
       return withData(event, {
         ...data,
@@ -116,6 +119,11 @@ export async function responses(c: Context<AppEnv>) {
         prompt: estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? "")),
       }, searched.size),
     {
+      // A failure mid-stream: an `error` event, or response.failed (billed as above if it has usage).
+      failure: {
+        pattern: /"(?:error|response\.failed)"/,
+        is: (data) => data.type === "error" || data.type === "response.failed",
+      },
       observe: {
         pattern: /"web_search_call"/,
         see(data) {

@@ -40,8 +40,14 @@ export interface Scenario {
   responsesUsage?: Record<string, unknown>;
   /** Web search calls (`web_search_call` output items) a Responses reply makes before its text. */
   webSearchCalls?: number;
-  /** In a chat stream, send a chunk with `error` after this many events, then end. */
+  /**
+   * In a stream, report a failure after this many events, then end: a chat chunk with `error`;
+   * in a Responses stream an `error` event, or `response.failed` (see `responsesFailure`).
+   */
   errorAfter?: number;
+  /** How a Responses stream reports the failure of `errorAfter`: `error` (default) or
+   * `response.failed`, whose response carries `responsesUsage` if set (null otherwise). */
+  responsesFailure?: "error" | "response.failed";
 }
 
 const STREAM_ERROR = { message: "The server had an error while processing your request." };
@@ -300,6 +306,18 @@ function responsesReply(body: Record<string, unknown>, s: Scenario, fake: FakeOp
     },
     { type: "response.completed", response: response("completed", output, usage) },
   ];
+  if (s.errorAfter !== undefined) {
+    const failure = s.responsesFailure === "response.failed"
+      ? {
+        type: "response.failed",
+        response: {
+          ...response("failed", [], s.responsesUsage ?? null),
+          error: { code: "server_error", ...STREAM_ERROR },
+        },
+      }
+      : { type: "error", code: "server_error", ...STREAM_ERROR, param: null };
+    events.splice(s.errorAfter, events.length, failure);
+  }
   const enc = new TextEncoder();
   let i = 0;
   const stream = new ReadableStream<Uint8Array>({

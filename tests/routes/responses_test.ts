@@ -98,6 +98,53 @@ Deno.test("a Responses stream cut mid-way is billed for what it produced, never 
   }
 });
 
+Deno.test("a Responses stream reporting a failure (error, response.failed) is audited as a failed stream", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const failures = [
+      // response.created, two deltas ("Echo", ": st"), then an `error` event.
+      { responsesUsage: USAGE, chunks: 4, errorAfter: 3 },
+      // The same ended by response.failed without usage.
+      { chunks: 4, errorAfter: 3, responsesFailure: "response.failed" as const },
+      // response.failed with the provider's usage: that usage is billed.
+      {
+        responsesUsage: USAGE,
+        chunks: 4,
+        errorAfter: 3,
+        responsesFailure: "response.failed" as const,
+      },
+    ];
+    for (const scenario of failures) {
+      t.openai.scenario = scenario;
+      const res = await t.call(key, "POST", "/v1/responses", {
+        model: "o3-mini",
+        input: "stream me",
+        stream: true,
+      });
+      assert.equal(res.status, 200);
+      const body = await res.text();
+      // Passed on as the provider sent it.
+      assert.match(body, scenario.responsesFailure ? /event: response.failed\n/ : /event: error\n/);
+      assert.doesNotMatch(body, /upstream_error/);
+      await t.router.flush();
+      const row = await json(
+        await t.call(mgmt, "GET", `/v1/audit/${res.headers.get("x-request-id")}`),
+        200,
+      );
+      assert.equal(row.error_code, "upstream_stream_failed", JSON.stringify(scenario));
+    }
+    // Counted by the router twice (3 input, 2 output tokens: 9.68 µ$ at 20 % off, as a stream
+    // cut there), then response.failed's usage ($0.00308).
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.00309936");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("a continued Responses conversation holds for the stored context and bills it all", async () => {
   const t = await startRouter();
   try {
