@@ -1,6 +1,7 @@
 import { randomToken } from "../config.ts";
 import { sessionKey, signinAttemptsKey } from "../kv/schema.ts";
 import { hashSecret } from "./keys.ts";
+import { signinClient } from "../http/client_addr.ts";
 
 /** A dashboard session: a signed-in user working in one account, or the operator. */
 export interface Session {
@@ -196,13 +197,14 @@ export function checkCsrf(
   return typeof token === "string" && token.length > 0 && sameToken(token, session.csrf);
 }
 
-/** Sign-in attempts allowed per IP per window. */
+/** Sign-in attempts allowed per client (an IPv4 address, an IPv6 /64) per window. */
 export const SIGNIN_LIMIT = 10;
 export const SIGNIN_WINDOW_MS = 5 * 60_000;
 
 /**
  * Counts a sign-in attempt of `ip` and says whether it may proceed; when not, how many seconds
- * until the window ends. The counter expires with its window.
+ * until the window ends. IPv6 addresses count by their /64 (`signinClient`). The counter expires
+ * with its window.
  */
 export async function countSigninAttempt(
   kv: Deno.Kv,
@@ -210,7 +212,7 @@ export async function countSigninAttempt(
   now: number,
 ): Promise<{ ok: boolean; retryAfterS: number }> {
   const windowMs = now - (now % SIGNIN_WINDOW_MS);
-  const key = signinAttemptsKey(ip, windowMs);
+  const key = signinAttemptsKey(signinClient(ip), windowMs);
   const retryAfterS = Math.ceil((windowMs + SIGNIN_WINDOW_MS - now) / 1000);
   for (let attempt = 0; attempt < 10; attempt++) {
     const entry = await kv.get<number>(key);

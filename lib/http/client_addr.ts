@@ -51,6 +51,23 @@ export function canonicalIp(s: string): string | null {
   return host;
 }
 
+/**
+ * Whom the sign-in limit counts for an address: an IPv4 address (also IPv4-mapped IPv6) by
+ * itself, an IPv6 address by its /64, the least one customer is given, inside which it can take
+ * any address it likes. Anything that is not an address is counted as it is.
+ *
+ * @example
+ * ```ts
+ * signinClient("2001:db8:1:2:aaaa::1"); // "2001:db8:1:2::/64"
+ * signinClient("::ffff:10.0.0.1"); // "10.0.0.1"
+ * ```
+ */
+export function signinClient(ip: string): string {
+  const canonical = canonicalIp(ip);
+  if (canonical === null) return ip;
+  return canonical.includes(":") ? canonicalProxy(`${canonical}/64`)! : canonical;
+}
+
 /** The bytes of a canonical address (`canonicalIp`): 4 for IPv4, 16 for IPv6. */
 function ipBytes(ip: string): number[] {
   if (!ip.includes(":")) return ip.split(".").map(Number);

@@ -87,9 +87,12 @@ export const userAccountKey = (userId: string, accountId: string) =>
   ["user_account", userId, accountId] as const;
 /** ["session", sha256hex of the cookie token] → Session, expiring with the session. */
 export const sessionKey = (tokenHash: string) => ["session", tokenHash] as const;
-/** ["signin_attempts", ip, window start ms] → number: sign-in attempts of one IP in one window. */
-export const signinAttemptsKey = (ip: string, windowMs: number) =>
-  ["signin_attempts", ip, windowMs] as const;
+/**
+ * ["signin_attempts", client, window start ms] → number: sign-in attempts of one client (an IPv4
+ * address or an IPv6 /64) in one window.
+ */
+export const signinAttemptsKey = (client: string, windowMs: number) =>
+  ["signin_attempts", client, windowMs] as const;
 /** ["stripe_customer", accountId] → Stripe customer id: one customer per account, created once. */
 export const stripeCustomerKey = (accountId: string) => ["stripe_customer", accountId] as const;
 /** ["stripe_checkout", sessionId] → CheckoutRecord: what a Checkout Session was created to sell. */

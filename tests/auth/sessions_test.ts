@@ -85,6 +85,30 @@ Deno.test("countSigninAttempt allows SIGNIN_LIMIT attempts per IP per window", a
   }
 });
 
+Deno.test("countSigninAttempt counts an IPv6 client by its /64, IPv4 and IPv4-mapped by the address", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const now = Date.UTC(2026, 0, 1, 12, 0, 0);
+    // One customer's /64 holds 2^64 addresses: a new one for every attempt is no way out.
+    for (let i = 0; i < SIGNIN_LIMIT; i++) {
+      const ip = `2001:db8:1:2:${(i + 1).toString(16)}::${i + 7}`;
+      assert.equal((await countSigninAttempt(kv, ip, now)).ok, true, ip);
+    }
+    assert.equal((await countSigninAttempt(kv, "2001:DB8:1:2:ffff:ffff:ffff:ffff", now)).ok, false);
+    assert.equal((await countSigninAttempt(kv, "[2001:db8:1:2::1]", now)).ok, false);
+    assert.equal((await countSigninAttempt(kv, "2001:db8:1:3::1", now)).ok, true, "next /64");
+
+    for (let i = 0; i < SIGNIN_LIMIT; i++) {
+      const ip = i % 2 ? "::ffff:192.0.2.1" : "192.0.2.1";
+      assert.equal((await countSigninAttempt(kv, ip, now)).ok, true);
+    }
+    assert.equal((await countSigninAttempt(kv, "::ffff:c000:201", now)).ok, false, "mapped");
+    assert.equal((await countSigninAttempt(kv, "192.0.2.2", now)).ok, true, "per IPv4 address");
+  } finally {
+    kv.close();
+  }
+});
+
 Deno.test("a dashboard session calls the management API; writes need the CSRF token", async () => {
   const t = await startRouter();
   try {

@@ -3,6 +3,7 @@ import {
   canonicalIp,
   canonicalProxy,
   clientAddress,
+  signinClient,
   trustedProxies,
   trustingProxies,
 } from "../../lib/http/client_addr.ts";
@@ -123,4 +124,13 @@ Deno.test("trustingProxies hands the handler the client's address; without proxi
   await wrapped(req, info("127.0.0.1"));
   await wrapped(req, info("192.0.2.1"));
   assert.deepEqual(seen, ["203.0.113.7", "192.0.2.1"]);
+});
+
+Deno.test("signinClient is an IPv4 address itself, an IPv6 address its /64", () => {
+  assert.equal(signinClient("203.0.113.7"), "203.0.113.7");
+  assert.equal(signinClient("::ffff:203.0.113.7"), "203.0.113.7");
+  assert.equal(signinClient("2001:DB8:1:2:3:4:5:6"), "2001:db8:1:2::/64");
+  assert.equal(signinClient("[2001:db8::1]"), "2001:db8::/64");
+  assert.equal(signinClient("::1"), "::/64");
+  assert.equal(signinClient("unknown"), "unknown");
 });

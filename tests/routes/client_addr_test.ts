@@ -34,6 +34,20 @@ Deno.test("behind a trusted proxy the sign-in limit applies per forwarded client
   }
 });
 
+Deno.test("behind a trusted proxy an IPv6 client is limited by its /64, not its address", async () => {
+  const t = await startRouter({ env: { TRUSTED_PROXIES: "127.0.0.1, ::1" } });
+  try {
+    for (let i = 0; i < SIGNIN_LIMIT; i++) {
+      assert.equal(await failSignin(t, `2001:db8:aa:bb::${i + 1}`), 401);
+    }
+    assert.equal(await failSignin(t, "[2001:db8:aa:bb:1234:5678:9abc:def0]:443"), 429);
+    // The neighbouring /64 is someone else.
+    assert.equal(await failSignin(t, "2001:db8:aa:bc::1"), 401);
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("from an untrusted address X-Forwarded-For is ignored: a spoofed header changes nothing", async () => {
   for (const env of [{}, { TRUSTED_PROXIES: "10.9.9.9" }] as Record<string, string>[]) {
     const t = await startRouter({ env });
