@@ -6,7 +6,13 @@ import {
   type PasswordHash,
   verifyPassword,
 } from "../lib/auth/users.ts";
-import { allowSigninAttempt, safeNext, startSession, withNext } from "../lib/render/session.ts";
+import {
+  allowEmailAttempt,
+  allowSigninAttempt,
+  safeNext,
+  startSession,
+  withNext,
+} from "../lib/render/session.ts";
 import { Notice } from "../lib/render/layout.tsx";
 
 export const config: PageConfig = { title: "Sign in", auth: "public", layout: "public" };
@@ -16,6 +22,8 @@ interface Data {
   email: string;
   next: string;
 }
+
+const TOO_MANY = "Too many sign-in attempts; try again in a few minutes.";
 
 // Unknown emails still pay for one hash, so timing does not tell which emails exist.
 let decoy: Promise<PasswordHash> | null = null;
@@ -29,16 +37,11 @@ export const handler = {
     const password = String(ctx.form.get("password") ?? "");
     const next = safeNext(String(ctx.form.get("next") ?? ""));
     const { kv } = ctx.svc;
-    if (!await allowSigninAttempt(ctx)) {
-      return {
-        data: {
-          email,
-          next,
-          error: "Too many sign-in attempts from your address; try again in a few minutes.",
-        },
-        status: 429,
-      };
-    }
+    // Too many attempts from this address, or too many failures of this email from any: one answer.
+    const tooMany = { data: { email, next, error: TOO_MANY }, status: 429 };
+    if (!await allowSigninAttempt(ctx)) return tooMany;
+    const attempt = await allowEmailAttempt(ctx, email);
+    if (!attempt.ok) return tooMany;
     const user = email ? await getUserByEmail(kv, email) : null;
     const ok = user
       ? await verifyPassword(password, user.password)
@@ -46,6 +49,7 @@ export const handler = {
     if (!user || !ok) {
       return { data: { email, next, error: "The email or password is wrong." }, status: 401 };
     }
+    await attempt.succeeded();
     const memberships = await listAccountsByUser(kv, user.id);
     const home = memberships.find((m) => m.role === "owner") ?? memberships[0];
     if (!home) {

@@ -1,7 +1,8 @@
 import { randomToken } from "../config.ts";
-import { sessionKey, signinAttemptsKey } from "../kv/schema.ts";
+import { sessionKey, signinAttemptsKey, signinFailuresKey } from "../kv/schema.ts";
 import { hashSecret } from "./keys.ts";
 import { signinClient } from "../http/client_addr.ts";
+import { normalizeEmail } from "./users.ts";
 
 /** A dashboard session: a signed-in user working in one account, or the operator. */
 export interface Session {
@@ -206,22 +207,78 @@ export const SIGNIN_WINDOW_MS = 5 * 60_000;
  * until the window ends. IPv6 addresses count by their /64 (`signinClient`). The counter expires
  * with its window.
  */
-export async function countSigninAttempt(
+export function countSigninAttempt(
   kv: Deno.Kv,
   ip: string,
   now: number,
 ): Promise<{ ok: boolean; retryAfterS: number }> {
   const windowMs = now - (now % SIGNIN_WINDOW_MS);
-  const key = signinAttemptsKey(signinClient(ip), windowMs);
-  const retryAfterS = Math.ceil((windowMs + SIGNIN_WINDOW_MS - now) / 1000);
+  return countInWindow(
+    kv,
+    signinAttemptsKey(signinClient(ip), windowMs),
+    SIGNIN_LIMIT,
+    windowMs + SIGNIN_WINDOW_MS - now,
+    SIGNIN_WINDOW_MS * 2,
+  );
+}
+
+/** Failed sign-ins allowed per email per window, from any number of addresses. */
+export const SIGNIN_EMAIL_LIMIT = 20;
+export const SIGNIN_EMAIL_WINDOW_MS = 15 * 60_000;
+
+/**
+ * Counts a sign-in for `email` (trimmed, lower-cased, kept only as its hash) as failed before its
+ * password is checked, so that concurrent attempts cannot slip past the limit; `succeeded` takes
+ * it back once the password was right. Not ok, with the seconds until the window ends, when the
+ * email has used up its failures: whatever the password, and alike for emails no user has.
+ */
+export async function countSigninFailure(
+  kv: Deno.Kv,
+  email: string,
+  now: number,
+): Promise<{ ok: boolean; retryAfterS: number; succeeded: () => Promise<void> }> {
+  const windowMs = now - (now % SIGNIN_EMAIL_WINDOW_MS);
+  const key = signinFailuresKey(await hashSecret(`signin:${normalizeEmail(email)}`), windowMs);
+  const expireIn = SIGNIN_EMAIL_WINDOW_MS * 2;
+  const limit = await countInWindow(
+    kv,
+    key,
+    SIGNIN_EMAIL_LIMIT,
+    windowMs + SIGNIN_EMAIL_WINDOW_MS - now,
+    expireIn,
+  );
+  return {
+    ...limit,
+    succeeded: async () => {
+      for (let attempt = 0; attempt < 10; attempt++) {
+        const entry = await kv.get<number>(key);
+        if (!entry.value) return;
+        const res = await kv.atomic().check(entry).set(key, entry.value - 1, { expireIn }).commit();
+        if (res.ok) return;
+      }
+    },
+  };
+}
+
+/**
+ * Adds one to the counter at `key` and says whether it is still within `limit`; the counter
+ * expires after `expireIn` ms, and `retryAfterMs` is what a refusal tells the client to wait.
+ */
+async function countInWindow(
+  kv: Deno.Kv,
+  key: Deno.KvKey,
+  limit: number,
+  retryAfterMs: number,
+  expireIn: number,
+): Promise<{ ok: boolean; retryAfterS: number }> {
+  const retryAfterS = Math.ceil(retryAfterMs / 1000);
   for (let attempt = 0; attempt < 10; attempt++) {
     const entry = await kv.get<number>(key);
     const n = (entry.value ?? 0) + 1;
     // Past the limit there is nothing more to count.
-    if (n > SIGNIN_LIMIT + 1) return { ok: false, retryAfterS };
-    const res = await kv.atomic().check(entry).set(key, n, { expireIn: SIGNIN_WINDOW_MS * 2 })
-      .commit();
-    if (res.ok) return { ok: n <= SIGNIN_LIMIT, retryAfterS };
+    if (n > limit + 1) return { ok: false, retryAfterS };
+    const res = await kv.atomic().check(entry).set(key, n, { expireIn }).commit();
+    if (res.ok) return { ok: n <= limit, retryAfterS };
   }
   // Contended beyond reason: refuse rather than let attempts through uncounted.
   return { ok: false, retryAfterS };

@@ -93,6 +93,13 @@ export const sessionKey = (tokenHash: string) => ["session", tokenHash] as const
  */
 export const signinAttemptsKey = (client: string, windowMs: number) =>
   ["signin_attempts", client, windowMs] as const;
+
+/**
+ * ["signin_failures", email hash, window start ms] → number: failed sign-ins of one email (its
+ * SHA-256, never the email) in one window, from whatever address.
+ */
+export const signinFailuresKey = (emailHash: string, windowMs: number) =>
+  ["signin_failures", emailHash, windowMs] as const;
 /** ["stripe_customer", accountId] → Stripe customer id: one customer per account, created once. */
 export const stripeCustomerKey = (accountId: string) => ["stripe_customer", accountId] as const;
 /** ["stripe_checkout", sessionId] → CheckoutRecord: what a Checkout Session was created to sell. */

@@ -2,6 +2,7 @@
 import type { PageCtx } from "./page.tsx";
 import {
   countSigninAttempt,
+  countSigninFailure,
   createSession,
   deleteSession,
   SESSION_TTL_MS,
@@ -35,6 +36,20 @@ export async function allowSigninAttempt(ctx: PageCtx): Promise<boolean> {
   const limit = await countSigninAttempt(ctx.svc.kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
   if (!limit.ok) ctx.c.header("retry-after", String(limit.retryAfterS));
   return limit.ok;
+}
+
+/**
+ * Counts a sign-in for `email` as failed until the caller, having found the password right, calls
+ * `succeeded`; `ok` false (with Retry-After set on the reply) when the email has used up its
+ * failed attempts, whether or not a user has it.
+ */
+export async function allowEmailAttempt(
+  ctx: PageCtx,
+  email: string,
+): Promise<{ ok: boolean; succeeded: () => Promise<void> }> {
+  const limit = await countSigninFailure(ctx.svc.kv, email, ctx.svc.now());
+  if (!limit.ok) ctx.c.header("retry-after", String(limit.retryAfterS));
+  return limit;
 }
 
 /**

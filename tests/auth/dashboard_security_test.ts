@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
 import { signUp } from "../../lib/auth/users.ts";
 import { safeNext } from "../../lib/render/session.ts";
-import { createSession, PLAIN_SESSION_COOKIE, SESSION_COOKIE } from "../../lib/auth/sessions.ts";
+import {
+  createSession,
+  PLAIN_SESSION_COOKIE,
+  SESSION_COOKIE,
+  SIGNIN_EMAIL_LIMIT,
+} from "../../lib/auth/sessions.ts";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 
 Deno.test("safeNext keeps same-site paths and refuses anything a browser resolves off-site", () => {
@@ -450,6 +455,47 @@ Deno.test("sign-in answers an unknown email exactly as a wrong password", async 
     assert.equal(unknown.html, known.html);
     // Both pay for one PBKDF2 verification (600,000 iterations).
     assert.ok(unknown.ms > known.ms / 3, `unknown ${unknown.ms} ms, known ${known.ms} ms`);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("failed sign-ins of one email from many addresses lock that email only, known or not", async () => {
+  // Each attempt comes through the proxy from another client, clear of the per-address limit.
+  const t = await startRouter({ env: { TRUSTED_PROXIES: "127.0.0.1, ::1" } });
+  try {
+    await userSession(t, "victim@example.com");
+    await userSession(t, "bystander@example.com");
+    let client = 0;
+    const attempt = async (email: string, password: string) => {
+      const res = await fetch(t.url + "/signin", {
+        method: "POST",
+        redirect: "manual",
+        headers: { origin: t.url, "x-forwarded-for": `198.51.100.${++client}` },
+        body: new URLSearchParams({ email, password }),
+      });
+      const html = (await res.text()).replaceAll(email, "EMAIL");
+      return { status: res.status, retryAfter: res.headers.get("retry-after"), html };
+    };
+    const locked: Record<string, { status: number; retryAfter: string | null; html: string }> = {};
+    for (const email of ["victim@example.com", "nobody@example.com"]) {
+      for (let i = 0; i < SIGNIN_EMAIL_LIMIT; i++) {
+        const spelled = i % 2 ? ` ${email.toUpperCase()} ` : email;
+        assert.equal((await attempt(spelled, "wrong password")).status, 401, `${email} ${i}`);
+      }
+      // Now even the right password waits, and an unknown email is answered alike.
+      locked[email] = await attempt(email, "password-" + email);
+    }
+    const victim = locked["victim@example.com"];
+    assert.equal(victim.status, 429);
+    const retryAfter = Number(victim.retryAfter);
+    assert.ok(retryAfter > 0 && retryAfter <= 900, String(victim.retryAfter));
+    assert.match(victim.html, /Too many sign-in attempts/);
+    assert.equal(locked["nobody@example.com"].status, 429);
+    assert.equal(locked["nobody@example.com"].html, victim.html);
+    // Another user's sign-in is not held up by the failures of these emails.
+    const bystander = await attempt("bystander@example.com", "password-bystander@example.com");
+    assert.equal(bystander.status, 303);
   } finally {
     await t.close();
   }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import {
   checkCsrf,
   countSigninAttempt,
+  countSigninFailure,
   createSession,
   deleteSession,
   getSession,
@@ -9,6 +10,7 @@ import {
   SESSION_TTL_MS,
   sessionCookie,
   sessionToken,
+  SIGNIN_EMAIL_LIMIT,
   SIGNIN_LIMIT,
 } from "../../lib/auth/sessions.ts";
 import { signUp } from "../../lib/auth/users.ts";
@@ -104,6 +106,34 @@ Deno.test("countSigninAttempt counts an IPv6 client by its /64, IPv4 and IPv4-ma
     }
     assert.equal((await countSigninAttempt(kv, "::ffff:c000:201", now)).ok, false, "mapped");
     assert.equal((await countSigninAttempt(kv, "192.0.2.2", now)).ok, true, "per IPv4 address");
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("countSigninFailure allows SIGNIN_EMAIL_LIMIT failures per email, and counts no success", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const now = Date.UTC(2026, 0, 1, 12, 0, 0);
+    // Successes are taken back: however many, they use up nothing.
+    for (let i = 0; i < SIGNIN_EMAIL_LIMIT + 5; i++) {
+      const ok = await countSigninFailure(kv, "victim@example.com", now);
+      assert.equal(ok.ok, true);
+      await ok.succeeded();
+    }
+    for (let i = 0; i < SIGNIN_EMAIL_LIMIT; i++) {
+      const email = i % 2 ? "  Victim@Example.COM " : "victim@example.com";
+      assert.equal((await countSigninFailure(kv, email, now)).ok, true, `failure ${i + 1}`);
+    }
+    const refused = await countSigninFailure(kv, "VICTIM@example.com", now + 1000);
+    assert.equal(refused.ok, false);
+    assert.ok(refused.retryAfterS > 0 && refused.retryAfterS <= 900, String(refused.retryAfterS));
+    assert.equal((await countSigninFailure(kv, "other@example.com", now)).ok, true, "per email");
+    assert.equal((await countSigninFailure(kv, "victim@example.com", now + 900_000)).ok, true);
+    // The email is in no key, only its hash.
+    for await (const { key } of kv.list({ prefix: [] })) {
+      assert.ok(!JSON.stringify(key).toLowerCase().includes("example.com"), JSON.stringify(key));
+    }
   } finally {
     kv.close();
   }
