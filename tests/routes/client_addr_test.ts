@@ -48,6 +48,29 @@ Deno.test("behind a trusted proxy an IPv6 client is limited by its /64, not its 
   }
 });
 
+Deno.test("the operator sign-in is limited per IPv6 /64 too", async () => {
+  const t = await startRouter({ env: { TRUSTED_PROXIES: "127.0.0.1, ::1" } });
+  try {
+    const adminSignin = async (forwardedFor: string) => {
+      const res = await fetch(t.url + "/dashboard/admin/signin", {
+        method: "POST",
+        redirect: "manual",
+        headers: { origin: t.url, "x-forwarded-for": forwardedFor },
+        body: new URLSearchParams({ token: "not the admin token" }),
+      });
+      await res.body?.cancel();
+      return res.status;
+    };
+    for (let i = 0; i < SIGNIN_LIMIT; i++) {
+      assert.equal(await adminSignin(`2001:db8:cc:dd::${i + 1}`), 401);
+    }
+    assert.equal(await adminSignin("2001:db8:cc:dd:ffff::1"), 429);
+    assert.equal(await adminSignin("2001:db8:cc:de::1"), 401);
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("from an untrusted address X-Forwarded-For is ignored: a spoofed header changes nothing", async () => {
   for (const env of [{}, { TRUSTED_PROXIES: "10.9.9.9" }] as Record<string, string>[]) {
     const t = await startRouter({ env });
