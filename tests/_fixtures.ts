@@ -1,5 +1,8 @@
+import assert from "node:assert/strict";
 import type { UsageEvent } from "../lib/billing/types.ts";
 import { newId } from "../lib/ids.ts";
+import { AccountActors } from "../lib/billing/actor.ts";
+import type { TestRouter } from "./_helpers.ts";
 
 /**
  * A billed usage event of one chat request (openai/gpt-4o-mini, 1 prompt and 1 completion token,
@@ -58,4 +61,42 @@ export function distinctEvent(fields: Partial<UsageEvent> = {}): UsageEvent {
     balance_after: 1_000_000_000n - cost,
     ...fields,
   });
+}
+
+/**
+ * Settles one request per entry of `variants` on a new account of `t`, through an actor of its
+ * own that records nothing (what a process killed right after its settling commits leaves): the
+ * events wait in the outbox. Each variant overrides fields of its event, which costs `cost`.
+ */
+export async function settledUnrecorded(
+  t: TestRouter,
+  variants: Partial<UsageEvent>[],
+  cost = 192_000n,
+) {
+  const acct = await t.account("1");
+  const key = (await t.router.svc.keys.resolve(acct.key))!;
+  const actors = new AccountActors(t.kv, { delivery: "drainer" });
+  const ids: string[] = [];
+  for (const fields of variants) {
+    const holdId = newId("hold");
+    const r = await actors.submit(acct.id, {
+      kind: "reserve",
+      keyId: key.id,
+      holdId,
+      amount: 1_000_000n,
+      ttlMs: 60_000,
+    });
+    assert.deepEqual(r, { ok: true });
+    const event = usageEvent({
+      account_id: acct.id,
+      key_id: key.id,
+      key_name: key.name,
+      cost,
+      balance_after: null,
+      ...fields,
+    });
+    await actors.submit(acct.id, { kind: "settle", keyId: key.id, holdId, cost, event });
+    ids.push(event.id);
+  }
+  return { ...acct, ids, actors };
 }

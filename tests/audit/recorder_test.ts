@@ -1,11 +1,8 @@
 import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
-import { AccountActors } from "../../lib/billing/actor.ts";
 import { recordEvents } from "../../lib/audit/recorder.ts";
-import { newId } from "../../lib/ids.ts";
 import { outboxKey } from "../../lib/kv/schema.ts";
-import type { UsageEvent } from "../../lib/billing/types.ts";
-import { usageEvent } from "../_fixtures.ts";
+import { settledUnrecorded } from "../_fixtures.ts";
 
 const COST = 192_000n;
 
@@ -14,40 +11,20 @@ const COST = 192_000n;
  * outbox entries wait for the deliveries the test makes.
  */
 async function settled(t: TestRouter, n: number) {
-  const acct = await t.account("1");
-  const key = (await t.router.svc.keys.resolve(acct.key))!;
-  const actors = new AccountActors(t.kv, { delivery: "drainer" });
-  const ids: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const holdId = newId("hold");
-    const r = await actors.submit(acct.id, {
-      kind: "reserve",
-      keyId: key.id,
-      holdId,
-      amount: 1_000_000n,
-      ttlMs: 60_000,
-    });
-    assert.deepEqual(r, { ok: true });
-    const now = Date.now();
-    const event: UsageEvent = usageEvent({
-      account_id: acct.id,
-      ts: now,
-      key_id: key.id,
-      key_name: key.name,
+  const { ids, actors: _actors, ...acct } = await settledUnrecorded(
+    t,
+    Array.from({ length: n }, () => ({
       prompt_tokens: 1000,
       completion_tokens: 200,
       cached_tokens: 400,
       reasoning_tokens: 50,
-      cost: COST,
       market_cost: 240_000n,
       latency_ms: 5,
       client_ip: "127.0.0.1",
       user_agent: "test",
-      balance_after: null,
-    });
-    await actors.submit(acct.id, { kind: "settle", keyId: key.id, holdId, cost: COST, event });
-    ids.push(event.id);
-  }
+    })),
+    COST,
+  );
   const pending = await t.kv.getMany(ids.map((id) => outboxKey(id)));
   assert.ok(pending.every((e) => e.value !== null), "the events wait in the outbox");
   return { ...acct, ids };

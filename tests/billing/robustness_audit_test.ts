@@ -8,45 +8,10 @@ import { AccountActors } from "../../lib/billing/actor.ts";
 import { recordEvents } from "../../lib/audit/recorder.ts";
 import { newId } from "../../lib/ids.ts";
 import { holdKey, outboxKey } from "../../lib/kv/schema.ts";
-import type { UsageEvent } from "../../lib/billing/types.ts";
-import { usageEvent } from "../_fixtures.ts";
+import { settledUnrecorded, usageEvent } from "../_fixtures.ts";
 import { spawnRouter } from "../_main.ts";
 
 const COST = 192_000n;
-
-/**
- * Settles one request per entry of `variants` through an actor of its own that records nothing
- * (as a process killed right after its settling commit would leave them): the events wait in the
- * outbox. Each variant overrides fields of its event.
- */
-async function settledUnrecorded(t: TestRouter, variants: Partial<UsageEvent>[]) {
-  const acct = await t.account("1");
-  const key = (await t.router.svc.keys.resolve(acct.key))!;
-  const actors = new AccountActors(t.kv, { delivery: "drainer" });
-  const ids: string[] = [];
-  for (const fields of variants) {
-    const holdId = newId("hold");
-    const r = await actors.submit(acct.id, {
-      kind: "reserve",
-      keyId: key.id,
-      holdId,
-      amount: 1_000_000n,
-      ttlMs: 60_000,
-    });
-    assert.deepEqual(r, { ok: true });
-    const event = usageEvent({
-      account_id: acct.id,
-      key_id: key.id,
-      key_name: key.name,
-      cost: COST,
-      balance_after: null,
-      ...fields,
-    });
-    await actors.submit(acct.id, { kind: "settle", keyId: key.id, holdId, cost: COST, event });
-    ids.push(event.id);
-  }
-  return { ...acct, ids, actors };
-}
 
 async function outboxLeft(kv: Deno.Kv, ids: string[]) {
   return (await kv.getMany(ids.map((id) => outboxKey(id)))).filter((e) => e.value !== null)
