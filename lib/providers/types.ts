@@ -44,13 +44,12 @@ export interface ProviderAdapter {
    * with an OpenAI usage chunk (`choices: []`) whenever the upstream reported usage. A provider
    * that reports its input usage early (Anthropic's `message_start`) passes it to `onInput`, so
    * a stream cut before its end is billed for the real input. A provider's error event mid-stream
-   * becomes an OpenAI error chunk and the stream then ends as usual; `onFailed` tells the billing
-   * that it failed (audited `upstream_stream_failed`, not `usage_missing`).
+   * becomes an OpenAI error chunk and the stream then ends as usual (the billing finds that chunk
+   * and audits the stream `upstream_stream_failed`).
    */
   chatStream(
     body: ReadableStream<Uint8Array>,
     onInput?: (usage: NormalizedUsage) => void,
-    onFailed?: () => void,
   ): ReadableStream<Uint8Array>;
   /**
    * The provider's own request format, passed through (Anthropic `/v1/messages`, OpenAI

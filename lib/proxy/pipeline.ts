@@ -223,8 +223,8 @@ export async function settleJson(
  * latest interim usage is settled (it is the provider's own count); without one the router counts
  * what was streamed and settles that on top of `inputUsage` (the input side as far as known), or
  * releases the hold if the upstream failed before producing anything. Either is audited with the
- * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`; the last also when
- * `failed` says the provider reported a failure in-stream, or a `failure` event was streamed).
+ * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`; the last also when a
+ * `failure` event was streamed: the provider's own, or a translator's error chunk).
  * `settle` takes that reason too when the final usage itself comes with a failure. An upstream
  * failure ends the stream with an error event in the client's `format`.
  */
@@ -243,12 +243,6 @@ export function billStream(
     format?: SseFormat;
     /** What to send for an event carrying usage after the final one (see `TapHandlers`). */
     afterFinal?: (chunk: Record<string, unknown>) => string | null | undefined;
-    /**
-     * Whether the upstream failed though the stream ended as usual: a translated stream whose
-     * provider sent an error event (the translator's error chunk ends it). Audited
-     * `upstream_stream_failed` whichever way the stream then ended.
-     */
-    failed?: () => boolean;
     /**
      * The event by which the provider reports a failure in a stream passed through as it came
      * (Anthropic's `event: error`, an OpenAI error chunk or Responses `error` event): a stream
@@ -295,7 +289,7 @@ export function billStream(
       if (settled) return;
       let text: string | undefined;
       const streamed = () => text ??= produced();
-      const errorCode = kind === "error" || opts.failed?.() ||
+      const errorCode = kind === "error" ||
           (opts.failure !== undefined && holdsFailure(streamed(), opts.failure))
         ? "upstream_stream_failed"
         : kind === "complete"

@@ -116,10 +116,9 @@ export async function chatCompletions(c: Context<AppEnv>) {
     }
     return null;
   };
-  let failed = false;
   const out = billStream(
     m,
-    model.adapter.chatStream(reply.res.body!, (u) => input = u, () => failed = true),
+    model.adapter.chatStream(reply.res.body!, (u) => input = u),
     async (chunk, _event, settle, interim) => {
       // OpenAI's final usage comes in a chunk of its own, with no choices. Some OpenAI-compatible
       // hosts report usage with the choices instead: a running count on every chunk, or the whole
@@ -141,8 +140,8 @@ export async function chatCompletions(c: Context<AppEnv>) {
     // A usage chunk of its own after the finishing one (vLLM sends both): the same bill.
     {
       afterFinal: (chunk) => withBilled(chunk, billed!),
-      failed: () => failed,
-      // OpenAI (and OpenAI-compatible hosts) report a failure mid-stream as a chunk with `error`.
+      // OpenAI (and OpenAI-compatible hosts) report a failure mid-stream as a chunk with `error`,
+      // as the translation of another provider's error event does.
       failure: { pattern: /"error"/, is: (chunk) => chunk.error != null },
     },
   );

@@ -97,10 +97,9 @@ export async function messages(c: Context<AppEnv>) {
     );
   }
   let input: NormalizedUsage | null = null;
-  let failed = false;
   const upstream = translated
     ? chatStreamToMessages(
-      model.adapter.chatStream(reply.res.body!, (u) => input = u, () => failed = true),
+      model.adapter.chatStream(reply.res.body!, (u) => input = u),
       body.model,
     )
     : reply.res.body!;
@@ -136,8 +135,8 @@ export async function messages(c: Context<AppEnv>) {
       ),
     {
       format: "anthropic",
-      failed: () => failed,
-      // Anthropic reports a failure mid-stream (overloaded_error) as `event: error`.
+      // Anthropic reports a failure mid-stream (overloaded_error) as `event: error`, as the
+      // translation of another provider's error does.
       failure: {
         pattern: /"error"/,
         is: (data, name) => name === "error" || data.type === "error",

@@ -192,7 +192,6 @@ const STREAM_FAILED = {
 function streamFromAnthropic(
   src: ReadableStream<Uint8Array>,
   onInput?: (usage: NormalizedUsage) => void,
-  onFailed?: () => void,
 ): ReadableStream<Uint8Array> {
   let head = completionHead("msg", "", "chat.completion.chunk");
   let usage: Record<string, unknown> = {};
@@ -265,7 +264,6 @@ function streamFromAnthropic(
       case "message_stop":
         return finished ? [usageChunk()] : [];
       case "error":
-        onFailed?.();
         return [STREAM_FAILED];
       default:
         return [];

@@ -289,14 +289,13 @@ const STREAM_FAILED = {
 
 /**
  * A Gemini `streamGenerateContent?alt=sse` stream → OpenAI chat chunks, event by event. An error
- * event ends it with the router's error (never Gemini's message) and no usage chunk, and is told
- * to `onFailed`: the router then bills the input Gemini reported (`onInput`) and counts the output
- * streamed, audited as a failed stream.
+ * event ends it with the router's error (never Gemini's message) and no usage chunk: the router
+ * then bills the input Gemini reported (`onInput`) and counts the output streamed, audited as a
+ * failed stream.
  */
 function streamFromGemini(
   src: ReadableStream<Uint8Array>,
   onInput?: (usage: NormalizedUsage) => void,
-  onFailed?: () => void,
 ): ReadableStream<Uint8Array> {
   let head: ReturnType<typeof completionHead> | null = null;
   let usage: unknown = null;
@@ -313,7 +312,6 @@ function streamFromGemini(
     if (failed) return [];
     if (data.error) {
       failed = true;
-      onFailed?.();
       return [STREAM_FAILED];
     }
     const out: unknown[] = [];
