@@ -135,7 +135,8 @@ function chunkReader(src: ReadableStream<Uint8Array>): {
     cancel: (reason) => byob.cancel(reason),
   };
 }
-const FAILURE = {
+/** The error a client gets in place of a stream its provider failed (never the provider's text). */
+export const STREAM_FAILURE = {
   message: "The provider's stream failed",
   type: "api_error",
   code: "upstream_error",
@@ -145,8 +146,8 @@ const FAILURE = {
  * with `error`; Anthropic's read only named events, and throw on `event: error`.
  */
 const STREAM_FAILED: Record<SseFormat, string> = {
-  openai: `data: ${JSON.stringify({ error: FAILURE })}\n\n`,
-  anthropic: `event: error\ndata: ${JSON.stringify({ type: "error", error: FAILURE })}\n\n`,
+  openai: `data: ${JSON.stringify({ error: STREAM_FAILURE })}\n\n`,
+  anthropic: `event: error\ndata: ${JSON.stringify({ type: "error", error: STREAM_FAILURE })}\n\n`,
 };
 
 /**

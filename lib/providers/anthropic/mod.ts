@@ -12,7 +12,7 @@ import {
   parseDataUrl,
   stopList,
 } from "../common.ts";
-import { translateSse } from "../../proxy/sse.ts";
+import { STREAM_FAILURE, translateSse } from "../../proxy/sse.ts";
 
 /** The API version sent when the client named none (Anthropic requires one). */
 export const ANTHROPIC_VERSION = "2023-06-01";
@@ -184,9 +184,7 @@ function fromAnthropic(json: unknown, r: UsageReader) {
   };
 }
 
-const STREAM_FAILED = {
-  error: { message: "The provider's stream failed", type: "api_error", code: "upstream_error" },
-};
+const STREAM_FAILED = { error: STREAM_FAILURE };
 
 /** An Anthropic Messages event stream → OpenAI chat chunks, event by event. */
 function streamFromAnthropic(

@@ -13,7 +13,7 @@ import {
   stopList,
   toolNames,
 } from "../common.ts";
-import { translateSse } from "../../proxy/sse.ts";
+import { STREAM_FAILURE, translateSse } from "../../proxy/sse.ts";
 
 type Part = Record<string, unknown>;
 
@@ -283,9 +283,7 @@ function fromGemini(json: unknown, r: UsageReader) {
   };
 }
 
-const STREAM_FAILED = {
-  error: { message: "The provider's stream failed", type: "api_error", code: "upstream_error" },
-};
+const STREAM_FAILED = { error: STREAM_FAILURE };
 
 /**
  * A Gemini `streamGenerateContent?alt=sse` stream → OpenAI chat chunks, event by event. An error
