@@ -1,4 +1,5 @@
 import { eventData, SseSplitter } from "./sse.ts";
+import { arr, obj } from "../providers/common.ts";
 
 /** Tokens an image may add to a prompt beyond its bytes in the request (a URL is short). */
 const IMAGE_ALLOWANCE = 2000;
@@ -28,18 +29,13 @@ export const DEFAULT_WEB_SEARCH_BOUND = 20;
 const limitOf = (v: unknown) =>
   typeof v === "number" && Number.isInteger(v) && v >= 0 ? v : undefined;
 
-const objects = (v: unknown) =>
-  (Array.isArray(v) ? v : []).filter((t): t is Record<string, unknown> =>
-    !!t && typeof t === "object"
-  );
-
 /**
  * The most web searches an Anthropic Messages request may run, for the hold: each web search
  * tool (`web_search_20250305` and later versions) allows its `max_uses`, or the default bound.
  */
 export function anthropicSearchBound(body: Record<string, unknown>): number {
   let n = 0;
-  for (const t of objects(body.tools)) {
+  for (const t of arr(body.tools).map(obj)) {
     if (typeof t.type !== "string" || !t.type.startsWith("web_search")) continue;
     n += limitOf(t.max_uses) ?? DEFAULT_WEB_SEARCH_BOUND;
   }
@@ -54,7 +50,9 @@ export function anthropicSearchBound(body: Record<string, unknown>): number {
  */
 export function responsesSearchBound(body: Record<string, unknown>): number {
   const searching = body.prompt ||
-    objects(body.tools).some((t) => typeof t.type === "string" && t.type.startsWith("web_search"));
+    arr(body.tools).map(obj).some((t) =>
+      typeof t.type === "string" && t.type.startsWith("web_search")
+    );
   if (!searching) return 0;
   return limitOf(body.max_tool_calls) ?? DEFAULT_WEB_SEARCH_BOUND;
 }
