@@ -424,6 +424,14 @@ async function refundsOf(
 }
 
 /**
+ * The share of a purchase's `credits` that `cents` of its `paid` cents stand for (all of it at
+ * most), rounded down: refunds and disputes take the difference of cumulative shares, so partial
+ * take-backs add up to exactly the whole.
+ */
+const creditShare = (credits: bigint, paid: bigint, cents: bigint) =>
+  credits * (cents < paid ? cents : paid) / paid;
+
+/**
  * The credited purchase a refund (or dispute) of `paymentIntent` takes back from; "not_credited"
  * when its Checkout Session was rejected (nothing was ever granted); null when the payment is not
  * the router's (`ours` false: no account in its metadata). Throws `RetryLater` while the purchase
@@ -479,7 +487,7 @@ async function refundCharge(svc: Services, charge: Stripe.Charge) {
   const disputed = paymentIntent ? await disputedCredit(svc, paymentIntent, payment) : 0n;
   const limit = payment.credits - disputed;
   const share = (cents: bigint) => {
-    const s = payment.credits * (cents < amount ? cents : amount) / amount;
+    const s = creditShare(payment.credits, amount, cents);
     return s < limit ? s : limit;
   };
   const refunds = await refundsOf(svc, charge);
@@ -675,7 +683,7 @@ async function disputeWithdrawn(
   // The disputed cents come after the charge's refunds (a fresh listing), shared out as refunds
   // are: the cumulative share of refunds and dispute, less the refunds' own. What the refunds and
   // the other disputes took is never taken twice.
-  const share = (cents: bigint) => payment.credits * (cents < amount ? cents : amount) / amount;
+  const share = (cents: bigint) => creditShare(payment.credits, amount, cents);
   const refunded = chargeId
     ? (await refundsOf(svc, { id: chargeId })).reduce((n, r) => n + BigInt(r.amount), 0n)
     : 0n;
