@@ -84,6 +84,9 @@ export async function messages(c: Context<AppEnv>) {
   );
   const model = m.model;
   const translated = !native(model);
+  /** The prompt (messages, tools and system) as the router counts it, for usage that never came. */
+  const promptEstimate = () =>
+    estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? ""));
   if (!stream) {
     return c.json(
       await settleJson(m, reply, (json, r) => {
@@ -93,7 +96,7 @@ export async function messages(c: Context<AppEnv>) {
         }
         const out = obj(json);
         return { body: out, usage: readAnthropicUsage(out.usage, r) };
-      }, () => estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? ""))),
+      }, promptEstimate),
     );
   }
   let input: NormalizedUsage | null = null;
@@ -129,7 +132,7 @@ export async function messages(c: Context<AppEnv>) {
       withSearches(
         started && !translated ? readAnthropicUsage(started, new UsageReader()) : input ?? {
           ...ZERO_USAGE,
-          prompt: estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? "")),
+          prompt: promptEstimate(),
         },
         searched.size,
       ),

@@ -76,17 +76,18 @@ export async function responses(c: Context<AppEnv>) {
         headers,
       )!,
   );
+  /** A response's usage: its tokens, and each web_search_call output item as one search. */
+  const usageOf = (response: Record<string, unknown>, r: UsageReader) =>
+    withSearches(readResponsesUsage(response.usage, r), responsesWebSearches(response.output, r));
+  /** The prompt as the router counts it, for a reply or stream that comes without usage. */
+  const promptEstimate = () =>
+    estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? ""));
   if (!stream) {
     return c.json(
       await settleJson(m, reply, (json, r) => {
         const out = obj(json);
-        // Each web_search_call output item is one search, billed at the model's fee.
-        const usage = withSearches(
-          readResponsesUsage(out.usage, r),
-          responsesWebSearches(out.output, r),
-        );
-        return { body: out, usage };
-      }, () => estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? ""))),
+        return { body: out, usage: usageOf(out, r) };
+      }, promptEstimate),
     );
   }
   const reader = new UsageReader();
@@ -101,10 +102,7 @@ export async function responses(c: Context<AppEnv>) {
       if (!response.usage || typeof response.usage !== "object") return undefined;
       // The final response lists every output item, its web_search_call items included.
       const cost = await settle(
-        withSearches(
-          readResponsesUsage(response.usage, reader),
-          responsesWebSearches(response.output, reader),
-        ),
+        usageOf(response, reader),
         data.type === "response.failed" ? "upstream_stream_failed" : undefined,
       );
       logAnomalies(m, reader);
@@ -113,11 +111,7 @@ export async function responses(c: Context<AppEnv>) {
         response: { ...response, usage: withCost(response.usage, cost) },
       });
     },
-    () =>
-      withSearches({
-        ...ZERO_USAGE,
-        prompt: estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? "")),
-      }, searched.size),
+    () => withSearches({ ...ZERO_USAGE, prompt: promptEstimate() }, searched.size),
     {
       // A failure mid-stream: an `error` event, or response.failed (billed as above if it has usage).
       failure: {
