@@ -155,27 +155,20 @@ export class MeteredRequest {
   async reserve(
     promptTokens: number,
     outputTokens: number,
-    alternatives: { model: ResolvedModel; outputTokens: number; searches?: number }[] = [],
-    /** The most server-side web searches the request may run (`webSearchBound`). */
+    alternatives: { model: ResolvedModel; outputTokens: number }[] = [],
+    /**
+     * The most server-side web searches the request may run (`anthropicSearchBound`,
+     * `responsesSearchBound` in lib/proxy/tokens.ts).
+     */
     searches = 0,
   ): Promise<void> {
     const svc = this.c.get("svc");
     const key = this.c.get("key");
-    let amount = priceWorstCase(
-      promptTokens,
-      outputTokens,
-      this.model.prices,
-      this.model.discountBps,
-      searches,
-    ).cost;
+    const worst = (model: ResolvedModel, output: number) =>
+      priceWorstCase(promptTokens, output, model.prices, model.discountBps, searches).cost;
+    let amount = worst(this.model, outputTokens);
     for (const alt of alternatives) {
-      const c = priceWorstCase(
-        promptTokens,
-        alt.outputTokens,
-        alt.model.prices,
-        alt.model.discountBps,
-        alt.searches ?? searches,
-      ).cost;
+      const c = worst(alt.model, alt.outputTokens);
       if (c > amount) amount = c;
     }
     // Judged before the reserve is submitted, which counts it among the account's deciding ones.
