@@ -1,4 +1,4 @@
-import { rollupDigestKey } from "../kv/schema.ts";
+import { rollupDigestKey, rollupKey } from "../kv/schema.ts";
 import { compactAccount } from "./compact.ts";
 import { getAll } from "../kv/util.ts";
 import { formatUsd, savingsPercent } from "../money.ts";
@@ -281,6 +281,15 @@ function fromDigest(d: RollupDigest): Map<string, Totals> {
   return m;
 }
 
+/** Each bucket's account-wide request count: the version every rollup write of it raises. */
+async function requestCounts(kv: Deno.Kv, accountId: string, buckets: Bucket[]) {
+  const counts = await getAll<Deno.KvU64>(
+    kv,
+    buckets.map((b) => rollupKey(accountId, b.grain, "", "all", b.name, "", "requests")),
+  );
+  return counts.map((e) => e.value?.value ?? 0n);
+}
+
 /**
  * Stores digests of scanned buckets whose version did not move while they were scanned; returns
  * the names of those buckets.
@@ -295,16 +304,13 @@ async function storeDigests(
   versions: Map<string, bigint>,
   groups: Map<string, Map<string, Totals>>,
 ): Promise<string[]> {
-  const after = await getAll<Deno.KvU64>(
-    kv,
-    buckets.map((b) => ["rollup", accountId, grain, "", "all", b.name, "", "requests"]),
-  );
+  const after = await requestCounts(kv, accountId, buckets);
   const unchanged: string[] = [];
   let atomic = kv.atomic(), n = 0;
   for (let i = 0; i < buckets.length; i++) {
     const b = buckets[i];
     const v = versions.get(b.name)!;
-    if ((after[i].value?.value ?? 0n) !== v) continue;
+    if (after[i] !== v) continue;
     unchanged.push(b.name);
     const digest = toDigest(v, groups.get(b.name)!);
     if (!digest) continue;
@@ -420,13 +426,8 @@ export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
     const read = await readGroups(kv, q, groupBy, runs, now);
     ({ scopeTotals, perBucket } = read);
     if (oneRead || attempt === READ_ATTEMPTS) break;
-    const after = await getAll<Deno.KvU64>(
-      kv,
-      buckets.map((b) => ["rollup", q.accountId, b.grain, "", "all", b.name, "", "requests"]),
-    );
-    const moved = buckets.some((b, i) =>
-      (after[i].value?.value ?? 0n) !== (read.versions.get(b.name) ?? 0n)
-    );
+    const after = await requestCounts(kv, q.accountId, buckets);
+    const moved = buckets.some((b, i) => after[i] !== (read.versions.get(b.name) ?? 0n));
     if (!moved) break;
   }
 
