@@ -3,7 +3,13 @@ import { approxBytes, clip, getAll, isLocked, keyBytes, sleep } from "../kv/util
 import { idFloor } from "../ids.ts";
 import { encodeAuditRow } from "./row.ts";
 import { notePending, pendingKeyBytes, PendingRollups, pendingRowBytes } from "../usage/compact.ts";
-import type { AuditRow, LedgerEntry, UsageEvent } from "../billing/types.ts";
+import {
+  type AuditRow,
+  type LedgerEntry,
+  MAX_NAME_CHARS,
+  MAX_USER_AGENT_CHARS,
+  type UsageEvent,
+} from "../billing/types.ts";
 
 // Deno KV's limits per atomic. The key and value sizes counted are upper bounds (keyBytes,
 // approxBytes), so the limits themselves are the bounds. Events of many accounts bring up to 96
@@ -23,11 +29,11 @@ export function auditRowOf(e: UsageEvent): AuditRow {
   return {
     timestamp: new Date(ts).toISOString(),
     ...facts,
-    key_name: clip(facts.key_name, 256),
-    provider: clip(facts.provider, 256),
-    model: clip(facts.model, 256),
+    key_name: clip(facts.key_name, MAX_NAME_CHARS),
+    provider: clip(facts.provider, MAX_NAME_CHARS),
+    model: clip(facts.model, MAX_NAME_CHARS),
     client_ip: clip(facts.client_ip, 64),
-    user_agent: clip(facts.user_agent, 512),
+    user_agent: clip(facts.user_agent, MAX_USER_AGENT_CHARS),
     error_code: facts.error_code === null ? null : clip(facts.error_code, 64),
   };
 }
@@ -46,7 +52,9 @@ function ledgerRowOf(e: UsageEvent): LedgerEntry {
     amount: -e.cost,
     balance_after: e.balance_after ?? 0n,
     created_at: new Date(e.ts).toISOString(),
-    description: `${clip(e.provider, 256)}/${clip(e.model, 256)}, ${tokens} tokens`,
+    description: `${clip(e.provider, MAX_NAME_CHARS)}/${
+      clip(e.model, MAX_NAME_CHARS)
+    }, ${tokens} tokens`,
     reference: e.request_id,
   };
 }

@@ -92,6 +92,14 @@ export interface LedgerEntry {
 }
 
 /** What the audit trail keeps of one request: metadata only, never content. */
+/**
+ * The most characters a request's free text keeps in its event and audit row (the client's text,
+ * which must fit one KV value): a provider or model name (a refused request's `model` is whatever
+ * the client sent), and a user agent.
+ */
+export const MAX_NAME_CHARS = 256;
+export const MAX_USER_AGENT_CHARS = 512;
+
 export interface RequestFacts {
   request_id: string;
   key_id: string;

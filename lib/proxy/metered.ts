@@ -8,18 +8,12 @@ import {
   priceWorstCase,
   ZERO_USAGE,
 } from "../pricing.ts";
-import type { UsageEvent } from "../billing/types.ts";
+import { MAX_NAME_CHARS, MAX_USER_AGENT_CHARS, type UsageEvent } from "../billing/types.ts";
 import type { ReserveResult } from "../billing/actor.ts";
 import type { ResolvedModel } from "../providers/types.ts";
 import type { AppEnv } from "../services.ts";
 import { ApiError } from "../http/errors.ts";
 import { clip } from "../kv/util.ts";
-
-/**
- * The longest provider or model name an event keeps: a refused request's `model` is the client's
- * text (up to MAX_BODY_BYTES), and the event must fit one KV value.
- */
-export const MAX_MODEL_CHARS = 256;
 
 // Deno refuses to read a request's address or headers once it has closed, and a stream whose
 // client went away is settled after that: both are read while the request is open, and kept.
@@ -31,7 +25,7 @@ function client(c: Context<AppEnv>) {
     const addr = info?.remoteAddr as Deno.NetAddr | undefined;
     found = {
       ip: addr?.hostname ?? "",
-      userAgent: clip(c.req.header("user-agent") ?? "", 512),
+      userAgent: clip(c.req.header("user-agent") ?? "", MAX_USER_AGENT_CHARS),
     };
     clients.set(c, found);
   }
@@ -71,8 +65,8 @@ export function usageEvent(
     request_id: c.get("requestId"),
     key_id: key.id,
     key_name: key.name,
-    provider: clip(fields.provider, MAX_MODEL_CHARS),
-    model: clip(fields.model, MAX_MODEL_CHARS),
+    provider: clip(fields.provider, MAX_NAME_CHARS),
+    model: clip(fields.model, MAX_NAME_CHARS),
     prompt_tokens: u.prompt,
     completion_tokens: u.completion,
     cached_tokens: u.cached,
