@@ -66,8 +66,6 @@ export class Background {
   #timer: ReturnType<typeof setInterval> | undefined;
   #compactTimer: ReturnType<typeof setInterval> | undefined;
   #renewTimer: ReturnType<typeof setInterval> | undefined;
-  #renewing = false;
-  #compacting = false;
   #listener: Promise<void> | null = null;
   #inFlight = new Set<Promise<unknown>>();
   #closed = false;
@@ -104,20 +102,23 @@ export class Background {
     }, this.#opts.sweepEveryMs);
     const ttl = this.#opts.holdTtlMs;
     if (ttl !== undefined) {
-      this.#renewTimer = setInterval(() => {
-        if (this.#renewing) return;
-        this.#renewing = true;
-        this.#track(this.#actors.renewLive(ttl)).catch((e) => this.#opts.onError?.(e))
-          .finally(() => this.#renewing = false);
-      }, Math.max(1, Math.floor(ttl / 4)));
+      this.#renewTimer = this.#every(
+        Math.max(1, Math.floor(ttl / 4)),
+        () => this.#actors.renewLive(ttl),
+      );
     }
-    this.#compactTimer = setInterval(() => {
-      if (this.#compacting) return;
-      this.#compacting = true;
-      this.#track(compactPending(this.#kv)).catch((e) => this.#opts.onError?.(e))
-        .finally(() => this.#compacting = false);
-    }, COMPACT_EVERY_MS);
+    this.#compactTimer = this.#every(COMPACT_EVERY_MS, () => compactPending(this.#kv));
     return this;
+  }
+
+  /** Runs `work` every `ms`, skipping a tick while its previous run is still going. */
+  #every(ms: number, work: () => Promise<unknown>): ReturnType<typeof setInterval> {
+    let running = false;
+    return setInterval(() => {
+      if (running) return;
+      running = true;
+      this.#track(work()).catch((e) => this.#opts.onError?.(e)).finally(() => running = false);
+    }, ms);
   }
 
   /** Called by the actors after each commit with the outbox ids it wrote. */
