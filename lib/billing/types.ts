@@ -89,6 +89,8 @@ export interface LedgerEntry {
   created_at: string;
   description: string;
   reference: string | null;
+  /** A purchase's receipt (Stripe's `receipt_url` of its charge), when known. */
+  receipt_url?: string;
 }
 
 /** What the audit trail keeps of one request: metadata only, never content. */
