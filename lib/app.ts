@@ -17,6 +17,7 @@ import { billingRoutes } from "../routes/v1/billing.ts";
 import { pageRoutes } from "./render/routes.ts";
 import { stripeRoutes } from "../routes/v1/stripe.ts";
 import { webhookRoutes } from "../routes/v1/webhooks.ts";
+import { statementRoutes } from "../routes/v1/statements.ts";
 import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
 import { addressPolicy } from "./webhooks/addresses.ts";
 
@@ -135,6 +136,7 @@ export function createApp(deps: AppDeps): Router {
   app.route("/v1", billingRoutes());
   app.route("/v1", stripeRoutes());
   app.route("/v1", webhookRoutes());
+  app.route("/v1", statementRoutes());
   app.route("/v1/admin", adminRoutes());
 
   app.notFound((c) =>

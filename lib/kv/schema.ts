@@ -157,3 +157,9 @@ export const webhookDueKey = (
   eventId: string,
 ) => ["webhook_due", dueMs, accountId, endpointId, eventId] as const;
 export const WEBHOOK_DUE_PREFIX = ["webhook_due"] as const;
+/**
+ * ["statement_close", accountId, "2026-11"] → bigint: Σ ledger through the end of a closed month
+ * (a cache of the statements, written once no more rows can land in the month).
+ */
+export const statementCloseKey = (accountId: string, month: string) =>
+  ["statement_close", accountId, month] as const;
