@@ -1,6 +1,7 @@
 import { Fragment } from "preact";
 import { useSignal } from "@preact/signals";
 import { formatMoney, formatTime } from "../lib/render/format.ts";
+import { api } from "../lib/render/api.ts";
 
 /** A key as GET /v1/keys shows it. */
 export interface KeyView {
@@ -19,19 +20,6 @@ export interface KeyView {
 export interface KeysManagerProps extends Record<string, unknown> {
   keys: KeyView[];
   csrf: string;
-}
-
-/** Calls the management API as the signed-in session; returns the JSON or throws its message. */
-async function api(csrf: string, method: string, path: string, body?: unknown) {
-  const res = await fetch(path, {
-    method,
-    credentials: "same-origin",
-    headers: { "content-type": "application/json", "x-csrf-token": csrf },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const json = await res.json().catch(() => null);
-  if (!res.ok) throw new Error(json?.error?.message ?? `The request failed (${res.status})`);
-  return json;
 }
 
 /** A limit form's fields as the API takes them: no limit is null, a reset only with a limit. */

@@ -129,7 +129,11 @@ Deno.test("the transaction list links a purchase to its receipt, and nothing els
   const html = renderToString(
     h(LedgerTable, {
       id: "transactions",
-      rows: [{ ...row, receipt_url: receipt }, { ...row, id: "txn_2", type: "adjustment" as const }],
+      rows: [{ ...row, receipt_url: receipt }, {
+        ...row,
+        id: "txn_2",
+        type: "adjustment" as const,
+      }],
       empty: "none",
     }),
   );

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { json, startRouter } from "../_helpers.ts";
+import { ADMIN_TOKEN, json, startRouter } from "../_helpers.ts";
 import { startReceiver, TEST_CA } from "../_fakes/receiver.ts";
 import { nextAttemptMs } from "../../lib/webhooks/dispatcher.ts";
 import type { Resolver } from "../../lib/webhooks/addresses.ts";
@@ -334,6 +334,51 @@ Deno.test("webhooks: https goes to the checked address, with the URL's host for 
     const w = await json(await t.call(mgmt, "POST", `/v1/webhooks/${wrong.id}/test`), 200);
     assert.equal(w.last_error, "tls_failed");
     assert.equal(rx.received.length, 1);
+  } finally {
+    await rx.close();
+    await t.close();
+  }
+});
+
+Deno.test("webhooks: an operator's refund from the dashboard emits credits.refunded once, however often submitted", async () => {
+  const t = await startRouter();
+  const rx = startReceiver();
+  try {
+    const acct = await t.account("1");
+    const endpoint = await addEndpoint(t, acct.mgmt, rx, ["credits.refunded"]);
+    const post = (path: string, form: Record<string, string>, cookie = "") =>
+      fetch(t.url + path, {
+        method: "POST",
+        redirect: "manual",
+        headers: { "content-type": "application/x-www-form-urlencoded", origin: t.url, cookie },
+        body: new URLSearchParams(form),
+      });
+    const signin = await post("/dashboard/admin/signin", { token: ADMIN_TOKEN });
+    const cookie = signin.headers.get("set-cookie")!.split(";")[0];
+    await signin.body?.cancel();
+    const page = await (await fetch(`${t.url}/dashboard/admin/accounts/${acct.id}`, {
+      headers: { cookie },
+    })).text();
+    const field = (name: string) => page.match(new RegExp(`name="${name}" value="([^"]+)"`))![1];
+    const form = {
+      _csrf: field("_csrf"),
+      nonce: field("nonce"),
+      type: "refund",
+      amount: "0.75",
+      reason: "billed in error",
+    };
+    for (let i = 0; i < 2; i++) {
+      const r = await post(`/dashboard/admin/accounts/${acct.id}`, form, cookie);
+      assert.equal(r.status, 303);
+      await r.body?.cancel();
+    }
+    await settled(t, acct.mgmt, endpoint, 1);
+    await t.router.svc.webhooks.sweep();
+    assert.equal(rx.received.length, 1);
+    assert.ok(rx.received[0].verified.ok);
+    assert.equal(rx.received[0].verified.event.type, "credits.refunded");
+    assert.equal(rx.received[0].verified.event.data.amount, "0.75");
+    await t.assertBooks();
   } finally {
     await rx.close();
     await t.close();
