@@ -2,6 +2,7 @@ import { Fragment } from "preact";
 import { useSignal } from "@preact/signals";
 import { formatTime } from "../lib/render/format.ts";
 import { api } from "../lib/render/api.ts";
+import { SecretOnce, useActions } from "../lib/render/actions.tsx";
 
 /** An endpoint as GET /v1/webhooks shows it. */
 export interface EndpointView {
@@ -92,29 +93,10 @@ export default function WebhooksManager(
 ) {
   const endpoints = useSignal<EndpointView[]>(initial);
   const secret = useSignal<{ url: string; secret: string } | null>(null);
-  const copied = useSignal(false);
-  const error = useSignal("");
-  const busy = useSignal(false);
+  const { busy, error, row, run } = useActions();
   /** The open delivery logs, by endpoint. */
   const logs = useSignal<Record<string, DeliveryView[]>>({});
-  /** The last row action's outcome, shown under that endpoint. */
-  const rowNote = useSignal<{ id: string; kind: "ok" | "error"; text: string } | null>(null);
   const confirming = useSignal<string | null>(null);
-
-  const run = async (f: () => Promise<unknown>, id?: string) => {
-    busy.value = true;
-    if (id === undefined) error.value = "";
-    else rowNote.value = null;
-    try {
-      await f();
-    } catch (e) {
-      const text = e instanceof Error ? e.message : String(e);
-      if (id === undefined) error.value = text;
-      else rowNote.value = { id, kind: "error", text };
-    } finally {
-      busy.value = false;
-    }
-  };
 
   const loadLog = async (id: string) => {
     const page = await api(csrf, "GET", `/v1/webhooks/${id}/deliveries?limit=20`);
@@ -131,26 +113,15 @@ export default function WebhooksManager(
       const { secret: s, ...view } = created;
       endpoints.value = [...endpoints.value, view as EndpointView];
       secret.value = { url: created.url, secret: s };
-      copied.value = false;
       form.reset();
     });
-  };
-
-  const copy = async () => {
-    if (!secret.value) return;
-    try {
-      await navigator.clipboard.writeText(secret.value.secret);
-      copied.value = true;
-    } catch {
-      error.value = "Copying was blocked by the browser: select the secret and copy it by hand.";
-    }
   };
 
   const test = (ep: EndpointView) =>
     run(async () => {
       const d: DeliveryView = await api(csrf, "POST", `/v1/webhooks/${ep.id}/test`);
       await loadLog(ep.id);
-      rowNote.value = d.state === "delivered"
+      row.value = d.state === "delivered"
         ? { id: ep.id, kind: "ok", text: `Test event delivered: ${outcome(d)}.` }
         : {
           id: ep.id,
@@ -213,18 +184,15 @@ export default function WebhooksManager(
         </form>
         {secret.value
           ? (
-            <div class="secret" role="status">
-              <p>
-                Signing secret of{" "}
-                <strong>{secret.value.url}</strong>: copy it now. It is shown only once.
-              </p>
-              <div class="secret-row">
-                <code id="new-webhook-secret">{secret.value.secret}</code>
-                <button type="button" class="secondary" onClick={copy} id="copy-webhook-secret">
-                  {copied.value ? "Copied" : "Copy"}
-                </button>
-              </div>
-            </div>
+            <SecretOnce
+              key={secret.value.secret}
+              secret={secret.value.secret}
+              id="new-webhook-secret"
+              copyId="copy-webhook-secret"
+            >
+              Signing secret of{" "}
+              <strong>{secret.value.url}</strong>: copy it now. It is shown only once.
+            </SecretOnce>
           )
           : null}
         {error.value ? <p class="notice error" role="alert">{error.value}</p> : null}
@@ -313,15 +281,15 @@ export default function WebhooksManager(
                           </div>
                         </td>
                       </tr>
-                      {rowNote.value?.id === ep.id
+                      {row.value?.id === ep.id
                         ? (
                           <tr class="row-note">
                             <td colSpan={4}>
                               <p
-                                class={`notice ${rowNote.value.kind}`}
-                                role={rowNote.value.kind === "error" ? "alert" : "status"}
+                                class={`notice ${row.value.kind}`}
+                                role={row.value.kind === "error" ? "alert" : "status"}
                               >
-                                {rowNote.value.text}
+                                {row.value.text}
                               </p>
                             </td>
                           </tr>

@@ -2,21 +2,10 @@
 import assert from "node:assert/strict";
 import { json, type TestRouter } from "../_helpers.ts";
 import type { Receiver } from "../_fakes/receiver.ts";
+import type { DeliveryView } from "../../islands/WebhooksManager.tsx";
 
 /** A delivery as GET /v1/webhooks/{id}/deliveries shows it. */
-export interface DeliveryRow {
-  webhook_id: string;
-  endpoint_id: string;
-  type: string;
-  state: "pending" | "delivered" | "failed";
-  attempts: number;
-  last_status: number | null;
-  last_error: string | null;
-  latency_ms: number | null;
-  created_at: string;
-  delivered_at: string | null;
-  next_attempt_at: string | null;
-}
+export type DeliveryRow = DeliveryView & { endpoint_id: string };
 
 /** Adds an endpoint of `rx` for `events`; the receiver learns its secret. Returns its id. */
 export async function addEndpoint(
