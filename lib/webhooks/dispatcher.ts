@@ -300,13 +300,16 @@ export class Webhooks {
     const entry = await this.#kv.get<Delivery>(key);
     const d = entry.value;
     const start = now();
-    if (!d) {
-      // Its record expired: the due entry that named it has nothing left to do.
-      if (dueMs !== null) await this.#kv.delete(webhookDueKey(dueMs, ...ref));
+    if (!d || d.state !== "pending" || (dueMs !== null && d.due_ms !== dueMs)) {
+      // A due entry its delivery has moved past (or whose record expired): nothing left to do,
+      // and it goes, unless the delivery changed meanwhile.
+      if (dueMs !== null) {
+        await this.#kv.atomic().check(entry).delete(webhookDueKey(dueMs, ...ref)).commit();
+      }
       return;
     }
-    // Finished, or not due yet (a message early, or a sweep behind another process's attempt).
-    if (d.state !== "pending" || d.due_ms === null || d.due_ms > start) return;
+    // Not due yet: a message early, or another process's attempt under way.
+    if (d.due_ms === null || d.due_ms > start) return;
     const endpoint = await getEndpoint(this.#kv, accountId, endpointId);
     if (!endpoint || endpoint.disabled) {
       // Deleted or disabled since: the delivery ends here, logged.

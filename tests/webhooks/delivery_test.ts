@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { ADMIN_TOKEN, json, startRouter } from "../_helpers.ts";
 import { startReceiver, TEST_CA } from "../_fakes/receiver.ts";
-import { nextAttemptMs } from "../../lib/webhooks/dispatcher.ts";
-import type { Resolver } from "../../lib/webhooks/addresses.ts";
+import { nextAttemptMs, Webhooks } from "../../lib/webhooks/dispatcher.ts";
+import { addressPolicy, type Resolver } from "../../lib/webhooks/addresses.ts";
+import { getEndpoint } from "../../lib/webhooks/endpoints.ts";
 import { addEndpoint, closedPort, deliveries, settled } from "./_webhooks.ts";
 
 const MODES = ["queue", "drainer"] as const;
@@ -381,6 +382,73 @@ Deno.test("webhooks: an operator's refund from the dashboard emits credits.refun
     await t.assertBooks();
   } finally {
     await rx.close();
+    await t.close();
+  }
+});
+
+Deno.test("webhooks: an attempt whose process died is taken over when its lease ends; the late outcome does not overwrite", async () => {
+  let clock = Date.now();
+  const t = await startRouter({ env: { OUTBOX_DELIVERY: "drainer" }, now: () => clock });
+  // A receiver that holds the first connection unanswered and answers the others 204.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  let heldOne!: () => void;
+  const holding = new Promise<void>((r) => heldOne = r);
+  const serving = (async () => {
+    for await (const conn of listener) {
+      if (held.length === 0) {
+        held.push(conn);
+        heldOne();
+        continue;
+      }
+      const buf = new Uint8Array(4096);
+      await conn.read(buf);
+      await conn.write(new TextEncoder().encode("HTTP/1.1 204 No Content\r\n\r\n"));
+      conn.close();
+    }
+  })();
+  try {
+    const { id, mgmt } = await t.account("0");
+    const ep = await json(
+      await t.call(mgmt, "POST", "/v1/webhooks", {
+        url: `http://127.0.0.1:${(listener.addr as Deno.NetAddr).port}/hook`,
+        events: ["credits.purchased"],
+      }),
+      201,
+    );
+    // Another process, on the same KV: it claims the test event's delivery and stalls.
+    const other = new Webhooks(t.kv, {
+      delivery: "drainer",
+      policy: addressPolicy(t.router.svc.config),
+      now: () => clock,
+      log: () => {},
+      timeoutMs: 60_000,
+    });
+    const endpoint = (await getEndpoint(t.kv, id, ep.id))!;
+    const stalled = other.test(id, endpoint);
+    await holding;
+    let [d] = await deliveries(t, mgmt, ep.id);
+    assert.equal(d.state, "pending");
+    assert.equal(d.attempts, 0);
+    assert.equal(Date.parse(d.next_attempt_at!), clock + 90_000, "its lease: timeout + 30 s");
+
+    // Before the lease ends nobody else sends it; after, this process does.
+    await t.router.svc.webhooks.sweep();
+    assert.equal(held.length, 1);
+    clock += 90_000;
+    await t.router.svc.webhooks.sweep();
+    [d] = await deliveries(t, mgmt, ep.id);
+    assert.equal(d.state, "delivered");
+    assert.equal(d.attempts, 1);
+    assert.equal(d.last_status, 204);
+
+    // The stalled attempt fails late (its connection drops): its outcome is not recorded.
+    held[0].close();
+    await stalled;
+    assert.deepEqual(await deliveries(t, mgmt, ep.id), [d]);
+  } finally {
+    listener.close();
+    await serving;
     await t.close();
   }
 });
