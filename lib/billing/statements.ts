@@ -61,14 +61,17 @@ async function closedBefore(kv: Deno.Kv, endMs: number, now: number): Promise<bo
   return now >= endMs + CLOSE_AFTER_MS && (await listStaleOutbox(kv, endMs, 1)).length === 0;
 }
 
-/** Σ ledger of the account before `startMs` (the start of `month`), from the latest cached month. */
+/**
+ * Σ ledger of the account before `startMs` (the start of `month`), from the latest cached month;
+ * `begun` when the account has a ledger row before it (months before the first row are not kept).
+ */
 async function balanceBefore(
   kv: Deno.Kv,
   accountId: string,
   month: string,
   startMs: number,
   now: number,
-): Promise<bigint> {
+): Promise<{ sum: bigint; begun: boolean }> {
   let sum = 0n;
   let fromMs: number | null = null;
   const cached = kv.list<bigint>(
@@ -79,18 +82,22 @@ async function balanceBefore(
     sum = e.value;
     fromMs = monthRange(e.key[2] as string)![1];
   }
-  if (fromMs === startMs) return sum;
+  let begun = fromMs !== null;
+  if (fromMs === startMs) return { sum, begun };
   const rows = kv.list<LedgerEntry>(
     fromMs === null
       ? { prefix: ["ledger", accountId], end: ["ledger", accountId, startMs] }
       : { start: ["ledger", accountId, fromMs], end: ["ledger", accountId, startMs] },
     { batchSize: 1000 },
   );
-  for await (const e of rows) sum += e.value.amount;
-  if (await closedBefore(kv, startMs, now)) {
+  for await (const e of rows) {
+    sum += e.value.amount;
+    begun = true;
+  }
+  if (begun && await closedBefore(kv, startMs, now)) {
     await kv.set(statementCloseKey(accountId, monthOf(startMs - 1)), sum);
   }
-  return sum;
+  return { sum, begun };
 }
 
 /**
@@ -104,7 +111,7 @@ export async function monthStatement(
   now: number,
 ): Promise<Statement> {
   const [startMs, endMs] = monthRange(month)!;
-  const opening = await balanceBefore(kv, accountId, month, startMs, now);
+  const { sum: opening, begun } = await balanceBefore(kv, accountId, month, startMs, now);
   const s: Statement = {
     month,
     opening_balance: opening,
@@ -119,7 +126,9 @@ export async function monthStatement(
     start: ledgerKey(accountId, startMs, ""),
     end: ledgerKey(accountId, endMs, ""),
   }, { batchSize: 1000 });
+  let rowsSeen = false;
   for await (const { value: e } of rows) {
+    rowsSeen = true;
     s.closing_balance += e.amount;
     switch (e.type) {
       case "purchase":
@@ -152,7 +161,7 @@ export async function monthStatement(
   s.usage.by_model = [...lines.values()].sort((a, b) =>
     a.provider < b.provider ? -1 : a.provider > b.provider ? 1 : a.model < b.model ? -1 : 1
   );
-  if (await closedBefore(kv, endMs, now)) {
+  if ((begun || rowsSeen) && await closedBefore(kv, endMs, now)) {
     await kv.set(statementCloseKey(accountId, month), s.closing_balance);
   }
   return s;

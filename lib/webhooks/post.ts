@@ -54,7 +54,8 @@ export async function postTo(
     if (url.protocol === "https:") {
       try {
         const tls = await Deno.startTls(tcp, {
-          hostname: url.hostname,
+          // An IPv6 literal without its brackets: the certificate names the address itself.
+          hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"),
           caCerts: opts.caCerts,
           alpnProtocols: ["http/1.1"],
         });
