@@ -39,6 +39,11 @@ Deno.cron("outbox and hold sweep", "* * * * *", async () => {
   await router.svc.background.sweep();
 });
 
+// Customer webhooks: events to fan out and attempts due, where no queue or timer woke them.
+Deno.cron("webhook deliveries", "* * * * *", async () => {
+  await router.svc.webhooks.sweep();
+});
+
 // After midnight UTC, yesterday becomes a closed day: digest it before customers look.
 Deno.cron("usage digests", "7 0 * * *", async () => {
   await warmUsageDigests(kv);

@@ -1,6 +1,8 @@
 import { Fragment } from "preact";
 import { useSignal } from "@preact/signals";
 import { formatMoney, formatTime } from "../lib/render/format.ts";
+import { api } from "../lib/render/api.ts";
+import { SecretOnce, useActions } from "../lib/render/actions.tsx";
 
 /** A key as GET /v1/keys shows it. */
 export interface KeyView {
@@ -19,19 +21,6 @@ export interface KeyView {
 export interface KeysManagerProps extends Record<string, unknown> {
   keys: KeyView[];
   csrf: string;
-}
-
-/** Calls the management API as the signed-in session; returns the JSON or throws its message. */
-async function api(csrf: string, method: string, path: string, body?: unknown) {
-  const res = await fetch(path, {
-    method,
-    credentials: "same-origin",
-    headers: { "content-type": "application/json", "x-csrf-token": csrf },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const json = await res.json().catch(() => null);
-  if (!res.ok) throw new Error(json?.error?.message ?? `The request failed (${res.status})`);
-  return json;
 }
 
 /** A limit form's fields as the API takes them: no limit is null, a reset only with a limit. */
@@ -89,29 +78,9 @@ function LimitHint({ id }: { id: string }) {
 export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
   const keys = useSignal<KeyView[]>(initial);
   const secret = useSignal<{ name: string; key: string } | null>(null);
-  const copied = useSignal(false);
-  const error = useSignal("");
-  /** The last failed row action's message, shown under that key's row rather than up in the form. */
-  const rowError = useSignal<{ id: string; message: string } | null>(null);
-  const busy = useSignal(false);
+  const { busy, error, row, run } = useActions();
   const editing = useSignal<string | null>(null);
   const confirming = useSignal<string | null>(null);
-
-  /** Runs an action; its error goes to the create form, or with `id` to that key's row. */
-  const run = async (f: () => Promise<unknown>, id?: string) => {
-    busy.value = true;
-    if (id === undefined) error.value = "";
-    else rowError.value = null;
-    try {
-      await f();
-    } catch (e) {
-      const message = e instanceof Error ? e.message : String(e);
-      if (id === undefined) error.value = message;
-      else rowError.value = { id, message };
-    } finally {
-      busy.value = false;
-    }
-  };
 
   const create = (e: Event) => {
     e.preventDefault();
@@ -127,19 +96,8 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
       const { key, ...view } = k;
       keys.value = [...keys.value, view as KeyView];
       secret.value = { name: k.name, key };
-      copied.value = false;
       form.reset();
     });
-  };
-
-  const copy = async () => {
-    if (!secret.value) return;
-    try {
-      await navigator.clipboard.writeText(secret.value.key);
-      copied.value = true;
-    } catch {
-      error.value = "Copying was blocked by the browser: select the key and copy it by hand.";
-    }
   };
 
   const replace = (k: KeyView) => keys.value = keys.value.map((x) => x.id === k.id ? k : x);
@@ -187,17 +145,14 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
         </form>
         {secret.value
           ? (
-            <div class="secret" role="status">
-              <p>
-                <strong>{secret.value.name}</strong>: copy this key now. It is shown only once.
-              </p>
-              <div class="secret-row">
-                <code id="new-key-secret">{secret.value.key}</code>
-                <button type="button" class="secondary" onClick={copy} id="copy-key">
-                  {copied.value ? "Copied" : "Copy"}
-                </button>
-              </div>
-            </div>
+            <SecretOnce
+              key={secret.value.key}
+              secret={secret.value.key}
+              id="new-key-secret"
+              copyId="copy-key"
+            >
+              <strong>{secret.value.name}</strong>: copy this key now. It is shown only once.
+            </SecretOnce>
           )
           : null}
         {error.value ? <p class="notice error" role="alert">{error.value}</p> : null}
@@ -313,12 +268,12 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                           </tr>
                         )
                         : null}
-                      {rowError.value?.id === k.id
+                      {row.value?.id === k.id
                         ? (
                           <tr class="row-error" data-error-for={k.id}>
                             <td colSpan={7}>
                               <p class="notice error" role="alert">
-                                {k.name}: {rowError.value.message}
+                                {k.name}: {row.value.text}
                               </p>
                             </td>
                           </tr>

@@ -16,6 +16,10 @@ import { adminRoutes } from "../routes/v1/admin.ts";
 import { billingRoutes } from "../routes/v1/billing.ts";
 import { pageRoutes } from "./render/routes.ts";
 import { stripeRoutes } from "../routes/v1/stripe.ts";
+import { webhookRoutes } from "../routes/v1/webhooks.ts";
+import { statementRoutes } from "../routes/v1/statements.ts";
+import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
+import { addressPolicy } from "./webhooks/addresses.ts";
 
 export interface AppDeps {
   kv: Deno.Kv;
@@ -28,6 +32,8 @@ export interface AppDeps {
   log?: Logger;
   /** Background sweep period (tests shorten it). */
   sweepEveryMs?: number;
+  /** Customer webhooks' delivery, where tests stand in (DNS, TLS roots, retry unit, timeout). */
+  webhooks?: Pick<WebhookOptions, "resolve" | "caCerts" | "retryBaseMs" | "timeoutMs">;
 }
 
 export interface Router {
@@ -49,8 +55,16 @@ export function createApp(deps: AppDeps): Router {
     onCommitted: (ids, events) => background.notify(ids, events),
     now,
   });
+  const webhooks = new Webhooks(kv, {
+    ...deps.webhooks,
+    delivery: config.outboxDelivery,
+    policy: addressPolicy(config),
+    now,
+    log,
+  });
   const background: Background = new Background(kv, actors, {
     delivery: config.outboxDelivery,
+    tasks: [webhooks],
     now,
     sweepEveryMs: deps.sweepEveryMs,
     holdTtlMs: config.holdTtlMs,
@@ -63,6 +77,7 @@ export function createApp(deps: AppDeps): Router {
     actors,
     keys: new KeyResolver(kv),
     background,
+    webhooks,
     fetch: deps.fetch ?? fetch,
     now,
     log,
@@ -120,6 +135,8 @@ export function createApp(deps: AppDeps): Router {
   app.route("/v1", managementRoutes());
   app.route("/v1", billingRoutes());
   app.route("/v1", stripeRoutes());
+  app.route("/v1", webhookRoutes());
+  app.route("/v1", statementRoutes());
   app.route("/v1/admin", adminRoutes());
 
   app.notFound((c) =>

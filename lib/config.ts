@@ -41,6 +41,8 @@ export interface Config {
    * address is the client's and the header is ignored.
    */
   trustedProxies: string[];
+  /** WEBHOOK_ALLOW_PRIVATE_URLS: customer webhooks may reach private and loopback addresses. */
+  webhookAllowPrivateUrls: boolean;
 }
 
 /** Thrown for bad configuration; the message is one line naming the variable. */
@@ -115,6 +117,7 @@ const schema = z.object({
   CREDIT_PACKAGES: z.string().optional(),
   AUDIT_RETENTION_DAYS: int(1, 36_500).optional(),
   TRUSTED_PROXIES: proxyList.optional(),
+  WEBHOOK_ALLOW_PRIVATE_URLS: z.enum(["true", "false"], "must be true or false").default("false"),
 });
 
 const VARIABLES = Object.keys(schema.shape);
@@ -171,6 +174,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     packages: loadPackages(e.CREDIT_PACKAGES),
     auditRetentionDays: e.AUDIT_RETENTION_DAYS ?? null,
     trustedProxies: e.TRUSTED_PROXIES ?? [],
+    webhookAllowPrivateUrls: e.WEBHOOK_ALLOW_PRIVATE_URLS === "true",
   };
 }
 

@@ -6,6 +6,7 @@ import type { Background } from "./billing/background.ts";
 import type { ApiKey } from "./billing/types.ts";
 import type { Logger } from "./log.ts";
 import type { MeteredRequest } from "./proxy/metered.ts";
+import type { Webhooks } from "./webhooks/dispatcher.ts";
 
 /** What every handler may use; built once by `createApp`. */
 export interface Services {
@@ -15,6 +16,8 @@ export interface Services {
   actors: AccountActors;
   keys: KeyResolver;
   background: Background;
+  /** Customer webhooks' delivery. */
+  webhooks: Webhooks;
   fetch: typeof fetch;
   now: () => number;
   log: Logger;

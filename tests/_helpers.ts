@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { loadConfig } from "../lib/config.ts";
-import { createApp, type Router } from "../lib/app.ts";
+import { type AppDeps, createApp, type Router } from "../lib/app.ts";
 import type { ProvidersFile } from "../lib/providers/registry.ts";
 import { type Logger, silentLogger } from "../lib/log.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./_fakes/openai.ts";
@@ -47,6 +47,8 @@ export interface RouterOptions {
   now?: () => number;
   /** What the router is given instead of the opened KV (tests that watch or hold its commits). */
   wrapKv?: (kv: Deno.Kv) => Deno.Kv;
+  /** Customer webhooks' stand-ins (DNS, TLS roots, retry unit, timeout). */
+  webhooks?: AppDeps["webhooks"];
 }
 
 /** Starts the router on a real port against a fake OpenAI, on in-memory (or file) Deno KV. */
@@ -69,6 +71,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
     log: opts.log ?? silentLogger,
     now: opts.now,
     sweepEveryMs: 200,
+    webhooks: opts.webhooks,
   });
   // Served as main.ts serves it: the client's address resolved behind TRUSTED_PROXIES.
   const server = serveLoopback(trustingProxies(router.app.fetch, config.trustedProxies));

@@ -4,7 +4,13 @@ import { json, type TestRouter } from "./_helpers.ts";
 import type { FakeStripe } from "./_fakes/stripe.ts";
 
 /** A ledger entry as GET /v1/transactions shows it. */
-export type Tx = { type: string; amount: string; reference: string | null; description: string };
+export type Tx = {
+  type: string;
+  amount: string;
+  reference: string | null;
+  description: string;
+  receipt_url?: string;
+};
 
 /** Buys `packageId` through the router; returns the Checkout Session id. */
 export async function checkout(

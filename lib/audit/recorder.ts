@@ -56,7 +56,22 @@ function ledgerRowOf(e: UsageEvent): LedgerEntry {
       clip(e.model, MAX_NAME_CHARS)
     }, ${tokens} tokens`,
     reference: e.request_id,
+    market_cost: e.market_cost,
   };
+}
+
+/**
+ * The provider and model of a usage debit, read back from its description (`ledgerRowOf`'s
+ * "provider/model, N tokens": provider names never hold a slash), or null for another row.
+ *
+ * @example
+ * ```ts
+ * usageTarget("openai/gpt-4o-mini, 1200 tokens"); // { provider: "openai", model: "gpt-4o-mini" }
+ * ```
+ */
+export function usageTarget(description: string): { provider: string; model: string } | null {
+  const m = /^([^/]*)\/(.*), \d+ tokens$/s.exec(description);
+  return m ? { provider: m[1], model: m[2] } : null;
 }
 
 /**

@@ -14,6 +14,7 @@ import {
   type LedgerType,
   type UsageEvent,
 } from "./types.ts";
+import { type AccountEvent, emitEvent, MAX_EVENT_BYTES } from "../webhooks/events.ts";
 
 /** Take `amount` out of the available balance (and the key's limit) until settled or released. */
 export interface ReserveOp {
@@ -67,6 +68,10 @@ export interface CreditOp {
   description: string;
   reference: string | null;
   once?: { key: Deno.KvKey; value: (entry: LedgerEntry) => unknown; expireIn?: number };
+  /** A purchase's receipt, kept on its ledger entry. */
+  receipt_url?: string;
+  /** The customer webhook event this credit emits, committed with it (`emitEvent`). */
+  event?: (entry: LedgerEntry) => AccountEvent;
 }
 export type Op = ReserveOp | SettleOp | ReleaseOp | RecordOp | ExpireOp | RenewOp | CreditOp;
 
@@ -632,8 +637,10 @@ export class AccountActors {
             created_at: nowIso,
             description: op.description,
             reference: op.reference,
+            ...(op.receipt_url ? { receipt_url: op.receipt_url } : {}),
           };
           atomic.set(ledgerKey(accountId, now, entry.id), entry);
+          if (op.event) emitEvent(atomic, op.event(entry), this.#opts.delivery);
           if (op.once && ks !== null) {
             const stored = op.once.value(entry);
             atomic.set(op.once.key, stored, { expireIn: op.once.expireIn });
@@ -783,7 +790,14 @@ function fitBatch(accountId: string, queue: Pending[], room: Room, first: boolea
       case "credit":
         m += 1;
         kb += 64 + accountBytes;
-        b += LEDGER_BYTES + op.description.length * 3 + (op.reference?.length ?? 0) * 3;
+        b += LEDGER_BYTES + op.description.length * 3 + (op.reference?.length ?? 0) * 3 +
+          (op.receipt_url?.length ?? 0) * 3;
+        if (op.event) {
+          // Its outbox entry and its queue message.
+          m += 2;
+          kb += 96;
+          b += 2 * MAX_EVENT_BYTES;
+        }
         if (op.once) {
           c += 1;
           m += 1;

@@ -27,8 +27,17 @@ const COALESCE_PER_ACCOUNT = 4;
 // Ids handed to the drainer that the queue listener remembers, per generation.
 const HANDED_KEPT = 50_000;
 
+/** More background work beside the usage outbox (customer webhooks), on the same queue and timer. */
+export interface BackgroundTask {
+  /** Handles a queue message that is the task's; false for any other. */
+  onMessage(msg: unknown): Promise<boolean>;
+  /** Runs whatever is due; called every `sweepEveryMs`, never twice at once. */
+  sweep(): Promise<void>;
+}
+
 export interface BackgroundOptions {
   delivery: "queue" | "drainer";
+  tasks?: BackgroundTask[];
   /** How often the sweeper looks for stale outbox entries and expired holds. */
   sweepEveryMs?: number;
   /** An outbox entry older than this is recorded by the sweeper (its delivery was lost). */
@@ -55,8 +64,10 @@ export class Background {
   #kv: Deno.Kv;
   #actors: AccountActors;
   #opts:
-    & Required<Omit<BackgroundOptions, "onError" | "holdTtlMs">>
+    & Required<Omit<BackgroundOptions, "onError" | "holdTtlMs" | "tasks">>
     & Pick<BackgroundOptions, "onError" | "holdTtlMs">;
+  #tasks: BackgroundTask[];
+  #taskTimers: ReturnType<typeof setInterval>[] = [];
   /** Outbox ids to record, with their entries as committed when this process committed them. */
   #pending = new Map<string, Deno.KvEntry<UsageEvent> | undefined>();
   #draining: Promise<void> | null = null;
@@ -81,14 +92,17 @@ export class Background {
       staleAfterMs: opts.staleAfterMs ?? 10_000,
       now: opts.now ?? Date.now,
     };
+    this.#tasks = opts.tasks ?? [];
   }
 
   start(): this {
     if (this.#opts.delivery === "queue") {
       this.#listener = this.#kv.listenQueue(async (msg: unknown) => {
-        const ids = (msg as { outbox?: unknown })?.outbox;
         // After close the KV is going away: the entries stay in the outbox for the next sweep.
-        if (!Array.isArray(ids) || this.#closed) return;
+        if (this.#closed) return;
+        for (const task of this.#tasks) if (await this.#track(task.onMessage(msg))) return;
+        const ids = (msg as { outbox?: unknown })?.outbox;
+        if (!Array.isArray(ids)) return;
         // Events this process's drainer was handed need no second read here: if it fails, they
         // stay in the outbox for the sweeper, like those of a process that died.
         const rest = ids.filter((x) =>
@@ -108,6 +122,9 @@ export class Background {
       );
     }
     this.#compactTimer = this.#every(COMPACT_EVERY_MS, () => compactPending(this.#kv));
+    for (const task of this.#tasks) {
+      this.#taskTimers.push(this.#every(this.#opts.sweepEveryMs, () => task.sweep()));
+    }
     return this;
   }
 
@@ -237,6 +254,7 @@ export class Background {
     clearInterval(this.#timer);
     clearInterval(this.#compactTimer);
     clearInterval(this.#renewTimer);
+    for (const t of this.#taskTimers) clearInterval(t);
     await this.#actors.idle();
     while (this.#inFlight.size) await Promise.allSettled([...this.#inFlight]);
   }

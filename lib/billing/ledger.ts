@@ -1,27 +1,19 @@
 import type { LedgerEntry, LedgerType } from "./types.ts";
 import { formatUsd } from "../money.ts";
-import { page } from "../kv/util.ts";
-import { badRequest } from "../http/errors.ts";
+import { pageNewestFirst } from "../kv/util.ts";
 
 /** A page of an account's ledger, newest first, optionally of one type. */
-export async function listLedgerByAccount(
+export function listLedgerByAccount(
   kv: Deno.Kv,
   accountId: string,
   opts: { type?: LedgerType; limit: number; cursor?: string },
 ): Promise<{ data: LedgerEntry[]; next_cursor: string | null }> {
-  const iter = kv.list<LedgerEntry>({ prefix: ["ledger", accountId] }, {
-    reverse: true,
-    cursor: opts.cursor,
-  });
-  try {
-    return await page(iter, opts.limit, (e) => !opts.type || e.type === opts.type ? e : null);
-  } catch (e) {
-    // Deno KV refuses a cursor it cannot decode only once the listing is read.
-    if (opts.cursor && e instanceof TypeError && /invalid cursor/i.test(e.message)) {
-      throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
-    }
-    throw e;
-  }
+  return pageNewestFirst<LedgerEntry, LedgerEntry>(
+    kv,
+    { prefix: ["ledger", accountId] },
+    opts,
+    (e) => !opts.type || e.type === opts.type ? e : null,
+  );
 }
 
 /** A ledger entry as the API shows it (money as decimal strings). */
@@ -34,5 +26,7 @@ export function ledgerJson(e: LedgerEntry) {
     created_at: e.created_at,
     description: e.description,
     reference: e.reference,
+    // Stripe's receipt of a purchase, where one is known.
+    ...(e.receipt_url ? { receipt_url: e.receipt_url } : {}),
   };
 }

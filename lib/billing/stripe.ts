@@ -22,6 +22,7 @@ import {
   stripeRejectedKey,
 } from "../kv/schema.ts";
 import { getAll } from "../kv/util.ts";
+import { creditEvent } from "../webhooks/events.ts";
 
 /** Nano-USD in one US cent: Stripe amounts are integer cents. */
 export const NANOS_PER_CENT = 10_000_000n;
@@ -385,15 +386,48 @@ async function creditSession(svc: Services, session: Stripe.Checkout.Session) {
     };
     await svc.kv.set(stripePaymentKey(paymentIntent), payment);
   }
+  const once = onceKey(accountId, session.id);
+  // Asked of Stripe before the first credit only: a redelivery replays the credit as it was.
+  const receipt = paymentIntent && (await svc.kv.get(once)).value === null
+    ? await receiptUrl(svc, paymentIntent)
+    : null;
   const r = await svc.actors.submit(accountId, {
     kind: "credit",
     type: "purchase",
     amount: sold.credits,
     description: `Stripe Checkout: ${sold.name} package`,
     reference: session.id,
-    once: { key: onceKey(accountId, session.id), value: (e: LedgerEntry) => e.id },
+    once: { key: once, value: (e: LedgerEntry) => e.id },
+    receipt_url: receipt ?? undefined,
+    event: creditEvent(accountId, "credits.purchased"),
   });
   return r.replayed ? "already_credited" : "credited";
+}
+
+/**
+ * The receipt of a payment (its charge's `receipt_url`), or null when Stripe has none or does not
+ * answer within a few seconds: the credit does not wait on it. Only an https URL is kept (pages
+ * show it as a link).
+ */
+async function receiptUrl(svc: Services, paymentIntent: string): Promise<string | null> {
+  const stripe = stripeClient(svc.config);
+  if (!stripe) return null;
+  try {
+    const pi = await stripe.paymentIntents.retrieve(
+      paymentIntent,
+      { expand: ["latest_charge"] },
+      { timeout: 5000, maxNetworkRetries: 0 },
+    );
+    const charge = pi.latest_charge;
+    const url = typeof charge === "object" && charge !== null ? charge.receipt_url : null;
+    if (url && url.length <= 2048 && URL.parse(url)?.protocol === "https:") return url;
+  } catch (e) {
+    svc.log("warn", "stripe receipt not available", {
+      payment_intent: paymentIntent,
+      type: e instanceof Stripe.errors.StripeError ? e.type : "unknown",
+    });
+  }
+  return null;
 }
 
 /**
@@ -504,6 +538,7 @@ async function refundCharge(svc: Services, charge: Stripe.Charge) {
       amount: -take,
       description: `Stripe refund ${refund.id}: ${payment.name} package`,
       reference: charge.id,
+      event: creditEvent(payment.account_id, "credits.refunded"),
       // A failure recorded meanwhile holds this key too, so the take-back replays instead.
       once: {
         key: onceKey(payment.account_id, refund.id),

@@ -89,6 +89,10 @@ export interface LedgerEntry {
   created_at: string;
   description: string;
   reference: string | null;
+  /** A purchase's receipt (Stripe's `receipt_url` of its charge), when known. */
+  receipt_url?: string;
+  /** A usage debit's market cost (positive; rows recorded before it was kept lack it). */
+  market_cost?: bigint;
 }
 
 /** What the audit trail keeps of one request: metadata only, never content. */

@@ -128,3 +128,38 @@ export const stripeDisputesPrefix = (paymentIntentId: string) =>
  */
 export const stripeRejectedKey = (paymentIntentId: string) =>
   ["stripe_rejected", paymentIntentId] as const;
+
+/**
+ * ["webhooks", accountId] → WebhookEndpoint[]: the account's webhook endpoints (at most
+ * MAX_ENDPOINTS), in one record so that the bound holds under concurrent writes.
+ */
+export const webhooksKey = (accountId: string) => ["webhooks", accountId] as const;
+/**
+ * ["webhook_outbox", eventId] → AccountEvent: committed with what caused it, removed when it is
+ * fanned out into one delivery per subscribed endpoint. Event ids are time-ordered.
+ */
+export const webhookOutboxKey = (eventId: string) => ["webhook_outbox", eventId] as const;
+export const WEBHOOK_OUTBOX_PREFIX = ["webhook_outbox"] as const;
+/** ["webhook_delivery", accountId, endpointId, eventId] → Delivery: one event to one endpoint. */
+export const webhookDeliveryKey = (accountId: string, endpointId: string, eventId: string) =>
+  ["webhook_delivery", accountId, endpointId, eventId] as const;
+/** ["webhook_delivery", accountId, endpointId] → every Delivery to one endpoint, oldest first. */
+export const webhookDeliveriesPrefix = (accountId: string, endpointId: string) =>
+  ["webhook_delivery", accountId, endpointId] as const;
+/**
+ * ["webhook_due", dueMs, accountId, endpointId, eventId] → null: a pending delivery's next attempt
+ * (or the end of an attempt's lease), time first so that what is due is one range.
+ */
+export const webhookDueKey = (
+  dueMs: number,
+  accountId: string,
+  endpointId: string,
+  eventId: string,
+) => ["webhook_due", dueMs, accountId, endpointId, eventId] as const;
+export const WEBHOOK_DUE_PREFIX = ["webhook_due"] as const;
+/**
+ * ["statement_close", accountId, "2026-11"] → bigint: Σ ledger through the end of a closed month
+ * (a cache of the statements, written once no more rows can land in the month).
+ */
+export const statementCloseKey = (accountId: string, month: string) =>
+  ["statement_close", accountId, month] as const;

@@ -1,5 +1,7 @@
 /** Small helpers over Deno KV's limits. */
 
+import { badRequest } from "../http/errors.ts";
+
 /** `getMany` takes at most 10 keys: reads any number, strongly, in parallel chunks. */
 export async function getAll<T>(
   kv: Deno.Kv,
@@ -140,4 +142,25 @@ export async function page<T, R>(
     cursor = iter.cursor;
   }
   return { data, next_cursor: null };
+}
+
+/**
+ * One page (`page`) of a listing, newest first, from a cursor a client sent back: one Deno KV
+ * cannot decode is refused as a bad request (KV says so only once the listing is read).
+ */
+export async function pageNewestFirst<T, R>(
+  kv: Deno.Kv,
+  selector: Deno.KvListSelector,
+  opts: { limit: number; cursor?: string },
+  pick: (value: T, key: Deno.KvKey) => R | null,
+): Promise<{ data: R[]; next_cursor: string | null }> {
+  const iter = kv.list<T>(selector, { reverse: true, cursor: opts.cursor });
+  try {
+    return await page(iter, opts.limit, pick);
+  } catch (e) {
+    if (opts.cursor && e instanceof TypeError && /invalid cursor/i.test(e.message)) {
+      throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+    }
+    throw e;
+  }
 }

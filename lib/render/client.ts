@@ -12,6 +12,8 @@ const ISLANDS: Record<string, Loader> = {
   KeysManager: () => import("../../islands/KeysManager.tsx"),
   UsageCharts: () => import("../../islands/UsageCharts.tsx"),
   BuyCredits: () => import("../../islands/BuyCredits.tsx"),
+  WebhooksManager: () => import("../../islands/WebhooksManager.tsx"),
+  PrintButton: () => import("../../islands/PrintButton.tsx"),
 };
 
 async function boot() {

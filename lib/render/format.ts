@@ -26,6 +26,15 @@ export function formatPercent(p: number): string {
   return `${Number(p.toFixed(2))}%`;
 }
 
+/** A UTC month "2026-11" as "November 2026". */
+export function formatMonth(month: string): string {
+  return new Date(`${month}-01T00:00:00Z`).toLocaleString("en", {
+    month: "long",
+    year: "numeric",
+    timeZone: "UTC",
+  });
+}
+
 /** An ISO time as "2026-11-26 13:05 UTC". */
 export function formatTime(iso: string | null): string {
   if (!iso) return "—";

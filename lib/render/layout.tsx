@@ -9,6 +9,7 @@ const NAV = [
   { id: "audit", href: "/dashboard/audit", label: "Audit" },
   { id: "billing", href: "/dashboard/settings/billing", label: "Billing" },
   { id: "members", href: "/dashboard/settings/members", label: "Members" },
+  { id: "webhooks", href: "/dashboard/settings/webhooks", label: "Webhooks" },
 ];
 
 function Brand({ href }: { href: string }) {
@@ -109,8 +110,7 @@ export function DashboardShell(
     <nav class="sidenav" aria-label="Dashboard">
       {NAV.map((n) => (
         <a href={n.href} aria-current={n.id === active ? "page" : undefined}>
-          {n.id === "billing" ? <span class="crumb">Settings ›</span> : null}
-          {n.id === "members" ? <span class="crumb">Settings ›</span> : null}
+          {n.href.startsWith("/dashboard/settings/") ? <span class="crumb">Settings ›</span> : null}
           {n.label}
         </a>
       ))}

@@ -43,7 +43,24 @@ export function LedgerTable(
                   {t.type}
                 </span>
               </td>
-              <td>{t.description}</td>
+              <td>
+                {t.description}
+                {t.receipt_url
+                  ? (
+                    <>
+                      {" "}
+                      <a
+                        class="receipt"
+                        href={t.receipt_url}
+                        target="_blank"
+                        rel="noopener noreferrer"
+                      >
+                        Receipt
+                      </a>
+                    </>
+                  )
+                  : null}
+              </td>
               <td class={`r amount ${t.amount.startsWith("-") ? "neg" : "pos"}`}>
                 <Money usd={t.amount} />
               </td>

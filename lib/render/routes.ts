@@ -15,6 +15,8 @@ import * as audit from "../../routes/dashboard/audit.tsx";
 import * as switcher from "../../routes/dashboard/switch.tsx";
 import * as billing from "../../routes/dashboard/settings/billing.tsx";
 import * as members from "../../routes/dashboard/settings/members.tsx";
+import * as webhooks from "../../routes/dashboard/settings/webhooks.tsx";
+import * as statement from "../../routes/dashboard/settings/statement.tsx";
 import * as adminSignin from "../../routes/dashboard/admin/signin.tsx";
 import * as adminAccounts from "../../routes/dashboard/admin/index.tsx";
 import * as adminAccount from "../../routes/dashboard/admin/account.tsx";
@@ -32,6 +34,8 @@ const PAGES: [string, PageModule<any>][] = [
   ["/dashboard/switch", switcher],
   ["/dashboard/settings/billing", billing],
   ["/dashboard/settings/members", members],
+  ["/dashboard/settings/webhooks", webhooks],
+  ["/dashboard/settings/billing/statements/:month", statement],
   ["/dashboard/admin/signin", adminSignin],
   ["/dashboard/admin", adminAccounts],
   ["/dashboard/admin/accounts/:id", adminAccount],

@@ -21,6 +21,7 @@ import {
 import { ledgerJson } from "../../lib/billing/ledger.ts";
 import type { Account, BalanceState } from "../../lib/billing/types.ts";
 import { formatUsd } from "../../lib/money.ts";
+import { creditEvent } from "../../lib/webhooks/events.ts";
 import type { Context } from "hono";
 import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
@@ -140,6 +141,7 @@ async function credit(
     amount,
     description,
     reference,
+    event: type === "refund" ? creditEvent(id, "credits.refunded") : undefined,
     once: idem
       ? {
         key: idem.key,

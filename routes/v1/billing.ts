@@ -12,6 +12,7 @@ import {
   stripeClient,
 } from "../../lib/billing/stripe.ts";
 import Stripe from "stripe";
+import { creditEvent } from "../../lib/webhooks/events.ts";
 
 /** Stripe's client gave up waiting (its `timeout`, after its retries): a 504, not a failure. */
 const isStripeTimeout = (e: Stripe.errors.StripeError) =>
@@ -79,6 +80,7 @@ export function billingRoutes() {
       amount: pkg.credits,
       description: `Development grant: ${pkg.name} package (no payment)`,
       reference: newId("devgrant"),
+      event: creditEvent(c.get("accountId"), "credits.purchased"),
     });
     if (r.replayed) throw new Error("a development grant cannot replay");
     return c.json({ transaction: ledgerJson(r.entry) }, 201);

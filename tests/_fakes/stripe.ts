@@ -1,7 +1,7 @@
 /**
  * A real HTTP server on 127.0.0.1 that speaks the part of Stripe's API the router calls
- * (customers, Checkout Sessions, charges, refunds: form-encoded bodies, bearer auth, idempotency
- * keys), plus what Stripe itself does around it: the customer paying, refunds, disputes, and
+ * (customers, Checkout Sessions, PaymentIntents with their charge's receipt, charges, refunds:
+ * form-encoded bodies, bearer auth, idempotency keys), plus what Stripe itself does around it: the customer paying, refunds, disputes, and
  * signed webhook events (signed with the `stripe` library's own test signer).
  */
 import Stripe from "stripe";
@@ -26,6 +26,8 @@ export interface FakeStripe {
   customers: Map<string, Obj>;
   sessions: Map<string, Obj>;
   charges: Map<string, Obj>;
+  /** PaymentIntents of completed sessions; `latest_charge` names the charge once paid. */
+  paymentIntents: Map<string, Obj>;
   refunds: Obj[];
   /** The customer finishes Checkout: card payments are paid, async methods complete unpaid. */
   complete(sessionId: string, opts?: { paid?: boolean }): Obj;
@@ -93,6 +95,8 @@ export function parseForm(params: URLSearchParams): Obj {
 }
 
 const now = () => Math.floor(Date.now() / 1000);
+/** The opaque tail of a receipt URL. */
+const receiptToken = () => crypto.randomUUID().replaceAll("-", "");
 
 function stripeError(status: number, type: string, message: string, extra: Obj = {}) {
   return Response.json({ error: { type, message, ...extra } }, { status });
@@ -108,6 +112,7 @@ export function startFakeStripe(): FakeStripe {
     customers: new Map(),
     sessions: new Map(),
     charges: new Map(),
+    paymentIntents: new Map(),
     refunds: [],
     disputes: new Map(),
     dispute(sessionId, opts = {}) {
@@ -160,6 +165,16 @@ export function startFakeStripe(): FakeStripe {
       s.status = "complete";
       s.payment_status = paid ? "paid" : "unpaid";
       s.payment_intent = pi;
+      fake.paymentIntents.set(pi, {
+        id: pi,
+        object: "payment_intent",
+        amount: s.amount_total,
+        currency: s.currency,
+        customer: s.customer,
+        status: paid ? "succeeded" : "processing",
+        latest_charge: null,
+        metadata: { ...(s.payment_intent_metadata as Obj) },
+      });
       if (paid) chargeFor(s);
       return publicSession(s);
     },
@@ -263,8 +278,12 @@ export function startFakeStripe(): FakeStripe {
       payment_intent: s.payment_intent,
       created: now(),
       metadata: { ...(s.payment_intent_metadata as Obj) },
+      receipt_url: `https://pay.stripe.com/receipts/payment/${receiptToken()}`,
     };
     fake.charges.set(charge.id, charge);
+    const pi = fake.paymentIntents.get(s.payment_intent as string)!;
+    pi.status = "succeeded";
+    pi.latest_charge = charge.id;
   }
 
   function route(method: string, path: string, body: Obj): Response {
@@ -330,6 +349,16 @@ export function startFakeStripe(): FakeStripe {
     if (method === "GET" && m) {
       const s = fake.sessions.get(m[1]);
       return s ? Response.json(publicSession(s)) : missing("checkout.session", m[1]);
+    }
+    m = /^\/v1\/payment_intents\/([^/]+)$/.exec(path);
+    if (method === "GET" && m) {
+      const pi = fake.paymentIntents.get(m[1]);
+      if (!pi) return missing("payment_intent", m[1]);
+      const expand = (body.expand ?? []) as string[];
+      const charge = expand.includes("latest_charge") && pi.latest_charge
+        ? fake.charges.get(pi.latest_charge as string)
+        : pi.latest_charge;
+      return Response.json({ ...pi, latest_charge: charge });
     }
     m = /^\/v1\/charges\/([^/]+)$/.exec(path);
     if (method === "GET" && m) {

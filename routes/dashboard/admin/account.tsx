@@ -9,6 +9,7 @@ import { idemKey } from "../../../lib/kv/schema.ts";
 import { IDEMPOTENCY_TTL_MS } from "../../../lib/http/idempotency.ts";
 import { Empty, Metric, Money, Notice } from "../../../lib/render/layout.tsx";
 import { LedgerTable } from "../../../lib/render/ledger.tsx";
+import { creditEvent } from "../../../lib/webhooks/events.ts";
 
 export const config: PageConfig = {
   title: "Account",
@@ -73,6 +74,7 @@ export const handler = {
       amount,
       description: reason,
       reference,
+      event: type === "refund" ? creditEvent(id, "credits.refunded") : undefined,
       once: /^form_\w{10,40}$/.test(nonce)
         ? {
           key: idemKey(`dashboard:admin:${type}:${id}`, nonce),

@@ -13,6 +13,8 @@ import { Island } from "../../../lib/render/island.tsx";
 import BuyCredits, { type BuyCreditsProps } from "../../../islands/BuyCredits.tsx";
 import { Metric, Money, Notice, OlderLink } from "../../../lib/render/layout.tsx";
 import { LedgerTable } from "../../../lib/render/ledger.tsx";
+import { monthsBetween } from "../../../lib/billing/statements.ts";
+import { formatMonth } from "../../../lib/render/format.ts";
 
 export const config: PageConfig = {
   title: "Settings › Billing",
@@ -22,6 +24,8 @@ export const config: PageConfig = {
 };
 
 const TYPES: LedgerType[] = ["purchase", "usage_debit", "adjustment", "refund"];
+/** The most months listed with statements (older ones stay at GET /v1/statements/{month}). */
+const STATEMENT_MONTHS = 24;
 
 interface Data {
   credits: Record<"balance" | "reserved" | "available" | "total_purchased" | "total_used", string>;
@@ -30,6 +34,8 @@ interface Data {
   nextCursor: string | null;
   type: LedgerType | null;
   notice: string | null;
+  /** The months with a statement, newest first. */
+  months: string[];
 }
 
 export const handler = {
@@ -73,6 +79,11 @@ export const handler = {
           : q.get("checkout") === "cancelled"
           ? "Checkout was cancelled: nothing was charged."
           : null,
+        months: monthsBetween(
+          Date.parse(ctx.viewer!.account!.created_at),
+          ctx.svc.now(),
+          STATEMENT_MONTHS,
+        ),
       },
     };
   },
@@ -109,6 +120,21 @@ export default function Billing({ data, url }: PageProps<Data>) {
       <section class="card">
         <h2>Buy credit</h2>
         <Island name="BuyCredits" component={BuyCredits} props={data.buy} />
+      </section>
+      <section class="card">
+        <h2>Statements</h2>
+        <p class="muted">
+          Each UTC month's opening balance, purchases, usage by provider and model, adjustments,
+          refunds and closing balance, adding up to the transaction history.
+        </p>
+        <ul class="statements" id="statements">
+          {data.months.map((m) => (
+            <li data-month={m}>
+              <a href={`/dashboard/settings/billing/statements/${m}`}>{formatMonth(m)}</a>{" "}
+              <a class="muted" href={`/v1/statements/${m}?format=csv`}>CSV</a>
+            </li>
+          ))}
+        </ul>
       </section>
       <section class="card">
         <h2>Transaction history</h2>

@@ -1,0 +1,220 @@
+/**
+ * Monthly statements, read from the ledger itself so that they reconcile to it by construction:
+ * the opening balance is Σ ledger before the UTC month, every row of the month is in exactly one
+ * line, and the closing balance is the opening plus the lines. The closing balance of a month no
+ * row can still land in is cached, so a statement reads its own month and not the whole history.
+ */
+import { ledgerKey, statementCloseKey } from "../kv/schema.ts";
+import { formatUsd } from "../money.ts";
+import { listStaleOutbox, usageTarget } from "../audit/recorder.ts";
+import { monthOf } from "./periods.ts";
+import type { LedgerEntry } from "./types.ts";
+
+/** Usage of one provider's model in the month; amounts signed as the ledger's debits. */
+export interface StatementLine {
+  provider: string;
+  model: string;
+  requests: number;
+  cost: bigint;
+  market_cost: bigint;
+}
+
+export interface Statement {
+  month: string;
+  opening_balance: bigint;
+  purchases: bigint;
+  usage: { total: bigint; by_model: StatementLine[] };
+  adjustments: bigint;
+  refunds: bigint;
+  closing_balance: bigint;
+}
+
+/**
+ * A month is closed this long after its end, once no usage event of it waits in the outbox: a
+ * usage event carries the time it was settled, and is in the outbox moments later.
+ */
+const CLOSE_AFTER_MS = 86_400_000;
+
+/** The UTC month "2026-11" as [start, end) epoch ms, or null when it is not such a month. */
+export function monthRange(month: string): [number, number] | null {
+  const m = /^(\d{4})-(0[1-9]|1[0-2])$/.exec(month);
+  if (!m) return null;
+  // setUTCFullYear, not Date.UTC: that reads years below 100 as 19xx.
+  const at = (y: number, mo: number) => new Date(0).setUTCFullYear(y, mo, 1);
+  const [y, mo] = [Number(m[1]), Number(m[2]) - 1];
+  return [at(y, mo), at(y, mo + 1)];
+}
+
+/** The months from `fromMs`'s to `toMs`'s, newest first, at most `max`. */
+export function monthsBetween(fromMs: number, toMs: number, max: number): string[] {
+  const out: string[] = [];
+  const first = monthOf(fromMs);
+  for (let m = monthOf(toMs); out.length < max; m = monthOf(monthRange(m)![0] - 1)) {
+    out.push(m);
+    if (m <= first) break;
+  }
+  return out;
+}
+
+/** Whether no ledger row can still land before `endMs`. */
+async function closedBefore(kv: Deno.Kv, endMs: number, now: number): Promise<boolean> {
+  return now >= endMs + CLOSE_AFTER_MS && (await listStaleOutbox(kv, endMs, 1)).length === 0;
+}
+
+/**
+ * Σ ledger of the account before `startMs` (the start of `month`), from the latest cached month;
+ * `begun` when the account has a ledger row before it (months before the first row are not kept).
+ */
+async function balanceBefore(
+  kv: Deno.Kv,
+  accountId: string,
+  month: string,
+  startMs: number,
+  now: number,
+): Promise<{ sum: bigint; begun: boolean }> {
+  let sum = 0n;
+  let fromMs: number | null = null;
+  const cached = kv.list<bigint>(
+    { prefix: ["statement_close", accountId], end: statementCloseKey(accountId, month) },
+    { reverse: true, limit: 1 },
+  );
+  for await (const e of cached) {
+    sum = e.value;
+    fromMs = monthRange(e.key[2] as string)![1];
+  }
+  let begun = fromMs !== null;
+  if (fromMs === startMs) return { sum, begun };
+  const rows = kv.list<LedgerEntry>(
+    fromMs === null
+      ? { prefix: ["ledger", accountId], end: ["ledger", accountId, startMs] }
+      : { start: ["ledger", accountId, fromMs], end: ["ledger", accountId, startMs] },
+    { batchSize: 1000 },
+  );
+  for await (const e of rows) {
+    sum += e.value.amount;
+    begun = true;
+  }
+  if (begun && await closedBefore(kv, startMs, now)) {
+    await kv.set(statementCloseKey(accountId, monthOf(startMs - 1)), sum);
+  }
+  return { sum, begun };
+}
+
+/**
+ * The account's statement of `month` ("2026-11", as `monthRange` takes it) as of `now`: the
+ * current month is the month so far.
+ */
+export async function monthStatement(
+  kv: Deno.Kv,
+  accountId: string,
+  month: string,
+  now: number,
+): Promise<Statement> {
+  const [startMs, endMs] = monthRange(month)!;
+  const { sum: opening, begun } = await balanceBefore(kv, accountId, month, startMs, now);
+  const s: Statement = {
+    month,
+    opening_balance: opening,
+    purchases: 0n,
+    usage: { total: 0n, by_model: [] },
+    adjustments: 0n,
+    refunds: 0n,
+    closing_balance: opening,
+  };
+  const lines = new Map<string, StatementLine>();
+  const rows = kv.list<LedgerEntry>({
+    start: ledgerKey(accountId, startMs, ""),
+    end: ledgerKey(accountId, endMs, ""),
+  }, { batchSize: 1000 });
+  let rowsSeen = false;
+  for await (const { value: e } of rows) {
+    rowsSeen = true;
+    s.closing_balance += e.amount;
+    switch (e.type) {
+      case "purchase":
+        s.purchases += e.amount;
+        break;
+      case "adjustment":
+        s.adjustments += e.amount;
+        break;
+      case "refund":
+        s.refunds += e.amount;
+        break;
+      case "usage_debit": {
+        s.usage.total += e.amount;
+        const { provider, model } = usageTarget(e.description) ??
+          { provider: "", model: e.description };
+        const k = `${provider}\u0000${model}`;
+        let line = lines.get(k);
+        if (!line) {
+          line = { provider, model, requests: 0, cost: 0n, market_cost: 0n };
+          lines.set(k, line);
+        }
+        line.requests++;
+        line.cost += e.amount;
+        // Rows recorded before market costs were kept count at their cost.
+        line.market_cost -= e.market_cost ?? -e.amount;
+        break;
+      }
+    }
+  }
+  s.usage.by_model = [...lines.values()].sort((a, b) =>
+    a.provider < b.provider ? -1 : a.provider > b.provider ? 1 : a.model < b.model ? -1 : 1
+  );
+  if ((begun || rowsSeen) && await closedBefore(kv, endMs, now)) {
+    await kv.set(statementCloseKey(accountId, month), s.closing_balance);
+  }
+  return s;
+}
+
+/** A statement as the API's JSON shows it (amounts as USD strings). */
+export function statementJson(s: Statement) {
+  return {
+    month: s.month,
+    opening_balance: formatUsd(s.opening_balance),
+    purchases: formatUsd(s.purchases),
+    usage: {
+      total: formatUsd(s.usage.total),
+      by_model: s.usage.by_model.map((l) => ({
+        provider: l.provider,
+        model: l.model,
+        requests: l.requests,
+        cost: formatUsd(l.cost),
+        market_cost: formatUsd(l.market_cost),
+      })),
+    },
+    adjustments: formatUsd(s.adjustments),
+    refunds: formatUsd(s.refunds),
+    closing_balance: formatUsd(s.closing_balance),
+  };
+}
+
+/**
+ * A text cell: RFC 4180 quoting, and a leading `'` where a spreadsheet would read a formula
+ * (model names are the one free text here).
+ */
+const textCell = (v: string) => {
+  const safe = /^[=+\-@\t\r]/.test(v) ? `'${v}` : v;
+  return /[",\r\n]/.test(safe) ? `"${safe.replaceAll('"', '""')}"` : safe;
+};
+
+/**
+ * A statement as CSV (RFC 4180, CRLF): `section,provider,model,requests,amount`, one row per
+ * figure of the JSON but the market costs, in its order; `usage_total` carries all requests.
+ */
+export function statementCsv(s: Statement): string {
+  const row = (section: string, amount: bigint, provider = "", model = "", requests = "") =>
+    [section, textCell(provider), textCell(model), requests, formatUsd(amount)].join(",");
+  const requests = s.usage.by_model.reduce((n, l) => n + l.requests, 0);
+  return [
+    "section,provider,model,requests,amount",
+    row("opening_balance", s.opening_balance),
+    row("purchases", s.purchases),
+    ...s.usage.by_model.map((l) => row("usage", l.cost, l.provider, l.model, String(l.requests))),
+    row("usage_total", s.usage.total, "", "", String(requests)),
+    row("adjustments", s.adjustments),
+    row("refunds", s.refunds),
+    row("closing_balance", s.closing_balance),
+    "",
+  ].join("\r\n");
+}
