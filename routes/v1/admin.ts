@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireAdmin } from "../../lib/http/auth.ts";
 import { ApiError, notFound, parseJson } from "../../lib/http/errors.ts";
-import { usdAmount } from "../../lib/http/params.ts";
+import { parseId, usdAmount } from "../../lib/http/params.ts";
 import {
   idempotency,
   IDEMPOTENCY_TTL_MS,
@@ -21,13 +21,14 @@ import {
 import { ledgerJson } from "../../lib/billing/ledger.ts";
 import type { Account, BalanceState } from "../../lib/billing/types.ts";
 import { formatUsd } from "../../lib/money.ts";
+import { MAX_EMAIL_CHARS } from "../../lib/auth/users.ts";
 import type { Context } from "hono";
 import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 
 const accountSchema = z.strictObject({
   name: z.string().trim().min(1, "must not be empty").max(200),
-  email: z.email().max(320).nullish(),
+  email: z.email().max(MAX_EMAIL_CHARS).nullish(),
 });
 const adjustmentSchema = z.strictObject({
   amount: usdAmount.refine((v) => v !== 0n, "must not be zero"),
@@ -127,7 +128,7 @@ async function credit(
   raw: string,
 ) {
   const svc = c.get("svc");
-  const id = c.req.param("id") ?? "";
+  const id = parseId("id", "acct", c.req.param("id") ?? "");
   if (!await getAccount(svc.kv, id)) throw notFound("The account");
   const idem = await idempotency(c, `admin:${type}:${id}`, raw);
   if (idem) {
@@ -207,7 +208,7 @@ export function adminRoutes() {
 
   app.get("/accounts/:id", async (c) => {
     const kv = c.get("svc").kv;
-    const account = await getAccount(kv, c.req.param("id"));
+    const account = await getAccount(kv, parseId("id", "acct", c.req.param("id")));
     if (!account) throw notFound("The account");
     return c.json(accountJson(account, await getBalance(kv, account.id)));
   });

@@ -65,7 +65,8 @@ Deno.test("audit: filters, one row by request id, other tenants' rows invisible"
     assert.equal(row.status, 200);
     assert.equal(row.cost, "0.0000216");
     assert.equal(row.timestamp, new Date(T0).toISOString());
-    await json(await t.call(mgmt, "GET", "/v1/audit/req_unknown"), 404);
+    await json(await t.call(mgmt, "GET", `/v1/audit/${newId("req")}`), 404);
+    await json(await t.call(mgmt, "GET", "/v1/audit/req_unknown"), 400);
     await json(await t.call(stranger.mgmt, "GET", `/v1/audit/${ok1}`), 404);
 
     const ids = async (q: string) =>
