@@ -1,6 +1,6 @@
 import type { AuditRow } from "../billing/types.ts";
 import { formatUsd } from "../money.ts";
-import { AUDIT_COLUMNS, csvLength, decodeAuditRow } from "./row.ts";
+import { AUDIT_COLUMNS, csvLine, decodeAuditRow } from "./row.ts";
 import { auditIdKey, auditKey } from "../kv/schema.ts";
 import { badRequest } from "../http/errors.ts";
 import { getAll, rowCursor, rowCursorAt } from "../kv/util.ts";
@@ -293,9 +293,9 @@ export function exportAudit(
         if (format === "csv") {
           for (const { value } of rows) {
             if (filtered && !matches(decodeAuditRow(value), f)) continue;
-            const n = csvLength(value);
-            lines.push(n === value.length ? value : value.subarray(0, n));
-            size += n;
+            const line = csvLine(value);
+            lines.push(line);
+            size += line.length;
           }
           if (size) break;
         } else {
