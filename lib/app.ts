@@ -97,8 +97,16 @@ export function createApp(deps: AppDeps): Router {
       message,
     );
   });
-  // Every refused inference request of a known key leaves an audit row, at cost 0.
-  const audited = ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"];
+  // Every refused inference request of a known key leaves an audit row, at cost 0; so does every
+  // token count, answered or not (free: never held nor billed).
+  const countTokens = "/v1/messages/count_tokens";
+  const audited = [
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/responses",
+    countTokens,
+  ];
   app.use(
     "/v1/*",
     bodyLimit({
@@ -121,9 +129,9 @@ export function createApp(deps: AppDeps): Router {
     app.use(path, async (c, next) => {
       await next();
       await c.get("metered")?.answered();
-      if (c.res.status >= 400) {
-        await auditRefusal(c, c.res.status, c.get("errorCode") ?? `http_${c.res.status}`);
-      }
+      const status = c.res.status;
+      if (status >= 400) await auditRefusal(c, status, c.get("errorCode") ?? `http_${status}`);
+      else if (path === countTokens) await auditRefusal(c, status, null);
     });
   }
 
