@@ -164,6 +164,8 @@ export function adminRoutes() {
 
   app.post("/accounts", async (c) => {
     const svc = c.get("svc");
+    // The answer (first or replayed) carries the management key: no cache may keep a copy.
+    c.header("cache-control", "no-store");
     const raw = await c.req.text();
     const body = parseJson(raw, accountSchema);
     const idem = await idempotency(c, "admin:accounts", raw);

@@ -148,7 +148,8 @@ export function managementRoutes() {
       throw badRequest("Invalid 'limit_reset': needs a credit_limit");
     }
     const { key, secret } = await createKey(c.get("svc").kv, c.get("accountId"), body);
-    return c.json({ ...keyJson(key), key: secret }, 201);
+    // The secret is shown once: no cache along the way may keep a copy.
+    return c.json({ ...keyJson(key), key: secret }, 201, { "cache-control": "no-store" });
   });
 
   app.get("/keys/:id", async (c) => {
