@@ -65,22 +65,14 @@ export const estimateTokens = (text: string) => Math.ceil(text.length / 4);
  * arguments sit under `function`, an assistant message's calls under `tool_calls`.
  */
 function textOf(v: unknown): string {
-  // Walked with a stack of its own, in order: a body nested thousands deep (any JSON parses) would
-  // overflow the call stack of a recursive walk.
-  const texts: string[] = [];
-  const todo: unknown[] = [v];
-  while (todo.length) {
-    const x = todo.pop();
-    if (typeof x === "string") {
-      if (x) texts.push(x);
-    } else if (Array.isArray(x)) {
-      for (let i = x.length - 1; i >= 0; i--) todo.push(x[i]);
-    } else if (x && typeof x === "object") {
-      const o = x as Record<string, unknown>;
-      todo.push(o.tool_calls, o.function, o.name, o.arguments, o.content, o.text);
-    }
+  if (typeof v === "string") return v;
+  if (Array.isArray(v)) return v.map(textOf).filter(Boolean).join(" ");
+  if (v && typeof v === "object") {
+    const o = v as Record<string, unknown>;
+    return [o.text, o.content, o.arguments, o.name, o.function, o.tool_calls].map(textOf)
+      .filter(Boolean).join(" ");
   }
-  return texts.join(" ");
+  return "";
 }
 
 /** Estimated prompt tokens of an OpenAI chat body (messages and tools), for when usage is lost. */

@@ -25,6 +25,14 @@ Deno.test("a body nested past MAX_JSON_DEPTH is 400 on every JSON endpoint, one 
       `{"model":"anthropic/claude-haiku-4-5","messages":[{"role":"user","content":${mixed}}]}`,
     );
     assert.equal((await json(counted, 400)).error.code, "invalid_request");
+    // For another provider's model the router's estimate walked the content recursively: 500.
+    const estimated = await t.call(
+      key,
+      "POST",
+      "/v1/messages/count_tokens",
+      `{"model":"gpt-4o-mini","messages":[{"role":"user","content":${arrays(20_000)}}]}`,
+    );
+    assert.equal((await json(estimated, 400)).error.code, "invalid_request");
     // `x` sits at depth 1 of the body: its value may nest MAX_JSON_DEPTH - 1 more.
     const body = (model: string, x: string) =>
       `{"model":"${model}","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"x":${x}}`;
