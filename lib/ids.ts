@@ -63,7 +63,7 @@ const shapes = new Map<string, RegExp>();
 export function isId(prefix: string, v: string): boolean {
   let re = shapes.get(prefix);
   if (!re) shapes.set(prefix, re = new RegExp(`^${prefix}_${ID_BODY}$`));
-  return v.length <= 64 && re.test(v);
+  return re.test(v);
 }
 
 /** A request id (`req_…`), or the id of one of its failed attempts (`req_….N`). */
