@@ -680,8 +680,6 @@ async function world(t: TestRouter): Promise<World> {
 
 Deno.test({
   name: `fuzz: ${COUNT} malformed requests over every endpoint: no 5xx, JSON errors, no writes`,
-  // An abandoned upload or a refused body leaves the client's body stream behind (STACK.md).
-  sanitizeResources: false,
   async fn() {
     const t = await startProviders({ env: { STRIPE_WEBHOOK_SECRET: "whsec_fuzz" } });
     const started = Date.now();
