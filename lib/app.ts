@@ -5,7 +5,9 @@ import { AccountActors } from "./billing/actor.ts";
 import { Background } from "./billing/background.ts";
 import { KeyResolver } from "./auth/keys.ts";
 import { Providers, type ProvidersFile } from "./providers/registry.ts";
-import { ApiError, errorBody, errorResponse } from "./http/errors.ts";
+import { ApiError, badRequest, errorBody, errorResponse } from "./http/errors.ts";
+import { percentDecodes } from "./http/params.ts";
+import { errorPage } from "./render/page.tsx";
 import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
@@ -98,8 +100,28 @@ export function createApp(deps: AppDeps): Router {
       c.res.headers.set("request-id", requestId);
     }
   });
-  // Every refused inference request of a known key leaves an audit row, at cost 0.
-  const audited = ["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"];
+  app.use("*", async (c, next) => {
+    if (percentDecodes(c.req.url)) return await next();
+    // An API path answers JSON (onError), a page or static file an HTML page.
+    const message = "The URL holds a percent-escape that is not UTF-8";
+    if (/^\/v1(\/|$)/.test(c.req.path)) throw badRequest(message);
+    return errorPage(
+      { title: "Bad request", auth: "public", layout: "public" },
+      null,
+      400,
+      message,
+    );
+  });
+  // Every refused inference request of a known key leaves an audit row, at cost 0; so does every
+  // token count, answered or not (free: never held nor billed).
+  const countTokens = "/v1/messages/count_tokens";
+  const audited = [
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/messages",
+    "/v1/responses",
+    countTokens,
+  ];
   app.use(
     "/v1/*",
     bodyLimit({
@@ -122,9 +144,9 @@ export function createApp(deps: AppDeps): Router {
     app.use(path, async (c, next) => {
       await next();
       await c.get("metered")?.answered();
-      if (c.res.status >= 400) {
-        await auditRefusal(c, c.res.status, c.get("errorCode") ?? `http_${c.res.status}`);
-      }
+      const status = c.res.status;
+      if (status >= 400) await auditRefusal(c, status, c.get("errorCode") ?? `http_${status}`);
+      else if (path === countTokens) await auditRefusal(c, status, null);
     });
   }
 

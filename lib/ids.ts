@@ -44,3 +44,31 @@ export function idFloor(prefix: string, ms: number): string {
   for (let v = ms, i = 0; i < 10; i++, v = Math.floor(v / 32)) t = ALPHABET[v % 32] + t;
   return `${prefix}_${t}`;
 }
+
+/** The part of an id after its prefix and underscore, as `newId` writes it. */
+const ID_BODY = "[0-9a-hjkmnp-tv-z]{24}";
+const shapes = new Map<string, RegExp>();
+
+/**
+ * Whether `v` has the shape of an id `newId(prefix)` makes: the prefix, `_` and 24 characters
+ * of the id alphabet. Checked before an id from a request reaches a KV key: KV refuses keys over
+ * 2 KiB, and an id of another shape names nothing.
+ *
+ * @example
+ * ```ts
+ * isId("key", newId("key")); // true
+ * isId("key", "key_nope"); // false
+ * ```
+ */
+export function isId(prefix: string, v: string): boolean {
+  let re = shapes.get(prefix);
+  if (!re) shapes.set(prefix, re = new RegExp(`^${prefix}_${ID_BODY}$`));
+  return re.test(v);
+}
+
+/** A request id (`req_…`), or the id of one of its failed attempts (`req_….N`). */
+export function isRequestId(v: string): boolean {
+  const dot = v.indexOf(".");
+  return dot === -1 ? isId("req", v) : /^\.[1-9]\d{0,3}$/.test(v.slice(dot)) &&
+    isId("req", v.slice(0, dot));
+}

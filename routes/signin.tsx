@@ -3,6 +3,7 @@ import {
   getUserByEmail,
   hashPassword,
   listAccountsByUser,
+  MAX_EMAIL_CHARS,
   type PasswordHash,
   verifyPassword,
 } from "../lib/auth/users.ts";
@@ -36,6 +37,10 @@ export const handler = {
     const email = String(ctx.form.get("email") ?? "").trim();
     const password = String(ctx.form.get("password") ?? "");
     const next = safeNext(String(ctx.form.get("next") ?? ""));
+    // No user has a longer email (sign-up refuses them): answered before anything is read.
+    if (email.length > MAX_EMAIL_CHARS) {
+      return { data: { email: "", next, error: "The email or password is wrong." }, status: 400 };
+    }
     const { kv } = ctx.svc;
     // Too many attempts from this address, or too many failures of this email from any: one answer.
     const tooMany = { data: { email, next, error: TOO_MANY }, status: 429 };

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import type { PageConfig, PageCtx, PageProps } from "../lib/render/page.tsx";
-import { signUp } from "../lib/auth/users.ts";
+import { MAX_EMAIL_CHARS, signUp } from "../lib/auth/users.ts";
 import { allowSigninAttempt, safeNext, startSession, withNext } from "../lib/render/session.ts";
 import { Notice } from "../lib/render/layout.tsx";
 
@@ -8,7 +8,10 @@ export const config: PageConfig = { title: "Create an account", auth: "public", 
 
 const schema = z.object({
   name: z.string().trim().min(1, "Your name is required").max(100),
-  email: z.email("Enter a valid email address").max(320),
+  email: z.email("Enter a valid email address").max(
+    MAX_EMAIL_CHARS,
+    `The email may have at most ${MAX_EMAIL_CHARS} characters`,
+  ),
   account: z.string().trim().min(1, "The organisation name is required").max(200),
   password: z.string().min(10, "The password needs at least 10 characters").max(200),
 });

@@ -6,6 +6,8 @@ import { type Logger, silentLogger } from "../lib/log.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./_fakes/openai.ts";
 import { serveLoopback } from "./_fakes/serve.ts";
 import { trustingProxies } from "../lib/http/client_addr.ts";
+import { signUp } from "../lib/auth/users.ts";
+import { adminTokenTag, createSession, SESSION_COOKIE } from "../lib/auth/sessions.ts";
 
 export const ADMIN_TOKEN = "test-admin-token-0123456789";
 
@@ -156,4 +158,40 @@ export async function kvSnapshot(t: TestRouter): Promise<KvSnapshot> {
     out.set(snapshotText(e.key), snapshotText(e.value));
   }
   return out;
+}
+
+/** Headers of a dashboard session's request: its cookie, this origin, its CSRF token. */
+function sessionHeaders(t: TestRouter, token: string, csrf: string) {
+  return (h: Record<string, string> = {}) => ({
+    cookie: `${SESSION_COOKIE}=${token}`,
+    origin: t.url,
+    "x-csrf-token": csrf,
+    ...h,
+  });
+}
+
+/** A signed-up user (the owner of a new account) with a dashboard session. */
+export async function userSession(t: TestRouter, email: string) {
+  const u = await signUp(t.kv, {
+    email,
+    name: email,
+    password: "password-" + email,
+    accountName: email + " Co",
+  });
+  assert.ok(u);
+  const { token, session } = await createSession(t.kv, {
+    kind: "user",
+    user_id: u.user.id,
+    account_id: u.account.id,
+  }, Date.now());
+  return { ...u, token, csrf: session.csrf, headers: sessionHeaders(t, token, session.csrf) };
+}
+
+/** An operator session, opened with the test ADMIN_TOKEN. */
+export async function adminSession(t: TestRouter) {
+  const { token, session } = await createSession(t.kv, {
+    kind: "admin",
+    admin_tag: await adminTokenTag(ADMIN_TOKEN),
+  }, Date.now());
+  return { token, csrf: session.csrf, headers: sessionHeaders(t, token, session.csrf) };
 }

@@ -1,9 +1,9 @@
 import type { AuditRow } from "../billing/types.ts";
 import { formatUsd } from "../money.ts";
-import { AUDIT_COLUMNS, csvLength, decodeAuditRow } from "./row.ts";
+import { AUDIT_COLUMNS, csvLine, decodeAuditRow } from "./row.ts";
 import { auditIdKey, auditKey } from "../kv/schema.ts";
 import { badRequest } from "../http/errors.ts";
-import { getAll } from "../kv/util.ts";
+import { getAll, rowCursor, rowCursorAt } from "../kv/util.ts";
 
 export interface AuditFilter {
   /** Start (inclusive) and end (exclusive) of the period, epoch ms. */
@@ -57,20 +57,10 @@ async function* listAuditRange(
 /** A page stops after scanning this many rows, so a rare filter cannot make one request slow. */
 const MAX_SCAN = 20_000;
 
-/** The paging cursor: the (time, request id) of the last row seen, base64url JSON. */
-function encodeCursor(key: Deno.KvKey): string {
-  return btoa(JSON.stringify([key[2], key[3]])).replaceAll("+", "-").replaceAll("/", "_")
-    .replace(/=+$/, "");
-}
-
 function decodeCursor(accountId: string, cursor: string): Deno.KvKey {
-  try {
-    const [ms, id] = JSON.parse(atob(cursor.replaceAll("-", "+").replaceAll("_", "/")));
-    if (Number.isSafeInteger(ms) && typeof id === "string") return auditKey(accountId, ms, id);
-  } catch {
-    // reported below
-  }
-  throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+  const at = rowCursorAt(cursor);
+  if (!at) throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+  return auditKey(accountId, at.ms, at.id);
 }
 
 /**
@@ -88,13 +78,15 @@ export async function listAuditByAccount(
   if (cursor) {
     end = decodeCursor(accountId, cursor);
     if ((end[2] as number) >= f.toMs) end = undefined;
+    // Below the period's start nothing is left (and the range would end before it starts).
+    else if ((end[2] as number) < f.fromMs) return { data: [], next_cursor: null };
   }
   const data: ReturnType<typeof auditJson>[] = [];
   let scanned = 0;
   let last: Deno.KvKey | null = null;
   for await (const e of listAuditRange(kv, accountId, f, Math.min(limit + 1, 1000), end)) {
     if (data.length === limit || scanned === MAX_SCAN) {
-      return { data, next_cursor: encodeCursor(last!) };
+      return { data, next_cursor: rowCursor(last!) };
     }
     scanned++;
     last = e.key;
@@ -301,9 +293,9 @@ export function exportAudit(
         if (format === "csv") {
           for (const { value } of rows) {
             if (filtered && !matches(decodeAuditRow(value), f)) continue;
-            const n = csvLength(value);
-            lines.push(n === value.length ? value : value.subarray(0, n));
-            size += n;
+            const line = csvLine(value);
+            lines.push(line);
+            size += line.length;
           }
           if (size) break;
         } else {

@@ -1,8 +1,9 @@
 /**
  * The stored form of an audit row: the UTF-8 bytes of its CSV line exactly as the export writes it
- * (AUDIT_COLUMNS, RFC 4180, ending in CRLF), then its error code (empty when null). Audit rows never
- * change, so the export copies these bytes as they are instead of deserializing and formatting
- * every row; the other readers decode them.
+ * (AUDIT_COLUMNS, RFC 4180, ending in CRLF, text cells neutralised against formula injection),
+ * then `'` and its error code (empty when null). Audit rows never change, so the export copies
+ * these bytes as they are instead of deserializing and formatting every row; the other readers
+ * decode them. Rows stored before cells were neutralised lack the `'` and are rewritten on export.
  *
  * @module
  */
@@ -55,13 +56,27 @@ const NEEDS_QUOTES = /[",\r\n]/;
 /** One RFC 4180 field: quoted when it holds a comma, quote, CR or LF; quotes doubled. */
 const quote = (v: string) => NEEDS_QUOTES.test(v) ? `"${v.replaceAll('"', '""')}"` : v;
 
+/**
+ * A text value a spreadsheet would take for a formula: it begins with `=`, `+`, `-`, `@`, tab or
+ * CR (OWASP's CSV injection list). Such a cell gets an apostrophe in front, which spreadsheets
+ * read as "text" and do not show; a value that begins with an apostrophe gets one too, so that
+ * the stored cell decodes to the value exactly.
+ */
+const ESCAPED_START = /^[=+\-@\t\r']/;
+const textCell = (v: string) => quote(ESCAPED_START.test(v) ? "'" + v : v);
+/** A text cell's value back from a neutralised cell. */
+const untext = (cell: string) => cell.charCodeAt(0) === 39 ? cell.slice(1) : cell;
+
+/** What follows the CRLF of a row stored with neutralised cells, before its error code. */
+const NEUTRAL = "'";
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
 /**
- * An audit row's stored bytes: its CSV line in AUDIT_COLUMNS order, CRLF, then its error code.
- * Error codes are the API's snake_case codes; a line break in one (which would hide where the CSV
- * line ends) is written as a space.
+ * An audit row's stored bytes: its CSV line in AUDIT_COLUMNS order (text cells neutralised), CRLF,
+ * `'`, then its error code. Error codes are the API's snake_case codes; a line break in one (which
+ * would hide where the CSV line ends) is written as a space.
  *
  * @example
  * const bytes = encodeAuditRow(row);
@@ -69,16 +84,16 @@ const decoder = new TextDecoder();
  * decodeAuditRow(bytes); // the row again
  */
 export function encodeAuditRow(r: AuditRow): Uint8Array {
-  const line = `${quote(r.timestamp)},${quote(r.request_id)},${quote(r.key_id)},${
-    quote(r.key_name)
-  },${quote(r.provider)},${
-    quote(r.model)
+  const line = `${textCell(r.timestamp)},${textCell(r.request_id)},${textCell(r.key_id)},${
+    textCell(r.key_name)
+  },${textCell(r.provider)},${
+    textCell(r.model)
   },${r.prompt_tokens},${r.completion_tokens},${r.cached_tokens},${r.cache_write_tokens},${r.reasoning_tokens},${
     csvUsd(r.cost)
-  },${csvUsd(r.market_cost)},${r.latency_ms},${r.status},${r.streaming},${quote(r.client_ip)},${
-    quote(r.user_agent)
+  },${csvUsd(r.market_cost)},${r.latency_ms},${r.status},${r.streaming},${textCell(r.client_ip)},${
+    textCell(r.user_agent)
   }\r\n`;
-  return encoder.encode(line + (r.error_code ?? "").replace(/[\r\n]/g, " "));
+  return encoder.encode(line + NEUTRAL + (r.error_code ?? "").replace(/[\r\n]/g, " "));
 }
 
 /**
@@ -86,6 +101,17 @@ export function encodeAuditRow(r: AuditRow): Uint8Array {
  * error code after it holds no line feed, so the line ends at the last one.
  */
 export const csvLength = (bytes: Uint8Array): number => bytes.lastIndexOf(10) + 1;
+
+/**
+ * The export's CSV line of stored audit row bytes: the stored line itself, or for a row stored
+ * before cells were neutralised, the line written anew.
+ */
+export function csvLine(bytes: Uint8Array): Uint8Array {
+  const n = csvLength(bytes);
+  if (bytes[n] === 39) return bytes.subarray(0, n);
+  const fresh = encodeAuditRow(decodeAuditRow(bytes));
+  return fresh.subarray(0, csvLength(fresh));
+}
 
 /** Splits one CSV record (without its line ending) into its fields. */
 function parseRecord(s: string): string[] {
@@ -153,14 +179,18 @@ export function decodeAuditRow(bytes: Uint8Array): AuditRow {
   if (f.length !== AUDIT_COLUMNS.length) {
     throw new SyntaxError(`Audit row has ${f.length} fields, not ${AUDIT_COLUMNS.length}`);
   }
-  const error = text.slice(lf + 1);
+  let error = text.slice(lf + 1);
+  // Rows stored before cells were neutralised hold every text cell as it was.
+  const neutral = error.startsWith(NEUTRAL);
+  if (neutral) error = error.slice(1);
+  const t = neutral ? untext : (cell: string) => cell;
   return {
-    timestamp: f[0],
-    request_id: f[1],
-    key_id: f[2],
-    key_name: f[3],
-    provider: f[4],
-    model: f[5],
+    timestamp: t(f[0]),
+    request_id: t(f[1]),
+    key_id: t(f[2]),
+    key_name: t(f[3]),
+    provider: t(f[4]),
+    model: t(f[5]),
     prompt_tokens: num(f[6]),
     completion_tokens: num(f[7]),
     cached_tokens: num(f[8]),
@@ -171,8 +201,8 @@ export function decodeAuditRow(bytes: Uint8Array): AuditRow {
     latency_ms: num(f[13]),
     status: num(f[14]),
     streaming: bool(f[15]),
-    client_ip: f[16],
-    user_agent: f[17],
+    client_ip: t(f[16]),
+    user_agent: t(f[17]),
     error_code: error === "" ? null : error,
   };
 }

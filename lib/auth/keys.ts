@@ -102,9 +102,15 @@ export function checkKey(key: ApiKey | null, now: number): KeyCheck {
 }
 
 /**
- * Finds the key behind a presented secret. Lookups are cached for a moment (the gateway's hot
- * path); the cache is dropped on every change made in this process, and the reservation atomic
- * re-reads the key, so a revoked or disabled key never gets a request billed.
+ * How long a looked-up key is trusted: a key changed by another process (revoked, disabled) is
+ * seen within this long. The cost is one lookup per key and period, whatever the request rate.
+ */
+export const KEY_CACHE_MS = 1000;
+
+/**
+ * Finds the key behind a presented secret. Lookups are cached for at most `KEY_CACHE_MS` (the
+ * gateway's hot path); the cache is dropped on every change made in this process, and the
+ * reservation atomic re-reads the key, so a revoked or disabled key never gets a request billed.
  */
 export class KeyResolver {
   #kv: Deno.Kv;
@@ -112,17 +118,21 @@ export class KeyResolver {
   #cache = new Map<string, { key: Promise<ApiKey | null>; at: number }>();
   #ttlMs: number;
 
-  constructor(kv: Deno.Kv, ttlMs = 2000) {
+  constructor(kv: Deno.Kv, ttlMs = KEY_CACHE_MS) {
     this.#kv = kv;
     this.#ttlMs = ttlMs;
   }
 
-  async resolve(secret: string): Promise<ApiKey | null> {
+  /**
+   * The key of `secret`, or null. `fresh` reads KV whatever is cached (management calls, which
+   * must not outlive a revocation made elsewhere by a moment), and caches what it read.
+   */
+  async resolve(secret: string, fresh = false): Promise<ApiKey | null> {
     if (!secret.startsWith("er-") || secret.length > 200) return null;
     const hash = await hashSecret(secret);
     const now = Date.now();
     const hit = this.#cache.get(hash);
-    if (hit && now - hit.at < this.#ttlMs) return hit.key;
+    if (!fresh && hit && now - hit.at < this.#ttlMs) return hit.key;
     const key = this.#lookup(hash);
     if (this.#cache.size > 10_000) this.#cache.clear();
     this.#cache.set(hash, { key, at: now });

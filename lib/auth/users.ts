@@ -76,6 +76,9 @@ export async function verifyPassword(password: string, stored: PasswordHash): Pr
   return diff === 0;
 }
 
+/** The longest email address (RFC 5321: a path of 256 less its brackets); longer are refused. */
+export const MAX_EMAIL_CHARS = 254;
+
 /** Emails compare case-insensitively. */
 export const normalizeEmail = (email: string) => email.trim().toLowerCase();
 

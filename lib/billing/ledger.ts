@@ -1,19 +1,34 @@
 import type { LedgerEntry, LedgerType } from "./types.ts";
 import { formatUsd } from "../money.ts";
-import { pageNewestFirst } from "../kv/util.ts";
+import { rowCursor, rowCursorAt } from "../kv/util.ts";
+import { ledgerKey } from "../kv/schema.ts";
+import { badRequest } from "../http/errors.ts";
 
-/** A page of an account's ledger, newest first, optionally of one type. */
-export function listLedgerByAccount(
+/**
+ * A page of an account's ledger, newest first, optionally of one type. The cursor names the last
+ * entry seen (`rowCursor`); the next page starts strictly below it.
+ */
+export async function listLedgerByAccount(
   kv: Deno.Kv,
   accountId: string,
   opts: { type?: LedgerType; limit: number; cursor?: string },
 ): Promise<{ data: LedgerEntry[]; next_cursor: string | null }> {
-  return pageNewestFirst<LedgerEntry, LedgerEntry>(
-    kv,
-    { prefix: ["ledger", accountId] },
-    opts,
-    (e) => !opts.type || e.type === opts.type ? e : null,
-  );
+  const prefix = ["ledger", accountId];
+  let selector: Deno.KvListSelector = { prefix };
+  if (opts.cursor) {
+    const at = rowCursorAt(opts.cursor);
+    if (!at) throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+    selector = { prefix, end: ledgerKey(accountId, at.ms, at.id) };
+  }
+  const data: LedgerEntry[] = [];
+  let last: Deno.KvKey | null = null;
+  for await (const e of kv.list<LedgerEntry>(selector, { reverse: true })) {
+    if (opts.type && e.value.type !== opts.type) continue;
+    if (data.length === opts.limit) return { data, next_cursor: rowCursor(last!) };
+    data.push(e.value);
+    last = e.key;
+  }
+  return { data, next_cursor: null };
 }
 
 /** A ledger entry as the API shows it (money as decimal strings). */

@@ -71,7 +71,8 @@ export const requireKey = (scope: KeyScope) =>
         "Missing API key: send Authorization: Bearer <key>",
       );
     }
-    const found = await svc.keys.resolve(secret);
+    // A management call reads the key afresh: one revoked by another process is refused at once.
+    const found = await svc.keys.resolve(secret, scope === "management");
     const check = checkKey(found, svc.now());
     if (!check.ok) {
       const audited = auditableKey(found, scope, svc.now());

@@ -1,6 +1,7 @@
 import type { Context } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { z } from "zod";
+import { MAX_JSON_DEPTH, nestsWithin } from "../json.ts";
 
 const TYPES: Record<number, string> = {
   400: "invalid_request_error",
@@ -50,8 +51,14 @@ export function describeZod(error: z.ZodError): string {
   return `Invalid '${path}': ${i.message}`;
 }
 
-/** Parses raw JSON text against a schema; malformed JSON and violations are 400 naming the field. */
+/**
+ * Parses raw JSON text against a schema; malformed JSON, nesting deeper than MAX_JSON_DEPTH and
+ * violations are 400 (naming the field).
+ */
 export function parseJson<T extends z.ZodType>(raw: string, schema: T): z.output<T> {
+  if (!nestsWithin(raw)) {
+    throw badRequest(`The request body nests arrays and objects over ${MAX_JSON_DEPTH} deep`);
+  }
   let json: unknown;
   try {
     json = JSON.parse(raw);

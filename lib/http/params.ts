@@ -1,4 +1,5 @@
 import { parseUsd } from "../money.ts";
+import { isId, isRequestId } from "../ids.ts";
 import { badRequest } from "./errors.ts";
 import { z } from "zod";
 
@@ -63,4 +64,36 @@ export function parseCursor(v: string | undefined): string | undefined {
   if (v === undefined || v === "") return undefined;
   if (!/^[A-Za-z0-9+/=_-]{1,2000}$/.test(v)) throw badRequest("Invalid 'cursor'");
   return v;
+}
+
+/**
+ * An id from a path or query (`key_…`, `acct_…`) checked for the shape `newId` gives before it
+ * reaches KV: any other text is 400 naming the parameter, a well-formed id of nothing is the
+ * caller's 404.
+ */
+export function parseId(name: string, prefix: string, v: string): string {
+  if (!isId(prefix, v)) {
+    throw badRequest(`Invalid '${name}': not an id of the form ${prefix}_…`);
+  }
+  return v;
+}
+
+/** A request id (`req_…`, or `req_….N` for a failed attempt), as `parseId` checks ids. */
+export function parseRequestId(name: string, v: string): string {
+  if (!isRequestId(v)) throw badRequest(`Invalid '${name}': not a request id of the form req_…`);
+  return v;
+}
+
+/**
+ * Whether every percent-escape in `url` decodes to UTF-8 text. Hono leaves an escape that does not
+ * (`%ff`, `%e2%82`) in a parameter as it came, so such a URL is refused before a route reads it.
+ */
+export function percentDecodes(url: string): boolean {
+  if (!url.includes("%")) return true;
+  try {
+    decodeURIComponent(url);
+    return true;
+  } catch {
+    return false;
+  }
 }

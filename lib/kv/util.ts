@@ -123,6 +123,37 @@ export async function commitRetrying(
   }
 }
 
+/** The latest time a JS Date holds (epoch ms). */
+const MAX_DATE_MS = 8.64e15;
+
+/**
+ * The paging cursor of a row whose key ends in (time ms, id), as ledger and audit rows' keys do:
+ * those two parts as base64url JSON. The next page lists below that key. Not Deno KV's own cursor
+ * (the key's encoding, which KV checks only once the listing runs), so that `rowCursorAt` can
+ * check every part before it reaches KV.
+ */
+export function rowCursor(key: Deno.KvKey): string {
+  return btoa(JSON.stringify(key.slice(-2))).replaceAll("+", "-").replaceAll("/", "_")
+    .replace(/=+$/, "");
+}
+
+/**
+ * The (time ms, id) a `rowCursor` names, or null for text it cannot have made: the time must be
+ * a JS date's, the id short printable ASCII, so that the key made of them is one KV takes and
+ * the range below it is a range.
+ */
+export function rowCursorAt(cursor: string): { ms: number; id: string } | null {
+  try {
+    const v = JSON.parse(atob(cursor.replaceAll("-", "+").replaceAll("_", "/")));
+    if (!Array.isArray(v) || v.length !== 2) return null;
+    const [ms, id] = v;
+    if (!Number.isSafeInteger(ms) || ms < 0 || ms > MAX_DATE_MS) return null;
+    return typeof id === "string" && /^[!-~]{1,64}$/.test(id) ? { ms, id } : null;
+  } catch {
+    return null;
+  }
+}
+
 /**
  * One page of a KV listing: up to `limit` entries that `pick` keeps (it returns null to skip), and
  * the cursor after the last one, or null when no kept entry follows.

@@ -189,6 +189,8 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
   const cfg = mod.config;
   app.on(["GET", "HEAD", "POST"], path, async (c) => {
     const svc = c.get("svc");
+    // Pages show account data, and sign-in's redirect carries the session cookie: never cached.
+    c.header("cache-control", "no-store");
     const url = new URL(c.req.url);
     const viewer = await loadViewer(c);
     if (cfg.auth === "user" && (!viewer || viewer.session.kind !== "user" || !viewer.account)) {

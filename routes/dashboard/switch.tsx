@@ -1,6 +1,7 @@
 import type { PageConfig, PageCtx } from "../../lib/render/page.tsx";
 import { getMembership } from "../../lib/auth/users.ts";
 import { switchSessionAccount } from "../../lib/auth/sessions.ts";
+import { isId } from "../../lib/ids.ts";
 
 export const config: PageConfig = { title: "Switch account", auth: "user", layout: "dashboard" };
 
@@ -9,7 +10,7 @@ export const handler = {
     const v = ctx.viewer!;
     const id = String(ctx.form.get("account_id") ?? "");
     // Only an account the user belongs to.
-    if (await getMembership(ctx.svc.kv, id, v.user!.id)) {
+    if (isId("acct", id) && await getMembership(ctx.svc.kv, id, v.user!.id)) {
       await switchSessionAccount(ctx.svc.kv, v.token, id);
     }
     return ctx.redirect("/dashboard");

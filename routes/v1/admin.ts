@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireAdmin } from "../../lib/http/auth.ts";
 import { ApiError, notFound, parseJson } from "../../lib/http/errors.ts";
-import { usdAmount } from "../../lib/http/params.ts";
+import { parseId, usdAmount } from "../../lib/http/params.ts";
 import {
   idempotency,
   IDEMPOTENCY_TTL_MS,
@@ -22,13 +22,14 @@ import { ledgerJson } from "../../lib/billing/ledger.ts";
 import type { Account, BalanceState } from "../../lib/billing/types.ts";
 import { formatUsd } from "../../lib/money.ts";
 import { creditEvent } from "../../lib/webhooks/events.ts";
+import { MAX_EMAIL_CHARS } from "../../lib/auth/users.ts";
 import type { Context } from "hono";
 import { Buffer } from "node:buffer";
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
 
 const accountSchema = z.strictObject({
   name: z.string().trim().min(1, "must not be empty").max(200),
-  email: z.email().max(320).nullish(),
+  email: z.email().max(MAX_EMAIL_CHARS).nullish(),
 });
 const adjustmentSchema = z.strictObject({
   amount: usdAmount.refine((v) => v !== 0n, "must not be zero"),
@@ -128,7 +129,7 @@ async function credit(
   raw: string,
 ) {
   const svc = c.get("svc");
-  const id = c.req.param("id") ?? "";
+  const id = parseId("id", "acct", c.req.param("id") ?? "");
   if (!await getAccount(svc.kv, id)) throw notFound("The account");
   const idem = await idempotency(c, `admin:${type}:${id}`, raw);
   if (idem) {
@@ -165,6 +166,8 @@ export function adminRoutes() {
 
   app.post("/accounts", async (c) => {
     const svc = c.get("svc");
+    // The answer (first or replayed) carries the management key: no cache may keep a copy.
+    c.header("cache-control", "no-store");
     const raw = await c.req.text();
     const body = parseJson(raw, accountSchema);
     const idem = await idempotency(c, "admin:accounts", raw);
@@ -209,7 +212,7 @@ export function adminRoutes() {
 
   app.get("/accounts/:id", async (c) => {
     const kv = c.get("svc").kv;
-    const account = await getAccount(kv, c.req.param("id"));
+    const account = await getAccount(kv, parseId("id", "acct", c.req.param("id")));
     if (!account) throw notFound("The account");
     return c.json(accountJson(account, await getBalance(kv, account.id)));
   });

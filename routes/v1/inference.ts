@@ -172,8 +172,11 @@ export async function auditOversize(c: Context<AppEnv>) {
   await auditRefusal(c, 413, "request_too_large");
 }
 
-/** Audits a refused inference request (after authentication) that has no row yet. */
-export async function auditRefusal(c: Context<AppEnv>, status: number, code: string) {
+/**
+ * Audits an unbilled inference request (after authentication) that has no row yet, at cost 0: a
+ * refusal with its error code, or a free call (a token count) with none.
+ */
+export async function auditRefusal(c: Context<AppEnv>, status: number, code: string | null) {
   const key = c.get("key");
   if (!key || c.get("audited") || key.scope !== "inference") return;
   const target = c.get("target") ?? { provider: "", model: "" };

@@ -4,7 +4,15 @@ import type { AppEnv } from "../../lib/services.ts";
 import { commitRetrying } from "../../lib/kv/util.ts";
 import { requireKey } from "../../lib/http/auth.ts";
 import { ApiError, badRequest, notFound, readJson } from "../../lib/http/errors.ts";
-import { isoTimeMs, parseCursor, parseLimit, parseTime, usdAmount } from "../../lib/http/params.ts";
+import {
+  isoTimeMs,
+  parseCursor,
+  parseId,
+  parseLimit,
+  parseRequestId,
+  parseTime,
+  usdAmount,
+} from "../../lib/http/params.ts";
 import { createKey, getKeySpend, listKeysByAccount } from "../../lib/auth/keys.ts";
 import { apiKeyKey } from "../../lib/kv/schema.ts";
 import { getBalance } from "../../lib/billing/accounts.ts";
@@ -70,7 +78,7 @@ const patchSchema = z.strictObject({
 
 async function ownKey(c: Context<AppEnv>): Promise<Deno.KvEntry<ApiKey>> {
   const svc = c.get("svc");
-  const id = c.req.param("id") ?? "";
+  const id = parseId("id", "key", c.req.param("id") ?? "");
   const entry = await svc.kv.get<ApiKey>(apiKeyKey(id));
   // Another account's key is reported exactly like a missing one.
   if (!entry.value || entry.value.account_id !== c.get("accountId")) throw notFound("The key");
@@ -98,6 +106,7 @@ function auditFilter(c: Context<AppEnv>): AuditFilter {
   if (streaming !== undefined && streaming !== "true" && streaming !== "false") {
     throw badRequest("Invalid 'streaming': must be true or false");
   }
+  const keyId = q("key_id");
   const from = q("from"), to = q("to");
   // The period is [from, to): a date alone as `to` includes that whole day.
   let toMs = to ? parseTime("to", to) : Number.MAX_SAFE_INTEGER;
@@ -107,7 +116,7 @@ function auditFilter(c: Context<AppEnv>): AuditFilter {
   return {
     fromMs,
     toMs,
-    key_id: q("key_id"),
+    key_id: keyId === undefined ? undefined : parseId("key_id", "key", keyId),
     provider: q("provider"),
     model: q("model"),
     status: status === undefined ? undefined : Number(status),
@@ -139,7 +148,8 @@ export function managementRoutes() {
       throw badRequest("Invalid 'limit_reset': needs a credit_limit");
     }
     const { key, secret } = await createKey(c.get("svc").kv, c.get("accountId"), body);
-    return c.json({ ...keyJson(key), key: secret }, 201);
+    // The secret is shown once: no cache along the way may keep a copy.
+    return c.json({ ...keyJson(key), key: secret }, 201, { "cache-control": "no-store" });
   });
 
   app.get("/keys/:id", async (c) => {
@@ -243,7 +253,8 @@ export function managementRoutes() {
 
   app.get("/audit/:request_id", async (c) => {
     const svc = c.get("svc");
-    const [accountId, requestId] = [c.get("accountId"), c.req.param("request_id")];
+    const accountId = c.get("accountId");
+    const requestId = parseRequestId("request_id", c.req.param("request_id"));
     const [row, attempts] = await Promise.all([
       getAuditRow(svc.kv, accountId, requestId),
       getAuditAttempts(svc.kv, accountId, requestId),

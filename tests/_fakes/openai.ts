@@ -71,7 +71,8 @@ function lastUserText(body: Record<string, unknown>): string {
   const last = [...messages].reverse().find((m) => m.role === "user");
   const c = last?.content;
   if (typeof c === "string") return c;
-  if (Array.isArray(c)) return c.map((p) => (p as { text?: string }).text ?? "").join(" ");
+  // Any part shape a client sent (the fuzz test sends nulls and numbers) is read without failing.
+  if (Array.isArray(c)) return c.map((p) => (p as { text?: string } | null)?.text ?? "").join(" ");
   return "";
 }
 

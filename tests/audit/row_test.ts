@@ -28,6 +28,16 @@ function nastyRows(): AuditRow[] {
     "\r\n",
     "naïve 日本語 ☃",
     'Mozilla/5.0 (X11; "bench", x)',
+    // What a spreadsheet would run as a formula, and apostrophes (the neutralising mark).
+    '=HYPERLINK("http://x","y")',
+    "+1+2",
+    "-2+3",
+    "@SUM(1)",
+    "\tcmd",
+    "'quoted",
+    "'",
+    "''=1",
+    "a=1",
   ];
   const money = [0n, 1n, 999_999_999n, 1_000_000_000n, 12_500_000_000n, 2n ** 53n + 1n];
   return texts.map((text, i) =>
@@ -59,9 +69,9 @@ Deno.test("decodeAuditRow(encodeAuditRow(row)) is the row, field for field", () 
   for (const row of nastyRows()) {
     const bytes = encodeAuditRow(row);
     assert.deepEqual(decodeAuditRow(bytes), row);
-    // The error code follows the CSV line; without one the line is the whole value.
+    // The error code follows the CSV line and the neutralised rows' mark.
     const code = new TextDecoder().decode(bytes.subarray(csvLength(bytes)));
-    assert.equal(code, row.error_code ?? "");
+    assert.equal(code, "'" + (row.error_code ?? ""));
   }
 });
 
@@ -111,7 +121,8 @@ Deno.test("the export emits each row's stored CSV line, and the line is the row'
     const csv = await exported(all);
     assert.deepEqual(csv, expected(newestFirst));
 
-    // Read by an independent parser, every field is the row's own value.
+    // Read by an independent parser, every field is the row's own value, a text that begins
+    // with a formula character or an apostrophe behind an apostrophe (OWASP's CSV injection rule).
     const parsed = parseCsv(new TextDecoder().decode(csv));
     assert.deepEqual(parsed[0], [...AUDIT_COLUMNS]);
     assert.deepEqual(
@@ -119,10 +130,14 @@ Deno.test("the export emits each row's stored CSV line, and the line is the row'
       newestFirst.map((r) =>
         AUDIT_COLUMNS.map((c) => {
           const v = r[c];
-          return typeof v === "bigint" ? formatUsd(v) : String(v);
+          if (typeof v !== "string") return typeof v === "bigint" ? formatUsd(v) : String(v);
+          return /^[=+\-@\t\r']/.test(v) ? "'" + v : v;
         })
       ),
     );
+    for (const line of parsed.slice(1)) {
+      assert.ok(line.every((cell) => !/^[=+\-@\t\r]/.test(cell)), `a formula cell in ${line}`);
+    }
     // A filtered export keeps the matching lines, byte for byte.
     assert.deepEqual(
       await exported({ ...all, streaming: true }),
@@ -143,6 +158,45 @@ Deno.test("the export emits each row's stored CSV line, and the line is the row'
     assert.deepEqual(page.data, json);
     for (const row of rows) assert.deepEqual(await getAuditRow(kv, "acct_r", row.request_id), row);
     assert.equal(await getAuditRow(kv, "acct_r", "req_missing"), null);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("a row stored before cells were neutralised decodes as stored, exports neutralised", async () => {
+  const [base] = nastyRows();
+  const row = {
+    ...base,
+    key_name: "=1+2",
+    model: "'x",
+    user_agent: "@ua",
+    error_code: "rate_limited",
+  };
+  // The stored form of the time: the CSV line as it was, CRLF, the error code (no mark).
+  const stored = new TextDecoder().decode(encodeAuditRow({
+    ...row,
+    key_name: "KEYNAME",
+    model: "MODEL",
+    user_agent: "AGENT",
+  })).replace("KEYNAME", "=1+2").replace("MODEL", "'x").replace("AGENT", "@ua")
+    .replace("\r\n'", "\r\n");
+  const bytes = new TextEncoder().encode(stored);
+  assert.deepEqual(decodeAuditRow(bytes), row);
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const ms = Date.parse(row.timestamp);
+    await kv.set(auditKey("acct_r", ms, row.request_id), bytes);
+    const all = { fromMs: 0, toMs: Number.MAX_SAFE_INTEGER };
+    const csv = await new Response(exportAudit(kv, "acct_r", all, "csv")).text();
+    const [, line] = parseCsv(csv);
+    const cell = (c: string) => line[AUDIT_COLUMNS.indexOf(c as typeof AUDIT_COLUMNS[number])];
+    assert.deepEqual([cell("key_name"), cell("model"), cell("user_agent")], [
+      "'=1+2",
+      "''x",
+      "'@ua",
+    ]);
+    const json = JSON.parse(await new Response(exportAudit(kv, "acct_r", all, "json")).text());
+    assert.deepEqual([json[0].key_name, json[0].model, json[0].user_agent], ["=1+2", "'x", "@ua"]);
   } finally {
     kv.close();
   }

@@ -7,7 +7,7 @@ import {
   SESSION_COOKIE,
   SIGNIN_EMAIL_LIMIT,
 } from "../../lib/auth/sessions.ts";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, startRouter, userSession } from "../_helpers.ts";
 
 Deno.test("safeNext keeps same-site paths and refuses anything a browser resolves off-site", () => {
   assert.equal(safeNext("/dashboard/keys?x=1#y"), "/dashboard/keys?x=1#y");
@@ -108,27 +108,6 @@ Deno.test("on a plain-http site (not loopback) the unprefixed cookie is the sess
 });
 
 /** A signed-up user with a dashboard session on their own account. */
-async function userSession(t: TestRouter, email: string) {
-  const u = await signUp(t.kv, {
-    email,
-    name: email,
-    password: "password-" + email,
-    accountName: email + " Co",
-  });
-  assert.ok(u);
-  const { token, session } = await createSession(t.kv, {
-    kind: "user",
-    user_id: u.user.id,
-    account_id: u.account.id,
-  }, Date.now());
-  const headers = (h: Record<string, string> = {}) => ({
-    cookie: `${SESSION_COOKIE}=${token}`,
-    origin: t.url,
-    "x-csrf-token": session.csrf,
-    ...h,
-  });
-  return { ...u, token, csrf: session.csrf, headers };
-}
 
 Deno.test("a dashboard session never reaches another account's keys, audit rows or ledger", async () => {
   const t = await startRouter();

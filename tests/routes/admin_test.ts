@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { newId } from "../../lib/ids.ts";
 import { ADMIN_TOKEN, json, startRouter } from "../_helpers.ts";
 import { hashSecret } from "../../lib/auth/keys.ts";
 import { idemKey } from "../../lib/kv/schema.ts";
@@ -28,7 +29,10 @@ Deno.test("admin: accounts are created, listed and read with their balances", as
       400,
     );
     assert.match(badEmail.error.message, /'email'/);
-    await json(await t.admin("GET", "/v1/admin/accounts/acct_nope"), 404);
+    // A well-formed id of no account is 404; text of another shape is 400.
+    await json(await t.admin("GET", `/v1/admin/accounts/${newId("acct")}`), 404);
+    const malformed = await json(await t.admin("GET", "/v1/admin/accounts/acct_nope"), 400);
+    assert.match(malformed.error.message, /'id'/);
     const noToken = await fetch(`${t.url}/v1/admin/accounts`);
     assert.equal((await json(noToken, 401)).error.code, "invalid_api_key");
     const wrong = await t.call(ADMIN_TOKEN + "x", "GET", "/v1/admin/accounts");
@@ -84,7 +88,7 @@ Deno.test("admin: adjustments (negative too) and refunds move the balance throug
       if (field !== "body") assert.match(res.error.message, new RegExp(`'${field}'`));
     }
     await json(
-      await t.admin("POST", "/v1/admin/accounts/acct_nope/adjustments", {
+      await t.admin("POST", `/v1/admin/accounts/${newId("acct")}/adjustments`, {
         amount: "1",
         reason: "x",
       }),

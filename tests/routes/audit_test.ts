@@ -65,7 +65,8 @@ Deno.test("audit: filters, one row by request id, other tenants' rows invisible"
     assert.equal(row.status, 200);
     assert.equal(row.cost, "0.0000216");
     assert.equal(row.timestamp, new Date(T0).toISOString());
-    await json(await t.call(mgmt, "GET", "/v1/audit/req_unknown"), 404);
+    await json(await t.call(mgmt, "GET", `/v1/audit/${newId("req")}`), 404);
+    await json(await t.call(mgmt, "GET", "/v1/audit/req_unknown"), 400);
     await json(await t.call(stranger.mgmt, "GET", `/v1/audit/${ok1}`), 404);
 
     const ids = async (q: string) =>
@@ -284,5 +285,41 @@ Deno.test("audit export streams many pages in order, filters skipping whole page
     assert.equal(period.length, 1001);
   } finally {
     kv.close();
+  }
+});
+
+Deno.test("the CSV export neutralises cells a spreadsheet would run; JSON shows the values as they are", async () => {
+  const t = await startRouter();
+  try {
+    const { mgmt } = await t.account("1");
+    const name = '=HYPERLINK("http://evil.example","open")';
+    const key = await json(await t.call(mgmt, "POST", "/v1/keys", { name }), 201);
+    await chat(t, key.key, { "user-agent": "@SUM(1+1)" });
+    // A refused request keeps the model the client named.
+    const refused = await t.call(key.key, "POST", "/v1/chat/completions", {
+      model: "-2+3",
+      messages: [{ role: "user", content: "hi" }],
+    });
+    await json(refused, 404);
+    await t.router.flush();
+
+    const csv = await (await t.call(mgmt, "GET", "/v1/audit/export?format=csv")).text();
+    const [header, ...rows] = parseCsv(csv);
+    const cell = (row: string[], c: string) => row[header.indexOf(c)];
+    assert.deepEqual(rows.map((r) => cell(r, "key_name")), ["'" + name, "'" + name]);
+    assert.deepEqual(rows.map((r) => cell(r, "model")), ["'-2+3", "gpt-4o-mini"]);
+    assert.equal(cell(rows[1], "user_agent"), "'@SUM(1+1)");
+    // Numbers stay numbers.
+    assert.match(cell(rows[1], "cost"), /^\d+(\.\d+)?$/);
+    assert.match(cell(rows[1], "prompt_tokens"), /^\d+$/);
+
+    const exported = await json(await t.call(mgmt, "GET", "/v1/audit/export?format=json"), 200);
+    assert.deepEqual(exported.map((r: { key_name: string }) => r.key_name), [name, name]);
+    assert.deepEqual(exported.map((r: { model: string }) => r.model), ["-2+3", "gpt-4o-mini"]);
+    assert.equal(exported[1].user_agent, "@SUM(1+1)");
+    const listed = await json(await t.call(mgmt, "GET", "/v1/audit"), 200);
+    assert.deepEqual(listed.data, exported);
+  } finally {
+    await t.close();
   }
 });

@@ -1,6 +1,7 @@
 // The management and admin API against API.md's contract, point by point, where no other test
 // proves it: cursors, periods, the key object, limits, amounts, ADMIN_TOKEN unset.
 import assert from "node:assert/strict";
+import { newId } from "../../lib/ids.ts";
 import { json, kvSnapshot, startRouter } from "../_helpers.ts";
 import { parseUsd } from "../../lib/money.ts";
 
@@ -270,13 +271,14 @@ Deno.test("keys: a management key disabled or revoked is refused on its next man
     await expectError(await t.call(ops.key, "GET", "/v1/keys"), 403, "key_disabled");
     await json(await t.call(mgmt, "DELETE", `/v1/keys/${ops.id}`), 200);
     await expectError(await t.call(ops.key, "GET", "/v1/credits"), 401, "invalid_api_key");
-    // Revoking again answers the same; an unknown id is 404.
+    // Revoking again answers the same; an unknown id is 404, a malformed one 400.
     assert.deepEqual(await json(await t.call(mgmt, "DELETE", `/v1/keys/${ops.id}`), 200), {
       id: ops.id,
       deleted: true,
     });
-    await expectError(await t.call(mgmt, "DELETE", "/v1/keys/key_nope"), 404, "not_found");
-    await expectError(await t.call(mgmt, "GET", "/v1/keys/key_nope"), 404, "not_found");
+    await expectError(await t.call(mgmt, "DELETE", `/v1/keys/${newId("key")}`), 404, "not_found");
+    await expectError(await t.call(mgmt, "GET", `/v1/keys/${newId("key")}`), 404, "not_found");
+    await expectError(await t.call(mgmt, "GET", "/v1/keys/key_nope"), 400, "invalid_request");
   } finally {
     await t.close();
   }

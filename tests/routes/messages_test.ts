@@ -343,3 +343,50 @@ Deno.test("count_tokens asks Anthropic for its models and estimates for others, 
     await t.close();
   }
 });
+
+Deno.test("count_tokens calls leave audit rows at cost 0: answered or refused, never billed", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt, keyId } = await t.account("1");
+    const messages = [{ role: "user", content: "count these words" }];
+    const count = (model: string) =>
+      t.call(key, "POST", "/v1/messages/count_tokens", { model, messages });
+    const ids: string[] = [];
+    for (
+      const [model, status] of [["claude-haiku-4-5", 200], ["gpt-4o-mini", 200], [
+        "nope/x",
+        404,
+      ]] as const
+    ) {
+      const res = await count(model);
+      await json(res, status);
+      ids.push(res.headers.get("x-request-id")!);
+    }
+    const bad = await t.call(key, "POST", "/v1/messages/count_tokens", { model: "gpt-4o-mini" });
+    await json(bad, 400);
+    ids.push(bad.headers.get("x-request-id")!);
+    await t.router.flush();
+    const rows = [];
+    for (const id of ids) rows.push(await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200));
+    assert.deepEqual(
+      rows.map((
+        r,
+      ) => [r.key_id, r.provider, r.model, r.status, r.error_code, r.cost, r.market_cost]),
+      [
+        [keyId, "anthropic", "claude-haiku-4-5", 200, null, "0", "0"],
+        [keyId, "openai", "gpt-4o-mini", 200, null, "0", "0"],
+        [keyId, "nope", "x", 404, "model_not_found", "0", "0"],
+        [keyId, "", "", 400, "invalid_request", "0", "0"],
+      ],
+    );
+    assert.ok(rows.every((r) => r.prompt_tokens === 0 && r.completion_tokens === 0));
+    // Free calls are no billed requests: usage and credit do not move.
+    const usage = await json(await t.call(mgmt, "GET", "/v1/usage"), 200);
+    assert.equal(usage.summary.requests, 0);
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.deepEqual([credits.balance, credits.total_used], ["1", "0"]);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});

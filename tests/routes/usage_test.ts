@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { newId } from "../../lib/ids.ts";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { parseUsd } from "../../lib/money.ts";
 
@@ -155,7 +156,7 @@ Deno.test("GET /v1/usage: bad parameters are clear 400s", async () => {
       assert.equal(body.error.code, "invalid_request");
       assert.ok(body.error.message.includes(field), `${path}: ${body.error.message}`);
     }
-    await json(await t.call(mgmt, "GET", "/v1/keys/key_nope/usage"), 404);
+    await json(await t.call(mgmt, "GET", `/v1/keys/${newId("key")}/usage`), 404);
   } finally {
     await t.close();
   }

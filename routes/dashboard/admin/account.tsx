@@ -5,6 +5,7 @@ import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts"
 import { accountJson } from "../../v1/admin.ts";
 import { parseUsd } from "../../../lib/money.ts";
 import { newId } from "../../../lib/ids.ts";
+import { parseId } from "../../../lib/http/params.ts";
 import { idemKey } from "../../../lib/kv/schema.ts";
 import { IDEMPOTENCY_TTL_MS } from "../../../lib/http/idempotency.ts";
 import { Empty, Metric, Money, Notice } from "../../../lib/render/layout.tsx";
@@ -26,7 +27,7 @@ interface Data {
 
 async function load(ctx: PageCtx, notice: Data["notice"] = null, status?: number) {
   const kv = ctx.svc.kv;
-  const id = ctx.c.req.param("id") ?? "";
+  const id = parseId("id", "acct", ctx.c.req.param("id") ?? "");
   const account = await getAccount(kv, id);
   if (!account) return { data: { account: null, tx: [], notice }, status: 404 };
   const [balance, page] = await Promise.all([
@@ -51,7 +52,7 @@ export const handler = {
   },
   /** An adjustment (either sign) or a refund (positive), with its reason, through the account actor. */
   async POST(ctx: PageCtx) {
-    const id = ctx.c.req.param("id") ?? "";
+    const id = parseId("id", "acct", ctx.c.req.param("id") ?? "");
     if (!await getAccount(ctx.svc.kv, id)) return load(ctx);
     const type = ctx.form.get("type") === "refund" ? "refund" : "adjustment";
     const amount = parseUsd(String(ctx.form.get("amount") ?? ""));

@@ -4,11 +4,13 @@ import {
   addMember,
   getUserByEmail,
   listMembersByAccount,
+  MAX_EMAIL_CHARS,
   removeMember,
   type Role,
 } from "../../../lib/auth/users.ts";
 import { Notice } from "../../../lib/render/layout.tsx";
 import { formatTime } from "../../../lib/render/format.ts";
+import { isId } from "../../../lib/ids.ts";
 
 export const config: PageConfig = {
   title: "Settings › Members",
@@ -50,7 +52,8 @@ export const handler = {
     const accountId = ctx.viewer!.account!.id;
     const remove = String(ctx.form.get("remove") ?? "");
     if (remove) {
-      const ok = await removeMember(ctx.svc.kv, accountId, remove);
+      // An id of another shape names no member, and is not read.
+      const ok = isId("user", remove) && await removeMember(ctx.svc.kv, accountId, remove);
       return load(
         ctx,
         ok
@@ -60,6 +63,12 @@ export const handler = {
       );
     }
     const email = String(ctx.form.get("email") ?? "").trim();
+    if (email.length > MAX_EMAIL_CHARS) {
+      return load(ctx, {
+        kind: "error",
+        text: `An email has at most ${MAX_EMAIL_CHARS} characters.`,
+      }, 400);
+    }
     const user = email ? await getUserByEmail(ctx.svc.kv, email) : null;
     if (!user) {
       return load(ctx, {
