@@ -13,6 +13,8 @@ export interface Config {
   listenHost: string;
   maxBodyBytes: number;
   upstreamTimeoutMs: number;
+  /** The largest JSON reply read from a provider. */
+  maxUpstreamBodyBytes: number;
   kvPath: string | undefined;
   adminToken: string | undefined;
   /** True when the admin token was generated at start (development) rather than configured. */
@@ -91,6 +93,7 @@ const schema = z.object({
   ).default("127.0.0.1"),
   MAX_BODY_BYTES: int(1024, 1 << 30).default(10 * 1024 * 1024),
   UPSTREAM_TIMEOUT_MS: int(1, 3_600_000).default(300_000),
+  MAX_UPSTREAM_BODY_BYTES: int(1024, 1 << 30).default(64 * 1024 * 1024),
   KV_PATH: z.string().min(1).optional(),
   ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   BILLING_MODE: z.enum(["development", "production"]).optional(),
@@ -149,6 +152,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     listenHost: e.LISTEN_HOST,
     maxBodyBytes: e.MAX_BODY_BYTES,
     upstreamTimeoutMs: e.UPSTREAM_TIMEOUT_MS,
+    maxUpstreamBodyBytes: e.MAX_UPSTREAM_BODY_BYTES,
     kvPath: e.KV_PATH ?? (onDeploy ? undefined : "./data/router.kv"),
     adminToken,
     adminTokenGenerated,

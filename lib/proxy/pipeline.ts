@@ -187,7 +187,11 @@ export async function settleJson(
   const svc = m.c.get("svc");
   let json: unknown;
   try {
-    json = await readUpstreamJson(reply, svc.config.upstreamTimeoutMs);
+    json = await readUpstreamJson(
+      reply,
+      svc.config.upstreamTimeoutMs,
+      svc.config.maxUpstreamBodyBytes,
+    );
   } catch (e) {
     await m.release(502, "upstream_error");
     throw e;

@@ -181,6 +181,8 @@ export async function countTokens(c: Context<AppEnv>) {
     c.req.raw.headers,
   )!;
   const reply = await callUpstream(svc.fetch, call, svc.config.upstreamTimeoutMs);
-  const json = obj(await readUpstreamJson(reply, svc.config.upstreamTimeoutMs));
+  const json = obj(
+    await readUpstreamJson(reply, svc.config.upstreamTimeoutMs, svc.config.maxUpstreamBodyBytes),
+  );
   return c.json({ input_tokens: new UsageReader().count(json.input_tokens, "input_tokens") });
 }
