@@ -100,10 +100,12 @@ export async function messages(c: Context<AppEnv>) {
     );
   }
   let input: NormalizedUsage | null = null;
+  const { maxSseEventBytes } = c.get("svc").config;
   const upstream = translated
     ? chatStreamToMessages(
-      model.adapter.chatStream(reply.res.body!, (u) => input = u),
+      model.adapter.chatStream(reply.res.body!, (u) => input = u, maxSseEventBytes),
       body.model,
+      maxSseEventBytes,
     )
     : reply.res.body!;
   const reader = new UsageReader();
