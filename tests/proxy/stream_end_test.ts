@@ -79,28 +79,27 @@ Deno.test("an upstream that breaks after the final usage: each format's stream e
       await billed(t, mgmt, response.headers.get("x-request-id"), [13, 5]);
     });
 
-    await ctx.step("native Messages", async () => {
+    /** Reads a Messages stream to its final message, with the SDK's own helper. */
+    const readMessages = async (model: string) => {
       const stream = anthropic.messages.stream({
-        model: "claude-haiku-4-5",
+        model,
         max_tokens: 100,
         messages: [{ role: "user", content: "hello" }],
       });
-      const message = await stream.finalMessage();
-      assert.equal(message.content[0].type === "text" && message.content[0].text, "from claude");
-      assert.equal(message.usage.output_tokens, 5);
+      const { content: [block], usage } = await stream.finalMessage();
+      return { text: block.type === "text" ? block.text : "", output: usage.output_tokens, stream };
+    };
+
+    await ctx.step("native Messages", async () => {
+      const { text, output, stream } = await readMessages("claude-haiku-4-5");
+      assert.deepEqual([text, output], ["from claude", 5]);
       await billed(t, mgmt, stream.request_id, [13, 5]);
     });
 
     await ctx.step("Messages to an OpenAI model, translated", async () => {
       t.openai.scenario = openaiBreaking;
-      const stream = anthropic.messages.stream({
-        model: "gpt-4o-mini",
-        max_tokens: 100,
-        messages: [{ role: "user", content: "hello" }],
-      });
-      const message = await stream.finalMessage();
-      assert.equal(message.content[0].type === "text" && message.content[0].text, "abcdefgh");
-      assert.equal(message.usage.output_tokens, 7);
+      const { text, output, stream } = await readMessages("gpt-4o-mini");
+      assert.deepEqual([text, output], ["abcdefgh", 7]);
       await billed(t, mgmt, stream.request_id, [11, 7]);
     });
 
@@ -148,12 +147,7 @@ Deno.test("an upstream that breaks after the final usage: each format's stream e
       const cut = await openai.chat.completions.create(chatBody("gemini-2.5-flash"));
       await assert.rejects(() => readChat(cut), /stream failed/);
       t.anthropic.scenario = { ...t.anthropic.scenario, breakAfter: 6 };
-      const stream = anthropic.messages.stream({
-        model: "claude-haiku-4-5",
-        max_tokens: 100,
-        messages: [{ role: "user", content: "hello" }],
-      });
-      await assert.rejects(() => stream.finalMessage(), /stream failed/);
+      await assert.rejects(() => readMessages("claude-haiku-4-5"), /stream failed/);
     });
     await t.assertBooks();
   } finally {

@@ -163,48 +163,33 @@ Deno.test("translated streams and native Messages are held to MAX_SSE_EVENT_BYTE
   try {
     const { key, mgmt } = await t.account("1");
     const big = "b".repeat(2000);
-    const failed = async (res: Response, last: string) => {
+    // Each upstream sends its text in one event of 2,000 characters: the stream ends with the
+    // format's error event, and as nothing was produced before it, nothing is billed.
+    const cut = async (path: string, body: unknown, last: string) => {
+      const res = await t.call(key, "POST", path, body);
       assert.equal(res.status, 200);
       const text = await res.text();
       assert.ok(text.endsWith(last), text.slice(-300));
-      return await auditRow(t, mgmt, res);
+      const row = await auditRow(t, mgmt, res);
+      assert.deepEqual([row.status, row.error_code], [502, "upstream_error"]);
     };
-    await ctx.step("an event over the limit from Anthropic, translated", async () => {
-      // The text comes in one delta of 2,000 characters.
-      t.anthropic.scenario = { content: big, chunks: 1 };
-      const row = await failed(
-        await t.call(key, "POST", "/v1/chat/completions", {
-          ...ask("x", true),
-          model: "claude-haiku-4-5",
-        }),
-        FAILED,
-      );
-      // Nothing was produced before the failure: nothing is billed.
-      assert.deepEqual([row.status, row.error_code], [502, "upstream_error"]);
+    const messages = {
+      model: "claude-haiku-4-5",
+      max_tokens: 100,
+      stream: true,
+      messages: [{ role: "user", content: "x" }],
+    };
+    t.anthropic.scenario = { content: big, chunks: 1 };
+    t.gemini.scenario = { content: big, chunks: 1 };
+    await ctx.step("from Anthropic, translated", async () => {
+      await cut("/v1/chat/completions", { ...ask("x", true), model: "claude-haiku-4-5" }, FAILED);
     });
-    await ctx.step("an event over the limit from Gemini, translated", async () => {
-      t.gemini.scenario = { content: big, chunks: 1 };
-      const row = await failed(
-        await t.call(key, "POST", "/v1/chat/completions", {
-          ...ask("x", true),
-          model: "gemini-2.5-flash",
-        }),
-        FAILED,
-      );
-      assert.deepEqual([row.status, row.error_code], [502, "upstream_error"]);
+    await ctx.step("from Gemini, translated", async () => {
+      await cut("/v1/chat/completions", { ...ask("x", true), model: "gemini-2.5-flash" }, FAILED);
     });
-    await ctx.step("an event over the limit in native Messages", async () => {
-      t.anthropic.scenario = { content: big, chunks: 1 };
-      const row = await failed(
-        await t.call(key, "POST", "/v1/messages", {
-          model: "claude-haiku-4-5",
-          max_tokens: 100,
-          stream: true,
-          messages: [{ role: "user", content: "x" }],
-        }),
-        `event: error\ndata: ${JSON.stringify({ type: "error", error: STREAM_FAILURE })}\n\n`,
-      );
-      assert.deepEqual([row.status, row.error_code], [502, "upstream_error"]);
+    await ctx.step("native Messages", async () => {
+      const error = { type: "error", error: STREAM_FAILURE };
+      await cut("/v1/messages", messages, `event: error\ndata: ${JSON.stringify(error)}\n\n`);
     });
     assert.equal(t.router.svc.actors.liveHolds.size, 0);
     await t.assertBooks();
