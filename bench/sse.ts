@@ -3,9 +3,10 @@
  * the usage chunk and `[DONE]`, one chunk per event) through `tapStream`, `translateSse` (each
  * event mapped to itself) and, for comparison, a plain pass-through pipe, many times. Prints µs
  * per stream and per chunk (wall time of one busy thread: run it on a quiet machine, compare
- * within one run).
+ * within one run) and the process's CPU time per chunk (steadier on a shared machine).
  * Usage: deno run -A bench/sse.ts [streams=20000]
  */
+import process from "node:process";
 import { tapStream, translateSse } from "../lib/proxy/sse.ts";
 
 const N = Number(Deno.args[0] ?? 20_000);
@@ -54,6 +55,7 @@ async function drain(s: ReadableStream<Uint8Array>) {
   while (!(await r.read()).done);
 }
 
+const kept: string[] = [];
 const usageLine = `data: ${JSON.stringify({ usage: { cost: 0.0001 } })}`;
 const targets: [string, () => ReadableStream<Uint8Array>][] = [
   ["pass-through", () => source().pipeThrough(new TransformStream())],
@@ -62,18 +64,24 @@ const targets: [string, () => ReadableStream<Uint8Array>][] = [
     tapStream(source(), {
       onUsage: () => Promise.resolve(usageLine),
       onEnd: () => Promise.resolve(),
-    }, 60_000)],
+      // As billStream's: what went out is kept for counting, failures watched for.
+      delivered: (text) => kept.push(text) > 1000 && (kept.length = 0),
+      observe: [{ pattern: /"error"/, see: () => {} }],
+    }, { idleMs: 60_000, maxStreamMs: 3_600_000 })],
 ];
 
 for (const [name, make] of targets) {
   for (let i = 0; i < 1000; i++) await drain(make()); // warm-up
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   for (let i = 0; i < N; i++) await drain(make());
   const ms = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
   const us = (ms * 1000) / N;
+  const cpuUs = (cpu.user + cpu.system) / N;
   console.log(
     `${name.padEnd(13)} ${us.toFixed(1)} µs per stream, ${
       (us / events.length).toFixed(2)
-    } µs per chunk`,
+    } µs per chunk; CPU ${(cpuUs / events.length).toFixed(2)} µs per chunk`,
   );
 }

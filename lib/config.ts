@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { type CreditPackage, loadPackages } from "./billing/packages.ts";
 import { canonicalProxy } from "./http/client_addr.ts";
+import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./proxy/sse.ts";
 
 /** A provider's upstream: its key and base URL. A provider without a key is not offered. */
 export interface UpstreamConfig {
@@ -13,6 +14,12 @@ export interface Config {
   listenHost: string;
   maxBodyBytes: number;
   upstreamTimeoutMs: number;
+  /** The longest a stream may run before it is ended and billed. */
+  maxStreamMs: number;
+  /** The largest event a provider's stream may send (characters as decoded). */
+  maxSseEventBytes: number;
+  /** The largest JSON reply read from a provider. */
+  maxUpstreamBodyBytes: number;
   kvPath: string | undefined;
   adminToken: string | undefined;
   /** True when the admin token was generated at start (development) rather than configured. */
@@ -93,6 +100,9 @@ const schema = z.object({
   ).default("127.0.0.1"),
   MAX_BODY_BYTES: int(1024, 1 << 30).default(10 * 1024 * 1024),
   UPSTREAM_TIMEOUT_MS: int(1, 3_600_000).default(300_000),
+  MAX_STREAM_MS: int(1, 86_400_000).default(3_600_000),
+  MAX_SSE_EVENT_BYTES: int(1024, 1 << 30).default(DEFAULT_MAX_SSE_EVENT_BYTES),
+  MAX_UPSTREAM_BODY_BYTES: int(1024, 1 << 30).default(64 * 1024 * 1024),
   KV_PATH: z.string().min(1).optional(),
   ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   BILLING_MODE: z.enum(["development", "production"]).optional(),
@@ -152,6 +162,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     listenHost: e.LISTEN_HOST,
     maxBodyBytes: e.MAX_BODY_BYTES,
     upstreamTimeoutMs: e.UPSTREAM_TIMEOUT_MS,
+    maxStreamMs: e.MAX_STREAM_MS,
+    maxSseEventBytes: e.MAX_SSE_EVENT_BYTES,
+    maxUpstreamBodyBytes: e.MAX_UPSTREAM_BODY_BYTES,
     kvPath: e.KV_PATH ?? (onDeploy ? undefined : "./data/router.kv"),
     adminToken,
     adminTokenGenerated,

@@ -45,11 +45,13 @@ export interface ProviderAdapter {
    * that reports its input usage early (Anthropic's `message_start`) passes it to `onInput`, so
    * a stream cut before its end is billed for the real input. A provider's error event mid-stream
    * becomes an OpenAI error chunk and the stream then ends as usual (the billing finds that chunk
-   * and audits the stream `upstream_stream_failed`).
+   * and audits the stream `upstream_stream_failed`). An upstream event over `maxEventBytes`
+   * fails the stream; an upstream that breaks after its final usage ends it as if complete.
    */
   chatStream(
     body: ReadableStream<Uint8Array>,
     onInput?: (usage: NormalizedUsage) => void,
+    maxEventBytes?: number,
   ): ReadableStream<Uint8Array>;
   /**
    * The provider's own request format, passed through (Anthropic `/v1/messages`, OpenAI

@@ -14,9 +14,9 @@ import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
 import {
   type FailureEvent,
-  holdsFailure,
   type Observer,
   type SseFormat,
+  type TapEnd,
   tapStream,
   type UsageAnswer,
 } from "./sse.ts";
@@ -187,7 +187,11 @@ export async function settleJson(
   const svc = m.c.get("svc");
   let json: unknown;
   try {
-    json = await readUpstreamJson(reply, svc.config.upstreamTimeoutMs);
+    json = await readUpstreamJson(
+      reply,
+      svc.config.upstreamTimeoutMs,
+      svc.config.maxUpstreamBodyBytes,
+    );
   } catch (e) {
     await m.release(502, "upstream_error");
     throw e;
@@ -215,6 +219,42 @@ export async function settleJson(
   return body;
 }
 
+/** Characters of a stream's delivered text kept before they are counted and let go. */
+const KEEP_CHARS = 256 * 1024;
+
+/**
+ * The output a stream delivered, for billing one that ends without its final usage: its text,
+ * counted (`countStreamedOutput`) and let go in pieces of whole events, so that however long the
+ * stream runs it keeps at most about KEEP_CHARS of it.
+ */
+class StreamedOutput {
+  #kept: string[] = [];
+  #chars = 0;
+  #counted = 0;
+
+  add(text: string) {
+    this.#kept.push(text);
+    this.#chars += text.length;
+    if (this.#chars < KEEP_CHARS) return;
+    this.#counted = this.count();
+    this.#kept = [];
+    this.#chars = 0;
+  }
+
+  count(): number {
+    return this.#counted + (this.#chars ? countStreamedOutput(this.#kept.join("")) : 0);
+  }
+}
+
+/** The audit reason of a stream that ended without final usage, by how it ended. */
+const END_REASON: Record<TapEnd, string> = {
+  complete: "usage_missing",
+  cancelled: "client_disconnected",
+  error: "upstream_stream_failed",
+  event_too_large: "upstream_stream_failed",
+  too_long: "stream_too_long",
+};
+
 /**
  * Bills a proxied stream. `onUsage` is the format's usage handling (see `TapHandlers`): it
  * settles the final usage with `settle` and returns the event the client gets; usage that is not
@@ -223,10 +263,12 @@ export async function settleJson(
  * latest interim usage is settled (it is the provider's own count); without one the router counts
  * what was streamed and settles that on top of `inputUsage` (the input side as far as known), or
  * releases the hold if the upstream failed before producing anything. Either is audited with the
- * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`; the last also when a
- * `failure` event was streamed: the provider's own, or a translator's error chunk).
- * `settle` takes that reason too when the final usage itself comes with a failure. An upstream
- * failure ends the stream with an error event in the client's `format`.
+ * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`, `stream_too_long`; the
+ * third also when a `failure` event was streamed: the provider's own, or a translator's error
+ * chunk). `settle` takes that reason too when the final usage itself comes with a failure. The
+ * stream is bounded by `UPSTREAM_TIMEOUT_MS` between chunks, `MAX_SSE_EVENT_BYTES` per event and
+ * `MAX_STREAM_MS` in all; ending it early sends an error event in the client's `format` (or the
+ * format's own end once the final usage is in).
  */
 export function billStream(
   m: MeteredRequest,
@@ -239,7 +281,7 @@ export function billStream(
   ) => Promise<UsageAnswer>,
   inputUsage: () => NormalizedUsage,
   opts: {
-    /** The format of the error event that ends a failed stream (default OpenAI's). */
+    /** The format of the events that end the stream early (default OpenAI's). */
     format?: SseFormat;
     /** What to send for an event carrying usage after the final one (see `TapHandlers`). */
     afterFinal?: (chunk: Record<string, unknown>) => string | null | undefined;
@@ -247,7 +289,6 @@ export function billStream(
      * The event by which the provider reports a failure in a stream passed through as it came
      * (Anthropic's `event: error`, an OpenAI error chunk or Responses `error` event): a stream
      * ending without final usage after one is audited `upstream_stream_failed`, as with `failed`.
-     * Looked for in what was streamed once the stream has ended, not in each chunk as it passes.
      */
     failure?: FailureEvent;
     /**
@@ -261,13 +302,15 @@ export function billStream(
   m.streamed();
   let settled = false;
   let latest: NormalizedUsage | null = null;
+  let failed = false;
+  const output = new StreamedOutput();
   // A final usage of no tokens at all is no count (a provider left it empty): as in a reply
   // without usage, the latest interim usage or the router's own count is settled instead.
-  const settleWith = (produced: () => string) => (u: NormalizedUsage, errorCode?: string) => {
+  const settle = (u: NormalizedUsage, errorCode?: string) => {
     settled = true;
     if (u.prompt !== 0 || u.completion !== 0) return m.settle(u, { errorCode });
     const counted = withSearches(
-      latest ?? { ...inputUsage(), completion: countStreamedOutput(produced()), reasoning: 0 },
+      latest ?? { ...inputUsage(), completion: output.count(), reasoning: 0 },
       u.webSearches ?? 0,
     );
     svc.log("warn", "stream's final usage is empty; counted by the router", {
@@ -280,21 +323,33 @@ export function billStream(
   const interim = (u: NormalizedUsage) => {
     latest = u;
   };
+  const observe: Observer[] = opts.observe ? [opts.observe] : [];
+  const failure = opts.failure;
+  if (failure) {
+    observe.push({
+      pattern: failure.pattern,
+      see(chunk, name) {
+        failed ||= failure.is(chunk, name);
+      },
+    });
+  }
+  const { upstreamTimeoutMs, maxStreamMs, maxSseEventBytes } = svc.config;
   return tapStream(upstream, {
     format: opts.format,
     afterFinal: opts.afterFinal,
-    observe: opts.observe,
-    onUsage: (chunk, event, produced) => onUsage(chunk, event, settleWith(produced), interim),
-    async onEnd(kind, produced) {
+    observe,
+    delivered: (text) => output.add(text),
+    onUsage: (chunk, event) => onUsage(chunk, event, settle, interim),
+    async onEnd(kind) {
+      if (kind === "event_too_large" || kind === "too_long") {
+        svc.log("warn", "stream ended at a limit", {
+          request_id: m.c.get("requestId"),
+          limit: kind === "too_long" ? "MAX_STREAM_MS" : "MAX_SSE_EVENT_BYTES",
+          usage_settled: settled,
+        });
+      }
       if (settled) return;
-      let text: string | undefined;
-      const streamed = () => text ??= produced();
-      const errorCode = kind === "error" ||
-          (opts.failure !== undefined && holdsFailure(streamed(), opts.failure))
-        ? "upstream_stream_failed"
-        : kind === "complete"
-        ? "usage_missing"
-        : "client_disconnected";
+      const errorCode = failed ? "upstream_stream_failed" : END_REASON[kind];
       if (latest) {
         await m.settle(latest, { errorCode });
         svc.log("warn", "stream ended without final usage; its latest usage settled", {
@@ -305,10 +360,11 @@ export function billStream(
         });
         return;
       }
-      const completion = countStreamedOutput(streamed());
+      const completion = output.count();
       const input = inputUsage();
       // Searches the provider already ran are billed even when no output came before the failure.
-      if (kind === "error" && completion === 0 && !input.webSearches) {
+      const broke = kind === "error" || kind === "event_too_large";
+      if (broke && completion === 0 && !input.webSearches) {
         await m.release(502, "upstream_error");
         return;
       }
@@ -320,7 +376,7 @@ export function billStream(
         web_searches: input.webSearches ?? 0,
       });
     },
-  }, svc.config.upstreamTimeoutMs);
+  }, { idleMs: upstreamTimeoutMs, maxStreamMs, maxEventBytes: maxSseEventBytes });
 }
 
 /** Response headers of a proxied event stream. */

@@ -67,14 +67,57 @@ export function upstreamError(res: Response): ApiError {
   return new ApiError(502, "upstream_error", `The provider failed (HTTP ${s})`);
 }
 
-/** Reads a JSON reply body within the time left; a stall or bad JSON is an upstream failure. */
-export async function readUpstreamJson(reply: UpstreamReply, timeoutMs: number): Promise<unknown> {
+/**
+ * Reads a JSON reply body within the time left and at most `maxBytes` long (counted as it is
+ * read: a Content-Length is only believed when it already says too much). A stall, a longer body
+ * or bad JSON is an upstream failure; reading stops at the limit.
+ */
+export async function readUpstreamJson(
+  reply: UpstreamReply,
+  timeoutMs: number,
+  maxBytes: number,
+): Promise<unknown> {
   const timer = setTimeout(reply.abort, timeoutMs);
   try {
-    return await reply.res.json();
-  } catch {
+    const bytes = await readAtMost(reply.res, maxBytes);
+    if (!bytes) {
+      reply.abort();
+      throw new ApiError(502, "upstream_error", "The provider's reply is too large");
+    }
+    return JSON.parse(new TextDecoder().decode(bytes));
+  } catch (e) {
+    if (e instanceof ApiError) throw e;
     throw new ApiError(502, "upstream_error", "The provider's reply could not be read");
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** A body's bytes, or null (its stream cancelled) once it is over `maxBytes`. */
+async function readAtMost(res: Response, maxBytes: number): Promise<Uint8Array | null> {
+  if (Number(res.headers.get("content-length")) > maxBytes) {
+    await res.body?.cancel().catch(() => {});
+    return null;
+  }
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  const reader = res.body?.getReader();
+  for (;;) {
+    const r = await reader?.read();
+    if (!r || r.done) break;
+    size += r.value.length;
+    if (size > maxBytes) {
+      await reader!.cancel().catch(() => {});
+      return null;
+    }
+    chunks.push(r.value);
+  }
+  if (chunks.length === 1) return chunks[0];
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
 }

@@ -118,7 +118,11 @@ export async function chatCompletions(c: Context<AppEnv>) {
   };
   const out = billStream(
     m,
-    model.adapter.chatStream(reply.res.body!, (u) => input = u),
+    model.adapter.chatStream(
+      reply.res.body!,
+      (u) => input = u,
+      c.get("svc").config.maxSseEventBytes,
+    ),
     async (chunk, _event, settle, interim) => {
       // OpenAI's final usage comes in a chunk of its own, with no choices. Some OpenAI-compatible
       // hosts report usage with the choices instead: a running count on every chunk, or the whole

@@ -100,10 +100,12 @@ export async function messages(c: Context<AppEnv>) {
     );
   }
   let input: NormalizedUsage | null = null;
+  const { maxSseEventBytes } = c.get("svc").config;
   const upstream = translated
     ? chatStreamToMessages(
-      model.adapter.chatStream(reply.res.body!, (u) => input = u),
+      model.adapter.chatStream(reply.res.body!, (u) => input = u, maxSseEventBytes),
       body.model,
+      maxSseEventBytes,
     )
     : reply.res.body!;
   const reader = new UsageReader();
@@ -181,6 +183,8 @@ export async function countTokens(c: Context<AppEnv>) {
     c.req.raw.headers,
   )!;
   const reply = await callUpstream(svc.fetch, call, svc.config.upstreamTimeoutMs);
-  const json = obj(await readUpstreamJson(reply, svc.config.upstreamTimeoutMs));
+  const json = obj(
+    await readUpstreamJson(reply, svc.config.upstreamTimeoutMs, svc.config.maxUpstreamBodyBytes),
+  );
   return c.json({ input_tokens: new UsageReader().count(json.input_tokens, "input_tokens") });
 }

@@ -113,6 +113,7 @@ export async function responses(c: Context<AppEnv>) {
     },
     () => withSearches({ ...ZERO_USAGE, prompt: promptEstimate() }, searched.size),
     {
+      format: "responses",
       // A failure mid-stream: an `error` event, or response.failed (billed as above if it has usage).
       failure: {
         pattern: /"(?:error|response\.failed)"/,

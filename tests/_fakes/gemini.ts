@@ -19,6 +19,8 @@ export interface GeminiScenario {
   blockReason?: string;
   /** In a stream, send an error event (echoing the request) after this many events. */
   errorAfter?: number;
+  /** In a stream, break the connection (no proper end) after this many events. */
+  dropAfter?: number;
 }
 
 export interface FakeGemini {
@@ -236,11 +238,15 @@ export function startFakeGemini(): FakeGemini {
         });
       }
       const enc = new TextEncoder();
+      let i = 0;
       return new Response(
         new ReadableStream<Uint8Array>({
-          start(ctrl) {
-            for (const e of events) ctrl.enqueue(enc.encode(`data: ${JSON.stringify(e)}\r\n\r\n`));
-            ctrl.close();
+          pull(ctrl) {
+            if (s.dropAfter !== undefined && i >= s.dropAfter) {
+              ctrl.error(new Error("connection lost"));
+            } else if (i < events.length) {
+              ctrl.enqueue(enc.encode(`data: ${JSON.stringify(events[i++])}\r\n\r\n`));
+            } else ctrl.close();
           },
         }),
         { headers: { "content-type": "text/event-stream" } },

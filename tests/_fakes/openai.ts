@@ -48,6 +48,8 @@ export interface Scenario {
   /** How a Responses stream reports the failure of `errorAfter`: `error` (default) or
    * `response.failed`, whose response carries `responsesUsage` if set (null otherwise). */
   responsesFailure?: "error" | "response.failed";
+  /** In a stream, break the connection (no proper end) after this many events. */
+  dropAfter?: number;
 }
 
 const STREAM_ERROR = { message: "The server had an error while processing your request." };
@@ -219,6 +221,10 @@ export function startFakeOpenAI(): FakeOpenAI {
           await new Promise<void>((r) => timer = setTimeout(r, 60_000));
           return;
         }
+        if (s.dropAfter !== undefined && i >= s.dropAfter) {
+          ctrl.error(new Error("connection lost"));
+          return;
+        }
         if (i >= events.length) {
           ctrl.close();
           return;
@@ -323,7 +329,8 @@ function responsesReply(body: Record<string, unknown>, s: Scenario, fake: FakeOp
   let i = 0;
   const stream = new ReadableStream<Uint8Array>({
     pull(ctrl) {
-      if (s.stallAfter !== undefined && i >= s.stallAfter) {
+      const dropAt = s.stallAfter ?? s.dropAfter;
+      if (dropAt !== undefined && i >= dropAt) {
         ctrl.error(new Error("connection lost"));
         return;
       }

@@ -16,3 +16,24 @@ export function serveLoopback(handler: Deno.ServeHandler): {
     },
   };
 }
+
+/**
+ * A body that sends `parts` (each awaited), then ends; `stats` counts the bytes its reader took
+ * and whether it went away before the end.
+ */
+export function countedStream(parts: Iterator<Uint8Array | Promise<Uint8Array>>) {
+  const stats = { sent: 0, cancelled: false };
+  const body = new ReadableStream<Uint8Array>({
+    async pull(ctrl) {
+      const next = parts.next();
+      if (next.done) return ctrl.close();
+      const bytes = await next.value;
+      stats.sent += bytes.length;
+      ctrl.enqueue(bytes);
+    },
+    cancel() {
+      stats.cancelled = true;
+    },
+  });
+  return { body, stats };
+}

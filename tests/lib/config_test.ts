@@ -195,3 +195,30 @@ Deno.test("main.ts starts with every variable at the edge of what it accepts", a
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("the stream and upstream limits default as README's table says, and are checked", () => {
+  const c = loadConfig({});
+  assert.deepEqual(
+    [c.maxStreamMs, c.maxSseEventBytes, c.maxUpstreamBodyBytes],
+    [3_600_000, 16 * 1024 * 1024, 64 * 1024 * 1024],
+  );
+  const set = loadConfig({
+    MAX_STREAM_MS: "5000",
+    MAX_SSE_EVENT_BYTES: "1024",
+    MAX_UPSTREAM_BODY_BYTES: "2048",
+  });
+  assert.deepEqual([set.maxStreamMs, set.maxSseEventBytes, set.maxUpstreamBodyBytes], [
+    5000,
+    1024,
+    2048,
+  ]);
+  assert.throws(() => loadConfig({ MAX_STREAM_MS: "0" }), /^ConfigError: MAX_STREAM_MS: /);
+  assert.throws(
+    () => loadConfig({ MAX_SSE_EVENT_BYTES: "1k" }),
+    /^ConfigError: MAX_SSE_EVENT_BYTES: must be a whole number/,
+  );
+  assert.throws(
+    () => loadConfig({ MAX_UPSTREAM_BODY_BYTES: "100" }),
+    /^ConfigError: MAX_UPSTREAM_BODY_BYTES: must be at least 1024/,
+  );
+});

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { eventData, holdsFailure, SseSplitter, tapStream } from "../../lib/proxy/sse.ts";
+import {
+  eventData,
+  SseEventTooLarge,
+  SseSplitter,
+  tapStream,
+  translateSse,
+} from "../../lib/proxy/sse.ts";
 
 const chunk = (content: string) =>
   JSON.stringify({
@@ -54,12 +60,12 @@ async function run(src: ReadableStream<Uint8Array>) {
         `data: ${JSON.stringify({ ...data, usage: { ...data.usage as object, cost: 1 } })}`,
       );
     },
-    onEnd(kind, p) {
+    delivered: (text) => produced += text,
+    onEnd(kind) {
       ends.push(kind);
-      produced = p();
       return Promise.resolve();
     },
-  }, 5_000);
+  }, { idleMs: 5_000 });
   const text = await new Response(out).text();
   return { text, usages, ends, produced };
 }
@@ -100,7 +106,11 @@ Deno.test("tapStream passes every byte through, however the upstream cuts it, an
       );
       assert.deepEqual(r.usages, [{ prompt_tokens: 3, completion_tokens: 5 }]);
       assert.deepEqual(r.ends, ["complete"]);
-      assert.equal(r.produced, input, "what was produced is decoded whole");
+      assert.equal(
+        r.produced.replaceAll("\r\n", "\n"),
+        input.slice(0, input.indexOf(USAGE_EVENT)).replaceAll("\r\n", "\n"),
+        "what went out before the usage is handed over whole",
+      );
     }
   }
 });
@@ -125,6 +135,43 @@ Deno.test("SseSplitter keeps incomplete events, including a terminator cut in ha
   assert.equal(eventData("data: {not json"), null);
 });
 
+Deno.test("SseSplitter finds the same events as a split of the whole text, however it is cut", () => {
+  const text = "data: a\n\n\n\ndata: b\r\n\r\ndata: c\n\r\n: x\r\ndata: d\r\n\ndata: e\n\n\r\nf";
+  const whole = text.split(/\r?\n\r?\n/);
+  for (let seed = 0; seed < 500; seed++) {
+    const s = new SseSplitter();
+    const events: string[] = [];
+    for (let at = 0; at < text.length;) {
+      const next = Math.min(text.length, at + 1 + Math.floor(Math.random() * 6));
+      events.push(...s.push(text.slice(at, next)));
+      at = next;
+    }
+    assert.deepEqual([...events, s.rest], whole);
+  }
+});
+
+Deno.test("SseSplitter refuses an event over its maximum, complete or still buffered", () => {
+  const s = new SseSplitter(16);
+  assert.deepEqual(s.push("data: 1234567890"), [], "16 characters: at the maximum");
+  assert.throws(() => s.push("1"), SseEventTooLarge);
+  assert.equal(s.rest, "", "the event's text is let go");
+  assert.deepEqual(s.push("data: 1234567890\n\n"), ["data: 1234567890"]);
+  assert.throws(() => s.push("data: 12345678901\n\ndata: 1\n\n"), SseEventTooLarge);
+});
+
+Deno.test("translateSse: an event over the maximum fails the stream and lets the upstream go", async () => {
+  let cancelled = false;
+  const src = new ReadableStream<Uint8Array>({
+    pull: (ctrl) => ctrl.enqueue(new TextEncoder().encode('data: {"text":"' + "x".repeat(100))),
+    cancel() {
+      cancelled = true;
+    },
+  });
+  const out = translateSse(src, (d) => [d], () => [], { maxEventBytes: 1024 });
+  await assert.rejects(() => new Response(out).text(), SseEventTooLarge);
+  assert.ok(cancelled);
+});
+
 Deno.test("tapStream: usage answered as interim is replaced (or dropped) and the watch goes on", async () => {
   const running = (n: number) =>
     `data: ${
@@ -146,24 +193,35 @@ Deno.test("tapStream: usage answered as interim is replaced (or dropped) and the
       return Promise.resolve(n === 1 ? undefined : { interim: n === 2 ? null : "data: three" });
     },
     onEnd: () => Promise.resolve(),
-  }, 5_000);
+  }, { idleMs: 5_000 });
   const text = await new Response(out).text();
   assert.equal(text, `${running(1)}\n\ndata: three\n\ndata: final\n\ndata: [DONE]\n\n`);
   assert.equal(seen.length, 4, "every usage event up to the final one is handed over");
 });
 
-Deno.test("holdsFailure finds the failure event, not the word in a reply's text", () => {
-  const failure = { pattern: /"error"/, is: (d: Record<string, unknown>) => d.error != null };
+Deno.test("tapStream observers see the failure event, not the word in a reply's text", async () => {
   const said = `data: ${chunk('the "error" key')}\n\n`;
-  assert.ok(!holdsFailure(said, failure), "quoted in content, the word is escaped");
-  assert.ok(!holdsFailure(`data: {"error":null}\n\n${said}`, failure));
-  assert.ok(
-    holdsFailure(`${said}data: {"error":{"message":"m"}}`, failure),
-    "without a last blank line",
-  );
-  const anthropic = {
-    pattern: /"error"/,
-    is: (d: Record<string, unknown>, name: string) => name === "error" || d.type === "error",
+  const failures = async (input: string, offsets: number[] = []) => {
+    const seen: string[] = [];
+    const out = tapStream(cut(new TextEncoder().encode(input), offsets), {
+      onUsage: () => Promise.resolve(undefined),
+      onEnd: () => Promise.resolve(),
+      observe: [{
+        pattern: /"error"/,
+        see: (d, name) => (name === "error" || d.error != null) && seen.push(name || "chunk"),
+      }],
+    }, { idleMs: 5_000 });
+    await new Response(out).text();
+    return seen;
   };
-  assert.ok(holdsFailure('event: error\r\ndata: {"type":"error","error":{}}\r\n\r\n', anthropic));
+  assert.deepEqual(await failures(said), [], "quoted in content, the word is escaped");
+  assert.deepEqual(await failures(`data: {"error":null}\n\n${said}`), []);
+  const failing = `${said}data: {"error":{"message":"m"}}\n\n`;
+  assert.deepEqual(await failures(failing), ["chunk"]);
+  assert.deepEqual(await failures(failing, [said.length + 9]), ["chunk"], "cut in the word");
+  assert.deepEqual(await failures(failing.trimEnd()), ["chunk"], "without a last blank line");
+  assert.deepEqual(
+    await failures('event: error\r\ndata: {"type":"error","error":{}}\r\n\r\n'),
+    ["error"],
+  );
 });

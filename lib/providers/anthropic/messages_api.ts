@@ -168,6 +168,7 @@ export function chatToMessage(chat: Json, usage: NormalizedUsage, model: string)
 export function chatStreamToMessages(
   src: ReadableStream<Uint8Array>,
   model: string,
+  maxEventBytes?: number,
 ): ReadableStream<Uint8Array> {
   let started = false;
   let block: { kind: "text" | "thinking" | "tool"; index: number; tool?: number } | null = null;
@@ -259,5 +260,10 @@ export function chatStreamToMessages(
     });
     out.push({ type: "message_stop" });
     return out;
-  }, "anthropic");
+  }, {
+    format: "anthropic",
+    maxEventBytes,
+    // The usage chunk follows the finishing one (or a running usage rides on it).
+    final: () => finish !== null && usage !== null,
+  });
 }

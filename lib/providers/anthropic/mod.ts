@@ -190,6 +190,7 @@ const STREAM_FAILED = { error: STREAM_FAILURE };
 function streamFromAnthropic(
   src: ReadableStream<Uint8Array>,
   onInput?: (usage: NormalizedUsage) => void,
+  maxEventBytes?: number,
 ): ReadableStream<Uint8Array> {
   let head = completionHead("msg", "", "chat.completion.chunk");
   let usage: Record<string, unknown> = {};
@@ -207,7 +208,7 @@ function streamFromAnthropic(
     const u = readAnthropicUsage(usage, new UsageReader());
     return { ...head, choices: [], usage: openAIUsageOf(u) };
   };
-  return translateSse(src, (data) => {
+  const onEvent = (data: Record<string, unknown>) => {
     switch (data.type) {
       case "message_start": {
         const msg = obj(data.message);
@@ -266,7 +267,12 @@ function streamFromAnthropic(
       default:
         return [];
     }
-  }, () => (finished && !usageSent ? [usageChunk()] : []));
+  };
+  return translateSse(src, onEvent, () => (finished && !usageSent ? [usageChunk()] : []), {
+    maxEventBytes,
+    // message_delta carries the final (cumulative) output count: a break after it is the end.
+    final: () => finished,
+  });
 }
 
 function post(url: string, headers: Record<string, string>, body: unknown): UpstreamCall {

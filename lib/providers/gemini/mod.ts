@@ -294,14 +294,16 @@ const STREAM_FAILED = { error: STREAM_FAILURE };
 function streamFromGemini(
   src: ReadableStream<Uint8Array>,
   onInput?: (usage: NormalizedUsage) => void,
+  maxEventBytes?: number,
 ): ReadableStream<Uint8Array> {
   let head: ReturnType<typeof completionHead> | null = null;
   let usage: unknown = null;
   let failed = false;
   const ids = idMaker();
   const toolCount = new Map<number, number>();
-  /** Choices (candidates) already opened with their role chunk. */
+  /** Choices (candidates) already opened with their role chunk, and those finished. */
   const opened = new Set<number>();
+  const finished = new Set<number>();
   const chunk = (index: number, delta: Part, finish: string | null = null) => ({
     ...head,
     choices: [{ index, delta, finish_reason: finish, logprobs: null }],
@@ -352,6 +354,7 @@ function streamFromGemini(
         );
       }
       if (cand.finishReason) {
+        finished.add(index);
         out.push(chunk(index, {}, finishOf(cand.finishReason, (toolCount.get(index) ?? 0) > 0)));
       }
     });
@@ -363,6 +366,10 @@ function streamFromGemini(
       choices: [],
       usage: openAIUsageOf(readGeminiUsage(usage, new UsageReader())),
     }];
+  }, {
+    maxEventBytes,
+    // Each event carries the running totals: those of the event finishing the last choice are final.
+    final: () => !failed && usage !== null && opened.size > 0 && finished.size === opened.size,
   });
 }
 
