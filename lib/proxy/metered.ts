@@ -187,9 +187,10 @@ export class MeteredRequest {
       amount,
       prompt: promptTokens,
       searches,
-      output: new Map([[this.model, outputTokens], ...alternatives.map((a) =>
-        [a.model, a.outputTokens] as const
-      )]),
+      output: new Map([
+        [this.model, outputTokens],
+        ...alternatives.map((a) => [a.model, a.outputTokens] as const),
+      ]),
     };
     // Judged before the reserve is submitted, which counts it among the account's deciding ones.
     const ahead = svc.actors.forecast(key.account_id, key.id, amount);

@@ -21,7 +21,12 @@ import {
   tapStream,
   type UsageAnswer,
 } from "./sse.ts";
-import { countReplyOutput, countStreamedOutput, tokenCounter, type TokenCounter } from "./tokens.ts";
+import {
+  countReplyOutput,
+  countStreamedOutput,
+  type TokenCounter,
+  tokenCounter,
+} from "./tokens.ts";
 import { pause } from "../kv/util.ts";
 
 /** Resolves the requested model for `type`, or throws its 404/400. */

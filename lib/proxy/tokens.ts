@@ -20,7 +20,10 @@ export const UNSEEN_CONTEXT_BOUND = 128_000;
 
 /** OpenAI model families and the tokenizer that counts them. */
 const ENCODINGS: [RegExp, "o200k_base" | "cl100k_base"][] = [
-  [/^(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-6|gpt-oss|gpt-realtime|gpt-audio|o\d|codex|computer-use)/, "o200k_base"],
+  [
+    /^(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-6|gpt-oss|gpt-realtime|gpt-audio|o\d|codex|computer-use)/,
+    "o200k_base",
+  ],
   [/^(gpt-4|gpt-3\.5|text-embedding-3|text-embedding-ada)/, "cl100k_base"],
 ];
 
@@ -157,9 +160,10 @@ export class Prompt {
     if (m.adapter.kind !== "anthropic") return 0;
     const tools = arr(this.body.tools).map(obj);
     if (tools.length === 0) return 0;
-    const builtin = tools.filter((t) =>
-      typeof t.type === "string" && t.type !== "custom" && t.type !== "function"
-    ).length;
+    const builtin =
+      tools.filter((t) =>
+        typeof t.type === "string" && t.type !== "custom" && t.type !== "function"
+      ).length;
     return TOOL_SYSTEM_PROMPT + builtin * BUILTIN_TOOL_PROMPT;
   }
 
@@ -271,9 +275,7 @@ export function countStreamedOutput(sse: string, count: TokenCounter = utf8Bytes
     if (data && data.delta !== undefined) {
       const d = data.delta as Record<string, unknown> | string;
       add(
-        typeof d === "string"
-          ? d
-          : textOf(d?.text) + textOf(d?.thinking) + textOf(d?.partial_json),
+        typeof d === "string" ? d : textOf(d?.text) + textOf(d?.thinking) + textOf(d?.partial_json),
       );
     }
     for (const choice of Array.isArray(data?.choices) ? data.choices : []) {

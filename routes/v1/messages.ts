@@ -94,14 +94,20 @@ export async function messages(c: Context<AppEnv>) {
   const translated = !native(model);
   if (!stream) {
     return c.json(
-      await settleJson(m, reply, (json, r) => {
-        if (translated) {
-          const { body: chat, usage } = model.adapter.chatReply(json, r);
-          return { body: chatToMessage(chat, usage, body.model), usage };
-        }
-        const out = obj(json);
-        return { body: out, usage: readAnthropicUsage(out.usage, r) };
-      }, (count, searched) => prompt.count(model, count, searched), "anthropic"),
+      await settleJson(
+        m,
+        reply,
+        (json, r) => {
+          if (translated) {
+            const { body: chat, usage } = model.adapter.chatReply(json, r);
+            return { body: chatToMessage(chat, usage, body.model), usage };
+          }
+          const out = obj(json);
+          return { body: out, usage: readAnthropicUsage(out.usage, r) };
+        },
+        (count, searched) => prompt.count(model, count, searched),
+        "anthropic",
+      ),
     );
   }
   let input: NormalizedUsage | null = null;
@@ -137,8 +143,9 @@ export async function messages(c: Context<AppEnv>) {
     // results of the searches run since at most a context window each; otherwise the router
     // counts the prompt.
     (count: TokenCounter) => {
+      // message_start's output_tokens (1) counts nothing yet: the output is counted instead.
       const provided = started && !translated
-        ? readAnthropicUsage(started, new UsageReader())
+        ? { ...readAnthropicUsage(started, new UsageReader()), completion: 0 }
         : input;
       const usage = provided
         ? { ...provided, prompt: provided.prompt + searched.size * contextOf(model) }

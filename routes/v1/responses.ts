@@ -93,10 +93,16 @@ export async function responses(c: Context<AppEnv>) {
     withSearches(readResponsesUsage(response.usage, r), responsesWebSearches(response.output, r));
   if (!stream) {
     return c.json(
-      await settleJson(m, reply, (json, r) => {
-        const out = obj(json);
-        return { body: out, usage: usageOf(out, r) };
-      }, (count, searched) => prompt.count(m.model, count, searched), "responses"),
+      await settleJson(
+        m,
+        reply,
+        (json, r) => {
+          const out = obj(json);
+          return { body: out, usage: usageOf(out, r) };
+        },
+        (count, searched) => prompt.count(m.model, count, searched),
+        "responses",
+      ),
     );
   }
   const reader = new UsageReader();
