@@ -10,6 +10,7 @@ import {
   ZERO_USAGE,
 } from "../pricing.ts";
 import { usageAnomalies } from "../metrics.ts";
+import { echoUsage, type UsageReader, type UsageShape } from "../providers/usage.ts";
 import { MAX_NAME_CHARS, MAX_USER_AGENT_CHARS, type UsageEvent } from "../billing/types.ts";
 import type { ReserveResult } from "../billing/actor.ts";
 import type { ResolvedModel } from "../providers/types.ts";
@@ -296,9 +297,9 @@ export class MeteredRequest {
    * within the prompt, the output within the output limit of the model that answered, reasoning
    * and audio within their totals, web searches within the search bound. Each figure beyond its
    * bound is an anomaly: logged with the request id (figures only) and counted in
-   * `router_usage_anomalies_total`.
+   * `router_usage_anomalies_total`, unless `report` is false (a running count shown on its way).
    */
-  bounded(usage: NormalizedUsage): NormalizedUsage {
+  bounded(usage: NormalizedUsage, report = true): NormalizedUsage {
     const hold = this.#hold;
     if (!hold) return usage;
     const outputs = [...hold.output.values()];
@@ -324,8 +325,19 @@ export class MeteredRequest {
     if (u.webSearches !== undefined) {
       u.webSearches = cap("web_searches", u.webSearches, hold.searches);
     }
-    if (over.length) this.#anomalies(over, usage, u);
+    if (over.length && report) this.#anomalies(over, usage, u);
     return u;
+  }
+
+  /**
+   * A provider's usage object as a client may be shown it before the final usage (a running
+   * count, Anthropic's `message_start`): null when it is within the hold's bounds and well formed
+   * (it passes as sent), else its figures clamped (`echoUsage`).
+   */
+  shownInterim(raw: unknown, usage: NormalizedUsage, r: UsageReader, shape: UsageShape) {
+    const shown = this.bounded(usage, false);
+    if (r.anomalies.length === 0 && JSON.stringify(shown) === JSON.stringify(usage)) return null;
+    return echoUsage(raw, shown, shape);
   }
 
   /** Logs and counts the kinds of usage found beyond the hold's bounds. */

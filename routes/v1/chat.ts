@@ -157,8 +157,15 @@ export async function chatCompletions(c: Context<AppEnv>) {
       // it is remembered (in case the stream ends first) and passed on as it came.
       const choices = Array.isArray(chunk.choices) ? chunk.choices : [];
       if (choices.length > 0 && !(n === 1 && choices.every(finishesChoice))) {
-        interim(readOpenAIUsage(chunk.usage, new UsageReader()));
-        if (wantsUsage) return undefined;
+        const running = new UsageReader();
+        const usage = readOpenAIUsage(chunk.usage, running);
+        interim(usage);
+        if (wantsUsage) {
+          // Shown as sent, unless beyond the hold's bounds or malformed: then clamped.
+          const shown = m.shownInterim(chunk.usage, usage, running, "openai");
+          if (!shown) return undefined;
+          return { interim: "data: " + JSON.stringify({ ...chunk, usage: shown }) };
+        }
         const { usage: _drop, ...without } = chunk;
         return { interim: "data: " + JSON.stringify(without) };
       }

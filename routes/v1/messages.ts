@@ -128,8 +128,13 @@ export async function messages(c: Context<AppEnv>) {
     upstream,
     async (data, event, settle) => {
       if (data.type === "message_start") {
-        started = { ...obj(obj(data.message).usage) };
-        return undefined;
+        const message = obj(data.message);
+        started = { ...obj(message.usage) };
+        // The input usage is shown as sent, unless beyond the hold's bounds or malformed.
+        const r = new UsageReader();
+        const shown = m.shownInterim(message.usage, readAnthropicUsage(started, r), r, "anthropic");
+        if (!shown) return undefined;
+        return { interim: withData(event, { ...data, message: { ...message, usage: shown } }) };
       }
       if (data.type !== "message_delta") return undefined;
       const usage = obj(data.usage);

@@ -9,6 +9,7 @@ import { lookupCatalog, priceUsage, priceWorstCase, ZERO_USAGE } from "../../lib
 import { encodingCounter, utf8Bytes } from "../../lib/tokenizer.ts";
 import { usageAnomalies } from "../../lib/metrics.ts";
 import { pngBase64 } from "../_images.ts";
+import { sseData, startProviders } from "../providers/_setup.ts";
 
 const MINI = lookupCatalog("openai", "gpt-4o-mini", new Date())!.prices;
 /** An amount of nano-USD as the API's USD string. */
@@ -419,5 +420,30 @@ Deno.test("web search without a catalog fee is refused; with the operator's fee 
     await priced.assertBooks();
   } finally {
     await priced.close();
+  }
+});
+
+Deno.test("a stream's early usage (Anthropic's message_start) is shown clamped when beyond the hold", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("10");
+    t.anthropic.scenario = { usage: { input_tokens: 1e12, output_tokens: 5 } };
+    const body = {
+      model: "anthropic/claude-haiku-4-5",
+      max_tokens: 50,
+      messages: [{ role: "user", content: "hi" }],
+      stream: true,
+    };
+    const bytes = utf8Bytes(JSON.stringify(body));
+    const res = await t.call(key, "POST", "/v1/messages", body);
+    const text = await res.text();
+    assert.doesNotMatch(text, /1000000000000|1e\+?12/);
+    const start = sseData(text).find((e) => e.type === "message_start")!;
+    assert.equal((start.message as { usage: { input_tokens: number } }).usage.input_tokens, bytes);
+    const row = await rowOf(t, mgmt, res);
+    assert.deepEqual([row.prompt_tokens, row.completion_tokens], [bytes, 5]);
+    await t.assertBooks();
+  } finally {
+    await t.close();
   }
 });
