@@ -7,16 +7,12 @@ import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { lookupCatalog, priceUsage, priceWorstCase, ZERO_USAGE } from "../../lib/pricing.ts";
 import { encodingCounter, utf8Bytes } from "../../lib/tokenizer.ts";
+import { formatUsd, usdNumber } from "../../lib/money.ts";
 import { usageAnomalies } from "../../lib/metrics.ts";
 import { pngBase64 } from "../_images.ts";
 import { sseData, startProviders } from "../providers/_setup.ts";
 
 const MINI = lookupCatalog("openai", "gpt-4o-mini", new Date())!.prices;
-/** An amount of nano-USD as the API's USD string. */
-const usd = (n: bigint) => {
-  const s = n.toString().padStart(10, "0");
-  return `${s.slice(0, -9)}.${s.slice(-9)}`.replace(/\.?0+$/, "");
-};
 
 /** The audit row of a request, once recorded (a stream settles after its client has gone). */
 async function rowOf(t: TestRouter, mgmt: string, res: Response) {
@@ -43,6 +39,13 @@ async function cutAfterFirstContent(res: Response) {
   }
   await reader.cancel();
 }
+
+/**
+ * A reply of `content` that is cut: the client leaves a chat or Messages stream after its first
+ * content (the fake streams slowly); a Responses stream loses its connection after a delta.
+ */
+const cutScenario = (path: string, content: string) =>
+  path === "/v1/responses" ? { stallAfter: 2, content } : { chunks: 50, chunkDelayMs: 20, content };
 
 const CJK = "我们在这里测试一下中文的分词效果，看看路由器如何计算。".repeat(770).slice(0, 20_000);
 const image = pngBase64(1024, 1024);
@@ -98,11 +101,7 @@ Deno.test("a cut stream bills a CJK prompt as the tokenizer counts it, in every 
     // Characters ÷ 4 (what was billed before) is far below what OpenAI counts.
     assert.ok(textTokens > 2 * (CJK.length / 4), `${textTokens}`);
     for (const [path, body] of formats("cjk")) {
-      // Chat and Messages: the client leaves after the first content. Responses: the provider's
-      // connection is lost after its first delta.
-      t.openai.scenario = path === "/v1/responses"
-        ? { stallAfter: 2, content: "答".repeat(50) }
-        : { chunks: 50, chunkDelayMs: 20, content: "答".repeat(50) };
+      t.openai.scenario = cutScenario(path, "答".repeat(50));
       const res = await t.call(key, "POST", path, body);
       await cutAfterFirstContent(res);
       const row = await rowOf(t, mgmt, res);
@@ -117,7 +116,7 @@ Deno.test("a cut stream bills a CJK prompt as the tokenizer counts it, in every 
         MINI,
         2000,
       );
-      assert.equal(row.cost, usd(cost.cost), path);
+      assert.equal(row.cost, formatUsd(cost.cost), path);
     }
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.reserved, "0");
@@ -132,9 +131,7 @@ Deno.test("a cut stream bills 20 high-detail images by OpenAI's image rules, in 
   try {
     const { key, mgmt } = await t.account("10");
     for (const [path, body] of formats("images")) {
-      t.openai.scenario = path === "/v1/responses"
-        ? { stallAfter: 2, content: "a cat ".repeat(20) }
-        : { chunks: 50, chunkDelayMs: 20, content: "a cat ".repeat(20) };
+      t.openai.scenario = cutScenario(path, "a cat ".repeat(20));
       const res = await t.call(key, "POST", path, body);
       await cutAfterFirstContent(res);
       const row = await rowOf(t, mgmt, res);
@@ -194,14 +191,14 @@ Deno.test("absurd upstream usage is clamped to the hold before it is priced, ech
       assert.deepEqual(usage.prompt_tokens_details, { cached_tokens: 0, audio_tokens: 0 });
       assert.deepEqual(usage.completion_tokens_details, { reasoning_tokens: 100 });
       const cost = priceUsage({ ...ZERO_USAGE, prompt: bytes, completion: 100 }, MINI, 2000);
-      assert.equal(usage.cost, Number(cost.cost) / 1e9);
+      assert.equal(usage.cost, usdNumber(cost.cost));
       assert.ok(cost.cost <= hold.cost);
       const row = await rowOf(t, mgmt, res);
       assert.deepEqual(
         [row.prompt_tokens, row.completion_tokens, row.reasoning_tokens, row.cached_tokens],
         [bytes, 100, 100, 0],
       );
-      assert.equal(row.cost, usd(cost.cost));
+      assert.equal(row.cost, formatUsd(cost.cost));
     }
     // Each clamp is logged with the request id and figures only, and counted.
     const clamps = logs.filter((l) => l.msg === "usage beyond the hold's bounds; clamped");
@@ -273,9 +270,9 @@ Deno.test("a hold exactly equal to a key's remaining limit is served; one nano-d
     };
     const hold = priceWorstCase(utf8Bytes(JSON.stringify(body)), 100, MINI, 2000).cost;
     t.openai.scenario = { usage: { prompt_tokens: 1, completion_tokens: 1 } };
-    const exact = await t.account("10", { credit_limit: usd(hold) });
+    const exact = await t.account("10", { credit_limit: formatUsd(hold) });
     await json(await t.call(exact.key, "POST", "/v1/chat/completions", body), 200);
-    const short = await t.account("10", { credit_limit: usd(hold - 1n) });
+    const short = await t.account("10", { credit_limit: formatUsd(hold - 1n) });
     const refused = await json(await t.call(short.key, "POST", "/v1/chat/completions", body), 402);
     assert.equal(refused.error.code, "key_limit_exceeded");
     assert.equal(t.openai.requests.length, 1, "the refused request never reached the provider");
@@ -354,10 +351,10 @@ Deno.test("audio on a model the catalog prices without audio rates: refused wher
     const prices = lookupCatalog("openai", "gpt-4o-audio-preview", new Date())!.prices;
     const hold = priceWorstCase(utf8Bytes(JSON.stringify(body)), 30, prices, 2000);
     const out = await json(await t.call(key, "POST", "/v1/chat/completions", body), 200);
-    assert.equal(out.usage.cost, Number(hold.cost) / 1e9);
-    assert.equal(out.usage.market_cost, Number(hold.market) / 1e9);
+    assert.equal(out.usage.cost, usdNumber(hold.cost));
+    assert.equal(out.usage.market_cost, usdNumber(hold.market));
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, usd(hold.cost));
+    assert.equal(credits.total_used, formatUsd(hold.cost));
     await t.assertBooks();
   } finally {
     await t.close();
