@@ -23,9 +23,12 @@ const RANKS: Record<EncodingName, () => Promise<{ default: Ranks }>> = {
 };
 
 const utf8 = new TextEncoder();
+// deno-lint-ignore no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
 
 /** The UTF-8 length of a text: an upper bound on the tokens of any byte-level tokenizer. */
 export function utf8Bytes(text: string): number {
+  if (!NON_ASCII.test(text)) return text.length;
   let n = 0;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);

@@ -361,16 +361,11 @@ export class MeteredRequest {
    */
   #charge(usage: NormalizedUsage): Cost {
     const hold = this.#hold;
-    const unpriced = unpricedKinds(usage, this.model.prices);
     if (!hold) return this.price(usage);
+    const { prices, discountBps } = this.model;
     const output = hold.output.get(this.model) ?? 0;
-    const worst = priceWorstCase(
-      hold.prompt,
-      output,
-      this.model.prices,
-      this.model.discountBps,
-      hold.searches,
-    );
+    const worst = priceWorstCase(hold.prompt, output, prices, discountBps, hold.searches);
+    const unpriced = unpricedKinds(usage, prices);
     if (unpriced.length) {
       this.c.get("svc").log("warn", "usage of a kind without a catalog rate; the hold billed", {
         request_id: this.c.get("requestId"),
@@ -378,9 +373,8 @@ export class MeteredRequest {
         model: this.model.model,
         kinds: unpriced,
       });
-      return worst.cost > hold.amount ? { cost: hold.amount, market: worst.market } : worst;
     }
-    const cost = this.price(usage);
+    const cost = unpriced.length ? worst : this.price(usage);
     return cost.cost > hold.amount ? { cost: hold.amount, market: worst.market } : cost;
   }
 
@@ -389,7 +383,10 @@ export class MeteredRequest {
     reported: NormalizedUsage,
     fields: { status?: number; errorCode?: string | null } = {},
   ): Promise<Billed> {
-    if (this.#done) return { ...this.price(reported), usage: reported };
+    if (this.#done) {
+      const usage = this.bounded(reported, false);
+      return { ...this.price(usage), usage };
+    }
     const usage = this.bounded(reported);
     let cost = this.#charge(usage);
     // Never a charge without its hold: a refused one throws here.

@@ -111,6 +111,7 @@ const stringOr = (v: unknown) => typeof v === "string" ? v : undefined;
 export class Prompt {
   readonly bytes: number;
   #separated?: { json: string; media: PromptMedia };
+  #media?: PromptMedia;
 
   constructor(
     readonly raw: string,
@@ -127,8 +128,9 @@ export class Prompt {
 
   /** The media of the prompt; none is looked for in a body that names no media part type. */
   get media(): PromptMedia {
-    if (!this.#separated && !MEDIA_MARK.test(this.raw)) return { images: [], audio: 0, files: 0 };
-    return this.#parts().media;
+    return this.#media ??= MEDIA_MARK.test(this.raw)
+      ? this.#parts().media
+      : { images: [], audio: 0, files: 0 };
   }
 
   /**
