@@ -85,9 +85,23 @@ function rateAt(rate: Rate, inputTokens: number): bigint {
 }
 
 /**
+ * The kinds of usage in `u` that `p` has no rate for (`audio input`, `audio output`, `web
+ * search`): such usage is never priced at another kind's rate (the router bills the hold for it,
+ * and refuses requests that ask for it up front). Cache rates are not among them: a missing cache
+ * rate is the input rate, which a cache read never exceeds.
+ */
+export function unpricedKinds(u: NormalizedUsage, p: PriceTable): string[] {
+  const out: string[] = [];
+  if ((u.audioIn ?? 0) > 0 && !p.inputAudio) out.push("audio input");
+  if ((u.audioOut ?? 0) > 0 && !p.outputAudio) out.push("audio output");
+  if ((u.webSearches ?? 0) > 0 && p.webSearchK === undefined) out.push("web search");
+  return out;
+}
+
+/**
  * Prices a request exactly: Σ tokens × rate (and web searches × their fee) is summed in
  * nano-USD·units per million first and divided once, so no per-class rounding accumulates; the
- * discount is applied to that sum.
+ * discount is applied to that sum. Usage of a kind `unpricedKinds` names must not come here.
  */
 export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: number): Cost {
   const cacheWrite1h = Math.min(u.cacheWrite1h, u.cacheWrite);
@@ -101,7 +115,8 @@ export function priceUsage(u: NormalizedUsage, p: PriceTable, discountBps: numbe
   const sum = BigInt(uncached) * at(p.input) +
     BigInt(Math.max(0, audioIn)) * at(p.inputAudio) +
     BigInt(u.cached - audioCached) * at(p.cacheRead) +
-    BigInt(audioCached) * at(p.cacheAudioRead ?? p.cacheRead) +
+    // Cached audio without a rate of its own costs what uncached audio does, never a text rate.
+    BigInt(audioCached) * at(p.cacheAudioRead ?? p.inputAudio) +
     BigInt(cacheWrite5m) * at(p.cacheWrite) +
     BigInt(cacheWrite1h) * at(p.cacheWrite1h ?? p.cacheWrite) +
     BigInt(u.completion - audioOut) * rateAt(p.output, u.prompt) +

@@ -11,6 +11,15 @@ import { adminTokenTag, createSession, SESSION_COOKIE } from "../lib/auth/sessio
 
 export const ADMIN_TOKEN = "test-admin-token-0123456789";
 
+/**
+ * Request metadata of at least `bytes` bytes, to spread into a request body: a request carrying
+ * it may report up to that many prompt tokens within its hold's bound (a text prompt is never
+ * billed more tokens than its body has bytes). No provider sees it as prompt text.
+ */
+export const padding = (bytes = 2000) => ({
+  metadata: { note: "Answer briefly and exactly. ".repeat(Math.ceil(bytes / 28)) },
+});
+
 export interface TestRouter {
   url: string;
   router: Router;

@@ -42,8 +42,9 @@ export interface ProviderAdapter {
   /**
    * The upstream SSE body → an OpenAI-format chat completion SSE body. A translated stream ends
    * with an OpenAI usage chunk (`choices: []`) whenever the upstream reported usage. A provider
-   * that reports its input usage early (Anthropic's `message_start`) passes it to `onInput`, so
-   * a stream cut before its end is billed for the real input. A provider's error event mid-stream
+   * that reports its input usage early (Anthropic's `message_start`) or a running count (Gemini's
+   * every event) passes it to `onInput`, the latest replacing the one before, so a stream cut
+   * before its end is billed by the provider's own counts (its output too, when it is not zero). A provider's error event mid-stream
    * becomes an OpenAI error chunk and the stream then ends as usual (the billing finds that chunk
    * and audits the stream `upstream_stream_failed`). An upstream event over `maxEventBytes`
    * fails the stream; an upstream that breaks after its final usage ends it as if complete.

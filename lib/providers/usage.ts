@@ -14,7 +14,8 @@ export class UsageReader {
     if (v === undefined || v === null) return 0;
     const n = typeof v === "number" ? v : Number.NaN;
     if (!Number.isFinite(n) || n < 0) {
-      this.anomalies.push(`${field}=${String(v).slice(0, 20)} clamped to 0`);
+      // A number is shown; anything else is upstream text, which no log line carries.
+      this.anomalies.push(`${field}=${typeof v === "number" ? v : typeof v} clamped to 0`);
       return 0;
     }
     if (n > MAX_TOKENS) {
@@ -215,4 +216,79 @@ export function openAIUsageOf(u: NormalizedUsage): Record<string, unknown> {
       ...(u.audioOut ? { audio_tokens: u.audioOut } : {}),
     },
   };
+}
+
+/** The wire shapes a usage object is echoed to the client in. */
+export type UsageShape = "openai" | "anthropic" | "responses";
+
+/** Where each figure of a normalized usage goes in a shape: a path and its value. */
+function figuresOf(u: NormalizedUsage, shape: UsageShape): [string[], number][] {
+  switch (shape) {
+    case "openai":
+      return [
+        [["prompt_tokens"], u.prompt],
+        [["completion_tokens"], u.completion],
+        [["total_tokens"], u.prompt + u.completion],
+        [["prompt_tokens_details", "cached_tokens"], u.cached],
+        [["prompt_tokens_details", "cache_write_tokens"], u.cacheWrite],
+        [["prompt_tokens_details", "cache_write_1h_tokens"], u.cacheWrite1h],
+        [["prompt_tokens_details", "audio_tokens"], u.audioIn ?? 0],
+        [["prompt_tokens_details", "cached_audio_tokens"], u.audioCached ?? 0],
+        [["completion_tokens_details", "reasoning_tokens"], u.reasoning],
+        [["completion_tokens_details", "audio_tokens"], u.audioOut ?? 0],
+      ];
+    case "anthropic":
+      return [
+        [["input_tokens"], u.prompt - u.cached - u.cacheWrite],
+        [["cache_read_input_tokens"], u.cached],
+        [["cache_creation_input_tokens"], u.cacheWrite],
+        [["cache_creation", "ephemeral_5m_input_tokens"], u.cacheWrite - u.cacheWrite1h],
+        [["cache_creation", "ephemeral_1h_input_tokens"], u.cacheWrite1h],
+        [["output_tokens"], u.completion],
+        [["server_tool_use", "web_search_requests"], u.webSearches ?? 0],
+      ];
+    case "responses":
+      return [
+        [["input_tokens"], u.prompt],
+        [["input_tokens_details", "cached_tokens"], u.cached],
+        [["output_tokens"], u.completion],
+        [["output_tokens_details", "reasoning_tokens"], u.reasoning],
+        [["total_tokens"], u.prompt + u.completion],
+      ];
+  }
+}
+
+/**
+ * The usage object a client gets: the provider's (`raw`, in `shape`) with every figure the router
+ * reads replaced by the one it billed (`u`, clamped to the hold), each written where the provider
+ * wrote it or where it is not zero; any other count in it that is not a non-negative number within
+ * the billed total is set to 0. So no absurd or malformed upstream figure is echoed.
+ */
+export function echoUsage(raw: unknown, u: NormalizedUsage, shape: UsageShape) {
+  const out = structuredClone(obj(raw));
+  for (const [path, value] of figuresOf(u, shape)) {
+    let at: Record<string, unknown> = out;
+    const present = path.every((k, i) => {
+      const v = at[k];
+      if (i < path.length - 1) at = obj(v);
+      return v !== undefined;
+    });
+    if (!present && value === 0) continue;
+    at = out;
+    for (const k of path.slice(0, -1)) {
+      if (!at[k] || typeof at[k] !== "object" || Array.isArray(at[k])) at[k] = {};
+      at = at[k] as Record<string, unknown>;
+    }
+    at[path.at(-1)!] = value;
+  }
+  const total = u.prompt + u.completion + (u.webSearches ?? 0);
+  const sane = (v: unknown): unknown => {
+    if (typeof v === "number") return Number.isFinite(v) && v >= 0 ? Math.min(v, total) : 0;
+    if (Array.isArray(v)) return v.map(sane);
+    if (v && typeof v === "object") {
+      return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, sane(x)]));
+    }
+    return v;
+  };
+  return sane(out) as Record<string, unknown>;
 }

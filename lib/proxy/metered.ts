@@ -6,8 +6,11 @@ import {
   type NormalizedUsage,
   priceUsage,
   priceWorstCase,
+  unpricedKinds,
   ZERO_USAGE,
 } from "../pricing.ts";
+import { usageAnomalies } from "../metrics.ts";
+import { echoUsage, type UsageReader, type UsageShape } from "../providers/usage.ts";
 import { MAX_NAME_CHARS, MAX_USER_AGENT_CHARS, type UsageEvent } from "../billing/types.ts";
 import type { ReserveResult } from "../billing/actor.ts";
 import type { ResolvedModel } from "../providers/types.ts";
@@ -85,6 +88,20 @@ export function usageEvent(
   };
 }
 
+/** A settled charge, and the usage it was priced from (within the hold's bounds). */
+export interface Billed extends Cost {
+  usage: NormalizedUsage;
+}
+
+/** What a hold covers: its amount and the bounds it was priced at. */
+interface HoldBounds {
+  amount: bigint;
+  prompt: number;
+  searches: number;
+  /** The output bound of each candidate model (`max_tokens`, or the model's limit, × n). */
+  output: Map<ResolvedModel, number>;
+}
+
 /**
  * The money side of one proxied request: a worst-case hold, granted before the reply is used (the
  * call may already be under way: see `reserve`), then exactly one of settle (the provider
@@ -99,6 +116,8 @@ export class MeteredRequest {
   #streamed = false;
   /** The hold's decision, while the provider is already being called (see `reserve`). */
   #deciding: Promise<void> | null = null;
+  /** The hold asked for, once `reserve` was called: no charge goes beyond it. */
+  #hold: HoldBounds | null = null;
 
   constructor(
     readonly c: Context<AppEnv>,
@@ -165,6 +184,15 @@ export class MeteredRequest {
       const c = worst(alt.model, alt.outputTokens);
       if (c > amount) amount = c;
     }
+    this.#hold = {
+      amount,
+      prompt: promptTokens,
+      searches,
+      output: new Map([
+        [this.model, outputTokens],
+        ...alternatives.map((a) => [a.model, a.outputTokens] as const),
+      ]),
+    };
     // Judged before the reserve is submitted, which counts it among the account's deciding ones.
     const ahead = svc.actors.forecast(key.account_id, key.id, amount);
     const decided = svc.actors.submit(key.account_id, {
@@ -264,13 +292,103 @@ export class MeteredRequest {
     return Number(((left - prompt) * 1_000_000n) / perMillion);
   }
 
+  /**
+   * `usage` within the hold's bounds: the prompt within the bound held, cache reads and writes
+   * within the prompt, the output within the output limit of the model that answered, reasoning
+   * and audio within their totals, web searches within the search bound. Each figure beyond its
+   * bound is an anomaly: logged with the request id (figures only) and counted in
+   * `router_usage_anomalies_total`, unless `report` is false (a running count shown on its way).
+   */
+  bounded(usage: NormalizedUsage, report = true): NormalizedUsage {
+    const hold = this.#hold;
+    if (!hold) return usage;
+    const outputs = [...hold.output.values()];
+    const output = hold.output.get(this.model) ?? Math.max(0, ...outputs);
+    const u = { ...usage };
+    const over: string[] = [];
+    const cap = (kind: string, value: number, max: number) => {
+      if (value <= max) return value;
+      if (!over.includes(kind)) over.push(kind);
+      return Math.max(0, max);
+    };
+    u.prompt = cap("prompt", u.prompt, hold.prompt);
+    u.cached = cap("cached", u.cached, u.prompt);
+    u.cacheWrite = cap("cache_write", u.cacheWrite, u.prompt - u.cached);
+    u.cacheWrite1h = cap("cache_write", u.cacheWrite1h, u.cacheWrite);
+    u.completion = cap("output", u.completion, output);
+    u.reasoning = cap("reasoning", u.reasoning, u.completion);
+    if (u.audioIn !== undefined) u.audioIn = cap("audio", u.audioIn, u.prompt);
+    if (u.audioCached !== undefined) {
+      u.audioCached = cap("audio", u.audioCached, Math.min(u.cached, u.audioIn ?? 0));
+    }
+    if (u.audioOut !== undefined) u.audioOut = cap("audio", u.audioOut, u.completion);
+    if (u.webSearches !== undefined) {
+      u.webSearches = cap("web_searches", u.webSearches, hold.searches);
+    }
+    if (over.length && report) this.#anomalies(over, usage, u);
+    return u;
+  }
+
+  /**
+   * A provider's usage object as a client may be shown it before the final usage (a running
+   * count, Anthropic's `message_start`): null when it is within the hold's bounds and well formed
+   * (it passes as sent), else its figures clamped (`echoUsage`).
+   */
+  shownInterim(raw: unknown, usage: NormalizedUsage, r: UsageReader, shape: UsageShape) {
+    const shown = this.bounded(usage, false);
+    if (r.anomalies.length === 0 && JSON.stringify(shown) === JSON.stringify(usage)) return null;
+    return echoUsage(raw, shown, shape);
+  }
+
+  /** Logs and counts the kinds of usage found beyond the hold's bounds. */
+  #anomalies(kinds: string[], reported: NormalizedUsage, kept: NormalizedUsage) {
+    const provider = this.model.provider;
+    for (const kind of kinds) usageAnomalies.inc({ provider, kind });
+    this.c.get("svc").log("warn", "usage beyond the hold's bounds; clamped", {
+      request_id: this.c.get("requestId"),
+      provider,
+      model: this.model.model,
+      kinds,
+      reported: { prompt: reported.prompt, completion: reported.completion },
+      billed: { prompt: kept.prompt, completion: kept.completion },
+    });
+  }
+
+  /**
+   * The cost of `usage` (already `bounded`), never beyond the hold: usage of a kind the model's
+   * catalog entry has no rate for (`unpricedKinds`) is billed at the hold, that is the worst case
+   * of the model that answered.
+   */
+  #charge(usage: NormalizedUsage): Cost {
+    const hold = this.#hold;
+    if (!hold) return this.price(usage);
+    const { prices, discountBps } = this.model;
+    const output = hold.output.get(this.model) ?? 0;
+    const worst = priceWorstCase(hold.prompt, output, prices, discountBps, hold.searches);
+    const unpriced = unpricedKinds(usage, prices);
+    if (unpriced.length) {
+      this.c.get("svc").log("warn", "usage of a kind without a catalog rate; the hold billed", {
+        request_id: this.c.get("requestId"),
+        provider: this.model.provider,
+        model: this.model.model,
+        kinds: unpriced,
+      });
+    }
+    const cost = unpriced.length ? worst : this.price(usage);
+    return cost.cost > hold.amount ? { cost: hold.amount, market: worst.market } : cost;
+  }
+
   /** Debits the actual cost and records the request. Idempotent: only the first call counts. */
   async settle(
-    usage: NormalizedUsage,
+    reported: NormalizedUsage,
     fields: { status?: number; errorCode?: string | null } = {},
-  ): Promise<Cost> {
-    let cost = this.price(usage);
-    if (this.#done) return cost;
+  ): Promise<Billed> {
+    if (this.#done) {
+      const usage = this.bounded(reported, false);
+      return { ...this.price(usage), usage };
+    }
+    const usage = this.bounded(reported);
+    let cost = this.#charge(usage);
     // Never a charge without its hold: a refused one throws here.
     if (this.#deciding) await this.#deciding;
     this.#done = true;
@@ -303,7 +421,7 @@ export class MeteredRequest {
       });
       cost = { ...cost, cost: r.charged };
     }
-    return cost;
+    return { ...cost, usage };
   }
 
   /**

@@ -7,10 +7,11 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { AppEnv } from "../services.ts";
 import { ApiError, badRequest } from "../http/errors.ts";
 import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
-import { UsageReader, withSearches } from "../providers/usage.ts";
-import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../pricing.ts";
+import { echoUsage, UsageReader, type UsageShape, withSearches } from "../providers/usage.ts";
+import { type NormalizedUsage, unpricedKinds, ZERO_USAGE } from "../pricing.ts";
 import { usdNumber } from "../money.ts";
-import type { MeteredRequest } from "./metered.ts";
+import type { Billed, MeteredRequest } from "./metered.ts";
+import { usageAnomalies } from "../metrics.ts";
 import { callUpstream, readUpstreamJson, type UpstreamReply } from "./upstream.ts";
 import {
   type FailureEvent,
@@ -20,8 +21,14 @@ import {
   tapStream,
   type UsageAnswer,
 } from "./sse.ts";
-import { countReplyOutput, countStreamedOutput } from "./tokens.ts";
+import {
+  countReplyOutput,
+  countStreamedOutput,
+  type TokenCounter,
+  tokenCounter,
+} from "./tokens.ts";
 import { pause } from "../kv/util.ts";
+import { utf8Bytes } from "../tokenizer.ts";
 
 /** Resolves the requested model for `type`, or throws its 404/400. */
 export function resolveModel(c: Context<AppEnv>, requested: string, type: "chat" | "embedding") {
@@ -41,6 +48,39 @@ export function resolveModel(c: Context<AppEnv>, requested: string, type: "chat"
     );
   }
   return r.model;
+}
+
+/** The kinds of usage a request asks for that not every catalog entry prices. */
+export interface PricedKinds {
+  audioInput?: boolean;
+  audioOutput?: boolean;
+  webSearch?: boolean;
+}
+
+/** The kinds `wants` asks for that `model`'s prices have no rate for (see `unpricedKinds`). */
+export function missingRates(model: ResolvedModel, wants: PricedKinds): string[] {
+  return unpricedKinds({
+    ...ZERO_USAGE,
+    ...(wants.audioInput ? { audioIn: 1 } : {}),
+    ...(wants.audioOutput ? { audioOut: 1 } : {}),
+    ...(wants.webSearch ? { webSearches: 1 } : {}),
+  }, model.prices);
+}
+
+/**
+ * Refuses (404 `model_not_priced`, naming the kind) a request for a kind of usage its model's
+ * catalog entry has no rate for: billed at another kind's rate it would be under-billed.
+ */
+export function requirePrices(model: ResolvedModel, wants: PricedKinds) {
+  const missing = missingRates(model, wants);
+  if (missing.length === 0) return;
+  throw new ApiError(
+    404,
+    "model_not_priced",
+    `The model '${model.provider}/${model.model}' has no catalog price for ${
+      missing.join(" or ")
+    }, so a request for it is not served.`,
+  );
 }
 
 /**
@@ -68,11 +108,14 @@ export function candidatesFor(
   return out.slice(0, 8);
 }
 
-/** The usage object with the router's `cost` and `market_cost` (USD numbers) added. */
-export const withCost = (usage: unknown, cost: Cost) => ({
-  ...(usage && typeof usage === "object" ? usage : {}),
-  cost: usdNumber(cost.cost),
-  market_cost: usdNumber(cost.market),
+/**
+ * The usage object a client gets: the provider's (in `shape`) with the figures billed (see
+ * `echoUsage`) and the router's `cost` and `market_cost` (USD numbers) added.
+ */
+export const withCost = (usage: unknown, billed: Billed, shape: UsageShape) => ({
+  ...echoUsage(usage, billed.usage, shape),
+  cost: usdNumber(billed.cost),
+  market_cost: usdNumber(billed.market),
 });
 
 /**
@@ -159,9 +202,10 @@ export async function forward(
   throw failed.error;
 }
 
-/** Logs the clamps a usage reader made (counts and field names only). */
+/** Logs and counts the clamps a usage reader made (figures and field names only). */
 export function logAnomalies(m: MeteredRequest, reader: UsageReader) {
   if (reader.anomalies.length === 0) return;
+  usageAnomalies.inc({ provider: m.model.provider, kind: "malformed" });
   m.c.get("svc").log("warn", "upstream usage clamped", {
     request_id: m.c.get("requestId"),
     provider: m.model.provider,
@@ -171,9 +215,10 @@ export function logAnomalies(m: MeteredRequest, reader: UsageReader) {
 }
 
 /**
- * Reads a JSON reply and settles it; the body's `usage` gains the cost. Any failure releases. A
- * reply without usage is counted by the router, as a stream's is: `promptTokens` (the request's
- * estimate) and the reply's output.
+ * Reads a JSON reply and settles it; the body's `usage` (in `shape`) shows the figures billed and
+ * gains the cost. Any failure releases. A reply without usage is counted by the router, as a
+ * stream's is: `prompt` (the request's prompt as the router counts it, `Prompt.count`) and the
+ * reply's output, both with the model's `tokenCounter`.
  */
 export async function settleJson(
   m: MeteredRequest,
@@ -182,7 +227,9 @@ export async function settleJson(
     json: unknown,
     r: UsageReader,
   ) => { body: Record<string, unknown>; usage: NormalizedUsage },
-  promptTokens: () => number,
+  /** The prompt counted with `count`, with the results of `searches` web searches run. */
+  prompt: (count: TokenCounter, searches: number) => NormalizedUsage,
+  shape: UsageShape = "openai",
 ) {
   const svc = m.c.get("svc");
   let json: unknown;
@@ -204,8 +251,9 @@ export async function settleJson(
   const missing = usage.prompt === 0 && usage.completion === 0;
   if (missing) {
     // Searches the reply did report are still billed (they are not tokens).
+    const count = await tokenCounter(m.model);
     usage = withSearches(
-      { ...ZERO_USAGE, prompt: promptTokens(), completion: countReplyOutput(body) },
+      { ...prompt(count, usage.webSearches ?? 0), completion: countReplyOutput(body, count) },
       usage.webSearches ?? 0,
     );
     svc.log("warn", "reply without usage; counted by the router", {
@@ -214,8 +262,8 @@ export async function settleJson(
       completion_tokens: usage.completion,
     });
   }
-  const cost = await m.settle(usage, { errorCode: missing ? "usage_missing" : null });
-  body.usage = withCost(body.usage, cost);
+  const billed = await m.settle(usage, { errorCode: missing ? "usage_missing" : null });
+  body.usage = withCost(body.usage, billed, shape);
   return body;
 }
 
@@ -231,18 +279,20 @@ class StreamedOutput {
   #kept: string[] = [];
   #chars = 0;
   #counted = 0;
+  /** How pieces are counted once let go: the model's tokenizer when loaded, else UTF-8 bytes. */
+  counter: TokenCounter = utf8Bytes;
 
   add(text: string) {
     this.#kept.push(text);
     this.#chars += text.length;
     if (this.#chars < KEEP_CHARS) return;
-    this.#counted = this.count();
+    this.#counted = this.count(this.counter);
     this.#kept = [];
     this.#chars = 0;
   }
 
-  count(): number {
-    return this.#counted + (this.#chars ? countStreamedOutput(this.#kept.join("")) : 0);
+  count(count: TokenCounter): number {
+    return this.#counted + (this.#chars ? countStreamedOutput(this.#kept.join(""), count) : 0);
   }
 }
 
@@ -261,12 +311,14 @@ const END_REASON: Record<TapEnd, string> = {
  * final yet (a provider's running count on a chunk that still carries choices) it hands to
  * `interim`, the latest replacing the one before. When the stream ends without a final usage, the
  * latest interim usage is settled (it is the provider's own count); without one the router counts
- * what was streamed and settles that on top of `inputUsage` (the input side as far as known), or
- * releases the hold if the upstream failed before producing anything. Either is audited with the
- * reason (`usage_missing`, `client_disconnected`, `upstream_stream_failed`, `stream_too_long`; the
- * third also when a `failure` event was streamed: the provider's own, or a translator's error
- * chunk). `settle` takes that reason too when the final usage itself comes with a failure. The
- * stream is bounded by `UPSTREAM_TIMEOUT_MS` between chunks, `MAX_SSE_EVENT_BYTES` per event and
+ * what was streamed with the model's `tokenCounter` and settles that on top of `inputUsage` (the
+ * provider's input usage where it reported one early, else the prompt as the router counts it;
+ * its output, where the provider reported a running count, is taken as the count), or releases
+ * the hold if the upstream failed before producing anything. Either is audited with the reason
+ * (`usage_missing`, `client_disconnected`, `upstream_stream_failed`, `stream_too_long`; the third
+ * also when a `failure` event was streamed: the provider's own, or a translator's error chunk).
+ * `settle` takes that reason too when the final usage itself comes with a failure. The stream is
+ * bounded by `UPSTREAM_TIMEOUT_MS` between chunks, `MAX_SSE_EVENT_BYTES` per event and
  * `MAX_STREAM_MS` in all; ending it early sends an error event in the client's `format` (or the
  * format's own end once the final usage is in).
  */
@@ -276,10 +328,10 @@ export function billStream(
   onUsage: (
     chunk: Record<string, unknown>,
     event: string,
-    settle: (u: NormalizedUsage, errorCode?: string) => Promise<Cost>,
+    settle: (u: NormalizedUsage, errorCode?: string) => Promise<Billed>,
     interim: (u: NormalizedUsage) => void,
   ) => Promise<UsageAnswer>,
-  inputUsage: () => NormalizedUsage,
+  inputUsage: (count: TokenCounter) => NormalizedUsage,
   opts: {
     /** The format of the events that end the stream early (default OpenAI's). */
     format?: SseFormat;
@@ -304,21 +356,29 @@ export function billStream(
   let latest: NormalizedUsage | null = null;
   let failed = false;
   const output = new StreamedOutput();
+  // The model's tokenizer, loaded once per process: pieces counted before it is ready are counted
+  // by their UTF-8 bytes, never fewer than its tokens.
+  const counter = tokenCounter(m.model);
+  counter.then((count) => output.counter = count, () => {});
+  /** The usage the router counts: the input side, and the output streamed unless reported. */
+  const counted = async () => {
+    const count = await counter;
+    const input = inputUsage(count);
+    if (input.completion > 0) return input;
+    return { ...input, completion: output.count(count), reasoning: 0 };
+  };
   // A final usage of no tokens at all is no count (a provider left it empty): as in a reply
   // without usage, the latest interim usage or the router's own count is settled instead.
-  const settle = (u: NormalizedUsage, errorCode?: string) => {
+  const settle = async (u: NormalizedUsage, errorCode?: string) => {
     settled = true;
-    if (u.prompt !== 0 || u.completion !== 0) return m.settle(u, { errorCode });
-    const counted = withSearches(
-      latest ?? { ...inputUsage(), completion: output.count(), reasoning: 0 },
-      u.webSearches ?? 0,
-    );
+    if (u.prompt !== 0 || u.completion !== 0) return await m.settle(u, { errorCode });
+    const usage = withSearches(latest ?? await counted(), u.webSearches ?? 0);
     svc.log("warn", "stream's final usage is empty; counted by the router", {
       request_id: m.c.get("requestId"),
-      prompt_tokens: counted.prompt,
-      completion_tokens: counted.completion,
+      prompt_tokens: usage.prompt,
+      completion_tokens: usage.completion,
     });
-    return m.settle(counted, { errorCode: errorCode ?? "usage_missing" });
+    return await m.settle(usage, { errorCode: errorCode ?? "usage_missing" });
   };
   const interim = (u: NormalizedUsage) => {
     latest = u;
@@ -360,20 +420,20 @@ export function billStream(
         });
         return;
       }
-      const completion = output.count();
-      const input = inputUsage();
+      const usage = await counted();
       // Searches the provider already ran are billed even when no output came before the failure.
       const broke = kind === "error" || kind === "event_too_large";
-      if (broke && completion === 0 && !input.webSearches) {
+      if (broke && usage.completion === 0 && !usage.webSearches) {
         await m.release(502, "upstream_error");
         return;
       }
-      await m.settle({ ...input, completion, reasoning: 0 }, { errorCode });
+      const billed = await m.settle(usage, { errorCode });
       svc.log("warn", "stream ended without usage; counted by the router", {
         request_id: m.c.get("requestId"),
         reason: errorCode,
-        completion_tokens: completion,
-        web_searches: input.webSearches ?? 0,
+        prompt_tokens: billed.usage.prompt,
+        completion_tokens: billed.usage.completion,
+        web_searches: billed.usage.webSearches ?? 0,
       });
     },
   }, { idleMs: upstreamTimeoutMs, maxStreamMs, maxEventBytes: maxSseEventBytes });

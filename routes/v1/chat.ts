@@ -3,20 +3,24 @@ import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
-import { estimatePromptTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
+import { Prompt, type TokenCounter } from "../../lib/proxy/tokens.ts";
 import {
   billStream,
   candidatesFor,
   forward,
   logAnomalies,
+  missingRates,
+  type PricedKinds,
+  requirePrices,
   resolveModel,
   settleJson,
   SSE_HEADERS,
   withCost,
 } from "../../lib/proxy/pipeline.ts";
-import { readOpenAIUsage, UsageReader } from "../../lib/providers/usage.ts";
+import { readOpenAIUsage, UsageReader, withSearches } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
-import { type Cost, type NormalizedUsage, ZERO_USAGE } from "../../lib/pricing.ts";
+import type { NormalizedUsage } from "../../lib/pricing.ts";
+import type { Billed } from "../../lib/proxy/metered.ts";
 
 const tokenLimit = z.number().int().min(1).max(10_000_000);
 
@@ -52,6 +56,13 @@ function outputLimit(body: ChatBody, model: ResolvedModel) {
   return { tokens: send, send };
 }
 
+/**
+ * The web searches a request to `model` runs: OpenAI's search models (`gpt-4o-search-preview`,
+ * `gpt-5-search-api`) search once for every request, billed at the model's per-search fee.
+ */
+const searchesOn = (model: ResolvedModel) =>
+  model.adapter.kind === "openai" && /-search-(preview|api)/.test(model.catalogId) ? 1 : 0;
+
 /** Whether a stream chunk's choice is finished (carries its finish reason). */
 const finishesChoice = (choice: unknown) =>
   (choice as { finish_reason?: unknown } | null)?.finish_reason != null;
@@ -69,17 +80,31 @@ export async function chatCompletions(c: Context<AppEnv>) {
   if (!servesN(primary)) {
     throw badRequest(`n: the model '${body.model}' answers one choice only; set n to 1`);
   }
-  const candidates = candidatesFor(c, primary, body.models ?? [], servesN);
+  const prompt = new Prompt(raw, body);
+  const modalities = Array.isArray(body.modalities) ? body.modalities : [];
+  const wants = (model: ResolvedModel): PricedKinds => ({
+    audioInput: prompt.media.audio > 0,
+    audioOutput: modalities.includes("audio") || body.audio != null,
+    webSearch: searchesOn(model) > 0,
+  });
+  requirePrices(primary, wants(primary));
+  const candidates = candidatesFor(
+    c,
+    primary,
+    body.models ?? [],
+    (model) => servesN(model) && missingRates(model, wants(model)).length === 0,
+  );
   const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
-  const prompt = promptTokenBound(raw);
+  const searches = Math.max(...candidates.map(searchesOn));
   await m.reserve(
-    prompt,
+    prompt.bound(candidates, searches),
     outputLimit(body, primary).tokens * n,
     candidates.slice(1).map((model) => ({
       model,
       outputTokens: outputLimit(body, model).tokens * n,
     })),
+    searches,
   );
 
   const { models: _fallbacks, ...rest } = body;
@@ -96,19 +121,25 @@ export async function chatCompletions(c: Context<AppEnv>) {
   };
   const reply = await forward(m, candidates, build);
   const model = m.model;
+  const searched = searchesOn(model);
+  /** The prompt as the router counts it, with the search the model ran. */
+  const counted = (count: TokenCounter) => prompt.count(model, count, searched);
   if (!stream) {
     return c.json(
-      await settleJson(m, reply, model.adapter.chatReply, () => estimatePromptTokens(body)),
+      await settleJson(m, reply, (json, r) => {
+        const parsed = model.adapter.chatReply(json, r);
+        return { ...parsed, usage: withSearches(parsed.usage, searched) };
+      }, counted),
     );
   }
 
   const reader = new UsageReader();
   let input: NormalizedUsage | null = null;
-  let billed: Cost | null = null;
+  let billed: Billed | null = null;
   /** A chunk carrying the billed usage, as the client gets it: with the cost, or without usage. */
-  const withBilled = (chunk: Record<string, unknown>, cost: Cost) => {
+  const withBilled = (chunk: Record<string, unknown>, cost: Billed) => {
     if (wantsUsage) {
-      return "data: " + JSON.stringify({ ...chunk, usage: withCost(chunk.usage, cost) });
+      return "data: " + JSON.stringify({ ...chunk, usage: withCost(chunk.usage, cost, "openai") });
     }
     if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
       const { usage: _drop, ...without } = chunk;
@@ -130,17 +161,26 @@ export async function chatCompletions(c: Context<AppEnv>) {
       // it is remembered (in case the stream ends first) and passed on as it came.
       const choices = Array.isArray(chunk.choices) ? chunk.choices : [];
       if (choices.length > 0 && !(n === 1 && choices.every(finishesChoice))) {
-        interim(readOpenAIUsage(chunk.usage, new UsageReader()));
-        if (wantsUsage) return undefined;
+        const running = new UsageReader();
+        const usage = readOpenAIUsage(chunk.usage, running);
+        interim(usage);
+        if (wantsUsage) {
+          // Shown as sent, unless beyond the hold's bounds or malformed: then clamped.
+          const shown = m.shownInterim(chunk.usage, usage, running, "openai");
+          if (!shown) return undefined;
+          return { interim: "data: " + JSON.stringify({ ...chunk, usage: shown }) };
+        }
         const { usage: _drop, ...without } = chunk;
         return { interim: "data: " + JSON.stringify(without) };
       }
-      const cost = await settle(readOpenAIUsage(chunk.usage, reader));
+      const cost = await settle(withSearches(readOpenAIUsage(chunk.usage, reader), searched));
       billed = cost;
       logAnomalies(m, reader);
       return withBilled(chunk, cost);
     },
-    () => input ?? { ...ZERO_USAGE, prompt: estimatePromptTokens(body) },
+    // Anthropic's input usage comes first and Gemini's running usage with every event (the
+    // provider's own counts); otherwise the router counts the prompt.
+    (count) => withSearches(input ?? counted(count), searched),
     // A usage chunk of its own after the finishing one (vLLM sends both): the same bill.
     {
       afterFinal: (chunk) => withBilled(chunk, billed!),

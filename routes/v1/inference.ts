@@ -4,7 +4,7 @@ import type { AppEnv } from "../../lib/services.ts";
 import { auditableKey, presentedSecret, requireKey } from "../../lib/http/auth.ts";
 import { ApiError, badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest, usageEvent } from "../../lib/proxy/metered.ts";
-import { estimateTokens, promptTokenBound } from "../../lib/proxy/tokens.ts";
+import { Prompt } from "../../lib/proxy/tokens.ts";
 import { forward, resolveModel, settleJson } from "../../lib/proxy/pipeline.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { divRound, formatUsd } from "../../lib/money.ts";
@@ -24,15 +24,6 @@ const embeddingsSchema = z.looseObject({
   ]),
 });
 
-/** Estimated tokens of an embeddings input (text, or token ids as given), for a reply without usage. */
-function inputTokens(input: z.output<typeof embeddingsSchema>["input"]): number {
-  if (typeof input === "string") return estimateTokens(input);
-  return (input as unknown[]).reduce<number>(
-    (n, x) => n + (typeof x === "string" ? estimateTokens(x) : Array.isArray(x) ? x.length : 1),
-    0,
-  );
-}
-
 async function embeddings(c: Context<AppEnv>) {
   const raw = await c.req.text();
   const body = parseJson(raw, embeddingsSchema);
@@ -42,13 +33,16 @@ async function embeddings(c: Context<AppEnv>) {
     throw badRequest(`The provider '${model.provider}' has no embeddings API`);
   }
   const m = new MeteredRequest(c, model, false);
-  await m.reserve(promptTokenBound(raw), 0);
+  const prompt = new Prompt(raw, body);
+  await m.reserve(prompt.bound([model]), 0);
   const reply = await forward(
     m,
     [model],
     (to) => adapter.embeddingsRequest!(to.upstream, { ...body, model: to.model }),
   );
-  return c.json(await settleJson(m, reply, adapter.embeddingsReply, () => inputTokens(body.input)));
+  return c.json(
+    await settleJson(m, reply, adapter.embeddingsReply, (count) => prompt.count(model, count)),
+  );
 }
 
 /** The per-million-token prices of a model, market and your rate, as USD strings. */

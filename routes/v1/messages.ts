@@ -5,9 +5,10 @@ import { parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
 import {
   anthropicSearchBound,
-  estimatePromptTokens,
-  estimateTokens,
-  promptTokenBound,
+  contextOf,
+  Prompt,
+  type TokenCounter,
+  tokenCounter,
 } from "../../lib/proxy/tokens.ts";
 import { withData } from "../../lib/proxy/sse.ts";
 import { callUpstream, readUpstreamJson } from "../../lib/proxy/upstream.ts";
@@ -16,6 +17,8 @@ import {
   candidatesFor,
   forward,
   logAnomalies,
+  missingRates,
+  requirePrices,
   resolveModel,
   settleJson,
   SSE_HEADERS,
@@ -23,7 +26,7 @@ import {
 } from "../../lib/proxy/pipeline.ts";
 import { readAnthropicUsage, UsageReader, withSearches } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
-import { type NormalizedUsage, ZERO_USAGE } from "../../lib/pricing.ts";
+import type { NormalizedUsage } from "../../lib/pricing.ts";
 import { obj } from "../../lib/providers/common.ts";
 import {
   chatStreamToMessages,
@@ -52,21 +55,26 @@ export async function messages(c: Context<AppEnv>) {
   // A refusal from here on is audited as the kind of request it was.
   c.set("streaming", body.stream === true);
   const primary = resolveModel(c, body.model, "chat");
-  const candidates = candidatesFor(c, primary, []);
-  const stream = body.stream === true;
-  const m = new MeteredRequest(c, primary, stream);
   // Anthropic's web search tool runs only where the request goes as sent (the translation to
   // other providers passes custom tools only): the hold covers its searches there.
   const searches = (model: ResolvedModel) => native(model) ? anthropicSearchBound(body) : 0;
+  const wants = (model: ResolvedModel) => ({ webSearch: searches(model) > 0 });
+  requirePrices(primary, wants(primary));
+  const candidates = candidatesFor(
+    c,
+    primary,
+    [],
+    (model) => missingRates(model, wants(model)).length === 0,
+  );
+  const stream = body.stream === true;
+  const m = new MeteredRequest(c, primary, stream);
+  const prompt = new Prompt(raw, body);
+  const searchBound = searches(primary);
   await m.reserve(
-    promptTokenBound(raw),
+    prompt.bound(candidates, searchBound),
     body.max_tokens,
-    candidates.slice(1).map((model) => ({
-      model,
-      outputTokens: body.max_tokens,
-      searches: searches(model),
-    })),
-    searches(primary),
+    candidates.slice(1).map((model) => ({ model, outputTokens: body.max_tokens })),
+    searchBound,
   );
   const headers = c.req.raw.headers;
   const reply = await forward(
@@ -84,19 +92,22 @@ export async function messages(c: Context<AppEnv>) {
   );
   const model = m.model;
   const translated = !native(model);
-  /** The prompt (messages, tools and system) as the router counts it, for usage that never came. */
-  const promptEstimate = () =>
-    estimatePromptTokens(body) + estimateTokens(JSON.stringify(body.system ?? ""));
   if (!stream) {
     return c.json(
-      await settleJson(m, reply, (json, r) => {
-        if (translated) {
-          const { body: chat, usage } = model.adapter.chatReply(json, r);
-          return { body: chatToMessage(chat, usage, body.model), usage };
-        }
-        const out = obj(json);
-        return { body: out, usage: readAnthropicUsage(out.usage, r) };
-      }, promptEstimate),
+      await settleJson(
+        m,
+        reply,
+        (json, r) => {
+          if (translated) {
+            const { body: chat, usage } = model.adapter.chatReply(json, r);
+            return { body: chatToMessage(chat, usage, body.model), usage };
+          }
+          const out = obj(json);
+          return { body: out, usage: readAnthropicUsage(out.usage, r) };
+        },
+        (count, searched) => prompt.count(model, count, searched),
+        "anthropic",
+      ),
     );
   }
   let input: NormalizedUsage | null = null;
@@ -119,8 +130,13 @@ export async function messages(c: Context<AppEnv>) {
     upstream,
     async (data, event, settle) => {
       if (data.type === "message_start") {
-        started = { ...obj(obj(data.message).usage) };
-        return undefined;
+        const message = obj(data.message);
+        started = { ...obj(message.usage) };
+        // The input usage is shown as sent, unless beyond the hold's bounds or malformed.
+        const r = new UsageReader();
+        const shown = m.shownInterim(message.usage, readAnthropicUsage(started, r), r, "anthropic");
+        if (!shown) return undefined;
+        return { interim: withData(event, { ...data, message: { ...message, usage: shown } }) };
       }
       if (data.type !== "message_delta") return undefined;
       const usage = obj(data.usage);
@@ -128,16 +144,21 @@ export async function messages(c: Context<AppEnv>) {
       if (translated && usage.input_tokens === undefined) return undefined;
       const cost = await settle(readAnthropicUsage({ ...started, ...usage }, reader));
       logAnomalies(m, reader);
-      return withData(event, { ...data, usage: withCost(data.usage, cost) });
+      return withData(event, { ...data, usage: withCost(data.usage, cost, "anthropic") });
     },
-    () =>
-      withSearches(
-        started && !translated ? readAnthropicUsage(started, new UsageReader()) : input ?? {
-          ...ZERO_USAGE,
-          prompt: promptEstimate(),
-        },
-        searched.size,
-      ),
+    // message_start's input usage is Anthropic's own count (before any search result), the
+    // results of the searches run since at most a context window each; otherwise the router
+    // counts the prompt.
+    (count: TokenCounter) => {
+      // message_start's output_tokens (1) counts nothing yet: the output is counted instead.
+      const provided = started && !translated
+        ? { ...readAnthropicUsage(started, new UsageReader()), completion: 0 }
+        : input;
+      const usage = provided
+        ? { ...provided, prompt: provided.prompt + searched.size * contextOf(model) }
+        : prompt.count(model, count, searched.size);
+      return withSearches(usage, searched.size);
+    },
     {
       format: "anthropic",
       // Anthropic reports a failure mid-stream (overloaded_error) as `event: error`, as the
@@ -168,12 +189,12 @@ const countSchema = messagesSchema.omit({ max_tokens: true, stream: true });
  * provider; other models get the router's estimate.
  */
 export async function countTokens(c: Context<AppEnv>) {
-  const body = parseJson(await c.req.text(), countSchema);
+  const raw = await c.req.text();
+  const body = parseJson(raw, countSchema);
   const model = resolveModel(c, body.model, "chat");
   if (!native(model)) {
-    const tokens = estimatePromptTokens(body) +
-      estimateTokens(JSON.stringify(body.system ?? "") + JSON.stringify(body.tools ?? ""));
-    return c.json({ input_tokens: tokens });
+    const usage = new Prompt(raw, body).count(model, await tokenCounter(model));
+    return c.json({ input_tokens: usage.prompt });
   }
   const svc = c.get("svc");
   const call = model.adapter.nativeRequest!(

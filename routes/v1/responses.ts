@@ -3,13 +3,15 @@ import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { badRequest, parseJson } from "../../lib/http/errors.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
-import { estimateTokens, promptTokenBound, responsesSearchBound } from "../../lib/proxy/tokens.ts";
+import { Prompt, responsesSearchBound, responsesToolBound } from "../../lib/proxy/tokens.ts";
 import { withData } from "../../lib/proxy/sse.ts";
 import {
   billStream,
   candidatesFor,
   forward,
   logAnomalies,
+  missingRates,
+  requirePrices,
   resolveModel,
   settleJson,
   SSE_HEADERS,
@@ -22,7 +24,6 @@ import {
   withSearches,
 } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
-import { ZERO_USAGE } from "../../lib/pricing.ts";
 import { obj } from "../../lib/providers/common.ts";
 
 const responsesSchema = z.looseObject({
@@ -30,10 +31,11 @@ const responsesSchema = z.looseObject({
   input: z.union([z.string(), z.array(z.unknown())]).optional(),
   max_output_tokens: z.number().int().min(1).max(10_000_000).nullish(),
   stream: z.boolean().nullish(),
+  // A background response is finished (and charged) by the provider after the reply: the router
+  // could neither bill it nor bound it, so it is refused rather than served unbilled.
+  background: z.literal(false, "background responses are not served; omit it or set it to false")
+    .nullish(),
 });
-
-/** The prompt allowance of a continued conversation when the model's context window is unknown. */
-const STORED_CONTEXT_BOUND = 128_000;
 
 const speaksResponses = (m: ResolvedModel) => m.adapter.kind === "openai";
 
@@ -49,20 +51,30 @@ export async function responses(c: Context<AppEnv>) {
       `The model '${body.model}' is not served by the Responses API; use /v1/chat/completions`,
     );
   }
-  const candidates = candidatesFor(c, primary, [], speaksResponses);
+  // A continued conversation's earlier turns (or a stored prompt) are stored upstream, not in
+  // this body: the prompt may then fill the model's context window.
+  const prompt = new Prompt(
+    raw,
+    body,
+    Boolean(body.previous_response_id || body.conversation || body.prompt),
+  );
+  const searches = responsesSearchBound(body);
+  const wants = { audioInput: prompt.media.audio > 0, webSearch: searches > 0 };
+  requirePrices(primary, wants);
+  const candidates = candidatesFor(
+    c,
+    primary,
+    [],
+    (model) => speaksResponses(model) && missingRates(model, wants).length === 0,
+  );
   const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
   const limit = (model: ResolvedModel) => body.max_output_tokens ?? model.maxOutputTokens;
-  // A continued conversation's earlier turns are stored upstream, not in this body: the prompt
-  // may then fill the model's context window.
-  const stored = body.previous_response_id || body.conversation
-    ? primary.contextWindow ?? STORED_CONTEXT_BOUND
-    : 0;
   await m.reserve(
-    promptTokenBound(raw) + stored,
+    prompt.bound(candidates, responsesToolBound(body)),
     limit(primary),
     candidates.slice(1).map((model) => ({ model, outputTokens: limit(model) })),
-    responsesSearchBound(body),
+    searches,
   );
   const headers = c.req.raw.headers;
   const reply = await forward(
@@ -79,15 +91,18 @@ export async function responses(c: Context<AppEnv>) {
   /** A response's usage: its tokens, and each web_search_call output item as one search. */
   const usageOf = (response: Record<string, unknown>, r: UsageReader) =>
     withSearches(readResponsesUsage(response.usage, r), responsesWebSearches(response.output, r));
-  /** The prompt as the router counts it, for a reply or stream that comes without usage. */
-  const promptEstimate = () =>
-    estimateTokens(JSON.stringify(body.input ?? "") + String(body.instructions ?? ""));
   if (!stream) {
     return c.json(
-      await settleJson(m, reply, (json, r) => {
-        const out = obj(json);
-        return { body: out, usage: usageOf(out, r) };
-      }, promptEstimate),
+      await settleJson(
+        m,
+        reply,
+        (json, r) => {
+          const out = obj(json);
+          return { body: out, usage: usageOf(out, r) };
+        },
+        (count, searched) => prompt.count(m.model, count, searched),
+        "responses",
+      ),
     );
   }
   const reader = new UsageReader();
@@ -108,10 +123,10 @@ export async function responses(c: Context<AppEnv>) {
       logAnomalies(m, reader);
       return withData(event, {
         ...data,
-        response: { ...response, usage: withCost(response.usage, cost) },
+        response: { ...response, usage: withCost(response.usage, cost, "responses") },
       });
     },
-    () => withSearches({ ...ZERO_USAGE, prompt: promptEstimate() }, searched.size),
+    (count) => withSearches(prompt.count(m.model, count, searched.size), searched.size),
     {
       format: "responses",
       // A failure mid-stream: an `error` event, or response.failed (billed as above if it has usage).

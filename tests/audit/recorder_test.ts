@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, padding, startRouter, type TestRouter } from "../_helpers.ts";
 import { recordEvents } from "../../lib/audit/recorder.ts";
 import { outboxKey } from "../../lib/kv/schema.ts";
 import { settledUnrecorded } from "../_fixtures.ts";
@@ -141,6 +141,7 @@ Deno.test("requests through the router record once in both delivery modes", asyn
       await Promise.all(Array.from({ length: 8 }, async () => {
         const res = await t.call(key, "POST", "/v1/chat/completions", {
           model: "gpt-4o-mini",
+          ...padding(),
           messages: [{ role: "user", content: "hi" }],
         });
         await json(res, 200);

@@ -128,7 +128,7 @@ Deno.test("two router processes on one KV file share the balance without overspe
   }
 });
 
-Deno.test("an upstream reporting more usage than the balance holds cannot overdraw it", async () => {
+Deno.test("an upstream reporting more output than max_tokens is billed max_tokens, never overdrawn", async () => {
   const logs: string[] = [];
   const t = await startRouter({ log: (_l, msg) => logs.push(msg) });
   try {
@@ -145,16 +145,16 @@ Deno.test("an upstream reporting more usage than the balance holds cannot overdr
       });
       const text = await res.text();
       assert.equal(res.status, 200, text);
-      // The client is told what it was charged: all that was left, not the $0.384 reported.
-      assert.match(text, /"cost":0\.0001[,}]/);
+      // Billed and shown as the 10 output tokens held: (5 × 150 + 10 × 600) × 0.8 nano-USD.
+      assert.match(text, /"completion_tokens":10,/);
+      assert.match(text, /"cost":0\.0000054[,}]/);
       await t.assertBooks();
       const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-      assert.equal(credits.balance, "0", "never below zero");
-      assert.equal(credits.total_used, "0.0001");
+      assert.equal(credits.total_used, "0.0000054");
       const tx = await json(await t.call(mgmt, "GET", "/v1/transactions?type=usage_debit"), 200);
-      assert.deepEqual(tx.data.map((e: { amount: string }) => e.amount), ["-0.0001"]);
+      assert.deepEqual(tx.data.map((e: { amount: string }) => e.amount), ["-0.0000054"]);
     }
-    assert.equal(logs.filter((m) => /charge capped/.test(m)).length, 2, "each cap is logged");
+    assert.equal(logs.filter((m) => /beyond the hold/.test(m)).length, 2, "each clamp is logged");
   } finally {
     await t.close();
   }

@@ -2,13 +2,13 @@ import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 
 // The upstream reports 100 + 20 tokens: (100 × 150 + 20 × 600) × 0.8 = 21600 nano-USD a request.
-// The hold is about 50 output tokens (24000 nano-USD) plus the short prompt.
+// The hold is 50 output tokens (24000 nano-USD) plus the prompt's 118 bytes (14160 nano-USD).
 const USAGE = { prompt_tokens: 100, completion_tokens: 20 };
 
 function chat(t: TestRouter, key: string) {
   return t.call(key, "POST", "/v1/chat/completions", {
     model: "openai/gpt-4o-mini",
-    messages: [{ role: "user", content: "hi" }],
+    messages: [{ role: "user", content: "hi".padEnd(30) }],
     max_tokens: 50,
   });
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import type { BrowserContext } from "playwright-core";
-import { ADMIN_TOKEN, json, startRouter } from "../_helpers.ts";
+import { ADMIN_TOKEN, json, padding, startRouter } from "../_helpers.ts";
 import { startFakeStripe } from "../_fakes/stripe.ts";
 import {
   browserTest,
@@ -91,6 +91,7 @@ browserTest(
     for (let i = 0; i < 3; i++) {
       await client.chat.completions.create({
         model: "openai/gpt-4o-mini",
+        ...padding(),
         messages: [{ role: "user", content: `hello ${i}` }],
       });
     }

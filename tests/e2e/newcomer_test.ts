@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { startFakeOpenAI } from "../_fakes/openai.ts";
+import { padding } from "../_helpers.ts";
 import { parseUsd } from "../../lib/money.ts";
 
 const ROOT = new URL("../../", import.meta.url);
@@ -203,8 +204,10 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     const seen: { requestId: string; cost: bigint | null; streaming: boolean }[] = [];
 
     openai.scenario = { usage: CALLS[0].usage };
+    // A prompt of 1000 tokens comes with a body of at least as many bytes.
     const one = await client.chat.completions.create({
       model: "openai/gpt-4o-mini",
+      ...padding(1000),
       messages: [{ role: "user", content: "hi" }],
     }).withResponse();
     assert.equal(one.data.choices[0].message.content, "Echo: hi");
@@ -220,6 +223,7 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     openai.scenario = { usage: CALLS[1].usage, chunks: 5 };
     const two = await client.chat.completions.create({
       model: "openai/gpt-4o-mini",
+      ...padding(2000),
       messages: [{ role: "user", content: `stream with usage ${CANARY}` }],
       stream: true,
       stream_options: { include_usage: true },

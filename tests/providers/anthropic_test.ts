@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json } from "../_helpers.ts";
+import { json, padding } from "../_helpers.ts";
 import { sseData, startProviders } from "./_setup.ts";
 
 // claude-sonnet-4-5 list prices ($/M): input 3, output 15, cache read 0.30, cache write (5 min)
@@ -36,6 +36,7 @@ Deno.test("chat completions to Anthropic: a tool-calling round trip, translated 
     };
     const first = await client.chat.completions.create({
       model: "anthropic/claude-sonnet-4-5",
+      ...padding(6000),
       messages: [
         { role: "system", content: "Be brief." },
         {
@@ -104,6 +105,7 @@ Deno.test("chat completions to Anthropic: a tool-calling round trip, translated 
     t.anthropic.scenario = { usage: USAGE };
     const second = await client.chat.completions.create({
       model: "claude-sonnet-4-5",
+      ...padding(6000),
       messages: [
         { role: "user", content: "Weather in Paris?" },
         choice.message,
@@ -153,6 +155,7 @@ Deno.test("a streamed Anthropic reply is translated to OpenAI chunks one by one"
     };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "anthropic/claude-sonnet-4-5",
+      ...padding(6000),
       messages: [{ role: "user", content: "Weather in Oslo?" }],
       tools: TOOLS,
       stream: true,
@@ -201,6 +204,7 @@ Deno.test("a streamed Anthropic reply is translated to OpenAI chunks one by one"
     const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
     const stream = await client.chat.completions.create({
       model: "claude-sonnet-4-5",
+      ...padding(6000),
       messages: [{ role: "user", content: "again" }],
       tools: TOOLS,
       stream: true,
@@ -232,6 +236,7 @@ Deno.test("an Anthropic error is mapped and its body never echoed", async () => 
     t.anthropic.scenario = { status: 400 };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "anthropic/claude-haiku-4-5",
+      ...padding(6000),
       messages: [{ role: "user", content: "secret prompt text" }],
     });
     const text = await res.text();
@@ -260,6 +265,7 @@ Deno.test("a client leaving a translated stream pays for the input and the outpu
     };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "anthropic/claude-sonnet-4-5",
+      ...padding(6000),
       messages: [{ role: "user", content: "long answer please" }],
       stream: true,
     });

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json } from "../_helpers.ts";
+import { json, padding } from "../_helpers.ts";
 import { sseData, startProviders } from "./_setup.ts";
 
 // gemini-2.5-flash list prices ($/M): input 0.30, cached input 0.03, output 2.50 (thoughts are
@@ -39,6 +39,7 @@ Deno.test("chat completions to Gemini: a tool-calling round trip, reasoning and 
     };
     const first = await client.chat.completions.create({
       model: "google/gemini-2.5-flash",
+      ...padding(10000),
       messages: [
         { role: "system", content: "Be brief." },
         {
@@ -104,6 +105,7 @@ Deno.test("chat completions to Gemini: a tool-calling round trip, reasoning and 
     t.gemini.scenario = { usage: USAGE };
     const second = await client.chat.completions.create({
       model: "gemini-2.5-flash",
+      ...padding(10000),
       messages: [
         { role: "user", content: "Weather in Rome?" },
         choice.message,
@@ -137,6 +139,7 @@ Deno.test("a streamed Gemini reply is translated to OpenAI chunks one by one", a
     t.gemini.scenario = { usage: USAGE, content: "Sunny in Rome", chunks: 3 };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "google/gemini-2.5-flash",
+      ...padding(10000),
       messages: [{ role: "user", content: "Weather?" }],
       stream: true,
       stream_options: { include_usage: true },
@@ -172,6 +175,7 @@ Deno.test("a streamed Gemini reply is translated to OpenAI chunks one by one", a
     const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
     const stream = await client.chat.completions.create({
       model: "gemini-2.5-flash",
+      ...padding(10000),
       messages: [{ role: "user", content: "Weather?" }],
       tools: TOOLS,
       stream: true,
@@ -220,6 +224,7 @@ Deno.test("tool and response schemas reach Gemini whole, as JSON Schema (paramet
     t.gemini.scenario = { content: "{}" };
     const reply = await client.chat.completions.create({
       model: "gemini-2.5-flash",
+      ...padding(10000),
       messages: [{ role: "user", content: "Forecast?" }],
       tools: [{
         type: "function",
@@ -287,6 +292,7 @@ Deno.test("Gemini's function call id goes back on the functionResponse, streamed
       t.gemini.scenario = {};
       const second = await client.chat.completions.create({
         model: "gemini-2.5-flash",
+        ...padding(10000),
         messages: [
           ...ask,
           { role: "assistant", content: null, tool_calls: [call] },

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, padding, startRouter, type TestRouter } from "../_helpers.ts";
 import { startProviders } from "./_setup.ts";
 import { startFakeOpenAI } from "../_fakes/openai.ts";
 import { startFakeAnthropic } from "../_fakes/anthropic.ts";
@@ -29,6 +29,7 @@ Deno.test("a fallback after a 500 bills only the provider that answered; every a
     const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
     const res = await client.chat.completions.create({
       model: "openai/gpt-4o-mini",
+      ...padding(2000),
       messages: [{ role: "user", content: "hello" }],
       // OpenRouter-style fallbacks; unknown names are skipped.
       models: ["no-such/model", "anthropic/claude-haiku-4-5"],
@@ -81,6 +82,7 @@ Deno.test("an operator fallback chain serves a stream after the provider rate-li
     const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
     const stream = await client.chat.completions.create({
       model: "claude-haiku-4-5",
+      ...padding(2000),
       messages: [{ role: "user", content: "hi" }],
       stream: true,
       stream_options: { include_usage: true },
@@ -109,6 +111,7 @@ Deno.test("a 5xx is retried with backoff and the retry that answers is billed on
     t.anthropic.scenario = { status: 503, failFirst: 1, usage: HAIKU_USAGE };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "anthropic/claude-haiku-4-5",
+      ...padding(2000),
       messages: [{ role: "user", content: "hi" }],
     });
     const body = await json(res, 200);
@@ -133,6 +136,7 @@ Deno.test("when every candidate fails, the last error is returned and nothing is
     t.anthropic.scenario = { status: 429 };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "gpt-4o-mini",
+      ...padding(2000),
       messages: [{ role: "user", content: "my secret" }],
       models: ["claude-haiku-4-5"],
     });
@@ -160,6 +164,7 @@ Deno.test("a retry never happens once bytes reached the client", async () => {
     t.anthropic.scenario = { usage: HAIKU_USAGE, breakAfter: 4, content: "abcdefgh", chunks: 2 };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "anthropic/claude-haiku-4-5",
+      ...padding(2000),
       messages: [{ role: "user", content: "hi" }],
       models: ["openai/gpt-4o-mini"],
       stream: true,
@@ -172,9 +177,10 @@ Deno.test("a retry never happens once bytes reached the client", async () => {
     assert.equal(t.openai.requests.length, 0, "no fallback after bytes were sent");
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.reserved, "0");
-    // Billed: message_start's 1000 input tokens and the output counted by the router ("abcd" =
-    // 1 token) → 1000×1 + 1×5 = 1005 µ$ market at claude-haiku-4-5's prices, 804 µ$ at 20 % off.
-    assert.equal(credits.total_used, "0.000804");
+    // Billed: message_start's 1000 input tokens and the output counted by the router at its
+    // UTF-8 length (Anthropic's tokenizer is not public: "abcd" = 4 tokens at most) →
+    // 1000×1 + 4×5 = 1020 µ$ market at claude-haiku-4-5's prices, 816 µ$ at 20 % off.
+    assert.equal(credits.total_used, "0.000816");
     await t.assertBooks();
   } finally {
     await t.close();
@@ -188,6 +194,7 @@ Deno.test("the hold covers the dearest fallback candidate", async () => {
     const { key } = await t.account("0.05");
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "gpt-4o-mini",
+      ...padding(2000),
       messages: [{ role: "user", content: "hi" }],
       models: ["anthropic/claude-sonnet-4-5"],
     });
@@ -216,6 +223,7 @@ Deno.test("a provider with no key is not offered", async () => {
     for (const model of ["anthropic/claude-haiku-4-5", "claude-haiku-4-5", "groq/llama-3.3-70b"]) {
       const res = await t.call(key, "POST", "/v1/chat/completions", {
         model,
+        ...padding(2000),
         messages: [{ role: "user", content: "hi" }],
       });
       assert.equal((await json(res, 404)).error.code, "model_not_found", model);
@@ -245,6 +253,7 @@ Deno.test("an OpenAI-compatible host from PROVIDERS_FILE is offered, priced and 
     const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
     const res = await client.chat.completions.create({
       model: "local/llama-3.1-8b",
+      ...padding(2000),
       messages: [{ role: "user", content: "hello" }],
     });
     assert.equal(res.choices[0].message.content, "Echo: hello");
@@ -259,6 +268,7 @@ Deno.test("an OpenAI-compatible host from PROVIDERS_FILE is offered, priced and 
     assert.ok(!ids.includes("local/unpriced-model"), "no price, not offered");
     const unpriced = await t.call(key, "POST", "/v1/chat/completions", {
       model: "local/unpriced-model",
+      ...padding(2000),
       messages: [{ role: "user", content: "hi" }],
     });
     assert.equal((await json(unpriced, 404)).error.code, "model_not_priced");
@@ -341,6 +351,7 @@ Deno.test("a PROVIDERS_FILE host of kind anthropic serves chat and native Messag
     const chat = await json(
       await t.call(key, "POST", "/v1/chat/completions", {
         model: "claude-eu/claude-haiku-4-5",
+        ...padding(2000),
         messages: [{ role: "user", content: "hi" }],
       }),
       200,
@@ -351,6 +362,7 @@ Deno.test("a PROVIDERS_FILE host of kind anthropic serves chat and native Messag
       await t.call(key, "POST", "/v1/messages", {
         model: "claude-eu/claude-haiku-4-5",
         max_tokens: 1000,
+        ...padding(2000),
         messages: [{ role: "user", content: "hey" }],
       }),
       200,
@@ -373,6 +385,7 @@ Deno.test("a Gemini error is mapped without its body; a 5xx is retried then repo
     t.gemini.scenario = { status: 500 };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "gemini-2.5-flash",
+      ...padding(2000),
       messages: [{ role: "user", content: "private words" }],
       stream: true,
     });
@@ -398,6 +411,7 @@ Deno.test("a request naming only models is served by the first that answers", as
     const body = await json(
       await t.call(key, "POST", "/v1/chat/completions", {
         models: ["anthropic/claude-haiku-4-5", "openai/gpt-4o-mini"],
+        ...padding(2000),
         messages: [{ role: "user", content: "hi" }],
       }),
       200,
@@ -406,6 +420,7 @@ Deno.test("a request naming only models is served by the first that answers", as
     assert.equal(t.anthropic.requests.length, 2);
     assert.equal(t.openai.requests[0].model, "gpt-4o-mini");
     const none = await t.call(key, "POST", "/v1/chat/completions", {
+      ...padding(2000),
       messages: [{ role: "user", content: "hi" }],
     });
     assert.match((await json(none, 400)).error.message, /'model'/);
@@ -423,6 +438,7 @@ Deno.test("GET /v1/audit/{request_id} shows the answering row and the failed att
     t.anthropic.scenario = { usage: HAIKU_USAGE };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "openai/gpt-4o-mini",
+      ...padding(2000),
       messages: [{ role: "user", content: "hello" }],
       models: ["anthropic/claude-haiku-4-5"],
     });

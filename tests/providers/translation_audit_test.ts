@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json } from "../_helpers.ts";
+import { json, padding } from "../_helpers.ts";
 import { sseData, startProviders } from "./_setup.ts";
 import { anthropic } from "../../lib/providers/anthropic/mod.ts";
 import { gemini } from "../../lib/providers/gemini/mod.ts";
@@ -261,12 +261,14 @@ Deno.test("a Gemini blocked prompt, streamed or not: content_filter through the 
     t.gemini.scenario = { blockReason: "SAFETY", usage: { promptTokenCount: 1000 } };
     const reply = await client.chat.completions.create({
       model: "gemini-2.5-flash",
+      ...padding(2000),
       messages: [{ role: "user", content: "x" }],
     });
     assert.equal(reply.choices[0].finish_reason, "content_filter");
     assert.equal((reply.usage as unknown as Row).cost, 0.00024);
     const stream = await client.chat.completions.create({
       model: "gemini-2.5-flash",
+      ...padding(2000),
       messages: [{ role: "user", content: "x" }],
       stream: true,
       stream_options: { include_usage: true },
@@ -316,6 +318,7 @@ Deno.test("a Gemini stream failing mid-way: the SDK throws, nothing echoed, the 
     };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "gemini-2.5-flash",
+      ...padding(2000),
       messages: [{ role: "user", content: "secret words" }],
       stream: true,
     });
@@ -326,6 +329,7 @@ Deno.test("a Gemini stream failing mid-way: the SDK throws, nothing echoed, the 
     const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
     const stream = await client.chat.completions.create({
       model: "gemini-2.5-flash",
+      ...padding(2000),
       messages: [{ role: "user", content: "x" }],
       stream: true,
     });
@@ -368,6 +372,7 @@ Deno.test("a translated stream whose provider sends an error event is audited as
     for (const model of ["anthropic/claude-haiku-4-5", "google/gemini-2.5-flash"]) {
       const res = await t.call(key, "POST", "/v1/chat/completions", {
         model,
+        ...padding(2000),
         messages: [{ role: "user", content: "secret words" }],
         stream: true,
         stream_options: { include_usage: true },
@@ -384,6 +389,7 @@ Deno.test("a translated stream whose provider sends an error event is audited as
     const res = await t.call(key, "POST", "/v1/messages", {
       model: "google/gemini-2.5-flash",
       max_tokens: 100,
+      ...padding(2000),
       messages: [{ role: "user", content: "secret words" }],
       stream: true,
     });

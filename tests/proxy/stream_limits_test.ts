@@ -7,6 +7,11 @@ import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { countedStream, serveLoopback } from "../_fakes/serve.ts";
 import { startProviders } from "../providers/_setup.ts";
 import { countStreamedOutput } from "../../lib/proxy/tokens.ts";
+import { encodingCounter } from "../../lib/tokenizer.ts";
+
+// The router counts gpt-4o-mini's output with its tokenizer (loaded here, so already when a stream
+// starts).
+const o200k = await encodingCounter("o200k_base");
 import { STREAM_FAILURE, STREAM_TOO_LONG } from "../../lib/proxy/sse.ts";
 
 const enc = new TextEncoder();
@@ -93,7 +98,7 @@ Deno.test("an unterminated 64 MB SSE event ends the stream at MAX_SSE_EVENT_BYTE
     assert.ok(stats.sent < 64 * MiB, `read ${stats.sent} bytes, not the whole event`);
     const row = await auditRow(t, mgmt, streamed);
     assert.equal(row.error_code, "upstream_stream_failed");
-    assert.equal(row.completion_tokens, countStreamedOutput(delivered));
+    assert.equal(row.completion_tokens, countStreamedOutput(delivered, o200k));
     assert.ok(row.cost !== "0", "billed");
     await t.assertBooks();
   } finally {
@@ -114,7 +119,10 @@ Deno.test("MAX_STREAM_MS ends a stream with an error event and settles its hold,
       assert.ok(text.endsWith(TOO_LONG), text.slice(-300));
       const row = await auditRow(t, mgmt, res);
       assert.equal(row.error_code, "stream_too_long");
-      assert.equal(row.completion_tokens, countStreamedOutput(text.slice(0, -TOO_LONG.length)));
+      assert.equal(
+        row.completion_tokens,
+        countStreamedOutput(text.slice(0, -TOO_LONG.length), o200k),
+      );
       assert.ok(row.completion_tokens > 0);
       assert.equal(t.router.svc.actors.liveHolds.size, 0, "no hold left to renew");
     });

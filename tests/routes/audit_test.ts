@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, padding, startRouter, type TestRouter } from "../_helpers.ts";
 import { exportAudit, pruneAudit } from "../../lib/audit/query.ts";
 import { auditBytesOf } from "../../lib/audit/recorder.ts";
 import { AUDIT_COLUMNS } from "../../lib/audit/row.ts";
@@ -16,6 +16,7 @@ const USAGE = { prompt_tokens: 100, completion_tokens: 20 };
 async function chat(t: TestRouter, key: string, headers: Record<string, string> = {}) {
   const res = await t.call(key, "POST", "/v1/chat/completions", {
     model: "openai/gpt-4o-mini",
+    ...padding(200),
     messages: [{ role: "user", content: "hi" }],
     max_tokens: 50,
   }, headers);
@@ -49,6 +50,7 @@ Deno.test("audit: filters, one row by request id, other tenants' rows invisible"
     clock += 1000;
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "openai/gpt-4o-mini",
+      ...padding(200),
       messages: [{ role: "user", content: "stream" }],
       stream: true,
     });

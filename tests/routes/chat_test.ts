@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json, startRouter } from "../_helpers.ts";
+import { json, padding, startRouter } from "../_helpers.ts";
 import { sseData } from "../providers/_setup.ts";
+import { encodingCounter } from "../../lib/tokenizer.ts";
 
 const USAGE = {
   prompt_tokens: 1000,
@@ -20,6 +21,7 @@ Deno.test("chat completion through the OpenAI SDK is priced exactly, cached toke
     const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
     const res = await client.chat.completions.create({
       model: "openai/gpt-4o-mini",
+      ...padding(),
       messages: [{ role: "user", content: "hello" }],
     });
     assert.equal(res.choices[0].message.content, "Echo: hello");
@@ -56,6 +58,7 @@ Deno.test("a stream passes through, bills its usage, and shows usage only when a
 
     const withUsage = await client.chat.completions.create({
       model: "gpt-4o-mini",
+      ...padding(),
       messages: [{ role: "user", content: "stream me" }],
       stream: true,
       stream_options: { include_usage: true },
@@ -72,6 +75,7 @@ Deno.test("a stream passes through, bills its usage, and shows usage only when a
 
     const noUsage = await client.chat.completions.create({
       model: "gpt-4o-mini",
+      ...padding(),
       messages: [{ role: "user", content: "again" }],
       stream: true,
     });
@@ -105,6 +109,7 @@ Deno.test("usage on every chunk (vLLM's continuous stats): billed once, on the c
     const stream = (include_usage: boolean) =>
       t.call(key, "POST", "/v1/chat/completions", {
         model: "gpt-4o-mini",
+        ...padding(),
         messages: [{ role: "user", content: "stream me" }],
         stream: true,
         stream_options: { include_usage },
@@ -159,31 +164,35 @@ Deno.test("a stream whose final usage counts no tokens is counted by the router,
   const t = await startRouter();
   try {
     const { key, mgmt } = await t.account("1");
-    // "abcd" × 4 in two chunks: 16 characters, 4 output tokens at four characters a token.
+    // "abcd" × 4 in two chunks of "abcdabcd".
     t.openai.scenario = {
       usage: { prompt_tokens: 0, completion_tokens: 0 },
       content: "abcd".repeat(4),
       chunks: 2,
     };
-    const res = await t.call(key, "POST", "/v1/chat/completions", {
+    const body = {
       model: "gpt-4o-mini",
       messages: [{ role: "user", content: "x".repeat(40) }],
       stream: true,
       stream_options: { include_usage: true },
-    });
+    };
+    const res = await t.call(key, "POST", "/v1/chat/completions", body);
     assert.equal(res.status, 200);
     const usage = sseData(await res.text()).at(-1)!.usage as Record<string, number>;
-    // Prompt estimated as 3 + 4 + 10 = 17 tokens: 17 × 0.15 + 4 × 0.60 = 4.95 µ$ market,
-    // 3.96 µ$ at 20 % off (gpt-4o-mini).
-    assert.equal(usage.cost, 0.00000396);
-    assert.equal(usage.market_cost, 0.00000495);
+    // Counted with gpt-4o-mini's tokenizer: the body as sent, each delta on its own.
+    const count = await encodingCounter("o200k_base");
+    const prompt = count(JSON.stringify(body));
+    const output = 2 * count("abcdabcd");
+    // gpt-4o-mini: $0.15/M in, $0.60/M out; the router's rate 20 % off.
+    assert.equal(usage.market_cost, (prompt * 150 + output * 600) / 1e9);
+    assert.equal(usage.cost, (prompt * 120 + output * 480) / 1e9);
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, "0.00000396");
+    assert.equal(credits.total_used, String((prompt * 120 + output * 480) / 1e9));
     await t.router.flush();
     const id = res.headers.get("x-request-id")!;
     const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
     assert.equal(row.error_code, "usage_missing");
-    assert.deepEqual([row.prompt_tokens, row.completion_tokens], [17, 4]);
+    assert.deepEqual([row.prompt_tokens, row.completion_tokens], [prompt, output]);
     await t.assertBooks();
   } finally {
     await t.close();
@@ -199,6 +208,7 @@ Deno.test("usage with the choices and no usage chunk of its own (Mistral style):
     for (const include_usage of [true, false]) {
       const res = await t.call(key, "POST", "/v1/chat/completions", {
         model: "gpt-4o-mini",
+        ...padding(),
         messages: [{ role: "user", content: "stream me" }],
         stream: true,
         stream_options: { include_usage },
@@ -240,6 +250,7 @@ Deno.test("usage on every chunk and a stream cut before its end: the last runnin
     t.openai.scenario = { usage: USAGE, chunks: 5, cumulativeUsage: true, stallAfter: 3 };
     const res = await t.call(key, "POST", "/v1/chat/completions", {
       model: "gpt-4o-mini",
+      ...padding(),
       messages: [{ role: "user", content: "stream me" }],
       stream: true,
       stream_options: { include_usage: true },
@@ -272,11 +283,12 @@ Deno.test("an OpenAI stream carrying an error chunk is audited as a failed strea
       chunks: 2,
       errorAfter: 3,
     };
-    const res = await t.call(key, "POST", "/v1/chat/completions", {
+    const body = {
       model: "gpt-4o-mini",
       messages: [{ role: "user", content: "x".repeat(40) }],
       stream: true,
-    });
+    };
+    const res = await t.call(key, "POST", "/v1/chat/completions", body);
     assert.equal(res.status, 200);
     const chunks = sseData(await res.text());
     assert.deepEqual(chunks.at(-1), {
@@ -293,11 +305,13 @@ Deno.test("an OpenAI stream carrying an error chunk is audited as a failed strea
       200,
     );
     assert.equal(row.error_code, "upstream_stream_failed");
-    // Counted by the router: the prompt estimated as 17 tokens, 16 characters streamed as 4
-    // output tokens: 17 × 0.15 + 4 × 0.60 = 4.95 µ$ market, 3.96 µ$ at 20 % off.
-    assert.deepEqual([row.prompt_tokens, row.completion_tokens], [17, 4]);
+    // Counted by the router with gpt-4o-mini's tokenizer: the body, and each delta streamed.
+    const count = await encodingCounter("o200k_base");
+    const prompt = count(JSON.stringify(body));
+    const output = 2 * count("abcdabcd");
+    assert.deepEqual([row.prompt_tokens, row.completion_tokens], [prompt, output]);
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, "0.00000396");
+    assert.equal(credits.total_used, String((prompt * 120 + output * 480) / 1e9));
     assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {

@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import Anthropic from "@anthropic-ai/sdk";
 import { json } from "../_helpers.ts";
+import { encodingCounter } from "../../lib/tokenizer.ts";
 import { sseData, startProviders } from "../providers/_setup.ts";
 
 const hi = [{ role: "user" as const, content: "hi" }];
@@ -424,7 +425,12 @@ Deno.test("a JSON reply without usage is counted by the router, as a stream's is
       const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
       assert.equal(row.error_code, "usage_missing", path);
       assert.ok(row.prompt_tokens > 0, path);
-      const output = path === "/v1/embeddings" ? 0 : Math.ceil(text.length / 4);
+      // Counted with the model's tokenizer (OpenAI's), or at its UTF-8 length (Anthropic's).
+      const output = path === "/v1/embeddings"
+        ? 0
+        : path === "/v1/messages"
+        ? text.length
+        : (await encodingCounter("o200k_base"))(text);
       assert.equal(row.completion_tokens, output, path);
       assert.notEqual(row.cost, "0", path);
     }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json, startRouter } from "../_helpers.ts";
+import { json, padding, startRouter } from "../_helpers.ts";
 import { sseData, startProviders } from "../providers/_setup.ts";
 
 Deno.test("embeddings are priced exactly and debited once", async () => {
@@ -12,7 +12,8 @@ Deno.test("embeddings are priced exactly and debited once", async () => {
     const res = await client.embeddings.create({
       model: "openai/text-embedding-3-small",
       input: ["one", "two"],
-    });
+      ...padding(),
+    } as OpenAI.EmbeddingCreateParams);
     assert.equal(res.data.length, 2);
     // 1234 × $0.02/M = $0.00002468 market; 20 % off = $0.000019744.
     const usage = res.usage as unknown as Record<string, number>;
@@ -68,6 +69,7 @@ Deno.test("PROVIDERS_FILE prices and discounts override the catalog, exactly", a
     t.openai.scenario = { usage: { prompt_tokens: 1000, completion_tokens: 100 } };
     const b = await client.chat.completions.create({
       model: "openai/house-model",
+      ...padding(),
       messages: [{ role: "user", content: "hi" }],
     });
     // 1000 × $3/M + 100 × $9/M = $0.0039; half = $0.00195.
@@ -158,7 +160,11 @@ Deno.test("Gemini audio input is billed at the audio rate, streamed or not", asy
       model: "google/gemini-2.5-flash",
       messages: [{
         role: "user",
-        content: [{ type: "image_url", image_url: { url: "data:audio/wav;base64,UklGRg==" } }],
+        // A second of audio is some thousands of bytes: the hold's bound covers its tokens.
+        content: [{
+          type: "image_url",
+          image_url: { url: `data:audio/wav;base64,${"UklGRgAA".repeat(200)}` },
+        }],
       }],
     };
     const plain = await json(await t.call(key, "POST", "/v1/chat/completions", request), 200);

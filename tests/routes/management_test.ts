@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, padding, startRouter, type TestRouter } from "../_helpers.ts";
 import { parseUsd } from "../../lib/money.ts";
 
 const HEADER =
@@ -241,7 +241,10 @@ Deno.test("/v1/credits and /v1/key agree with the ledger", async () => {
       201,
     );
     t.openai.scenario = { usage: { prompt_tokens: 1000, completion_tokens: 200 } };
-    await json(await t.call(key, "POST", "/v1/chat/completions", chat()), 200);
+    await json(
+      await t.call(key, "POST", "/v1/chat/completions", chat("gpt-4o-mini", padding())),
+      200,
+    );
     // (1000 × 0.15 + 200 × 0.6) µ$ × 0.8 = $0.000216
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.deepEqual(credits, {

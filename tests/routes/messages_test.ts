@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import Anthropic from "@anthropic-ai/sdk";
-import { json } from "../_helpers.ts";
+import { json, padding } from "../_helpers.ts";
+import { encodingCounter } from "../../lib/tokenizer.ts";
 import { startProviders } from "../providers/_setup.ts";
 
 // claude-haiku-4-5 list prices ($/M): input 1, output 5, cache read 0.10, cache write (5 min)
@@ -26,6 +27,7 @@ Deno.test("the Anthropic SDK calls /v1/messages natively, priced with cache writ
       model: "claude-haiku-4-5",
       max_tokens: 1024,
       system: "Be brief.",
+      ...(padding(2000) as object),
       messages: [{ role: "user", content: "hello" }],
     }, { headers: { "anthropic-beta": "extended-cache-ttl-2025-04-11" } });
     assert.deepEqual(msg.content, [{ type: "text", text: "Echo: hello" }]);
@@ -58,6 +60,7 @@ Deno.test("a native Messages stream bills message_delta's cumulative usage once"
     const stream = await client.messages.create({
       model: "anthropic/claude-haiku-4-5",
       max_tokens: 1024,
+      ...(padding(2000) as object),
       messages: [{ role: "user", content: "stream me" }],
       stream: true,
     });
@@ -84,6 +87,7 @@ Deno.test("a native Messages stream bills message_delta's cumulative usage once"
     const final = await client.messages.stream({
       model: "claude-haiku-4-5",
       max_tokens: 1024,
+      ...(padding(2000) as object),
       messages: [{ role: "user", content: "again" }],
     }).finalMessage();
     assert.deepEqual(final.content, [{ type: "text", text: "Echo: again" }]);
@@ -105,6 +109,7 @@ Deno.test("a Messages stream cut by the provider bills input and the output prod
     const res = await t.call(key, "POST", "/v1/messages", {
       model: "claude-haiku-4-5",
       max_tokens: 1000,
+      ...(padding(2000) as object),
       messages: [{ role: "user", content: "x" }],
       stream: true,
     });
@@ -112,11 +117,11 @@ Deno.test("a Messages stream cut by the provider bills input and the output prod
     const body = await res.text();
     assert.match(body, /upstream_error/);
     assert.equal(t.anthropic.requests.length, 1, "no retry once bytes reached the client");
-    // Billed: message_start's input (400 + 1000 + 600 cache) and 2 counted output tokens
-    // ("abcd" + "efgh" is 8 characters, 2 deltas) → 400×1 + 1000×0.1 + 400×1.25 + 200×2
-    // + 2×5 = 1410 µ$ market, $0.001128 at 20 % off.
+    // Billed: message_start's input (400 + 1000 + 600 cache) and the output counted at its
+    // UTF-8 length ("abcd" + "efgh": 8 tokens at most) → 400×1 + 1000×0.1 + 400×1.25 + 200×2
+    // + 8×5 = 1440 µ$ market, $0.001152 at 20 % off.
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, "0.001128");
+    assert.equal(credits.total_used, "0.001152");
     assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {
@@ -141,6 +146,7 @@ Deno.test("a native Messages stream carrying an error event is audited as a fail
     const res = await t.call(key, "POST", "/v1/messages", {
       model: "claude-haiku-4-5",
       max_tokens: 1000,
+      ...(padding(2000) as object),
       messages: [{ role: "user", content: "x" }],
       stream: true,
     });
@@ -155,10 +161,10 @@ Deno.test("a native Messages stream carrying an error event is audited as a fail
       200,
     );
     assert.equal(row.error_code, "upstream_stream_failed");
-    // Billed as a stream cut there: message_start's input and 2 counted output tokens, $0.001128.
-    assert.equal(row.completion_tokens, 2);
+    // Billed as a stream cut there: message_start's input and 8 counted output tokens, $0.001152.
+    assert.equal(row.completion_tokens, 8);
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, "0.001128");
+    assert.equal(credits.total_used, "0.001152");
     assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {
@@ -177,6 +183,7 @@ Deno.test("the Anthropic SDK reaches an OpenAI model through /v1/messages, trans
       max_tokens: 1000,
       system: [{ type: "text", text: "Be brief." }],
       stop_sequences: ["END"],
+      ...(padding(2000) as object),
       messages: [{ role: "user", content: [{ type: "text", text: "hello" }] }],
     });
     assert.equal(msg.type, "message");
@@ -224,6 +231,7 @@ Deno.test("the Anthropic SDK calls tools on a Gemini model, streaming, billed fr
       model: "google/gemini-2.5-flash",
       max_tokens: 1000,
       tools,
+      ...(padding(2000) as object),
       messages: [{ role: "user", content: "Weather in Lima?" }],
     }).finalMessage();
     assert.equal(first.stop_reason, "tool_use");
@@ -241,6 +249,7 @@ Deno.test("the Anthropic SDK calls tools on a Gemini model, streaming, billed fr
       max_tokens: 1000,
       tools,
       stream: true,
+      ...(padding(2000) as object),
       messages: [
         { role: "user", content: "Weather in Lima?" },
         { role: "assistant", content: first.content },
@@ -285,6 +294,7 @@ Deno.test("/v1/messages validates its body", async () => {
     const missing = await json(
       await t.call(key, "POST", "/v1/messages", {
         model: "claude-haiku-4-5",
+        ...(padding(2000) as object),
         messages: [{ role: "user", content: "x" }],
       }),
       400,
@@ -302,21 +312,23 @@ Deno.test("a translated Messages stream whose upstream sent no usage is counted 
   try {
     const { key, mgmt } = await t.account("1");
     t.openai.scenario = { omitUsage: true, content: "abcdefgh", chunks: 2 };
-    const res = await t.call(key, "POST", "/v1/messages", {
+    const body = {
       model: "openai/gpt-4o-mini",
       max_tokens: 100,
       messages: [{ role: "user", content: "hi" }],
       stream: true,
-    });
+    };
+    const res = await t.call(key, "POST", "/v1/messages", body);
     assert.equal(res.status, 200);
     const text = await res.text();
     assert.match(text, /event: message_delta/);
     assert.match(text, /event: message_stop/);
-    // Counted: prompt 3 + 4 + ⌈len("hi") / 4⌉ + 1 (the empty system, '""') = 9 tokens;
-    // output "abcd" + "efgh" = 2 tokens → 9×0.15 + 2×0.60 = 2.55 µ$ market at gpt-4o-mini's
-    // prices, 2.04 µ$ at 20 % off.
+    // Counted with gpt-4o-mini's tokenizer: the body as sent, each output delta on its own;
+    // $0.15/M in and $0.60/M out, 20 % off.
+    const count = await encodingCounter("o200k_base");
+    const [prompt, output] = [count(JSON.stringify(body)), count("abcd") + count("efgh")];
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, "0.00000204");
+    assert.equal(credits.total_used, String((prompt * 120 + output * 480) / 1e9));
     assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json, startRouter } from "../_helpers.ts";
+import { json, padding, startRouter } from "../_helpers.ts";
+import { encodingCounter } from "../../lib/tokenizer.ts";
 
 // o3-mini list prices ($/M): input 1.10, cached input 0.55, output 4.40 (reasoning is output).
 // Usage: 2000 input tokens of which 1000 cached, 500 output tokens of which 300 reasoning.
@@ -20,7 +21,11 @@ Deno.test("the Responses API passes through and is billed with cached and reason
     const { key, mgmt } = await t.account("1");
     t.openai.scenario = { responsesUsage: USAGE };
     const client = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1` });
-    const res = await client.responses.create({ model: "openai/o3-mini", input: "hello" });
+    const res = await client.responses.create({
+      model: "openai/o3-mini",
+      input: "hello",
+      ...padding(),
+    });
     assert.equal(res.output_text, "Echo: hello");
     const usage = res.usage as unknown as Record<string, unknown>;
     assert.equal(usage.input_tokens, 2000);
@@ -47,6 +52,7 @@ Deno.test("a Responses stream bills response.completed's usage and shows its cos
       model: "o3-mini",
       input: "stream me",
       stream: true,
+      ...padding(),
     });
     let text = "";
     let usage: Record<string, unknown> | null = null;
@@ -79,19 +85,18 @@ Deno.test("a Responses stream cut mid-way is billed for what it produced, never 
     const { key, mgmt } = await t.account("1");
     // response.created and two deltas ("Echo" + ": st" of "Echo: stream me" in 4 parts), then cut.
     t.openai.scenario = { responsesUsage: USAGE, chunks: 4, stallAfter: 3 };
-    const res = await t.call(key, "POST", "/v1/responses", {
-      model: "o3-mini",
-      input: "stream me",
-      stream: true,
-    });
+    const body = { model: "o3-mini", input: "stream me", stream: true };
+    const res = await t.call(key, "POST", "/v1/responses", body);
     assert.equal(res.status, 200);
     assert.match(await res.text(), /upstream_error/);
     assert.equal(t.openai.requests.length, 1, "no retry once bytes reached the client");
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
     assert.equal(credits.reserved, "0");
-    // Counted by the router: input ≈ ⌈len('"stream me"') / 4⌉ = 3 tokens, output 2 deltas of 4
-    // characters = 2 tokens → 3×1.10 + 2×4.40 = 12.1 µ$ market, 9.68 µ$ at 20 % off.
-    assert.equal(credits.total_used, "0.00000968");
+    // Counted by the router with o3-mini's tokenizer: the body, and each of the 2 deltas
+    // → at $1.10/M in and $4.40/M out, 20 % off.
+    const count = await encodingCounter("o200k_base");
+    const [prompt, output] = [count(JSON.stringify(body)), count("Echo") + count(": st")];
+    assert.equal(credits.total_used, String((prompt * 880 + output * 3520) / 1e9));
     await t.assertBooks();
   } finally {
     await t.close();
@@ -115,13 +120,10 @@ Deno.test("a Responses stream reporting a failure (error, response.failed) is au
         responsesFailure: "response.failed" as const,
       },
     ];
+    const request = { model: "o3-mini", input: "stream me", stream: true, ...padding() };
     for (const scenario of failures) {
       t.openai.scenario = scenario;
-      const res = await t.call(key, "POST", "/v1/responses", {
-        model: "o3-mini",
-        input: "stream me",
-        stream: true,
-      });
+      const res = await t.call(key, "POST", "/v1/responses", request);
       assert.equal(res.status, 200);
       const body = await res.text();
       // Passed on as the provider sent it.
@@ -134,10 +136,13 @@ Deno.test("a Responses stream reporting a failure (error, response.failed) is au
       );
       assert.equal(row.error_code, "upstream_stream_failed", JSON.stringify(scenario));
     }
-    // Counted by the router twice (3 input, 2 output tokens: 9.68 µ$ at 20 % off, as a stream
-    // cut there), then response.failed's usage ($0.00308).
+    // Counted by the router twice (as a stream cut there), then response.failed's usage
+    // (3 080 000 nano-USD).
+    const count = await encodingCounter("o200k_base");
+    const [prompt, output] = [count(JSON.stringify(request)), count("Echo") + count(": st")];
+    const counted = prompt * 880 + output * 3520;
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, "0.00309936");
+    assert.equal(credits.total_used, String((2 * counted + 3_080_000) / 1e9));
     assert.equal(credits.reserved, "0");
     await t.assertBooks();
   } finally {
@@ -149,10 +154,11 @@ Deno.test("a continued Responses conversation holds for the stored context and b
   const t = await startRouter();
   try {
     const { key, mgmt } = await t.account("1");
-    // The upstream counts the stored turns: 150 000 input tokens from a tiny body.
-    // 150 000 × 0.15 + 100 × 0.60 = 22 560 µ$ market at gpt-4o-mini's prices; 20 % off = $0.018048.
+    // The upstream counts the stored turns: 100 000 input tokens from a tiny body (within
+    // gpt-4o-mini's context window of 128 000). 100 000 × 0.15 + 100 × 0.60 = 15 060 µ$ market
+    // at gpt-4o-mini's prices; 20 % off = $0.012048.
     t.openai.scenario = {
-      responsesUsage: { input_tokens: 150_000, output_tokens: 100 },
+      responsesUsage: { input_tokens: 100_000, output_tokens: 100 },
     };
     const res = await json(
       await t.call(key, "POST", "/v1/responses", {
@@ -163,10 +169,10 @@ Deno.test("a continued Responses conversation holds for the stored context and b
       }),
       200,
     );
-    assert.equal(res.usage.cost, 0.018048);
+    assert.equal(res.usage.cost, 0.012048);
     assert.equal(t.openai.requests[0].previous_response_id, "resp_123");
     const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.total_used, "0.018048");
+    assert.equal(credits.total_used, "0.012048");
     await t.assertBooks();
   } finally {
     await t.close();

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, padding, startRouter, type TestRouter } from "../_helpers.ts";
+import { encodingCounter } from "../../lib/tokenizer.ts";
 
 const SECRET = "prompt-text-that-must-not-leak-7f3a";
 const body = (extra: Record<string, unknown> = {}) => ({
@@ -171,12 +172,12 @@ Deno.test("a non-streaming call whose client leaves is finished by the provider 
   const t = await startRouter();
   try {
     const { key, mgmt } = await t.account("1");
-    t.openai.scenario = { delayMs: 300, usage: { prompt_tokens: 1000, completion_tokens: 200 } };
+    t.openai.scenario = { delayMs: 300, usage: { prompt_tokens: 1000, completion_tokens: 100 } };
     const ac = new AbortController();
     const req = fetch(`${t.url}/v1/chat/completions`, {
       method: "POST",
       headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-      body: JSON.stringify(body()),
+      body: JSON.stringify(body(padding())),
       signal: ac.signal,
     });
     await new Promise((r) => setTimeout(r, 100));
@@ -185,10 +186,10 @@ Deno.test("a non-streaming call whose client leaves is finished by the provider 
     const rows = await auditRows(t, mgmt, 1);
     assert.equal(t.openai.aborted, 0, "the provider's call is not abandoned");
     assert.deepEqual([rows[0].status, rows[0].error_code], [200, null]);
-    // gpt-4o-mini: 1000 × 0.15 + 200 × 0.60 = 270 µ$ market, 216 µ$ at 20 % off.
-    assert.equal(rows[0].cost, "0.000216");
+    // gpt-4o-mini: 1000 × 0.15 + 100 × 0.60 = 210 µ$ market, 168 µ$ at 20 % off.
+    assert.equal(rows[0].cost, "0.000168");
     const c = await credits(t, mgmt);
-    assert.deepEqual([c.total_used, c.reserved], ["0.000216", "0"]);
+    assert.deepEqual([c.total_used, c.reserved], ["0.000168", "0"]);
     await t.assertBooks();
   } finally {
     await t.close();
@@ -211,7 +212,10 @@ Deno.test("a stream whose upstream omits the usage chunk is counted by the route
     assert.equal(text, "abcdefghijklmnop");
     const rows = await auditRows(t, mgmt, 1);
     assert.equal(rows[0].error_code, "usage_missing");
-    assert.equal(rows[0].completion_tokens, 4, "16 characters in 4 deltas");
+    // Each of the 4 deltas counted with gpt-4o-mini's tokenizer.
+    const count = await encodingCounter("o200k_base");
+    const deltas = ["abcd", "efgh", "ijkl", "mnop"].map(count).reduce((a, b) => a + b);
+    assert.equal(rows[0].completion_tokens, deltas);
     assert.ok(rows[0].prompt_tokens > 0);
     assert.notEqual(rows[0].cost, "0");
     assert.equal((await credits(t, mgmt)).total_used, rows[0].cost);

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import Anthropic from "@anthropic-ai/sdk";
 import OpenAI from "openai";
-import { json } from "../_helpers.ts";
+import { json, padding } from "../_helpers.ts";
 import { startProviders } from "../providers/_setup.ts";
 import { lookupCatalog, priceUsage, priceWorstCase, ZERO_USAGE } from "../../lib/pricing.ts";
-import { DEFAULT_WEB_SEARCH_BOUND } from "../../lib/proxy/tokens.ts";
+import { DEFAULT_WEB_SEARCH_BOUND, Prompt } from "../../lib/proxy/tokens.ts";
 
 const WEB_SEARCH = { type: "web_search_20250305", name: "web_search" } as const;
 const hi = [{ role: "user" as const, content: "what is new?" }];
@@ -18,7 +18,8 @@ const usd = (n: bigint) => {
 Deno.test("Anthropic web searches are billed at the catalog fee, streamed or not", async () => {
   const t = await startProviders();
   try {
-    const { key, mgmt } = await t.account("1");
+    // The hold covers each search's results as input, up to a context window each.
+    const { key, mgmt } = await t.account("10");
     // claude-haiku-4-5: 1000 input × $1/M + 200 output × $5/M + 3 searches × $10/1000
     // = $0.002 + $0.03 = $0.032 market; 20 % off = $0.0256.
     t.anthropic.scenario = {
@@ -34,6 +35,7 @@ Deno.test("Anthropic web searches are billed at the catalog fee, streamed or not
     const request = {
       model: "anthropic/claude-haiku-4-5",
       max_tokens: 300,
+      ...(padding() as object),
       messages: hi,
       tools: [{ ...WEB_SEARCH, max_uses: 5 }],
     };
@@ -84,6 +86,7 @@ Deno.test("OpenAI Responses web_search_call items are billed one search each", a
       model: "openai/gpt-4o-mini",
       input: "what is new?",
       tools: [{ type: "web_search" as const }],
+      ...padding(),
     };
     const plain = await client.responses.create(request);
     assert.equal(plain.output.filter((o) => o.type === "web_search_call").length, 4);
@@ -171,7 +174,7 @@ Deno.test("a Responses stream cut after two completed web searches bills both se
 Deno.test("an Anthropic stream cut before message_delta bills the searches whose results came", async () => {
   const t = await startProviders();
   try {
-    const { key, mgmt } = await t.account("1");
+    const { key, mgmt } = await t.account("10");
     // message_start, then 5 events per search: the connection is lost after the second result.
     t.anthropic.scenario = {
       webSearches: 2,
@@ -185,6 +188,7 @@ Deno.test("an Anthropic stream cut before message_delta bills the searches whose
     const res = await t.call(key, "POST", "/v1/messages", {
       model: "anthropic/claude-haiku-4-5",
       max_tokens: 300,
+      ...padding(),
       messages: hi,
       tools: [{ ...WEB_SEARCH, max_uses: 5 }],
       stream: true,
@@ -195,7 +199,9 @@ Deno.test("an Anthropic stream cut before message_delta bills the searches whose
 
     const [row] = await auditRows(t, mgmt);
     assert.equal(row.error_code, "upstream_stream_failed");
-    assert.equal(row.prompt_tokens, 1000, "the input message_start reported");
+    // The input message_start reported, and each search's results (which came after it) at
+    // most a context window (200 000 tokens) each: no honest count of them is possible.
+    assert.equal(row.prompt_tokens, 1000 + 2 * 200_000);
     const want = priced(row, "anthropic", "claude-haiku-4-5", 2);
     assert.equal(row.cost, want.cost);
     assert.equal(row.market_cost, want.market);
@@ -207,10 +213,16 @@ Deno.test("an Anthropic stream cut before message_delta bills the searches whose
   }
 });
 
-Deno.test("the hold covers max_uses searches; more than held is capped at the balance", async () => {
+Deno.test("the hold covers max_uses searches and their results; more searches are billed as held", async () => {
   const t = await startProviders();
   try {
-    const prices = lookupCatalog("anthropic", "claude-haiku-4-5", new Date())!.prices;
+    const catalog = lookupCatalog("anthropic", "claude-haiku-4-5", new Date())!;
+    const prices = catalog.prices;
+    const haiku = {
+      adapter: { kind: "anthropic" as const },
+      catalogId: catalog.id,
+      contextWindow: catalog.contextWindow,
+    };
     const body = (maxUses: number) =>
       JSON.stringify({
         model: "anthropic/claude-haiku-4-5",
@@ -218,10 +230,13 @@ Deno.test("the hold covers max_uses searches; more than held is capped at the ba
         messages: hi,
         tools: [{ ...WEB_SEARCH, max_uses: maxUses }],
       });
-    const bound = new TextEncoder().encode(body(5)).length;
-    const hold = priceWorstCase(bound, 10, prices, 2000, 5).cost;
+    /** The hold's prompt bound: the body's bytes, the tool prompts, a context window a search. */
+    const bound = (raw: string, searches: number) =>
+      new Prompt(raw, JSON.parse(raw)).bound([haiku], searches);
+    assert.ok(bound(body(5), 5) > 5 * 200_000);
+    const hold = priceWorstCase(bound(body(5), 5), 10, prices, 2000, 5).cost;
     // 5 searches at $10/1000, 20 % off: $0.04 of the hold.
-    assert.equal(hold - priceWorstCase(bound, 10, prices, 2000).cost, 40_000_000n);
+    assert.equal(hold - priceWorstCase(bound(body(5), 5), 10, prices, 2000).cost, 40_000_000n);
 
     // A nano-dollar short of the hold: refused before the provider is called.
     const short = await t.account(usd(hold - 1n));
@@ -231,7 +246,7 @@ Deno.test("the hold covers max_uses searches; more than held is capped at the ba
     assert.equal(t.anthropic.requests.length, 0);
 
     // Exactly the hold: served. The provider reports 7 searches, more than max_uses allows
-    // (and more than held): the charge stops at the balance left, never below zero.
+    // (and more than held): 5 are billed and shown, the figure the hold was priced at.
     t.anthropic.scenario = {
       usage: {
         input_tokens: 20,
@@ -241,9 +256,15 @@ Deno.test("the hold covers max_uses searches; more than held is capped at the ba
     };
     const exact = await t.account(usd(hold));
     const served = await json(await t.call(exact.key, "POST", "/v1/messages", body(5)), 200);
-    assert.equal(served.usage.server_tool_use.web_search_requests, 7);
+    assert.equal(served.usage.server_tool_use.web_search_requests, 5);
+    const charged = priceUsage(
+      { ...ZERO_USAGE, prompt: 20, completion: 10, webSearches: 5 },
+      prices,
+      2000,
+    );
+    assert.equal(served.usage.cost, Number(charged.cost) / 1e9);
     const credits = await json(await t.call(exact.mgmt, "GET", "/v1/credits"), 200);
-    assert.equal(credits.balance, "0");
+    assert.equal(credits.balance, usd(hold - charged.cost));
     assert.equal(credits.reserved, "0");
 
     // Without max_uses the default bound is held.
@@ -254,7 +275,7 @@ Deno.test("the hold covers max_uses searches; more than held is capped at the ba
       tools: [WEB_SEARCH],
     });
     const holdNone = priceWorstCase(
-      new TextEncoder().encode(none).length,
+      bound(none, DEFAULT_WEB_SEARCH_BOUND),
       10,
       prices,
       2000,
@@ -262,6 +283,8 @@ Deno.test("the hold covers max_uses searches; more than held is capped at the ba
     ).cost;
     const low = await t.account(usd(holdNone - 1n));
     await json(await t.call(low.key, "POST", "/v1/messages", none), 402);
+    const enough = await t.account(usd(holdNone));
+    await json(await t.call(enough.key, "POST", "/v1/messages", none), 200);
     await t.assertBooks();
   } finally {
     await t.close();

@@ -288,8 +288,8 @@ const STREAM_FAILED = { error: STREAM_FAILURE };
 /**
  * A Gemini `streamGenerateContent?alt=sse` stream → OpenAI chat chunks, event by event. An error
  * event ends it with the router's error (never Gemini's message) and no usage chunk: the router
- * then bills the input Gemini reported (`onInput`) and counts the output streamed, audited as a
- * failed stream.
+ * then bills the running usage Gemini reported last (`onInput`: the input, and the output so far
+ * where it counts it), or counts the output streamed, audited as a failed stream.
  */
 function streamFromGemini(
   src: ReadableStream<Uint8Array>,
@@ -325,11 +325,9 @@ function streamFromGemini(
       opened.add(0);
     }
     if (data.usageMetadata) {
-      if (!usage) {
-        const u = readGeminiUsage(data.usageMetadata, new UsageReader());
-        onInput?.({ ...u, completion: 0, reasoning: 0 });
-      }
-      usage = data.usageMetadata; // each event repeats the running totals
+      // Each event repeats the running totals: a stream cut before its end bills the latest.
+      onInput?.(readGeminiUsage(data.usageMetadata, new UsageReader()));
+      usage = data.usageMetadata;
     }
     if (arr(data.candidates).length === 0 && obj(data.promptFeedback).blockReason) {
       // A blocked prompt has no candidate: finish as OpenAI does for filtered content.
