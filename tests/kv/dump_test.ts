@@ -77,19 +77,26 @@ async function rewrite(
   await Deno.writeTextFile(to, lines.join("\n") + "\n");
 }
 
+/** Books written through the router into `dir`/source.kv (with `more` after), exported. */
+async function exportedBooks(dir: string, more?: (kv: Deno.Kv) => Promise<void>) {
+  const source = `${dir}/source.kv`;
+  const t = await startRouter({ kvPath: source });
+  try {
+    await populateBooks(t);
+    await more?.(t.kv);
+  } finally {
+    await t.close();
+  }
+  const dump = `${dir}/books.jsonl`;
+  const exported = await task("export", ["--kv", source, "--out", dump]);
+  assert.equal(exported.code, 0, exported.stderr);
+  return { source, dump };
+}
+
 Deno.test("kv:export then kv:import into a fresh KV: every durable entry identical, books verified", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const source = `${dir}/source.kv`;
-    const t = await startRouter({ kvPath: source });
-    try {
-      await populateBooks(t);
-    } finally {
-      await t.close();
-    }
-    const dump = `${dir}/books.jsonl`;
-    const exported = await task("export", ["--kv", source, "--out", dump]);
-    assert.equal(exported.code, 0, exported.stderr);
+    const { source, dump } = await exportedBooks(dir);
     const lines = (await Deno.readTextFile(dump)).trimEnd().split("\n");
     assert.deepEqual(JSON.parse(lines[0]).schema_version, SCHEMA_VERSION);
     assert.ok(JSON.parse(lines.at(-1)!).end);
@@ -168,18 +175,11 @@ Deno.test("kv:import refuses a KV that is not empty unless --force, and writes n
 Deno.test("kv:import refuses an altered, cut or newer file before writing anything", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const source = `${dir}/source.kv`;
-    const t = await startRouter({ kvPath: source });
-    try {
-      await populateBooks(t);
-      // More than one atomic's worth before the ledger lines: a check made while writing would
-      // come too late.
-      for (let i = 0; i < 20; i++) await t.kv.set(["bulk", i], "x".repeat(60_000));
-    } finally {
-      await t.close();
-    }
-    const dump = `${dir}/books.jsonl`;
-    assert.equal((await task("export", ["--kv", source, "--out", dump])).code, 0);
+    // More than one atomic's worth before the ledger lines: a check made while writing would come
+    // too late.
+    const { dump } = await exportedBooks(dir, async (kv) => {
+      for (let i = 0; i < 20; i++) await kv.set(["bulk", i], "x".repeat(60_000));
+    });
     const ledgerLine = (lines: string[]) => lines.findIndex((l) => l.startsWith('{"k":["ledger"'));
     const cases: [string, (lines: string[]) => string[], boolean, RegExp][] = [
       [

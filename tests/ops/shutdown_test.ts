@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ADMIN_TOKEN, json } from "../_helpers.ts";
-import { startFakeOpenAI } from "../_fakes/openai.ts";
+import { type Scenario, startFakeOpenAI } from "../_fakes/openai.ts";
 import { spawnRouter } from "../_main.ts";
 import { verifyBooks } from "../../lib/billing/accounts.ts";
 import { parseUsd } from "../../lib/money.ts";
@@ -78,22 +78,40 @@ async function ledgerOf(kvPath: string, accountId: string) {
   }
 }
 
-Deno.test("SIGTERM during 20 open streams: /readyz 503 at once, each stream finishes and is billed, exit 0", async () => {
+/** A router process on a KV file, its fake OpenAI streaming `chunks` chunks `chunkDelayMs` apart. */
+async function streamingRouter(scenario: Scenario, env: Record<string, string> = {}) {
   const dir = await Deno.makeTempDir();
   const openai = startFakeOpenAI();
-  // Each stream runs about two seconds: all of them are open when the signal comes.
-  openai.scenario = {
-    usage: { prompt_tokens: 20, completion_tokens: 10 },
-    chunks: 20,
-    chunkDelayMs: 100,
-  };
+  openai.scenario = { usage: { prompt_tokens: 20, completion_tokens: 10 }, ...scenario };
   const kvPath = `${dir}/router.kv`;
+  const cleanUp = async () => {
+    await openai.close();
+    await Deno.remove(dir, { recursive: true });
+  };
   const router = await spawnRouter({
     KV_PATH: kvPath,
     ADMIN_TOKEN,
     OPENAI_API_KEY: "sk-upstream-test",
     OPENAI_BASE_URL: openai.url,
+    ...env,
+  }).catch(async (e) => {
+    await cleanUp();
+    throw e;
   });
+  return {
+    router,
+    kvPath,
+    async close() {
+      await router.stop("SIGKILL");
+      await cleanUp();
+    },
+  };
+}
+
+Deno.test("SIGTERM during 20 open streams: /readyz 503 at once, each stream finishes and is billed, exit 0", async () => {
+  // Each stream runs about two seconds: all of them are open when the signal comes.
+  const setup = await streamingRouter({ chunks: 20, chunkDelayMs: 100 });
+  const { router, kvPath } = setup;
   try {
     const { accountId, key } = await setUp(router.url);
     const streams = await Promise.all(
@@ -135,29 +153,16 @@ Deno.test("SIGTERM during 20 open streams: /readyz 503 at once, each stream fini
     assert.deepEqual(books.differences, []);
     assert.ok(books.ok);
   } finally {
-    await router.stop("SIGKILL");
-    await openai.close();
-    await Deno.remove(dir, { recursive: true });
+    await setup.close();
   }
 });
 
 Deno.test("SIGTERM with a stream outlasting SHUTDOWN_GRACE_MS: the process exits 0 at the deadline, books intact", async () => {
-  const dir = await Deno.makeTempDir();
-  const openai = startFakeOpenAI();
   // A stream of more than three minutes: only the deadline ends the process before it.
-  openai.scenario = {
-    usage: { prompt_tokens: 20, completion_tokens: 10 },
-    chunks: 1000,
-    chunkDelayMs: 200,
-  };
-  const kvPath = `${dir}/router.kv`;
-  const router = await spawnRouter({
-    KV_PATH: kvPath,
-    ADMIN_TOKEN,
-    OPENAI_API_KEY: "sk-upstream-test",
-    OPENAI_BASE_URL: openai.url,
+  const setup = await streamingRouter({ chunks: 1000, chunkDelayMs: 200 }, {
     SHUTDOWN_GRACE_MS: "300",
   });
+  const { router, kvPath } = setup;
   try {
     const { key } = await setUp(router.url);
     const stream = await openStream(router.url, key);
@@ -177,8 +182,6 @@ Deno.test("SIGTERM with a stream outlasting SHUTDOWN_GRACE_MS: the process exits
     assert.deepEqual(books.differences, []);
     assert.equal(books.pending_events, 0);
   } finally {
-    await router.stop("SIGKILL");
-    await openai.close();
-    await Deno.remove(dir, { recursive: true });
+    await setup.close();
   }
 });
