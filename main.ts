@@ -57,11 +57,12 @@ Deno.cron("audit retention", "17 * * * *", async () => {
 if (config.adminTokenGenerated) {
   console.log(`development admin token (shown once): ${config.adminToken}`);
 }
+const providerNames = providers.names();
 consoleLogger("info", "starting", {
   billing_mode: config.billingMode,
   kv: config.kvPath ?? "deno-deploy",
   outbox_delivery: config.outboxDelivery,
-  providers: providers.names(),
+  providers: providerNames,
 });
 if (config.billingMode === "production" && config.stripeWebhookSecrets.length === 0) {
   consoleLogger(
@@ -69,7 +70,7 @@ if (config.billingMode === "production" && config.stripeWebhookSecrets.length ==
     "STRIPE_WEBHOOK_SECRET is unset: paid Checkout Sessions cannot be credited",
   );
 }
-if (providers.names().length === 0) {
+if (providerNames.length === 0) {
   consoleLogger(
     "warn",
     "no provider is configured: set OPENAI_API_KEY (or another provider's key)",

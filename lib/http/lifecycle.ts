@@ -73,9 +73,13 @@ export class Lifecycle {
       if (--this.#inFlight === 0) { for (const wake of this.#idle.splice(0)) wake(); }
     };
     // Settles once the whole response, a stream's last byte included, is sent or the client left.
-    info.completed.then(finish, finish);
+    // A runtime without it (an older Deno) counts the request until its handler answers.
+    const completed = info.completed as Promise<void> | undefined;
+    completed?.then(finish, finish);
     try {
-      return await this.#handler(req, info);
+      const res = await this.#handler(req, info);
+      if (!completed) finish();
+      return res;
     } catch (e) {
       finish();
       throw e;

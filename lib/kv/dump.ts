@@ -6,7 +6,8 @@
  */
 import { createHash } from "node:crypto";
 import { decodeKey, decodeValue, encodeKey, encodeValue, serializedBound } from "./codec.ts";
-import { EPHEMERAL_PREFIXES, SCHEMA_VERSION_KEY } from "./schema.ts";
+import { EPHEMERAL_PREFIXES } from "./schema.ts";
+import { schemaVersion } from "./migrate.ts";
 import { commitRetrying, keyBytes, KV_LIMITS } from "./util.ts";
 
 export const DUMP_FORMAT = "enterprise-router-kv";
@@ -48,11 +49,10 @@ export async function exportKv(
       chunk = "";
     }
   };
-  const schemaVersion = (await kv.get<number>(SCHEMA_VERSION_KEY)).value ?? 0;
   const header: DumpHeader = {
     format: DUMP_FORMAT,
     version: DUMP_VERSION,
-    schema_version: schemaVersion,
+    schema_version: await schemaVersion(kv),
     exported_at: new Date().toISOString(),
   };
   await line(JSON.stringify(header));
@@ -69,7 +69,7 @@ export async function exportKv(
     entries++;
   }
   await write(chunk + JSON.stringify({ end: true, entries, sha256: hash.digest("hex") }) + "\n");
-  return { entries, schema_version: schemaVersion };
+  return { entries, schema_version: header.schema_version };
 }
 
 /** The lines of a file, each at most MAX_LINE_CHARS, as UTF-8 text (anything else is refused). */
