@@ -1,18 +1,22 @@
-/** The composition root: configuration, KV, background work, and the HTTP server. */
+/** The composition root: configuration, KV, migrations, background work, and the HTTP server. */
 import { ConfigError, loadConfig } from "./lib/config.ts";
-import { createApp } from "./lib/app.ts";
-import { readProvidersFile } from "./lib/providers/registry.ts";
+import { createApp, type Router } from "./lib/app.ts";
+import { Providers, readProvidersFile } from "./lib/providers/registry.ts";
 import { warmUsageDigests } from "./lib/usage/warm.ts";
 import { consoleLogger } from "./lib/log.ts";
 import { pruneAudit } from "./lib/audit/query.ts";
 import { trustingProxies } from "./lib/http/client_addr.ts";
+import { Lifecycle } from "./lib/http/lifecycle.ts";
+import { migrateSchema } from "./lib/migrations.ts";
 
-let router;
+let router: Router | undefined;
 let config;
 let kv: Deno.Kv;
+let providers: Providers;
 try {
   config = loadConfig(Deno.env.toObject());
   const providersFile = await readProvidersFile(config.providersFile);
+  providers = new Providers(config, providersFile, Deno.env.toObject());
   try {
     if (config.kvPath && config.kvPath !== ":memory:") {
       const dir = config.kvPath.replace(/[^/]*$/, "");
@@ -24,7 +28,6 @@ try {
       `KV_PATH: cannot open ${config.kvPath ?? "the deployment's KV"}: ${(e as Error).message}`,
     );
   }
-  router = createApp({ kv, config, providersFile, env: Deno.env.toObject() });
 } catch (e) {
   if (e instanceof ConfigError) {
     console.error(`configuration error: ${e.message}`);
@@ -35,35 +38,36 @@ try {
 
 // Deno Deploy runs crons registered at the top level, before serving; the sweep records usage
 // events whose delivery was lost and releases holds of requests that died with their process.
+// Each waits for the start (migrations) to be done.
 Deno.cron("outbox and hold sweep", "* * * * *", async () => {
-  await router.svc.background.sweep();
+  await router?.svc.background.sweep();
 });
 
 // Customer webhooks: events to fan out and attempts due, where no queue or timer woke them.
 Deno.cron("webhook deliveries", "* * * * *", async () => {
-  await router.svc.webhooks.sweep();
+  await router?.svc.webhooks.sweep();
 });
 
 // After midnight UTC, yesterday becomes a closed day: digest it before customers look.
 Deno.cron("usage digests", "7 0 * * *", async () => {
-  await warmUsageDigests(kv);
+  if (router) await warmUsageDigests(kv);
 });
 
 // Audit retention: rows older than AUDIT_RETENTION_DAYS go (with their index); the ledger stays.
 Deno.cron("audit retention", "17 * * * *", async () => {
-  if (config.auditRetentionDays === null) return;
+  if (!router || config.auditRetentionDays === null) return;
   await pruneAudit(kv, Date.now() - config.auditRetentionDays * 86_400_000);
 });
 
 if (config.adminTokenGenerated) {
   console.log(`development admin token (shown once): ${config.adminToken}`);
 }
-const providers = router.svc.providers.names();
+const providerNames = providers.names();
 consoleLogger("info", "starting", {
   billing_mode: config.billingMode,
   kv: config.kvPath ?? "deno-deploy",
   outbox_delivery: config.outboxDelivery,
-  providers,
+  providers: providerNames,
 });
 if (config.billingMode === "production" && config.stripeWebhookSecrets.length === 0) {
   consoleLogger(
@@ -71,13 +75,15 @@ if (config.billingMode === "production" && config.stripeWebhookSecrets.length ==
     "STRIPE_WEBHOOK_SECRET is unset: paid Checkout Sessions cannot be credited",
   );
 }
-if (providers.length === 0) {
+if (providerNames.length === 0) {
   consoleLogger(
     "warn",
     "no provider is configured: set OPENAI_API_KEY (or another provider's key)",
   );
 }
 
+// Listening from the start: /healthz answers and /readyz says 503 until migrations are done.
+const lifecycle = new Lifecycle();
 // Deno Deploy chooses the address itself unless one is configured explicitly.
 const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
 const explicitAddress = Deno.env.get("PORT") !== undefined ||
@@ -88,7 +94,7 @@ try {
     ...(onDeploy && !explicitAddress ? {} : { port: config.port, hostname: config.listenHost }),
     onListen: ({ hostname, port }) =>
       consoleLogger("info", "listening", { url: `http://${hostname}:${port}` }),
-  }, trustingProxies(router.app.fetch, config.trustedProxies));
+  }, lifecycle.fetch);
 } catch (e) {
   // A port taken or refused is PORT's; an address this machine does not have is LISTEN_HOST's.
   const name = e instanceof Deno.errors.AddrInUse || e instanceof Deno.errors.PermissionDenied
@@ -104,11 +110,46 @@ try {
   Deno.exit(1);
 }
 
+const starting = new AbortController();
+const started = (async () => {
+  await migrateSchema(kv, { log: consoleLogger, signal: starting.signal });
+  starting.signal.throwIfAborted();
+  router = createApp({ kv, config, providers });
+  lifecycle.ready(trustingProxies(router.app.fetch, config.trustedProxies));
+  consoleLogger("info", "ready");
+})();
+started.catch((e) => {
+  if (starting.signal.aborted) return; // the shutdown below exits
+  console.error(`start failed: ${e instanceof Error ? e.message : String(e)}`);
+  Deno.exit(1);
+});
+
 const shutdown = async () => {
-  await server.shutdown();
-  await router.close();
+  if (lifecycle.state === "draining") return;
+  // /readyz answers 503 from here on, and new requests a retryable 503.
+  const drained = lifecycle.drain(config.shutdownGraceMs);
+  consoleLogger("info", "draining", { in_flight: lifecycle.inFlight });
+  starting.abort();
+  await started.catch(() => {});
+  // A stream still running at the deadline is cut by the exit (its hold expires unbilled) until a
+  // stream registry ends it billed with an error event: it plugs in as `drain`'s endStreamsAtDeadline.
+  const { left } = await drained;
+  if (left > 0) consoleLogger("warn", "requests cut at the shutdown deadline", { requests: left });
+  else await server.shutdown();
+  let code = 0;
+  try {
+    if (router) {
+      // Stops background work (and hands back what the process holds), then records every usage
+      // event still in the outbox.
+      await router.close();
+      await router.flush();
+    }
+  } catch (e) {
+    consoleLogger("error", "shutdown failed", { error: String(e) });
+    code = 1;
+  }
   kv.close();
-  Deno.exit(0);
+  Deno.exit(code);
 };
 Deno.addSignalListener("SIGINT", shutdown);
 Deno.addSignalListener("SIGTERM", shutdown);

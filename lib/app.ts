@@ -27,6 +27,8 @@ export interface AppDeps {
   kv: Deno.Kv;
   config: Config;
   providersFile?: ProvidersFile | null;
+  /** The providers, built already (main.ts builds them before listening); else from the file. */
+  providers?: Providers;
   /** Environment for provider key variables named in PROVIDERS_FILE. */
   env?: Record<string, string | undefined>;
   fetch?: typeof fetch;
@@ -75,7 +77,7 @@ export function createApp(deps: AppDeps): Router {
   const svc: Services = {
     kv,
     config,
-    providers: new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
+    providers: deps.providers ?? new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
     actors,
     keys: new KeyResolver(kv),
     background,

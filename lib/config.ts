@@ -39,6 +39,8 @@ export interface Config {
   outboxDelivery: "queue" | "drainer";
   /** How long an unsettled hold lives before the sweeper releases it. */
   holdTtlMs: number;
+  /** How long SIGTERM/SIGINT waits for the requests and streams in flight. */
+  shutdownGraceMs: number;
   /** The credit packages offered for purchase. */
   packages: CreditPackage[];
   /** Audit rows older than this many days are deleted (the ledger never is); null keeps all. */
@@ -124,6 +126,7 @@ const schema = z.object({
   PUBLIC_URL: url.optional(),
   OUTBOX_DELIVERY: z.enum(["auto", "queue", "drainer"]).default("auto"),
   HOLD_TTL_MS: int(1000, 86_400_000).optional(),
+  SHUTDOWN_GRACE_MS: int(0, 3_600_000).default(30_000),
   CREDIT_PACKAGES: z.string().optional(),
   AUDIT_RETENTION_DAYS: int(1, 36_500).optional(),
   TRUSTED_PROXIES: proxyList.optional(),
@@ -184,6 +187,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       ? (onDeploy ? "drainer" : "queue")
       : e.OUTBOX_DELIVERY,
     holdTtlMs: e.HOLD_TTL_MS ?? Math.max(2 * e.UPSTREAM_TIMEOUT_MS, 600_000),
+    shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     packages: loadPackages(e.CREDIT_PACKAGES),
     auditRetentionDays: e.AUDIT_RETENTION_DAYS ?? null,
     trustedProxies: e.TRUSTED_PROXIES ?? [],

@@ -8,6 +8,7 @@ import { serveLoopback } from "./_fakes/serve.ts";
 import { trustingProxies } from "../lib/http/client_addr.ts";
 import { signUp } from "../lib/auth/users.ts";
 import { adminTokenTag, createSession, SESSION_COOKIE } from "../lib/auth/sessions.ts";
+import { migrateSchema } from "../lib/migrations.ts";
 
 export const ADMIN_TOKEN = "test-admin-token-0123456789";
 
@@ -74,6 +75,8 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
   };
   const config = loadConfig(env);
   const kv = await Deno.openKv(config.kvPath);
+  // As main.ts starts: the schema brought to this build's before anything is served.
+  await migrateSchema(kv, { log: silentLogger });
   const router = createApp({
     kv: opts.wrapKv?.(kv) ?? kv,
     config,

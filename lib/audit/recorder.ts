@@ -1,8 +1,9 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
-import { approxBytes, clip, getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
+import { approxBytes, clip, getAll, isLocked, keyBytes, KV_LIMITS, sleep } from "../kv/util.ts";
 import { idFloor } from "../ids.ts";
 import { encodeAuditRow } from "./row.ts";
 import { notePending, pendingKeyBytes, PendingRollups, pendingRowBytes } from "../usage/compact.ts";
+import { countLedger, ledgerTotalKeyBytes } from "../billing/totals.ts";
 import {
   type AuditRow,
   type LedgerEntry,
@@ -14,10 +15,12 @@ import {
 // Deno KV's limits per atomic. The key and value sizes counted are upper bounds (keyBytes,
 // approxBytes), so the limits themselves are the bounds. Events of many accounts bring up to 96
 // rollup counters each, so key bytes often bind first.
-const MAX_CHECKS = 100;
-const MAX_MUTATIONS = 1000;
-const MAX_KEY_BYTES = 81_920;
-const MAX_BYTES = 800 * 1024;
+const {
+  checks: MAX_CHECKS,
+  mutations: MAX_MUTATIONS,
+  keyBytes: MAX_KEY_BYTES,
+  bytes: MAX_BYTES,
+} = KV_LIMITS;
 
 /**
  * The audit row of an event: its request facts, timed. Its free text is clipped (the router keeps
@@ -140,6 +143,8 @@ export async function recordEvents(
       const atomic = kv.atomic();
       // One pending rollup entry per account of the atomic (lib/usage/compact.ts folds them).
       const rollups = new PendingRollups();
+      // Σ debits of each account of the atomic: one `sum` on its ledger total.
+      const debited = new Map<string, bigint>();
       const group: Deno.KvEntry<UsageEvent>[] = [];
       // Each event's audit, audit id and ledger keys and its audit row, made once for sizing and
       // for writing.
@@ -167,6 +172,10 @@ export async function recordEvents(
             added++;
             bytes += pendingKeyBytes(e.account_id);
           }
+          if (debits(e) && !debited.has(e.account_id)) {
+            added++;
+            bytes += ledgerTotalKeyBytes(e.account_id);
+          }
           // Values: the audit row (stored as its bytes, so counted exactly), the audit id's time, the
           // ledger row (smaller than the event), the counters.
           const row = auditBytesOf(e);
@@ -181,6 +190,7 @@ export async function recordEvents(
           keyTotal += bytes;
           byteTotal += bytes + valueBytes;
           if (e.billed) rollups.add(e);
+          if (debits(e)) debited.set(e.account_id, (debited.get(e.account_id) ?? 0n) + e.cost);
           group.push(entries[i]);
           keys.push(k);
           rows.push(row);
@@ -193,6 +203,7 @@ export async function recordEvents(
           atomic.set(auditId, e.ts);
           if (debits(e)) atomic.set(ledger, ledgerRowOf(e));
         });
+        for (const [account, cost] of debited) countLedger(atomic, account, -cost);
         const accounts = rollups.write(atomic);
         let res: Deno.KvCommitResult | Deno.KvCommitError;
         try {

@@ -1,15 +1,10 @@
 import { newId } from "../ids.ts";
-import { accountKey, balanceKey, HOLD_PREFIX } from "../kv/schema.ts";
+import { accountKey, balanceKey, HOLD_PREFIX, ledgerTotalsCompleteKey } from "../kv/schema.ts";
 import { commitRetrying, getAll } from "../kv/util.ts";
 import { createKey } from "../auth/keys.ts";
 import { pendingOutbox } from "../audit/recorder.ts";
-import {
-  type Account,
-  type BalanceState,
-  EMPTY_BALANCE,
-  type Hold,
-  type LedgerEntry,
-} from "./types.ts";
+import { ledgerTotals, sumLedger } from "./totals.ts";
+import { type Account, type BalanceState, EMPTY_BALANCE, type Hold } from "./types.ts";
 
 /**
  * Creates an account, its balance record and its first management key in one atomic; `extra`
@@ -29,7 +24,9 @@ export async function createAccount(
   const atomic = kv.atomic()
     .check({ key: accountKey(account.id), versionstamp: null })
     .set(accountKey(account.id), account)
-    .set(balanceKey(account.id), EMPTY_BALANCE);
+    .set(balanceKey(account.id), EMPTY_BALANCE)
+    // No ledger row yet: its totals (none, read as 0) count every row from the start.
+    .set(ledgerTotalsCompleteKey(account.id), Date.now());
   const { secret } = await createKey(
     kv,
     account.id,
@@ -64,13 +61,18 @@ export interface BooksDifference {
   ledger_sum: bigint;
   reserved: bigint;
   holds_sum: bigint;
+  /** With `scan`: the account's ledger totals when they disagree with its rows. */
+  ledger_totals?: bigint;
 }
 
 /**
  * Checks the books of every account: balance = Σ ledger − usage debits still in the outbox, and
- * reserved = Σ open holds.
+ * reserved = Σ open holds. Σ ledger is read from the account's running totals (lib/billing/
+ * totals.ts); its rows are summed instead for an account without complete totals, and for one whose
+ * totals disagree with its balance, so only the rows can fail the check. With `scan`, every
+ * account's rows are summed, and totals that disagree with them are a difference too.
  */
-export async function verifyBooks(kv: Deno.Kv) {
+export async function verifyBooks(kv: Deno.Kv, opts: { scan?: boolean } = {}) {
   const { count, debitsByAccount } = await pendingOutbox(kv);
   const holds = new Map<string, bigint>();
   for await (const e of kv.list<Hold>({ prefix: HOLD_PREFIX })) {
@@ -79,20 +81,25 @@ export async function verifyBooks(kv: Deno.Kv) {
   }
   const differences: BooksDifference[] = [];
   const accounts = await listAccounts(kv);
-  for (const { account, balance } of accounts) {
-    let ledger = 0n;
-    for await (const e of kv.list<LedgerEntry>({ prefix: ["ledger", account.id] })) {
-      ledger += e.value.amount;
+  const totals = await ledgerTotals(kv, accounts.map((a) => a.account.id));
+  for (const [i, { account, balance }] of accounts.entries()) {
+    const pending = debitsByAccount.get(account.id) ?? 0n;
+    const total = totals[i];
+    let ledger = total;
+    if (ledger === null || opts.scan || ledger - pending !== balance.balance) {
+      ledger = await sumLedger(kv, account.id);
     }
-    const ledgerSum = ledger - (debitsByAccount.get(account.id) ?? 0n);
+    const ledgerSum = ledger - pending;
     const holdsSum = holds.get(account.id) ?? 0n;
-    if (ledgerSum !== balance.balance || holdsSum !== balance.reserved) {
+    const drift = opts.scan && total !== null && total !== ledger;
+    if (ledgerSum !== balance.balance || holdsSum !== balance.reserved || drift) {
       differences.push({
         account_id: account.id,
         balance: balance.balance,
         ledger_sum: ledgerSum,
         reserved: balance.reserved,
         holds_sum: holdsSum,
+        ...(drift ? { ledger_totals: total } : {}),
       });
     }
   }

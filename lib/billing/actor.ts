@@ -3,6 +3,7 @@ import { approxBytes, getAll, isLocked, keyBytes, keyString, sleep } from "../kv
 import { newId } from "../ids.ts";
 import { checkKey } from "../auth/keys.ts";
 import { countRequest, currentSpend, rateLimitWait, rateWindow } from "./periods.ts";
+import { countLedger } from "./totals.ts";
 import {
   type ApiKey,
   type BalanceState,
@@ -640,6 +641,7 @@ export class AccountActors {
             ...(op.receipt_url ? { receipt_url: op.receipt_url } : {}),
           };
           atomic.set(ledgerKey(accountId, now, entry.id), entry);
+          countLedger(atomic, accountId, op.amount);
           if (op.event) emitEvent(atomic, op.event(entry), this.#opts.delivery);
           if (op.once && ks !== null) {
             const stored = op.once.value(entry);
@@ -788,8 +790,9 @@ function fitBatch(accountId: string, queue: Pending[], room: Room, first: boolea
         b += HOLD_BYTES;
         break;
       case "credit":
-        m += 1;
-        kb += 64 + accountBytes;
+        // The ledger row and its account's total.
+        m += 2;
+        kb += 2 * (64 + accountBytes);
         b += LEDGER_BYTES + op.description.length * 3 + (op.reference?.length ?? 0) * 3 +
           (op.receipt_url?.length ?? 0) * 3;
         if (op.event) {

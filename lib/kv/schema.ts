@@ -5,6 +5,7 @@
 
 /** ["account", accountId] → Account */
 export const accountKey = (id: string) => ["account", id] as const;
+export const ACCOUNT_PREFIX = ["account"] as const;
 /** ["balance", accountId] → BalanceState: the only record a balance changes in (check-and-set). */
 export const balanceKey = (accountId: string) => ["balance", accountId] as const;
 /** ["hold", accountId, holdId] → Hold: one open reservation; Σ amounts = BalanceState.reserved. */
@@ -26,6 +27,21 @@ export const OUTBOX_PREFIX = ["outbox"] as const;
 /** ["ledger", accountId, createdMs, entryId] → LedgerEntry, append-only. */
 export const ledgerKey = (accountId: string, ms: number, id: string) =>
   ["ledger", accountId, ms, id] as const;
+/** ["ledger", accountId] → every ledger entry of one account, oldest first. */
+export const ledgerPrefix = (accountId: string) => ["ledger", accountId] as const;
+/**
+ * ["ledger_total", accountId, "credit" | "debit"] → Deno.KvU64: Σ positive and Σ negated negative
+ * ledger amounts of the account (modulo 2^64), added with `sum` in the atomic writing each ledger
+ * row, so the books check reads two counters instead of every row.
+ */
+export const ledgerTotalKey = (accountId: string, side: "credit" | "debit") =>
+  ["ledger_total", accountId, side] as const;
+/**
+ * ["ledger_total", accountId, "complete"] → epoch ms: the two totals count every ledger row of the
+ * account since then (its creation, or the back-fill of an account older than the totals).
+ */
+export const ledgerTotalsCompleteKey = (accountId: string) =>
+  ["ledger_total", accountId, "complete"] as const;
 /**
  * ["audit", accountId, timestampMs, requestId] → Uint8Array: the AuditRow as its CSV export line
  * then its error code (lib/audit/row.ts), so the export copies the bytes as stored.
@@ -163,3 +179,21 @@ export const WEBHOOK_DUE_PREFIX = ["webhook_due"] as const;
  */
 export const statementCloseKey = (accountId: string, month: string) =>
   ["statement_close", accountId, month] as const;
+/** ["meta", "schema_version"] → number: the last migration applied (lib/migrations.ts); none is 0. */
+export const SCHEMA_VERSION_KEY = ["meta", "schema_version"] as const;
+/**
+ * ["meta", "migration_lock"] → MigrationLock: the process running migrations, until `expires_ms`
+ * (renewed while it runs).
+ */
+export const MIGRATION_LOCK_KEY = ["meta", "migration_lock"] as const;
+
+/**
+ * Prefixes of entries that are not moved between KVs (`deno task kv:export` leaves them out):
+ * dashboard sessions (everyone signs in again), sign-in rate windows, the migration lock.
+ */
+export const EPHEMERAL_PREFIXES: readonly Deno.KvKey[] = [
+  ["session"],
+  ["signin_attempts"],
+  ["signin_failures"],
+  MIGRATION_LOCK_KEY,
+];

@@ -155,6 +155,8 @@ Deno.test("a newcomer follows README: start, account, credit, SDK calls, books a
     assert.equal(starting.kv, kvPath);
     assert.deepEqual(starting.providers, ["openai"]);
     assert.equal(out.lines.filter((l) => l.includes(admin)).length, 1, "the token is shown once");
+    // README: requests are served once it says "ready" (migrations done; /readyz 503 before).
+    await out.waitFor(/^{.*"msg":"ready".*}$/, 60_000);
 
     // README's curl commands: `curl -s URL -H "authorization: Bearer …" -d '…'` is a POST with
     // curl's default form content type, and the router reads the body as JSON regardless.

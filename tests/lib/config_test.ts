@@ -26,8 +26,11 @@ Deno.test("values are parsed exactly", () => {
     OPENAI_BASE_URL: "http://127.0.0.1:9/v1///",
     HOLD_TTL_MS: "2000",
     ADMIN_TOKEN: "0123456789abcdef",
+    SHUTDOWN_GRACE_MS: "0",
   });
   assert.equal(c.port, 0);
+  assert.equal(c.shutdownGraceMs, 0);
+  assert.equal(loadConfig({}).shutdownGraceMs, 30_000);
   assert.equal(c.discountBps, 1250);
   assert.equal(c.openai.baseUrl, "http://127.0.0.1:9/v1");
   assert.equal(c.holdTtlMs, 2000);
@@ -53,6 +56,8 @@ Deno.test("a bad value is one line naming the variable", () => {
       ["OPENAI_BASE_URL", "ftp://example.com"],
       ["OUTBOX_DELIVERY", "smoke"],
       ["HOLD_TTL_MS", "10"],
+      ["SHUTDOWN_GRACE_MS", "-1"],
+      ["SHUTDOWN_GRACE_MS", "3600001"],
       ["TRUSTED_PROXIES", "10.0.0.1,proxy.internal"],
       ["TRUSTED_PROXIES", "10.0.0.0/33"],
       ["TRUSTED_PROXIES", "10.0.0.256"],
@@ -150,6 +155,7 @@ Deno.test("main.ts starts with every variable at the edge of what it accepts", a
         UPSTREAM_TIMEOUT_MS: "1",
         HOLD_TTL_MS: "1000",
         AUDIT_RETENTION_DAYS: "1",
+        SHUTDOWN_GRACE_MS: "3600000",
         DISCOUNT_PERCENT: "0",
         ADMIN_TOKEN: "0123456789abcdef",
         OUTBOX_DELIVERY: "drainer",
