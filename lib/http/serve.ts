@@ -55,8 +55,9 @@ function serveOnConnection(): ServeOnConnection | null {
 
 /**
  * How long a connection whose answer said `Connection: close` stays open after the answer was
- * handed over: `completed` settles before the bytes are written, and dropping the connection at
- * once loses them when a body read is still pending. A client that reads the answer closes first.
+ * handed over. `completed` settles before the bytes are written: dropped at once, the connection
+ * loses them while a body read is pending (a turn of the event loop later they were out in every
+ * run here; a second leaves room for a larger answer). A client that reads the answer closes first.
  */
 const LINGER_MS = 1000;
 

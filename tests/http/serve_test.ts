@@ -85,10 +85,9 @@ Deno.test("serveWithLimits closes a connection after an answer with Connection: 
   const { url, server } = serve({ idleTimeoutMs: 60_000, headerTimeoutMs: 60_000 }, async (req) => {
     const reader = req.body!.getReader();
     await reader.read();
-    // The rest never comes: answered, and the read given up.
-    const pending = reader.read().catch(() => {});
-    await reader.cancel();
-    await pending;
+    // The rest never comes: answered while a read still waits, given up as lib/http/limits.ts does.
+    reader.read().catch(() => {});
+    reader.cancel().catch(() => {});
     return new Response("timed out", { status: 408, headers: { connection: "close" } });
   });
   try {
