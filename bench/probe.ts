@@ -92,12 +92,17 @@ const kv = await Deno.openKv(config.kvPath);
 const router = createApp({ kv, config, env, log: silentLogger });
 const server = Deno.env.get("PROBE_SERVE") === "deno"
   ? Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, router.app.fetch)
-  : serveWithLimits({ port: 0, hostname: "127.0.0.1" }, {
-    headerTimeoutMs: config.headerTimeoutMs,
-    idleTimeoutMs: config.idleTimeoutMs,
-    maxConnectionsPerClient: config.maxConnectionsPerClient,
-    uncapped: trustedProxies(config.trustedProxies),
-  }, router.app.fetch, silentLogger);
+  : serveWithLimits(
+    { port: 0, hostname: "127.0.0.1" },
+    {
+      headerTimeoutMs: config.headerTimeoutMs,
+      idleTimeoutMs: config.idleTimeoutMs,
+      maxConnectionsPerClient: config.maxConnectionsPerClient,
+      uncapped: trustedProxies(config.trustedProxies),
+    },
+    router.app.fetch,
+    silentLogger,
+  );
 const url = `http://127.0.0.1:${server.addr.port}`;
 const call = async (auth: string, path: string, body: unknown) => {
   const r = await fetch(url + path, {
