@@ -17,7 +17,7 @@ import { ApiError, CLIENT_CLOSED } from "./errors.ts";
  */
 export const MAX_URL_BYTES = 16 * 1024;
 
-export const WEBHOOK_PATH = "/v1/stripe/webhook";
+const WEBHOOK_PATH = "/v1/stripe/webhook";
 
 /** The body limits, each a number of bytes, and how long a body may take to arrive. */
 export interface BodyLimits {
@@ -31,17 +31,8 @@ export interface BodyLimits {
   timeoutMs: number;
 }
 
-/**
- * The body limit of a path: the webhook's own, the API's, or the pages' (everything else).
- *
- * @example
- * ```ts
- * const limits = { apiBytes: 10_485_760, webhookBytes: 1_048_576, pageBytes: 65_536, timeoutMs: 60_000 };
- * bodyLimitOf("/v1/stripe/webhook", limits); // 1048576
- * bodyLimitOf("/signin", limits); // 65536
- * ```
- */
-export function bodyLimitOf(path: string, limits: BodyLimits): number {
+/** The body limit of a path: the webhook's own, the API's, or the pages' (everything else). */
+function bodyLimitOf(path: string, limits: BodyLimits): number {
   if (path === WEBHOOK_PATH) return limits.webhookBytes;
   return path.startsWith("/v1/") ? limits.apiBytes : limits.pageBytes;
 }
@@ -76,7 +67,7 @@ const tooLarge = (bytes: number, close: boolean) =>
  * read. Its stream fails with the ApiError the request is answered with: 413 past the limit, 408
  * past the deadline, 499 when the client's connection broke (closed, reset or malformed).
  */
-export class LimitedBody {
+class LimitedBody {
   readonly stream: ReadableStream<Uint8Array>;
   /** Whether the body was read to its end. */
   complete = false;
