@@ -5,7 +5,8 @@ import { Providers, readProvidersFile } from "./lib/providers/registry.ts";
 import { warmUsageDigests } from "./lib/usage/warm.ts";
 import { consoleLogger } from "./lib/log.ts";
 import { pruneAudit } from "./lib/audit/query.ts";
-import { trustingProxies } from "./lib/http/client_addr.ts";
+import { trustedProxies, trustingProxies } from "./lib/http/client_addr.ts";
+import { serveWithLimits } from "./lib/http/serve.ts";
 import { Lifecycle } from "./lib/http/lifecycle.ts";
 import { migrateSchema } from "./lib/migrations.ts";
 
@@ -88,13 +89,28 @@ const lifecycle = new Lifecycle();
 const onDeploy = Deno.env.get("DENO_DEPLOYMENT_ID") !== undefined;
 const explicitAddress = Deno.env.get("PORT") !== undefined ||
   Deno.env.get("LISTEN_HOST") !== undefined;
+const handler = lifecycle.fetch;
+const onListen = ({ hostname, port }: Deno.NetAddr) =>
+  consoleLogger("info", "listening", { url: `http://${hostname}:${port}` });
 let server: Deno.HttpServer;
 try {
-  server = Deno.serve({
-    ...(onDeploy && !explicitAddress ? {} : { port: config.port, hostname: config.listenHost }),
-    onListen: ({ hostname, port }) =>
-      consoleLogger("info", "listening", { url: `http://${hostname}:${port}` }),
-  }, lifecycle.fetch);
+  // Deno Deploy owns the connections; elsewhere they are accepted under the connection limits.
+  server = onDeploy
+    ? Deno.serve({
+      ...(explicitAddress ? { port: config.port, hostname: config.listenHost } : {}),
+      onListen,
+    }, handler)
+    : serveWithLimits(
+      { port: config.port, hostname: config.listenHost, onListen },
+      {
+        headerTimeoutMs: config.headerTimeoutMs,
+        idleTimeoutMs: config.idleTimeoutMs,
+        maxConnectionsPerClient: config.maxConnectionsPerClient,
+        uncapped: trustedProxies(config.trustedProxies),
+      },
+      handler,
+      consoleLogger,
+    );
 } catch (e) {
   // A port taken or refused is PORT's; an address this machine does not have is LISTEN_HOST's.
   const name = e instanceof Deno.errors.AddrInUse || e instanceof Deno.errors.PermissionDenied

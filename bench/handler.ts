@@ -59,7 +59,12 @@ const post = (auth: string, path: string, body: string) =>
   router.app.fetch(
     new Request(`http://router${path}`, {
       method: "POST",
-      headers: { authorization: `Bearer ${auth}`, "content-type": "application/json" },
+      // As a server hands it over: with the body's length.
+      headers: {
+        authorization: `Bearer ${auth}`,
+        "content-type": "application/json",
+        "content-length": String(new TextEncoder().encode(body).length),
+      },
       body,
     }),
   );

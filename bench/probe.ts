@@ -7,10 +7,13 @@
  * PROBE_FREE_COMMITS=1: once the accounts are set up, every atomic commit succeeds at once without
  * reaching KV (an experiment, not a router: nothing is stored, so it bounds what the router would
  * cost if its KV commits cost nothing; the actor works from the state it remembers).
+ * PROBE_SERVE=deno: served by `Deno.serve` rather than as main.ts serves (`serveWithLimits`).
  */
 import { loadConfig } from "../lib/config.ts";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
+import { serveWithLimits } from "../lib/http/serve.ts";
+import { trustedProxies } from "../lib/http/client_addr.ts";
 import { printThreadCpu, threadCpuMs } from "./threads.ts";
 
 const accounts = Number(Deno.args[0] ?? 100);
@@ -87,7 +90,19 @@ const env = {
 const config = loadConfig(env);
 const kv = await Deno.openKv(config.kvPath);
 const router = createApp({ kv, config, env, log: silentLogger });
-const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, router.app.fetch);
+const server = Deno.env.get("PROBE_SERVE") === "deno"
+  ? Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, router.app.fetch)
+  : serveWithLimits(
+    { port: 0, hostname: "127.0.0.1" },
+    {
+      headerTimeoutMs: config.headerTimeoutMs,
+      idleTimeoutMs: config.idleTimeoutMs,
+      maxConnectionsPerClient: config.maxConnectionsPerClient,
+      uncapped: trustedProxies(config.trustedProxies),
+    },
+    router.app.fetch,
+    silentLogger,
+  );
 const url = `http://127.0.0.1:${server.addr.port}`;
 const call = async (auth: string, path: string, body: unknown) => {
   const r = await fetch(url + path, {

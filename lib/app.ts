@@ -1,5 +1,4 @@
 import { Hono } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import type { Config } from "./config.ts";
 import { AccountActors } from "./billing/actor.ts";
 import { Background } from "./billing/background.ts";
@@ -16,7 +15,8 @@ import { auditOversize, auditRefusal, inferenceRoutes } from "../routes/v1/infer
 import { managementRoutes } from "../routes/v1/management.ts";
 import { adminRoutes } from "../routes/v1/admin.ts";
 import { billingRoutes } from "../routes/v1/billing.ts";
-import { pageRoutes } from "./render/routes.ts";
+import { pageRoutes, refusalPage } from "./render/routes.ts";
+import { requestLimits } from "./http/limits.ts";
 import { stripeRoutes } from "../routes/v1/stripe.ts";
 import { webhookRoutes } from "../routes/v1/webhooks.ts";
 import { statementRoutes } from "../routes/v1/statements.ts";
@@ -124,23 +124,21 @@ export function createApp(deps: AppDeps): Router {
     "/v1/responses",
     countTokens,
   ];
+  // Before any route reads a byte: URL and body limits by route, the body read as a stream.
   app.use(
-    "/v1/*",
-    bodyLimit({
-      maxSize: config.maxBodyBytes,
-      onError: async (c) => {
-        // Refused before the key is read: on an audited path the key is looked up for its row.
-        if (audited.includes(c.req.path)) await auditOversize(c);
-        return c.json(
-          errorBody(
-            413,
-            "request_too_large",
-            `The request body is over ${config.maxBodyBytes} bytes`,
-          ),
-          413,
-        );
+    "*",
+    requestLimits(
+      {
+        apiBytes: config.maxBodyBytes,
+        webhookBytes: config.webhookBodyBytes,
+        pageBytes: config.pageBodyBytes,
+        timeoutMs: config.bodyTimeoutMs,
       },
-    }),
+      // Refused before the key is read: on an audited path the key is looked up for its row.
+      async (c) => {
+        if (audited.includes(c.req.path)) await auditOversize(c);
+      },
+    ),
   );
   for (const path of audited) {
     app.use(path, async (c, next) => {
@@ -169,6 +167,10 @@ export function createApp(deps: AppDeps): Router {
   app.onError((err, c) => {
     if (err instanceof ApiError) {
       c.set("errorCode", err.code);
+      // A refusal before routing (URL, body limits) on a page's path answers a browser a page.
+      if (!c.req.path.startsWith("/v1/") && c.req.header("accept")?.includes("text/html")) {
+        return refusalPage(err);
+      }
       return errorResponse(c, err);
     }
     if (isLocked(err)) {

@@ -13,6 +13,18 @@ export interface Config {
   port: number;
   listenHost: string;
   maxBodyBytes: number;
+  /** Largest body of a page's form (sign-in, sign-up, the dashboard's forms). */
+  pageBodyBytes: number;
+  /** Largest body of the Stripe webhook, refused before its signature is checked. */
+  webhookBodyBytes: number;
+  /** Longest a request body may take to arrive, from the first read of it. */
+  bodyTimeoutMs: number;
+  /** Longest a new connection may take to send its first request's headers. */
+  headerTimeoutMs: number;
+  /** Longest a connection may stay open between two requests. */
+  idleTimeoutMs: number;
+  /** Most connections open at once from one client (IPv4 address or IPv6 /64); 0: no cap. */
+  maxConnectionsPerClient: number;
   upstreamTimeoutMs: number;
   /** The longest a stream may run before it is ended and billed. */
   maxStreamMs: number;
@@ -101,6 +113,12 @@ const schema = z.object({
     "must be a host name or IP address",
   ).default("127.0.0.1"),
   MAX_BODY_BYTES: int(1024, 1 << 30).default(10 * 1024 * 1024),
+  PAGE_BODY_BYTES: int(1024, 1 << 30).default(64 * 1024),
+  WEBHOOK_BODY_BYTES: int(1024, 1 << 30).default(1024 * 1024),
+  BODY_TIMEOUT_MS: int(100, 3_600_000).default(60_000),
+  HEADER_TIMEOUT_MS: int(100, 3_600_000).default(20_000),
+  IDLE_TIMEOUT_MS: int(100, 3_600_000).default(75_000),
+  MAX_CONNECTIONS_PER_CLIENT: int(0, 1_000_000).default(256),
   UPSTREAM_TIMEOUT_MS: int(1, 3_600_000).default(300_000),
   MAX_STREAM_MS: int(1, 86_400_000).default(3_600_000),
   MAX_SSE_EVENT_BYTES: int(1024, 1 << 30).default(DEFAULT_MAX_SSE_EVENT_BYTES),
@@ -164,6 +182,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     port: e.PORT,
     listenHost: e.LISTEN_HOST,
     maxBodyBytes: e.MAX_BODY_BYTES,
+    pageBodyBytes: e.PAGE_BODY_BYTES,
+    webhookBodyBytes: e.WEBHOOK_BODY_BYTES,
+    bodyTimeoutMs: e.BODY_TIMEOUT_MS,
+    headerTimeoutMs: e.HEADER_TIMEOUT_MS,
+    idleTimeoutMs: e.IDLE_TIMEOUT_MS,
+    maxConnectionsPerClient: e.MAX_CONNECTIONS_PER_CLIENT,
     upstreamTimeoutMs: e.UPSTREAM_TIMEOUT_MS,
     maxStreamMs: e.MAX_STREAM_MS,
     maxSseEventBytes: e.MAX_SSE_EVENT_BYTES,

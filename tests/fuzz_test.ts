@@ -680,6 +680,9 @@ async function world(t: TestRouter): Promise<World> {
 
 Deno.test({
   name: `fuzz: ${COUNT} malformed requests over every endpoint: no 5xx, JSON errors, no writes`,
+  // A body the router refuses before reading it (its Content-Length over a limit, or no key)
+  // leaves fetch's own upload resource open on the client's side (STACK.md: unavoidable).
+  sanitizeResources: false,
   async fn() {
     const t = await startProviders({ env: { STRIPE_WEBHOOK_SECRET: "whsec_fuzz" } });
     const started = Date.now();
@@ -691,9 +694,6 @@ Deno.test({
       for (let i = 0; i < COUNT; i++) {
         const q = generate(r, w);
         const where = `FUZZ_SEED=${SEED}, request ${i}: ${show(q)}`;
-        if (Deno.env.get("FUZZ_DUMP") === String(i)) {
-          Deno.writeTextFileSync("/tmp/small/dump.json", JSON.stringify(q));
-        }
         const res = await fetch(t.url + q.path, {
           method: q.method,
           headers: q.headers,

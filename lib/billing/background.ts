@@ -247,6 +247,8 @@ export class Background {
     await this.#actors.idle();
     while (this.#inFlight.size) await Promise.allSettled([...this.#inFlight]);
     await this.sweep({ staleAfterMs: -1 });
+    // The other outboxes too (customer webhook events), whether or not their queue message came.
+    for (const task of this.#tasks) await task.sweep();
   }
 
   async close(): Promise<void> {

@@ -9,13 +9,21 @@ const TYPES: Record<number, string> = {
   402: "insufficient_quota",
   403: "permission_error",
   404: "not_found_error",
+  408: "invalid_request_error",
   409: "conflict_error",
   413: "invalid_request_error",
+  414: "invalid_request_error",
   429: "rate_limit_error",
   502: "api_error",
   503: "api_error",
   504: "api_error",
 };
+
+/**
+ * The status recorded for a request whose client went away before any reply: nginx's "client
+ * closed request", since no status was ever answered.
+ */
+export const CLIENT_CLOSED = 499 as ContentfulStatusCode;
 
 /** An error with its HTTP status and API code; `onError` renders it as OpenAI-style JSON. */
 export class ApiError extends Error {

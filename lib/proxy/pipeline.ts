@@ -3,9 +3,8 @@
  * with retries and fallbacks, settling a JSON reply, and billing a stream through the usage tap.
  */
 import type { Context } from "hono";
-import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { AppEnv } from "../services.ts";
-import { ApiError, badRequest } from "../http/errors.ts";
+import { ApiError, badRequest, CLIENT_CLOSED } from "../http/errors.ts";
 import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
 import { echoUsage, UsageReader, type UsageShape, withSearches } from "../providers/usage.ts";
 import { type NormalizedUsage, unpricedKinds, ZERO_USAGE } from "../pricing.ts";
@@ -118,11 +117,6 @@ export const withCost = (usage: unknown, billed: Billed, shape: UsageShape) => (
   market_cost: usdNumber(billed.market),
 });
 
-/**
- * The status recorded for a request whose client went away before any reply: nginx's "client
- * closed request", since no status was ever answered.
- */
-const CLIENT_CLOSED = 499 as ContentfulStatusCode;
 /** The longest Retry-After honoured within a request; a longer one goes to the next candidate. */
 const MAX_RETRY_WAIT_MS = 2000;
 const retryAfterMs = (e: ApiError) => {

@@ -18,6 +18,7 @@ import { getMembership, getUser, listAccountsByUser, type Role, type User } from
 import { getAccount } from "../billing/accounts.ts";
 import type { Account } from "../billing/types.ts";
 import { renderWithIslands, scriptJson } from "./island.tsx";
+import { ApiError } from "../http/errors.ts";
 import { assetUrl } from "./static.ts";
 import { AdminShell, DashboardShell, PublicShell } from "./layout.tsx";
 
@@ -208,7 +209,9 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
     if (method === "POST") {
       try {
         form = await c.req.formData();
-      } catch {
+      } catch (e) {
+        // Past the form limit, too slow, or the client gone: the body's own answer.
+        if (e instanceof ApiError) return errorPage(cfg, viewer, e.status, e.message);
         return errorPage(cfg, viewer, 400, "The form could not be read.");
       }
       const token = form.get("_csrf");

@@ -43,6 +43,13 @@ const PAGES: [string, PageModule<any>][] = [
 
 const NOT_FOUND: PageConfig = { title: "Not found", auth: "public", layout: "public" };
 
+/** A refused request as a page (its status, message and headers), for a browser. */
+export async function refusalPage(err: ApiError): Promise<Response> {
+  const res = await errorPage(NOT_FOUND, null, err.status, err.message);
+  for (const [k, v] of Object.entries(err.headers)) res.headers.set(k, v);
+  return res;
+}
+
 /** The pages, `/static/*` and `/favicon.ico`. */
 export function pageRoutes() {
   const app = new Hono<AppEnv>();
@@ -51,7 +58,7 @@ export function pageRoutes() {
   app.all("/dashboard/*", () => errorPage(NOT_FOUND, null, 404, "There is no such page."));
   // A page that fails answers an HTML page (the API keeps its JSON errors).
   app.onError((err, c) => {
-    if (err instanceof ApiError) return errorPage(NOT_FOUND, null, err.status, err.message);
+    if (err instanceof ApiError) return refusalPage(err);
     c.get("svc").log("error", "page failed", {
       request_id: c.get("requestId"),
       path: c.req.path,

@@ -5,7 +5,8 @@ import { handleStripeEvent, RetryLater, verifyWebhook } from "../../lib/billing/
 
 /**
  * Stripe's webhook. It takes no API key: the signature over the raw body is the credential, so
- * the body is read as text exactly as sent, before anything parses it.
+ * the body is read as text exactly as sent, before anything parses it. Its size was checked
+ * before that (`WEBHOOK_BODY_BYTES`, lib/http/limits.ts): a body too large is never read whole.
  */
 export function stripeRoutes() {
   const app = new Hono<AppEnv>();

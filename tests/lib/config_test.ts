@@ -7,6 +7,12 @@ Deno.test("defaults follow API.md's table", () => {
   assert.equal(c.port, 8000);
   assert.equal(c.listenHost, "127.0.0.1");
   assert.equal(c.maxBodyBytes, 10 * 1024 * 1024);
+  assert.equal(c.pageBodyBytes, 64 * 1024);
+  assert.equal(c.webhookBodyBytes, 1024 * 1024);
+  assert.equal(c.bodyTimeoutMs, 60_000);
+  assert.equal(c.headerTimeoutMs, 20_000);
+  assert.equal(c.idleTimeoutMs, 75_000);
+  assert.equal(c.maxConnectionsPerClient, 256);
   assert.equal(c.upstreamTimeoutMs, 300_000);
   assert.equal(c.kvPath, "./data/router.kv");
   assert.equal(c.billingMode, "development");
@@ -27,8 +33,19 @@ Deno.test("values are parsed exactly", () => {
     HOLD_TTL_MS: "2000",
     ADMIN_TOKEN: "0123456789abcdef",
     SHUTDOWN_GRACE_MS: "0",
+    PAGE_BODY_BYTES: "2048",
+    WEBHOOK_BODY_BYTES: "4096",
+    BODY_TIMEOUT_MS: "100",
+    HEADER_TIMEOUT_MS: "200",
+    IDLE_TIMEOUT_MS: "300",
+    MAX_CONNECTIONS_PER_CLIENT: "0",
   });
   assert.equal(c.port, 0);
+  assert.deepEqual(
+    [c.pageBodyBytes, c.webhookBodyBytes, c.bodyTimeoutMs, c.headerTimeoutMs, c.idleTimeoutMs],
+    [2048, 4096, 100, 200, 300],
+  );
+  assert.equal(c.maxConnectionsPerClient, 0, "0 turns the cap off");
   assert.equal(c.shutdownGraceMs, 0);
   assert.equal(loadConfig({}).shutdownGraceMs, 30_000);
   assert.equal(c.discountBps, 1250);
@@ -47,6 +64,12 @@ Deno.test("a bad value is one line naming the variable", () => {
       ["PORT", "70000"],
       ["MAX_BODY_BYTES", "-1"],
       ["UPSTREAM_TIMEOUT_MS", "0"],
+      ["PAGE_BODY_BYTES", "1000"],
+      ["WEBHOOK_BODY_BYTES", "1MB"],
+      ["BODY_TIMEOUT_MS", "99"],
+      ["HEADER_TIMEOUT_MS", "-1"],
+      ["IDLE_TIMEOUT_MS", "3600001"],
+      ["MAX_CONNECTIONS_PER_CLIENT", "many"],
       ["ADMIN_TOKEN", "short"],
       ["BILLING_MODE", "free"],
       ["DISCOUNT_PERCENT", "101"],
