@@ -1,5 +1,6 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
 import { approxBytes, clip, getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
+import { ATOMIC_LIMITS, AtomicRoom } from "../kv/limits.ts";
 import { idFloor } from "../ids.ts";
 import { encodeAuditRow } from "./row.ts";
 import { notePending, pendingKeyBytes, PendingRollups, pendingRowBytes } from "../usage/compact.ts";
@@ -10,14 +11,6 @@ import {
   MAX_USER_AGENT_CHARS,
   type UsageEvent,
 } from "../billing/types.ts";
-
-// Deno KV's limits per atomic. The key and value sizes counted are upper bounds (keyBytes,
-// approxBytes), so the limits themselves are the bounds. Events of many accounts bring up to 96
-// rollup counters each, so key bytes often bind first.
-const MAX_CHECKS = 100;
-const MAX_MUTATIONS = 1000;
-const MAX_KEY_BYTES = 81_920;
-const MAX_BYTES = 800 * 1024;
 
 /**
  * The audit row of an event: its request facts, timed. Its free text is clipped (the router keeps
@@ -130,10 +123,10 @@ export async function recordEvents(
       // for writing.
       const keys: [Deno.KvKey, Deno.KvKey, Deno.KvKey][] = [];
       const rows: Uint8Array[] = [];
-      let mutations = 0;
-      let keyTotal = 0;
-      let byteTotal = 0;
-      const most = i < aloneUntil ? 1 : MAX_CHECKS;
+      // Sizes counted are upper bounds (keyBytes, approxBytes). Events of many accounts bring up
+      // to 96 rollup counters each, so key bytes often bind first.
+      const room = new AtomicRoom();
+      const most = i < aloneUntil ? 1 : ATOMIC_LIMITS.checks;
       try {
         for (; i < entries.length && group.length < most; i++) {
           const e = entries[i].value;
@@ -157,14 +150,9 @@ export async function recordEvents(
           const row = auditBytesOf(e);
           const valueBytes = row.length + approxBytes(e.ts) + approxBytes(e) +
             (e.billed ? pendingRowBytes(e) : 0);
-          if (
-            group.length > 0 &&
-            (mutations + added > MAX_MUTATIONS || keyTotal + bytes > MAX_KEY_BYTES ||
-              byteTotal + bytes + valueBytes > MAX_BYTES)
-          ) break;
-          mutations += added;
-          keyTotal += bytes;
-          byteTotal += bytes + valueBytes;
+          const f = { checks: 1, mutations: added, keyBytes: bytes, bytes: bytes + valueBytes };
+          if (group.length > 0 && !room.fits(f)) break;
+          room.take(f);
           if (e.billed) rollups.add(e);
           group.push(entries[i]);
           keys.push(k);

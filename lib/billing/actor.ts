@@ -1,93 +1,18 @@
-import { apiKeyKey, balanceKey, holdKey, keySpendKey, ledgerKey, outboxKey } from "../kv/schema.ts";
-import { approxBytes, getAll, isLocked, keyBytes, keyString, sleep } from "../kv/util.ts";
-import { newId } from "../ids.ts";
+import { apiKeyKey, balanceKey, keySpendKey, outboxKey } from "../kv/schema.ts";
+import { getAll, isLocked, keyString, sleep } from "../kv/util.ts";
+import { AtomicRoom } from "../kv/limits.ts";
 import { checkKey } from "../auth/keys.ts";
-import { countRequest, currentSpend, rateLimitWait, rateWindow } from "./periods.ts";
+import { currentSpend } from "./periods.ts";
 import {
   type ApiKey,
   type BalanceState,
-  EMPTY_BALANCE,
   EMPTY_KEY_SPEND,
-  type Hold,
   type KeySpend,
-  type LedgerEntry,
-  type LedgerType,
   type UsageEvent,
 } from "./types.ts";
-
-/** Take `amount` out of the available balance (and the key's limit) until settled or released. */
-export interface ReserveOp {
-  kind: "reserve";
-  keyId: string;
-  holdId: string;
-  amount: bigint;
-  ttlMs: number;
-}
-/** Release the hold, debit the actual cost, and commit the usage event. */
-export interface SettleOp {
-  kind: "settle";
-  keyId: string;
-  holdId: string;
-  cost: bigint;
-  event: UsageEvent;
-}
-/** Release a hold without charge (the provider failed); the event, if any, is recorded. */
-export interface ReleaseOp {
-  kind: "release";
-  holdId: string;
-  event: UsageEvent | null;
-}
-/** Record an event that moved no money (a refused request). */
-export interface RecordOp {
-  kind: "record";
-  event: UsageEvent;
-}
-/** Release a hold whose request died with its process. */
-export interface ExpireOp {
-  kind: "expire";
-  holdId: string;
-}
-/**
- * Push back the expiry of a hold this process still serves, to `ttlMs` from now, so that no
- * process's sweep releases it. A hold already gone (settled, released or expired) is not recreated.
- */
-export interface RenewOp {
-  kind: "renew";
-  holdId: string;
-  ttlMs: number;
-}
-/**
- * Add a ledger entry and move the balance by `amount` (signed). With `once`, the credit is applied
- * at most once: the key is written in the same atomic, and a second attempt replays what was stored.
- */
-export interface CreditOp {
-  kind: "credit";
-  type: Exclude<LedgerType, "usage_debit">;
-  amount: bigint;
-  description: string;
-  reference: string | null;
-  once?: { key: Deno.KvKey; value: (entry: LedgerEntry) => unknown; expireIn?: number };
-}
-export type Op = ReserveOp | SettleOp | ReleaseOp | RecordOp | ExpireOp | RenewOp | CreditOp;
-
-export type ReserveResult =
-  | { ok: true }
-  | { ok: false; code: "insufficient_credits"; available: bigint }
-  | { ok: false; code: "key_limit_exceeded"; remaining: bigint }
-  | { ok: false; code: "rate_limited"; rpm: number; retryAfterSec: number }
-  | { ok: false; code: "key_disabled" | "invalid_api_key" };
-export type CreditResult = { replayed: false; entry: LedgerEntry } | {
-  replayed: true;
-  stored: unknown;
-};
-export interface SettleResult {
-  balanceAfter: bigint;
-  /** What was debited: the cost, or less when the cost would have overdrawn the balance. */
-  charged: bigint;
-}
-
-/** The renewed hold's new expiry, or null when the hold is gone (or not this process's). */
-export type RenewResult = number | null;
+import type { Op, RenewResult, ResultOf } from "./ops.ts";
+import { decide, type Decision, moneyRefusal, readKeys, stateOf } from "./decide.ts";
+import { fitBatch } from "./footprint.ts";
 
 /** A hold reserved by a request alive in this process. */
 export interface LiveHold {
@@ -95,12 +20,6 @@ export interface LiveHold {
   /** Its expiry as this process last committed it. */
   expiresMs: number;
 }
-
-type ResultOf<O extends Op> = O extends ReserveOp ? ReserveResult
-  : O extends CreditOp ? CreditResult
-  : O extends SettleOp ? SettleResult
-  : O extends RenewOp ? RenewResult
-  : void;
 
 interface Pending {
   op: Op;
@@ -130,13 +49,6 @@ export interface ActorOptions {
   now?: () => number;
 }
 
-// Deno KV's limits per atomic: checks, mutations, total key bytes, total bytes. Each part's
-// footprint is an upper bound (fitBatch), so the limits can be used to the full.
-const MAX_CHECKS = 100;
-const MAX_MUTATIONS = 1000;
-const MAX_KEY_BYTES = 81_920;
-const MAX_BYTES = 800 * 1024;
-const MAX_OPS = 256;
 const MAX_ATTEMPTS = 200;
 // Atomics committing at once (of different accounts): the next one is decided and serialized
 // while the previous one is written.
@@ -286,8 +198,8 @@ export class AccountActors {
     return renewed.filter((r) => r !== null).length;
   }
 
-  /** The entries at `keys`, from the account's cache where present, else read (and cached). */
-  async #read(accountId: string, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<unknown>[]> {
+  /** The account's cache, with every entry at `keys` in it (read where missing). */
+  async #read(accountId: string, keys: Deno.KvKey[]): Promise<AccountCache> {
     const now = Date.now();
     let cache = this.#cache.get(accountId);
     if (!cache) {
@@ -295,19 +207,12 @@ export class AccountActors {
       this.#cache.set(accountId, cache);
     }
     cache.used = now;
-    const out: (Deno.KvEntryMaybe<unknown> | undefined)[] = keys.map((k) =>
-      cache!.entries.get(keyString(k))
-    );
-    const missing: number[] = [];
-    out.forEach((e, i) => e === undefined && missing.push(i));
+    const missing = keys.filter((k) => !cache.entries.has(keyString(k)));
     if (missing.length) {
-      const read = await getAll<unknown>(this.#kv, missing.map((i) => keys[i]));
-      missing.forEach((idx, j) => {
-        out[idx] = read[j];
-        cache!.entries.set(keyString(keys[idx]), read[j]);
-      });
+      const read = await getAll<unknown>(this.#kv, missing);
+      missing.forEach((k, i) => cache.entries.set(keyString(k), read[i]));
     }
-    return out as Deno.KvEntryMaybe<unknown>[];
+    return cache;
   }
 
   /** Drops the caches of accounts idle for a while: memory stays bounded, stale state re-read. */
@@ -351,12 +256,8 @@ export class AccountActors {
 
   /** Takes the next batch of each ready account, in turn, while the atomic's limits allow. */
   #takeParts(): Part[] {
-    const room: Room = {
-      checks: MAX_CHECKS,
-      mutations: MAX_MUTATIONS - 1, // the queue message, if any
-      keyBytes: MAX_KEY_BYTES,
-      bytes: MAX_BYTES - 64 * 1024, // the queue message's ids
-    };
+    // Room for the queue message and its ids, if any.
+    const room = new AtomicRoom({ mutations: 1, bytes: 64 * 1024 });
     const parts: Part[] = [];
     for (const accountId of this.#ready) {
       if (this.#busy.has(accountId)) continue;
@@ -414,13 +315,23 @@ export class AccountActors {
   async #attempt(parts: Part[]): Promise<boolean> {
     const now = this.#now();
     const atomic = this.#kv.atomic();
-    const entries = await Promise.all(
-      parts.map((p) => this.#read(p.accountId, readsOf(p.accountId, p.batch).keys)),
-    );
-    const decided = parts.map((p, i) =>
-      this.#decide(p.accountId, p.batch, entries[i], atomic, now)
-    );
-    const eventIds = decided.flatMap((d) => d.eventIds);
+    const decided = await Promise.all(parts.map(async (p) => {
+      const ops = p.batch.map((q) => q.op);
+      const cache = await this.#read(p.accountId, readKeys(p.accountId, ops));
+      const state = stateOf(p.accountId, ops, (k) => cache.entries.get(keyString(k))!);
+      const d = decide(state, ops, { now, isLive: (id) => this.liveHolds.has(id) });
+      // Decided no longer served: even if the commit fails, this process stops renewing them and
+      // its sweeper may release them once expired.
+      for (const id of d.unserved) this.liveHolds.delete(id);
+      return d;
+    }));
+    for (const d of decided) {
+      for (const e of d.checks) atomic.check(e);
+      for (const w of d.sets) atomic.set(w.key, w.value, { expireIn: w.expireIn });
+      for (const k of d.deletes) atomic.delete(k);
+      for (const e of d.events) atomic.set(outboxKey(e.id), e);
+    }
+    const eventIds = decided.flatMap((d) => d.events.map((e) => e.id));
     if (eventIds.length && this.#opts.delivery === "queue") atomic.enqueue({ outbox: eventIds });
     let res: Deno.KvCommitResult | Deno.KvCommitError;
     try {
@@ -435,7 +346,7 @@ export class AccountActors {
       for (const p of parts) this.#cache.delete(p.accountId);
       return false;
     }
-    for (const d of decided) d.remember(res.versionstamp);
+    parts.forEach((p, i) => this.#remember(p.accountId, decided[i], res.versionstamp));
     parts.forEach((p, i) => p.batch.forEach((q, j) => q.resolve(decided[i].results[j])));
     if (eventIds.length && this.#opts.onCommitted) {
       const stamp = res.versionstamp;
@@ -447,375 +358,21 @@ export class AccountActors {
     return true;
   }
 
-  /**
-   * Decides one account's batch on its entries: adds its checks and writes to `atomic`, and returns
-   * the results with what to remember once the atomic has committed.
-   */
-  #decide(
-    accountId: string,
-    batch: Pending[],
-    entries: Deno.KvEntryMaybe<unknown>[],
-    atomic: Deno.AtomicOperation,
-    now: number,
-  ) {
-    const { keyList, holdList, onceList } = readsOf(accountId, batch);
-    for (const e of entries) atomic.check(e);
-
-    const balEntry = entries[0] as Deno.KvEntryMaybe<BalanceState>;
-    let bal: BalanceState = { ...(balEntry.value ?? EMPTY_BALANCE) };
-    const keys = new Map<string, ApiKey | null>();
-    const spends = new Map<string, KeySpend>();
-    keyList.forEach((id, i) => {
-      const key = entries[1 + i].value as ApiKey | null;
-      keys.set(id, key);
-      const s = (entries[1 + keyList.length + i].value as KeySpend | null) ?? EMPTY_KEY_SPEND;
-      spends.set(id, currentSpend(s, key?.limit_reset ?? null, now));
-    });
-    const holds = new Map<string, Hold | null>();
-    holdList.forEach((id, i) => {
-      holds.set(id, entries[1 + 2 * keyList.length + i].value as Hold | null);
-    });
-    const onceStored = new Map<string, unknown>();
-    onceList.forEach((k, i) => {
-      const v = entries[1 + 2 * keyList.length + holdList.length + i].value;
-      if (v !== null) onceStored.set(keyString(k), v);
-    });
-
-    const touchedSpends = new Set<string>();
-    const newHolds: Hold[] = [];
-    const renewed = new Set<string>();
-    const results: unknown[] = [];
-    const eventIds: string[] = [];
-    const events: UsageEvent[] = [];
-    const nowIso = new Date(now).toISOString();
-    const unhold = (holdId: string) => {
-      // Gone already (expired by a sweep): no longer this process's to protect or renew either.
-      this.liveHolds.delete(holdId);
-      const h = holds.get(holdId);
-      if (!h) return;
-      holds.set(holdId, null);
-      bal.reserved -= h.amount;
-      const s = spends.get(h.key_id);
-      if (s) {
-        spends.set(h.key_id, { ...s, reserved: s.reserved - h.amount });
-        touchedSpends.add(h.key_id);
-      }
-      atomic.delete(holdKey(accountId, holdId));
-    };
-    const record = (event: UsageEvent) => {
-      atomic.set(outboxKey(event.id), event);
-      eventIds.push(event.id);
-      events.push(event);
-    };
-
-    for (const { op } of batch) {
-      switch (op.kind) {
-        case "reserve": {
-          const check = checkKey(keys.get(op.keyId) ?? null, now);
-          if (!check.ok) {
-            results.push({ ok: false, code: check.code });
-            break;
-          }
-          const key = check.key;
-          // The rate window lives in the key's spend record, checked and written in this atomic,
-          // so `rate_limit_rpm` holds across processes.
-          const window = key.rate_limit_rpm === null
-            ? null
-            : rateWindow(spends.get(op.keyId)!.rate, now);
-          if (window && key.rate_limit_rpm !== null) {
-            const wait = rateLimitWait(window, key.rate_limit_rpm, now);
-            if (wait > 0) {
-              results.push({
-                ok: false,
-                code: "rate_limited",
-                rpm: key.rate_limit_rpm,
-                retryAfterSec: wait,
-              });
-              break;
-            }
-          }
-          const s = spends.get(op.keyId)!;
-          const short = moneyRefusal(key, s, bal, op.amount);
-          if (short) {
-            results.push(short);
-            break;
-          }
-          bal.reserved += op.amount;
-          spends.set(op.keyId, {
-            ...s,
-            reserved: s.reserved + op.amount,
-            ...(window ? { rate: countRequest(window, now) } : {}),
-          });
-          touchedSpends.add(op.keyId);
-          const hold: Hold = {
-            id: op.holdId,
-            key_id: op.keyId,
-            amount: op.amount,
-            created_ms: now,
-            expires_ms: now + op.ttlMs,
-          };
-          atomic.set(holdKey(accountId, op.holdId), hold);
-          newHolds.push(hold);
-          results.push({ ok: true });
-          break;
-        }
-        case "settle": {
-          unhold(op.holdId);
-          // A balance never goes below zero, nor eats into other requests' holds: a cost beyond
-          // that (an upstream reporting more usage than the worst case held) is not charged.
-          const left = bal.balance - bal.reserved;
-          const cost = op.cost <= left ? op.cost : left > 0n ? left : 0n;
-          bal = { ...bal, balance: bal.balance - cost, total_used: bal.total_used + cost };
-          const s = spends.get(op.keyId)!;
-          spends.set(op.keyId, {
-            ...s,
-            spend: s.spend + cost,
-            period_spend: s.period_spend + cost,
-            usage_today: s.usage_today + cost,
-            usage_month: s.usage_month + cost,
-            last_used_at: nowIso,
-          });
-          touchedSpends.add(op.keyId);
-          record({ ...op.event, cost, balance_after: bal.balance });
-          results.push({ balanceAfter: bal.balance, charged: cost });
-          break;
-        }
-        case "release":
-          unhold(op.holdId);
-          if (op.event) record(op.event);
-          results.push(undefined);
-          break;
-        case "expire": {
-          const h = holds.get(op.holdId);
-          if (h && h.expires_ms <= now) unhold(op.holdId);
-          results.push(undefined);
-          break;
-        }
-        case "renew": {
-          const h = holds.get(op.holdId);
-          if (!h || !this.liveHolds.has(op.holdId)) {
-            // Its request settled, or a sweep released it meanwhile: nothing left to keep.
-            this.liveHolds.delete(op.holdId);
-            results.push(null);
-            break;
-          }
-          const expires = now + op.ttlMs;
-          if (expires > h.expires_ms) {
-            const hold = { ...h, expires_ms: expires };
-            holds.set(op.holdId, hold);
-            atomic.set(holdKey(accountId, op.holdId), hold);
-            renewed.add(op.holdId);
-          }
-          results.push(holds.get(op.holdId)!.expires_ms);
-          break;
-        }
-        case "record":
-          record(op.event);
-          results.push(undefined);
-          break;
-        case "credit": {
-          const ks = op.once ? keyString(op.once.key) : null;
-          if (ks !== null && onceStored.has(ks)) {
-            results.push({ replayed: true, stored: onceStored.get(ks) });
-            break;
-          }
-          bal = {
-            ...bal,
-            balance: bal.balance + op.amount,
-            total_purchased: bal.total_purchased + (op.type === "purchase" ? op.amount : 0n),
-          };
-          const entry: LedgerEntry = {
-            id: newId("txn", now),
-            type: op.type,
-            amount: op.amount,
-            balance_after: bal.balance,
-            created_at: nowIso,
-            description: op.description,
-            reference: op.reference,
-          };
-          atomic.set(ledgerKey(accountId, now, entry.id), entry);
-          if (op.once && ks !== null) {
-            const stored = op.once.value(entry);
-            atomic.set(op.once.key, stored, { expireIn: op.once.expireIn });
-            onceStored.set(ks, stored);
-          }
-          results.push({ replayed: false, entry });
-          break;
-        }
-      }
+  /** Keeps what a committed decision wrote as the account's cached state; tracks live holds. */
+  #remember(accountId: string, d: Decision, stamp: string) {
+    for (const h of d.reserved) this.liveHolds.set(h.id, { accountId, expiresMs: h.expires_ms });
+    for (const h of d.renewed) {
+      const live = this.liveHolds.get(h.id);
+      if (live) live.expiresMs = h.expires_ms;
     }
-
-    atomic.set(balanceKey(accountId), bal);
-    for (const id of touchedSpends) atomic.set(keySpendKey(accountId, id), spends.get(id)!);
-    const remember = (stamp: string) => {
-      const cache = this.#cache.get(accountId);
-      if (!cache) return;
-      const keep = (key: Deno.KvKey, value: unknown) =>
-        cache.entries.set(keyString(key), { key, value, versionstamp: stamp });
-      keep(balanceKey(accountId), bal);
-      for (const id of touchedSpends) keep(keySpendKey(accountId, id), spends.get(id)!);
-      for (const [id, h] of holds) {
-        if (h === null) cache.entries.delete(keyString(holdKey(accountId, id)));
-        else if (renewed.has(id)) {
-          keep(holdKey(accountId, id), h);
-          const live = this.liveHolds.get(id);
-          if (live) live.expiresMs = h.expires_ms;
-        }
-      }
-      // Once-keys are read afresh each time: credits are rare.
-      for (const k of onceList) cache.entries.delete(keyString(k));
-      // This process's holds are usually settled here too: keep them, still checked on settle.
-      for (const h of newHolds) {
-        keep(holdKey(accountId, h.id), h);
-        this.liveHolds.set(h.id, { accountId, expiresMs: h.expires_ms });
-      }
-    };
-    return { results, eventIds, events, remember };
+    const cache = this.#cache.get(accountId);
+    if (!cache) return;
+    for (const w of d.sets) {
+      const ks = keyString(w.key);
+      // Not state (ledger rows, once-keys): once-keys are read afresh each time, credits are rare.
+      if (w.state) cache.entries.set(ks, { key: w.key, value: w.value, versionstamp: stamp });
+      else cache.entries.delete(ks);
+    }
+    for (const k of d.deletes) cache.entries.delete(keyString(k));
   }
-}
-
-/** Why `amount` cannot be held: the account's available balance, then the key's credit limit. */
-function moneyRefusal(
-  key: ApiKey,
-  s: KeySpend,
-  bal: BalanceState,
-  amount: bigint,
-): ReserveResult | null {
-  const available = bal.balance - bal.reserved;
-  if (amount > available) {
-    return { ok: false, code: "insufficient_credits", available: available > 0n ? available : 0n };
-  }
-  if (key.credit_limit !== null) {
-    const used = key.limit_reset ? s.period_spend : s.spend;
-    const remaining = key.credit_limit - used - s.reserved;
-    if (amount > remaining) {
-      return { ok: false, code: "key_limit_exceeded", remaining: remaining > 0n ? remaining : 0n };
-    }
-  }
-  return null;
-}
-
-/** The keys a batch reads and checks: balance, its keys and their spend, its holds, once-keys. */
-function readsOf(accountId: string, batch: Pending[]) {
-  const keyIds = new Set<string>();
-  const holdIds = new Set<string>();
-  const onceKeys = new Map<string, Deno.KvKey>();
-  for (const { op } of batch) {
-    if (op.kind === "reserve" || op.kind === "settle") keyIds.add(op.keyId);
-    if (
-      op.kind === "settle" || op.kind === "release" || op.kind === "expire" || op.kind === "renew"
-    ) {
-      holdIds.add(op.holdId);
-    }
-    if (op.kind === "credit" && op.once) onceKeys.set(keyString(op.once.key), op.once.key);
-  }
-  const keyList = [...keyIds];
-  const holdList = [...holdIds];
-  const onceList = [...onceKeys.values()];
-  const keys: Deno.KvKey[] = [
-    balanceKey(accountId),
-    ...keyList.map((id) => apiKeyKey(id)),
-    ...keyList.map((id) => keySpendKey(accountId, id)),
-    ...holdList.map((id) => holdKey(accountId, id)),
-    ...onceList,
-  ];
-  return { keys, keyList, holdList, onceList };
-}
-
-/** What is left of one atomic's limits. */
-interface Room {
-  checks: number;
-  mutations: number;
-  keyBytes: number;
-  bytes: number;
-}
-
-// Upper bounds of stored sizes, beyond their keys: a balance, a key's spend with its rate window,
-// a hold, a ledger entry without its description, a once-value.
-const BALANCE_BYTES = 256;
-const SPEND_BYTES = 2048;
-const HOLD_BYTES = 256;
-const LEDGER_BYTES = 512;
-const ONCE_BYTES = 4096;
-
-/**
- * How many operations at the head of an account's queue fit in the room left (and takes it): the
- * longest prefix, at most MAX_OPS. The first part of an atomic takes at least one operation.
- */
-function fitBatch(accountId: string, queue: Pending[], room: Room, first: boolean): number {
-  const accountBytes = accountId.length * 3;
-  // The balance: checked and set.
-  let checks = 1, mutations = 1;
-  let kbytes = 2 * (12 + accountBytes), bytes = BALANCE_BYTES;
-  const keys = new Set<string>();
-  let n = 0;
-  for (; n < queue.length && n < MAX_OPS; n++) {
-    const op = queue[n].op;
-    let c = 0, m = 0, kb = 0, b = 0;
-    if ((op.kind === "reserve" || op.kind === "settle") && !keys.has(op.keyId)) {
-      // The key is checked; its spend checked and set.
-      const k = 3 * (16 + op.keyId.length * 3 + accountBytes);
-      c += 2;
-      m += 1;
-      kb += k;
-      b += SPEND_BYTES;
-    }
-    const holdKeyBytes = "holdId" in op ? 12 + accountBytes + op.holdId.length * 3 : 0;
-    switch (op.kind) {
-      case "reserve":
-        m += 1;
-        kb += holdKeyBytes;
-        b += HOLD_BYTES;
-        break;
-      case "settle":
-      case "release":
-      case "expire":
-        c += 1;
-        m += 1;
-        kb += 2 * holdKeyBytes;
-        break;
-      case "renew":
-        c += 1;
-        m += 1;
-        kb += 2 * holdKeyBytes;
-        b += HOLD_BYTES;
-        break;
-      case "credit":
-        m += 1;
-        kb += 64 + accountBytes;
-        b += LEDGER_BYTES + op.description.length * 3 + (op.reference?.length ?? 0) * 3;
-        if (op.once) {
-          c += 1;
-          m += 1;
-          kb += 2 * keyBytes(op.once.key);
-          b += ONCE_BYTES;
-        }
-        break;
-    }
-    const event = op.kind === "settle" || op.kind === "record"
-      ? op.event
-      : op.kind === "release"
-      ? op.event
-      : null;
-    if (event) {
-      m += 1;
-      kb += 16 + event.id.length * 3;
-      b += approxBytes(event);
-    }
-    b += kb;
-    const over = checks + c > room.checks || mutations + m > room.mutations ||
-      kbytes + kb > room.keyBytes || bytes + b > room.bytes;
-    if (over && !(first && n === 0)) break;
-    if (op.kind === "reserve" || op.kind === "settle") keys.add(op.keyId);
-    checks += c;
-    mutations += m;
-    kbytes += kb;
-    bytes += b;
-  }
-  if (n === 0) return 0;
-  room.checks -= checks;
-  room.mutations -= mutations;
-  room.keyBytes -= kbytes;
-  room.bytes -= bytes;
-  return n;
 }

@@ -218,7 +218,13 @@ export class Background {
       const hold = e.value;
       if (hold.expires_ms > now || this.#actors.liveHolds.has(hold.id)) continue;
       expired++;
-      expiring.push(this.#actors.submit(String(e.key[1]), { kind: "expire", holdId: hold.id }));
+      expiring.push(
+        this.#actors.submit(String(e.key[1]), {
+          kind: "expire",
+          keyId: hold.key_id,
+          holdId: hold.id,
+        }),
+      );
     }
     await Promise.all(expiring);
     await compactPending(this.#kv, { scan: true });

@@ -9,7 +9,7 @@ import {
   ZERO_USAGE,
 } from "../pricing.ts";
 import { MAX_NAME_CHARS, MAX_USER_AGENT_CHARS, type UsageEvent } from "../billing/types.ts";
-import type { ReserveResult } from "../billing/actor.ts";
+import type { ReserveResult } from "../billing/ops.ts";
 import type { ResolvedModel } from "../providers/types.ts";
 import type { AppEnv } from "../services.ts";
 import { ApiError } from "../http/errors.ts";
@@ -343,6 +343,7 @@ export class MeteredRequest {
     });
     await c.get("svc").actors.submit(c.get("key").account_id, {
       kind: "release",
+      keyId: c.get("key").id,
       holdId: this.holdId,
       event,
     });

@@ -1,0 +1,101 @@
+/** How much of one atomic an account's batch of operations takes (see `decide`). */
+import { approxBytes, keyBytes } from "../kv/util.ts";
+import { addFootprint, type AtomicRoom, emptyFootprint, type Footprint } from "../kv/limits.ts";
+import type { Op } from "./ops.ts";
+
+// Upper bounds of stored sizes, beyond their keys: a balance, a key's spend with its rate window,
+// a hold, a ledger entry without its description, a once-value.
+const BALANCE_BYTES = 256;
+const SPEND_BYTES = 2048;
+const HOLD_BYTES = 256;
+const LEDGER_BYTES = 512;
+const ONCE_BYTES = 4096;
+/** The most operations of one account in one atomic. */
+export const MAX_OPS = 256;
+
+/** What one operation adds, given the key ids already in the batch (it adds its own). */
+function opFootprint(op: Op, accountBytes: number, keys: Set<string>): Footprint {
+  const f = emptyFootprint();
+  if ("keyId" in op && !keys.has(op.keyId)) {
+    // The key is checked; its spend checked and set.
+    f.checks += 2;
+    f.mutations += 1;
+    f.keyBytes += 3 * (16 + op.keyId.length * 3 + accountBytes);
+    f.bytes += SPEND_BYTES;
+  }
+  const holdKeyBytes = "holdId" in op ? 12 + accountBytes + op.holdId.length * 3 : 0;
+  switch (op.kind) {
+    case "reserve":
+      f.mutations += 1;
+      f.keyBytes += holdKeyBytes;
+      f.bytes += HOLD_BYTES;
+      break;
+    case "settle":
+    case "release":
+    case "expire":
+      f.checks += 1;
+      f.mutations += 1;
+      f.keyBytes += 2 * holdKeyBytes;
+      break;
+    case "renew":
+      f.checks += 1;
+      f.mutations += 1;
+      f.keyBytes += 2 * holdKeyBytes;
+      f.bytes += HOLD_BYTES;
+      break;
+    case "credit":
+      f.mutations += 1;
+      f.keyBytes += 64 + accountBytes;
+      f.bytes += LEDGER_BYTES + op.description.length * 3 + (op.reference?.length ?? 0) * 3;
+      if (op.once) {
+        f.checks += 1;
+        f.mutations += 1;
+        f.keyBytes += 2 * keyBytes(op.once.key);
+        f.bytes += ONCE_BYTES;
+      }
+      break;
+  }
+  const event = op.kind === "settle" || op.kind === "record" || op.kind === "release"
+    ? op.event
+    : null;
+  if (event) {
+    f.mutations += 1;
+    f.keyBytes += 16 + event.id.length * 3;
+    f.bytes += approxBytes(event);
+  }
+  f.bytes += f.keyBytes;
+  return f;
+}
+
+/**
+ * How many operations at the head of an account's queue fit in the room left (and takes them): the
+ * longest prefix, at most MAX_OPS. The first part of an atomic takes at least one operation.
+ */
+export function fitBatch(
+  accountId: string,
+  queue: readonly { op: Op }[],
+  room: AtomicRoom,
+  first: boolean,
+): number {
+  const accountBytes = accountId.length * 3;
+  // The balance: checked and set.
+  const total: Footprint = {
+    checks: 1,
+    mutations: 1,
+    keyBytes: 2 * (12 + accountBytes),
+    bytes: BALANCE_BYTES,
+  };
+  const keys = new Set<string>();
+  let n = 0;
+  for (; n < queue.length && n < MAX_OPS; n++) {
+    const op = queue[n].op;
+    const f = opFootprint(op, accountBytes, keys);
+    const after = addFootprint({ ...total }, f);
+    if (!room.fits(after) && !(first && n === 0)) break;
+    if ("keyId" in op) keys.add(op.keyId);
+    addFootprint(total, f);
+  }
+  if (n === 0) return 0;
+  room.take(total);
+  return n;
+}
