@@ -9,6 +9,7 @@ import { ApiError, errorBody, errorResponse } from "./http/errors.ts";
 import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
+import { instrumentKv, type KvStats } from "./kv/instrument.ts";
 import type { AppEnv, Services } from "./services.ts";
 import { auditOversize, auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
 import { managementRoutes } from "../routes/v1/management.ts";
@@ -41,7 +42,9 @@ export interface Router {
 
 /** Builds the whole router from its dependencies: one Hono app, its actors and background work. */
 export function createApp(deps: AppDeps): Router {
-  const { kv, config } = deps;
+  const { config } = deps;
+  const kvStats: KvStats = { commits: 0, conflicts: 0, locked: 0 };
+  const kv = instrumentKv(deps.kv, kvStats, config.kvSimulatedLatencyMs);
   const now = deps.now ?? Date.now;
   const log = deps.log ?? consoleLogger;
   const actors = new AccountActors(kv, {
@@ -58,6 +61,7 @@ export function createApp(deps: AppDeps): Router {
   }).start();
   const svc: Services = {
     kv,
+    kvStats,
     config,
     providers: new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
     actors,

@@ -41,6 +41,11 @@ export interface Config {
    * address is the client's and the header is ignored.
    */
   trustedProxies: string[];
+  /**
+   * Benchmarks only: every KV call waits this long first, a stand-in for a remote KV's round trip
+   * (Deno Deploy's); 0 in production.
+   */
+  kvSimulatedLatencyMs: number;
 }
 
 /** Thrown for bad configuration; the message is one line naming the variable. */
@@ -115,6 +120,7 @@ const schema = z.object({
   CREDIT_PACKAGES: z.string().optional(),
   AUDIT_RETENTION_DAYS: int(1, 36_500).optional(),
   TRUSTED_PROXIES: proxyList.optional(),
+  KV_SIMULATED_LATENCY_MS: int(0, 1000).default(0),
 });
 
 const VARIABLES = Object.keys(schema.shape);
@@ -171,6 +177,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     packages: loadPackages(e.CREDIT_PACKAGES),
     auditRetentionDays: e.AUDIT_RETENTION_DAYS ?? null,
     trustedProxies: e.TRUSTED_PROXIES ?? [],
+    kvSimulatedLatencyMs: e.KV_SIMULATED_LATENCY_MS,
   };
 }
 

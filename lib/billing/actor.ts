@@ -49,6 +49,16 @@ export interface ActorOptions {
   now?: () => number;
 }
 
+/** What the actors counted since start (see `AccountActors.stats`). */
+export interface ActorStats {
+  /** Atomics committed. */
+  commits: number;
+  /** Atomics that failed a check (another process wrote first) or met the KV file's lock. */
+  conflicts: number;
+  /** Committed atomics that wrote an account's shared balance record. */
+  balance_commits: number;
+}
+
 const MAX_ATTEMPTS = 200;
 // Atomics committing at once (of different accounts): the next one is decided and serialized
 // while the previous one is written.
@@ -89,6 +99,8 @@ export class AccountActors {
    */
   #cache = new Map<string, AccountCache>();
   #lastEviction = 0;
+  /** Plain counters since start, for `GET /v1/admin/stats` and the benchmarks. */
+  readonly stats: ActorStats = { commits: 0, conflicts: 0, balance_commits: 0 };
   /** Per account, Σ amounts of the reserves submitted and not yet decided. */
   #deciding = new Map<string, bigint>();
 
@@ -303,6 +315,7 @@ export class AccountActors {
       } catch (e) {
         // Another process holding the local KV file's write lock is contention too: retry.
         if (!isLocked(e)) throw e;
+        this.stats.conflicts++;
       }
       if (done) return true;
       // Another process committed first: back off briefly, then decide again on fresh state.
@@ -341,10 +354,15 @@ export class AccountActors {
       throw e;
     }
     if (!res.ok) {
+      this.stats.conflicts++;
       // Another process (or a key change) wrote first: the accounts are decided again on fresh
       // reads. Which check failed is not reported, so every account of the atomic is re-read.
       for (const p of parts) this.#cache.delete(p.accountId);
       return false;
+    }
+    this.stats.commits++;
+    if (decided.some((d) => d.sets.some((w) => w.key[0] === "balance"))) {
+      this.stats.balance_commits++;
     }
     parts.forEach((p, i) => this.#remember(p.accountId, decided[i], res.versionstamp));
     parts.forEach((p, i) => p.batch.forEach((q, j) => q.resolve(decided[i].results[j])));

@@ -225,6 +225,11 @@ export function adminRoutes() {
   });
 
   app.get("/verify", async (c) => c.json(await verifyBooksJson(c.get("svc").kv)));
+  // This process's counters (plain integers since start): another process answers for itself.
+  app.get("/stats", (c) => {
+    const svc = c.get("svc");
+    return c.json({ kv: svc.kvStats, actors: svc.actors.stats });
+  });
 
   return app;
 }
