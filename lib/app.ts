@@ -36,7 +36,10 @@ export interface Router {
   svc: Services;
   /** Records every pending usage event now (tests, shutdown). */
   flush(): Promise<void>;
-  /** Stops background work; the caller closes the KV afterwards. */
+  /**
+   * Returns every balance lease of this process (call it once requests in flight have finished:
+   * after `server.shutdown()`), then stops background work; the caller closes the KV afterwards.
+   */
   close(): Promise<void>;
 }
 
@@ -51,6 +54,7 @@ export function createApp(deps: AppDeps): Router {
     delivery: config.outboxDelivery,
     onCommitted: (ids, events) => background.notify(ids, events),
     now,
+    leases: config.leases ?? undefined,
   });
   const background: Background = new Background(kv, actors, {
     delivery: config.outboxDelivery,
@@ -110,7 +114,7 @@ export function createApp(deps: AppDeps): Router {
   for (const path of audited) {
     app.use(path, async (c, next) => {
       await next();
-      await c.get("metered")?.answered();
+      c.get("metered")?.answered();
       if (c.res.status >= 400) {
         await auditRefusal(c, c.res.status, c.get("errorCode") ?? `http_${c.res.status}`);
       }

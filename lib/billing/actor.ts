@@ -1,18 +1,13 @@
-import { apiKeyKey, balanceKey, keySpendKey, outboxKey } from "../kv/schema.ts";
+import { outboxKey } from "../kv/schema.ts";
 import { getAll, isLocked, keyString, sleep } from "../kv/util.ts";
 import { AtomicRoom } from "../kv/limits.ts";
-import { checkKey } from "../auth/keys.ts";
-import { currentSpend } from "./periods.ts";
-import {
-  type ApiKey,
-  type BalanceState,
-  EMPTY_KEY_SPEND,
-  type KeySpend,
-  type UsageEvent,
-} from "./types.ts";
-import type { Op, RenewResult, ResultOf } from "./ops.ts";
-import { decide, type Decision, moneyRefusal, readKeys, stateOf } from "./decide.ts";
+import { apiKeyKey } from "../kv/schema.ts";
+import { newId } from "../ids.ts";
+import type { ApiKey, BalanceState, UsageEvent } from "./types.ts";
+import type { Op, RenewResult, ReserveResult, ResultOf } from "./ops.ts";
+import { decide, type Decision, type LocalKeys, readKeys, stateOf } from "./decide.ts";
 import { fitBatch } from "./footprint.ts";
+import { LocalLeases } from "./local_lease.ts";
 
 /** A hold reserved by a request alive in this process. */
 export interface LiveHold {
@@ -47,7 +42,26 @@ export interface ActorOptions {
    */
   onCommitted?: (eventIds: string[], events: Deno.KvEntry<UsageEvent>[]) => void;
   now?: () => number;
+  /** Balance leases (see lib/billing/leasing.ts); absent: every reserve is a shared hold. */
+  leases?: LeaseOptions;
 }
+
+export interface LeaseOptions {
+  /** How long a lease lives unrenewed: a crashed process's lease returns after this. */
+  ttlMs: number;
+  /** A lease without holds or reserves for this long is returned. */
+  idleMs: number;
+  /** How often leases are looked after: idle ones returned, recalls noticed, expiries renewed. */
+  tickMs: number;
+  /** How long after a recall no process takes a lease on the account. */
+  recallMs: number;
+  /** How long a reserve refused while others' leases hold credit waits for them to return it. */
+  recallWaitMs: number;
+}
+
+// A lease's holds are written to it (what customers see as reserved) this long after they were
+// granted, if no commit of the lease has written them by then: a short request writes nothing.
+const SHOW_HELD_MS = 100;
 
 /** What the actors counted since start (see `AccountActors.stats`). */
 export interface ActorStats {
@@ -57,6 +71,10 @@ export interface ActorStats {
   conflicts: number;
   /** Committed atomics that wrote an account's shared balance record. */
   balance_commits: number;
+  /** Reserves granted from this process's lease with no KV round trip. */
+  lease_reserves: number;
+  /** Reserves decided by a commit (a lease taken or topped up, or a shared hold). */
+  committed_reserves: number;
 }
 
 const MAX_ATTEMPTS = 200;
@@ -100,16 +118,31 @@ export class AccountActors {
   #cache = new Map<string, AccountCache>();
   #lastEviction = 0;
   /** Plain counters since start, for `GET /v1/admin/stats` and the benchmarks. */
-  readonly stats: ActorStats = { commits: 0, conflicts: 0, balance_commits: 0 };
-  /** Per account, Σ amounts of the reserves submitted and not yet decided. */
-  #deciding = new Map<string, bigint>();
+  readonly stats: ActorStats = {
+    commits: 0,
+    conflicts: 0,
+    balance_commits: 0,
+    lease_reserves: 0,
+    committed_reserves: 0,
+  };
+  /** This process's id: the owner of its leases. */
+  readonly owner = newId("proc");
+  /** This process's leases, and the holds granted from them. */
+  readonly leases = new LocalLeases();
+  /** No new lease is taken once closing (the process shuts down and returns them). */
+  closing = false;
+  #showHeld = new Map<string, ReturnType<typeof setTimeout>>();
 
   constructor(kv: Deno.Kv, opts: ActorOptions) {
     this.#kv = kv;
     this.#opts = opts;
   }
 
-  #now(): number {
+  get leaseOptions(): LeaseOptions | undefined {
+    return this.#opts.leases;
+  }
+
+  now(): number {
     return this.#opts.now?.() ?? Date.now();
   }
 
@@ -121,9 +154,7 @@ export class AccountActors {
         box = { queue: [] };
         this.#boxes.set(accountId, box);
       }
-      let pending: Pending = { op, resolve: resolve as (v: unknown) => void, reject };
-      if (op.kind === "reserve") pending = this.#whileDeciding(accountId, op.amount, pending);
-      box.queue.push(pending);
+      box.queue.push({ op, resolve: resolve as (v: unknown) => void, reject });
       this.#evictIdle();
       this.#ready.add(accountId);
       if (this.#pumps < MAX_IN_FLIGHT) {
@@ -134,60 +165,87 @@ export class AccountActors {
     });
   }
 
-  /** Counts a reserve's amount as deciding on its account until it is resolved or rejected. */
-  #whileDeciding(accountId: string, amount: bigint, p: Pending): Pending {
-    const add = (d: bigint) => {
-      const n = (this.#deciding.get(accountId) ?? 0n) + d;
-      if (n === 0n) this.#deciding.delete(accountId);
-      else this.#deciding.set(accountId, n);
-    };
-    add(amount);
-    return {
-      op: p.op,
-      resolve: (v) => {
-        add(-amount);
-        p.resolve(v);
-      },
-      reject: (e) => {
-        add(-amount);
-        p.reject(e);
-      },
-    };
+  /**
+   * Holds `amount` for a request of `key` until it is settled or released: from this process's
+   * lease on the account when it covers it (no KV round trip: the provider may be called at
+   * once), else by a commit (a lease taken or topped up, or a shared hold when the account is
+   * near exhaustion). A refusal while other processes' leases hold credit waits for them to give
+   * it back (`recallWaitMs`) and is tried again before it is final.
+   */
+  async reserve(
+    accountId: string,
+    key: ApiKey,
+    holdId: string,
+    amount: bigint,
+    ttlMs: number,
+  ): Promise<ReserveResult> {
+    const opts = this.#opts.leases;
+    const now = this.now();
+    if (opts) {
+      this.leases.note(accountId, amount, now);
+      if (
+        !this.closing && this.leases.tryReserve(accountId, key, holdId, amount, now, opts.ttlMs / 2)
+      ) {
+        this.stats.lease_reserves++;
+        this.#showHeldLater(accountId, now);
+        return { ok: true };
+      }
+    }
+    this.stats.committed_reserves++;
+    // Real time, not the injected clock: this is a wait.
+    const deadline = Date.now() + (opts?.recallWaitMs ?? 0);
+    for (;;) {
+      const r = await this.submit(accountId, {
+        kind: "reserve",
+        keyId: key.id,
+        holdId,
+        amount,
+        ttlMs,
+      });
+      if (!r.recall || Date.now() >= deadline) {
+        const { recall: _, ...result } = r;
+        return result as ReserveResult;
+      }
+      await sleep(opts!.tickMs);
+    }
+  }
+
+  /** Writes the lease's holds soon unless a commit of the lease writes them first. */
+  #showHeldLater(accountId: string, since: number) {
+    if (this.#showHeld.has(accountId)) return;
+    this.#showHeld.set(
+      accountId,
+      setTimeout(() => {
+        this.#showHeld.delete(accountId);
+        const st = this.leases.status(accountId);
+        if (!st || st.holds === 0 || st.writtenMs >= since) return;
+        this.submit(accountId, { kind: "lease", action: "sync" }).catch(() => {});
+      }, SHOW_HELD_MS),
+    );
   }
 
   /**
-   * Whether a reserve of `amount` on this key will almost surely be granted: judged on the
-   * account's entries as this process last committed or read them, less every reserve still
-   * deciding, and only for a live key without a rate limit. A forecast, never a decision: the
-   * reserve's atomic decides, on checked entries. False whenever the state is not cached.
+   * A hold whose request ended without settling or releasing it: a lease's hold is dropped at
+   * once (nothing charged), a shared one is no longer renewed, so the sweeper releases it.
+   * False when the hold was not this process's to serve any more.
    */
-  forecast(accountId: string, keyId: string, amount: bigint): boolean {
-    const cache = this.#cache.get(accountId);
-    if (!cache) return false;
-    const bal = cache.entries.get(keyString(balanceKey(accountId)))?.value as
-      | BalanceState
-      | null
-      | undefined;
-    const key = cache.entries.get(keyString(apiKeyKey(keyId)))?.value as ApiKey | null | undefined;
-    const spend = cache.entries.get(keyString(keySpendKey(accountId, keyId)));
-    if (!bal || !key || !spend || key.rate_limit_rpm !== null) return false;
-    const now = this.#now();
-    if (!checkKey(key, now).ok) return false;
-    const deciding = this.#deciding.get(accountId) ?? 0n;
-    const s = currentSpend(
-      (spend.value as KeySpend | null) ?? EMPTY_KEY_SPEND,
-      key.limit_reset,
-      now,
+  abandon(accountId: string, holdId: string): boolean {
+    return this.leases.abandon(accountId, holdId) || this.liveHolds.delete(holdId);
+  }
+
+  /** Returns every lease of this process (shutdown); no new one is taken afterwards. */
+  async returnLeases(): Promise<void> {
+    this.closing = true;
+    for (const t of this.#showHeld.values()) clearTimeout(t);
+    this.#showHeld.clear();
+    await Promise.all(
+      [...this.leases.accounts()].map((a) => this.submit(a, { kind: "lease", action: "return" })),
     );
-    // Every deciding reserve of the account is counted against the key too: more than its own.
-    const ahead = { ...bal, reserved: bal.reserved + deciding };
-    return moneyRefusal(key, { ...s, reserved: s.reserved + deciding }, ahead, amount) === null;
   }
 
   /**
    * Forgets the cached entry of a key changed in this process (limits, disabling, revocation): the
-   * next forecast on it is false and the next reserve reads it afresh, so a change made here never
-   * has a request sent ahead on the key as it was.
+   * next reserve that commits reads it afresh.
    */
   forgetKey(accountId: string, keyId: string) {
     this.#cache.get(accountId)?.entries.delete(keyString(apiKeyKey(keyId)));
@@ -200,7 +258,7 @@ export class AccountActors {
    * and a process that dies stops renewing, so its holds expire.
    */
   async renewLive(ttlMs: number): Promise<number> {
-    const due = this.#now() + ttlMs / 2;
+    const due = this.now() + ttlMs / 2;
     const renewing: Promise<RenewResult>[] = [];
     for (const [holdId, h] of this.liveHolds) {
       if (h.expiresMs > due) continue;
@@ -208,6 +266,16 @@ export class AccountActors {
     }
     const renewed = await Promise.all(renewing);
     return renewed.filter((r) => r !== null).length;
+  }
+
+  /** Keeps `e` in the account's cache if it is newer than the entry cached (a poll's read). */
+  refresh(accountId: string, e: Deno.KvEntryMaybe<unknown>) {
+    const cache = this.#cache.get(accountId);
+    if (!cache || e.versionstamp === null) return;
+    const ks = keyString(e.key);
+    const had = cache.entries.get(ks);
+    if (had && had.versionstamp !== null && had.versionstamp >= e.versionstamp) return;
+    cache.entries.set(ks, e);
   }
 
   /** The account's cache, with every entry at `keys` in it (read where missing). */
@@ -274,7 +342,13 @@ export class AccountActors {
     for (const accountId of this.#ready) {
       if (this.#busy.has(accountId)) continue;
       const box = this.#boxes.get(accountId)!;
-      const n = fitBatch(accountId, box.queue, room, parts.length === 0);
+      const n = fitBatch(
+        accountId,
+        box.queue,
+        room,
+        parts.length === 0,
+        this.leases.view(accountId)?.keys.keys() ?? null,
+      );
       if (n === 0) break;
       this.#ready.delete(accountId);
       parts.push({ accountId, box, batch: box.queue.splice(0, n) });
@@ -300,7 +374,15 @@ export class AccountActors {
       } else if (parts[0].batch.length > 1) {
         // Nor its neighbours in the account's batch: one by one.
         for (const op of parts[0].batch) await this.#commitParts([{ ...parts[0], batch: [op] }]);
-      } else parts[0].batch[0].reject(err);
+      } else {
+        const { op } = parts[0].batch[0];
+        // A settle or release that cannot commit ends its hold here, as a shared hold's ends
+        // (not renewed, released by the sweeper): a lease's hold is dropped, nothing charged.
+        if (op.kind === "settle" || op.kind === "release") {
+          this.leases.abandon(parts[0].accountId, op.holdId);
+        }
+        parts[0].batch[0].reject(err);
+      }
     } finally {
       for (const { accountId, box } of parts) if (box.queue.length) this.#ready.add(accountId);
     }
@@ -324,60 +406,107 @@ export class AccountActors {
     return false;
   }
 
-  /** Decides every part on its (cached or read) entries and commits them as one atomic. */
+  /** What this process's lease on the account means for its reads. */
+  #localKeys(accountId: string): LocalKeys {
+    const lease = this.leases.view(accountId);
+    return {
+      leaseId: lease?.id ?? null,
+      leaseKeyIds: lease ? [...lease.keys.keys()] : [],
+      isLocalHold: (id) => !!lease?.holds.has(id) || this.leases.orphans.has(id),
+    };
+  }
+
+  /** Decides one account's batch on its (cached or read) entries and this process's lease. */
+  #decide(p: Part, cache: AccountCache, now: number): Decision {
+    const ops = p.batch.map((q) => q.op);
+    const local = this.#localKeys(p.accountId);
+    const state = stateOf(p.accountId, ops, local, (k) => cache.entries.get(keyString(k))!);
+    const opts = this.#opts.leases;
+    const leases = (state.balance.value as BalanceState | null)?.leases ?? 0;
+    const lease = this.leases.view(p.accountId);
+    const d = decide(state, ops, { lease, orphans: this.leases.orphans }, {
+      now,
+      isLive: (id) => this.liveHolds.has(id),
+      owner: this.owner,
+      policy: opts && !this.closing ? this.leases.policy(p.accountId, leases, now) : null,
+      newLeaseId: newId("lease", now),
+      leaseTtlMs: opts?.ttlMs ?? 0,
+      recallMs: opts?.recallMs ?? 0,
+    });
+    // Decided no longer served: even if the commit fails, this process stops renewing them and
+    // its sweeper may release them once expired.
+    for (const id of d.unserved) this.liveHolds.delete(id);
+    // Before the commit, in the same step as the decision: no local reserve meanwhile is granted
+    // on credit the decision gives away, and the holds it granted are counted.
+    if (d.lease) this.leases.before(p.accountId, d.lease, now);
+    return d;
+  }
+
+  /** Decides every part and commits them as one atomic (none when nothing is to be written). */
   async #attempt(parts: Part[]): Promise<boolean> {
-    const now = this.#now();
-    const atomic = this.#kv.atomic();
-    const decided = await Promise.all(parts.map(async (p) => {
-      const ops = p.batch.map((q) => q.op);
-      const cache = await this.#read(p.accountId, readKeys(p.accountId, ops));
-      const state = stateOf(p.accountId, ops, (k) => cache.entries.get(keyString(k))!);
-      const d = decide(state, ops, { now, isLive: (id) => this.liveHolds.has(id) });
-      // Decided no longer served: even if the commit fails, this process stops renewing them and
-      // its sweeper may release them once expired.
-      for (const id of d.unserved) this.liveHolds.delete(id);
-      return d;
-    }));
-    for (const d of decided) {
-      for (const e of d.checks) atomic.check(e);
-      for (const w of d.sets) atomic.set(w.key, w.value, { expireIn: w.expireIn });
-      for (const k of d.deletes) atomic.delete(k);
-      for (const e of d.events) atomic.set(outboxKey(e.id), e);
-    }
-    const eventIds = decided.flatMap((d) => d.events.map((e) => e.id));
-    if (eventIds.length && this.#opts.delivery === "queue") atomic.enqueue({ outbox: eventIds });
+    const decided: Decision[] = [];
+    const settle = (ok: boolean) =>
+      decided.forEach((d, i) =>
+        d.lease && this.leases.after(parts[i].accountId, d.lease, ok, this.now())
+      );
     let res: Deno.KvCommitResult | Deno.KvCommitError;
     try {
-      res = await atomic.commit();
+      const caches = await Promise.all(
+        parts.map((p) =>
+          this.#read(
+            p.accountId,
+            readKeys(p.accountId, p.batch.map((q) => q.op), this.#localKeys(p.accountId)),
+          )
+        ),
+      );
+      // Decided together, with no await between: the local lease state each one saw still holds.
+      parts.forEach((p, i) => decided.push(this.#decide(p, caches[i], this.now())));
+      const atomic = this.#kv.atomic();
+      let empty = true;
+      for (const d of decided) {
+        for (const e of d.checks) atomic.check(e);
+        for (const w of d.sets) atomic.set(w.key, w.value, { expireIn: w.expireIn });
+        for (const k of d.deletes) atomic.delete(k);
+        for (const e of d.events) atomic.set(outboxKey(e.id), e);
+        empty &&= !d.checks.length && !d.sets.length && !d.deletes.length && !d.events.length;
+      }
+      const eventIds = decided.flatMap((d) => d.events.map((e) => e.id));
+      if (eventIds.length && this.#opts.delivery === "queue") atomic.enqueue({ outbox: eventIds });
+      res = empty ? { ok: true, versionstamp: "" } : await atomic.commit();
     } catch (e) {
+      settle(false);
       for (const p of parts) this.#cache.delete(p.accountId);
       throw e;
     }
     if (!res.ok) {
+      settle(false);
       this.stats.conflicts++;
       // Another process (or a key change) wrote first: the accounts are decided again on fresh
       // reads. Which check failed is not reported, so every account of the atomic is re-read.
       for (const p of parts) this.#cache.delete(p.accountId);
       return false;
     }
-    this.stats.commits++;
-    if (decided.some((d) => d.sets.some((w) => w.key[0] === "balance"))) {
-      this.stats.balance_commits++;
+    settle(true);
+    if (res.versionstamp) {
+      this.stats.commits++;
+      if (decided.some((d) => d.sets.some((w) => w.key.length === 2 && w.key[0] === "balance"))) {
+        this.stats.balance_commits++;
+      }
     }
     parts.forEach((p, i) => this.#remember(p.accountId, decided[i], res.versionstamp));
     parts.forEach((p, i) => p.batch.forEach((q, j) => q.resolve(decided[i].results[j])));
-    if (eventIds.length && this.#opts.onCommitted) {
-      const stamp = res.versionstamp;
-      const events = decided.flatMap((d) =>
-        d.events.map((value) => ({ key: outboxKey(value.id), value, versionstamp: stamp }))
-      );
-      this.#opts.onCommitted(eventIds, events);
+    const events = decided.flatMap((d) =>
+      d.events.map((value) => ({ key: outboxKey(value.id), value, versionstamp: res.versionstamp }))
+    );
+    if (events.length && this.#opts.onCommitted) {
+      this.#opts.onCommitted(events.map((e) => e.value.id), events);
     }
     return true;
   }
 
   /** Keeps what a committed decision wrote as the account's cached state; tracks live holds. */
   #remember(accountId: string, d: Decision, stamp: string) {
+    for (const id of d.orphansDone) this.leases.orphans.delete(id);
     for (const h of d.reserved) this.liveHolds.set(h.id, { accountId, expiresMs: h.expires_ms });
     for (const h of d.renewed) {
       const live = this.liveHolds.get(h.id);

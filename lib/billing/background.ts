@@ -1,4 +1,4 @@
-import { HOLD_PREFIX } from "../kv/schema.ts";
+import { HOLD_PREFIX, LEASE_PREFIX } from "../kv/schema.ts";
 import { listStaleOutbox, RecordError, recordEvents } from "../audit/recorder.ts";
 import { compactPending } from "../usage/compact.ts";
 
@@ -9,7 +9,8 @@ import { compactPending } from "../usage/compact.ts";
 // recorded event regardless.
 const COMPACT_EVERY_MS = 3000;
 import type { AccountActors } from "./actor.ts";
-import type { Hold, UsageEvent } from "./types.ts";
+import type { Hold, Lease, UsageEvent } from "./types.ts";
+import { tickLeases } from "./leasing.ts";
 import { sleep } from "../kv/util.ts";
 
 // Under load the drainer gathers events before a pass, in steps of COALESCE_STEP_MS, until it
@@ -66,6 +67,7 @@ export class Background {
   #timer: ReturnType<typeof setInterval> | undefined;
   #compactTimer: ReturnType<typeof setInterval> | undefined;
   #renewTimer: ReturnType<typeof setInterval> | undefined;
+  #leaseTimer: ReturnType<typeof setInterval> | undefined;
   #listener: Promise<void> | null = null;
   #inFlight = new Set<Promise<unknown>>();
   #closed = false;
@@ -108,6 +110,10 @@ export class Background {
       );
     }
     this.#compactTimer = this.#every(COMPACT_EVERY_MS, () => compactPending(this.#kv));
+    const leases = this.#actors.leaseOptions;
+    if (leases) {
+      this.#leaseTimer = this.#every(leases.tickMs, () => tickLeases(this.#kv, this.#actors));
+    }
     return this;
   }
 
@@ -184,12 +190,13 @@ export class Background {
   }
 
   /**
-   * Records stale outbox entries, releases expired holds not owned by this process and folds
-   * every account's pending rollup entries (those of other processes too).
+   * Records stale outbox entries, releases expired holds not owned by this process, reclaims
+   * other processes' expired leases (their debits folded in, the rest returned) and folds every
+   * account's pending rollup entries (those of other processes too).
    */
   async sweep(
     opts: { staleAfterMs?: number } = {},
-  ): Promise<{ recorded: number; expired: number }> {
+  ): Promise<{ recorded: number; expired: number; reclaimed: number }> {
     const now = this.#opts.now();
     let recorded = 0;
     for (;;) {
@@ -226,9 +233,21 @@ export class Background {
         }),
       );
     }
+    let reclaimed = 0;
+    for await (const e of this.#kv.list<Lease>({ prefix: LEASE_PREFIX })) {
+      const lease = e.value;
+      if (lease.expires_ms > now || lease.owner === this.#actors.owner) continue;
+      expiring.push(
+        this.#actors.submit(String(e.key[1]), {
+          kind: "reclaim",
+          leaseId: lease.id,
+          keyIds: Object.keys(lease.keys),
+        }).then((done) => done && reclaimed++),
+      );
+    }
     await Promise.all(expiring);
     await compactPending(this.#kv, { scan: true });
-    return { recorded, expired };
+    return { recorded, expired, reclaimed };
   }
 
   /** Records everything in the outbox now (tests and shutdown). */
@@ -238,7 +257,10 @@ export class Background {
     await this.sweep({ staleAfterMs: -1 });
   }
 
+  /** Returns this process's leases, then stops: call it once no request is in flight. */
   async close(): Promise<void> {
+    clearInterval(this.#leaseTimer);
+    await this.#actors.returnLeases();
     this.#closed = true;
     clearInterval(this.#timer);
     clearInterval(this.#compactTimer);

@@ -57,7 +57,35 @@ export interface CreditOp {
   reference: string | null;
   once?: { key: Deno.KvKey; value: (entry: LedgerEntry) => unknown; expireIn?: number };
 }
-export type Op = ReserveOp | SettleOp | ReleaseOp | RecordOp | ExpireOp | RenewOp | CreditOp;
+/**
+ * Maintain this process's lease on the account: `topup` it to its wanted size (taking one if
+ * none), `sync` it (push its expiry out, write its holds' figure; shrink it if recalled), or
+ * `return` it (fold its debits, give back all its holds do not need; deleted once it holds none).
+ */
+export interface LeaseOp {
+  kind: "lease";
+  action: "topup" | "sync" | "return";
+}
+/**
+ * Reclaim another process's lease found past its expiry: fold its debits into the balance and
+ * return the rest. `keyIds`: the keys it serves (as listed), whose spends take its deltas.
+ * Resolves with whether it was reclaimed.
+ */
+export interface ReclaimOp {
+  kind: "reclaim";
+  leaseId: string;
+  keyIds: string[];
+}
+export type Op =
+  | ReserveOp
+  | SettleOp
+  | ReleaseOp
+  | RecordOp
+  | ExpireOp
+  | RenewOp
+  | CreditOp
+  | LeaseOp
+  | ReclaimOp;
 
 export type ReserveResult =
   | { ok: true }
@@ -65,6 +93,11 @@ export type ReserveResult =
   | { ok: false; code: "key_limit_exceeded"; remaining: bigint }
   | { ok: false; code: "rate_limited"; rpm: number; retryAfterSec: number }
   | { ok: false; code: "key_disabled" | "invalid_api_key" };
+/**
+ * A reserve's decision: `recall` when it was refused while other processes' leases hold credit
+ * that would cover it (they were asked to give it back: the reserve is tried again shortly).
+ */
+export type ReserveDecision = ReserveResult & { recall?: true };
 export type CreditResult = { replayed: false; entry: LedgerEntry } | {
   replayed: true;
   stored: unknown;
@@ -77,8 +110,9 @@ export interface SettleResult {
 /** The renewed hold's new expiry, or null when the hold is gone (or not this process's). */
 export type RenewResult = number | null;
 
-export type ResultOf<O extends Op> = O extends ReserveOp ? ReserveResult
+export type ResultOf<O extends Op> = O extends ReserveOp ? ReserveDecision
   : O extends CreditOp ? CreditResult
   : O extends SettleOp ? SettleResult
   : O extends RenewOp ? RenewResult
+  : O extends ReclaimOp ? boolean
   : void;

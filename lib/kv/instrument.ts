@@ -64,9 +64,20 @@ export function instrumentKv(
   const methods: Record<string | symbol, unknown> = {
     atomic() {
       const op = kv.atomic();
-      const commit = delayed(op.commit.bind(op));
-      op.commit = () => count(commit);
-      return op;
+      const commit = delayed(() => op.commit());
+      // A view of the operation whose commit is counted; its chained calls return the view.
+      const view: Deno.AtomicOperation = new Proxy(op, {
+        get(target, p) {
+          if (p === "commit") return () => count(commit);
+          const v = Reflect.get(target, p, target);
+          if (typeof v !== "function") return v;
+          return (...a: unknown[]) => {
+            const r = v.apply(target, a);
+            return r === target ? view : r;
+          };
+        },
+      });
+      return view;
     },
     get: delayed(kv.get.bind(kv)),
     getMany: delayed(kv.getMany.bind(kv)),

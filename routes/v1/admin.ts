@@ -113,6 +113,10 @@ export async function verifyBooksJson(kv: Deno.Kv) {
       ledger_sum: formatUsd(d.ledger_sum),
       reserved: formatUsd(d.reserved),
       holds_sum: formatUsd(d.holds_sum),
+      leased: formatUsd(d.leased),
+      leases_sum: formatUsd(d.leases_sum),
+      keys_leased: formatUsd(d.keys_leased),
+      slices_sum: formatUsd(d.slices_sum),
     })),
   };
 }
