@@ -14,7 +14,9 @@
  *
  * Flags: --quick, --seconds=N (per group and load), --rounds=N, --c=N (connections, default 64),
  * --only=json|sse, --shape=hot|spread, --no-latency, --latency-only, --env=NAME=VALUE (given to
- * every router, e.g. --env=BALANCE_LEASES=off). Results also go to bench/results/scale.json.
+ * every router, e.g. --env=BALANCE_LEASES=off), --independent (a control, hot shape only: each
+ * process on a KV file and account of its own, sharing nothing: the most N processes can serve on
+ * this machine). Results also go to bench/results/scale.json.
  */
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 import {
@@ -48,12 +50,17 @@ const rounds = Math.max(1, Number(flag("rounds") ?? (quick ? 3 : 4)));
 const sliceSeconds = Math.max(1, Math.round(seconds / rounds));
 const connections = Number(flag("c") ?? 64);
 const modes = (flag("only") ? [flag("only")] : ["json", "sse"]) as ("json" | "sse")[];
-const shapes = (flag("shape") ? [flag("shape")] : ["hot", "spread"]) as ("hot" | "spread")[];
+const shapes =
+  (args.has("--independent") ? ["hot"] : flag("shape") ? [flag("shape")] : ["hot", "spread"]) as (
+    | "hot"
+    | "spread"
+  )[];
 const PROCESSES = [1, 2, 3];
 const SPREAD_ACCOUNTS = 100;
 const LATENCIES = [0, 5, 20];
 const LATENCY_PROCESSES = [1, 2];
 const latencyRequests = quick ? 60 : 150;
+const independent = args.has("--independent");
 const extraEnv: Record<string, string> = Object.fromEntries(
   Deno.args.filter((a) => a.startsWith("--env=")).map((a) => {
     const [k, ...v] = a.slice(6).split("=");
@@ -88,7 +95,7 @@ async function startGroup(
         env: {
           PORT: String(port),
           LISTEN_HOST: "127.0.0.1",
-          KV_PATH: kvPath,
+          KV_PATH: independent ? `${kvPath}.${i}` : kvPath,
           ADMIN_TOKEN,
           OPENAI_API_KEY: UPSTREAM_KEY,
           OPENAI_BASE_URL: `${upstream.url}/v1`,
@@ -102,6 +109,11 @@ async function startGroup(
 }
 
 async function addAccounts(g: Group, spread: boolean) {
+  if (independent) {
+    // One account per process, each in the process's own KV file.
+    g.keys.hot = await Promise.all(g.procs.map((p) => account(p, 0)));
+    return;
+  }
   g.keys.hot = [await account(g.procs[0], 0)];
   if (!spread) return;
   for (let i = 0; i < SPREAD_ACCOUNTS; i += 10) {
@@ -120,9 +132,17 @@ interface Counters {
   cpuUs: number;
   kvCommits: number;
   kvConflicts: number;
+  kvLocked: number;
   actorCommits: number;
   actorConflicts: number;
   balanceCommits: number;
+  leaseReserves: number;
+  sharedReserves: number;
+  takes: number;
+  topups: number;
+  shrinks: number;
+  returns: number;
+  recalls: number;
 }
 
 /** The group's counters summed over its processes. */
@@ -131,18 +151,35 @@ async function counters(g: Group): Promise<Counters> {
     cpuUs: 0,
     kvCommits: 0,
     kvConflicts: 0,
+    kvLocked: 0,
     actorCommits: 0,
     actorConflicts: 0,
     balanceCommits: 0,
+    leaseReserves: 0,
+    sharedReserves: 0,
+    takes: 0,
+    topups: 0,
+    shrinks: 0,
+    returns: 0,
+    recalls: 0,
   };
   for (const p of g.procs) {
     const [cpu, s] = await Promise.all([cpuMicros(p.pid), admin(p, "GET", "/v1/admin/stats")]);
+    const a = s.actors;
     out.cpuUs += cpu ?? 0;
     out.kvCommits += s.kv.commits;
-    out.kvConflicts += s.kv.conflicts + s.kv.locked;
-    out.actorCommits += s.actors.commits;
-    out.actorConflicts += s.actors.conflicts;
-    out.balanceCommits += s.actors.balance_commits;
+    out.kvConflicts += s.kv.conflicts;
+    out.kvLocked += s.kv.locked;
+    out.actorCommits += a.commits;
+    out.actorConflicts += a.conflicts;
+    out.balanceCommits += a.balance_commits;
+    out.leaseReserves += a.lease_reserves ?? 0;
+    out.sharedReserves += a.shared_reserves ?? 0;
+    out.takes += a.takes ?? 0;
+    out.topups += a.topups ?? 0;
+    out.shrinks += a.shrinks ?? 0;
+    out.returns += a.returns ?? 0;
+    out.recalls += a.recalls ?? 0;
   }
   return out;
 }
@@ -157,14 +194,17 @@ const kvs = new Map<string, Deno.Kv>();
 
 /** Waits until the group's outbox is empty: the ledger caught up with the load. */
 async function catchUp(g: Group) {
-  let kv = kvs.get(g.kvPath);
-  if (!kv) kvs.set(g.kvPath, kv = await Deno.openKv(g.kvPath));
-  const end = Date.now() + 60_000;
-  for (;;) {
-    const [left] = await Array.fromAsync(kv.list({ prefix: ["outbox"] }, { limit: 1 }));
-    if (!left) return;
-    if (Date.now() > end) throw new Error(`${g.name}: the ledger did not catch up in 60 s`);
-    await sleep(20);
+  const paths = independent ? g.procs.map((_, i) => `${g.kvPath}.${i}`) : [g.kvPath];
+  for (const path of paths) {
+    let kv = kvs.get(path);
+    if (!kv) kvs.set(path, kv = await Deno.openKv(path));
+    const end = Date.now() + 60_000;
+    for (;;) {
+      const [left] = await Array.fromAsync(kv.list({ prefix: ["outbox"] }, { limit: 1 }));
+      if (!left) break;
+      if (Date.now() > end) throw new Error(`${g.name}: the ledger did not catch up in 60 s`);
+      await sleep(20);
+    }
   }
 }
 
@@ -178,7 +218,14 @@ export interface ScaleRow {
   p99_ms: number;
   cpu_us_per_request: number;
   kv_commits_per_request: number;
+  /** Commits that failed a check, and that met another process's write lock on the KV file. */
   conflicts_per_request: number;
+  locked_per_request: number;
+  /** Reserves granted from a lease with no commit, and that took the shared path. */
+  lease_reserves: number;
+  shared_reserves: number;
+  /** Leases taken, topped up, shrunk, returned; recalls written. */
+  lease_events: string;
   actor_commits_per_request: number;
   balance_commits_per_s: number;
   errors: number;
@@ -196,8 +243,8 @@ async function slice(
   const specs = g.procs.map((p, i): LoadSpec => ({
     url: `${p.url}/v1/chat/completions`,
     body: chatBody("openai/gpt-4o-mini", mode),
-    // Each process sees every account of the shape.
-    tokens: keys,
+    // Each process sees every account of the shape (its own, when independent).
+    tokens: independent ? [keys[i]] : keys,
     headers: {},
     concurrency: Math.floor(connections / n) + (i < connections % n ? 1 : 0),
     durationMs: ms,
@@ -251,6 +298,10 @@ async function throughput(
           cpu_us_per_request: c.cpuUs / n,
           kv_commits_per_request: c.kvCommits / n,
           conflicts_per_request: c.kvConflicts / n,
+          locked_per_request: c.kvLocked / n,
+          lease_reserves: c.leaseReserves,
+          shared_reserves: c.sharedReserves,
+          lease_events: `${c.takes}/${c.topups}/${c.shrinks}/${c.returns}/${c.recalls}`,
           actor_commits_per_request: c.actorCommits / n,
           balance_commits_per_s: c.balanceCommits / (elapsed.get(g)! / 1000),
           errors: all.errors.connect + all.errors.read + all.errors.write + all.errors.status +
@@ -270,14 +321,18 @@ function formatRow(r: ScaleRow): string {
   return `${r.mode.padEnd(4)} ${r.shape.padEnd(6)} ${r.processes}p ` +
     `${f(r.rps, 0).padStart(6)} req/s  p50 ${f(r.p50_ms)} ms  p99 ${f(r.p99_ms)} ms  ` +
     `${f(r.cpu_us_per_request, 0)} µs CPU/req  ${f(r.kv_commits_per_request, 3)} commits/req  ` +
-    `${f(r.conflicts_per_request, 4)} conflicts/req  ${f(r.balance_commits_per_s, 1)} balance ` +
-    `commits/s${r.errors ? `  ${r.errors} errors` : ""}`;
+    `${f(r.conflicts_per_request, 4)} conflicts/req  ${f(r.locked_per_request, 4)} locked/req  ` +
+    `${
+      f(r.balance_commits_per_s, 1)
+    } balance commits/s  reserves lease/shared ${r.lease_reserves}/` +
+    `${r.shared_reserves}  take/topup/shrink/return/recall ${r.lease_events}` +
+    `${r.errors ? `  ${r.errors} errors` : ""}`;
 }
 
 function table(rows: ScaleRow[]): string {
   const lines = [
-    "| mode | shape | processes | req/s | ÷ 1 process | p50 ms | p99 ms | CPU µs/req | KV commits/req | conflicts/req | balance commits/s |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| mode | shape | processes | req/s | ÷ 1 process | p50 ms | p99 ms | CPU µs/req | KV commits/req | conflicts/req | locked/req | balance commits/s |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   for (const r of rows) {
     const one = rows.find((o) => o.mode === r.mode && o.shape === r.shape && o.processes === 1);
@@ -286,9 +341,9 @@ function table(rows: ScaleRow[]): string {
         one ? f(r.rps / one.rps, 3) : "-"
       } | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${f(r.cpu_us_per_request, 0)} | ${
         f(r.kv_commits_per_request, 3)
-      } | ${f(r.conflicts_per_request, 4)} | ${f(r.balance_commits_per_s, 1)} |${
-        r.errors ? ` ${r.errors} errors` : ""
-      }`,
+      } | ${f(r.conflicts_per_request, 4)} | ${f(r.locked_per_request, 4)} | ${
+        f(r.balance_commits_per_s, 1)
+      } |${r.errors ? ` ${r.errors} errors` : ""}`,
     );
   }
   return lines.join("\n");
@@ -485,10 +540,12 @@ async function main(): Promise<boolean> {
     console.log("\n" + table(rows) + "\n\n" + targets(rows));
     console.log("\nBooks at the end (GET /v1/admin/verify):");
     for (const g of groups) {
-      const v = await admin(g.procs[0], "GET", "/v1/admin/verify");
-      const balanced = v.ok && v.pending_events === 0;
-      if (!balanced) ok = false;
-      console.log(`  ${g.name}: ${balanced ? "balanced" : `NOT BALANCED ${JSON.stringify(v)}`}`);
+      for (const p of independent ? g.procs : [g.procs[0]]) {
+        const v = await admin(p, "GET", "/v1/admin/verify");
+        const balanced = v.ok && v.pending_events === 0;
+        if (!balanced) ok = false;
+        console.log(`  ${p.name}: ${balanced ? "balanced" : `NOT BALANCED ${JSON.stringify(v)}`}`);
+      }
     }
     for (const kv of kvs.values()) kv.close();
     kvs.clear();

@@ -5,7 +5,14 @@ import { apiKeyKey } from "../kv/schema.ts";
 import { newId } from "../ids.ts";
 import type { ApiKey, BalanceState, UsageEvent } from "./types.ts";
 import type { Op, RenewResult, ReserveResult, ResultOf } from "./ops.ts";
-import { decide, type Decision, type LocalKeys, readKeys, stateOf } from "./decide.ts";
+import {
+  decide,
+  type Decision,
+  type LeaseCounts,
+  type LocalKeys,
+  readKeys,
+  stateOf,
+} from "./decide.ts";
 import { fitBatch } from "./footprint.ts";
 import { LocalLeases } from "./local_lease.ts";
 
@@ -64,7 +71,7 @@ export interface LeaseOptions {
 const SHOW_HELD_MS = 100;
 
 /** What the actors counted since start (see `AccountActors.stats`). */
-export interface ActorStats {
+export interface ActorStats extends LeaseCounts {
   /** Atomics committed. */
   commits: number;
   /** Atomics that failed a check (another process wrote first) or met the KV file's lock. */
@@ -124,6 +131,13 @@ export class AccountActors {
     balance_commits: 0,
     lease_reserves: 0,
     committed_reserves: 0,
+    takes: 0,
+    topups: 0,
+    shrinks: 0,
+    returns: 0,
+    reclaims: 0,
+    recalls: 0,
+    shared_reserves: 0,
   };
   /** This process's id: the owner of its leases. */
   readonly owner = newId("proc");
@@ -492,6 +506,9 @@ export class AccountActors {
       if (decided.some((d) => d.sets.some((w) => w.key.length === 2 && w.key[0] === "balance"))) {
         this.stats.balance_commits++;
       }
+    }
+    for (const d of decided) {
+      for (const [k, n] of Object.entries(d.counts)) this.stats[k as keyof LeaseCounts] += n;
     }
     parts.forEach((p, i) => this.#remember(p.accountId, decided[i], res.versionstamp));
     parts.forEach((p, i) => p.batch.forEach((q, j) => q.resolve(decided[i].results[j])));

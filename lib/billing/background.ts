@@ -11,7 +11,7 @@ const COMPACT_EVERY_MS = 3000;
 import type { AccountActors } from "./actor.ts";
 import type { Hold, Lease, UsageEvent } from "./types.ts";
 import { tickLeases } from "./leasing.ts";
-import { sleep } from "../kv/util.ts";
+import { pause, sleep } from "../kv/util.ts";
 
 // Under load the drainer gathers events before a pass, in steps of COALESCE_STEP_MS, until it
 // has COALESCE_EVENTS, or COALESCE_PER_ACCOUNT per account among them, or COALESCE_MAX_MS passed,
@@ -25,6 +25,8 @@ const COALESCE_STEP_MS = 25;
 const COALESCE_MAX_MS = 250;
 const COALESCE_EVENTS = 4000;
 const COALESCE_PER_ACCOUNT = 4;
+// How long the queue listener leaves another process's events to that process's drainer.
+const OTHERS_FIRST_MS = 1000;
 // Ids handed to the drainer that the queue listener remembers, per generation.
 const HANDED_KEPT = 50_000;
 
@@ -71,6 +73,8 @@ export class Background {
   #listener: Promise<void> | null = null;
   #inFlight = new Set<Promise<unknown>>();
   #closed = false;
+  /** Aborted by `close`: waits in progress end. */
+  #closing = new AbortController();
 
   constructor(kv: Deno.Kv, actors: AccountActors, opts: BackgroundOptions) {
     this.#kv = kv;
@@ -96,7 +100,12 @@ export class Background {
         const rest = ids.filter((x) =>
           typeof x === "string" && !this.#handed.has(x) && !this.#handedBefore.has(x)
         );
-        if (rest.length) await this.#track(recordEvents(this.#kv, rest));
+        if (!rest.length) return;
+        // Another process's events (the queue delivers to any listener of the KV): its drainer
+        // records them within moments; recording them here at once would race it, conflict and
+        // retry. This is the backstop for a process that died first.
+        if (!await pause(OTHERS_FIRST_MS, this.#closing.signal)) return;
+        await this.#track(recordEvents(this.#kv, rest));
       });
     }
     this.#timer = setInterval(() => {
@@ -259,6 +268,7 @@ export class Background {
 
   /** Returns this process's leases, then stops: call it once no request is in flight. */
   async close(): Promise<void> {
+    this.#closing.abort();
     clearInterval(this.#leaseTimer);
     await this.#actors.returnLeases();
     this.#closed = true;

@@ -87,6 +87,21 @@ export interface Decision {
   lease: LeaseEffect | null;
   /** Orphaned holds settled or released by this batch. */
   orphansDone: string[];
+  /** What this batch did to leases, counted by the actor (`GET /v1/admin/stats`). */
+  counts: LeaseCounts;
+}
+
+/** Lease events of a batch. */
+export interface LeaseCounts {
+  /** Leases taken, topped up, shrunk (recalled, or a cost past its hold), returned, reclaimed. */
+  takes: number;
+  topups: number;
+  shrinks: number;
+  returns: number;
+  reclaims: number;
+  /** Recalls written, and reserves that took the shared path. */
+  recalls: number;
+  shared_reserves: number;
 }
 
 export interface DecideContext {
@@ -224,6 +239,15 @@ class Batch {
     renewed: [],
     lease: null,
     orphansDone: [],
+    counts: {
+      takes: 0,
+      topups: 0,
+      shrinks: 0,
+      returns: 0,
+      reclaims: 0,
+      recalls: 0,
+      shared_reserves: 0,
+    },
   };
   bal: BalanceState;
   balDirty = false;
@@ -239,6 +263,8 @@ class Batch {
   /** Taken by this batch: not in KV yet. */
   leaseNew = false;
   toppedUp = false;
+  /** Given back in this batch: not topped up again in it. */
+  shrunk = false;
   lost: boolean;
   add: [string, LocalHold][] = [];
   remove = new Set<string>();
@@ -389,9 +415,11 @@ class Batch {
   shrink() {
     const l = this.lease;
     if (!l) return;
+    this.shrunk = true;
     this.fold(l);
     const free = l.granted - this.held;
     if (free > 0n) {
+      this.d.counts.shrinks++;
       l.granted -= free;
       this.bal = { ...this.bal, leased: (this.bal.leased ?? 0n) - free };
       this.touchBalance();
@@ -431,10 +459,12 @@ class Batch {
         keys: {},
       };
       this.leaseNew = true;
+      this.d.counts.takes++;
       this.bal = { ...this.bal, leases: (this.bal.leases ?? 0) + 1 };
     }
     this.fold(this.lease);
     this.toppedUp = true;
+    if (!this.leaseNew) this.d.counts.topups++;
     this.lease.granted += x;
     this.bal = { ...this.bal, leased: (this.bal.leased ?? 0n) + x };
     this.touchBalance();
@@ -521,6 +551,7 @@ class Batch {
       short = moneyRefusal(key, this.spends.get(op.keyId)!, this.bal, op.amount);
     }
     if (short) return this.othersHold(short, op.keyId) ? this.recall(short) : short;
+    this.d.counts.shared_reserves++;
     this.bal = { ...this.bal, reserved: this.bal.reserved + op.amount };
     this.balDirty = true;
     const cur = this.spends.get(op.keyId)!;
@@ -557,6 +588,7 @@ class Batch {
     const r = this.bal.recall_ms;
     // One recall stands for its whole window: refusals meanwhile do not write it again.
     if (r === undefined || this.now >= r + this.ctx.recallMs / 2) {
+      this.d.counts.recalls++;
       this.bal = { ...this.bal, recall_ms: this.now };
       this.touchBalance();
     }
@@ -672,6 +704,7 @@ class Batch {
     }
     this.touchBalance();
     this.reclaimed.push(e);
+    this.d.counts.reclaims++;
     return true;
   }
 
@@ -689,7 +722,8 @@ class Batch {
     const l = this.lease;
     if (l && this.recalled() && (this.ownFree() > 0n || !this.held)) this.shrink();
     else if (
-      l && this.leaseDirty && !this.toppedUp && ctx.policy && this.ownFree() * 2n < ctx.policy.want
+      l && this.leaseDirty && !this.toppedUp && !this.shrunk && ctx.policy &&
+      this.ownFree() * 2n < ctx.policy.want
     ) {
       // Running low: topped up in the commit that writes the lease anyway, before a reserve
       // finds it short.
@@ -704,6 +738,7 @@ class Batch {
       if (drop) {
         leaseValue = null;
         if (!this.leaseNew) {
+          d.counts.returns++;
           this.bal = { ...this.bal, leases: Math.max(0, (this.bal.leases ?? 1) - 1) };
           this.touchBalance();
           d.deletes.push(leaseKey(acct, l.id));

@@ -339,8 +339,9 @@ Deno.test("decide: lease reserves are local; their settles write only the lease,
   const [l] = s.list<Lease>("lease");
   assert.deepEqual([l.spent, l.held], [50n, 0n]);
   assert.equal(l.keys.key_a.delta.spend, 50n);
-  // A top-up folds the debits into the balance and the key's spend.
-  a.run([lease("return")]);
+  // Returned (idle): the debits folded into the balance and the key's spend, the rest given
+  // back, and not taken again in the same commit.
+  a.run([lease("return")], { policy: POLICY });
   assert.deepEqual(s.list<Lease>("lease"), [], "returned: nothing held");
   assert.deepEqual([s.bal().balance, s.bal().total_used, s.bal().leased], [99_950n, 50n, 0n]);
   assert.equal(s.spend("key_a")!.spend, 50n);
