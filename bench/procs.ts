@@ -218,8 +218,16 @@ export async function admin(router: Proc, method: string, path: string, payload?
   return JSON.parse(text);
 }
 
-/** Creates an account with credit and one inference key through the admin and management API. */
-export async function account(router: Proc, i: number, credit = "1000"): Promise<string> {
+/**
+ * Creates an account with credit and one inference key (`keySpec` adds to its fields) through the
+ * admin and management API.
+ */
+export async function account(
+  router: Proc,
+  i: number,
+  credit = "1000",
+  keySpec: Record<string, unknown> = {},
+): Promise<string> {
   const acct = await admin(router, "POST", "/v1/admin/accounts", { name: `Bench ${i}` });
   await admin(router, "POST", `/v1/admin/accounts/${acct.id}/adjustments`, {
     amount: credit,
@@ -231,7 +239,7 @@ export async function account(router: Proc, i: number, credit = "1000"): Promise
       authorization: `Bearer ${acct.management_key}`,
       "content-type": "application/json",
     },
-    body: JSON.stringify({ name: "bench" }),
+    body: JSON.stringify({ name: "bench", ...keySpec }),
   });
   const key = await res.json();
   if (res.status !== 201) throw new Error(`POST /v1/keys: ${res.status} ${JSON.stringify(key)}`);

@@ -16,7 +16,8 @@
  * --only=json|sse, --shape=hot|spread, --no-latency, --latency-only, --env=NAME=VALUE (given to
  * every router, e.g. --env=BALANCE_LEASES=off), --independent (a control, hot shape only: each
  * process on a KV file and account of its own, sharing nothing: the most N processes can serve on
- * this machine). Results also go to bench/results/scale.json.
+ * this machine), --rpm=N (every key with rate_limit_rpm N: such keys always take the shared
+ * path). Results also go to bench/results/scale.json.
  */
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 import {
@@ -61,6 +62,8 @@ const LATENCIES = [0, 5, 20];
 const LATENCY_PROCESSES = [1, 2];
 const latencyRequests = quick ? 60 : 150;
 const independent = args.has("--independent");
+const rpm = flag("rpm");
+const keySpec = rpm ? { rate_limit_rpm: Number(rpm) } : {};
 const extraEnv: Record<string, string> = Object.fromEntries(
   Deno.args.filter((a) => a.startsWith("--env=")).map((a) => {
     const [k, ...v] = a.slice(6).split("=");
@@ -111,17 +114,17 @@ async function startGroup(
 async function addAccounts(g: Group, spread: boolean) {
   if (independent) {
     // One account per process, each in the process's own KV file.
-    g.keys.hot = await Promise.all(g.procs.map((p) => account(p, 0)));
+    g.keys.hot = await Promise.all(g.procs.map((p) => account(p, 0, "1000", keySpec)));
     return;
   }
-  g.keys.hot = [await account(g.procs[0], 0)];
+  g.keys.hot = [await account(g.procs[0], 0, "1000", keySpec)];
   if (!spread) return;
   for (let i = 0; i < SPREAD_ACCOUNTS; i += 10) {
     g.keys.spread.push(
       ...await Promise.all(
         Array.from(
           { length: Math.min(10, SPREAD_ACCOUNTS - i) },
-          (_, j) => account(g.procs[0], 1 + i + j),
+          (_, j) => account(g.procs[0], 1 + i + j, "1000", keySpec),
         ),
       ),
     );
@@ -520,7 +523,9 @@ async function main(): Promise<boolean> {
     `load generator: ${useWrk ? "wrk (one per router process)" : "deno"}; c=${connections} in ` +
       `all; ${seconds} s per group and load, in ${rounds} rounds of ${sliceSeconds} s; ` +
       `${navigator.hardwareConcurrency} cores, deno ${Deno.version.deno}` +
-      (Object.keys(extraEnv).length ? `; router env ${JSON.stringify(extraEnv)}` : ""),
+      (Object.keys(extraEnv).length ? `; router env ${JSON.stringify(extraEnv)}` : "") +
+      (rpm ? `; keys with rate_limit_rpm ${rpm}` : "") +
+      (independent ? "; independent processes (a KV file and account each)" : ""),
   );
   const upPort = freePort();
   const upstream = await start("upstream", "node", [`${BENCH}upstream.mjs`, String(upPort)], {
