@@ -1,7 +1,12 @@
-import { outboxKey } from "../kv/schema.ts";
-import { getAll, isLocked, keyString, sleep } from "../kv/util.ts";
-import { AtomicRoom } from "../kv/limits.ts";
-import { apiKeyKey } from "../kv/schema.ts";
+/**
+ * The account actors: one per account in this process, a serial mailbox whose waiting operations
+ * are decided together (decide.ts) and committed in one check-and-set atomic (mailbox.ts), on the
+ * account's entries as last committed or read (account_cache.ts). Across processes, the checks
+ * make a conflicting commit fail; the batch is then decided again on fresh reads. Reserves are
+ * granted from this process's balance lease when it covers them (local_lease.ts), with no commit.
+ */
+import { apiKeyKey, outboxKey } from "../kv/schema.ts";
+import { keyString, sleep } from "../kv/util.ts";
 import { newId } from "../ids.ts";
 import type { ApiKey, BalanceState, UsageEvent } from "./types.ts";
 import type { Op, RenewResult, ReserveResult, ResultOf } from "./ops.ts";
@@ -15,29 +20,14 @@ import {
 } from "./decide.ts";
 import { fitBatch } from "./footprint.ts";
 import { LocalLeases } from "./local_lease.ts";
+import { Mailboxes, type Part } from "./mailbox.ts";
+import { type AccountCache, AccountCaches } from "./account_cache.ts";
 
 /** A hold reserved by a request alive in this process. */
 export interface LiveHold {
   accountId: string;
   /** Its expiry as this process last committed it. */
   expiresMs: number;
-}
-
-interface Pending {
-  op: Op;
-  resolve: (v: unknown) => void;
-  reject: (e: unknown) => void;
-}
-
-interface Mailbox {
-  queue: Pending[];
-}
-
-/** One account's batch in a committing atomic. */
-interface Part {
-  accountId: string;
-  box: Mailbox;
-  batch: Pending[];
 }
 
 export interface ActorOptions {
@@ -84,46 +74,16 @@ export interface ActorStats extends LeaseCounts {
   committed_reserves: number;
 }
 
-const MAX_ATTEMPTS = 200;
-// Atomics committing at once (of different accounts): the next one is decided and serialized
-// while the previous one is written.
-const MAX_IN_FLIGHT = 2;
-const CACHE_IDLE_MS = 30_000;
-const CACHE_SWEEP_MS = 5_000;
-
-interface AccountCache {
-  entries: Map<string, Deno.KvEntryMaybe<unknown>>;
-  used: number;
-}
-
-/**
- * One actor per account in this process: a serial mailbox that folds every operation waiting for
- * it into one check-and-set atomic (group commit). Across processes, the versionstamp checks on the
- * balance, key, key-spend and hold entries make a conflicting commit fail; the batch is then
- * recomputed from fresh reads, so outcomes are always decided on the committed state.
- */
 export class AccountActors {
   #kv: Deno.Kv;
   #opts: ActorOptions;
-  #boxes = new Map<string, Mailbox>();
-  /** Accounts with operations waiting and no batch in the committing atomic, in arrival order. */
-  #ready = new Set<string>();
-  /** Accounts with a batch in a committing atomic: their next batch waits for it. */
-  #busy = new Set<string>();
-  #pumps = 0;
-  #idle: (() => void)[] = [];
+  #boxes: Mailboxes;
+  #cache: AccountCaches;
   /**
    * Holds reserved by requests alive in this process: the sweeper leaves them alone, and
    * `renewLive` keeps them from expiring for the other processes' sweeps.
    */
   readonly liveHolds = new Map<string, LiveHold>();
-  /**
-   * Each account's entries as this process last committed or read them, with their versionstamps:
-   * the next batch is decided on them without a read. The atomic still checks every one, so a
-   * write by another process fails the commit, which drops the account's cache and reads afresh.
-   */
-  #cache = new Map<string, AccountCache>();
-  #lastEviction = 0;
   /** Plain counters since start, for `GET /v1/admin/stats` and the benchmarks. */
   readonly stats: ActorStats = {
     commits: 0,
@@ -150,6 +110,20 @@ export class AccountActors {
   constructor(kv: Deno.Kv, opts: ActorOptions) {
     this.#kv = kv;
     this.#opts = opts;
+    this.#cache = new AccountCaches(kv);
+    this.#boxes = new Mailboxes({
+      fit: (accountId, queue, room, first) =>
+        fitBatch(accountId, queue, room, first, this.leases.view(accountId)?.keys.keys() ?? null),
+      attempt: (parts) => this.#attempt(parts),
+      failed: (accountId, op) => {
+        // A settle or release that cannot commit ends its hold here, as a shared hold's ends
+        // (not renewed, released by the sweeper): a lease's hold is dropped, nothing charged.
+        if (op.kind === "settle" || op.kind === "release") {
+          this.leases.abandon(accountId, op.holdId);
+        }
+      },
+      conflicted: () => this.stats.conflicts++,
+    });
   }
 
   get leaseOptions(): LeaseOptions | undefined {
@@ -162,21 +136,13 @@ export class AccountActors {
 
   /** Queues an operation on the account's mailbox; resolves once its atomic has committed. */
   submit<O extends Op>(accountId: string, op: O): Promise<ResultOf<O>> {
-    return new Promise((resolve, reject) => {
-      let box = this.#boxes.get(accountId);
-      if (!box) {
-        box = { queue: [] };
-        this.#boxes.set(accountId, box);
-      }
-      box.queue.push({ op, resolve: resolve as (v: unknown) => void, reject });
-      this.#evictIdle();
-      this.#ready.add(accountId);
-      if (this.#pumps < MAX_IN_FLIGHT) {
-        this.#pumps++;
-        // Let operations submitted in the same tick join the first atomic.
-        queueMicrotask(() => this.#pump());
-      }
-    });
+    this.#cache.evictIdle((id) => this.#boxes.has(id));
+    return this.#boxes.submit(accountId, op);
+  }
+
+  /** Resolves when every mailbox is empty. */
+  idle(): Promise<void> {
+    return this.#boxes.idle();
   }
 
   /**
@@ -262,7 +228,7 @@ export class AccountActors {
    * next reserve that commits reads it afresh.
    */
   forgetKey(accountId: string, keyId: string) {
-    this.#cache.get(accountId)?.entries.delete(keyString(apiKeyKey(keyId)));
+    this.#cache.forget(accountId, apiKeyKey(keyId));
   }
 
   /**
@@ -284,140 +250,7 @@ export class AccountActors {
 
   /** Keeps `e` in the account's cache if it is newer than the entry cached (a poll's read). */
   refresh(accountId: string, e: Deno.KvEntryMaybe<unknown>) {
-    const cache = this.#cache.get(accountId);
-    if (!cache || e.versionstamp === null) return;
-    const ks = keyString(e.key);
-    const had = cache.entries.get(ks);
-    if (had && had.versionstamp !== null && had.versionstamp >= e.versionstamp) return;
-    cache.entries.set(ks, e);
-  }
-
-  /** The account's cache, with every entry at `keys` in it (read where missing). */
-  async #read(accountId: string, keys: Deno.KvKey[]): Promise<AccountCache> {
-    const now = Date.now();
-    let cache = this.#cache.get(accountId);
-    if (!cache) {
-      cache = { entries: new Map(), used: now };
-      this.#cache.set(accountId, cache);
-    }
-    cache.used = now;
-    const missing = keys.filter((k) => !cache.entries.has(keyString(k)));
-    if (missing.length) {
-      const read = await getAll<unknown>(this.#kv, missing);
-      missing.forEach((k, i) => cache.entries.set(keyString(k), read[i]));
-    }
-    return cache;
-  }
-
-  /** Drops the caches of accounts idle for a while: memory stays bounded, stale state re-read. */
-  #evictIdle() {
-    const now = Date.now();
-    if (now - this.#lastEviction < CACHE_SWEEP_MS) return;
-    this.#lastEviction = now;
-    for (const [id, c] of this.#cache) {
-      if (now - c.used > CACHE_IDLE_MS && !this.#boxes.has(id)) this.#cache.delete(id);
-    }
-  }
-
-  /** Resolves when every mailbox is empty. */
-  idle(): Promise<void> {
-    if (this.#boxes.size === 0 && this.#pumps === 0) return Promise.resolve();
-    return new Promise((r) => this.#idle.push(r));
-  }
-
-  /**
-   * The committer: while operations wait, folds the next batch of as many accounts as fit into one
-   * atomic and commits it. An account joins an atomic with one batch at most, and its next batch
-   * waits for that commit, so each account's operations apply in order.
-   */
-  async #pump() {
-    for (;;) {
-      const parts = this.#takeParts();
-      // Nothing to take, or only accounts the other committer holds: it takes them next.
-      if (parts.length === 0) break;
-      for (const p of parts) this.#busy.add(p.accountId);
-      await this.#commitParts(parts);
-      for (const { accountId, box } of parts) {
-        this.#busy.delete(accountId);
-        if (box.queue.length === 0) this.#boxes.delete(accountId);
-      }
-    }
-    this.#pumps--;
-    if (this.#boxes.size === 0 && this.#pumps === 0) {
-      for (const r of this.#idle.splice(0)) r();
-    }
-  }
-
-  /** Takes the next batch of each ready account, in turn, while the atomic's limits allow. */
-  #takeParts(): Part[] {
-    // Room for the queue message and its ids, if any.
-    const room = new AtomicRoom({ mutations: 1, bytes: 64 * 1024 });
-    const parts: Part[] = [];
-    for (const accountId of this.#ready) {
-      if (this.#busy.has(accountId)) continue;
-      const box = this.#boxes.get(accountId)!;
-      const n = fitBatch(
-        accountId,
-        box.queue,
-        room,
-        parts.length === 0,
-        this.leases.view(accountId)?.keys.keys() ?? null,
-      );
-      if (n === 0) break;
-      this.#ready.delete(accountId);
-      parts.push({ accountId, box, batch: box.queue.splice(0, n) });
-    }
-    return parts;
-  }
-
-  /** Commits the parts; never throws: every operation is resolved or rejected. */
-  async #commitParts(parts: Part[]): Promise<void> {
-    try {
-      // Many accounts' atomic fails when any of them was written elsewhere: after a few tries,
-      // each account alone, so one contended account does not hold back the others.
-      if (await this.#commitWithRetry(parts, parts.length > 1 ? 3 : MAX_ATTEMPTS)) return;
-      if (parts.length > 1) {
-        for (const p of parts) await this.#commitParts([p]);
-        return;
-      }
-      throw new Error("balance contention did not resolve");
-    } catch (err) {
-      if (parts.length > 1) {
-        // One account's bad operation must not fail the other accounts: each alone.
-        for (const p of parts) await this.#commitParts([p]);
-      } else if (parts[0].batch.length > 1) {
-        // Nor its neighbours in the account's batch: one by one.
-        for (const op of parts[0].batch) await this.#commitParts([{ ...parts[0], batch: [op] }]);
-      } else {
-        const { op } = parts[0].batch[0];
-        // A settle or release that cannot commit ends its hold here, as a shared hold's ends
-        // (not renewed, released by the sweeper): a lease's hold is dropped, nothing charged.
-        if (op.kind === "settle" || op.kind === "release") {
-          this.leases.abandon(parts[0].accountId, op.holdId);
-        }
-        parts[0].batch[0].reject(err);
-      }
-    } finally {
-      for (const { accountId, box } of parts) if (box.queue.length) this.#ready.add(accountId);
-    }
-  }
-
-  /** Commits the parts, deciding again after each conflict; false when `attempts` all conflicted. */
-  async #commitWithRetry(parts: Part[], attempts: number): Promise<boolean> {
-    for (let attempt = 0; attempt < attempts; attempt++) {
-      let done = false;
-      try {
-        done = await this.#attempt(parts);
-      } catch (e) {
-        // Another process holding the local KV file's write lock is contention too: retry.
-        if (!isLocked(e)) throw e;
-        this.stats.conflicts++;
-      }
-      if (done) return true;
-      // Another process committed first: back off briefly, then decide again on fresh state.
-      await sleep(Math.random() * Math.min(50, 1 + attempt * 2));
-    }
-    return false;
+    this.#cache.refresh(accountId, e);
   }
 
   /** What this process's lease on the account means for its reads. */
@@ -467,7 +300,7 @@ export class AccountActors {
     try {
       const caches = await Promise.all(
         parts.map((p) =>
-          this.#read(
+          this.#cache.read(
             p.accountId,
             readKeys(p.accountId, p.batch.map((q) => q.op), this.#localKeys(p.accountId)),
           )
@@ -489,21 +322,20 @@ export class AccountActors {
       res = empty ? { ok: true, versionstamp: "" } : await atomic.commit();
     } catch (e) {
       settle(false);
-      for (const p of parts) this.#cache.delete(p.accountId);
+      for (const p of parts) this.#cache.forget(p.accountId);
       throw e;
     }
     if (!res.ok) {
       settle(false);
-      this.stats.conflicts++;
       // Another process (or a key change) wrote first: the accounts are decided again on fresh
       // reads. Which check failed is not reported, so every account of the atomic is re-read.
-      for (const p of parts) this.#cache.delete(p.accountId);
+      for (const p of parts) this.#cache.forget(p.accountId);
       return false;
     }
     settle(true);
     if (res.versionstamp) {
       this.stats.commits++;
-      if (decided.some((d) => d.sets.some((w) => w.key.length === 2 && w.key[0] === "balance"))) {
+      if (decided.some((d) => d.sets.some((w) => w.key[0] === "balance"))) {
         this.stats.balance_commits++;
       }
     }
@@ -529,14 +361,6 @@ export class AccountActors {
       const live = this.liveHolds.get(h.id);
       if (live) live.expiresMs = h.expires_ms;
     }
-    const cache = this.#cache.get(accountId);
-    if (!cache) return;
-    for (const w of d.sets) {
-      const ks = keyString(w.key);
-      // Not state (ledger rows, once-keys): once-keys are read afresh each time, credits are rare.
-      if (w.state) cache.entries.set(ks, { key: w.key, value: w.value, versionstamp: stamp });
-      else cache.entries.delete(ks);
-    }
-    for (const k of d.deletes) cache.entries.delete(keyString(k));
+    this.#cache.remember(accountId, d.sets, d.deletes, stamp);
   }
 }

@@ -28,7 +28,7 @@ export interface LocalLeaseView {
 
 /** How a decision sizes this process's lease on one account. */
 export interface LeasePolicy {
-  /** Credit the lease should have free: seconds of this process's reserves, × the leases open. */
+  /** Credit a lease is filled to: seconds of this process's reserves, × the leases open. */
   want: bigint;
   /** Below this much a lease is not worth it (a few of the account's recent largest holds). */
   least: bigint;
@@ -47,11 +47,12 @@ export interface LeaseEffect {
   lost: boolean;
 }
 
-// Sizing: the lease covers LEASE_SPAN_S of this process's reserve rate (an EWMA over RATE_TAU_S)
-// times the account's open leases, so that its shared commits per second stay flat as processes
-// are added; at least LEAST_HOLDS of its recent largest holds (remembered over MAX_TAU_S).
-const LEASE_SPAN_S = 2;
-const RATE_TAU_S = 2;
+// Sizing: the lease is filled to LEASE_SPAN_S of this process's reserve rate (an EWMA over
+// RATE_TAU_S) times the account's open leases, so that its shared commits per second stay flat as
+// processes are added, and topped up below a quarter of that (lib/billing/lease_ops.ts); it is at
+// least LEAST_HOLDS of its recent largest holds (remembered over MAX_TAU_S).
+const LEASE_SPAN_S = 4;
+const RATE_TAU_S = 1;
 const MAX_TAU_S = 30;
 const LEAST_HOLDS = 4;
 const RATE_IDLE_MS = 60_000;

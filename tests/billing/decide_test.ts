@@ -350,13 +350,16 @@ Deno.test("decide: lease reserves are local; their settles write only the lease,
 Deno.test("decide: a lease running low is topped up with the next commit that writes it", () => {
   const { s, a } = setup(100_000n);
   a.run([reserve("h1", 50n)], { policy: POLICY });
-  for (let i = 2; i <= 12; i++) assert.equal(a.tryLocal(`h${i}`, 50n), true);
-  const ops = Array.from({ length: 12 }, (_, i) => settle(`h${i + 1}`, 50n));
-  a.run(ops, { policy: POLICY });
+  for (let i = 2; i <= 15; i++) assert.equal(a.tryLocal(`h${i}`, 50n), true);
+  // 300 left after these: not yet below a quarter of the wanted 1000.
+  a.run(Array.from({ length: 15 }, (_, i) => settle(`h${i + 1}`, 50n)), { policy: POLICY });
+  assert.equal(s.list<Lease>("lease")[0].spent, 750n, "not topped up");
+  for (let i = 16; i <= 17; i++) assert.equal(a.tryLocal(`h${i}`, 50n), true);
+  a.run([settle("h16", 50n), settle("h17", 50n)], { policy: POLICY });
   const [l] = s.list<Lease>("lease");
   assert.equal(l.spent, 0n, "folded by the top-up");
   assert.equal(l.granted, 1000n, "topped up to the wanted size");
-  assert.equal(s.bal().total_used, 600n);
+  assert.equal(s.bal().total_used, 850n);
 });
 
 Deno.test("decide: near exhaustion no lease is taken: the last credit is held exactly, shared", () => {
