@@ -102,6 +102,9 @@ async function startGroup(
           ADMIN_TOKEN,
           OPENAI_API_KEY: UPSTREAM_KEY,
           OPENAI_BASE_URL: `${upstream.url}/v1`,
+          // A group waits through the other groups' slices: its leases are kept meanwhile, as
+          // under a sustained load, so that the rounds measure steady serving, not first requests.
+          LEASE_IDLE_MS: "60000",
           ...extraEnv,
           ...env,
         },
