@@ -31,12 +31,11 @@ import {
   haveWrk,
   merged,
   type Proc,
-  procs,
+  runBench,
   runDenoLoad,
   runWrk,
   sleep,
   start,
-  stopAll,
   successRate,
   UPSTREAM_KEY,
 } from "./procs.ts";
@@ -425,19 +424,8 @@ function formatRow(r: Row): string {
     } ms${cpu}${ledger}${r.errors ? `  ${r.errors} errors` : ""}`;
 }
 
-let ok = false;
-try {
-  ok = await main();
-} catch (e) {
-  console.error(e instanceof Error ? e.message : e);
-  for (const p of procs) {
-    const tail = p.tail().trim();
-    if (tail) console.error(`--- ${p.name} (last output)\n${tail.slice(-1500)}`);
-  }
-} finally {
+await runBench(main, async () => {
   for (const kv of routerKvs.values()) kv.close();
   routerKvs.clear();
-  await stopAll();
   if (tmp) await Deno.remove(tmp, { recursive: true }).catch(() => {});
-}
-Deno.exit(ok ? 0 : 1);
+});

@@ -192,14 +192,42 @@ export function merged(slices: LoadResult[]): LoadResult {
     p50_us: p50s.length % 2 ? p50s[mid] : (p50s[mid - 1] + p50s[mid]) / 2,
     p99_us: Math.max(...slices.map((r) => r.p99_us)),
     max_us: Math.max(...slices.map((r) => r.max_us)),
-    errors: {
-      connect: sum((r) => r.errors.connect),
-      read: sum((r) => r.errors.read),
-      write: sum((r) => r.errors.write),
-      status: sum((r) => r.errors.status),
-      timeout: sum((r) => r.errors.timeout),
-    },
+    errors: sumErrors(slices),
   };
+}
+
+/** The errors of several loads, added up. */
+function sumErrors(parts: LoadResult[]): LoadResult["errors"] {
+  const sum = (f: (e: LoadResult["errors"]) => number) =>
+    parts.reduce((n, r) => n + f(r.errors), 0);
+  return {
+    connect: sum((e) => e.connect),
+    read: sum((e) => e.read),
+    write: sum((e) => e.write),
+    status: sum((e) => e.status),
+    timeout: sum((e) => e.timeout),
+  };
+}
+
+/**
+ * Runs a benchmark's `main` (true: it passed), prints the last output of every process on a
+ * failure, stops every process, runs `cleanup` and exits with the outcome.
+ */
+export async function runBench(main: () => Promise<boolean>, cleanup: () => Promise<void>) {
+  let ok = false;
+  try {
+    ok = await main();
+  } catch (e) {
+    console.error(e instanceof Error ? e.message : e);
+    for (const p of procs) {
+      const tail = p.tail().trim();
+      if (tail) console.error(`--- ${p.name} (last output)\n${tail.slice(-1500)}`);
+    }
+  } finally {
+    await stopAll();
+    await cleanup();
+  }
+  Deno.exit(ok ? 0 : 1);
 }
 
 /** Successful replies per second of one load. */
@@ -289,12 +317,6 @@ export function together(parts: LoadResult[]): LoadResult {
     p50_us: p50,
     p99_us: p99,
     max_us: Math.max(...parts.map((r) => r.max_us)),
-    errors: {
-      connect: sum((r) => r.errors.connect),
-      read: sum((r) => r.errors.read),
-      write: sum((r) => r.errors.write),
-      status: sum((r) => r.errors.status),
-      timeout: sum((r) => r.errors.timeout),
-    },
+    errors: sumErrors(parts),
   };
 }

@@ -17,7 +17,8 @@
  * every router, e.g. --env=BALANCE_LEASES=off), --independent (a control, hot shape only: each
  * process on a KV file and account of its own, sharing nothing: the most N processes can serve on
  * this machine), --rpm=N (every key with rate_limit_rpm N: such keys always take the shared
- * path). Results also go to bench/results/scale.json.
+ * path), --compare (also 1 and 2 processes with BALANCE_LEASES=off, in the same rounds: the same
+ * run with and without leases). Results also go to bench/results/scale.json.
  */
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 import {
@@ -32,11 +33,11 @@ import {
   merged,
   type Proc,
   procs,
+  runBench,
   runDenoLoad,
   runWrk,
   sleep,
   start,
-  stopAll,
   successRate,
   together,
   UPSTREAM_KEY,
@@ -75,6 +76,8 @@ let tmp = "";
 
 interface Group {
   name: string;
+  /** False for a group run with BALANCE_LEASES=off (--compare). */
+  leases: boolean;
   procs: Proc[];
   kvPath: string;
   keys: { hot: string[]; spread: string[] };
@@ -111,7 +114,13 @@ async function startGroup(
       }),
     );
   }
-  return { name, procs: ps, kvPath, keys: { hot: [], spread: [] } };
+  return {
+    name,
+    leases: (env.BALANCE_LEASES ?? extraEnv.BALANCE_LEASES) !== "off",
+    procs: ps,
+    kvPath,
+    keys: { hot: [], spread: [] },
+  };
 }
 
 async function addAccounts(g: Group, spread: boolean) {
@@ -218,6 +227,7 @@ export interface ScaleRow {
   mode: "json" | "sse";
   shape: "hot" | "spread";
   processes: number;
+  leases: boolean;
   rps: number;
   rounds_rps: number[];
   p50_ms: number;
@@ -297,6 +307,7 @@ async function throughput(
           mode,
           shape,
           processes: g.procs.length,
+          leases: g.leases,
           rps: successRate(all),
           rounds_rps: results.get(g)!.map(successRate),
           p50_ms: all.p50_us / 1000,
@@ -324,7 +335,7 @@ async function throughput(
 const f = (x: number, d = 2) => x.toFixed(d);
 
 function formatRow(r: ScaleRow): string {
-  return `${r.mode.padEnd(4)} ${r.shape.padEnd(6)} ${r.processes}p ` +
+  return `${r.mode.padEnd(4)} ${r.shape.padEnd(6)} ${r.processes}p${r.leases ? "" : " off"} ` +
     `${f(r.rps, 0).padStart(6)} req/s  p50 ${f(r.p50_ms)} ms  p99 ${f(r.p99_ms)} ms  ` +
     `${f(r.cpu_us_per_request, 0)} µs CPU/req  ${f(r.kv_commits_per_request, 3)} commits/req  ` +
     `${f(r.conflicts_per_request, 4)} conflicts/req  ${f(r.locked_per_request, 4)} locked/req  ` +
@@ -337,13 +348,16 @@ function formatRow(r: ScaleRow): string {
 
 function table(rows: ScaleRow[]): string {
   const lines = [
-    "| mode | shape | processes | req/s | ÷ 1 process | p50 ms | p99 ms | CPU µs/req | KV commits/req | conflicts/req | locked/req | balance commits/s |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| mode | shape | processes | leases | req/s | ÷ 1 process | p50 ms | p99 ms | CPU µs/req | KV commits/req | conflicts/req | locked/req | balance commits/s |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   for (const r of rows) {
-    const one = rows.find((o) => o.mode === r.mode && o.shape === r.shape && o.processes === 1);
+    // Against one process of the same run with leases (the router as configured).
+    const one = rows.find((o) =>
+      o.mode === r.mode && o.shape === r.shape && o.processes === 1 && o.leases
+    );
     lines.push(
-      `| ${r.mode} | ${r.shape} | ${r.processes} | ${f(r.rps, 0)} | ${
+      `| ${r.mode} | ${r.shape} | ${r.processes} | ${r.leases ? "on" : "off"} | ${f(r.rps, 0)} | ${
         one ? f(r.rps / one.rps, 3) : "-"
       } | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${f(r.cpu_us_per_request, 0)} | ${
         f(r.kv_commits_per_request, 3)
@@ -361,7 +375,7 @@ function targets(rows: ScaleRow[]): string {
   const verdict = (ok: boolean) => ok ? "met" : "NOT met";
   for (const mode of modes) {
     const hot = (n: number) =>
-      rows.find((r) => r.mode === mode && r.shape === "hot" && r.processes === n);
+      rows.find((r) => r.mode === mode && r.shape === "hot" && r.processes === n && r.leases);
     const [one, two, three] = [hot(1), hot(2), hot(3)];
     if (!one || !two) continue;
     const ratio = two.rps / one.rps;
@@ -544,6 +558,13 @@ async function main(): Promise<boolean> {
       await addAccounts(g, shapes.includes("spread"));
       groups.push(g);
     }
+    if (args.has("--compare")) {
+      for (const n of [1, 2]) {
+        const g = await startGroup(`scale-off-${n}p`, n, upstream, { BALANCE_LEASES: "off" });
+        await addAccounts(g, shapes.includes("spread"));
+        groups.push(g);
+      }
+    }
     rows = await throughput(groups, load);
     console.log("\n" + table(rows) + "\n\n" + targets(rows));
     console.log("\nBooks at the end (GET /v1/admin/verify):");
@@ -585,18 +606,7 @@ async function main(): Promise<boolean> {
   return ok;
 }
 
-let ok = false;
-try {
-  ok = await main();
-} catch (e) {
-  console.error(e instanceof Error ? e.message : e);
-  for (const p of procs) {
-    const tail = p.tail().trim();
-    if (tail) console.error(`--- ${p.name} (last output)\n${tail.slice(-1500)}`);
-  }
-} finally {
+await runBench(main, async () => {
   for (const kv of kvs.values()) kv.close();
-  await stopAll();
   if (tmp) await Deno.remove(tmp, { recursive: true }).catch(() => {});
-}
-Deno.exit(ok ? 0 : 1);
+});

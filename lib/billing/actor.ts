@@ -10,14 +10,8 @@ import { keyString, sleep } from "../kv/util.ts";
 import { newId } from "../ids.ts";
 import type { ApiKey, BalanceState, UsageEvent } from "./types.ts";
 import type { Op, RenewResult, ReserveResult, ResultOf } from "./ops.ts";
-import {
-  decide,
-  type Decision,
-  type LeaseCounts,
-  type LocalKeys,
-  readKeys,
-  stateOf,
-} from "./decide.ts";
+import { decide, type Decision, type LocalKeys, readKeys, stateOf } from "./decide.ts";
+import { emptyLeaseCounts, type LeaseCounts } from "./batch.ts";
 import { fitBatch } from "./footprint.ts";
 import { LocalLeases } from "./local_lease.ts";
 import { Mailboxes, type Part } from "./mailbox.ts";
@@ -91,13 +85,7 @@ export class AccountActors {
     balance_commits: 0,
     lease_reserves: 0,
     committed_reserves: 0,
-    takes: 0,
-    topups: 0,
-    shrinks: 0,
-    returns: 0,
-    reclaims: 0,
-    recalls: 0,
-    shared_reserves: 0,
+    ...emptyLeaseCounts(),
   };
   /** This process's id: the owner of its leases. */
   readonly owner = newId("proc");

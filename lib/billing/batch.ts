@@ -19,12 +19,35 @@ import {
   type UsageEvent,
 } from "./types.ts";
 import type { Op, ReserveDecision, ReserveOp, ReserveResult } from "./ops.ts";
-import { addSpend } from "./lease.ts";
+import { addSpend, cloneLease, keyRemaining } from "./lease.ts";
 import type { LocalHold } from "./local_lease.ts";
 import type { AccountState, DecideContext, Decision, Local } from "./decide.ts";
 import { finishLease, leaseReserve, settleOnLease, shrink } from "./lease_ops.ts";
 
 type Entry<T> = Deno.KvEntryMaybe<T>;
+
+/** Lease events of a batch (each a count; see `emptyLeaseCounts`). */
+export interface LeaseCounts {
+  /** Leases taken, topped up, shrunk (recalled, or a cost past its hold), returned, reclaimed. */
+  takes: number;
+  topups: number;
+  shrinks: number;
+  returns: number;
+  reclaims: number;
+  /** Recalls written, and reserves that took the shared path. */
+  recalls: number;
+  shared_reserves: number;
+}
+
+export const emptyLeaseCounts = (): LeaseCounts => ({
+  takes: 0,
+  topups: 0,
+  shrinks: 0,
+  returns: 0,
+  reclaims: 0,
+  recalls: 0,
+  shared_reserves: 0,
+});
 
 /**
  * Why `amount` cannot be held on the shared balance: the account's available credit (less its
@@ -49,15 +72,6 @@ export function moneyRefusal(
   return null;
 }
 
-/** What is left of a key's credit limit for the shared path: less its holds and its slices. */
-export const keyRemaining = (key: ApiKey, s: KeySpend) =>
-  key.credit_limit! - (key.limit_reset ? s.period_spend : s.spend) - s.reserved - (s.leased ?? 0n);
-
-export const clone = (l: Lease): Lease => ({
-  ...l,
-  keys: Object.fromEntries(Object.entries(l.keys).map(([id, k]) => [id, { ...k }])),
-});
-
 /** The working state of one batch: `decide` runs the operations on it in order. */
 export class Batch {
   readonly d: Decision = {
@@ -71,15 +85,7 @@ export class Batch {
     renewed: [],
     lease: null,
     orphansDone: [],
-    counts: {
-      takes: 0,
-      topups: 0,
-      shrinks: 0,
-      returns: 0,
-      reclaims: 0,
-      recalls: 0,
-      shared_reserves: 0,
-    },
+    counts: emptyLeaseCounts(),
   };
   bal: BalanceState;
   balDirty = false;
@@ -118,7 +124,7 @@ export class Batch {
     const mine = state.lease?.value ?? null;
     // Another process reclaimed it (it had expired for them): its holds are orphans now.
     this.lost = local.lease !== null && mine === null;
-    this.lease = mine && clone(mine);
+    this.lease = mine && cloneLease(mine);
     this.held = local.lease?.held ?? 0n;
     this.keyHeld = new Map(local.lease?.keyHeld ?? []);
   }
@@ -211,7 +217,11 @@ export class Batch {
 
   reserve(op: ReserveOp): ReserveDecision {
     const check = checkKey(this.key(op.keyId), this.now);
-    if (!check.ok) return { ok: false, code: check.code };
+    if (!check.ok) {
+      // Refused on the key's record: checked, so that one changed elsewhere is read afresh.
+      this.shared = true;
+      return { ok: false, code: check.code };
+    }
     const key = check.key;
     if (leaseReserve(this, key, op)) return { ok: true };
     this.shared = true;

@@ -15,7 +15,7 @@ import { keyString } from "../kv/util.ts";
 import type { ApiKey, BalanceState, Hold, KeySpend, Lease, UsageEvent } from "./types.ts";
 import type { Op } from "./ops.ts";
 import type { LeaseEffect, LeasePolicy, LocalHold, LocalLeaseView } from "./local_lease.ts";
-import { Batch } from "./batch.ts";
+import { Batch, type LeaseCounts } from "./batch.ts";
 import { leaseAction, reclaim } from "./lease_ops.ts";
 
 type Entry<T> = Deno.KvEntryMaybe<T>;
@@ -74,19 +74,6 @@ export interface Decision {
   orphansDone: string[];
   /** What this batch did to leases, counted by the actor (`GET /v1/admin/stats`). */
   counts: LeaseCounts;
-}
-
-/** Lease events of a batch. */
-export interface LeaseCounts {
-  /** Leases taken, topped up, shrunk (recalled, or a cost past its hold), returned, reclaimed. */
-  takes: number;
-  topups: number;
-  shrinks: number;
-  returns: number;
-  reclaims: number;
-  /** Recalls written, and reserves that took the shared path. */
-  recalls: number;
-  shared_reserves: number;
 }
 
 export interface DecideContext {

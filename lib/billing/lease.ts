@@ -5,6 +5,7 @@
  */
 import { currentSpend } from "./periods.ts";
 import {
+  type ApiKey,
   type BalanceState,
   EMPTY_KEY_SPEND,
   type KeySpend,
@@ -57,6 +58,16 @@ export function mergeDelta(
     last_used_at: later(r.last_used_at, delta.last_used_at),
   };
 }
+
+/** What is left of a key's credit limit for the shared path: less its holds and its slices. */
+export const keyRemaining = (key: ApiKey, s: KeySpend) =>
+  key.credit_limit! - (key.limit_reset ? s.period_spend : s.spend) - s.reserved - (s.leased ?? 0n);
+
+/** A copy of a lease that can be changed without changing it (its keys copied too). */
+export const cloneLease = (l: Lease): Lease => ({
+  ...l,
+  keys: Object.fromEntries(Object.entries(l.keys).map(([id, k]) => [id, { ...k }])),
+});
 
 /** A lease's part for a key not in it yet. */
 export const newLeaseKey = (limit: bigint | null, reset: LimitReset | null): LeaseKey => ({

@@ -6,9 +6,17 @@
 import { leaseKey } from "../kv/schema.ts";
 import type { ApiKey, Lease } from "./types.ts";
 import type { Op, ReserveOp } from "./ops.ts";
-import { addSpend, MAX_LEASE_KEYS, mergeDelta, newLeaseKey, sliceFree } from "./lease.ts";
+import {
+  addSpend,
+  cloneLease,
+  keyRemaining,
+  MAX_LEASE_KEYS,
+  mergeDelta,
+  newLeaseKey,
+  sliceFree,
+} from "./lease.ts";
 import type { LocalHold } from "./local_lease.ts";
-import { type Batch, clone, keyRemaining } from "./batch.ts";
+import type { Batch } from "./batch.ts";
 
 /** A lease takes at most this fraction (1/n) of the available credit, and of a key's remaining. */
 const LEASE_FRACTION = 4n;
@@ -171,7 +179,7 @@ export function reclaim(b: Batch, op: Extract<Op, { kind: "reclaim" }>): boolean
   if (!l || l.owner === b.ctx.owner || l.expires_ms > b.now) return false;
   // Every key it serves must be read, or a delta would be lost with it: listed again next sweep.
   if (Object.keys(l.keys).some((id) => !b.spends.has(id))) return false;
-  const w = clone(l);
+  const w = cloneLease(l);
   fold(b, w);
   b.bal = {
     ...b.bal,

@@ -19,30 +19,12 @@ import type {
   Lease,
   UsageEvent,
 } from "../../lib/billing/types.ts";
-import { usageEvent } from "../_fixtures.ts";
+import { apiKeyRecord, usageEvent } from "../_fixtures.ts";
 
 const ACCT = "acct_core";
 const NOW = Date.parse("2027-03-01T12:00:00Z");
 const TTL = 10_000;
-
-function apiKey(id: string, fields: Partial<ApiKey> = {}): ApiKey {
-  return {
-    id,
-    account_id: ACCT,
-    name: id,
-    scope: "inference",
-    prefix: "er-x",
-    hash: "h",
-    created_at: "2027-01-01T00:00:00Z",
-    disabled: false,
-    revoked_at: null,
-    credit_limit: null,
-    limit_reset: null,
-    expires_at: null,
-    rate_limit_rpm: null,
-    ...fields,
-  };
-}
+const apiKey = (id: string, fields: Partial<ApiKey> = {}) => apiKeyRecord(id, ACCT, fields);
 
 /** A KV stand-in: entries by `keyString`, each write a new versionstamp. */
 class Store {
@@ -291,6 +273,13 @@ Deno.test("decide: a key's credit limit, state and rate limit are judged on its 
     { ok: true },
     { ok: false, code: "rate_limited", rpm: 2, retryAfterSec: 60 },
   ]);
+});
+
+Deno.test("decide: a refusal on the key's record rests on it: the record is checked", () => {
+  const { a } = setup(1000n, [apiKey("key_off", { disabled: true })]);
+  const d = a.run([reserve("h1", 10n, "key_off")], { policy: POLICY });
+  assert.deepEqual(d.results, [{ ok: false, code: "key_disabled" }]);
+  assert.ok(d.checks.some((c) => c.key[0] === "key"), "a key enabled elsewhere fails the commit");
 });
 
 Deno.test("decide: a credit with a once-key applies once and replays what it stored", () => {

@@ -8,7 +8,7 @@ import { AccountActors } from "../../lib/billing/actor.ts";
 import { recordEvents } from "../../lib/audit/recorder.ts";
 import { newId } from "../../lib/ids.ts";
 import { holdKey, outboxKey } from "../../lib/kv/schema.ts";
-import { settledUnrecorded, usageEvent } from "../_fixtures.ts";
+import { interceptCommits, settledUnrecorded, usageEvent } from "../_fixtures.ts";
 import { spawnRouter } from "../_main.ts";
 
 const COST = 192_000n;
@@ -415,39 +415,10 @@ async function untilReleased(t: TestRouter, mgmt: string) {
 function failingOnce(fails: (prefixes: Set<unknown>) => boolean) {
   let failNext = true;
   const wrapKv = (kv: Deno.Kv) =>
-    new Proxy(kv, {
-      get(target, prop) {
-        if (prop !== "atomic") {
-          const v = Reflect.get(target, prop, target);
-          return typeof v === "function" ? v.bind(target) : v;
-        }
-        return () => {
-          const atomic = target.atomic();
-          const prefixes = new Set<unknown>();
-          return new Proxy(atomic, {
-            get(a, p) {
-              const v = Reflect.get(a, p, a);
-              if (p === "set" || p === "delete") {
-                return (key: Deno.KvKey, ...rest: unknown[]) => {
-                  prefixes.add(key[0]);
-                  (a[p] as (...args: unknown[]) => unknown)(key, ...rest);
-                  return atomic;
-                };
-              }
-              if (p === "commit") {
-                return () => {
-                  if (failNext && fails(prefixes)) {
-                    failNext = false;
-                    return Promise.reject(new Error("transient store failure"));
-                  }
-                  return a.commit();
-                };
-              }
-              return typeof v === "function" ? v.bind(a) : v;
-            },
-          });
-        };
-      },
+    interceptCommits(kv, (prefixes, commit) => {
+      if (!failNext || !fails(prefixes)) return commit();
+      failNext = false;
+      return Promise.reject(new Error("transient store failure"));
     });
   return { wrapKv, failed: () => !failNext };
 }

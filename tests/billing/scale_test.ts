@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { ADMIN_TOKEN, json } from "../_helpers.ts";
+import { ADMIN_TOKEN, json, until } from "../_helpers.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "../_fakes/openai.ts";
 import { spawnRouter } from "../_main.ts";
 import { parseUsd } from "../../lib/money.ts";
@@ -15,17 +15,6 @@ import type { Lease } from "../../lib/billing/types.ts";
 
 type Router = Awaited<ReturnType<typeof spawnRouter>>;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `check` until it returns a value, or fails after `ms`. */
-async function until<T>(what: string, ms: number, check: () => Promise<T | null>): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v !== null) return v;
-    assert.ok(Date.now() < end, `timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 const admin = async (url: string, method: string, path: string, body?: unknown) =>
   await fetch(url + path, {

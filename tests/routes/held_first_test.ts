@@ -6,60 +6,21 @@
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, startRouter, type TestRouter, until } from "../_helpers.ts";
+import { interceptCommits } from "../_fixtures.ts";
 
 const body = { model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] };
 
-/**
- * A KV whose commits wait for `gate.closed` (when set) if `held(prefixes)` says so, given the first
- * part of every key the atomic sets or deletes.
- */
-function gated(
+/** A KV whose commits wait for `gate.closed` (when set) if `held(prefixes)` says so. */
+const gated = (
   kv: Deno.Kv,
   gate: { closed: Promise<void> | null },
   held: (prefixes: Set<unknown>) => boolean,
-): Deno.Kv {
-  const bind = <T extends object>(o: T, p: string | symbol) => {
-    const v = Reflect.get(o, p);
-    return typeof v === "function" ? v.bind(o) : v;
-  };
-  return new Proxy(kv, {
-    get(target, p) {
-      if (p !== "atomic") return bind(target, p);
-      return () => {
-        const op = target.atomic();
-        const prefixes = new Set<unknown>();
-        const wrapped: Deno.AtomicOperation = new Proxy(op, {
-          get(o, q) {
-            if (q === "set" || q === "delete") {
-              return (key: Deno.KvKey, ...rest: unknown[]) => {
-                prefixes.add(key[0]);
-                (o[q] as (...a: unknown[]) => unknown)(key, ...rest);
-                return wrapped;
-              };
-            }
-            if (q === "commit") {
-              return async () => {
-                if (gate.closed && held(prefixes)) await gate.closed;
-                return o.commit();
-              };
-            }
-            return bind(o, q);
-          },
-        });
-        return wrapped;
-      };
-    },
+) =>
+  interceptCommits(kv, async (prefixes, commit) => {
+    if (gate.closed && held(prefixes)) await gate.closed;
+    return commit();
   });
-}
-
-async function until(what: string, done: () => boolean | Promise<boolean>) {
-  for (let i = 0; i < 1000; i++) {
-    if (await done()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  assert.fail(`timed out waiting until ${what}`);
-}
 
 async function debits(t: TestRouter, mgmt: string): Promise<unknown[]> {
   await t.router.flush();
@@ -76,7 +37,11 @@ Deno.test("once the account has a lease, a request reaches the provider with no 
     let open!: () => void;
     gate.closed = new Promise((r) => open = r);
     const pending = t.call(key, "POST", "/v1/chat/completions", body);
-    await until("the provider has the second request", () => t.openai.requests.length === 2);
+    await until(
+      "the provider has the second request",
+      5000,
+      () => t.openai.requests.length === 2 || null,
+    );
     let answered = false;
     pending.then(() => answered = true, () => {});
     await new Promise((r) => setTimeout(r, 50));
