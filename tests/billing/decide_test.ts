@@ -363,6 +363,35 @@ Deno.test("decide: near exhaustion no lease is taken: the last credit is held ex
   assert.equal(s.list<Hold>("hold").length, 1);
 });
 
+Deno.test("decide: a lease is not taken when a quarter of the available is less than worth leasing", () => {
+  // A quarter of 1000 is 250: less than the 300 a lease must be worth.
+  const { s, a } = setup(1000n);
+  const d = a.run([reserve("h1", 50n)], { policy: { want: 1000n, least: 300n } });
+  assert.deepEqual(d.results, [{ ok: true }]);
+  assert.equal(s.list<Lease>("lease").length, 0);
+  assert.equal(s.list<Hold>("hold").length, 1, "held exactly, shared");
+});
+
+Deno.test("decide: a local reserve past what the lease has left is not granted there", () => {
+  const { a } = setup(100_000n);
+  a.run([reserve("h1", 50n)], { policy: POLICY });
+  // 1050 granted, 50 held: 1000 left.
+  assert.equal(a.tryLocal("h2", 1000n), true);
+  assert.equal(a.tryLocal("h3", 1n), false, "nothing left: the actor decides");
+});
+
+Deno.test("decide: a commit that writes the balance folds the lease in, and writes the lease with it", () => {
+  const { s, a } = setup(100_000n);
+  a.run([reserve("h1", 50n)], { policy: POLICY });
+  a.run([settle("h1", 40n)], { policy: POLICY });
+  assert.equal(s.list<Lease>("lease")[0].spent, 40n);
+  // A credit writes the balance: the lease's debit moves into it, and the lease says so.
+  a.run([grant(1000n)], { policy: POLICY });
+  const [l] = s.list<Lease>("lease");
+  assert.equal(l.spent, 0n);
+  assert.deepEqual([s.bal().balance, s.bal().total_used], [100_960n, 40n]);
+});
+
 Deno.test("decide: a cost past its lease hold gives the lease back and is charged shared, as a shared hold's would be", () => {
   const { s, a } = setup(100_000n);
   a.run([reserve("h1", 50n)], { policy: POLICY });
@@ -397,6 +426,17 @@ Deno.test("decide: a refusal while another process's lease holds the credit reca
   assert.deepEqual(again.results, [{ ok: true }]);
 });
 
+Deno.test("decide: a recall is honoured by any commit of the lease, not only by a return", () => {
+  const { s, a, b } = setup(10_000n);
+  b.run([reserve("hb", 100n), reserve("hb2", 100n)], { policy: POLICY });
+  a.run([reserve("ha", 9000n)], { policy: { want: 100_000n, least: 100_000n } });
+  assert.equal(s.bal().recall_ms, NOW);
+  // b settles one of its holds: the same commit gives back all but the other hold.
+  b.run([settle("hb", 80n)], { now: NOW + 50, policy: POLICY });
+  assert.equal(s.list<Lease>("lease")[0].granted, 100n);
+  assert.equal(s.bal().leased, 100n);
+});
+
 Deno.test("decide: a refused reserve is granted from this process's own lease first", () => {
   const { s, a } = setup(4000n);
   a.run([reserve("h1", 100n)], { policy: POLICY });
@@ -408,24 +448,26 @@ Deno.test("decide: a refused reserve is granted from this process's own lease fi
 });
 
 Deno.test("decide: a process's expired lease is reclaimed by another: debits kept, the rest returned, its holds settled shared", () => {
-  const { s, a, b } = setup(100_000n);
-  a.run([reserve("h1", 50n)], { policy: POLICY });
+  const lim = apiKey("key_lim", { credit_limit: 10_000n });
+  const { s, a, b } = setup(100_000n, [apiKey("key_a"), lim]);
+  a.run([reserve("h1", 50n), reserve("l1", 50n, "key_lim")], { policy: POLICY });
   assert.equal(a.tryLocal("h2", 50n), true);
-  a.run([settle("h1", 40n)], { policy: POLICY });
+  a.run([settle("h1", 40n), settle("l1", 30n, "key_lim")], { policy: POLICY });
   const [l] = s.list<Lease>("lease");
+  assert.ok(l.keys.key_lim.slice! > 0n, "the limited key's slice is in the lease");
+  const keyIds = ["key_a", "key_lim"];
   // Not yet expired: left alone.
-  const early = b.run([{ kind: "reclaim", leaseId: l.id, keyIds: ["key_a"] }]);
+  const early = b.run([{ kind: "reclaim", leaseId: l.id, keyIds }]);
   assert.deepEqual(early.results, [false]);
-  const late = b.run([{ kind: "reclaim", leaseId: l.id, keyIds: ["key_a"] }], {
-    now: l.expires_ms,
-  });
+  const late = b.run([{ kind: "reclaim", leaseId: l.id, keyIds }], { now: l.expires_ms });
   assert.deepEqual(late.results, [true]);
   assert.deepEqual(s.list<Lease>("lease"), []);
-  assert.deepEqual([s.bal().balance, s.bal().leased, s.bal().total_used], [99_960n, 0n, 40n]);
+  assert.deepEqual([s.bal().balance, s.bal().leased, s.bal().total_used], [99_930n, 0n, 70n]);
   assert.equal(s.spend("key_a")!.spend, 40n);
+  assert.deepEqual([s.spend("key_lim")!.spend, s.spend("key_lim")!.leased], [30n, 0n]);
   // a was only stalled: its next commit finds the lease gone; h2 is settled shared.
   const d = a.run([settle("h2", 30n)], { policy: POLICY, now: l.expires_ms + 1 });
-  assert.deepEqual(d.results, [{ balanceAfter: 99_930n, charged: 30n }]);
+  assert.deepEqual(d.results, [{ balanceAfter: 99_900n, charged: 30n }]);
   assert.equal(a.leases.view(ACCT), null);
   assert.equal(a.leases.orphans.size, 0);
 });
