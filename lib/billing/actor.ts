@@ -155,7 +155,7 @@ export class AccountActors {
         !this.closing && this.leases.tryReserve(accountId, key, holdId, amount, now, opts.ttlMs / 2)
       ) {
         this.stats.lease_reserves++;
-        this.#showHeldLater(accountId, now);
+        this.#showHeldLater(accountId);
         return { ok: true };
       }
     }
@@ -178,17 +178,22 @@ export class AccountActors {
     }
   }
 
-  /** Writes the lease's holds soon unless a commit of the lease writes them first. */
-  #showHeldLater(accountId: string, since: number) {
+  /**
+   * Writes the lease's holds once the newest is SHOW_HELD_MS old, unless a commit of the lease has
+   * written them by then.
+   */
+  #showHeldLater(accountId: string, delay = SHOW_HELD_MS) {
     if (this.#showHeld.has(accountId)) return;
     this.#showHeld.set(
       accountId,
       setTimeout(() => {
         this.#showHeld.delete(accountId);
         const st = this.leases.status(accountId);
-        if (!st || st.holds === 0 || st.writtenMs >= since) return;
-        this.submit(accountId, { kind: "lease", action: "sync" }).catch(() => {});
-      }, SHOW_HELD_MS),
+        if (!st || st.holds === 0 || st.writtenMs >= st.lastUse) return;
+        const age = this.now() - st.lastUse;
+        if (age < SHOW_HELD_MS) this.#showHeldLater(accountId, SHOW_HELD_MS - age);
+        else this.submit(accountId, { kind: "lease", action: "sync" }).catch(() => {});
+      }, delay),
     );
   }
 
