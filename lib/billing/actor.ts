@@ -13,7 +13,7 @@ import type { Op, RenewResult, ReserveResult, ResultOf } from "./ops.ts";
 import { decide, type Decision, type LocalKeys, readKeys, stateOf } from "./decide.ts";
 import { emptyLeaseCounts, type LeaseCounts } from "./batch.ts";
 import { fitBatch } from "./footprint.ts";
-import { LocalLeases } from "./local_lease.ts";
+import { type LeaseOptions, LocalLeases } from "./local_lease.ts";
 import { Mailboxes, type Part } from "./mailbox.ts";
 import { type AccountCache, AccountCaches } from "./account_cache.ts";
 
@@ -33,21 +33,8 @@ export interface ActorOptions {
    */
   onCommitted?: (eventIds: string[], events: Deno.KvEntry<UsageEvent>[]) => void;
   now?: () => number;
-  /** Balance leases (see lib/billing/leasing.ts); absent: every reserve is a shared hold. */
+  /** Balance leases (see local_lease.ts, lease_ops.ts); absent: every reserve is a shared hold. */
   leases?: LeaseOptions;
-}
-
-export interface LeaseOptions {
-  /** How long a lease lives unrenewed: a crashed process's lease returns after this. */
-  ttlMs: number;
-  /** A lease without holds or reserves for this long is returned. */
-  idleMs: number;
-  /** How often leases are looked after: idle ones returned, recalls noticed, expiries renewed. */
-  tickMs: number;
-  /** How long after a recall no process takes a lease on the account. */
-  recallMs: number;
-  /** How long a reserve refused while others' leases hold credit waits for them to return it. */
-  recallWaitMs: number;
 }
 
 // A lease's holds are written to it (what customers see as reserved) this long after they were

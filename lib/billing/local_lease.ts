@@ -26,6 +26,19 @@ export interface LocalLeaseView {
   keys: ReadonlyMap<string, unknown>;
 }
 
+export interface LeaseOptions {
+  /** How long a lease lives unrenewed: a crashed process's lease returns after this. */
+  ttlMs: number;
+  /** A lease without holds or reserves for this long is returned. */
+  idleMs: number;
+  /** How often leases are looked after: idle ones returned, recalls noticed, expiries renewed. */
+  tickMs: number;
+  /** How long after a recall no process takes a lease on the account. */
+  recallMs: number;
+  /** How long a reserve refused while others' leases hold credit waits for them to return it. */
+  recallWaitMs: number;
+}
+
 /** How a decision sizes this process's lease on one account. */
 export interface LeasePolicy {
   /** Credit a lease is filled to: seconds of this process's reserves, × the leases open. */
