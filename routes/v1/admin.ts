@@ -115,6 +115,10 @@ export async function verifyBooksJson(kv: Deno.Kv) {
       ledger_sum: formatUsd(d.ledger_sum),
       reserved: formatUsd(d.reserved),
       holds_sum: formatUsd(d.holds_sum),
+      leased: formatUsd(d.leased),
+      leases_sum: formatUsd(d.leases_sum),
+      keys_leased: formatUsd(d.keys_leased),
+      slices_sum: formatUsd(d.slices_sum),
     })),
   };
 }
@@ -230,6 +234,11 @@ export function adminRoutes() {
   });
 
   app.get("/verify", async (c) => c.json(await verifyBooksJson(c.get("svc").kv)));
+  // This process's counters (plain integers since start): another process answers for itself.
+  app.get("/stats", (c) => {
+    const svc = c.get("svc");
+    return c.json({ kv: svc.kvStats, actors: svc.actors.stats });
+  });
 
   return app;
 }

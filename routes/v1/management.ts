@@ -154,7 +154,7 @@ export function managementRoutes() {
 
   app.get("/keys/:id", async (c) => {
     const { value: key } = await ownKey(c);
-    return c.json(keyJson(key, await getKeySpend(c.get("svc").kv, key.account_id, key.id)));
+    return c.json(keyJson(key, await getKeySpend(c.get("svc").kv, key)));
   });
 
   app.patch("/keys/:id", async (c) => {
@@ -171,7 +171,7 @@ export function managementRoutes() {
       if (res.ok) {
         svc.keys.forget(next.hash);
         svc.actors.forgetKey(next.account_id, next.id);
-        return c.json(keyJson(next, await getKeySpend(svc.kv, next.account_id, next.id)));
+        return c.json(keyJson(next, await getKeySpend(svc.kv, next)));
       }
     }
     throw new ApiError(409, "conflict", "The key changed while it was being updated; try again");
