@@ -93,13 +93,21 @@ export interface Billed extends Cost {
   usage: NormalizedUsage;
 }
 
+/** What a hold covers on one candidate model: its output and the web searches it may run. */
+export interface ModelBound {
+  model: ResolvedModel;
+  /** Output tokens (`max_tokens`, or the model's limit, × n). */
+  outputTokens: number;
+  /** Server-side web searches (`anthropicSearchBound`, `responsesSearchBound` in tokens.ts). */
+  searches: number;
+}
+
 /** What a hold covers: its amount and the bounds it was priced at. */
 interface HoldBounds {
   amount: bigint;
   prompt: number;
-  searches: number;
-  /** The output bound of each candidate model (`max_tokens`, or the model's limit, × n). */
-  output: Map<ResolvedModel, number>;
+  /** The bounds of each candidate model. */
+  models: Map<ResolvedModel, ModelBound>;
 }
 
 /**
@@ -153,37 +161,29 @@ export class MeteredRequest {
 
   /**
    * Holds the worst case; throws the 402/403/401/429 refusal otherwise. With fallback candidates
-   * the hold covers the dearest of them, since any one may answer. Granted from this process's
-   * balance lease it returns with no KV round trip; either way the credit is held before the
-   * provider is called, so no call is made that nobody is billed for.
+   * the hold covers the dearest of them, since any one may answer, each at its own bounds
+   * (`primary` is this model's). Granted from this process's balance lease it returns with no KV
+   * round trip; either way the credit is held before the provider is called, so no call is made
+   * that nobody is billed for.
    */
   async reserve(
     promptTokens: number,
-    outputTokens: number,
-    alternatives: { model: ResolvedModel; outputTokens: number }[] = [],
-    /**
-     * The most server-side web searches the request may run (`anthropicSearchBound`,
-     * `responsesSearchBound` in lib/proxy/tokens.ts).
-     */
-    searches = 0,
+    primary: Omit<ModelBound, "model">,
+    alternatives: readonly ModelBound[] = [],
   ): Promise<void> {
     const svc = this.c.get("svc");
     const key = this.c.get("key");
-    const worst = (model: ResolvedModel, output: number) =>
-      priceWorstCase(promptTokens, output, model.prices, model.discountBps, searches).cost;
-    let amount = worst(this.model, outputTokens);
-    for (const alt of alternatives) {
-      const c = worst(alt.model, alt.outputTokens);
+    const bounds: ModelBound[] = [{ model: this.model, ...primary }, ...alternatives];
+    let amount = 0n;
+    for (const b of bounds) {
+      const { prices, discountBps } = b.model;
+      const c = priceWorstCase(promptTokens, b.outputTokens, prices, discountBps, b.searches).cost;
       if (c > amount) amount = c;
     }
     this.#hold = {
       amount,
       prompt: promptTokens,
-      searches,
-      output: new Map([
-        [this.model, outputTokens],
-        ...alternatives.map((a) => [a.model, a.outputTokens] as const),
-      ]),
+      models: new Map(bounds.map((b) => [b.model, b])),
     };
     const r = await svc.actors.reserve(
       key.account_id,
@@ -192,7 +192,9 @@ export class MeteredRequest {
       amount,
       svc.config.holdTtlMs,
     );
-    if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens, searches);
+    if (!r.ok) {
+      throw this.#refusal(r, amount, promptTokens, primary.outputTokens, primary.searches);
+    }
     this.#held = true;
   }
 
@@ -260,8 +262,7 @@ export class MeteredRequest {
   bounded(usage: NormalizedUsage, report = true): NormalizedUsage {
     const hold = this.#hold;
     if (!hold) return usage;
-    const outputs = [...hold.output.values()];
-    const output = hold.output.get(this.model) ?? Math.max(0, ...outputs);
+    const bound = this.#bound(hold);
     const u = { ...usage };
     const over: string[] = [];
     const cap = (kind: string, value: number, max: number) => {
@@ -273,7 +274,7 @@ export class MeteredRequest {
     u.cached = cap("cached", u.cached, u.prompt);
     u.cacheWrite = cap("cache_write", u.cacheWrite, u.prompt - u.cached);
     u.cacheWrite1h = cap("cache_write", u.cacheWrite1h, u.cacheWrite);
-    u.completion = cap("output", u.completion, output);
+    u.completion = cap("output", u.completion, bound.outputTokens);
     u.reasoning = cap("reasoning", u.reasoning, u.completion);
     if (u.audioIn !== undefined) u.audioIn = cap("audio", u.audioIn, u.prompt);
     if (u.audioCached !== undefined) {
@@ -281,10 +282,17 @@ export class MeteredRequest {
     }
     if (u.audioOut !== undefined) u.audioOut = cap("audio", u.audioOut, u.completion);
     if (u.webSearches !== undefined) {
-      u.webSearches = cap("web_searches", u.webSearches, hold.searches);
+      u.webSearches = cap("web_searches", u.webSearches, bound.searches);
     }
     if (over.length && report) this.#anomalies(over, usage, u);
     return u;
+  }
+
+  /** The bounds of the model that answered (one of the candidates held for). */
+  #bound(hold: HoldBounds): ModelBound {
+    const bound = hold.models.get(this.model);
+    if (!bound) throw new Error("the model answering was not held for");
+    return bound;
   }
 
   /**
@@ -321,8 +329,8 @@ export class MeteredRequest {
     const hold = this.#hold;
     if (!hold) return this.price(usage);
     const { prices, discountBps } = this.model;
-    const output = hold.output.get(this.model) ?? 0;
-    const worst = priceWorstCase(hold.prompt, output, prices, discountBps, hold.searches);
+    const { outputTokens, searches } = this.#bound(hold);
+    const worst = priceWorstCase(hold.prompt, outputTokens, prices, discountBps, searches);
     const unpriced = unpricedKinds(usage, prices);
     if (unpriced.length) {
       this.c.get("svc").log("warn", "usage of a kind without a catalog rate; the hold billed", {

@@ -20,7 +20,7 @@ import {
 import { readOpenAIUsage, UsageReader, withSearches } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import type { NormalizedUsage } from "../../lib/pricing.ts";
-import type { Billed } from "../../lib/proxy/metered.ts";
+import type { Billed, ModelBound } from "../../lib/proxy/metered.ts";
 
 const tokenLimit = z.number().int().min(1).max(10_000_000);
 
@@ -96,15 +96,15 @@ export async function chatCompletions(c: Context<AppEnv>) {
   );
   const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
-  const searches = Math.max(...candidates.map(searchesOn));
+  const bound = (model: ResolvedModel): ModelBound => ({
+    model,
+    outputTokens: outputLimit(body, model).tokens * n,
+    searches: searchesOn(model),
+  });
   await m.reserve(
-    prompt.bound(candidates, searches),
-    outputLimit(body, primary).tokens * n,
-    candidates.slice(1).map((model) => ({
-      model,
-      outputTokens: outputLimit(body, model).tokens * n,
-    })),
-    searches,
+    prompt.bound(candidates, Math.max(...candidates.map(searchesOn))),
+    bound(primary),
+    candidates.slice(1).map(bound),
   );
 
   const { models: _fallbacks, ...rest } = body;

@@ -34,7 +34,7 @@ async function embeddings(c: Context<AppEnv>) {
   }
   const m = new MeteredRequest(c, model, false);
   const prompt = new Prompt(raw, body);
-  await m.reserve(prompt.bound([model]), 0);
+  await m.reserve(prompt.bound([model]), { outputTokens: 0, searches: 0 });
   const reply = await forward(
     m,
     [model],

@@ -2,7 +2,7 @@ import type { Context } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { parseJson } from "../../lib/http/errors.ts";
-import { MeteredRequest } from "../../lib/proxy/metered.ts";
+import { MeteredRequest, type ModelBound } from "../../lib/proxy/metered.ts";
 import {
   anthropicSearchBound,
   contextOf,
@@ -69,12 +69,16 @@ export async function messages(c: Context<AppEnv>) {
   const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
   const prompt = new Prompt(raw, body);
-  const searchBound = searches(primary);
+  const bound = (model: ResolvedModel): ModelBound => ({
+    model,
+    outputTokens: body.max_tokens,
+    searches: searches(model),
+  });
   await m.reserve(
-    prompt.bound(candidates, searchBound),
-    body.max_tokens,
-    candidates.slice(1).map((model) => ({ model, outputTokens: body.max_tokens })),
-    searchBound,
+    // Each search's results are prompt, whichever candidate runs them.
+    prompt.bound(candidates, Math.max(...candidates.map(searches))),
+    bound(primary),
+    candidates.slice(1).map(bound),
   );
   const headers = c.req.raw.headers;
   const reply = await forward(

@@ -2,7 +2,7 @@ import type { Context } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { badRequest, parseJson } from "../../lib/http/errors.ts";
-import { MeteredRequest } from "../../lib/proxy/metered.ts";
+import { MeteredRequest, type ModelBound } from "../../lib/proxy/metered.ts";
 import { Prompt, responsesSearchBound, responsesToolBound } from "../../lib/proxy/tokens.ts";
 import { withData } from "../../lib/proxy/sse.ts";
 import {
@@ -69,12 +69,15 @@ export async function responses(c: Context<AppEnv>) {
   );
   const stream = body.stream === true;
   const m = new MeteredRequest(c, primary, stream);
-  const limit = (model: ResolvedModel) => body.max_output_tokens ?? model.maxOutputTokens;
+  const bound = (model: ResolvedModel): ModelBound => ({
+    model,
+    outputTokens: body.max_output_tokens ?? model.maxOutputTokens,
+    searches,
+  });
   await m.reserve(
     prompt.bound(candidates, responsesToolBound(body)),
-    limit(primary),
-    candidates.slice(1).map((model) => ({ model, outputTokens: limit(model) })),
-    searches,
+    bound(primary),
+    candidates.slice(1).map(bound),
   );
   const headers = c.req.raw.headers;
   const reply = await forward(
