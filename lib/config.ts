@@ -1,7 +1,7 @@
 import { z } from "zod";
 import { type CreditPackage, loadPackages } from "./billing/packages.ts";
 import { canonicalProxy } from "./http/client_addr.ts";
-import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./proxy/sse.ts";
+import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./sse.ts";
 import type { LeaseOptions } from "./billing/local_lease.ts";
 
 /** A provider's upstream: its key and base URL. A provider without a key is not offered. */
