@@ -6,7 +6,7 @@ import { z } from "zod";
 import type { NormalizedUsage } from "../pricing.ts";
 import type { ResolvedModel } from "../providers/types.ts";
 import { readOpenAIUsage, UsageReader, withSearches } from "../providers/usage.ts";
-import type { ModelBound } from "../proxy/metered.ts";
+import type { Billed, ModelBound } from "../proxy/metered.ts";
 import { Prompt } from "../proxy/tokens.ts";
 import type { StreamEnding } from "../proxy/tap.ts";
 import {
@@ -170,17 +170,16 @@ const dataEvent = (chunk: unknown) => "data: " + JSON.stringify(chunk);
  */
 export function chatReducer(rules: ChatStreamRules): StreamReducer<ChatState> {
   /** A chunk showing the charge as the client gets it: with the cost, or without usage. */
-  const billedChunk =
-    (chunk: Record<string, unknown>) => (billed: Parameters<typeof withCost>[1]) => {
-      if (rules.wantsUsage) {
-        return dataEvent({ ...chunk, usage: withCost(chunk.usage, billed, "openai") });
-      }
-      if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
-        const { usage: _drop, ...without } = chunk;
-        return dataEvent(without);
-      }
-      return null;
-    };
+  const billedChunk = (chunk: Record<string, unknown>) => (billed: Billed) => {
+    if (rules.wantsUsage) {
+      return dataEvent({ ...chunk, usage: withCost(chunk.usage, billed, "openai") });
+    }
+    if (Array.isArray(chunk.choices) && chunk.choices.length > 0) {
+      const { usage: _drop, ...without } = chunk;
+      return dataEvent(without);
+    }
+    return null;
+  };
   return {
     init: { final: false },
     step(state, { data }) {

@@ -3,11 +3,14 @@
  * (its format's reducer deciding when the usage is final).
  */
 import type { Config } from "../config.ts";
-import { withSearches } from "../providers/usage.ts";
-import { UsageReader } from "../providers/usage.ts";
+import { UsageReader, withSearches } from "../providers/usage.ts";
 import type { NormalizedUsage } from "../pricing.ts";
-import type { BilledStream, InferenceRequest, Step } from "../formats/format.ts";
-import { withCost } from "../formats/format.ts";
+import {
+  type BilledStream,
+  type InferenceRequest,
+  type Step,
+  withCost,
+} from "../formats/format.ts";
 import type { Billed, MeteredRequest } from "./metered.ts";
 import { readUpstreamJson, type UpstreamReply } from "./upstream.ts";
 import { type TapAnswer, type TapEnd, tapStream } from "./tap.ts";

@@ -100,8 +100,7 @@ export function tapStream(
   const decoder = new TextDecoder();
   const encoder = new TextEncoder();
   const splitter = new SseSplitter(limits.maxEventBytes);
-  const { ending } = handlers;
-  const watched = handlers.watch;
+  const { ending, watch } = handlers;
   const closing = ending.closing;
   /** Hands a watched event to `onEvent`; null for an event whose data is not a JSON object. */
   const answer = (event: string, last: boolean) => {
@@ -112,7 +111,8 @@ export function tapStream(
       last,
     );
   };
-  let usageSeen = false;
+  /** Whether the final usage is in (`TapAnswer.final`). */
+  let final = false;
   /** Whether the format's own end has gone out (after the final usage). */
   let closed = false;
   let ended = false;
@@ -125,12 +125,12 @@ export function tapStream(
   let readStarted = 0;
   let stalled = false;
   let watchdog: ReturnType<typeof setTimeout> | undefined;
-  const watch = () => {
+  const checkIdle = () => {
     watchdog = undefined;
     if (!reading || ended) return; // the next read re-arms it
     const left = readStarted + idleMs - Date.now();
     if (left > 0) {
-      watchdog = setTimeout(watch, left);
+      watchdog = setTimeout(checkIdle, left);
       return;
     }
     stalled = true;
@@ -164,15 +164,15 @@ export function tapStream(
     if (kind === "complete") {
       const tail = decoder.decode() + splitter.rest;
       // After the final usage an unfinished tail gives way to the format's end.
-      if (usageSeen && !closed && closing) last = closing.event;
+      if (final && !closed && closing) last = closing.event;
       else if (tail.trim()) last = tail;
-      if (!usageSeen && last) {
-        if (watched.test(last)) await answer(last, true);
+      if (!final && last) {
+        if (watch.test(last)) await answer(last, true);
         handlers.delivered?.(last);
       }
     } else {
       reader.cancel().catch(() => {});
-      if (!usageSeen) {
+      if (!final) {
         last = ending.error(kind === "too_long" ? STREAM_TOO_LONG : STREAM_FAILURE);
       } else if (!closed && closing) last = closing.event;
     }
@@ -189,7 +189,7 @@ export function tapStream(
   const read = async (): Promise<ReadableStreamReadResult<Uint8Array>> => {
     reading = true;
     readStarted = Date.now();
-    watchdog ??= setTimeout(watch, idleMs);
+    watchdog ??= setTimeout(checkIdle, idleMs);
     try {
       const r = await reader.read();
       if (stalled) throw new Error("upstream stalled");
@@ -204,12 +204,12 @@ export function tapStream(
     let out = "";
     const send = (s: string) => {
       out += s;
-      if (!usageSeen) handlers.delivered?.(s);
+      if (!final) handlers.delivered?.(s);
       else if (!closed && closing?.sent.test(s)) closed = true;
     };
     for (const event of splitter.push(text)) {
-      const a = watched.test(event) ? await answer(event, false) : null;
-      if (a?.final) usageSeen = true;
+      const a = watch.test(event) ? await answer(event, false) : null;
+      if (a?.final) final = true;
       if (a && a.out !== undefined) {
         if (a.out !== null) send(a.out + "\n\n");
         continue;
@@ -244,8 +244,8 @@ export function tapStream(
           if (r.done) return await finish("complete");
           const text = decoder.decode(r.value, { stream: true });
           if (
-            !usageSeen && splitter.buffered === 0 && text.length <= splitter.maxEvent &&
-            ENDS_EVENT.test(text) && !watched.test(text)
+            !final && splitter.buffered === 0 && text.length <= splitter.maxEvent &&
+            ENDS_EVENT.test(text) && !watch.test(text)
           ) {
             // Fast path: whole events none of which is watched, none over the maximum, go out as
             // they came. After the final usage (an event or two) each event is looked at, for the
