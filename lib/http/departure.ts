@@ -28,21 +28,20 @@ interface Watcher {
 const watchers = new Set<Watcher>();
 /** The next read, when one is due. */
 let timer: ReturnType<typeof setTimeout> | undefined;
-/** Whether a read is under way (it schedules the next). */
-let polling = false;
+/** The read under way, if any (it schedules the next). */
+let reading: Promise<void> | undefined;
 /** Whether the tables could be read (false once they could not: not Linux, or not allowed). */
 let readable = true;
 
-function schedule(ms: number) {
-  if (timer === undefined && !polling && watchers.size) timer = setTimeout(run, ms);
+function schedule() {
+  if (timer === undefined && !reading && watchers.size) timer = setTimeout(run, POLL_MS);
 }
 
 function run() {
   timer = undefined;
-  polling = true;
-  poll().catch(() => {}).finally(() => {
-    polling = false;
-    schedule(POLL_MS);
+  reading = poll().catch(() => {}).finally(() => {
+    reading = undefined;
+    schedule();
   });
 }
 
@@ -94,28 +93,35 @@ async function poll() {
   }
 }
 
+/** A watch on one client's connection (see `watchDeparture`). */
+export interface DepartureWatch {
+  /** Aborts once the client is seen gone. */
+  signal: AbortSignal;
+  /** Ends the watch; resolves once no read of the tables is under way for it. */
+  stop(): Promise<void>;
+}
+
 /**
- * A signal that aborts when the client of `info`'s connection is seen gone, watched until `until`
- * aborts; it never aborts where the socket tables cannot be read. Join it to `Request.signal`.
+ * Watches the connection of `info`'s client for its departure, reading the socket tables every
+ * `POLL_MS` (one read for every watch at once) until `stop`. Where the tables cannot be read, or
+ * without a TCP client, the signal never aborts. Join it to `Request.signal`.
  *
  * @example
  * ```ts
- * const stop = new AbortController();
- * const signal = AbortSignal.any([req.signal, clientDeparture(info, stop.signal)]);
+ * const watch = watchDeparture(info);
  * try {
- *   await pause(1000, signal);
+ *   await pause(1000, AbortSignal.any([req.signal, watch.signal]));
  * } finally {
- *   stop.abort();
+ *   await watch.stop();
  * }
  * ```
  */
-export function clientDeparture(
-  info: Deno.ServeHandlerInfo | undefined,
-  until: AbortSignal,
-): AbortSignal {
+export function watchDeparture(info: Deno.ServeHandlerInfo | undefined): DepartureWatch {
   const gone = new AbortController();
   const addr = info?.remoteAddr;
-  if (!readable || until.aborted || addr?.transport !== "tcp") return gone.signal;
+  if (!readable || addr?.transport !== "tcp") {
+    return { signal: gone.signal, stop: () => Promise.resolve() };
+  }
   const w: Watcher = {
     port: addr.port.toString(16).toUpperCase().padStart(4, "0"),
     seen: false,
@@ -123,13 +129,17 @@ export function clientDeparture(
     gone,
   };
   watchers.add(w);
-  until.addEventListener("abort", () => {
-    watchers.delete(w);
-    if (watchers.size || timer === undefined) return;
-    clearTimeout(timer);
-    timer = undefined;
-  }, { once: true });
-  // The first read at once: it sees the connection established, before the client may leave.
-  schedule(0);
-  return gone.signal;
+  schedule();
+  return {
+    signal: gone.signal,
+    async stop() {
+      watchers.delete(w);
+      if (watchers.size === 0 && timer !== undefined) {
+        clearTimeout(timer);
+        timer = undefined;
+      }
+      // A read left running would outlive the wait that asked for it.
+      await reading;
+    },
+  };
 }

@@ -27,7 +27,7 @@ import {
   tokenCounter,
 } from "./tokens.ts";
 import { pause } from "../kv/util.ts";
-import { clientDeparture } from "../http/departure.ts";
+import { watchDeparture } from "../http/departure.ts";
 import { utf8Bytes } from "../tokenizer.ts";
 
 /** Resolves the requested model for `type`, or throws its 404/400. */
@@ -197,20 +197,17 @@ export async function forward(
 
 /**
  * Waits `ms` unless the client leaves first (false then). `Request.signal` alone misses most
- * departures (see `clientDeparture`). Read only once an attempt failed: the first attempt's path
+ * departures (see `watchDeparture`). Read only once an attempt failed: the first attempt's path
  * stays as it was.
  */
 async function pauseUnlessGone(m: MeteredRequest, ms: number): Promise<boolean> {
-  if (ms <= 0) return !m.c.req.raw.signal.aborted;
-  const stop = new AbortController();
-  const info = m.c.env as Deno.ServeHandlerInfo | undefined;
+  const signal = m.c.req.raw.signal;
+  if (ms <= 0) return !signal.aborted;
+  const watch = watchDeparture(m.c.env as Deno.ServeHandlerInfo | undefined);
   try {
-    return await pause(
-      ms,
-      AbortSignal.any([m.c.req.raw.signal, clientDeparture(info, stop.signal)]),
-    );
+    return await pause(ms, AbortSignal.any([signal, watch.signal]));
   } finally {
-    stop.abort();
+    await watch.stop();
   }
 }
 
