@@ -154,3 +154,47 @@ Deno.test("an upstream that breaks after the final usage: each format's stream e
     await t.close();
   }
 });
+
+Deno.test("an upstream that stalls after the final usage: the stream ends cleanly at UPSTREAM_TIMEOUT_MS for the SDK, billed once", async (ctx) => {
+  const t = await startProviders({ env: { UPSTREAM_TIMEOUT_MS: "300" } });
+  try {
+    const { key, mgmt } = await t.account("5");
+    const openai = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
+    // Events: message_start, block start, ping, 2 deltas, block stop, message_delta | nothing more,
+    // the connection left open.
+    t.anthropic.scenario = {
+      content: "from claude",
+      chunks: 2,
+      usage: { input_tokens: 13, output_tokens: 5 },
+      stallAfter: 7,
+    };
+
+    await ctx.step(
+      "chat completions to Anthropic, translated: usage sent at message_delta",
+      async () => {
+        const { data, response } = await openai.chat.completions.create(
+          chatBody("claude-haiku-4-5"),
+        ).withResponse();
+        assert.deepEqual(await readChat(data), { text: "from claude", usage: [13, 5] });
+        await billed(t, mgmt, response.headers.get("x-request-id"), [13, 5]);
+      },
+    );
+
+    await ctx.step("OpenAI chat, passed through: the stall after the usage chunk", async () => {
+      // Events: role, 2 parts, finish, usage | [DONE] never comes.
+      t.openai.scenario = {
+        content: "abcdefgh",
+        chunks: 2,
+        usage: { prompt_tokens: 11, completion_tokens: 7 },
+        stallAfter: 5,
+      };
+      const { data, response } = await openai.chat.completions.create(chatBody("gpt-4o-mini"))
+        .withResponse();
+      assert.deepEqual(await readChat(data), { text: "abcdefgh", usage: [11, 7] });
+      await billed(t, mgmt, response.headers.get("x-request-id"), [11, 7]);
+    });
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
