@@ -180,6 +180,24 @@ Deno.test("an upstream that stalls after the final usage: the stream ends cleanl
       },
     );
 
+    await ctx.step(
+      "chat completions to Gemini, translated: usage sent with the last event",
+      async () => {
+        // Two events, the second finishing the choice with the usage | the connection left open.
+        t.gemini.scenario = {
+          content: "from gemini",
+          chunks: 2,
+          usage: { promptTokenCount: 9, candidatesTokenCount: 4, totalTokenCount: 13 },
+          stallAfter: 2,
+        };
+        const { data, response } = await openai.chat.completions.create(
+          chatBody("gemini-2.5-flash"),
+        ).withResponse();
+        assert.deepEqual(await readChat(data), { text: "from gemini", usage: [9, 4] });
+        await billed(t, mgmt, response.headers.get("x-request-id"), [9, 4]);
+      },
+    );
+
     await ctx.step("OpenAI chat, passed through: the stall after the usage chunk", async () => {
       // Events: role, 2 parts, finish, usage | [DONE] never comes.
       t.openai.scenario = {
