@@ -180,6 +180,21 @@ Deno.test("an upstream that stalls after the final usage: the stream ends cleanl
       },
     );
 
+    await ctx.step("native Messages, passed through: the stall after message_delta", async () => {
+      const anthropic = new Anthropic({ apiKey: key, baseURL: t.url, maxRetries: 0 });
+      const stream = anthropic.messages.stream({
+        model: "claude-haiku-4-5",
+        max_tokens: 100,
+        messages: [{ role: "user", content: "hello" }],
+      });
+      const { content: [block], usage } = await stream.finalMessage();
+      assert.deepEqual([block.type === "text" && block.text, usage.output_tokens], [
+        "from claude",
+        5,
+      ]);
+      await billed(t, mgmt, stream.request_id, [13, 5]);
+    });
+
     await ctx.step(
       "chat completions to Gemini, translated: usage sent with the last event",
       async () => {
@@ -198,19 +213,38 @@ Deno.test("an upstream that stalls after the final usage: the stream ends cleanl
       },
     );
 
+    // Events: role, 2 parts, finish, usage | [DONE] never comes.
+    t.openai.scenario = {
+      content: "abcdefgh",
+      chunks: 2,
+      usage: { prompt_tokens: 11, completion_tokens: 7 },
+      stallAfter: 5,
+    };
+
     await ctx.step("OpenAI chat, passed through: the stall after the usage chunk", async () => {
-      // Events: role, 2 parts, finish, usage | [DONE] never comes.
-      t.openai.scenario = {
-        content: "abcdefgh",
-        chunks: 2,
-        usage: { prompt_tokens: 11, completion_tokens: 7 },
-        stallAfter: 5,
-      };
       const { data, response } = await openai.chat.completions.create(chatBody("gpt-4o-mini"))
         .withResponse();
       assert.deepEqual(await readChat(data), { text: "abcdefgh", usage: [11, 7] });
       await billed(t, mgmt, response.headers.get("x-request-id"), [11, 7]);
     });
+
+    await ctx.step(
+      "Messages to an OpenAI model, translated: ended at the usage chunk",
+      async () => {
+        const anthropic = new Anthropic({ apiKey: key, baseURL: t.url, maxRetries: 0 });
+        const stream = anthropic.messages.stream({
+          model: "gpt-4o-mini",
+          max_tokens: 100,
+          messages: [{ role: "user", content: "hello" }],
+        });
+        const { content: [block], usage } = await stream.finalMessage();
+        assert.deepEqual([block.type === "text" && block.text, usage.output_tokens], [
+          "abcdefgh",
+          7,
+        ]);
+        await billed(t, mgmt, stream.request_id, [11, 7]);
+      },
+    );
     await t.assertBooks();
   } finally {
     await t.close();
