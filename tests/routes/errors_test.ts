@@ -236,6 +236,55 @@ Deno.test("a key revoked through another process is refused on its next request 
   }
 });
 
+Deno.test("unknown /v1 routes and methods, and bodies of other content types, get the JSON error", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const before = await kvSnapshot(t);
+    const cases: [
+      string,
+      string,
+      string | null,
+      number,
+      string,
+      Record<string, string>?,
+      string?,
+    ][] = [
+      ["GET", "/v1", null, 404, "not_found"],
+      ["GET", "/v1/nothing", key, 404, "not_found"],
+      ["POST", "/v1/nothing", key, 404, "not_found", {}, "{}"],
+      ["GET", "/v1/chat/completions", key, 404, "not_found"],
+      ["PUT", "/v1/chat/completions", key, 404, "not_found", {}, "{}"],
+      ["DELETE", "/v1/models", null, 404, "not_found"],
+      ["PATCH", "/v1/credits", mgmt, 404, "not_found", {}, "{}"],
+      ["OPTIONS", "/v1/keys", mgmt, 404, "not_found"],
+      ["GET", "//v1/keys", mgmt, 404, "not_found"],
+      ["POST", "/v1/keys", mgmt, 400, "invalid_request", {
+        "content-type": "multipart/form-data; boundary=x",
+      }, "--x--"],
+      ["POST", "/v1/keys", mgmt, 400, "invalid_request", {
+        "content-type": "application/x-www-form-urlencoded",
+      }, "name=x"],
+      ["POST", "/v1/chat/completions", key, 400, "invalid_request", {
+        "content-type": "text/plain",
+      }, "{"],
+      ["GET", "/v1/keys", "x".repeat(5000), 401, "invalid_api_key"],
+    ];
+    for (const [method, path, secret, status, code, headers = {}, body] of cases) {
+      const res = await fetch(t.url + path, {
+        method,
+        headers: { ...(secret ? { authorization: `Bearer ${secret}` } : {}), ...headers },
+        body,
+      });
+      await expectError(res, status, code);
+    }
+    // The three on the inference path, with its key, are audited (the 404s too): nothing else.
+    assertNothingWritten(before, await kvSnapshot(t), 3);
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("another account's key id is not found, whatever the method", async () => {
   const t = await startRouter();
   try {
