@@ -1,6 +1,6 @@
 /** A JSON reply longer than `MAX_UPSTREAM_BODY_BYTES` is an upstream failure, read no further. */
 import assert from "node:assert/strict";
-import { json, startRouter } from "../_helpers.ts";
+import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { countedStream, serveLoopback } from "../_fakes/serve.ts";
 import { MAX_JSON_DEPTH } from "../../lib/json.ts";
 
@@ -18,6 +18,17 @@ function completionOf(bytes: number): string {
     usage: { prompt_tokens: 5, completion_tokens: 1, total_tokens: 6 },
   });
   return body + " ".repeat(bytes - body.length);
+}
+
+/** A 502 with `message`, audited at cost 0: the hold released. */
+async function upstreamFailed(t: TestRouter, mgmt: string, res: Response, message: string) {
+  assert.deepEqual(await json(res, 502), {
+    error: { message, type: "api_error", code: "upstream_error" },
+  });
+  await t.router.flush();
+  const id = res.headers.get("x-request-id");
+  const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
+  assert.deepEqual([row.status, row.error_code, row.cost], [502, "upstream_error", "0"]);
 }
 
 const ask = (content: string) => ({
@@ -49,17 +60,7 @@ Deno.test("a JSON reply over MAX_UPSTREAM_BODY_BYTES is a 502 with the hold rele
     assert.equal((await json(exact, 200)).choices[0].message.content, "ok");
     for (const what of ["one over", "declared", "long"]) {
       const res = await t.call(key, "POST", "/v1/chat/completions", ask(what));
-      assert.deepEqual(await json(res, 502), {
-        error: {
-          message: "The provider's reply is too large",
-          type: "api_error",
-          code: "upstream_error",
-        },
-      });
-      await t.router.flush();
-      const id = res.headers.get("x-request-id");
-      const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
-      assert.deepEqual([row.status, row.error_code, row.cost], [502, "upstream_error", "0"]);
+      await upstreamFailed(t, mgmt, res, "The provider's reply is too large");
     }
     const long = stats.at(-1)!;
     assert.ok(long.cancelled, "the reply's body is let go");
@@ -102,18 +103,7 @@ Deno.test("a JSON reply nested past MAX_JSON_DEPTH is a 502 with the hold releas
     assert.ok(served.usage.completion_tokens > 0, "counted by the router");
     for (const depth of [MAX_JSON_DEPTH + 1, 50_000]) {
       const res = await t.call(key, "POST", "/v1/chat/completions", ask(String(depth)));
-      assert.equal(res.status, 502, `a reply ${depth} deep`);
-      assert.deepEqual(await res.json(), {
-        error: {
-          message: "The provider's reply nests too deep",
-          type: "api_error",
-          code: "upstream_error",
-        },
-      });
-      await t.router.flush();
-      const id = res.headers.get("x-request-id");
-      const row = await json(await t.call(mgmt, "GET", `/v1/audit/${id}`), 200);
-      assert.deepEqual([row.status, row.error_code, row.cost], [502, "upstream_error", "0"]);
+      await upstreamFailed(t, mgmt, res, "The provider's reply nests too deep");
     }
     // Anthropic's token count is read the same way (and neither held nor billed).
     const count = await t.call(key, "POST", "/v1/messages/count_tokens", {
