@@ -2,6 +2,7 @@
  * Server-sent events: the project's one splitter, the codec of an event's data and name, a chunk
  * reader for fetch bodies, and stream translation (a provider's events mapped to another format's).
  */
+import { nestsWithin } from "./json.ts";
 
 const EVENT_END = /\r?\n\r?\n/g;
 
@@ -82,13 +83,16 @@ export class SseSplitter {
   }
 }
 
-/** The JSON payload of an event's `data:` lines, or null (comments, `[DONE]`, non-JSON). */
+/**
+ * The JSON payload of an event's `data:` lines, or null (comments, `[DONE]`, non-JSON, and JSON
+ * nested past `MAX_JSON_DEPTH`, which the router's walks over events could not take).
+ */
 export function eventData(event: string): unknown {
   let data = "";
   for (const line of event.split(/\r?\n/)) {
     if (line.startsWith("data:")) data += (data ? "\n" : "") + line.slice(line[5] === " " ? 6 : 5);
   }
-  if (!data || data === "[DONE]") return null;
+  if (!data || data === "[DONE]" || !nestsWithin(data)) return null;
   try {
     return JSON.parse(data);
   } catch {

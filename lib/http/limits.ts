@@ -143,7 +143,7 @@ function hasBody(req: Request): boolean {
 
 /**
  * The first middleware: a URL over `MAX_URL_BYTES` is 414; a body declared over its route's limit
- * is 413 before anything else runs (the inference audit, registered before, records it); any other
+ * is 413 before anything else runs (the inference audit, registered before, records either); any other
  * body reaches the route as a `LimitedBody`. A body that failed, or was left unread with more
  * than `DRAIN_BYTES` (or an unknown length) to come, closes the connection after the answer
  * (`Connection: close`) instead of being waited for.

@@ -6,7 +6,6 @@ import { ApiError, badRequest, CLIENT_CLOSED } from "../http/errors.ts";
 import type { Providers, RetryPolicy } from "../providers/registry.ts";
 import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
 import { unpricedKinds, ZERO_USAGE } from "../pricing.ts";
-import { pause } from "../kv/util.ts";
 import type { RequestAudit } from "./audit.ts";
 import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, type UpstreamReply } from "./upstream.ts";
@@ -113,8 +112,11 @@ export interface ForwardOptions {
   retry: RetryPolicy;
   /** The longest wait for a provider's answer (`UPSTREAM_TIMEOUT_MS`). */
   timeoutMs: number;
-  /** The client's request signal, read only once an attempt failed (its first path stays bare). */
-  signal: () => AbortSignal;
+  /**
+   * Waits `ms` before another attempt unless the client leaves first: false then (called only once
+   * an attempt failed, so the first attempt's path stays bare).
+   */
+  wait: (ms: number) => Promise<boolean>;
 }
 
 /**
@@ -141,7 +143,7 @@ export async function forward(
         const wait = retry > 0
           ? Math.max(backoffMs * 2 ** (retry - 1), retryAfterMs(last.error))
           : 0;
-        if (!(await pause(wait, opts.signal()))) {
+        if (!(await opts.wait(wait))) {
           // The client went away: nothing answered it, so nothing is billed.
           m.model = last.model;
           await m.release(CLIENT_CLOSED, "client_disconnected");

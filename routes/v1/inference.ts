@@ -8,6 +8,8 @@ import type { AppEnv } from "../../lib/services.ts";
 import { auditableKey, presentedSecret, requireKey } from "../../lib/http/auth.ts";
 import { ApiError, badRequest, parseJson } from "../../lib/http/errors.ts";
 import { clientFacts } from "../../lib/http/client.ts";
+import { watchDeparture } from "../../lib/http/departure.ts";
+import { pause } from "../../lib/kv/util.ts";
 import type { ApiKey } from "../../lib/billing/types.ts";
 import { RequestAudit } from "../../lib/proxy/audit.ts";
 import { MeteredRequest } from "../../lib/proxy/metered.ts";
@@ -92,7 +94,7 @@ export async function runInference<B>(
       fetch: svc.fetch,
       retry: svc.providers.retry,
       timeoutMs: svc.config.upstreamTimeoutMs,
-      signal: () => c.req.raw.signal,
+      wait: (ms) => pauseUnlessGone(c, ms),
     });
 
     // Settle: a JSON reply now; a stream as it ends, its format's reducer deciding when.
@@ -111,12 +113,27 @@ export async function runInference<B>(
 }
 
 /**
+ * Waits `ms` unless the client leaves first (false then). `Request.signal` alone misses most
+ * departures (see `watchDeparture`).
+ */
+async function pauseUnlessGone(c: Context<InferenceEnv>, ms: number): Promise<boolean> {
+  const signal = c.req.raw.signal;
+  if (ms <= 0) return !signal.aborted;
+  const watch = watchDeparture(c.env as Deno.ServeHandlerInfo | undefined);
+  try {
+    return await pause(ms, AbortSignal.any([signal, watch.signal]));
+  } finally {
+    await watch.stop();
+  }
+}
+
+/**
  * The audit record of an inference request (`RequestAudit`), and its one row where the metering
  * wrote none: once the request is answered, a refusal (4xx, 5xx) is recorded at cost 0 with its
  * code, and a free call (a token count) without one. The key is the authenticated one; a request
- * refused before authentication (a body over the limit is refused before its key is read) or by
- * it (a disabled key) is recorded under the key it presented, when that key's account is known
- * (`auditableKey`). Registered before the request limits, so it sees their refusals.
+ * refused before authentication (a URL or a body over its limit is refused before its key is
+ * read) or by it (a disabled key) is recorded under the key it presented, when that key's account
+ * is known (`auditableKey`). Registered before the request limits, so it sees their refusals.
  */
 export const inferenceAudit = createMiddleware<InferenceEnv>(async (c, next) => {
   const svc = c.get("svc");
@@ -126,7 +143,7 @@ export const inferenceAudit = createMiddleware<InferenceEnv>(async (c, next) => 
   if (audit.recorded || audit.deferred) return;
   const status = c.res.status;
   const key = (c.get("key") as ApiKey | undefined) ??
-    (status === 401 || status === 403 || status === 413 ? await presentedKey(c) : null);
+    (status >= 400 ? await presentedKey(c) : null);
   if (!key || key.scope !== "inference") return;
   const errorCode = status < 400
     ? null
