@@ -12,6 +12,7 @@ import type { StreamEnding } from "../proxy/tap.ts";
 import {
   type BilledStream,
   type Format,
+  type InferenceRequest,
   isObject,
   shownUsage,
   type StreamOptions,
@@ -63,7 +64,7 @@ export const chat: Format<ChatBody> = {
   schema: chatRequest,
   type: "chat",
   fallbacks: true,
-  request(raw, body) {
+  request(raw, body): InferenceRequest {
     const n = body.n ?? 1;
     const stream = body.stream === true;
     const prompt = new Prompt(raw, body);

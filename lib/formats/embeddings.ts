@@ -2,7 +2,7 @@
 import { z } from "zod";
 import type { ModelBound } from "../proxy/metered.ts";
 import { Prompt } from "../proxy/tokens.ts";
-import type { Format } from "./format.ts";
+import type { Format, InferenceRequest } from "./format.ts";
 
 /** The body of an embeddings request, as the router reads it (other fields pass through). */
 export const embeddingsBody = z.looseObject({
@@ -21,7 +21,7 @@ export const embeddings: Format<EmbeddingsBody> = {
   schema: embeddingsBody,
   type: "embedding",
   fallbacks: false,
-  request(raw, body) {
+  request(raw, body): InferenceRequest {
     const prompt = new Prompt(raw, body);
     return {
       model: body.model,

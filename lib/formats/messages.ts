@@ -20,6 +20,7 @@ import type { StreamEnding } from "../proxy/tap.ts";
 import {
   type BilledStream,
   type Format,
+  type InferenceRequest,
   isObject,
   shownUsage,
   type StreamOptions,
@@ -44,7 +45,7 @@ export const messages: Format<MessagesBody> = {
   schema: messagesBody,
   type: "chat",
   fallbacks: true,
-  request(raw, body) {
+  request(raw, body): InferenceRequest {
     const prompt = new Prompt(raw, body);
     // Anthropic's web search tool runs only where the request goes as sent (the translation to
     // other providers passes custom tools only): the hold covers its searches there.

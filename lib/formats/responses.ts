@@ -17,6 +17,7 @@ import type { StreamEnding } from "../proxy/tap.ts";
 import {
   type BilledStream,
   type Format,
+  type InferenceRequest,
   isObject,
   type StreamReducer,
   withCost,
@@ -44,7 +45,7 @@ export const responses: Format<ResponsesBody> = {
   schema: responsesBody,
   type: "chat",
   fallbacks: true,
-  request(raw, body) {
+  request(raw, body): InferenceRequest {
     // A continued conversation's earlier turns (or a stored prompt) are stored upstream, not in
     // this body: the prompt may then fill the model's context window.
     const stored = Boolean(body.previous_response_id || body.conversation || body.prompt);
