@@ -19,7 +19,7 @@ import {
   type UsageEvent,
 } from "./types.ts";
 import type { Op, ReserveDecision, ReserveOp, ReserveResult } from "./ops.ts";
-import { addSpend, cloneLease, keyRemaining } from "./lease.ts";
+import { addSpend, cloneLease, keyRemaining, mergeDelta } from "./lease.ts";
 import type { LocalHold } from "./local_lease.ts";
 import type { AccountState, DecideContext, Decision, Local } from "./decide.ts";
 import { finishLease, leaseReserve, settleOnLease, shrink } from "./lease_ops.ts";
@@ -83,6 +83,7 @@ export class Batch {
     events: [],
     sums: [],
     accountEvents: [],
+    moves: [],
     reserved: [],
     unserved: [],
     renewed: [],
@@ -208,7 +209,30 @@ export class Batch {
     // Other processes' lease debits are not in `balance` until folded: exact with one process.
     const after = this.bal.balance - (this.lease?.spent ?? 0n);
     this.d.events.push({ ...event, cost: charged, balance_after: after });
+    this.moved(keyId, charged, after);
     return { balanceAfter: after, charged };
+  }
+
+  /** Reports a settlement (`Decision.moves`): the balance and the key's spend as now known. */
+  moved(keyId: string, charged: bigint, balanceAfter: bigint) {
+    const key = this.key(keyId);
+    let keySpend = null;
+    if (key && key.credit_limit !== null) {
+      // The spend record (other processes' folded debits in it) and this lease's own delta.
+      const s = this.spends.get(keyId) ?? EMPTY_KEY_SPEND;
+      const delta = this.lease?.keys[keyId]?.delta;
+      const v = delta
+        ? mergeDelta(s, delta, key.limit_reset, this.now)
+        : currentSpend(s, key.limit_reset, this.now);
+      keySpend = { period: v.period, spend: key.limit_reset ? v.period_spend : v.spend };
+    }
+    this.d.moves.push({
+      kind: "settle",
+      key,
+      charged,
+      balance_after: balanceAfter,
+      key_spend: keySpend,
+    });
   }
 
   // ---- this process's lease
@@ -339,6 +363,7 @@ export class Batch {
     const total = ledgerTotalSum(this.state.accountId, op.amount);
     if (total) this.d.sums.push(total);
     if (op.event) this.d.accountEvents.push(op.event(entry));
+    this.d.moves.push({ kind: "credit", amount: op.amount, balance_after: entry.balance_after });
     if (op.once && ks !== null) {
       const stored = op.once.value(entry);
       // Once-keys are read afresh each time (credits are rare): not remembered.

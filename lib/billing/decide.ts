@@ -54,6 +54,24 @@ export interface Write {
   state: boolean;
 }
 
+/**
+ * Money a batch moved on the balance, as this process knows it after each move (`balance_after`:
+ * the balance record as last read, less this process's lease debits; see `onMoved` in actor.ts).
+ */
+export type BalanceMove =
+  | {
+    kind: "settle";
+    key: ApiKey | null;
+    charged: bigint;
+    balance_after: bigint;
+    /**
+     * Of a key with a credit limit: what counts against it after the move (its period's spend, or
+     * its whole spend without a reset) as this process knows it, and the period's id.
+     */
+    key_spend: { period: string; spend: bigint } | null;
+  }
+  | { kind: "credit"; amount: bigint; balance_after: bigint };
+
 export interface Decision {
   /** Each operation's result, in the batch's order. */
   results: unknown[];
@@ -67,6 +85,8 @@ export interface Decision {
   sums: { key: Deno.KvKey; value: bigint }[];
   /** Customer webhook events committed with this batch (`emitEvent`). */
   accountEvents: AccountEvent[];
+  /** Settlements and credits, in order (reported once committed). */
+  moves: BalanceMove[];
   /** Holds reserved by this batch (their requests are alive in this process). */
   reserved: Hold[];
   /** Holds no longer served here: settled, released, expired, or found gone. */
