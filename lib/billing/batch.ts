@@ -363,7 +363,6 @@ export class Batch {
     const total = ledgerTotalSum(this.state.accountId, op.amount);
     if (total) this.d.sums.push(total);
     if (op.event) this.d.accountEvents.push(op.event(entry));
-    this.d.moves.push({ kind: "credit", amount: op.amount, balance_after: entry.balance_after });
     if (op.once && ks !== null) {
       const stored = op.once.value(entry);
       // Once-keys are read afresh each time (credits are rare): not remembered.
@@ -402,7 +401,10 @@ export class Batch {
       );
     }
     for (const e of this.reclaimed) d.deletes.push(e.key);
-    if (this.balDirty) d.sets.push({ key: balanceKey(acct), value: this.bal, state: true });
+    if (this.balDirty) {
+      d.sets.push({ key: balanceKey(acct), value: this.bal, state: true });
+      d.moves.push({ kind: "known", balance_after: this.bal.balance - (l?.spent ?? 0n) });
+    }
     for (const id of this.touched) {
       d.sets.push({ key: keySpendKey(acct, id), value: this.spends.get(id)!, state: true });
     }

@@ -55,8 +55,10 @@ export interface Write {
 }
 
 /**
- * Money a batch moved on the balance, as this process knows it after each move (`balance_after`:
- * the balance record as last read, less this process's lease debits; see `onMoved` in actor.ts).
+ * What a batch tells of the balance as this process knows it (`balance_after`: the balance record
+ * as last read, less this process's own lease debits): after each settlement, and, once it wrote
+ * the balance record (a credit, a lease folded, taken, returned or reclaimed, a shared hold), as
+ * that record now stands, which brings in other processes' folded debits. See `onMoved`.
  */
 export type BalanceMove =
   | {
@@ -70,7 +72,7 @@ export type BalanceMove =
      */
     key_spend: { period: string; spend: bigint } | null;
   }
-  | { kind: "credit"; amount: bigint; balance_after: bigint };
+  | { kind: "known"; balance_after: bigint };
 
 export interface Decision {
   /** Each operation's result, in the batch's order. */

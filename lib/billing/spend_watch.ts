@@ -4,13 +4,16 @@
  *
  * The crossing rule: with balance leases each process knows the balance its own way (the balance
  * record as it last read it, less its own lease debits: a settlement's `balance_after`), so a
- * crossing is defined on what this process knows. A settlement crosses a threshold when the
- * balance known just before it (the highest known since this process's previous settlement, so a
- * drop it learned between two settlements counts too) is at or above the threshold and the
- * balance after it is below. A key crosses a fraction of its limit when the spend this process
- * knows (its spend record plus this process's lease delta) goes from below to at or past it. A
- * crossing only asks: each gate decides on KV afresh, in one check-and-set, so processes that see
- * the same crossing (or a stale one) fire once.
+ * crossing is defined on what this process knows. The balance crosses a threshold when what this
+ * process knows of it goes from at or above the threshold to below: at one of its settlements
+ * (the balance known before it being the highest known since its previous settlement, so a drop
+ * learned in between counts), or when it writes the balance record and so learns of other
+ * processes' folded debits. Every lease is folded in the end (topped up, returned when idle,
+ * reclaimed), so the last process to fold sees the true balance: a crossing is never missed,
+ * only seen later by a process whose view lacked the others' debits. A key crosses a fraction of
+ * its limit when the spend this process knows (its spend record plus its own lease delta) goes
+ * from below to at or past it. A crossing only asks: each gate decides on KV afresh, in one
+ * check-and-set, so processes that see the same crossing (or a stale one) act once.
  */
 import type { Services } from "../services.ts";
 import type { BackgroundTask } from "./background.ts";
@@ -36,9 +39,8 @@ interface Thresholds {
 }
 
 /**
- * The thresholds among `thresholds` that the settlements in `moves` crossed downward, given
- * `peak`, the highest balance known since the previous settlement (null: none known); returns them
- * with the new peak. Pure.
+ * The thresholds among `thresholds` that `moves` crossed downward, given `peak`, the highest
+ * balance known since the previous move (null: none known); returns them with the new peak. Pure.
  *
  * @example
  * ```ts
@@ -53,11 +55,7 @@ export function balanceCrossings(
 ): { peak: bigint | null; crossed: bigint[] } {
   const crossed = new Set<bigint>();
   for (const m of moves) {
-    if (m.kind === "credit") {
-      if (peak === null || m.balance_after > peak) peak = m.balance_after;
-      continue;
-    }
-    const justBefore = m.balance_after + m.charged;
+    const justBefore = m.balance_after + (m.kind === "settle" ? m.charged : 0n);
     const before = peak !== null && peak > justBefore ? peak : justBefore;
     for (const t of thresholds) if (before >= t && m.balance_after < t) crossed.add(t);
     peak = m.balance_after;

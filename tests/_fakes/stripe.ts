@@ -25,6 +25,8 @@ export interface FakeStripe {
   requests: RecordedRequest[];
   /** When set, every API call answers this status with a Stripe error body. */
   failWith: number | null;
+  /** How long creating a PaymentIntent takes (a bank that answers slowly). */
+  intentDelayMs: number;
   customers: Map<string, Obj>;
   sessions: Map<string, Obj>;
   charges: Map<string, Obj>;
@@ -129,6 +131,7 @@ export function startFakeStripe(): FakeStripe {
     url: "",
     requests: [],
     failWith: null,
+    intentDelayMs: 0,
     customers: new Map(),
     sessions: new Map(),
     charges: new Map(),
@@ -605,6 +608,9 @@ export function startFakeStripe(): FakeStripe {
             headers: { "idempotent-replayed": "true" },
           });
         }
+      }
+      if (req.method === "POST" && url.pathname === "/v1/payment_intents" && fake.intentDelayMs) {
+        await new Promise((r) => setTimeout(r, fake.intentDelayMs));
       }
       const res = route(req.method, url.pathname, body);
       if (req.method === "POST" && key && res.status < 500) {

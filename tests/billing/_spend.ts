@@ -20,7 +20,7 @@ export const PRICED: ProvidersFile = {
 /** A small chat request (its hold: its body's bytes and one output token, at $0.01 each). */
 export const CHAT = {
   model: "openai/gpt-4o-mini",
-  messages: [{ role: "user", content: "hi" }],
+  messages: [{ role: "user" as const, content: "hi" }],
   max_tokens: 1,
 };
 
