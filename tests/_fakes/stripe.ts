@@ -37,7 +37,10 @@ export interface FakeStripe {
   complete(sessionId: string, opts?: { paid?: boolean }): Obj;
   /** An async payment of a completed session succeeds. */
   asyncPaymentSucceeds(sessionId: string): Obj;
-  /** Refunds `amount` cents of the session's charge; returns the updated charge. */
+  /**
+   * Refunds `amount` cents of the charge of a session (or of a PaymentIntent, by its `pi_` id);
+   * returns the updated charge.
+   */
   refund(sessionId: string, amount: number): Obj;
   /**
    * The bank returns a refund: its status becomes `failed` and the charge's refunded amount
@@ -241,8 +244,10 @@ export function startFakeStripe(): FakeStripe {
       return publicSession(s);
     },
     refund(sessionId, amount) {
-      const s = fake.sessions.get(sessionId)!;
-      const charge = [...fake.charges.values()].find((c) => c.payment_intent === s.payment_intent)!;
+      const pi = sessionId.startsWith("pi_")
+        ? sessionId
+        : fake.sessions.get(sessionId)!.payment_intent;
+      const charge = [...fake.charges.values()].find((c) => c.payment_intent === pi)!;
       const refund = {
         id: newId("re"),
         object: "refund",

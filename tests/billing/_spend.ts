@@ -90,3 +90,21 @@ export async function autoTopup(t: TestRouter, mgmt: string) {
 /** The off-session PaymentIntents the router asked the fake Stripe to create. */
 export const intentsCreated = (stripe: FakeStripe) =>
   stripe.requests.filter((r) => r.method === "POST" && r.path === "/v1/payment_intents");
+
+/** Turns auto top-up on: at $2, $10 at a time, $100 a month, unless `settings` say otherwise. */
+export async function enableTopup(
+  t: TestRouter,
+  mgmt: string,
+  settings: Record<string, unknown> = {},
+) {
+  return await json(
+    await t.call(mgmt, "PUT", "/v1/billing/auto_topup", {
+      enabled: true,
+      threshold: "2",
+      amount: "10",
+      monthly_cap: "100",
+      ...settings,
+    }),
+    200,
+  );
+}

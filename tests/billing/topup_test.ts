@@ -7,7 +7,15 @@ import { json } from "../_helpers.ts";
 import { startReceiver } from "../_fakes/receiver.ts";
 import { deliverSigned, transactions } from "../_stripe.ts";
 import { addEndpoint, settled } from "../webhooks/_webhooks.ts";
-import { autoTopup, intentsCreated, saveCard, SECRET, spend, spendRouter } from "./_spend.ts";
+import {
+  autoTopup,
+  enableTopup,
+  intentsCreated,
+  saveCard,
+  SECRET,
+  spend,
+  spendRouter,
+} from "./_spend.ts";
 
 Deno.test("a saved card: a setup Checkout Session saves its brand, last four and expiry; a new one replaces it; DELETE forgets it and turns auto top-up off", () =>
   spendRouter(async (t, stripe) => {
@@ -42,15 +50,7 @@ Deno.test("a saved card: a setup Checkout Session saves its brand, last four and
       "the customer's default payment method",
     );
 
-    const on = await json(
-      await t.call(mgmt, "PUT", "/v1/billing/auto_topup", {
-        enabled: true,
-        threshold: "2",
-        amount: "10",
-        monthly_cap: "50",
-      }),
-      200,
-    );
+    const on = await enableTopup(t, mgmt, { monthly_cap: "50" });
     assert.deepEqual(
       [on.enabled, on.threshold, on.amount, on.monthly_cap],
       [true, "2", "10", "50"],
@@ -103,15 +103,7 @@ Deno.test("a crossing of the threshold charges the saved card off-session once; 
         "auto_topup.failed",
       ]);
       const pm = await saveCard(t, stripe, mgmt);
-      await json(
-        await t.call(mgmt, "PUT", "/v1/billing/auto_topup", {
-          enabled: true,
-          threshold: "2",
-          amount: "10",
-          monthly_cap: "100",
-        }),
-        200,
-      );
+      await enableTopup(t, mgmt);
       // 2.3 → 2.2 → 2.1 → 2.0 (at the threshold: no crossing) → 1.9 (crossed).
       await spend(t, key, 3);
       assert.equal(intentsCreated(stripe).length, 0, "at the threshold is not below it");
@@ -151,6 +143,20 @@ Deno.test("a crossing of the threshold charges the saved card off-session once; 
       const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
       assert.equal(credits.balance, "11.6");
 
+      // A refund of the top-up's charge takes its credit back, as a purchase's would.
+      const charge = stripe.refund(piId, 400);
+      const refunded = stripe.event("charge.refunded", charge);
+      assert.equal(
+        (await json(await deliverSigned(t, stripe, refunded, SECRET), 200)).result,
+        "refunded",
+      );
+      const [takeBack] = await transactions(t, mgmt, "adjustment");
+      assert.deepEqual([takeBack.amount, takeBack.reference], ["-4", charge.id]);
+      const { active } = await json(await t.call(mgmt, "GET", "/v1/alerts"), 200);
+      assert.deepEqual(active.map((a: { type: string; amount: string }) => [a.type, a.amount]), [
+        ["credits.refunded", "-4"],
+      ]);
+
       const [d] = await settled(t, mgmt, endpoint, 1);
       assert.equal(d.type, "auto_topup.succeeded");
       assert.equal(rx.received.length, 1);
@@ -174,15 +180,7 @@ Deno.test("three declines: the balance stays, each fires auto_topup.failed, a de
       const { id, mgmt, key } = await t.account("2.1");
       const endpoint = await addEndpoint(t, mgmt, rx, ["auto_topup.failed"]);
       await saveCard(t, stripe, mgmt, "declined");
-      await json(
-        await t.call(mgmt, "PUT", "/v1/billing/auto_topup", {
-          enabled: true,
-          threshold: "2",
-          amount: "10",
-          monthly_cap: "100",
-        }),
-        200,
-      );
+      await enableTopup(t, mgmt);
       const lift = async () => {
         const r = await t.admin("POST", `/v1/admin/accounts/${id}/adjustments`, {
           amount: "0.4",
@@ -235,10 +233,7 @@ Deno.test("a card needing authentication off-session fails the top-up as require
   spendRouter(async (t, stripe) => {
     const { mgmt, key } = await t.account("2.05");
     await saveCard(t, stripe, mgmt, "authentication");
-    await json(
-      await t.call(mgmt, "PUT", "/v1/billing/auto_topup", { enabled: true, threshold: "2" }),
-      200,
-    );
+    await enableTopup(t, mgmt);
     await spend(t, key, 1);
     const s = await autoTopup(t, mgmt);
     assert.deepEqual([s.failures, s.last.reason, s.enabled], [1, "requires_action", true]);
@@ -257,15 +252,7 @@ Deno.test("development billing: the monthly cap holds when the threshold is cros
     const { mgmt, key } = await t.account("2.3");
     const card = await json(await t.call(mgmt, "POST", "/v1/billing/payment_method"), 201);
     assert.deepEqual([card.brand, card.last4], ["visa", "4242"]);
-    await json(
-      await t.call(mgmt, "PUT", "/v1/billing/auto_topup", {
-        enabled: true,
-        threshold: "2",
-        amount: "2",
-        monthly_cap: "5",
-      }),
-      200,
-    );
+    await enableTopup(t, mgmt, { amount: "2", monthly_cap: "5" });
     // Each crossing tops up: 2, 2, then the 1 left under the cap, then nothing.
     await spend(t, key, 4); // 1.9: +2
     await spend(t, key, 20); // 1.9: +2
@@ -291,10 +278,7 @@ Deno.test("development billing: a declined test card fails as Stripe's would, an
       201,
     );
     // Already below its threshold: no top-up until the balance has risen and crossed again.
-    await json(
-      await t.call(mgmt, "PUT", "/v1/billing/auto_topup", { enabled: true, threshold: "2" }),
-      200,
-    );
+    await enableTopup(t, mgmt);
     await spend(t, key, 2);
     assert.equal((await autoTopup(t, mgmt)).last, null);
     await json(
