@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter, until } from "../_helpers.ts";
 import { type Receiver, startReceiver, type WebhookBody } from "../_fakes/receiver.ts";
 import { addEndpoint, settled } from "../webhooks/_webhooks.ts";
+import { fireLowBalance } from "../../lib/billing/alerts.ts";
 import { CHAT, PRICED, spend, spendRouter } from "./_spend.ts";
 
 /**
@@ -37,6 +38,8 @@ Deno.test("balance.low fires once when a settlement takes the balance below the 
       assert.deepEqual(set, { low_balance_threshold: "2", active: [] });
       await spend(t, key, 3); // 2.25 → 1.95: crossed at the third
       await spend(t, key, 3); // below: nothing more
+      // Nor does a crossing another process reports late: no credit came since it fired.
+      assert.equal(await fireLowBalance(t.router.svc, id), false);
       await settled(t, mgmt, endpoint, 1);
       assert.deepEqual(received(rx), [["balance.low", { balance: "1.95", threshold: "2" }]]);
       const alerts = await json(await t.call(mgmt, "GET", "/v1/alerts"), 200);

@@ -7,6 +7,7 @@ import { json } from "../_helpers.ts";
 import { startReceiver } from "../_fakes/receiver.ts";
 import { deliverSigned, transactions } from "../_stripe.ts";
 import { addEndpoint, settled } from "../webhooks/_webhooks.ts";
+import { startTopUp } from "../../lib/billing/topup/charge.ts";
 import {
   autoTopup,
   enableTopup,
@@ -191,8 +192,10 @@ Deno.test("three declines: the balance stays, each fires auto_topup.failed, a de
       for (let n = 1; n <= 3; n++) {
         await spend(t, key, 2); // crosses 2 on the way down
         assert.equal(intentsCreated(stripe).length, n, `decline ${n}: one attempt`);
-        // Spending on below the threshold retries nothing.
+        // Spending on below the threshold retries nothing, nor does a crossing another process
+        // reports late (its view of the balance lagging): no credit came since the failure.
         await spend(t, key, 2);
+        assert.equal(await startTopUp(t.router.svc, id), null);
         assert.equal(intentsCreated(stripe).length, n, "no retry before the next crossing");
         const s = await autoTopup(t, mgmt);
         assert.equal(s.failures, n);
