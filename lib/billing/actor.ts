@@ -41,9 +41,10 @@ export interface ActorOptions {
    */
   onCommitted?: (eventIds: string[], events: Deno.KvEntry<UsageEvent>[]) => void;
   /**
-   * Called after a commit with the settlements and credits it made on one account, in order, as
-   * this process knows the balance and keys' spends after each (spend alerts and auto top-up
-   * watch them: lib/billing/spend_watch.ts). Must not throw or block.
+   * Called after a commit with what it tells of one account's balance and keys' spends as this
+   * process knows them (`BalanceMove`: after each settlement, and after a write of the balance
+   * record), in order; spend alerts and auto top-up watch them (lib/billing/spend_watch.ts). Must
+   * not throw or block.
    */
   onMoved?: (accountId: string, moves: BalanceMove[]) => void;
   now?: () => number;

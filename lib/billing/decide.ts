@@ -87,7 +87,7 @@ export interface Decision {
   sums: { key: Deno.KvKey; value: bigint }[];
   /** Customer webhook events committed with this batch (`emitEvent`). */
   accountEvents: AccountEvent[];
-  /** Settlements and credits, in order (reported once committed). */
+  /** What the batch tells of the balance (and keys' spends), in order; reported once committed. */
   moves: BalanceMove[];
   /** Holds reserved by this batch (their requests are alive in this process). */
   reserved: Hold[];

@@ -4,19 +4,16 @@ import type { AppEnv } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
 import { ApiError, notFound, parseJson, readJson } from "../../lib/http/errors.ts";
 import { usdAmount } from "../../lib/http/params.ts";
-import { commitRetrying } from "../../lib/kv/util.ts";
 import { formatUsd, NANOS_PER_USD } from "../../lib/money.ts";
-import { autoTopupKey, paymentMethodKey } from "../../lib/kv/schema.ts";
+import { autoTopupKey } from "../../lib/kv/schema.ts";
 import { checkoutIdempotencyKey, NANOS_PER_CENT, stripeClient } from "../../lib/billing/stripe.ts";
 import {
   type AutoTopup,
   autoTopupJson,
   cardJson,
-  creditTotal,
-  DEFAULT_AUTO_TOPUP,
   getCard,
   MIN_TOPUP,
-  type SavedCard,
+  updateAutoTopup,
 } from "../../lib/billing/topup/records.ts";
 import {
   createSetupSession,
@@ -30,21 +27,20 @@ import {
   getAlertSettings,
   putLowBalanceThreshold,
 } from "../../lib/billing/alerts.ts";
-import { getBalanceView } from "../../lib/billing/views.ts";
 import { stripeFailure } from "./billing.ts";
 
 const usd = (n: bigint) => n * NANOS_PER_USD;
 /** A USD amount within [min, max]; `cents`: whole cents (what Stripe charges). */
-const amount = (min: bigint, max: bigint, cents = false) =>
+const usdRange = (min: bigint, max: bigint, cents = false) =>
   usdAmount.refine((v) => v >= min && v <= max, {
     message: `must be from ${formatUsd(min)} to ${formatUsd(max)} USD`,
   }).refine((v) => !cents || v % NANOS_PER_CENT === 0n, "must be whole cents");
 
 const topupSchema = z.strictObject({
   enabled: z.boolean().optional(),
-  threshold: amount(0n, usd(1_000_000n)).optional(),
-  amount: amount(MIN_TOPUP, usd(10_000n), true).optional(),
-  monthly_cap: amount(MIN_TOPUP, usd(1_000_000n), true).optional(),
+  threshold: usdRange(0n, usd(1_000_000n)).optional(),
+  amount: usdRange(MIN_TOPUP, usd(10_000n), true).optional(),
+  monthly_cap: usdRange(MIN_TOPUP, usd(1_000_000n), true).optional(),
 });
 
 const cardSchema = z.strictObject({
@@ -53,7 +49,7 @@ const cardSchema = z.strictObject({
 });
 
 const alertsSchema = z.strictObject({
-  low_balance_threshold: amount(0n, usd(1_000_000n)).nullable(),
+  low_balance_threshold: usdRange(0n, usd(1_000_000n)).nullable(),
 });
 
 /** Spend controls: the saved card, auto top-up and the account's alerts. */
@@ -113,48 +109,16 @@ export function spendRoutes() {
   app.put("/billing/auto_topup", async (c) => {
     const svc = c.get("svc");
     const accountId = c.get("accountId");
-    const patch = await readJson(c, topupSchema);
-    for (let attempt = 0; attempt < 20; attempt++) {
-      const [entry, card] = await svc.kv.getMany<[AutoTopup, SavedCard]>([
-        autoTopupKey(accountId),
-        paymentMethodKey(accountId),
-      ]);
-      const cur = entry.value ?? DEFAULT_AUTO_TOPUP;
-      const next: AutoTopup = {
-        ...cur,
-        ...patch,
-        updated_at: new Date(svc.now()).toISOString(),
-      };
-      if (next.enabled && !card.value) {
-        throw new ApiError(
-          409,
-          "payment_method_required",
-          "Save a card first (POST /v1/billing/payment_method): auto top-up charges it",
-        );
-      }
-      if (next.enabled && (!cur.enabled || next.threshold !== cur.threshold)) {
-        // Turned on (again) or moved: counted afresh. Below the threshold already, the first
-        // top-up waits for the balance to rise above it and cross it again.
-        const [credit, b] = await Promise.all([
-          creditTotal(svc.kv, accountId),
-          getBalanceView(svc.kv, accountId),
-        ]);
-        next.wait_credit = b.balance < next.threshold ? credit : null;
-        if (!cur.enabled) {
-          next.failures = 0;
-          if (next.last?.outcome === "failed") next.last = null;
-        }
-      }
-      // The card is checked too: forgetting it turns auto top-up off in its own atomic.
-      const res = await commitRetrying(
-        svc.kv.atomic().check(entry, card).set(entry.key, next),
+    const next = await updateAutoTopup(svc, accountId, await readJson(c, topupSchema));
+    if (next === "payment_method_required") {
+      throw new ApiError(
+        409,
+        "payment_method_required",
+        "Save a card first (POST /v1/billing/payment_method): auto top-up charges it",
       );
-      if (res.ok) {
-        svc.spend.forget(accountId);
-        return c.json(autoTopupJson(next, svc.now()));
-      }
     }
-    throw new ApiError(409, "conflict", "Auto top-up changed while it was being updated; retry");
+    svc.spend.forget(accountId);
+    return c.json(autoTopupJson(next, svc.now()));
   });
 
   app.get("/alerts", async (c) => {

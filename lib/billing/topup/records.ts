@@ -2,7 +2,11 @@
  * Auto top-up's records, read and written by name: the saved card and the settings with their
  * state (the month's total, consecutive failures, the attempt in flight, the last outcome).
  */
+import type { Services } from "../../services.ts";
 import { autoTopupKey, ledgerTotalKey, paymentMethodKey } from "../../kv/schema.ts";
+import { commitRetrying } from "../../kv/util.ts";
+import { getBalanceView } from "../views.ts";
+import { ApiError } from "../../http/errors.ts";
 import { formatUsd, NANOS_PER_USD } from "../../money.ts";
 import { monthOf } from "../periods.ts";
 import { NANOS_PER_CENT } from "../stripe.ts";
@@ -101,6 +105,49 @@ export async function getAutoTopup(
 export function rollMonth(s: AutoTopup, now: number): AutoTopup {
   const month = monthOf(now);
   return s.month === month ? s : { ...s, month, this_month: 0n };
+}
+
+/** What `PUT /v1/billing/auto_topup` may change. */
+export type AutoTopupSettings = Partial<
+  Pick<AutoTopup, "enabled" | "threshold" | "amount" | "monthly_cap">
+>;
+
+/**
+ * Changes the account's auto top-up settings (the others kept); "payment_method_required" when it
+ * would be on without a saved card. Turned on, the failures are cleared; turned on or given a new
+ * threshold while the balance is below it, the first top-up waits for credit and a crossing.
+ */
+export async function updateAutoTopup(
+  svc: Services,
+  accountId: string,
+  patch: AutoTopupSettings,
+): Promise<AutoTopup | "payment_method_required"> {
+  const { kv } = svc;
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const [entry, card] = await kv.getMany<[AutoTopup, SavedCard]>([
+      autoTopupKey(accountId),
+      paymentMethodKey(accountId),
+    ]);
+    const cur = entry.value ?? DEFAULT_AUTO_TOPUP;
+    const next: AutoTopup = { ...cur, ...patch, updated_at: new Date(svc.now()).toISOString() };
+    if (next.enabled && !card.value) return "payment_method_required";
+    if (next.enabled && (!cur.enabled || next.threshold !== cur.threshold)) {
+      const [credit, b] = await Promise.all([
+        creditTotal(kv, accountId),
+        getBalanceView(kv, accountId),
+      ]);
+      next.wait_credit = b.balance < next.threshold ? credit : null;
+      if (!cur.enabled) {
+        next.failures = 0;
+        if (next.last?.outcome === "failed") next.last = null;
+      }
+    }
+    // The card is checked too: forgetting it turns auto top-up off in its own atomic.
+    if ((await commitRetrying(kv.atomic().check(entry, card).set(entry.key, next))).ok) {
+      return next;
+    }
+  }
+  throw new ApiError(409, "conflict", "Auto top-up changed while it was being updated; retry");
 }
 
 /** The account's saved card, or null. */
