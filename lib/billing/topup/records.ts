@@ -129,6 +129,8 @@ export async function updateAutoTopup(
       paymentMethodKey(accountId),
     ]);
     const cur = entry.value ?? DEFAULT_AUTO_TOPUP;
+    // Nothing to change: nothing written.
+    if (Object.keys(patch).length === 0) return cur;
     const next: AutoTopup = { ...cur, ...patch, updated_at: new Date(svc.now()).toISOString() };
     if (next.enabled && !card.value) return "payment_method_required";
     if (next.enabled && (!cur.enabled || next.threshold !== cur.threshold)) {
