@@ -12,7 +12,13 @@
  */
 import Stripe from "stripe";
 import type { Services } from "../../services.ts";
-import { onceKey, stripePaymentKey, TOPUP_FLIGHT_PREFIX, topupFlightKey } from "../../kv/schema.ts";
+import {
+  onceKey,
+  paymentMethodKey,
+  stripePaymentKey,
+  TOPUP_FLIGHT_PREFIX,
+  topupFlightKey,
+} from "../../kv/schema.ts";
 import { commitRetrying } from "../../kv/util.ts";
 import { formatUsd } from "../../money.ts";
 import { newId } from "../../ids.ts";
@@ -31,10 +37,10 @@ import {
   type AutoTopup,
   creditTotal,
   getAutoTopup,
-  getCard,
   MAX_FAILURES,
   MIN_TOPUP,
   rollMonth,
+  type SavedCard,
   type TopupAttempt,
 } from "./records.ts";
 import { cardFromSetupSession, TEST_CARDS, type TestCard } from "./payment_method.ts";
@@ -73,11 +79,12 @@ async function claim(svc: Services, accountId: string): Promise<TopupAttempt | n
     const entry = await getAutoTopup(kv, accountId);
     const s = entry.value;
     if (!s?.enabled || s.in_flight) return null;
-    const [card, credit, balance] = await Promise.all([
-      getCard(kv, accountId),
+    const [cardEntry, credit, balance] = await Promise.all([
+      kv.get<SavedCard>(paymentMethodKey(accountId)),
       creditTotal(kv, accountId),
       getBalanceView(kv, accountId),
     ]);
+    const card = cardEntry.value;
     if (!card || balance.balance >= s.threshold) return null;
     // Nothing credited since the last failure: the balance never rose, so no new crossing.
     if (s.wait_credit !== null && s.wait_credit === credit) return null;
@@ -100,7 +107,8 @@ async function claim(svc: Services, accountId: string): Promise<TopupAttempt | n
       payment_intent: null,
     };
     const res = await commitRetrying(
-      kv.atomic().check(entry)
+      // The card checked too: one replaced meanwhile is the one to charge.
+      kv.atomic().check(entry, cardEntry)
         .set(entry.key, { ...r, in_flight: attempt })
         .set(topupFlightKey(now, accountId), attempt.id),
     );
