@@ -117,6 +117,9 @@ export function spendRoutes() {
         "Save a card first (POST /v1/billing/payment_method): auto top-up charges it",
       );
     }
+    if (next === "conflict") {
+      throw new ApiError(409, "conflict", "Auto top-up changed while it was being updated; retry");
+    }
     svc.spend.forget(accountId);
     return c.json(autoTopupJson(next, svc.now()));
   });

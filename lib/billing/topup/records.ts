@@ -6,7 +6,6 @@ import type { Services } from "../../services.ts";
 import { autoTopupKey, ledgerTotalKey, paymentMethodKey } from "../../kv/schema.ts";
 import { commitRetrying } from "../../kv/util.ts";
 import { getBalanceView } from "../views.ts";
-import { ApiError } from "../../http/errors.ts";
 import { formatUsd, NANOS_PER_USD } from "../../money.ts";
 import { monthOf } from "../periods.ts";
 import { NANOS_PER_CENT } from "../stripe.ts";
@@ -114,14 +113,14 @@ export type AutoTopupSettings = Partial<
 
 /**
  * Changes the account's auto top-up settings (the others kept); "payment_method_required" when it
- * would be on without a saved card. Turned on, the failures are cleared; turned on or given a new
+ * would be on without a saved card, "conflict" when it kept changing meanwhile. Turned on, the failures are cleared; turned on or given a new
  * threshold while the balance is below it, the first top-up waits for credit and a crossing.
  */
 export async function updateAutoTopup(
   svc: Services,
   accountId: string,
   patch: AutoTopupSettings,
-): Promise<AutoTopup | "payment_method_required"> {
+): Promise<AutoTopup | "payment_method_required" | "conflict"> {
   const { kv } = svc;
   for (let attempt = 0; attempt < 20; attempt++) {
     const [entry, card] = await kv.getMany<[AutoTopup, SavedCard]>([
@@ -149,7 +148,7 @@ export async function updateAutoTopup(
       return next;
     }
   }
-  throw new ApiError(409, "conflict", "Auto top-up changed while it was being updated; retry");
+  return "conflict";
 }
 
 /** The account's saved card, or null. */
