@@ -15,6 +15,8 @@ export interface KeyView {
   disabled: boolean;
   credit_limit: string | null;
   limit_reset: string | null;
+  /** Fractions of the credit limit at which its alert fires (0.8 is 80 %). */
+  alert_thresholds: number[];
   spend: string;
 }
 
@@ -23,12 +25,23 @@ export interface KeysManagerProps extends Record<string, unknown> {
   csrf: string;
 }
 
-/** A limit form's fields as the API takes them: no limit is null, a reset only with a limit. */
+/**
+ * A limit form's fields as the API takes them: no limit is null, a reset only with a limit; the
+ * alert percents ("80, 100") as fractions, left out when empty (the key keeps its own).
+ */
 function readLimit(f: FormData) {
   const limit = String(f.get("credit_limit") ?? "").trim();
   const reset = String(f.get("limit_reset") ?? "");
-  return { credit_limit: limit || null, limit_reset: limit && reset ? reset : null };
+  const alerts = String(f.get("alert_percents") ?? "").split(/[\s,%]+/).filter(Boolean);
+  return {
+    credit_limit: limit || null,
+    limit_reset: limit && reset ? reset : null,
+    ...(alerts.length ? { alert_thresholds: alerts.map((p) => Number(p) / 100) } : {}),
+  };
 }
+
+/** A key's alert thresholds as percents: "80, 100". */
+const percents = (fs: number[]) => fs.map((f) => Number((f * 100).toFixed(2))).join(", ");
 
 const RESETS = { daily: "Daily", weekly: "Weekly", monthly: "Monthly" };
 
@@ -40,7 +53,12 @@ const LIMIT_FORMAT = "A USD amount such as 25 or 12.50, with up to 9 decimals";
  * limit input is described by `hint`, the id of the form's LimitHint.
  */
 function LimitFields(
-  { hint, limit, reset }: { hint: string; limit?: string; reset?: string | null },
+  { hint, limit, reset, alerts }: {
+    hint: string;
+    limit?: string;
+    reset?: string | null;
+    alerts?: number[];
+  },
 ) {
   return (
     <>
@@ -64,6 +82,17 @@ function LimitFields(
             <option value={r} selected={reset === r}>{label}</option>
           ))}
         </select>
+      </label>
+      <label>
+        Alert at (% of limit)
+        <input
+          name="alert_percents"
+          inputMode="decimal"
+          pattern="[\d.,%\s]*"
+          title="Percents of the credit limit, such as 80, 100"
+          value={alerts ? percents(alerts) : undefined}
+          placeholder="80, 100"
+        />
       </label>
     </>
   );
@@ -192,6 +221,11 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                         <td class="r">
                           {k.credit_limit === null ? "None" : formatMoney(k.credit_limit)}
                           {k.limit_reset ? <span class="sub">{k.limit_reset}</span> : null}
+                          {k.credit_limit === null ? null : (
+                            <span class="sub key-alerts">
+                              alerts at {percents(k.alert_thresholds)} %
+                            </span>
+                          )}
                         </td>
                         <td>{formatTime(k.last_used_at)}</td>
                         <td>
@@ -260,6 +294,7 @@ export default function KeysManager({ keys: initial, csrf }: KeysManagerProps) {
                                   hint={`limit-hint-${k.id}`}
                                   limit={k.credit_limit ?? ""}
                                   reset={k.limit_reset}
+                                  alerts={k.alert_thresholds}
                                 />
                                 <button type="submit" disabled={busy.value}>Save limit</button>
                                 <LimitHint id={`limit-hint-${k.id}`} />

@@ -21,8 +21,10 @@ import { requestLimits } from "./http/limits.ts";
 import { stripeRoutes } from "../routes/v1/stripe.ts";
 import { webhookRoutes } from "../routes/v1/webhooks.ts";
 import { statementRoutes } from "../routes/v1/statements.ts";
+import { spendRoutes } from "../routes/v1/spend.ts";
 import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
 import { addressPolicy } from "./webhooks/addresses.ts";
+import { SpendWatch } from "./billing/spend_watch.ts";
 
 export interface AppDeps {
   kv: Deno.Kv;
@@ -63,6 +65,7 @@ export function createApp(deps: AppDeps): Router {
   const actors = new AccountActors(kv, {
     delivery: config.outboxDelivery,
     onCommitted: (ids, events) => background.notify(ids, events),
+    onMoved: (accountId, moves) => spend.moved(accountId, moves),
     now,
     leases: config.leases ?? undefined,
   });
@@ -75,7 +78,8 @@ export function createApp(deps: AppDeps): Router {
   });
   const background: Background = new Background(kv, actors, {
     delivery: config.outboxDelivery,
-    tasks: [webhooks],
+    // Before the webhooks: the events its gates emit are fanned out in the same sweep.
+    tasks: [{ onMessage: () => Promise.resolve(false), sweep: () => spend.sweep() }, webhooks],
     now,
     sweepEveryMs: deps.sweepEveryMs,
     holdTtlMs: config.holdTtlMs,
@@ -90,10 +94,15 @@ export function createApp(deps: AppDeps): Router {
     keys: new KeyResolver(kv),
     background,
     webhooks,
+    get spend() {
+      return spend;
+    },
     fetch: deps.fetch ?? fetch,
     now,
     log,
   };
+  // Built once the services exist (it uses them); the actors and the sweep call it only later.
+  const spend = new SpendWatch(svc);
 
   const app = new Hono<AppEnv>();
   app.use("*", async (c, next) => {
@@ -144,6 +153,7 @@ export function createApp(deps: AppDeps): Router {
   app.route("/v1", stripeRoutes());
   app.route("/v1", webhookRoutes());
   app.route("/v1", statementRoutes());
+  app.route("/v1", spendRoutes());
   app.route("/v1/admin", adminRoutes());
 
   app.notFound((c) =>
@@ -176,6 +186,10 @@ export function createApp(deps: AppDeps): Router {
     app,
     svc,
     flush: () => background.flush(),
-    close: () => background.close(),
+    close: async () => {
+      // The gates running finish first (a top-up credits through the actors).
+      await spend.close();
+      await background.close();
+    },
   };
 }

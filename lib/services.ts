@@ -7,6 +7,7 @@ import type { ApiKey } from "./billing/types.ts";
 import type { Logger } from "./log.ts";
 import type { Webhooks } from "./webhooks/dispatcher.ts";
 import type { KvStats } from "./kv/instrument.ts";
+import type { SpendWatch } from "./billing/spend_watch.ts";
 
 /** What every handler may use; built once by `createApp`. */
 export interface Services {
@@ -20,6 +21,8 @@ export interface Services {
   background: Background;
   /** Customer webhooks' delivery. */
   webhooks: Webhooks;
+  /** Threshold crossings: auto top-up and spend alerts. */
+  spend: SpendWatch;
   fetch: typeof fetch;
   now: () => number;
   log: Logger;

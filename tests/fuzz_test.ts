@@ -196,6 +196,8 @@ type BodyKind =
   | "account"
   | "credit"
   | "checkout"
+  | "topup"
+  | "alerts"
   | "webhook";
 
 const CHAT_MODELS = [
@@ -252,6 +254,8 @@ const SHAPES: Record<BodyKind, (r: Rand) => Record<string, unknown>> = {
   account: () => ({ name: "Acme", email: "a@example.com" }),
   credit: () => ({ amount: "1", reason: "r", reference: "x" }),
   checkout: () => ({ package_id: "starter" }),
+  topup: () => ({ enabled: false, threshold: "5", amount: "25", monthly_cap: "100" }),
+  alerts: () => ({ low_balance_threshold: "5" }),
   webhook: () => ({ id: "evt_1", type: "checkout.session.completed", data: { object: {} } }),
 };
 
@@ -397,6 +401,17 @@ const ENDPOINTS: Endpoint[] = [
     body: "checkout",
     writes: true,
   },
+  { method: "GET", path: () => "/v1/billing/payment_method", auth: "management" },
+  { method: "GET", path: () => "/v1/billing/auto_topup", auth: "management" },
+  {
+    method: "PUT",
+    path: () => "/v1/billing/auto_topup",
+    auth: "management",
+    body: "topup",
+    writes: true,
+  },
+  { method: "GET", path: () => "/v1/alerts", auth: "management" },
+  { method: "PUT", path: () => "/v1/alerts", auth: "management", body: "alerts", writes: true },
   { method: "POST", path: () => "/v1/stripe/webhook", auth: "none", body: "webhook" },
   {
     method: "POST",

@@ -27,6 +27,8 @@ export interface NewKey {
   limit_reset?: LimitReset | null;
   expires_at?: string | null;
   rate_limit_rpm?: number | null;
+  /** Alert thresholds in basis points of the credit limit (default DEFAULT_ALERT_BP). */
+  alert_bp?: number[];
 }
 
 /**
@@ -54,6 +56,7 @@ export async function createKey(
     limit_reset: spec.limit_reset ?? null,
     expires_at: spec.expires_at ?? null,
     rate_limit_rpm: spec.rate_limit_rpm ?? null,
+    ...(spec.alert_bp ? { alert_bp: spec.alert_bp } : {}),
   };
   const op = atomic ?? kv.atomic();
   op.check({ key: keyHashKey(key.hash), versionstamp: null })

@@ -11,7 +11,14 @@ import { newId } from "../ids.ts";
 import { emitEvent } from "../webhooks/events.ts";
 import type { ApiKey, BalanceState, UsageEvent } from "./types.ts";
 import type { Op, RenewResult, ReserveResult, ResultOf } from "./ops.ts";
-import { decide, type Decision, type LocalKeys, readKeys, stateOf } from "./decide.ts";
+import {
+  type BalanceMove,
+  decide,
+  type Decision,
+  type LocalKeys,
+  readKeys,
+  stateOf,
+} from "./decide.ts";
 import { emptyLeaseCounts, type LeaseCounts } from "./batch.ts";
 import { fitBatch } from "./footprint.ts";
 import { type LeaseOptions, LocalLeases } from "./local_lease.ts";
@@ -33,6 +40,13 @@ export interface ActorOptions {
    * versionstamp), so that recording them needs no read.
    */
   onCommitted?: (eventIds: string[], events: Deno.KvEntry<UsageEvent>[]) => void;
+  /**
+   * Called after a commit with what it tells of one account's balance and keys' spends as this
+   * process knows them (`BalanceMove`: after each settlement, and after a write of the balance
+   * record), in order; spend alerts and auto top-up watch them (lib/billing/spend_watch.ts). Must
+   * not throw or block.
+   */
+  onMoved?: (accountId: string, moves: BalanceMove[]) => void;
   now?: () => number;
   /** Balance leases (see local_lease.ts, lease_ops.ts); absent: every reserve is a shared hold. */
   leases?: LeaseOptions;
@@ -333,6 +347,11 @@ export class AccountActors {
     );
     if (events.length && this.#opts.onCommitted) {
       this.#opts.onCommitted(events.map((e) => e.value.id), events);
+    }
+    if (this.#opts.onMoved) {
+      parts.forEach((p, i) =>
+        decided[i].moves.length && this.#opts.onMoved!(p.accountId, decided[i].moves)
+      );
     }
     return true;
   }

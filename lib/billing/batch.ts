@@ -19,7 +19,7 @@ import {
   type UsageEvent,
 } from "./types.ts";
 import type { Op, ReserveDecision, ReserveOp, ReserveResult } from "./ops.ts";
-import { addSpend, cloneLease, keyRemaining } from "./lease.ts";
+import { addSpend, cloneLease, keyRemaining, mergeDelta } from "./lease.ts";
 import type { LocalHold } from "./local_lease.ts";
 import type { AccountState, DecideContext, Decision, Local } from "./decide.ts";
 import { finishLease, leaseReserve, settleOnLease, shrink } from "./lease_ops.ts";
@@ -83,6 +83,7 @@ export class Batch {
     events: [],
     sums: [],
     accountEvents: [],
+    moves: [],
     reserved: [],
     unserved: [],
     renewed: [],
@@ -208,7 +209,30 @@ export class Batch {
     // Other processes' lease debits are not in `balance` until folded: exact with one process.
     const after = this.bal.balance - (this.lease?.spent ?? 0n);
     this.d.events.push({ ...event, cost: charged, balance_after: after });
+    this.moved(keyId, charged, after);
     return { balanceAfter: after, charged };
+  }
+
+  /** Reports a settlement (`Decision.moves`): the balance and the key's spend as now known. */
+  moved(keyId: string, charged: bigint, balanceAfter: bigint) {
+    const key = this.key(keyId);
+    let keySpend = null;
+    if (key && key.credit_limit !== null) {
+      // The spend record (other processes' folded debits in it) and this lease's own delta.
+      const s = this.spends.get(keyId) ?? EMPTY_KEY_SPEND;
+      const delta = this.lease?.keys[keyId]?.delta;
+      const v = delta
+        ? mergeDelta(s, delta, key.limit_reset, this.now)
+        : currentSpend(s, key.limit_reset, this.now);
+      keySpend = { period: v.period, spend: key.limit_reset ? v.period_spend : v.spend };
+    }
+    this.d.moves.push({
+      kind: "settle",
+      key,
+      charged,
+      balance_after: balanceAfter,
+      key_spend: keySpend,
+    });
   }
 
   // ---- this process's lease
@@ -377,7 +401,10 @@ export class Batch {
       );
     }
     for (const e of this.reclaimed) d.deletes.push(e.key);
-    if (this.balDirty) d.sets.push({ key: balanceKey(acct), value: this.bal, state: true });
+    if (this.balDirty) {
+      d.sets.push({ key: balanceKey(acct), value: this.bal, state: true });
+      d.moves.push({ kind: "known", balance_after: this.bal.balance - (l?.spent ?? 0n) });
+    }
     for (const id of this.touched) {
       d.sets.push({ key: keySpendKey(acct, id), value: this.spends.get(id)!, state: true });
     }

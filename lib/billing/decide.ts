@@ -54,6 +54,26 @@ export interface Write {
   state: boolean;
 }
 
+/**
+ * What a batch tells of the balance as this process knows it (`balance_after`: the balance record
+ * as last read, less this process's own lease debits): after each settlement, and, once it wrote
+ * the balance record (a credit, a lease folded, taken, returned or reclaimed, a shared hold), as
+ * that record now stands, which brings in other processes' folded debits. See `onMoved`.
+ */
+export type BalanceMove =
+  | {
+    kind: "settle";
+    key: ApiKey | null;
+    charged: bigint;
+    balance_after: bigint;
+    /**
+     * Of a key with a credit limit: what counts against it after the move (its period's spend, or
+     * its whole spend without a reset) as this process knows it, and the period's id.
+     */
+    key_spend: { period: string; spend: bigint } | null;
+  }
+  | { kind: "known"; balance_after: bigint };
+
 export interface Decision {
   /** Each operation's result, in the batch's order. */
   results: unknown[];
@@ -67,6 +87,8 @@ export interface Decision {
   sums: { key: Deno.KvKey; value: bigint }[];
   /** Customer webhook events committed with this batch (`emitEvent`). */
   accountEvents: AccountEvent[];
+  /** What the batch tells of the balance (and keys' spends), in order; reported once committed. */
+  moves: BalanceMove[];
   /** Holds reserved by this batch (their requests are alive in this process). */
   reserved: Hold[];
   /** Holds no longer served here: settled, released, expired, or found gone. */

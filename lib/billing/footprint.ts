@@ -66,10 +66,10 @@ function opFootprint(op: Op, accountBytes: number, keys: Set<string>, keyId?: st
       f.bytes += LEDGER_BYTES + op.description.length * 3 + (op.reference?.length ?? 0) * 3 +
         (op.receipt_url?.length ?? 0) * 3;
       if (op.event) {
-        // Its outbox entry and its queue message.
-        f.mutations += 2;
-        f.keyBytes += 96;
-        f.bytes += 2 * MAX_EVENT_BYTES;
+        // Its outbox entry, the account's latest of its type, and its queue message.
+        f.mutations += 3;
+        f.keyBytes += 192;
+        f.bytes += 3 * MAX_EVENT_BYTES;
       }
       if (op.once) {
         f.checks += 1;

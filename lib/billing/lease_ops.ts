@@ -231,6 +231,7 @@ export function settleOnLease(
   // The balance as this process knows it, less its own debits since: exact with one process.
   const after = b.bal.balance - l.spent;
   b.d.events.push({ ...op.event, cost: charged, balance_after: after });
+  b.moved(op.keyId, charged, after);
   return { balanceAfter: after, charged };
 }
 

@@ -409,7 +409,7 @@ async function creditSession(svc: Services, session: Stripe.Checkout.Session) {
  * answer within a few seconds: the credit does not wait on it. Only an https URL is kept (pages
  * show it as a link).
  */
-async function receiptUrl(svc: Services, paymentIntent: string): Promise<string | null> {
+export async function receiptUrl(svc: Services, paymentIntent: string): Promise<string | null> {
   const stripe = stripeClient(svc.config);
   if (!stripe) return null;
   try {
@@ -737,6 +737,7 @@ async function disputeWithdrawn(
     amount: -take,
     description: `Stripe dispute ${dispute.id} (${dispute.reason}): ${payment.name} package`,
     reference: dispute.id,
+    event: creditEvent(payment.account_id, "credits.refunded"),
     // A reinstatement recorded meanwhile holds this key too, so the take-back replays instead.
     once: {
       key,

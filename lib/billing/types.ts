@@ -60,7 +60,15 @@ export interface ApiKey {
   limit_reset: LimitReset | null;
   expires_at: string | null;
   rate_limit_rpm: number | null;
+  /**
+   * Fractions of the credit limit at which the key's `key.limit_threshold` alert fires, in basis
+   * points (8000 = 80 %), ascending; missing: DEFAULT_ALERT_BP.
+   */
+  alert_bp?: number[];
 }
+
+/** A key's alert thresholds unless set: 80 % and 100 % of its credit limit. */
+export const DEFAULT_ALERT_BP: readonly number[] = [8000, 10000];
 
 /** One key's money state, kept beside the balance and changed in the same atomics. */
 export interface KeySpend {

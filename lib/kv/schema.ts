@@ -179,6 +179,34 @@ export const webhookDueKey = (
 ) => ["webhook_due", dueMs, accountId, endpointId, eventId] as const;
 export const WEBHOOK_DUE_PREFIX = ["webhook_due"] as const;
 /**
+ * ["event_latest", accountId, type] → AccountEvent: the account's latest event of each type,
+ * written by `emitEvent` with the event (the dashboard's alert banner reads it), kept 30 days.
+ */
+export const latestEventKey = (accountId: string, type: string) =>
+  ["event_latest", accountId, type] as const;
+/** ["payment_method", accountId] → SavedCard: the card auto top-up charges (one per account). */
+export const paymentMethodKey = (accountId: string) => ["payment_method", accountId] as const;
+/**
+ * ["auto_topup", accountId] → AutoTopup: the account's auto top-up settings and state; its
+ * `in_flight` is the one gate of a top-up (set by check-and-set, so one runs at a time).
+ */
+export const autoTopupKey = (accountId: string) => ["auto_topup", accountId] as const;
+/**
+ * ["topup_flight", startedMs, accountId] → attempt id: a top-up in flight, time first, so that a
+ * sweep finds those left unfinished (their process died) as one range.
+ */
+export const topupFlightKey = (startedMs: number, accountId: string) =>
+  ["topup_flight", startedMs, accountId] as const;
+export const TOPUP_FLIGHT_PREFIX = ["topup_flight"] as const;
+/** ["alerts", accountId] → AlertSettings: the low-balance threshold and when it last fired. */
+export const alertsKey = (accountId: string) => ["alerts", accountId] as const;
+/**
+ * ["key_alert", accountId, keyId, period, basis points] → KeyAlertMark: a key's threshold fired in
+ * one limit period (set once, across processes).
+ */
+export const keyAlertKey = (accountId: string, keyId: string, period: string, bp: number) =>
+  ["key_alert", accountId, keyId, period, bp] as const;
+/**
  * ["statement_close", accountId, "2026-11"] → bigint: Σ ledger through the end of a closed month
  * (a cache of the statements, written once no more rows can land in the month).
  */

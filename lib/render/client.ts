@@ -14,6 +14,7 @@ const ISLANDS: Record<string, Loader> = {
   BuyCredits: () => import("../../islands/BuyCredits.tsx"),
   WebhooksManager: () => import("../../islands/WebhooksManager.tsx"),
   PrintButton: () => import("../../islands/PrintButton.tsx"),
+  SpendControls: () => import("../../islands/SpendControls.tsx"),
 };
 
 async function boot() {

@@ -1,5 +1,6 @@
 import type { ComponentChildren } from "preact";
 import type { Viewer } from "./page.tsx";
+import type { ActiveAlert } from "../billing/alerts.ts";
 import { formatCount, formatMoney, formatPercent } from "./format.ts";
 
 const NAV = [
@@ -82,9 +83,74 @@ interface ShellProps {
   children: ComponentChildren;
 }
 
+const REASONS: Record<string, string> = {
+  card_declined: "the card was declined",
+  requires_action: "the card needs authentication, which cannot happen off-session",
+  no_answer: "Stripe did not answer",
+  expired_card: "the card has expired",
+  insufficient_funds: "the card has insufficient funds",
+};
+
+/** One active alert as a sentence, with where to act on it. */
+function alertLine(a: ActiveAlert): { text: string; href: string; action: string } {
+  switch (a.type) {
+    case "balance.low":
+      return {
+        text: `Your balance, ${formatMoney(a.balance)}, is below your alert threshold of ${
+          formatMoney(a.threshold)
+        }.`,
+        href: "/dashboard/settings/billing",
+        action: "Buy credit",
+      };
+    case "key.limit_threshold":
+      return {
+        text: `The key “${a.key_name}” has spent ${formatMoney(a.spend)} of its ${
+          formatMoney(a.credit_limit)
+        } limit (${formatPercent(a.threshold * 100)} reached).`,
+        href: "/dashboard/keys",
+        action: "Keys",
+      };
+    case "auto_topup.failed": {
+      const why = a.reason ? REASONS[a.reason] ?? a.reason.replaceAll("_", " ") : "it failed";
+      return {
+        text: a.disabled
+          ? `Auto top-up was turned off after ${a.failures} failed attempts: ${why}.`
+          : `Auto top-up of ${formatMoney(a.amount)} failed: ${why}.`,
+        href: "/dashboard/settings/billing#saved-card",
+        action: "Update the card",
+      };
+    }
+    case "credits.refunded":
+      return {
+        text: `A payment was refunded or disputed: ${
+          formatMoney(a.amount.replace(/^-/, ""))
+        } of credit was taken back.`,
+        href: "/dashboard/settings/billing?type=adjustment",
+        action: "Transactions",
+      };
+  }
+}
+
+/** The alerts active now (GET /v1/alerts), on every dashboard page. */
+function AlertBanner({ alerts }: { alerts: readonly ActiveAlert[] }) {
+  if (alerts.length === 0) return null;
+  return (
+    <div class="alert-banner" role="alert" id="alert-banner">
+      {alerts.map((a) => {
+        const l = alertLine(a);
+        return (
+          <p data-alert={a.type}>
+            {l.text} <a href={l.href}>{l.action}</a>
+          </p>
+        );
+      })}
+    </div>
+  );
+}
+
 /** The customer dashboard: navigation, account switcher and sign-out around a page. */
 export function DashboardShell(
-  { viewer, active, title, children }: ShellProps,
+  { viewer, active, title, children, alerts }: ShellProps & { alerts: readonly ActiveAlert[] },
 ) {
   const who = (
     <>
@@ -118,6 +184,7 @@ export function DashboardShell(
   );
   return (
     <SignedInFrame topbarClass="topbar" home="/dashboard" who={who} nav={nav} title={title}>
+      <AlertBanner alerts={alerts} />
       {children}
     </SignedInFrame>
   );

@@ -21,6 +21,7 @@ import { renderWithIslands, scriptJson } from "./island.tsx";
 import { ApiError } from "../http/errors.ts";
 import { assetUrl } from "./static.ts";
 import { AdminShell, DashboardShell, PublicShell } from "./layout.tsx";
+import { type ActiveAlert, activeAlerts } from "../billing/alerts.ts";
 
 /** Who is looking: the session, and for a user session the user and the current account. */
 export interface Viewer {
@@ -148,10 +149,15 @@ export function escapeHtml(s: string): string {
   return s.replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
 }
 
-function shell(cfg: PageConfig, viewer: Viewer | null, children: ComponentChildren) {
+function shell(
+  cfg: PageConfig,
+  viewer: Viewer | null,
+  children: ComponentChildren,
+  alerts: readonly ActiveAlert[] = [],
+) {
   if (cfg.layout === "dashboard" && viewer) {
     return (
-      <DashboardShell viewer={viewer} active={cfg.nav ?? ""} title={cfg.title}>
+      <DashboardShell viewer={viewer} active={cfg.nav ?? ""} title={cfg.title} alerts={alerts}>
         {children}
       </DashboardShell>
     );
@@ -234,9 +240,13 @@ export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>
     const r = await h(ctx);
     if (r instanceof Response) return r;
     const Page = mod.default;
+    // The account's active alerts, as a banner on every dashboard page.
+    const alerts = cfg.layout === "dashboard" && viewer?.account
+      ? await activeAlerts(svc, viewer.account.id)
+      : [];
     const res = await renderDocument(
       cfg.title,
-      shell(cfg, viewer, <Page data={r.data} url={url} viewer={viewer} />),
+      shell(cfg, viewer, <Page data={r.data} url={url} viewer={viewer} />, alerts),
       r.status ?? 200,
     );
     // Through the context, so headers a handler set (Retry-After) are kept.

@@ -4,7 +4,7 @@
  * only if its cause does. Delivery (lib/webhooks/dispatcher.ts) takes it from there, at least once.
  */
 import { newId } from "../ids.ts";
-import { webhookOutboxKey } from "../kv/schema.ts";
+import { latestEventKey, webhookOutboxKey } from "../kv/schema.ts";
 import { approxBytes } from "../kv/util.ts";
 import { ledgerJson } from "../billing/ledger.ts";
 import type { LedgerEntry } from "../billing/types.ts";
@@ -33,6 +33,9 @@ export interface AccountEvent {
   timestamp: string;
   data: Record<string, unknown>;
 }
+
+/** How long an account's latest event of a type is kept for the dashboard. */
+const LATEST_EVENT_MS = 30 * 86_400_000;
 
 /** An event's data is small: a few ids and amounts (a bound on the atomics that carry it). */
 export const MAX_EVENT_BYTES = 4096;
@@ -66,7 +69,8 @@ export function accountEvent(
 /**
  * Emits `event` in `atomic`, the atomic that commits its cause: its outbox entry, and where KV
  * queues deliver (`delivery` "queue") a message naming it, so it is fanned out to the account's
- * endpoints at once; otherwise the background sweep finds it. Adds two mutations at most.
+ * endpoints at once; otherwise the background sweep finds it. The account's latest event of its
+ * type is kept too (the dashboard's alerts read it). Adds three mutations at most.
  *
  * @example
  * ```ts
@@ -81,6 +85,7 @@ export function emitEvent(
   delivery: "queue" | "drainer",
 ): Deno.AtomicOperation {
   atomic.set(webhookOutboxKey(event.id), event);
+  atomic.set(latestEventKey(event.account_id, event.type), event, { expireIn: LATEST_EVENT_MS });
   if (delivery === "queue") atomic.enqueue({ webhook_events: [event.id] });
   return atomic;
 }
@@ -91,3 +96,12 @@ export function emitEvent(
  */
 export const creditEvent = (accountId: string, type: EventType) => (entry: LedgerEntry) =>
   accountEvent(accountId, type, ledgerJson(entry), Date.parse(entry.created_at));
+
+/** The account's latest event of `type` (kept 30 days), or null. */
+export async function latestEvent(
+  kv: Deno.Kv,
+  accountId: string,
+  type: EventType,
+): Promise<AccountEvent | null> {
+  return (await kv.get<AccountEvent>(latestEventKey(accountId, type))).value;
+}

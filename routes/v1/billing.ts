@@ -1,6 +1,6 @@
 import { Hono } from "hono";
 import { z } from "zod";
-import type { AppEnv } from "../../lib/services.ts";
+import type { AppEnv, Services } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
 import { ApiError, notFound, readJson } from "../../lib/http/errors.ts";
 import { packageJson } from "../../lib/billing/packages.ts";
@@ -19,12 +19,35 @@ const isStripeTimeout = (e: Stripe.errors.StripeError) =>
   e instanceof Stripe.errors.StripeConnectionError &&
   (e.detail as { code?: unknown } | undefined)?.code === "ETIMEDOUT";
 
+/**
+ * The API error for a Stripe call that failed while creating a Checkout Session (`what`: for the
+ * log): 409 for a reused Idempotency-Key, 504 when Stripe did not answer, 502 otherwise; anything
+ * that is not Stripe's error is returned as it is.
+ */
+export function stripeFailure(svc: Services, e: unknown, what: string): unknown {
+  if (e instanceof Stripe.errors.StripeIdempotencyError) {
+    return new ApiError(
+      409,
+      "idempotency_conflict",
+      "This Idempotency-Key was already used with a different request body",
+    );
+  }
+  if (!(e instanceof Stripe.errors.StripeError)) return e;
+  // Stripe's message may describe its own configuration: log its type, not the text.
+  svc.log("error", `stripe ${what} failed`, { type: e.type, status: e.statusCode });
+  if (isStripeTimeout(e)) {
+    return new ApiError(504, "upstream_timeout", "Stripe did not answer in time");
+  }
+  return new ApiError(502, "upstream_error", "Stripe did not create the Checkout Session");
+}
+
 const checkoutSchema = z.strictObject({ package_id: z.string().min(1, "is required").max(100) });
 
 /** Credit packages and their purchase. */
 export function billingRoutes() {
   const app = new Hono<AppEnv>();
-  app.use("/billing/*", requireKey("management"));
+  app.use("/billing/packages", requireKey("management"));
+  app.use("/billing/checkout", requireKey("management"));
 
   app.get(
     "/billing/packages",
@@ -55,22 +78,7 @@ export function billingRoutes() {
         });
         return c.json({ url: session.url });
       } catch (e) {
-        if (e instanceof Stripe.errors.StripeIdempotencyError) {
-          throw new ApiError(
-            409,
-            "idempotency_conflict",
-            "This Idempotency-Key was already used with a different request body",
-          );
-        }
-        if (e instanceof Stripe.errors.StripeError) {
-          // Stripe's message may describe its own configuration: log its type, not the text.
-          svc.log("error", "stripe checkout failed", { type: e.type, status: e.statusCode });
-          if (isStripeTimeout(e)) {
-            throw new ApiError(504, "upstream_timeout", "Stripe did not answer in time");
-          }
-          throw new ApiError(502, "upstream_error", "Stripe did not create the Checkout Session");
-        }
-        throw e;
+        throw stripeFailure(svc, e, "checkout");
       }
     }
     // Development mode: the credit is granted at once, marked as a development grant.

@@ -30,6 +30,7 @@ import { usageParams } from "../../lib/usage/params.ts";
 import { formatUsd } from "../../lib/money.ts";
 import type { ApiKey, KeySpend, LedgerType } from "../../lib/billing/types.ts";
 import { EMPTY_KEY_SPEND } from "../../lib/billing/types.ts";
+import { alertBp } from "../../lib/billing/alerts.ts";
 import type { Context } from "hono";
 
 /** A key as the API shows it. */
@@ -47,6 +48,7 @@ export function keyJson(k: ApiKey, s: KeySpend = EMPTY_KEY_SPEND) {
     limit_reset: k.limit_reset,
     expires_at: k.expires_at,
     rate_limit_rpm: k.rate_limit_rpm,
+    alert_thresholds: alertBp(k).map((bp) => bp / 10_000),
     spend: formatUsd(s.spend),
   };
 }
@@ -58,6 +60,16 @@ const limitReset = z.enum(["daily", "weekly", "monthly"]).nullable();
 const rpm = z.number().int().min(1).max(1_000_000).nullable();
 const name = z.string().trim().min(1, "must not be empty").max(100);
 
+/**
+ * A key's alert thresholds: fractions of its credit limit (0.8 is 80 %), above 0 and at most 1,
+ * with at most 4 decimals, each once; stored as basis points, ascending.
+ */
+const alertThresholds = z.array(
+  z.number().gt(0, "must be above 0").max(1, "must be at most 1 (100 %)")
+    .refine((f) => Math.abs(f * 10_000 - Math.round(f * 10_000)) < 1e-6, "at most 4 decimals"),
+).max(10, "at most 10 thresholds")
+  .transform((fs) => [...new Set(fs.map((f) => Math.round(f * 10_000)))].sort((a, b) => a - b));
+
 const createSchema = z.strictObject({
   name,
   scope: z.enum(["inference", "management"]).default("inference"),
@@ -65,6 +77,7 @@ const createSchema = z.strictObject({
   limit_reset: limitReset.optional(),
   expires_at: futureTime.nullable().optional(),
   rate_limit_rpm: rpm.optional(),
+  alert_thresholds: alertThresholds.optional(),
 });
 
 const patchSchema = z.strictObject({
@@ -74,6 +87,7 @@ const patchSchema = z.strictObject({
   disabled: z.boolean().optional(),
   rate_limit_rpm: rpm.optional(),
   expires_at: futureTime.nullable().optional(),
+  alert_thresholds: alertThresholds.optional(),
 });
 
 async function ownKey(c: Context<AppEnv>): Promise<Deno.KvEntry<ApiKey>> {
@@ -143,11 +157,14 @@ export function managementRoutes() {
   });
 
   app.post("/keys", async (c) => {
-    const body = await readJson(c, createSchema);
+    const { alert_thresholds, ...body } = await readJson(c, createSchema);
     if (body.limit_reset && (body.credit_limit === undefined || body.credit_limit === null)) {
       throw badRequest("Invalid 'limit_reset': needs a credit_limit");
     }
-    const { key, secret } = await createKey(c.get("svc").kv, c.get("accountId"), body);
+    const { key, secret } = await createKey(c.get("svc").kv, c.get("accountId"), {
+      ...body,
+      alert_bp: alert_thresholds,
+    });
     // The secret is shown once: no cache along the way may keep a copy.
     return c.json({ ...keyJson(key), key: secret }, 201, { "cache-control": "no-store" });
   });
@@ -159,11 +176,15 @@ export function managementRoutes() {
 
   app.patch("/keys/:id", async (c) => {
     const svc = c.get("svc");
-    const patch = await readJson(c, patchSchema);
+    const { alert_thresholds, ...patch } = await readJson(c, patchSchema);
     for (let attempt = 0; attempt < 20; attempt++) {
       const entry = await ownKey(c);
       if (entry.value.revoked_at) throw notFound("The key");
-      const next: ApiKey = { ...entry.value, ...patch } as ApiKey;
+      const next: ApiKey = {
+        ...entry.value,
+        ...patch,
+        ...(alert_thresholds ? { alert_bp: alert_thresholds } : {}),
+      } as ApiKey;
       if (next.limit_reset && next.credit_limit === null) {
         throw badRequest("Invalid 'limit_reset': needs a credit_limit");
       }

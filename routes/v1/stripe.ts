@@ -2,6 +2,7 @@ import { Hono } from "hono";
 import type { AppEnv } from "../../lib/services.ts";
 import { ApiError } from "../../lib/http/errors.ts";
 import { handleStripeEvent, RetryLater, verifyWebhook } from "../../lib/billing/stripe.ts";
+import { handleTopupEvent } from "../../lib/billing/topup/charge.ts";
 
 /**
  * Stripe's webhook. It takes no API key: the signature over the raw body is the credential, so
@@ -27,7 +28,8 @@ export function stripeRoutes() {
       );
     }
     try {
-      const result = await handleStripeEvent(svc, event);
+      // The saved card and auto top-up take their events first; purchases take the rest.
+      const result = (await handleTopupEvent(svc, event)) ?? (await handleStripeEvent(svc, event));
       svc.log("info", "stripe event", { event_id: event.id, type: event.type, result });
       return c.json({ received: true, result });
     } catch (e) {

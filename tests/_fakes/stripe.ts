@@ -1,8 +1,10 @@
 /**
  * A real HTTP server on 127.0.0.1 that speaks the part of Stripe's API the router calls
- * (customers, Checkout Sessions, PaymentIntents with their charge's receipt, charges, refunds:
- * form-encoded bodies, bearer auth, idempotency keys), plus what Stripe itself does around it: the customer paying, refunds, disputes, and
- * signed webhook events (signed with the `stripe` library's own test signer).
+ * (customers, Checkout Sessions in payment and setup mode, SetupIntents, PaymentMethods,
+ * PaymentIntents, including off-session ones charging a saved card, with their charge's receipt,
+ * charges, refunds: form-encoded bodies, bearer auth, idempotency keys), plus what Stripe itself
+ * does around it: the customer paying or saving a card, refunds, disputes, and signed webhook
+ * events (signed with the `stripe` library's own test signer).
  */
 import Stripe from "stripe";
 import { serveLoopback } from "./serve.ts";
@@ -23,6 +25,8 @@ export interface FakeStripe {
   requests: RecordedRequest[];
   /** When set, every API call answers this status with a Stripe error body. */
   failWith: number | null;
+  /** How long creating a PaymentIntent takes (a bank that answers slowly). */
+  intentDelayMs: number;
   customers: Map<string, Obj>;
   sessions: Map<string, Obj>;
   charges: Map<string, Obj>;
@@ -33,7 +37,10 @@ export interface FakeStripe {
   complete(sessionId: string, opts?: { paid?: boolean }): Obj;
   /** An async payment of a completed session succeeds. */
   asyncPaymentSucceeds(sessionId: string): Obj;
-  /** Refunds `amount` cents of the session's charge; returns the updated charge. */
+  /**
+   * Refunds `amount` cents of the charge of a session (or of a PaymentIntent, by its `pi_` id);
+   * returns the updated charge.
+   */
   refund(sessionId: string, amount: number): Obj;
   /**
    * The bank returns a refund: its status becomes `failed` and the charge's refunded amount
@@ -55,6 +62,16 @@ export interface FakeStripe {
    * given (a dispute of a partially refunded payment: the refunded part comes back).
    */
   closeDispute(disputeId: string, outcome: "won" | "lost", reinstate?: number): Obj;
+  paymentMethods: Map<string, Obj>;
+  setupIntents: Map<string, Obj>;
+  /**
+   * The customer saves a card in a `setup` session: a PaymentMethod (`visa` succeeds; `declined`
+   * is declined and `authentication` needs authentication when charged off-session) attached to
+   * the session's customer by a succeeded SetupIntent. Returns the completed session.
+   */
+  completeSetup(sessionId: string, card?: FakeCard): Obj;
+  /** The PaymentIntent as Stripe shows it now. */
+  paymentIntent(id: string): Obj;
   /** An Event object wrapping `object`, as Stripe sends it. */
   event(type: string, object: Obj): Obj;
   /** The raw payload and `Stripe-Signature` header of an event. */
@@ -65,6 +82,14 @@ export interface FakeStripe {
   ): Promise<{ payload: string; header: string }>;
   close(): Promise<void>;
 }
+
+/** The saved cards the fake knows, by how an off-session charge of them ends. */
+export type FakeCard = "visa" | "declined" | "authentication";
+const CARDS: Record<FakeCard, { brand: string; last4: string }> = {
+  visa: { brand: "visa", last4: "4242" },
+  declined: { brand: "visa", last4: "0002" },
+  authentication: { brand: "visa", last4: "3155" },
+};
 
 const cryptoProvider = Stripe.createSubtleCryptoProvider();
 let counter = 0;
@@ -109,12 +134,46 @@ export function startFakeStripe(): FakeStripe {
     url: "",
     requests: [],
     failWith: null,
+    intentDelayMs: 0,
     customers: new Map(),
     sessions: new Map(),
     charges: new Map(),
     paymentIntents: new Map(),
     refunds: [],
     disputes: new Map(),
+    paymentMethods: new Map(),
+    setupIntents: new Map(),
+    completeSetup(sessionId, card = "visa") {
+      const s = fake.sessions.get(sessionId);
+      if (!s || s.mode !== "setup") throw new Error(`no setup session ${sessionId}`);
+      const pm = {
+        id: newId("pm"),
+        object: "payment_method",
+        type: "card",
+        created: now(),
+        customer: s.customer,
+        card: { ...CARDS[card], exp_month: 12, exp_year: new Date().getUTCFullYear() + 4 },
+        metadata: {},
+      };
+      fake.paymentMethods.set(pm.id, pm);
+      const si = {
+        id: newId("seti"),
+        object: "setup_intent",
+        status: "succeeded",
+        customer: s.customer,
+        payment_method: pm.id,
+        created: now(),
+        usage: "off_session",
+        metadata: { ...(s.setup_intent_metadata as Obj) },
+      };
+      fake.setupIntents.set(si.id, si);
+      s.status = "complete";
+      s.setup_intent = si.id;
+      return publicSession(s);
+    },
+    paymentIntent(id) {
+      return structuredClone(fake.paymentIntents.get(id)!);
+    },
     dispute(sessionId, opts = {}) {
       const s = fake.sessions.get(sessionId)!;
       const charge = [...fake.charges.values()].find((c) => c.payment_intent === s.payment_intent)!;
@@ -185,8 +244,10 @@ export function startFakeStripe(): FakeStripe {
       return publicSession(s);
     },
     refund(sessionId, amount) {
-      const s = fake.sessions.get(sessionId)!;
-      const charge = [...fake.charges.values()].find((c) => c.payment_intent === s.payment_intent)!;
+      const pi = sessionId.startsWith("pi_")
+        ? sessionId
+        : fake.sessions.get(sessionId)!.payment_intent;
+      const charge = [...fake.charges.values()].find((c) => c.payment_intent === pi)!;
       const refund = {
         id: newId("re"),
         object: "refund",
@@ -242,8 +303,103 @@ export function startFakeStripe(): FakeStripe {
 
   /** The session as Stripe shows it (without what the fake keeps for the charge). */
   function publicSession(s: Obj): Obj {
-    const { payment_intent_metadata: _, ...rest } = s;
+    const { payment_intent_metadata: _, setup_intent_metadata: __, ...rest } = s;
     return structuredClone(rest);
+  }
+
+  /** A charge paying PaymentIntent `pi` (in full), which succeeds with it. */
+  function newCharge(pi: Obj): Obj {
+    const charge = {
+      id: newId("ch"),
+      object: "charge",
+      amount: pi.amount,
+      amount_captured: pi.amount,
+      amount_refunded: 0,
+      currency: pi.currency,
+      customer: pi.customer,
+      paid: true,
+      refunded: false,
+      status: "succeeded",
+      payment_intent: pi.id,
+      created: now(),
+      metadata: { ...(pi.metadata as Obj) },
+      receipt_url: `https://pay.stripe.com/receipts/payment/${receiptToken()}`,
+    };
+    fake.charges.set(charge.id, charge);
+    pi.status = "succeeded";
+    pi.amount_received = pi.amount;
+    pi.latest_charge = charge.id;
+    return charge;
+  }
+
+  /**
+   * Creates (and, with `confirm`, confirms) a PaymentIntent. Off-session, a saved card is charged
+   * at once: declined, or needing authentication, it answers 402 with the PaymentIntent in the
+   * error, as Stripe does.
+   */
+  function createIntent(body: Obj): Response {
+    const pmId = body.payment_method as string | undefined;
+    const pm = pmId ? fake.paymentMethods.get(pmId) : undefined;
+    if (pmId && !pm) return missing("payment_method", pmId, "payment_method");
+    if (pm && pm.customer !== body.customer) {
+      return stripeError(400, "invalid_request_error", "The PaymentMethod is not the customer's", {
+        param: "payment_method",
+      });
+    }
+    const pi: Obj = {
+      id: newId("pi"),
+      object: "payment_intent",
+      amount: Number(body.amount),
+      amount_received: 0,
+      currency: body.currency,
+      customer: body.customer ?? null,
+      payment_method: pmId ?? null,
+      description: body.description ?? null,
+      status: "requires_confirmation",
+      latest_charge: null,
+      last_payment_error: null,
+      created: now(),
+      livemode: false,
+      metadata: body.metadata ?? {},
+    };
+    fake.paymentIntents.set(pi.id as string, pi);
+    if (body.confirm !== "true" || !pm) return Response.json(expandIntent(pi, body));
+    const last4 = (pm.card as Obj).last4;
+    const fail = last4 === CARDS.declined.last4
+      ? {
+        code: "card_declined",
+        decline_code: "generic_decline",
+        status: "requires_payment_method",
+      }
+      : last4 === CARDS.authentication.last4
+      ? { code: "authentication_required", decline_code: undefined, status: "requires_action" }
+      : null;
+    if (!fail) {
+      newCharge(pi);
+      return Response.json(expandIntent(pi, body));
+    }
+    pi.status = fail.status;
+    pi.last_payment_error = {
+      type: "card_error",
+      code: fail.code,
+      decline_code: fail.decline_code,
+      message: "The card was not charged",
+      payment_method: structuredClone(pm),
+    };
+    return stripeError(402, "card_error", "The card was not charged", {
+      code: fail.code,
+      decline_code: fail.decline_code,
+      payment_intent: structuredClone(pi),
+    });
+  }
+
+  /** The PaymentIntent with `latest_charge` expanded when the request asked for it. */
+  function expandIntent(pi: Obj, body: Obj): Obj {
+    const expand = (body.expand ?? []) as string[];
+    const charge = expand.includes("latest_charge") && pi.latest_charge
+      ? fake.charges.get(pi.latest_charge as string)
+      : pi.latest_charge;
+    return structuredClone({ ...pi, latest_charge: charge });
   }
 
   function balanceTransaction(d: Obj, amount: number, what: string): Obj {
@@ -264,26 +420,7 @@ export function startFakeStripe(): FakeStripe {
   }
 
   function chargeFor(s: Obj) {
-    const charge = {
-      id: newId("ch"),
-      object: "charge",
-      amount: s.amount_total,
-      amount_captured: s.amount_total,
-      amount_refunded: 0,
-      currency: s.currency,
-      customer: s.customer,
-      paid: true,
-      refunded: false,
-      status: "succeeded",
-      payment_intent: s.payment_intent,
-      created: now(),
-      metadata: { ...(s.payment_intent_metadata as Obj) },
-      receipt_url: `https://pay.stripe.com/receipts/payment/${receiptToken()}`,
-    };
-    fake.charges.set(charge.id, charge);
-    const pi = fake.paymentIntents.get(s.payment_intent as string)!;
-    pi.status = "succeeded";
-    pi.latest_charge = charge.id;
+    newCharge(fake.paymentIntents.get(s.payment_intent as string)!);
   }
 
   function route(method: string, path: string, body: Obj): Response {
@@ -304,14 +441,44 @@ export function startFakeStripe(): FakeStripe {
       const c = fake.customers.get(m[1]);
       return c ? Response.json(c) : missing("customer", m[1]);
     }
+    m = /^\/v1\/customers\/([^/]+)$/.exec(path);
+    if (method === "POST" && m) {
+      const c = fake.customers.get(m[1]);
+      if (!c) return missing("customer", m[1]);
+      Object.assign(c, body);
+      return Response.json(c);
+    }
     if (method === "POST" && path === "/v1/checkout/sessions") {
-      if (body.mode !== "payment") {
-        return stripeError(400, "invalid_request_error", "Only payment mode is faked", {
+      if (body.mode !== "payment" && body.mode !== "setup") {
+        return stripeError(400, "invalid_request_error", "Only payment and setup are faked", {
           param: "mode",
         });
       }
       if (body.customer && !fake.customers.has(body.customer as string)) {
         return missing("customer", body.customer as string, "customer");
+      }
+      if (body.mode === "setup") {
+        const id = newId("cs");
+        const s = {
+          id,
+          object: "checkout.session",
+          mode: "setup",
+          status: "open",
+          payment_status: "no_payment_required",
+          currency: body.currency ?? null,
+          customer: body.customer ?? null,
+          client_reference_id: body.client_reference_id ?? null,
+          metadata: body.metadata ?? {},
+          setup_intent: null,
+          success_url: body.success_url,
+          cancel_url: body.cancel_url,
+          url: `https://checkout.stripe.test/c/setup/${id}`,
+          created: now(),
+          livemode: false,
+        };
+        const sid = body.setup_intent_data as Obj | undefined;
+        fake.sessions.set(id, { ...s, setup_intent_metadata: sid?.metadata ?? {} });
+        return Response.json(s);
       }
       const items = (body.line_items ?? []) as Obj[];
       let total = 0;
@@ -349,6 +516,38 @@ export function startFakeStripe(): FakeStripe {
     if (method === "GET" && m) {
       const s = fake.sessions.get(m[1]);
       return s ? Response.json(publicSession(s)) : missing("checkout.session", m[1]);
+    }
+    if (method === "POST" && path === "/v1/payment_intents") return createIntent(body);
+    m = /^\/v1\/payment_intents\/([^/]+)\/cancel$/.exec(path);
+    if (method === "POST" && m) {
+      const pi = fake.paymentIntents.get(m[1]);
+      if (!pi) return missing("payment_intent", m[1]);
+      if (pi.status === "succeeded") {
+        return stripeError(
+          400,
+          "invalid_request_error",
+          "A succeeded PaymentIntent cannot be canceled",
+        );
+      }
+      pi.status = "canceled";
+      return Response.json(pi);
+    }
+    m = /^\/v1\/setup_intents\/([^/]+)$/.exec(path);
+    if (method === "GET" && m) {
+      const si = fake.setupIntents.get(m[1]);
+      if (!si) return missing("setup_intent", m[1]);
+      const expand = (body.expand ?? []) as string[];
+      const pm = expand.includes("payment_method")
+        ? fake.paymentMethods.get(si.payment_method as string)
+        : si.payment_method;
+      return Response.json({ ...si, payment_method: pm });
+    }
+    m = /^\/v1\/payment_methods\/([^/]+)(\/detach)?$/.exec(path);
+    if (m) {
+      const pm = fake.paymentMethods.get(m[1]);
+      if (!pm) return missing("payment_method", m[1]);
+      if (method === "POST" && m[2]) pm.customer = null;
+      return Response.json(pm);
     }
     m = /^\/v1\/payment_intents\/([^/]+)$/.exec(path);
     if (method === "GET" && m) {
@@ -414,6 +613,9 @@ export function startFakeStripe(): FakeStripe {
             headers: { "idempotent-replayed": "true" },
           });
         }
+      }
+      if (req.method === "POST" && url.pathname === "/v1/payment_intents" && fake.intentDelayMs) {
+        await new Promise((r) => setTimeout(r, fake.intentDelayMs));
       }
       const res = route(req.method, url.pathname, body);
       if (req.method === "POST" && key && res.status < 500) {

@@ -11,6 +11,14 @@ import type { LedgerType } from "../../../lib/billing/types.ts";
 import { formatUsd } from "../../../lib/money.ts";
 import { Island } from "../../../lib/render/island.tsx";
 import BuyCredits, { type BuyCreditsProps } from "../../../islands/BuyCredits.tsx";
+import SpendControls, { type SpendControlsProps } from "../../../islands/SpendControls.tsx";
+import {
+  autoTopupJson,
+  cardJson,
+  getAutoTopup,
+  getCard,
+} from "../../../lib/billing/topup/records.ts";
+import { getAlertSettings } from "../../../lib/billing/alerts.ts";
 import { Metric, Money, Notice, OlderLink } from "../../../lib/render/layout.tsx";
 import { LedgerTable } from "../../../lib/render/ledger.tsx";
 import { monthsBetween } from "../../../lib/billing/statements.ts";
@@ -28,6 +36,7 @@ const TYPES: LedgerType[] = ["purchase", "usage_debit", "adjustment", "refund"];
 const STATEMENT_MONTHS = 24;
 
 interface Data {
+  spend: SpendControlsProps;
   credits: Record<"balance" | "reserved" | "available" | "total_purchased" | "total_used", string>;
   buy: BuyCreditsProps;
   tx: ReturnType<typeof ledgerJson>[];
@@ -45,14 +54,18 @@ export const handler = {
     const q = ctx.url.searchParams;
     const t = q.get("type");
     const type = TYPES.includes(t as LedgerType) ? t as LedgerType : null;
-    const [b, page] = await Promise.all([
+    const [b, page, card, topup, alerts] = await Promise.all([
       getBalance(kv, accountId),
       pageOfUrl(
         ctx.url,
         (cursor) =>
           listLedgerByAccount(kv, accountId, { type: type ?? undefined, limit: 50, cursor }),
       ),
+      getCard(kv, accountId),
+      getAutoTopup(kv, accountId),
+      getAlertSettings(kv, accountId),
     ]);
+    const low = alerts.value?.low_balance_threshold ?? null;
     const purchased = cfg.packages.find((p) => p.id === q.get("purchased"));
     return {
       data: {
@@ -63,6 +76,14 @@ export const handler = {
           available: formatUsd(b.balance - b.reserved),
           total_purchased: formatUsd(b.total_purchased),
           total_used: formatUsd(b.total_used),
+        },
+        // The same figures as GET /v1/billing/payment_method, /v1/billing/auto_topup, /v1/alerts.
+        spend: {
+          mode: cfg.billingMode,
+          csrf: ctx.viewer!.session.csrf,
+          card: card && cardJson(card),
+          topup: autoTopupJson(topup.value, ctx.svc.now()),
+          lowBalanceThreshold: low === null ? null : formatUsd(low),
         },
         buy: {
           packages: cfg.packages.map(packageJson),
@@ -78,6 +99,10 @@ export const handler = {
           ? "Payment received: the credit appears as soon as Stripe confirms it."
           : q.get("checkout") === "cancelled"
           ? "Checkout was cancelled: nothing was charged."
+          : q.get("card") === "saved"
+          ? "Card saved: it appears here as soon as Stripe confirms it."
+          : q.get("card") === "cancelled"
+          ? "No card was saved."
           : null,
         months: monthsBetween(
           Date.parse(ctx.viewer!.account!.created_at),
@@ -121,6 +146,7 @@ export default function Billing({ data, url }: PageProps<Data>) {
         <h2>Buy credit</h2>
         <Island name="BuyCredits" component={BuyCredits} props={data.buy} />
       </section>
+      <Island name="SpendControls" component={SpendControls} props={data.spend} />
       <section class="card">
         <h2>Statements</h2>
         <p class="muted">
