@@ -63,7 +63,7 @@ const searchesOn = (model: ResolvedModel) =>
 export const chat: Format<ChatBody> = {
   schema: chatRequest,
   type: "chat",
-  fallbacks: true,
+  fallsBack: true,
   request(raw, body): InferenceRequest {
     const n = body.n ?? 1;
     const stream = body.stream === true;

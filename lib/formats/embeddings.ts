@@ -20,7 +20,7 @@ export type EmbeddingsBody = z.output<typeof embeddingsBody>;
 export const embeddings: Format<EmbeddingsBody> = {
   schema: embeddingsBody,
   type: "embedding",
-  fallbacks: false,
+  fallsBack: false,
   request(raw, body): InferenceRequest {
     const prompt = new Prompt(raw, body);
     return {

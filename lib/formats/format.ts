@@ -25,7 +25,7 @@ export interface Format<B> {
    * Whether the request's own fallbacks and the operator's fallback chains apply; without them the
    * model named alone may answer.
    */
-  readonly fallbacks: boolean;
+  readonly fallsBack: boolean;
   /** The rules of one request (`raw` is its body as sent, `body` as parsed). */
   request(raw: string, body: B): InferenceRequest;
 }

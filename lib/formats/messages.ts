@@ -44,7 +44,7 @@ export const countTokensBody = messagesBody.omit({ max_tokens: true, stream: tru
 export const messages: Format<MessagesBody> = {
   schema: messagesBody,
   type: "chat",
-  fallbacks: true,
+  fallsBack: true,
   request(raw, body): InferenceRequest {
     const prompt = new Prompt(raw, body);
     // Anthropic's web search tool runs only where the request goes as sent (the translation to

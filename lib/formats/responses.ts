@@ -44,7 +44,7 @@ const usageOf = (response: Record<string, unknown>, r: UsageReader) =>
 export const responses: Format<ResponsesBody> = {
   schema: responsesBody,
   type: "chat",
-  fallbacks: true,
+  fallsBack: true,
   request(raw, body): InferenceRequest {
     // A continued conversation's earlier turns (or a stored prompt) are stored upstream, not in
     // this body: the prompt may then fill the model's context window.

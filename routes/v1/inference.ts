@@ -69,7 +69,7 @@ export async function runInference<B>(
   const unfit = req.unfit(primary);
   if (unfit) throw badRequest(unfit);
   requirePrices(primary, req.wants(primary));
-  const candidates = format.fallbacks
+  const candidates = format.fallsBack
     ? candidatesFor(
       svc.providers,
       primary,
