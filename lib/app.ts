@@ -4,7 +4,8 @@ import { AccountActors } from "./billing/actor.ts";
 import { Background } from "./billing/background.ts";
 import { KeyResolver } from "./auth/keys.ts";
 import { Providers, type ProvidersFile } from "./providers/registry.ts";
-import { ApiError, badRequest, errorBody, errorResponse } from "./http/errors.ts";
+import { badRequest } from "./errors.ts";
+import { apiErrorOf, errorBody, errorResponse } from "./http/errors.ts";
 import { percentDecodes } from "./http/params.ts";
 import { errorPage } from "./render/page.tsx";
 import { consoleLogger, type Logger } from "./log.ts";
@@ -164,14 +165,16 @@ export function createApp(deps: AppDeps): Router {
   app.notFound((c) =>
     c.json(errorBody(404, "not_found", `No route for ${c.req.method} ${c.req.path}`), 404)
   );
+  // The one place errors become answers: domain errors and ApiErrors by their status and code.
   app.onError((err, c) => {
-    if (err instanceof ApiError) {
-      c.set("errorCode", err.code);
+    const refused = apiErrorOf(err);
+    if (refused) {
+      c.set("errorCode", refused.code);
       // A refusal before routing (URL, body limits) on a page's path answers a browser a page.
       if (!c.req.path.startsWith("/v1/") && c.req.header("accept")?.includes("text/html")) {
-        return refusalPage(err);
+        return refusalPage(refused);
       }
-      return errorResponse(c, err);
+      return errorResponse(c, refused);
     }
     if (isLocked(err)) {
       // Another process held the local KV file past every retry; nothing was written.

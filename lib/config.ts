@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { type CreditPackage, loadPackages } from "./billing/packages.ts";
-import { canonicalProxy } from "./http/client_addr.ts";
+import { canonicalProxy } from "./net.ts";
 import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./proxy/sse.ts";
 
 /** A provider's upstream: its key and base URL. A provider without a key is not offered. */

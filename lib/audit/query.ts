@@ -2,7 +2,7 @@ import type { AuditRow } from "../billing/types.ts";
 import { formatUsd } from "../money.ts";
 import { AUDIT_COLUMNS, csvLine, decodeAuditRow } from "./row.ts";
 import { auditIdKey, auditKey } from "../kv/schema.ts";
-import { badRequest } from "../http/errors.ts";
+import { InvalidInput } from "../errors.ts";
 import { getAll, rowCursor, rowCursorAt } from "../kv/util.ts";
 
 export interface AuditFilter {
@@ -59,7 +59,7 @@ const MAX_SCAN = 20_000;
 
 function decodeCursor(accountId: string, cursor: string): Deno.KvKey {
   const at = rowCursorAt(cursor);
-  if (!at) throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+  if (!at) throw new InvalidInput("Invalid 'cursor': not a cursor this endpoint returned");
   return auditKey(accountId, at.ms, at.id);
 }
 

@@ -1,7 +1,7 @@
 import { randomToken } from "../config.ts";
 import { sessionKey, signinAttemptsKey, signinFailuresKey } from "../kv/schema.ts";
 import { hashSecret } from "./keys.ts";
-import { signinClient } from "../http/client_addr.ts";
+import { signinClient } from "../net.ts";
 import { normalizeEmail } from "./users.ts";
 
 /** A dashboard session: a signed-in user working in one account, or the operator. */

@@ -2,7 +2,7 @@ import type { LedgerEntry, LedgerType } from "./types.ts";
 import { formatUsd } from "../money.ts";
 import { rowCursor, rowCursorAt } from "../kv/util.ts";
 import { ledgerKey } from "../kv/schema.ts";
-import { badRequest } from "../http/errors.ts";
+import { InvalidInput } from "../errors.ts";
 
 /**
  * A page of an account's ledger, newest first, optionally of one type. The cursor names the last
@@ -17,7 +17,7 @@ export async function listLedgerByAccount(
   let selector: Deno.KvListSelector = { prefix };
   if (opts.cursor) {
     const at = rowCursorAt(opts.cursor);
-    if (!at) throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+    if (!at) throw new InvalidInput("Invalid 'cursor': not a cursor this endpoint returned");
     selector = { prefix, end: ledgerKey(accountId, at.ms, at.id) };
   }
   const data: LedgerEntry[] = [];

@@ -23,6 +23,7 @@ import {
 } from "../kv/schema.ts";
 import { getAll } from "../kv/util.ts";
 import { creditEvent } from "../webhooks/events.ts";
+import { RetryLater } from "../errors.ts";
 
 /** Nano-USD in one US cent: Stripe amounts are integer cents. */
 export const NANOS_PER_CENT = 10_000_000n;
@@ -268,11 +269,6 @@ export async function verifyWebhook(
     }
   }
   return null;
-}
-
-/** The event cannot be applied yet (a refund before its purchase): Stripe should deliver it again. */
-export class RetryLater extends Error {
-  override name = "RetryLater";
 }
 
 /** What an event did. */

@@ -2,7 +2,7 @@ import { createMiddleware } from "hono/factory";
 import type { AppEnv } from "../services.ts";
 import { checkKey } from "../auth/keys.ts";
 import type { ApiKey, KeyScope } from "../billing/types.ts";
-import { ApiError } from "./errors.ts";
+import { ApiError } from "../errors.ts";
 import type { Context } from "hono";
 import { checkCsrf, getSession, sessionToken } from "../auth/sessions.ts";
 import { getMembership } from "../auth/users.ts";

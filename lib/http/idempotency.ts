@@ -3,7 +3,7 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { idemKey } from "../kv/schema.ts";
 import { hashSecret } from "../auth/keys.ts";
 import type { AppEnv } from "../services.ts";
-import { ApiError } from "./errors.ts";
+import { ApiError } from "../errors.ts";
 
 /** The stored first answer to an `Idempotency-Key`. */
 export interface IdempotentReply {

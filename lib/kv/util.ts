@@ -1,6 +1,6 @@
 /** Small helpers over Deno KV's limits. */
 
-import { badRequest } from "../http/errors.ts";
+import { InvalidInput } from "../errors.ts";
 
 /** Deno KV's limits per atomic: checks, mutations, total key bytes, total bytes (keys and values). */
 export const KV_LIMITS = {
@@ -198,7 +198,7 @@ export async function pageNewestFirst<T, R>(
     return await page(iter, opts.limit, pick);
   } catch (e) {
     if (opts.cursor && e instanceof TypeError && /invalid cursor/i.test(e.message)) {
-      throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+      throw new InvalidInput("Invalid 'cursor': not a cursor this endpoint returned");
     }
     throw e;
   }

@@ -18,7 +18,7 @@ import { getMembership, getUser, listAccountsByUser, type Role, type User } from
 import { getAccount } from "../billing/accounts.ts";
 import type { Account } from "../billing/types.ts";
 import { renderWithIslands, scriptJson } from "./island.tsx";
-import { ApiError } from "../http/errors.ts";
+import { ApiError } from "../errors.ts";
 import { assetUrl } from "./static.ts";
 import { AdminShell, DashboardShell, PublicShell } from "./layout.tsx";
 

@@ -2,7 +2,8 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../services.ts";
 import { errorPage, mountPage, type PageConfig, type PageModule } from "./page.tsx";
-import { ApiError } from "../http/errors.ts";
+import type { ApiError } from "../errors.ts";
+import { apiErrorOf } from "../http/errors.ts";
 import { serveStatic, STATIC_DIR } from "./static.ts";
 import * as landing from "../../routes/index.tsx";
 import * as signup from "../../routes/signup.tsx";
@@ -58,7 +59,8 @@ export function pageRoutes() {
   app.all("/dashboard/*", () => errorPage(NOT_FOUND, null, 404, "There is no such page."));
   // A page that fails answers an HTML page (the API keeps its JSON errors).
   app.onError((err, c) => {
-    if (err instanceof ApiError) return refusalPage(err);
+    const refused = apiErrorOf(err);
+    if (refused) return refusalPage(refused);
     c.get("svc").log("error", "page failed", {
       request_id: c.get("requestId"),
       path: c.req.path,

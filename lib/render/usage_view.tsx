@@ -1,9 +1,8 @@
 /** Pieces the Overview and Usage pages share: the period, the breakdown and its table. */
 import type { GroupBy } from "../usage/query.ts";
 import { queryUsage, type UsageQuery } from "../usage/query.ts";
-import { usageParams } from "../usage/params.ts";
-import { isoTimeMs } from "../http/params.ts";
-import { ApiError } from "../http/errors.ts";
+import { isoTimeMs, usageParams } from "../http/params.ts";
+import { ApiError } from "../errors.ts";
 import { listKeysByAccount } from "../auth/keys.ts";
 import { dayBucket } from "../usage/rollups.ts";
 import { Count, Empty, Money, Notice, Percent } from "./layout.tsx";

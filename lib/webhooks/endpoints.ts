@@ -1,7 +1,7 @@
 /** An account's webhook endpoints: one KV record per account, changed by check-and-set. */
 import { webhooksKey } from "../kv/schema.ts";
 import { commitRetrying } from "../kv/util.ts";
-import { ApiError } from "../http/errors.ts";
+import { Conflict } from "../errors.ts";
 import type { EventType } from "./events.ts";
 
 export interface WebhookEndpoint {
@@ -54,7 +54,7 @@ export async function changeEndpoints(
     else atomic.delete(entry.key);
     if ((await commitRetrying(atomic)).ok) return next;
   }
-  throw new ApiError(409, "conflict", "The webhooks changed while they were being updated; retry");
+  throw new Conflict("The webhooks changed while they were being updated; retry");
 }
 
 /** A new signing secret in the Standard Webhooks form. */

@@ -2,7 +2,8 @@ import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireAdmin } from "../../lib/http/auth.ts";
-import { ApiError, notFound, parseJson } from "../../lib/http/errors.ts";
+import { ApiError, notFound } from "../../lib/errors.ts";
+import { parseJson } from "../../lib/http/errors.ts";
 import { parseId, usdAmount } from "../../lib/http/params.ts";
 import {
   idempotency,

@@ -3,7 +3,8 @@ import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { commitRetrying } from "../../lib/kv/util.ts";
 import { requireKey } from "../../lib/http/auth.ts";
-import { ApiError, badRequest, notFound, readJson } from "../../lib/http/errors.ts";
+import { ApiError, badRequest, notFound } from "../../lib/errors.ts";
+import { readJson } from "../../lib/http/errors.ts";
 import {
   isoTimeMs,
   parseCursor,
@@ -11,6 +12,7 @@ import {
   parseLimit,
   parseRequestId,
   parseTime,
+  usageParams,
   usdAmount,
 } from "../../lib/http/params.ts";
 import { createKey, getKeySpend, listKeysByAccount } from "../../lib/auth/keys.ts";
@@ -26,7 +28,6 @@ import {
   listAuditByAccount,
 } from "../../lib/audit/query.ts";
 import { queryUsage } from "../../lib/usage/query.ts";
-import { usageParams } from "../../lib/usage/params.ts";
 import { formatUsd } from "../../lib/money.ts";
 import type { ApiKey, KeySpend, LedgerType } from "../../lib/billing/types.ts";
 import { EMPTY_KEY_SPEND } from "../../lib/billing/types.ts";

@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
-import { badRequest } from "../../lib/http/errors.ts";
+import { badRequest } from "../../lib/errors.ts";
 import {
   monthRange,
   monthStatement,

@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../../lib/services.ts";
-import { ApiError } from "../../lib/http/errors.ts";
-import { handleStripeEvent, RetryLater, verifyWebhook } from "../../lib/billing/stripe.ts";
+import { ApiError } from "../../lib/errors.ts";
+import { handleStripeEvent, verifyWebhook } from "../../lib/billing/stripe.ts";
 
 /**
  * Stripe's webhook. It takes no API key: the signature over the raw body is the credential, so
@@ -26,14 +26,10 @@ export function stripeRoutes() {
         "The Stripe-Signature header is missing, stale or does not match the body",
       );
     }
-    try {
-      const result = await handleStripeEvent(svc, event);
-      svc.log("info", "stripe event", { event_id: event.id, type: event.type, result });
-      return c.json({ received: true, result });
-    } catch (e) {
-      if (e instanceof RetryLater) throw new ApiError(503, "retry_later", e.message);
-      throw e;
-    }
+    // An event that must wait for another (RetryLater) is answered 503: Stripe delivers it again.
+    const result = await handleStripeEvent(svc, event);
+    svc.log("info", "stripe event", { event_id: event.id, type: event.type, result });
+    return c.json({ received: true, result });
   });
   return app;
 }

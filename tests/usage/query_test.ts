@@ -3,7 +3,7 @@ import { recordEvents } from "../../lib/audit/recorder.ts";
 import { outboxKey } from "../../lib/kv/schema.ts";
 import { parseUsd } from "../../lib/money.ts";
 import { periodBuckets, queryUsage, type UsageQuery } from "../../lib/usage/query.ts";
-import { usageParams } from "../../lib/usage/params.ts";
+import { usageParams } from "../../lib/http/params.ts";
 import type { LedgerEntry, UsageEvent } from "../../lib/billing/types.ts";
 import { ApiError } from "../../lib/http/errors.ts";
 import { distinctEvent } from "../_fixtures.ts";
