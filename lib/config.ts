@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { type CreditPackage, loadPackages } from "./billing/packages.ts";
 import { canonicalProxy } from "./net.ts";
+import { randomToken } from "./crypto.ts";
 import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./proxy/sse.ts";
 
 /** A provider's upstream: its key and base URL. A provider without a key is not offered. */
@@ -217,13 +218,4 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     trustedProxies: e.TRUSTED_PROXIES ?? [],
     webhookAllowPrivateUrls: e.WEBHOOK_ALLOW_PRIVATE_URLS === "true",
   };
-}
-
-/** 256 random bits, base64url without padding. */
-export function randomToken(bytes = 32): string {
-  const b = crypto.getRandomValues(new Uint8Array(bytes));
-  return btoa(String.fromCharCode(...b)).replaceAll("+", "-").replaceAll("/", "_").replace(
-    /=+$/,
-    "",
-  );
 }

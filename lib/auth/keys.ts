@@ -1,5 +1,4 @@
-import { createHash } from "node:crypto";
-import { randomToken } from "../config.ts";
+import { hashSecret, randomToken } from "../crypto.ts";
 import { newId } from "../ids.ts";
 import { accountKeyIndex, apiKeyKey, keyHashKey, keySpendKey } from "../kv/schema.ts";
 import { commitRetrying, getAll } from "../kv/util.ts";
@@ -10,13 +9,6 @@ import {
   type KeySpend,
   type LimitReset,
 } from "../billing/types.ts";
-
-/** SHA-256 of a presented secret, hex: the only form a key is stored in. */
-export function hashSecret(secret: string): Promise<string> {
-  // Synchronous node:crypto: every request hashes its key, and WebCrypto's async digest cost
-  // about 8 % of the router's CPU under load.
-  return Promise.resolve(createHash("sha256").update(secret).digest("hex"));
-}
 
 export interface NewKey {
   name: string;

@@ -1,6 +1,5 @@
-import { randomToken } from "../config.ts";
+import { hashSecret, pbkdf2Sha256, randomToken, safeEqual } from "../crypto.ts";
 import { sessionKey, signinAttemptsKey, signinFailuresKey } from "../kv/schema.ts";
-import { hashSecret } from "./keys.ts";
 import { signinClient } from "../net.ts";
 import { normalizeEmail } from "./users.ts";
 
@@ -86,19 +85,8 @@ const ADMIN_TAG_SALT = new TextEncoder().encode("enterprise-router operator sess
 const ADMIN_TAG_ITERATIONS = 100_000;
 
 async function pbkdf2(secret: string): Promise<string> {
-  const key = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(secret),
-    "PBKDF2",
-    false,
-    ["deriveBits"],
-  );
-  const bits = await crypto.subtle.deriveBits(
-    { name: "PBKDF2", hash: "SHA-256", salt: ADMIN_TAG_SALT, iterations: ADMIN_TAG_ITERATIONS },
-    key,
-    256,
-  );
-  return Array.from(new Uint8Array(bits), (b) => b.toString(16).padStart(2, "0")).join("");
+  const bits = await pbkdf2Sha256(secret, ADMIN_TAG_SALT, ADMIN_TAG_ITERATIONS);
+  return Array.from(bits, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /**
@@ -110,7 +98,7 @@ export async function adminSessionValid(
   adminToken: string | undefined,
 ): Promise<boolean> {
   if (session.kind !== "admin" || !adminToken || !session.admin_tag) return false;
-  return sameToken(session.admin_tag, await adminTokenTag(adminToken));
+  return safeEqual(session.admin_tag, await adminTokenTag(adminToken));
 }
 
 /** Ends a session. */
@@ -151,14 +139,6 @@ export function sessionToken(req: Request, siteUrl: string = req.url): string | 
   return token !== undefined || secureSite(siteUrl) ? token : readCookie(h, PLAIN_SESSION_COOKIE);
 }
 
-/** Constant-time string equality. */
-function sameToken(a: string, b: string): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
-  return diff === 0;
-}
-
 const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);
 
 /** Whether the site's session cookie is Secure and `__Host-`: https, or loopback. */
@@ -195,7 +175,7 @@ export function checkCsrf(
   if (origin !== null && origin !== new URL(req.url).origin && !allowedOrigins.includes(origin)) {
     return false;
   }
-  return typeof token === "string" && token.length > 0 && sameToken(token, session.csrf);
+  return typeof token === "string" && token.length > 0 && safeEqual(token, session.csrf);
 }
 
 /** Sign-in attempts allowed per client (an IPv4 address, an IPv6 /64) per window. */

@@ -1,4 +1,5 @@
 import { newId } from "../ids.ts";
+import { pbkdf2Sha256, safeEqualBytes } from "../crypto.ts";
 import { memberKey, userAccountKey, userEmailKey, userKey } from "../kv/schema.ts";
 import { createAccount } from "../billing/accounts.ts";
 import type { Account } from "../billing/types.ts";
@@ -35,22 +36,6 @@ export interface Membership {
 const b64 = (b: Uint8Array) => btoa(String.fromCharCode(...b));
 const unb64 = (s: string) => Uint8Array.from(atob(s), (ch) => ch.charCodeAt(0));
 
-async function pbkdf2(password: string, salt: Uint8Array, iterations: number) {
-  const material = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(password),
-    "PBKDF2",
-    false,
-    ["deriveBits"],
-  );
-  const bits = await crypto.subtle.deriveBits(
-    { name: "PBKDF2", hash: "SHA-256", salt: salt as BufferSource, iterations },
-    material,
-    256,
-  );
-  return new Uint8Array(bits);
-}
-
 /** Hashes a password with PBKDF2-SHA256 and a fresh 128-bit salt. */
 export async function hashPassword(
   password: string,
@@ -61,19 +46,14 @@ export async function hashPassword(
     alg: "pbkdf2-sha256",
     iterations,
     salt: b64(salt),
-    hash: b64(await pbkdf2(password, salt, iterations)),
+    hash: b64(await pbkdf2Sha256(password, salt, iterations)),
   };
 }
 
 /** Checks a password against its stored hash, comparing in constant time. */
 export async function verifyPassword(password: string, stored: PasswordHash): Promise<boolean> {
-  const got = await pbkdf2(password, unb64(stored.salt), stored.iterations);
-  const want = unb64(stored.hash);
-  let diff = got.length ^ want.length;
-  for (let i = 0; i < Math.max(got.length, want.length); i++) {
-    diff |= (got[i] ?? 0) ^ (want[i] ?? 0);
-  }
-  return diff === 0;
+  const got = await pbkdf2Sha256(password, unb64(stored.salt), stored.iterations);
+  return safeEqualBytes(got, unb64(stored.hash));
 }
 
 /** The longest email address (RFC 5321: a path of 256 less its brackets); longer are refused. */

@@ -10,7 +10,7 @@ import type { CreditPackage } from "./packages.ts";
 import type { LedgerEntry } from "./types.ts";
 import { getAccount } from "./accounts.ts";
 import { formatUsd } from "../money.ts";
-import { hashSecret } from "../auth/keys.ts";
+import { hashSecret } from "../crypto.ts";
 import {
   onceKey,
   stripeCheckoutKey,

@@ -3,6 +3,7 @@ import type { AppEnv } from "../services.ts";
 import { checkKey } from "../auth/keys.ts";
 import type { ApiKey, KeyScope } from "../billing/types.ts";
 import { ApiError } from "../errors.ts";
+import { safeEqual } from "../crypto.ts";
 import type { Context } from "hono";
 import { checkCsrf, getSession, sessionToken } from "../auth/sessions.ts";
 import { getMembership } from "../auth/users.ts";
@@ -98,15 +99,6 @@ export const requireKey = (scope: KeyScope) =>
     c.set("accountId", check.key.account_id);
     await next();
   });
-
-/** Constant-time string equality. */
-export function safeEqual(a: string, b: string): boolean {
-  const x = new TextEncoder().encode(a);
-  const y = new TextEncoder().encode(b);
-  let diff = x.length ^ y.length;
-  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
-  return diff === 0;
-}
 
 /** Requires the operator's `ADMIN_TOKEN`; 503 until one is configured. */
 export const requireAdmin = createMiddleware<AppEnv>(async (c, next) => {

@@ -1,7 +1,7 @@
 import type { Context } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { idemKey } from "../kv/schema.ts";
-import { hashSecret } from "../auth/keys.ts";
+import { hashSecret } from "../crypto.ts";
 import type { AppEnv } from "../services.ts";
 import { ApiError } from "../errors.ts";
 

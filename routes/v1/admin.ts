@@ -25,8 +25,7 @@ import { formatUsd } from "../../lib/money.ts";
 import { creditEvent } from "../../lib/webhooks/events.ts";
 import { MAX_EMAIL_CHARS } from "../../lib/auth/users.ts";
 import type { Context } from "hono";
-import { Buffer } from "node:buffer";
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
+import { sealer } from "../../lib/crypto.ts";
 
 const accountSchema = z.strictObject({
   name: z.string().trim().min(1, "must not be empty").max(200),
@@ -43,38 +42,17 @@ const refundSchema = z.strictObject({
 });
 
 /**
- * The management key in a stored reply to an account creation, sealed (AES-256-GCM) under a key
- * derived from ADMIN_TOKEN: only a key's SHA-256 is kept in the clear, and only the operator, who
- * alone can replay the reply, can open it.
+ * The management key in a stored reply to an account creation is sealed under a key derived from
+ * ADMIN_TOKEN: only a key's SHA-256 is kept in the clear, and only the operator, who alone can
+ * replay the reply, can open it.
  */
-function sealer(adminToken: string) {
-  const key = createHash("sha256").update("idempotent management key\0" + adminToken).digest();
-  return {
-    seal(secret: string): string {
-      const iv = randomBytes(12);
-      const c = createCipheriv("aes-256-gcm", key, iv);
-      const ct = Buffer.concat([c.update(secret, "utf8"), c.final()]);
-      return [iv, ct, c.getAuthTag()].map((b) => b.toString("base64url")).join(".");
-    },
-    /** The secret, or null when it was sealed under another token. */
-    open(sealed: string): string | null {
-      try {
-        const [iv, ct, tag] = sealed.split(".").map((p) => Buffer.from(p, "base64url"));
-        const d = createDecipheriv("aes-256-gcm", key, iv);
-        d.setAuthTag(tag);
-        return Buffer.concat([d.update(ct), d.final()]).toString("utf8");
-      } catch {
-        return null;
-      }
-    },
-  };
-}
+const keySealer = (adminToken: string) => sealer("idempotent management key", adminToken);
 
 /** A stored account-creation reply as it is answered: its sealed management key opened. */
 function openedReply(stored: IdempotentReply, adminToken: string): IdempotentReply {
   const { management_key_sealed: sealed, ...body } = stored.body as Record<string, unknown>;
   if (typeof sealed !== "string") return stored;
-  const secret = sealer(adminToken).open(sealed);
+  const secret = keySealer(adminToken).open(sealed);
   if (secret === null) {
     throw new ApiError(
       409,
@@ -190,7 +168,7 @@ export function adminRoutes() {
               id: r.account.id,
               name: r.account.name,
               email: r.account.email,
-              management_key_sealed: sealer(adminToken).seal(r.secret),
+              management_key_sealed: keySealer(adminToken).seal(r.secret),
             },
           };
           atomic.check({ key: idem.key, versionstamp: null })
