@@ -1,5 +1,6 @@
 /** The composition root: configuration, KV, migrations, background work, and the HTTP server. */
-import { ConfigError, loadConfig } from "./lib/config.ts";
+import { loadConfig } from "./lib/config.ts";
+import { ConfigError } from "./lib/errors.ts";
 import { createApp, type Router } from "./lib/app.ts";
 import { Providers, readProvidersFile } from "./lib/providers/registry.ts";
 import { warmUsageDigests } from "./lib/usage/warm.ts";

@@ -2,7 +2,11 @@ import { z } from "zod";
 import { type CreditPackage, loadPackages } from "./billing/packages.ts";
 import { canonicalProxy } from "./net.ts";
 import { randomToken } from "./crypto.ts";
+import { ConfigError } from "./errors.ts";
 import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./proxy/sse.ts";
+
+// lib/providers/registry.ts still imports it from here.
+export { ConfigError };
 
 /** A provider's upstream: its key and base URL. A provider without a key is not offered. */
 export interface UpstreamConfig {
@@ -65,15 +69,6 @@ export interface Config {
   trustedProxies: string[];
   /** WEBHOOK_ALLOW_PRIVATE_URLS: customer webhooks may reach private and loopback addresses. */
   webhookAllowPrivateUrls: boolean;
-}
-
-/** Thrown for bad configuration; the message is one line naming the variable. */
-export class ConfigError extends Error {
-  override name = "ConfigError";
-  constructor(message: string) {
-    // One line, whatever the value or a parser's message quoted (an env value may hold newlines).
-    super(message.replace(/\s*[\r\n]+\s*/g, " "));
-  }
 }
 
 const int = (min: number, max: number) =>

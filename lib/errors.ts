@@ -37,6 +37,15 @@ export class RetryLater extends Error {
   override name = "RetryLater";
 }
 
+/** Thrown for bad configuration; the message is one line naming the variable. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  constructor(message: string) {
+    // One line, whatever the value or a parser's message quoted (an env value may hold newlines).
+    super(message.replace(/\s*[\r\n]+\s*/g, " "));
+  }
+}
+
 /**
  * An error with its HTTP status and API code, for the HTTP layer (and the pipeline); rendered as
  * OpenAI-style JSON by `onError`.

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { ConfigError } from "../config.ts";
+import { ConfigError } from "../errors.ts";
 import { formatUsd, parseUsd } from "../money.ts";
 
 /** A credit package: what the customer pays and the credit it grants (bonus included). */
