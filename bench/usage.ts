@@ -19,7 +19,8 @@ import { newId } from "../lib/ids.ts";
 import { keyBytes } from "../lib/kv/util.ts";
 import { addRollupTotals, addTotals, eventTotals, type Totals } from "../lib/usage/rollups.ts";
 import { queryUsage, type UsageQuery } from "../lib/usage/query.ts";
-import { getUserByEmail, listAccountsByUser, signUp } from "../lib/auth/users.ts";
+import { getUserByEmail, listAccountsByUser } from "../lib/auth/users.ts";
+import { signUp } from "../lib/onboarding.ts";
 import { createKey, listKeysByAccount } from "../lib/auth/keys.ts";
 import { createSession } from "../lib/auth/sessions.ts";
 import { loadConfig } from "../lib/config.ts";
@@ -74,12 +75,12 @@ if (existing) {
     name: "Bench Owner",
     password: "bench-password-1",
     accountName: "Bench Co",
-  });
+  }, Date.now());
   userId = made!.user.id;
   ACCT = made!.account.id;
   for (let i = 0; i < KEYS; i++) {
     const name = `Team key_${String(i).padStart(3, "0")}, "prod"`;
-    keys.push((await createKey(kv, ACCT, { name, scope: "inference" })).key.id);
+    keys.push((await createKey(kv, ACCT, { name, scope: "inference" }, Date.now())).key.id);
   }
 }
 const models = Array.from(

@@ -6,7 +6,7 @@ import { type Logger, silentLogger } from "../lib/log.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./_fakes/openai.ts";
 import { serveLoopback } from "./_fakes/serve.ts";
 import { trustingProxies } from "../lib/http/client_addr.ts";
-import { signUp } from "../lib/auth/users.ts";
+import { signUp } from "../lib/onboarding.ts";
 import { adminTokenTag, createSession, SESSION_COOKIE } from "../lib/auth/sessions.ts";
 import { migrateSchema } from "../lib/migrations.ts";
 
@@ -189,7 +189,7 @@ export async function userSession(t: TestRouter, email: string) {
     name: email,
     password: "password-" + email,
     accountName: email + " Co",
-  });
+  }, Date.now());
   assert.ok(u);
   const { token, session } = await createSession(t.kv, {
     kind: "user",

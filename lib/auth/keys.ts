@@ -21,12 +21,18 @@ export interface NewKey {
 
 /**
  * Creates a key (`er-` + 256 random bits) for an account; returns the record and the secret,
- * which is never stored. `extra` lets a caller add the key to a larger atomic (account creation).
+ * which is never stored. With `atomic`, the key is added to it (account creation) uncommitted.
+ *
+ * @example
+ * ```ts
+ * const { key, secret } = await createKey(kv, accountId, { name: "ci", scope: "inference" }, now);
+ * ```
  */
 export async function createKey(
   kv: Deno.Kv,
   accountId: string,
   spec: NewKey,
+  now: number,
   atomic?: Deno.AtomicOperation,
 ): Promise<{ key: ApiKey; secret: string }> {
   const secret = "er-" + randomToken(32);
@@ -37,7 +43,7 @@ export async function createKey(
     scope: spec.scope,
     prefix: secret.slice(0, 10),
     hash: await hashSecret(secret),
-    created_at: new Date().toISOString(),
+    created_at: new Date(now).toISOString(),
     disabled: false,
     revoked_at: null,
     credit_limit: spec.credit_limit ?? null,

@@ -1,8 +1,6 @@
 import { newId } from "../ids.ts";
 import { pbkdf2Sha256, safeEqualBytes } from "../crypto.ts";
 import { memberKey, userAccountKey, userEmailKey, userKey } from "../kv/schema.ts";
-import { createAccount } from "../billing/accounts.ts";
-import type { Account } from "../billing/types.ts";
 import { getAll } from "../kv/util.ts";
 
 /** PBKDF2-SHA256 iterations for new password hashes (OWASP 2023 guidance: at least 600,000). */
@@ -72,39 +70,36 @@ export async function getUserByEmail(kv: Deno.Kv, email: string): Promise<User |
 }
 
 /**
- * Signs a person up: the account, its balance and first management key, the user and the owner
- * membership, all in one atomic. Null when the email is already taken.
+ * A new user record with the password hashed (PBKDF2), to be written with `writeNewUser`.
+ *
+ * @example
+ * ```ts
+ * const user = await newUser({ email: "ada@example.com", name: "Ada", password }, now);
+ * ```
  */
-export async function signUp(
-  kv: Deno.Kv,
-  spec: { email: string; name: string; password: string; accountName: string },
-): Promise<{ user: User; account: Account } | null> {
-  const email = normalizeEmail(spec.email);
-  const user: User = {
+export async function newUser(
+  spec: { email: string; name: string; password: string },
+  now: number,
+): Promise<User> {
+  return {
     id: newId("user"),
-    email,
+    email: normalizeEmail(spec.email),
     name: spec.name,
     password: await hashPassword(spec.password),
-    created_at: new Date().toISOString(),
+    created_at: new Date(now).toISOString(),
   };
-  const created = await createAccount(
-    kv,
-    { name: spec.accountName, email },
-    (atomic, r) => {
-      const m: Membership = {
-        account_id: r.account.id,
-        user_id: user.id,
-        role: "owner",
-        created_at: user.created_at,
-      };
-      atomic.check({ key: userEmailKey(email), versionstamp: null })
-        .set(userEmailKey(email), user.id)
-        .set(userKey(user.id), user)
-        .set(memberKey(r.account.id, user.id), m)
-        .set(userAccountKey(user.id, r.account.id), m);
-    },
-  );
-  return created ? { user, account: created.account } : null;
+}
+
+/** Adds a new user to `atomic`, which then fails when another user has the email. */
+export function writeNewUser(atomic: Deno.AtomicOperation, user: User) {
+  atomic.check({ key: userEmailKey(user.email), versionstamp: null })
+    .set(userEmailKey(user.email), user.id)
+    .set(userKey(user.id), user);
+}
+
+/** Adds a membership to `atomic`, under the account and under the user. */
+export function writeMembership(atomic: Deno.AtomicOperation, m: Membership) {
+  atomic.set(memberKey(m.account_id, m.user_id), m).set(userAccountKey(m.user_id, m.account_id), m);
 }
 
 /** The membership of a user in an account, or null. */
@@ -142,19 +137,17 @@ export async function addMember(
   accountId: string,
   userId: string,
   role: Role,
+  now: number,
 ): Promise<boolean> {
   const m: Membership = {
     account_id: accountId,
     user_id: userId,
     role,
-    created_at: new Date().toISOString(),
+    created_at: new Date(now).toISOString(),
   };
-  const res = await kv.atomic()
-    .check({ key: memberKey(accountId, userId), versionstamp: null })
-    .set(memberKey(accountId, userId), m)
-    .set(userAccountKey(userId, accountId), m)
-    .commit();
-  return res.ok;
+  const atomic = kv.atomic().check({ key: memberKey(accountId, userId), versionstamp: null });
+  writeMembership(atomic, m);
+  return (await atomic.commit()).ok;
 }
 
 /** Removes a member (never the owner). */

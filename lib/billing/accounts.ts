@@ -1,41 +1,25 @@
-import { newId } from "../ids.ts";
 import { accountKey, balanceKey, HOLD_PREFIX, ledgerTotalsCompleteKey } from "../kv/schema.ts";
-import { commitRetrying, getAll } from "../kv/util.ts";
-import { createKey } from "../auth/keys.ts";
+import { getAll } from "../kv/util.ts";
 import { pendingOutbox } from "../audit/recorder.ts";
 import { ledgerTotals, sumLedger } from "./totals.ts";
 import { type Account, type BalanceState, EMPTY_BALANCE, type Hold } from "./types.ts";
 
 /**
- * Creates an account, its balance record and its first management key in one atomic; `extra`
- * adds more to that atomic (an idempotency record).
+ * Adds a new account's records to `atomic`: the account (checked absent), its empty balance and
+ * ledger totals complete from `now`. Onboarding (lib/onboarding.ts) adds its first key.
+ *
+ * @example
+ * ```ts
+ * const account = { id: newId("acct"), name: "Acme", email: null, created_at: iso };
+ * writeNewAccount(kv.atomic(), account, now);
+ * ```
  */
-export async function createAccount(
-  kv: Deno.Kv,
-  spec: { name: string; email: string | null },
-  extra?: (atomic: Deno.AtomicOperation, result: { account: Account; secret: string }) => void,
-): Promise<{ account: Account; secret: string } | null> {
-  const account: Account = {
-    id: newId("acct"),
-    name: spec.name,
-    email: spec.email,
-    created_at: new Date().toISOString(),
-  };
-  const atomic = kv.atomic()
-    .check({ key: accountKey(account.id), versionstamp: null })
+export function writeNewAccount(atomic: Deno.AtomicOperation, account: Account, now: number) {
+  atomic.check({ key: accountKey(account.id), versionstamp: null })
     .set(accountKey(account.id), account)
     .set(balanceKey(account.id), EMPTY_BALANCE)
     // No ledger row yet: its totals (none, read as 0) count every row from the start.
-    .set(ledgerTotalsCompleteKey(account.id), Date.now());
-  const { secret } = await createKey(
-    kv,
-    account.id,
-    { name: "Management", scope: "management" },
-    atomic,
-  );
-  extra?.(atomic, { account, secret });
-  const res = await commitRetrying(atomic);
-  return res.ok ? { account, secret } : null;
+    .set(ledgerTotalsCompleteKey(account.id), now);
 }
 
 export async function getAccount(kv: Deno.Kv, id: string): Promise<Account | null> {

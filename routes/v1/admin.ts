@@ -12,13 +12,8 @@ import {
   replay,
   storedReply,
 } from "../../lib/http/idempotency.ts";
-import {
-  createAccount,
-  getAccount,
-  getBalance,
-  listAccounts,
-  verifyBooks,
-} from "../../lib/billing/accounts.ts";
+import { getAccount, getBalance, listAccounts, verifyBooks } from "../../lib/billing/accounts.ts";
+import { createAccount } from "../../lib/onboarding.ts";
 import { ledgerJson } from "../../lib/billing/ledger.ts";
 import type { Account, BalanceState } from "../../lib/billing/types.ts";
 import { formatUsd } from "../../lib/money.ts";
@@ -159,6 +154,7 @@ export function adminRoutes() {
       const created = await createAccount(
         svc.kv,
         { name: body.name, email: body.email ?? null },
+        svc.now(),
         (atomic, r) => {
           if (!idem) return;
           const reply: IdempotentReply = {

@@ -148,7 +148,8 @@ export function managementRoutes() {
     if (body.limit_reset && (body.credit_limit === undefined || body.credit_limit === null)) {
       throw badRequest("Invalid 'limit_reset': needs a credit_limit");
     }
-    const { key, secret } = await createKey(c.get("svc").kv, c.get("accountId"), body);
+    const svc = c.get("svc");
+    const { key, secret } = await createKey(svc.kv, c.get("accountId"), body, svc.now());
     // The secret is shown once: no cache along the way may keep a copy.
     return c.json({ ...keyJson(key), key: secret }, 201, { "cache-control": "no-store" });
   });
