@@ -18,7 +18,8 @@ import { auditIdKey, auditKey, ledgerKey } from "../lib/kv/schema.ts";
 import { newId } from "../lib/ids.ts";
 import { keyBytes } from "../lib/kv/util.ts";
 import { addRollupTotals, addTotals, eventTotals, type Totals } from "../lib/usage/rollups.ts";
-import { queryUsage, type UsageQuery } from "../lib/usage/query.ts";
+import { queryUsage as queryRows, type UsageQuery } from "../lib/usage/query.ts";
+import { usageJson } from "../lib/http/presenters.ts";
 import { getUserByEmail, listAccountsByUser } from "../lib/auth/users.ts";
 import { signUp } from "../lib/onboarding.ts";
 import { createKey, listKeysByAccount } from "../lib/auth/keys.ts";
@@ -28,6 +29,9 @@ import { warmUsageDigests } from "../lib/usage/warm.ts";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
 import type { LedgerEntry, UsageEvent } from "../lib/billing/types.ts";
+
+/** The usage query as GET /v1/usage answers it. */
+const queryUsage = async (kv: Deno.Kv, q: UsageQuery) => usageJson(await queryRows(kv, q));
 
 const ROWS = Number(Deno.env.get("ROWS") ?? 1_000_000);
 const DAYS = 90, KEYS = 100, MODELS = 20;

@@ -1,6 +1,5 @@
 import type { AuditRow } from "../billing/types.ts";
-import { formatUsd } from "../money.ts";
-import { AUDIT_COLUMNS, csvLine, decodeAuditRow } from "./row.ts";
+import { AUDIT_COLUMNS, auditJson, csvLine, decodeAuditRow } from "./row.ts";
 import { auditIdKey, auditKey } from "../kv/schema.ts";
 import { InvalidInput } from "../errors.ts";
 import { getAll, rowCursor, rowCursorAt } from "../kv/util.ts";
@@ -163,31 +162,6 @@ export async function pruneAudit(kv: Deno.Kv, beforeMs: number): Promise<number>
     }
   }
   return deleted;
-}
-
-/** An audit row as the API shows it (money as decimal strings). */
-export function auditJson(r: AuditRow) {
-  return {
-    timestamp: r.timestamp,
-    request_id: r.request_id,
-    key_id: r.key_id,
-    key_name: r.key_name,
-    provider: r.provider,
-    model: r.model,
-    prompt_tokens: r.prompt_tokens,
-    completion_tokens: r.completion_tokens,
-    cached_tokens: r.cached_tokens,
-    cache_write_tokens: r.cache_write_tokens,
-    reasoning_tokens: r.reasoning_tokens,
-    cost: formatUsd(r.cost),
-    market_cost: formatUsd(r.market_cost),
-    latency_ms: r.latency_ms,
-    status: r.status,
-    streaming: r.streaming,
-    client_ip: r.client_ip,
-    user_agent: r.user_agent,
-    error_code: r.error_code,
-  };
 }
 
 const encoder = new TextEncoder();

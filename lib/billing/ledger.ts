@@ -1,5 +1,4 @@
 import type { LedgerEntry, LedgerType } from "./types.ts";
-import { formatUsd } from "../money.ts";
 import { rowCursor, rowCursorAt } from "../kv/util.ts";
 import { ledgerKey } from "../kv/schema.ts";
 import { InvalidInput } from "../errors.ts";
@@ -29,19 +28,4 @@ export async function listLedgerByAccount(
     last = e.key;
   }
   return { data, next_cursor: null };
-}
-
-/** A ledger entry as the API shows it (money as decimal strings). */
-export function ledgerJson(e: LedgerEntry) {
-  return {
-    id: e.id,
-    type: e.type,
-    amount: formatUsd(e.amount),
-    balance_after: formatUsd(e.balance_after),
-    created_at: e.created_at,
-    description: e.description,
-    reference: e.reference,
-    // Stripe's receipt of a purchase, where one is known.
-    ...(e.receipt_url ? { receipt_url: e.receipt_url } : {}),
-  };
 }

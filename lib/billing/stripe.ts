@@ -23,6 +23,7 @@ import {
 } from "../kv/schema.ts";
 import { getAll } from "../kv/util.ts";
 import { creditEvent } from "../webhooks/events.ts";
+import { ledgerJson } from "../http/presenters.ts";
 import { RetryLater } from "../errors.ts";
 
 /** Nano-USD in one US cent: Stripe amounts are integer cents. */
@@ -395,7 +396,7 @@ async function creditSession(svc: Services, session: Stripe.Checkout.Session) {
     reference: session.id,
     once: { key: once, value: (e: LedgerEntry) => e.id },
     receipt_url: receipt ?? undefined,
-    event: creditEvent(accountId, "credits.purchased"),
+    event: creditEvent(accountId, "credits.purchased", ledgerJson),
   });
   return r.replayed ? "already_credited" : "credited";
 }
@@ -534,7 +535,7 @@ async function refundCharge(svc: Services, charge: Stripe.Charge) {
       amount: -take,
       description: `Stripe refund ${refund.id}: ${payment.name} package`,
       reference: charge.id,
-      event: creditEvent(payment.account_id, "credits.refunded"),
+      event: creditEvent(payment.account_id, "credits.refunded", ledgerJson),
       // A failure recorded meanwhile holds this key too, so the take-back replays instead.
       once: {
         key: onceKey(payment.account_id, refund.id),

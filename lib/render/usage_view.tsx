@@ -2,13 +2,19 @@
 import type { GroupBy } from "../usage/query.ts";
 import { queryUsage, type UsageQuery } from "../usage/query.ts";
 import { isoTimeMs, usageParams } from "../http/params.ts";
+import { type UsageJson, usageJson } from "../http/presenters.ts";
 import { ApiError } from "../errors.ts";
 import { listKeysByAccount } from "../auth/keys.ts";
 import { dayBucket } from "../usage/rollups.ts";
 import { Count, Empty, Money, Notice, Percent } from "./layout.tsx";
 
-export type UsageResult = Awaited<ReturnType<typeof queryUsage>>;
-export type UsageRow = UsageResult["breakdown"][number];
+export type UsageResult = UsageJson;
+export type UsageRow = UsageJson["breakdown"][number];
+
+/** A usage query's answer as GET /v1/usage shows it (the same function, the same figures). */
+export async function readUsage(kv: Deno.Kv, q: UsageQuery): Promise<UsageJson> {
+  return usageJson(await queryUsage(kv, q));
+}
 
 const DAY = 86_400_000;
 export const PERIODS = { "7d": 7, "30d": 30, "90d": 90 } as const;

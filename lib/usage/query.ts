@@ -1,7 +1,6 @@
 import { rollupDigestKey, rollupKey } from "../kv/schema.ts";
 import { compactAccount } from "./compact.ts";
 import { getAll } from "../kv/util.ts";
-import { formatUsd, savingsPercent } from "../money.ts";
 import { monthOf, weekOf } from "../billing/periods.ts";
 import {
   addTotals,
@@ -32,6 +31,17 @@ export interface UsageQuery {
   keyId?: string;
   /** The clock: decides which buckets are closed and may be digested. */
   now?: number;
+}
+
+/** A usage query's answer: the period's totals and the grouping's rows (group, totals), sorted. */
+export interface UsageResult {
+  fromMs: number;
+  toMs: number;
+  groupBy: GroupBy;
+  /** The date rows' interval; null for other groupings. */
+  interval: Interval | null;
+  summary: Totals;
+  breakdown: [group: string, totals: Totals][];
 }
 
 /** One rollup bucket of the period. */
@@ -404,7 +414,7 @@ async function readGroups(
  * the account's (or key's) own totals, the rows from the grouping's dimension: both are written
  * in the same atomics, and read again if a fold landed between their reads, so they agree.
  */
-export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
+export async function queryUsage(kv: Deno.Kv, q: UsageQuery): Promise<UsageResult> {
   // Every recorded event counts: fold the account's pending rollup entries first.
   await compactAccount(kv, q.accountId);
   const groupBy = q.groupBy ?? "date";
@@ -451,30 +461,13 @@ export async function queryUsage(kv: Deno.Kv, q: UsageQuery) {
       }
     }
   }
-  const breakdown = [...rows.entries()].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0)
-    .map(([group, t]) => ({ group, ...totalsJson(t) }));
+  const breakdown = [...rows.entries()].sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
   return {
-    from: new Date(q.fromMs).toISOString(),
-    to: new Date(q.toMs).toISOString(),
-    group_by: groupBy,
+    fromMs: q.fromMs,
+    toMs: q.toMs,
+    groupBy,
     interval: groupBy === "date" ? interval : null,
-    summary: totalsJson(summary),
+    summary,
     breakdown,
-  };
-}
-
-/** Totals as the API shows them: counts as numbers, money as decimal strings. */
-export function totalsJson(t: Totals) {
-  return {
-    requests: Number(t.requests),
-    prompt_tokens: Number(t.prompt_tokens),
-    completion_tokens: Number(t.completion_tokens),
-    cached_tokens: Number(t.cached_tokens),
-    cache_write_tokens: Number(t.cache_write_tokens),
-    reasoning_tokens: Number(t.reasoning_tokens),
-    cost: formatUsd(t.cost),
-    market_cost: formatUsd(t.market_cost),
-    savings: formatUsd(t.market_cost - t.cost),
-    savings_percent: savingsPercent(t.cost, t.market_cost),
   };
 }

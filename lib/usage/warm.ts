@@ -26,7 +26,7 @@ export async function warmUsageDigests(kv: Deno.Kv, now = Date.now()): Promise<n
     const keyIds: string[] = [];
     for (const groupBy of GROUPINGS) {
       const r = await queryUsage(kv, { accountId: account.id, fromMs, toMs: today, groupBy, now });
-      if (groupBy === "key") keyIds.push(...r.breakdown.map((row) => row.group));
+      if (groupBy === "key") keyIds.push(...r.breakdown.map(([group]) => group));
     }
     for (const keyId of keyIds) {
       for (const groupBy of KEY_GROUPINGS) {

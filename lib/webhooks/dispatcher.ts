@@ -100,25 +100,6 @@ export function nextAttemptMs(
   return at - createdMs <= RETRY_WINDOW * baseMs ? at : null;
 }
 
-/** A delivery as the API shows it. */
-export function deliveryJson(d: Delivery) {
-  return {
-    webhook_id: d.webhook_id,
-    endpoint_id: d.endpoint_id,
-    type: d.type,
-    state: d.state,
-    attempts: d.attempts,
-    last_status: d.last_status,
-    last_error: d.last_error,
-    latency_ms: d.latency_ms,
-    created_at: new Date(d.created_ms).toISOString(),
-    delivered_at: d.delivered_at,
-    next_attempt_at: d.state === "pending" && d.due_ms !== null
-      ? new Date(d.due_ms).toISOString()
-      : null,
-  };
-}
-
 type DeliveryRef = readonly [accountId: string, endpointId: string, eventId: string];
 /** A delivery to attempt, with the due entry that names it. */
 interface Due {
@@ -359,7 +340,9 @@ export class Webhooks {
       status,
       error: outcome.last_error,
       latency_ms: outcome.latency_ms,
-      next_attempt_at: deliveryJson(outcome).next_attempt_at,
+      next_attempt_at: outcome.state === "pending" && next !== null
+        ? new Date(next).toISOString()
+        : null,
     });
   }
 

@@ -62,15 +62,3 @@ export function newSecret(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(32));
   return "whsec_" + btoa(String.fromCharCode(...bytes));
 }
-
-/** An endpoint as the API shows it: never its secret. */
-export function endpointJson(e: WebhookEndpoint) {
-  return {
-    id: e.id,
-    url: e.url,
-    events: e.events,
-    disabled: e.disabled,
-    created_at: e.created_at,
-    updated_at: e.updated_at,
-  };
-}

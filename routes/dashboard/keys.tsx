@@ -1,6 +1,6 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
 import { listKeysByAccount } from "../../lib/auth/keys.ts";
-import { keyJson } from "../v1/management.ts";
+import { keyJson } from "../../lib/http/presenters.ts";
 import { Island } from "../../lib/render/island.tsx";
 import KeysManager, { type KeyView } from "../../islands/KeysManager.tsx";
 

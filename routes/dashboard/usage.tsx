@@ -1,10 +1,5 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
-import {
-  defaultInterval,
-  type GroupBy,
-  queryUsage,
-  type UsageQuery,
-} from "../../lib/usage/query.ts";
+import { defaultInterval, type GroupBy, type UsageQuery } from "../../lib/usage/query.ts";
 import { Count, Metric, Money, Percent } from "../../lib/render/layout.tsx";
 import { Island } from "../../lib/render/island.tsx";
 import UsageCharts, { type UsageChartsProps } from "../../islands/UsageCharts.tsx";
@@ -16,6 +11,7 @@ import {
   PeriodForm,
   readGroupBy,
   readPeriod,
+  readUsage,
   usageQueryOf,
   type UsageResult,
 } from "../../lib/render/usage_view.tsx";
@@ -48,7 +44,7 @@ export const handler = {
     const now = ctx.svc.now();
     const kv = ctx.svc.kv;
     const base = usageQueryOf(accountId, period, now, { keyId });
-    const query = (extra: Partial<UsageQuery>) => queryUsage(kv, { ...base, ...extra });
+    const query = (extra: Partial<UsageQuery>) => readUsage(kv, { ...base, ...extra });
     // Grouped by date over more than two days, the breakdown already is the daily chart's
     // query: asked once, not twice (each query reads the period's account totals again).
     const daily = groupBy === "date" && defaultInterval(base.fromMs, base.toMs) === "day";

@@ -14,9 +14,7 @@ import {
 } from "../../lib/http/idempotency.ts";
 import { getAccount, getBalance, listAccounts, verifyBooks } from "../../lib/billing/accounts.ts";
 import { createAccount } from "../../lib/onboarding.ts";
-import { ledgerJson } from "../../lib/billing/ledger.ts";
-import type { Account, BalanceState } from "../../lib/billing/types.ts";
-import { formatUsd } from "../../lib/money.ts";
+import { accountJson, ledgerJson, verifyJson } from "../../lib/http/presenters.ts";
 import { creditEvent } from "../../lib/webhooks/events.ts";
 import { MAX_EMAIL_CHARS } from "../../lib/auth/users.ts";
 import type { Context } from "hono";
@@ -58,41 +56,6 @@ function openedReply(stored: IdempotentReply, adminToken: string): IdempotentRep
   return { ...stored, body: { ...body, management_key: secret } };
 }
 
-export function accountJson(a: Account, b: BalanceState) {
-  return {
-    id: a.id,
-    name: a.name,
-    email: a.email,
-    created_at: a.created_at,
-    balance: formatUsd(b.balance),
-    reserved: formatUsd(b.reserved),
-    available: formatUsd(b.balance - b.reserved),
-    total_purchased: formatUsd(b.total_purchased),
-    total_used: formatUsd(b.total_used),
-  };
-}
-
-/** Every account with its balance, as GET /v1/admin/accounts lists them (and the admin page). */
-export async function listAccountsJson(kv: Deno.Kv) {
-  const all = await listAccounts(kv);
-  return all.map(({ account, balance }) => accountJson(account, balance));
-}
-
-/** The books check as GET /v1/admin/verify reports it (and the admin page shows it). */
-export async function verifyBooksJson(kv: Deno.Kv) {
-  const v = await verifyBooks(kv);
-  return {
-    ...v,
-    differences: v.differences.map((d) => ({
-      account_id: d.account_id,
-      balance: formatUsd(d.balance),
-      ledger_sum: formatUsd(d.ledger_sum),
-      reserved: formatUsd(d.reserved),
-      holds_sum: formatUsd(d.holds_sum),
-    })),
-  };
-}
-
 /** A credit-moving admin write: an adjustment or a refund, replayable by Idempotency-Key. */
 async function credit(
   c: Context<AppEnv>,
@@ -116,7 +79,7 @@ async function credit(
     amount,
     description,
     reference,
-    event: type === "refund" ? creditEvent(id, "credits.refunded") : undefined,
+    event: type === "refund" ? creditEvent(id, "credits.refunded", ledgerJson) : undefined,
     once: idem
       ? {
         key: idem.key,
@@ -183,7 +146,10 @@ export function adminRoutes() {
     throw new ApiError(409, "conflict", "The account could not be created; try again");
   });
 
-  app.get("/accounts", async (c) => c.json({ data: await listAccountsJson(c.get("svc").kv) }));
+  app.get("/accounts", async (c) => {
+    const all = await listAccounts(c.get("svc").kv);
+    return c.json({ data: all.map(({ account, balance }) => accountJson(account, balance)) });
+  });
 
   app.get("/accounts/:id", async (c) => {
     const kv = c.get("svc").kv;
@@ -204,7 +170,7 @@ export function adminRoutes() {
     return credit(c, "refund", body.amount, body.reason, body.reference ?? null, raw);
   });
 
-  app.get("/verify", async (c) => c.json(await verifyBooksJson(c.get("svc").kv)));
+  app.get("/verify", async (c) => c.json(verifyJson(await verifyBooks(c.get("svc").kv))));
 
   return app;
 }

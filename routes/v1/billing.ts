@@ -4,8 +4,7 @@ import type { AppEnv } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
 import { ApiError, notFound } from "../../lib/errors.ts";
 import { readJson } from "../../lib/http/errors.ts";
-import { packageJson } from "../../lib/billing/packages.ts";
-import { ledgerJson } from "../../lib/billing/ledger.ts";
+import { ledgerJson, packageJson } from "../../lib/http/presenters.ts";
 import { newId } from "../../lib/ids.ts";
 import {
   checkoutIdempotencyKey,
@@ -81,7 +80,7 @@ export function billingRoutes() {
       amount: pkg.credits,
       description: `Development grant: ${pkg.name} package (no payment)`,
       reference: newId("devgrant"),
-      event: creditEvent(c.get("accountId"), "credits.purchased"),
+      event: creditEvent(c.get("accountId"), "credits.purchased", ledgerJson),
     });
     if (r.replayed) throw new Error("a development grant cannot replay");
     return c.json({ transaction: ledgerJson(r.entry) }, 201);

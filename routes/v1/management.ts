@@ -18,39 +18,19 @@ import {
 import { createKey, getKeySpend, listKeysByAccount } from "../../lib/auth/keys.ts";
 import { apiKeyKey } from "../../lib/kv/schema.ts";
 import { getBalance } from "../../lib/billing/accounts.ts";
-import { ledgerJson, listLedgerByAccount } from "../../lib/billing/ledger.ts";
+import { listLedgerByAccount } from "../../lib/billing/ledger.ts";
+import { auditJson } from "../../lib/audit/row.ts";
 import {
   type AuditFilter,
-  auditJson,
   exportAudit,
   getAuditAttempts,
   getAuditRow,
   listAuditByAccount,
 } from "../../lib/audit/query.ts";
 import { queryUsage } from "../../lib/usage/query.ts";
-import { formatUsd } from "../../lib/money.ts";
-import type { ApiKey, KeySpend, LedgerType } from "../../lib/billing/types.ts";
-import { EMPTY_KEY_SPEND } from "../../lib/billing/types.ts";
+import type { ApiKey, LedgerType } from "../../lib/billing/types.ts";
+import { creditsJson, keyJson, ledgerJson, usageJson } from "../../lib/http/presenters.ts";
 import type { Context } from "hono";
-
-/** A key as the API shows it. */
-export function keyJson(k: ApiKey, s: KeySpend = EMPTY_KEY_SPEND) {
-  return {
-    id: k.id,
-    name: k.name,
-    scope: k.scope,
-    prefix: k.prefix,
-    created_at: k.created_at,
-    last_used_at: s.last_used_at,
-    disabled: k.disabled,
-    revoked: k.revoked_at !== null,
-    credit_limit: k.credit_limit === null ? null : formatUsd(k.credit_limit),
-    limit_reset: k.limit_reset,
-    expires_at: k.expires_at,
-    rate_limit_rpm: k.rate_limit_rpm,
-    spend: formatUsd(s.spend),
-  };
-}
 
 const futureTime = z.string().refine((v) => Number.isFinite(isoTimeMs(v)), "must be an ISO time")
   .refine((v) => isoTimeMs(v) > Date.now(), "must be in the future")
@@ -87,14 +67,16 @@ async function ownKey(c: Context<AppEnv>): Promise<Deno.KvEntry<ApiKey>> {
 }
 
 /** A usage query of the caller's account (and one key), from the request's parameters. */
-function usageQuery(c: Context<AppEnv>, keyId?: string) {
+async function usageQuery(c: Context<AppEnv>, keyId?: string) {
   const now = c.get("svc").now();
-  return queryUsage(c.get("svc").kv, {
-    accountId: c.get("accountId"),
-    keyId,
-    now,
-    ...usageParams((n) => c.req.query(n), now),
-  });
+  return usageJson(
+    await queryUsage(c.get("svc").kv, {
+      accountId: c.get("accountId"),
+      keyId,
+      now,
+      ...usageParams((n) => c.req.query(n), now),
+    }),
+  );
 }
 
 function auditFilter(c: Context<AppEnv>): AuditFilter {
@@ -201,14 +183,7 @@ export function managementRoutes() {
   });
 
   app.get("/credits", async (c) => {
-    const b = await getBalance(c.get("svc").kv, c.get("accountId"));
-    return c.json({
-      balance: formatUsd(b.balance),
-      reserved: formatUsd(b.reserved),
-      available: formatUsd(b.balance - b.reserved),
-      total_purchased: formatUsd(b.total_purchased),
-      total_used: formatUsd(b.total_used),
-    });
+    return c.json(creditsJson(await getBalance(c.get("svc").kv, c.get("accountId"))));
   });
 
   app.get("/transactions", async (c) => {

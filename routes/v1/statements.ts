@@ -2,12 +2,8 @@ import { Hono } from "hono";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
 import { badRequest } from "../../lib/errors.ts";
-import {
-  monthRange,
-  monthStatement,
-  statementCsv,
-  statementJson,
-} from "../../lib/billing/statements.ts";
+import { monthRange, monthStatement } from "../../lib/billing/statements.ts";
+import { statementCsv, statementJson } from "../../lib/http/presenters.ts";
 
 /** Monthly statements of the caller's account, as JSON or CSV. */
 export function statementRoutes() {

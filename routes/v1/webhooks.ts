@@ -12,7 +12,6 @@ import { webhookDeliveriesPrefix } from "../../lib/kv/schema.ts";
 import { EVENT_TYPES } from "../../lib/webhooks/events.ts";
 import {
   changeEndpoints,
-  endpointJson,
   getEndpoint,
   getEndpoints,
   MAX_ENDPOINTS,
@@ -20,7 +19,8 @@ import {
   newSecret,
   type WebhookEndpoint,
 } from "../../lib/webhooks/endpoints.ts";
-import { type Delivery, deliveryJson } from "../../lib/webhooks/dispatcher.ts";
+import type { Delivery } from "../../lib/webhooks/dispatcher.ts";
+import { deliveryJson, endpointJson } from "../../lib/http/presenters.ts";
 
 const url = z.string().trim().max(MAX_URL_CHARS).refine((v) => {
   const u = URL.parse(v);

@@ -5,8 +5,8 @@ import {
   type PageProps,
 } from "../../../lib/render/page.tsx";
 import { getBalance } from "../../../lib/billing/accounts.ts";
-import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts";
-import { packageJson } from "../../../lib/billing/packages.ts";
+import { listLedgerByAccount } from "../../../lib/billing/ledger.ts";
+import { ledgerJson, packageJson } from "../../../lib/http/presenters.ts";
 import type { LedgerType } from "../../../lib/billing/types.ts";
 import { formatUsd } from "../../../lib/money.ts";
 import { Island } from "../../../lib/render/island.tsx";

@@ -4,7 +4,8 @@ import {
   type PageCtx,
   type PageProps,
 } from "../../../lib/render/page.tsx";
-import { monthRange, monthStatement, statementJson } from "../../../lib/billing/statements.ts";
+import { monthRange, monthStatement } from "../../../lib/billing/statements.ts";
+import { statementJson } from "../../../lib/http/presenters.ts";
 import { Island } from "../../../lib/render/island.tsx";
 import { Money } from "../../../lib/render/layout.tsx";
 import { formatCount, formatMonth, formatTime } from "../../../lib/render/format.ts";

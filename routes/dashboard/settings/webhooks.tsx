@@ -1,6 +1,7 @@
 import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
 import { Island } from "../../../lib/render/island.tsx";
-import { endpointJson, getEndpoints, MAX_ENDPOINTS } from "../../../lib/webhooks/endpoints.ts";
+import { getEndpoints, MAX_ENDPOINTS } from "../../../lib/webhooks/endpoints.ts";
+import { endpointJson } from "../../../lib/http/presenters.ts";
 import WebhooksManager, { type WebhooksManagerProps } from "../../../islands/WebhooksManager.tsx";
 
 export const config: PageConfig = {
