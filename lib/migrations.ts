@@ -1,6 +1,6 @@
 /** The KV schema's migrations, in order: lib/kv/migrate.ts applies the ones a KV lacks. */
 import { migrate, type MigrateOptions, type Migration } from "./kv/migrate.ts";
-import { ACCOUNT_PREFIX } from "./kv/schema.ts";
+import { ACCOUNT_PREFIX, accountIdOfKey } from "./kv/schema.ts";
 import { backfillLedgerTotals } from "./billing/totals.ts";
 
 // Accounts back-filled at once: each is a few round trips, which a remote KV makes slow one by one.
@@ -20,7 +20,7 @@ export const MIGRATIONS: readonly Migration[] = [
         signal.throwIfAborted();
       };
       for await (const e of kv.list<unknown>({ prefix: ACCOUNT_PREFIX })) {
-        batch.push(String(e.key[1]));
+        batch.push(accountIdOfKey(e.key));
         if (batch.length === BACKFILL_CONCURRENCY) await fill();
       }
       await fill();

@@ -1,6 +1,13 @@
 import { hashSecret, randomToken } from "../crypto.ts";
 import { newId } from "../ids.ts";
-import { accountKeyIndex, apiKeyKey, keyHashKey, keySpendKey } from "../kv/schema.ts";
+import {
+  accountKeyIndex,
+  accountKeysPrefix,
+  apiKeyKey,
+  keyHashKey,
+  keyIdOfIndex,
+  keySpendKey,
+} from "../kv/schema.ts";
 import { commitRetrying, getAll } from "../kv/util.ts";
 import {
   type ApiKey,
@@ -73,7 +80,9 @@ export async function listKeysByAccount(
   accountId: string,
 ): Promise<{ key: ApiKey; spend: KeySpend }[]> {
   const ids: string[] = [];
-  for await (const e of kv.list({ prefix: ["account_key", accountId] })) ids.push(String(e.key[2]));
+  for await (const e of kv.list({ prefix: accountKeysPrefix(accountId) })) {
+    ids.push(keyIdOfIndex(e.key));
+  }
   const keys = await getAll<ApiKey>(kv, ids.map((id) => apiKeyKey(id)));
   const spends = await getAll<KeySpend>(kv, ids.map((id) => keySpendKey(accountId, id)));
   return keys.flatMap((k, i) =>

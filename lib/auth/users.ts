@@ -1,6 +1,13 @@
 import { newId } from "../ids.ts";
 import { pbkdf2Sha256, safeEqualBytes } from "../crypto.ts";
-import { memberKey, userAccountKey, userEmailKey, userKey } from "../kv/schema.ts";
+import {
+  memberKey,
+  membersPrefix,
+  userAccountKey,
+  userAccountsPrefix,
+  userEmailKey,
+  userKey,
+} from "../kv/schema.ts";
 import { getAll } from "../kv/util.ts";
 
 /** PBKDF2-SHA256 iterations for new password hashes (OWASP 2023 guidance: at least 600,000). */
@@ -114,7 +121,7 @@ export async function getMembership(
 /** The accounts a user belongs to, with the role in each. */
 export async function listAccountsByUser(kv: Deno.Kv, userId: string): Promise<Membership[]> {
   const out: Membership[] = [];
-  for await (const e of kv.list<Membership>({ prefix: ["user_account", userId] })) {
+  for await (const e of kv.list<Membership>({ prefix: userAccountsPrefix(userId) })) {
     out.push(e.value);
   }
   return out;
@@ -126,7 +133,7 @@ export async function listMembersByAccount(
   accountId: string,
 ): Promise<{ membership: Membership; user: User }[]> {
   const ms: Membership[] = [];
-  for await (const e of kv.list<Membership>({ prefix: ["member", accountId] })) ms.push(e.value);
+  for await (const e of kv.list<Membership>({ prefix: membersPrefix(accountId) })) ms.push(e.value);
   const users = await getAll<User>(kv, ms.map((m) => userKey(m.user_id)));
   return ms.flatMap((m, i) => users[i].value ? [{ membership: m, user: users[i].value! }] : []);
 }

@@ -1,4 +1,10 @@
-import { accountKey, balanceKey, HOLD_PREFIX, ledgerTotalsCompleteKey } from "../kv/schema.ts";
+import {
+  ACCOUNT_PREFIX,
+  accountKey,
+  balanceKey,
+  HOLD_PREFIX,
+  ledgerTotalsCompleteKey,
+} from "../kv/schema.ts";
 import { getAll } from "../kv/util.ts";
 import { pendingOutbox } from "../audit/recorder.ts";
 import { ledgerTotals, sumLedger } from "./totals.ts";
@@ -34,7 +40,7 @@ export async function listAccounts(
   kv: Deno.Kv,
 ): Promise<{ account: Account; balance: BalanceState }[]> {
   const accounts: Account[] = [];
-  for await (const e of kv.list<Account>({ prefix: ["account"] })) accounts.push(e.value);
+  for await (const e of kv.list<Account>({ prefix: ACCOUNT_PREFIX })) accounts.push(e.value);
   const balances = await getAll<BalanceState>(kv, accounts.map((a) => balanceKey(a.id)));
   return accounts.map((account, i) => ({ account, balance: balances[i].value ?? EMPTY_BALANCE }));
 }

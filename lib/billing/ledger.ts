@@ -1,6 +1,6 @@
 import type { LedgerEntry, LedgerType } from "./types.ts";
 import { rowCursor, rowCursorAt } from "../kv/util.ts";
-import { ledgerKey } from "../kv/schema.ts";
+import { ledgerKey, ledgerPrefix } from "../kv/schema.ts";
 import { InvalidInput } from "../errors.ts";
 
 /**
@@ -12,7 +12,7 @@ export async function listLedgerByAccount(
   accountId: string,
   opts: { type?: LedgerType; limit: number; cursor?: string },
 ): Promise<{ data: LedgerEntry[]; next_cursor: string | null }> {
-  const prefix = ["ledger", accountId];
+  const prefix = ledgerPrefix(accountId);
   let selector: Deno.KvListSelector = { prefix };
   if (opts.cursor) {
     const at = rowCursorAt(opts.cursor);

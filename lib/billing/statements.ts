@@ -4,7 +4,13 @@
  * line, and the closing balance is the opening plus the lines. The closing balance of a month no
  * row can still land in is cached, so a statement reads its own month and not the whole history.
  */
-import { ledgerKey, statementCloseKey } from "../kv/schema.ts";
+import {
+  ledgerKey,
+  ledgerRange,
+  monthOfStatementClose,
+  statementCloseKey,
+  statementClosesBefore,
+} from "../kv/schema.ts";
 import { listStaleOutbox, usageTarget } from "../audit/recorder.ts";
 import { monthOf } from "./periods.ts";
 import type { LedgerEntry } from "./types.ts";
@@ -73,22 +79,17 @@ async function balanceBefore(
 ): Promise<{ sum: bigint; begun: boolean }> {
   let sum = 0n;
   let fromMs: number | null = null;
-  const cached = kv.list<bigint>(
-    { prefix: ["statement_close", accountId], end: statementCloseKey(accountId, month) },
-    { reverse: true, limit: 1 },
-  );
+  const cached = kv.list<bigint>(statementClosesBefore(accountId, month), {
+    reverse: true,
+    limit: 1,
+  });
   for await (const e of cached) {
     sum = e.value;
-    fromMs = monthRange(e.key[2] as string)![1];
+    fromMs = monthRange(monthOfStatementClose(e.key))![1];
   }
   let begun = fromMs !== null;
   if (fromMs === startMs) return { sum, begun };
-  const rows = kv.list<LedgerEntry>(
-    fromMs === null
-      ? { prefix: ["ledger", accountId], end: ["ledger", accountId, startMs] }
-      : { start: ["ledger", accountId, fromMs], end: ["ledger", accountId, startMs] },
-    { batchSize: 1000 },
-  );
+  const rows = kv.list<LedgerEntry>(ledgerRange(accountId, fromMs, startMs), { batchSize: 1000 });
   for await (const e of rows) {
     sum += e.value.amount;
     begun = true;

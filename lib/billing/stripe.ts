@@ -12,6 +12,8 @@ import { getAccount } from "./accounts.ts";
 import { formatUsd } from "../money.ts";
 import { hashSecret } from "../crypto.ts";
 import {
+  disputeIdOfKey,
+  ledgerPrefix,
   onceKey,
   stripeCheckoutKey,
   stripeCustomerKey,
@@ -604,7 +606,7 @@ async function takenBack(
   if (typeof stored === "object") return "entry_id" in stored ? stored.amount : null;
   // An older take-back stored its entry id alone: find the entry in the account's ledger.
   for await (
-    const e of kv.list<LedgerEntry>({ prefix: ["ledger", accountId] }, { reverse: true })
+    const e of kv.list<LedgerEntry>({ prefix: ledgerPrefix(accountId) }, { reverse: true })
   ) {
     if (e.value.id === stored) return -e.value.amount;
   }
@@ -625,7 +627,7 @@ async function disputedCredit(
   for await (
     const e of svc.kv.list<StripeDispute>({ prefix: stripeDisputesPrefix(paymentIntent) })
   ) {
-    const id = e.key.at(-1) as string;
+    const id = disputeIdOfKey(e.key);
     if (id !== except) ids.push(id);
   }
   if (ids.length === 0) return 0n;

@@ -1,4 +1,11 @@
-import { rollupDigestKey, rollupKey } from "../kv/schema.ts";
+import {
+  bucketOfDigest,
+  rollupDigestKey,
+  rollupDigestRange,
+  rollupKey,
+  rollupKeyParts,
+  rollupRange,
+} from "../kv/schema.ts";
 import { compactAccount } from "./compact.ts";
 import { getAll } from "../kv/util.ts";
 import { monthOf, weekOf } from "../billing/periods.ts";
@@ -110,15 +117,14 @@ async function scanRun(
   first: string,
   last: string,
 ): Promise<Map<string, Map<string, Totals>>> {
-  const base = ["rollup", accountId, grain, scope, dim];
   const out = new Map<string, Map<string, Totals>>();
   const iter = kv.list<Deno.KvU64>(
-    { start: [...base, first], end: [...base, last + "\u0000"] },
+    rollupRange(accountId, grain, scope, dim, first, last),
     { batchSize: 1000 },
   );
   for await (const e of iter) {
-    const bucket = e.key[5] as string, value = e.key[6] as string;
-    const field = e.key[7] as RollupField;
+    const { bucket, value } = rollupKeyParts(e.key);
+    const field = rollupKeyParts(e.key).field as RollupField;
     let byValue = out.get(bucket);
     if (!byValue) out.set(bucket, byValue = new Map());
     let t = byValue.get(value);
@@ -169,9 +175,10 @@ async function dimensionGroups(
       days.reduce((a, d) => a + (versions.get(d.name) ?? 0n), 0n);
     const digests = new Map<string, RollupDigest>();
     if (whole.length) {
-      const base = ["rollup_digest", accountId, "m", scope, dim];
-      const range = { start: [...base, whole[0][0]], end: [...base, whole.at(-1)![0] + "\u0000"] };
-      for await (const e of kv.list<RollupDigest>(range)) digests.set(e.key[5] as string, e.value);
+      const range = rollupDigestRange(accountId, "m", scope, dim, whole[0][0], whole.at(-1)![0]);
+      for await (const e of kv.list<RollupDigest>(range)) {
+        digests.set(bucketOfDigest(e.key), e.value);
+      }
     }
     const wholeNames = new Set(whole.map(([m]) => m));
     const rest: Bucket[] = run.filter((b) => !wholeNames.has(monthOf(b.startMs)));
@@ -232,12 +239,15 @@ async function bucketGroups(
   if (needed.length === 0) return { groups, verified };
   const grain = needed[0].grain;
   const digests = new Map<string, RollupDigest>();
-  const base = ["rollup_digest", accountId, grain, scope, dim];
-  const range = {
-    start: [...base, needed[0].name],
-    end: [...base, needed.at(-1)!.name + "\u0000"],
-  };
-  for await (const e of kv.list<RollupDigest>(range)) digests.set(e.key[5] as string, e.value);
+  const range = rollupDigestRange(
+    accountId,
+    grain,
+    scope,
+    dim,
+    needed[0].name,
+    needed.at(-1)!.name,
+  );
+  for await (const e of kv.list<RollupDigest>(range)) digests.set(bucketOfDigest(e.key), e.value);
   const stale: Bucket[] = [];
   for (const b of needed) {
     const d = digests.get(b.name);

@@ -1,4 +1,5 @@
 import { listAccounts } from "../billing/accounts.ts";
+import { rollupPrefix } from "../kv/schema.ts";
 import { DAY_MS, type GroupBy, queryUsage } from "./query.ts";
 
 /** How far back the warm-up reaches: the longest period the dashboard offers. */
@@ -21,7 +22,9 @@ export async function warmUsageDigests(kv: Deno.Kv, now = Date.now()): Promise<n
   let accounts = 0;
   for (const { account } of await listAccounts(kv)) {
     // An account without usage counters has nothing to digest.
-    const [any] = await Array.fromAsync(kv.list({ prefix: ["rollup", account.id] }, { limit: 1 }));
+    const [any] = await Array.fromAsync(
+      kv.list({ prefix: rollupPrefix(account.id) }, { limit: 1 }),
+    );
     if (!any) continue;
     const keyIds: string[] = [];
     for (const groupBy of GROUPINGS) {

@@ -10,10 +10,11 @@
  */
 import { Webhook } from "standardwebhooks";
 import {
-  WEBHOOK_DUE_PREFIX,
   WEBHOOK_OUTBOX_PREFIX,
   webhookDeliveryKey,
+  webhookDueBy,
   webhookDueKey,
+  webhookDueParts,
   webhookOutboxKey,
 } from "../kv/schema.ts";
 import { commitRetrying, getAll } from "../kv/util.ts";
@@ -163,10 +164,10 @@ export class Webhooks {
     }
     for (let pass = 0; pass < PASSES; pass++) {
       const due: Due[] = [];
-      const end = [...WEBHOOK_DUE_PREFIX, this.#opts.now() + 1];
-      for await (
-        const e of this.#kv.list({ prefix: WEBHOOK_DUE_PREFIX, end }, { limit: PAGE })
-      ) due.push({ ref: e.key.slice(2) as unknown as DeliveryRef, dueMs: e.key[1] as number });
+      for await (const e of this.#kv.list(webhookDueBy(this.#opts.now()), { limit: PAGE })) {
+        const { dueMs, accountId, endpointId, eventId } = webhookDueParts(e.key);
+        due.push({ ref: [accountId, endpointId, eventId], dueMs });
+      }
       if (due.length === 0) break;
       await this.#runAll(due);
       if (due.length < PAGE) break;
