@@ -12,15 +12,11 @@ import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
 import type { AppEnv, Services } from "./services.ts";
-import { auditOversize, auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
-import { managementRoutes } from "../routes/v1/management.ts";
-import { adminRoutes } from "../routes/v1/admin.ts";
-import { billingRoutes } from "../routes/v1/billing.ts";
+// The inference audit hooks below (the pipeline's, to move into its own middleware).
+import { auditOversize, auditRefusal } from "../routes/v1/inference.ts";
 import { pageRoutes, refusalPage } from "./render/routes.ts";
 import { requestLimits } from "./http/limits.ts";
-import { stripeRoutes } from "../routes/v1/stripe.ts";
-import { webhookRoutes } from "../routes/v1/webhooks.ts";
-import { statementRoutes } from "../routes/v1/statements.ts";
+import { API, PAGES } from "./gen/routes.ts";
 import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
 import { addressPolicy } from "./webhooks/addresses.ts";
 
@@ -152,15 +148,10 @@ export function createApp(deps: AppDeps): Router {
   }
 
   // The dashboard: landing, sign-in, pages, static files (GET / answers 200 for warm-up checks).
-  app.route("/", pageRoutes());
+  app.route("/", pageRoutes(PAGES));
   app.get("/healthz", (c) => c.json({ ok: true }));
-  app.route("/v1", inferenceRoutes());
-  app.route("/v1", managementRoutes());
-  app.route("/v1", billingRoutes());
-  app.route("/v1", stripeRoutes());
-  app.route("/v1", webhookRoutes());
-  app.route("/v1", statementRoutes());
-  app.route("/v1/admin", adminRoutes());
+  // The API modules of routes/, each at its folder's path (lib/gen/routes.ts, by the build).
+  for (const [mount, routes] of API) app.route(mount, routes());
 
   app.notFound((c) =>
     c.json(errorBody(404, "not_found", `No route for ${c.req.method} ${c.req.path}`), 404)

@@ -35,7 +35,6 @@ export default function Keys({ data }: PageProps<Data>) {
         Each key's spend is also at <code>GET /v1/keys/&#123;id&#125;/usage</code>.
       </p>
       <Island
-        name="KeysManager"
         component={KeysManager}
         props={{ keys: data.keys, csrf: data.csrf }}
       />

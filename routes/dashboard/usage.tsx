@@ -131,7 +131,7 @@ export default function Usage({ data }: PageProps<Data>) {
           <Money usd={s.savings} />
         </Metric>
       </div>
-      <Island name="UsageCharts" component={UsageCharts} props={data.charts} />
+      <Island component={UsageCharts} props={data.charts} />
       <Breakdown rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
     </>
   );

@@ -97,11 +97,11 @@ async function credit(
 }
 
 /** The operator's API: accounts, adjustments, refunds and the books check. */
-export function adminRoutes() {
+export default function adminRoutes() {
   const app = new Hono<AppEnv>();
-  app.use("*", requireAdmin);
+  for (const path of ["/admin", "/admin/*"]) app.use(path, requireAdmin);
 
-  app.post("/accounts", async (c) => {
+  app.post("/admin/accounts", async (c) => {
     const svc = c.get("svc");
     // The answer (first or replayed) carries the management key: no cache may keep a copy.
     c.header("cache-control", "no-store");
@@ -146,31 +146,31 @@ export function adminRoutes() {
     throw new ApiError(409, "conflict", "The account could not be created; try again");
   });
 
-  app.get("/accounts", async (c) => {
+  app.get("/admin/accounts", async (c) => {
     const all = await listAccounts(c.get("svc").kv);
     return c.json({ data: all.map(({ account, balance }) => accountJson(account, balance)) });
   });
 
-  app.get("/accounts/:id", async (c) => {
+  app.get("/admin/accounts/:id", async (c) => {
     const kv = c.get("svc").kv;
     const account = await getAccount(kv, parseId("id", "acct", c.req.param("id")));
     if (!account) throw notFound("The account");
     return c.json(accountJson(account, await getBalance(kv, account.id)));
   });
 
-  app.post("/accounts/:id/adjustments", async (c) => {
+  app.post("/admin/accounts/:id/adjustments", async (c) => {
     const raw = await c.req.text();
     const body = parseJson(raw, adjustmentSchema);
     return credit(c, "adjustment", body.amount, body.reason, null, raw);
   });
 
-  app.post("/accounts/:id/refunds", async (c) => {
+  app.post("/admin/accounts/:id/refunds", async (c) => {
     const raw = await c.req.text();
     const body = parseJson(raw, refundSchema);
     return credit(c, "refund", body.amount, body.reason, body.reference ?? null, raw);
   });
 
-  app.get("/verify", async (c) => c.json(verifyJson(await verifyBooks(c.get("svc").kv))));
+  app.get("/admin/verify", async (c) => c.json(verifyJson(await verifyBooks(c.get("svc").kv))));
 
   return app;
 }

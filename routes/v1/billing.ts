@@ -22,7 +22,7 @@ const isStripeTimeout = (e: Stripe.errors.StripeError) =>
 const checkoutSchema = z.strictObject({ package_id: z.string().min(1, "is required").max(100) });
 
 /** Credit packages and their purchase. */
-export function billingRoutes() {
+export default function billingRoutes() {
   const app = new Hono<AppEnv>();
   app.use("/billing/*", requireKey("management"));
 

@@ -179,3 +179,5 @@ export async function auditRefusal(c: Context<AppEnv>, status: number, code: str
   c.set("audited", true);
   await c.get("svc").actors.submit(key.account_id, { kind: "record", event });
 }
+
+export default inferenceRoutes;

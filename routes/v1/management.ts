@@ -108,7 +108,7 @@ function auditFilter(c: Context<AppEnv>): AuditFilter {
 }
 
 /** The management API: keys, credits, ledger, usage and the audit trail of the caller's account. */
-export function managementRoutes() {
+export default function managementRoutes() {
   const app = new Hono<AppEnv>();
   for (
     const path of ["/keys", "/keys/*", "/credits", "/transactions", "/usage", "/audit", "/audit/*"]

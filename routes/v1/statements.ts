@@ -6,7 +6,7 @@ import { monthRange, monthStatement } from "../../lib/billing/statements.ts";
 import { statementCsv, statementJson } from "../../lib/http/presenters.ts";
 
 /** Monthly statements of the caller's account, as JSON or CSV. */
-export function statementRoutes() {
+export default function statementRoutes() {
   const app = new Hono<AppEnv>();
   app.use("/statements/*", requireKey("management"));
 

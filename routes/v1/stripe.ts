@@ -8,7 +8,7 @@ import { handleStripeEvent, verifyWebhook } from "../../lib/billing/stripe.ts";
  * the body is read as text exactly as sent, before anything parses it. Its size was checked
  * before that (`WEBHOOK_BODY_BYTES`, lib/http/limits.ts): a body too large is never read whole.
  */
-export function stripeRoutes() {
+export default function stripeRoutes() {
   const app = new Hono<AppEnv>();
   app.post("/stripe/webhook", async (c) => {
     const svc = c.get("svc");

@@ -59,7 +59,7 @@ async function ownEndpoint(c: Context<AppEnv>): Promise<WebhookEndpoint> {
 }
 
 /** Customer webhooks: endpoints, test events and the delivery log. */
-export function webhookRoutes() {
+export default function webhookRoutes() {
   const app = new Hono<AppEnv>();
   for (const path of ["/webhooks", "/webhooks/*"]) app.use(path, requireKey("management"));
 

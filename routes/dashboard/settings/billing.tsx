@@ -119,7 +119,7 @@ export default function Billing({ data, url }: PageProps<Data>) {
       </div>
       <section class="card">
         <h2>Buy credit</h2>
-        <Island name="BuyCredits" component={BuyCredits} props={data.buy} />
+        <Island component={BuyCredits} props={data.buy} />
       </section>
       <section class="card">
         <h2>Statements</h2>

@@ -49,7 +49,7 @@ export default function Webhooks({ data }: PageProps<WebhooksManagerProps>) {
         library and the endpoint's secret. A delivery that is not answered 2xx within 10 seconds is
         retried for up to a day, under the same <code>webhook-id</code>.
       </p>
-      <Island name="WebhooksManager" component={WebhooksManager} props={data} />
+      <Island component={WebhooksManager} props={data} />
     </>
   );
 }
