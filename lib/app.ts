@@ -19,6 +19,8 @@ import { requestLimits } from "./http/limits.ts";
 import { API, PAGES } from "./gen/routes.ts";
 import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
 import { addressPolicy } from "./webhooks/addresses.ts";
+import { createStripeClient } from "./billing/stripe/client.ts";
+import type Stripe from "stripe";
 
 export interface AppDeps {
   kv: Deno.Kv;
@@ -35,6 +37,8 @@ export interface AppDeps {
   sweepEveryMs?: number;
   /** Customer webhooks' delivery, where tests stand in (DNS, TLS roots, retry unit, timeout). */
   webhooks?: Pick<WebhookOptions, "resolve" | "caCerts" | "retryBaseMs" | "timeoutMs">;
+  /** The Stripe client; by default one built from the configuration (none without a key). */
+  stripe?: Stripe | null;
 }
 
 export interface Router {
@@ -79,6 +83,7 @@ export function createApp(deps: AppDeps): Router {
     keys: new KeyResolver(kv),
     background,
     webhooks,
+    stripe: deps.stripe !== undefined ? deps.stripe : createStripeClient(config),
     fetch: deps.fetch ?? fetch,
     now,
     log,

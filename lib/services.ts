@@ -7,6 +7,7 @@ import type { ApiKey } from "./billing/types.ts";
 import type { Logger } from "./log.ts";
 import type { MeteredRequest } from "./proxy/metered.ts";
 import type { Webhooks } from "./webhooks/dispatcher.ts";
+import type Stripe from "stripe";
 
 /** What every handler may use; built once by `createApp`. */
 export interface Services {
@@ -18,6 +19,8 @@ export interface Services {
   background: Background;
   /** Customer webhooks' delivery. */
   webhooks: Webhooks;
+  /** The Stripe client; null without `STRIPE_SECRET_KEY`. */
+  stripe: Stripe | null;
   fetch: typeof fetch;
   now: () => number;
   log: Logger;

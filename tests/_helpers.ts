@@ -61,6 +61,8 @@ export interface RouterOptions {
   wrapKv?: (kv: Deno.Kv) => Deno.Kv;
   /** Customer webhooks' stand-ins (DNS, TLS roots, retry unit, timeout). */
   webhooks?: AppDeps["webhooks"];
+  /** The Stripe client the router is given instead of the one its configuration makes. */
+  stripe?: AppDeps["stripe"];
 }
 
 /** Starts the router on a real port against a fake OpenAI, on in-memory (or file) Deno KV. */
@@ -86,6 +88,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
     now: opts.now,
     sweepEveryMs: 200,
     webhooks: opts.webhooks,
+    stripe: opts.stripe,
   });
   // Served as main.ts serves it: the client's address resolved behind TRUSTED_PROXIES.
   const server = serveLoopback(trustingProxies(router.app.fetch, config.trustedProxies));

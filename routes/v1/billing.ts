@@ -9,8 +9,7 @@ import { newId } from "../../lib/ids.ts";
 import {
   checkoutIdempotencyKey,
   createCheckoutSession,
-  stripeClient,
-} from "../../lib/billing/stripe.ts";
+} from "../../lib/billing/stripe/checkout.ts";
 import Stripe from "stripe";
 import { creditEvent } from "../../lib/webhooks/events.ts";
 
@@ -37,7 +36,7 @@ export default function billingRoutes() {
     const pkg = svc.config.packages.find((p) => p.id === package_id);
     if (!pkg) throw notFound(`The package '${package_id}'`);
     if (svc.config.billingMode === "production") {
-      const stripe = stripeClient(svc.config);
+      const stripe = svc.stripe;
       if (!stripe) {
         throw new ApiError(503, "checkout_unavailable", "Stripe Checkout is not configured");
       }

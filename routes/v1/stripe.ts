@@ -1,7 +1,9 @@
 import { Hono } from "hono";
 import type { AppEnv } from "../../lib/services.ts";
 import { ApiError } from "../../lib/errors.ts";
-import { handleStripeEvent, verifyWebhook } from "../../lib/billing/stripe.ts";
+import { handleStripeEvent } from "../../lib/billing/stripe/events.ts";
+import { verifyWebhook } from "../../lib/billing/stripe/client.ts";
+import { ledgerJson } from "../../lib/http/presenters.ts";
 
 /**
  * Stripe's webhook. It takes no API key: the signature over the raw body is the credential, so
@@ -27,7 +29,15 @@ export default function stripeRoutes() {
       );
     }
     // An event that must wait for another (RetryLater) is answered 503: Stripe delivers it again.
-    const result = await handleStripeEvent(svc, event);
+    const result = await handleStripeEvent({
+      kv: svc.kv,
+      actors: svc.actors,
+      stripe: svc.stripe,
+      packages: svc.config.packages,
+      now: svc.now,
+      log: svc.log,
+      entryData: ledgerJson,
+    }, event);
     svc.log("info", "stripe event", { event_id: event.id, type: event.type, result });
     return c.json({ received: true, result });
   });
