@@ -53,13 +53,13 @@ Deno.cron("webhook deliveries", "* * * * *", async () => {
 
 // After midnight UTC, yesterday becomes a closed day: digest it before customers look.
 Deno.cron("usage digests", "7 0 * * *", async () => {
-  if (router) await warmUsageDigests(kv);
+  if (router) await warmUsageDigests(kv, router.svc.now());
 });
 
 // Audit retention: rows older than AUDIT_RETENTION_DAYS go (with their index); the ledger stays.
 Deno.cron("audit retention", "17 * * * *", async () => {
   if (!router || config.auditRetentionDays === null) return;
-  await pruneAudit(kv, Date.now() - config.auditRetentionDays * 86_400_000);
+  await pruneAudit(kv, router.svc.now() - config.auditRetentionDays * 86_400_000);
 });
 
 if (config.adminTokenGenerated) {

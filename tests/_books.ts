@@ -4,7 +4,7 @@ import { json, type TestRouter } from "./_helpers.ts";
 import { signUp } from "../lib/onboarding.ts";
 import { createSession } from "../lib/auth/sessions.ts";
 import { warmUsageDigests } from "../lib/usage/warm.ts";
-import { DAY_MS } from "../lib/usage/query.ts";
+import { DAY_MS } from "../lib/usage/period.ts";
 import { ledgerTotalKey, ledgerTotalsCompleteKey, SCHEMA_VERSION_KEY } from "../lib/kv/schema.ts";
 
 export interface Books {

@@ -2,7 +2,7 @@
 import { parseUsd } from "../money.ts";
 import { isId, isRequestId } from "../ids.ts";
 import { badRequest } from "../errors.ts";
-import { DAY_MS, type GroupBy, HOUR_MS, type Interval } from "../usage/query.ts";
+import { DAY_MS, type GroupBy, HOUR_MS, type Interval } from "../usage/period.ts";
 import { z } from "zod";
 
 /**

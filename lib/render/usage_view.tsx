@@ -1,5 +1,5 @@
 /** Pieces the Overview and Usage pages share: the period, the breakdown and its table. */
-import type { GroupBy } from "../usage/query.ts";
+import type { GroupBy } from "../usage/period.ts";
 import { queryUsage, type UsageQuery } from "../usage/query.ts";
 import { isoTimeMs, usageParams } from "../http/params.ts";
 import { type UsageJson, usageJson } from "../http/presenters.ts";

@@ -1,6 +1,7 @@
 import { listAccounts } from "../billing/accounts.ts";
 import { rollupPrefix } from "../kv/schema.ts";
-import { DAY_MS, type GroupBy, queryUsage } from "./query.ts";
+import { queryUsage } from "./query.ts";
+import { DAY_MS, type GroupBy } from "./period.ts";
 
 /** How far back the warm-up reaches: the longest period the dashboard offers. */
 const WARM_DAYS = 90;
@@ -16,7 +17,7 @@ const KEY_GROUPINGS: GroupBy[] = ["provider", "model"];
  * digests instead of scanning every counter of it; after the first night each run digests only
  * the day that closed.
  */
-export async function warmUsageDigests(kv: Deno.Kv, now = Date.now()): Promise<number> {
+export async function warmUsageDigests(kv: Deno.Kv, now: number): Promise<number> {
   const today = Math.floor(now / DAY_MS) * DAY_MS;
   const fromMs = today - WARM_DAYS * DAY_MS;
   let accounts = 0;

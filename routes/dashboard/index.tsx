@@ -1,5 +1,5 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
-import type { GroupBy } from "../../lib/usage/query.ts";
+import type { GroupBy } from "../../lib/usage/period.ts";
 import { getBalance } from "../../lib/billing/accounts.ts";
 import { formatUsd } from "../../lib/money.ts";
 import { Count, Metric, Money, Percent } from "../../lib/render/layout.tsx";

@@ -1,5 +1,6 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
-import { defaultInterval, type GroupBy, type UsageQuery } from "../../lib/usage/query.ts";
+import type { UsageQuery } from "../../lib/usage/query.ts";
+import { defaultInterval, type GroupBy } from "../../lib/usage/period.ts";
 import { Count, Metric, Money, Percent } from "../../lib/render/layout.tsx";
 import { Island } from "../../lib/render/island.tsx";
 import UsageCharts, { type UsageChartsProps } from "../../islands/UsageCharts.tsx";

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { recordEvents } from "../../lib/audit/recorder.ts";
 import { outboxKey } from "../../lib/kv/schema.ts";
 import { parseUsd } from "../../lib/money.ts";
-import { periodBuckets, queryUsage as queryRows, type UsageQuery } from "../../lib/usage/query.ts";
+import { queryUsage as queryRows, type UsageQuery } from "../../lib/usage/query.ts";
+import { periodBuckets } from "../../lib/usage/period.ts";
 import { usageJson } from "../../lib/http/presenters.ts";
 import { usageParams } from "../../lib/http/params.ts";
 import type { LedgerEntry, UsageEvent } from "../../lib/billing/types.ts";
@@ -226,6 +227,7 @@ Deno.test("usage: hour, day, week and month boundaries are UTC, edges exact to t
       accountId: ACCT,
       fromMs: ms("2026-11-01"),
       toMs: ms("2026-11-03"),
+      now: FAR_FUTURE,
     });
     assert.equal(short.interval, "hour");
     assert.equal(short.breakdown.length, 48);
