@@ -1,4 +1,3 @@
-import { Hono } from "hono";
 import type { Config } from "./config.ts";
 import { AccountActors } from "./billing/actor.ts";
 import { Background } from "./billing/background.ts";
@@ -11,12 +10,14 @@ import { errorPage } from "./render/page.tsx";
 import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
-import type { AppEnv, Services } from "./services.ts";
+import type { Services } from "./services.ts";
 // The inference audit hooks below (the pipeline's, to move into its own middleware).
 import { auditOversize, auditRefusal } from "../routes/v1/inference.ts";
 import { pageRoutes, refusalPage } from "./render/routes.ts";
 import { requestLimits } from "./http/limits.ts";
 import { API, PAGES } from "./gen/routes.ts";
+import { type ApiRoutes, apiRoutes, publishOpenApi } from "./http/openapi.ts";
+import { docsPage } from "./render/docs.tsx";
 import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
 import { addressPolicy } from "./webhooks/addresses.ts";
 import { createStripeClient } from "./billing/stripe/client.ts";
@@ -42,7 +43,7 @@ export interface AppDeps {
 }
 
 export interface Router {
-  app: Hono<AppEnv>;
+  app: ApiRoutes;
   svc: Services;
   /** Records every pending usage event now (tests, shutdown). */
   flush(): Promise<void>;
@@ -89,7 +90,7 @@ export function createApp(deps: AppDeps): Router {
     log,
   };
 
-  const app = new Hono<AppEnv>();
+  const app = apiRoutes();
   app.use("*", async (c, next) => {
     const requestId = newId("req");
     c.set("svc", svc);
@@ -157,6 +158,9 @@ export function createApp(deps: AppDeps): Router {
   app.get("/healthz", (c) => c.json({ ok: true }));
   // The API modules of routes/, each at its folder's path (lib/gen/routes.ts, by the build).
   for (const [mount, routes] of API) app.route(mount, routes());
+  // What the API modules declared: the OpenAPI document, and the reference page made from it.
+  const document = publishOpenApi(app);
+  app.get("/docs", () => docsPage(document()));
 
   app.notFound((c) =>
     c.json(errorBody(404, "not_found", `No route for ${c.req.method} ${c.req.path}`), 404)

@@ -22,10 +22,11 @@ import * as $15 from "../../routes/signup.tsx";
 import $api0 from "../../routes/v1/admin.ts";
 import $api1 from "../../routes/v1/billing.ts";
 import $api2 from "../../routes/v1/inference.ts";
-import $api3 from "../../routes/v1/management.ts";
-import $api4 from "../../routes/v1/statements.ts";
-import $api5 from "../../routes/v1/stripe.ts";
-import $api6 from "../../routes/v1/webhooks.ts";
+import $api3 from "../../routes/v1/inference_docs.ts";
+import $api4 from "../../routes/v1/management.ts";
+import $api5 from "../../routes/v1/statements.ts";
+import $api6 from "../../routes/v1/stripe.ts";
+import $api7 from "../../routes/v1/webhooks.ts";
 
 // deno-lint-ignore no-explicit-any
 export const PAGES: [path: string, page: PageModule<any>][] = [
@@ -55,4 +56,5 @@ export const API: [mount: string, routes: () => Hono<AppEnv>][] = [
   ["/v1", $api4],
   ["/v1", $api5],
   ["/v1", $api6],
+  ["/v1", $api7],
 ];

@@ -2,7 +2,14 @@
 import { parseUsd } from "../money.ts";
 import { isId, isRequestId } from "../ids.ts";
 import { badRequest } from "../errors.ts";
-import { DAY_MS, type GroupBy, HOUR_MS, type Interval } from "../usage/period.ts";
+import {
+  DAY_MS,
+  GROUP_BYS,
+  type GroupBy,
+  HOUR_MS,
+  type Interval,
+  INTERVALS,
+} from "../usage/period.ts";
 import { z } from "zod";
 
 /**
@@ -60,6 +67,28 @@ export function parseLimit(v: string | undefined): number {
   }
   return n;
 }
+
+/** A query parameter as the document shows it: a string, or absent. */
+export const queryParam = (description: string, extra: Record<string, unknown> = {}) =>
+  z.string().optional().meta({ description, ...extra });
+
+/** The query of a paged listing (`parseLimit`, `parseCursor`). */
+export const PageQuery = z.object({
+  limit: queryParam("How many rows: a whole number from 1 to 1000 (default 100)"),
+  cursor: queryParam("The `next_cursor` of the page before (opaque)"),
+});
+
+/** The period and grouping of a usage query (`usageParams`). */
+export const UsageQuery = z.object({
+  from: queryParam("Start: an ISO date or time (UTC where it names no zone); default 30 days"),
+  to: queryParam("End, exclusive (a date includes its whole day); default the end of today"),
+  group_by: queryParam("What each breakdown row is (default date)", { enum: GROUP_BYS }),
+  interval: queryParam("Date rows' interval (only with group_by=date)", { enum: INTERVALS }),
+});
+
+/** A path's id parameter, as `parseId` checks it. */
+export const idParam = (prefix: string) =>
+  z.string().meta({ description: `An id of the form ${prefix}_…`, example: `${prefix}_01m9…` });
 
 /** A KV list cursor as given back by `next_cursor`. */
 export function parseCursor(v: string | undefined): string | undefined {
@@ -132,11 +161,11 @@ export function usageParams(get: (name: string) => string | undefined, now: numb
   }
 
   const g = get("group_by") || undefined;
-  if (g !== undefined && g !== "date" && g !== "key" && g !== "provider" && g !== "model") {
+  if (g !== undefined && !(GROUP_BYS as readonly string[]).includes(g)) {
     throw badRequest("Invalid 'group_by': must be date, key, provider or model");
   }
   const i = get("interval") || undefined;
-  if (i !== undefined && i !== "hour" && i !== "day" && i !== "week" && i !== "month") {
+  if (i !== undefined && !(INTERVALS as readonly string[]).includes(i)) {
     throw badRequest("Invalid 'interval': must be hour, day, week or month");
   }
   if (i !== undefined && g !== undefined && g !== "date") {

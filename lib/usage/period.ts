@@ -5,8 +5,12 @@
 import { monthOf, weekOf } from "../billing/periods.ts";
 import { dayBucket, type Grain, hourBucket } from "./rollups.ts";
 
-export type GroupBy = "date" | "key" | "provider" | "model";
-export type Interval = "hour" | "day" | "week" | "month";
+/** What a usage breakdown's rows can be grouped by. */
+export const GROUP_BYS = ["date", "key", "provider", "model"] as const;
+export type GroupBy = typeof GROUP_BYS[number];
+/** The intervals of date rows. */
+export const INTERVALS = ["hour", "day", "week", "month"] as const;
+export type Interval = typeof INTERVALS[number];
 
 export const HOUR_MS = 3_600_000;
 export const DAY_MS = 86_400_000;

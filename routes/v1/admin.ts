@@ -1,10 +1,17 @@
-import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireAdmin } from "../../lib/http/auth.ts";
 import { ApiError, notFound } from "../../lib/errors.ts";
 import { parseJson } from "../../lib/http/errors.ts";
-import { parseId, usdAmount } from "../../lib/http/params.ts";
+import { idParam, parseId, usdAmount } from "../../lib/http/params.ts";
+import {
+  apiRoutes,
+  documented,
+  errorResponses,
+  jsonBody,
+  jsonResponse,
+  SECURITY,
+} from "../../lib/http/openapi.ts";
 import {
   idempotency,
   IDEMPOTENCY_TTL_MS,
@@ -14,24 +21,41 @@ import {
 } from "../../lib/http/idempotency.ts";
 import { getAccount, getBalance, listAccounts, verifyBooks } from "../../lib/billing/accounts.ts";
 import { createAccount } from "../../lib/onboarding.ts";
-import { accountJson, ledgerJson, verifyJson } from "../../lib/http/presenters.ts";
+import {
+  AccountCreatedSchema,
+  accountJson,
+  AccountSchema,
+  LedgerEntrySchema,
+  ledgerJson,
+  verifyJson,
+  VerifySchema,
+} from "../../lib/http/presenters.ts";
 import { creditEvent } from "../../lib/webhooks/events.ts";
 import { MAX_EMAIL_CHARS } from "../../lib/auth/users.ts";
 import type { Context } from "hono";
 import { sealer } from "../../lib/crypto.ts";
 
-const accountSchema = z.strictObject({
+export const AccountCreate = z.strictObject({
   name: z.string().trim().min(1, "must not be empty").max(200),
   email: z.email().max(MAX_EMAIL_CHARS).nullish(),
-});
-const adjustmentSchema = z.strictObject({
-  amount: usdAmount.refine((v) => v !== 0n, "must not be zero"),
+}).meta({ id: "AccountCreate" });
+export const Adjustment = z.strictObject({
+  amount: usdAmount.refine((v) => v !== 0n, "must not be zero")
+    .meta({ description: "USD, signed: negative takes credit away" }),
   reason: z.string().trim().min(1, "must not be empty").max(500),
-});
-const refundSchema = z.strictObject({
-  amount: usdAmount.refine((v) => v > 0n, "must be positive"),
+}).meta({ id: "Adjustment" });
+export const Refund = z.strictObject({
+  amount: usdAmount.refine((v) => v > 0n, "must be positive").meta({ description: "USD" }),
   reason: z.string().trim().min(1, "must not be empty").max(500),
   reference: z.string().trim().min(1).max(200).nullish(),
+}).meta({ id: "Refund" });
+
+const AccountPath = z.object({ id: idParam("acct") });
+/** Admin writes replay by `Idempotency-Key`. */
+const IdempotencyHeader = z.object({
+  "idempotency-key": z.string().optional().meta({
+    description: "The same key and body replay the first answer; another body is 409",
+  }),
 });
 
 /**
@@ -98,15 +122,29 @@ async function credit(
 
 /** The operator's API: accounts, adjustments, refunds and the books check. */
 export default function adminRoutes() {
-  const app = new Hono<AppEnv>();
+  const app = apiRoutes();
   for (const path of ["/admin", "/admin/*"]) app.use(path, requireAdmin);
+  const security = SECURITY.admin;
+  const refusals = errorResponses(400, 401, 503);
 
-  app.post("/admin/accounts", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/admin/accounts",
+    tags: ["Admin"],
+    summary: "A new account and its first management key (shown this once)",
+    security,
+    request: { body: jsonBody(AccountCreate), headers: IdempotencyHeader },
+    responses: {
+      201: jsonResponse(AccountCreatedSchema, "The account"),
+      ...refusals,
+      ...errorResponses(409),
+    },
+  }, async (c) => {
     const svc = c.get("svc");
     // The answer (first or replayed) carries the management key: no cache may keep a copy.
     c.header("cache-control", "no-store");
     const raw = await c.req.text();
-    const body = parseJson(raw, accountSchema);
+    const body = parseJson(raw, AccountCreate);
     const idem = await idempotency(c, "admin:accounts", raw);
     const adminToken = svc.config.adminToken!;
     for (let attempt = 0; attempt < 5; attempt++) {
@@ -146,31 +184,84 @@ export default function adminRoutes() {
     throw new ApiError(409, "conflict", "The account could not be created; try again");
   });
 
-  app.get("/admin/accounts", async (c) => {
+  documented(app, {
+    method: "get",
+    path: "/admin/accounts",
+    tags: ["Admin"],
+    summary: "Every account with its balance",
+    security,
+    responses: {
+      200: jsonResponse(z.strictObject({ data: z.array(AccountSchema) }), "The accounts"),
+      ...refusals,
+    },
+  }, async (c) => {
     const all = await listAccounts(c.get("svc").kv);
     return c.json({ data: all.map(({ account, balance }) => accountJson(account, balance)) });
   });
 
-  app.get("/admin/accounts/:id", async (c) => {
+  documented(app, {
+    method: "get",
+    path: "/admin/accounts/{id}",
+    tags: ["Admin"],
+    summary: "One account with its balance",
+    security,
+    request: { params: AccountPath },
+    responses: {
+      200: jsonResponse(AccountSchema, "The account"),
+      ...refusals,
+      ...errorResponses(404),
+    },
+  }, async (c) => {
     const kv = c.get("svc").kv;
-    const account = await getAccount(kv, parseId("id", "acct", c.req.param("id")));
+    const account = await getAccount(kv, parseId("id", "acct", c.req.param("id") ?? ""));
     if (!account) throw notFound("The account");
     return c.json(accountJson(account, await getBalance(kv, account.id)));
   });
 
-  app.post("/admin/accounts/:id/adjustments", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/admin/accounts/{id}/adjustments",
+    tags: ["Admin"],
+    summary: "Grants (or, negative, takes back) credit: an adjustment in the ledger",
+    security,
+    request: { params: AccountPath, body: jsonBody(Adjustment), headers: IdempotencyHeader },
+    responses: {
+      201: jsonResponse(LedgerEntrySchema, "The ledger entry"),
+      ...refusals,
+      ...errorResponses(404, 409),
+    },
+  }, async (c) => {
     const raw = await c.req.text();
-    const body = parseJson(raw, adjustmentSchema);
+    const body = parseJson(raw, Adjustment);
     return credit(c, "adjustment", body.amount, body.reason, null, raw);
   });
 
-  app.post("/admin/accounts/:id/refunds", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/admin/accounts/{id}/refunds",
+    tags: ["Admin"],
+    summary: "Gives credit back: a refund in the ledger",
+    security,
+    request: { params: AccountPath, body: jsonBody(Refund), headers: IdempotencyHeader },
+    responses: {
+      201: jsonResponse(LedgerEntrySchema, "The ledger entry"),
+      ...refusals,
+      ...errorResponses(404, 409),
+    },
+  }, async (c) => {
     const raw = await c.req.text();
-    const body = parseJson(raw, refundSchema);
+    const body = parseJson(raw, Refund);
     return credit(c, "refund", body.amount, body.reason, body.reference ?? null, raw);
   });
 
-  app.get("/admin/verify", async (c) => c.json(verifyJson(await verifyBooks(c.get("svc").kv))));
+  documented(app, {
+    method: "get",
+    path: "/admin/verify",
+    tags: ["Admin"],
+    summary: "The books checked: Σ ledger = balance and reserved = Σ holds, every account",
+    security,
+    responses: { 200: jsonResponse(VerifySchema, "The check"), ...refusals },
+  }, async (c) => c.json(verifyJson(await verifyBooks(c.get("svc").kv))));
 
   return app;
 }

@@ -1,10 +1,21 @@
-import { Hono } from "hono";
 import { z } from "zod";
-import type { AppEnv } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
 import { ApiError, notFound } from "../../lib/errors.ts";
 import { readJson } from "../../lib/http/errors.ts";
-import { ledgerJson, packageJson } from "../../lib/http/presenters.ts";
+import {
+  LedgerEntrySchema,
+  ledgerJson,
+  packageJson,
+  PackageSchema,
+} from "../../lib/http/presenters.ts";
+import {
+  apiRoutes,
+  documented,
+  errorResponses,
+  jsonBody,
+  jsonResponse,
+  SECURITY,
+} from "../../lib/http/openapi.ts";
 import { newId } from "../../lib/ids.ts";
 import {
   checkoutIdempotencyKey,
@@ -18,21 +29,48 @@ const isStripeTimeout = (e: Stripe.errors.StripeError) =>
   e instanceof Stripe.errors.StripeConnectionError &&
   (e.detail as { code?: unknown } | undefined)?.code === "ETIMEDOUT";
 
-const checkoutSchema = z.strictObject({ package_id: z.string().min(1, "is required").max(100) });
+export const Checkout = z.strictObject({ package_id: z.string().min(1, "is required").max(100) })
+  .meta({ id: "Checkout" });
 
 /** Credit packages and their purchase. */
 export default function billingRoutes() {
-  const app = new Hono<AppEnv>();
+  const app = apiRoutes();
   app.use("/billing/*", requireKey("management"));
 
-  app.get(
-    "/billing/packages",
-    (c) => c.json({ data: c.get("svc").config.packages.map(packageJson) }),
-  );
+  documented(app, {
+    method: "get",
+    path: "/billing/packages",
+    tags: ["Billing"],
+    summary: "The credit packages on sale",
+    security: SECURITY.management,
+    responses: {
+      200: jsonResponse(z.strictObject({ data: z.array(PackageSchema) }), "The packages"),
+      ...errorResponses(401, 403),
+    },
+  }, (c) => c.json({ data: c.get("svc").config.packages.map(packageJson) }));
 
-  app.post("/billing/checkout", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/billing/checkout",
+    tags: ["Billing"],
+    summary: "Buys a package: a Stripe Checkout Session (production), or the credit at once " +
+      "(development billing)",
+    security: SECURITY.management,
+    request: { body: jsonBody(Checkout) },
+    responses: {
+      200: jsonResponse(
+        z.strictObject({ url: z.string() }),
+        "Production: the Checkout Session to send the customer to",
+      ),
+      201: jsonResponse(
+        z.strictObject({ transaction: LedgerEntrySchema }),
+        "Development: the credit granted",
+      ),
+      ...errorResponses(400, 401, 403, 404, 409, 502, 503, 504),
+    },
+  }, async (c) => {
     const svc = c.get("svc");
-    const { package_id } = await readJson(c, checkoutSchema);
+    const { package_id } = await readJson(c, Checkout);
     const pkg = svc.config.packages.find((p) => p.id === package_id);
     if (!pkg) throw notFound(`The package '${package_id}'`);
     if (svc.config.billingMode === "production") {

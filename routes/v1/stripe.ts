@@ -1,6 +1,7 @@
-import { Hono } from "hono";
-import type { AppEnv } from "../../lib/services.ts";
+import { z } from "zod";
 import { ApiError } from "../../lib/errors.ts";
+import { EVENT_RESULTS } from "../../lib/billing/stripe/types.ts";
+import { apiRoutes, documented, errorResponses, jsonResponse } from "../../lib/http/openapi.ts";
 import { handleStripeEvent } from "../../lib/billing/stripe/events.ts";
 import { verifyWebhook } from "../../lib/billing/stripe/client.ts";
 import { ledgerJson } from "../../lib/http/presenters.ts";
@@ -11,8 +12,29 @@ import { ledgerJson } from "../../lib/http/presenters.ts";
  * before that (`WEBHOOK_BODY_BYTES`, lib/http/limits.ts): a body too large is never read whole.
  */
 export default function stripeRoutes() {
-  const app = new Hono<AppEnv>();
-  app.post("/stripe/webhook", async (c) => {
+  const app = apiRoutes();
+  documented(app, {
+    method: "post",
+    path: "/stripe/webhook",
+    tags: ["Stripe"],
+    summary: "Stripe's events, signed (`Stripe-Signature`): purchases credited, refunds and " +
+      "disputes taken back, each once",
+    request: {
+      body: {
+        required: true,
+        content: {
+          "application/json": { schema: z.looseObject({ id: z.string(), type: z.string() }) },
+        },
+      },
+    },
+    responses: {
+      200: jsonResponse(
+        z.strictObject({ received: z.literal(true), result: z.enum(EVENT_RESULTS) }),
+        "What the event did",
+      ),
+      ...errorResponses(400, 503),
+    },
+  }, async (c) => {
     const svc = c.get("svc");
     const secrets = svc.config.stripeWebhookSecrets;
     if (secrets.length === 0) {

@@ -90,19 +90,21 @@ export interface StripeRejection {
 }
 
 /** What an event did. */
-export type EventResult =
-  | "credited"
-  | "already_credited"
-  | "awaiting_payment"
-  | "refunded"
-  | "already_refunded"
-  | "refund_reversed"
-  | "already_reversed"
-  | "disputed"
-  | "already_disputed"
-  | "dispute_reinstated"
-  | "already_reinstated"
-  | "nothing_to_take"
-  | "not_credited"
-  | "ignored"
-  | "rejected";
+export const EVENT_RESULTS = [
+  "credited",
+  "already_credited",
+  "awaiting_payment",
+  "refunded",
+  "already_refunded",
+  "refund_reversed",
+  "already_reversed",
+  "disputed",
+  "already_disputed",
+  "dispute_reinstated",
+  "already_reinstated",
+  "nothing_to_take",
+  "not_credited",
+  "ignored",
+  "rejected",
+] as const;
+export type EventResult = typeof EVENT_RESULTS[number];
