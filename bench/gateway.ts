@@ -20,13 +20,30 @@
  */
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 import { type Row, summarize } from "./report.ts";
+import {
+  account,
+  admin,
+  ADMIN_TOKEN,
+  BENCH,
+  chatBody,
+  cpuMicros,
+  freePort,
+  haveWrk,
+  merged,
+  type Proc,
+  runBench,
+  runDenoLoad,
+  runWrk,
+  sleep,
+  start,
+  successRate,
+  UPSTREAM_KEY,
+} from "./procs.ts";
 
-const ROOT = new URL("../", import.meta.url).pathname;
-const BENCH = new URL("./", import.meta.url).pathname;
+let tmp = "";
+
 const PORTKEY_VERSION = "1.15.2";
 const PORTKEY_DIR = `${BENCH}.portkey`;
-const ADMIN_TOKEN = "bench-admin-token-0123456789abcdef";
-const UPSTREAM_KEY = "sk-bench-upstream";
 const SPREAD_ACCOUNTS = 100;
 const CONCURRENCY = [32, 128];
 /** Targets also measured unloaded, at concurrency 1: the router's own added latency. */
@@ -46,181 +63,6 @@ const rounds = Math.max(
 const sliceSeconds = Math.max(1, Math.round(seconds / rounds));
 const modes = (flag("only") ? [flag("only")] : ["json", "sse"]) as ("json" | "sse")[];
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-// ---------------------------------------------------------------------------------------------
-// Processes
-
-interface Proc {
-  name: string;
-  pid: number;
-  url: string;
-  child: Deno.ChildProcess;
-  /** The last lines the process printed, for error messages. */
-  tail: () => string;
-}
-
-const procs: Proc[] = [];
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-/** Keeps the last few KB a stream printed, reading it to the end so the pipe never fills. */
-function drain(stream: ReadableStream<Uint8Array>): () => string {
-  let tail = "";
-  const d = new TextDecoder();
-  (async () => {
-    for await (const chunk of stream) {
-      tail = (tail + d.decode(chunk, { stream: true })).slice(-4000);
-    }
-  })().catch(() => {});
-  return () => tail;
-}
-
-/** Starts a process and waits until `readyPath` on its port answers over HTTP. */
-async function start(
-  name: string,
-  cmd: string,
-  cmdArgs: string[],
-  opts: { port: number; env?: Record<string, string>; cwd?: string; readyPath?: string },
-): Promise<Proc> {
-  const child = new Deno.Command(cmd, {
-    args: cmdArgs,
-    env: { NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1", ...opts.env },
-    cwd: opts.cwd ?? ROOT,
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const out = drain(child.stdout);
-  const err = drain(child.stderr);
-  const url = `http://127.0.0.1:${opts.port}`;
-  const p: Proc = { name, pid: child.pid, url, child, tail: () => out() + err() };
-  procs.push(p);
-  let exited = false;
-  child.status.then(() => exited = true);
-  for (let i = 0; i < 300; i++) {
-    if (exited) throw new Error(`${name} exited at start:\n${p.tail()}`);
-    try {
-      const res = await fetch(url + (opts.readyPath ?? "/"));
-      await res.body?.cancel();
-      return p;
-    } catch {
-      await sleep(100);
-    }
-  }
-  throw new Error(`${name} did not start within 30 s:\n${p.tail()}`);
-}
-
-async function stopAll() {
-  for (const kv of routerKvs.values()) kv.close();
-  routerKvs.clear();
-  for (const p of procs.splice(0).reverse()) {
-    try {
-      p.child.kill("SIGTERM");
-    } catch { /* already gone */ }
-    const done = await Promise.race([p.child.status.then(() => true), sleep(3000)]);
-    if (!done) {
-      try {
-        p.child.kill("SIGKILL");
-      } catch { /* already gone */ }
-      await p.child.status;
-    }
-  }
-}
-
-/** User + system CPU time a process has used so far, in microseconds (Linux). */
-async function cpuMicros(pid: number): Promise<number | null> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // utime and stime are fields 14 and 15 of the whole line, in clock ticks (100 per second).
-    return (Number(fields[11]) + Number(fields[12])) * 10_000;
-  } catch {
-    return null;
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Load generators
-
-async function haveWrk(): Promise<boolean> {
-  const probe = async () => {
-    try {
-      const r = await new Deno.Command("wrk", {
-        args: ["--version"],
-        stdout: "null",
-        stderr: "null",
-      })
-        .output();
-      return r.code === 0 || r.code === 1;
-    } catch {
-      return false;
-    }
-  };
-  if (await probe()) return true;
-  if (Deno.uid?.() === 0) {
-    console.log("wrk is missing: trying apt-get install -y wrk");
-    try {
-      await new Deno.Command("apt-get", {
-        args: ["install", "-y", "-qq", "wrk"],
-        env: { DEBIAN_FRONTEND: "noninteractive" },
-        stdout: "null",
-        stderr: "null",
-      }).output();
-    } catch { /* no apt */ }
-    if (await probe()) return true;
-  }
-  return false;
-}
-
-let tmp = "";
-let fileSeq = 0;
-
-async function runWrk(spec: LoadSpec): Promise<LoadResult> {
-  const bodyFile = `${tmp}/body-${fileSeq}.json`;
-  const tokensFile = `${tmp}/tokens-${fileSeq++}.txt`;
-  await Deno.writeTextFile(bodyFile, spec.body);
-  await Deno.writeTextFile(tokensFile, spec.tokens.join("\n") + "\n");
-  const out = await new Deno.Command("wrk", {
-    args: [
-      "-t1",
-      `-c${spec.concurrency}`,
-      `-d${Math.round(spec.durationMs / 1000)}s`,
-      "--timeout",
-      "10s",
-      "-s",
-      `${BENCH}post.lua`,
-      spec.url,
-      "--",
-      bodyFile,
-      spec.tokens.length ? tokensFile : "-",
-      ...Object.entries(spec.headers).map(([k, v]) => `${k}: ${v}`),
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const text = new TextDecoder().decode(out.stdout);
-  const line = text.split("\n").find((l) => l.startsWith("{"));
-  if (!line) throw new Error(`wrk failed: ${text}${new TextDecoder().decode(out.stderr)}`);
-  return JSON.parse(line);
-}
-
-async function runDenoLoad(spec: LoadSpec): Promise<LoadResult> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${BENCH}loadgen.ts`, JSON.stringify(spec)],
-    cwd: ROOT,
-    stdout: "piped",
-    stderr: "inherit",
-  }).output();
-  if (out.code !== 0) throw new Error("the load generator failed");
-  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)!);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Targets
 
@@ -233,40 +75,13 @@ function loadSpec(
 ): LoadSpec {
   return {
     url: `${t.url}/v1/chat/completions`,
-    body: body(t.model, mode),
+    body: chatBody(t.model, mode),
     tokens: t.tokens,
     headers: t.headers,
     concurrency,
     durationMs,
   };
 }
-
-/**
- * One target's slices of a load as one result: counts and durations summed, p50 the median of the
- * slices' p50s, p99 the largest of their p99s.
- */
-function merged(slices: LoadResult[]): LoadResult {
-  const sum = (f: (r: LoadResult) => number) => slices.reduce((n, r) => n + f(r), 0);
-  const p50s = slices.map((r) => r.p50_us).sort((a, b) => a - b);
-  const mid = p50s.length >> 1;
-  return {
-    requests: sum((r) => r.requests),
-    duration_us: sum((r) => r.duration_us),
-    p50_us: p50s.length % 2 ? p50s[mid] : (p50s[mid - 1] + p50s[mid]) / 2,
-    p99_us: Math.max(...slices.map((r) => r.p99_us)),
-    max_us: Math.max(...slices.map((r) => r.max_us)),
-    errors: {
-      connect: sum((r) => r.errors.connect),
-      read: sum((r) => r.errors.read),
-      write: sum((r) => r.errors.write),
-      status: sum((r) => r.errors.status),
-      timeout: sum((r) => r.errors.timeout),
-    },
-  };
-}
-
-/** Successful replies per second of one load. */
-const successRate = (r: LoadResult) => (r.requests - r.errors.status) / (r.duration_us / 1e6);
 
 /** A load's figures as a report row (without CPU, which only some loads measure). */
 function rowOf(
@@ -302,46 +117,6 @@ interface Target {
   headers: Record<string, string>;
   /** Present on router targets: how to check the books. */
   router?: Proc;
-}
-
-function body(model: string, mode: "json" | "sse"): string {
-  return JSON.stringify({
-    model,
-    messages: [{ role: "user", content: "Say hello in about twenty words." }],
-    max_tokens: 64,
-    ...(mode === "sse" ? { stream: true, stream_options: { include_usage: true } } : {}),
-  });
-}
-
-async function admin(router: Proc, method: string, path: string, payload?: unknown) {
-  const res = await fetch(router.url + path, {
-    method,
-    headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-    body: payload === undefined ? undefined : JSON.stringify(payload),
-  });
-  const text = await res.text();
-  if (res.status >= 300) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-  return JSON.parse(text);
-}
-
-/** Creates an account with credit and one inference key through the admin and management API. */
-async function account(router: Proc, i: number): Promise<string> {
-  const acct = await admin(router, "POST", "/v1/admin/accounts", { name: `Bench ${i}` });
-  await admin(router, "POST", `/v1/admin/accounts/${acct.id}/adjustments`, {
-    amount: "1000",
-    reason: "benchmark credit",
-  });
-  const res = await fetch(router.url + "/v1/keys", {
-    method: "POST",
-    headers: {
-      authorization: `Bearer ${acct.management_key}`,
-      "content-type": "application/json",
-    },
-    body: JSON.stringify({ name: "bench" }),
-  });
-  const key = await res.json();
-  if (res.status !== 201) throw new Error(`POST /v1/keys: ${res.status} ${JSON.stringify(key)}`);
-  return key.key;
 }
 
 async function startRouter(name: string, upstream: Proc): Promise<Proc> {
@@ -429,7 +204,7 @@ async function main() {
   tmp = await Deno.makeTempDir({ prefix: "router-bench-" });
   const useWrk = flag("loadgen") !== "deno" && Deno.env.get("BENCH_LOADGEN") !== "deno" &&
     await haveWrk();
-  const load = useWrk ? runWrk : runDenoLoad;
+  const load = useWrk ? (spec: LoadSpec) => runWrk(spec, tmp) : runDenoLoad;
   const loadavg = () => Deno.loadavg().map((n) => n.toFixed(1)).join(" ");
   console.log(`load average before the run: ${loadavg()}`);
   console.log(
@@ -649,17 +424,8 @@ function formatRow(r: Row): string {
     } ms${cpu}${ledger}${r.errors ? `  ${r.errors} errors` : ""}`;
 }
 
-let ok = false;
-try {
-  ok = await main();
-} catch (e) {
-  console.error(e instanceof Error ? e.message : e);
-  for (const p of procs) {
-    const tail = p.tail().trim();
-    if (tail) console.error(`--- ${p.name} (last output)\n${tail.slice(-1500)}`);
-  }
-} finally {
-  await stopAll();
+await runBench(main, async () => {
+  for (const kv of routerKvs.values()) kv.close();
+  routerKvs.clear();
   if (tmp) await Deno.remove(tmp, { recursive: true }).catch(() => {});
-}
-Deno.exit(ok ? 0 : 1);
+});

@@ -25,6 +25,8 @@ export interface LoadResult {
   p99_us: number;
   max_us: number;
   errors: { connect: number; read: number; write: number; status: number; timeout: number };
+  /** The latency at percentiles 1 to 99, then 99.9 (wrk's bench/post.lua; absent otherwise). */
+  pcts_us?: number[];
 }
 
 /** Runs the load and returns its summary. */

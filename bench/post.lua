@@ -44,9 +44,14 @@ end
 
 function done(summary, latency, requests)
   local e = summary.errors
+  -- The latency at every whole percentile (1 to 99, then 99.9): loads run side by side (one per
+  -- router process) are merged from these.
+  local pcts = {}
+  for p = 1, 99 do pcts[#pcts + 1] = string.format("%d", latency:percentile(p)) end
+  pcts[#pcts + 1] = string.format("%d", latency:percentile(99.9))
   io.write(string.format(
     '{"requests":%d,"duration_us":%d,"p50_us":%d,"p99_us":%d,"max_us":%d,' ..
-      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}}\n',
+      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},"pcts_us":[%s]}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    latency.max, e.connect, e.read, e.write, e.status, e.timeout))
+    latency.max, e.connect, e.read, e.write, e.status, e.timeout, table.concat(pcts, ",")))
 end

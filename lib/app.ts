@@ -10,6 +10,7 @@ import { errorPage } from "./render/page.tsx";
 import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
+import { instrumentKv, type KvStats } from "./kv/instrument.ts";
 import type { Services } from "./services.ts";
 // The inference audit hooks below (the pipeline's, to move into its own middleware).
 import { auditOversize, auditRefusal } from "../routes/v1/inference.ts";
@@ -47,19 +48,25 @@ export interface Router {
   svc: Services;
   /** Records every pending usage event now (tests, shutdown). */
   flush(): Promise<void>;
-  /** Stops background work; the caller closes the KV afterwards. */
+  /**
+   * Returns every balance lease of this process (call it once requests in flight have finished:
+   * after `server.shutdown()`), then stops background work; the caller closes the KV afterwards.
+   */
   close(): Promise<void>;
 }
 
 /** Builds the whole router from its dependencies: one Hono app, its actors and background work. */
 export function createApp(deps: AppDeps): Router {
-  const { kv, config } = deps;
+  const { config } = deps;
+  const kvStats: KvStats = { commits: 0, conflicts: 0, locked: 0 };
+  const kv = instrumentKv(deps.kv, kvStats, config.kvSimulatedLatencyMs);
   const now = deps.now ?? Date.now;
   const log = deps.log ?? consoleLogger;
   const actors = new AccountActors(kv, {
     delivery: config.outboxDelivery,
     onCommitted: (ids, events) => background.notify(ids, events),
     now,
+    leases: config.leases ?? undefined,
   });
   const webhooks = new Webhooks(kv, {
     ...deps.webhooks,
@@ -78,6 +85,7 @@ export function createApp(deps: AppDeps): Router {
   }).start();
   const svc: Services = {
     kv,
+    kvStats,
     config,
     providers: deps.providers ?? new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
     actors,
@@ -146,7 +154,7 @@ export function createApp(deps: AppDeps): Router {
   for (const path of audited) {
     app.use(path, async (c, next) => {
       await next();
-      await c.get("metered")?.answered();
+      c.get("metered")?.answered();
       const status = c.res.status;
       if (status >= 400) await auditRefusal(c, status, c.get("errorCode") ?? `http_${status}`);
       else if (path === countTokens) await auditRefusal(c, status, null);

@@ -4,6 +4,7 @@ import { canonicalProxy } from "./net.ts";
 import { randomToken } from "./crypto.ts";
 import { ConfigError } from "./errors.ts";
 import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./proxy/sse.ts";
+import type { LeaseOptions } from "./billing/local_lease.ts";
 
 // lib/providers/registry.ts still imports it from here.
 export { ConfigError };
@@ -69,6 +70,13 @@ export interface Config {
   trustedProxies: string[];
   /** WEBHOOK_ALLOW_PRIVATE_URLS: customer webhooks may reach private and loopback addresses. */
   webhookAllowPrivateUrls: boolean;
+  /**
+   * Benchmarks only: every KV call waits this long first, a stand-in for a remote KV's round trip
+   * (Deno Deploy's); 0 in production.
+   */
+  kvSimulatedLatencyMs: number;
+  /** Balance leases (BALANCE_LEASES, LEASE_TTL_MS, LEASE_IDLE_MS); null when turned off. */
+  leases: LeaseOptions | null;
 }
 
 const int = (min: number, max: number) =>
@@ -145,6 +153,10 @@ const schema = z.object({
   AUDIT_RETENTION_DAYS: int(1, 36_500).optional(),
   TRUSTED_PROXIES: proxyList.optional(),
   WEBHOOK_ALLOW_PRIVATE_URLS: z.enum(["true", "false"], "must be true or false").default("false"),
+  KV_SIMULATED_LATENCY_MS: int(0, 1000).default(0),
+  BALANCE_LEASES: z.enum(["on", "off"]).default("on"),
+  LEASE_TTL_MS: int(200, 3_600_000).default(15_000),
+  LEASE_IDLE_MS: int(20, 600_000).default(2000),
 });
 
 const VARIABLES = Object.keys(schema.shape);
@@ -212,5 +224,18 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     auditRetentionDays: e.AUDIT_RETENTION_DAYS ?? null,
     trustedProxies: e.TRUSTED_PROXIES ?? [],
     webhookAllowPrivateUrls: e.WEBHOOK_ALLOW_PRIVATE_URLS === "true",
+    kvSimulatedLatencyMs: e.KV_SIMULATED_LATENCY_MS,
+    leases: e.BALANCE_LEASES === "off" ? null : leaseOptions(e.LEASE_TTL_MS, e.LEASE_IDLE_MS),
   };
+}
+
+/**
+ * The lease timings from the two variables: leases are looked after every quarter of the idle
+ * time (within an eighth of the TTL, at most every 250 ms); a reserve refused while others' leases
+ * hold credit waits six such ticks for them to give it back; after a recall no lease is taken for
+ * twice the idle time.
+ */
+export function leaseOptions(ttlMs: number, idleMs: number): LeaseOptions {
+  const tickMs = Math.max(10, Math.min(250, Math.floor(idleMs / 4), Math.floor(ttlMs / 8)));
+  return { ttlMs, idleMs, tickMs, recallMs: 2 * idleMs, recallWaitMs: 6 * tickMs };
 }

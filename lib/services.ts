@@ -8,10 +8,13 @@ import type { Logger } from "./log.ts";
 import type { MeteredRequest } from "./proxy/metered.ts";
 import type { Webhooks } from "./webhooks/dispatcher.ts";
 import type Stripe from "stripe";
+import type { KvStats } from "./kv/instrument.ts";
 
 /** What every handler may use; built once by `createApp`. */
 export interface Services {
   kv: Deno.Kv;
+  /** Counts of this process's KV commits (`GET /v1/admin/stats`). */
+  kvStats: KvStats;
   config: Config;
   providers: Providers;
   actors: AccountActors;

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { UsageEvent } from "../lib/billing/types.ts";
+import type { ApiKey, UsageEvent } from "../lib/billing/types.ts";
 import { newId } from "../lib/ids.ts";
 import { AccountActors } from "../lib/billing/actor.ts";
 import type { TestRouter } from "./_helpers.ts";
@@ -99,4 +99,64 @@ export async function settledUnrecorded(
     ids.push(event.id);
   }
   return { ...acct, ids, actors };
+}
+
+/** An inference key record of `accountId` (no limits), `fields` overriding any part. */
+export function apiKeyRecord(id: string, accountId: string, fields: Partial<ApiKey> = {}): ApiKey {
+  return {
+    id,
+    account_id: accountId,
+    name: id,
+    scope: "inference",
+    prefix: "er-x",
+    hash: "h",
+    created_at: "2027-01-01T00:00:00Z",
+    disabled: false,
+    revoked_at: null,
+    credit_limit: null,
+    limit_reset: null,
+    expires_at: null,
+    rate_limit_rpm: null,
+    ...fields,
+  };
+}
+
+/**
+ * `kv` with every atomic's commit going through `onCommit`, told the first part of every key the
+ * atomic sets or deletes: a test holds a commit back, or fails it, by what it writes.
+ */
+export function interceptCommits(
+  kv: Deno.Kv,
+  onCommit: (
+    prefixes: Set<unknown>,
+    commit: () => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
+  ) => Promise<Deno.KvCommitResult | Deno.KvCommitError>,
+): Deno.Kv {
+  const bind = <T extends object>(o: T, p: string | symbol) => {
+    const v = Reflect.get(o, p, o);
+    return typeof v === "function" ? v.bind(o) : v;
+  };
+  return new Proxy(kv, {
+    get(target, p) {
+      if (p !== "atomic") return bind(target, p);
+      return () => {
+        const op = target.atomic();
+        const prefixes = new Set<unknown>();
+        const wrapped: Deno.AtomicOperation = new Proxy(op, {
+          get(o, q) {
+            if (q === "set" || q === "delete") {
+              return (key: Deno.KvKey, ...rest: unknown[]) => {
+                prefixes.add(key[0]);
+                (o[q] as (...a: unknown[]) => unknown)(key, ...rest);
+                return wrapped;
+              };
+            }
+            if (q === "commit") return () => onCommit(prefixes, () => o.commit());
+            return bind(o, q);
+          },
+        });
+        return wrapped;
+      };
+    },
+  });
 }

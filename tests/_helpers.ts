@@ -152,6 +152,21 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
   return t;
 }
 
+/** Polls `check` until it returns a value other than null, or fails after `ms`. */
+export async function until<T>(
+  what: string,
+  ms: number,
+  check: () => Promise<T | null> | T | null,
+): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v !== null) return v;
+    assert.ok(Date.now() < end, `timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** Reads a JSON response, asserting its status first (with the body in the message). */
 export async function json(res: Response, status: number) {
   const text = await res.text();

@@ -1,5 +1,6 @@
 import { auditIdKey, auditKey, ledgerKey, OUTBOX_PREFIX, outboxKey } from "../kv/schema.ts";
-import { approxBytes, clip, getAll, isLocked, keyBytes, KV_LIMITS, sleep } from "../kv/util.ts";
+import { approxBytes, clip, getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
+import { ATOMIC_LIMITS, AtomicRoom } from "../kv/limits.ts";
 import { idFloor } from "../ids.ts";
 import { encodeAuditRow } from "./row.ts";
 import { notePending, pendingKeyBytes, PendingRollups, pendingRowBytes } from "../usage/compact.ts";
@@ -11,16 +12,6 @@ import {
   MAX_USER_AGENT_CHARS,
   type UsageEvent,
 } from "../billing/types.ts";
-
-// Deno KV's limits per atomic. The key and value sizes counted are upper bounds (keyBytes,
-// approxBytes), so the limits themselves are the bounds. Events of many accounts bring up to 96
-// rollup counters each, so key bytes often bind first.
-const {
-  checks: MAX_CHECKS,
-  mutations: MAX_MUTATIONS,
-  keyBytes: MAX_KEY_BYTES,
-  bytes: MAX_BYTES,
-} = KV_LIMITS;
 
 /**
  * The audit row of an event: its request facts, timed. Its free text is clipped (the router keeps
@@ -150,10 +141,10 @@ export async function recordEvents(
       // for writing.
       const keys: [Deno.KvKey, Deno.KvKey, Deno.KvKey][] = [];
       const rows: Uint8Array[] = [];
-      let mutations = 0;
-      let keyTotal = 0;
-      let byteTotal = 0;
-      const most = i < aloneUntil ? 1 : MAX_CHECKS;
+      // Sizes counted are upper bounds (keyBytes, approxBytes). Events of many accounts bring up
+      // to 96 rollup counters each, so key bytes often bind first.
+      const room = new AtomicRoom();
+      const most = i < aloneUntil ? 1 : ATOMIC_LIMITS.checks;
       try {
         for (; i < entries.length && group.length < most; i++) {
           const e = entries[i].value;
@@ -181,14 +172,9 @@ export async function recordEvents(
           const row = auditBytesOf(e);
           const valueBytes = row.length + approxBytes(e.ts) + approxBytes(e) +
             (e.billed ? pendingRowBytes(e) : 0);
-          if (
-            group.length > 0 &&
-            (mutations + added > MAX_MUTATIONS || keyTotal + bytes > MAX_KEY_BYTES ||
-              byteTotal + bytes + valueBytes > MAX_BYTES)
-          ) break;
-          mutations += added;
-          keyTotal += bytes;
-          byteTotal += bytes + valueBytes;
+          const f = { checks: 1, mutations: added, keyBytes: bytes, bytes: bytes + valueBytes };
+          if (group.length > 0 && !room.fits(f)) break;
+          room.take(f);
           if (e.billed) rollups.add(e);
           if (debits(e)) debited.set(e.account_id, (debited.get(e.account_id) ?? 0n) + e.cost);
           group.push(entries[i]);

@@ -9,6 +9,8 @@ import {
   keySpendKey,
 } from "../kv/schema.ts";
 import { commitRetrying, getAll } from "../kv/util.ts";
+import { readWithLeases } from "../billing/views.ts";
+import { keySpendView } from "../billing/lease.ts";
 import {
   type ApiKey,
   EMPTY_KEY_SPEND,
@@ -74,24 +76,47 @@ export async function getKey(kv: Deno.Kv, id: string): Promise<ApiKey | null> {
   return (await kv.get<ApiKey>(apiKeyKey(id))).value;
 }
 
-/** An account's keys (revoked ones included) with their spend records, oldest first. */
+/**
+ * An account's keys (revoked ones included) with their spends as customers see them as of `now`
+ * (the account's leases counted in, see `keySpendView`), oldest first.
+ */
 export async function listKeysByAccount(
   kv: Deno.Kv,
   accountId: string,
+  now = Date.now(),
 ): Promise<{ key: ApiKey; spend: KeySpend }[]> {
   const ids: string[] = [];
   for await (const e of kv.list({ prefix: accountKeysPrefix(accountId) })) {
     ids.push(keyIdOfIndex(e.key));
   }
   const keys = await getAll<ApiKey>(kv, ids.map((id) => apiKeyKey(id)));
-  const spends = await getAll<KeySpend>(kv, ids.map((id) => keySpendKey(accountId, id)));
+  const { entries: spends, leases } = await readWithLeases<KeySpend>(
+    kv,
+    accountId,
+    ids.map((id) => keySpendKey(accountId, id)),
+  );
   return keys.flatMap((k, i) =>
-    k.value ? [{ key: k.value, spend: spends[i].value ?? EMPTY_KEY_SPEND }] : []
+    k.value
+      ? [{
+        key: k.value,
+        spend: keySpendView(
+          spends[i].value ?? EMPTY_KEY_SPEND,
+          k.value.id,
+          k.value.limit_reset,
+          leases,
+          now,
+        ),
+      }]
+      : []
   );
 }
 
-export async function getKeySpend(kv: Deno.Kv, accountId: string, id: string): Promise<KeySpend> {
-  return (await kv.get<KeySpend>(keySpendKey(accountId, id))).value ?? EMPTY_KEY_SPEND;
+/** A key's spend as customers see it as of `now`: the account's leases counted in. */
+export async function getKeySpend(kv: Deno.Kv, key: ApiKey, now = Date.now()): Promise<KeySpend> {
+  const { entries: [s], leases } = await readWithLeases<KeySpend>(kv, key.account_id, [
+    keySpendKey(key.account_id, key.id),
+  ]);
+  return keySpendView(s.value ?? EMPTY_KEY_SPEND, key.id, key.limit_reset, leases, now);
 }
 
 /** Why a presented key is refused, or the key. */

@@ -1,128 +1,28 @@
-import { apiKeyKey, balanceKey, holdKey, keySpendKey, ledgerKey, outboxKey } from "../kv/schema.ts";
-import { approxBytes, getAll, isLocked, keyBytes, keyString, sleep } from "../kv/util.ts";
+/**
+ * The account actors: one per account in this process, a serial mailbox whose waiting operations
+ * are decided together (decide.ts) and committed in one check-and-set atomic (mailbox.ts), on the
+ * account's entries as last committed or read (account_cache.ts). Across processes, the checks
+ * make a conflicting commit fail; the batch is then decided again on fresh reads. Reserves are
+ * granted from this process's balance lease when it covers them (local_lease.ts), with no commit.
+ */
+import { apiKeyKey, outboxKey } from "../kv/schema.ts";
+import { keyString, sleep } from "../kv/util.ts";
 import { newId } from "../ids.ts";
-import { checkKey } from "../auth/keys.ts";
-import { countRequest, currentSpend, rateLimitWait, rateWindow } from "./periods.ts";
-import { countLedger } from "./totals.ts";
-import {
-  type ApiKey,
-  type BalanceState,
-  EMPTY_BALANCE,
-  EMPTY_KEY_SPEND,
-  type Hold,
-  type KeySpend,
-  type LedgerEntry,
-  type LedgerType,
-  type UsageEvent,
-} from "./types.ts";
-import { type AccountEvent, emitEvent, MAX_EVENT_BYTES } from "../webhooks/events.ts";
-
-/** Take `amount` out of the available balance (and the key's limit) until settled or released. */
-export interface ReserveOp {
-  kind: "reserve";
-  keyId: string;
-  holdId: string;
-  amount: bigint;
-  ttlMs: number;
-}
-/** Release the hold, debit the actual cost, and commit the usage event. */
-export interface SettleOp {
-  kind: "settle";
-  keyId: string;
-  holdId: string;
-  cost: bigint;
-  event: UsageEvent;
-}
-/** Release a hold without charge (the provider failed); the event, if any, is recorded. */
-export interface ReleaseOp {
-  kind: "release";
-  holdId: string;
-  event: UsageEvent | null;
-}
-/** Record an event that moved no money (a refused request). */
-export interface RecordOp {
-  kind: "record";
-  event: UsageEvent;
-}
-/** Release a hold whose request died with its process. */
-export interface ExpireOp {
-  kind: "expire";
-  holdId: string;
-}
-/**
- * Push back the expiry of a hold this process still serves, to `ttlMs` from now, so that no
- * process's sweep releases it. A hold already gone (settled, released or expired) is not recreated.
- */
-export interface RenewOp {
-  kind: "renew";
-  holdId: string;
-  ttlMs: number;
-}
-/**
- * Add a ledger entry and move the balance by `amount` (signed). With `once`, the credit is applied
- * at most once: the key is written in the same atomic, and a second attempt replays what was stored.
- */
-export interface CreditOp {
-  kind: "credit";
-  type: Exclude<LedgerType, "usage_debit">;
-  amount: bigint;
-  description: string;
-  reference: string | null;
-  once?: { key: Deno.KvKey; value: (entry: LedgerEntry) => unknown; expireIn?: number };
-  /** A purchase's receipt, kept on its ledger entry. */
-  receipt_url?: string;
-  /** The customer webhook event this credit emits, committed with it (`emitEvent`). */
-  event?: (entry: LedgerEntry) => AccountEvent;
-}
-export type Op = ReserveOp | SettleOp | ReleaseOp | RecordOp | ExpireOp | RenewOp | CreditOp;
-
-export type ReserveResult =
-  | { ok: true }
-  | { ok: false; code: "insufficient_credits"; available: bigint }
-  | { ok: false; code: "key_limit_exceeded"; remaining: bigint }
-  | { ok: false; code: "rate_limited"; rpm: number; retryAfterSec: number }
-  | { ok: false; code: "key_disabled" | "invalid_api_key" };
-export type CreditResult = { replayed: false; entry: LedgerEntry } | {
-  replayed: true;
-  stored: unknown;
-};
-export interface SettleResult {
-  balanceAfter: bigint;
-  /** What was debited: the cost, or less when the cost would have overdrawn the balance. */
-  charged: bigint;
-}
-
-/** The renewed hold's new expiry, or null when the hold is gone (or not this process's). */
-export type RenewResult = number | null;
+import { emitEvent } from "../webhooks/events.ts";
+import type { ApiKey, BalanceState, UsageEvent } from "./types.ts";
+import type { Op, RenewResult, ReserveResult, ResultOf } from "./ops.ts";
+import { decide, type Decision, type LocalKeys, readKeys, stateOf } from "./decide.ts";
+import { emptyLeaseCounts, type LeaseCounts } from "./batch.ts";
+import { fitBatch } from "./footprint.ts";
+import { type LeaseOptions, LocalLeases } from "./local_lease.ts";
+import { Mailboxes, type Part } from "./mailbox.ts";
+import { type AccountCache, AccountCaches } from "./account_cache.ts";
 
 /** A hold reserved by a request alive in this process. */
 export interface LiveHold {
   accountId: string;
   /** Its expiry as this process last committed it. */
   expiresMs: number;
-}
-
-type ResultOf<O extends Op> = O extends ReserveOp ? ReserveResult
-  : O extends CreditOp ? CreditResult
-  : O extends SettleOp ? SettleResult
-  : O extends RenewOp ? RenewResult
-  : void;
-
-interface Pending {
-  op: Op;
-  resolve: (v: unknown) => void;
-  reject: (e: unknown) => void;
-}
-
-interface Mailbox {
-  queue: Pending[];
-}
-
-/** One account's batch in a committing atomic. */
-interface Part {
-  accountId: string;
-  box: Mailbox;
-  batch: Pending[];
 }
 
 export interface ActorOptions {
@@ -134,145 +34,182 @@ export interface ActorOptions {
    */
   onCommitted?: (eventIds: string[], events: Deno.KvEntry<UsageEvent>[]) => void;
   now?: () => number;
+  /** Balance leases (see local_lease.ts, lease_ops.ts); absent: every reserve is a shared hold. */
+  leases?: LeaseOptions;
 }
 
-// Deno KV's limits per atomic: checks, mutations, total key bytes, total bytes. Each part's
-// footprint is an upper bound (fitBatch), so the limits can be used to the full.
-const MAX_CHECKS = 100;
-const MAX_MUTATIONS = 1000;
-const MAX_KEY_BYTES = 81_920;
-const MAX_BYTES = 800 * 1024;
-const MAX_OPS = 256;
-const MAX_ATTEMPTS = 200;
-// Atomics committing at once (of different accounts): the next one is decided and serialized
-// while the previous one is written.
-const MAX_IN_FLIGHT = 2;
-const CACHE_IDLE_MS = 30_000;
-const CACHE_SWEEP_MS = 5_000;
+// A lease's holds are written to it (what customers see as reserved) this long after they were
+// granted, if no commit of the lease has written them by then: a short request writes nothing.
+const SHOW_HELD_MS = 100;
 
-interface AccountCache {
-  entries: Map<string, Deno.KvEntryMaybe<unknown>>;
-  used: number;
+/** What the actors counted since start (see `AccountActors.stats`). */
+export interface ActorStats extends LeaseCounts {
+  /** Atomics committed. */
+  commits: number;
+  /** Atomics that failed a check (another process wrote first) or met the KV file's lock. */
+  conflicts: number;
+  /** Committed atomics that wrote an account's shared balance record. */
+  balance_commits: number;
+  /** Reserves granted from this process's lease with no KV round trip. */
+  lease_reserves: number;
+  /** Reserves decided by a commit (a lease taken or topped up, or a shared hold). */
+  committed_reserves: number;
 }
 
-/**
- * One actor per account in this process: a serial mailbox that folds every operation waiting for
- * it into one check-and-set atomic (group commit). Across processes, the versionstamp checks on the
- * balance, key, key-spend and hold entries make a conflicting commit fail; the batch is then
- * recomputed from fresh reads, so outcomes are always decided on the committed state.
- */
 export class AccountActors {
   #kv: Deno.Kv;
   #opts: ActorOptions;
-  #boxes = new Map<string, Mailbox>();
-  /** Accounts with operations waiting and no batch in the committing atomic, in arrival order. */
-  #ready = new Set<string>();
-  /** Accounts with a batch in a committing atomic: their next batch waits for it. */
-  #busy = new Set<string>();
-  #pumps = 0;
-  #idle: (() => void)[] = [];
+  #boxes: Mailboxes;
+  #cache: AccountCaches;
   /**
    * Holds reserved by requests alive in this process: the sweeper leaves them alone, and
    * `renewLive` keeps them from expiring for the other processes' sweeps.
    */
   readonly liveHolds = new Map<string, LiveHold>();
-  /**
-   * Each account's entries as this process last committed or read them, with their versionstamps:
-   * the next batch is decided on them without a read. The atomic still checks every one, so a
-   * write by another process fails the commit, which drops the account's cache and reads afresh.
-   */
-  #cache = new Map<string, AccountCache>();
-  #lastEviction = 0;
-  /** Per account, Σ amounts of the reserves submitted and not yet decided. */
-  #deciding = new Map<string, bigint>();
+  /** Plain counters since start, for `GET /v1/admin/stats` and the benchmarks. */
+  readonly stats: ActorStats = {
+    commits: 0,
+    conflicts: 0,
+    balance_commits: 0,
+    lease_reserves: 0,
+    committed_reserves: 0,
+    ...emptyLeaseCounts(),
+  };
+  /** This process's id: the owner of its leases. */
+  readonly owner = newId("proc");
+  /** This process's leases, and the holds granted from them. */
+  readonly leases = new LocalLeases();
+  /** No new lease is taken once closing (the process shuts down and returns them). */
+  closing = false;
+  #showHeld = new Map<string, ReturnType<typeof setTimeout>>();
 
   constructor(kv: Deno.Kv, opts: ActorOptions) {
     this.#kv = kv;
     this.#opts = opts;
+    this.#cache = new AccountCaches(kv);
+    this.#boxes = new Mailboxes({
+      fit: (accountId, queue, room, first) =>
+        fitBatch(accountId, queue, room, first, this.leases.view(accountId)?.keys.keys() ?? null),
+      attempt: (parts) => this.#attempt(parts),
+      failed: (accountId, op) => {
+        // A settle or release that cannot commit ends its hold here, as a shared hold's ends
+        // (not renewed, released by the sweeper): a lease's hold is dropped, nothing charged.
+        if (op.kind === "settle" || op.kind === "release") {
+          this.leases.abandon(accountId, op.holdId);
+        }
+      },
+      conflicted: () => this.stats.conflicts++,
+    });
   }
 
-  #now(): number {
+  get leaseOptions(): LeaseOptions | undefined {
+    return this.#opts.leases;
+  }
+
+  now(): number {
     return this.#opts.now?.() ?? Date.now();
   }
 
   /** Queues an operation on the account's mailbox; resolves once its atomic has committed. */
   submit<O extends Op>(accountId: string, op: O): Promise<ResultOf<O>> {
-    return new Promise((resolve, reject) => {
-      let box = this.#boxes.get(accountId);
-      if (!box) {
-        box = { queue: [] };
-        this.#boxes.set(accountId, box);
-      }
-      let pending: Pending = { op, resolve: resolve as (v: unknown) => void, reject };
-      if (op.kind === "reserve") pending = this.#whileDeciding(accountId, op.amount, pending);
-      box.queue.push(pending);
-      this.#evictIdle();
-      this.#ready.add(accountId);
-      if (this.#pumps < MAX_IN_FLIGHT) {
-        this.#pumps++;
-        // Let operations submitted in the same tick join the first atomic.
-        queueMicrotask(() => this.#pump());
-      }
-    });
+    this.#cache.evictIdle((id) => this.#boxes.has(id));
+    return this.#boxes.submit(accountId, op);
   }
 
-  /** Counts a reserve's amount as deciding on its account until it is resolved or rejected. */
-  #whileDeciding(accountId: string, amount: bigint, p: Pending): Pending {
-    const add = (d: bigint) => {
-      const n = (this.#deciding.get(accountId) ?? 0n) + d;
-      if (n === 0n) this.#deciding.delete(accountId);
-      else this.#deciding.set(accountId, n);
-    };
-    add(amount);
-    return {
-      op: p.op,
-      resolve: (v) => {
-        add(-amount);
-        p.resolve(v);
-      },
-      reject: (e) => {
-        add(-amount);
-        p.reject(e);
-      },
-    };
+  /** Resolves when every mailbox is empty. */
+  idle(): Promise<void> {
+    return this.#boxes.idle();
   }
 
   /**
-   * Whether a reserve of `amount` on this key will almost surely be granted: judged on the
-   * account's entries as this process last committed or read them, less every reserve still
-   * deciding, and only for a live key without a rate limit. A forecast, never a decision: the
-   * reserve's atomic decides, on checked entries. False whenever the state is not cached.
+   * Holds `amount` for a request of `key` until it is settled or released: from this process's
+   * lease on the account when it covers it (no KV round trip: the provider may be called at
+   * once), else by a commit (a lease taken or topped up, or a shared hold when the account is
+   * near exhaustion). A refusal while other processes' leases hold credit waits for them to give
+   * it back (`recallWaitMs`) and is tried again before it is final.
    */
-  forecast(accountId: string, keyId: string, amount: bigint): boolean {
-    const cache = this.#cache.get(accountId);
-    if (!cache) return false;
-    const bal = cache.entries.get(keyString(balanceKey(accountId)))?.value as
-      | BalanceState
-      | null
-      | undefined;
-    const key = cache.entries.get(keyString(apiKeyKey(keyId)))?.value as ApiKey | null | undefined;
-    const spend = cache.entries.get(keyString(keySpendKey(accountId, keyId)));
-    if (!bal || !key || !spend || key.rate_limit_rpm !== null) return false;
-    const now = this.#now();
-    if (!checkKey(key, now).ok) return false;
-    const deciding = this.#deciding.get(accountId) ?? 0n;
-    const s = currentSpend(
-      (spend.value as KeySpend | null) ?? EMPTY_KEY_SPEND,
-      key.limit_reset,
-      now,
+  async reserve(
+    accountId: string,
+    key: ApiKey,
+    holdId: string,
+    amount: bigint,
+    ttlMs: number,
+  ): Promise<ReserveResult> {
+    const opts = this.#opts.leases;
+    const now = this.now();
+    if (opts) {
+      this.leases.note(accountId, amount, now);
+      if (
+        !this.closing && this.leases.tryReserve(accountId, key, holdId, amount, now, opts.ttlMs / 2)
+      ) {
+        this.stats.lease_reserves++;
+        this.#showHeldLater(accountId);
+        return { ok: true };
+      }
+    }
+    this.stats.committed_reserves++;
+    // Real time, not the injected clock: this is a wait.
+    const deadline = Date.now() + (opts?.recallWaitMs ?? 0);
+    for (;;) {
+      const r = await this.submit(accountId, {
+        kind: "reserve",
+        keyId: key.id,
+        holdId,
+        amount,
+        ttlMs,
+      });
+      if (!r.recall || Date.now() >= deadline) {
+        const { recall: _, ...result } = r;
+        return result as ReserveResult;
+      }
+      await sleep(opts!.tickMs);
+    }
+  }
+
+  /**
+   * Writes the lease's holds once the newest is SHOW_HELD_MS old, unless a commit of the lease has
+   * written them by then.
+   */
+  #showHeldLater(accountId: string, delay = SHOW_HELD_MS) {
+    if (this.#showHeld.has(accountId)) return;
+    this.#showHeld.set(
+      accountId,
+      setTimeout(() => {
+        this.#showHeld.delete(accountId);
+        const st = this.leases.status(accountId);
+        if (!st || st.holds === 0 || st.writtenMs >= st.lastUse) return;
+        const age = this.now() - st.lastUse;
+        if (age < SHOW_HELD_MS) this.#showHeldLater(accountId, SHOW_HELD_MS - age);
+        else this.submit(accountId, { kind: "lease", action: "sync" }).catch(() => {});
+      }, delay),
     );
-    // Every deciding reserve of the account is counted against the key too: more than its own.
-    const ahead = { ...bal, reserved: bal.reserved + deciding };
-    return moneyRefusal(key, { ...s, reserved: s.reserved + deciding }, ahead, amount) === null;
+  }
+
+  /**
+   * A hold whose request ended without settling or releasing it: a lease's hold is dropped at
+   * once (nothing charged), a shared one is no longer renewed, so the sweeper releases it.
+   * False when the hold was not this process's to serve any more.
+   */
+  abandon(accountId: string, holdId: string): boolean {
+    return this.leases.abandon(accountId, holdId) || this.liveHolds.delete(holdId);
+  }
+
+  /** Returns every lease of this process (shutdown); no new one is taken afterwards. */
+  async returnLeases(): Promise<void> {
+    this.closing = true;
+    for (const t of this.#showHeld.values()) clearTimeout(t);
+    this.#showHeld.clear();
+    await Promise.all(
+      [...this.leases.accounts()].map((a) => this.submit(a, { kind: "lease", action: "return" })),
+    );
   }
 
   /**
    * Forgets the cached entry of a key changed in this process (limits, disabling, revocation): the
-   * next forecast on it is false and the next reserve reads it afresh, so a change made here never
-   * has a request sent ahead on the key as it was.
+   * next reserve that commits reads it afresh.
    */
   forgetKey(accountId: string, keyId: string) {
-    this.#cache.get(accountId)?.entries.delete(keyString(apiKeyKey(keyId)));
+    this.#cache.forget(accountId, apiKeyKey(keyId));
   }
 
   /**
@@ -282,7 +219,7 @@ export class AccountActors {
    * and a process that dies stops renewing, so its holds expire.
    */
   async renewLive(ttlMs: number): Promise<number> {
-    const due = this.#now() + ttlMs / 2;
+    const due = this.now() + ttlMs / 2;
     const renewing: Promise<RenewResult>[] = [];
     for (const [holdId, h] of this.liveHolds) {
       if (h.expiresMs > due) continue;
@@ -292,547 +229,122 @@ export class AccountActors {
     return renewed.filter((r) => r !== null).length;
   }
 
-  /** The entries at `keys`, from the account's cache where present, else read (and cached). */
-  async #read(accountId: string, keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<unknown>[]> {
-    const now = Date.now();
-    let cache = this.#cache.get(accountId);
-    if (!cache) {
-      cache = { entries: new Map(), used: now };
-      this.#cache.set(accountId, cache);
-    }
-    cache.used = now;
-    const out: (Deno.KvEntryMaybe<unknown> | undefined)[] = keys.map((k) =>
-      cache!.entries.get(keyString(k))
-    );
-    const missing: number[] = [];
-    out.forEach((e, i) => e === undefined && missing.push(i));
-    if (missing.length) {
-      const read = await getAll<unknown>(this.#kv, missing.map((i) => keys[i]));
-      missing.forEach((idx, j) => {
-        out[idx] = read[j];
-        cache!.entries.set(keyString(keys[idx]), read[j]);
-      });
-    }
-    return out as Deno.KvEntryMaybe<unknown>[];
+  /** Keeps `e` in the account's cache if it is newer than the entry cached (a poll's read). */
+  refresh(accountId: string, e: Deno.KvEntryMaybe<unknown>) {
+    this.#cache.refresh(accountId, e);
   }
 
-  /** Drops the caches of accounts idle for a while: memory stays bounded, stale state re-read. */
-  #evictIdle() {
-    const now = Date.now();
-    if (now - this.#lastEviction < CACHE_SWEEP_MS) return;
-    this.#lastEviction = now;
-    for (const [id, c] of this.#cache) {
-      if (now - c.used > CACHE_IDLE_MS && !this.#boxes.has(id)) this.#cache.delete(id);
-    }
-  }
-
-  /** Resolves when every mailbox is empty. */
-  idle(): Promise<void> {
-    if (this.#boxes.size === 0 && this.#pumps === 0) return Promise.resolve();
-    return new Promise((r) => this.#idle.push(r));
-  }
-
-  /**
-   * The committer: while operations wait, folds the next batch of as many accounts as fit into one
-   * atomic and commits it. An account joins an atomic with one batch at most, and its next batch
-   * waits for that commit, so each account's operations apply in order.
-   */
-  async #pump() {
-    for (;;) {
-      const parts = this.#takeParts();
-      // Nothing to take, or only accounts the other committer holds: it takes them next.
-      if (parts.length === 0) break;
-      for (const p of parts) this.#busy.add(p.accountId);
-      await this.#commitParts(parts);
-      for (const { accountId, box } of parts) {
-        this.#busy.delete(accountId);
-        if (box.queue.length === 0) this.#boxes.delete(accountId);
-      }
-    }
-    this.#pumps--;
-    if (this.#boxes.size === 0 && this.#pumps === 0) {
-      for (const r of this.#idle.splice(0)) r();
-    }
-  }
-
-  /** Takes the next batch of each ready account, in turn, while the atomic's limits allow. */
-  #takeParts(): Part[] {
-    const room: Room = {
-      checks: MAX_CHECKS,
-      mutations: MAX_MUTATIONS - 1, // the queue message, if any
-      keyBytes: MAX_KEY_BYTES,
-      bytes: MAX_BYTES - 64 * 1024, // the queue message's ids
+  /** What this process's lease on the account means for its reads. */
+  #localKeys(accountId: string): LocalKeys {
+    const lease = this.leases.view(accountId);
+    return {
+      leaseId: lease?.id ?? null,
+      leaseKeyIds: lease ? [...lease.keys.keys()] : [],
+      isLocalHold: (id) => !!lease?.holds.has(id) || this.leases.orphans.has(id),
     };
-    const parts: Part[] = [];
-    for (const accountId of this.#ready) {
-      if (this.#busy.has(accountId)) continue;
-      const box = this.#boxes.get(accountId)!;
-      const n = fitBatch(accountId, box.queue, room, parts.length === 0);
-      if (n === 0) break;
-      this.#ready.delete(accountId);
-      parts.push({ accountId, box, batch: box.queue.splice(0, n) });
-    }
-    return parts;
   }
 
-  /** Commits the parts; never throws: every operation is resolved or rejected. */
-  async #commitParts(parts: Part[]): Promise<void> {
-    try {
-      // Many accounts' atomic fails when any of them was written elsewhere: after a few tries,
-      // each account alone, so one contended account does not hold back the others.
-      if (await this.#commitWithRetry(parts, parts.length > 1 ? 3 : MAX_ATTEMPTS)) return;
-      if (parts.length > 1) {
-        for (const p of parts) await this.#commitParts([p]);
-        return;
-      }
-      throw new Error("balance contention did not resolve");
-    } catch (err) {
-      if (parts.length > 1) {
-        // One account's bad operation must not fail the other accounts: each alone.
-        for (const p of parts) await this.#commitParts([p]);
-      } else if (parts[0].batch.length > 1) {
-        // Nor its neighbours in the account's batch: one by one.
-        for (const op of parts[0].batch) await this.#commitParts([{ ...parts[0], batch: [op] }]);
-      } else parts[0].batch[0].reject(err);
-    } finally {
-      for (const { accountId, box } of parts) if (box.queue.length) this.#ready.add(accountId);
-    }
+  /** Decides one account's batch on its (cached or read) entries and this process's lease. */
+  #decide(p: Part, cache: AccountCache, now: number): Decision {
+    const ops = p.batch.map((q) => q.op);
+    const local = this.#localKeys(p.accountId);
+    const state = stateOf(p.accountId, ops, local, (k) => cache.entries.get(keyString(k))!);
+    const opts = this.#opts.leases;
+    const leases = (state.balance.value as BalanceState | null)?.leases ?? 0;
+    const lease = this.leases.view(p.accountId);
+    const d = decide(state, ops, { lease, orphans: this.leases.orphans }, {
+      now,
+      isLive: (id) => this.liveHolds.has(id),
+      owner: this.owner,
+      policy: opts && !this.closing ? this.leases.policy(p.accountId, leases, now) : null,
+      newLeaseId: newId("lease", now),
+      leaseTtlMs: opts?.ttlMs ?? 0,
+      recallMs: opts?.recallMs ?? 0,
+    });
+    // Decided no longer served: even if the commit fails, this process stops renewing them and
+    // its sweeper may release them once expired.
+    for (const id of d.unserved) this.liveHolds.delete(id);
+    // Before the commit, in the same step as the decision: no local reserve meanwhile is granted
+    // on credit the decision gives away, and the holds it granted are counted.
+    if (d.lease) this.leases.before(p.accountId, d.lease, now);
+    return d;
   }
 
-  /** Commits the parts, deciding again after each conflict; false when `attempts` all conflicted. */
-  async #commitWithRetry(parts: Part[], attempts: number): Promise<boolean> {
-    for (let attempt = 0; attempt < attempts; attempt++) {
-      let done = false;
-      try {
-        done = await this.#attempt(parts);
-      } catch (e) {
-        // Another process holding the local KV file's write lock is contention too: retry.
-        if (!isLocked(e)) throw e;
-      }
-      if (done) return true;
-      // Another process committed first: back off briefly, then decide again on fresh state.
-      await sleep(Math.random() * Math.min(50, 1 + attempt * 2));
-    }
-    return false;
-  }
-
-  /** Decides every part on its (cached or read) entries and commits them as one atomic. */
+  /** Decides every part and commits them as one atomic (none when nothing is to be written). */
   async #attempt(parts: Part[]): Promise<boolean> {
-    const now = this.#now();
-    const atomic = this.#kv.atomic();
-    const entries = await Promise.all(
-      parts.map((p) => this.#read(p.accountId, readsOf(p.accountId, p.batch).keys)),
-    );
-    const decided = parts.map((p, i) =>
-      this.#decide(p.accountId, p.batch, entries[i], atomic, now)
-    );
-    const eventIds = decided.flatMap((d) => d.eventIds);
-    if (eventIds.length && this.#opts.delivery === "queue") atomic.enqueue({ outbox: eventIds });
+    const decided: Decision[] = [];
+    const settle = (ok: boolean) =>
+      decided.forEach((d, i) =>
+        d.lease && this.leases.after(parts[i].accountId, d.lease, ok, this.now())
+      );
     let res: Deno.KvCommitResult | Deno.KvCommitError;
     try {
-      res = await atomic.commit();
+      const caches = await Promise.all(
+        parts.map((p) =>
+          this.#cache.read(
+            p.accountId,
+            readKeys(p.accountId, p.batch.map((q) => q.op), this.#localKeys(p.accountId)),
+          )
+        ),
+      );
+      // Decided together, with no await between: the local lease state each one saw still holds.
+      parts.forEach((p, i) => decided.push(this.#decide(p, caches[i], this.now())));
+      const atomic = this.#kv.atomic();
+      let empty = true;
+      for (const d of decided) {
+        for (const e of d.checks) atomic.check(e);
+        for (const w of d.sets) atomic.set(w.key, w.value, { expireIn: w.expireIn });
+        for (const k of d.deletes) atomic.delete(k);
+        for (const e of d.events) atomic.set(outboxKey(e.id), e);
+        for (const t of d.sums) atomic.sum(t.key, t.value);
+        for (const e of d.accountEvents) emitEvent(atomic, e, this.#opts.delivery);
+        empty &&= !d.checks.length && !d.sets.length && !d.deletes.length && !d.events.length &&
+          !d.sums.length && !d.accountEvents.length;
+      }
+      const eventIds = decided.flatMap((d) => d.events.map((e) => e.id));
+      if (eventIds.length && this.#opts.delivery === "queue") atomic.enqueue({ outbox: eventIds });
+      res = empty ? { ok: true, versionstamp: "" } : await atomic.commit();
     } catch (e) {
-      for (const p of parts) this.#cache.delete(p.accountId);
+      settle(false);
+      for (const p of parts) this.#cache.forget(p.accountId);
       throw e;
     }
     if (!res.ok) {
+      settle(false);
       // Another process (or a key change) wrote first: the accounts are decided again on fresh
       // reads. Which check failed is not reported, so every account of the atomic is re-read.
-      for (const p of parts) this.#cache.delete(p.accountId);
+      for (const p of parts) this.#cache.forget(p.accountId);
       return false;
     }
-    for (const d of decided) d.remember(res.versionstamp);
+    settle(true);
+    if (res.versionstamp) {
+      this.stats.commits++;
+      if (decided.some((d) => d.sets.some((w) => w.key[0] === "balance"))) {
+        this.stats.balance_commits++;
+      }
+    }
+    for (const d of decided) {
+      for (const [k, n] of Object.entries(d.counts)) this.stats[k as keyof LeaseCounts] += n;
+    }
+    parts.forEach((p, i) => this.#remember(p.accountId, decided[i], res.versionstamp));
     parts.forEach((p, i) => p.batch.forEach((q, j) => q.resolve(decided[i].results[j])));
-    if (eventIds.length && this.#opts.onCommitted) {
-      const stamp = res.versionstamp;
-      const events = decided.flatMap((d) =>
-        d.events.map((value) => ({ key: outboxKey(value.id), value, versionstamp: stamp }))
-      );
-      this.#opts.onCommitted(eventIds, events);
+    const events = decided.flatMap((d) =>
+      d.events.map((value) => ({ key: outboxKey(value.id), value, versionstamp: res.versionstamp }))
+    );
+    if (events.length && this.#opts.onCommitted) {
+      this.#opts.onCommitted(events.map((e) => e.value.id), events);
     }
     return true;
   }
 
-  /**
-   * Decides one account's batch on its entries: adds its checks and writes to `atomic`, and returns
-   * the results with what to remember once the atomic has committed.
-   */
-  #decide(
-    accountId: string,
-    batch: Pending[],
-    entries: Deno.KvEntryMaybe<unknown>[],
-    atomic: Deno.AtomicOperation,
-    now: number,
-  ) {
-    const { keyList, holdList, onceList } = readsOf(accountId, batch);
-    for (const e of entries) atomic.check(e);
-
-    const balEntry = entries[0] as Deno.KvEntryMaybe<BalanceState>;
-    let bal: BalanceState = { ...(balEntry.value ?? EMPTY_BALANCE) };
-    const keys = new Map<string, ApiKey | null>();
-    const spends = new Map<string, KeySpend>();
-    keyList.forEach((id, i) => {
-      const key = entries[1 + i].value as ApiKey | null;
-      keys.set(id, key);
-      const s = (entries[1 + keyList.length + i].value as KeySpend | null) ?? EMPTY_KEY_SPEND;
-      spends.set(id, currentSpend(s, key?.limit_reset ?? null, now));
-    });
-    const holds = new Map<string, Hold | null>();
-    holdList.forEach((id, i) => {
-      holds.set(id, entries[1 + 2 * keyList.length + i].value as Hold | null);
-    });
-    const onceStored = new Map<string, unknown>();
-    onceList.forEach((k, i) => {
-      const v = entries[1 + 2 * keyList.length + holdList.length + i].value;
-      if (v !== null) onceStored.set(keyString(k), v);
-    });
-
-    const touchedSpends = new Set<string>();
-    const newHolds: Hold[] = [];
-    const renewed = new Set<string>();
-    const results: unknown[] = [];
-    const eventIds: string[] = [];
-    const events: UsageEvent[] = [];
-    const nowIso = new Date(now).toISOString();
-    const unhold = (holdId: string) => {
-      // Gone already (expired by a sweep): no longer this process's to protect or renew either.
-      this.liveHolds.delete(holdId);
-      const h = holds.get(holdId);
-      if (!h) return;
-      holds.set(holdId, null);
-      bal.reserved -= h.amount;
-      const s = spends.get(h.key_id);
-      if (s) {
-        spends.set(h.key_id, { ...s, reserved: s.reserved - h.amount });
-        touchedSpends.add(h.key_id);
-      }
-      atomic.delete(holdKey(accountId, holdId));
-    };
-    const record = (event: UsageEvent) => {
-      atomic.set(outboxKey(event.id), event);
-      eventIds.push(event.id);
-      events.push(event);
-    };
-
-    for (const { op } of batch) {
-      switch (op.kind) {
-        case "reserve": {
-          const check = checkKey(keys.get(op.keyId) ?? null, now);
-          if (!check.ok) {
-            results.push({ ok: false, code: check.code });
-            break;
-          }
-          const key = check.key;
-          // The rate window lives in the key's spend record, checked and written in this atomic,
-          // so `rate_limit_rpm` holds across processes.
-          const window = key.rate_limit_rpm === null
-            ? null
-            : rateWindow(spends.get(op.keyId)!.rate, now);
-          if (window && key.rate_limit_rpm !== null) {
-            const wait = rateLimitWait(window, key.rate_limit_rpm, now);
-            if (wait > 0) {
-              results.push({
-                ok: false,
-                code: "rate_limited",
-                rpm: key.rate_limit_rpm,
-                retryAfterSec: wait,
-              });
-              break;
-            }
-          }
-          const s = spends.get(op.keyId)!;
-          const short = moneyRefusal(key, s, bal, op.amount);
-          if (short) {
-            results.push(short);
-            break;
-          }
-          bal.reserved += op.amount;
-          spends.set(op.keyId, {
-            ...s,
-            reserved: s.reserved + op.amount,
-            ...(window ? { rate: countRequest(window, now) } : {}),
-          });
-          touchedSpends.add(op.keyId);
-          const hold: Hold = {
-            id: op.holdId,
-            key_id: op.keyId,
-            amount: op.amount,
-            created_ms: now,
-            expires_ms: now + op.ttlMs,
-          };
-          atomic.set(holdKey(accountId, op.holdId), hold);
-          newHolds.push(hold);
-          results.push({ ok: true });
-          break;
-        }
-        case "settle": {
-          unhold(op.holdId);
-          // A balance never goes below zero, nor eats into other requests' holds: a cost beyond
-          // that (an upstream reporting more usage than the worst case held) is not charged.
-          const left = bal.balance - bal.reserved;
-          const cost = op.cost <= left ? op.cost : left > 0n ? left : 0n;
-          bal = { ...bal, balance: bal.balance - cost, total_used: bal.total_used + cost };
-          const s = spends.get(op.keyId)!;
-          spends.set(op.keyId, {
-            ...s,
-            spend: s.spend + cost,
-            period_spend: s.period_spend + cost,
-            usage_today: s.usage_today + cost,
-            usage_month: s.usage_month + cost,
-            last_used_at: nowIso,
-          });
-          touchedSpends.add(op.keyId);
-          record({ ...op.event, cost, balance_after: bal.balance });
-          results.push({ balanceAfter: bal.balance, charged: cost });
-          break;
-        }
-        case "release":
-          unhold(op.holdId);
-          if (op.event) record(op.event);
-          results.push(undefined);
-          break;
-        case "expire": {
-          const h = holds.get(op.holdId);
-          if (h && h.expires_ms <= now) unhold(op.holdId);
-          results.push(undefined);
-          break;
-        }
-        case "renew": {
-          const h = holds.get(op.holdId);
-          if (!h || !this.liveHolds.has(op.holdId)) {
-            // Its request settled, or a sweep released it meanwhile: nothing left to keep.
-            this.liveHolds.delete(op.holdId);
-            results.push(null);
-            break;
-          }
-          const expires = now + op.ttlMs;
-          if (expires > h.expires_ms) {
-            const hold = { ...h, expires_ms: expires };
-            holds.set(op.holdId, hold);
-            atomic.set(holdKey(accountId, op.holdId), hold);
-            renewed.add(op.holdId);
-          }
-          results.push(holds.get(op.holdId)!.expires_ms);
-          break;
-        }
-        case "record":
-          record(op.event);
-          results.push(undefined);
-          break;
-        case "credit": {
-          const ks = op.once ? keyString(op.once.key) : null;
-          if (ks !== null && onceStored.has(ks)) {
-            results.push({ replayed: true, stored: onceStored.get(ks) });
-            break;
-          }
-          bal = {
-            ...bal,
-            balance: bal.balance + op.amount,
-            total_purchased: bal.total_purchased + (op.type === "purchase" ? op.amount : 0n),
-          };
-          const entry: LedgerEntry = {
-            id: newId("txn", now),
-            type: op.type,
-            amount: op.amount,
-            balance_after: bal.balance,
-            created_at: nowIso,
-            description: op.description,
-            reference: op.reference,
-            ...(op.receipt_url ? { receipt_url: op.receipt_url } : {}),
-          };
-          atomic.set(ledgerKey(accountId, now, entry.id), entry);
-          countLedger(atomic, accountId, op.amount);
-          if (op.event) emitEvent(atomic, op.event(entry), this.#opts.delivery);
-          if (op.once && ks !== null) {
-            const stored = op.once.value(entry);
-            atomic.set(op.once.key, stored, { expireIn: op.once.expireIn });
-            onceStored.set(ks, stored);
-          }
-          results.push({ replayed: false, entry });
-          break;
-        }
-      }
+  /** Keeps what a committed decision wrote as the account's cached state; tracks live holds. */
+  #remember(accountId: string, d: Decision, stamp: string) {
+    for (const id of d.orphansDone) this.leases.orphans.delete(id);
+    for (const h of d.reserved) this.liveHolds.set(h.id, { accountId, expiresMs: h.expires_ms });
+    for (const h of d.renewed) {
+      const live = this.liveHolds.get(h.id);
+      if (live) live.expiresMs = h.expires_ms;
     }
-
-    atomic.set(balanceKey(accountId), bal);
-    for (const id of touchedSpends) atomic.set(keySpendKey(accountId, id), spends.get(id)!);
-    const remember = (stamp: string) => {
-      const cache = this.#cache.get(accountId);
-      if (!cache) return;
-      const keep = (key: Deno.KvKey, value: unknown) =>
-        cache.entries.set(keyString(key), { key, value, versionstamp: stamp });
-      keep(balanceKey(accountId), bal);
-      for (const id of touchedSpends) keep(keySpendKey(accountId, id), spends.get(id)!);
-      for (const [id, h] of holds) {
-        if (h === null) cache.entries.delete(keyString(holdKey(accountId, id)));
-        else if (renewed.has(id)) {
-          keep(holdKey(accountId, id), h);
-          const live = this.liveHolds.get(id);
-          if (live) live.expiresMs = h.expires_ms;
-        }
-      }
-      // Once-keys are read afresh each time: credits are rare.
-      for (const k of onceList) cache.entries.delete(keyString(k));
-      // This process's holds are usually settled here too: keep them, still checked on settle.
-      for (const h of newHolds) {
-        keep(holdKey(accountId, h.id), h);
-        this.liveHolds.set(h.id, { accountId, expiresMs: h.expires_ms });
-      }
-    };
-    return { results, eventIds, events, remember };
+    this.#cache.remember(accountId, d.sets, d.deletes, stamp);
   }
-}
-
-/** Why `amount` cannot be held: the account's available balance, then the key's credit limit. */
-function moneyRefusal(
-  key: ApiKey,
-  s: KeySpend,
-  bal: BalanceState,
-  amount: bigint,
-): ReserveResult | null {
-  const available = bal.balance - bal.reserved;
-  if (amount > available) {
-    return { ok: false, code: "insufficient_credits", available: available > 0n ? available : 0n };
-  }
-  if (key.credit_limit !== null) {
-    const used = key.limit_reset ? s.period_spend : s.spend;
-    const remaining = key.credit_limit - used - s.reserved;
-    if (amount > remaining) {
-      return { ok: false, code: "key_limit_exceeded", remaining: remaining > 0n ? remaining : 0n };
-    }
-  }
-  return null;
-}
-
-/** The keys a batch reads and checks: balance, its keys and their spend, its holds, once-keys. */
-function readsOf(accountId: string, batch: Pending[]) {
-  const keyIds = new Set<string>();
-  const holdIds = new Set<string>();
-  const onceKeys = new Map<string, Deno.KvKey>();
-  for (const { op } of batch) {
-    if (op.kind === "reserve" || op.kind === "settle") keyIds.add(op.keyId);
-    if (
-      op.kind === "settle" || op.kind === "release" || op.kind === "expire" || op.kind === "renew"
-    ) {
-      holdIds.add(op.holdId);
-    }
-    if (op.kind === "credit" && op.once) onceKeys.set(keyString(op.once.key), op.once.key);
-  }
-  const keyList = [...keyIds];
-  const holdList = [...holdIds];
-  const onceList = [...onceKeys.values()];
-  const keys: Deno.KvKey[] = [
-    balanceKey(accountId),
-    ...keyList.map((id) => apiKeyKey(id)),
-    ...keyList.map((id) => keySpendKey(accountId, id)),
-    ...holdList.map((id) => holdKey(accountId, id)),
-    ...onceList,
-  ];
-  return { keys, keyList, holdList, onceList };
-}
-
-/** What is left of one atomic's limits. */
-interface Room {
-  checks: number;
-  mutations: number;
-  keyBytes: number;
-  bytes: number;
-}
-
-// Upper bounds of stored sizes, beyond their keys: a balance, a key's spend with its rate window,
-// a hold, a ledger entry without its description, a once-value.
-const BALANCE_BYTES = 256;
-const SPEND_BYTES = 2048;
-const HOLD_BYTES = 256;
-const LEDGER_BYTES = 512;
-const ONCE_BYTES = 4096;
-
-/**
- * How many operations at the head of an account's queue fit in the room left (and takes it): the
- * longest prefix, at most MAX_OPS. The first part of an atomic takes at least one operation.
- */
-function fitBatch(accountId: string, queue: Pending[], room: Room, first: boolean): number {
-  const accountBytes = accountId.length * 3;
-  // The balance: checked and set.
-  let checks = 1, mutations = 1;
-  let kbytes = 2 * (12 + accountBytes), bytes = BALANCE_BYTES;
-  const keys = new Set<string>();
-  let n = 0;
-  for (; n < queue.length && n < MAX_OPS; n++) {
-    const op = queue[n].op;
-    let c = 0, m = 0, kb = 0, b = 0;
-    if ((op.kind === "reserve" || op.kind === "settle") && !keys.has(op.keyId)) {
-      // The key is checked; its spend checked and set.
-      const k = 3 * (16 + op.keyId.length * 3 + accountBytes);
-      c += 2;
-      m += 1;
-      kb += k;
-      b += SPEND_BYTES;
-    }
-    const holdKeyBytes = "holdId" in op ? 12 + accountBytes + op.holdId.length * 3 : 0;
-    switch (op.kind) {
-      case "reserve":
-        m += 1;
-        kb += holdKeyBytes;
-        b += HOLD_BYTES;
-        break;
-      case "settle":
-      case "release":
-      case "expire":
-        c += 1;
-        m += 1;
-        kb += 2 * holdKeyBytes;
-        break;
-      case "renew":
-        c += 1;
-        m += 1;
-        kb += 2 * holdKeyBytes;
-        b += HOLD_BYTES;
-        break;
-      case "credit":
-        // The ledger row and its account's total.
-        m += 2;
-        kb += 2 * (64 + accountBytes);
-        b += LEDGER_BYTES + op.description.length * 3 + (op.reference?.length ?? 0) * 3 +
-          (op.receipt_url?.length ?? 0) * 3;
-        if (op.event) {
-          // Its outbox entry and its queue message.
-          m += 2;
-          kb += 96;
-          b += 2 * MAX_EVENT_BYTES;
-        }
-        if (op.once) {
-          c += 1;
-          m += 1;
-          kb += 2 * keyBytes(op.once.key);
-          b += ONCE_BYTES;
-        }
-        break;
-    }
-    const event = op.kind === "settle" || op.kind === "record"
-      ? op.event
-      : op.kind === "release"
-      ? op.event
-      : null;
-    if (event) {
-      m += 1;
-      kb += 16 + event.id.length * 3;
-      b += approxBytes(event);
-    }
-    b += kb;
-    const over = checks + c > room.checks || mutations + m > room.mutations ||
-      kbytes + kb > room.keyBytes || bytes + b > room.bytes;
-    if (over && !(first && n === 0)) break;
-    if (op.kind === "reserve" || op.kind === "settle") keys.add(op.keyId);
-    checks += c;
-    mutations += m;
-    kbytes += kb;
-    bytes += b;
-  }
-  if (n === 0) return 0;
-  room.checks -= checks;
-  room.mutations -= mutations;
-  room.keyBytes -= kbytes;
-  room.bytes -= bytes;
-  return n;
 }

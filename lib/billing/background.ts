@@ -1,4 +1,4 @@
-import { HOLD_PREFIX } from "../kv/schema.ts";
+import { HOLD_PREFIX, LEASE_PREFIX } from "../kv/schema.ts";
 import { listStaleOutbox, RecordError, recordEvents } from "../audit/recorder.ts";
 import { compactPending } from "../usage/compact.ts";
 
@@ -9,8 +9,9 @@ import { compactPending } from "../usage/compact.ts";
 // recorded event regardless.
 const COMPACT_EVERY_MS = 3000;
 import type { AccountActors } from "./actor.ts";
-import type { Hold, UsageEvent } from "./types.ts";
-import { sleep } from "../kv/util.ts";
+import type { Hold, Lease, UsageEvent } from "./types.ts";
+import { tickLeases } from "./leasing.ts";
+import { pause, sleep } from "../kv/util.ts";
 
 // Under load the drainer gathers events before a pass, in steps of COALESCE_STEP_MS, until it
 // has COALESCE_EVENTS, or COALESCE_PER_ACCOUNT per account among them, or COALESCE_MAX_MS passed,
@@ -24,6 +25,8 @@ const COALESCE_STEP_MS = 25;
 const COALESCE_MAX_MS = 250;
 const COALESCE_EVENTS = 4000;
 const COALESCE_PER_ACCOUNT = 4;
+// How long the queue listener leaves another process's events to that process's drainer.
+const OTHERS_FIRST_MS = 1000;
 // Ids handed to the drainer that the queue listener remembers, per generation.
 const HANDED_KEPT = 50_000;
 
@@ -77,9 +80,12 @@ export class Background {
   #timer: ReturnType<typeof setInterval> | undefined;
   #compactTimer: ReturnType<typeof setInterval> | undefined;
   #renewTimer: ReturnType<typeof setInterval> | undefined;
+  #leaseTimer: ReturnType<typeof setInterval> | undefined;
   #listener: Promise<void> | null = null;
   #inFlight = new Set<Promise<unknown>>();
   #closed = false;
+  /** Aborted by `close`: waits in progress end. */
+  #closing = new AbortController();
 
   constructor(kv: Deno.Kv, actors: AccountActors, opts: BackgroundOptions) {
     this.#kv = kv;
@@ -108,7 +114,12 @@ export class Background {
         const rest = ids.filter((x) =>
           typeof x === "string" && !this.#handed.has(x) && !this.#handedBefore.has(x)
         );
-        if (rest.length) await this.#track(recordEvents(this.#kv, rest));
+        if (!rest.length) return;
+        // Another process's events (the queue delivers to any listener of the KV): its drainer
+        // records them within moments; recording them here at once would race it, conflict and
+        // retry. This is the backstop for a process that died first.
+        if (!await pause(OTHERS_FIRST_MS, this.#closing.signal)) return;
+        await this.#track(recordEvents(this.#kv, rest));
       });
     }
     this.#timer = setInterval(() => {
@@ -124,6 +135,10 @@ export class Background {
     this.#compactTimer = this.#every(COMPACT_EVERY_MS, () => compactPending(this.#kv));
     for (const task of this.#tasks) {
       this.#taskTimers.push(this.#every(this.#opts.sweepEveryMs, () => task.sweep()));
+    }
+    const leases = this.#actors.leaseOptions;
+    if (leases) {
+      this.#leaseTimer = this.#every(leases.tickMs, () => tickLeases(this.#kv, this.#actors));
     }
     return this;
   }
@@ -201,12 +216,13 @@ export class Background {
   }
 
   /**
-   * Records stale outbox entries, releases expired holds not owned by this process and folds
-   * every account's pending rollup entries (those of other processes too).
+   * Records stale outbox entries, releases expired holds not owned by this process, reclaims
+   * other processes' expired leases (their debits folded in, the rest returned) and folds every
+   * account's pending rollup entries (those of other processes too).
    */
   async sweep(
     opts: { staleAfterMs?: number } = {},
-  ): Promise<{ recorded: number; expired: number }> {
+  ): Promise<{ recorded: number; expired: number; reclaimed: number }> {
     const now = this.#opts.now();
     let recorded = 0;
     for (;;) {
@@ -235,11 +251,29 @@ export class Background {
       const hold = e.value;
       if (hold.expires_ms > now || this.#actors.liveHolds.has(hold.id)) continue;
       expired++;
-      expiring.push(this.#actors.submit(String(e.key[1]), { kind: "expire", holdId: hold.id }));
+      expiring.push(
+        this.#actors.submit(String(e.key[1]), {
+          kind: "expire",
+          keyId: hold.key_id,
+          holdId: hold.id,
+        }),
+      );
+    }
+    let reclaimed = 0;
+    for await (const e of this.#kv.list<Lease>({ prefix: LEASE_PREFIX })) {
+      const lease = e.value;
+      if (lease.expires_ms > now || lease.owner === this.#actors.owner) continue;
+      expiring.push(
+        this.#actors.submit(String(e.key[1]), {
+          kind: "reclaim",
+          leaseId: lease.id,
+          keyIds: Object.keys(lease.keys),
+        }).then((done) => done && reclaimed++),
+      );
     }
     await Promise.all(expiring);
     await compactPending(this.#kv, { scan: true });
-    return { recorded, expired };
+    return { recorded, expired, reclaimed };
   }
 
   /** Records everything in the outbox now (tests and shutdown). */
@@ -251,7 +285,11 @@ export class Background {
     for (const task of this.#tasks) await task.sweep();
   }
 
+  /** Returns this process's leases, then stops: call it once no request is in flight. */
   async close(): Promise<void> {
+    this.#closing.abort();
+    clearInterval(this.#leaseTimer);
+    await this.#actors.returnLeases();
     this.#closed = true;
     clearInterval(this.#timer);
     clearInterval(this.#compactTimer);

@@ -23,12 +23,18 @@ export function countLedger(
   accountId: string,
   amount: bigint,
 ): Deno.AtomicOperation {
-  if (amount === 0n) return atomic;
+  const total = ledgerTotalSum(accountId, amount);
+  return total ? atomic.sum(total.key, total.value) : atomic;
+}
+
+/** The `sum` `countLedger` adds for a row of `amount`, as data (null for a zero amount). */
+export function ledgerTotalSum(
+  accountId: string,
+  amount: bigint,
+): { key: Deno.KvKey; value: bigint } | null {
+  if (amount === 0n) return null;
   const side = amount > 0n ? "credit" : "debit";
-  return atomic.sum(
-    ledgerTotalKey(accountId, side),
-    (amount < 0n ? -amount : amount) % U64,
-  );
+  return { key: ledgerTotalKey(accountId, side), value: (amount < 0n ? -amount : amount) % U64 };
 }
 
 /** An upper bound of the key bytes `countLedger` adds to an atomic (one `sum`). */

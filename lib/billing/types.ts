@@ -7,13 +7,25 @@ export interface Account {
   created_at: string;
 }
 
-/** The balance record: changed only by the account actor's check-and-set atomics. */
+/**
+ * The balance record: changed only by the account actor's check-and-set atomics. Debits settled on
+ * a lease are not in `balance` and `total_used` until the lease is folded in (see `Lease`).
+ */
 export interface BalanceState {
   balance: bigint;
-  /** Σ open holds. */
+  /** Σ open holds written to KV (the shared path). */
   reserved: bigint;
   total_purchased: bigint;
   total_used: bigint;
+  /** Σ `granted` of the account's open leases (missing: none). */
+  leased?: bigint;
+  /** How many leases are open on the account. */
+  leases?: number;
+  /**
+   * When a reserve last found too little available while other processes' leases held credit:
+   * those processes shrink their leases to what they hold, and none takes a new one for a while.
+   */
+  recall_ms?: number;
 }
 
 export const EMPTY_BALANCE: BalanceState = {
@@ -64,6 +76,49 @@ export interface KeySpend {
   last_used_at: string | null;
   /** Requests admitted in the last 60 s, as [epoch second, count] pairs (for `rate_limit_rpm`). */
   rate?: [sec: number, count: number][];
+  /** Σ credit-limit slices of the key in the account's open leases (missing: none). */
+  leased?: bigint;
+}
+
+/** One key's part of a lease. */
+export interface LeaseKey {
+  /**
+   * The key's spend settled on the lease since it was last folded in: the counters of `KeySpend`
+   * (`reserved`, `rate` and `leased` unused), each for the period, day and month it names.
+   */
+  delta: KeySpend;
+  /**
+   * Of a key with a credit limit: the part of its remaining limit moved into the lease (counted in
+   * the key spend's `leased`); `delta.spend` is what was settled on it. Null without a limit.
+   */
+  slice: bigint | null;
+  /** The limit and reset the slice was taken under: a key changed since is served shared. */
+  limit: bigint | null;
+  reset: LimitReset | null;
+  /** The key's local holds as of the lease's last commit (what customers see as reserved). */
+  held: bigint;
+}
+
+/**
+ * ["lease", accountId, leaseId] → Lease: credit one process moved out of the account's
+ * available balance to serve the account's requests without touching the shared balance record.
+ * Its debits are committed to it (with their outbox entries) and folded into the balance later.
+ * True balance = balance − Σ spent; available = balance − reserved − leased.
+ */
+export interface Lease {
+  id: string;
+  /** The process that took it (a random id per process start). */
+  owner: string;
+  /** Credit in the lease, its debits since the last fold included (Σ = BalanceState.leased). */
+  granted: bigint;
+  /** Debits settled on the lease since it was last folded into the balance. */
+  spent: bigint;
+  /** The owner's local holds as of its last commit (what customers see as reserved). */
+  held: bigint;
+  /** After this, any process may reclaim it: fold its debits and return the rest. */
+  expires_ms: number;
+  /** By key id, at most MAX_LEASE_KEYS. */
+  keys: Record<string, LeaseKey>;
 }
 
 export const EMPTY_KEY_SPEND: KeySpend = {

@@ -417,6 +417,10 @@ export const VerifySchema = z.strictObject({
     ledger_sum: Usd,
     reserved: Usd,
     holds_sum: Usd,
+    leased: Usd.meta({ description: "The balance record's credit out in leases" }),
+    leases_sum: Usd,
+    keys_leased: Usd,
+    slices_sum: Usd,
   })),
 }).meta({ id: "BooksCheck" });
 export type VerifyJson = z.infer<typeof VerifySchema>;
@@ -438,6 +442,10 @@ export function verifyJson(v: {
       ledger_sum: formatUsd(d.ledger_sum),
       reserved: formatUsd(d.reserved),
       holds_sum: formatUsd(d.holds_sum),
+      leased: formatUsd(d.leased),
+      leases_sum: formatUsd(d.leases_sum),
+      keys_leased: formatUsd(d.keys_leased),
+      slices_sum: formatUsd(d.slices_sum),
     })),
   };
 }

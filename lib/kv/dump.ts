@@ -8,7 +8,8 @@ import { createHash } from "node:crypto";
 import { decodeKey, decodeValue, encodeKey, encodeValue, serializedBound } from "./codec.ts";
 import { EPHEMERAL_PREFIXES } from "./schema.ts";
 import { schemaVersion } from "./migrate.ts";
-import { commitRetrying, keyBytes, KV_LIMITS } from "./util.ts";
+import { commitRetrying, keyBytes } from "./util.ts";
+import { AtomicRoom } from "./limits.ts";
 
 export const DUMP_FORMAT = "enterprise-router-kv";
 export const DUMP_VERSION = 1;
@@ -202,7 +203,7 @@ export async function importDump(
     }
   }
   let atomic = kv.atomic();
-  let mutations = 0, keyTotal = 0, byteTotal = 0, first = 0, written = 0;
+  let room = new AtomicRoom(), mutations = 0, first = 0, written = 0;
   const commit = async (last: number) => {
     if (mutations === 0) return;
     try {
@@ -216,22 +217,19 @@ export async function importDump(
     }
     written += mutations;
     atomic = kv.atomic();
-    mutations = keyTotal = byteTotal = 0;
+    room = new AtomicRoom();
+    mutations = 0;
   };
   let last = 0;
   try {
     for await (const { n, key, value } of readDump(path, () => {})) {
       const kb = keyBytes(key);
-      const bytes = kb + serializedBound(value);
-      if (
-        mutations + 1 > KV_LIMITS.mutations || keyTotal + kb > KV_LIMITS.keyBytes ||
-        byteTotal + bytes > KV_LIMITS.bytes
-      ) await commit(n - 1);
+      const f = { checks: 0, mutations: 1, keyBytes: kb, bytes: kb + serializedBound(value) };
+      if (!room.fits(f)) await commit(n - 1);
       if (mutations === 0) first = n;
       atomic.set(key, value);
       mutations++;
-      keyTotal += kb;
-      byteTotal += bytes;
+      room.take(f);
       last = n;
     }
   } catch (e) {

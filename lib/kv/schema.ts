@@ -12,6 +12,10 @@ export const ACCOUNT_PREFIX = ["account"] as const;
 export const accountIdOfKey = (key: Deno.KvKey) => key[1] as string;
 /** ["balance", accountId] → BalanceState: the only record a balance changes in (check-and-set). */
 export const balanceKey = (accountId: string) => ["balance", accountId] as const;
+/** ["lease", accountId, leaseId] → Lease: one process's escrow of the account's credit. */
+export const leaseKey = (accountId: string, leaseId: string) =>
+  ["lease", accountId, leaseId] as const;
+export const LEASE_PREFIX = ["lease"] as const;
 /** ["hold", accountId, holdId] → Hold: one open reservation; Σ amounts = BalanceState.reserved. */
 export const holdKey = (accountId: string, holdId: string) => ["hold", accountId, holdId] as const;
 export const HOLD_PREFIX = ["hold"] as const;
@@ -34,6 +38,7 @@ export const keyIdOfIndex = (key: Deno.KvKey) => key[2] as string;
 /** ["key_spend", accountId, keyId] → KeySpend: spend and held amount of one key (check-and-set). */
 export const keySpendKey = (accountId: string, keyId: string) =>
   ["key_spend", accountId, keyId] as const;
+export const KEY_SPEND_PREFIX = ["key_spend"] as const;
 /** ["outbox", eventId] → UsageEvent: committed with its debit, removed when recorded. */
 export const outboxKey = (eventId: string) => ["outbox", eventId] as const;
 export const OUTBOX_PREFIX = ["outbox"] as const;

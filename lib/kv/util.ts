@@ -2,14 +2,6 @@
 
 import { InvalidInput } from "../errors.ts";
 
-/** Deno KV's limits per atomic: checks, mutations, total key bytes, total bytes (keys and values). */
-export const KV_LIMITS = {
-  checks: 100,
-  mutations: 1000,
-  keyBytes: 81_920,
-  bytes: 800 * 1024,
-} as const;
-
 /** `getMany` takes at most 10 keys: reads any number, strongly, in parallel chunks. */
 export async function getAll<T>(
   kv: Deno.Kv,

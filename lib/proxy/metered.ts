@@ -12,7 +12,7 @@ import {
 import { usageAnomalies } from "../metrics.ts";
 import { echoUsage, type UsageReader, type UsageShape } from "../providers/usage.ts";
 import { MAX_NAME_CHARS, MAX_USER_AGENT_CHARS, type UsageEvent } from "../billing/types.ts";
-import type { ReserveResult } from "../billing/actor.ts";
+import type { ReserveResult } from "../billing/ops.ts";
 import type { ResolvedModel } from "../providers/types.ts";
 import type { AppEnv } from "../services.ts";
 import { ApiError } from "../http/errors.ts";
@@ -103,10 +103,9 @@ interface HoldBounds {
 }
 
 /**
- * The money side of one proxied request: a worst-case hold, granted before the reply is used (the
- * call may already be under way: see `reserve`), then exactly one of settle (the provider
- * answered) or release (it did not). Each step goes through the account's
- * actor and commits the request's audit event with it.
+ * The money side of one proxied request: a worst-case hold, granted before the provider is called,
+ * then exactly one of settle (the provider answered) or release (it did not). Each step goes
+ * through the account's actor and commits the request's audit event with it.
  */
 export class MeteredRequest {
   readonly holdId = newId("hold");
@@ -114,8 +113,6 @@ export class MeteredRequest {
   #held = false;
   /** Whether a billed stream took the hold over: its end settles or releases it. */
   #streamed = false;
-  /** The hold's decision, while the provider is already being called (see `reserve`). */
-  #deciding: Promise<void> | null = null;
   /** The hold asked for, once `reserve` was called: no charge goes beyond it. */
   #hold: HoldBounds | null = null;
 
@@ -136,15 +133,14 @@ export class MeteredRequest {
 
   /**
    * Called once the handler has answered (app.ts). A hold it left neither settled, released nor
-   * to a stream (the handler failed in between) is no longer this process's: it is not renewed,
-   * and the sweeper releases it once it expires.
+   * to a stream (the handler failed in between) is no longer this process's: nothing is charged
+   * (see `AccountActors.abandon`).
    */
-  async answered(): Promise<void> {
-    if (this.#deciding) await this.#deciding.catch(() => {});
+  answered(): void {
     if (this.#done || !this.#held || this.#streamed) return;
     const svc = this.c.get("svc");
-    if (!svc.actors.liveHolds.delete(this.holdId)) return;
-    svc.log("warn", "request ended with its hold unsettled; left to expire", {
+    if (!svc.actors.abandon(this.c.get("key").account_id, this.holdId)) return;
+    svc.log("warn", "request ended with its hold unsettled; not charged", {
       request_id: this.c.get("requestId"),
       status: this.c.res.status,
     });
@@ -156,14 +152,10 @@ export class MeteredRequest {
   }
 
   /**
-   * Holds the worst case; throws the 402/403/401 refusal otherwise. With fallback candidates the
-   * hold covers the dearest of them, since any one may answer.
-   *
-   * When this process's last committed state of the account covers the hold with every other
-   * deciding reserve counted (`AccountActors.forecast`), it returns at once and the hold commits
-   * while the provider is called: `whileHolding` waits for it before the reply is used, and a
-   * refusal (another process spent the balance, or revoked the key, in between) aborts the call.
-   * So a request waits for one commit (its settlement) instead of two.
+   * Holds the worst case; throws the 402/403/401/429 refusal otherwise. With fallback candidates
+   * the hold covers the dearest of them, since any one may answer. Granted from this process's
+   * balance lease it returns with no KV round trip; either way the credit is held before the
+   * provider is called, so no call is made that nobody is billed for.
    */
   async reserve(
     promptTokens: number,
@@ -193,49 +185,15 @@ export class MeteredRequest {
         ...alternatives.map((a) => [a.model, a.outputTokens] as const),
       ]),
     };
-    // Judged before the reserve is submitted, which counts it among the account's deciding ones.
-    const ahead = svc.actors.forecast(key.account_id, key.id, amount);
-    const decided = svc.actors.submit(key.account_id, {
-      kind: "reserve",
-      keyId: key.id,
-      holdId: this.holdId,
+    const r = await svc.actors.reserve(
+      key.account_id,
+      key,
+      this.holdId,
       amount,
-      ttlMs: svc.config.holdTtlMs,
-    }).then((r) => {
-      if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens, searches);
-      this.#held = true;
-    });
-    if (ahead) {
-      decided.catch(() => {});
-      this.#deciding = decided;
-      return;
-    }
-    await decided;
-  }
-
-  /**
-   * Starts `call` (an upstream call, aborted through its signal) and, if the hold is still being
-   * decided, waits for it: a refused hold aborts the call and throws the refusal. Resolves once
-   * the hold is granted, with the call still under way (wrapped, so that its failure is the
-   * caller's to handle, apart from the refusal).
-   */
-  async whileHolding<T extends { abort: () => void }>(
-    call: (signal?: AbortSignal) => Promise<T>,
-  ): Promise<{ reply: Promise<T> }> {
-    const deciding = this.#deciding;
-    const ac = deciding ? new AbortController() : null;
-    const reply = (async () => await call(ac?.signal))();
-    reply.catch(() => {});
-    if (!deciding || !ac) return { reply };
-    this.#deciding = null;
-    try {
-      await deciding;
-    } catch (refusal) {
-      ac.abort();
-      reply.then((r) => r.abort(), () => {});
-      throw refusal;
-    }
-    return { reply };
+      svc.config.holdTtlMs,
+    );
+    if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens, searches);
+    this.#held = true;
   }
 
   /** The error a refused reserve answers with. */
@@ -389,8 +347,6 @@ export class MeteredRequest {
     }
     const usage = this.bounded(reported);
     let cost = this.#charge(usage);
-    // Never a charge without its hold: a refused one throws here.
-    if (this.#deciding) await this.#deciding;
     this.#done = true;
     const c = this.c;
     const event = usageEvent(c, {
@@ -448,7 +404,6 @@ export class MeteredRequest {
 
   /** Releases the hold without charge and records the failure. */
   async release(status: number, errorCode: string): Promise<void> {
-    if (this.#deciding) await this.#deciding.catch(() => {});
     if (this.#done || !this.#held) return;
     this.#done = true;
     const c = this.c;
@@ -461,6 +416,7 @@ export class MeteredRequest {
     });
     await c.get("svc").actors.submit(c.get("key").account_id, {
       kind: "release",
+      keyId: c.get("key").id,
       holdId: this.holdId,
       event,
     });

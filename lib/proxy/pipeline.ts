@@ -162,13 +162,8 @@ export async function forward(
         }
       }
       attempt++;
-      // A hold still deciding is confirmed here, while the call is under way: its refusal is
-      // thrown as it is, not taken for the provider's failure.
-      const call = await m.whileHolding((signal) =>
-        callUpstream(svc.fetch, build(model), svc.config.upstreamTimeoutMs, signal)
-      );
       try {
-        const reply = await call.reply;
+        const reply = await callUpstream(svc.fetch, build(model), svc.config.upstreamTimeoutMs);
         m.model = model;
         m.c.set("target", { provider: model.provider, model: model.model });
         return reply;

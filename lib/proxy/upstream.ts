@@ -10,16 +10,14 @@ export interface UpstreamReply {
 /**
  * Sends a request to a provider. Waits at most `timeoutMs` for the reply's headers; connection
  * failures are 502 and time-outs 504. Provider error replies map to the API's errors without
- * echoing their body (it may contain prompt text). `signal` aborts the call and its reply's body.
+ * echoing their body (it may contain prompt text).
  */
 export async function callUpstream(
   fetchFn: typeof fetch,
   call: UpstreamCall,
   timeoutMs: number,
-  signal?: AbortSignal,
 ): Promise<UpstreamReply> {
   const ac = new AbortController();
-  signal?.addEventListener("abort", () => ac.abort(), { once: true });
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;

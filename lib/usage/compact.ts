@@ -14,6 +14,7 @@ import {
   rollupPendingPrefix,
 } from "../kv/schema.ts";
 import { getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
+import { AtomicRoom } from "../kv/limits.ts";
 import { newId } from "../ids.ts";
 import { addRollupTotals, eventTotals, ROLLUP_FIELDS, type Totals } from "./rollups.ts";
 import type { UsageEvent } from "../billing/types.ts";
@@ -24,11 +25,9 @@ export type PendingRow = [hourMs: number, keyId: string, provider: string, model
 const HOUR_MS = 3_600_000;
 // A KV value is at most 64 KiB: a pending entry holds rows of at most this estimated size.
 const MAX_ENTRY_BYTES = 48_000;
-// Deno KV's limits per atomic (100 checks, 1000 mutations, 81,920 bytes of keys), with margin;
-// counters are 8-byte values, so the 800 KiB total is bounded by the key bytes.
-const MAX_CHECKS = 90;
-const MAX_MUTATIONS = 900;
-const MAX_KEY_BYTES = 64_000;
+// Deno KV's limits per atomic, with margin; counters are 8-byte values, so the 800 KiB total is
+// bounded by the key bytes.
+const MARGIN = { checks: 10, mutations: 100, keyBytes: 17_920 };
 
 /** A generous estimate of a row's serialized size (3 UTF-8 bytes per UTF-16 unit). */
 const rowBytes = (keyId: string, provider: string, model: string) =>
@@ -148,10 +147,9 @@ export async function compactAccount(kv: Deno.Kv, accountId: string): Promise<nu
       const rows = new Map<string, PendingRow>();
       const counterKeys = new Set<string>();
       const group: Deno.KvEntry<PendingRow[]>[] = [];
-      let mutations = 0;
-      let bytes = 0;
+      const room = new AtomicRoom(MARGIN);
       let split: Deno.KvEntry<PendingRow[]> | null = null;
-      for (; i < entries.length && group.length < MAX_CHECKS; i++) {
+      for (; i < entries.length; i++) {
         // Counter keys of rows new to the group, as if every field were non-zero (an upper
         // bound: a field zero in one entry may not be in the next of the same row).
         const own = new Map<string, [Deno.KvKey, bigint]>();
@@ -167,7 +165,8 @@ export async function compactAccount(kv: Deno.Kv, accountId: string): Promise<nu
           added++;
           b += keyBytes(key);
         }
-        if (mutations + added > MAX_MUTATIONS || bytes + b > MAX_KEY_BYTES) {
+        const f = { checks: 1, mutations: added, keyBytes: b, bytes: b };
+        if (!room.fits(f)) {
           if (group.length > 0) break;
           if (entries[i].value.length > 1) {
             split = entries[i++];
@@ -176,8 +175,7 @@ export async function compactAccount(kv: Deno.Kv, accountId: string): Promise<nu
           // One row is at most 96 counters: over the limits only with absurdly long names, and
           // then the commit below fails loudly rather than counting part of it.
         }
-        mutations += added;
-        bytes += b;
+        room.take(f);
         for (const s of own.keys()) counterKeys.add(s);
         for (const [hourMs, keyId, provider, model, c] of entries[i].value) {
           const id = rowKey(hourMs, keyId, provider, model);

@@ -262,6 +262,28 @@ export default function adminRoutes() {
     security,
     responses: { 200: jsonResponse(VerifySchema, "The check"), ...refusals },
   }, async (c) => c.json(verifyJson(await verifyBooks(c.get("svc").kv))));
+  documented(app, {
+    method: "get",
+    path: "/admin/stats",
+    tags: ["Admin"],
+    summary: "This process's counters since it started (another process answers for itself)",
+    security,
+    responses: {
+      200: jsonResponse(
+        z.strictObject({
+          kv: z.record(z.string(), z.number().int()).meta({ description: "KV commits" }),
+          actors: z.record(z.string(), z.number().int()).meta({
+            description: "The account actors' commits, conflicts and lease events",
+          }),
+        }).meta({ id: "ProcessStats" }),
+        "Plain integers",
+      ),
+      ...refusals,
+    },
+  }, (c) => {
+    const svc = c.get("svc");
+    return c.json({ kv: svc.kvStats, actors: svc.actors.stats });
+  });
 
   return app;
 }

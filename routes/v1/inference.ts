@@ -9,7 +9,7 @@ import { forward, resolveModel, settleJson } from "../../lib/proxy/pipeline.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { divRound, formatUsd } from "../../lib/money.ts";
 import { getKeySpend } from "../../lib/auth/keys.ts";
-import { currentSpend, periodEnd } from "../../lib/billing/periods.ts";
+import { periodEnd } from "../../lib/billing/periods.ts";
 import { chatCompletions } from "./chat.ts";
 import { countTokens, messages } from "./messages.ts";
 import { responses } from "./responses.ts";
@@ -129,7 +129,7 @@ export function inferenceRoutes() {
     const svc = c.get("svc");
     const key = c.get("key");
     const now = svc.now();
-    const s = currentSpend(await getKeySpend(svc.kv, key.account_id, key.id), key.limit_reset, now);
+    const s = await getKeySpend(svc.kv, key, now);
     const used = key.limit_reset ? s.period_spend : s.spend;
     const end = periodEnd(key.limit_reset, now);
     return c.json({

@@ -219,7 +219,7 @@ export default function managementRoutes() {
     responses: { 200: jsonResponse(KeySchema, "The key"), ...refusals, ...errorResponses(404) },
   }, async (c) => {
     const { value: key } = await ownKey(c);
-    return c.json(keyJson(key, await getKeySpend(c.get("svc").kv, key.account_id, key.id)));
+    return c.json(keyJson(key, await getKeySpend(c.get("svc").kv, key)));
   });
 
   documented(app, {
@@ -249,7 +249,7 @@ export default function managementRoutes() {
       if (res.ok) {
         svc.keys.forget(next.hash);
         svc.actors.forgetKey(next.account_id, next.id);
-        return c.json(keyJson(next, await getKeySpend(svc.kv, next.account_id, next.id)));
+        return c.json(keyJson(next, await getKeySpend(svc.kv, next)));
       }
     }
     throw new ApiError(409, "conflict", "The key changed while it was being updated; try again");

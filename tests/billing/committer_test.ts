@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
 import { AccountActors } from "../../lib/billing/actor.ts";
 import { apiKeyKey, balanceKey, OUTBOX_PREFIX } from "../../lib/kv/schema.ts";
-import type { ApiKey, BalanceState, UsageEvent } from "../../lib/billing/types.ts";
-import { usageEvent } from "../_fixtures.ts";
+import type { BalanceState, UsageEvent } from "../../lib/billing/types.ts";
+import { apiKeyRecord, usageEvent } from "../_fixtures.ts";
 
 /** An unbilled event (a refused request) of the account, with a user agent of `uaBytes`. */
 function event(accountId: string, uaBytes = 10): UsageEvent {
@@ -23,24 +23,6 @@ function event(accountId: string, uaBytes = 10): UsageEvent {
     balance_after: null,
     error_code: "insufficient_credits",
   });
-}
-
-function apiKey(id: string, accountId: string): ApiKey {
-  return {
-    id,
-    account_id: accountId,
-    name: "k",
-    scope: "inference",
-    prefix: "sk-er-x",
-    hash: "h",
-    created_at: new Date().toISOString(),
-    disabled: false,
-    revoked_at: null,
-    credit_limit: null,
-    limit_reset: null,
-    expires_at: null,
-    rate_limit_rpm: null,
-  };
 }
 
 /** Runs `fn` against a fresh in-memory KV. */
@@ -132,7 +114,7 @@ Deno.test("a batch decided on cached state is decided again when another writer 
     const a = new AccountActors(kv, { delivery: "drainer" });
     const b = new AccountActors(kv, { delivery: "drainer" });
     const acct = "acct_cache";
-    await kv.set(apiKeyKey("key_cache"), apiKey("key_cache", acct));
+    await kv.set(apiKeyKey("key_cache"), apiKeyRecord("key_cache", acct));
     const reserve = (holdId: string, amount: bigint) =>
       a.submit(acct, { kind: "reserve", keyId: "key_cache", holdId, amount, ttlMs: 60_000 });
     const credit = (actors: AccountActors, amount: bigint) =>
@@ -157,7 +139,7 @@ Deno.test("a batch decided on cached state is decided again when another writer 
 
     // The key is revoked behind the actor's back: the next reserve sees it.
     await kv.set(apiKeyKey("key_cache"), {
-      ...apiKey("key_cache", acct),
+      ...apiKeyRecord("key_cache", acct),
       revoked_at: "2026-01-01T00:00:00Z",
     });
     assert.deepEqual(await reserve("hold_3", 10n), { ok: false, code: "invalid_api_key" });

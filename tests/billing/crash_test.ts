@@ -1,22 +1,10 @@
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, json } from "../_helpers.ts";
+import { ADMIN_TOKEN, json, until } from "../_helpers.ts";
 import { startFakeOpenAI } from "../_fakes/openai.ts";
 import { spawnRouter } from "../_main.ts";
 import { parseUsd } from "../../lib/money.ts";
 
 const CANARY = `canary-${crypto.randomUUID()}`;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `check` until it returns a value, or fails after `ms`. */
-async function until<T>(what: string, ms: number, check: () => Promise<T | null>): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v !== null) return v;
-    assert.ok(Date.now() < end, `timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 interface Done {
   requestId: string;

@@ -173,3 +173,18 @@ Deno.test("rate_limit_rpm holds across two router processes on one KV file", asy
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a hold released without charge (the provider failed) gives the key's limit back", async () => {
+  const t = await startRouter();
+  try {
+    const { key } = await t.account("1", { credit_limit: "0.001" });
+    t.openai.scenario = { status: 400 };
+    assert.deepEqual(await status(await chat(t, key)), [400, "upstream_invalid_request"]);
+    const me = await json(await t.call(key, "GET", "/v1/key"), 200);
+    assert.equal(me.reserved, "0", "nothing is held for the failed request");
+    assert.equal(me.remaining, "0.001");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});

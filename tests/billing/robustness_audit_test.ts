@@ -8,7 +8,7 @@ import { AccountActors } from "../../lib/billing/actor.ts";
 import { recordEvents } from "../../lib/audit/recorder.ts";
 import { newId } from "../../lib/ids.ts";
 import { holdKey, outboxKey } from "../../lib/kv/schema.ts";
-import { settledUnrecorded, usageEvent } from "../_fixtures.ts";
+import { interceptCommits, settledUnrecorded, usageEvent } from "../_fixtures.ts";
 import { spawnRouter } from "../_main.ts";
 
 const COST = 192_000n;
@@ -100,6 +100,7 @@ Deno.test("an outbox entry no atomic can record is left alone: the sweep records
     assert.deepEqual(await t.router.svc.background.sweep({ staleAfterMs: -1 }), {
       recorded: 0,
       expired: 0,
+      reclaimed: 0,
     });
     await t.kv.delete(outboxKey(poison.id));
     await t.assertBooks();
@@ -414,66 +415,46 @@ async function untilReleased(t: TestRouter, mgmt: string) {
 function failingOnce(fails: (prefixes: Set<unknown>) => boolean) {
   let failNext = true;
   const wrapKv = (kv: Deno.Kv) =>
-    new Proxy(kv, {
-      get(target, prop) {
-        if (prop !== "atomic") {
-          const v = Reflect.get(target, prop, target);
-          return typeof v === "function" ? v.bind(target) : v;
-        }
-        return () => {
-          const atomic = target.atomic();
-          const prefixes = new Set<unknown>();
-          return new Proxy(atomic, {
-            get(a, p) {
-              const v = Reflect.get(a, p, a);
-              if (p === "set" || p === "delete") {
-                return (key: Deno.KvKey, ...rest: unknown[]) => {
-                  prefixes.add(key[0]);
-                  (a[p] as (...args: unknown[]) => unknown)(key, ...rest);
-                  return atomic;
-                };
-              }
-              if (p === "commit") {
-                return () => {
-                  if (failNext && fails(prefixes)) {
-                    failNext = false;
-                    return Promise.reject(new Error("transient store failure"));
-                  }
-                  return a.commit();
-                };
-              }
-              return typeof v === "function" ? v.bind(a) : v;
-            },
-          });
-        };
-      },
+    interceptCommits(kv, (prefixes, commit) => {
+      if (!failNext || !fails(prefixes)) return commit();
+      failNext = false;
+      return Promise.reject(new Error("transient store failure"));
     });
   return { wrapKv, failed: () => !failNext };
 }
 
-Deno.test("a hold whose settlement failed to commit is released by its own process's sweeper", async () => {
-  // The KV fails the first commit that settles a hold (a transient store error).
-  const { wrapKv, failed } = failingOnce((prefixes) =>
-    prefixes.has("hold") && prefixes.has("outbox")
-  );
-  const t = await startRouter({ env: { HOLD_TTL_MS: "1000" }, wrapKv });
-  try {
-    const acct = await t.account("1");
-    const res = await t.call(acct.key, "POST", "/v1/chat/completions", {
-      model: "openai/gpt-4o-mini",
-      messages: [{ role: "user", content: "hi" }],
-      max_tokens: 16,
+for (const leases of ["off", "on"]) {
+  const what = leases === "on" ? "its lease" : "its own process's sweeper";
+  Deno.test(`a hold whose settlement failed to commit is released by ${what}`, async () => {
+    // The KV fails the first commit that settles a hold (a transient store error): a shared
+    // hold's settlement deletes the hold, a lease hold's writes the lease.
+    const { wrapKv, failed } = failingOnce((prefixes) =>
+      prefixes.has(leases === "on" ? "lease" : "hold") && prefixes.has("outbox")
+    );
+    const t = await startRouter({
+      env: { HOLD_TTL_MS: "1000", BALANCE_LEASES: leases, LEASE_IDLE_MS: "200" },
+      wrapKv,
     });
-    // The reply was made but could not be billed: the client is told so, and nothing is charged.
-    assert.equal(res.status, 500);
-    await res.body?.cancel();
-    assert.ok(failed(), "the settlement failed");
-    await untilReleased(t, acct.mgmt);
-    await t.assertBooks();
-  } finally {
-    await t.close();
-  }
-});
+    try {
+      const acct = await t.account("1");
+      const res = await t.call(acct.key, "POST", "/v1/chat/completions", {
+        model: "openai/gpt-4o-mini",
+        messages: [{ role: "user", content: "hi" }],
+        max_tokens: 16,
+      });
+      // The reply was made but could not be billed: the client is told so, nothing is charged.
+      assert.equal(res.status, 500);
+      await res.body?.cancel();
+      assert.ok(failed(), "the settlement failed");
+      await untilReleased(t, acct.mgmt);
+      const credits = await json(await t.call(acct.mgmt, "GET", "/v1/credits"), 200);
+      assert.deepEqual([credits.balance, credits.total_used], ["1", "0"]);
+      await t.assertBooks();
+    } finally {
+      await t.close();
+    }
+  });
+}
 
 Deno.test("a request whose handler fails with its hold unsettled stops renewing it: the sweeper releases it", async () => {
   // The KV fails the first commit that only records an event (a failed attempt's row).

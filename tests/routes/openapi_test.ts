@@ -120,6 +120,7 @@ Deno.test("every documented endpoint answers as GET /v1/openapi.json says, error
       reference: "case-7",
     });
     await api.call(admin, "GET", "/v1/admin/verify");
+    await api.call(admin, "GET", "/v1/admin/stats");
     await api.call(null, "GET", "/v1/admin/verify");
     await api.call(admin, "GET", "/v1/admin/accounts/acct_nope");
 
