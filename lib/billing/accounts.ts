@@ -1,5 +1,6 @@
 import {
   ACCOUNT_PREFIX,
+  accountIdOfKey,
   accountKey,
   balanceKey,
   HOLD_PREFIX,
@@ -92,23 +93,23 @@ export async function verifyBooks(kv: Deno.Kv, opts: { scan?: boolean } = {}) {
   const { count, debitsByAccount } = await pendingOutbox(kv);
   const holds = new Map<string, bigint>();
   for await (const e of kv.list<Hold>({ prefix: HOLD_PREFIX })) {
-    add(holds, String(e.key[1]), e.value.amount);
+    add(holds, accountIdOfKey(e.key), e.value.amount);
   }
   const granted = new Map<string, bigint>(), spent = new Map<string, bigint>();
   const slices = new Map<string, bigint>();
   for await (const e of kv.list<Lease>({ prefix: LEASE_PREFIX })) {
-    const a = String(e.key[1]);
+    const a = accountIdOfKey(e.key);
     add(granted, a, e.value.granted);
     add(spent, a, e.value.spent);
     for (const k of Object.values(e.value.keys)) add(slices, a, k.slice ?? 0n);
   }
   const keysLeased = new Map<string, bigint>();
   for await (const e of kv.list<KeySpend>({ prefix: KEY_SPEND_PREFIX })) {
-    add(keysLeased, String(e.key[1]), e.value.leased ?? 0n);
+    add(keysLeased, accountIdOfKey(e.key), e.value.leased ?? 0n);
   }
   const differences: BooksDifference[] = [];
   const accounts: Account[] = [];
-  for await (const e of kv.list<Account>({ prefix: ["account"] })) accounts.push(e.value);
+  for await (const e of kv.list<Account>({ prefix: ACCOUNT_PREFIX })) accounts.push(e.value);
   const ids = accounts.map((a) => a.id);
   const [balances, totals] = await Promise.all([
     getAll<BalanceState>(kv, ids.map((a) => balanceKey(a))),

@@ -1,4 +1,4 @@
-import { HOLD_PREFIX, LEASE_PREFIX } from "../kv/schema.ts";
+import { accountIdOfKey, HOLD_PREFIX, LEASE_PREFIX } from "../kv/schema.ts";
 import { listStaleOutbox, RecordError, recordEvents } from "../audit/recorder.ts";
 import { compactPending } from "../usage/compact.ts";
 
@@ -252,7 +252,7 @@ export class Background {
       if (hold.expires_ms > now || this.#actors.liveHolds.has(hold.id)) continue;
       expired++;
       expiring.push(
-        this.#actors.submit(String(e.key[1]), {
+        this.#actors.submit(accountIdOfKey(e.key), {
           kind: "expire",
           keyId: hold.key_id,
           holdId: hold.id,
@@ -264,7 +264,7 @@ export class Background {
       const lease = e.value;
       if (lease.expires_ms > now || lease.owner === this.#actors.owner) continue;
       expiring.push(
-        this.#actors.submit(String(e.key[1]), {
+        this.#actors.submit(accountIdOfKey(e.key), {
           kind: "reclaim",
           leaseId: lease.id,
           keyIds: Object.keys(lease.keys),

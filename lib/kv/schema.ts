@@ -8,7 +8,10 @@
 /** ["account", accountId] → Account */
 export const accountKey = (id: string) => ["account", id] as const;
 export const ACCOUNT_PREFIX = ["account"] as const;
-/** The account id of an `accountKey`. */
+/**
+ * The account id of an account's record or of any account-owned key (hold, lease, key spend,
+ * pending rollups…: each carries it right after its prefix).
+ */
 export const accountIdOfKey = (key: Deno.KvKey) => key[1] as string;
 /** ["balance", accountId] → BalanceState: the only record a balance changes in (check-and-set). */
 export const balanceKey = (accountId: string) => ["balance", accountId] as const;
@@ -16,14 +19,11 @@ export const balanceKey = (accountId: string) => ["balance", accountId] as const
 export const leaseKey = (accountId: string, leaseId: string) =>
   ["lease", accountId, leaseId] as const;
 export const LEASE_PREFIX = ["lease"] as const;
+/** Every lease of one account. */
+export const leasesPrefix = (accountId: string) => ["lease", accountId] as const;
 /** ["hold", accountId, holdId] → Hold: one open reservation; Σ amounts = BalanceState.reserved. */
 export const holdKey = (accountId: string, holdId: string) => ["hold", accountId, holdId] as const;
 export const HOLD_PREFIX = ["hold"] as const;
-/** The account and hold ids of a `holdKey`. */
-export const holdKeyParts = (key: Deno.KvKey) => ({
-  accountId: key[1] as string,
-  holdId: key[2] as string,
-});
 /** ["key", keyId] → ApiKey */
 export const apiKeyKey = (id: string) => ["key", id] as const;
 /** ["key_hash", sha256hex] → keyId: the lookup of a presented secret. */
@@ -133,8 +133,7 @@ export const rollupPendingPrefix = (accountId: string) => ["rollup_pending", acc
 /** Where the pending entries of the accounts after `accountId` begin (a listing's `start`). */
 export const rollupPendingAfter = (accountId: string) =>
   ["rollup_pending", accountId + "\u0000"] as const;
-/** The account id of a `rollupPendingKey`. */
-export const accountIdOfRollupPending = (key: Deno.KvKey) => key[1] as string;
+
 /**
  * ["rollup_digest", accountId, grain, scope, dimension, bucket] → RollupDigest: every value's
  * counters of one closed bucket (grain "d", "h", or "m" for a month "2026-11") in one record, valid

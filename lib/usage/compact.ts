@@ -7,7 +7,7 @@
  * deletes the entries and adds their merged sums, so each entry is counted exactly once.
  */
 import {
-  accountIdOfRollupPending,
+  accountIdOfKey,
   ROLLUP_PENDING_PREFIX,
   rollupPendingAfter,
   rollupPendingKey,
@@ -232,7 +232,7 @@ export async function pendingAccounts(kv: Deno.Kv, limit = 10_000): Promise<stri
       : { prefix: ROLLUP_PENDING_PREFIX };
     const [e] = await Array.fromAsync(kv.list(selector, { limit: 1 }));
     if (!e) break;
-    const accountId = accountIdOfRollupPending(e.key);
+    const accountId = accountIdOfKey(e.key);
     out.push(accountId);
     start = rollupPendingAfter(accountId);
   }
