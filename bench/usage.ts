@@ -70,7 +70,7 @@ const existing = await getUserByEmail(kv, EMAIL);
 if (existing) {
   userId = existing.id;
   ACCT = (await listAccountsByUser(kv, userId))[0].account_id;
-  for (const { key } of await listKeysByAccount(kv, ACCT)) {
+  for (const { key } of await listKeysByAccount(kv, ACCT, Date.now())) {
     if (key.scope === "inference") keys.push(key.id);
   }
 } else {

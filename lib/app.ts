@@ -89,7 +89,7 @@ export function createApp(deps: AppDeps): Router {
     config,
     providers: deps.providers ?? new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
     actors,
-    keys: new KeyResolver(kv),
+    keys: new KeyResolver(kv, now),
     background,
     webhooks,
     stripe: deps.stripe !== undefined ? deps.stripe : createStripeClient(config),

@@ -11,10 +11,10 @@ export const MIGRATIONS: readonly Migration[] = [
     version: 1,
     name: "ledger totals",
     // Accounts created before the running ledger totals get them from their rows.
-    async run(kv, { signal, log }) {
+    async run(kv, { signal, log, now }) {
       let filled = 0, batch: string[] = [];
       const fill = async () => {
-        const done = await Promise.all(batch.map((id) => backfillLedgerTotals(kv, id)));
+        const done = await Promise.all(batch.map((id) => backfillLedgerTotals(kv, id, now())));
         filled += done.filter(Boolean).length;
         batch = [];
         signal.throwIfAborted();

@@ -83,7 +83,7 @@ export async function getKey(kv: Deno.Kv, id: string): Promise<ApiKey | null> {
 export async function listKeysByAccount(
   kv: Deno.Kv,
   accountId: string,
-  now = Date.now(),
+  now: number,
 ): Promise<{ key: ApiKey; spend: KeySpend }[]> {
   const ids: string[] = [];
   for await (const e of kv.list({ prefix: accountKeysPrefix(accountId) })) {
@@ -112,7 +112,7 @@ export async function listKeysByAccount(
 }
 
 /** A key's spend as customers see it as of `now`: the account's leases counted in. */
-export async function getKeySpend(kv: Deno.Kv, key: ApiKey, now = Date.now()): Promise<KeySpend> {
+export async function getKeySpend(kv: Deno.Kv, key: ApiKey, now: number): Promise<KeySpend> {
   const { entries: [s], leases } = await readWithLeases<KeySpend>(kv, key.account_id, [
     keySpendKey(key.account_id, key.id),
   ]);
@@ -150,8 +150,11 @@ export class KeyResolver {
   #cache = new Map<string, { key: Promise<ApiKey | null>; at: number }>();
   #ttlMs: number;
 
-  constructor(kv: Deno.Kv, ttlMs = KEY_CACHE_MS) {
+  #now: () => number;
+
+  constructor(kv: Deno.Kv, now: () => number, ttlMs = KEY_CACHE_MS) {
     this.#kv = kv;
+    this.#now = now;
     this.#ttlMs = ttlMs;
   }
 
@@ -162,7 +165,7 @@ export class KeyResolver {
   async resolve(secret: string, fresh = false): Promise<ApiKey | null> {
     if (!secret.startsWith("er-") || secret.length > 200) return null;
     const hash = await hashSecret(secret);
-    const now = Date.now();
+    const now = this.#now();
     const hit = this.#cache.get(hash);
     if (!fresh && hit && now - hit.at < this.#ttlMs) return hit.key;
     const key = this.#lookup(hash);

@@ -107,11 +107,16 @@ export async function deleteSession(kv: Deno.Kv, token: string | undefined) {
 }
 
 /** Moves a session to another account the user belongs to (the caller checked membership). */
-export async function switchSessionAccount(kv: Deno.Kv, token: string, accountId: string) {
+export async function switchSessionAccount(
+  kv: Deno.Kv,
+  token: string,
+  accountId: string,
+  now: number,
+) {
   const key = sessionKey(await hashSecret(token));
   const entry = await kv.get<Session>(key);
   if (!entry.value) return false;
-  const ttl = Math.max(1000, entry.value.expires_ms - Date.now());
+  const ttl = Math.max(1000, entry.value.expires_ms - now);
   const res = await kv.atomic().check(entry).set(key, { ...entry.value, account_id: accountId }, {
     expireIn: ttl,
   }).commit();

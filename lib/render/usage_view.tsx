@@ -112,8 +112,12 @@ export function daysOf(fromDay: string, toDay: string): string[] {
 }
 
 /** Key ids to names (revoked keys included: their history stays). */
-export async function keyNames(kv: Deno.Kv, accountId: string): Promise<Record<string, string>> {
-  const keys = await listKeysByAccount(kv, accountId);
+export async function keyNames(
+  kv: Deno.Kv,
+  accountId: string,
+  now: number,
+): Promise<Record<string, string>> {
+  const keys = await listKeysByAccount(kv, accountId, now);
   return Object.fromEntries(keys.map(({ key }) => [key.id, key.name]));
 }
 

@@ -69,7 +69,7 @@ export const handler = {
         ctx.url,
         (cursor) => listAuditByAccount(ctx.svc.kv, accountId, filter, PAGE, cursor),
       ),
-      keyNames(ctx.svc.kv, accountId),
+      keyNames(ctx.svc.kv, accountId, ctx.svc.now()),
     ]);
     const exportQuery = new URLSearchParams(
       FIELDS.flatMap((f) => values[f] ? [[f, values[f]]] : []),

@@ -39,7 +39,7 @@ export const handler = {
     const groupBy = readGroupBy(q, "key");
     const [usage, names, balance] = await Promise.all([
       readUsage(ctx.svc.kv, usageQueryOf(accountId, period, ctx.svc.now(), { groupBy })),
-      keyNames(ctx.svc.kv, accountId),
+      keyNames(ctx.svc.kv, accountId, ctx.svc.now()),
       getBalance(ctx.svc.kv, accountId),
     ]);
     return {

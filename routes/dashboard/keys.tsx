@@ -13,7 +13,7 @@ interface Data {
 
 export const handler = {
   async GET(ctx: PageCtx): Promise<{ data: Data }> {
-    const all = await listKeysByAccount(ctx.svc.kv, ctx.viewer!.account!.id);
+    const all = await listKeysByAccount(ctx.svc.kv, ctx.viewer!.account!.id, ctx.svc.now());
     return {
       data: {
         // The same view of each key as GET /v1/keys.

@@ -39,7 +39,7 @@ export const handler = {
     const q = ctx.url.searchParams;
     const period = readPeriod(q, ctx.svc.now());
     const groupBy = readGroupBy(q, "date");
-    const names = await keyNames(ctx.svc.kv, accountId);
+    const names = await keyNames(ctx.svc.kv, accountId, ctx.svc.now());
     // One key's usage (GET /v1/keys/{id}/usage), when a key of this account is chosen.
     const keyId = names[q.get("key_id") ?? ""] !== undefined ? q.get("key_id")! : undefined;
     const now = ctx.svc.now();

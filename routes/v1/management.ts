@@ -181,7 +181,8 @@ export default function managementRoutes() {
       ...refusals,
     },
   }, async (c) => {
-    const keys = await listKeysByAccount(c.get("svc").kv, c.get("accountId"));
+    const svc = c.get("svc");
+    const keys = await listKeysByAccount(svc.kv, c.get("accountId"), svc.now());
     return c.json({
       data: keys.filter(({ key }) => key.revoked_at === null).map(({ key, spend }) =>
         keyJson(key, spend)
@@ -219,7 +220,8 @@ export default function managementRoutes() {
     responses: { 200: jsonResponse(KeySchema, "The key"), ...refusals, ...errorResponses(404) },
   }, async (c) => {
     const { value: key } = await ownKey(c);
-    return c.json(keyJson(key, await getKeySpend(c.get("svc").kv, key)));
+    const svc = c.get("svc");
+    return c.json(keyJson(key, await getKeySpend(svc.kv, key, svc.now())));
   });
 
   documented(app, {
@@ -249,7 +251,7 @@ export default function managementRoutes() {
       if (res.ok) {
         svc.keys.forget(next.hash);
         svc.actors.forgetKey(next.account_id, next.id);
-        return c.json(keyJson(next, await getKeySpend(svc.kv, next)));
+        return c.json(keyJson(next, await getKeySpend(svc.kv, next, svc.now())));
       }
     }
     throw new ApiError(409, "conflict", "The key changed while it was being updated; try again");
