@@ -15,8 +15,8 @@ import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:
  * ```
  */
 export function hashSecret(secret: string): Promise<string> {
-  // Synchronous node:crypto: every request hashes its key, and WebCrypto's async digest cost
-  // about 8 % of the router's CPU under load.
+  // Synchronous node:crypto: every request hashes its key, and WebCrypto's async digest costs
+  // more than the hash (bench/README.md, "Measurements behind constants").
   return Promise.resolve(createHash("sha256").update(secret).digest("hex"));
 }
 

@@ -67,9 +67,23 @@ export class ApiError extends Error {
   }
 }
 
-/** A 400 `invalid_request` naming what was wrong. */
+/**
+ * A 400 `invalid_request` naming what was wrong.
+ *
+ * @example
+ * ```ts
+ * throw badRequest("Invalid 'limit': must be a whole number from 1 to 1000");
+ * ```
+ */
 export const badRequest = (message: string) => new ApiError(400, "invalid_request", message);
-/** A 404 `not_found`: "`what` was not found". */
+/**
+ * A 404 `not_found`: "`what` was not found".
+ *
+ * @example
+ * ```ts
+ * throw notFound("The key"); // 404 "The key was not found"
+ * ```
+ */
 export const notFound = (what = "The resource") =>
   new ApiError(404, "not_found", `${what} was not found`);
 

@@ -72,6 +72,14 @@ export async function createKey(
   return { key, secret };
 }
 
+/**
+ * A key by id, or null.
+ *
+ * @example
+ * ```ts
+ * const key = await getKey(kv, "key_01m9…"); // null when there is none
+ * ```
+ */
 export async function getKey(kv: Deno.Kv, id: string): Promise<ApiKey | null> {
   return (await kv.get<ApiKey>(apiKeyKey(id))).value;
 }
@@ -79,6 +87,11 @@ export async function getKey(kv: Deno.Kv, id: string): Promise<ApiKey | null> {
 /**
  * An account's keys (revoked ones included) with their spends as customers see them as of `now`
  * (the account's leases counted in, see `keySpendView`), oldest first.
+ *
+ * @example
+ * ```ts
+ * const live = (await listKeysByAccount(kv, accountId, svc.now())).filter(({ key }) => !key.revoked_at);
+ * ```
  */
 export async function listKeysByAccount(
   kv: Deno.Kv,
@@ -111,7 +124,14 @@ export async function listKeysByAccount(
   );
 }
 
-/** A key's spend as customers see it as of `now`: the account's leases counted in. */
+/**
+ * A key's spend as customers see it as of `now`: the account's leases counted in.
+ *
+ * @example
+ * ```ts
+ * const s = await getKeySpend(kv, key, svc.now()); // s.spend, s.reserved, s.usage_today…
+ * ```
+ */
 export async function getKeySpend(kv: Deno.Kv, key: ApiKey, now: number): Promise<KeySpend> {
   const { entries: [s], leases } = await readWithLeases<KeySpend>(kv, key.account_id, [
     keySpendKey(key.account_id, key.id),
@@ -124,6 +144,15 @@ export type KeyCheck =
   | { ok: true; key: ApiKey }
   | { ok: false; code: "invalid_api_key" | "key_disabled" };
 
+/**
+ * Whether a key may call now: live, not expired, not disabled; else why not.
+ *
+ * @example
+ * ```ts
+ * const check = checkKey(await svc.keys.resolve(secret), svc.now());
+ * if (!check.ok) throw new ApiError(401, check.code, "…");
+ * ```
+ */
 export function checkKey(key: ApiKey | null, now: number): KeyCheck {
   if (!key || key.revoked_at) return { ok: false, code: "invalid_api_key" };
   if (key.expires_at !== null && Date.parse(key.expires_at) <= now) {

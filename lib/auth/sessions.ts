@@ -33,7 +33,14 @@ export interface SessionSpec {
   admin_tag?: string;
 }
 
-/** Creates a session (7 days unless `ttlMs` says otherwise) and returns the cookie token, stored only as its hash. */
+/**
+ * Creates a session (7 days unless `ttlMs` says otherwise) and returns the cookie token, stored only as its hash.
+ *
+ * @example
+ * ```ts
+ * const { token } = await createSession(kv, { kind: "user", user_id, account_id }, svc.now());
+ * ```
+ */
 export async function createSession(
   kv: Deno.Kv,
   spec: SessionSpec,
@@ -54,7 +61,14 @@ export async function createSession(
   return { token, session };
 }
 
-/** The live session behind a cookie token, or null (unknown, expired or malformed). */
+/**
+ * The live session behind a cookie token, or null (unknown, expired or malformed).
+ *
+ * @example
+ * ```ts
+ * const session = await getSession(kv, sessionToken(req), svc.now()); // null when gone
+ * ```
+ */
 export async function getSession(
   kv: Deno.Kv,
   token: string | undefined,
@@ -101,7 +115,14 @@ export async function adminSessionValid(
   return safeEqual(session.admin_tag, await adminTokenTag(adminToken));
 }
 
-/** Ends a session. */
+/**
+ * Ends a session.
+ *
+ * @example
+ * ```ts
+ * await deleteSession(kv, viewer.token);
+ * ```
+ */
 export async function deleteSession(kv: Deno.Kv, token: string | undefined) {
   if (token) await kv.delete(sessionKey(await hashSecret(token)));
 }
@@ -137,6 +158,11 @@ export function readCookie(header: string | null, name: string): string | undefi
  * The session token a request to the site at `siteUrl` carries. A secure site (`secureSite`) sets
  * only `__Host-session`, and only that one is read: the unprefixed name can be planted by a
  * sibling subdomain or over plain http. A plain-http site reads either.
+ *
+ * @example
+ * ```ts
+ * const token = sessionToken(c.req.raw, svc.config.publicUrl ?? c.req.url);
+ * ```
  */
 export function sessionToken(req: Request, siteUrl: string = req.url): string | undefined {
   const h = req.headers.get("cookie");
@@ -156,6 +182,11 @@ function secureSite(url: string): boolean {
  * The Set-Cookie value for a session token (empty token and maxAge 0 clear it). Secure over
  * https and on loopback (browsers treat loopback as a secure context); plain http elsewhere uses
  * the unprefixed name, because a `__Host-` cookie must be Secure.
+ *
+ * @example
+ * ```ts
+ * c.header("set-cookie", sessionCookie(siteUrl, token, SESSION_TTL_MS / 1000));
+ * ```
  */
 export function sessionCookie(url: string, token: string, maxAgeS: number): string {
   const secure = secureSite(url);
@@ -167,6 +198,11 @@ export function sessionCookie(url: string, token: string, maxAgeS: number): stri
 /**
  * Whether a state-changing request may act for `session`: it must come from this origin
  * (Sec-Fetch-Site, else Origin, when the browser sends them) and echo the session's CSRF token.
+ *
+ * @example
+ * ```ts
+ * const ok = checkCsrf(c.req.raw, session, c.req.header("x-csrf-token"), origins); // else 403
+ * ```
  */
 export function checkCsrf(
   req: Request,

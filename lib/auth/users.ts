@@ -41,7 +41,14 @@ export interface Membership {
 const b64 = (b: Uint8Array) => btoa(String.fromCharCode(...b));
 const unb64 = (s: string) => Uint8Array.from(atob(s), (ch) => ch.charCodeAt(0));
 
-/** Hashes a password with PBKDF2-SHA256 and a fresh 128-bit salt. */
+/**
+ * Hashes a password with PBKDF2-SHA256 and a fresh 128-bit salt.
+ *
+ * @example
+ * ```ts
+ * const stored = await hashPassword("correct horse battery");
+ * ```
+ */
 export async function hashPassword(
   password: string,
   iterations = PBKDF2_ITERATIONS,
@@ -55,7 +62,14 @@ export async function hashPassword(
   };
 }
 
-/** Checks a password against its stored hash, comparing in constant time. */
+/**
+ * Checks a password against its stored hash, comparing in constant time.
+ *
+ * @example
+ * ```ts
+ * await verifyPassword("correct horse battery", user.password); // true
+ * ```
+ */
 export async function verifyPassword(password: string, stored: PasswordHash): Promise<boolean> {
   const got = await pbkdf2Sha256(password, unb64(stored.salt), stored.iterations);
   return safeEqualBytes(got, unb64(stored.hash));
@@ -67,10 +81,26 @@ export const MAX_EMAIL_CHARS = 254;
 /** Emails compare case-insensitively. */
 export const normalizeEmail = (email: string) => email.trim().toLowerCase();
 
+/**
+ * A user by id, or null.
+ *
+ * @example
+ * ```ts
+ * const user = await getUser(kv, session.user_id);
+ * ```
+ */
 export async function getUser(kv: Deno.Kv, id: string): Promise<User | null> {
   return (await kv.get<User>(userKey(id))).value;
 }
 
+/**
+ * The user with an email (compared case-insensitively), or null.
+ *
+ * @example
+ * ```ts
+ * await getUserByEmail(kv, "ADA@example.com"); // emails compare case-insensitively
+ * ```
+ */
 export async function getUserByEmail(kv: Deno.Kv, email: string): Promise<User | null> {
   const id = (await kv.get<string>(userEmailKey(normalizeEmail(email)))).value;
   return id ? await getUser(kv, id) : null;
@@ -109,7 +139,14 @@ export function writeMembership(atomic: Deno.AtomicOperation, m: Membership) {
   atomic.set(memberKey(m.account_id, m.user_id), m).set(userAccountKey(m.user_id, m.account_id), m);
 }
 
-/** The membership of a user in an account, or null. */
+/**
+ * The membership of a user in an account, or null.
+ *
+ * @example
+ * ```ts
+ * const m = await getMembership(kv, accountId, userId); // m?.role: "owner" | "member"
+ * ```
+ */
 export async function getMembership(
   kv: Deno.Kv,
   accountId: string,
@@ -118,7 +155,14 @@ export async function getMembership(
   return (await kv.get<Membership>(memberKey(accountId, userId))).value;
 }
 
-/** The accounts a user belongs to, with the role in each. */
+/**
+ * The accounts a user belongs to, with the role in each.
+ *
+ * @example
+ * ```ts
+ * const memberships = await listAccountsByUser(kv, userId);
+ * ```
+ */
 export async function listAccountsByUser(kv: Deno.Kv, userId: string): Promise<Membership[]> {
   const out: Membership[] = [];
   for await (const e of kv.list<Membership>({ prefix: userAccountsPrefix(userId) })) {
@@ -127,7 +171,14 @@ export async function listAccountsByUser(kv: Deno.Kv, userId: string): Promise<M
   return out;
 }
 
-/** The members of an account with their users, oldest first. */
+/**
+ * The members of an account with their users, oldest first.
+ *
+ * @example
+ * ```ts
+ * const members = await listMembersByAccount(kv, accountId); // [{ membership, user }, …]
+ * ```
+ */
 export async function listMembersByAccount(
   kv: Deno.Kv,
   accountId: string,
@@ -138,7 +189,14 @@ export async function listMembersByAccount(
   return ms.flatMap((m, i) => users[i].value ? [{ membership: m, user: users[i].value! }] : []);
 }
 
-/** Adds an existing user to an account; false when already a member. */
+/**
+ * Adds an existing user to an account; false when already a member.
+ *
+ * @example
+ * ```ts
+ * await addMember(kv, accountId, user.id, "member", svc.now()); // false if already one
+ * ```
+ */
 export async function addMember(
   kv: Deno.Kv,
   accountId: string,
@@ -157,7 +215,14 @@ export async function addMember(
   return (await atomic.commit()).ok;
 }
 
-/** Removes a member (never the owner). */
+/**
+ * Removes a member (never the owner).
+ *
+ * @example
+ * ```ts
+ * await removeMember(kv, accountId, userId); // false for the owner
+ * ```
+ */
 export async function removeMember(kv: Deno.Kv, accountId: string, userId: string) {
   const entry = await kv.get<Membership>(memberKey(accountId, userId));
   if (!entry.value || entry.value.role === "owner") return false;

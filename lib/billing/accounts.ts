@@ -39,6 +39,14 @@ export function writeNewAccount(atomic: Deno.AtomicOperation, account: Account, 
     .set(ledgerTotalsCompleteKey(account.id), now);
 }
 
+/**
+ * An account by id, or null.
+ *
+ * @example
+ * ```ts
+ * const account = await getAccount(kv, "acct_01m9…"); // null when there is none
+ * ```
+ */
 export async function getAccount(kv: Deno.Kv, id: string): Promise<Account | null> {
   return (await kv.get<Account>(accountKey(id))).value;
 }
@@ -46,12 +54,24 @@ export async function getAccount(kv: Deno.Kv, id: string): Promise<Account | nul
 /**
  * The account's balance as customers see it (`GET /v1/credits`, the dashboard): its leases' debits
  * and holds counted in, so a lease changes none of the figures.
+ *
+ * @example
+ * ```ts
+ * const b = await getBalance(kv, accountId); // b.balance - b.reserved is available
+ * ```
  */
 export function getBalance(kv: Deno.Kv, accountId: string): Promise<BalanceState> {
   return getBalanceView(kv, accountId);
 }
 
-/** Every account with its balance as customers see it. */
+/**
+ * Every account with its balance as customers see it.
+ *
+ * @example
+ * ```ts
+ * const all = await listAccounts(kv); // [{ account, balance }, …]
+ * ```
+ */
 export async function listAccounts(
   kv: Deno.Kv,
 ): Promise<{ account: Account; balance: BalanceState }[]> {
@@ -88,6 +108,12 @@ const add = (m: Map<string, bigint>, k: string, v: bigint) => m.set(k, (m.get(k)
  * instead for an account without complete totals, and for one whose totals disagree with its
  * balance, so only the rows can fail the check. With `scan`, every account's rows are summed, and
  * totals that disagree with them are a difference too.
+ *
+ * @example
+ * ```ts
+ * const v = await verifyBooks(kv);
+ * if (!v.ok) console.log(v.differences);
+ * ```
  */
 export async function verifyBooks(kv: Deno.Kv, opts: { scan?: boolean } = {}) {
   const { count, debitsByAccount } = await pendingOutbox(kv);

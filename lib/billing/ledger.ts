@@ -6,6 +6,11 @@ import { InvalidInput } from "../errors.ts";
 /**
  * A page of an account's ledger, newest first, optionally of one type. The cursor names the last
  * entry seen (`rowCursor`); the next page starts strictly below it.
+ *
+ * @example
+ * ```ts
+ * const { data, next_cursor } = await listLedgerByAccount(kv, accountId, { limit: 100 });
+ * ```
  */
 export async function listLedgerByAccount(
   kv: Deno.Kv,

@@ -41,11 +41,26 @@ export function apiErrorOf(err: unknown): ApiError | null {
   return null;
 }
 
-/** The JSON body of an error, as every endpoint answers it. */
+/**
+ * The JSON body of an error, as every endpoint answers it.
+ *
+ * @example
+ * ```ts
+ * c.json(errorBody(404, "not_found", "No route"), 404);
+ * ```
+ */
 export function errorBody(status: number, code: string, message: string) {
   return { error: { message, type: TYPES[status] ?? "api_error", code } };
 }
 
+/**
+ * An ApiError as its JSON answer, its headers (Retry-After…) set.
+ *
+ * @example
+ * ```ts
+ * return errorResponse(c, badRequest("Invalid 'cursor'"));
+ * ```
+ */
 export function errorResponse(c: Context, err: ApiError): Response {
   for (const [k, v] of Object.entries(err.headers)) c.header(k, v);
   return c.json(errorBody(err.status, err.code, err.message), err.status);
@@ -61,6 +76,11 @@ export function describeZod(error: z.ZodError): string {
 /**
  * Parses raw JSON text against a schema; malformed JSON, nesting deeper than MAX_JSON_DEPTH and
  * violations are 400 (naming the field).
+ *
+ * @example
+ * ```ts
+ * const body = parseJson(await c.req.text(), Adjustment); // 400 naming the field
+ * ```
  */
 export function parseJson<T extends z.ZodType>(raw: string, schema: T): z.output<T> {
   if (!nestsWithin(raw)) {
@@ -77,7 +97,14 @@ export function parseJson<T extends z.ZodType>(raw: string, schema: T): z.output
   return r.data;
 }
 
-/** Reads and parses a JSON request body (see `parseJson`). */
+/**
+ * Reads and parses a JSON request body (see `parseJson`).
+ *
+ * @example
+ * ```ts
+ * const body = await readJson(c, KeyCreate);
+ * ```
+ */
 export async function readJson<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
   return parseJson(await c.req.text(), schema);
 }

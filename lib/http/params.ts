@@ -35,7 +35,15 @@ export const usdAmount = z.union([z.string(), z.number()]).transform((v, ctx) =>
   return n;
 });
 
-/** The date-time string as UTC epoch ms, or NaN: a real calendar day, a time without a zone in UTC. */
+/**
+ * The date-time string as UTC epoch ms, or NaN: a real calendar day, a time without a zone in UTC.
+ *
+ * @example
+ * ```ts
+ * isoTimeMs("2026-11-26T10:00"); // 10:00 UTC
+ * isoTimeMs("2026-02-30"); // NaN
+ * ```
+ */
 export function isoTimeMs(v: string): number {
   const m = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](.+))?$/.exec(v);
   if (!m) return NaN;
@@ -51,14 +59,29 @@ export function isoTimeMs(v: string): number {
   return Date.parse(`${date}T${m[4]}${zoned ? "" : "Z"}`);
 }
 
-/** Parses an ISO date ("2026-11-26") or time; throws 400 naming the parameter. */
+/**
+ * Parses an ISO date ("2026-11-26") or time; throws 400 naming the parameter.
+ *
+ * @example
+ * ```ts
+ * parseTime("from", "2026-11-26"); // epoch ms of that UTC midnight
+ * ```
+ */
 export function parseTime(name: string, v: string): number {
   const ms = isoTimeMs(v);
   if (!Number.isFinite(ms)) throw badRequest(`Invalid '${name}': must be an ISO date or time`);
   return ms;
 }
 
-/** `limit` (default 100, at most 1000). */
+/**
+ * `limit` (default 100, at most 1000).
+ *
+ * @example
+ * ```ts
+ * parseLimit(undefined); // 100
+ * parseLimit("0"); // throws 400
+ * ```
+ */
 export function parseLimit(v: string | undefined): number {
   if (v === undefined) return 100;
   const n = Number(v);
@@ -90,7 +113,14 @@ export const UsageQuery = z.object({
 export const idParam = (prefix: string) =>
   z.string().meta({ description: `An id of the form ${prefix}_…`, example: `${prefix}_01m9…` });
 
-/** A KV list cursor as given back by `next_cursor`. */
+/**
+ * A KV list cursor as given back by `next_cursor`.
+ *
+ * @example
+ * ```ts
+ * listLedgerByAccount(kv, accountId, { limit, cursor: parseCursor(q.cursor) });
+ * ```
+ */
 export function parseCursor(v: string | undefined): string | undefined {
   if (v === undefined || v === "") return undefined;
   if (!/^[A-Za-z0-9+/=_-]{1,2000}$/.test(v)) throw badRequest("Invalid 'cursor'");
@@ -101,6 +131,11 @@ export function parseCursor(v: string | undefined): string | undefined {
  * An id from a path or query (`key_…`, `acct_…`) checked for the shape `newId` gives before it
  * reaches KV: any other text is 400 naming the parameter, a well-formed id of nothing is the
  * caller's 404.
+ *
+ * @example
+ * ```ts
+ * parseId("id", "key", c.req.param("id") ?? ""); // 400 unless key_ and 24 base32 characters
+ * ```
  */
 export function parseId(name: string, prefix: string, v: string): string {
   if (!isId(prefix, v)) {
@@ -109,7 +144,14 @@ export function parseId(name: string, prefix: string, v: string): string {
   return v;
 }
 
-/** A request id (`req_…`, or `req_….N` for a failed attempt), as `parseId` checks ids. */
+/**
+ * A request id (`req_…`, or `req_….N` for a failed attempt), as `parseId` checks ids.
+ *
+ * @example
+ * ```ts
+ * parseRequestId("request_id", "req_01m9….2"); // a failed attempt's id passes
+ * ```
+ */
 export function parseRequestId(name: string, v: string): string {
   if (!isRequestId(v)) throw badRequest(`Invalid '${name}': not a request id of the form req_…`);
   return v;
@@ -140,6 +182,11 @@ const isDate = (v: string) => /^\d{4}-\d{2}-\d{2}$/.test(v);
  * Reads `from`, `to`, `group_by` and `interval` of a usage query; throws a 400 naming the
  * parameter. A date `to` includes that whole day; times are widened to whole UTC hours (`from`
  * down, `to` up). Default: the 30 UTC days ending with today.
+ *
+ * @example
+ * ```ts
+ * const { fromMs, toMs, groupBy } = usageParams((n) => c.req.query(n), svc.now());
+ * ```
  */
 export function usageParams(get: (name: string) => string | undefined, now: number) {
   const from = get("from") || undefined, to = get("to") || undefined;

@@ -164,7 +164,14 @@ function shell(cfg: PageConfig, viewer: Viewer | null, children: ComponentChildr
   return <PublicShell>{children}</PublicShell>;
 }
 
-/** A plain error page in the page's layout. */
+/**
+ * A plain error page in the page's layout.
+ *
+ * @example
+ * ```ts
+ * return errorPage(config, viewer, 404, "There is no such page.");
+ * ```
+ */
 export function errorPage(
   cfg: PageConfig,
   viewer: Viewer | null,
@@ -185,7 +192,14 @@ export function errorPage(
   );
 }
 
-/** Mounts a route module on `path` (GET and, when the handler has one, POST). */
+/**
+ * Mounts a route module on `path` (GET and, when the handler has one, POST).
+ *
+ * @example
+ * ```ts
+ * mountPage(app, "/dashboard/keys", keysPage); // as pageRoutes mounts each generated page
+ * ```
+ */
 export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>) {
   const cfg = mod.config;
   app.on(["GET", "HEAD", "POST"], path, async (c) => {

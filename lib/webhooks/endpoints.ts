@@ -20,7 +20,14 @@ export const MAX_ENDPOINTS = 10;
 /** The longest endpoint URL accepted. */
 export const MAX_URL_CHARS = 2048;
 
-/** The account's endpoints with the record's versionstamp. */
+/**
+ * The account's endpoints with the record's versionstamp.
+ *
+ * @example
+ * ```ts
+ * const list = (await getEndpoints(kv, accountId)).value ?? [];
+ * ```
+ */
 export async function getEndpoints(
   kv: Deno.Kv,
   accountId: string,
@@ -28,7 +35,14 @@ export async function getEndpoints(
   return await kv.get<WebhookEndpoint[]>(webhooksKey(accountId));
 }
 
-/** One endpoint of the account, or null. */
+/**
+ * One endpoint of the account, or null.
+ *
+ * @example
+ * ```ts
+ * const e = await getEndpoint(kv, accountId, "we_01m9…"); // null when there is none
+ * ```
+ */
 export async function getEndpoint(
   kv: Deno.Kv,
   accountId: string,
@@ -40,6 +54,11 @@ export async function getEndpoint(
 /**
  * Replaces the account's endpoints with `change(current)`, checked against concurrent changes
  * (re-run on the fresh list when one lands first); `change` throws to refuse.
+ *
+ * @example
+ * ```ts
+ * await changeEndpoints(kv, accountId, (list) => list.filter((e) => e.id !== id));
+ * ```
  */
 export async function changeEndpoints(
   kv: Deno.Kv,
