@@ -13,7 +13,7 @@ import { isLocked } from "./kv/util.ts";
 import { instrumentKv, type KvStats } from "./kv/instrument.ts";
 import type { Services } from "./services.ts";
 // The inference audit hooks below (the pipeline's, to move into its own middleware).
-import { auditOversize, auditRefusal } from "../routes/v1/inference.ts";
+import { auditEdgeRefusal, auditRefusal } from "../routes/v1/inference.ts";
 import { pageRoutes, refusalPage } from "./render/routes.ts";
 import { requestLimits } from "./http/limits.ts";
 import { API, PAGES } from "./gen/routes.ts";
@@ -146,8 +146,8 @@ export function createApp(deps: AppDeps): Router {
         timeoutMs: config.bodyTimeoutMs,
       },
       // Refused before the key is read: on an audited path the key is looked up for its row.
-      async (c) => {
-        if (audited.includes(c.req.path)) await auditOversize(c);
+      async (c, refusal) => {
+        if (audited.includes(c.req.path)) await auditEdgeRefusal(c, refusal);
       },
     ),
   );

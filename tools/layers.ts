@@ -74,6 +74,8 @@ export const EXCEPTIONS: readonly { from: string; to: string; owner: string }[] 
   { from: "lib/proxy/metered.ts", to: "lib/http/errors.ts", owner: "pipeline" },
   { from: "lib/proxy/pipeline.ts", to: "lib/http/errors.ts", owner: "pipeline" },
   { from: "lib/proxy/upstream.ts", to: "lib/http/errors.ts", owner: "pipeline" },
+  // pipeline: watching for a client's departure is connection-level, not HTTP: below the pipeline.
+  { from: "lib/proxy/pipeline.ts", to: "lib/http/departure.ts", owner: "pipeline" },
 ];
 
 /** The folders and files the check reads, relative to the root. */
