@@ -35,6 +35,8 @@ const Cursor = z.string().nullable().meta({
 });
 const page = <T extends z.ZodType>(item: T) =>
   z.strictObject({ data: z.array(item), next_cursor: Cursor });
+/** `{data: [item]}`: a whole list, unpaged. */
+export const listOf = <T extends z.ZodType>(item: T) => z.strictObject({ data: z.array(item) });
 
 /** `{"error": {message, type, code}}`: every error, on every endpoint. */
 export const ErrorSchema = z.strictObject({

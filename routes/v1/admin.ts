@@ -27,6 +27,7 @@ import {
   AccountSchema,
   LedgerEntrySchema,
   ledgerJson,
+  listOf,
   verifyJson,
   VerifySchema,
 } from "../../lib/http/presenters.ts";
@@ -191,7 +192,7 @@ export default function adminRoutes() {
     summary: "Every account with its balance",
     security,
     responses: {
-      200: jsonResponse(z.strictObject({ data: z.array(AccountSchema) }), "The accounts"),
+      200: jsonResponse(listOf(AccountSchema), "The accounts"),
       ...refusals,
     },
   }, async (c) => {

@@ -5,6 +5,7 @@ import { readJson } from "../../lib/http/errors.ts";
 import {
   LedgerEntrySchema,
   ledgerJson,
+  listOf,
   packageJson,
   PackageSchema,
 } from "../../lib/http/presenters.ts";
@@ -44,7 +45,7 @@ export default function billingRoutes() {
     summary: "The credit packages on sale",
     security: SECURITY.management,
     responses: {
-      200: jsonResponse(z.strictObject({ data: z.array(PackageSchema) }), "The packages"),
+      200: jsonResponse(listOf(PackageSchema), "The packages"),
       ...errorResponses(401, 403),
     },
   }, (c) => c.json({ data: c.get("svc").config.packages.map(packageJson) }));

@@ -54,6 +54,7 @@ import {
   LedgerEntrySchema,
   ledgerJson,
   LedgerPageSchema,
+  listOf,
   usageJson,
   UsageSchema,
 } from "../../lib/http/presenters.ts";
@@ -177,7 +178,7 @@ export default function managementRoutes() {
     summary: "The account's live keys",
     security,
     responses: {
-      200: jsonResponse(z.strictObject({ data: z.array(KeySchema) }), "The keys"),
+      200: jsonResponse(listOf(KeySchema), "The keys"),
       ...refusals,
     },
   }, async (c) => {

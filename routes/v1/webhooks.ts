@@ -34,6 +34,7 @@ import {
   DeliveryPageSchema,
   DeliverySchema,
   endpointJson,
+  listOf,
   WebhookEndpointCreatedSchema,
   WebhookEndpointSchema,
 } from "../../lib/http/presenters.ts";
@@ -89,7 +90,7 @@ export default function webhookRoutes() {
     summary: "The account's webhook endpoints",
     security,
     responses: {
-      200: jsonResponse(z.strictObject({ data: z.array(WebhookEndpointSchema) }), "The endpoints"),
+      200: jsonResponse(listOf(WebhookEndpointSchema), "The endpoints"),
       ...refusals,
     },
   }, async (c) => {

@@ -1,17 +1,6 @@
 import assert from "node:assert/strict";
 import { checkLayers, describe, EXCEPTIONS, importsOf, layerOf } from "../../tools/layers.ts";
-
-const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-
-/** A small tree laid out as the repository is, in a temporary folder. */
-async function tree(files: Record<string, string>): Promise<string> {
-  const dir = await Deno.makeTempDir();
-  for (const [path, text] of Object.entries(files)) {
-    await Deno.mkdir(`${dir}/${path.split("/").slice(0, -1).join("/")}`, { recursive: true });
-    await Deno.writeTextFile(`${dir}/${path}`, text);
-  }
-  return dir;
-}
+import { root, tree } from "./_tree.ts";
 
 const clean = {
   "main.ts": 'import { createApp } from "./lib/app.ts";\n',

@@ -8,17 +8,7 @@ import {
   scan,
   writeRegistries,
 } from "../../tools/registries.ts";
-
-const root = new URL("../../", import.meta.url).pathname.replace(/\/$/, "");
-
-async function tree(files: Record<string, string>): Promise<string> {
-  const dir = await Deno.makeTempDir();
-  for (const [path, text] of Object.entries(files)) {
-    await Deno.mkdir(`${dir}/${path.split("/").slice(0, -1).join("/")}`, { recursive: true });
-    await Deno.writeTextFile(`${dir}/${path}`, text);
-  }
-  return dir;
-}
+import { root, tree } from "./_tree.ts";
 
 Deno.test("routePath: Fresh's file conventions", () => {
   assert.equal(routePath("routes/index.tsx"), "/");
