@@ -1,29 +1,28 @@
-import { Hono } from "hono";
 import type { Config } from "./config.ts";
 import { AccountActors } from "./billing/actor.ts";
 import { Background } from "./billing/background.ts";
 import { KeyResolver } from "./auth/keys.ts";
 import { Providers, type ProvidersFile } from "./providers/registry.ts";
-import { ApiError, badRequest, errorBody, errorResponse } from "./http/errors.ts";
+import { badRequest } from "./errors.ts";
+import { apiErrorOf, errorBody, errorResponse } from "./http/errors.ts";
 import { percentDecodes } from "./http/params.ts";
 import { errorPage } from "./render/page.tsx";
 import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
 import { instrumentKv, type KvStats } from "./kv/instrument.ts";
-import type { AppEnv, Services } from "./services.ts";
-import { auditEdgeRefusal, auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
-import { managementRoutes } from "../routes/v1/management.ts";
-import { adminRoutes } from "../routes/v1/admin.ts";
-import { billingRoutes } from "../routes/v1/billing.ts";
+import type { Services } from "./services.ts";
+// The inference audit hooks below (the pipeline's, to move into its own middleware).
+import { auditEdgeRefusal, auditRefusal } from "../routes/v1/inference.ts";
 import { pageRoutes, refusalPage } from "./render/routes.ts";
 import { requestLimits } from "./http/limits.ts";
-import { stripeRoutes } from "../routes/v1/stripe.ts";
-import { webhookRoutes } from "../routes/v1/webhooks.ts";
-import { statementRoutes } from "../routes/v1/statements.ts";
-import { spendRoutes } from "../routes/v1/spend.ts";
+import { API, PAGES } from "./gen/routes.ts";
+import { type ApiRoutes, apiRoutes, publishOpenApi } from "./http/openapi.ts";
+import { docsPage } from "./render/docs.tsx";
 import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
 import { addressPolicy } from "./webhooks/addresses.ts";
+import { createStripeClient } from "./billing/stripe/client.ts";
+import type Stripe from "stripe";
 import { SpendWatch } from "./billing/spend_watch.ts";
 
 export interface AppDeps {
@@ -41,10 +40,12 @@ export interface AppDeps {
   sweepEveryMs?: number;
   /** Customer webhooks' delivery, where tests stand in (DNS, TLS roots, retry unit, timeout). */
   webhooks?: Pick<WebhookOptions, "resolve" | "caCerts" | "retryBaseMs" | "timeoutMs">;
+  /** The Stripe client; by default one built from the configuration (none without a key). */
+  stripe?: Stripe | null;
 }
 
 export interface Router {
-  app: Hono<AppEnv>;
+  app: ApiRoutes;
   svc: Services;
   /** Records every pending usage event now (tests, shutdown). */
   flush(): Promise<void>;
@@ -91,12 +92,13 @@ export function createApp(deps: AppDeps): Router {
     config,
     providers: deps.providers ?? new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
     actors,
-    keys: new KeyResolver(kv),
+    keys: new KeyResolver(kv, now),
     background,
     webhooks,
     get spend() {
       return spend;
     },
+    stripe: deps.stripe !== undefined ? deps.stripe : createStripeClient(config),
     fetch: deps.fetch ?? fetch,
     now,
     log,
@@ -104,7 +106,7 @@ export function createApp(deps: AppDeps): Router {
   // Built once the services exist (it uses them); the actors and the sweep call it only later.
   const spend = new SpendWatch(svc);
 
-  const app = new Hono<AppEnv>();
+  const app = apiRoutes();
   app.use("*", async (c, next) => {
     const requestId = newId("req");
     c.set("svc", svc);
@@ -168,28 +170,27 @@ export function createApp(deps: AppDeps): Router {
   }
 
   // The dashboard: landing, sign-in, pages, static files (GET / answers 200 for warm-up checks).
-  app.route("/", pageRoutes());
+  app.route("/", pageRoutes(PAGES));
   app.get("/healthz", (c) => c.json({ ok: true }));
-  app.route("/v1", inferenceRoutes());
-  app.route("/v1", managementRoutes());
-  app.route("/v1", billingRoutes());
-  app.route("/v1", stripeRoutes());
-  app.route("/v1", webhookRoutes());
-  app.route("/v1", statementRoutes());
-  app.route("/v1", spendRoutes());
-  app.route("/v1/admin", adminRoutes());
+  // The API modules of routes/, each at its folder's path (lib/gen/routes.ts, by the build).
+  for (const [mount, routes] of API) app.route(mount, routes());
+  // What the API modules declared: the OpenAPI document, and the reference page made from it.
+  const document = publishOpenApi(app);
+  app.get("/docs", () => docsPage(document()));
 
   app.notFound((c) =>
     c.json(errorBody(404, "not_found", `No route for ${c.req.method} ${c.req.path}`), 404)
   );
+  // The one place errors become answers: domain errors and ApiErrors by their status and code.
   app.onError((err, c) => {
-    if (err instanceof ApiError) {
-      c.set("errorCode", err.code);
+    const refused = apiErrorOf(err);
+    if (refused) {
+      c.set("errorCode", refused.code);
       // A refusal before routing (URL, body limits) on a page's path answers a browser a page.
       if (!c.req.path.startsWith("/v1/") && c.req.header("accept")?.includes("text/html")) {
-        return refusalPage(err);
+        return refusalPage(refused);
       }
-      return errorResponse(c, err);
+      return errorResponse(c, refused);
     }
     if (isLocked(err)) {
       // Another process held the local KV file past every retry; nothing was written.

@@ -10,6 +10,11 @@ let poolAt = pool.length;
 /**
  * A time-ordered id: 10 characters of milliseconds, 4 of a per-millisecond sequence, 10 random.
  * Ids made later in this process sort after earlier ones.
+ *
+ * @example
+ * ```ts
+ * newId("key"); // "key_01m9…": 24 lowercase Crockford base32 characters
+ * ```
  */
 export function newId(prefix: string, now = Date.now()): string {
   if (now <= lastMs) {

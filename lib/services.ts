@@ -7,6 +7,7 @@ import type { ApiKey } from "./billing/types.ts";
 import type { Logger } from "./log.ts";
 import type { MeteredRequest } from "./proxy/metered.ts";
 import type { Webhooks } from "./webhooks/dispatcher.ts";
+import type Stripe from "stripe";
 import type { KvStats } from "./kv/instrument.ts";
 import type { SpendWatch } from "./billing/spend_watch.ts";
 
@@ -24,6 +25,8 @@ export interface Services {
   webhooks: Webhooks;
   /** Threshold crossings: auto top-up and spend alerts. */
   spend: SpendWatch;
+  /** The Stripe client; null without `STRIPE_SECRET_KEY`. */
+  stripe: Stripe | null;
   fetch: typeof fetch;
   now: () => number;
   log: Logger;

@@ -24,7 +24,7 @@ import type { Billed } from "../../lib/proxy/metered.ts";
 
 const tokenLimit = z.number().int().min(1).max(10_000_000);
 
-const chatSchema = z.looseObject({
+export const chatSchema = z.looseObject({
   model: z.string().min(1, "is required"),
   messages: z.array(z.looseObject({ role: z.string() })).min(1, "must have at least one message"),
   stream: z.boolean().nullish(),

@@ -14,7 +14,7 @@ import { chatCompletions } from "./chat.ts";
 import { countTokens, messages } from "./messages.ts";
 import { responses } from "./responses.ts";
 
-const embeddingsSchema = z.looseObject({
+export const embeddingsSchema = z.looseObject({
   model: z.string().min(1, "is required"),
   input: z.union([
     z.string(),
@@ -179,3 +179,5 @@ export async function auditRefusal(c: Context<AppEnv>, status: number, code: str
   c.set("audited", true);
   await c.get("svc").actors.submit(key.account_id, { kind: "record", event });
 }
+
+export default inferenceRoutes;

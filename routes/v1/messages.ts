@@ -34,7 +34,7 @@ import {
   messagesToChat,
 } from "../../lib/providers/anthropic/messages_api.ts";
 
-const messagesSchema = z.looseObject({
+export const messagesSchema = z.looseObject({
   model: z.string().min(1, "is required"),
   messages: z.array(z.looseObject({ role: z.string() })).min(1, "must have at least one message"),
   max_tokens: z.number().int().min(1).max(10_000_000),
@@ -182,7 +182,7 @@ export async function messages(c: Context<AppEnv>) {
   return c.body(out, 200, SSE_HEADERS);
 }
 
-const countSchema = messagesSchema.omit({ max_tokens: true, stream: true });
+export const countSchema = messagesSchema.omit({ max_tokens: true, stream: true });
 
 /**
  * `POST /v1/messages/count_tokens`: free, so neither held nor billed. Anthropic models ask the

@@ -26,7 +26,7 @@ import {
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { obj } from "../../lib/providers/common.ts";
 
-const responsesSchema = z.looseObject({
+export const responsesSchema = z.looseObject({
   model: z.string().min(1, "is required"),
   input: z.union([z.string(), z.array(z.unknown())]).optional(),
   max_output_tokens: z.number().int().min(1).max(10_000_000).nullish(),

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { ConfigError, loadConfig } from "../../lib/config.ts";
+import { loadConfig } from "../../lib/config.ts";
+import { ConfigError } from "../../lib/errors.ts";
 import { mainTs } from "../_main.ts";
 
 Deno.test("defaults follow API.md's table", () => {
