@@ -23,6 +23,11 @@ import { webhookRoutes } from "../routes/v1/webhooks.ts";
 import { statementRoutes } from "../routes/v1/statements.ts";
 import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
 import { addressPolicy } from "./webhooks/addresses.ts";
+import { LiveStreams } from "./proxy/live_streams.ts";
+import { countCommitted, traceInference } from "./telemetry/inference.ts";
+import { metricsRoutes } from "./telemetry/route.ts";
+import { bindMetrics } from "./metrics.ts";
+import { holdsOutstanding, outboxBacklog, OUTBOXES } from "./telemetry/backlog.ts";
 
 export interface AppDeps {
   kv: Deno.Kv;
@@ -47,6 +52,11 @@ export interface Router {
   /** Records every pending usage event now (tests, shutdown). */
   flush(): Promise<void>;
   /**
+   * Ends every stream still running now (the shutdown deadline): each gets an error event and is
+   * billed for what was delivered; resolves once each is billed, or after `waitMs`.
+   */
+  endStreams(waitMs: number): Promise<void>;
+  /**
    * Returns every balance lease of this process (call it once requests in flight have finished:
    * after `server.shutdown()`), then stops background work; the caller closes the KV afterwards.
    */
@@ -60,9 +70,14 @@ export function createApp(deps: AppDeps): Router {
   const kv = instrumentKv(deps.kv, kvStats, config.kvSimulatedLatencyMs);
   const now = deps.now ?? Date.now;
   const log = deps.log ?? consoleLogger;
+  const providers = deps.providers ??
+    new Providers(config, deps.providersFile ?? null, deps.env ?? {});
   const actors = new AccountActors(kv, {
     delivery: config.outboxDelivery,
-    onCommitted: (ids, events) => background.notify(ids, events),
+    onCommitted: (ids, events) => {
+      background.notify(ids, events);
+      countCommitted(events, providers);
+    },
     now,
     leases: config.leases ?? undefined,
   });
@@ -85,15 +100,32 @@ export function createApp(deps: AppDeps): Router {
     kv,
     kvStats,
     config,
-    providers: deps.providers ?? new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
+    providers,
     actors,
     keys: new KeyResolver(kv),
     background,
     webhooks,
+    streams: new LiveStreams(),
     fetch: deps.fetch ?? fetch,
     now,
     log,
   };
+  const metricSources = {
+    actorStats: actors.stats,
+    liveHolds: () => {
+      let lease = 0;
+      for (const a of actors.leases.accounts()) lease += actors.leases.status(a)?.holds ?? 0;
+      return { shared: actors.liveHolds.size, lease };
+    },
+    leasesOpen: () => [...actors.leases.accounts()].length,
+    liveStreams: () => svc.streams.size,
+    outboxes: async () => ({
+      usage: await outboxBacklog(kv, OUTBOXES.usage, Date.now()),
+      webhooks: await outboxBacklog(kv, OUTBOXES.webhooks, Date.now()),
+    }),
+    holds: () => holdsOutstanding(kv),
+  };
+  const unbindMetrics = bindMetrics(metricSources);
 
   const app = new Hono<AppEnv>();
   app.use("*", async (c, next) => {
@@ -149,6 +181,8 @@ export function createApp(deps: AppDeps): Router {
     ),
   );
   for (const path of audited) {
+    // First: the request's span covers the key lookup and the audit row too.
+    app.use(path, traceInference);
     app.use(path, async (c, next) => {
       await next();
       c.get("metered")?.answered();
@@ -161,6 +195,7 @@ export function createApp(deps: AppDeps): Router {
   // The dashboard: landing, sign-in, pages, static files (GET / answers 200 for warm-up checks).
   app.route("/", pageRoutes());
   app.get("/healthz", (c) => c.json({ ok: true }));
+  app.route("/", metricsRoutes());
   app.route("/v1", inferenceRoutes());
   app.route("/v1", managementRoutes());
   app.route("/v1", billingRoutes());
@@ -200,6 +235,10 @@ export function createApp(deps: AppDeps): Router {
     app,
     svc,
     flush: () => background.flush(),
-    close: () => background.close(),
+    endStreams: (waitMs) => svc.streams.endAll(waitMs),
+    async close() {
+      await background.close();
+      unbindMetrics();
+    },
   };
 }

@@ -8,6 +8,7 @@ import type { Logger } from "./log.ts";
 import type { MeteredRequest } from "./proxy/metered.ts";
 import type { Webhooks } from "./webhooks/dispatcher.ts";
 import type { KvStats } from "./kv/instrument.ts";
+import type { LiveStreams } from "./proxy/live_streams.ts";
 
 /** What every handler may use; built once by `createApp`. */
 export interface Services {
@@ -21,6 +22,8 @@ export interface Services {
   background: Background;
   /** Customer webhooks' delivery. */
   webhooks: Webhooks;
+  /** The streams this process is passing on (ended all at once at the shutdown deadline). */
+  streams: LiveStreams;
   fetch: typeof fetch;
   now: () => number;
   log: Logger;

@@ -28,6 +28,12 @@ import {
 } from "./tokens.ts";
 import { pause } from "../kv/util.ts";
 import { utf8Bytes } from "../tokenizer.ts";
+import {
+  noteFinish,
+  streamHandlers,
+  streamWatch,
+  upstreamAttempt,
+} from "../telemetry/inference.ts";
 
 /** Resolves the requested model for `type`, or throws its 404/400. */
 export function resolveModel(c: Context<AppEnv>, requested: string, type: "chat" | "embedding") {
@@ -163,7 +169,11 @@ export async function forward(
       }
       attempt++;
       try {
-        const reply = await callUpstream(svc.fetch, build(model), svc.config.upstreamTimeoutMs);
+        const reply = await upstreamAttempt(
+          model,
+          attempt,
+          () => callUpstream(svc.fetch, build(model), svc.config.upstreamTimeoutMs),
+        );
         m.model = model;
         m.c.set("target", { provider: model.provider, model: model.model });
         return reply;
@@ -237,6 +247,7 @@ export async function settleJson(
   const body = parsed.body;
   let usage = parsed.usage;
   logAnomalies(m, reader);
+  noteFinish(body);
   const missing = usage.prompt === 0 && usage.completion === 0;
   if (missing) {
     // Searches the reply did report are still billed (they are not tokens).
@@ -292,6 +303,14 @@ const END_REASON: Record<TapEnd, string> = {
   error: "upstream_stream_failed",
   event_too_large: "upstream_stream_failed",
   too_long: "stream_too_long",
+  shutdown: "shutting_down",
+};
+
+/** The limit that ended a stream early, as logged. */
+const LIMIT_OF: Partial<Record<TapEnd, string>> = {
+  too_long: "MAX_STREAM_MS",
+  event_too_large: "MAX_SSE_EVENT_BYTES",
+  shutdown: "SHUTDOWN_GRACE_MS",
 };
 
 /**
@@ -372,7 +391,8 @@ export function billStream(
   const interim = (u: NormalizedUsage) => {
     latest = u;
   };
-  const observe: Observer[] = opts.observe ? [opts.observe] : [];
+  const watch = streamWatch(m.model, m.c.get("startedAt"), svc.now);
+  const observe: Observer[] = opts.observe ? [opts.observe, watch.finish] : [watch.finish];
   const failure = opts.failure;
   if (failure) {
     observe.push({
@@ -383,49 +403,61 @@ export function billStream(
     });
   }
   const { upstreamTimeoutMs, maxStreamMs, maxSseEventBytes } = svc.config;
-  return tapStream(upstream, {
-    format: opts.format,
-    afterFinal: opts.afterFinal,
-    observe,
-    delivered: (text) => output.add(text),
-    onUsage: (chunk, event) => onUsage(chunk, event, settle, interim),
-    async onEnd(kind) {
-      if (kind === "event_too_large" || kind === "too_long") {
-        svc.log("warn", "stream ended at a limit", {
-          request_id: m.c.get("requestId"),
-          limit: kind === "too_long" ? "MAX_STREAM_MS" : "MAX_SSE_EVENT_BYTES",
-          usage_settled: settled,
-        });
-      }
-      if (settled) return;
-      const errorCode = failed ? "upstream_stream_failed" : END_REASON[kind];
-      if (latest) {
-        await m.settle(latest, { errorCode });
-        svc.log("warn", "stream ended without final usage; its latest usage settled", {
+  return tapStream(
+    upstream,
+    streamHandlers({
+      format: opts.format,
+      afterFinal: opts.afterFinal,
+      observe,
+      delivered: (text) => {
+        watch.delivered();
+        output.add(text);
+      },
+      onUsage: (chunk, event) => onUsage(chunk, event, settle, interim),
+      async onEnd(kind) {
+        if (kind === "event_too_large" || kind === "too_long" || kind === "shutdown") {
+          svc.log("warn", "stream ended at a limit", {
+            request_id: m.c.get("requestId"),
+            limit: LIMIT_OF[kind],
+            usage_settled: settled,
+          });
+        }
+        if (settled) return;
+        const errorCode = failed ? "upstream_stream_failed" : END_REASON[kind];
+        if (latest) {
+          await m.settle(latest, { errorCode });
+          svc.log("warn", "stream ended without final usage; its latest usage settled", {
+            request_id: m.c.get("requestId"),
+            reason: errorCode,
+            prompt_tokens: latest.prompt,
+            completion_tokens: latest.completion,
+          });
+          return;
+        }
+        const usage = await counted();
+        // Searches the provider already ran are billed even when no output came before the failure.
+        const broke = kind === "error" || kind === "event_too_large";
+        if (broke && usage.completion === 0 && !usage.webSearches) {
+          await m.release(502, "upstream_error");
+          return;
+        }
+        const billed = await m.settle(usage, { errorCode });
+        svc.log("warn", "stream ended without usage; counted by the router", {
           request_id: m.c.get("requestId"),
           reason: errorCode,
-          prompt_tokens: latest.prompt,
-          completion_tokens: latest.completion,
+          prompt_tokens: billed.usage.prompt,
+          completion_tokens: billed.usage.completion,
+          web_searches: billed.usage.webSearches ?? 0,
         });
-        return;
-      }
-      const usage = await counted();
-      // Searches the provider already ran are billed even when no output came before the failure.
-      const broke = kind === "error" || kind === "event_too_large";
-      if (broke && usage.completion === 0 && !usage.webSearches) {
-        await m.release(502, "upstream_error");
-        return;
-      }
-      const billed = await m.settle(usage, { errorCode });
-      svc.log("warn", "stream ended without usage; counted by the router", {
-        request_id: m.c.get("requestId"),
-        reason: errorCode,
-        prompt_tokens: billed.usage.prompt,
-        completion_tokens: billed.usage.completion,
-        web_searches: billed.usage.webSearches ?? 0,
-      });
+      },
+    }),
+    {
+      idleMs: upstreamTimeoutMs,
+      maxStreamMs,
+      maxEventBytes: maxSseEventBytes,
+      live: svc.streams,
     },
-  }, { idleMs: upstreamTimeoutMs, maxStreamMs, maxEventBytes: maxSseEventBytes });
+  );
 }
 
 /** Response headers of a proxied event stream. */

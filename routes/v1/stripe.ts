@@ -2,6 +2,7 @@ import { Hono } from "hono";
 import type { AppEnv } from "../../lib/services.ts";
 import { ApiError } from "../../lib/http/errors.ts";
 import { handleStripeEvent, RetryLater, verifyWebhook } from "../../lib/billing/stripe.ts";
+import { stripeWebhooks } from "../../lib/metrics.ts";
 
 /**
  * Stripe's webhook. It takes no API key: the signature over the raw body is the credential, so
@@ -10,6 +11,11 @@ import { handleStripeEvent, RetryLater, verifyWebhook } from "../../lib/billing/
  */
 export function stripeRoutes() {
   const app = new Hono<AppEnv>();
+  // A refused delivery is counted by its error code (an applied one by its result, below).
+  app.use("/stripe/webhook", async (c, next) => {
+    await next();
+    if (c.res.status >= 400) stripeWebhooks.inc({ outcome: c.get("errorCode") ?? "error" });
+  });
   app.post("/stripe/webhook", async (c) => {
     const svc = c.get("svc");
     const secrets = svc.config.stripeWebhookSecrets;
@@ -28,6 +34,7 @@ export function stripeRoutes() {
     }
     try {
       const result = await handleStripeEvent(svc, event);
+      stripeWebhooks.inc({ outcome: result });
       svc.log("info", "stripe event", { event_id: event.id, type: event.type, result });
       return c.json({ received: true, result });
     } catch (e) {
