@@ -17,6 +17,7 @@ import {
   type Observer,
   type SseFormat,
   type TapEnd,
+  type TapHandlers,
   tapStream,
   type UsageAnswer,
 } from "./sse.ts";
@@ -403,61 +404,60 @@ export function billStream(
     });
   }
   const { upstreamTimeoutMs, maxStreamMs, maxSseEventBytes } = svc.config;
-  return tapStream(
-    upstream,
-    streamHandlers({
-      format: opts.format,
-      afterFinal: opts.afterFinal,
-      observe,
-      delivered: (text) => {
-        watch.delivered();
-        output.add(text);
-      },
-      onUsage: (chunk, event) => onUsage(chunk, event, settle, interim),
-      async onEnd(kind) {
-        if (kind === "event_too_large" || kind === "too_long" || kind === "shutdown") {
-          svc.log("warn", "stream ended at a limit", {
-            request_id: m.c.get("requestId"),
-            limit: LIMIT_OF[kind],
-            usage_settled: settled,
-          });
-        }
-        if (settled) return;
-        const errorCode = failed ? "upstream_stream_failed" : END_REASON[kind];
-        if (latest) {
-          await m.settle(latest, { errorCode });
-          svc.log("warn", "stream ended without final usage; its latest usage settled", {
-            request_id: m.c.get("requestId"),
-            reason: errorCode,
-            prompt_tokens: latest.prompt,
-            completion_tokens: latest.completion,
-          });
-          return;
-        }
-        const usage = await counted();
-        // Searches the provider already ran are billed even when no output came before the failure.
-        const broke = kind === "error" || kind === "event_too_large";
-        if (broke && usage.completion === 0 && !usage.webSearches) {
-          await m.release(502, "upstream_error");
-          return;
-        }
-        const billed = await m.settle(usage, { errorCode });
-        svc.log("warn", "stream ended without usage; counted by the router", {
+  const handlers: TapHandlers = {
+    format: opts.format,
+    afterFinal: opts.afterFinal,
+    observe,
+    delivered: (text) => {
+      watch.delivered();
+      output.add(text);
+    },
+    onUsage: (chunk, event) => onUsage(chunk, event, settle, interim),
+    async onEnd(kind) {
+      const limit = LIMIT_OF[kind];
+      if (limit) {
+        svc.log("warn", "stream ended at a limit", {
+          request_id: m.c.get("requestId"),
+          limit,
+          usage_settled: settled,
+        });
+      }
+      if (settled) return;
+      const errorCode = failed ? "upstream_stream_failed" : END_REASON[kind];
+      if (latest) {
+        await m.settle(latest, { errorCode });
+        svc.log("warn", "stream ended without final usage; its latest usage settled", {
           request_id: m.c.get("requestId"),
           reason: errorCode,
-          prompt_tokens: billed.usage.prompt,
-          completion_tokens: billed.usage.completion,
-          web_searches: billed.usage.webSearches ?? 0,
+          prompt_tokens: latest.prompt,
+          completion_tokens: latest.completion,
         });
-      },
-    }),
-    {
-      idleMs: upstreamTimeoutMs,
-      maxStreamMs,
-      maxEventBytes: maxSseEventBytes,
-      live: svc.streams,
+        return;
+      }
+      const usage = await counted();
+      // Searches the provider already ran are billed even when no output came before the failure.
+      const broke = kind === "error" || kind === "event_too_large";
+      if (broke && usage.completion === 0 && !usage.webSearches) {
+        await m.release(502, "upstream_error");
+        return;
+      }
+      const billed = await m.settle(usage, { errorCode });
+      svc.log("warn", "stream ended without usage; counted by the router", {
+        request_id: m.c.get("requestId"),
+        reason: errorCode,
+        prompt_tokens: billed.usage.prompt,
+        completion_tokens: billed.usage.completion,
+        web_searches: billed.usage.webSearches ?? 0,
+      });
     },
-  );
+  };
+  // Bound to the request's trace; ended among the others at the shutdown deadline (`live`).
+  return tapStream(upstream, streamHandlers(handlers), {
+    idleMs: upstreamTimeoutMs,
+    maxStreamMs,
+    maxEventBytes: maxSseEventBytes,
+    live: svc.streams,
+  });
 }
 
 /** Response headers of a proxied event stream. */

@@ -5,6 +5,7 @@
  * pipeline calls one function per step; each is a plain call whether tracing is on or not.
  */
 import { context, type Span, SpanKind } from "@opentelemetry/api";
+import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
 import type { AppEnv } from "../services.ts";
 import type { UsageEvent } from "../billing/types.ts";
@@ -61,23 +62,26 @@ export const traceInference = createMiddleware<AppEnv>(async (c, next) => {
     kind: SpanKind.INTERNAL,
     attributes: { "gen_ai.operation.name": operation },
   });
+  if (!span.isRecording()) {
+    // Tracing is off: only the count.
+    await next();
+    countUnaudited(c);
+    return;
+  }
   const trace = new RequestTrace(span, operation);
   traces.set(span, trace);
   const responded = trace.hold();
   await context.with(requestContext(span), next);
+  countUnaudited(c);
   const status = c.res.status;
   const key = c.get("key");
-  const metered = c.get("metered");
   const target = c.get("target");
-  if (!c.get("audited") && !metered) {
-    metrics.requests.inc({ provider: "", model: "", status: String(status) });
-  }
   span.setAttributes({
     "http.response.status_code": status,
     "router.request.id": c.get("requestId"),
   });
   if (key) span.setAttributes({ "router.account.id": key.account_id, "router.key.id": key.id });
-  if (!metered && target?.model) {
+  if (!c.get("metered") && target?.model) {
     // Refused before its hold: the model as named (it may name nothing offered).
     span.setAttribute("gen_ai.request.model", clip(target.model, 200));
     span.updateName(`${operation} ${clip(target.model, 200)}`);
@@ -90,6 +94,12 @@ export const traceInference = createMiddleware<AppEnv>(async (c, next) => {
     completed.then(responded, responded);
   } else responded();
 });
+
+/** Counts a request that leaves no audit row (no key was known): the others count as it commits. */
+function countUnaudited(c: Context<AppEnv>) {
+  if (c.get("audited") || c.get("metered")) return;
+  metrics.requests.inc({ provider: "", model: "", status: String(c.res.status) });
+}
 
 /**
  * Runs the key lookup of a request (`lookup`) in its own span.
@@ -302,6 +312,15 @@ export interface Offered {
  * offered here (what it named is the client's text).
  */
 export function countCommitted(events: readonly { value: UsageEvent }[], offered: Offered) {
+  try {
+    countEvents(events, offered);
+  } catch {
+    // Called by the actor right after a commit: a counting failure must not fail the commit's
+    // callers (the figures are in the audit trail regardless).
+  }
+}
+
+function countEvents(events: readonly { value: UsageEvent }[], offered: Offered) {
   for (const { value: e } of events) {
     if (e.request_id.includes(".")) continue;
     let provider = e.provider;
