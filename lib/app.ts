@@ -12,7 +12,7 @@ import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
 import { instrumentKv, type KvStats } from "./kv/instrument.ts";
 import type { AppEnv, Services } from "./services.ts";
-import { auditOversize, auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
+import { auditEdgeRefusal, auditRefusal, inferenceRoutes } from "../routes/v1/inference.ts";
 import { managementRoutes } from "../routes/v1/management.ts";
 import { adminRoutes } from "../routes/v1/admin.ts";
 import { billingRoutes } from "../routes/v1/billing.ts";
@@ -175,8 +175,8 @@ export function createApp(deps: AppDeps): Router {
         timeoutMs: config.bodyTimeoutMs,
       },
       // Refused before the key is read: on an audited path the key is looked up for its row.
-      async (c) => {
-        if (audited.includes(c.req.path)) await auditOversize(c);
+      async (c, refusal) => {
+        if (audited.includes(c.req.path)) await auditEdgeRefusal(c, refusal);
       },
     ),
   );

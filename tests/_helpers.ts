@@ -187,6 +187,26 @@ export async function kvSnapshot(t: TestRouter): Promise<KvSnapshot> {
   return out;
 }
 
+/**
+ * Asserts that nothing but the refusal's own audit trail changed: no money, hold, ledger, key
+ * or rollup entry was written. `audited` is how many audit rows the refusals may add.
+ */
+export function assertNothingWritten(before: KvSnapshot, after: KvSnapshot, audited: number) {
+  const added: string[] = [];
+  for (const [k, v] of after) {
+    if (!before.has(k)) added.push(k);
+    else assert.equal(v, before.get(k), `${k} changed`);
+  }
+  for (const k of before.keys()) assert.ok(after.has(k), `${k} was deleted`);
+  const prefixes = added.map((k) => JSON.parse(k)[0]);
+  assert.deepEqual(
+    prefixes.filter((p) => p !== "audit" && p !== "audit_id"),
+    [],
+    "only audit rows were added",
+  );
+  assert.equal(prefixes.filter((p) => p === "audit").length, audited);
+}
+
 /** Headers of a dashboard session's request: its cookie, this origin, its CSRF token. */
 function sessionHeaders(t: TestRouter, token: string, csrf: string) {
   return (h: Record<string, string> = {}) => ({

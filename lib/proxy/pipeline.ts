@@ -28,6 +28,7 @@ import {
   tokenCounter,
 } from "./tokens.ts";
 import { pause } from "../kv/util.ts";
+import { watchDeparture } from "../http/departure.ts";
 import { utf8Bytes } from "../tokenizer.ts";
 import {
   noteFinish,
@@ -156,12 +157,10 @@ export async function forward(
     for (let retry = 0; retry <= maxRetries; retry++) {
       if (last) {
         await m.recordAttempt(last.model, attempt, last.error.status, last.error.code);
-        // Read only once an attempt failed: the first attempt's path stays as it was.
-        const signal = m.c.req.raw.signal;
         const wait = retry > 0
           ? Math.max(backoffMs * 2 ** (retry - 1), retryAfterMs(last.error))
           : 0;
-        if (!(await pause(wait, signal))) {
+        if (!(await pauseUnlessGone(m, wait))) {
           // The client went away: nothing answered it, so nothing is billed.
           m.model = last.model;
           await m.release(CLIENT_CLOSED, "client_disconnected");
@@ -200,6 +199,22 @@ export async function forward(
   m.model = failed.model;
   await m.release(failed.error.status, failed.error.code);
   throw failed.error;
+}
+
+/**
+ * Waits `ms` unless the client leaves first (false then). `Request.signal` alone misses most
+ * departures (see `watchDeparture`). Read only once an attempt failed: the first attempt's path
+ * stays as it was.
+ */
+async function pauseUnlessGone(m: MeteredRequest, ms: number): Promise<boolean> {
+  const signal = m.c.req.raw.signal;
+  if (ms <= 0) return !signal.aborted;
+  const watch = watchDeparture(m.c.env as Deno.ServeHandlerInfo | undefined);
+  try {
+    return await pause(ms, AbortSignal.any([signal, watch.signal]));
+  } finally {
+    await watch.stop();
+  }
 }
 
 /** Logs and counts the clamps a usage reader made (figures and field names only). */

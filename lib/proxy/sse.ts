@@ -1,4 +1,5 @@
 /** The project's one SSE splitter, the usage tap over proxied streams, and stream translation. */
+import { nestsWithin } from "../json.ts";
 import type { LiveStreams } from "./live_streams.ts";
 
 const EVENT_END = /\r?\n\r?\n/g;
@@ -80,13 +81,16 @@ export class SseSplitter {
   }
 }
 
-/** The JSON payload of an event's `data:` lines, or null (comments, `[DONE]`, non-JSON). */
+/**
+ * The JSON payload of an event's `data:` lines, or null (comments, `[DONE]`, non-JSON, and JSON
+ * nested past `MAX_JSON_DEPTH`, which the router's walks over events could not take).
+ */
 export function eventData(event: string): unknown {
   let data = "";
   for (const line of event.split(/\r?\n/)) {
     if (line.startsWith("data:")) data += (data ? "\n" : "") + line.slice(line[5] === " " ? 6 : 5);
   }
-  if (!data || data === "[DONE]") return null;
+  if (!data || data === "[DONE]" || !nestsWithin(data)) return null;
   try {
     return JSON.parse(data);
   } catch {

@@ -1,4 +1,5 @@
 import { ApiError } from "../http/errors.ts";
+import { nestsWithin } from "../json.ts";
 import type { UpstreamCall } from "../providers/types.ts";
 
 /** An upstream reply that arrived, with a way to abort its body. */
@@ -67,8 +68,9 @@ export function upstreamError(res: Response): ApiError {
 
 /**
  * Reads a JSON reply body within the time left and at most `maxBytes` long (counted as it is
- * read: a Content-Length is only believed when it already says too much). A stall, a longer body
- * or bad JSON is an upstream failure; reading stops at the limit.
+ * read: a Content-Length is only believed when it already says too much). A stall, a longer body,
+ * bad JSON or JSON nested past `MAX_JSON_DEPTH` (which the router's walks over a reply could not
+ * take) is an upstream failure; reading stops at the limit.
  */
 export async function readUpstreamJson(
   reply: UpstreamReply,
@@ -82,7 +84,11 @@ export async function readUpstreamJson(
       reply.abort();
       throw new ApiError(502, "upstream_error", "The provider's reply is too large");
     }
-    return JSON.parse(new TextDecoder().decode(bytes));
+    const text = new TextDecoder().decode(bytes);
+    if (!nestsWithin(text)) {
+      throw new ApiError(502, "upstream_error", "The provider's reply nests too deep");
+    }
+    return JSON.parse(text);
   } catch (e) {
     if (e instanceof ApiError) throw e;
     throw new ApiError(502, "upstream_error", "The provider's reply could not be read");

@@ -151,11 +151,11 @@ export function inferenceRoutes() {
 }
 
 /**
- * Audits a body over MAX_BODY_BYTES on an inference path. The body limit answers before
- * `requireKey` runs, so the presented key is resolved here, and audited under the same rule
- * (`auditableKey`); anything else writes nothing.
+ * Audits a refusal at the edge (a URL over its limit, a body declared over MAX_BODY_BYTES) on an
+ * inference path. The limits answer before `requireKey` runs, so the presented key is resolved
+ * here, and audited under the same rule (`auditableKey`); anything else writes nothing.
  */
-export async function auditOversize(c: Context<AppEnv>) {
+export async function auditEdgeRefusal(c: Context<AppEnv>, refusal: ApiError) {
   const secret = presentedSecret(c.req.raw);
   if (!secret) return;
   const svc = c.get("svc");
@@ -163,7 +163,7 @@ export async function auditOversize(c: Context<AppEnv>) {
   if (!key) return;
   c.set("key", key);
   c.set("accountId", key.account_id);
-  await auditRefusal(c, 413, "request_too_large");
+  await auditRefusal(c, refusal.status, refusal.code);
 }
 
 /**

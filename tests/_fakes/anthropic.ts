@@ -19,6 +19,8 @@ export interface AnthropicScenario {
   chunks?: number;
   /** Close the stream abruptly (no message_delta) after this many events. */
   breakAfter?: number;
+  /** Stop sending (but keep the connection open) after this many events. */
+  stallAfter?: number;
   /** Milliseconds between stream events. */
   eventDelayMs?: number;
   /**
@@ -213,6 +215,11 @@ export function startFakeAnthropic(): FakeAnthropic {
         async pull(ctrl) {
           if (s.eventDelayMs && i > 0) {
             await new Promise((r) => timer = setTimeout(r, s.eventDelayMs));
+          }
+          if (s.stallAfter !== undefined && i >= s.stallAfter) {
+            // Hold the connection open without sending, until the reader gives up.
+            await new Promise<void>((r) => timer = setTimeout(r, 60_000));
+            return;
           }
           if (s.breakAfter !== undefined && i >= s.breakAfter) {
             ctrl.error(new Error("connection lost"));

@@ -21,6 +21,8 @@ export interface GeminiScenario {
   errorAfter?: number;
   /** In a stream, break the connection (no proper end) after this many events. */
   dropAfter?: number;
+  /** In a stream, stop sending (but keep the connection open) after this many events. */
+  stallAfter?: number;
 }
 
 export interface FakeGemini {
@@ -239,14 +241,21 @@ export function startFakeGemini(): FakeGemini {
       }
       const enc = new TextEncoder();
       let i = 0;
+      let timer: ReturnType<typeof setTimeout> | undefined;
       return new Response(
         new ReadableStream<Uint8Array>({
-          pull(ctrl) {
-            if (s.dropAfter !== undefined && i >= s.dropAfter) {
+          async pull(ctrl) {
+            if (s.stallAfter !== undefined && i >= s.stallAfter) {
+              // Hold the connection open without sending, until the reader gives up.
+              await new Promise<void>((r) => timer = setTimeout(r, 60_000));
+            } else if (s.dropAfter !== undefined && i >= s.dropAfter) {
               ctrl.error(new Error("connection lost"));
             } else if (i < events.length) {
               ctrl.enqueue(enc.encode(`data: ${JSON.stringify(events[i++])}\r\n\r\n`));
             } else ctrl.close();
+          },
+          cancel() {
+            clearTimeout(timer);
           },
         }),
         { headers: { "content-type": "text/event-stream" } },

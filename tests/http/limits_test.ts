@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { json, startRouter } from "../_helpers.ts";
+import { assertNothingWritten, json, kvSnapshot, startRouter } from "../_helpers.ts";
 import { RawConn } from "../_raw.ts";
 import { MAX_URL_BYTES } from "../../lib/http/limits.ts";
 import type { Logger } from "../../lib/log.ts";
@@ -38,6 +38,7 @@ Deno.test("a page's form over PAGE_BODY_BYTES is 413 before it is read, by its l
     assert.equal(read.status, 400);
     assert.match(await read.text(), /<!DOCTYPE html>/);
     // One byte more, declared: refused at once, as a page to a browser, as JSON otherwise.
+    const before = await kvSnapshot(t);
     const page = await post(formOf(4097));
     assert.equal(page.status, 413);
     assert.match(page.headers.get("content-type") ?? "", /text\/html/);
@@ -54,6 +55,7 @@ Deno.test("a page's form over PAGE_BODY_BYTES is 413 before it is read, by its l
     assert.equal(streamed.status, 413);
     assert.match(streamed.body, /over 4096 bytes/);
     assert.equal(streamed.headers.get("connection"), "close");
+    assertNothingWritten(before, await kvSnapshot(t), 0);
   } finally {
     await t.close();
   }
@@ -75,6 +77,7 @@ Deno.test("the Stripe webhook's own body limit is checked before its signature",
         body,
       });
     const event = (bytes: number) => `{"pad":"${"x".repeat(bytes - 10)}"}`;
+    const before = await kvSnapshot(t);
     // Within the webhook's limit (over the API's): read, and refused for its signature.
     assert.equal((await json(await deliver(event(8192)), 400)).error.code, "invalid_signature");
     // Over it: refused for its size, the signature never checked.
@@ -84,12 +87,13 @@ Deno.test("the Stripe webhook's own body limit is checked before its signature",
     const streamed = await chunked(t.url, "/v1/stripe/webhook", "", event(2_000_000));
     assert.equal(streamed.status, 413);
     assert.equal(JSON.parse(streamed.body).error.code, "request_too_large");
+    assertNothingWritten(before, await kvSnapshot(t), 0);
   } finally {
     await t.close();
   }
 });
 
-Deno.test("a URL over MAX_URL_BYTES is 414 with the JSON error (a page to a browser)", async () => {
+Deno.test("a URL over MAX_URL_BYTES is 414 with the JSON error (a page to a browser), audited for a known key", async () => {
   const t = await startRouter();
   try {
     const path = (bytes: number) => {
@@ -98,6 +102,15 @@ Deno.test("a URL over MAX_URL_BYTES is 414 with the JSON error (a page to a brow
     };
     const ok = await fetch(t.url + path(MAX_URL_BYTES));
     assert.deepEqual(await json(ok, 200), { ok: true });
+    const { key, mgmt } = await t.account("1");
+    const before = await kvSnapshot(t);
+    const inference = await fetch(`${t.url}/v1/chat/completions?${"x".repeat(MAX_URL_BYTES)}`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}` },
+      body: JSON.stringify({ model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }),
+    });
+    assert.equal((await json(inference, 414)).error.code, "uri_too_long");
+    assert.equal(t.openai.requests.length, 0);
     const api = await json(await fetch(`${t.url}/v1/models?${"x".repeat(MAX_URL_BYTES)}`), 414);
     assert.deepEqual(api.error, {
       message: `The request URL is over ${MAX_URL_BYTES} bytes`,
@@ -108,6 +121,10 @@ Deno.test("a URL over MAX_URL_BYTES is 414 with the JSON error (a page to a brow
     const page = await fetch(t.url + path(MAX_URL_BYTES + 1), { headers: { accept: "text/html" } });
     assert.equal(page.status, 414);
     assert.match(await page.text(), /<!DOCTYPE html>.*over 16384 bytes/s);
+    // Refused before the route: the inference request of a known key leaves its audit row only.
+    assertNothingWritten(before, await kvSnapshot(t), 1);
+    const [row] = (await json(await t.call(mgmt, "GET", "/v1/audit"), 200)).data;
+    assert.deepEqual([row.status, row.error_code, row.cost], [414, "uri_too_long", "0"]);
   } finally {
     await t.close();
   }
@@ -119,6 +136,7 @@ Deno.test("a body that stops arriving is 408 after BODY_TIMEOUT_MS, audited, its
   });
   try {
     const { key, mgmt } = await t.account("1");
+    const before = await kvSnapshot(t);
     // A body that sends a little, then nothing; cancelled by the router when it gives up.
     let cancelled = 0;
     const send = async (path: string, headers: Record<string, string>) => {
@@ -162,6 +180,8 @@ Deno.test("a body that stops arriving is 408 after BODY_TIMEOUT_MS, audited, its
     await t.router.flush();
     const [row] = (await json(await t.call(mgmt, "GET", "/v1/audit"), 200)).data;
     assert.deepEqual([row.status, row.error_code, row.cost], [408, "request_timeout", "0"]);
+    // The inference request's audit row; the webhook's delivery recorded nothing.
+    assertNothingWritten(before, await kvSnapshot(t), 1);
     await t.assertBooks();
   } finally {
     await t.close();
@@ -174,6 +194,7 @@ Deno.test("an upload the client drops is audited 499 client_disconnected and log
   const t = await startRouter({ log });
   try {
     const { key, mgmt } = await t.account("1");
+    const before = await kvSnapshot(t);
     const c = await RawConn.open(t.url);
     await c.send(
       `POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\n` +
@@ -195,6 +216,7 @@ Deno.test("an upload the client drops is audited 499 client_disconnected and log
     assert.equal(dropped[0].level, "info");
     assert.equal(dropped[0].fields.path, "/v1/chat/completions");
     assert.deepEqual(lines.filter((l) => l.level !== "info"), [], "nothing logged as an error");
+    assertNothingWritten(before, await kvSnapshot(t), 1);
     await t.assertBooks();
   } finally {
     await t.close();

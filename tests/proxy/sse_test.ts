@@ -150,6 +150,33 @@ Deno.test("SseSplitter finds the same events as a split of the whole text, howev
   }
 });
 
+Deno.test("SseSplitter looks at each character of an event a bounded number of times, however many pieces it comes in", () => {
+  // Work counted, not timed: the characters every regular expression search is given to examine.
+  // Re-splitting the whole buffer on each piece examines the event's first pieces again and again.
+  const pieces = 1024;
+  const piece = "a".repeat(4096);
+  const total = pieces * piece.length;
+  const budget = 2 * total;
+  const exec = RegExp.prototype.exec;
+  let examined = 0;
+  RegExp.prototype.exec = function (this: RegExp, s: string) {
+    examined += s.length - (this.global || this.sticky ? this.lastIndex : 0);
+    if (examined > budget) throw new Error(`over ${budget} characters examined`);
+    return exec.call(this, s);
+  };
+  const s = new SseSplitter(2 * total);
+  const events: string[] = [];
+  try {
+    events.push(...s.push("data: "));
+    for (let i = 0; i < pieces; i++) events.push(...s.push(piece));
+    events.push(...s.push("\n\n"));
+  } finally {
+    RegExp.prototype.exec = exec;
+  }
+  assert.deepEqual(events.map((e) => e.length), [6 + total]);
+  assert.ok(examined <= total + 4 * (pieces + 2), `${examined} characters examined`);
+});
+
 Deno.test("SseSplitter refuses an event over its maximum, complete or still buffered", () => {
   const s = new SseSplitter(16);
   assert.deepEqual(s.push("data: 1234567890"), [], "16 characters: at the maximum");

@@ -41,27 +41,48 @@ const chatBody = (model: string) => ({
   stream_options: { include_usage: true },
 });
 
+/** Reads a Messages stream to its final message, with the SDK's own helper. */
+async function readMessages(anthropic: Anthropic, model: string) {
+  const stream = anthropic.messages.stream({
+    model,
+    max_tokens: 100,
+    messages: [{ role: "user", content: "hello" }],
+  });
+  const { content: [block], usage } = await stream.finalMessage();
+  return { text: block.type === "text" ? block.text : "", output: usage.output_tokens, stream };
+}
+
+// Each fake's stream, and how many of its events carry the final usage: the ones it is cut after.
+/** Events: role, 2 parts, finish, usage | [DONE]. */
+const OPENAI_REPLY = {
+  content: "abcdefgh",
+  chunks: 2,
+  usage: { prompt_tokens: 11, completion_tokens: 7 },
+};
+const OPENAI_FINAL = 5;
+/** Events: message_start, block start, ping, 2 deltas, block stop, message_delta | message_stop. */
+const ANTHROPIC_REPLY = {
+  content: "from claude",
+  chunks: 2,
+  usage: { input_tokens: 13, output_tokens: 5 },
+};
+const ANTHROPIC_FINAL = 7;
+/** Events: 2, the second finishing the choice with the usage | the stream's close. */
+const GEMINI_REPLY = {
+  content: "from gemini",
+  chunks: 2,
+  usage: { promptTokenCount: 9, candidatesTokenCount: 4, totalTokenCount: 13 },
+};
+const GEMINI_FINAL = 2;
+
 Deno.test("an upstream that breaks after the final usage: each format's stream ends cleanly for its SDK, billed once", async (ctx) => {
   const t = await startProviders();
   try {
     const { key, mgmt } = await t.account("5");
     const openai = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
     const anthropic = new Anthropic({ apiKey: key, baseURL: t.url, maxRetries: 0 });
-    // Events: role, 2 parts, finish, usage | [DONE] never comes.
-    const openaiBreaking = {
-      content: "abcdefgh",
-      chunks: 2,
-      usage: { prompt_tokens: 11, completion_tokens: 7 },
-      dropAfter: 5,
-    };
-    // Events: message_start, block start, ping, 2 deltas, block stop, message_delta | message_stop
-    // never comes.
-    t.anthropic.scenario = {
-      content: "from claude",
-      chunks: 2,
-      usage: { input_tokens: 13, output_tokens: 5 },
-      breakAfter: 7,
-    };
+    const openaiBreaking = { ...OPENAI_REPLY, dropAfter: OPENAI_FINAL };
+    t.anthropic.scenario = { ...ANTHROPIC_REPLY, breakAfter: ANTHROPIC_FINAL };
 
     await ctx.step("OpenAI chat, passed through", async () => {
       t.openai.scenario = openaiBreaking;
@@ -79,26 +100,15 @@ Deno.test("an upstream that breaks after the final usage: each format's stream e
       await billed(t, mgmt, response.headers.get("x-request-id"), [13, 5]);
     });
 
-    /** Reads a Messages stream to its final message, with the SDK's own helper. */
-    const readMessages = async (model: string) => {
-      const stream = anthropic.messages.stream({
-        model,
-        max_tokens: 100,
-        messages: [{ role: "user", content: "hello" }],
-      });
-      const { content: [block], usage } = await stream.finalMessage();
-      return { text: block.type === "text" ? block.text : "", output: usage.output_tokens, stream };
-    };
-
     await ctx.step("native Messages", async () => {
-      const { text, output, stream } = await readMessages("claude-haiku-4-5");
+      const { text, output, stream } = await readMessages(anthropic, "claude-haiku-4-5");
       assert.deepEqual([text, output], ["from claude", 5]);
       await billed(t, mgmt, stream.request_id, [13, 5]);
     });
 
     await ctx.step("Messages to an OpenAI model, translated", async () => {
       t.openai.scenario = openaiBreaking;
-      const { text, output, stream } = await readMessages("gpt-4o-mini");
+      const { text, output, stream } = await readMessages(anthropic, "gpt-4o-mini");
       assert.deepEqual([text, output], ["abcdefgh", 7]);
       await billed(t, mgmt, stream.request_id, [11, 7]);
     });
@@ -128,12 +138,7 @@ Deno.test("an upstream that breaks after the final usage: each format's stream e
       async () => {
         // Gemini ends its stream by closing it: here the last event (finish, usage) came, then the
         // connection broke.
-        t.gemini.scenario = {
-          content: "from gemini",
-          chunks: 2,
-          usage: { promptTokenCount: 9, candidatesTokenCount: 4, totalTokenCount: 13 },
-          dropAfter: 2,
-        };
+        t.gemini.scenario = { ...GEMINI_REPLY, dropAfter: GEMINI_FINAL };
         const { data, response } = await openai.chat.completions.create(
           chatBody("gemini-2.5-flash"),
         ).withResponse();
@@ -147,8 +152,61 @@ Deno.test("an upstream that breaks after the final usage: each format's stream e
       const cut = await openai.chat.completions.create(chatBody("gemini-2.5-flash"));
       await assert.rejects(() => readChat(cut), /stream failed/);
       t.anthropic.scenario = { ...t.anthropic.scenario, breakAfter: 6 };
-      await assert.rejects(() => readMessages("claude-haiku-4-5"), /stream failed/);
+      await assert.rejects(() => readMessages(anthropic, "claude-haiku-4-5"), /stream failed/);
     });
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("an upstream that stalls after the final usage: the stream ends cleanly at UPSTREAM_TIMEOUT_MS for the SDK, billed once", async (ctx) => {
+  const t = await startProviders({ env: { UPSTREAM_TIMEOUT_MS: "300" } });
+  try {
+    const { key, mgmt } = await t.account("5");
+    const openai = new OpenAI({ apiKey: key, baseURL: `${t.url}/v1`, maxRetries: 0 });
+    const anthropic = new Anthropic({ apiKey: key, baseURL: t.url, maxRetries: 0 });
+    // Each upstream sends its final usage, then nothing more, its connection left open.
+    t.openai.scenario = { ...OPENAI_REPLY, stallAfter: OPENAI_FINAL };
+    t.anthropic.scenario = { ...ANTHROPIC_REPLY, stallAfter: ANTHROPIC_FINAL };
+    t.gemini.scenario = { ...GEMINI_REPLY, stallAfter: GEMINI_FINAL };
+    const chats: [string, string, string, [number, number]][] = [
+      ["OpenAI chat, passed through", "gpt-4o-mini", "abcdefgh", [11, 7]],
+      [
+        "chat to Anthropic, translated: usage sent at message_delta",
+        "claude-haiku-4-5",
+        "from claude",
+        [13, 5],
+      ],
+      [
+        "chat to Gemini, translated: usage sent with the last event",
+        "gemini-2.5-flash",
+        "from gemini",
+        [9, 4],
+      ],
+    ];
+    for (const [name, model, text, tokens] of chats) {
+      await ctx.step(name, async () => {
+        const { data, response } = await openai.chat.completions.create(chatBody(model))
+          .withResponse();
+        assert.deepEqual(await readChat(data), { text, usage: tokens });
+        await billed(t, mgmt, response.headers.get("x-request-id"), tokens);
+      });
+    }
+    const messages: [string, string, string, [number, number]][] = [
+      ["native Messages, passed through", "claude-haiku-4-5", "from claude", [13, 5]],
+      ["Messages to OpenAI, translated: ended at the usage chunk", "gpt-4o-mini", "abcdefgh", [
+        11,
+        7,
+      ]],
+    ];
+    for (const [name, model, text, tokens] of messages) {
+      await ctx.step(name, async () => {
+        const { text: got, output, stream } = await readMessages(anthropic, model);
+        assert.deepEqual([got, output], [text, tokens[1]]);
+        await billed(t, mgmt, stream.request_id, tokens);
+      });
+    }
     await t.assertBooks();
   } finally {
     await t.close();

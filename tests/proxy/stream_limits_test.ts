@@ -205,3 +205,33 @@ Deno.test("translated streams and native Messages are held to MAX_SSE_EVENT_BYTE
     await t.close();
   }
 });
+
+Deno.test("an SSE event nested past MAX_JSON_DEPTH is passed on unread: the stream is billed for the rest and its hold settled", async () => {
+  // Counting the output of a stream without usage walked each delta recursively: an event nested
+  // 50,000 deep overflowed the stack as the stream ended, which left it unbilled and its hold
+  // renewed for as long as the process ran.
+  const deep = chunkEvent("x").replace('"x"', "[".repeat(50_000) + '"x"' + "]".repeat(50_000));
+  const sent = chunkEvent("Hello ") + deep + chunkEvent("world") + "data: [DONE]\n\n";
+  const upstream = serveLoopback(() =>
+    new Response(sent, { headers: { "content-type": "text/event-stream" } })
+  );
+  const t = await startRouter({ env: { OPENAI_BASE_URL: `${upstream.origin}/v1` } });
+  try {
+    const { key, mgmt } = await t.account("1");
+    const res = await t.call(key, "POST", "/v1/chat/completions", ask("hi", true));
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), sent);
+    const row = await auditRow(t, mgmt, res);
+    assert.deepEqual([row.error_code, row.completion_tokens], [
+      "usage_missing",
+      countStreamedOutput(chunkEvent("Hello ") + chunkEvent("world"), o200k),
+    ]);
+    assert.ok(Number(row.cost) > 0, "billed");
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.reserved, "0", "no hold left");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+    await upstream.close();
+  }
+});

@@ -215,6 +215,76 @@ Deno.test("absurd upstream usage is clamped to the hold before it is priced, ech
   }
 });
 
+Deno.test("absurd usage is clamped in every format's reply, streamed or not, and counted for each provider", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("100");
+    const huge = 1e15;
+    t.anthropic.scenario = {
+      usage: {
+        input_tokens: huge,
+        output_tokens: huge,
+        cache_read_input_tokens: "NaN",
+        cache_creation_input_tokens: -3,
+      },
+    };
+    t.gemini.scenario = {
+      usage: { promptTokenCount: huge, candidatesTokenCount: huge, totalTokenCount: 2 * huge },
+    };
+    t.openai.scenario = {
+      usage: { prompt_tokens: huge, completion_tokens: huge },
+      responsesUsage: {
+        input_tokens: huge,
+        output_tokens: huge,
+        input_tokens_details: { cached_tokens: "NaN" },
+        output_tokens_details: { reasoning_tokens: huge },
+      },
+    };
+    const kinds = ["prompt", "output"];
+    const providers = ["openai", "anthropic", "google"];
+    const counted = async () =>
+      await Promise.all(
+        providers.flatMap((provider) =>
+          kinds.map((kind) => usageAnomalies.get({ provider, kind }))
+        ),
+      );
+    const before = await counted();
+    const messages = [{ role: "user", content: "hi" }];
+    const cases: [string, Record<string, unknown>][] = [
+      ["/v1/messages", { model: "claude-haiku-4-5", max_tokens: 100, messages }],
+      ["/v1/chat/completions", { model: "claude-haiku-4-5", max_tokens: 100, messages }],
+      ["/v1/chat/completions", { model: "gemini-2.5-flash", max_tokens: 100, messages }],
+      ["/v1/responses", { model: "gpt-4o-mini", max_output_tokens: 100, input: "hi" }],
+      ["/v1/messages", { model: "gpt-4o-mini", max_tokens: 100, messages }],
+    ];
+    for (const [path, body] of cases) {
+      for (const stream of [false, true]) {
+        const request = {
+          ...body,
+          ...(stream ? { stream, stream_options: { include_usage: true } } : {}),
+        };
+        if (path !== "/v1/chat/completions") delete request.stream_options;
+        const res = await t.call(key, "POST", path, request);
+        const text = await res.text();
+        const what = `${path} ${body.model}${stream ? " streamed" : ""}`;
+        assert.equal(res.status, 200, `${what}: ${text}`);
+        assert.match(text, /"(prompt|input)_tokens"/, `${what} shows its usage`);
+        assert.doesNotMatch(text, /1e\+?15|1000000000000000|NaN|":-3\b/, what);
+        const row = await rowOf(t, mgmt, res);
+        const bytes = utf8Bytes(JSON.stringify(request));
+        assert.ok(row.prompt_tokens <= bytes, `${what}: ${row.prompt_tokens} prompt tokens`);
+        assert.ok(row.completion_tokens <= 100, `${what}: ${row.completion_tokens} output tokens`);
+      }
+    }
+    // Each provider's prompt and output clamps were counted, once a request.
+    const after = await counted();
+    assert.deepEqual(after.map((n, i) => n - before[i]), [4, 4, 4, 4, 2, 2]);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
+
 Deno.test("a key with a $0.01 limit is never charged beyond it, however much usage is reported", async () => {
   const t = await startRouter();
   try {

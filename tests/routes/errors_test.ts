@@ -1,25 +1,11 @@
 import assert from "node:assert/strict";
-import { json, type KvSnapshot, kvSnapshot, startRouter, type TestRouter } from "../_helpers.ts";
-
-/**
- * Asserts that nothing but the refusal's own audit trail changed: no money, hold, ledger, key
- * or rollup entry was written. `audited` is how many audit rows the refusals may add.
- */
-function assertNothingWritten(before: KvSnapshot, after: KvSnapshot, audited: number) {
-  const added: string[] = [];
-  for (const [k, v] of after) {
-    if (!before.has(k)) added.push(k);
-    else assert.equal(v, before.get(k), `${k} changed`);
-  }
-  for (const k of before.keys()) assert.ok(after.has(k), `${k} was deleted`);
-  const prefixes = added.map((k) => JSON.parse(k)[0]);
-  assert.deepEqual(
-    prefixes.filter((p) => p !== "audit" && p !== "audit_id"),
-    [],
-    "only audit rows were added",
-  );
-  assert.equal(prefixes.filter((p) => p === "audit").length, audited);
-}
+import {
+  assertNothingWritten,
+  json,
+  kvSnapshot,
+  startRouter,
+  type TestRouter,
+} from "../_helpers.ts";
 
 async function expectError(res: Response, status: number, code: string, message?: RegExp) {
   const body = await json(res, status);
@@ -268,6 +254,55 @@ Deno.test("a key revoked or disabled through another process is refused here onc
     await a.close();
     await b.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("unknown /v1 routes and methods, and bodies of other content types, get the JSON error", async () => {
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    const before = await kvSnapshot(t);
+    const cases: [
+      string,
+      string,
+      string | null,
+      number,
+      string,
+      Record<string, string>?,
+      string?,
+    ][] = [
+      ["GET", "/v1", null, 404, "not_found"],
+      ["GET", "/v1/nothing", key, 404, "not_found"],
+      ["POST", "/v1/nothing", key, 404, "not_found", {}, "{}"],
+      ["GET", "/v1/chat/completions", key, 404, "not_found"],
+      ["PUT", "/v1/chat/completions", key, 404, "not_found", {}, "{}"],
+      ["DELETE", "/v1/models", null, 404, "not_found"],
+      ["PATCH", "/v1/credits", mgmt, 404, "not_found", {}, "{}"],
+      ["OPTIONS", "/v1/keys", mgmt, 404, "not_found"],
+      ["GET", "//v1/keys", mgmt, 404, "not_found"],
+      ["POST", "/v1/keys", mgmt, 400, "invalid_request", {
+        "content-type": "multipart/form-data; boundary=x",
+      }, "--x--"],
+      ["POST", "/v1/keys", mgmt, 400, "invalid_request", {
+        "content-type": "application/x-www-form-urlencoded",
+      }, "name=x"],
+      ["POST", "/v1/chat/completions", key, 400, "invalid_request", {
+        "content-type": "text/plain",
+      }, "{"],
+      ["GET", "/v1/keys", "x".repeat(5000), 401, "invalid_api_key"],
+    ];
+    for (const [method, path, secret, status, code, headers = {}, body] of cases) {
+      const res = await fetch(t.url + path, {
+        method,
+        headers: { ...(secret ? { authorization: `Bearer ${secret}` } : {}), ...headers },
+        body,
+      });
+      await expectError(res, status, code);
+    }
+    // The three on the inference path, with its key, are audited (the 404s too): nothing else.
+    assertNothingWritten(before, await kvSnapshot(t), 3);
+  } finally {
+    await t.close();
   }
 });
 

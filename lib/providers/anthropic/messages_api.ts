@@ -163,7 +163,7 @@ export function chatToMessage(chat: Json, usage: NormalizedUsage, model: string)
 /**
  * An OpenAI chat SSE stream → a Messages event stream: message_start, one content block per
  * text, thinking or tool call, then message_delta (with the full usage, `input_tokens`
- * included, when the upstream reported it) and message_stop.
+ * included, when the upstream reported it) and message_stop, as soon as the final usage came.
  */
 export function chatStreamToMessages(
   src: ReadableStream<Uint8Array>,
@@ -202,8 +202,26 @@ export function chatStreamToMessages(
       },
     });
   };
+  /** Whether the closing events went out (with the final usage, or at the upstream's end). */
+  let ended = false;
+  const end = (): Json[] => {
+    ended = true;
+    const out: Json[] = [];
+    start(out, null);
+    if (block) out.push({ type: "content_block_stop", index: (block as { index: number }).index });
+    const u = usage ? anthropicUsageOf(readOpenAIUsage(usage, new UsageReader())) : null;
+    out.push({
+      type: "message_delta",
+      delta: { stop_reason: stopReason(finish), stop_sequence: null },
+      // Without the upstream's usage there is no `input_tokens`: the router counts instead.
+      usage: u ?? { output_tokens: 0 },
+    });
+    out.push({ type: "message_stop" });
+    return out;
+  };
   return translateSse(src, (data) => {
     const out: Json[] = [];
+    if (ended) return out;
     if (data.error) {
       return [{
         type: "error",
@@ -246,24 +264,15 @@ export function chatStreamToMessages(
       }
     }
     if (choice.finish_reason) finish = choice.finish_reason;
+    // The usage chunk follows the finishing one (or a running usage rides on it): the message
+    // ends (and is billed) at once, so that a stall before the upstream's end ends it cleanly.
+    if (finish !== null && usage !== null) out.push(...end());
     return out;
   }, () => {
-    const out: Json[] = [];
-    start(out, null);
-    if (block) out.push({ type: "content_block_stop", index: (block as { index: number }).index });
-    const u = usage ? anthropicUsageOf(readOpenAIUsage(usage, new UsageReader())) : null;
-    out.push({
-      type: "message_delta",
-      delta: { stop_reason: stopReason(finish), stop_sequence: null },
-      // Without the upstream's usage there is no `input_tokens`: the router counts instead.
-      usage: u ?? { output_tokens: 0 },
-    });
-    out.push({ type: "message_stop" });
-    return out;
+    return ended ? [] : end();
   }, {
     format: "anthropic",
     maxEventBytes,
-    // The usage chunk follows the finishing one (or a running usage rides on it).
-    final: () => finish !== null && usage !== null,
+    final: () => ended,
   });
 }

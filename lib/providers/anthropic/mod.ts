@@ -195,7 +195,6 @@ function streamFromAnthropic(
   let head = completionHead("msg", "", "chat.completion.chunk");
   let usage: Record<string, unknown> = {};
   let finished = false;
-  let usageSent = false;
   const toolIndex = new Map<number, number>();
   /** Tool calls (by OpenAI index) whose arguments have not started yet. */
   const noArgs = new Set<number>();
@@ -204,7 +203,6 @@ function streamFromAnthropic(
     choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
   });
   const usageChunk = () => {
-    usageSent = true;
     const u = readAnthropicUsage(usage, new UsageReader());
     return { ...head, choices: [], usage: openAIUsageOf(u) };
   };
@@ -255,20 +253,22 @@ function streamFromAnthropic(
         return [chunk({ tool_calls: [{ index, function: { arguments: "{}" } }] })];
       }
       case "message_delta": {
-        // output_tokens here is cumulative; later fields replace earlier ones.
+        // output_tokens here is cumulative; later fields replace earlier ones. It is the final
+        // usage: sent (and billed) at once, so that a stall before message_stop ends the stream
+        // as cleanly as a break does.
         usage = { ...usage, ...obj(data.usage) };
+        const finish = chunk({}, finishReason(obj(data.delta).stop_reason));
+        if (finished) return [finish];
         finished = true;
-        return [chunk({}, finishReason(obj(data.delta).stop_reason))];
+        return [finish, usageChunk()];
       }
-      case "message_stop":
-        return finished ? [usageChunk()] : [];
       case "error":
         return [STREAM_FAILED];
       default:
         return [];
     }
   };
-  return translateSse(src, onEvent, () => (finished && !usageSent ? [usageChunk()] : []), {
+  return translateSse(src, onEvent, () => [], {
     maxEventBytes,
     // message_delta carries the final (cumulative) output count: a break after it is the end.
     final: () => finished,

@@ -308,6 +308,17 @@ function streamFromGemini(
     ...head,
     choices: [{ index, delta, finish_reason: finish, logprobs: null }],
   });
+  // Each event carries the running totals: those of the event finishing the last choice are final.
+  const final = () => !failed && usage !== null && opened.size > 0 && finished.size === opened.size;
+  let usageSent = false;
+  const usageChunk = () => {
+    usageSent = true;
+    return {
+      ...head,
+      choices: [],
+      usage: openAIUsageOf(readGeminiUsage(usage, new UsageReader())),
+    };
+  };
   return translateSse(src, (data) => {
     if (failed) return [];
     if (data.error) {
@@ -356,19 +367,13 @@ function streamFromGemini(
         out.push(chunk(index, {}, finishOf(cand.finishReason, (toolCount.get(index) ?? 0) > 0)));
       }
     });
+    // The final usage is sent (and billed) at once: a stall after it ends the stream cleanly.
+    if (!usageSent && final()) out.push(usageChunk());
     return out;
   }, () => {
-    if (!head || !usage || failed) return [];
-    return [{
-      ...head,
-      choices: [],
-      usage: openAIUsageOf(readGeminiUsage(usage, new UsageReader())),
-    }];
-  }, {
-    maxEventBytes,
-    // Each event carries the running totals: those of the event finishing the last choice are final.
-    final: () => !failed && usage !== null && opened.size > 0 && finished.size === opened.size,
-  });
+    if (!head || !usage || failed || usageSent) return [];
+    return [usageChunk()];
+  }, { maxEventBytes, final });
 }
 
 /** Google Gemini: `/v1/chat/completions` translated to `generateContent` and back. */
