@@ -9,7 +9,7 @@ import { idTime } from "../ids.ts";
 import type { Hold, Lease } from "../billing/types.ts";
 
 /** The most entries one read lists. */
-export const SCAN_CAP = 1000;
+const SCAN_CAP = 1000;
 
 /** The outboxes: usage events waiting to be recorded, customer webhook events to fan out. */
 export const OUTBOXES = { usage: OUTBOX_PREFIX, webhooks: WEBHOOK_OUTBOX_PREFIX } as const;

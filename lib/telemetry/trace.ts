@@ -69,11 +69,3 @@ export function withSpan<T>(
     }
   });
 }
-
-/**
- * `fn` bound to the context active now: called later from elsewhere (a stream's end, run by the
- * client's read, a timer or the shutdown), its spans still belong to this request.
- */
-export function inThisContext<A extends unknown[], R>(fn: (...a: A) => R): (...a: A) => R {
-  return context.bind(context.active(), fn);
-}
