@@ -145,12 +145,15 @@ started.catch((e) => {
 const shutdown = async () => {
   if (lifecycle.state === "draining") return;
   // /readyz answers 503 from here on, and new requests a retryable 503.
-  const drained = lifecycle.drain(config.shutdownGraceMs);
+  // At the deadline the streams still running are ended, each with an error event and billed for
+  // what it delivered.
+  const drained = lifecycle.drain(
+    config.shutdownGraceMs,
+    (waitMs) => router?.endStreams(waitMs) ?? Promise.resolve(),
+  );
   consoleLogger("info", "draining", { in_flight: lifecycle.inFlight });
   starting.abort();
   await started.catch(() => {});
-  // A stream still running at the deadline is cut by the exit (its hold expires unbilled) until a
-  // stream registry ends it billed with an error event: it plugs in as `drain`'s endStreamsAtDeadline.
   const { left } = await drained;
   if (left > 0) consoleLogger("warn", "requests cut at the shutdown deadline", { requests: left });
   else await server.shutdown();

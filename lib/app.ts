@@ -24,6 +24,12 @@ import { addressPolicy } from "./webhooks/addresses.ts";
 import { createStripeClient } from "./billing/stripe/client.ts";
 import type Stripe from "stripe";
 import { SpendWatch } from "./billing/spend_watch.ts";
+import { LiveStreams } from "./proxy/live_streams.ts";
+import { countCommitted } from "./telemetry/inference.ts";
+import { traceInference } from "./telemetry/middleware.ts";
+import { metricsRoutes } from "./telemetry/route.ts";
+import { bindMetrics } from "./metrics.ts";
+import { holdsOutstanding, outboxBacklog, OUTBOXES } from "./telemetry/backlog.ts";
 
 export interface AppDeps {
   kv: Deno.Kv;
@@ -50,6 +56,11 @@ export interface Router {
   /** Records every pending usage event now (tests, shutdown). */
   flush(): Promise<void>;
   /**
+   * Ends every stream still running now (the shutdown deadline): each gets an error event and is
+   * billed for what was delivered; resolves once each is billed, or after `waitMs`.
+   */
+  endStreams(waitMs: number): Promise<void>;
+  /**
    * Returns every balance lease of this process (call it once requests in flight have finished:
    * after `server.shutdown()`), then stops background work; the caller closes the KV afterwards.
    */
@@ -63,9 +74,14 @@ export function createApp(deps: AppDeps): Router {
   const kv = instrumentKv(deps.kv, kvStats, config.kvSimulatedLatencyMs);
   const now = deps.now ?? Date.now;
   const log = deps.log ?? consoleLogger;
+  const providers = deps.providers ??
+    new Providers(config, deps.providersFile ?? null, deps.env ?? {});
   const actors = new AccountActors(kv, {
     delivery: config.outboxDelivery,
-    onCommitted: (ids, events) => background.notify(ids, events),
+    onCommitted: (ids, events) => {
+      background.notify(ids, events);
+      countCommitted(events, providers);
+    },
     onMoved: (accountId, moves) => spend.moved(accountId, moves),
     now,
     leases: config.leases ?? undefined,
@@ -90,7 +106,7 @@ export function createApp(deps: AppDeps): Router {
     kv,
     kvStats,
     config,
-    providers: deps.providers ?? new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
+    providers,
     actors,
     keys: new KeyResolver(kv, now),
     background,
@@ -99,12 +115,29 @@ export function createApp(deps: AppDeps): Router {
       return spend;
     },
     stripe: deps.stripe !== undefined ? deps.stripe : createStripeClient(config),
+    streams: new LiveStreams(),
     fetch: deps.fetch ?? fetch,
     now,
     log,
   };
   // Built once the services exist (it uses them); the actors and the sweep call it only later.
   const spend = new SpendWatch(svc);
+  const metricSources = {
+    actorStats: actors.stats,
+    liveHolds: () => {
+      let lease = 0;
+      for (const a of actors.leases.accounts()) lease += actors.leases.status(a)?.holds ?? 0;
+      return { shared: actors.liveHolds.size, lease };
+    },
+    leasesOpen: () => [...actors.leases.accounts()].length,
+    liveStreams: () => svc.streams.size,
+    outboxes: async () => ({
+      usage: await outboxBacklog(kv, OUTBOXES.usage, Date.now()),
+      webhooks: await outboxBacklog(kv, OUTBOXES.webhooks, Date.now()),
+    }),
+    holds: () => holdsOutstanding(kv),
+  };
+  const unbindMetrics = bindMetrics(metricSources);
 
   const app = apiRoutes();
   app.use("*", async (c, next) => {
@@ -160,6 +193,8 @@ export function createApp(deps: AppDeps): Router {
     ),
   );
   for (const path of audited) {
+    // First: the request's span covers the key lookup and the audit row too.
+    app.use(path, traceInference);
     app.use(path, async (c, next) => {
       await next();
       c.get("metered")?.answered();
@@ -172,6 +207,7 @@ export function createApp(deps: AppDeps): Router {
   // The dashboard: landing, sign-in, pages, static files (GET / answers 200 for warm-up checks).
   app.route("/", pageRoutes(PAGES));
   app.get("/healthz", (c) => c.json({ ok: true }));
+  app.route("/", metricsRoutes());
   // The API modules of routes/, each at its folder's path (lib/gen/routes.ts, by the build).
   for (const [mount, routes] of API) app.route(mount, routes());
   // What the API modules declared: the OpenAPI document, and the reference page made from it.
@@ -211,10 +247,12 @@ export function createApp(deps: AppDeps): Router {
     app,
     svc,
     flush: () => background.flush(),
+    endStreams: (waitMs) => svc.streams.endAll(waitMs),
     close: async () => {
       // The gates running finish first (a top-up credits through the actors).
       await spend.close();
       await background.close();
+      unbindMetrics();
     },
   };
 }

@@ -42,6 +42,8 @@ export interface Config {
   adminToken: string | undefined;
   /** True when the admin token was generated at start (development) rather than configured. */
   adminTokenGenerated: boolean;
+  /** A token that opens `GET /metrics` only (the admin token opens it too). */
+  metricsToken: string | undefined;
   billingMode: "development" | "production";
   /** Default discount below market rate, in basis points (20 % = 2000). */
   discountBps: number;
@@ -129,6 +131,7 @@ const schema = z.object({
   MAX_UPSTREAM_BODY_BYTES: int(1024, 1 << 30).default(64 * 1024 * 1024),
   KV_PATH: z.string().min(1).optional(),
   ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
+  METRICS_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   BILLING_MODE: z.enum(["development", "production"]).optional(),
   DISCOUNT_PERCENT: z.string().regex(
     /^\d{1,2}(\.\d{1,2})?$|^100$/,
@@ -203,6 +206,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     kvPath: e.KV_PATH ?? (onDeploy ? undefined : "./data/router.kv"),
     adminToken,
     adminTokenGenerated,
+    metricsToken: e.METRICS_TOKEN,
     billingMode,
     discountBps: e.DISCOUNT_PERCENT,
     openai: { apiKey: e.OPENAI_API_KEY, baseUrl: e.OPENAI_BASE_URL.replace(/\/+$/, "") },

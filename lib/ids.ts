@@ -50,6 +50,19 @@ export function idFloor(prefix: string, ms: number): string {
   return `${prefix}_${t}`;
 }
 
+/** When an id `newId` made was made (epoch ms), or null for text of another shape. */
+export function idTime(id: string): number | null {
+  const at = id.indexOf("_") + 1;
+  if (at === 0 || id.length < at + 10) return null;
+  let ms = 0;
+  for (let i = at; i < at + 10; i++) {
+    const d = ALPHABET.indexOf(id[i]);
+    if (d < 0) return null;
+    ms = ms * 32 + d;
+  }
+  return ms;
+}
+
 /** The part of an id after its prefix and underscore, as `newId` writes it. */
 const ID_BODY = "[0-9a-hjkmnp-tv-z]{24}";
 const shapes = new Map<string, RegExp>();

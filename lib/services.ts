@@ -10,6 +10,7 @@ import type { Webhooks } from "./webhooks/dispatcher.ts";
 import type Stripe from "stripe";
 import type { KvStats } from "./kv/instrument.ts";
 import type { SpendWatch } from "./billing/spend_watch.ts";
+import type { LiveStreams } from "./proxy/live_streams.ts";
 
 /** What every handler may use; built once by `createApp`. */
 export interface Services {
@@ -27,6 +28,8 @@ export interface Services {
   spend: SpendWatch;
   /** The Stripe client; null without `STRIPE_SECRET_KEY`. */
   stripe: Stripe | null;
+  /** The streams this process is passing on (ended all at once at the shutdown deadline). */
+  streams: LiveStreams;
   fetch: typeof fetch;
   now: () => number;
   log: Logger;

@@ -33,6 +33,9 @@ export const RULES: readonly [path: string, layer: Layer][] = [
   ["lib/errors.ts", 0],
   ["lib/crypto.ts", 0],
   ["lib/net.ts", 0],
+  // The metric instruments and span helpers: infrastructure every layer may record into.
+  ["lib/metrics.ts", 0],
+  ["lib/telemetry/trace.ts", 0],
   // The key schema, KV's limits and helpers, migrations' runner, export and import of the books.
   ["lib/kv/", 0],
   // 1 domain: accounts, keys, users, billing, usage, audit, webhooks, providers, configuration.
@@ -45,16 +48,22 @@ export const RULES: readonly [path: string, layer: Layer][] = [
   ["lib/config.ts", 1],
   ["lib/pricing.ts", 1],
   ["lib/tokenizer.ts", 1],
-  ["lib/metrics.ts", 1],
+  // What the gauges read of the books (outbox backlogs, holds and leases outstanding).
+  ["lib/telemetry/backlog.ts", 1],
   ["lib/migrations.ts", 1],
   // 2 application: the inference pipeline, onboarding, and the services handed to the HTTP layer.
   ["lib/proxy/", 2],
   ["lib/formats/", 2],
   ["lib/onboarding.ts", 2],
   ["lib/services.ts", 2],
+  // The spans of an inference request's stages, and what its committed events count.
+  ["lib/telemetry/inference.ts", 2],
   // 3 HTTP: routes, presenters, middleware, pages, rendering, islands.
   ["lib/http/", 3],
   ["lib/render/", 3],
+  // An inference request's span; `GET /metrics`.
+  ["lib/telemetry/middleware.ts", 3],
+  ["lib/telemetry/route.ts", 3],
   ["routes/", 3],
   ["islands/", 3],
 ];

@@ -7,6 +7,7 @@ import { safeEqual } from "../crypto.ts";
 import type { Context } from "hono";
 import { checkCsrf, getSession, sessionToken } from "../auth/sessions.ts";
 import { getMembership } from "../auth/users.ts";
+import { keyLookup } from "../telemetry/inference.ts";
 
 /**
  * The presented secret: `Authorization: Bearer …` or `x-api-key` (the Anthropic SDK's header).
@@ -87,7 +88,7 @@ export const requireKey = (scope: KeyScope) =>
       );
     }
     // A management call reads the key afresh: one revoked by another process is refused at once.
-    const found = await svc.keys.resolve(secret, scope === "management");
+    const found = await keyLookup(() => svc.keys.resolve(secret, scope === "management"));
     const check = checkKey(found, svc.now());
     if (!check.ok) {
       const audited = auditableKey(found, scope, svc.now());

@@ -17,6 +17,7 @@ import type { ResolvedModel } from "../providers/types.ts";
 import type { AppEnv } from "../services.ts";
 import { ApiError } from "../http/errors.ts";
 import { clip } from "../kv/util.ts";
+import { holding, settling } from "../telemetry/inference.ts";
 
 // Deno refuses to read a request's address or headers once it has closed, and a stream whose
 // client went away is settled after that: both are read while the request is open, and kept.
@@ -185,12 +186,10 @@ export class MeteredRequest {
         ...alternatives.map((a) => [a.model, a.outputTokens] as const),
       ]),
     };
-    const r = await svc.actors.reserve(
-      key.account_id,
-      key,
-      this.holdId,
+    const r = await holding(
+      this.model,
       amount,
-      svc.config.holdTtlMs,
+      () => svc.actors.reserve(key.account_id, key, this.holdId, amount, svc.config.holdTtlMs),
     );
     if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens, searches);
     this.#held = true;
@@ -359,13 +358,18 @@ export class MeteredRequest {
       billed: true,
       errorCode: fields.errorCode ?? null,
     });
-    const r = await c.get("svc").actors.submit(c.get("key").account_id, {
-      kind: "settle",
-      keyId: c.get("key").id,
-      holdId: this.holdId,
-      cost: cost.cost,
+    const r = await settling(
+      "settle",
       event,
-    });
+      () =>
+        c.get("svc").actors.submit(c.get("key").account_id, {
+          kind: "settle",
+          keyId: c.get("key").id,
+          holdId: this.holdId,
+          cost: cost.cost,
+          event,
+        }),
+    );
     c.set("audited", true);
     if (r.charged !== cost.cost) {
       c.get("svc").log("warn", "usage cost exceeds the balance; charge capped", {
@@ -414,12 +418,13 @@ export class MeteredRequest {
       streaming: this.streaming,
       errorCode,
     });
-    await c.get("svc").actors.submit(c.get("key").account_id, {
-      kind: "release",
-      keyId: c.get("key").id,
-      holdId: this.holdId,
-      event,
-    });
+    await settling("release", event, () =>
+      c.get("svc").actors.submit(c.get("key").account_id, {
+        kind: "release",
+        keyId: c.get("key").id,
+        holdId: this.holdId,
+        event,
+      }));
     c.set("audited", true);
   }
 }

@@ -17,6 +17,7 @@ import {
   type Observer,
   type SseFormat,
   type TapEnd,
+  type TapHandlers,
   tapStream,
   type UsageAnswer,
 } from "./sse.ts";
@@ -29,6 +30,12 @@ import {
 import { pause } from "../kv/util.ts";
 import { watchDeparture } from "../http/departure.ts";
 import { utf8Bytes } from "../tokenizer.ts";
+import {
+  noteFinish,
+  streamHandlers,
+  streamWatch,
+  upstreamAttempt,
+} from "../telemetry/inference.ts";
 
 /** Resolves the requested model for `type`, or throws its 404/400. */
 export function resolveModel(c: Context<AppEnv>, requested: string, type: "chat" | "embedding") {
@@ -162,7 +169,11 @@ export async function forward(
       }
       attempt++;
       try {
-        const reply = await callUpstream(svc.fetch, build(model), svc.config.upstreamTimeoutMs);
+        const reply = await upstreamAttempt(
+          model,
+          attempt,
+          () => callUpstream(svc.fetch, build(model), svc.config.upstreamTimeoutMs),
+        );
         m.model = model;
         m.c.set("target", { provider: model.provider, model: model.model });
         return reply;
@@ -252,6 +263,7 @@ export async function settleJson(
   const body = parsed.body;
   let usage = parsed.usage;
   logAnomalies(m, reader);
+  noteFinish(body);
   const missing = usage.prompt === 0 && usage.completion === 0;
   if (missing) {
     // Searches the reply did report are still billed (they are not tokens).
@@ -307,6 +319,14 @@ const END_REASON: Record<TapEnd, string> = {
   error: "upstream_stream_failed",
   event_too_large: "upstream_stream_failed",
   too_long: "stream_too_long",
+  shutdown: "shutting_down",
+};
+
+/** The limit that ended a stream early, as logged. */
+const LIMIT_OF: Partial<Record<TapEnd, string>> = {
+  too_long: "MAX_STREAM_MS",
+  event_too_large: "MAX_SSE_EVENT_BYTES",
+  shutdown: "SHUTDOWN_GRACE_MS",
 };
 
 /**
@@ -387,7 +407,8 @@ export function billStream(
   const interim = (u: NormalizedUsage) => {
     latest = u;
   };
-  const observe: Observer[] = opts.observe ? [opts.observe] : [];
+  const watch = streamWatch(m.model, m.c.get("startedAt"), svc.now);
+  const observe: Observer[] = opts.observe ? [opts.observe, watch.finish] : [watch.finish];
   const failure = opts.failure;
   if (failure) {
     observe.push({
@@ -398,17 +419,21 @@ export function billStream(
     });
   }
   const { upstreamTimeoutMs, maxStreamMs, maxSseEventBytes } = svc.config;
-  return tapStream(upstream, {
+  const handlers: TapHandlers = {
     format: opts.format,
     afterFinal: opts.afterFinal,
     observe,
-    delivered: (text) => output.add(text),
+    delivered: (text) => {
+      watch.delivered();
+      output.add(text);
+    },
     onUsage: (chunk, event) => onUsage(chunk, event, settle, interim),
     async onEnd(kind) {
-      if (kind === "event_too_large" || kind === "too_long") {
+      const limit = LIMIT_OF[kind];
+      if (limit) {
         svc.log("warn", "stream ended at a limit", {
           request_id: m.c.get("requestId"),
-          limit: kind === "too_long" ? "MAX_STREAM_MS" : "MAX_SSE_EVENT_BYTES",
+          limit,
           usage_settled: settled,
         });
       }
@@ -440,7 +465,14 @@ export function billStream(
         web_searches: billed.usage.webSearches ?? 0,
       });
     },
-  }, { idleMs: upstreamTimeoutMs, maxStreamMs, maxEventBytes: maxSseEventBytes });
+  };
+  // Bound to the request's trace; ended among the others at the shutdown deadline (`live`).
+  return tapStream(upstream, streamHandlers(handlers), {
+    idleMs: upstreamTimeoutMs,
+    maxStreamMs,
+    maxEventBytes: maxSseEventBytes,
+    live: svc.streams,
+  });
 }
 
 /** Response headers of a proxied event stream. */

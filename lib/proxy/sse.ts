@@ -1,5 +1,6 @@
 /** The project's one SSE splitter, the usage tap over proxied streams, and stream translation. */
 import { nestsWithin } from "../json.ts";
+import type { LiveStreams } from "./live_streams.ts";
 
 const EVENT_END = /\r?\n\r?\n/g;
 
@@ -237,6 +238,13 @@ export const STREAM_TOO_LONG = {
   type: "api_error",
   code: "stream_too_long",
 };
+/** The error a client gets in place of a stream still running at the shutdown deadline. */
+export const STREAM_SHUTDOWN = {
+  message:
+    "The router is restarting: the stream was ended early and billed for what was delivered; retry",
+  type: "api_error",
+  code: "shutting_down",
+};
 
 /**
  * The event that ends a failed stream, per format: OpenAI's SDKs throw on a chunk with `error`;
@@ -274,9 +282,16 @@ export type UsageAnswer = string | null | undefined | { interim: string | null }
 /**
  * How a tapped stream ended: `complete` after the upstream's last byte, `cancelled` when the
  * client went away, `error` when the upstream failed or stalled, `event_too_large` when it sent
- * an event over the maximum, `too_long` when the stream ran for its longest allowed time.
+ * an event over the maximum, `too_long` when the stream ran for its longest allowed time,
+ * `shutdown` when the process ended its streams at the shutdown deadline.
  */
-export type TapEnd = "complete" | "cancelled" | "error" | "event_too_large" | "too_long";
+export type TapEnd =
+  | "complete"
+  | "cancelled"
+  | "error"
+  | "event_too_large"
+  | "too_long"
+  | "shutdown";
 
 export interface TapHandlers {
   /** The format of the events ending the stream (default OpenAI's). */
@@ -330,6 +345,11 @@ export interface TapLimits {
   maxStreamMs?: number;
   /** The largest event (`MAX_SSE_EVENT_BYTES`, see `SseSplitter`). */
   maxEventBytes?: number;
+  /**
+   * The process's live streams: the stream is counted among them until it has ended, and is
+   * ended (`shutdown`) as soon as their signal is aborted.
+   */
+  live?: LiveStreams;
 }
 
 /**
@@ -337,8 +357,9 @@ export interface TapLimits {
  * chunk. Bytes go out untouched unless a chunk holds the usage event (or an event split across
  * chunks), which is handed to `onUsage`. Nothing is kept but an unfinished event: what was sent
  * goes to `delivered`. A stream that fails, stalls past `idleMs`, sends an event over the
- * maximum or runs past `maxStreamMs` is ended with the format's error event; once the final usage
- * has come, with the format's own end instead (billed once, nothing for an SDK to throw on).
+ * maximum, runs past `maxStreamMs` or is ended by `live` is ended with the format's error event;
+ * once the final usage has come, with the format's own end instead (billed once, nothing for an
+ * SDK to throw on).
  */
 export function tapStream(
   src: ReadableStream<Uint8Array>,
@@ -389,23 +410,37 @@ export function tapStream(
     // Cancelling settles the pending read as done; `read` turns that into the stall error.
     reader.cancel().catch(() => {});
   };
-  // At the deadline a pull under way is woken (its read settles as done) and ends the stream; with
-  // none under way (a client that stopped reading) the stream is ended here, so its hold is
-  // settled, not renewed for as long as the connection stays open.
+  // At the deadline (or when the process ends its streams) a pull under way is woken (its read
+  // settles as done) and ends the stream; with none under way (a client that stopped reading) the
+  // stream is ended here, so its hold is settled, not renewed for as long as the connection stays
+  // open.
   let pulling = false;
-  let expired = false;
-  const deadline = limits.maxStreamMs === undefined ? undefined : setTimeout(() => {
-    expired = true;
+  let stopped: "too_long" | "shutdown" | null = null;
+  const stop = (kind: "too_long" | "shutdown") => {
+    if (stopped || ended) return;
+    stopped = kind;
     if (pulling) reader.cancel().catch(() => {});
-    else finish("too_long").catch(() => {});
-  }, limits.maxStreamMs);
+    else finish(kind).catch(() => {});
+  };
+  const deadline = limits.maxStreamMs === undefined
+    ? undefined
+    : setTimeout(() => stop("too_long"), limits.maxStreamMs);
+  const live = limits.live;
+  const unlive = live?.begin();
+  const onShutdown = () => stop("shutdown");
+  live?.signal.addEventListener("abort", onShutdown);
 
   const end = async (kind: TapEnd) => {
     if (ended) return;
     ended = true;
     clearTimeout(watchdog);
     clearTimeout(deadline);
-    await handlers.onEnd(kind);
+    live?.signal.removeEventListener("abort", onShutdown);
+    try {
+      await handlers.onEnd(kind);
+    } finally {
+      unlive?.();
+    }
   };
 
   /** Ends the stream: bills it (`onEnd`), then sends its last events and closes. */
@@ -425,7 +460,14 @@ export function tapStream(
     } else {
       reader.cancel().catch(() => {});
       if (!usageSeen) {
-        last = errorEvent(format, kind === "too_long" ? STREAM_TOO_LONG : STREAM_FAILURE);
+        last = errorEvent(
+          format,
+          kind === "too_long"
+            ? STREAM_TOO_LONG
+            : kind === "shutdown"
+            ? STREAM_SHUTDOWN
+            : STREAM_FAILURE,
+        );
       } else if (!closed && closing) last = closing.event;
     }
     try {
@@ -497,6 +539,9 @@ export function tapStream(
     },
     async pull() {
       if (finished) return;
+      // Begun after the process ended its streams (its provider answered late): ended at once.
+      if (live?.signal.aborted) stopped ??= "shutdown";
+      if (stopped) return await finish(stopped);
       pulling = true;
       try {
         // Loop until something was enqueued: a pull that enqueues nothing is not called again.
@@ -508,7 +553,7 @@ export function tapStream(
             // A translation reports its upstream's event over the maximum by this error.
             return await finish(e instanceof SseEventTooLarge ? "event_too_large" : "error");
           }
-          if (expired) return; // ended below
+          if (stopped) return; // ended below
           if (r.done && cancelled) {
             // The client went away while this read waited: `cancel` settles it as such.
             return;
@@ -540,13 +585,14 @@ export function tapStream(
         }
       } finally {
         pulling = false;
-        if (expired) await finish("too_long");
+        if (stopped) await finish(stopped);
       }
     },
     async cancel() {
       cancelled = true;
       clearTimeout(watchdog);
       clearTimeout(deadline);
+      live?.signal.removeEventListener("abort", onShutdown);
       await reader.cancel().catch(() => {});
       await end("cancelled");
     },

@@ -6,6 +6,7 @@ import { handleStripeEvent } from "../../lib/billing/stripe/events.ts";
 import { verifyWebhook } from "../../lib/billing/stripe/client.ts";
 import { ledgerJson } from "../../lib/http/presenters.ts";
 import { handleTopupEvent, TOPUP_EVENT_RESULTS } from "../../lib/billing/topup/charge.ts";
+import { stripeWebhooks } from "../../lib/metrics.ts";
 
 /**
  * Stripe's webhook. It takes no API key: the signature over the raw body is the credential, so
@@ -14,6 +15,11 @@ import { handleTopupEvent, TOPUP_EVENT_RESULTS } from "../../lib/billing/topup/c
  */
 export default function stripeRoutes() {
   const app = apiRoutes();
+  // A refused delivery is counted by its error code (an applied one by its result, below).
+  app.use("/stripe/webhook", async (c, next) => {
+    await next();
+    if (c.res.status >= 400) stripeWebhooks.inc({ outcome: c.get("errorCode") ?? "error" });
+  });
   documented(app, {
     method: "post",
     path: "/stripe/webhook",
@@ -65,6 +71,7 @@ export default function stripeRoutes() {
       log: svc.log,
       entryData: ledgerJson,
     }, event);
+    stripeWebhooks.inc({ outcome: result });
     svc.log("info", "stripe event", { event_id: event.id, type: event.type, result });
     return c.json({ received: true, result });
   });

@@ -72,6 +72,7 @@ Deno.test("a bad value is one line naming the variable", () => {
       ["IDLE_TIMEOUT_MS", "3600001"],
       ["MAX_CONNECTIONS_PER_CLIENT", "many"],
       ["ADMIN_TOKEN", "short"],
+      ["METRICS_TOKEN", "short"],
       ["BILLING_MODE", "free"],
       ["DISCOUNT_PERCENT", "101"],
       ["DISCOUNT_PERCENT", "-5"],
