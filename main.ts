@@ -1,11 +1,13 @@
 /** The composition root: configuration, KV, migrations, background work, and the HTTP server. */
-import { ConfigError, loadConfig } from "./lib/config.ts";
+import { loadConfig } from "./lib/config.ts";
+import { ConfigError } from "./lib/errors.ts";
 import { createApp, type Router } from "./lib/app.ts";
 import { Providers, readProvidersFile } from "./lib/providers/registry.ts";
 import { warmUsageDigests } from "./lib/usage/warm.ts";
 import { consoleLogger } from "./lib/log.ts";
 import { pruneAudit } from "./lib/audit/query.ts";
-import { trustedProxies, trustingProxies } from "./lib/http/client_addr.ts";
+import { trustingProxies } from "./lib/http/client_addr.ts";
+import { trustedProxies } from "./lib/net.ts";
 import { serveWithLimits } from "./lib/http/serve.ts";
 import { Lifecycle } from "./lib/http/lifecycle.ts";
 import { migrateSchema } from "./lib/migrations.ts";
@@ -51,13 +53,13 @@ Deno.cron("webhook deliveries", "* * * * *", async () => {
 
 // After midnight UTC, yesterday becomes a closed day: digest it before customers look.
 Deno.cron("usage digests", "7 0 * * *", async () => {
-  if (router) await warmUsageDigests(kv);
+  if (router) await warmUsageDigests(kv, router.svc.now());
 });
 
 // Audit retention: rows older than AUDIT_RETENTION_DAYS go (with their index); the ledger stays.
 Deno.cron("audit retention", "17 * * * *", async () => {
   if (!router || config.auditRetentionDays === null) return;
-  await pruneAudit(kv, Date.now() - config.auditRetentionDays * 86_400_000);
+  await pruneAudit(kv, router.svc.now() - config.auditRetentionDays * 86_400_000);
 });
 
 if (config.adminTokenGenerated) {
@@ -143,12 +145,15 @@ started.catch((e) => {
 const shutdown = async () => {
   if (lifecycle.state === "draining") return;
   // /readyz answers 503 from here on, and new requests a retryable 503.
-  const drained = lifecycle.drain(config.shutdownGraceMs);
+  // At the deadline the streams still running are ended, each with an error event and billed for
+  // what it delivered.
+  const drained = lifecycle.drain(
+    config.shutdownGraceMs,
+    (waitMs) => router?.endStreams(waitMs) ?? Promise.resolve(),
+  );
   consoleLogger("info", "draining", { in_flight: lifecycle.inFlight });
   starting.abort();
   await started.catch(() => {});
-  // A stream still running at the deadline is cut by the exit (its hold expires unbilled) until a
-  // stream registry ends it billed with an error event: it plugs in as `drain`'s endStreamsAtDeadline.
   const { left } = await drained;
   if (left > 0) consoleLogger("warn", "requests cut at the shutdown deadline", { requests: left });
   else await server.shutdown();

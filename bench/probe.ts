@@ -13,7 +13,7 @@ import { loadConfig } from "../lib/config.ts";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
 import { serveWithLimits } from "../lib/http/serve.ts";
-import { trustedProxies } from "../lib/http/client_addr.ts";
+import { trustedProxies } from "../lib/net.ts";
 import { printThreadCpu, threadCpuMs } from "./threads.ts";
 
 const accounts = Number(Deno.args[0] ?? 100);

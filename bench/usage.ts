@@ -18,8 +18,10 @@ import { auditIdKey, auditKey, ledgerKey } from "../lib/kv/schema.ts";
 import { newId } from "../lib/ids.ts";
 import { keyBytes } from "../lib/kv/util.ts";
 import { addRollupTotals, addTotals, eventTotals, type Totals } from "../lib/usage/rollups.ts";
-import { queryUsage, type UsageQuery } from "../lib/usage/query.ts";
-import { getUserByEmail, listAccountsByUser, signUp } from "../lib/auth/users.ts";
+import { queryUsage as queryRows, type UsageQuery } from "../lib/usage/query.ts";
+import { usageJson } from "../lib/http/presenters.ts";
+import { getUserByEmail, listAccountsByUser } from "../lib/auth/users.ts";
+import { signUp } from "../lib/onboarding.ts";
 import { createKey, listKeysByAccount } from "../lib/auth/keys.ts";
 import { createSession } from "../lib/auth/sessions.ts";
 import { loadConfig } from "../lib/config.ts";
@@ -27,6 +29,9 @@ import { warmUsageDigests } from "../lib/usage/warm.ts";
 import { createApp } from "../lib/app.ts";
 import { silentLogger } from "../lib/log.ts";
 import type { LedgerEntry, UsageEvent } from "../lib/billing/types.ts";
+
+/** The usage query as GET /v1/usage answers it. */
+const queryUsage = async (kv: Deno.Kv, q: UsageQuery) => usageJson(await queryRows(kv, q));
 
 const ROWS = Number(Deno.env.get("ROWS") ?? 1_000_000);
 const DAYS = 90, KEYS = 100, MODELS = 20;
@@ -65,7 +70,7 @@ const existing = await getUserByEmail(kv, EMAIL);
 if (existing) {
   userId = existing.id;
   ACCT = (await listAccountsByUser(kv, userId))[0].account_id;
-  for (const { key } of await listKeysByAccount(kv, ACCT)) {
+  for (const { key } of await listKeysByAccount(kv, ACCT, Date.now())) {
     if (key.scope === "inference") keys.push(key.id);
   }
 } else {
@@ -74,12 +79,12 @@ if (existing) {
     name: "Bench Owner",
     password: "bench-password-1",
     accountName: "Bench Co",
-  });
+  }, Date.now());
   userId = made!.user.id;
   ACCT = made!.account.id;
   for (let i = 0; i < KEYS; i++) {
     const name = `Team key_${String(i).padStart(3, "0")}, "prod"`;
-    keys.push((await createKey(kv, ACCT, { name, scope: "inference" })).key.id);
+    keys.push((await createKey(kv, ACCT, { name, scope: "inference" }, Date.now())).key.id);
   }
 }
 const models = Array.from(

@@ -1,30 +1,34 @@
-import { Hono } from "hono";
 import type { Config } from "./config.ts";
 import { AccountActors } from "./billing/actor.ts";
 import { Background } from "./billing/background.ts";
 import { KeyResolver } from "./auth/keys.ts";
 import { Providers, type ProvidersFile } from "./providers/registry.ts";
-import { ApiError, badRequest, errorBody, errorResponse } from "./http/errors.ts";
+import { badRequest } from "./errors.ts";
+import { apiErrorOf, errorBody, errorResponse } from "./http/errors.ts";
 import { percentDecodes } from "./http/params.ts";
 import { errorPage } from "./render/page.tsx";
 import { consoleLogger, type Logger } from "./log.ts";
 import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
 import { instrumentKv, type KvStats } from "./kv/instrument.ts";
-import type { AppEnv, Services } from "./services.ts";
-import { INFERENCE_PATHS, inferenceAudit, inferenceRoutes } from "../routes/v1/inference.ts";
-import { managementRoutes } from "../routes/v1/management.ts";
-import { adminRoutes } from "../routes/v1/admin.ts";
-import { billingRoutes } from "../routes/v1/billing.ts";
+import type { Services } from "./services.ts";
+import { INFERENCE_PATHS, inferenceAudit } from "../routes/v1/inference.ts";
 import { pageRoutes, refusalPage } from "./render/routes.ts";
 import { requestLimits } from "./http/limits.ts";
-import { stripeRoutes } from "../routes/v1/stripe.ts";
-import { webhookRoutes } from "../routes/v1/webhooks.ts";
-import { statementRoutes } from "../routes/v1/statements.ts";
-import { spendRoutes } from "../routes/v1/spend.ts";
+import { API, PAGES } from "./gen/routes.ts";
+import { type ApiRoutes, apiRoutes, publishOpenApi } from "./http/openapi.ts";
+import { docsPage } from "./render/docs.tsx";
 import { type WebhookOptions, Webhooks } from "./webhooks/dispatcher.ts";
 import { addressPolicy } from "./webhooks/addresses.ts";
+import { createStripeClient } from "./billing/stripe/client.ts";
+import type Stripe from "stripe";
 import { SpendWatch } from "./billing/spend_watch.ts";
+import { LiveStreams } from "./proxy/live_streams.ts";
+import { countCommitted } from "./telemetry/inference.ts";
+import { traceInference } from "./telemetry/middleware.ts";
+import { metricsRoutes } from "./telemetry/route.ts";
+import { bindMetrics } from "./metrics.ts";
+import { holdsOutstanding, outboxBacklog, OUTBOXES } from "./telemetry/backlog.ts";
 
 export interface AppDeps {
   kv: Deno.Kv;
@@ -41,13 +45,20 @@ export interface AppDeps {
   sweepEveryMs?: number;
   /** Customer webhooks' delivery, where tests stand in (DNS, TLS roots, retry unit, timeout). */
   webhooks?: Pick<WebhookOptions, "resolve" | "caCerts" | "retryBaseMs" | "timeoutMs">;
+  /** The Stripe client; by default one built from the configuration (none without a key). */
+  stripe?: Stripe | null;
 }
 
 export interface Router {
-  app: Hono<AppEnv>;
+  app: ApiRoutes;
   svc: Services;
   /** Records every pending usage event now (tests, shutdown). */
   flush(): Promise<void>;
+  /**
+   * Ends every stream still running now (the shutdown deadline): each gets an error event and is
+   * billed for what was delivered; resolves once each is billed, or after `waitMs`.
+   */
+  endStreams(waitMs: number): Promise<void>;
   /**
    * Returns every balance lease of this process (call it once requests in flight have finished:
    * after `server.shutdown()`), then stops background work; the caller closes the KV afterwards.
@@ -62,9 +73,14 @@ export function createApp(deps: AppDeps): Router {
   const kv = instrumentKv(deps.kv, kvStats, config.kvSimulatedLatencyMs);
   const now = deps.now ?? Date.now;
   const log = deps.log ?? consoleLogger;
+  const providers = deps.providers ??
+    new Providers(config, deps.providersFile ?? null, deps.env ?? {});
   const actors = new AccountActors(kv, {
     delivery: config.outboxDelivery,
-    onCommitted: (ids, events) => background.notify(ids, events),
+    onCommitted: (ids, events) => {
+      background.notify(ids, events);
+      countCommitted(events, providers);
+    },
     onMoved: (accountId, moves) => spend.moved(accountId, moves),
     now,
     leases: config.leases ?? undefined,
@@ -89,22 +105,40 @@ export function createApp(deps: AppDeps): Router {
     kv,
     kvStats,
     config,
-    providers: deps.providers ?? new Providers(config, deps.providersFile ?? null, deps.env ?? {}),
+    providers,
     actors,
-    keys: new KeyResolver(kv),
+    keys: new KeyResolver(kv, now),
     background,
     webhooks,
     get spend() {
       return spend;
     },
+    stripe: deps.stripe !== undefined ? deps.stripe : createStripeClient(config),
+    streams: new LiveStreams(),
     fetch: deps.fetch ?? fetch,
     now,
     log,
   };
   // Built once the services exist (it uses them); the actors and the sweep call it only later.
   const spend = new SpendWatch(svc);
+  const metricSources = {
+    actorStats: actors.stats,
+    liveHolds: () => {
+      let lease = 0;
+      for (const a of actors.leases.accounts()) lease += actors.leases.status(a)?.holds ?? 0;
+      return { shared: actors.liveHolds.size, lease };
+    },
+    leasesOpen: () => [...actors.leases.accounts()].length,
+    liveStreams: () => svc.streams.size,
+    outboxes: async () => ({
+      usage: await outboxBacklog(kv, OUTBOXES.usage, Date.now()),
+      webhooks: await outboxBacklog(kv, OUTBOXES.webhooks, Date.now()),
+    }),
+    holds: () => holdsOutstanding(kv),
+  };
+  const unbindMetrics = bindMetrics(metricSources);
 
-  const app = new Hono<AppEnv>();
+  const app = apiRoutes();
   app.use("*", async (c, next) => {
     const requestId = newId("req");
     c.set("svc", svc);
@@ -131,8 +165,12 @@ export function createApp(deps: AppDeps): Router {
     );
   });
   // Every inference request of a known key leaves one audit row: refusals at cost 0, the body
-  // limits' included (so the audit comes first), and every token count (free: never held).
-  for (const path of INFERENCE_PATHS) app.use(`/v1${path}`, inferenceAudit);
+  // limits' included (so the audit comes first), and every token count (free: never held). The
+  // request's span comes before both: it covers the key lookup and the audit row too.
+  for (const path of INFERENCE_PATHS) {
+    app.use(`/v1${path}`, traceInference);
+    app.use(`/v1${path}`, inferenceAudit);
+  }
   // Before any route reads a byte: URL and body limits by route, the body read as a stream.
   app.use(
     "*",
@@ -145,27 +183,27 @@ export function createApp(deps: AppDeps): Router {
   );
 
   // The dashboard: landing, sign-in, pages, static files (GET / answers 200 for warm-up checks).
-  app.route("/", pageRoutes());
+  app.route("/", pageRoutes(PAGES));
   app.get("/healthz", (c) => c.json({ ok: true }));
-  app.route("/v1", inferenceRoutes());
-  app.route("/v1", managementRoutes());
-  app.route("/v1", billingRoutes());
-  app.route("/v1", stripeRoutes());
-  app.route("/v1", webhookRoutes());
-  app.route("/v1", statementRoutes());
-  app.route("/v1", spendRoutes());
-  app.route("/v1/admin", adminRoutes());
+  app.route("/", metricsRoutes());
+  // The API modules of routes/, each at its folder's path (lib/gen/routes.ts, by the build).
+  for (const [mount, routes] of API) app.route(mount, routes());
+  // What the API modules declared: the OpenAPI document, and the reference page made from it.
+  const document = publishOpenApi(app);
+  app.get("/docs", () => docsPage(document()));
 
   app.notFound((c) =>
     c.json(errorBody(404, "not_found", `No route for ${c.req.method} ${c.req.path}`), 404)
   );
+  // The one place errors become answers: domain errors and ApiErrors by their status and code.
   app.onError((err, c) => {
-    if (err instanceof ApiError) {
+    const refused = apiErrorOf(err);
+    if (refused) {
       // A refusal before routing (URL, body limits) on a page's path answers a browser a page.
       if (!c.req.path.startsWith("/v1/") && c.req.header("accept")?.includes("text/html")) {
-        return refusalPage(err);
+        return refusalPage(refused);
       }
-      return errorResponse(c, err);
+      return errorResponse(c, refused);
     }
     if (isLocked(err)) {
       // Another process held the local KV file past every retry; nothing was written.
@@ -186,10 +224,12 @@ export function createApp(deps: AppDeps): Router {
     app,
     svc,
     flush: () => background.flush(),
+    endStreams: (waitMs) => svc.streams.endAll(waitMs),
     close: async () => {
       // The gates running finish first (a top-up credits through the actors).
       await spend.close();
       await background.close();
+      unbindMetrics();
     },
   };
 }

@@ -1,8 +1,13 @@
 import { z } from "zod";
 import { type CreditPackage, loadPackages } from "./billing/packages.ts";
-import { canonicalProxy } from "./http/client_addr.ts";
+import { canonicalProxy } from "./net.ts";
+import { randomToken } from "./crypto.ts";
+import { ConfigError } from "./errors.ts";
 import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./sse.ts";
 import type { LeaseOptions } from "./billing/local_lease.ts";
+
+// lib/providers/registry.ts still imports it from here.
+export { ConfigError };
 
 /** A provider's upstream: its key and base URL. A provider without a key is not offered. */
 export interface UpstreamConfig {
@@ -37,6 +42,8 @@ export interface Config {
   adminToken: string | undefined;
   /** True when the admin token was generated at start (development) rather than configured. */
   adminTokenGenerated: boolean;
+  /** A token that opens `GET /metrics` only (the admin token opens it too). */
+  metricsToken: string | undefined;
   billingMode: "development" | "production";
   /** Default discount below market rate, in basis points (20 % = 2000). */
   discountBps: number;
@@ -72,15 +79,6 @@ export interface Config {
   kvSimulatedLatencyMs: number;
   /** Balance leases (BALANCE_LEASES, LEASE_TTL_MS, LEASE_IDLE_MS); null when turned off. */
   leases: LeaseOptions | null;
-}
-
-/** Thrown for bad configuration; the message is one line naming the variable. */
-export class ConfigError extends Error {
-  override name = "ConfigError";
-  constructor(message: string) {
-    // One line, whatever the value or a parser's message quoted (an env value may hold newlines).
-    super(message.replace(/\s*[\r\n]+\s*/g, " "));
-  }
 }
 
 const int = (min: number, max: number) =>
@@ -133,6 +131,7 @@ const schema = z.object({
   MAX_UPSTREAM_BODY_BYTES: int(1024, 1 << 30).default(64 * 1024 * 1024),
   KV_PATH: z.string().min(1).optional(),
   ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
+  METRICS_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   BILLING_MODE: z.enum(["development", "production"]).optional(),
   DISCOUNT_PERCENT: z.string().regex(
     /^\d{1,2}(\.\d{1,2})?$|^100$/,
@@ -207,6 +206,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     kvPath: e.KV_PATH ?? (onDeploy ? undefined : "./data/router.kv"),
     adminToken,
     adminTokenGenerated,
+    metricsToken: e.METRICS_TOKEN,
     billingMode,
     discountBps: e.DISCOUNT_PERCENT,
     openai: { apiKey: e.OPENAI_API_KEY, baseUrl: e.OPENAI_BASE_URL.replace(/\/+$/, "") },
@@ -242,13 +242,4 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
 export function leaseOptions(ttlMs: number, idleMs: number): LeaseOptions {
   const tickMs = Math.max(10, Math.min(250, Math.floor(idleMs / 4), Math.floor(ttlMs / 8)));
   return { ttlMs, idleMs, tickMs, recallMs: 2 * idleMs, recallWaitMs: 6 * tickMs };
-}
-
-/** 256 random bits, base64url without padding. */
-export function randomToken(bytes = 32): string {
-  const b = crypto.getRandomValues(new Uint8Array(bytes));
-  return btoa(String.fromCharCode(...b)).replaceAll("+", "-").replaceAll("/", "_").replace(
-    /=+$/,
-    "",
-  );
 }

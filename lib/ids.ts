@@ -10,6 +10,11 @@ let poolAt = pool.length;
 /**
  * A time-ordered id: 10 characters of milliseconds, 4 of a per-millisecond sequence, 10 random.
  * Ids made later in this process sort after earlier ones.
+ *
+ * @example
+ * ```ts
+ * newId("key"); // "key_01m9…": 24 lowercase Crockford base32 characters
+ * ```
  */
 export function newId(prefix: string, now = Date.now()): string {
   if (now <= lastMs) {
@@ -43,6 +48,19 @@ export function idFloor(prefix: string, ms: number): string {
   let t = "";
   for (let v = ms, i = 0; i < 10; i++, v = Math.floor(v / 32)) t = ALPHABET[v % 32] + t;
   return `${prefix}_${t}`;
+}
+
+/** When an id `newId` made was made (epoch ms), or null for text of another shape. */
+export function idTime(id: string): number | null {
+  const at = id.indexOf("_") + 1;
+  if (at === 0 || id.length < at + 10) return null;
+  let ms = 0;
+  for (let i = at; i < at + 10; i++) {
+    const d = ALPHABET.indexOf(id[i]);
+    if (d < 0) return null;
+    ms = ms * 32 + d;
+  }
+  return ms;
 }
 
 /** The part of an id after its prefix and underscore, as `newId` writes it. */

@@ -8,6 +8,14 @@ export type Logger = (
   fields?: Record<string, unknown>,
 ) => void;
 
+/**
+ * The default logger: one JSON line per entry on stdout.
+ *
+ * @example
+ * ```ts
+ * consoleLogger("info", "listening", { url }); // one JSON line on stdout
+ * ```
+ */
 export const consoleLogger: Logger = (level, msg, fields = {}) => {
   const line = JSON.stringify(
     { t: new Date().toISOString(), level, msg, ...fields },

@@ -1,6 +1,6 @@
 /** The KV schema's migrations, in order: lib/kv/migrate.ts applies the ones a KV lacks. */
 import { migrate, type MigrateOptions, type Migration } from "./kv/migrate.ts";
-import { ACCOUNT_PREFIX } from "./kv/schema.ts";
+import { ACCOUNT_PREFIX, accountIdOfKey } from "./kv/schema.ts";
 import { backfillLedgerTotals } from "./billing/totals.ts";
 
 // Accounts back-filled at once: each is a few round trips, which a remote KV makes slow one by one.
@@ -11,16 +11,16 @@ export const MIGRATIONS: readonly Migration[] = [
     version: 1,
     name: "ledger totals",
     // Accounts created before the running ledger totals get them from their rows.
-    async run(kv, { signal, log }) {
+    async run(kv, { signal, log, now }) {
       let filled = 0, batch: string[] = [];
       const fill = async () => {
-        const done = await Promise.all(batch.map((id) => backfillLedgerTotals(kv, id)));
+        const done = await Promise.all(batch.map((id) => backfillLedgerTotals(kv, id, now())));
         filled += done.filter(Boolean).length;
         batch = [];
         signal.throwIfAborted();
       };
       for await (const e of kv.list<unknown>({ prefix: ACCOUNT_PREFIX })) {
-        batch.push(String(e.key[1]));
+        batch.push(accountIdOfKey(e.key));
         if (batch.length === BACKFILL_CONCURRENCY) await fill();
       }
       await fill();

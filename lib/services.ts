@@ -6,8 +6,10 @@ import type { Background } from "./billing/background.ts";
 import type { ApiKey } from "./billing/types.ts";
 import type { Logger } from "./log.ts";
 import type { Webhooks } from "./webhooks/dispatcher.ts";
+import type Stripe from "stripe";
 import type { KvStats } from "./kv/instrument.ts";
 import type { SpendWatch } from "./billing/spend_watch.ts";
+import type { LiveStreams } from "./proxy/live_streams.ts";
 
 /** What every handler may use; built once by `createApp`. */
 export interface Services {
@@ -23,6 +25,10 @@ export interface Services {
   webhooks: Webhooks;
   /** Threshold crossings: auto top-up and spend alerts. */
   spend: SpendWatch;
+  /** The Stripe client; null without `STRIPE_SECRET_KEY`. */
+  stripe: Stripe | null;
+  /** The streams this process is passing on (ended all at once at the shutdown deadline). */
+  streams: LiveStreams;
   fetch: typeof fetch;
   now: () => number;
   log: Logger;

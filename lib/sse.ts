@@ -231,6 +231,13 @@ export const STREAM_FAILURE = {
   code: "upstream_error",
 };
 /** The error a client gets in place of a stream that ran for `MAX_STREAM_MS`. */
+/** The error a client gets in place of a stream still running at the shutdown deadline. */
+export const STREAM_SHUTDOWN = {
+  message:
+    "The router is restarting: the stream was ended early and billed for what was delivered; retry",
+  type: "api_error",
+  code: "shutting_down",
+};
 export const STREAM_TOO_LONG = {
   message: "The stream reached the longest time this router allows a stream",
   type: "api_error",

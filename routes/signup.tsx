@@ -1,6 +1,7 @@
 import { z } from "zod";
 import type { PageConfig, PageCtx, PageProps } from "../lib/render/page.tsx";
-import { MAX_EMAIL_CHARS, signUp } from "../lib/auth/users.ts";
+import { MAX_EMAIL_CHARS } from "../lib/auth/users.ts";
+import { signUp } from "../lib/onboarding.ts";
 import { allowSigninAttempt, safeNext, startSession, withNext } from "../lib/render/session.ts";
 import { Notice } from "../lib/render/layout.tsx";
 
@@ -55,7 +56,7 @@ export const handler = {
       name: r.data.name,
       password: r.data.password,
       accountName: r.data.account,
-    });
+    }, ctx.svc.now());
     if (!created) {
       return {
         data: {

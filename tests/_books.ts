@@ -1,10 +1,10 @@
 /** Books written through the real router, for the tests that move, migrate or check them. */
 import assert from "node:assert/strict";
 import { json, type TestRouter } from "./_helpers.ts";
-import { signUp } from "../lib/auth/users.ts";
+import { signUp } from "../lib/onboarding.ts";
 import { createSession } from "../lib/auth/sessions.ts";
 import { warmUsageDigests } from "../lib/usage/warm.ts";
-import { DAY_MS } from "../lib/usage/query.ts";
+import { DAY_MS } from "../lib/usage/period.ts";
 import { ledgerTotalKey, ledgerTotalsCompleteKey, SCHEMA_VERSION_KEY } from "../lib/kv/schema.ts";
 
 export interface Books {
@@ -59,7 +59,7 @@ export async function populateBooks(t: TestRouter): Promise<Books> {
     name: "Owner",
     password: "correct horse battery staple",
     accountName: "Owned Co",
-  });
+  }, Date.now());
   assert.ok(user);
   await createSession(
     t.kv,

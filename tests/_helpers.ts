@@ -6,7 +6,7 @@ import { type Logger, silentLogger } from "../lib/log.ts";
 import { type FakeOpenAI, startFakeOpenAI } from "./_fakes/openai.ts";
 import { serveLoopback } from "./_fakes/serve.ts";
 import { trustingProxies } from "../lib/http/client_addr.ts";
-import { signUp } from "../lib/auth/users.ts";
+import { signUp } from "../lib/onboarding.ts";
 import { adminTokenTag, createSession, SESSION_COOKIE } from "../lib/auth/sessions.ts";
 import { migrateSchema } from "../lib/migrations.ts";
 
@@ -61,6 +61,8 @@ export interface RouterOptions {
   wrapKv?: (kv: Deno.Kv) => Deno.Kv;
   /** Customer webhooks' stand-ins (DNS, TLS roots, retry unit, timeout). */
   webhooks?: AppDeps["webhooks"];
+  /** The Stripe client the router is given instead of the one its configuration makes. */
+  stripe?: AppDeps["stripe"];
 }
 
 /** Starts the router on a real port against a fake OpenAI, on in-memory (or file) Deno KV. */
@@ -86,6 +88,7 @@ export async function startRouter(opts: RouterOptions = {}): Promise<TestRouter>
     now: opts.now,
     sweepEveryMs: 200,
     webhooks: opts.webhooks,
+    stripe: opts.stripe,
   });
   // Served as main.ts serves it: the client's address resolved behind TRUSTED_PROXIES.
   const server = serveLoopback(trustingProxies(router.app.fetch, config.trustedProxies));
@@ -224,7 +227,7 @@ export async function userSession(t: TestRouter, email: string) {
     name: email,
     password: "password-" + email,
     accountName: email + " Co",
-  });
+  }, Date.now());
   assert.ok(u);
   const { token, session } = await createSession(t.kv, {
     kind: "user",

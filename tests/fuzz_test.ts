@@ -431,8 +431,9 @@ const ENDPOINTS: Endpoint[] = [
   })),
   { method: "GET", path: () => "/v1/admin/verify", auth: "admin" },
   { method: "GET", path: () => "/v1/nothing", auth: "none" },
+  { method: "GET", path: () => "/v1/openapi.json", auth: "none" },
   // Pages and files.
-  ...["/", "/signup", "/signin", "/healthz", "/favicon.ico", "/dashboard/settings"].map(
+  ...["/", "/signup", "/signin", "/healthz", "/favicon.ico", "/dashboard/settings", "/docs"].map(
     (p): Endpoint => ({ method: "GET", path: () => p, auth: "none" }),
   ),
   ...[

@@ -1,8 +1,15 @@
 import type { AuditRow } from "../billing/types.ts";
-import { formatUsd } from "../money.ts";
-import { AUDIT_COLUMNS, csvLine, decodeAuditRow } from "./row.ts";
-import { auditIdKey, auditKey } from "../kv/schema.ts";
-import { badRequest } from "../http/errors.ts";
+import { AUDIT_COLUMNS, auditJson, csvLine, decodeAuditRow } from "./row.ts";
+import {
+  ACCOUNT_PREFIX,
+  accountIdOfKey,
+  auditIdKey,
+  auditKey,
+  auditKeyParts,
+  auditRange,
+  requestIdOfAuditId,
+} from "../kv/schema.ts";
+import { InvalidInput } from "../errors.ts";
 import { getAll, rowCursor, rowCursorAt } from "../kv/util.ts";
 
 export interface AuditFilter {
@@ -40,10 +47,8 @@ async function* listAuditRange(
   first: number,
   end?: Deno.KvKey,
 ): AsyncGenerator<Deno.KvEntry<Uint8Array>> {
-  const selector = {
-    start: ["audit", accountId, f.fromMs],
-    end: end ?? ["audit", accountId, f.toMs],
-  };
+  const range = auditRange(accountId, f.fromMs, f.toMs);
+  const selector = end ? { ...range, end } : range;
   const head = kv.list<Uint8Array>(selector, { reverse: true, limit: first, batchSize: first });
   let n = 0;
   for await (const e of head) {
@@ -59,7 +64,7 @@ const MAX_SCAN = 20_000;
 
 function decodeCursor(accountId: string, cursor: string): Deno.KvKey {
   const at = rowCursorAt(cursor);
-  if (!at) throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+  if (!at) throw new InvalidInput("Invalid 'cursor': not a cursor this endpoint returned");
   return auditKey(accountId, at.ms, at.id);
 }
 
@@ -77,9 +82,10 @@ export async function listAuditByAccount(
   let end: Deno.KvKey | undefined;
   if (cursor) {
     end = decodeCursor(accountId, cursor);
-    if ((end[2] as number) >= f.toMs) end = undefined;
+    const { ms } = auditKeyParts(end);
+    if (ms >= f.toMs) end = undefined;
     // Below the period's start nothing is left (and the range would end before it starts).
-    else if ((end[2] as number) < f.fromMs) return { data: [], next_cursor: null };
+    else if (ms < f.fromMs) return { data: [], next_cursor: null };
   }
   const data: ReturnType<typeof auditJson>[] = [];
   let scanned = 0;
@@ -128,7 +134,7 @@ export async function getAuditAttempts(
     end: auditIdKey(accountId, requestId + "/"),
   });
   for await (const e of ids) {
-    const id = e.key[2] as string;
+    const id = requestIdOfAuditId(e.key);
     const m = ATTEMPT_SUFFIX.exec(id.slice(requestId.length));
     if (m) found.push({ n: Number(m[1]), key: auditKey(accountId, e.value, id) });
   }
@@ -143,17 +149,14 @@ export async function getAuditAttempts(
  */
 export async function pruneAudit(kv: Deno.Kv, beforeMs: number): Promise<number> {
   let deleted = 0;
-  for await (const acct of kv.list({ prefix: ["account"] })) {
-    const accountId = acct.key[1] as string;
+  for await (const acct of kv.list({ prefix: ACCOUNT_PREFIX })) {
+    const accountId = accountIdOfKey(acct.key);
     for (;;) {
       const atomic = kv.atomic();
       let n = 0;
-      const iter = kv.list(
-        { start: ["audit", accountId], end: ["audit", accountId, beforeMs] },
-        { limit: 400 },
-      );
+      const iter = kv.list(auditRange(accountId, 0, beforeMs), { limit: 400 });
       for await (const e of iter) {
-        atomic.delete(e.key).delete(auditIdKey(accountId, e.key[3] as string));
+        atomic.delete(e.key).delete(auditIdKey(accountId, auditKeyParts(e.key).requestId));
         n++;
       }
       if (n === 0) break;
@@ -163,31 +166,6 @@ export async function pruneAudit(kv: Deno.Kv, beforeMs: number): Promise<number>
     }
   }
   return deleted;
-}
-
-/** An audit row as the API shows it (money as decimal strings). */
-export function auditJson(r: AuditRow) {
-  return {
-    timestamp: r.timestamp,
-    request_id: r.request_id,
-    key_id: r.key_id,
-    key_name: r.key_name,
-    provider: r.provider,
-    model: r.model,
-    prompt_tokens: r.prompt_tokens,
-    completion_tokens: r.completion_tokens,
-    cached_tokens: r.cached_tokens,
-    cache_write_tokens: r.cache_write_tokens,
-    reasoning_tokens: r.reasoning_tokens,
-    cost: formatUsd(r.cost),
-    market_cost: formatUsd(r.market_cost),
-    latency_ms: r.latency_ms,
-    status: r.status,
-    streaming: r.streaming,
-    client_ip: r.client_ip,
-    user_agent: r.user_agent,
-    error_code: r.error_code,
-  };
 }
 
 const encoder = new TextEncoder();
@@ -231,10 +209,8 @@ export function exportAudit(
   }
   // One page of a slice, below `end` when continuing it.
   const fetchPage = (lo: number, hi: number, end?: Deno.KvKey) => {
-    const page = read(
-      { start: ["audit", accountId, lo], end: end ?? ["audit", accountId, hi] },
-      PAGE,
-    );
+    const range = auditRange(accountId, lo, hi);
+    const page = read(end ? { ...range, end } : range, PAGE);
     // A slice read ahead may fail after the stream was cancelled; the awaited one still throws.
     page.catch(() => {});
     return page;
@@ -265,14 +241,14 @@ export function exportAudit(
           size = CSV_HEADER.length;
         } else json = "[";
         // The period's newest and oldest rows bound the slices.
-        const range = { start: ["audit", accountId, f.fromMs], end: ["audit", accountId, f.toMs] };
+        const range = auditRange(accountId, f.fromMs, f.toMs);
         const [newest] = await read(range, 1);
         const oldest = newest
           ? (await Array.fromAsync(kv.list(range, { limit: 1 })))[0]
           : undefined;
         if (newest && oldest) {
-          hi = (newest.key[2] as number) + 1;
-          floor = oldest.key[2] as number;
+          hi = auditKeyParts(newest.key).ms + 1;
+          floor = auditKeyParts(oldest.key).ms;
           topUp();
         }
       }

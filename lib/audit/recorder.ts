@@ -88,7 +88,14 @@ export class RecordError extends Error {
   }
 }
 
-/** Does this event carry a ledger row? Only when money moved. */
+/**
+ * Does this event carry a ledger row? Only when money moved.
+ *
+ * @example
+ * ```ts
+ * if (debits(event)) atomic.set(ledgerKey(event.account_id, event.ts, event.id), row);
+ * ```
+ */
 export const debits = (e: UsageEvent) => e.cost !== 0n && e.balance_after !== null;
 
 /**

@@ -206,3 +206,31 @@ export function decodeAuditRow(bytes: Uint8Array): AuditRow {
     error_code: error === "" ? null : error,
   };
 }
+
+/**
+ * An audit row as the API shows it (money as decimal strings): the JSON export's row, the CSV
+ * line's columns and its error code.
+ */
+export function auditJson(r: AuditRow) {
+  return {
+    timestamp: r.timestamp,
+    request_id: r.request_id,
+    key_id: r.key_id,
+    key_name: r.key_name,
+    provider: r.provider,
+    model: r.model,
+    prompt_tokens: r.prompt_tokens,
+    completion_tokens: r.completion_tokens,
+    cached_tokens: r.cached_tokens,
+    cache_write_tokens: r.cache_write_tokens,
+    reasoning_tokens: r.reasoning_tokens,
+    cost: formatUsd(r.cost),
+    market_cost: formatUsd(r.market_cost),
+    latency_ms: r.latency_ms,
+    status: r.status,
+    streaming: r.streaming,
+    client_ip: r.client_ip,
+    user_agent: r.user_agent,
+    error_code: r.error_code,
+  };
+}

@@ -1,7 +1,13 @@
-import { createHash } from "node:crypto";
-import { randomToken } from "../config.ts";
+import { hashSecret, randomToken } from "../crypto.ts";
 import { newId } from "../ids.ts";
-import { accountKeyIndex, apiKeyKey, keyHashKey, keySpendKey } from "../kv/schema.ts";
+import {
+  accountKeyIndex,
+  accountKeysPrefix,
+  apiKeyKey,
+  keyHashKey,
+  keyIdOfIndex,
+  keySpendKey,
+} from "../kv/schema.ts";
 import { commitRetrying, getAll } from "../kv/util.ts";
 import { readWithLeases } from "../billing/views.ts";
 import { keySpendView } from "../billing/lease.ts";
@@ -12,13 +18,6 @@ import {
   type KeySpend,
   type LimitReset,
 } from "../billing/types.ts";
-
-/** SHA-256 of a presented secret, hex: the only form a key is stored in. */
-export function hashSecret(secret: string): Promise<string> {
-  // Synchronous node:crypto: every request hashes its key, and WebCrypto's async digest cost
-  // about 8 % of the router's CPU under load.
-  return Promise.resolve(createHash("sha256").update(secret).digest("hex"));
-}
 
 export interface NewKey {
   name: string;
@@ -33,12 +32,18 @@ export interface NewKey {
 
 /**
  * Creates a key (`er-` + 256 random bits) for an account; returns the record and the secret,
- * which is never stored. `extra` lets a caller add the key to a larger atomic (account creation).
+ * which is never stored. With `atomic`, the key is added to it (account creation) uncommitted.
+ *
+ * @example
+ * ```ts
+ * const { key, secret } = await createKey(kv, accountId, { name: "ci", scope: "inference" }, now);
+ * ```
  */
 export async function createKey(
   kv: Deno.Kv,
   accountId: string,
   spec: NewKey,
+  now: number,
   atomic?: Deno.AtomicOperation,
 ): Promise<{ key: ApiKey; secret: string }> {
   const secret = "er-" + randomToken(32);
@@ -49,7 +54,7 @@ export async function createKey(
     scope: spec.scope,
     prefix: secret.slice(0, 10),
     hash: await hashSecret(secret),
-    created_at: new Date().toISOString(),
+    created_at: new Date(now).toISOString(),
     disabled: false,
     revoked_at: null,
     credit_limit: spec.credit_limit ?? null,
@@ -70,6 +75,14 @@ export async function createKey(
   return { key, secret };
 }
 
+/**
+ * A key by id, or null.
+ *
+ * @example
+ * ```ts
+ * const key = await getKey(kv, "key_01m9…"); // null when there is none
+ * ```
+ */
 export async function getKey(kv: Deno.Kv, id: string): Promise<ApiKey | null> {
   return (await kv.get<ApiKey>(apiKeyKey(id))).value;
 }
@@ -77,14 +90,21 @@ export async function getKey(kv: Deno.Kv, id: string): Promise<ApiKey | null> {
 /**
  * An account's keys (revoked ones included) with their spends as customers see them as of `now`
  * (the account's leases counted in, see `keySpendView`), oldest first.
+ *
+ * @example
+ * ```ts
+ * const live = (await listKeysByAccount(kv, accountId, svc.now())).filter(({ key }) => !key.revoked_at);
+ * ```
  */
 export async function listKeysByAccount(
   kv: Deno.Kv,
   accountId: string,
-  now = Date.now(),
+  now: number,
 ): Promise<{ key: ApiKey; spend: KeySpend }[]> {
   const ids: string[] = [];
-  for await (const e of kv.list({ prefix: ["account_key", accountId] })) ids.push(String(e.key[2]));
+  for await (const e of kv.list({ prefix: accountKeysPrefix(accountId) })) {
+    ids.push(keyIdOfIndex(e.key));
+  }
   const keys = await getAll<ApiKey>(kv, ids.map((id) => apiKeyKey(id)));
   const { entries: spends, leases } = await readWithLeases<KeySpend>(
     kv,
@@ -107,8 +127,15 @@ export async function listKeysByAccount(
   );
 }
 
-/** A key's spend as customers see it as of `now`: the account's leases counted in. */
-export async function getKeySpend(kv: Deno.Kv, key: ApiKey, now = Date.now()): Promise<KeySpend> {
+/**
+ * A key's spend as customers see it as of `now`: the account's leases counted in.
+ *
+ * @example
+ * ```ts
+ * const s = await getKeySpend(kv, key, svc.now()); // s.spend, s.reserved, s.usage_today…
+ * ```
+ */
+export async function getKeySpend(kv: Deno.Kv, key: ApiKey, now: number): Promise<KeySpend> {
   const { entries: [s], leases } = await readWithLeases<KeySpend>(kv, key.account_id, [
     keySpendKey(key.account_id, key.id),
   ]);
@@ -120,6 +147,15 @@ export type KeyCheck =
   | { ok: true; key: ApiKey }
   | { ok: false; code: "invalid_api_key" | "key_disabled" };
 
+/**
+ * Whether a key may call now: live, not expired, not disabled; else why not.
+ *
+ * @example
+ * ```ts
+ * const check = checkKey(await svc.keys.resolve(secret), svc.now());
+ * if (!check.ok) throw new ApiError(401, check.code, "…");
+ * ```
+ */
 export function checkKey(key: ApiKey | null, now: number): KeyCheck {
   if (!key || key.revoked_at) return { ok: false, code: "invalid_api_key" };
   if (key.expires_at !== null && Date.parse(key.expires_at) <= now) {
@@ -146,8 +182,11 @@ export class KeyResolver {
   #cache = new Map<string, { key: Promise<ApiKey | null>; at: number }>();
   #ttlMs: number;
 
-  constructor(kv: Deno.Kv, ttlMs = KEY_CACHE_MS) {
+  #now: () => number;
+
+  constructor(kv: Deno.Kv, now: () => number, ttlMs = KEY_CACHE_MS) {
     this.#kv = kv;
+    this.#now = now;
     this.#ttlMs = ttlMs;
   }
 
@@ -158,7 +197,7 @@ export class KeyResolver {
   async resolve(secret: string, fresh = false): Promise<ApiKey | null> {
     if (!secret.startsWith("er-") || secret.length > 200) return null;
     const hash = await hashSecret(secret);
-    const now = Date.now();
+    const now = this.#now();
     const hit = this.#cache.get(hash);
     if (!fresh && hit && now - hit.at < this.#ttlMs) return hit.key;
     const key = this.#lookup(hash);

@@ -1,7 +1,6 @@
-import { randomToken } from "../config.ts";
+import { hashSecret, pbkdf2Sha256, randomToken, safeEqual } from "../crypto.ts";
 import { sessionKey, signinAttemptsKey, signinFailuresKey } from "../kv/schema.ts";
-import { hashSecret } from "./keys.ts";
-import { signinClient } from "../http/client_addr.ts";
+import { signinClient } from "../net.ts";
 import { normalizeEmail } from "./users.ts";
 
 /** A dashboard session: a signed-in user working in one account, or the operator. */
@@ -34,7 +33,14 @@ export interface SessionSpec {
   admin_tag?: string;
 }
 
-/** Creates a session (7 days unless `ttlMs` says otherwise) and returns the cookie token, stored only as its hash. */
+/**
+ * Creates a session (7 days unless `ttlMs` says otherwise) and returns the cookie token, stored only as its hash.
+ *
+ * @example
+ * ```ts
+ * const { token } = await createSession(kv, { kind: "user", user_id, account_id }, svc.now());
+ * ```
+ */
 export async function createSession(
   kv: Deno.Kv,
   spec: SessionSpec,
@@ -55,7 +61,14 @@ export async function createSession(
   return { token, session };
 }
 
-/** The live session behind a cookie token, or null (unknown, expired or malformed). */
+/**
+ * The live session behind a cookie token, or null (unknown, expired or malformed).
+ *
+ * @example
+ * ```ts
+ * const session = await getSession(kv, sessionToken(req), svc.now()); // null when gone
+ * ```
+ */
 export async function getSession(
   kv: Deno.Kv,
   token: string | undefined,
@@ -86,19 +99,8 @@ const ADMIN_TAG_SALT = new TextEncoder().encode("enterprise-router operator sess
 const ADMIN_TAG_ITERATIONS = 100_000;
 
 async function pbkdf2(secret: string): Promise<string> {
-  const key = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(secret),
-    "PBKDF2",
-    false,
-    ["deriveBits"],
-  );
-  const bits = await crypto.subtle.deriveBits(
-    { name: "PBKDF2", hash: "SHA-256", salt: ADMIN_TAG_SALT, iterations: ADMIN_TAG_ITERATIONS },
-    key,
-    256,
-  );
-  return Array.from(new Uint8Array(bits), (b) => b.toString(16).padStart(2, "0")).join("");
+  const bits = await pbkdf2Sha256(secret, ADMIN_TAG_SALT, ADMIN_TAG_ITERATIONS);
+  return Array.from(bits, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 /**
@@ -110,20 +112,32 @@ export async function adminSessionValid(
   adminToken: string | undefined,
 ): Promise<boolean> {
   if (session.kind !== "admin" || !adminToken || !session.admin_tag) return false;
-  return sameToken(session.admin_tag, await adminTokenTag(adminToken));
+  return safeEqual(session.admin_tag, await adminTokenTag(adminToken));
 }
 
-/** Ends a session. */
+/**
+ * Ends a session.
+ *
+ * @example
+ * ```ts
+ * await deleteSession(kv, viewer.token);
+ * ```
+ */
 export async function deleteSession(kv: Deno.Kv, token: string | undefined) {
   if (token) await kv.delete(sessionKey(await hashSecret(token)));
 }
 
 /** Moves a session to another account the user belongs to (the caller checked membership). */
-export async function switchSessionAccount(kv: Deno.Kv, token: string, accountId: string) {
+export async function switchSessionAccount(
+  kv: Deno.Kv,
+  token: string,
+  accountId: string,
+  now: number,
+) {
   const key = sessionKey(await hashSecret(token));
   const entry = await kv.get<Session>(key);
   if (!entry.value) return false;
-  const ttl = Math.max(1000, entry.value.expires_ms - Date.now());
+  const ttl = Math.max(1000, entry.value.expires_ms - now);
   const res = await kv.atomic().check(entry).set(key, { ...entry.value, account_id: accountId }, {
     expireIn: ttl,
   }).commit();
@@ -144,19 +158,16 @@ export function readCookie(header: string | null, name: string): string | undefi
  * The session token a request to the site at `siteUrl` carries. A secure site (`secureSite`) sets
  * only `__Host-session`, and only that one is read: the unprefixed name can be planted by a
  * sibling subdomain or over plain http. A plain-http site reads either.
+ *
+ * @example
+ * ```ts
+ * const token = sessionToken(c.req.raw, svc.config.publicUrl ?? c.req.url);
+ * ```
  */
 export function sessionToken(req: Request, siteUrl: string = req.url): string | undefined {
   const h = req.headers.get("cookie");
   const token = readCookie(h, SESSION_COOKIE);
   return token !== undefined || secureSite(siteUrl) ? token : readCookie(h, PLAIN_SESSION_COOKIE);
-}
-
-/** Constant-time string equality. */
-function sameToken(a: string, b: string): boolean {
-  if (a.length !== b.length) return false;
-  let diff = 0;
-  for (let i = 0; i < a.length; i++) diff |= a.charCodeAt(i) ^ b.charCodeAt(i);
-  return diff === 0;
 }
 
 const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);
@@ -171,6 +182,11 @@ function secureSite(url: string): boolean {
  * The Set-Cookie value for a session token (empty token and maxAge 0 clear it). Secure over
  * https and on loopback (browsers treat loopback as a secure context); plain http elsewhere uses
  * the unprefixed name, because a `__Host-` cookie must be Secure.
+ *
+ * @example
+ * ```ts
+ * c.header("set-cookie", sessionCookie(siteUrl, token, SESSION_TTL_MS / 1000));
+ * ```
  */
 export function sessionCookie(url: string, token: string, maxAgeS: number): string {
   const secure = secureSite(url);
@@ -182,6 +198,11 @@ export function sessionCookie(url: string, token: string, maxAgeS: number): stri
 /**
  * Whether a state-changing request may act for `session`: it must come from this origin
  * (Sec-Fetch-Site, else Origin, when the browser sends them) and echo the session's CSRF token.
+ *
+ * @example
+ * ```ts
+ * const ok = checkCsrf(c.req.raw, session, c.req.header("x-csrf-token"), origins); // else 403
+ * ```
  */
 export function checkCsrf(
   req: Request,
@@ -195,7 +216,7 @@ export function checkCsrf(
   if (origin !== null && origin !== new URL(req.url).origin && !allowedOrigins.includes(origin)) {
     return false;
   }
-  return typeof token === "string" && token.length > 0 && sameToken(token, session.csrf);
+  return typeof token === "string" && token.length > 0 && safeEqual(token, session.csrf);
 }
 
 /** Sign-in attempts allowed per client (an IPv4 address, an IPv6 /64) per window. */

@@ -1,7 +1,13 @@
 import { newId } from "../ids.ts";
-import { memberKey, userAccountKey, userEmailKey, userKey } from "../kv/schema.ts";
-import { createAccount } from "../billing/accounts.ts";
-import type { Account } from "../billing/types.ts";
+import { pbkdf2Sha256, safeEqualBytes } from "../crypto.ts";
+import {
+  memberKey,
+  membersPrefix,
+  userAccountKey,
+  userAccountsPrefix,
+  userEmailKey,
+  userKey,
+} from "../kv/schema.ts";
 import { getAll } from "../kv/util.ts";
 
 /** PBKDF2-SHA256 iterations for new password hashes (OWASP 2023 guidance: at least 600,000). */
@@ -35,23 +41,14 @@ export interface Membership {
 const b64 = (b: Uint8Array) => btoa(String.fromCharCode(...b));
 const unb64 = (s: string) => Uint8Array.from(atob(s), (ch) => ch.charCodeAt(0));
 
-async function pbkdf2(password: string, salt: Uint8Array, iterations: number) {
-  const material = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(password),
-    "PBKDF2",
-    false,
-    ["deriveBits"],
-  );
-  const bits = await crypto.subtle.deriveBits(
-    { name: "PBKDF2", hash: "SHA-256", salt: salt as BufferSource, iterations },
-    material,
-    256,
-  );
-  return new Uint8Array(bits);
-}
-
-/** Hashes a password with PBKDF2-SHA256 and a fresh 128-bit salt. */
+/**
+ * Hashes a password with PBKDF2-SHA256 and a fresh 128-bit salt.
+ *
+ * @example
+ * ```ts
+ * const stored = await hashPassword("correct horse battery");
+ * ```
+ */
 export async function hashPassword(
   password: string,
   iterations = PBKDF2_ITERATIONS,
@@ -61,19 +58,21 @@ export async function hashPassword(
     alg: "pbkdf2-sha256",
     iterations,
     salt: b64(salt),
-    hash: b64(await pbkdf2(password, salt, iterations)),
+    hash: b64(await pbkdf2Sha256(password, salt, iterations)),
   };
 }
 
-/** Checks a password against its stored hash, comparing in constant time. */
+/**
+ * Checks a password against its stored hash, comparing in constant time.
+ *
+ * @example
+ * ```ts
+ * await verifyPassword("correct horse battery", user.password); // true
+ * ```
+ */
 export async function verifyPassword(password: string, stored: PasswordHash): Promise<boolean> {
-  const got = await pbkdf2(password, unb64(stored.salt), stored.iterations);
-  const want = unb64(stored.hash);
-  let diff = got.length ^ want.length;
-  for (let i = 0; i < Math.max(got.length, want.length); i++) {
-    diff |= (got[i] ?? 0) ^ (want[i] ?? 0);
-  }
-  return diff === 0;
+  const got = await pbkdf2Sha256(password, unb64(stored.salt), stored.iterations);
+  return safeEqualBytes(got, unb64(stored.hash));
 }
 
 /** The longest email address (RFC 5321: a path of 256 less its brackets); longer are refused. */
@@ -82,52 +81,72 @@ export const MAX_EMAIL_CHARS = 254;
 /** Emails compare case-insensitively. */
 export const normalizeEmail = (email: string) => email.trim().toLowerCase();
 
+/**
+ * A user by id, or null.
+ *
+ * @example
+ * ```ts
+ * const user = await getUser(kv, session.user_id);
+ * ```
+ */
 export async function getUser(kv: Deno.Kv, id: string): Promise<User | null> {
   return (await kv.get<User>(userKey(id))).value;
 }
 
+/**
+ * The user with an email (compared case-insensitively), or null.
+ *
+ * @example
+ * ```ts
+ * await getUserByEmail(kv, "ADA@example.com"); // emails compare case-insensitively
+ * ```
+ */
 export async function getUserByEmail(kv: Deno.Kv, email: string): Promise<User | null> {
   const id = (await kv.get<string>(userEmailKey(normalizeEmail(email)))).value;
   return id ? await getUser(kv, id) : null;
 }
 
 /**
- * Signs a person up: the account, its balance and first management key, the user and the owner
- * membership, all in one atomic. Null when the email is already taken.
+ * A new user record with the password hashed (PBKDF2), to be written with `writeNewUser`.
+ *
+ * @example
+ * ```ts
+ * const user = await newUser({ email: "ada@example.com", name: "Ada", password }, now);
+ * ```
  */
-export async function signUp(
-  kv: Deno.Kv,
-  spec: { email: string; name: string; password: string; accountName: string },
-): Promise<{ user: User; account: Account } | null> {
-  const email = normalizeEmail(spec.email);
-  const user: User = {
+export async function newUser(
+  spec: { email: string; name: string; password: string },
+  now: number,
+): Promise<User> {
+  return {
     id: newId("user"),
-    email,
+    email: normalizeEmail(spec.email),
     name: spec.name,
     password: await hashPassword(spec.password),
-    created_at: new Date().toISOString(),
+    created_at: new Date(now).toISOString(),
   };
-  const created = await createAccount(
-    kv,
-    { name: spec.accountName, email },
-    (atomic, r) => {
-      const m: Membership = {
-        account_id: r.account.id,
-        user_id: user.id,
-        role: "owner",
-        created_at: user.created_at,
-      };
-      atomic.check({ key: userEmailKey(email), versionstamp: null })
-        .set(userEmailKey(email), user.id)
-        .set(userKey(user.id), user)
-        .set(memberKey(r.account.id, user.id), m)
-        .set(userAccountKey(user.id, r.account.id), m);
-    },
-  );
-  return created ? { user, account: created.account } : null;
 }
 
-/** The membership of a user in an account, or null. */
+/** Adds a new user to `atomic`, which then fails when another user has the email. */
+export function writeNewUser(atomic: Deno.AtomicOperation, user: User) {
+  atomic.check({ key: userEmailKey(user.email), versionstamp: null })
+    .set(userEmailKey(user.email), user.id)
+    .set(userKey(user.id), user);
+}
+
+/** Adds a membership to `atomic`, under the account and under the user. */
+export function writeMembership(atomic: Deno.AtomicOperation, m: Membership) {
+  atomic.set(memberKey(m.account_id, m.user_id), m).set(userAccountKey(m.user_id, m.account_id), m);
+}
+
+/**
+ * The membership of a user in an account, or null.
+ *
+ * @example
+ * ```ts
+ * const m = await getMembership(kv, accountId, userId); // m?.role: "owner" | "member"
+ * ```
+ */
 export async function getMembership(
   kv: Deno.Kv,
   accountId: string,
@@ -136,48 +155,74 @@ export async function getMembership(
   return (await kv.get<Membership>(memberKey(accountId, userId))).value;
 }
 
-/** The accounts a user belongs to, with the role in each. */
+/**
+ * The accounts a user belongs to, with the role in each.
+ *
+ * @example
+ * ```ts
+ * const memberships = await listAccountsByUser(kv, userId);
+ * ```
+ */
 export async function listAccountsByUser(kv: Deno.Kv, userId: string): Promise<Membership[]> {
   const out: Membership[] = [];
-  for await (const e of kv.list<Membership>({ prefix: ["user_account", userId] })) {
+  for await (const e of kv.list<Membership>({ prefix: userAccountsPrefix(userId) })) {
     out.push(e.value);
   }
   return out;
 }
 
-/** The members of an account with their users, oldest first. */
+/**
+ * The members of an account with their users, oldest first.
+ *
+ * @example
+ * ```ts
+ * const members = await listMembersByAccount(kv, accountId); // [{ membership, user }, …]
+ * ```
+ */
 export async function listMembersByAccount(
   kv: Deno.Kv,
   accountId: string,
 ): Promise<{ membership: Membership; user: User }[]> {
   const ms: Membership[] = [];
-  for await (const e of kv.list<Membership>({ prefix: ["member", accountId] })) ms.push(e.value);
+  for await (const e of kv.list<Membership>({ prefix: membersPrefix(accountId) })) ms.push(e.value);
   const users = await getAll<User>(kv, ms.map((m) => userKey(m.user_id)));
   return ms.flatMap((m, i) => users[i].value ? [{ membership: m, user: users[i].value! }] : []);
 }
 
-/** Adds an existing user to an account; false when already a member. */
+/**
+ * Adds an existing user to an account; false when already a member.
+ *
+ * @example
+ * ```ts
+ * await addMember(kv, accountId, user.id, "member", svc.now()); // false if already one
+ * ```
+ */
 export async function addMember(
   kv: Deno.Kv,
   accountId: string,
   userId: string,
   role: Role,
+  now: number,
 ): Promise<boolean> {
   const m: Membership = {
     account_id: accountId,
     user_id: userId,
     role,
-    created_at: new Date().toISOString(),
+    created_at: new Date(now).toISOString(),
   };
-  const res = await kv.atomic()
-    .check({ key: memberKey(accountId, userId), versionstamp: null })
-    .set(memberKey(accountId, userId), m)
-    .set(userAccountKey(userId, accountId), m)
-    .commit();
-  return res.ok;
+  const atomic = kv.atomic().check({ key: memberKey(accountId, userId), versionstamp: null });
+  writeMembership(atomic, m);
+  return (await atomic.commit()).ok;
 }
 
-/** Removes a member (never the owner). */
+/**
+ * Removes a member (never the owner).
+ *
+ * @example
+ * ```ts
+ * await removeMember(kv, accountId, userId); // false for the owner
+ * ```
+ */
 export async function removeMember(kv: Deno.Kv, accountId: string, userId: string) {
   const entry = await kv.get<Membership>(memberKey(accountId, userId));
   if (!entry.value || entry.value.role === "owner") return false;

@@ -1,5 +1,6 @@
-import { newId } from "../ids.ts";
 import {
+  ACCOUNT_PREFIX,
+  accountIdOfKey,
   accountKey,
   balanceKey,
   HOLD_PREFIX,
@@ -7,8 +8,7 @@ import {
   LEASE_PREFIX,
   ledgerTotalsCompleteKey,
 } from "../kv/schema.ts";
-import { commitRetrying, getAll } from "../kv/util.ts";
-import { createKey } from "../auth/keys.ts";
+import { getAll } from "../kv/util.ts";
 import { pendingOutbox } from "../audit/recorder.ts";
 import { ledgerTotals, sumLedger } from "./totals.ts";
 import {
@@ -22,37 +22,31 @@ import {
 import { balanceViews, getBalanceView } from "./views.ts";
 
 /**
- * Creates an account, its balance record and its first management key in one atomic; `extra`
- * adds more to that atomic (an idempotency record).
+ * Adds a new account's records to `atomic`: the account (checked absent), its empty balance and
+ * ledger totals complete from `now`. Onboarding (lib/onboarding.ts) adds its first key.
+ *
+ * @example
+ * ```ts
+ * const account = { id: newId("acct"), name: "Acme", email: null, created_at: iso };
+ * writeNewAccount(kv.atomic(), account, now);
+ * ```
  */
-export async function createAccount(
-  kv: Deno.Kv,
-  spec: { name: string; email: string | null },
-  extra?: (atomic: Deno.AtomicOperation, result: { account: Account; secret: string }) => void,
-): Promise<{ account: Account; secret: string } | null> {
-  const account: Account = {
-    id: newId("acct"),
-    name: spec.name,
-    email: spec.email,
-    created_at: new Date().toISOString(),
-  };
-  const atomic = kv.atomic()
-    .check({ key: accountKey(account.id), versionstamp: null })
+export function writeNewAccount(atomic: Deno.AtomicOperation, account: Account, now: number) {
+  atomic.check({ key: accountKey(account.id), versionstamp: null })
     .set(accountKey(account.id), account)
     .set(balanceKey(account.id), EMPTY_BALANCE)
     // No ledger row yet: its totals (none, read as 0) count every row from the start.
-    .set(ledgerTotalsCompleteKey(account.id), Date.now());
-  const { secret } = await createKey(
-    kv,
-    account.id,
-    { name: "Management", scope: "management" },
-    atomic,
-  );
-  extra?.(atomic, { account, secret });
-  const res = await commitRetrying(atomic);
-  return res.ok ? { account, secret } : null;
+    .set(ledgerTotalsCompleteKey(account.id), now);
 }
 
+/**
+ * An account by id, or null.
+ *
+ * @example
+ * ```ts
+ * const account = await getAccount(kv, "acct_01m9…"); // null when there is none
+ * ```
+ */
 export async function getAccount(kv: Deno.Kv, id: string): Promise<Account | null> {
   return (await kv.get<Account>(accountKey(id))).value;
 }
@@ -60,17 +54,29 @@ export async function getAccount(kv: Deno.Kv, id: string): Promise<Account | nul
 /**
  * The account's balance as customers see it (`GET /v1/credits`, the dashboard): its leases' debits
  * and holds counted in, so a lease changes none of the figures.
+ *
+ * @example
+ * ```ts
+ * const b = await getBalance(kv, accountId); // b.balance - b.reserved is available
+ * ```
  */
 export function getBalance(kv: Deno.Kv, accountId: string): Promise<BalanceState> {
   return getBalanceView(kv, accountId);
 }
 
-/** Every account with its balance as customers see it. */
+/**
+ * Every account with its balance as customers see it.
+ *
+ * @example
+ * ```ts
+ * const all = await listAccounts(kv); // [{ account, balance }, …]
+ * ```
+ */
 export async function listAccounts(
   kv: Deno.Kv,
 ): Promise<{ account: Account; balance: BalanceState }[]> {
   const accounts: Account[] = [];
-  for await (const e of kv.list<Account>({ prefix: ["account"] })) accounts.push(e.value);
+  for await (const e of kv.list<Account>({ prefix: ACCOUNT_PREFIX })) accounts.push(e.value);
   const balances = await balanceViews(kv, accounts.map((a) => a.id));
   return accounts.map((account, i) => ({ account, balance: balances[i] }));
 }
@@ -102,28 +108,34 @@ const add = (m: Map<string, bigint>, k: string, v: bigint) => m.set(k, (m.get(k)
  * instead for an account without complete totals, and for one whose totals disagree with its
  * balance, so only the rows can fail the check. With `scan`, every account's rows are summed, and
  * totals that disagree with them are a difference too.
+ *
+ * @example
+ * ```ts
+ * const v = await verifyBooks(kv);
+ * if (!v.ok) console.log(v.differences);
+ * ```
  */
 export async function verifyBooks(kv: Deno.Kv, opts: { scan?: boolean } = {}) {
   const { count, debitsByAccount } = await pendingOutbox(kv);
   const holds = new Map<string, bigint>();
   for await (const e of kv.list<Hold>({ prefix: HOLD_PREFIX })) {
-    add(holds, String(e.key[1]), e.value.amount);
+    add(holds, accountIdOfKey(e.key), e.value.amount);
   }
   const granted = new Map<string, bigint>(), spent = new Map<string, bigint>();
   const slices = new Map<string, bigint>();
   for await (const e of kv.list<Lease>({ prefix: LEASE_PREFIX })) {
-    const a = String(e.key[1]);
+    const a = accountIdOfKey(e.key);
     add(granted, a, e.value.granted);
     add(spent, a, e.value.spent);
     for (const k of Object.values(e.value.keys)) add(slices, a, k.slice ?? 0n);
   }
   const keysLeased = new Map<string, bigint>();
   for await (const e of kv.list<KeySpend>({ prefix: KEY_SPEND_PREFIX })) {
-    add(keysLeased, String(e.key[1]), e.value.leased ?? 0n);
+    add(keysLeased, accountIdOfKey(e.key), e.value.leased ?? 0n);
   }
   const differences: BooksDifference[] = [];
   const accounts: Account[] = [];
-  for await (const e of kv.list<Account>({ prefix: ["account"] })) accounts.push(e.value);
+  for await (const e of kv.list<Account>({ prefix: ACCOUNT_PREFIX })) accounts.push(e.value);
   const ids = accounts.map((a) => a.id);
   const [balances, totals] = await Promise.all([
     getAll<BalanceState>(kv, ids.map((a) => balanceKey(a))),

@@ -4,7 +4,7 @@
  * banner, `GET /v1/alerts`). Each alert is decided by one check-and-set that emits its event in the
  * same atomic, so it fires once however many processes see the crossing.
  */
-import type { Services } from "../services.ts";
+import type { SpendDeps } from "./spend_deps.ts";
 import { alertsKey, autoTopupKey, keyAlertKey } from "../kv/schema.ts";
 import { commitRetrying } from "../kv/util.ts";
 import { formatUsd } from "../money.ts";
@@ -51,7 +51,7 @@ export async function getAlertSettings(
  * at the next crossing after the balance has risen above it, not at once.
  */
 export async function putLowBalanceThreshold(
-  svc: Services,
+  svc: SpendDeps,
   accountId: string,
   threshold: bigint | null,
 ): Promise<AlertSettings> {
@@ -78,7 +78,7 @@ export async function putLowBalanceThreshold(
  * `balance.low`, if the account's balance (read afresh, leases counted in) is below its threshold
  * and the alert has not fired since credit last arrived. True when it fired.
  */
-export async function fireLowBalance(svc: Services, accountId: string): Promise<boolean> {
+export async function fireLowBalance(svc: SpendDeps, accountId: string): Promise<boolean> {
   for (let i = 0; i < 20; i++) {
     const e = await getAlertSettings(svc.kv, accountId);
     const threshold = e.value?.low_balance_threshold ?? null;
@@ -113,7 +113,7 @@ export async function fireLowBalance(svc: Services, accountId: string): Promise<
  * limit fires its thresholds anew). True when it fired.
  */
 export async function fireKeyAlert(
-  svc: Services,
+  svc: SpendDeps,
   key: ApiKey,
   period: string,
   bp: number,
@@ -179,7 +179,7 @@ export type ActiveAlert =
  * threshold of its limit this period (its highest); auto top-up's last attempt failed; a payment
  * refunded or disputed (credit taken back) within the last 7 days.
  */
-export async function activeAlerts(svc: Services, accountId: string): Promise<ActiveAlert[]> {
+export async function activeAlerts(svc: SpendDeps, accountId: string): Promise<ActiveAlert[]> {
   const { kv } = svc;
   const now = svc.now();
   const [settings, topup, balance, keys, refunded] = await Promise.all([

@@ -1,12 +1,10 @@
-import { HOLD_PREFIX, LEASE_PREFIX } from "../kv/schema.ts";
+import { accountIdOfKey, HOLD_PREFIX, LEASE_PREFIX } from "../kv/schema.ts";
 import { listStaleOutbox, RecordError, recordEvents } from "../audit/recorder.ts";
 import { compactPending } from "../usage/compact.ts";
 
-// How often pending rollup entries of the accounts recorded here are folded into the counters.
-// Each fold adds an account's row counters (up to 96 sums) once, however many entries it merges:
-// every 3 s rather than every second cut the spread router's CPU per request by about a sixth
-// (bench/probe.ts, 100 accounts). Usage queries fold an account's entries first, so they see every
-// recorded event regardless.
+// How often pending rollup entries of the accounts recorded here are folded into the counters: a
+// fold adds an account's counters once however many entries it merges, so rarer folds cost less
+// (bench/README.md, "Measurements behind constants"); usage queries fold first, so see every event.
 const COMPACT_EVERY_MS = 3000;
 import type { AccountActors } from "./actor.ts";
 import type { Hold, Lease, UsageEvent } from "./types.ts";
@@ -16,11 +14,8 @@ import { pause, sleep } from "../kv/util.ts";
 // Under load the drainer gathers events before a pass, in steps of COALESCE_STEP_MS, until it
 // has COALESCE_EVENTS, or COALESCE_PER_ACCOUNT per account among them, or COALESCE_MAX_MS passed,
 // or a step brought no new event (the load stopped: the ledger catches up at once).
-// Each account's audit, ledger and rollup rows sit together in the KV file, so a pass that writes
-// several rows per account dirties a page per account, not a page per row: with load spread over
-// 100 accounts, waiting for 4 events an account (up to 250 ms) rather than 25 ms cut the router's
-// CPU per request by about a quarter (in-process handler, 100 accounts, c=32). A load on few
-// accounts reaches its events per account within the first step.
+// Each account's rows sit together in the KV file, so a pass writing several rows per account
+// dirties a page per account, not per row (bench/README.md, "Measurements behind constants").
 const COALESCE_STEP_MS = 25;
 const COALESCE_MAX_MS = 250;
 const COALESCE_EVENTS = 4000;
@@ -252,7 +247,7 @@ export class Background {
       if (hold.expires_ms > now || this.#actors.liveHolds.has(hold.id)) continue;
       expired++;
       expiring.push(
-        this.#actors.submit(String(e.key[1]), {
+        this.#actors.submit(accountIdOfKey(e.key), {
           kind: "expire",
           keyId: hold.key_id,
           holdId: hold.id,
@@ -264,7 +259,7 @@ export class Background {
       const lease = e.value;
       if (lease.expires_ms > now || lease.owner === this.#actors.owner) continue;
       expiring.push(
-        this.#actors.submit(String(e.key[1]), {
+        this.#actors.submit(accountIdOfKey(e.key), {
           kind: "reclaim",
           leaseId: lease.id,
           keyIds: Object.keys(lease.keys),

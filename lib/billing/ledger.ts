@@ -1,23 +1,27 @@
 import type { LedgerEntry, LedgerType } from "./types.ts";
-import { formatUsd } from "../money.ts";
 import { rowCursor, rowCursorAt } from "../kv/util.ts";
-import { ledgerKey } from "../kv/schema.ts";
-import { badRequest } from "../http/errors.ts";
+import { ledgerKey, ledgerPrefix } from "../kv/schema.ts";
+import { InvalidInput } from "../errors.ts";
 
 /**
  * A page of an account's ledger, newest first, optionally of one type. The cursor names the last
  * entry seen (`rowCursor`); the next page starts strictly below it.
+ *
+ * @example
+ * ```ts
+ * const { data, next_cursor } = await listLedgerByAccount(kv, accountId, { limit: 100 });
+ * ```
  */
 export async function listLedgerByAccount(
   kv: Deno.Kv,
   accountId: string,
   opts: { type?: LedgerType; limit: number; cursor?: string },
 ): Promise<{ data: LedgerEntry[]; next_cursor: string | null }> {
-  const prefix = ["ledger", accountId];
+  const prefix = ledgerPrefix(accountId);
   let selector: Deno.KvListSelector = { prefix };
   if (opts.cursor) {
     const at = rowCursorAt(opts.cursor);
-    if (!at) throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+    if (!at) throw new InvalidInput("Invalid 'cursor': not a cursor this endpoint returned");
     selector = { prefix, end: ledgerKey(accountId, at.ms, at.id) };
   }
   const data: LedgerEntry[] = [];
@@ -29,19 +33,4 @@ export async function listLedgerByAccount(
     last = e.key;
   }
   return { data, next_cursor: null };
-}
-
-/** A ledger entry as the API shows it (money as decimal strings). */
-export function ledgerJson(e: LedgerEntry) {
-  return {
-    id: e.id,
-    type: e.type,
-    amount: formatUsd(e.amount),
-    balance_after: formatUsd(e.balance_after),
-    created_at: e.created_at,
-    description: e.description,
-    reference: e.reference,
-    // Stripe's receipt of a purchase, where one is known.
-    ...(e.receipt_url ? { receipt_url: e.receipt_url } : {}),
-  };
 }

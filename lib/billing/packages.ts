@@ -1,6 +1,6 @@
 import { z } from "zod";
-import { ConfigError } from "../config.ts";
-import { formatUsd, parseUsd } from "../money.ts";
+import { ConfigError } from "../errors.ts";
+import { parseUsd } from "../money.ts";
 
 /** A credit package: what the customer pays and the credit it grants (bonus included). */
 export interface CreditPackage {
@@ -54,14 +54,4 @@ export function loadPackages(json: string | undefined): CreditPackage[] {
     price: usd(p.price),
     credits: usd(p.credits),
   }));
-}
-
-export function packageJson(p: CreditPackage) {
-  return {
-    id: p.id,
-    name: p.name,
-    price: formatUsd(p.price),
-    currency: "usd",
-    credits: formatUsd(p.credits),
-  };
 }

@@ -16,7 +16,14 @@ export function dayOf(ms: number): string {
   dayEnd = dayStart + DAY_MS;
   return dayString = iso;
 }
-/** UTC month "2026-11" of an epoch-ms time. */
+/**
+ * UTC month "2026-11" of an epoch-ms time.
+ *
+ * @example
+ * ```ts
+ * monthOf(Date.parse("2026-11-26T13:00:00Z")); // "2026-11"
+ * ```
+ */
 export const monthOf = (ms: number) => dayOf(ms).slice(0, 7);
 
 /** The Monday (UTC) that starts the week of `ms`, as a day string. */

@@ -15,7 +15,7 @@
  * from below to at or past it. A crossing only asks: each gate decides on KV afresh, in one
  * check-and-set, so processes that see the same crossing (or a stale one) act once.
  */
-import type { Services } from "../services.ts";
+import type { SpendDeps } from "./spend_deps.ts";
 import type { BackgroundTask } from "./background.ts";
 import type { BalanceMove } from "./decide.ts";
 import { alertsKey, autoTopupKey } from "../kv/schema.ts";
@@ -105,7 +105,7 @@ function bound<K, V>(m: Map<K, V>, max: number) {
  * and resumes top-ups left in flight.
  */
 export class SpendWatch implements BackgroundTask {
-  #svc: Services;
+  #svc: SpendDeps;
   #thresholds = new Map<string, Thresholds>();
   #reading = new Map<string, BalanceMove[]>();
   #peak = new Map<string, bigint | null>();
@@ -115,7 +115,7 @@ export class SpendWatch implements BackgroundTask {
   #resumed = new Map<string, number>();
   #closed = false;
 
-  constructor(svc: Services) {
+  constructor(svc: SpendDeps) {
     this.#svc = svc;
   }
 

@@ -4,8 +4,13 @@
  * line, and the closing balance is the opening plus the lines. The closing balance of a month no
  * row can still land in is cached, so a statement reads its own month and not the whole history.
  */
-import { ledgerKey, statementCloseKey } from "../kv/schema.ts";
-import { formatUsd } from "../money.ts";
+import {
+  ledgerKey,
+  ledgerRange,
+  monthOfStatementClose,
+  statementCloseKey,
+  statementClosesBefore,
+} from "../kv/schema.ts";
 import { listStaleOutbox, usageTarget } from "../audit/recorder.ts";
 import { monthOf } from "./periods.ts";
 import type { LedgerEntry } from "./types.ts";
@@ -74,22 +79,17 @@ async function balanceBefore(
 ): Promise<{ sum: bigint; begun: boolean }> {
   let sum = 0n;
   let fromMs: number | null = null;
-  const cached = kv.list<bigint>(
-    { prefix: ["statement_close", accountId], end: statementCloseKey(accountId, month) },
-    { reverse: true, limit: 1 },
-  );
+  const cached = kv.list<bigint>(statementClosesBefore(accountId, month), {
+    reverse: true,
+    limit: 1,
+  });
   for await (const e of cached) {
     sum = e.value;
-    fromMs = monthRange(e.key[2] as string)![1];
+    fromMs = monthRange(monthOfStatementClose(e.key))![1];
   }
   let begun = fromMs !== null;
   if (fromMs === startMs) return { sum, begun };
-  const rows = kv.list<LedgerEntry>(
-    fromMs === null
-      ? { prefix: ["ledger", accountId], end: ["ledger", accountId, startMs] }
-      : { start: ["ledger", accountId, fromMs], end: ["ledger", accountId, startMs] },
-    { batchSize: 1000 },
-  );
+  const rows = kv.list<LedgerEntry>(ledgerRange(accountId, fromMs, startMs), { batchSize: 1000 });
   for await (const e of rows) {
     sum += e.value.amount;
     begun = true;
@@ -165,56 +165,4 @@ export async function monthStatement(
     await kv.set(statementCloseKey(accountId, month), s.closing_balance);
   }
   return s;
-}
-
-/** A statement as the API's JSON shows it (amounts as USD strings). */
-export function statementJson(s: Statement) {
-  return {
-    month: s.month,
-    opening_balance: formatUsd(s.opening_balance),
-    purchases: formatUsd(s.purchases),
-    usage: {
-      total: formatUsd(s.usage.total),
-      by_model: s.usage.by_model.map((l) => ({
-        provider: l.provider,
-        model: l.model,
-        requests: l.requests,
-        cost: formatUsd(l.cost),
-        market_cost: formatUsd(l.market_cost),
-      })),
-    },
-    adjustments: formatUsd(s.adjustments),
-    refunds: formatUsd(s.refunds),
-    closing_balance: formatUsd(s.closing_balance),
-  };
-}
-
-/**
- * A text cell: RFC 4180 quoting, and a leading `'` where a spreadsheet would read a formula
- * (model names are the one free text here).
- */
-const textCell = (v: string) => {
-  const safe = /^[=+\-@\t\r]/.test(v) ? `'${v}` : v;
-  return /[",\r\n]/.test(safe) ? `"${safe.replaceAll('"', '""')}"` : safe;
-};
-
-/**
- * A statement as CSV (RFC 4180, CRLF): `section,provider,model,requests,amount`, one row per
- * figure of the JSON but the market costs, in its order; `usage_total` carries all requests.
- */
-export function statementCsv(s: Statement): string {
-  const row = (section: string, amount: bigint, provider = "", model = "", requests = "") =>
-    [section, textCell(provider), textCell(model), requests, formatUsd(amount)].join(",");
-  const requests = s.usage.by_model.reduce((n, l) => n + l.requests, 0);
-  return [
-    "section,provider,model,requests,amount",
-    row("opening_balance", s.opening_balance),
-    row("purchases", s.purchases),
-    ...s.usage.by_model.map((l) => row("usage", l.cost, l.provider, l.model, String(l.requests))),
-    row("usage_total", s.usage.total, "", "", String(requests)),
-    row("adjustments", s.adjustments),
-    row("refunds", s.refunds),
-    row("closing_balance", s.closing_balance),
-    "",
-  ].join("\r\n");
 }

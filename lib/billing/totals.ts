@@ -83,7 +83,7 @@ export async function sumLedger(kv: Deno.Kv, accountId: string): Promise<bigint>
 export async function backfillLedgerTotals(
   kv: Deno.Kv,
   accountId: string,
-  now = Date.now(),
+  now: number,
 ): Promise<boolean> {
   const keys = [
     ledgerTotalsCompleteKey(accountId),

@@ -5,7 +5,7 @@
  * the entries together with the lease, so unchanged entries (versionstamps) mean the leases were
  * read against them; otherwise the read is tried again.
  */
-import { balanceKey, LEASE_PREFIX } from "../kv/schema.ts";
+import { accountIdOfKey, balanceKey, LEASE_PREFIX, leasesPrefix } from "../kv/schema.ts";
 import { getAll } from "../kv/util.ts";
 import { balanceView } from "./lease.ts";
 import { type BalanceState, EMPTY_BALANCE, type Lease } from "./types.ts";
@@ -18,7 +18,7 @@ const sameStamps = (a: Deno.KvEntryMaybe<unknown>[], b: Deno.KvEntryMaybe<unknow
 /** The account's leases (open ones: a handful, one per process serving it). */
 export async function listLeases(kv: Deno.Kv, accountId: string): Promise<Lease[]> {
   const out: Lease[] = [];
-  for await (const e of kv.list<Lease>({ prefix: [...LEASE_PREFIX, accountId] })) out.push(e.value);
+  for await (const e of kv.list<Lease>({ prefix: leasesPrefix(accountId) })) out.push(e.value);
   return out;
 }
 
@@ -55,7 +55,7 @@ export async function balanceViews(
   const before = await getAll<BalanceState>(kv, keys);
   const leases = new Map<string, Lease[]>();
   for await (const e of kv.list<Lease>({ prefix: LEASE_PREFIX })) {
-    const id = String(e.key[1]);
+    const id = accountIdOfKey(e.key);
     leases.set(id, [...leases.get(id) ?? [], e.value]);
   }
   const after = await getAll<BalanceState>(kv, keys);

@@ -2,12 +2,21 @@ import { createMiddleware } from "hono/factory";
 import type { AppEnv } from "../services.ts";
 import { checkKey } from "../auth/keys.ts";
 import type { ApiKey, KeyScope } from "../billing/types.ts";
-import { ApiError } from "./errors.ts";
+import { ApiError } from "../errors.ts";
+import { safeEqual } from "../crypto.ts";
 import type { Context } from "hono";
 import { checkCsrf, getSession, sessionToken } from "../auth/sessions.ts";
 import { getMembership } from "../auth/users.ts";
+import { keyLookup } from "../telemetry/inference.ts";
 
-/** The presented secret: `Authorization: Bearer …` or `x-api-key` (the Anthropic SDK's header). */
+/**
+ * The presented secret: `Authorization: Bearer …` or `x-api-key` (the Anthropic SDK's header).
+ *
+ * @example
+ * ```ts
+ * presentedSecret(c.req.raw); // "er-…", from Authorization: Bearer or x-api-key
+ * ```
+ */
 export function presentedSecret(req: Request): string | null {
   const auth = req.headers.get("authorization");
   if (auth) {
@@ -51,7 +60,14 @@ export function auditableKey(found: ApiKey | null, scope: KeyScope, now: number)
   return check.ok || check.code === "key_disabled" ? found : null;
 }
 
-/** Requires a live key of `scope` (or, for management, a dashboard session); sets `accountId`, and `key` when one was presented. */
+/**
+ * Requires a live key of `scope` (or, for management, a dashboard session); sets `accountId`, and `key` when one was presented.
+ *
+ * @example
+ * ```ts
+ * app.use("/billing/*", requireKey("management"));
+ * ```
+ */
 export const requireKey = (scope: KeyScope) =>
   createMiddleware<AppEnv>(async (c, next) => {
     const svc = c.get("svc");
@@ -72,7 +88,7 @@ export const requireKey = (scope: KeyScope) =>
       );
     }
     // A management call reads the key afresh: one revoked by another process is refused at once.
-    const found = await svc.keys.resolve(secret, scope === "management");
+    const found = await keyLookup(() => svc.keys.resolve(secret, scope === "management"));
     const check = checkKey(found, svc.now());
     if (!check.ok) {
       throw check.code === "key_disabled"
@@ -93,16 +109,14 @@ export const requireKey = (scope: KeyScope) =>
     await next();
   });
 
-/** Constant-time string equality. */
-export function safeEqual(a: string, b: string): boolean {
-  const x = new TextEncoder().encode(a);
-  const y = new TextEncoder().encode(b);
-  let diff = x.length ^ y.length;
-  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
-  return diff === 0;
-}
-
-/** Requires the operator's `ADMIN_TOKEN`; 503 until one is configured. */
+/**
+ * Requires the operator's `ADMIN_TOKEN`; 503 until one is configured.
+ *
+ * @example
+ * ```ts
+ * app.use("/admin/*", requireAdmin);
+ * ```
+ */
 export const requireAdmin = createMiddleware<AppEnv>(async (c, next) => {
   const token = c.get("svc").config.adminToken;
   if (!token) throw new ApiError(503, "admin_disabled", "The admin API is off: set ADMIN_TOKEN");

@@ -1,7 +1,11 @@
+/** Errors as HTTP answers: the JSON error body, domain errors mapped to statuses, JSON bodies read. */
 import type { Context } from "hono";
-import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { z } from "zod";
 import { MAX_JSON_DEPTH, nestsWithin } from "../json.ts";
+import { ApiError, badRequest, Conflict, InvalidInput, NotFound, RetryLater } from "../errors.ts";
+
+// The pipeline's modules still import these from here; the rest import them from lib/errors.ts.
+export { ApiError, badRequest, CLIENT_CLOSED, notFound } from "../errors.ts";
 
 const TYPES: Record<number, string> = {
   400: "invalid_request_error",
@@ -20,33 +24,43 @@ const TYPES: Record<number, string> = {
 };
 
 /**
- * The status recorded for a request whose client went away before any reply: nginx's "client
- * closed request", since no status was ever answered.
+ * The HTTP answer to a thrown error: an `ApiError` as it is, a domain error by its kind; null for
+ * anything else.
+ *
+ * @example
+ * ```ts
+ * apiErrorOf(new NotFound("The key"))?.status; // 404
+ * ```
  */
-export const CLIENT_CLOSED = 499 as ContentfulStatusCode;
-
-/** An error with its HTTP status and API code; `onError` renders it as OpenAI-style JSON. */
-export class ApiError extends Error {
-  override name = "ApiError";
-  constructor(
-    readonly status: ContentfulStatusCode,
-    readonly code: string,
-    message: string,
-    readonly headers: Record<string, string> = {},
-  ) {
-    super(message);
-  }
+export function apiErrorOf(err: unknown): ApiError | null {
+  if (err instanceof ApiError) return err;
+  if (err instanceof InvalidInput) return badRequest(err.message);
+  if (err instanceof NotFound) return new ApiError(404, "not_found", err.message);
+  if (err instanceof Conflict) return new ApiError(409, err.code, err.message);
+  if (err instanceof RetryLater) return new ApiError(503, "retry_later", err.message);
+  return null;
 }
 
-export const badRequest = (message: string) => new ApiError(400, "invalid_request", message);
-export const notFound = (what = "The resource") =>
-  new ApiError(404, "not_found", `${what} was not found`);
-
-/** The JSON body of an error, as every endpoint answers it. */
+/**
+ * The JSON body of an error, as every endpoint answers it.
+ *
+ * @example
+ * ```ts
+ * c.json(errorBody(404, "not_found", "No route"), 404);
+ * ```
+ */
 export function errorBody(status: number, code: string, message: string) {
   return { error: { message, type: TYPES[status] ?? "api_error", code } };
 }
 
+/**
+ * An ApiError as its JSON answer, its headers (Retry-After…) set.
+ *
+ * @example
+ * ```ts
+ * return errorResponse(c, badRequest("Invalid 'cursor'"));
+ * ```
+ */
 export function errorResponse(c: Context, err: ApiError): Response {
   for (const [k, v] of Object.entries(err.headers)) c.header(k, v);
   return c.json(errorBody(err.status, err.code, err.message), err.status);
@@ -62,6 +76,11 @@ export function describeZod(error: z.ZodError): string {
 /**
  * Parses raw JSON text against a schema; malformed JSON, nesting deeper than MAX_JSON_DEPTH and
  * violations are 400 (naming the field).
+ *
+ * @example
+ * ```ts
+ * const body = parseJson(await c.req.text(), Adjustment); // 400 naming the field
+ * ```
  */
 export function parseJson<T extends z.ZodType>(raw: string, schema: T): z.output<T> {
   if (!nestsWithin(raw)) {
@@ -78,7 +97,14 @@ export function parseJson<T extends z.ZodType>(raw: string, schema: T): z.output
   return r.data;
 }
 
-/** Reads and parses a JSON request body (see `parseJson`). */
+/**
+ * Reads and parses a JSON request body (see `parseJson`).
+ *
+ * @example
+ * ```ts
+ * const body = await readJson(c, KeyCreate);
+ * ```
+ */
 export async function readJson<T extends z.ZodType>(c: Context, schema: T): Promise<z.output<T>> {
   return parseJson(await c.req.text(), schema);
 }

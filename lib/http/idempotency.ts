@@ -1,9 +1,9 @@
 import type { Context } from "hono";
 import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { idemKey } from "../kv/schema.ts";
-import { hashSecret } from "../auth/keys.ts";
+import { hashSecret } from "../crypto.ts";
 import type { AppEnv } from "../services.ts";
-import { ApiError } from "./errors.ts";
+import { ApiError } from "../errors.ts";
 
 /** The stored first answer to an `Idempotency-Key`. */
 export interface IdempotentReply {
@@ -34,7 +34,14 @@ function canonicalBody(raw: string): string {
   }
 }
 
-/** The request's idempotency record key and body hash, or null without the header. */
+/**
+ * The request's idempotency record key and body hash, or null without the header.
+ *
+ * @example
+ * ```ts
+ * const idem = await idempotency(c, "admin:accounts", raw); // null without the header
+ * ```
+ */
 export async function idempotency(c: Context<AppEnv>, scope: string, rawBody: string) {
   const header = c.req.header("idempotency-key");
   if (header === undefined) return null;
@@ -52,6 +59,11 @@ export async function idempotency(c: Context<AppEnv>, scope: string, rawBody: st
 /**
  * Answers from a stored reply: the same body replays it, another body is 409. Returns null when
  * nothing is stored.
+ *
+ * @example
+ * ```ts
+ * if (stored) return replay(c, stored, idem); // the first answer, or 409 for another body
+ * ```
  */
 export function replay(
   c: Context<AppEnv>,
@@ -70,7 +82,15 @@ export function replay(
   return c.json(r.body, r.status as ContentfulStatusCode);
 }
 
-/** Looks for a stored reply first (the common replay path, without touching the writer). */
+/**
+ * Looks for a stored reply first (the common replay path, without touching the writer).
+ *
+ * @example
+ * ```ts
+ * const stored = idem && await storedReply(svc.kv, idem.key);
+ * if (stored) return replay(c, stored, idem);
+ * ```
+ */
 export async function storedReply(kv: Deno.Kv, key: Deno.KvKey): Promise<IdempotentReply | null> {
   return (await kv.get<IdempotentReply>(key)).value;
 }

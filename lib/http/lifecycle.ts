@@ -56,6 +56,8 @@ export class Lifecycle {
     if (this.#state !== "serving" || this.#handler === null) {
       // Liveness holds in every state; anything else is refused, retryable, with nothing done.
       if (path === "/healthz") return json({ ok: true }, 200);
+      // Metrics are read while draining too: how the streams in flight end is worth watching.
+      if (path === "/metrics" && this.#handler) return await this.#handler(req, info);
       return this.#state === "starting"
         ? json(errorBody(503, "starting", "The router is starting; retry shortly"), 503, {
           "retry-after": "1",
@@ -89,17 +91,18 @@ export class Lifecycle {
   /**
    * Drains: from now on `/readyz` answers 503 and new requests a retryable 503; resolves once every
    * request in flight has been answered, or `graceMs` has passed. At that deadline
-   * `endStreamsAtDeadline` (when given) is called to end the streams still running, which then get
-   * a few seconds more to finish. Resolves with how many requests are still running.
+   * `endStreamsAtDeadline` (when given) is called to end the streams still running (and to wait at
+   * most the time it is given for them to be billed), which then get as long again to reach their
+   * clients. Resolves with how many requests are still running.
    */
   async drain(
     graceMs: number,
-    endStreamsAtDeadline?: () => Promise<void>,
+    endStreamsAtDeadline?: (waitMs: number) => Promise<void>,
   ): Promise<{ left: number }> {
     this.#state = "draining";
     await this.#untilIdle(graceMs);
     if (this.#inFlight > 0 && endStreamsAtDeadline) {
-      await endStreamsAtDeadline();
+      await endStreamsAtDeadline(END_STREAMS_WAIT_MS);
       await this.#untilIdle(END_STREAMS_WAIT_MS);
     }
     return { left: this.#inFlight };

@@ -8,7 +8,7 @@
  */
 import { createMiddleware } from "hono/factory";
 import type { AppEnv } from "../services.ts";
-import { ApiError, CLIENT_CLOSED } from "./errors.ts";
+import { ApiError, CLIENT_CLOSED } from "../errors.ts";
 
 /**
  * The longest request target (path and query) the router reads. The HTTP server in Deno refuses

@@ -17,7 +17,7 @@
  * The bytes never pass through JavaScript: only the accept and one abort signal per connection.
  */
 import type { Logger } from "../log.ts";
-import { canonicalIp, signinClient, type TrustedProxies } from "./client_addr.ts";
+import { canonicalIp, signinClient, type TrustedProxies } from "../net.ts";
 
 export interface ConnectionLimits {
   /** From accepting a connection to its first request's last header byte (HEADER_TIMEOUT_MS). */

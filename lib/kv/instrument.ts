@@ -1,9 +1,11 @@
 /**
  * The router's view of its KV: every atomic commit counted (plain integers, read by
- * `GET /v1/admin/stats`), and, for benchmarks only, every call delayed by a simulated network round
- * trip (KV_SIMULATED_LATENCY_MS), as a remote KV such as Deno Deploy's would answer.
+ * `GET /v1/admin/stats`) and timed (`router_kv_commit_duration_seconds`), and, for benchmarks
+ * only, every call delayed by a simulated network round trip (KV_SIMULATED_LATENCY_MS), as a
+ * remote KV such as Deno Deploy's would answer.
  */
 import { isLocked, sleep } from "./util.ts";
+import { kvCommitDuration } from "../metrics.ts";
 
 /** Counts of this process's atomic commits since it started. */
 export interface KvStats {
@@ -47,14 +49,19 @@ export function instrumentKv(
   latencyMs = 0,
 ): Deno.Kv {
   const count = async (commit: () => Promise<Deno.KvCommitResult | Deno.KvCommitError>) => {
+    const started = performance.now();
+    let outcome = "error";
     try {
       const res = await commit();
       if (res.ok) stats.commits++;
       else stats.conflicts++;
+      outcome = res.ok ? "committed" : "conflict";
       return res;
     } catch (e) {
       if (isLocked(e)) stats.locked++;
       throw e;
+    } finally {
+      kvCommitDuration.observe({ outcome }, (performance.now() - started) / 1000);
     }
   };
   const delayed = <A extends unknown[], R>(f: (...a: A) => Promise<R>) =>

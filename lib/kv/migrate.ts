@@ -16,7 +16,7 @@ export interface Migration {
    * The change, idempotent: run again after a process died part-way (or on a KV it already
    * changed), it completes the work and repeats none of it. It stops early when `signal` aborts.
    */
-  run(kv: Deno.Kv, ctx: { signal: AbortSignal; log: Logger }): Promise<void>;
+  run(kv: Deno.Kv, ctx: { signal: AbortSignal; log: Logger; now: () => number }): Promise<void>;
 }
 
 /** The process running migrations, until it renews or releases the lock. */
@@ -38,6 +38,8 @@ export interface MigrateOptions {
   lockTtlMs?: number;
   /** How often a waiting process looks whether the migrations are done or the lock free. */
   pollMs?: number;
+  /** The clock (lock expiries, the migrations' own records); the system's by default. */
+  now?: () => number;
 }
 
 /** The schema version stored in `kv` (0 before any migration). */
@@ -63,6 +65,7 @@ export async function migrate(
   });
   const target = migrations.length;
   const ttl = opts.lockTtlMs ?? 30_000;
+  const now = opts.now ?? Date.now;
   const signal = opts.signal ?? new AbortController().signal;
   const owner = newId("mig");
   let waited = false;
@@ -79,11 +82,11 @@ export async function migrate(
       );
     }
     if (current === target) return [];
-    if (lock.value === null || lock.value.expires_ms <= Date.now()) {
+    if (lock.value === null || lock.value.expires_ms <= now()) {
       const res = await commitRetrying(
         kv.atomic().check(version, lock).set(MIGRATION_LOCK_KEY, {
           owner,
-          expires_ms: Date.now() + ttl,
+          expires_ms: now() + ttl,
         }),
       );
       if (res.ok) {
@@ -118,6 +121,7 @@ async function runHolding(
   ttl: number,
   opts: MigrateOptions & { signal: AbortSignal },
 ): Promise<number[] | null> {
+  const now = opts.now ?? Date.now;
   const lost = new AbortController();
   // Renewals and version writes each check the lock's last versionstamp: one at a time.
   let writing: Promise<unknown> = Promise.resolve();
@@ -125,7 +129,7 @@ async function runHolding(
     const done = writing.then(async () => {
       if (lost.signal.aborted) return false;
       const res = await commitRetrying(
-        atomic.check(held).set(MIGRATION_LOCK_KEY, { owner, expires_ms: Date.now() + ttl }),
+        atomic.check(held).set(MIGRATION_LOCK_KEY, { owner, expires_ms: now() + ttl }),
       );
       if (res.ok) held.versionstamp = res.versionstamp;
       else lost.abort();
@@ -140,9 +144,9 @@ async function runHolding(
   try {
     for (const m of pending) {
       opts.signal.throwIfAborted();
-      const started = Date.now();
+      const started = now();
       try {
-        await m.run(kv, { signal, log: opts.log });
+        await m.run(kv, { signal, log: opts.log, now });
       } catch (e) {
         if (lost.signal.aborted) return null;
         throw e;
@@ -153,7 +157,7 @@ async function runHolding(
       opts.log("info", "migration applied", {
         version: m.version,
         name: m.name,
-        ms: Date.now() - started,
+        ms: now() - started,
       });
     }
     return applied;

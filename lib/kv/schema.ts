@@ -1,17 +1,26 @@
 /**
  * The whole Deno KV key schema. Each builder names one prefix; the comment says the value's type
- * and what indexes it. Account-owned keys carry the account id right after their prefix.
+ * and what indexes it. Account-owned keys carry the account id right after their prefix. Listings
+ * take their prefixes and ranges from here, and read a listed key's parts with its decoder here:
+ * no other module builds a key or reads a part by position.
  */
 
 /** ["account", accountId] → Account */
 export const accountKey = (id: string) => ["account", id] as const;
 export const ACCOUNT_PREFIX = ["account"] as const;
+/**
+ * The account id of an account's record or of any account-owned key (hold, lease, key spend,
+ * pending rollups…: each carries it right after its prefix).
+ */
+export const accountIdOfKey = (key: Deno.KvKey) => key[1] as string;
 /** ["balance", accountId] → BalanceState: the only record a balance changes in (check-and-set). */
 export const balanceKey = (accountId: string) => ["balance", accountId] as const;
 /** ["lease", accountId, leaseId] → Lease: one process's escrow of the account's credit. */
 export const leaseKey = (accountId: string, leaseId: string) =>
   ["lease", accountId, leaseId] as const;
 export const LEASE_PREFIX = ["lease"] as const;
+/** Every lease of one account. */
+export const leasesPrefix = (accountId: string) => ["lease", accountId] as const;
 /** ["hold", accountId, holdId] → Hold: one open reservation; Σ amounts = BalanceState.reserved. */
 export const holdKey = (accountId: string, holdId: string) => ["hold", accountId, holdId] as const;
 export const HOLD_PREFIX = ["hold"] as const;
@@ -22,6 +31,10 @@ export const keyHashKey = (hash: string) => ["key_hash", hash] as const;
 /** ["account_key", accountId, keyId] → true: an account's keys. */
 export const accountKeyIndex = (accountId: string, keyId: string) =>
   ["account_key", accountId, keyId] as const;
+/** Every `accountKeyIndex` of one account. */
+export const accountKeysPrefix = (accountId: string) => ["account_key", accountId] as const;
+/** The key id of an `accountKeyIndex`. */
+export const keyIdOfIndex = (key: Deno.KvKey) => key[2] as string;
 /** ["key_spend", accountId, keyId] → KeySpend: spend and held amount of one key (check-and-set). */
 export const keySpendKey = (accountId: string, keyId: string) =>
   ["key_spend", accountId, keyId] as const;
@@ -34,6 +47,11 @@ export const ledgerKey = (accountId: string, ms: number, id: string) =>
   ["ledger", accountId, ms, id] as const;
 /** ["ledger", accountId] → every ledger entry of one account, oldest first. */
 export const ledgerPrefix = (accountId: string) => ["ledger", accountId] as const;
+/** An account's ledger entries created in [fromMs, toMs); from its first entry without `fromMs`. */
+export const ledgerRange = (accountId: string, fromMs: number | null, toMs: number) =>
+  fromMs === null
+    ? { prefix: ledgerPrefix(accountId), end: ["ledger", accountId, toMs] }
+    : { start: ["ledger", accountId, fromMs], end: ["ledger", accountId, toMs] };
 /**
  * ["ledger_total", accountId, "credit" | "debit"] → Deno.KvU64: Σ positive and Σ negated negative
  * ledger amounts of the account (modulo 2^64), added with `sum` in the atomic writing each ledger
@@ -56,6 +74,18 @@ export const auditKey = (accountId: string, ms: number, requestId: string) =>
 /** ["audit_id", accountId, requestId] → timestampMs: finds one audit row by request id. */
 export const auditIdKey = (accountId: string, requestId: string) =>
   ["audit_id", accountId, requestId] as const;
+/** An account's audit rows of [fromMs, toMs), by time. */
+export const auditRange = (accountId: string, fromMs: number, toMs: number) => ({
+  start: ["audit", accountId, fromMs],
+  end: ["audit", accountId, toMs],
+});
+/** The time and request id of an `auditKey`. */
+export const auditKeyParts = (key: Deno.KvKey) => ({
+  ms: key[2] as number,
+  requestId: key[3] as string,
+});
+/** The request id of an `auditIdKey`. */
+export const requestIdOfAuditId = (key: Deno.KvKey) => key[2] as string;
 /**
  * ["rollup", accountId, grain, scope, dimension, bucket, value, field] → Deno.KvU64, added with
  * `sum`. grain "d" (bucket "2026-11-26") or "h" ("2026-11-26T13"); scope "" (the account) with
@@ -71,6 +101,26 @@ export const rollupKey = (
   value: string,
   field: string,
 ) => ["rollup", accountId, grain, scope, dim, bucket, value, field] as const;
+/** Every rollup counter of one account. */
+export const rollupPrefix = (accountId: string) => ["rollup", accountId] as const;
+/** The counters of one dimension over the buckets `first` to `last` (inclusive) of one grain. */
+export const rollupRange = (
+  accountId: string,
+  grain: "d" | "h",
+  scope: string,
+  dim: string,
+  first: string,
+  last: string,
+) => ({
+  start: ["rollup", accountId, grain, scope, dim, first],
+  end: ["rollup", accountId, grain, scope, dim, last + "\u0000"],
+});
+/** The bucket, value and field of a `rollupKey`. */
+export const rollupKeyParts = (key: Deno.KvKey) => ({
+  bucket: key[5] as string,
+  value: key[6] as string,
+  field: key[7] as string,
+});
 /**
  * ["rollup_pending", accountId, id] → PendingRow[]: rollup counters recorded but not yet added to
  * the "rollup" counters, written with the events' audit rows and folded in by lib/usage/compact.ts.
@@ -78,6 +128,12 @@ export const rollupKey = (
 export const rollupPendingKey = (accountId: string, id: string) =>
   ["rollup_pending", accountId, id] as const;
 export const ROLLUP_PENDING_PREFIX = ["rollup_pending"] as const;
+/** Every pending rollup entry of one account. */
+export const rollupPendingPrefix = (accountId: string) => ["rollup_pending", accountId] as const;
+/** Where the pending entries of the accounts after `accountId` begin (a listing's `start`). */
+export const rollupPendingAfter = (accountId: string) =>
+  ["rollup_pending", accountId + "\u0000"] as const;
+
 /**
  * ["rollup_digest", accountId, grain, scope, dimension, bucket] → RollupDigest: every value's
  * counters of one closed bucket (grain "d", "h", or "m" for a month "2026-11") in one record, valid
@@ -91,6 +147,20 @@ export const rollupDigestKey = (
   dim: string,
   bucket: string,
 ) => ["rollup_digest", accountId, grain, scope, dim, bucket] as const;
+/** The digests of one dimension over the buckets `first` to `last` (inclusive) of one grain. */
+export const rollupDigestRange = (
+  accountId: string,
+  grain: "d" | "h" | "m",
+  scope: string,
+  dim: string,
+  first: string,
+  last: string,
+) => ({
+  start: ["rollup_digest", accountId, grain, scope, dim, first],
+  end: ["rollup_digest", accountId, grain, scope, dim, last + "\u0000"],
+});
+/** The bucket of a `rollupDigestKey`. */
+export const bucketOfDigest = (key: Deno.KvKey) => key[5] as string;
 /** ["idem", scope, idempotencyKey] → IdempotentReply, kept for 24 h. */
 export const idemKey = (scope: string, key: string) => ["idem", scope, key] as const;
 /** ["once", accountId, reference] → ledger entry id: a credit applied at most once per reference. */
@@ -103,9 +173,13 @@ export const userEmailKey = (email: string) => ["user_email", email] as const;
 /** ["member", accountId, userId] → Membership: who belongs to an account, with the role. */
 export const memberKey = (accountId: string, userId: string) =>
   ["member", accountId, userId] as const;
+/** Every `memberKey` of one account. */
+export const membersPrefix = (accountId: string) => ["member", accountId] as const;
 /** ["user_account", userId, accountId] → Membership: the accounts one user belongs to. */
 export const userAccountKey = (userId: string, accountId: string) =>
   ["user_account", userId, accountId] as const;
+/** Every `userAccountKey` of one user. */
+export const userAccountsPrefix = (userId: string) => ["user_account", userId] as const;
 /** ["session", sha256hex of the cookie token] → Session, expiring with the session. */
 export const sessionKey = (tokenHash: string) => ["session", tokenHash] as const;
 /**
@@ -143,6 +217,8 @@ export const stripeDisputeKey = (paymentIntentId: string, disputeId: string) =>
 /** ["stripe_dispute", paymentIntentId] → every StripeDispute of one payment. */
 export const stripeDisputesPrefix = (paymentIntentId: string) =>
   ["stripe_dispute", paymentIntentId] as const;
+/** The dispute id of a `stripeDisputeKey`. */
+export const disputeIdOfKey = (key: Deno.KvKey) => key[2] as string;
 /**
  * ["stripe_rejected", paymentIntentId] → StripeRejection: a paid Checkout Session the router refused
  * to credit, so that its refunds are answered at once instead of waiting for a purchase.
@@ -178,6 +254,18 @@ export const webhookDueKey = (
   eventId: string,
 ) => ["webhook_due", dueMs, accountId, endpointId, eventId] as const;
 export const WEBHOOK_DUE_PREFIX = ["webhook_due"] as const;
+/** The due entries of deliveries due at or before `ms`, earliest first. */
+export const webhookDueBy = (ms: number) => ({
+  prefix: WEBHOOK_DUE_PREFIX,
+  end: ["webhook_due", ms + 1],
+});
+/** The due time and the delivery (account, endpoint, event) a `webhookDueKey` names. */
+export const webhookDueParts = (key: Deno.KvKey) => ({
+  dueMs: key[1] as number,
+  accountId: key[2] as string,
+  endpointId: key[3] as string,
+  eventId: key[4] as string,
+});
 /**
  * ["event_latest", accountId, type] → AccountEvent: the account's latest event of each type,
  * written by `emitEvent` with the event (the dashboard's alert banner reads it), kept 30 days.
@@ -212,6 +300,13 @@ export const keyAlertKey = (accountId: string, keyId: string, period: string, bp
  */
 export const statementCloseKey = (accountId: string, month: string) =>
   ["statement_close", accountId, month] as const;
+/** The closed months of one account before `month`. */
+export const statementClosesBefore = (accountId: string, month: string) => ({
+  prefix: ["statement_close", accountId],
+  end: statementCloseKey(accountId, month),
+});
+/** The month of a `statementCloseKey`. */
+export const monthOfStatementClose = (key: Deno.KvKey) => key[2] as string;
 /** ["meta", "schema_version"] → number: the last migration applied (lib/migrations.ts); none is 0. */
 export const SCHEMA_VERSION_KEY = ["meta", "schema_version"] as const;
 /**

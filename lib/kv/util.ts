@@ -1,8 +1,15 @@
 /** Small helpers over Deno KV's limits. */
 
-import { badRequest } from "../http/errors.ts";
+import { InvalidInput } from "../errors.ts";
 
-/** `getMany` takes at most 10 keys: reads any number, strongly, in parallel chunks. */
+/**
+ * `getMany` takes at most 10 keys: reads any number, strongly, in parallel chunks.
+ *
+ * @example
+ * ```ts
+ * const [a, b] = await getAll<Account>(kv, [accountKey(x), accountKey(y)]);
+ * ```
+ */
 export async function getAll<T>(
   kv: Deno.Kv,
   keys: readonly Deno.KvKey[],
@@ -16,7 +23,14 @@ export async function getAll<T>(
 
 const withBigints = (_k: string, v: unknown) => typeof v === "bigint" ? `${v}n` : v;
 
-/** A stable string for a KV key, for use as a Map key. */
+/**
+ * A stable string for a KV key, for use as a Map key.
+ *
+ * @example
+ * ```ts
+ * cache.set(keyString(balanceKey(accountId)), entry);
+ * ```
+ */
 export function keyString(key: Deno.KvKey): string {
   // The same string either way; a replacer function takes JSON.stringify off its fast path, and
   // the actor's cache looks keys up several times per request.
@@ -31,6 +45,11 @@ const NOT_PLAIN_ASCII = /[^\x01-\x7f]/;
 /**
  * An upper bound of a key's encoded size: each part's UTF-8 bytes (a NUL byte is escaped as two)
  * plus its type tag and terminator; numbers and bigints are counted generously.
+ *
+ * @example
+ * ```ts
+ * const fits = bytes + keyBytes(key) <= KV_LIMITS.keyBytes; // else start another atomic
+ * ```
  */
 export function keyBytes(key: Deno.KvKey): number {
   let n = 0;
@@ -58,6 +77,11 @@ export function keyBytes(key: Deno.KvKey): number {
 /**
  * `s` cut to at most `max` UTF-16 units (never splitting a surrogate pair): free text from a request
  * (a model name, a user agent) kept short enough for KV's value and key limits.
+ *
+ * @example
+ * ```ts
+ * clip(userAgent, MAX_USER_AGENT_CHARS);
+ * ```
  */
 export function clip(s: string, max: number): string {
   if (s.length <= max) return s;
@@ -65,7 +89,14 @@ export function clip(s: string, max: number): string {
   return s.slice(0, cut >= 0xd800 && cut <= 0xdbff ? max - 1 : max);
 }
 
-/** A generous estimate of a plain value's serialized size. */
+/**
+ * A generous estimate of a plain value's serialized size.
+ *
+ * @example
+ * ```ts
+ * approxBytes({ model: "gpt-4o" }); // 57: at least what KV will store
+ * ```
+ */
 export function approxBytes(v: unknown): number {
   switch (typeof v) {
     case "string":
@@ -87,13 +118,35 @@ export function approxBytes(v: unknown): number {
   }
 }
 
-/** SQLite's busy error from a KV file another process is writing (local KV only): retry it. */
+/**
+ * SQLite's busy error from a KV file another process is writing (local KV only): retry it.
+ *
+ * @example
+ * ```ts
+ * try { await atomic.commit(); } catch (e) { if (!isLocked(e)) throw e; }
+ * ```
+ */
 export const isLocked = (e: unknown) =>
   e instanceof Error && /database (table )?is locked/.test(e.message);
 
+/**
+ * Waits `ms`.
+ *
+ * @example
+ * ```ts
+ * await sleep(25);
+ * ```
+ */
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** Waits `ms` (none when 0), or until `signal` aborts; true when it did not abort. */
+/**
+ * Waits `ms` (none when 0), or until `signal` aborts; true when it did not abort.
+ *
+ * @example
+ * ```ts
+ * if (!await pause(250, signal)) return; // aborted
+ * ```
+ */
 export const pause = (ms: number, signal: AbortSignal) =>
   new Promise<boolean>((resolve) => {
     if (signal.aborted || ms <= 0) return resolve(!signal.aborted);
@@ -109,6 +162,12 @@ export const pause = (ms: number, signal: AbortSignal) =>
 /**
  * Commits an atomic, retrying while another process holds the KV file's lock. A check failure is
  * returned as usual (`ok: false`); any other error is thrown.
+ *
+ * @example
+ * ```ts
+ * const res = await commitRetrying(kv.atomic().check(entry).set(entry.key, next));
+ * // res.ok false: another writer came first; read again and retry
+ * ```
  */
 export async function commitRetrying(
   atomic: Deno.AtomicOperation,
@@ -157,6 +216,11 @@ export function rowCursorAt(cursor: string): { ms: number; id: string } | null {
 /**
  * One page of a KV listing: up to `limit` entries that `pick` keeps (it returns null to skip), and
  * the cursor after the last one, or null when no kept entry follows.
+ *
+ * @example
+ * ```ts
+ * const { data, next_cursor } = await page(kv.list({ prefix }), 100, (v) => v);
+ * ```
  */
 export async function page<T, R>(
   iter: Deno.KvListIterator<T>,
@@ -178,6 +242,11 @@ export async function page<T, R>(
 /**
  * One page (`page`) of a listing, newest first, from a cursor a client sent back: one Deno KV
  * cannot decode is refused as a bad request (KV says so only once the listing is read).
+ *
+ * @example
+ * ```ts
+ * await pageNewestFirst(kv, { prefix }, { limit: 100, cursor }, deliveryJson);
+ * ```
  */
 export async function pageNewestFirst<T, R>(
   kv: Deno.Kv,
@@ -190,7 +259,7 @@ export async function pageNewestFirst<T, R>(
     return await page(iter, opts.limit, pick);
   } catch (e) {
     if (opts.cursor && e instanceof TypeError && /invalid cursor/i.test(e.message)) {
-      throw badRequest("Invalid 'cursor': not a cursor this endpoint returned");
+      throw new InvalidInput("Invalid 'cursor': not a cursor this endpoint returned");
     }
     throw e;
   }

@@ -31,6 +31,8 @@ export class RequestAudit {
   target = { provider: "", model: "" };
   /** Whether the request asked for a stream, once its body is read. */
   streaming = false;
+  /** Whether the request reached its hold (a `MeteredRequest` was made for it). */
+  metered = false;
   #recorded = false;
   #deferred = false;
 

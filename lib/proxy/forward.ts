@@ -2,13 +2,14 @@
  * The pipeline's first stages: the model named resolved, the candidates that may answer it, and
  * forwarding to them in turn with retries and fallbacks until one answers.
  */
-import { ApiError, badRequest, CLIENT_CLOSED } from "../http/errors.ts";
+import { ApiError, badRequest, CLIENT_CLOSED } from "../errors.ts";
 import type { Providers, RetryPolicy } from "../providers/registry.ts";
 import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
 import { unpricedKinds, ZERO_USAGE } from "../pricing.ts";
 import type { RequestAudit } from "./audit.ts";
 import type { MeteredRequest } from "./metered.ts";
 import { callUpstream, type UpstreamReply } from "./upstream.ts";
+import { upstreamAttempt } from "../telemetry/inference.ts";
 
 /**
  * The model `requested` names, of `type`, or its 404/400. The audit record names it from here on
@@ -152,7 +153,11 @@ export async function forward(
       }
       attempt++;
       try {
-        const reply = await callUpstream(opts.fetch, build(model), opts.timeoutMs);
+        const reply = await upstreamAttempt(
+          model,
+          attempt,
+          () => callUpstream(opts.fetch, build(model), opts.timeoutMs),
+        );
         m.answeredBy(model);
         return reply;
       } catch (e) {

@@ -13,8 +13,9 @@ import type { ReserveResult } from "../billing/ops.ts";
 import type { AccountActors } from "../billing/actor.ts";
 import type { ResolvedModel } from "../providers/types.ts";
 import type { Logger } from "../log.ts";
-import { ApiError } from "../http/errors.ts";
+import { ApiError } from "../errors.ts";
 import type { RequestAudit } from "./audit.ts";
+import { holding, settling } from "../telemetry/inference.ts";
 
 /** What metering one request takes: plain dependencies, no web framework. */
 export interface MeteringDeps {
@@ -75,7 +76,9 @@ export class MeteredRequest {
     readonly deps: MeteringDeps,
     /** The model being billed: the first candidate, then the one that answered. */
     public model: ResolvedModel,
-  ) {}
+  ) {
+    deps.audit.metered = true;
+  }
 
   get requestId(): string {
     return this.deps.audit.requestId;
@@ -130,7 +133,11 @@ export class MeteredRequest {
       models: new Map(bound.models.map((b) => [b.model, b])),
     };
     const { actors, key, holdTtlMs } = this.deps;
-    const r = await actors.reserve(key.account_id, key, this.holdId, amount, holdTtlMs);
+    const r = await holding(
+      this.model,
+      amount,
+      () => actors.reserve(key.account_id, key, this.holdId, amount, holdTtlMs),
+    );
     if (!r.ok) {
       const primary = this.#bound(this.#hold);
       throw this.#refusal(r, amount, bound.prompt, primary.outputTokens, primary.searches);
@@ -305,13 +312,14 @@ export class MeteredRequest {
       billed: true,
       errorCode: fields.errorCode ?? null,
     }, this.model);
-    const r = await actors.submit(key.account_id, {
-      kind: "settle",
-      keyId: key.id,
-      holdId: this.holdId,
-      cost: cost.cost,
-      event,
-    });
+    const r = await settling("settle", event, () =>
+      actors.submit(key.account_id, {
+        kind: "settle",
+        keyId: key.id,
+        holdId: this.holdId,
+        cost: cost.cost,
+        event,
+      }));
     audit.markRecorded();
     if (r.charged !== cost.cost) {
       log("warn", "usage cost exceeds the balance; charge capped", {
@@ -347,12 +355,13 @@ export class MeteredRequest {
     this.#done = true;
     const { actors, key, audit } = this.deps;
     const event = audit.event(key, { status, errorCode }, this.model);
-    await actors.submit(key.account_id, {
-      kind: "release",
-      keyId: key.id,
-      holdId: this.holdId,
-      event,
-    });
+    await settling("release", event, () =>
+      actors.submit(key.account_id, {
+        kind: "release",
+        keyId: key.id,
+        holdId: this.holdId,
+        event,
+      }));
     audit.markRecorded();
   }
 }

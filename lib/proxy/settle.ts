@@ -13,7 +13,7 @@ import {
 } from "../formats/format.ts";
 import type { Billed, MeteredRequest } from "./metered.ts";
 import { readUpstreamJson, type UpstreamReply } from "./upstream.ts";
-import { type TapAnswer, type TapEnd, tapStream } from "./tap.ts";
+import { type TapAnswer, type TapEnd, type TapHandlers, tapStream } from "./tap.ts";
 import {
   countReplyOutput,
   countStreamedOutput,
@@ -21,6 +21,8 @@ import {
   tokenCounter,
 } from "./tokens.ts";
 import { utf8Bytes } from "../tokenizer.ts";
+import type { LiveStreams } from "./live_streams.ts";
+import { FINISH, noteFinish, streamHandlers, streamWatch } from "../telemetry/inference.ts";
 
 /**
  * Reads a JSON reply and settles it; the body's `usage` (in the request's shape) shows the
@@ -64,6 +66,7 @@ export async function settleJson(
     });
   }
   const billed = await m.settle(usage, { errorCode: missing ? "usage_missing" : null });
+  noteFinish(body);
   body.usage = withCost(body.usage, billed, req.shape);
   return body;
 }
@@ -104,6 +107,14 @@ const END_REASON: Record<TapEnd, string> = {
   error: "upstream_stream_failed",
   event_too_large: "upstream_stream_failed",
   too_long: "stream_too_long",
+  shutdown: "shutting_down",
+};
+
+/** The limit that ended a stream early, as logged. */
+const LIMIT_OF: Partial<Record<TapEnd, string>> = {
+  too_long: "MAX_STREAM_MS",
+  event_too_large: "MAX_SSE_EVENT_BYTES",
+  shutdown: "SHUTDOWN_GRACE_MS",
 };
 
 /**
@@ -117,13 +128,15 @@ const END_REASON: Record<TapEnd, string> = {
  * anything. Either is audited with the reason (`usage_missing`, `client_disconnected`,
  * `upstream_stream_failed`, `stream_too_long`; the third also after the provider reported a
  * failure). The stream is bounded by `UPSTREAM_TIMEOUT_MS` between chunks, `MAX_SSE_EVENT_BYTES`
- * per event and `MAX_STREAM_MS` in all; ending it early sends the format's error event (or its
- * closing event once the final usage is in).
+ * per event and `MAX_STREAM_MS` in all, and ended among the process's `live` streams at the
+ * shutdown deadline; ending it early sends the format's error event (or its closing event once the
+ * final usage is in).
  */
 export function billStream<S>(
   m: MeteredRequest,
   stream: BilledStream<S>,
   limits: Pick<Config, "upstreamTimeoutMs" | "maxStreamMs" | "maxSseEventBytes">,
+  live?: LiveStreams,
 ): ReadableStream<Uint8Array> {
   const { log } = m.deps;
   m.streamed();
@@ -174,11 +187,19 @@ export function billStream<S>(
     m.readAnomalies(step.anomalies ?? []);
     return { final: true, out: render(step.out) };
   };
-  return tapStream(stream.body, {
+  // Its time to first token and finish reasons, on the request's span and metrics.
+  const seen = streamWatch(m.model, m.deps.audit.startedAt, m.deps.audit.now);
+  const handlers: TapHandlers = {
     ending: stream.ending,
-    watch: stream.watch,
-    delivered: (text) => output.add(text),
+    // The format's events, and those that carry a finish reason (at most a few per stream).
+    watch: new RegExp(`${stream.watch.source}|${FINISH.source}`),
+    delivered: (text) => {
+      seen.delivered();
+      output.add(text);
+    },
     onEvent(event, last) {
+      if (FINISH.test(event.text)) seen.finish(event.data);
+      if (!stream.watch.test(event.text)) return {};
       const step = reducer.step(state, event);
       if (!last) return onEvent(step);
       // An unterminated event at the end passes as it came: what it tells is kept, no more.
@@ -187,10 +208,11 @@ export function billStream<S>(
       return {};
     },
     async onEnd(kind) {
-      if (kind === "event_too_large" || kind === "too_long") {
+      const limit = LIMIT_OF[kind];
+      if (limit) {
         log("warn", "stream ended at a limit", {
           request_id: m.requestId,
-          limit: kind === "too_long" ? "MAX_STREAM_MS" : "MAX_SSE_EVENT_BYTES",
+          limit,
           usage_settled: settled,
         });
       }
@@ -222,9 +244,12 @@ export function billStream<S>(
         web_searches: billed.usage.webSearches ?? 0,
       });
     },
-  }, {
+  };
+  // Bound to the request's trace; ended among the others at the shutdown deadline (`live`).
+  return tapStream(stream.body, streamHandlers(handlers), {
     idleMs: limits.upstreamTimeoutMs,
     maxStreamMs: limits.maxStreamMs,
     maxEventBytes: limits.maxSseEventBytes,
+    live,
   });
 }

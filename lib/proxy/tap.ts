@@ -10,8 +10,10 @@ import {
   SseEventTooLarge,
   SseSplitter,
   STREAM_FAILURE,
+  STREAM_SHUTDOWN,
   STREAM_TOO_LONG,
 } from "../sse.ts";
+import type { LiveStreams } from "./live_streams.ts";
 
 /** Whether a chunk's text ends with an event's end. */
 const ENDS_EVENT = /\n\n$|\r\n\r\n$/;
@@ -46,9 +48,16 @@ export interface TapAnswer {
 /**
  * How a tapped stream ended: `complete` after the upstream's last byte, `cancelled` when the
  * client went away, `error` when the upstream failed or stalled, `event_too_large` when it sent
- * an event over the maximum, `too_long` when the stream ran for its longest allowed time.
+ * an event over the maximum, `too_long` when the stream ran for its longest allowed time,
+ * `shutdown` when the process ended its streams at the shutdown deadline.
  */
-export type TapEnd = "complete" | "cancelled" | "error" | "event_too_large" | "too_long";
+export type TapEnd =
+  | "complete"
+  | "cancelled"
+  | "error"
+  | "event_too_large"
+  | "too_long"
+  | "shutdown";
 
 export interface TapHandlers {
   /** How the client's stream ends (its format's events). */
@@ -80,6 +89,11 @@ export interface TapLimits {
   maxStreamMs?: number;
   /** The largest event (`MAX_SSE_EVENT_BYTES`, see `SseSplitter`). */
   maxEventBytes?: number;
+  /**
+   * The process's live streams: the stream is counted among them until it has ended, and is
+   * ended (`shutdown`) as soon as their signal is aborted.
+   */
+  live?: LiveStreams;
 }
 
 /**
@@ -87,8 +101,9 @@ export interface TapLimits {
  * chunk. Bytes go out untouched unless a chunk holds a watched event (or an event split across
  * chunks), which is handed to `onEvent`. Nothing is kept but an unfinished event: what was sent
  * goes to `delivered`. A stream that fails, stalls past `idleMs`, sends an event over the
- * maximum or runs past `maxStreamMs` is ended with the format's error event; once the final usage
- * has come, with the format's closing event instead (billed once, nothing for an SDK to throw on).
+ * maximum, runs past `maxStreamMs` or is ended by `live` is ended with the format's error event;
+ * once the final usage has come, with the format's closing event instead (billed once, nothing for
+ * an SDK to throw on).
  */
 export function tapStream(
   src: ReadableStream<Uint8Array>,
@@ -137,23 +152,37 @@ export function tapStream(
     // Cancelling settles the pending read as done; `read` turns that into the stall error.
     reader.cancel().catch(() => {});
   };
-  // At the deadline a pull under way is woken (its read settles as done) and ends the stream; with
-  // none under way (a client that stopped reading) the stream is ended here, so its hold is
-  // settled, not renewed for as long as the connection stays open.
+  // At the deadline (or when the process ends its streams) a pull under way is woken (its read
+  // settles as done) and ends the stream; with none under way (a client that stopped reading) the
+  // stream is ended here, so its hold is settled, not renewed for as long as the connection stays
+  // open.
   let pulling = false;
-  let expired = false;
-  const deadline = limits.maxStreamMs === undefined ? undefined : setTimeout(() => {
-    expired = true;
+  let stopped: "too_long" | "shutdown" | null = null;
+  const stop = (kind: "too_long" | "shutdown") => {
+    if (stopped || ended) return;
+    stopped = kind;
     if (pulling) reader.cancel().catch(() => {});
-    else finish("too_long").catch(() => {});
-  }, limits.maxStreamMs);
+    else finish(kind).catch(() => {});
+  };
+  const deadline = limits.maxStreamMs === undefined
+    ? undefined
+    : setTimeout(() => stop("too_long"), limits.maxStreamMs);
+  const live = limits.live;
+  const unlive = live?.begin();
+  const onShutdown = () => stop("shutdown");
+  live?.signal.addEventListener("abort", onShutdown);
 
   const end = async (kind: TapEnd) => {
     if (ended) return;
     ended = true;
     clearTimeout(watchdog);
     clearTimeout(deadline);
-    await handlers.onEnd(kind);
+    live?.signal.removeEventListener("abort", onShutdown);
+    try {
+      await handlers.onEnd(kind);
+    } finally {
+      unlive?.();
+    }
   };
 
   /** Ends the stream: bills it (`onEnd`), then sends its last events and closes. */
@@ -173,7 +202,13 @@ export function tapStream(
     } else {
       reader.cancel().catch(() => {});
       if (!final) {
-        last = ending.error(kind === "too_long" ? STREAM_TOO_LONG : STREAM_FAILURE);
+        last = ending.error(
+          kind === "too_long"
+            ? STREAM_TOO_LONG
+            : kind === "shutdown"
+            ? STREAM_SHUTDOWN
+            : STREAM_FAILURE,
+        );
       } else if (!closed && closing) last = closing.event;
     }
     try {
@@ -225,6 +260,9 @@ export function tapStream(
     },
     async pull() {
       if (finished) return;
+      // Begun after the process ended its streams (its provider answered late): ended at once.
+      if (live?.signal.aborted) stopped ??= "shutdown";
+      if (stopped) return await finish(stopped);
       pulling = true;
       try {
         // Loop until something was enqueued: a pull that enqueues nothing is not called again.
@@ -236,7 +274,7 @@ export function tapStream(
             // A translation reports its upstream's event over the maximum by this error.
             return await finish(e instanceof SseEventTooLarge ? "event_too_large" : "error");
           }
-          if (expired) return; // ended below
+          if (stopped) return; // ended below
           if (r.done && cancelled) {
             // The client went away while this read waited: `cancel` settles it as such.
             return;
@@ -268,13 +306,14 @@ export function tapStream(
         }
       } finally {
         pulling = false;
-        if (expired) await finish("too_long");
+        if (stopped) await finish(stopped);
       }
     },
     async cancel() {
       cancelled = true;
       clearTimeout(watchdog);
       clearTimeout(deadline);
+      live?.signal.removeEventListener("abort", onShutdown);
       await reader.cancel().catch(() => {});
       await end("cancelled");
     },

@@ -1,6 +1,13 @@
 /** The management API from an island, as the signed-in session (browser side; no server imports). */
 
-/** Calls the API with the session's CSRF token; returns the JSON, or throws the error's message. */
+/**
+ * Calls the API with the session's CSRF token; returns the JSON, or throws the error's message.
+ *
+ * @example
+ * ```ts
+ * const key = await api(csrf, "POST", "/v1/keys", { name: "ci" });
+ * ```
+ */
 export async function api(csrf: string, method: string, path: string, body?: unknown) {
   const res = await fetch(path, {
     method,

@@ -3,19 +3,7 @@
  * the server. Islands load as separate chunks, so a page fetches only the ones it uses.
  */
 import { h, hydrate } from "preact";
-import type { ComponentType } from "preact";
-
-// deno-lint-ignore no-explicit-any
-type Loader = () => Promise<{ default: ComponentType<any> }>;
-
-const ISLANDS: Record<string, Loader> = {
-  KeysManager: () => import("../../islands/KeysManager.tsx"),
-  UsageCharts: () => import("../../islands/UsageCharts.tsx"),
-  BuyCredits: () => import("../../islands/BuyCredits.tsx"),
-  WebhooksManager: () => import("../../islands/WebhooksManager.tsx"),
-  PrintButton: () => import("../../islands/PrintButton.tsx"),
-  SpendControls: () => import("../../islands/SpendControls.tsx"),
-};
+import { ISLANDS } from "../gen/islands.ts";
 
 async function boot() {
   const data = document.getElementById("__islands")?.textContent;

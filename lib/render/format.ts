@@ -6,6 +6,12 @@ const thousands = (n: bigint) => n.toString().replace(/\B(?=(\d{3})+(?!\d))/g, "
 /**
  * A USD decimal string for people: "$1,234.50", "−$0.000192". Whole cents show two decimals;
  * finer amounts keep every digit, so a figure on a page is the API's figure exactly.
+ *
+ * @example
+ * ```ts
+ * formatMoney("1234.5"); // "$1,234.50"
+ * formatMoney("-0.000192"); // "−$0.000192"
+ * ```
  */
 export function formatMoney(usd: string): string {
   const n = parseUsd(usd);
@@ -16,7 +22,14 @@ export function formatMoney(usd: string): string {
   return `${neg ? "−" : ""}$${thousands(abs / 1_000_000_000n)}.${frac}`;
 }
 
-/** A count with thousands separators. */
+/**
+ * A count with thousands separators.
+ *
+ * @example
+ * ```ts
+ * formatCount(1234567); // "1,234,567"
+ * ```
+ */
 export function formatCount(n: number): string {
   return thousands(BigInt(Math.trunc(n)));
 }
@@ -35,7 +48,14 @@ export function formatMonth(month: string): string {
   });
 }
 
-/** An ISO time as "2026-11-26 13:05 UTC". */
+/**
+ * An ISO time as "2026-11-26 13:05 UTC".
+ *
+ * @example
+ * ```ts
+ * formatTime("2026-11-26T13:05:09Z"); // "2026-11-26 13:05 UTC"
+ * ```
+ */
 export function formatTime(iso: string | null): string {
   if (!iso) return "—";
   return iso.slice(0, 16).replace("T", " ") + " UTC";

@@ -6,12 +6,20 @@ import type { VNode } from "preact";
 let collected: { name: string; props: unknown }[] | null = null;
 
 /**
- * Marks an interactive component: the server renders it inside a `data-island` element and keeps
- * its props for the page's one serialised island list; the client entry hydrates it there.
+ * Marks an interactive component (the default export of an islands/ module): the server renders it
+ * inside a `data-island` element and keeps its props for the page's one serialised island list;
+ * the client entry hydrates it there. The island's name is its component's, which the build checks
+ * is its file's (tools/registries.ts), the name the client's registry loads it by.
+ *
+ * @example
+ * ```tsx
+ * <Island component={KeysManager} props={{ keys, csrf }} />
+ * ```
  */
 export function Island<P extends Record<string, unknown>>(
-  { name, component: C, props }: { name: string; component: ComponentType<P>; props: P },
+  { component: C, props }: { component: ComponentType<P>; props: P },
 ) {
+  const name = C.name;
   const id = collected ? collected.push({ name, props }) - 1 : -1;
   return (
     <div data-island={name} data-island-id={String(id)} class="island">

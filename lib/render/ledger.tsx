@@ -1,5 +1,5 @@
 /** The ledger as a table: the customer's transaction history and the operator's view of it. */
-import type { ledgerJson } from "../billing/ledger.ts";
+import type { LedgerJson } from "../http/presenters.ts";
 import type { LedgerType } from "../billing/types.ts";
 import { Empty, Money } from "./layout.tsx";
 import { formatTime } from "./format.ts";
@@ -17,7 +17,7 @@ const TYPE_HELP: Record<LedgerType, string> = {
 export function LedgerTable(
   { id, rows, empty }: {
     id: string;
-    rows: ReturnType<typeof ledgerJson>[];
+    rows: LedgerJson[];
     empty: ComponentChildren;
   },
 ) {

@@ -18,7 +18,7 @@ import { getMembership, getUser, listAccountsByUser, type Role, type User } from
 import { getAccount } from "../billing/accounts.ts";
 import type { Account } from "../billing/types.ts";
 import { renderWithIslands, scriptJson } from "./island.tsx";
-import { ApiError } from "../http/errors.ts";
+import { ApiError } from "../errors.ts";
 import { assetUrl } from "./static.ts";
 import { AdminShell, DashboardShell, PublicShell } from "./layout.tsx";
 import { type ActiveAlert, activeAlerts } from "../billing/alerts.ts";
@@ -170,7 +170,14 @@ function shell(
   return <PublicShell>{children}</PublicShell>;
 }
 
-/** A plain error page in the page's layout. */
+/**
+ * A plain error page in the page's layout.
+ *
+ * @example
+ * ```ts
+ * return errorPage(config, viewer, 404, "There is no such page.");
+ * ```
+ */
 export function errorPage(
   cfg: PageConfig,
   viewer: Viewer | null,
@@ -191,7 +198,14 @@ export function errorPage(
   );
 }
 
-/** Mounts a route module on `path` (GET and, when the handler has one, POST). */
+/**
+ * Mounts a route module on `path` (GET and, when the handler has one, POST).
+ *
+ * @example
+ * ```ts
+ * mountPage(app, "/dashboard/keys", keysPage); // as pageRoutes mounts each generated page
+ * ```
+ */
 export function mountPage<T>(app: Hono<AppEnv>, path: string, mod: PageModule<T>) {
   const cfg = mod.config;
   app.on(["GET", "HEAD", "POST"], path, async (c) => {

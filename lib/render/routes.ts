@@ -1,46 +1,10 @@
-/** Mounts the dashboard's pages (routes/*.tsx, routes/dashboard/**) and the static files. */
+/** Mounts the dashboard's pages (found by the build: lib/gen/routes.ts) and the static files. */
 import { Hono } from "hono";
 import type { AppEnv } from "../services.ts";
 import { errorPage, mountPage, type PageConfig, type PageModule } from "./page.tsx";
-import { ApiError } from "../http/errors.ts";
+import type { ApiError } from "../errors.ts";
+import { apiErrorOf } from "../http/errors.ts";
 import { serveStatic, STATIC_DIR } from "./static.ts";
-import * as landing from "../../routes/index.tsx";
-import * as signup from "../../routes/signup.tsx";
-import * as signin from "../../routes/signin.tsx";
-import * as signout from "../../routes/signout.tsx";
-import * as overview from "../../routes/dashboard/index.tsx";
-import * as usage from "../../routes/dashboard/usage.tsx";
-import * as keys from "../../routes/dashboard/keys.tsx";
-import * as audit from "../../routes/dashboard/audit.tsx";
-import * as switcher from "../../routes/dashboard/switch.tsx";
-import * as billing from "../../routes/dashboard/settings/billing.tsx";
-import * as members from "../../routes/dashboard/settings/members.tsx";
-import * as webhooks from "../../routes/dashboard/settings/webhooks.tsx";
-import * as statement from "../../routes/dashboard/settings/statement.tsx";
-import * as adminSignin from "../../routes/dashboard/admin/signin.tsx";
-import * as adminAccounts from "../../routes/dashboard/admin/index.tsx";
-import * as adminAccount from "../../routes/dashboard/admin/account.tsx";
-
-// deno-lint-ignore no-explicit-any
-const PAGES: [string, PageModule<any>][] = [
-  ["/", landing],
-  ["/signup", signup],
-  ["/signin", signin],
-  ["/signout", signout],
-  ["/dashboard", overview],
-  ["/dashboard/usage", usage],
-  ["/dashboard/keys", keys],
-  ["/dashboard/audit", audit],
-  ["/dashboard/switch", switcher],
-  ["/dashboard/settings/billing", billing],
-  ["/dashboard/settings/members", members],
-  ["/dashboard/settings/webhooks", webhooks],
-  ["/dashboard/settings/billing/statements/:month", statement],
-  ["/dashboard/admin/signin", adminSignin],
-  ["/dashboard/admin", adminAccounts],
-  ["/dashboard/admin/accounts/:id", adminAccount],
-];
-
 const NOT_FOUND: PageConfig = { title: "Not found", auth: "public", layout: "public" };
 
 /** A refused request as a page (its status, message and headers), for a browser. */
@@ -50,15 +14,24 @@ export async function refusalPage(err: ApiError): Promise<Response> {
   return res;
 }
 
-/** The pages, `/static/*` and `/favicon.ico`. */
-export function pageRoutes() {
+/**
+ * The pages, `/static/*` and `/favicon.ico`.
+ *
+ * @example
+ * ```ts
+ * app.route("/", pageRoutes(PAGES)); // PAGES from the generated lib/gen/routes.ts
+ * ```
+ */
+// deno-lint-ignore no-explicit-any
+export function pageRoutes(pages: readonly (readonly [string, PageModule<any>])[]) {
   const app = new Hono<AppEnv>();
-  for (const [path, mod] of PAGES) mountPage(app, path, mod);
+  for (const [path, mod] of pages) mountPage(app, path, mod);
   app.get("/dashboard/settings", (c) => c.redirect("/dashboard/settings/billing"));
   app.all("/dashboard/*", () => errorPage(NOT_FOUND, null, 404, "There is no such page."));
   // A page that fails answers an HTML page (the API keeps its JSON errors).
   app.onError((err, c) => {
-    if (err instanceof ApiError) return refusalPage(err);
+    const refused = apiErrorOf(err);
+    if (refused) return refusalPage(refused);
     c.get("svc").log("error", "page failed", {
       request_id: c.get("requestId"),
       path: c.req.path,

@@ -31,6 +31,11 @@ export const withNext = (path: string, next: string): string =>
 /**
  * Counts one sign-in attempt from the request's IP; false (with Retry-After set on the reply)
  * when the address has used up its attempts.
+ *
+ * @example
+ * ```ts
+ * if (!await allowSigninAttempt(ctx)) return { data: { error: "Too many attempts" }, status: 429 };
+ * ```
  */
 export async function allowSigninAttempt(ctx: PageCtx): Promise<boolean> {
   const limit = await countSigninAttempt(ctx.svc.kv, clientIp(ctx.c) || "unknown", ctx.svc.now());
@@ -55,6 +60,11 @@ export async function allowEmailAttempt(
 /**
  * Ends whatever session the browser had and starts a fresh one, set as the session cookie: a
  * token planted before sign-in is worth nothing after.
+ *
+ * @example
+ * ```ts
+ * await startSession(ctx, { kind: "user", user_id: user.id, account_id: accountId });
+ * ```
  */
 export async function startSession(
   ctx: PageCtx,

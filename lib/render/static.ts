@@ -1,5 +1,5 @@
 import type { Context } from "hono";
-import { hashSecret } from "../auth/keys.ts";
+import { hashSecret } from "../crypto.ts";
 
 /** The static folder (CSS, icons, built bundles), beside lib/. */
 export const STATIC_DIR = new URL("../../static/", import.meta.url);

@@ -1,15 +1,20 @@
 /** Pieces the Overview and Usage pages share: the period, the breakdown and its table. */
-import type { GroupBy } from "../usage/query.ts";
+import type { GroupBy } from "../usage/period.ts";
 import { queryUsage, type UsageQuery } from "../usage/query.ts";
-import { usageParams } from "../usage/params.ts";
-import { isoTimeMs } from "../http/params.ts";
-import { ApiError } from "../http/errors.ts";
+import { isoTimeMs, usageParams } from "../http/params.ts";
+import { type UsageJson, usageJson } from "../http/presenters.ts";
+import { ApiError } from "../errors.ts";
 import { listKeysByAccount } from "../auth/keys.ts";
 import { dayBucket } from "../usage/rollups.ts";
 import { Count, Empty, Money, Notice, Percent } from "./layout.tsx";
 
-export type UsageResult = Awaited<ReturnType<typeof queryUsage>>;
-export type UsageRow = UsageResult["breakdown"][number];
+export type UsageResult = UsageJson;
+export type UsageRow = UsageJson["breakdown"][number];
+
+/** A usage query's answer as GET /v1/usage shows it (the same function, the same figures). */
+export async function readUsage(kv: Deno.Kv, q: UsageQuery): Promise<UsageJson> {
+  return usageJson(await queryUsage(kv, q));
+}
 
 const DAY = 86_400_000;
 export const PERIODS = { "7d": 7, "30d": 30, "90d": 90 } as const;
@@ -107,8 +112,12 @@ export function daysOf(fromDay: string, toDay: string): string[] {
 }
 
 /** Key ids to names (revoked keys included: their history stays). */
-export async function keyNames(kv: Deno.Kv, accountId: string): Promise<Record<string, string>> {
-  const keys = await listKeysByAccount(kv, accountId);
+export async function keyNames(
+  kv: Deno.Kv,
+  accountId: string,
+  now: number,
+): Promise<Record<string, string>> {
+  const keys = await listKeysByAccount(kv, accountId, now);
   return Object.fromEntries(keys.map(({ key }) => [key.id, key.name]));
 }
 

@@ -6,7 +6,13 @@
  * The compactor later folds an account's pending entries into the counters: one atomic checks and
  * deletes the entries and adds their merged sums, so each entry is counted exactly once.
  */
-import { ROLLUP_PENDING_PREFIX, rollupPendingKey } from "../kv/schema.ts";
+import {
+  accountIdOfKey,
+  ROLLUP_PENDING_PREFIX,
+  rollupPendingAfter,
+  rollupPendingKey,
+  rollupPendingPrefix,
+} from "../kv/schema.ts";
 import { getAll, isLocked, keyBytes, sleep } from "../kv/util.ts";
 import { AtomicRoom } from "../kv/limits.ts";
 import { newId } from "../ids.ts";
@@ -129,7 +135,7 @@ export function notePending(kv: Deno.Kv, accountIds: Iterable<string>): void {
 export async function compactAccount(kv: Deno.Kv, accountId: string): Promise<number> {
   let folded = 0;
   let entries = await Array.fromAsync(
-    kv.list<PendingRow[]>({ prefix: [...ROLLUP_PENDING_PREFIX, accountId] }),
+    kv.list<PendingRow[]>({ prefix: rollupPendingPrefix(accountId) }),
   );
   for (let attempt = 0; entries.length > 0; attempt++) {
     const retry: Deno.KvKey[] = [];
@@ -226,10 +232,9 @@ export async function pendingAccounts(kv: Deno.Kv, limit = 10_000): Promise<stri
       : { prefix: ROLLUP_PENDING_PREFIX };
     const [e] = await Array.fromAsync(kv.list(selector, { limit: 1 }));
     if (!e) break;
-    const accountId = e.key[1] as string;
+    const accountId = accountIdOfKey(e.key);
     out.push(accountId);
-    // "\u0000" after the id sorts after every key of that account and before any longer id.
-    start = [...ROLLUP_PENDING_PREFIX, accountId + "\u0000"];
+    start = rollupPendingAfter(accountId);
   }
   return out;
 }

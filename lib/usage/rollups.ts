@@ -16,6 +16,14 @@ export const ROLLUP_FIELDS = [
 export type RollupField = typeof ROLLUP_FIELDS[number];
 export type Totals = Record<RollupField, bigint>;
 
+/**
+ * Totals of nothing: every counter zero.
+ *
+ * @example
+ * ```ts
+ * const sum = emptyTotals(); for (const t of rows) addTotals(sum, t);
+ * ```
+ */
 export const emptyTotals = (): Totals => ({
   requests: 0n,
   prompt_tokens: 0n,

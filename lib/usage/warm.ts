@@ -1,5 +1,7 @@
 import { listAccounts } from "../billing/accounts.ts";
-import { DAY_MS, type GroupBy, queryUsage } from "./query.ts";
+import { rollupPrefix } from "../kv/schema.ts";
+import { queryUsage } from "./query.ts";
+import { DAY_MS, type GroupBy } from "./period.ts";
 
 /** How far back the warm-up reaches: the longest period the dashboard offers. */
 const WARM_DAYS = 90;
@@ -15,18 +17,20 @@ const KEY_GROUPINGS: GroupBy[] = ["provider", "model"];
  * digests instead of scanning every counter of it; after the first night each run digests only
  * the day that closed.
  */
-export async function warmUsageDigests(kv: Deno.Kv, now = Date.now()): Promise<number> {
+export async function warmUsageDigests(kv: Deno.Kv, now: number): Promise<number> {
   const today = Math.floor(now / DAY_MS) * DAY_MS;
   const fromMs = today - WARM_DAYS * DAY_MS;
   let accounts = 0;
   for (const { account } of await listAccounts(kv)) {
     // An account without usage counters has nothing to digest.
-    const [any] = await Array.fromAsync(kv.list({ prefix: ["rollup", account.id] }, { limit: 1 }));
+    const [any] = await Array.fromAsync(
+      kv.list({ prefix: rollupPrefix(account.id) }, { limit: 1 }),
+    );
     if (!any) continue;
     const keyIds: string[] = [];
     for (const groupBy of GROUPINGS) {
       const r = await queryUsage(kv, { accountId: account.id, fromMs, toMs: today, groupBy, now });
-      if (groupBy === "key") keyIds.push(...r.breakdown.map((row) => row.group));
+      if (groupBy === "key") keyIds.push(...r.breakdown.map(([group]) => group));
     }
     for (const keyId of keyIds) {
       for (const groupBy of KEY_GROUPINGS) {

@@ -4,7 +4,7 @@
  * too). The delivery connects to an address checked here, never to a name resolved again, so a
  * host that answers DNS differently the second time (DNS rebinding) reaches nothing it may not.
  */
-import { canonicalIp, canonicalProxy, trustedProxies } from "../http/client_addr.ts";
+import { canonicalIp, canonicalProxy, trustedProxies } from "../net.ts";
 
 const LOOPBACK = trustedProxies(["127.0.0.0/8", "::1/128"].map((r) => canonicalProxy(r)!));
 

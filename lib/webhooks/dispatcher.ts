@@ -10,10 +10,11 @@
  */
 import { Webhook } from "standardwebhooks";
 import {
-  WEBHOOK_DUE_PREFIX,
   WEBHOOK_OUTBOX_PREFIX,
   webhookDeliveryKey,
+  webhookDueBy,
   webhookDueKey,
+  webhookDueParts,
   webhookOutboxKey,
 } from "../kv/schema.ts";
 import { commitRetrying, getAll } from "../kv/util.ts";
@@ -100,25 +101,6 @@ export function nextAttemptMs(
   return at - createdMs <= RETRY_WINDOW * baseMs ? at : null;
 }
 
-/** A delivery as the API shows it. */
-export function deliveryJson(d: Delivery) {
-  return {
-    webhook_id: d.webhook_id,
-    endpoint_id: d.endpoint_id,
-    type: d.type,
-    state: d.state,
-    attempts: d.attempts,
-    last_status: d.last_status,
-    last_error: d.last_error,
-    latency_ms: d.latency_ms,
-    created_at: new Date(d.created_ms).toISOString(),
-    delivered_at: d.delivered_at,
-    next_attempt_at: d.state === "pending" && d.due_ms !== null
-      ? new Date(d.due_ms).toISOString()
-      : null,
-  };
-}
-
 type DeliveryRef = readonly [accountId: string, endpointId: string, eventId: string];
 /** A delivery to attempt, with the due entry that names it. */
 interface Due {
@@ -182,10 +164,10 @@ export class Webhooks {
     }
     for (let pass = 0; pass < PASSES; pass++) {
       const due: Due[] = [];
-      const end = [...WEBHOOK_DUE_PREFIX, this.#opts.now() + 1];
-      for await (
-        const e of this.#kv.list({ prefix: WEBHOOK_DUE_PREFIX, end }, { limit: PAGE })
-      ) due.push({ ref: e.key.slice(2) as unknown as DeliveryRef, dueMs: e.key[1] as number });
+      for await (const e of this.#kv.list(webhookDueBy(this.#opts.now()), { limit: PAGE })) {
+        const { dueMs, accountId, endpointId, eventId } = webhookDueParts(e.key);
+        due.push({ ref: [accountId, endpointId, eventId], dueMs });
+      }
       if (due.length === 0) break;
       await this.#runAll(due);
       if (due.length < PAGE) break;
@@ -359,7 +341,9 @@ export class Webhooks {
       status,
       error: outcome.last_error,
       latency_ms: outcome.latency_ms,
-      next_attempt_at: deliveryJson(outcome).next_attempt_at,
+      next_attempt_at: outcome.state === "pending" && next !== null
+        ? new Date(next).toISOString()
+        : null,
     });
   }
 

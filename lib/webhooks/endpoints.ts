@@ -1,7 +1,7 @@
 /** An account's webhook endpoints: one KV record per account, changed by check-and-set. */
 import { webhooksKey } from "../kv/schema.ts";
 import { commitRetrying } from "../kv/util.ts";
-import { ApiError } from "../http/errors.ts";
+import { Conflict } from "../errors.ts";
 import type { EventType } from "./events.ts";
 
 export interface WebhookEndpoint {
@@ -20,7 +20,14 @@ export const MAX_ENDPOINTS = 10;
 /** The longest endpoint URL accepted. */
 export const MAX_URL_CHARS = 2048;
 
-/** The account's endpoints with the record's versionstamp. */
+/**
+ * The account's endpoints with the record's versionstamp.
+ *
+ * @example
+ * ```ts
+ * const list = (await getEndpoints(kv, accountId)).value ?? [];
+ * ```
+ */
 export async function getEndpoints(
   kv: Deno.Kv,
   accountId: string,
@@ -28,7 +35,14 @@ export async function getEndpoints(
   return await kv.get<WebhookEndpoint[]>(webhooksKey(accountId));
 }
 
-/** One endpoint of the account, or null. */
+/**
+ * One endpoint of the account, or null.
+ *
+ * @example
+ * ```ts
+ * const e = await getEndpoint(kv, accountId, "we_01m9…"); // null when there is none
+ * ```
+ */
 export async function getEndpoint(
   kv: Deno.Kv,
   accountId: string,
@@ -40,6 +54,11 @@ export async function getEndpoint(
 /**
  * Replaces the account's endpoints with `change(current)`, checked against concurrent changes
  * (re-run on the fresh list when one lands first); `change` throws to refuse.
+ *
+ * @example
+ * ```ts
+ * await changeEndpoints(kv, accountId, (list) => list.filter((e) => e.id !== id));
+ * ```
  */
 export async function changeEndpoints(
   kv: Deno.Kv,
@@ -54,23 +73,11 @@ export async function changeEndpoints(
     else atomic.delete(entry.key);
     if ((await commitRetrying(atomic)).ok) return next;
   }
-  throw new ApiError(409, "conflict", "The webhooks changed while they were being updated; retry");
+  throw new Conflict("The webhooks changed while they were being updated; retry");
 }
 
 /** A new signing secret in the Standard Webhooks form. */
 export function newSecret(): string {
   const bytes = crypto.getRandomValues(new Uint8Array(32));
   return "whsec_" + btoa(String.fromCharCode(...bytes));
-}
-
-/** An endpoint as the API shows it: never its secret. */
-export function endpointJson(e: WebhookEndpoint) {
-  return {
-    id: e.id,
-    url: e.url,
-    events: e.events,
-    disabled: e.disabled,
-    created_at: e.created_at,
-    updated_at: e.updated_at,
-  };
 }

@@ -6,7 +6,6 @@
 import { newId } from "../ids.ts";
 import { latestEventKey, webhookOutboxKey } from "../kv/schema.ts";
 import { approxBytes } from "../kv/util.ts";
-import { ledgerJson } from "../billing/ledger.ts";
 import type { LedgerEntry } from "../billing/types.ts";
 
 /** The event types an endpoint subscribes to (API.md). */
@@ -90,12 +89,21 @@ export function emitEvent(
   return atomic;
 }
 
+/** How a credit's ledger entry is shown in its event: as GET /v1/transactions shows it. */
+export type EntryData = (entry: LedgerEntry) => Record<string, unknown>;
+
 /**
- * The event of a credit (a `CreditOp`'s `event`): the ledger entry as GET /v1/transactions shows
- * it, at the entry's time.
+ * The event of a credit (a `CreditOp`'s `event`): the ledger entry as `data` shows it (the API's
+ * presenter, lib/http/presenters.ts `ledgerJson`), at the entry's time.
+ *
+ * @example
+ * ```ts
+ * actors.submit(accountId, { kind: "credit", …, event: creditEvent(accountId, "credits.purchased", ledgerJson) });
+ * ```
  */
-export const creditEvent = (accountId: string, type: EventType) => (entry: LedgerEntry) =>
-  accountEvent(accountId, type, ledgerJson(entry), Date.parse(entry.created_at));
+export const creditEvent =
+  (accountId: string, type: EventType, data: EntryData) => (entry: LedgerEntry) =>
+    accountEvent(accountId, type, data(entry), Date.parse(entry.created_at));
 
 /** The account's latest event of `type` (kept 30 days), or null. */
 export async function latestEvent(

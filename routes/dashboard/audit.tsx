@@ -4,7 +4,8 @@ import {
   pageOfUrl,
   type PageProps,
 } from "../../lib/render/page.tsx";
-import { type AuditFilter, auditJson, listAuditByAccount } from "../../lib/audit/query.ts";
+import { type AuditFilter, listAuditByAccount } from "../../lib/audit/query.ts";
+import { auditJson } from "../../lib/audit/row.ts";
 import { KeyFilter, keyNames } from "../../lib/render/usage_view.tsx";
 import { Count, Empty, Money, Notice, OlderLink } from "../../lib/render/layout.tsx";
 import { formatCount } from "../../lib/render/format.ts";
@@ -68,7 +69,7 @@ export const handler = {
         ctx.url,
         (cursor) => listAuditByAccount(ctx.svc.kv, accountId, filter, PAGE, cursor),
       ),
-      keyNames(ctx.svc.kv, accountId),
+      keyNames(ctx.svc.kv, accountId, ctx.svc.now()),
     ]);
     const exportQuery = new URLSearchParams(
       FIELDS.flatMap((f) => values[f] ? [[f, values[f]]] : []),

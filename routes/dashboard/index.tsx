@@ -1,5 +1,5 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
-import { type GroupBy, queryUsage } from "../../lib/usage/query.ts";
+import type { GroupBy } from "../../lib/usage/period.ts";
 import { getBalance } from "../../lib/billing/accounts.ts";
 import { formatUsd } from "../../lib/money.ts";
 import { Count, Metric, Money, Percent } from "../../lib/render/layout.tsx";
@@ -10,6 +10,7 @@ import {
   PeriodForm,
   readGroupBy,
   readPeriod,
+  readUsage,
   usageQueryOf,
   type UsageResult,
 } from "../../lib/render/usage_view.tsx";
@@ -37,8 +38,8 @@ export const handler = {
     const period = readPeriod(q, ctx.svc.now());
     const groupBy = readGroupBy(q, "key");
     const [usage, names, balance] = await Promise.all([
-      queryUsage(ctx.svc.kv, usageQueryOf(accountId, period, ctx.svc.now(), { groupBy })),
-      keyNames(ctx.svc.kv, accountId),
+      readUsage(ctx.svc.kv, usageQueryOf(accountId, period, ctx.svc.now(), { groupBy })),
+      keyNames(ctx.svc.kv, accountId, ctx.svc.now()),
       getBalance(ctx.svc.kv, accountId),
     ]);
     return {

@@ -1,6 +1,6 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
 import { listKeysByAccount } from "../../lib/auth/keys.ts";
-import { keyJson } from "../v1/management.ts";
+import { keyJson } from "../../lib/http/presenters.ts";
 import { Island } from "../../lib/render/island.tsx";
 import KeysManager, { type KeyView } from "../../islands/KeysManager.tsx";
 
@@ -13,7 +13,7 @@ interface Data {
 
 export const handler = {
   async GET(ctx: PageCtx): Promise<{ data: Data }> {
-    const all = await listKeysByAccount(ctx.svc.kv, ctx.viewer!.account!.id);
+    const all = await listKeysByAccount(ctx.svc.kv, ctx.viewer!.account!.id, ctx.svc.now());
     return {
       data: {
         // The same view of each key as GET /v1/keys.
@@ -35,7 +35,6 @@ export default function Keys({ data }: PageProps<Data>) {
         Each key's spend is also at <code>GET /v1/keys/&#123;id&#125;/usage</code>.
       </p>
       <Island
-        name="KeysManager"
         component={KeysManager}
         props={{ keys: data.keys, csrf: data.csrf }}
       />

@@ -11,7 +11,7 @@ export const handler = {
     const id = String(ctx.form.get("account_id") ?? "");
     // Only an account the user belongs to.
     if (isId("acct", id) && await getMembership(ctx.svc.kv, id, v.user!.id)) {
-      await switchSessionAccount(ctx.svc.kv, v.token, id);
+      await switchSessionAccount(ctx.svc.kv, v.token, id, ctx.svc.now());
     }
     return ctx.redirect("/dashboard");
   },

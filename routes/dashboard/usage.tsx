@@ -1,10 +1,6 @@
 import type { PageConfig, PageCtx, PageProps } from "../../lib/render/page.tsx";
-import {
-  defaultInterval,
-  type GroupBy,
-  queryUsage,
-  type UsageQuery,
-} from "../../lib/usage/query.ts";
+import type { UsageQuery } from "../../lib/usage/query.ts";
+import { defaultInterval, type GroupBy } from "../../lib/usage/period.ts";
 import { Count, Metric, Money, Percent } from "../../lib/render/layout.tsx";
 import { Island } from "../../lib/render/island.tsx";
 import UsageCharts, { type UsageChartsProps } from "../../islands/UsageCharts.tsx";
@@ -16,6 +12,7 @@ import {
   PeriodForm,
   readGroupBy,
   readPeriod,
+  readUsage,
   usageQueryOf,
   type UsageResult,
 } from "../../lib/render/usage_view.tsx";
@@ -42,13 +39,13 @@ export const handler = {
     const q = ctx.url.searchParams;
     const period = readPeriod(q, ctx.svc.now());
     const groupBy = readGroupBy(q, "date");
-    const names = await keyNames(ctx.svc.kv, accountId);
+    const names = await keyNames(ctx.svc.kv, accountId, ctx.svc.now());
     // One key's usage (GET /v1/keys/{id}/usage), when a key of this account is chosen.
     const keyId = names[q.get("key_id") ?? ""] !== undefined ? q.get("key_id")! : undefined;
     const now = ctx.svc.now();
     const kv = ctx.svc.kv;
     const base = usageQueryOf(accountId, period, now, { keyId });
-    const query = (extra: Partial<UsageQuery>) => queryUsage(kv, { ...base, ...extra });
+    const query = (extra: Partial<UsageQuery>) => readUsage(kv, { ...base, ...extra });
     // Grouped by date over more than two days, the breakdown already is the daily chart's
     // query: asked once, not twice (each query reads the period's account totals again).
     const daily = groupBy === "date" && defaultInterval(base.fromMs, base.toMs) === "day";
@@ -135,7 +132,7 @@ export default function Usage({ data }: PageProps<Data>) {
           <Money usd={s.savings} />
         </Metric>
       </div>
-      <Island name="UsageCharts" component={UsageCharts} props={data.charts} />
+      <Island component={UsageCharts} props={data.charts} />
       <Breakdown rows={data.usage.breakdown} groupBy={data.groupBy} names={data.names} />
     </>
   );

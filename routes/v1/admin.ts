@@ -1,9 +1,17 @@
-import { Hono } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireAdmin } from "../../lib/http/auth.ts";
-import { ApiError, notFound, parseJson } from "../../lib/http/errors.ts";
-import { parseId, usdAmount } from "../../lib/http/params.ts";
+import { ApiError, notFound } from "../../lib/errors.ts";
+import { parseJson } from "../../lib/http/errors.ts";
+import { idParam, parseId, usdAmount } from "../../lib/http/params.ts";
+import {
+  apiRoutes,
+  documented,
+  errorResponses,
+  jsonBody,
+  jsonResponse,
+  SECURITY,
+} from "../../lib/http/openapi.ts";
 import {
   idempotency,
   IDEMPOTENCY_TTL_MS,
@@ -11,69 +19,58 @@ import {
   replay,
   storedReply,
 } from "../../lib/http/idempotency.ts";
+import { getAccount, getBalance, listAccounts, verifyBooks } from "../../lib/billing/accounts.ts";
+import { createAccount } from "../../lib/onboarding.ts";
 import {
-  createAccount,
-  getAccount,
-  getBalance,
-  listAccounts,
-  verifyBooks,
-} from "../../lib/billing/accounts.ts";
-import { ledgerJson } from "../../lib/billing/ledger.ts";
-import type { Account, BalanceState } from "../../lib/billing/types.ts";
-import { formatUsd } from "../../lib/money.ts";
+  AccountCreatedSchema,
+  accountJson,
+  AccountSchema,
+  LedgerEntrySchema,
+  ledgerJson,
+  listOf,
+  verifyJson,
+  VerifySchema,
+} from "../../lib/http/presenters.ts";
 import { creditEvent } from "../../lib/webhooks/events.ts";
 import { MAX_EMAIL_CHARS } from "../../lib/auth/users.ts";
 import type { Context } from "hono";
-import { Buffer } from "node:buffer";
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from "node:crypto";
+import { sealer } from "../../lib/crypto.ts";
 
-const accountSchema = z.strictObject({
+export const AccountCreate = z.strictObject({
   name: z.string().trim().min(1, "must not be empty").max(200),
   email: z.email().max(MAX_EMAIL_CHARS).nullish(),
-});
-const adjustmentSchema = z.strictObject({
-  amount: usdAmount.refine((v) => v !== 0n, "must not be zero"),
+}).meta({ id: "AccountCreate" });
+export const Adjustment = z.strictObject({
+  amount: usdAmount.refine((v) => v !== 0n, "must not be zero")
+    .meta({ description: "USD, signed: negative takes credit away" }),
   reason: z.string().trim().min(1, "must not be empty").max(500),
-});
-const refundSchema = z.strictObject({
-  amount: usdAmount.refine((v) => v > 0n, "must be positive"),
+}).meta({ id: "Adjustment" });
+export const Refund = z.strictObject({
+  amount: usdAmount.refine((v) => v > 0n, "must be positive").meta({ description: "USD" }),
   reason: z.string().trim().min(1, "must not be empty").max(500),
   reference: z.string().trim().min(1).max(200).nullish(),
+}).meta({ id: "Refund" });
+
+const AccountPath = z.object({ id: idParam("acct") });
+/** Admin writes replay by `Idempotency-Key`. */
+const IdempotencyHeader = z.object({
+  "idempotency-key": z.string().optional().meta({
+    description: "The same key and body replay the first answer; another body is 409",
+  }),
 });
 
 /**
- * The management key in a stored reply to an account creation, sealed (AES-256-GCM) under a key
- * derived from ADMIN_TOKEN: only a key's SHA-256 is kept in the clear, and only the operator, who
- * alone can replay the reply, can open it.
+ * The management key in a stored reply to an account creation is sealed under a key derived from
+ * ADMIN_TOKEN: only a key's SHA-256 is kept in the clear, and only the operator, who alone can
+ * replay the reply, can open it.
  */
-function sealer(adminToken: string) {
-  const key = createHash("sha256").update("idempotent management key\0" + adminToken).digest();
-  return {
-    seal(secret: string): string {
-      const iv = randomBytes(12);
-      const c = createCipheriv("aes-256-gcm", key, iv);
-      const ct = Buffer.concat([c.update(secret, "utf8"), c.final()]);
-      return [iv, ct, c.getAuthTag()].map((b) => b.toString("base64url")).join(".");
-    },
-    /** The secret, or null when it was sealed under another token. */
-    open(sealed: string): string | null {
-      try {
-        const [iv, ct, tag] = sealed.split(".").map((p) => Buffer.from(p, "base64url"));
-        const d = createDecipheriv("aes-256-gcm", key, iv);
-        d.setAuthTag(tag);
-        return Buffer.concat([d.update(ct), d.final()]).toString("utf8");
-      } catch {
-        return null;
-      }
-    },
-  };
-}
+const keySealer = (adminToken: string) => sealer("idempotent management key", adminToken);
 
 /** A stored account-creation reply as it is answered: its sealed management key opened. */
 function openedReply(stored: IdempotentReply, adminToken: string): IdempotentReply {
   const { management_key_sealed: sealed, ...body } = stored.body as Record<string, unknown>;
   if (typeof sealed !== "string") return stored;
-  const secret = sealer(adminToken).open(sealed);
+  const secret = keySealer(adminToken).open(sealed);
   if (secret === null) {
     throw new ApiError(
       409,
@@ -82,45 +79,6 @@ function openedReply(stored: IdempotentReply, adminToken: string): IdempotentRep
     );
   }
   return { ...stored, body: { ...body, management_key: secret } };
-}
-
-export function accountJson(a: Account, b: BalanceState) {
-  return {
-    id: a.id,
-    name: a.name,
-    email: a.email,
-    created_at: a.created_at,
-    balance: formatUsd(b.balance),
-    reserved: formatUsd(b.reserved),
-    available: formatUsd(b.balance - b.reserved),
-    total_purchased: formatUsd(b.total_purchased),
-    total_used: formatUsd(b.total_used),
-  };
-}
-
-/** Every account with its balance, as GET /v1/admin/accounts lists them (and the admin page). */
-export async function listAccountsJson(kv: Deno.Kv) {
-  const all = await listAccounts(kv);
-  return all.map(({ account, balance }) => accountJson(account, balance));
-}
-
-/** The books check as GET /v1/admin/verify reports it (and the admin page shows it). */
-export async function verifyBooksJson(kv: Deno.Kv) {
-  const v = await verifyBooks(kv);
-  return {
-    ...v,
-    differences: v.differences.map((d) => ({
-      account_id: d.account_id,
-      balance: formatUsd(d.balance),
-      ledger_sum: formatUsd(d.ledger_sum),
-      reserved: formatUsd(d.reserved),
-      holds_sum: formatUsd(d.holds_sum),
-      leased: formatUsd(d.leased),
-      leases_sum: formatUsd(d.leases_sum),
-      keys_leased: formatUsd(d.keys_leased),
-      slices_sum: formatUsd(d.slices_sum),
-    })),
-  };
 }
 
 /** A credit-moving admin write: an adjustment or a refund, replayable by Idempotency-Key. */
@@ -146,7 +104,7 @@ async function credit(
     amount,
     description,
     reference,
-    event: type === "refund" ? creditEvent(id, "credits.refunded") : undefined,
+    event: type === "refund" ? creditEvent(id, "credits.refunded", ledgerJson) : undefined,
     once: idem
       ? {
         key: idem.key,
@@ -164,16 +122,30 @@ async function credit(
 }
 
 /** The operator's API: accounts, adjustments, refunds and the books check. */
-export function adminRoutes() {
-  const app = new Hono<AppEnv>();
-  app.use("*", requireAdmin);
+export default function adminRoutes() {
+  const app = apiRoutes();
+  for (const path of ["/admin", "/admin/*"]) app.use(path, requireAdmin);
+  const security = SECURITY.admin;
+  const refusals = errorResponses(400, 401, 503);
 
-  app.post("/accounts", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/admin/accounts",
+    tags: ["Admin"],
+    summary: "A new account and its first management key (shown this once)",
+    security,
+    request: { body: jsonBody(AccountCreate), headers: IdempotencyHeader },
+    responses: {
+      201: jsonResponse(AccountCreatedSchema, "The account"),
+      ...refusals,
+      ...errorResponses(409),
+    },
+  }, async (c) => {
     const svc = c.get("svc");
     // The answer (first or replayed) carries the management key: no cache may keep a copy.
     c.header("cache-control", "no-store");
     const raw = await c.req.text();
-    const body = parseJson(raw, accountSchema);
+    const body = parseJson(raw, AccountCreate);
     const idem = await idempotency(c, "admin:accounts", raw);
     const adminToken = svc.config.adminToken!;
     for (let attempt = 0; attempt < 5; attempt++) {
@@ -184,6 +156,7 @@ export function adminRoutes() {
       const created = await createAccount(
         svc.kv,
         { name: body.name, email: body.email ?? null },
+        svc.now(),
         (atomic, r) => {
           if (!idem) return;
           const reply: IdempotentReply = {
@@ -193,7 +166,7 @@ export function adminRoutes() {
               id: r.account.id,
               name: r.account.name,
               email: r.account.email,
-              management_key_sealed: sealer(adminToken).seal(r.secret),
+              management_key_sealed: keySealer(adminToken).seal(r.secret),
             },
           };
           atomic.check({ key: idem.key, versionstamp: null })
@@ -212,30 +185,103 @@ export function adminRoutes() {
     throw new ApiError(409, "conflict", "The account could not be created; try again");
   });
 
-  app.get("/accounts", async (c) => c.json({ data: await listAccountsJson(c.get("svc").kv) }));
+  documented(app, {
+    method: "get",
+    path: "/admin/accounts",
+    tags: ["Admin"],
+    summary: "Every account with its balance",
+    security,
+    responses: {
+      200: jsonResponse(listOf(AccountSchema), "The accounts"),
+      ...refusals,
+    },
+  }, async (c) => {
+    const all = await listAccounts(c.get("svc").kv);
+    return c.json({ data: all.map(({ account, balance }) => accountJson(account, balance)) });
+  });
 
-  app.get("/accounts/:id", async (c) => {
+  documented(app, {
+    method: "get",
+    path: "/admin/accounts/{id}",
+    tags: ["Admin"],
+    summary: "One account with its balance",
+    security,
+    request: { params: AccountPath },
+    responses: {
+      200: jsonResponse(AccountSchema, "The account"),
+      ...refusals,
+      ...errorResponses(404),
+    },
+  }, async (c) => {
     const kv = c.get("svc").kv;
-    const account = await getAccount(kv, parseId("id", "acct", c.req.param("id")));
+    const account = await getAccount(kv, parseId("id", "acct", c.req.param("id") ?? ""));
     if (!account) throw notFound("The account");
     return c.json(accountJson(account, await getBalance(kv, account.id)));
   });
 
-  app.post("/accounts/:id/adjustments", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/admin/accounts/{id}/adjustments",
+    tags: ["Admin"],
+    summary: "Grants (or, negative, takes back) credit: an adjustment in the ledger",
+    security,
+    request: { params: AccountPath, body: jsonBody(Adjustment), headers: IdempotencyHeader },
+    responses: {
+      201: jsonResponse(LedgerEntrySchema, "The ledger entry"),
+      ...refusals,
+      ...errorResponses(404, 409),
+    },
+  }, async (c) => {
     const raw = await c.req.text();
-    const body = parseJson(raw, adjustmentSchema);
+    const body = parseJson(raw, Adjustment);
     return credit(c, "adjustment", body.amount, body.reason, null, raw);
   });
 
-  app.post("/accounts/:id/refunds", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/admin/accounts/{id}/refunds",
+    tags: ["Admin"],
+    summary: "Gives credit back: a refund in the ledger",
+    security,
+    request: { params: AccountPath, body: jsonBody(Refund), headers: IdempotencyHeader },
+    responses: {
+      201: jsonResponse(LedgerEntrySchema, "The ledger entry"),
+      ...refusals,
+      ...errorResponses(404, 409),
+    },
+  }, async (c) => {
     const raw = await c.req.text();
-    const body = parseJson(raw, refundSchema);
+    const body = parseJson(raw, Refund);
     return credit(c, "refund", body.amount, body.reason, body.reference ?? null, raw);
   });
 
-  app.get("/verify", async (c) => c.json(await verifyBooksJson(c.get("svc").kv)));
-  // This process's counters (plain integers since start): another process answers for itself.
-  app.get("/stats", (c) => {
+  documented(app, {
+    method: "get",
+    path: "/admin/verify",
+    tags: ["Admin"],
+    summary: "The books checked: Σ ledger = balance and reserved = Σ holds, every account",
+    security,
+    responses: { 200: jsonResponse(VerifySchema, "The check"), ...refusals },
+  }, async (c) => c.json(verifyJson(await verifyBooks(c.get("svc").kv))));
+  documented(app, {
+    method: "get",
+    path: "/admin/stats",
+    tags: ["Admin"],
+    summary: "This process's counters since it started (another process answers for itself)",
+    security,
+    responses: {
+      200: jsonResponse(
+        z.strictObject({
+          kv: z.record(z.string(), z.number().int()).meta({ description: "KV commits" }),
+          actors: z.record(z.string(), z.number().int()).meta({
+            description: "The account actors' commits, conflicts and lease events",
+          }),
+        }).meta({ id: "ProcessStats" }),
+        "Plain integers",
+      ),
+      ...refusals,
+    },
+  }, (c) => {
     const svc = c.get("svc");
     return c.json({ kv: svc.kvStats, actors: svc.actors.stats });
   });

@@ -1,16 +1,28 @@
-import { Hono } from "hono";
 import { z } from "zod";
-import type { AppEnv, Services } from "../../lib/services.ts";
+import type { Services } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
-import { ApiError, notFound, readJson } from "../../lib/http/errors.ts";
-import { packageJson } from "../../lib/billing/packages.ts";
-import { ledgerJson } from "../../lib/billing/ledger.ts";
+import { ApiError, notFound } from "../../lib/errors.ts";
+import { readJson } from "../../lib/http/errors.ts";
+import {
+  LedgerEntrySchema,
+  ledgerJson,
+  listOf,
+  packageJson,
+  PackageSchema,
+} from "../../lib/http/presenters.ts";
+import {
+  apiRoutes,
+  documented,
+  errorResponses,
+  jsonBody,
+  jsonResponse,
+  SECURITY,
+} from "../../lib/http/openapi.ts";
 import { newId } from "../../lib/ids.ts";
 import {
   checkoutIdempotencyKey,
   createCheckoutSession,
-  stripeClient,
-} from "../../lib/billing/stripe.ts";
+} from "../../lib/billing/stripe/checkout.ts";
 import Stripe from "stripe";
 import { creditEvent } from "../../lib/webhooks/events.ts";
 
@@ -41,26 +53,54 @@ export function stripeFailure(svc: Services, e: unknown, what: string): unknown 
   return new ApiError(502, "upstream_error", "Stripe did not create the Checkout Session");
 }
 
-const checkoutSchema = z.strictObject({ package_id: z.string().min(1, "is required").max(100) });
+export const Checkout = z.strictObject({ package_id: z.string().min(1, "is required").max(100) })
+  .meta({ id: "Checkout" });
 
 /** Credit packages and their purchase. */
-export function billingRoutes() {
-  const app = new Hono<AppEnv>();
+export default function billingRoutes() {
+  const app = apiRoutes();
+  // Exact paths: the saved card and auto top-up (routes/v1/spend.ts) are under /billing/ too.
   app.use("/billing/packages", requireKey("management"));
   app.use("/billing/checkout", requireKey("management"));
 
-  app.get(
-    "/billing/packages",
-    (c) => c.json({ data: c.get("svc").config.packages.map(packageJson) }),
-  );
+  documented(app, {
+    method: "get",
+    path: "/billing/packages",
+    tags: ["Billing"],
+    summary: "The credit packages on sale",
+    security: SECURITY.management,
+    responses: {
+      200: jsonResponse(listOf(PackageSchema), "The packages"),
+      ...errorResponses(401, 403),
+    },
+  }, (c) => c.json({ data: c.get("svc").config.packages.map(packageJson) }));
 
-  app.post("/billing/checkout", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/billing/checkout",
+    tags: ["Billing"],
+    summary: "Buys a package: a Stripe Checkout Session (production), or the credit at once " +
+      "(development billing)",
+    security: SECURITY.management,
+    request: { body: jsonBody(Checkout) },
+    responses: {
+      200: jsonResponse(
+        z.strictObject({ url: z.string() }),
+        "Production: the Checkout Session to send the customer to",
+      ),
+      201: jsonResponse(
+        z.strictObject({ transaction: LedgerEntrySchema }),
+        "Development: the credit granted",
+      ),
+      ...errorResponses(400, 401, 403, 404, 409, 502, 503, 504),
+    },
+  }, async (c) => {
     const svc = c.get("svc");
-    const { package_id } = await readJson(c, checkoutSchema);
+    const { package_id } = await readJson(c, Checkout);
     const pkg = svc.config.packages.find((p) => p.id === package_id);
     if (!pkg) throw notFound(`The package '${package_id}'`);
     if (svc.config.billingMode === "production") {
-      const stripe = stripeClient(svc.config);
+      const stripe = svc.stripe;
       if (!stripe) {
         throw new ApiError(503, "checkout_unavailable", "Stripe Checkout is not configured");
       }
@@ -88,7 +128,7 @@ export function billingRoutes() {
       amount: pkg.credits,
       description: `Development grant: ${pkg.name} package (no payment)`,
       reference: newId("devgrant"),
-      event: creditEvent(c.get("accountId"), "credits.purchased"),
+      event: creditEvent(c.get("accountId"), "credits.purchased", ledgerJson),
     });
     if (r.replayed) throw new Error("a development grant cannot replay");
     return c.json({ transaction: ledgerJson(r.entry) }, 201);

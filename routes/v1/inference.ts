@@ -6,7 +6,8 @@ import { type Context, Hono } from "hono";
 import { createMiddleware } from "hono/factory";
 import type { AppEnv } from "../../lib/services.ts";
 import { auditableKey, presentedSecret, requireKey } from "../../lib/http/auth.ts";
-import { ApiError, badRequest, parseJson } from "../../lib/http/errors.ts";
+import { ApiError, badRequest } from "../../lib/errors.ts";
+import { apiErrorOf, parseJson } from "../../lib/http/errors.ts";
 import { clientFacts } from "../../lib/http/client.ts";
 import { watchDeparture } from "../../lib/http/departure.ts";
 import { pause } from "../../lib/kv/util.ts";
@@ -105,7 +106,7 @@ export async function runInference<B>(
       maxEventBytes: svc.config.maxSseEventBytes,
       bounded: (u) => metered.bounded(u, false),
     });
-    return c.body(billStream(metered, stream, svc.config), 200, SSE_HEADERS);
+    return c.body(billStream(metered, stream, svc.config, svc.streams), 200, SSE_HEADERS);
   } catch (e) {
     metered.abandon(e);
     throw e;
@@ -145,11 +146,7 @@ export const inferenceAudit = createMiddleware<InferenceEnv>(async (c, next) => 
   const key = (c.get("key") as ApiKey | undefined) ??
     (status >= 400 ? await presentedKey(c) : null);
   if (!key || key.scope !== "inference") return;
-  const errorCode = status < 400
-    ? null
-    : c.error instanceof ApiError
-    ? c.error.code
-    : `http_${status}`;
+  const errorCode = status < 400 ? null : apiErrorOf(c.error)?.code ?? `http_${status}`;
   const event = audit.event(key, { status, errorCode });
   audit.markRecorded();
   await svc.actors.submit(key.account_id, { kind: "record", event });
@@ -294,3 +291,9 @@ export const INFERENCE_PATHS = [
   "/messages/count_tokens",
   "/responses",
 ] as const;
+
+/**
+ * The inference API for the route registry: its requests carry `InferenceEnv`'s audit record, set
+ * by `inferenceAudit` (lib/app.ts) before any of its routes runs.
+ */
+export default (): Hono<AppEnv> => inferenceRoutes() as unknown as Hono<AppEnv>;

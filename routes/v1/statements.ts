@@ -1,26 +1,53 @@
-import { Hono } from "hono";
-import type { AppEnv } from "../../lib/services.ts";
+import { z } from "zod";
 import { requireKey } from "../../lib/http/auth.ts";
-import { badRequest } from "../../lib/http/errors.ts";
+import { badRequest } from "../../lib/errors.ts";
+import { monthRange, monthStatement } from "../../lib/billing/statements.ts";
+import { statementCsv, statementJson, StatementSchema } from "../../lib/http/presenters.ts";
+import { queryParam } from "../../lib/http/params.ts";
 import {
-  monthRange,
-  monthStatement,
-  statementCsv,
-  statementJson,
-} from "../../lib/billing/statements.ts";
+  apiRoutes,
+  documented,
+  errorResponses,
+  readQuery,
+  SECURITY,
+} from "../../lib/http/openapi.ts";
+
+const StatementQuery = z.object({
+  format: queryParam("json (default) or csv", { enum: ["json", "csv"] }),
+});
 
 /** Monthly statements of the caller's account, as JSON or CSV. */
-export function statementRoutes() {
-  const app = new Hono<AppEnv>();
+export default function statementRoutes() {
+  const app = apiRoutes();
   app.use("/statements/*", requireKey("management"));
 
-  app.get("/statements/:month", async (c) => {
+  documented(app, {
+    method: "get",
+    path: "/statements/{month}",
+    tags: ["Billing"],
+    summary: "A UTC month's statement: opening balance, purchases, usage by model, closing balance",
+    security: SECURITY.management,
+    request: {
+      params: z.object({ month: z.string().meta({ description: "YYYY-MM", example: "2026-11" }) }),
+      query: StatementQuery,
+    },
+    responses: {
+      200: {
+        description: "The statement (CSV: `section,provider,model,requests,amount`)",
+        content: {
+          "application/json": { schema: StatementSchema },
+          "text/csv": { schema: z.string() },
+        },
+      },
+      ...errorResponses(400, 401, 403),
+    },
+  }, async (c) => {
     const svc = c.get("svc");
-    const month = c.req.param("month");
+    const month = c.req.param("month") ?? "";
     const range = monthRange(month);
     if (!range) throw badRequest("Invalid 'month': must be a month as YYYY-MM");
     if (range[0] > svc.now()) throw badRequest("Invalid 'month': it has not begun yet");
-    const format = c.req.query("format") ?? "json";
+    const format = readQuery(c, StatementQuery).format ?? "json";
     if (format !== "json" && format !== "csv") {
       throw badRequest("Invalid 'format': must be json or csv");
     }

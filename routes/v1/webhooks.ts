@@ -1,17 +1,25 @@
-import { Hono } from "hono";
 import type { Context } from "hono";
 import { z } from "zod";
 import type { AppEnv } from "../../lib/services.ts";
 import { requireKey } from "../../lib/http/auth.ts";
-import { ApiError, badRequest, notFound, readJson } from "../../lib/http/errors.ts";
-import { parseCursor, parseLimit } from "../../lib/http/params.ts";
+import { ApiError, badRequest, notFound } from "../../lib/errors.ts";
+import { readJson } from "../../lib/http/errors.ts";
+import { idParam, PageQuery, parseCursor, parseLimit } from "../../lib/http/params.ts";
+import {
+  apiRoutes,
+  documented,
+  errorResponses,
+  jsonBody,
+  jsonResponse,
+  readQuery,
+  SECURITY,
+} from "../../lib/http/openapi.ts";
 import { newId } from "../../lib/ids.ts";
 import { pageNewestFirst } from "../../lib/kv/util.ts";
 import { webhookDeliveriesPrefix } from "../../lib/kv/schema.ts";
 import { EVENT_TYPES } from "../../lib/webhooks/events.ts";
 import {
   changeEndpoints,
-  endpointJson,
   getEndpoint,
   getEndpoints,
   MAX_ENDPOINTS,
@@ -19,7 +27,17 @@ import {
   newSecret,
   type WebhookEndpoint,
 } from "../../lib/webhooks/endpoints.ts";
-import { type Delivery, deliveryJson } from "../../lib/webhooks/dispatcher.ts";
+import type { Delivery } from "../../lib/webhooks/dispatcher.ts";
+import {
+  DeletedSchema,
+  deliveryJson,
+  DeliveryPageSchema,
+  DeliverySchema,
+  endpointJson,
+  listOf,
+  WebhookEndpointCreatedSchema,
+  WebhookEndpointSchema,
+} from "../../lib/http/presenters.ts";
 
 const url = z.string().trim().max(MAX_URL_CHARS).refine((v) => {
   const u = URL.parse(v);
@@ -29,12 +47,13 @@ const url = z.string().trim().max(MAX_URL_CHARS).refine((v) => {
 const events = z.array(z.enum(EVENT_TYPES)).min(1, "must name at least one event")
   .refine((v) => new Set(v).size === v.length, "must not repeat an event");
 
-const createSchema = z.strictObject({ url, events });
-const patchSchema = z.strictObject({
+export const WebhookCreate = z.strictObject({ url, events }).meta({ id: "WebhookCreate" });
+export const WebhookPatch = z.strictObject({
   url: url.optional(),
   events: events.optional(),
   disabled: z.boolean().optional(),
-});
+}).meta({ id: "WebhookPatch" });
+const EndpointPath = z.object({ id: idParam("we") });
 
 /** The endpoint URL, normalised (no fragment), if this router may deliver to it; else 400. */
 async function deliverableUrl(c: Context<AppEnv>, raw: string): Promise<string> {
@@ -58,18 +77,42 @@ async function ownEndpoint(c: Context<AppEnv>): Promise<WebhookEndpoint> {
 }
 
 /** Customer webhooks: endpoints, test events and the delivery log. */
-export function webhookRoutes() {
-  const app = new Hono<AppEnv>();
+export default function webhookRoutes() {
+  const app = apiRoutes();
   for (const path of ["/webhooks", "/webhooks/*"]) app.use(path, requireKey("management"));
+  const security = SECURITY.management;
+  const refusals = errorResponses(400, 401, 403);
 
-  app.get("/webhooks", async (c) => {
+  documented(app, {
+    method: "get",
+    path: "/webhooks",
+    tags: ["Webhooks"],
+    summary: "The account's webhook endpoints",
+    security,
+    responses: {
+      200: jsonResponse(listOf(WebhookEndpointSchema), "The endpoints"),
+      ...refusals,
+    },
+  }, async (c) => {
     const list = (await getEndpoints(c.get("svc").kv, c.get("accountId"))).value ?? [];
     return c.json({ data: list.map(endpointJson) });
   });
 
-  app.post("/webhooks", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/webhooks",
+    tags: ["Webhooks"],
+    summary: "A new endpoint; its signing secret is shown this once",
+    security,
+    request: { body: jsonBody(WebhookCreate) },
+    responses: {
+      201: jsonResponse(WebhookEndpointCreatedSchema, "The endpoint and its secret"),
+      ...refusals,
+      ...errorResponses(409),
+    },
+  }, async (c) => {
     const svc = c.get("svc");
-    const body = await readJson(c, createSchema);
+    const body = await readJson(c, WebhookCreate);
     const at = new Date(svc.now()).toISOString();
     const endpoint: WebhookEndpoint = {
       id: newId("we"),
@@ -91,11 +134,35 @@ export function webhookRoutes() {
     return c.json({ ...endpointJson(endpoint), secret: endpoint.secret }, 201);
   });
 
-  app.get("/webhooks/:id", async (c) => c.json(endpointJson(await ownEndpoint(c))));
+  documented(app, {
+    method: "get",
+    path: "/webhooks/{id}",
+    tags: ["Webhooks"],
+    summary: "One endpoint",
+    security,
+    request: { params: EndpointPath },
+    responses: {
+      200: jsonResponse(WebhookEndpointSchema, "The endpoint"),
+      ...refusals,
+      ...errorResponses(404),
+    },
+  }, async (c) => c.json(endpointJson(await ownEndpoint(c))));
 
-  app.patch("/webhooks/:id", async (c) => {
+  documented(app, {
+    method: "patch",
+    path: "/webhooks/{id}",
+    tags: ["Webhooks"],
+    summary: "Changes an endpoint's URL, events or disabled flag",
+    security,
+    request: { params: EndpointPath, body: jsonBody(WebhookPatch) },
+    responses: {
+      200: jsonResponse(WebhookEndpointSchema, "The endpoint as changed"),
+      ...refusals,
+      ...errorResponses(404, 409),
+    },
+  }, async (c) => {
     const svc = c.get("svc");
-    const patch = await readJson(c, patchSchema);
+    const patch = await readJson(c, WebhookPatch);
     const id = (await ownEndpoint(c)).id;
     const newUrl = patch.url === undefined ? undefined : await deliverableUrl(c, patch.url);
     const list = await changeEndpoints(
@@ -118,13 +185,33 @@ export function webhookRoutes() {
     return c.json(endpointJson(updated));
   });
 
-  app.delete("/webhooks/:id", async (c) => {
+  documented(app, {
+    method: "delete",
+    path: "/webhooks/{id}",
+    tags: ["Webhooks"],
+    summary: "Deletes an endpoint",
+    security,
+    request: { params: EndpointPath },
+    responses: { 200: jsonResponse(DeletedSchema, "Deleted"), ...refusals, ...errorResponses(404) },
+  }, async (c) => {
     const id = (await ownEndpoint(c)).id;
     await changeEndpoints(c.get("svc").kv, c.get("accountId"), (l) => l.filter((e) => e.id !== id));
     return c.json({ id, deleted: true });
   });
 
-  app.post("/webhooks/:id/test", async (c) => {
+  documented(app, {
+    method: "post",
+    path: "/webhooks/{id}/test",
+    tags: ["Webhooks"],
+    summary: "Sends a webhook.test event now; answers its delivery after the first attempt",
+    security,
+    request: { params: EndpointPath },
+    responses: {
+      200: jsonResponse(DeliverySchema, "The delivery"),
+      ...refusals,
+      ...errorResponses(404, 409),
+    },
+  }, async (c) => {
     const endpoint = await ownEndpoint(c);
     if (endpoint.disabled) {
       throw new ApiError(409, "endpoint_disabled", "The webhook endpoint is disabled");
@@ -133,12 +220,25 @@ export function webhookRoutes() {
     return c.json(deliveryJson(delivery));
   });
 
-  app.get("/webhooks/:id/deliveries", async (c) => {
+  documented(app, {
+    method: "get",
+    path: "/webhooks/{id}/deliveries",
+    tags: ["Webhooks"],
+    summary: "The endpoint's delivery log, newest first",
+    security,
+    request: { params: EndpointPath, query: PageQuery },
+    responses: {
+      200: jsonResponse(DeliveryPageSchema, "A page of deliveries"),
+      ...refusals,
+      ...errorResponses(404),
+    },
+  }, async (c) => {
     const endpoint = await ownEndpoint(c);
+    const q = readQuery(c, PageQuery);
     const page = await pageNewestFirst<Delivery, ReturnType<typeof deliveryJson>>(
       c.get("svc").kv,
       { prefix: webhookDeliveriesPrefix(c.get("accountId"), endpoint.id) },
-      { limit: parseLimit(c.req.query("limit")), cursor: parseCursor(c.req.query("cursor")) },
+      { limit: parseLimit(q.limit), cursor: parseCursor(q.cursor) },
       deliveryJson,
     );
     return c.json(page);

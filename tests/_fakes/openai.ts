@@ -27,6 +27,8 @@ export interface Scenario {
   delayMs?: number;
   /** Number of content chunks a stream is cut into. */
   chunks?: number;
+  /** Number of content chunks a stream is cut into, by request (undefined: `chunks`). */
+  chunksFor?: (body: Record<string, unknown>) => number | undefined;
   /** Milliseconds between stream chunks. */
   chunkDelayMs?: number;
   /** Omit the usage chunk even when asked for it. */
@@ -163,7 +165,7 @@ export function startFakeOpenAI(): FakeOpenAI {
     }
     const includeUsage =
       (body.stream_options as { include_usage?: boolean })?.include_usage === true;
-    const n = Math.max(1, s.chunks ?? 4);
+    const n = Math.max(1, s.chunksFor?.(body) ?? s.chunks ?? 4);
     const size = Math.ceil(content.length / n);
     const parts = Array.from({ length: n }, (_, i) => content.slice(i * size, (i + 1) * size));
     /** The cumulative usage after `k` of the `n` content parts. */

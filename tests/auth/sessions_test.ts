@@ -13,7 +13,7 @@ import {
   SIGNIN_EMAIL_LIMIT,
   SIGNIN_LIMIT,
 } from "../../lib/auth/sessions.ts";
-import { signUp } from "../../lib/auth/users.ts";
+import { signUp } from "../../lib/onboarding.ts";
 import { json, startRouter } from "../_helpers.ts";
 
 Deno.test("sessions are found by token, end at their deadline and on delete", async () => {
@@ -147,7 +147,7 @@ Deno.test("a dashboard session calls the management API; writes need the CSRF to
       name: "A",
       password: "password-a-123",
       accountName: "A Co",
-    });
+    }, Date.now());
     assert.ok(a);
     const { token, session } = await createSession(t.kv, {
       kind: "user",

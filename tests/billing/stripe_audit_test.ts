@@ -10,7 +10,6 @@ import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { type FakeStripe, startFakeStripe } from "../_fakes/stripe.ts";
 import { balance, checkout, deliverSigned, kvStamps, transactions } from "../_stripe.ts";
 import { serveLoopback } from "../_fakes/serve.ts";
-import { stripeClient } from "../../lib/billing/stripe.ts";
 import type { Logger } from "../../lib/log.ts";
 
 const SECRET_KEY = "sk_test_router_secret_do_not_leak_4242";
@@ -153,7 +152,7 @@ Deno.test("checkout while Stripe is too slow: 504 upstream_timeout JSON, nothing
   try {
     await run(async ({ t, logs }) => {
       // Stripe's own request timeout (20 s in production), shortened for the test.
-      const client = stripeClient(t.router.svc.config) as unknown as {
+      const client = t.router.svc.stripe as unknown as {
         _setApiField(k: string, v: unknown): void;
       };
       client._setApiField("timeout", 150);

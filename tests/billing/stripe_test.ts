@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
 import Stripe from "stripe";
 import { loadConfig } from "../../lib/config.ts";
-import { stripeClient, stripeOptions, verifyWebhook } from "../../lib/billing/stripe.ts";
+import {
+  createStripeClient,
+  stripeOptions,
+  verifyWebhook,
+} from "../../lib/billing/stripe/client.ts";
 
 const cryptoProvider = Stripe.createSubtleCryptoProvider();
 const config = (env: Record<string, string>) =>
@@ -23,10 +27,9 @@ Deno.test("stripeOptions points the client at STRIPE_API_BASE's host, port and p
   assert.ok((real.maxNetworkRetries ?? 0) > 0, "network failures are retried");
 });
 
-Deno.test("stripeClient is null without STRIPE_SECRET_KEY and one client per config", () => {
-  assert.equal(stripeClient(config({})), null);
-  const c = config({ STRIPE_SECRET_KEY: "sk_test_x" });
-  assert.equal(stripeClient(c), stripeClient(c));
+Deno.test("createStripeClient is null without STRIPE_SECRET_KEY, a client with one", () => {
+  assert.equal(createStripeClient(config({})), null);
+  assert.ok(createStripeClient(config({ STRIPE_SECRET_KEY: "sk_test_x" })) instanceof Stripe);
 });
 
 Deno.test("verifyWebhook accepts any configured secret within five minutes, and nothing else", async () => {

@@ -1,12 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  canonicalIp,
-  canonicalProxy,
-  clientAddress,
-  signinClient,
-  trustedProxies,
-  trustingProxies,
-} from "../../lib/http/client_addr.ts";
+import { canonicalIp, canonicalProxy, signinClient, trustedProxies } from "../../lib/net.ts";
+import { clientAddress, trustingProxies } from "../../lib/http/client_addr.ts";
 
 Deno.test("canonicalIp accepts IPv4 and IPv6 in one canonical form, and nothing else", () => {
   assert.equal(canonicalIp("10.0.0.1"), "10.0.0.1");

@@ -84,6 +84,7 @@ Deno.test("Lifecycle: draining answers /readyz 503 at once and resolves when the
     assert.equal(refused.status, 503);
     assert.equal(refused.body.error.code, "shutting_down");
     assert.equal((await status(`${url}/healthz`)).status, 200, "still alive");
+    assert.deepEqual((await status(`${url}/metrics`)).body, { served: true }, "metrics still read");
     // One stream ends, its client reads to the end; the other's client goes away.
     streams[0].close();
     assert.equal((await readers[0].read()).done, true);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ConnectionLimits, serveWithLimits } from "../../lib/http/serve.ts";
-import { trustedProxies } from "../../lib/http/client_addr.ts";
+import { trustedProxies } from "../../lib/net.ts";
 import { silentLogger } from "../../lib/log.ts";
 import { parseResponse, RawConn } from "../_raw.ts";
 

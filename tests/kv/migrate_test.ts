@@ -7,7 +7,8 @@ import { migrate, type Migration, MigrationError, schemaVersion } from "../../li
 import { migrateSchema, SCHEMA_VERSION } from "../../lib/migrations.ts";
 import { MIGRATION_LOCK_KEY, SCHEMA_VERSION_KEY } from "../../lib/kv/schema.ts";
 import { ledgerTotals, sumLedger } from "../../lib/billing/totals.ts";
-import { createAccount, listAccounts, verifyBooks } from "../../lib/billing/accounts.ts";
+import { listAccounts, verifyBooks } from "../../lib/billing/accounts.ts";
+import { createAccount } from "../../lib/onboarding.ts";
 import { type Logger, silentLogger } from "../../lib/log.ts";
 import { sleep } from "../../lib/kv/util.ts";
 
@@ -167,7 +168,10 @@ Deno.test("main.ts processes starting together answer /readyz 503 while migratin
       books = await populateBooks(t);
       // Enough accounts that the back-fill takes a while: the processes overlap in it.
       await Promise.all(
-        Array.from({ length: 300 }, (_, i) => createAccount(t.kv, { name: `a${i}`, email: null })),
+        Array.from(
+          { length: 300 },
+          (_, i) => createAccount(t.kv, { name: `a${i}`, email: null }, Date.now()),
+        ),
       );
     } finally {
       await t.close();

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { ConfigError, loadConfig } from "../../lib/config.ts";
+import { loadConfig } from "../../lib/config.ts";
+import { ConfigError } from "../../lib/errors.ts";
 import { mainTs } from "../_main.ts";
 
 Deno.test("defaults follow API.md's table", () => {
@@ -71,6 +72,7 @@ Deno.test("a bad value is one line naming the variable", () => {
       ["IDLE_TIMEOUT_MS", "3600001"],
       ["MAX_CONNECTIONS_PER_CLIENT", "many"],
       ["ADMIN_TOKEN", "short"],
+      ["METRICS_TOKEN", "short"],
       ["BILLING_MODE", "free"],
       ["DISCOUNT_PERCENT", "101"],
       ["DISCOUNT_PERCENT", "-5"],

@@ -2,53 +2,48 @@ import assert from "node:assert/strict";
 import { ADMIN_TOKEN, json } from "../_helpers.ts";
 import { type Scenario, startFakeOpenAI } from "../_fakes/openai.ts";
 import { spawnRouter } from "../_main.ts";
+import { accountWithKey } from "./_ops.ts";
 import { verifyBooks } from "../../lib/billing/accounts.ts";
+import { getAuditRow } from "../../lib/audit/query.ts";
 import { parseUsd } from "../../lib/money.ts";
-import type { LedgerEntry } from "../../lib/billing/types.ts";
+import { STREAM_SHUTDOWN } from "../../lib/sse.ts";
+import { countStreamedOutput } from "../../lib/proxy/tokens.ts";
+import { encodingCounter } from "../../lib/tokenizer.ts";
+import type { AuditRow, LedgerEntry } from "../../lib/billing/types.ts";
+
+// The router counts gpt-4o-mini's output with this tokenizer.
+const o200k = await encodingCounter("o200k_base");
+const ENDED = `data: ${JSON.stringify({ error: STREAM_SHUTDOWN })}\n\n`;
 
 const STREAMS = 20;
+// Streams asking for a long answer outlast the grace: about 50 s against 3 s.
+const LONG = 8;
+const GRACE_MS = 3000;
 
-async function setUp(url: string) {
-  const admin = (path: string, body: unknown) =>
-    fetch(url + path, {
-      method: "POST",
-      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
-      body: JSON.stringify(body),
-    });
-  const acct = await json(await admin("/v1/admin/accounts", { name: "Draining" }), 201);
-  await json(
-    await admin(`/v1/admin/accounts/${acct.id}/adjustments`, { amount: "5", reason: "t" }),
-    201,
-  );
-  const k = await fetch(`${url}/v1/keys`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${acct.management_key}`, "content-type": "application/json" },
-    body: JSON.stringify({ name: "streams" }),
+const chatBody = (content: string) =>
+  JSON.stringify({
+    model: "gpt-4o-mini",
+    messages: [{ role: "user", content }],
+    max_tokens: 2000,
+    stream: true,
+    stream_options: { include_usage: true },
   });
-  return { accountId: acct.id as string, key: (await json(k, 201)).key as string };
-}
-
-const chatBody = JSON.stringify({
-  model: "gpt-4o-mini",
-  messages: [{ role: "user", content: "a long answer please" }],
-  max_tokens: 64,
-  stream: true,
-  stream_options: { include_usage: true },
-});
 
 /** A stream opened through the router, its first chunk read. */
-async function openStream(url: string, key: string) {
+async function openStream(url: string, key: string, content = "a short answer please") {
   const res = await fetch(`${url}/v1/chat/completions`, {
     method: "POST",
     headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-    body: chatBody,
+    body: chatBody(content),
   });
   assert.equal(res.status, 200);
+  const requestId = res.headers.get("x-request-id")!;
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
   let text = (await reader.read()).value ?? "";
   let sinceMark = 0;
   let marked = false;
   return {
+    requestId,
     /** From now on chunks are counted. */
     mark: () => marked = true,
     /** Reads to the end; resolves with the text and the chunks read after `mark`. */
@@ -57,7 +52,7 @@ async function openStream(url: string, key: string) {
         text += r.value;
         if (marked) sinceMark++;
       }
-      return { text, sinceMark };
+      return { requestId, text, sinceMark };
     },
   };
 }
@@ -67,22 +62,25 @@ const costOf = (sse: string) => {
   return line ? parseUsd(JSON.parse(line.slice(6)).usage.cost.toFixed(9)) : null;
 };
 
-async function ledgerOf(kvPath: string, accountId: string) {
+/** After the process ended: the account's ledger rows, the audit rows of `requestIds`, the books. */
+async function booksOf(kvPath: string, accountId: string, requestIds: string[] = []) {
   const kv = await Deno.openKv(kvPath);
   try {
     const rows = (await Array.fromAsync(kv.list<LedgerEntry>({ prefix: ["ledger", accountId] })))
       .map((e) => e.value);
-    return { rows, books: await verifyBooks(kv, { scan: true }) };
+    const audit = new Map<string, AuditRow | null>();
+    for (const id of requestIds) audit.set(id, await getAuditRow(kv, accountId, id));
+    return { rows, audit, books: await verifyBooks(kv, { scan: true }) };
   } finally {
     kv.close();
   }
 }
 
-/** A router process on a KV file, its fake OpenAI streaming `chunks` chunks `chunkDelayMs` apart. */
+/** A router process on a KV file, its fake OpenAI streaming as `scenario` says. */
 async function streamingRouter(scenario: Scenario, env: Record<string, string> = {}) {
   const dir = await Deno.makeTempDir();
   const openai = startFakeOpenAI();
-  openai.scenario = { usage: { prompt_tokens: 20, completion_tokens: 10 }, ...scenario };
+  openai.scenario = scenario;
   const kvPath = `${dir}/router.kv`;
   const cleanUp = async () => {
     await openai.close();
@@ -108,14 +106,26 @@ async function streamingRouter(scenario: Scenario, env: Record<string, string> =
   };
 }
 
-Deno.test("SIGTERM during 20 open streams: /readyz 503 at once, each stream finishes and is billed, exit 0", async () => {
-  // Each stream runs about two seconds: all of them are open when the signal comes.
-  const setup = await streamingRouter({ chunks: 20, chunkDelayMs: 100 });
+Deno.test("SIGTERM during 20 open streams, 8 outlasting SHUTDOWN_GRACE_MS: /readyz 503 at once, the others finish, those 8 end at the deadline with an error event; each billed for what it delivered, exit 0", async () => {
+  // A short answer runs about a second; a long one, a thousand chunks 50 ms apart, 50 seconds.
+  const setup = await streamingRouter({
+    usage: { prompt_tokens: 20, completion_tokens: 10 },
+    chunkDelayMs: 50,
+    chunksFor: (body) => JSON.stringify(body).includes("long answer") ? 1000 : 20,
+  }, { SHUTDOWN_GRACE_MS: String(GRACE_MS) });
   const { router, kvPath } = setup;
   try {
-    const { accountId, key } = await setUp(router.url);
+    const { accountId, key } = await accountWithKey(router.url);
     const streams = await Promise.all(
-      Array.from({ length: STREAMS }, () => openStream(router.url, key)),
+      Array.from(
+        { length: STREAMS },
+        (_, i) =>
+          openStream(
+            router.url,
+            key,
+            i < LONG ? "a long answer please, ".repeat(40) : "a short answer please",
+          ),
+      ),
     );
     router.child.kill("SIGTERM");
     let ready = await fetch(`${router.url}/readyz`);
@@ -128,59 +138,48 @@ Deno.test("SIGTERM during 20 open streams: /readyz 503 at once, each stream fini
     const refused = await fetch(`${router.url}/v1/chat/completions`, {
       method: "POST",
       headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-      body: chatBody,
+      body: chatBody("too late"),
     });
     assert.equal((await json(refused, 503)).error.code, "shutting_down");
 
     const done = await Promise.all(streams.map((s) => s.rest()));
-    for (const { text, sinceMark } of done) {
-      assert.ok(sinceMark > 0, "the stream went on while the router drained");
-      assert.match(text, /data: \[DONE\]/);
-    }
     const status = await router.child.status;
     assert.equal(status.code, 0, router.output());
+    assert.doesNotMatch(router.output(), /requests cut at the shutdown deadline/);
 
-    const told = done.map(({ text }) => costOf(text));
-    assert.ok(told.every((c) => c !== null && c > 0n), "each client was told its cost");
-    const { rows, books } = await ledgerOf(kvPath, accountId);
+    const { rows, audit, books } = await booksOf(
+      kvPath,
+      accountId,
+      done.map((d) => d.requestId),
+    );
     const debits = rows.filter((r) => r.type === "usage_debit");
     assert.equal(debits.length, STREAMS, "every stream was billed and recorded before exit");
-    assert.equal(
-      debits.reduce((s, r) => s - r.amount, 0n),
-      told.reduce((s, c) => s! + c!, 0n),
-    );
+    let billed = 0n;
+    for (const [i, { requestId, text, sinceMark }] of done.entries()) {
+      assert.ok(sinceMark > 0, "the stream went on while the router drained");
+      const row = audit.get(requestId)!;
+      assert.ok(row, `the audit row of ${requestId}`);
+      if (i < LONG) {
+        // Ended at the deadline: the error event last, billed for the input and what went out.
+        assert.ok(text.endsWith(ENDED), text.slice(-300));
+        assert.doesNotMatch(text, /\[DONE\]/);
+        assert.equal(row.error_code, "shutting_down");
+        assert.equal(
+          row.completion_tokens,
+          countStreamedOutput(text.slice(0, -ENDED.length), o200k),
+        );
+        assert.ok(row.completion_tokens > 0 && row.cost > 0n);
+      } else {
+        assert.match(text, /data: \[DONE\]\n\n$/);
+        assert.equal(row.error_code, null);
+        assert.equal(row.cost, costOf(text), "billed what the client was told");
+      }
+      billed += row.cost;
+    }
+    assert.equal(debits.reduce((s, r) => s - r.amount, 0n), billed);
     assert.equal(books.pending_events, 0);
     assert.deepEqual(books.differences, []);
     assert.ok(books.ok);
-  } finally {
-    await setup.close();
-  }
-});
-
-Deno.test("SIGTERM with a stream outlasting SHUTDOWN_GRACE_MS: the process exits 0 at the deadline, books intact", async () => {
-  // A stream of more than three minutes: only the deadline ends the process before it.
-  const setup = await streamingRouter({ chunks: 1000, chunkDelayMs: 200 }, {
-    SHUTDOWN_GRACE_MS: "300",
-  });
-  const { router, kvPath } = setup;
-  try {
-    const { key } = await setUp(router.url);
-    const stream = await openStream(router.url, key);
-    router.child.kill("SIGTERM");
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const status = await Promise.race([
-      router.child.status,
-      new Promise<null>((r) => timer = setTimeout(() => r(null), 60_000)),
-    ]);
-    clearTimeout(timer);
-    assert.ok(status, "the process ended at the deadline, not with the stream");
-    assert.equal(status.code, 0);
-    assert.match(router.output(), /"msg":"requests cut at the shutdown deadline","requests":1/);
-    await stream.rest().catch(() => {});
-    const { books } = await ledgerOf(kvPath, "");
-    // The cut stream's hold stays until it expires: reserved = Σ holds still.
-    assert.deepEqual(books.differences, []);
-    assert.equal(books.pending_events, 0);
   } finally {
     await setup.close();
   }

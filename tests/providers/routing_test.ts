@@ -5,7 +5,8 @@ import { startProviders } from "./_setup.ts";
 import { startFakeOpenAI } from "../_fakes/openai.ts";
 import { startFakeAnthropic } from "../_fakes/anthropic.ts";
 import { Providers } from "../../lib/providers/registry.ts";
-import { ConfigError, loadConfig } from "../../lib/config.ts";
+import { loadConfig } from "../../lib/config.ts";
+import { ConfigError } from "../../lib/errors.ts";
 
 const FAST_RETRY = { retry: { max_retries: 1, backoff_ms: 1 } };
 // claude-haiku-4-5 list prices ($/M): input 1, output 5. 1000 input + 200 output tokens:

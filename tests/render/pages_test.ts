@@ -134,7 +134,12 @@ Deno.test("the audit and transaction pages page through the same rows as the API
       description: "test credit",
       reference: null,
     });
-    const { secret } = await createKey(t.kv, acct, { name: "pager", scope: "inference" });
+    const { secret } = await createKey(
+      t.kv,
+      acct,
+      { name: "pager", scope: "inference" },
+      Date.now(),
+    );
     for (let i = 0; i < 53; i++) {
       const r = await t.call(secret, "POST", "/v1/chat/completions", {
         model: "gpt-4o-mini",

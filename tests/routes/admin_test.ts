@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { newId } from "../../lib/ids.ts";
 import { ADMIN_TOKEN, json, startRouter } from "../_helpers.ts";
-import { hashSecret } from "../../lib/auth/keys.ts";
+import { hashSecret } from "../../lib/crypto.ts";
 import { idemKey } from "../../lib/kv/schema.ts";
 
 Deno.test("admin: accounts are created, listed and read with their balances", async () => {

@@ -2,6 +2,9 @@ import assert from "node:assert/strict";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { type FakeStripe, startFakeStripe } from "../_fakes/stripe.ts";
 import { balance, checkout, deliverSigned, kvStamps, transactions } from "../_stripe.ts";
+import Stripe from "stripe";
+import { loadConfig } from "../../lib/config.ts";
+import { stripeOptions } from "../../lib/billing/stripe/client.ts";
 
 const SECRET = "whsec_test_current_0123456789";
 const OLD_SECRET = "whsec_test_previous_0123456789";
@@ -550,3 +553,25 @@ Deno.test("a take-back and its refund's failure delivered at once leave the cred
       .reduce((n, e) => n + Number(e.amount) * 100, 0);
     assert.equal(sum, 0, `${[...outcomes].join(", ")}: every take-back given back`);
   }));
+
+Deno.test("checkout calls Stripe through the client createApp was given", async () => {
+  const stripe = startFakeStripe();
+  // The configuration's own client would reach nothing: every call must go through the given one.
+  const env = { STRIPE_SECRET_KEY: "sk_test_configured", STRIPE_API_BASE: "http://127.0.0.1:9" };
+  const given = new Stripe(
+    "sk_test_given",
+    stripeOptions(loadConfig({ ...env, STRIPE_API_BASE: stripe.url })),
+  );
+  const t = await startRouter({ env, stripe: given });
+  try {
+    const { mgmt } = await t.account("0");
+    const res = await t.call(mgmt, "POST", "/v1/billing/checkout", { package_id: "starter" });
+    assert.equal(res.status, 200, await res.clone().text());
+    assert.match((await res.json()).url, /^https:\/\//);
+    const auth = new Set(stripe.requests.map((r) => r.headers.authorization));
+    assert.deepEqual([...auth], ["Bearer sk_test_given"]);
+  } finally {
+    await t.close();
+    await stripe.close();
+  }
+});

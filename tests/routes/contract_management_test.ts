@@ -78,8 +78,7 @@ Deno.test("periods: an impossible calendar date is 400 naming the parameter, not
 Deno.test("periods: a time without a zone is UTC, whatever the server's local time zone", async () => {
   // The server's zone is the process's: a child process in Tokyo (UTC+9) parses the parameters.
   const code = `
-    import { parseTime } from "./lib/http/params.ts";
-    import { usageParams } from "./lib/usage/params.ts";
+    import { parseTime, usageParams } from "./lib/http/params.ts";
     const q = { from: "2030-03-01T10:00", to: "2030-03-01T14:00:00" };
     const u = usageParams((n) => q[n], Date.parse("2030-03-05T00:00:00Z"));
     console.log(JSON.stringify([

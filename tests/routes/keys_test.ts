@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { json, startRouter } from "../_helpers.ts";
-import { hashSecret } from "../../lib/auth/keys.ts";
+import { hashSecret } from "../../lib/crypto.ts";
 
 Deno.test("management keys: create, list, read, update, revoke", async () => {
   const t = await startRouter();

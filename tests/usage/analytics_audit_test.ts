@@ -12,9 +12,13 @@ import type { UsageEvent } from "../../lib/billing/types.ts";
 import { newId } from "../../lib/ids.ts";
 import { recordEvents } from "../../lib/audit/recorder.ts";
 import { compactAccount } from "../../lib/usage/compact.ts";
-import { queryUsage } from "../../lib/usage/query.ts";
+import { queryUsage as queryRows, type UsageQuery } from "../../lib/usage/query.ts";
+import { usageJson } from "../../lib/http/presenters.ts";
 import { distinctEvent } from "../_fixtures.ts";
 import { parseCsv } from "../_csv.ts";
+
+/** The usage query as GET /v1/usage answers it. */
+const queryUsage = async (kv: Deno.Kv, q: UsageQuery) => usageJson(await queryRows(kv, q));
 
 // Test clocks run ahead of the real one (see tests/billing/limits_test.ts).
 const T0 = Date.parse("2032-01-05T21:10:00Z");

@@ -2,11 +2,16 @@ import assert from "node:assert/strict";
 import { recordEvents } from "../../lib/audit/recorder.ts";
 import { outboxKey } from "../../lib/kv/schema.ts";
 import { parseUsd } from "../../lib/money.ts";
-import { periodBuckets, queryUsage, type UsageQuery } from "../../lib/usage/query.ts";
-import { usageParams } from "../../lib/usage/params.ts";
+import { queryUsage as queryRows, type UsageQuery } from "../../lib/usage/query.ts";
+import { periodBuckets } from "../../lib/usage/period.ts";
+import { usageJson } from "../../lib/http/presenters.ts";
+import { usageParams } from "../../lib/http/params.ts";
 import type { LedgerEntry, UsageEvent } from "../../lib/billing/types.ts";
 import { ApiError } from "../../lib/http/errors.ts";
 import { distinctEvent } from "../_fixtures.ts";
+
+/** The usage query as GET /v1/usage answers it. */
+const queryUsage = async (kv: Deno.Kv, q: UsageQuery) => usageJson(await queryRows(kv, q));
 
 const ACCT = "acct_test";
 /** A billed usage event at `iso`, with distinct token and money figures per call. */
@@ -222,6 +227,7 @@ Deno.test("usage: hour, day, week and month boundaries are UTC, edges exact to t
       accountId: ACCT,
       fromMs: ms("2026-11-01"),
       toMs: ms("2026-11-03"),
+      now: FAR_FUTURE,
     });
     assert.equal(short.interval, "hour");
     assert.equal(short.breakdown.length, 48);

@@ -11,7 +11,7 @@
  * `auto_topup.failed`, and the third in a row turns auto top-up off.
  */
 import Stripe from "stripe";
-import type { Services } from "../../services.ts";
+import type { SpendDeps } from "../spend_deps.ts";
 import {
   onceKey,
   paymentMethodKey,
@@ -25,13 +25,9 @@ import { newId } from "../../ids.ts";
 import { accountEvent, emitEvent } from "../../webhooks/events.ts";
 import { getAccount } from "../accounts.ts";
 import { getBalanceView } from "../views.ts";
-import {
-  customerForAccount,
-  NANOS_PER_CENT,
-  receiptUrl,
-  stripeClient,
-  type StripePayment,
-} from "../stripe.ts";
+import { customerForAccount, receiptUrl } from "../stripe/checkout.ts";
+import { NANOS_PER_CENT } from "../stripe/client.ts";
+import type { StripePayment } from "../stripe/types.ts";
 import type { CreditResult } from "../ops.ts";
 import {
   type AutoTopup,
@@ -51,27 +47,29 @@ export const STALE_MS = 2 * 60_000;
 const GIVE_UP_MS = 60 * 60_000;
 
 /** What a Stripe event did to the saved card or auto top-up (see `handleTopupEvent`). */
-export type TopupEventResult =
-  | "topup_credited"
-  | "topup_already_credited"
-  | "topup_failed"
-  | "topup_already_failed"
-  | "payment_method_saved"
-  | "payment_method_kept"
-  | "ignored";
+export const TOPUP_EVENT_RESULTS = [
+  "topup_credited",
+  "topup_already_credited",
+  "topup_failed",
+  "topup_already_failed",
+  "payment_method_saved",
+  "payment_method_kept",
+  "ignored",
+] as const;
+export type TopupEventResult = typeof TOPUP_EVENT_RESULTS[number];
 
 /**
  * Starts a top-up of the account if the gate lets one through, and runs it to its end (or leaves
  * it processing, for its webhook). Resolves with the attempt started, or null.
  */
-export async function startTopUp(svc: Services, accountId: string): Promise<TopupAttempt | null> {
+export async function startTopUp(svc: SpendDeps, accountId: string): Promise<TopupAttempt | null> {
   const attempt = await claim(svc, accountId);
   if (attempt) await runAttempt(svc, accountId, attempt);
   return attempt;
 }
 
 /** The gate: marks an attempt in flight when every condition holds, in one check-and-set. */
-async function claim(svc: Services, accountId: string): Promise<TopupAttempt | null> {
+async function claim(svc: SpendDeps, accountId: string): Promise<TopupAttempt | null> {
   const { kv } = svc;
   for (let i = 0; i < 20; i++) {
     // The record first: a top-up that ended before it was read has its credit in the balance
@@ -118,7 +116,7 @@ async function claim(svc: Services, accountId: string): Promise<TopupAttempt | n
 }
 
 /** Charges the attempt's card (or simulates it) and records the outcome. */
-async function runAttempt(svc: Services, accountId: string, a: TopupAttempt): Promise<void> {
+async function runAttempt(svc: SpendDeps, accountId: string, a: TopupAttempt): Promise<void> {
   if (svc.config.billingMode === "development") {
     const failure = TEST_CARDS[a.card as TestCard]?.failure ?? null;
     if (failure) {
@@ -137,7 +135,7 @@ async function runAttempt(svc: Services, accountId: string, a: TopupAttempt): Pr
     await finishAttempt(svc, accountId, a.id, { ok: true, amount: a.amount, paymentIntent: a.id });
     return;
   }
-  const stripe = stripeClient(svc.config)!;
+  const stripe = svc.stripe!;
   let pi: Stripe.PaymentIntent;
   try {
     const customer = await customerForAccount(svc, stripe, accountId);
@@ -174,7 +172,7 @@ async function runAttempt(svc: Services, accountId: string, a: TopupAttempt): Pr
 
 /** Records what a PaymentIntent of an attempt came to: paid, failed, or still processing. */
 async function settleIntent(
-  svc: Services,
+  svc: SpendDeps,
   stripe: Stripe,
   accountId: string,
   a: TopupAttempt,
@@ -215,7 +213,7 @@ const failureReason = (pi: Stripe.PaymentIntent) => {
   return code ?? (pi.status === "canceled" ? "canceled" : "payment_failed");
 };
 
-async function cancelIntent(svc: Services, stripe: Stripe, id: string) {
+async function cancelIntent(svc: SpendDeps, stripe: Stripe, id: string) {
   try {
     await stripe.paymentIntents.cancel(id, {}, { idempotencyKey: `topup-cancel-${id}` });
   } catch (e) {
@@ -227,7 +225,7 @@ async function cancelIntent(svc: Services, stripe: Stripe, id: string) {
 }
 
 /** Keeps the PaymentIntent of a processing attempt, for the sweep to look it up. */
-async function noteIntent(svc: Services, accountId: string, topupId: string, pi: string) {
+async function noteIntent(svc: SpendDeps, accountId: string, topupId: string, pi: string) {
   for (let i = 0; i < 20; i++) {
     const e = await getAutoTopup(svc.kv, accountId);
     if (e.value?.in_flight?.id !== topupId) return;
@@ -238,7 +236,7 @@ async function noteIntent(svc: Services, accountId: string, topupId: string, pi:
 
 /** Credits a paid top-up once (its reference's once-key), emitting `auto_topup.succeeded`. */
 function creditTopUp(
-  svc: Services,
+  svc: SpendDeps,
   accountId: string,
   opts: { amount: bigint; reference: string; description: string; receipt?: string | null },
 ): Promise<CreditResult> {
@@ -269,7 +267,7 @@ type Outcome =
  * MAX_FAILURES turns auto top-up off.
  */
 export async function finishAttempt(
-  svc: Services,
+  svc: SpendDeps,
   accountId: string,
   topupId: string,
   o: Outcome,
@@ -354,7 +352,7 @@ const topupOf = (pi: Stripe.PaymentIntent) =>
  * attempt ended. Null for a PaymentIntent that is not a top-up.
  */
 async function intentSucceeded(
-  svc: Services,
+  svc: SpendDeps,
   pi: Stripe.PaymentIntent,
 ): Promise<TopupEventResult | null> {
   const t = topupOf(pi);
@@ -397,7 +395,7 @@ async function intentSucceeded(
  * is not a top-up): the purchase handlers take it.
  */
 export async function handleTopupEvent(
-  svc: Services,
+  svc: SpendDeps,
   event: Stripe.Event,
 ): Promise<TopupEventResult | null> {
   if (event.type === "checkout.session.completed" && event.data.object.mode === "setup") {
@@ -425,7 +423,7 @@ export async function handleTopupEvent(
  * what this process resumed when, so each is tried once per STALE_MS.
  */
 export async function resumeStale(
-  svc: Services,
+  svc: SpendDeps,
   tried: Map<string, number>,
 ): Promise<void> {
   const now = svc.now();
@@ -453,7 +451,7 @@ export async function resumeStale(
           paymentIntent: a.payment_intent,
         });
       } else if (a.payment_intent && svc.config.billingMode === "production") {
-        const stripe = stripeClient(svc.config)!;
+        const stripe = svc.stripe!;
         const pi = await stripe.paymentIntents.retrieve(a.payment_intent, {
           expand: ["latest_charge"],
         });

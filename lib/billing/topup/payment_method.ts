@@ -6,11 +6,11 @@
  * test cards at once. Forgetting the card turns auto top-up off in the same atomic.
  */
 import Stripe from "stripe";
-import type { Services } from "../../services.ts";
+import type { SpendDeps } from "../spend_deps.ts";
 import { autoTopupKey, paymentMethodKey } from "../../kv/schema.ts";
 import { commitRetrying } from "../../kv/util.ts";
 import { getAccount } from "../accounts.ts";
-import { BILLING_PAGE, customerForAccount, stripeClient } from "../stripe.ts";
+import { BILLING_PAGE, customerForAccount } from "../stripe/checkout.ts";
 import type { AutoTopup, SavedCard } from "./records.ts";
 
 /**
@@ -48,7 +48,7 @@ export async function saveCard(
 
 /** Development: saves one of the test cards at once, expiring in three years. */
 export async function saveTestCard(
-  svc: Services,
+  svc: SpendDeps,
   accountId: string,
   name: TestCard,
 ): Promise<SavedCard> {
@@ -72,7 +72,7 @@ export async function saveTestCard(
  * to send the customer to. `idempotencyKey` makes a retried request return the same session.
  */
 export async function createSetupSession(
-  svc: Services,
+  svc: SpendDeps,
   stripe: Stripe,
   opts: { accountId: string; origin: string; idempotencyKey: string },
 ): Promise<{ id: string; url: string }> {
@@ -100,12 +100,12 @@ const idOf = (v: string | { id: string } | null | undefined) =>
  * card becomes the account's and the customer's default; the card it replaced is detached.
  */
 export async function cardFromSetupSession(
-  svc: Services,
+  svc: SpendDeps,
   session: Stripe.Checkout.Session,
 ): Promise<"payment_method_saved" | "payment_method_kept" | "ignored"> {
   const accountId = session.metadata?.account_id ?? session.client_reference_id;
   const setupIntent = idOf(session.setup_intent);
-  const stripe = stripeClient(svc.config);
+  const stripe = svc.stripe;
   if (!accountId || !setupIntent || !stripe || session.status !== "complete") return "ignored";
   if (!await getAccount(svc.kv, accountId)) {
     svc.log("error", "stripe setup session of an unknown account", { session_id: session.id });
@@ -148,7 +148,7 @@ export async function cardFromSetupSession(
  * Forgets the account's card (detached in Stripe, best-effort) and turns auto top-up off with it;
  * returns the card forgotten, or null when there was none.
  */
-export async function forgetCard(svc: Services, accountId: string): Promise<SavedCard | null> {
+export async function forgetCard(svc: SpendDeps, accountId: string): Promise<SavedCard | null> {
   const { kv } = svc;
   for (let attempt = 0; attempt < 20; attempt++) {
     const [card, topup] = await kv.getMany<[SavedCard, AutoTopup]>([
@@ -165,7 +165,7 @@ export async function forgetCard(svc: Services, accountId: string): Promise<Save
       });
     }
     if (!(await commitRetrying(atomic)).ok) continue;
-    const stripe = svc.config.billingMode === "production" ? stripeClient(svc.config) : null;
+    const stripe = svc.config.billingMode === "production" ? svc.stripe : null;
     if (stripe) {
       await bestEffort(svc, "detach", () => stripe.paymentMethods.detach(card.value!.id));
     }
@@ -174,7 +174,7 @@ export async function forgetCard(svc: Services, accountId: string): Promise<Save
   throw new Error("the saved card changed while it was being forgotten");
 }
 
-async function bestEffort(svc: Services, what: string, f: () => Promise<unknown>) {
+async function bestEffort(svc: SpendDeps, what: string, f: () => Promise<unknown>) {
   try {
     await f();
   } catch (e) {

@@ -2,13 +2,13 @@
  * Auto top-up's records, read and written by name: the saved card and the settings with their
  * state (the month's total, consecutive failures, the attempt in flight, the last outcome).
  */
-import type { Services } from "../../services.ts";
+import type { SpendDeps } from "../spend_deps.ts";
 import { autoTopupKey, ledgerTotalKey, paymentMethodKey } from "../../kv/schema.ts";
 import { commitRetrying } from "../../kv/util.ts";
 import { getBalanceView } from "../views.ts";
 import { formatUsd, NANOS_PER_USD } from "../../money.ts";
 import { monthOf } from "../periods.ts";
-import { NANOS_PER_CENT } from "../stripe.ts";
+import { NANOS_PER_CENT } from "../stripe/client.ts";
 
 /** The card auto top-up charges: a Stripe PaymentMethod saved to the account's customer. */
 export interface SavedCard {
@@ -117,7 +117,7 @@ export type AutoTopupSettings = Partial<
  * threshold while the balance is below it, the first top-up waits for credit and a crossing.
  */
 export async function updateAutoTopup(
-  svc: Services,
+  svc: SpendDeps,
   accountId: string,
   patch: AutoTopupSettings,
 ): Promise<AutoTopup | "payment_method_required" | "conflict"> {

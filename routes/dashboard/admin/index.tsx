@@ -1,5 +1,11 @@
 import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
-import { listAccountsJson, verifyBooksJson } from "../../v1/admin.ts";
+import { listAccounts, verifyBooks } from "../../../lib/billing/accounts.ts";
+import {
+  type AccountJson,
+  accountJson,
+  type VerifyJson,
+  verifyJson,
+} from "../../../lib/http/presenters.ts";
 import { Empty, Money, Notice } from "../../../lib/render/layout.tsx";
 import { formatCount, formatTime } from "../../../lib/render/format.ts";
 
@@ -11,8 +17,8 @@ export const config: PageConfig = {
 };
 
 interface Data {
-  accounts: Awaited<ReturnType<typeof listAccountsJson>>;
-  books: Awaited<ReturnType<typeof verifyBooksJson>> | null;
+  accounts: AccountJson[];
+  books: VerifyJson | null;
 }
 
 export const handler = {
@@ -20,10 +26,15 @@ export const handler = {
     const kv = ctx.svc.kv;
     // The same list and books check as GET /v1/admin/accounts and GET /v1/admin/verify.
     const [accounts, books] = await Promise.all([
-      listAccountsJson(kv),
-      ctx.url.searchParams.get("verify") === "1" ? verifyBooksJson(kv) : null,
+      listAccounts(kv),
+      ctx.url.searchParams.get("verify") === "1" ? verifyBooks(kv) : null,
     ]);
-    return { data: { accounts, books } };
+    return {
+      data: {
+        accounts: accounts.map(({ account, balance }) => accountJson(account, balance)),
+        books: books && verifyJson(books),
+      },
+    };
   },
 };
 

@@ -1,5 +1,5 @@
 import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
-import { safeEqual } from "../../../lib/http/auth.ts";
+import { safeEqual } from "../../../lib/crypto.ts";
 import { allowSigninAttempt, startSession } from "../../../lib/render/session.ts";
 import { adminTokenTag } from "../../../lib/auth/sessions.ts";
 import { Notice } from "../../../lib/render/layout.tsx";

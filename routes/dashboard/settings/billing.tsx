@@ -5,8 +5,8 @@ import {
   type PageProps,
 } from "../../../lib/render/page.tsx";
 import { getBalance } from "../../../lib/billing/accounts.ts";
-import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts";
-import { packageJson } from "../../../lib/billing/packages.ts";
+import { listLedgerByAccount } from "../../../lib/billing/ledger.ts";
+import { ledgerJson, packageJson } from "../../../lib/http/presenters.ts";
 import type { LedgerType } from "../../../lib/billing/types.ts";
 import { formatUsd } from "../../../lib/money.ts";
 import { Island } from "../../../lib/render/island.tsx";
@@ -144,9 +144,9 @@ export default function Billing({ data, url }: PageProps<Data>) {
       </div>
       <section class="card">
         <h2>Buy credit</h2>
-        <Island name="BuyCredits" component={BuyCredits} props={data.buy} />
+        <Island component={BuyCredits} props={data.buy} />
       </section>
-      <Island name="SpendControls" component={SpendControls} props={data.spend} />
+      <Island component={SpendControls} props={data.spend} />
       <section class="card">
         <h2>Statements</h2>
         <p class="muted">

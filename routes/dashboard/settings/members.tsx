@@ -76,7 +76,7 @@ export const handler = {
         text: "No user has that email: ask them to sign up first, then add them here.",
       }, 404);
     }
-    const added = await addMember(ctx.svc.kv, accountId, user.id, "member");
+    const added = await addMember(ctx.svc.kv, accountId, user.id, "member", ctx.svc.now());
     return load(
       ctx,
       added

@@ -1,6 +1,7 @@
 import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
 import { Island } from "../../../lib/render/island.tsx";
-import { endpointJson, getEndpoints, MAX_ENDPOINTS } from "../../../lib/webhooks/endpoints.ts";
+import { getEndpoints, MAX_ENDPOINTS } from "../../../lib/webhooks/endpoints.ts";
+import { endpointJson } from "../../../lib/http/presenters.ts";
 import WebhooksManager, { type WebhooksManagerProps } from "../../../islands/WebhooksManager.tsx";
 
 export const config: PageConfig = {
@@ -48,7 +49,7 @@ export default function Webhooks({ data }: PageProps<WebhooksManagerProps>) {
         library and the endpoint's secret. A delivery that is not answered 2xx within 10 seconds is
         retried for up to a day, under the same <code>webhook-id</code>.
       </p>
-      <Island name="WebhooksManager" component={WebhooksManager} props={data} />
+      <Island component={WebhooksManager} props={data} />
     </>
   );
 }

@@ -1,16 +1,16 @@
-import type { PageConfig, PageCtx, PageProps } from "../../../lib/render/page.tsx";
-import { Csrf, type Viewer } from "../../../lib/render/page.tsx";
-import { getAccount, getBalance } from "../../../lib/billing/accounts.ts";
-import { ledgerJson, listLedgerByAccount } from "../../../lib/billing/ledger.ts";
-import { accountJson } from "../../v1/admin.ts";
-import { parseUsd } from "../../../lib/money.ts";
-import { newId } from "../../../lib/ids.ts";
-import { parseId } from "../../../lib/http/params.ts";
-import { idemKey } from "../../../lib/kv/schema.ts";
-import { IDEMPOTENCY_TTL_MS } from "../../../lib/http/idempotency.ts";
-import { Empty, Metric, Money, Notice } from "../../../lib/render/layout.tsx";
-import { LedgerTable } from "../../../lib/render/ledger.tsx";
-import { creditEvent } from "../../../lib/webhooks/events.ts";
+import type { PageConfig, PageCtx, PageProps } from "../../../../lib/render/page.tsx";
+import { Csrf, type Viewer } from "../../../../lib/render/page.tsx";
+import { getAccount, getBalance } from "../../../../lib/billing/accounts.ts";
+import { listLedgerByAccount } from "../../../../lib/billing/ledger.ts";
+import { accountJson, ledgerJson } from "../../../../lib/http/presenters.ts";
+import { parseUsd } from "../../../../lib/money.ts";
+import { newId } from "../../../../lib/ids.ts";
+import { parseId } from "../../../../lib/http/params.ts";
+import { idemKey } from "../../../../lib/kv/schema.ts";
+import { IDEMPOTENCY_TTL_MS } from "../../../../lib/http/idempotency.ts";
+import { Empty, Metric, Money, Notice } from "../../../../lib/render/layout.tsx";
+import { LedgerTable } from "../../../../lib/render/ledger.tsx";
+import { creditEvent } from "../../../../lib/webhooks/events.ts";
 
 export const config: PageConfig = {
   title: "Account",
@@ -75,7 +75,7 @@ export const handler = {
       amount,
       description: reason,
       reference,
-      event: type === "refund" ? creditEvent(id, "credits.refunded") : undefined,
+      event: type === "refund" ? creditEvent(id, "credits.refunded", ledgerJson) : undefined,
       once: /^form_\w{10,40}$/.test(nonce)
         ? {
           key: idemKey(`dashboard:admin:${type}:${id}`, nonce),

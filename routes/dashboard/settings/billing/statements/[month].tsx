@@ -3,12 +3,13 @@ import {
   type PageConfig,
   type PageCtx,
   type PageProps,
-} from "../../../lib/render/page.tsx";
-import { monthRange, monthStatement, statementJson } from "../../../lib/billing/statements.ts";
-import { Island } from "../../../lib/render/island.tsx";
-import { Money } from "../../../lib/render/layout.tsx";
-import { formatCount, formatMonth, formatTime } from "../../../lib/render/format.ts";
-import PrintButton from "../../../islands/PrintButton.tsx";
+} from "../../../../../lib/render/page.tsx";
+import { monthRange, monthStatement } from "../../../../../lib/billing/statements.ts";
+import { statementJson } from "../../../../../lib/http/presenters.ts";
+import { Island } from "../../../../../lib/render/island.tsx";
+import { Money } from "../../../../../lib/render/layout.tsx";
+import { formatCount, formatMonth, formatTime } from "../../../../../lib/render/format.ts";
+import PrintButton from "../../../../../islands/PrintButton.tsx";
 
 export const config: PageConfig = {
   title: "Statement",
@@ -73,7 +74,7 @@ export default function Statement({ data }: PageProps<Data>) {
         >
           Download CSV
         </a>
-        <Island name="PrintButton" component={PrintButton} props={{}} />
+        <Island component={PrintButton} props={{}} />
       </div>
       <h2>
         {data.account}: statement for {formatMonth(s.month)}
