@@ -7,7 +7,9 @@
  * Usage: deno run -A bench/sse.ts [streams=20000]
  */
 import process from "node:process";
-import { tapStream, translateSse } from "../lib/proxy/sse.ts";
+import { translateSse } from "../lib/sse.ts";
+import { tapStream } from "../lib/proxy/tap.ts";
+import { CHAT_ENDING } from "../lib/formats/chat.ts";
 
 const N = Number(Deno.args[0] ?? 20_000);
 const enc = new TextEncoder();
@@ -62,11 +64,12 @@ const targets: [string, () => ReadableStream<Uint8Array>][] = [
   ["translateSse", () => translateSse(source(), (data) => [data], () => [])],
   ["tapStream", () =>
     tapStream(source(), {
-      onUsage: () => Promise.resolve(usageLine),
+      // As billStream's for chat: usage and failures watched for, what went out kept.
+      ending: CHAT_ENDING,
+      watch: /"usage"\s*:\s*\{|"error"/,
+      onEvent: () => Promise.resolve({ final: true, out: usageLine }),
       onEnd: () => Promise.resolve(),
-      // As billStream's: what went out is kept for counting, failures watched for.
       delivered: (text) => kept.push(text) > 1000 && (kept.length = 0),
-      observe: [{ pattern: /"error"/, see: () => {} }],
     }, { idleMs: 60_000, maxStreamMs: 3_600_000 })],
 ];
 

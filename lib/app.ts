@@ -12,8 +12,7 @@ import { newId } from "./ids.ts";
 import { isLocked } from "./kv/util.ts";
 import { instrumentKv, type KvStats } from "./kv/instrument.ts";
 import type { Services } from "./services.ts";
-// The inference audit hooks below (the pipeline's, to move into its own middleware).
-import { auditEdgeRefusal, auditRefusal } from "../routes/v1/inference.ts";
+import { INFERENCE_PATHS, inferenceAudit } from "../routes/v1/inference.ts";
 import { pageRoutes, refusalPage } from "./render/routes.ts";
 import { requestLimits } from "./http/limits.ts";
 import { API, PAGES } from "./gen/routes.ts";
@@ -145,7 +144,6 @@ export function createApp(deps: AppDeps): Router {
     c.set("svc", svc);
     c.set("requestId", requestId);
     c.set("startedAt", now());
-    c.set("audited", false);
     await next();
     c.res.headers.set("x-request-id", requestId);
     // The Anthropic SDK reads Anthropic's own name for it (`message._request_id`, errors'
@@ -166,43 +164,23 @@ export function createApp(deps: AppDeps): Router {
       message,
     );
   });
-  // Every refused inference request of a known key leaves an audit row, at cost 0; so does every
-  // token count, answered or not (free: never held nor billed).
-  const countTokens = "/v1/messages/count_tokens";
-  const audited = [
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/messages",
-    "/v1/responses",
-    countTokens,
-  ];
+  // Every inference request of a known key leaves one audit row: refusals at cost 0, the body
+  // limits' included (so the audit comes first), and every token count (free: never held). The
+  // request's span comes before both: it covers the key lookup and the audit row too.
+  for (const path of INFERENCE_PATHS) {
+    app.use(`/v1${path}`, traceInference);
+    app.use(`/v1${path}`, inferenceAudit);
+  }
   // Before any route reads a byte: URL and body limits by route, the body read as a stream.
   app.use(
     "*",
-    requestLimits(
-      {
-        apiBytes: config.maxBodyBytes,
-        webhookBytes: config.webhookBodyBytes,
-        pageBytes: config.pageBodyBytes,
-        timeoutMs: config.bodyTimeoutMs,
-      },
-      // Refused before the key is read: on an audited path the key is looked up for its row.
-      async (c, refusal) => {
-        if (audited.includes(c.req.path)) await auditEdgeRefusal(c, refusal);
-      },
-    ),
+    requestLimits({
+      apiBytes: config.maxBodyBytes,
+      webhookBytes: config.webhookBodyBytes,
+      pageBytes: config.pageBodyBytes,
+      timeoutMs: config.bodyTimeoutMs,
+    }),
   );
-  for (const path of audited) {
-    // First: the request's span covers the key lookup and the audit row too.
-    app.use(path, traceInference);
-    app.use(path, async (c, next) => {
-      await next();
-      c.get("metered")?.answered();
-      const status = c.res.status;
-      if (status >= 400) await auditRefusal(c, status, c.get("errorCode") ?? `http_${status}`);
-      else if (path === countTokens) await auditRefusal(c, status, null);
-    });
-  }
 
   // The dashboard: landing, sign-in, pages, static files (GET / answers 200 for warm-up checks).
   app.route("/", pageRoutes(PAGES));
@@ -221,7 +199,6 @@ export function createApp(deps: AppDeps): Router {
   app.onError((err, c) => {
     const refused = apiErrorOf(err);
     if (refused) {
-      c.set("errorCode", refused.code);
       // A refusal before routing (URL, body limits) on a page's path answers a browser a page.
       if (!c.req.path.startsWith("/v1/") && c.req.header("accept")?.includes("text/html")) {
         return refusalPage(refused);

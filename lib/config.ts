@@ -3,7 +3,7 @@ import { type CreditPackage, loadPackages } from "./billing/packages.ts";
 import { canonicalProxy } from "./net.ts";
 import { randomToken } from "./crypto.ts";
 import { ConfigError } from "./errors.ts";
-import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./proxy/sse.ts";
+import { DEFAULT_MAX_SSE_EVENT_BYTES } from "./sse.ts";
 import type { LeaseOptions } from "./billing/local_lease.ts";
 
 // lib/providers/registry.ts still imports it from here.

@@ -5,7 +5,6 @@ import type { KeyResolver } from "./auth/keys.ts";
 import type { Background } from "./billing/background.ts";
 import type { ApiKey } from "./billing/types.ts";
 import type { Logger } from "./log.ts";
-import type { MeteredRequest } from "./proxy/metered.ts";
 import type { Webhooks } from "./webhooks/dispatcher.ts";
 import type Stripe from "stripe";
 import type { KvStats } from "./kv/instrument.ts";
@@ -35,7 +34,12 @@ export interface Services {
   log: Logger;
 }
 
-/** Hono's context variables. */
+/**
+ * Hono's context variables every route may read: the services and the request's id and start (set
+ * by the app's first middleware), and the caller (set by `requireKey` on the routes that require
+ * one). Middleware that serves some routes only types its own (the inference routes' audit record:
+ * `InferenceEnv`).
+ */
 export interface AppEnv {
   Variables: {
     svc: Services;
@@ -44,15 +48,5 @@ export interface AppEnv {
     /** The calling key (inference or management routes). */
     key: ApiKey;
     accountId: string;
-    /** Set once the request's audit event has been committed. */
-    audited: boolean;
-    /** The provider and model a request named, once known (for the audit row of a refusal). */
-    target: { provider: string; model: string };
-    /** Whether the request asked for a stream, once its body is read (for the same row). */
-    streaming: boolean;
-    /** The API error code a request was refused with. */
-    errorCode: string;
-    /** The money side of an inference request, once it has one. */
-    metered: MeteredRequest;
   };
 }

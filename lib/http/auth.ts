@@ -91,12 +91,6 @@ export const requireKey = (scope: KeyScope) =>
     const found = await keyLookup(() => svc.keys.resolve(secret, scope === "management"));
     const check = checkKey(found, svc.now());
     if (!check.ok) {
-      const audited = auditableKey(found, scope, svc.now());
-      if (audited) {
-        // The account is known: its refused request belongs in its audit trail.
-        c.set("key", audited);
-        c.set("accountId", audited.account_id);
-      }
       throw check.code === "key_disabled"
         ? new ApiError(403, "key_disabled", "This API key is disabled")
         : new ApiError(401, "invalid_api_key", "The API key is invalid, revoked or expired");

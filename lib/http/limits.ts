@@ -7,7 +7,6 @@
  * Content-Length before a byte has come.
  */
 import { createMiddleware } from "hono/factory";
-import type { Context } from "hono";
 import type { AppEnv } from "../services.ts";
 import { ApiError, CLIENT_CLOSED } from "../errors.ts";
 
@@ -144,24 +143,15 @@ function hasBody(req: Request): boolean {
 
 /**
  * The first middleware: a URL over `MAX_URL_BYTES` is 414; a body declared over its route's limit
- * is 413 before anything else runs (`onRefused` sees either refusal first, to audit it); any other
+ * is 413 before anything else runs (the inference audit, registered before, records either); any other
  * body reaches the route as a `LimitedBody`. A body that failed, or was left unread with more
  * than `DRAIN_BYTES` (or an unknown length) to come, closes the connection after the answer
  * (`Connection: close`) instead of being waited for.
  */
-export function requestLimits(
-  limits: BodyLimits,
-  onRefused?: (c: Context<AppEnv>, refusal: ApiError) => Promise<void>,
-) {
+export function requestLimits(limits: BodyLimits) {
   return createMiddleware<AppEnv>(async (c, next) => {
     if (targetLength(c.req.url) > MAX_URL_BYTES) {
-      const refusal = new ApiError(
-        414,
-        "uri_too_long",
-        `The request URL is over ${MAX_URL_BYTES} bytes`,
-      );
-      await onRefused?.(c, refusal);
-      throw refusal;
+      throw new ApiError(414, "uri_too_long", `The request URL is over ${MAX_URL_BYTES} bytes`);
     }
     const req = c.req.raw;
     if (!hasBody(req)) return await next();
@@ -171,9 +161,7 @@ export function requestLimits(
       ? Infinity
       : Number(req.headers.get("content-length"));
     if (declared !== Infinity && declared > bytes) {
-      const refusal = tooLarge(bytes, declared > DRAIN_BYTES);
-      await onRefused?.(c, refusal);
-      throw refusal;
+      throw tooLarge(bytes, declared > DRAIN_BYTES);
     }
     const body = new LimitedBody(req.body!, bytes, limits.timeoutMs);
     c.req.raw = new Request(req, { body: body.stream, duplex: "half" } as RequestInit);

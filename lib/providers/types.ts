@@ -55,22 +55,35 @@ export interface ProviderAdapter {
     maxEventBytes?: number,
   ): ReadableStream<Uint8Array>;
   /**
-   * The provider's own request format, passed through (Anthropic `/v1/messages`, OpenAI
-   * `/v1/responses`): the body as the client sent it with the upstream model name, and the
-   * client's headers that the provider needs (the operator's key replaces the client's).
+   * The inbound APIs this provider speaks natively, each passed through as the client sent it
+   * (Anthropic `/v1/messages` and its `count_tokens`, OpenAI `/v1/responses`): the call made of
+   * the body with the upstream model name and the client's headers that the provider needs (the
+   * operator's key replaces the client's). An API not listed is not the provider's own.
    */
-  nativeRequest?(
-    up: Upstream,
-    api: "messages" | "count_tokens" | "responses",
-    body: Record<string, unknown>,
-    headers: Headers,
-  ): UpstreamCall | null;
+  native?: { readonly [api in NativeApi]?: NativeCall };
+  /** The most choices (`n`) one chat request may ask of it; unset, as many as the client asks. */
+  maxChoices?: number;
+  /**
+   * The catalog models that run one server-side web search for every request (OpenAI's search
+   * models), billed at the model's per-search fee.
+   */
+  searchingModels?: RegExp;
   embeddingsRequest?(up: Upstream, body: Record<string, unknown>): UpstreamCall;
   embeddingsReply?(json: unknown, r: UsageReader): {
     body: Record<string, unknown>;
     usage: NormalizedUsage;
   };
 }
+
+/** An inbound API a provider may speak natively (see `ProviderAdapter.native`). */
+export type NativeApi = "messages" | "count_tokens" | "responses";
+
+/** Builds the upstream call of a native API (see `ProviderAdapter.native`). */
+export type NativeCall = (
+  up: Upstream,
+  body: Record<string, unknown>,
+  headers: Headers,
+) => UpstreamCall;
 
 /** A model a request may name, with everything needed to forward and price it. */
 export interface ResolvedModel {

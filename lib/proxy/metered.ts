@@ -1,4 +1,3 @@
-import type { Context } from "hono";
 import { newId } from "../ids.ts";
 import { formatUsd } from "../money.ts";
 import {
@@ -7,86 +6,27 @@ import {
   priceUsage,
   priceWorstCase,
   unpricedKinds,
-  ZERO_USAGE,
 } from "../pricing.ts";
 import { usageAnomalies } from "../metrics.ts";
-import { echoUsage, type UsageReader, type UsageShape } from "../providers/usage.ts";
-import { MAX_NAME_CHARS, MAX_USER_AGENT_CHARS, type UsageEvent } from "../billing/types.ts";
+import type { ApiKey } from "../billing/types.ts";
 import type { ReserveResult } from "../billing/ops.ts";
+import type { AccountActors } from "../billing/actor.ts";
 import type { ResolvedModel } from "../providers/types.ts";
-import type { AppEnv } from "../services.ts";
-import { ApiError } from "../http/errors.ts";
-import { clip } from "../kv/util.ts";
+import type { Logger } from "../log.ts";
+import { ApiError } from "../errors.ts";
+import type { RequestAudit } from "./audit.ts";
 import { holding, settling } from "../telemetry/inference.ts";
 
-// Deno refuses to read a request's address or headers once it has closed, and a stream whose
-// client went away is settled after that: both are read while the request is open, and kept.
-const clients = new WeakMap<Context<AppEnv>, { ip: string; userAgent: string }>();
-function client(c: Context<AppEnv>) {
-  let found = clients.get(c);
-  if (!found) {
-    const info = c.env as Deno.ServeHandlerInfo | undefined;
-    const addr = info?.remoteAddr as Deno.NetAddr | undefined;
-    found = {
-      ip: addr?.hostname ?? "",
-      userAgent: clip(c.req.header("user-agent") ?? "", MAX_USER_AGENT_CHARS),
-    };
-    clients.set(c, found);
-  }
-  return found;
-}
-
-/**
- * The client's address, when the request came over a socket (not under `app.request`): the
- * socket's peer, or the forwarded client when that peer is a trusted proxy (`trustingProxies`).
- */
-export function clientIp(c: Context<AppEnv>): string {
-  return client(c).ip;
-}
-
-/** One content-free usage event of the current request. */
-export function usageEvent(
-  c: Context<AppEnv>,
-  fields: {
-    provider: string;
-    model: string;
-    status: number;
-    streaming: boolean;
-    usage?: NormalizedUsage;
-    cost?: Cost;
-    billed?: boolean;
-    errorCode?: string | null;
-  },
-): UsageEvent {
-  const svc = c.get("svc");
-  const key = c.get("key");
-  const now = svc.now();
-  const u = fields.usage ?? ZERO_USAGE;
-  return {
-    id: newId("evt", now),
-    account_id: key.account_id,
-    ts: now,
-    request_id: c.get("requestId"),
-    key_id: key.id,
-    key_name: key.name,
-    provider: clip(fields.provider, MAX_NAME_CHARS),
-    model: clip(fields.model, MAX_NAME_CHARS),
-    prompt_tokens: u.prompt,
-    completion_tokens: u.completion,
-    cached_tokens: u.cached,
-    cache_write_tokens: u.cacheWrite,
-    reasoning_tokens: u.reasoning,
-    cost: fields.cost?.cost ?? 0n,
-    market_cost: fields.cost?.market ?? 0n,
-    latency_ms: Math.max(0, now - c.get("startedAt")),
-    status: fields.status,
-    streaming: fields.streaming,
-    client_ip: clientIp(c),
-    user_agent: client(c).userAgent,
-    billed: fields.billed ?? false,
-    balance_after: null,
-    error_code: fields.errorCode ?? null,
-  };
+/** What metering one request takes: plain dependencies, no web framework. */
+export interface MeteringDeps {
+  actors: Pick<AccountActors, "reserve" | "submit" | "abandon">;
+  log: Logger;
+  /** How long a hold lives unless renewed (`HOLD_TTL_MS`). */
+  holdTtlMs: number;
+  /** The calling key: its account is held and charged, its limit checked. */
+  key: ApiKey;
+  /** The request's audit record: its facts, and whether its row is written. */
+  audit: RequestAudit;
 }
 
 /** A settled charge, and the usage it was priced from (within the hold's bounds). */
@@ -94,13 +34,28 @@ export interface Billed extends Cost {
   usage: NormalizedUsage;
 }
 
-/** What a hold covers: its amount and the bounds it was priced at. */
-interface HoldBounds {
+/** What a hold covers on one candidate model: its output and the web searches it may run. */
+export interface ModelBound {
+  model: ResolvedModel;
+  /** Output tokens (`max_tokens`, or the model's limit, × n). */
+  outputTokens: number;
+  /** Server-side web searches (`anthropicSearchBound`, `responsesSearchBound` in tokens.ts). */
+  searches: number;
+}
+
+/** What a hold covers: the prompt on any candidate, and each candidate's own bounds. */
+export interface HoldBound {
+  /** Prompt tokens (`Prompt.bound` over the candidates). */
+  prompt: number;
+  /** The bounds of each candidate model, the first the primary. */
+  models: readonly ModelBound[];
+}
+
+/** The hold granted: its amount and the bounds it was priced at, by model. */
+interface Held {
   amount: bigint;
   prompt: number;
-  searches: number;
-  /** The output bound of each candidate model (`max_tokens`, or the model's limit, × n). */
-  output: Map<ResolvedModel, number>;
+  models: Map<ResolvedModel, ModelBound>;
 }
 
 /**
@@ -115,35 +70,42 @@ export class MeteredRequest {
   /** Whether a billed stream took the hold over: its end settles or releases it. */
   #streamed = false;
   /** The hold asked for, once `reserve` was called: no charge goes beyond it. */
-  #hold: HoldBounds | null = null;
+  #hold: Held | null = null;
 
   constructor(
-    readonly c: Context<AppEnv>,
+    readonly deps: MeteringDeps,
     /** The model being billed: the first candidate, then the one that answered. */
     public model: ResolvedModel,
-    readonly streaming: boolean,
   ) {
-    client(c);
-    c.set("metered", this);
+    deps.audit.metered = true;
   }
 
-  /** The stream that will settle or release the hold has been made (`billStream`). */
-  streamed() {
+  get requestId(): string {
+    return this.deps.audit.requestId;
+  }
+
+  /** `model` answered: it is the one billed, and the one a later refusal row names. */
+  answeredBy(model: ResolvedModel): void {
+    this.model = model;
+    this.deps.audit.target = { provider: model.provider, model: model.model };
+  }
+
+  /** A billed stream has taken the hold over (`billStream`): its end settles or releases it. */
+  streamed(): void {
     this.#streamed = true;
+    this.deps.audit.defer();
   }
 
   /**
-   * Called once the handler has answered (app.ts). A hold it left neither settled, released nor
-   * to a stream (the handler failed in between) is no longer this process's: nothing is charged
-   * (see `AccountActors.abandon`).
+   * The request failed before its hold was settled, released or taken over by a stream: the hold
+   * is no longer this process's, and nothing is charged (see `AccountActors.abandon`).
    */
-  answered(): void {
+  abandon(error: unknown): void {
     if (this.#done || !this.#held || this.#streamed) return;
-    const svc = this.c.get("svc");
-    if (!svc.actors.abandon(this.c.get("key").account_id, this.holdId)) return;
-    svc.log("warn", "request ended with its hold unsettled; not charged", {
-      request_id: this.c.get("requestId"),
-      status: this.c.res.status,
+    if (!this.deps.actors.abandon(this.deps.key.account_id, this.holdId)) return;
+    this.deps.log("warn", "request ended with its hold unsettled; not charged", {
+      request_id: this.requestId,
+      error: error instanceof Error ? error.name : "unknown",
     });
   }
 
@@ -153,45 +115,33 @@ export class MeteredRequest {
   }
 
   /**
-   * Holds the worst case; throws the 402/403/401/429 refusal otherwise. With fallback candidates
-   * the hold covers the dearest of them, since any one may answer. Granted from this process's
-   * balance lease it returns with no KV round trip; either way the credit is held before the
-   * provider is called, so no call is made that nobody is billed for.
+   * Holds the worst case of `bound`, the dearest candidate's since any one may answer; throws the
+   * 402/403/401/429 refusal otherwise. Granted from this process's balance lease it returns with
+   * no KV round trip; either way the credit is held before the provider is called, so no call is
+   * made that nobody is billed for.
    */
-  async reserve(
-    promptTokens: number,
-    outputTokens: number,
-    alternatives: { model: ResolvedModel; outputTokens: number }[] = [],
-    /**
-     * The most server-side web searches the request may run (`anthropicSearchBound`,
-     * `responsesSearchBound` in lib/proxy/tokens.ts).
-     */
-    searches = 0,
-  ): Promise<void> {
-    const svc = this.c.get("svc");
-    const key = this.c.get("key");
-    const worst = (model: ResolvedModel, output: number) =>
-      priceWorstCase(promptTokens, output, model.prices, model.discountBps, searches).cost;
-    let amount = worst(this.model, outputTokens);
-    for (const alt of alternatives) {
-      const c = worst(alt.model, alt.outputTokens);
+  async reserve(bound: HoldBound): Promise<void> {
+    let amount = 0n;
+    for (const b of bound.models) {
+      const { prices, discountBps } = b.model;
+      const c = priceWorstCase(bound.prompt, b.outputTokens, prices, discountBps, b.searches).cost;
       if (c > amount) amount = c;
     }
     this.#hold = {
       amount,
-      prompt: promptTokens,
-      searches,
-      output: new Map([
-        [this.model, outputTokens],
-        ...alternatives.map((a) => [a.model, a.outputTokens] as const),
-      ]),
+      prompt: bound.prompt,
+      models: new Map(bound.models.map((b) => [b.model, b])),
     };
+    const { actors, key, holdTtlMs } = this.deps;
     const r = await holding(
       this.model,
       amount,
-      () => svc.actors.reserve(key.account_id, key, this.holdId, amount, svc.config.holdTtlMs),
+      () => actors.reserve(key.account_id, key, this.holdId, amount, holdTtlMs),
     );
-    if (!r.ok) throw this.#refusal(r, amount, promptTokens, outputTokens, searches);
+    if (!r.ok) {
+      const primary = this.#bound(this.#hold);
+      throw this.#refusal(r, amount, bound.prompt, primary.outputTokens, primary.searches);
+    }
     this.#held = true;
   }
 
@@ -259,8 +209,7 @@ export class MeteredRequest {
   bounded(usage: NormalizedUsage, report = true): NormalizedUsage {
     const hold = this.#hold;
     if (!hold) return usage;
-    const outputs = [...hold.output.values()];
-    const output = hold.output.get(this.model) ?? Math.max(0, ...outputs);
+    const bound = this.#bound(hold);
     const u = { ...usage };
     const over: string[] = [];
     const cap = (kind: string, value: number, max: number) => {
@@ -272,7 +221,7 @@ export class MeteredRequest {
     u.cached = cap("cached", u.cached, u.prompt);
     u.cacheWrite = cap("cache_write", u.cacheWrite, u.prompt - u.cached);
     u.cacheWrite1h = cap("cache_write", u.cacheWrite1h, u.cacheWrite);
-    u.completion = cap("output", u.completion, output);
+    u.completion = cap("output", u.completion, bound.outputTokens);
     u.reasoning = cap("reasoning", u.reasoning, u.completion);
     if (u.audioIn !== undefined) u.audioIn = cap("audio", u.audioIn, u.prompt);
     if (u.audioCached !== undefined) {
@@ -280,34 +229,42 @@ export class MeteredRequest {
     }
     if (u.audioOut !== undefined) u.audioOut = cap("audio", u.audioOut, u.completion);
     if (u.webSearches !== undefined) {
-      u.webSearches = cap("web_searches", u.webSearches, hold.searches);
+      u.webSearches = cap("web_searches", u.webSearches, bound.searches);
     }
     if (over.length && report) this.#anomalies(over, usage, u);
     return u;
   }
 
-  /**
-   * A provider's usage object as a client may be shown it before the final usage (a running
-   * count, Anthropic's `message_start`): null when it is within the hold's bounds and well formed
-   * (it passes as sent), else its figures clamped (`echoUsage`).
-   */
-  shownInterim(raw: unknown, usage: NormalizedUsage, r: UsageReader, shape: UsageShape) {
-    const shown = this.bounded(usage, false);
-    if (r.anomalies.length === 0 && JSON.stringify(shown) === JSON.stringify(usage)) return null;
-    return echoUsage(raw, shown, shape);
+  /** The bounds of the model that answered (one of the candidates held for). */
+  #bound(hold: Held): ModelBound {
+    const bound = hold.models.get(this.model);
+    if (!bound) throw new Error("the model answering was not held for");
+    return bound;
   }
 
   /** Logs and counts the kinds of usage found beyond the hold's bounds. */
   #anomalies(kinds: string[], reported: NormalizedUsage, kept: NormalizedUsage) {
     const provider = this.model.provider;
     for (const kind of kinds) usageAnomalies.inc({ provider, kind });
-    this.c.get("svc").log("warn", "usage beyond the hold's bounds; clamped", {
-      request_id: this.c.get("requestId"),
+    this.deps.log("warn", "usage beyond the hold's bounds; clamped", {
+      request_id: this.requestId,
       provider,
       model: this.model.model,
       kinds,
       reported: { prompt: reported.prompt, completion: reported.completion },
       billed: { prompt: kept.prompt, completion: kept.completion },
+    });
+  }
+
+  /** Logs and counts the clamps made reading the provider's usage (figures and field names). */
+  readAnomalies(anomalies: readonly string[]): void {
+    if (anomalies.length === 0) return;
+    usageAnomalies.inc({ provider: this.model.provider, kind: "malformed" });
+    this.deps.log("warn", "upstream usage clamped", {
+      request_id: this.requestId,
+      provider: this.model.provider,
+      model: this.model.model,
+      anomalies,
     });
   }
 
@@ -320,12 +277,12 @@ export class MeteredRequest {
     const hold = this.#hold;
     if (!hold) return this.price(usage);
     const { prices, discountBps } = this.model;
-    const output = hold.output.get(this.model) ?? 0;
-    const worst = priceWorstCase(hold.prompt, output, prices, discountBps, hold.searches);
+    const { outputTokens, searches } = this.#bound(hold);
+    const worst = priceWorstCase(hold.prompt, outputTokens, prices, discountBps, searches);
     const unpriced = unpricedKinds(usage, prices);
     if (unpriced.length) {
-      this.c.get("svc").log("warn", "usage of a kind without a catalog rate; the hold billed", {
-        request_id: this.c.get("requestId"),
+      this.deps.log("warn", "usage of a kind without a catalog rate; the hold billed", {
+        request_id: this.requestId,
         provider: this.model.provider,
         model: this.model.model,
         kinds: unpriced,
@@ -347,33 +304,26 @@ export class MeteredRequest {
     const usage = this.bounded(reported);
     let cost = this.#charge(usage);
     this.#done = true;
-    const c = this.c;
-    const event = usageEvent(c, {
-      provider: this.model.provider,
-      model: this.model.model,
+    const { actors, key, audit, log } = this.deps;
+    const event = audit.event(key, {
       status: fields.status ?? 200,
-      streaming: this.streaming,
       usage,
       cost,
       billed: true,
       errorCode: fields.errorCode ?? null,
-    });
-    const r = await settling(
-      "settle",
-      event,
-      () =>
-        c.get("svc").actors.submit(c.get("key").account_id, {
-          kind: "settle",
-          keyId: c.get("key").id,
-          holdId: this.holdId,
-          cost: cost.cost,
-          event,
-        }),
-    );
-    c.set("audited", true);
+    }, this.model);
+    const r = await settling("settle", event, () =>
+      actors.submit(key.account_id, {
+        kind: "settle",
+        keyId: key.id,
+        holdId: this.holdId,
+        cost: cost.cost,
+        event,
+      }));
+    audit.markRecorded();
     if (r.charged !== cost.cost) {
-      c.get("svc").log("warn", "usage cost exceeds the balance; charge capped", {
-        request_id: c.get("requestId"),
+      log("warn", "usage cost exceeds the balance; charge capped", {
+        request_id: this.requestId,
         provider: this.model.provider,
         model: this.model.model,
         cost: cost.cost,
@@ -386,7 +336,7 @@ export class MeteredRequest {
 
   /**
    * Records one failed attempt of a request that goes on to another (a retry or a fallback), at
-   * cost 0. Its audit row's request id carries the attempt number, so each attempt has a row.
+   * cost 0 (`RequestAudit.attemptEvent`).
    */
   async recordAttempt(
     model: ResolvedModel,
@@ -394,37 +344,24 @@ export class MeteredRequest {
     status: number,
     errorCode: string,
   ): Promise<void> {
-    const c = this.c;
-    const event = usageEvent(c, {
-      provider: model.provider,
-      model: model.model,
-      status,
-      streaming: this.streaming,
-      errorCode,
-    });
-    event.request_id = `${event.request_id}.${attempt}`;
-    await c.get("svc").actors.submit(c.get("key").account_id, { kind: "record", event });
+    const { actors, key, audit } = this.deps;
+    const event = audit.attemptEvent(key, model, attempt, status, errorCode);
+    await actors.submit(key.account_id, { kind: "record", event });
   }
 
   /** Releases the hold without charge and records the failure. */
   async release(status: number, errorCode: string): Promise<void> {
     if (this.#done || !this.#held) return;
     this.#done = true;
-    const c = this.c;
-    const event = usageEvent(c, {
-      provider: this.model.provider,
-      model: this.model.model,
-      status,
-      streaming: this.streaming,
-      errorCode,
-    });
+    const { actors, key, audit } = this.deps;
+    const event = audit.event(key, { status, errorCode }, this.model);
     await settling("release", event, () =>
-      c.get("svc").actors.submit(c.get("key").account_id, {
+      actors.submit(key.account_id, {
         kind: "release",
-        keyId: c.get("key").id,
+        keyId: key.id,
         holdId: this.holdId,
         event,
       }));
-    c.set("audited", true);
+    audit.markRecorded();
   }
 }

@@ -1,4 +1,4 @@
-import { eventData, SseSplitter } from "./sse.ts";
+import { eventData, SseSplitter } from "../sse.ts";
 import { arr, obj } from "../providers/common.ts";
 import { encodingCounter, type TokenCounter, utf8Bytes } from "../tokenizer.ts";
 import { type ImageModel, type ImageRef, imageTokens, worstImageTokens } from "./images.ts";

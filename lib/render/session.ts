@@ -9,7 +9,7 @@ import {
   sessionCookie,
   type SessionSpec,
 } from "../auth/sessions.ts";
-import { clientIp } from "../proxy/metered.ts";
+import { clientIp } from "../http/client.ts";
 
 /**
  * Only same-site paths are followed after sign-in or sign-up; anything else means the dashboard.

@@ -6,7 +6,7 @@
  */
 import { context, type Span, SpanKind } from "@opentelemetry/api";
 import type { UsageEvent } from "../billing/types.ts";
-import type { Observer, TapHandlers } from "../proxy/sse.ts";
+import type { TapHandlers } from "../proxy/tap.ts";
 import { usdNumber } from "../money.ts";
 import { clip } from "../kv/util.ts";
 import * as metrics from "../metrics.ts";
@@ -162,7 +162,7 @@ export function streamHandlers(handlers: TapHandlers): TapHandlers {
   const ctx = context.active();
   return {
     ...handlers,
-    onUsage: context.bind(ctx, handlers.onUsage),
+    onEvent: context.bind(ctx, handlers.onEvent),
     onEnd: context.bind(ctx, async (kind) => {
       try {
         await handlers.onEnd(kind);
@@ -173,7 +173,8 @@ export function streamHandlers(handlers: TapHandlers): TapHandlers {
   };
 }
 
-const FINISH =
+/** The text of an event that may carry a finish reason (a chat choice's, Messages' or Responses'). */
+export const FINISH =
   /"(?:finish_reason|stop_reason)"\s*:\s*"|"type"\s*:\s*"response\.(?:completed|incomplete|failed)"/;
 
 /**
@@ -213,7 +214,7 @@ export function streamWatch(
   model: { provider: string; model: string },
   startedAt: number,
   now: () => number,
-): { delivered(): void; finish: Observer } {
+): { delivered(): void; finish(chunk: Record<string, unknown>): void } {
   const span = current()?.span;
   let first = true;
   const reasons = new Set<string>();
@@ -225,13 +226,10 @@ export function streamWatch(
       metrics.timeToFirstToken.observe({ provider: model.provider, model: model.model }, ms / 1000);
       span?.setAttribute("router.time_to_first_token_ms", ms);
     },
-    finish: {
-      pattern: FINISH,
-      see(chunk) {
-        if (!span) return;
-        for (const r of finishReasons(chunk)) reasons.add(r);
-        span.setAttribute("gen_ai.response.finish_reasons", [...reasons]);
-      },
+    finish(chunk) {
+      if (!span) return;
+      for (const r of finishReasons(chunk)) reasons.add(r);
+      span.setAttribute("gen_ai.response.finish_reasons", [...reasons]);
     },
   };
 }

@@ -5,7 +5,8 @@
 import { context, SpanKind } from "@opentelemetry/api";
 import type { Context } from "hono";
 import { createMiddleware } from "hono/factory";
-import type { AppEnv } from "../services.ts";
+import type { InferenceEnv } from "../../routes/v1/inference.ts";
+import { apiErrorOf } from "../http/errors.ts";
 import { clip } from "../kv/util.ts";
 import * as metrics from "../metrics.ts";
 import { failSpan, requestContext, tracer } from "./trace.ts";
@@ -26,7 +27,7 @@ const OPERATION: Record<string, string> = {
  * served and ended once its response is sent in full (a stream's last byte) and billed. Counts
  * the requests that leave no audit row (no key known) in `router_requests_total`.
  */
-export const traceInference = createMiddleware<AppEnv>(async (c, next) => {
+export const traceInference = createMiddleware<InferenceEnv>(async (c, next) => {
   const operation = OPERATION[c.req.path] ?? "chat";
   const span = tracer.startSpan(operation, {
     kind: SpanKind.INTERNAL,
@@ -45,18 +46,20 @@ export const traceInference = createMiddleware<AppEnv>(async (c, next) => {
   countUnaudited(c);
   const status = c.res.status;
   const key = c.get("key");
-  const target = c.get("target");
+  // The request's audit record (`inferenceAudit`, registered after this one).
+  const audit = c.get("audit") as InferenceEnv["Variables"]["audit"] | undefined;
+  const target = audit?.target;
   span.setAttributes({
     "http.response.status_code": status,
     "router.request.id": c.get("requestId"),
   });
   if (key) span.setAttributes({ "router.account.id": key.account_id, "router.key.id": key.id });
-  if (!c.get("metered") && target?.model) {
+  if (!audit?.metered && target?.model) {
     // Refused before its hold: the model as named (it may name nothing offered).
     span.setAttribute("gen_ai.request.model", clip(target.model, 200));
     span.updateName(`${operation} ${clip(target.model, 200)}`);
   }
-  const code = c.get("errorCode");
+  const code = status >= 400 ? apiErrorOf(c.error)?.code : undefined;
   if (code) span.setAttribute("error.type", code);
   if (status >= 500) failSpan(span, code ?? `http_${status}`);
   const completed = (c.env as Deno.ServeHandlerInfo | undefined)?.completed;
@@ -66,7 +69,8 @@ export const traceInference = createMiddleware<AppEnv>(async (c, next) => {
 });
 
 /** Counts a request that leaves no audit row (no key was known): the others count as it commits. */
-function countUnaudited(c: Context<AppEnv>) {
-  if (c.get("audited") || c.get("metered")) return;
+function countUnaudited(c: Context<InferenceEnv>) {
+  const audit = c.get("audit") as InferenceEnv["Variables"]["audit"] | undefined;
+  if (audit?.recorded || audit?.deferred || audit?.metered) return;
   metrics.requests.inc({ provider: "", model: "", status: String(c.res.status) });
 }

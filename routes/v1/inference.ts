@@ -1,48 +1,185 @@
+/**
+ * The inference API: chat completions, Messages, Responses and embeddings (each one format module
+ * in lib/formats, all served by `runInference`), the free token count, the models and the key.
+ */
 import { type Context, Hono } from "hono";
-import { z } from "zod";
+import { createMiddleware } from "hono/factory";
 import type { AppEnv } from "../../lib/services.ts";
 import { auditableKey, presentedSecret, requireKey } from "../../lib/http/auth.ts";
-import { ApiError, badRequest, parseJson } from "../../lib/http/errors.ts";
-import { MeteredRequest, usageEvent } from "../../lib/proxy/metered.ts";
-import { Prompt } from "../../lib/proxy/tokens.ts";
-import { forward, resolveModel, settleJson } from "../../lib/proxy/pipeline.ts";
+import { ApiError, badRequest } from "../../lib/errors.ts";
+import { apiErrorOf, parseJson } from "../../lib/http/errors.ts";
+import { clientFacts } from "../../lib/http/client.ts";
+import { watchDeparture } from "../../lib/http/departure.ts";
+import { pause } from "../../lib/kv/util.ts";
+import type { ApiKey } from "../../lib/billing/types.ts";
+import { RequestAudit } from "../../lib/proxy/audit.ts";
+import { MeteredRequest } from "../../lib/proxy/metered.ts";
+import {
+  candidatesFor,
+  forward,
+  missingRates,
+  requirePrices,
+  resolveModel,
+} from "../../lib/proxy/forward.ts";
+import { billStream, settleJson } from "../../lib/proxy/settle.ts";
+import { Prompt, tokenCounter } from "../../lib/proxy/tokens.ts";
+import { callUpstream, readUpstreamJson } from "../../lib/proxy/upstream.ts";
+import type { Format } from "../../lib/formats/format.ts";
+import { chat } from "../../lib/formats/chat.ts";
+import { countTokensBody, messages } from "../../lib/formats/messages.ts";
+import { responses } from "../../lib/formats/responses.ts";
+import { embeddings } from "../../lib/formats/embeddings.ts";
+import { obj } from "../../lib/providers/common.ts";
+import { UsageReader } from "../../lib/providers/usage.ts";
 import type { ResolvedModel } from "../../lib/providers/types.ts";
 import { divRound, formatUsd } from "../../lib/money.ts";
 import { getKeySpend } from "../../lib/auth/keys.ts";
 import { periodEnd } from "../../lib/billing/periods.ts";
-import { chatCompletions } from "./chat.ts";
-import { countTokens, messages } from "./messages.ts";
-import { responses } from "./responses.ts";
 
-export const embeddingsSchema = z.looseObject({
-  model: z.string().min(1, "is required"),
-  input: z.union([
-    z.string(),
-    z.array(z.string()).min(1),
-    z.array(z.number().int()).min(1),
-    z.array(z.array(z.number().int())).min(1),
-  ]),
+/** The inference routes' context: the app's, and the request's audit record. */
+export type InferenceEnv = { Variables: AppEnv["Variables"] & { audit: RequestAudit } };
+
+/** Response headers of a proxied event stream. */
+const SSE_HEADERS = {
+  "content-type": "text/event-stream; charset=utf-8",
+  "cache-control": "no-cache",
+};
+
+/**
+ * Serves one inference request of `format`, top to bottom: the body parsed, the model resolved
+ * and its candidates found, the worst case held, the request forwarded until a candidate answers,
+ * and the reply settled (JSON) or billed as it streams. Every refusal is thrown as an `ApiError`
+ * (its audit row written by `inferenceAudit`); from the hold on, the metering writes the row.
+ */
+export async function runInference<B>(
+  c: Context<InferenceEnv>,
+  format: Format<B>,
+): Promise<Response> {
+  const svc = c.get("svc");
+  const audit = c.get("audit");
+
+  // Parse: the body against the format's schema; a refusal from here on is audited as the kind
+  // of request it was.
+  const raw = await c.req.text();
+  const req = format.request(raw, parseJson(raw, format.schema));
+  audit.streaming = req.stream;
+
+  // Resolve: the model named, then every candidate that may answer it (its fallbacks that serve
+  // this request and price what it asks for).
+  const primary = resolveModel(svc.providers, audit, req.model, format.type);
+  const unfit = req.unfit(primary);
+  if (unfit) throw badRequest(unfit);
+  requirePrices(primary, req.wants(primary));
+  const candidates = format.fallsBack
+    ? candidatesFor(
+      svc.providers,
+      primary,
+      req.fallbacks,
+      (m) => req.unfit(m) === null && missingRates(m, req.wants(m)).length === 0,
+    )
+    : [primary];
+
+  // Hold: the worst case of the dearest candidate, before any provider is called.
+  const metered = new MeteredRequest({
+    actors: svc.actors,
+    log: svc.log,
+    holdTtlMs: svc.config.holdTtlMs,
+    key: c.get("key"),
+    audit,
+  }, primary);
+  await metered.reserve(req.hold(candidates));
+
+  try {
+    // Forward: each candidate in turn, retried, until one answers (the one billed).
+    const reply = await forward(metered, candidates, (m) => req.call(m, c.req.raw.headers), {
+      fetch: svc.fetch,
+      retry: svc.providers.retry,
+      timeoutMs: svc.config.upstreamTimeoutMs,
+      wait: (ms) => pauseUnlessGone(c, ms),
+    });
+
+    // Settle: a JSON reply now; a stream as it ends, its format's reducer deciding when.
+    if (!req.stream || !req.events) {
+      return c.json(await settleJson(metered, req, reply, svc.config));
+    }
+    const stream = req.events(metered.model, reply.res.body!, {
+      maxEventBytes: svc.config.maxSseEventBytes,
+      bounded: (u) => metered.bounded(u, false),
+    });
+    return c.body(billStream(metered, stream, svc.config, svc.streams), 200, SSE_HEADERS);
+  } catch (e) {
+    metered.abandon(e);
+    throw e;
+  }
+}
+
+/**
+ * Waits `ms` unless the client leaves first (false then). `Request.signal` alone misses most
+ * departures (see `watchDeparture`).
+ */
+async function pauseUnlessGone(c: Context<InferenceEnv>, ms: number): Promise<boolean> {
+  const signal = c.req.raw.signal;
+  if (ms <= 0) return !signal.aborted;
+  const watch = watchDeparture(c.env as Deno.ServeHandlerInfo | undefined);
+  try {
+    return await pause(ms, AbortSignal.any([signal, watch.signal]));
+  } finally {
+    await watch.stop();
+  }
+}
+
+/**
+ * The audit record of an inference request (`RequestAudit`), and its one row where the metering
+ * wrote none: once the request is answered, a refusal (4xx, 5xx) is recorded at cost 0 with its
+ * code, and a free call (a token count) without one. The key is the authenticated one; a request
+ * refused before authentication (a URL or a body over its limit is refused before its key is
+ * read) or by it (a disabled key) is recorded under the key it presented, when that key's account
+ * is known (`auditableKey`). Registered before the request limits, so it sees their refusals.
+ */
+export const inferenceAudit = createMiddleware<InferenceEnv>(async (c, next) => {
+  const svc = c.get("svc");
+  const audit = new RequestAudit(c.get("requestId"), c.get("startedAt"), clientFacts(c), svc.now);
+  c.set("audit", audit);
+  await next();
+  if (audit.recorded || audit.deferred) return;
+  const status = c.res.status;
+  const key = (c.get("key") as ApiKey | undefined) ??
+    (status >= 400 ? await presentedKey(c) : null);
+  if (!key || key.scope !== "inference") return;
+  const errorCode = status < 400 ? null : apiErrorOf(c.error)?.code ?? `http_${status}`;
+  const event = audit.event(key, { status, errorCode });
+  audit.markRecorded();
+  await svc.actors.submit(key.account_id, { kind: "record", event });
 });
 
-async function embeddings(c: Context<AppEnv>) {
+/** The inference key a request presented, if its account is known (`auditableKey`). */
+async function presentedKey(c: Context<InferenceEnv>): Promise<ApiKey | null> {
+  const secret = presentedSecret(c.req.raw);
+  if (!secret) return null;
+  const svc = c.get("svc");
+  return auditableKey(await svc.keys.resolve(secret), "inference", svc.now());
+}
+
+/**
+ * `POST /v1/messages/count_tokens`: free, so neither held nor billed. Models that speak Messages
+ * natively ask the provider; other models get the router's estimate.
+ */
+async function countTokens(c: Context<InferenceEnv>) {
   const raw = await c.req.text();
-  const body = parseJson(raw, embeddingsSchema);
-  const model = resolveModel(c, body.model, "embedding");
-  const adapter = model.adapter;
-  if (!adapter.embeddingsRequest || !adapter.embeddingsReply) {
-    throw badRequest(`The provider '${model.provider}' has no embeddings API`);
+  const body = parseJson(raw, countTokensBody);
+  const svc = c.get("svc");
+  const model = resolveModel(svc.providers, c.get("audit"), body.model, "chat");
+  const native = model.adapter.native?.count_tokens;
+  if (!native) {
+    const usage = new Prompt(raw, body).count(model, await tokenCounter(model));
+    return c.json({ input_tokens: usage.prompt });
   }
-  const m = new MeteredRequest(c, model, false);
-  const prompt = new Prompt(raw, body);
-  await m.reserve(prompt.bound([model]), 0);
-  const reply = await forward(
-    m,
-    [model],
-    (to) => adapter.embeddingsRequest!(to.upstream, { ...body, model: to.model }),
+  const call = native(model.upstream, { ...body, model: model.model }, c.req.raw.headers);
+  const reply = await callUpstream(svc.fetch, call, svc.config.upstreamTimeoutMs);
+  const json = obj(
+    await readUpstreamJson(reply, svc.config.upstreamTimeoutMs, svc.config.maxUpstreamBodyBytes),
   );
-  return c.json(
-    await settleJson(m, reply, adapter.embeddingsReply, (count) => prompt.count(model, count)),
-  );
+  return c.json({ input_tokens: new UsageReader().count(json.input_tokens, "input_tokens") });
 }
 
 /** The per-million-token prices of a model, market and your rate, as USD strings. */
@@ -84,7 +221,7 @@ function modelObject(m: ResolvedModel) {
 
 /** The inference API: chat completions, messages, responses, embeddings, models and the key. */
 export function inferenceRoutes() {
-  const app = new Hono<AppEnv>();
+  const app = new Hono<InferenceEnv>();
 
   let cached: { at: number; body: unknown } | null = null;
   app.get("/models", (c) => {
@@ -113,17 +250,13 @@ export function inferenceRoutes() {
     return c.json(modelObject(r.model));
   });
 
-  app.use("/chat/completions", requireKey("inference"));
-  app.use("/embeddings", requireKey("inference"));
+  for (const path of INFERENCE_PATHS) app.use(path, requireKey("inference"));
   app.use("/key", requireKey("inference"));
-  app.use("/messages", requireKey("inference"));
-  app.use("/messages/count_tokens", requireKey("inference"));
-  app.use("/responses", requireKey("inference"));
-  app.post("/chat/completions", chatCompletions);
-  app.post("/messages", messages);
+  app.post("/chat/completions", (c) => runInference(c, chat));
+  app.post("/messages", (c) => runInference(c, messages));
+  app.post("/responses", (c) => runInference(c, responses));
+  app.post("/embeddings", (c) => runInference(c, embeddings));
   app.post("/messages/count_tokens", countTokens);
-  app.post("/responses", responses);
-  app.post("/embeddings", embeddings);
 
   app.get("/key", async (c) => {
     const svc = c.get("svc");
@@ -150,34 +283,17 @@ export function inferenceRoutes() {
   return app;
 }
 
-/**
- * Audits a refusal at the edge (a URL over its limit, a body declared over MAX_BODY_BYTES) on an
- * inference path. The limits answer before `requireKey` runs, so the presented key is resolved
- * here, and audited under the same rule (`auditableKey`); anything else writes nothing.
- */
-export async function auditEdgeRefusal(c: Context<AppEnv>, refusal: ApiError) {
-  const secret = presentedSecret(c.req.raw);
-  if (!secret) return;
-  const svc = c.get("svc");
-  const key = auditableKey(await svc.keys.resolve(secret), "inference", svc.now());
-  if (!key) return;
-  c.set("key", key);
-  c.set("accountId", key.account_id);
-  await auditRefusal(c, refusal.status, refusal.code);
-}
+/** The inference requests (under /v1): each audited (`inferenceAudit`). */
+export const INFERENCE_PATHS = [
+  "/chat/completions",
+  "/embeddings",
+  "/messages",
+  "/messages/count_tokens",
+  "/responses",
+] as const;
 
 /**
- * Audits an unbilled inference request (after authentication) that has no row yet, at cost 0: a
- * refusal with its error code, or a free call (a token count) with none.
+ * The inference API for the route registry: its requests carry `InferenceEnv`'s audit record, set
+ * by `inferenceAudit` (lib/app.ts) before any of its routes runs.
  */
-export async function auditRefusal(c: Context<AppEnv>, status: number, code: string | null) {
-  const key = c.get("key");
-  if (!key || c.get("audited") || key.scope !== "inference") return;
-  const target = c.get("target") ?? { provider: "", model: "" };
-  const streaming = c.get("streaming") ?? false;
-  const event = usageEvent(c, { ...target, status, streaming, errorCode: code });
-  c.set("audited", true);
-  await c.get("svc").actors.submit(key.account_id, { kind: "record", event });
-}
-
-export default inferenceRoutes;
+export default (): Hono<AppEnv> => inferenceRoutes() as unknown as Hono<AppEnv>;

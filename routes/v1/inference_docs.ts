@@ -5,10 +5,13 @@
  * usage with `cost` and `market_cost` (USD numbers).
  */
 import { z } from "zod";
-import { chatSchema } from "./chat.ts";
-import { countSchema, messagesSchema } from "./messages.ts";
-import { responsesSchema } from "./responses.ts";
-import { embeddingsSchema } from "./inference.ts";
+import { chatBody as chatSchema } from "../../lib/formats/chat.ts";
+import {
+  countTokensBody as countSchema,
+  messagesBody as messagesSchema,
+} from "../../lib/formats/messages.ts";
+import { responsesBody as responsesSchema } from "../../lib/formats/responses.ts";
+import { embeddingsBody as embeddingsSchema } from "../../lib/formats/embeddings.ts";
 import {
   type ApiRoutes,
   apiRoutes,

@@ -1,5 +1,6 @@
 import { z } from "zod";
 import { ApiError } from "../../lib/errors.ts";
+import { apiErrorOf } from "../../lib/http/errors.ts";
 import { EVENT_RESULTS } from "../../lib/billing/stripe/types.ts";
 import { apiRoutes, documented, errorResponses, jsonResponse } from "../../lib/http/openapi.ts";
 import { handleStripeEvent } from "../../lib/billing/stripe/events.ts";
@@ -18,7 +19,9 @@ export default function stripeRoutes() {
   // A refused delivery is counted by its error code (an applied one by its result, below).
   app.use("/stripe/webhook", async (c, next) => {
     await next();
-    if (c.res.status >= 400) stripeWebhooks.inc({ outcome: c.get("errorCode") ?? "error" });
+    if (c.res.status >= 400) {
+      stripeWebhooks.inc({ outcome: apiErrorOf(c.error)?.code ?? "error" });
+    }
   });
   documented(app, {
     method: "post",

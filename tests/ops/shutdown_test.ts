@@ -6,7 +6,7 @@ import { accountWithKey } from "./_ops.ts";
 import { verifyBooks } from "../../lib/billing/accounts.ts";
 import { getAuditRow } from "../../lib/audit/query.ts";
 import { parseUsd } from "../../lib/money.ts";
-import { STREAM_SHUTDOWN } from "../../lib/proxy/sse.ts";
+import { STREAM_SHUTDOWN } from "../../lib/sse.ts";
 import { countStreamedOutput } from "../../lib/proxy/tokens.ts";
 import { encodingCounter } from "../../lib/tokenizer.ts";
 import type { AuditRow, LedgerEntry } from "../../lib/billing/types.ts";

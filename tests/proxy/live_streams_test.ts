@@ -3,13 +3,24 @@
  * tap with the `shutting_down` error event, as a stream reaching MAX_STREAM_MS is.
  */
 import assert from "node:assert/strict";
-import { STREAM_SHUTDOWN, type TapEnd, tapStream } from "../../lib/proxy/sse.ts";
+import { STREAM_SHUTDOWN } from "../../lib/sse.ts";
+import { type TapEnd, tapStream } from "../../lib/proxy/tap.ts";
 import { LiveStreams } from "../../lib/proxy/live_streams.ts";
 
 const enc = new TextEncoder();
 const ENDED = `data: ${JSON.stringify({ error: STREAM_SHUTDOWN })}\n\n`;
 const event = (i: number) =>
   `data: ${JSON.stringify({ choices: [{ index: 0, delta: { content: `part ${i} ` } }] })}\n\n`;
+
+/** A tap's handlers that watch no event (every one passes as it came), its errors OpenAI's. */
+const PASSING = {
+  ending: {
+    closing: null,
+    error: (error: unknown) => `data: ${JSON.stringify({ error })}\n\n`,
+  },
+  watch: /(?!)/,
+  onEvent: () => ({}),
+};
 
 /** An upstream that sends an event every `everyMs` until cancelled. */
 function endless(everyMs: number) {
@@ -34,7 +45,7 @@ function tapped(live: LiveStreams, everyMs = 5) {
   let settled!: () => void;
   const billed = new Promise<void>((r) => settled = r);
   const out = tapStream(endless(everyMs), {
-    onUsage: () => Promise.resolve(undefined),
+    ...PASSING,
     delivered: (text) => delivered += text,
     async onEnd(kind) {
       // A settlement takes a moment: endAll waits for it.
@@ -109,7 +120,7 @@ Deno.test("LiveStreams: a stream that completes or is cancelled leaves the regis
         ctrl.close();
       },
     }),
-    { onUsage: () => Promise.resolve(undefined), onEnd: () => Promise.resolve() },
+    { ...PASSING, onEnd: () => Promise.resolve() },
     { idleMs: 5000, live },
   );
   assert.equal(live.size, 1);

@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
-import { tapStream } from "../../lib/proxy/sse.ts";
+import { tapStream } from "../../lib/proxy/tap.ts";
+import { CHAT_ENDING } from "../../lib/formats/chat.ts";
+
+const USAGE = /"usage"\s*:\s*\{/;
 
 const enc = new TextEncoder();
 
@@ -54,9 +57,11 @@ Deno.test("tapStream over a byte stream: large and cut chunks pass through byte 
   const ends: string[] = [];
   let delivered = "";
   const out = await readAll(tapStream(byteStream(parts), {
-    onUsage: (chunk) => {
-      seen.push(chunk.usage);
-      return Promise.resolve(usage);
+    ending: CHAT_ENDING,
+    watch: USAGE,
+    onEvent: ({ data }) => {
+      seen.push(data.usage);
+      return Promise.resolve({ final: true, out: usage });
     },
     delivered: (t) => delivered += t,
     onEnd: (kind) => {
@@ -87,7 +92,9 @@ Deno.test("tapStream over a byte stream: the client cancelling ends it once, as 
   }) as ReadableStream<Uint8Array>;
   const ends: string[] = [];
   const tapped = tapStream(src, {
-    onUsage: () => Promise.resolve(undefined),
+    ending: CHAT_ENDING,
+    watch: USAGE,
+    onEvent: () => ({}),
     onEnd: (kind) => {
       ends.push(kind);
       return Promise.resolve();

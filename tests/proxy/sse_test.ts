@@ -1,11 +1,9 @@
 import assert from "node:assert/strict";
-import {
-  eventData,
-  SseEventTooLarge,
-  SseSplitter,
-  tapStream,
-  translateSse,
-} from "../../lib/proxy/sse.ts";
+import { eventData, SseEventTooLarge, SseSplitter, translateSse } from "../../lib/sse.ts";
+import { tapStream } from "../../lib/proxy/tap.ts";
+import { CHAT_ENDING } from "../../lib/formats/chat.ts";
+
+const USAGE = /"usage"\s*:\s*\{/;
 
 const chunk = (content: string) =>
   JSON.stringify({
@@ -54,11 +52,14 @@ async function run(src: ReadableStream<Uint8Array>) {
   const ends: string[] = [];
   let produced = "";
   const out = tapStream(src, {
-    onUsage(data) {
+    ending: CHAT_ENDING,
+    watch: USAGE,
+    onEvent({ data }) {
       usages.push(data.usage);
-      return Promise.resolve(
-        `data: ${JSON.stringify({ ...data, usage: { ...data.usage as object, cost: 1 } })}`,
-      );
+      return Promise.resolve({
+        final: true,
+        out: `data: ${JSON.stringify({ ...data, usage: { ...data.usage as object, cost: 1 } })}`,
+      });
     },
     delivered: (text) => produced += text,
     onEnd(kind) {
@@ -199,7 +200,7 @@ Deno.test("translateSse: an event over the maximum fails the stream and lets the
   assert.ok(cancelled);
 });
 
-Deno.test("tapStream: usage answered as interim is replaced (or dropped) and the watch goes on", async () => {
+Deno.test("tapStream: a watched event answered as not final is replaced (or dropped) and the watch goes on", async () => {
   const running = (n: number) =>
     `data: ${
       JSON.stringify({
@@ -212,12 +213,16 @@ Deno.test("tapStream: usage answered as interim is replaced (or dropped) and the
     .map((e) => e + "\n\n").join("");
   const seen: unknown[] = [];
   const out = tapStream(cut(new TextEncoder().encode(input), [7, 60]), {
-    onUsage(data) {
+    ending: CHAT_ENDING,
+    watch: USAGE,
+    onEvent({ data }) {
       seen.push(data.usage);
       const n = (data.usage as { completion_tokens: number }).completion_tokens;
-      if ((data.choices as unknown[]).length === 0) return Promise.resolve("data: final");
+      if ((data.choices as unknown[]).length === 0) {
+        return Promise.resolve({ final: true, out: "data: final" });
+      }
       // The first passes unchanged, the second is dropped, the third rewritten.
-      return Promise.resolve(n === 1 ? undefined : { interim: n === 2 ? null : "data: three" });
+      return Promise.resolve(n === 1 ? {} : { out: n === 2 ? null : "data: three" });
     },
     onEnd: () => Promise.resolve(),
   }, { idleMs: 5_000 });
@@ -226,17 +231,18 @@ Deno.test("tapStream: usage answered as interim is replaced (or dropped) and the
   assert.equal(seen.length, 4, "every usage event up to the final one is handed over");
 });
 
-Deno.test("tapStream observers see the failure event, not the word in a reply's text", async () => {
+Deno.test("tapStream hands over the failure event it watches, not the word in a reply's text", async () => {
   const said = `data: ${chunk('the "error" key')}\n\n`;
   const failures = async (input: string, offsets: number[] = []) => {
     const seen: string[] = [];
     const out = tapStream(cut(new TextEncoder().encode(input), offsets), {
-      onUsage: () => Promise.resolve(undefined),
+      ending: CHAT_ENDING,
+      watch: /"error"/,
+      onEvent({ data: d, name }) {
+        if (name === "error" || d.error != null) seen.push(name || "chunk");
+        return {};
+      },
       onEnd: () => Promise.resolve(),
-      observe: [{
-        pattern: /"error"/,
-        see: (d, name) => (name === "error" || d.error != null) && seen.push(name || "chunk"),
-      }],
     }, { idleMs: 5_000 });
     await new Response(out).text();
     return seen;

@@ -12,7 +12,7 @@ import { encodingCounter } from "../../lib/tokenizer.ts";
 // The router counts gpt-4o-mini's output with its tokenizer (loaded here, so already when a stream
 // starts).
 const o200k = await encodingCounter("o200k_base");
-import { STREAM_FAILURE, STREAM_TOO_LONG } from "../../lib/proxy/sse.ts";
+import { STREAM_FAILURE, STREAM_TOO_LONG } from "../../lib/sse.ts";
 
 const enc = new TextEncoder();
 const MiB = 1024 * 1024;

@@ -290,3 +290,56 @@ Deno.test("the hold covers max_uses searches and their results; more searches ar
     await t.close();
   }
 });
+
+Deno.test("a Messages request whose native Anthropic fallback answers holds and bills that model's searches, streamed or not", async () => {
+  // The primary (an OpenAI model, reached by translation) runs no web search; its operator
+  // fallback, an Anthropic model reached natively, runs the request's web search tool.
+  const t = await startProviders({
+    providersFile: {
+      retry: { max_retries: 0, backoff_ms: 1 },
+      fallbacks: { "openai/gpt-4o-mini": ["anthropic/claude-haiku-4-5"] },
+    },
+  });
+  try {
+    const { key, mgmt } = await t.account("10");
+    t.openai.scenario = { status: 500 };
+    t.anthropic.scenario = {
+      usage: {
+        input_tokens: 1000,
+        output_tokens: 200,
+        server_tool_use: { web_search_requests: 3 },
+      },
+    };
+    const client = new Anthropic({ apiKey: key, baseURL: t.url, maxRetries: 0 });
+    const request = {
+      model: "openai/gpt-4o-mini",
+      max_tokens: 300,
+      ...(padding() as object),
+      messages: hi,
+      tools: [{ ...WEB_SEARCH, max_uses: 5 }],
+    };
+    // claude-haiku-4-5: 1000 input × $1/M + 200 output × $5/M + 3 searches × $10/1000
+    // = $0.032 market; 20 % off = $0.0256.
+    const plain = await client.messages.create(request);
+    const usage = plain.usage as unknown as Record<string, unknown>;
+    assert.deepEqual(usage.server_tool_use, { web_search_requests: 3 });
+    assert.equal(usage.market_cost, 0.032);
+    assert.equal(usage.cost, 0.0256);
+    assert.deepEqual(t.anthropic.requests[0].tools, [{ ...WEB_SEARCH, max_uses: 5 }]);
+
+    const stream = await client.messages.create({ ...request, stream: true });
+    let delta: Record<string, unknown> | null = null;
+    for await (const event of stream) {
+      if (event.type === "message_delta") delta = event.usage as unknown as Record<string, unknown>;
+    }
+    assert.deepEqual(delta!.server_tool_use, { web_search_requests: 3 });
+    assert.equal(delta!.cost, 0.0256);
+
+    const credits = await json(await t.call(mgmt, "GET", "/v1/credits"), 200);
+    assert.equal(credits.total_used, "0.0512");
+    assert.equal(credits.reserved, "0");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});

@@ -6,7 +6,7 @@
 import type { NormalizedUsage } from "../../pricing.ts";
 import { arr, obj, parseArgs } from "../common.ts";
 import { readOpenAIUsage, UsageReader } from "../usage.ts";
-import { translateSse } from "../../proxy/sse.ts";
+import { translateSse } from "../../sse.ts";
 
 type Json = Record<string, unknown>;
 

@@ -12,7 +12,7 @@ import {
   parseDataUrl,
   stopList,
 } from "../common.ts";
-import { STREAM_FAILURE, translateSse } from "../../proxy/sse.ts";
+import { STREAM_FAILURE, translateSse } from "../../sse.ts";
 
 /** The API version sent when the client named none (Anthropic requires one). */
 export const ANTHROPIC_VERSION = "2023-06-01";
@@ -292,6 +292,13 @@ const authHeaders = (up: Upstream, version: string | null, beta: string | null) 
   ...(beta ? { "anthropic-beta": beta } : {}),
 });
 
+/** A native Messages API call: the client's `anthropic-version` and `anthropic-beta` kept. */
+const nativePost = (up: Upstream, path: string, body: Record<string, unknown>, headers: Headers) =>
+  post(`${up.baseUrl}${path}`, {
+    ...authHeaders(up, headers.get("anthropic-version"), headers.get("anthropic-beta")),
+    accept: body.stream ? "text/event-stream" : "application/json",
+  }, body);
+
 /** Anthropic: `/v1/chat/completions` translated to Messages and back; `/v1/messages` native. */
 export const anthropic: ProviderAdapter = {
   kind: "anthropic",
@@ -304,12 +311,10 @@ export const anthropic: ProviderAdapter = {
     }, toAnthropicBody(body)),
   chatReply: fromAnthropic,
   chatStream: streamFromAnthropic,
-  nativeRequest(up, api, body, headers) {
-    if (api === "responses") return null;
-    const path = api === "count_tokens" ? "/v1/messages/count_tokens" : "/v1/messages";
-    return post(`${up.baseUrl}${path}`, {
-      ...authHeaders(up, headers.get("anthropic-version"), headers.get("anthropic-beta")),
-      accept: body.stream ? "text/event-stream" : "application/json",
-    }, body);
+  // The Messages API answers with one choice.
+  maxChoices: 1,
+  native: {
+    messages: (up, body, headers) => nativePost(up, "/v1/messages", body, headers),
+    count_tokens: (up, body, headers) => nativePost(up, "/v1/messages/count_tokens", body, headers),
   },
 };

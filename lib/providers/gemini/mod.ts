@@ -13,7 +13,7 @@ import {
   stopList,
   toolNames,
 } from "../common.ts";
-import { STREAM_FAILURE, translateSse } from "../../proxy/sse.ts";
+import { STREAM_FAILURE, translateSse } from "../../sse.ts";
 
 type Part = Record<string, unknown>;
 

@@ -27,5 +27,7 @@ export const openai: ProviderAdapter = {
   chatStream: (body) => body,
   embeddingsRequest: (up, body) => post(up, "/embeddings", body),
   embeddingsReply: reply,
-  nativeRequest: (up, api, body) => api === "responses" ? post(up, "/responses", body) : null,
+  native: { responses: (up, body) => post(up, "/responses", body) },
+  // gpt-4o-search-preview, gpt-5-search-api: every request searches once.
+  searchingModels: /-search-(preview|api)/,
 };
