@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { recordEvents } from "../../lib/audit/recorder.ts";
-import { newId } from "../../lib/ids.ts";
-import { auditIdKey, OUTBOX_PREFIX, outboxKey } from "../../lib/kv/schema.ts";
-import type { UsageEvent } from "../../lib/billing/types.ts";
+import { recordEvents } from "../../../lib/audit/recorder.ts";
+import { newId } from "../../../lib/ids.ts";
+import { auditIdKey, OUTBOX_PREFIX, outboxKey } from "../../../lib/kv/schema.ts";
+import type { UsageEvent } from "../../../lib/billing/types.ts";
 
 /** A billed event of its own account, key and model: each brings its own rollup counters. */
 function event(i: number, now: number): UsageEvent {

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { startRouter } from "../_helpers.ts";
-import { exportAudit } from "../../lib/audit/query.ts";
-import { auditBytesOf } from "../../lib/audit/recorder.ts";
-import { auditKey } from "../../lib/kv/schema.ts";
-import { usageEvent } from "../_fixtures.ts";
-import { parseCsv } from "../_csv.ts";
+import { startRouter } from "../../_helpers.ts";
+import { exportAudit } from "../../../lib/audit/query.ts";
+import { auditBytesOf } from "../../../lib/audit/recorder.ts";
+import { auditKey } from "../../../lib/kv/schema.ts";
+import { usageEvent } from "../../_fixtures.ts";
+import { parseCsv } from "../../_csv.ts";
 
 const T0 = Date.parse("2032-04-01T00:00:00Z");
 

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { auditBytesOf } from "../../lib/audit/recorder.ts";
-import { exportAudit } from "../../lib/audit/query.ts";
-import { decodeAuditRow } from "../../lib/audit/row.ts";
-import { auditKey } from "../../lib/kv/schema.ts";
-import type { UsageEvent } from "../../lib/billing/types.ts";
-import { usageEvent } from "../_fixtures.ts";
+import { auditBytesOf } from "../../../lib/audit/recorder.ts";
+import { exportAudit } from "../../../lib/audit/query.ts";
+import { decodeAuditRow } from "../../../lib/audit/row.ts";
+import { auditKey } from "../../../lib/kv/schema.ts";
+import type { UsageEvent } from "../../../lib/billing/types.ts";
+import { usageEvent } from "../../_fixtures.ts";
 
 const T0 = Date.UTC(2026, 0, 1);
 const base: UsageEvent = usageEvent({ id: "", account_id: "acct_s", ts: 0, request_id: "" });

@@ -1,20 +1,20 @@
 import assert from "node:assert/strict";
-import { json, startRouter } from "../_helpers.ts";
-import { recordEvents } from "../../lib/audit/recorder.ts";
+import { json, startRouter } from "../../_helpers.ts";
+import { recordEvents } from "../../../lib/audit/recorder.ts";
 import {
   compactAccount,
   compactPending,
   PendingRollups,
   type PendingRow,
-} from "../../lib/usage/compact.ts";
-import { queryUsage as queryRows, type UsageQuery } from "../../lib/usage/query.ts";
-import { usageJson } from "../../lib/http/presenters.ts";
-import { addRollupSums } from "../../lib/usage/rollups.ts";
-import { OUTBOX_PREFIX, outboxKey, ROLLUP_PENDING_PREFIX } from "../../lib/kv/schema.ts";
-import { keyString } from "../../lib/kv/util.ts";
-import { parseUsd } from "../../lib/money.ts";
-import type { UsageEvent } from "../../lib/billing/types.ts";
-import { distinctEvent } from "../_fixtures.ts";
+} from "../../../lib/usage/compact.ts";
+import { queryUsage as queryRows, type UsageQuery } from "../../../lib/usage/query.ts";
+import { usageJson } from "../../../lib/http/presenters.ts";
+import { addRollupSums } from "../../../lib/usage/rollups.ts";
+import { OUTBOX_PREFIX, outboxKey, ROLLUP_PENDING_PREFIX } from "../../../lib/kv/schema.ts";
+import { keyString } from "../../../lib/kv/util.ts";
+import { parseUsd } from "../../../lib/money.ts";
+import type { UsageEvent } from "../../../lib/billing/types.ts";
+import { distinctEvent } from "../../_fixtures.ts";
 
 /** The usage query as GET /v1/usage answers it. */
 const queryUsage = async (kv: Deno.Kv, q: UsageQuery) => usageJson(await queryRows(kv, q));

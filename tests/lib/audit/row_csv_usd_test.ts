@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { csvUsd } from "../../lib/audit/row.ts";
-import { formatUsd } from "../../lib/money.ts";
+import { csvUsd } from "../../../lib/audit/row.ts";
+import { formatUsd } from "../../../lib/money.ts";
 
 Deno.test("csvUsd writes exactly what formatUsd writes", () => {
   const edge = [

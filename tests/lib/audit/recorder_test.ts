@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { json, padding, startRouter, type TestRouter } from "../_helpers.ts";
-import { recordEvents } from "../../lib/audit/recorder.ts";
-import { outboxKey } from "../../lib/kv/schema.ts";
-import { settledUnrecorded } from "../_fixtures.ts";
+import { json, padding, startRouter, type TestRouter } from "../../_helpers.ts";
+import { recordEvents } from "../../../lib/audit/recorder.ts";
+import { outboxKey } from "../../../lib/kv/schema.ts";
+import { settledUnrecorded } from "../../_fixtures.ts";
 
 const COST = 192_000n;
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { json, startRouter } from "../_helpers.ts";
-import { warmUsageDigests } from "../../lib/usage/warm.ts";
+import { json, startRouter } from "../../_helpers.ts";
+import { warmUsageDigests } from "../../../lib/usage/warm.ts";
 
 const USAGE = { prompt_tokens: 1000, completion_tokens: 200 };
 

@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
-import { type AuditFilter, getAuditAttempts, listAuditByAccount } from "../../lib/audit/query.ts";
-import { auditRowOf, recordEvents } from "../../lib/audit/recorder.ts";
-import { auditIdKey, auditKey, outboxKey } from "../../lib/kv/schema.ts";
-import { usageEvent } from "../_fixtures.ts";
-import { encodeAuditRow } from "../../lib/audit/row.ts";
+import {
+  type AuditFilter,
+  getAuditAttempts,
+  listAuditByAccount,
+} from "../../../lib/audit/query.ts";
+import { auditRowOf, recordEvents } from "../../../lib/audit/recorder.ts";
+import { auditIdKey, auditKey, outboxKey } from "../../../lib/kv/schema.ts";
+import { usageEvent } from "../../_fixtures.ts";
+import { encodeAuditRow } from "../../../lib/audit/row.ts";
 
 const ACCT = "acct_q";
 const BASE = Date.UTC(2026, 10, 1);

@@ -1,17 +1,22 @@
 import assert from "node:assert/strict";
-import { AUDIT_COLUMNS, csvLength, decodeAuditRow, encodeAuditRow } from "../../lib/audit/row.ts";
+import {
+  AUDIT_COLUMNS,
+  csvLength,
+  decodeAuditRow,
+  encodeAuditRow,
+} from "../../../lib/audit/row.ts";
 import {
   type AuditFilter,
   exportAudit,
   getAuditRow,
   listAuditByAccount,
-} from "../../lib/audit/query.ts";
-import { auditBytesOf, auditRowOf } from "../../lib/audit/recorder.ts";
-import { auditIdKey, auditKey } from "../../lib/kv/schema.ts";
-import { formatUsd } from "../../lib/money.ts";
-import type { AuditRow } from "../../lib/billing/types.ts";
-import { usageEvent } from "../_fixtures.ts";
-import { parseCsv } from "../_csv.ts";
+} from "../../../lib/audit/query.ts";
+import { auditBytesOf, auditRowOf } from "../../../lib/audit/recorder.ts";
+import { auditIdKey, auditKey } from "../../../lib/kv/schema.ts";
+import { formatUsd } from "../../../lib/money.ts";
+import type { AuditRow } from "../../../lib/billing/types.ts";
+import { usageEvent } from "../../_fixtures.ts";
+import { parseCsv } from "../../_csv.ts";
 
 const T0 = Date.UTC(2026, 3, 1, 12);
 

@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
-import { recordEvents } from "../../lib/audit/recorder.ts";
-import { outboxKey } from "../../lib/kv/schema.ts";
-import { parseUsd } from "../../lib/money.ts";
-import { queryUsage as queryRows, type UsageQuery } from "../../lib/usage/query.ts";
-import { periodBuckets } from "../../lib/usage/period.ts";
-import { usageJson } from "../../lib/http/presenters.ts";
-import { usageParams } from "../../lib/http/params.ts";
-import type { LedgerEntry, UsageEvent } from "../../lib/billing/types.ts";
-import { ApiError } from "../../lib/http/errors.ts";
-import { distinctEvent } from "../_fixtures.ts";
+import { recordEvents } from "../../../lib/audit/recorder.ts";
+import { outboxKey } from "../../../lib/kv/schema.ts";
+import { parseUsd } from "../../../lib/money.ts";
+import { queryUsage as queryRows, type UsageQuery } from "../../../lib/usage/query.ts";
+import { periodBuckets } from "../../../lib/usage/period.ts";
+import { usageJson } from "../../../lib/http/presenters.ts";
+import { usageParams } from "../../../lib/http/params.ts";
+import type { LedgerEntry, UsageEvent } from "../../../lib/billing/types.ts";
+import { ApiError } from "../../../lib/http/errors.ts";
+import { distinctEvent } from "../../_fixtures.ts";
 
 /** The usage query as GET /v1/usage answers it. */
 const queryUsage = async (kv: Deno.Kv, q: UsageQuery) => usageJson(await queryRows(kv, q));

@@ -4,18 +4,18 @@
  * export lists over the same period, with real traffic through the router.
  */
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
-import { type FakeAnthropic, startFakeAnthropic } from "../_fakes/anthropic.ts";
-import { parseUsd } from "../../lib/money.ts";
-import { outboxKey } from "../../lib/kv/schema.ts";
-import type { UsageEvent } from "../../lib/billing/types.ts";
-import { newId } from "../../lib/ids.ts";
-import { recordEvents } from "../../lib/audit/recorder.ts";
-import { compactAccount } from "../../lib/usage/compact.ts";
-import { queryUsage as queryRows, type UsageQuery } from "../../lib/usage/query.ts";
-import { usageJson } from "../../lib/http/presenters.ts";
-import { distinctEvent } from "../_fixtures.ts";
-import { parseCsv } from "../_csv.ts";
+import { json, startRouter, type TestRouter } from "../../_helpers.ts";
+import { type FakeAnthropic, startFakeAnthropic } from "../../_fakes/anthropic.ts";
+import { parseUsd } from "../../../lib/money.ts";
+import { outboxKey } from "../../../lib/kv/schema.ts";
+import type { UsageEvent } from "../../../lib/billing/types.ts";
+import { newId } from "../../../lib/ids.ts";
+import { recordEvents } from "../../../lib/audit/recorder.ts";
+import { compactAccount } from "../../../lib/usage/compact.ts";
+import { queryUsage as queryRows, type UsageQuery } from "../../../lib/usage/query.ts";
+import { usageJson } from "../../../lib/http/presenters.ts";
+import { distinctEvent } from "../../_fixtures.ts";
+import { parseCsv } from "../../_csv.ts";
 
 /** The usage query as GET /v1/usage answers it. */
 const queryUsage = async (kv: Deno.Kv, q: UsageQuery) => usageJson(await queryRows(kv, q));
