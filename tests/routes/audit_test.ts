@@ -9,7 +9,7 @@ import { newId } from "../../lib/ids.ts";
 import { usageEvent } from "../_fixtures.ts";
 import { parseCsv } from "../_csv.ts";
 
-// Test clocks run ahead of the real one (see tests/billing/limits_test.ts).
+// Test clocks run ahead of the real one (see tests/lib/billing/periods_limits_test.ts).
 const T0 = Date.parse("2031-05-01T09:00:00Z");
 const USAGE = { prompt_tokens: 100, completion_tokens: 20 };
 

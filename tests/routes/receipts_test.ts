@@ -3,7 +3,7 @@ import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { type FakeStripe, startFakeStripe } from "../_fakes/stripe.ts";
 import { startReceiver } from "../_fakes/receiver.ts";
 import { checkout, deliverSigned, transactions } from "../_stripe.ts";
-import { addEndpoint, settled } from "../webhooks/_webhooks.ts";
+import { addEndpoint, settled } from "../_webhooks.ts";
 import { h } from "preact";
 import { renderToString } from "preact-render-to-string";
 import { LedgerTable } from "../../lib/render/ledger.tsx";

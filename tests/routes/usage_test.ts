@@ -3,7 +3,7 @@ import { newId } from "../../lib/ids.ts";
 import { json, startRouter, type TestRouter } from "../_helpers.ts";
 import { parseUsd } from "../../lib/money.ts";
 
-// Test clocks run ahead of the real one (see tests/billing/limits_test.ts).
+// Test clocks run ahead of the real one (see tests/lib/billing/periods_limits_test.ts).
 const T0 = Date.parse("2030-03-01T10:15:00Z");
 
 type Row = Record<string, number | string>;

@@ -20,7 +20,7 @@ import { parseCsv } from "../../_csv.ts";
 /** The usage query as GET /v1/usage answers it. */
 const queryUsage = async (kv: Deno.Kv, q: UsageQuery) => usageJson(await queryRows(kv, q));
 
-// Test clocks run ahead of the real one (see tests/billing/limits_test.ts).
+// Test clocks run ahead of the real one (see tests/lib/billing/periods_limits_test.ts).
 const T0 = Date.parse("2032-01-05T21:10:00Z");
 const DAY = 86_400_000;
 /** API.md's audit columns: the CSV header. */

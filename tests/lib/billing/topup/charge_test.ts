@@ -3,11 +3,11 @@
  * loopback Stripe fake (production billing) or development billing's simulation.
  */
 import assert from "node:assert/strict";
-import { json } from "../_helpers.ts";
-import { startReceiver } from "../_fakes/receiver.ts";
-import { deliverSigned, transactions } from "../_stripe.ts";
-import { addEndpoint, settled } from "../webhooks/_webhooks.ts";
-import { startTopUp } from "../../lib/billing/topup/charge.ts";
+import { json } from "../../../_helpers.ts";
+import { startReceiver } from "../../../_fakes/receiver.ts";
+import { deliverSigned, transactions } from "../../../_stripe.ts";
+import { addEndpoint, settled } from "../../../_webhooks.ts";
+import { startTopUp } from "../../../../lib/billing/topup/charge.ts";
 import {
   autoTopup,
   enableTopup,
@@ -16,7 +16,7 @@ import {
   SECRET,
   spend,
   spendRouter,
-} from "./_spend.ts";
+} from "../../../_spend.ts";
 
 Deno.test("a saved card: a setup Checkout Session saves its brand, last four and expiry; a new one replaces it; DELETE forgets it and turns auto top-up off", () =>
   spendRouter(async (t, stripe) => {

@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
-import { json, startRouter } from "../_helpers.ts";
-import { entries, populateBooks } from "../_books.ts";
-import { verifyBooks } from "../../lib/billing/accounts.ts";
-import { backfillLedgerTotals, ledgerTotals, sumLedger } from "../../lib/billing/totals.ts";
+import { json, startRouter } from "../../_helpers.ts";
+import { entries, populateBooks } from "../../_books.ts";
+import { verifyBooks } from "../../../lib/billing/accounts.ts";
+import { backfillLedgerTotals, ledgerTotals, sumLedger } from "../../../lib/billing/totals.ts";
 import {
   ledgerKey,
   ledgerPrefix,
   ledgerTotalKey,
   ledgerTotalsCompleteKey,
-} from "../../lib/kv/schema.ts";
-import type { LedgerEntry } from "../../lib/billing/types.ts";
+} from "../../../lib/kv/schema.ts";
+import type { LedgerEntry } from "../../../lib/billing/types.ts";
 
 const u64 = async (kv: Deno.Kv, key: Deno.KvKey) =>
   ((await kv.get<Deno.KvU64>(key)).value?.value) ?? 0n;

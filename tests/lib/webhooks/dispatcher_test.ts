@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, json, startRouter } from "../_helpers.ts";
-import { startReceiver, TEST_CA } from "../_fakes/receiver.ts";
-import { nextAttemptMs, Webhooks } from "../../lib/webhooks/dispatcher.ts";
-import { addressPolicy, type Resolver } from "../../lib/webhooks/addresses.ts";
-import { getEndpoint } from "../../lib/webhooks/endpoints.ts";
-import { addEndpoint, closedPort, deliveries, settled } from "./_webhooks.ts";
+import { ADMIN_TOKEN, json, startRouter } from "../../_helpers.ts";
+import { startReceiver, TEST_CA } from "../../_fakes/receiver.ts";
+import { nextAttemptMs, Webhooks } from "../../../lib/webhooks/dispatcher.ts";
+import { addressPolicy, type Resolver } from "../../../lib/webhooks/addresses.ts";
+import { getEndpoint } from "../../../lib/webhooks/endpoints.ts";
+import { addEndpoint, closedPort, deliveries, settled } from "../../_webhooks.ts";
 
 const MODES = ["queue", "drainer"] as const;
 

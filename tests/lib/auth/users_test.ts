@@ -8,9 +8,9 @@ import {
   PBKDF2_ITERATIONS,
   removeMember,
   verifyPassword,
-} from "../../lib/auth/users.ts";
-import { getBalance } from "../../lib/billing/accounts.ts";
-import { signUp } from "../../lib/onboarding.ts";
+} from "../../../lib/auth/users.ts";
+import { getBalance } from "../../../lib/billing/accounts.ts";
+import { signUp } from "../../../lib/onboarding.ts";
 
 Deno.test("hashPassword uses PBKDF2-SHA256 with at least 600,000 iterations and a fresh salt", async () => {
   assert.ok(PBKDF2_ITERATIONS >= 600_000);

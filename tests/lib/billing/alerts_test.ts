@@ -4,11 +4,11 @@
  * KV serve the account, delivered to the account's webhook endpoints and shown as active.
  */
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter, until } from "../_helpers.ts";
-import { type Receiver, startReceiver, type WebhookBody } from "../_fakes/receiver.ts";
-import { addEndpoint, settled } from "../webhooks/_webhooks.ts";
-import { fireLowBalance } from "../../lib/billing/alerts.ts";
-import { CHAT, PRICED, spend, spendRouter } from "./_spend.ts";
+import { json, startRouter, type TestRouter, until } from "../../_helpers.ts";
+import { type Receiver, startReceiver, type WebhookBody } from "../../_fakes/receiver.ts";
+import { addEndpoint, settled } from "../../_webhooks.ts";
+import { fireLowBalance } from "../../../lib/billing/alerts.ts";
+import { CHAT, PRICED, spend, spendRouter } from "../../_spend.ts";
 
 /**
  * The events the receiver got, as [type, data], from the `from`-th delivery on: ordered by their

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import Stripe from "stripe";
-import { loadConfig } from "../../lib/config.ts";
+import { loadConfig } from "../../../../lib/config.ts";
 import {
   createStripeClient,
   stripeOptions,
   verifyWebhook,
-} from "../../lib/billing/stripe/client.ts";
+} from "../../../../lib/billing/stripe/client.ts";
 
 const cryptoProvider = Stripe.createSubtleCryptoProvider();
 const config = (env: Record<string, string>) =>

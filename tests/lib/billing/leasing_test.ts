@@ -6,10 +6,10 @@
  * served once that lease is recalled, not refused.
  */
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter, until } from "../_helpers.ts";
-import { parseUsd } from "../../lib/money.ts";
-import { LEASE_PREFIX } from "../../lib/kv/schema.ts";
-import type { Lease } from "../../lib/billing/types.ts";
+import { json, startRouter, type TestRouter, until } from "../../_helpers.ts";
+import { parseUsd } from "../../../lib/money.ts";
+import { LEASE_PREFIX } from "../../../lib/kv/schema.ts";
+import type { Lease } from "../../../lib/billing/types.ts";
 
 const chat = (t: TestRouter, key: string, extra: Record<string, unknown> = {}) =>
   t.call(key, "POST", "/v1/chat/completions", {

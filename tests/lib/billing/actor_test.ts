@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
-import { parseUsd } from "../../lib/money.ts";
+import { json, startRouter, type TestRouter } from "../../_helpers.ts";
+import { parseUsd } from "../../../lib/money.ts";
 
 // About 480 bytes of prompt: the hold counts one token per byte (≈ 72 µ$ + 50 output tokens),
 // while the upstream reports 100 + 20 tokens: (100 × 150 + 20 × 600) × 0.8 = 21600 nano-USD.

@@ -5,12 +5,12 @@
  * map, so leases are taken, spent, recalled and reclaimed as across processes.
  */
 import assert from "node:assert/strict";
-import { decide, readKeys, stateOf } from "../../lib/billing/decide.ts";
-import { type LeasePolicy, LocalLeases } from "../../lib/billing/local_lease.ts";
-import { keySpendView } from "../../lib/billing/lease.ts";
-import type { Op } from "../../lib/billing/ops.ts";
-import { apiKeyKey, balanceKey, holdKey, keySpendKey } from "../../lib/kv/schema.ts";
-import { keyString } from "../../lib/kv/util.ts";
+import { decide, readKeys, stateOf } from "../../../lib/billing/decide.ts";
+import { type LeasePolicy, LocalLeases } from "../../../lib/billing/local_lease.ts";
+import { keySpendView } from "../../../lib/billing/lease.ts";
+import type { Op } from "../../../lib/billing/ops.ts";
+import { apiKeyKey, balanceKey, holdKey, keySpendKey } from "../../../lib/kv/schema.ts";
+import { keyString } from "../../../lib/kv/util.ts";
 import type {
   ApiKey,
   BalanceState,
@@ -18,8 +18,8 @@ import type {
   KeySpend,
   Lease,
   UsageEvent,
-} from "../../lib/billing/types.ts";
-import { apiKeyRecord, usageEvent } from "../_fixtures.ts";
+} from "../../../lib/billing/types.ts";
+import { apiKeyRecord, usageEvent } from "../../_fixtures.ts";
 
 const ACCT = "acct_core";
 const NOW = Date.parse("2027-03-01T12:00:00Z");

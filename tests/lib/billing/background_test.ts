@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { loadConfig } from "../../lib/config.ts";
-import { createApp } from "../../lib/app.ts";
-import { silentLogger } from "../../lib/log.ts";
+import { loadConfig } from "../../../lib/config.ts";
+import { createApp } from "../../../lib/app.ts";
+import { silentLogger } from "../../../lib/log.ts";
 
 Deno.test("without a sweep period the router sweeps on the default period, not back to back", async () => {
   const kv = await Deno.openKv(":memory:");

@@ -1,8 +1,8 @@
 /** Helpers of the customer webhook tests. */
 import assert from "node:assert/strict";
-import { json, type TestRouter } from "../_helpers.ts";
-import type { Receiver } from "../_fakes/receiver.ts";
-import type { DeliveryView } from "../../islands/WebhooksManager.tsx";
+import { json, type TestRouter } from "./_helpers.ts";
+import type { Receiver } from "./_fakes/receiver.ts";
+import type { DeliveryView } from "../islands/WebhooksManager.tsx";
 
 /** A delivery as GET /v1/webhooks/{id}/deliveries shows it. */
 export type DeliveryRow = DeliveryView & { endpoint_id: string };

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import { json, kvSnapshot, startRouter } from "../_helpers.ts";
-import { startReceiver } from "../_fakes/receiver.ts";
-import { addEndpoint, deliveries } from "./_webhooks.ts";
+import { json, kvSnapshot, startRouter } from "../../_helpers.ts";
+import { startReceiver } from "../../_fakes/receiver.ts";
+import { addEndpoint, deliveries } from "../../_webhooks.ts";
 
 Deno.test("POST /v1/webhooks refuses bad bodies with a 400 naming the field, writing nothing", async () => {
   const t = await startRouter();

@@ -12,9 +12,9 @@ import {
   sessionToken,
   SIGNIN_EMAIL_LIMIT,
   SIGNIN_LIMIT,
-} from "../../lib/auth/sessions.ts";
-import { signUp } from "../../lib/onboarding.ts";
-import { json, startRouter } from "../_helpers.ts";
+} from "../../../lib/auth/sessions.ts";
+import { signUp } from "../../../lib/onboarding.ts";
+import { json, startRouter } from "../../_helpers.ts";
 
 Deno.test("sessions are found by token, end at their deadline and on delete", async () => {
   const kv = await Deno.openKv(":memory:");

@@ -1,9 +1,9 @@
 /** Helpers of the spend-control tests: a priced model, a card saved through Stripe, spending. */
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
-import { type FakeCard, type FakeStripe, startFakeStripe } from "../_fakes/stripe.ts";
-import { deliverSigned } from "../_stripe.ts";
-import type { ProvidersFile } from "../../lib/providers/registry.ts";
+import { json, startRouter, type TestRouter } from "./_helpers.ts";
+import { type FakeCard, type FakeStripe, startFakeStripe } from "./_fakes/stripe.ts";
+import { deliverSigned } from "./_stripe.ts";
+import type { ProvidersFile } from "../lib/providers/registry.ts";
 
 export const SECRET = "whsec_test_spend_0123456789";
 

@@ -11,7 +11,7 @@ import { startFakeStripe } from "../_fakes/stripe.ts";
 import { startReceiver } from "../_fakes/receiver.ts";
 import { spawnRouter } from "../_main.ts";
 import { parseUsd } from "../../lib/money.ts";
-import { CHAT, PRICED, SECRET } from "./_spend.ts";
+import { CHAT, PRICED, SECRET } from "../_spend.ts";
 
 type Router = Awaited<ReturnType<typeof spawnRouter>>;
 

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
-import { parseCsv } from "../_csv.ts";
-import { parseUsd } from "../../lib/money.ts";
-import { statementCloseKey } from "../../lib/kv/schema.ts";
-import { monthRange, monthsBetween } from "../../lib/billing/statements.ts";
+import { json, startRouter, type TestRouter } from "../../_helpers.ts";
+import { parseCsv } from "../../_csv.ts";
+import { parseUsd } from "../../../lib/money.ts";
+import { statementCloseKey } from "../../../lib/kv/schema.ts";
+import { monthRange, monthsBetween } from "../../../lib/billing/statements.ts";
 
 interface StatementJson {
   month: string;

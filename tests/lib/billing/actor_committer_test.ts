@@ -1,8 +1,8 @@
 import assert from "node:assert/strict";
-import { AccountActors } from "../../lib/billing/actor.ts";
-import { apiKeyKey, balanceKey, OUTBOX_PREFIX } from "../../lib/kv/schema.ts";
-import type { BalanceState, UsageEvent } from "../../lib/billing/types.ts";
-import { apiKeyRecord, usageEvent } from "../_fixtures.ts";
+import { AccountActors } from "../../../lib/billing/actor.ts";
+import { apiKeyKey, balanceKey, OUTBOX_PREFIX } from "../../../lib/kv/schema.ts";
+import type { BalanceState, UsageEvent } from "../../../lib/billing/types.ts";
+import { apiKeyRecord, usageEvent } from "../../_fixtures.ts";
 
 /** An unbilled event (a refused request) of the account, with a user agent of `uaBytes`. */
 function event(accountId: string, uaBytes = 10): UsageEvent {

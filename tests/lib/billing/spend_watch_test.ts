@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { balanceCrossings, keyCrossings } from "../../lib/billing/spend_watch.ts";
-import type { BalanceMove } from "../../lib/billing/decide.ts";
+import { balanceCrossings, keyCrossings } from "../../../lib/billing/spend_watch.ts";
+import type { BalanceMove } from "../../../lib/billing/decide.ts";
 
 const settle = (after: bigint, charged: bigint): BalanceMove => ({
   kind: "settle",

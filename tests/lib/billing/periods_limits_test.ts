@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../_helpers.ts";
+import { json, startRouter, type TestRouter } from "../../_helpers.ts";
 
 // The upstream reports 100 + 20 tokens: (100 × 150 + 20 × 600) × 0.8 = 21600 nano-USD a request.
 // The hold is 50 output tokens (24000 nano-USD) plus the prompt's 118 bytes (14160 nano-USD).

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { addressAllowed, addressPolicy, destination } from "../../lib/webhooks/addresses.ts";
+import { addressAllowed, addressPolicy, destination } from "../../../lib/webhooks/addresses.ts";
 
 const PRODUCTION = addressPolicy({ billingMode: "production", webhookAllowPrivateUrls: false });
 const DEVELOPMENT = addressPolicy({ billingMode: "development", webhookAllowPrivateUrls: false });
