@@ -18,7 +18,7 @@ import {
   userSession,
 } from "../_helpers.ts";
 import { newId } from "../../lib/ids.ts";
-import { startProviders } from "../providers/_setup.ts";
+import { startProviders } from "../_providers.ts";
 
 const SEED = Number(Deno.env.get("FUZZ_SEED") ?? 20261207);
 const COUNT = Number(Deno.env.get("FUZZ_COUNT") ?? 4000);
