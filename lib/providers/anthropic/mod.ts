@@ -13,6 +13,7 @@ import {
   stopList,
 } from "../common.ts";
 import { STREAM_FAILURE, translateSse } from "../../sse.ts";
+import { anthropicCounting } from "./counting.ts";
 
 /** The API version sent when the client named none (Anthropic requires one). */
 export const ANTHROPIC_VERSION = "2023-06-01";
@@ -301,7 +302,7 @@ const nativePost = (up: Upstream, path: string, body: Record<string, unknown>, h
 
 /** Anthropic: `/v1/chat/completions` translated to Messages and back; `/v1/messages` native. */
 export const anthropic: ProviderAdapter = {
-  kind: "anthropic",
+  counting: anthropicCounting,
   catalogFilter: /^claude-/,
   defaultMaxTokens: 8192,
   chatRequest: (up, body) =>

@@ -14,6 +14,7 @@ import {
   toolNames,
 } from "../common.ts";
 import { STREAM_FAILURE, translateSse } from "../../sse.ts";
+import { geminiCounting } from "./counting.ts";
 
 type Part = Record<string, unknown>;
 
@@ -378,7 +379,7 @@ function streamFromGemini(
 
 /** Google Gemini: `/v1/chat/completions` translated to `generateContent` and back. */
 export const gemini: ProviderAdapter = {
-  kind: "gemini",
+  counting: geminiCounting,
   catalogFilter: /^(gemini|gemma)-/,
   chatRequest(up, body) {
     const model = encodeURIComponent(String(body.model));
