@@ -323,7 +323,8 @@ export const MIGRATION_LOCK_KEY = ["meta", "migration_lock"] as const;
 
 /**
  * Prefixes of entries that are not moved between KVs (`deno task kv:export` leaves them out):
- * dashboard sessions (everyone signs in again), sign-in rate windows, the migration lock.
+ * dashboard sessions (everyone signs in again), sign-in and webhook test rate windows, the
+ * migration lock.
  */
 export const EPHEMERAL_PREFIXES: readonly Deno.KvKey[] = [
   ["session"],

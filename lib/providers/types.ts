@@ -47,12 +47,15 @@ export interface ProviderAdapter {
    * before its end is billed by the provider's own counts (its output too, when it is not zero). A provider's error event mid-stream
    * becomes an OpenAI error chunk and the stream then ends as usual (the billing finds that chunk
    * and audits the stream `upstream_stream_failed`). An upstream event over `maxEventBytes`
-   * fails the stream; an upstream that breaks after its final usage ends it as if complete.
+   * fails the stream; an upstream that breaks after its final usage ends it as if complete. The
+   * final usage is read with `reader` (when given), which keeps what it had to clamp: the usage
+   * chunk it becomes is clean.
    */
   chatStream(
     body: ReadableStream<Uint8Array>,
     onInput?: (usage: NormalizedUsage) => void,
     maxEventBytes?: number,
+    reader?: UsageReader,
   ): ReadableStream<Uint8Array>;
   /**
    * The inbound APIs this provider speaks natively, each passed through as the client sent it

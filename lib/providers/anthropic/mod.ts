@@ -192,6 +192,7 @@ function streamFromAnthropic(
   src: ReadableStream<Uint8Array>,
   onInput?: (usage: NormalizedUsage) => void,
   maxEventBytes?: number,
+  reader = new UsageReader(),
 ): ReadableStream<Uint8Array> {
   let head = completionHead("msg", "", "chat.completion.chunk");
   let usage: Record<string, unknown> = {};
@@ -204,7 +205,7 @@ function streamFromAnthropic(
     choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
   });
   const usageChunk = () => {
-    const u = readAnthropicUsage(usage, new UsageReader());
+    const u = readAnthropicUsage(usage, reader);
     return { ...head, choices: [], usage: openAIUsageOf(u) };
   };
   const onEvent = (data: Record<string, unknown>) => {

@@ -296,6 +296,7 @@ function streamFromGemini(
   src: ReadableStream<Uint8Array>,
   onInput?: (usage: NormalizedUsage) => void,
   maxEventBytes?: number,
+  reader = new UsageReader(),
 ): ReadableStream<Uint8Array> {
   let head: ReturnType<typeof completionHead> | null = null;
   let usage: unknown = null;
@@ -317,7 +318,7 @@ function streamFromGemini(
     return {
       ...head,
       choices: [],
-      usage: openAIUsageOf(readGeminiUsage(usage, new UsageReader())),
+      usage: openAIUsageOf(readGeminiUsage(usage, reader)),
     };
   };
   return translateSse(src, (data) => {
