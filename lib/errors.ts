@@ -37,6 +37,14 @@ export class RetryLater extends Error {
   override name = "RetryLater";
 }
 
+/** Too many of something in a window: a 429 `rate_limited` with Retry-After. */
+export class TooManyRequests extends Error {
+  override name = "TooManyRequests";
+  constructor(message: string, readonly retryAfterSeconds: number) {
+    super(message);
+  }
+}
+
 /** Thrown for bad configuration; the message is one line naming the variable. */
 export class ConfigError extends Error {
   override name = "ConfigError";

@@ -230,7 +230,6 @@ export const STREAM_FAILURE = {
   type: "api_error",
   code: "upstream_error",
 };
-/** The error a client gets in place of a stream that ran for `MAX_STREAM_MS`. */
 /** The error a client gets in place of a stream still running at the shutdown deadline. */
 export const STREAM_SHUTDOWN = {
   message:
@@ -238,6 +237,7 @@ export const STREAM_SHUTDOWN = {
   type: "api_error",
   code: "shutting_down",
 };
+/** The error a client gets in place of a stream that ran for `MAX_STREAM_MS`. */
 export const STREAM_TOO_LONG = {
   message: "The stream reached the longest time this router allows a stream",
   type: "api_error",

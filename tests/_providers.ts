@@ -1,5 +1,6 @@
 import { startRouter, type TestRouter } from "./_helpers.ts";
 import type { ProvidersFile } from "../lib/providers/registry.ts";
+import type { Logger } from "../lib/log.ts";
 import { type FakeAnthropic, startFakeAnthropic } from "./_fakes/anthropic.ts";
 import { type FakeGemini, startFakeGemini } from "./_fakes/gemini.ts";
 
@@ -10,7 +11,7 @@ export interface ProviderRouter extends TestRouter {
 
 /** A router with OpenAI, Anthropic and Gemini upstreams, each a fake on loopback. */
 export async function startProviders(
-  opts: { env?: Record<string, string>; providersFile?: ProvidersFile } = {},
+  opts: { env?: Record<string, string>; providersFile?: ProvidersFile; log?: Logger } = {},
 ): Promise<ProviderRouter> {
   const anthropic = startFakeAnthropic();
   const gemini = startFakeGemini();
@@ -23,6 +24,7 @@ export async function startProviders(
       ...opts.env,
     },
     providersFile: opts.providersFile,
+    log: opts.log,
   });
   const close = t.close;
   return Object.assign(t, {

@@ -26,7 +26,7 @@ export class AccountCaches {
 
   /** The account's cache, with every entry at `keys` in it (read where missing). */
   async read(accountId: string, keys: readonly Deno.KvKey[]): Promise<AccountCache> {
-    const now = Date.now();
+    const now = performance.now();
     let cache = this.#caches.get(accountId);
     if (!cache) this.#caches.set(accountId, cache = { entries: new Map(), used: now });
     cache.used = now;
@@ -74,7 +74,7 @@ export class AccountCaches {
 
   /** Drops the caches of accounts idle for a while (unless `busy`): memory stays bounded. */
   evictIdle(busy: (accountId: string) => boolean) {
-    const now = Date.now();
+    const now = performance.now();
     if (now - this.#lastEviction < CACHE_SWEEP_MS) return;
     this.#lastEviction = now;
     for (const [id, c] of this.#caches) {

@@ -162,8 +162,8 @@ export class AccountActors {
       }
     }
     this.stats.committed_reserves++;
-    // Real time, not the injected clock: this is a wait.
-    const deadline = Date.now() + (opts?.recallWaitMs ?? 0);
+    // The monotonic clock, not the injected one: this is a wait.
+    const deadline = performance.now() + (opts?.recallWaitMs ?? 0);
     for (;;) {
       const r = await this.submit(accountId, {
         kind: "reserve",
@@ -172,7 +172,7 @@ export class AccountActors {
         amount,
         ttlMs,
       });
-      if (!r.recall || Date.now() >= deadline) {
+      if (!r.recall || performance.now() >= deadline) {
         const { recall: _, ...result } = r;
         return result as ReserveResult;
       }

@@ -117,11 +117,18 @@ export const chat: Format<ChatBody> = {
         // provider's own counts): a stream cut before its end is billed by them.
         let provided: NormalizedUsage | null = null;
         const searches = searchesOn(model);
+        // What a translating adapter clamped of its provider's usage (a pass-through, nothing).
+        const translation = new UsageReader();
         return {
-          body: model.adapter.chatStream(body, (u) => provided = u, opts.maxEventBytes),
+          body: model.adapter.chatStream(
+            body,
+            (u) => provided = u,
+            opts.maxEventBytes,
+            translation,
+          ),
           ending: CHAT_ENDING,
           watch: CHAT_WATCH,
-          reducer: chatReducer({ n, wantsUsage, searches, bounded: opts.bounded }),
+          reducer: chatReducer({ n, wantsUsage, searches, bounded: opts.bounded, translation }),
           unfinished: (_state, count) =>
             withSearches(provided ?? prompt.count(model, count, searches), searches),
         } satisfies BilledStream<ChatState>;
@@ -153,6 +160,8 @@ export interface ChatStreamRules {
   /** The web searches the answering model runs (billed with the usage). */
   searches: number;
   bounded: StreamOptions["bounded"];
+  /** The reader the adapter's translation read the final usage with (its clamps are reported). */
+  translation?: UsageReader;
 }
 
 /** Whether a stream chunk's choice is finished (carries its finish reason). */
@@ -210,7 +219,7 @@ export function chatReducer(rules: ChatStreamRules): StreamReducer<ChatState> {
         state: { final: true },
         final: true,
         usage: withSearches(readOpenAIUsage(data.usage, reader), rules.searches),
-        anomalies: reader.anomalies,
+        anomalies: [...(rules.translation?.anomalies ?? []), ...reader.anomalies],
         out: billedChunk(data),
       };
     },

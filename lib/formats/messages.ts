@@ -83,19 +83,26 @@ export const messages: Format<MessagesBody> = {
       },
       events(model, upstream, opts) {
         const translated = !model.adapter.native?.messages;
-        // A translated stream: the chat adapter's early input usage (Anthropic's, Gemini's).
+        // A translated stream: the chat adapter's early input usage (Anthropic's, Gemini's), and
+        // what it clamped of its final usage.
         let provided: NormalizedUsage | null = null;
+        const translation = new UsageReader();
         return {
           body: translated
             ? chatStreamToMessages(
-              model.adapter.chatStream(upstream, (u) => provided = u, opts.maxEventBytes),
+              model.adapter.chatStream(
+                upstream,
+                (u) => provided = u,
+                opts.maxEventBytes,
+                translation,
+              ),
               body.model,
               opts.maxEventBytes,
             )
             : upstream,
           ending: MESSAGES_ENDING,
           watch: MESSAGES_WATCH,
-          reducer: messagesReducer({ translated, bounded: opts.bounded }),
+          reducer: messagesReducer({ translated, bounded: opts.bounded, translation }),
           unfinished(state, count) {
             // message_start's input usage is Anthropic's own count (before any search result),
             // the results of the searches run since at most a context window each; otherwise the
@@ -147,6 +154,8 @@ export interface MessagesStreamRules {
   /** Whether the stream is a chat stream translated (the model does not speak Messages). */
   translated: boolean;
   bounded: StreamOptions["bounded"];
+  /** The reader a translation read the final usage with (its clamps are reported). */
+  translation?: UsageReader;
 }
 
 /**
@@ -185,7 +194,7 @@ export function messagesReducer(rules: MessagesStreamRules): StreamReducer<Messa
           state: { ...state, final: true },
           final: true,
           usage: readAnthropicUsage({ ...state.started, ...data.usage }, reader),
-          anomalies: reader.anomalies,
+          anomalies: [...(rules.translation?.anomalies ?? []), ...reader.anomalies],
           out: (billed) =>
             withData(text, { ...data, usage: withCost(data.usage, billed, "anthropic") }),
         };

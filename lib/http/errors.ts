@@ -2,7 +2,15 @@
 import type { Context } from "hono";
 import type { z } from "zod";
 import { MAX_JSON_DEPTH, nestsWithin } from "../json.ts";
-import { ApiError, badRequest, Conflict, InvalidInput, NotFound, RetryLater } from "../errors.ts";
+import {
+  ApiError,
+  badRequest,
+  Conflict,
+  InvalidInput,
+  NotFound,
+  RetryLater,
+  TooManyRequests,
+} from "../errors.ts";
 
 // The pipeline's modules still import these from here; the rest import them from lib/errors.ts.
 export { ApiError, badRequest, CLIENT_CLOSED, notFound } from "../errors.ts";
@@ -38,6 +46,11 @@ export function apiErrorOf(err: unknown): ApiError | null {
   if (err instanceof NotFound) return new ApiError(404, "not_found", err.message);
   if (err instanceof Conflict) return new ApiError(409, err.code, err.message);
   if (err instanceof RetryLater) return new ApiError(503, "retry_later", err.message);
+  if (err instanceof TooManyRequests) {
+    return new ApiError(429, "rate_limited", err.message, {
+      "retry-after": String(err.retryAfterSeconds),
+    });
+  }
   return null;
 }
 

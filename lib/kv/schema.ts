@@ -237,6 +237,12 @@ export const webhooksKey = (accountId: string) => ["webhooks", accountId] as con
  */
 export const webhookOutboxKey = (eventId: string) => ["webhook_outbox", eventId] as const;
 export const WEBHOOK_OUTBOX_PREFIX = ["webhook_outbox"] as const;
+/**
+ * ["webhook_tests", accountId, endpointId, minute] → number: the test events sent to an endpoint in
+ * one minute (epoch ms ÷ 60 000), expiring after the next one.
+ */
+export const webhookTestsKey = (accountId: string, endpointId: string, minute: number) =>
+  ["webhook_tests", accountId, endpointId, minute] as const;
 /** ["webhook_delivery", accountId, endpointId, eventId] → Delivery: one event to one endpoint. */
 export const webhookDeliveryKey = (accountId: string, endpointId: string, eventId: string) =>
   ["webhook_delivery", accountId, endpointId, eventId] as const;
@@ -317,11 +323,13 @@ export const MIGRATION_LOCK_KEY = ["meta", "migration_lock"] as const;
 
 /**
  * Prefixes of entries that are not moved between KVs (`deno task kv:export` leaves them out):
- * dashboard sessions (everyone signs in again), sign-in rate windows, the migration lock.
+ * dashboard sessions (everyone signs in again), sign-in and webhook test rate windows, the
+ * migration lock.
  */
 export const EPHEMERAL_PREFIXES: readonly Deno.KvKey[] = [
   ["session"],
   ["signin_attempts"],
   ["signin_failures"],
+  ["webhook_tests"],
   MIGRATION_LOCK_KEY,
 ];

@@ -19,8 +19,8 @@ export interface UpstreamCall {
  * pipeline never names a provider.
  */
 export interface ProviderAdapter {
-  /** The wire format this adapter speaks. */
-  kind: "openai" | "anthropic" | "gemini";
+  /** How the router counts a prompt for this provider's models when it counts one itself. */
+  counting: PromptCounting;
   /**
    * The `max_tokens` sent when the client set none, for providers that require one (capped by
    * the model's output limit). Providers that need none leave it unset.
@@ -47,12 +47,15 @@ export interface ProviderAdapter {
    * before its end is billed by the provider's own counts (its output too, when it is not zero). A provider's error event mid-stream
    * becomes an OpenAI error chunk and the stream then ends as usual (the billing finds that chunk
    * and audits the stream `upstream_stream_failed`). An upstream event over `maxEventBytes`
-   * fails the stream; an upstream that breaks after its final usage ends it as if complete.
+   * fails the stream; an upstream that breaks after its final usage ends it as if complete. The
+   * final usage is read with `reader` (when given), which keeps what it had to clamp: the usage
+   * chunk it becomes is clean.
    */
   chatStream(
     body: ReadableStream<Uint8Array>,
     onInput?: (usage: NormalizedUsage) => void,
     maxEventBytes?: number,
+    reader?: UsageReader,
   ): ReadableStream<Uint8Array>;
   /**
    * The inbound APIs this provider speaks natively, each passed through as the client sent it
@@ -73,6 +76,42 @@ export interface ProviderAdapter {
     body: Record<string, unknown>;
     usage: NormalizedUsage;
   };
+}
+
+/** An image's size in pixels. */
+export interface ImageSize {
+  width: number;
+  height: number;
+}
+
+/**
+ * A provider's counting rules, for a prompt the router counts itself (a reply whose usage never
+ * came, a stream cut before its usage) and for a hold's prompt bound. Each count is never below
+ * the provider's own.
+ *
+ * @example
+ * ```ts
+ * const rules = adapter.counting;
+ * const perImage = rules.worstImageTokens("gpt-4o");           // the hold's allowance
+ * const tokens = rules.imageTokens("gpt-4o", { width: 512, height: 512 }, "high");
+ * ```
+ */
+export interface PromptCounting {
+  /**
+   * The public tokenizer that counts `catalogId`'s prompts exactly (OpenAI's encodings); none
+   * when the provider's tokenizer is not public: the prompt is then counted at its UTF-8 bytes
+   * (every token of a byte-level tokenizer is at least one byte).
+   */
+  encoding?(catalogId: string): "o200k_base" | "cl100k_base" | undefined;
+  /** The tokens an image of `size` (null: unreadable, or given by URL or file id) costs. */
+  imageTokens(catalogId: string, size: ImageSize | null, detail?: string): number;
+  /** The most tokens one image may cost on `catalogId`: the hold's allowance per image. */
+  worstImageTokens(catalogId: string): number;
+  /**
+   * The tokens the provider adds to a prompt that declares tools, beyond their definitions: a
+   * system prompt once, and a definition and prompt per built-in (server or client) tool.
+   */
+  toolPrompt?: { system: number; perBuiltin: number };
 }
 
 /** An inbound API a provider may speak natively (see `ProviderAdapter.native`). */

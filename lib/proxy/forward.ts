@@ -8,7 +8,7 @@ import type { ResolvedModel, UpstreamCall } from "../providers/types.ts";
 import { unpricedKinds, ZERO_USAGE } from "../pricing.ts";
 import type { RequestAudit } from "./audit.ts";
 import type { MeteredRequest } from "./metered.ts";
-import { callUpstream, type UpstreamReply } from "./upstream.ts";
+import { callUpstream, shuttingDown, type UpstreamReply } from "./upstream.ts";
 import { upstreamAttempt } from "../telemetry/inference.ts";
 
 /**
@@ -118,6 +118,11 @@ export interface ForwardOptions {
    * an attempt failed, so the first attempt's path stays bare).
    */
   wait: (ms: number) => Promise<boolean>;
+  /**
+   * Aborted at the shutdown deadline: the attempt waiting is given up and no other is made; the
+   * hold is released and the client answered 503 `shutting_down`.
+   */
+  stop?: AbortSignal;
 }
 
 /**
@@ -151,12 +156,16 @@ export async function forward(
           throw new ApiError(CLIENT_CLOSED, "client_disconnected", "The client closed the request");
         }
       }
+      if (opts.stop?.aborted) {
+        last = { model: last?.model ?? model, error: shuttingDown() };
+        break;
+      }
       attempt++;
       try {
         const reply = await upstreamAttempt(
           model,
           attempt,
-          () => callUpstream(opts.fetch, build(model), opts.timeoutMs),
+          () => callUpstream(opts.fetch, build(model), opts.timeoutMs, opts.stop),
         );
         m.answeredBy(model);
         return reply;

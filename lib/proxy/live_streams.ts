@@ -1,8 +1,10 @@
 /**
  * The streams this process is passing on, and a way to end them all at once: at the shutdown
  * deadline (`SHUTDOWN_GRACE_MS`) each stream still running is ended as one reaching
- * `MAX_STREAM_MS` is, by its own tap (lib/proxy/sse.ts): an error event to the client, billed for
- * what was delivered, its hold settled.
+ * `MAX_STREAM_MS` is, by its own tap (lib/proxy/tap.ts): an error event to the client, billed for
+ * what was delivered, its hold settled. A request still waiting for its provider's answer (a JSON
+ * reply, or a stream not yet begun) watches `signal` too: it is answered 503 `shutting_down`, its
+ * hold released.
  */
 import { pause } from "../kv/util.ts";
 

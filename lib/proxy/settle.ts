@@ -2,6 +2,7 @@
  * The pipeline's last stage: a JSON reply settled as it is read, or a stream billed as it passes
  * (its format's reducer deciding when the usage is final).
  */
+import { ApiError } from "../errors.ts";
 import type { Config } from "../config.ts";
 import { UsageReader, withSearches } from "../providers/usage.ts";
 import type { NormalizedUsage } from "../pricing.ts";
@@ -26,7 +27,8 @@ import { FINISH, noteFinish, streamHandlers, streamWatch } from "../telemetry/in
 
 /**
  * Reads a JSON reply and settles it; the body's `usage` (in the request's shape) shows the
- * figures billed and gains the cost. Any failure releases. A reply without usage is counted by
+ * figures billed and gains the cost. Any failure releases (the shutdown deadline, `stop`, too:
+ * nothing reached the client). A reply without usage is counted by
  * the router, as a stream's is: the request's prompt as the router counts it (`Prompt.count`,
  * with the web searches the reply reported) and the reply's output, both with the model's
  * `tokenCounter`.
@@ -36,12 +38,19 @@ export async function settleJson(
   req: InferenceRequest,
   reply: UpstreamReply,
   limits: Pick<Config, "upstreamTimeoutMs" | "maxUpstreamBodyBytes">,
+  stop?: AbortSignal,
 ): Promise<Record<string, unknown>> {
   let json: unknown;
   try {
-    json = await readUpstreamJson(reply, limits.upstreamTimeoutMs, limits.maxUpstreamBodyBytes);
+    json = await readUpstreamJson(
+      reply,
+      limits.upstreamTimeoutMs,
+      limits.maxUpstreamBodyBytes,
+      stop,
+    );
   } catch (e) {
-    await m.release(502, "upstream_error");
+    const error = e instanceof ApiError ? e : null;
+    await m.release(error?.status ?? 502, error?.code ?? "upstream_error");
     throw e;
   }
   const model = m.model;

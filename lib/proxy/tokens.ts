@@ -18,23 +18,13 @@ export interface CountModel extends ImageModel {
  */
 export const UNSEEN_CONTEXT_BOUND = 128_000;
 
-/** OpenAI model families and the tokenizer that counts them. */
-const ENCODINGS: [RegExp, "o200k_base" | "cl100k_base"][] = [
-  [
-    /^(gpt-4o|chatgpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|gpt-6|gpt-oss|gpt-realtime|gpt-audio|o\d|codex|computer-use)/,
-    "o200k_base",
-  ],
-  [/^(gpt-4|gpt-3\.5|text-embedding-3|text-embedding-ada)/, "cl100k_base"],
-];
-
 /**
- * The counter whose counts are never below the provider's: OpenAI's own tokenizer for its models;
- * the UTF-8 length (every token of a byte-level tokenizer is at least one byte) for a provider
- * whose tokenizer is not public (Anthropic, Gemini, other hosts).
+ * The counter whose counts are never below the provider's: the provider's public tokenizer for
+ * the model (OpenAI's), else the UTF-8 length (every token of a byte-level tokenizer is at least
+ * one byte) for a provider whose tokenizer is not public (Anthropic, Gemini, other hosts).
  */
 export async function tokenCounter(model: CountModel): Promise<TokenCounter> {
-  if (model.adapter.kind !== "openai") return utf8Bytes;
-  const name = ENCODINGS.find(([re]) => re.test(model.catalogId))?.[1];
+  const name = model.adapter.counting.encoding?.(model.catalogId);
   return name ? await encodingCounter(name) : utf8Bytes;
 }
 
@@ -153,20 +143,17 @@ export class Prompt {
     return this.bytes + tools + images.length * perImage + (unseen + searches) * context;
   }
 
-  /**
-   * The tokens a provider adds to a prompt with tools, beyond their definitions: Anthropic's tool
-   * use system prompt (up to 346 tokens) and, for each of its own tools (`bash_…`, `computer_…`,
-   * `text_editor_…`, server tools), a definition of up to about 700 tokens and its system prompt.
-   */
+  /** The tokens `m`'s provider adds to a prompt with tools, beyond their definitions. */
   #toolPrompt(m: CountModel): number {
-    if (m.adapter.kind !== "anthropic") return 0;
+    const rule = m.adapter.counting.toolPrompt;
+    if (!rule) return 0;
     const tools = arr(this.body.tools).map(obj);
     if (tools.length === 0) return 0;
     const builtin =
       tools.filter((t) =>
         typeof t.type === "string" && t.type !== "custom" && t.type !== "function"
       ).length;
-    return TOOL_SYSTEM_PROMPT + builtin * BUILTIN_TOOL_PROMPT;
+    return rule.system + builtin * rule.perBuiltin;
   }
 
   /**
@@ -184,9 +171,6 @@ export class Prompt {
     return { ...ZERO_USAGE, prompt: tokens, ...(media.audio > 0 ? { audioIn: tokens } : {}) };
   }
 }
-
-const TOOL_SYSTEM_PROMPT = 500;
-const BUILTIN_TOOL_PROMPT = 1_250;
 
 /** The most prompt tokens one step of `m` reads: its context window, or the default bound. */
 export const contextOf = (m: CountModel) => m.contextWindow ?? UNSEEN_CONTEXT_BOUND;

@@ -9,30 +9,63 @@ export interface UpstreamReply {
 }
 
 /**
+ * The 503 of a request whose provider had not answered by the shutdown deadline: nothing reached
+ * the client, so nothing is billed; retried, it reaches another process.
+ */
+export const shuttingDown = () =>
+  new ApiError(
+    503,
+    "shutting_down",
+    "The router is restarting before the provider answered; retry",
+    {
+      "retry-after": "1",
+    },
+  );
+
+/**
+ * Calls `onStop` when `stop` aborts (at once if it has); the function returned stops listening.
+ */
+function whenStopped(stop: AbortSignal | undefined, onStop: () => void): () => void {
+  if (!stop) return () => {};
+  if (stop.aborted) {
+    onStop();
+    return () => {};
+  }
+  stop.addEventListener("abort", onStop, { once: true });
+  return () => stop.removeEventListener("abort", onStop);
+}
+
+/**
  * Sends a request to a provider. Waits at most `timeoutMs` for the reply's headers; connection
- * failures are 502 and time-outs 504. Provider error replies map to the API's errors without
- * echoing their body (it may contain prompt text).
+ * failures are 502 and time-outs 504; `stop` (the shutdown deadline) aborts the wait with a 503
+ * `shutting_down`. Provider error replies map to the API's errors without echoing their body (it
+ * may contain prompt text).
  */
 export async function callUpstream(
   fetchFn: typeof fetch,
   call: UpstreamCall,
   timeoutMs: number,
+  stop?: AbortSignal,
 ): Promise<UpstreamReply> {
   const ac = new AbortController();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
+  let ended: "timeout" | "stop" | null = null;
+  const end = (why: "timeout" | "stop") => () => {
+    ended ??= why;
     ac.abort();
-  }, timeoutMs);
+  };
+  const timer = setTimeout(end("timeout"), timeoutMs);
+  const unlisten = whenStopped(stop, end("stop"));
   let res: Response;
   try {
     res = await fetchFn(call.url, { ...call.init, signal: ac.signal });
   } catch {
-    throw timedOut
+    if (ended === "stop") throw shuttingDown();
+    throw ended === "timeout"
       ? new ApiError(504, "upstream_timeout", "The provider did not answer in time")
       : new ApiError(502, "upstream_error", "The provider could not be reached");
   } finally {
     clearTimeout(timer);
+    unlisten();
   }
   if (!res.ok) {
     await res.body?.cancel().catch(() => {});
@@ -70,14 +103,21 @@ export function upstreamError(res: Response): ApiError {
  * Reads a JSON reply body within the time left and at most `maxBytes` long (counted as it is
  * read: a Content-Length is only believed when it already says too much). A stall, a longer body,
  * bad JSON or JSON nested past `MAX_JSON_DEPTH` (which the router's walks over a reply could not
- * take) is an upstream failure; reading stops at the limit.
+ * take) is an upstream failure; reading stops at the limit. `stop` (the shutdown deadline) aborts
+ * the read with a 503 `shutting_down`.
  */
 export async function readUpstreamJson(
   reply: UpstreamReply,
   timeoutMs: number,
   maxBytes: number,
+  stop?: AbortSignal,
 ): Promise<unknown> {
   const timer = setTimeout(reply.abort, timeoutMs);
+  let stopped = false;
+  const unlisten = whenStopped(stop, () => {
+    stopped = true;
+    reply.abort();
+  });
   try {
     const bytes = await readAtMost(reply.res, maxBytes);
     if (!bytes) {
@@ -90,10 +130,12 @@ export async function readUpstreamJson(
     }
     return JSON.parse(text);
   } catch (e) {
+    if (stopped) throw shuttingDown();
     if (e instanceof ApiError) throw e;
     throw new ApiError(502, "upstream_error", "The provider's reply could not be read");
   } finally {
     clearTimeout(timer);
+    unlisten();
   }
 }
 

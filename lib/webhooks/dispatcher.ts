@@ -9,6 +9,7 @@
  * timer, `Deno.cron`) runs whatever is due in any case.
  */
 import { Webhook } from "standardwebhooks";
+import { Conflict, TooManyRequests } from "../errors.ts";
 import {
   WEBHOOK_OUTBOX_PREFIX,
   webhookDeliveryKey,
@@ -16,6 +17,7 @@ import {
   webhookDueKey,
   webhookDueParts,
   webhookOutboxKey,
+  webhookTestsKey,
 } from "../kv/schema.ts";
 import { commitRetrying, getAll } from "../kv/util.ts";
 import type { Logger } from "../log.ts";
@@ -29,6 +31,12 @@ import {
 import { type AccountEvent, accountEvent, TEST_EVENT } from "./events.ts";
 import { getEndpoint, getEndpoints, type WebhookEndpoint } from "./endpoints.ts";
 import { PostError, postTo } from "./post.ts";
+
+/**
+ * Test events one endpoint may be sent a minute: each is delivered, and retried for a day, like
+ * any event, so an unbounded button would be a way to flood an address with signed requests.
+ */
+export const TEST_EVENTS_PER_MINUTE = 10;
 
 /** One event to one endpoint: its payload and the log of its attempts. */
 export interface Delivery {
@@ -176,7 +184,8 @@ export class Webhooks {
 
   /**
    * Sends a `webhook.test` event to one endpoint now; resolves with its delivery after the first
-   * attempt (retried as any other when it failed).
+   * attempt (retried as any other when it failed). More than `TEST_EVENTS_PER_MINUTE` in one
+   * minute to one endpoint: `TooManyRequests`.
    */
   async test(accountId: string, endpoint: WebhookEndpoint): Promise<Delivery> {
     const now = this.#opts.now();
@@ -184,10 +193,23 @@ export class Webhooks {
       endpoint_id: endpoint.id,
       message: "A test event: your endpoint receives and verifies Enterprise Router's webhooks",
     }, now);
-    const atomic = this.#kv.atomic();
-    this.#schedule(atomic, event, endpoint.id, now);
-    const res = await commitRetrying(atomic);
-    if (!res.ok) throw new Error("a new delivery collided with an existing one");
+    const minute = Math.floor(now / 60_000);
+    const windowKey = webhookTestsKey(accountId, endpoint.id, minute);
+    for (let attempt = 0;; attempt++) {
+      const sent = await this.#kv.get<number>(windowKey);
+      if ((sent.value ?? 0) >= TEST_EVENTS_PER_MINUTE) {
+        throw new TooManyRequests(
+          `At most ${TEST_EVENTS_PER_MINUTE} test events a minute go to one webhook endpoint`,
+          Math.max(1, Math.ceil(((minute + 1) * 60_000 - now) / 1000)),
+        );
+      }
+      const atomic = this.#kv.atomic().check(sent)
+        .set(windowKey, (sent.value ?? 0) + 1, { expireIn: 120_000 });
+      this.#schedule(atomic, event, endpoint.id, now);
+      if ((await commitRetrying(atomic)).ok) break;
+      // Another test of this endpoint counted first (or, never in practice, the same event id).
+      if (attempt >= 20) throw new Conflict("Too many test events at once; retry");
+    }
     const ref = [accountId, endpoint.id, event.id] as const;
     await this.#run(ref, now);
     return (await this.#kv.get<Delivery>(webhookDeliveryKey(...ref))).value!;

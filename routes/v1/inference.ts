@@ -96,11 +96,12 @@ export async function runInference<B>(
       retry: svc.providers.retry,
       timeoutMs: svc.config.upstreamTimeoutMs,
       wait: (ms) => pauseUnlessGone(c, ms),
+      stop: svc.streams.signal,
     });
 
     // Settle: a JSON reply now; a stream as it ends, its format's reducer deciding when.
     if (!req.stream || !req.events) {
-      return c.json(await settleJson(metered, req, reply, svc.config));
+      return c.json(await settleJson(metered, req, reply, svc.config, svc.streams.signal));
     }
     const stream = req.events(metered.model, reply.res.body!, {
       maxEventBytes: svc.config.maxSseEventBytes,

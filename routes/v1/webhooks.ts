@@ -209,7 +209,7 @@ export default function webhookRoutes() {
     responses: {
       200: jsonResponse(DeliverySchema, "The delivery"),
       ...refusals,
-      ...errorResponses(404, 409),
+      ...errorResponses(404, 409, 429),
     },
   }, async (c) => {
     const endpoint = await ownEndpoint(c);

@@ -39,7 +39,9 @@ Deno.test("canary text in prompts and completions never reaches the KV file or t
   const logs: string[] = [];
   const t = await startRouter({
     kvPath,
-    env: { UPSTREAM_TIMEOUT_MS: "300" },
+    // The stalled stream below ends at this idle timeout; long enough that no other request of the
+    // test meets it on a loaded machine.
+    env: { UPSTREAM_TIMEOUT_MS: "2000" },
     providersFile: { retry: { max_retries: 1, backoff_ms: 1 } },
     log: (level, msg, fields) =>
       logs.push(

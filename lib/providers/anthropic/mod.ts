@@ -13,6 +13,7 @@ import {
   stopList,
 } from "../common.ts";
 import { STREAM_FAILURE, translateSse } from "../../sse.ts";
+import { anthropicCounting } from "./counting.ts";
 
 /** The API version sent when the client named none (Anthropic requires one). */
 export const ANTHROPIC_VERSION = "2023-06-01";
@@ -191,6 +192,7 @@ function streamFromAnthropic(
   src: ReadableStream<Uint8Array>,
   onInput?: (usage: NormalizedUsage) => void,
   maxEventBytes?: number,
+  reader = new UsageReader(),
 ): ReadableStream<Uint8Array> {
   let head = completionHead("msg", "", "chat.completion.chunk");
   let usage: Record<string, unknown> = {};
@@ -203,7 +205,7 @@ function streamFromAnthropic(
     choices: [{ index: 0, delta, finish_reason: finish, logprobs: null }],
   });
   const usageChunk = () => {
-    const u = readAnthropicUsage(usage, new UsageReader());
+    const u = readAnthropicUsage(usage, reader);
     return { ...head, choices: [], usage: openAIUsageOf(u) };
   };
   const onEvent = (data: Record<string, unknown>) => {
@@ -301,7 +303,7 @@ const nativePost = (up: Upstream, path: string, body: Record<string, unknown>, h
 
 /** Anthropic: `/v1/chat/completions` translated to Messages and back; `/v1/messages` native. */
 export const anthropic: ProviderAdapter = {
-  kind: "anthropic",
+  counting: anthropicCounting,
   catalogFilter: /^claude-/,
   defaultMaxTokens: 8192,
   chatRequest: (up, body) =>

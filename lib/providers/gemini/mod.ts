@@ -14,6 +14,7 @@ import {
   toolNames,
 } from "../common.ts";
 import { STREAM_FAILURE, translateSse } from "../../sse.ts";
+import { geminiCounting } from "./counting.ts";
 
 type Part = Record<string, unknown>;
 
@@ -295,6 +296,7 @@ function streamFromGemini(
   src: ReadableStream<Uint8Array>,
   onInput?: (usage: NormalizedUsage) => void,
   maxEventBytes?: number,
+  reader = new UsageReader(),
 ): ReadableStream<Uint8Array> {
   let head: ReturnType<typeof completionHead> | null = null;
   let usage: unknown = null;
@@ -316,7 +318,7 @@ function streamFromGemini(
     return {
       ...head,
       choices: [],
-      usage: openAIUsageOf(readGeminiUsage(usage, new UsageReader())),
+      usage: openAIUsageOf(readGeminiUsage(usage, reader)),
     };
   };
   return translateSse(src, (data) => {
@@ -378,7 +380,7 @@ function streamFromGemini(
 
 /** Google Gemini: `/v1/chat/completions` translated to `generateContent` and back. */
 export const gemini: ProviderAdapter = {
-  kind: "gemini",
+  counting: geminiCounting,
   catalogFilter: /^(gemini|gemma)-/,
   chatRequest(up, body) {
     const model = encodeURIComponent(String(body.model));

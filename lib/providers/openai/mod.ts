@@ -1,5 +1,6 @@
 import type { ProviderAdapter, Upstream } from "../types.ts";
 import { readOpenAIUsage, type UsageReader } from "../usage.ts";
+import { openaiCounting } from "./counting.ts";
 
 const post = (up: Upstream, path: string, body: Record<string, unknown>) => ({
   url: `${up.baseUrl}${path}`,
@@ -21,7 +22,7 @@ const reply = (json: unknown, r: UsageReader) => {
 
 /** OpenAI and every OpenAI-compatible host: requests and replies pass through unchanged. */
 export const openai: ProviderAdapter = {
-  kind: "openai",
+  counting: openaiCounting,
   chatRequest: (up, body) => post(up, "/chat/completions", body),
   chatReply: reply,
   chatStream: (body) => body,

@@ -11,6 +11,9 @@ import {
 } from "../../../lib/proxy/tokens.ts";
 import { imageSize, imageTokens, worstImageTokens } from "../../../lib/proxy/images.ts";
 import { encodingCounter, utf8Bytes } from "../../../lib/tokenizer.ts";
+import { openai } from "../../../lib/providers/openai/mod.ts";
+import { anthropic } from "../../../lib/providers/anthropic/mod.ts";
+import { gemini } from "../../../lib/providers/gemini/mod.ts";
 import { gifBase64, jpegBase64, pngBase64, webpBase64 } from "../../_images.ts";
 
 const sse = (...events: unknown[]) => events.map((e) => `data: ${JSON.stringify(e)}\n\n`).join("");
@@ -19,7 +22,7 @@ const model = (
   kind: "openai" | "anthropic" | "gemini",
   catalogId: string,
   contextWindow?: number,
-) => ({ adapter: { kind }, catalogId, contextWindow }) as CountModel;
+) => ({ adapter: { openai, anthropic, gemini }[kind], catalogId, contextWindow }) as CountModel;
 const MINI = model("openai", "gpt-4o-mini", 128_000);
 
 /** Seeded text mixing scripts, digits, punctuation, whitespace and emoji. */

@@ -452,3 +452,35 @@ Deno.test("webhooks: an attempt whose process died is taken over when its lease 
     await t.close();
   }
 });
+
+Deno.test("webhooks: at most 10 test events a minute to one endpoint; the 11th is a 429 with Retry-After, sends nothing, and the next minute is open", async () => {
+  const rx = startReceiver();
+  // 12:00:45 UTC: the minute ends in 15 s.
+  let clock = Date.UTC(2026, 11, 7, 12, 0, 45);
+  const t = await startRouter({ now: () => clock });
+  try {
+    const { mgmt } = await t.account("0");
+    const ep = await addEndpoint(t, mgmt, rx, ["credits.purchased"]);
+    const other = await addEndpoint(t, mgmt, rx, ["credits.purchased"]);
+    const test = (id: string) => t.call(mgmt, "POST", `/v1/webhooks/${id}/test`);
+    const answers = await Promise.all(Array.from({ length: 14 }, () => test(ep)));
+    const statuses = answers.map((r) => r.status).sort();
+    assert.deepEqual(statuses, [...Array(10).fill(200), ...Array(4).fill(429)]);
+    const refused = answers.find((r) => r.status === 429)!;
+    assert.equal(refused.headers.get("retry-after"), "15");
+    for (const r of answers) {
+      const body = await json(r, r.status);
+      if (r.status === 429) assert.equal(body.error.code, "rate_limited");
+    }
+    assert.equal(rx.received.length, 10);
+    assert.equal((await deliveries(t, mgmt, ep)).length, 10);
+    // Another endpoint has a window of its own; the next minute opens this one again.
+    await json(await test(other), 200);
+    clock += 15_000;
+    await json(await test(ep), 200);
+    assert.equal(rx.received.length, 12);
+  } finally {
+    await rx.close();
+    await t.close();
+  }
+});

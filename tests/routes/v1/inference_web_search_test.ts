@@ -4,6 +4,7 @@ import OpenAI from "openai";
 import { json, padding } from "../../_helpers.ts";
 import { startProviders } from "../../_providers.ts";
 import { lookupCatalog, priceUsage, priceWorstCase, ZERO_USAGE } from "../../../lib/pricing.ts";
+import { anthropic } from "../../../lib/providers/anthropic/mod.ts";
 import { DEFAULT_WEB_SEARCH_BOUND, Prompt } from "../../../lib/proxy/tokens.ts";
 
 const WEB_SEARCH = { type: "web_search_20250305", name: "web_search" } as const;
@@ -219,7 +220,7 @@ Deno.test("the hold covers max_uses searches and their results; more searches ar
     const catalog = lookupCatalog("anthropic", "claude-haiku-4-5", new Date())!;
     const prices = catalog.prices;
     const haiku = {
-      adapter: { kind: "anthropic" as const },
+      adapter: anthropic,
       catalogId: catalog.id,
       contextWindow: catalog.contextWindow,
     };

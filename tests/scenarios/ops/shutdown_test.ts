@@ -9,7 +9,8 @@ import { parseUsd } from "../../../lib/money.ts";
 import { STREAM_SHUTDOWN } from "../../../lib/sse.ts";
 import { countStreamedOutput } from "../../../lib/proxy/tokens.ts";
 import { encodingCounter } from "../../../lib/tokenizer.ts";
-import type { AuditRow, LedgerEntry } from "../../../lib/billing/types.ts";
+import type { AuditRow, BalanceState, LedgerEntry } from "../../../lib/billing/types.ts";
+import { balanceKey } from "../../../lib/kv/schema.ts";
 
 // The router counts gpt-4o-mini's output with this tokenizer.
 const o200k = await encodingCounter("o200k_base");
@@ -99,6 +100,7 @@ async function streamingRouter(scenario: Scenario, env: Record<string, string> =
   return {
     router,
     kvPath,
+    openai,
     async close() {
       await router.stop("SIGKILL");
       await cleanUp();
@@ -178,6 +180,59 @@ Deno.test("SIGTERM during 20 open streams, 8 outlasting SHUTDOWN_GRACE_MS: /read
     }
     assert.equal(debits.reduce((s, r) => s - r.amount, 0n), billed);
     assert.equal(books.pending_events, 0);
+    assert.deepEqual(books.differences, []);
+    assert.ok(books.ok);
+  } finally {
+    await setup.close();
+  }
+});
+
+Deno.test("SIGTERM while requests wait for their provider past SHUTDOWN_GRACE_MS: each is answered 503 shutting_down at the deadline, its hold released, nothing billed, exit 0", async () => {
+  // The provider answers after a minute: a JSON request and a stream both still wait at the deadline.
+  const setup = await streamingRouter({ delayMs: 60_000 }, { SHUTDOWN_GRACE_MS: "1500" });
+  const { router, kvPath, openai } = setup;
+  try {
+    const { accountId, key } = await accountWithKey(router.url);
+    const ask = (stream: boolean) =>
+      fetch(`${router.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+        body: JSON.stringify({
+          model: "gpt-4o-mini",
+          messages: [{ role: "user", content: "a slow answer please" }],
+          max_tokens: 100,
+          ...(stream ? { stream: true } : {}),
+        }),
+      });
+    const waiting = [ask(false), ask(true)];
+    while (openai.requests.length < 2) await new Promise((r) => setTimeout(r, 20));
+    router.child.kill("SIGTERM");
+    const answers = await Promise.all(waiting);
+    const requestIds: string[] = [];
+    for (const res of answers) {
+      assert.equal(res.headers.get("retry-after"), "1");
+      requestIds.push(res.headers.get("x-request-id")!);
+      const body = await json(res, 503);
+      assert.equal(body.error.code, "shutting_down");
+    }
+    const status = await router.child.status;
+    assert.equal(status.code, 0, router.output());
+    assert.doesNotMatch(router.output(), /requests cut at the shutdown deadline/);
+
+    const { rows, audit, books } = await booksOf(kvPath, accountId, requestIds);
+    assert.deepEqual(rows.map((r) => [r.type, r.amount]), [["adjustment", 5_000_000_000n]]);
+    for (const id of requestIds) {
+      const row = audit.get(id);
+      assert.ok(row, `the audit row of ${id}`);
+      assert.equal(row.status, 503);
+      assert.equal(row.error_code, "shutting_down");
+      assert.equal(row.cost, 0n);
+    }
+    const kv = await Deno.openKv(kvPath);
+    const balance = (await kv.get<BalanceState>(balanceKey(accountId))).value;
+    kv.close();
+    assert.equal(balance?.reserved, 0n, "every hold released");
+    assert.equal(balance?.balance, 5_000_000_000n);
     assert.deepEqual(books.differences, []);
     assert.ok(books.ok);
   } finally {

@@ -300,3 +300,40 @@ Deno.test("a client leaving a translated stream pays for the input and the outpu
     await t.close();
   }
 });
+
+Deno.test("usage a translated stream had to clamp is reported as a native one's is: logged with the figures and the provider", async () => {
+  const clamped: Record<string, unknown>[] = [];
+  const t = await startProviders({
+    log: (_level, msg, fields) => {
+      if (msg === "upstream usage clamped") clamped.push(fields ?? {});
+    },
+  });
+  try {
+    const { key } = await t.account("1");
+    const ask = async (path: string, model: string) => {
+      const res = await t.call(key, "POST", path, {
+        model,
+        max_tokens: 50,
+        messages: [{ role: "user", content: "Hello" }],
+        stream: true,
+        ...(path === "/v1/chat/completions" ? { stream_options: { include_usage: true } } : {}),
+      });
+      assert.equal(res.status, 200);
+      await res.text();
+    };
+    // Chat completions translated from Messages; Messages translated from Gemini's stream.
+    t.anthropic.scenario = { usage: { input_tokens: 12, output_tokens: -7 } };
+    await ask("/v1/chat/completions", "anthropic/claude-sonnet-4-5");
+    t.gemini.scenario = {
+      usage: { promptTokenCount: 9, candidatesTokenCount: "many", totalTokenCount: 9 },
+    };
+    await ask("/v1/messages", "google/gemini-2.5-flash");
+    await t.assertBooks();
+    assert.equal(clamped.length, 2, JSON.stringify(clamped));
+    assert.deepEqual(clamped.map((f) => f.provider), ["anthropic", "google"]);
+    assert.match(String((clamped[0].anomalies as string[])[0]), /-7 clamped to 0/);
+    assert.match(String((clamped[1].anomalies as string[])[0]), /string clamped to 0/);
+  } finally {
+    await t.close();
+  }
+});
