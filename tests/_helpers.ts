@@ -51,6 +51,17 @@ export interface TestRouter {
   close(): Promise<void>;
 }
 
+/**
+ * A clock running with real time but set back to a minute past the start of the current quarter
+ * hour: a test counting against the sign-in windows (5 and 15 minutes) then never spans a window's
+ * end, which would reset its count halfway.
+ */
+export function windowAlignedClock(): () => number {
+  const real = Date.now();
+  const offset = real - (real % (15 * 60_000)) + 60_000 - real;
+  return () => Date.now() + offset;
+}
+
 export interface RouterOptions {
   env?: Record<string, string>;
   providersFile?: ProvidersFile;

@@ -67,10 +67,16 @@ export async function spawnRouter(
       await new Promise((r) => setTimeout(r, 50));
     }
   } catch (e) {
-    child.kill("SIGKILL");
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // It exited already: its output (below) says why.
+    }
     await child.status;
     await drained;
-    throw e;
+    throw e instanceof assert.AssertionError
+      ? e
+      : new Error(`${e}; the router's output: ${output}`);
   }
   return {
     url,

@@ -7,7 +7,7 @@ import {
   SESSION_COOKIE,
   SIGNIN_EMAIL_LIMIT,
 } from "../../lib/auth/sessions.ts";
-import { json, startRouter, userSession } from "../_helpers.ts";
+import { json, startRouter, userSession, windowAlignedClock } from "../_helpers.ts";
 
 Deno.test("safeNext keeps same-site paths and refuses anything a browser resolves off-site", () => {
   assert.equal(safeNext("/dashboard/keys?x=1#y"), "/dashboard/keys?x=1#y");
@@ -441,7 +441,10 @@ Deno.test("sign-in answers an unknown email exactly as a wrong password", async 
 
 Deno.test("failed sign-ins of one email from many addresses lock that email only, known or not", async () => {
   // Each attempt comes through the proxy from another client, clear of the per-address limit.
-  const t = await startRouter({ env: { TRUSTED_PROXIES: "127.0.0.1, ::1" } });
+  const t = await startRouter({
+    env: { TRUSTED_PROXIES: "127.0.0.1, ::1" },
+    now: windowAlignedClock(),
+  });
   try {
     await userSession(t, "victim@example.com");
     await userSession(t, "bystander@example.com");

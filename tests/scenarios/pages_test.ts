@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { ADMIN_TOKEN, startRouter, type TestRouter } from "../_helpers.ts";
+import { ADMIN_TOKEN, startRouter, type TestRouter, windowAlignedClock } from "../_helpers.ts";
 import { SIGNIN_LIMIT } from "../../lib/auth/sessions.ts";
 import { ensureBundle } from "./browser/_browser.ts";
 import { createKey } from "../../lib/auth/keys.ts";
@@ -99,7 +99,7 @@ Deno.test("a cross-origin sign-up is refused and creates nothing", async () => {
 });
 
 Deno.test("sign-in attempts are limited per IP", async () => {
-  const t = await startRouter();
+  const t = await startRouter({ now: windowAlignedClock() });
   try {
     const ok = await post(t, "/signup", SIGNUP);
     assert.equal(ok.status, 303);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { json, startRouter, type TestRouter } from "../../_helpers.ts";
+import { json, startRouter, type TestRouter, windowAlignedClock } from "../../_helpers.ts";
 import { SIGNIN_LIMIT } from "../../../lib/auth/sessions.ts";
 
 /** A failed sign-in as sent through a proxy that says the client is `forwardedFor`. */
@@ -20,7 +20,10 @@ async function failSignin(t: TestRouter, forwardedFor: string) {
 
 Deno.test("behind a trusted proxy the sign-in limit applies per forwarded client", async () => {
   // The test client connects from loopback: here loopback is the proxy.
-  const t = await startRouter({ env: { TRUSTED_PROXIES: "127.0.0.1, ::1" } });
+  const t = await startRouter({
+    env: { TRUSTED_PROXIES: "127.0.0.1, ::1" },
+    now: windowAlignedClock(),
+  });
   try {
     for (let i = 0; i < SIGNIN_LIMIT; i++) assert.equal(await failSignin(t, "203.0.113.7"), 401);
     assert.equal(await failSignin(t, "203.0.113.7"), 429, "this client has used its attempts");
@@ -35,7 +38,10 @@ Deno.test("behind a trusted proxy the sign-in limit applies per forwarded client
 });
 
 Deno.test("behind a trusted proxy an IPv6 client is limited by its /64, not its address", async () => {
-  const t = await startRouter({ env: { TRUSTED_PROXIES: "127.0.0.1, ::1" } });
+  const t = await startRouter({
+    env: { TRUSTED_PROXIES: "127.0.0.1, ::1" },
+    now: windowAlignedClock(),
+  });
   try {
     for (let i = 0; i < SIGNIN_LIMIT; i++) {
       assert.equal(await failSignin(t, `2001:db8:aa:bb::${i + 1}`), 401);
@@ -49,7 +55,10 @@ Deno.test("behind a trusted proxy an IPv6 client is limited by its /64, not its 
 });
 
 Deno.test("the operator sign-in is limited per IPv6 /64 too", async () => {
-  const t = await startRouter({ env: { TRUSTED_PROXIES: "127.0.0.1, ::1" } });
+  const t = await startRouter({
+    env: { TRUSTED_PROXIES: "127.0.0.1, ::1" },
+    now: windowAlignedClock(),
+  });
   try {
     const adminSignin = async (forwardedFor: string) => {
       const res = await fetch(t.url + "/dashboard/admin/signin", {
@@ -73,7 +82,7 @@ Deno.test("the operator sign-in is limited per IPv6 /64 too", async () => {
 
 Deno.test("from an untrusted address X-Forwarded-For is ignored: a spoofed header changes nothing", async () => {
   for (const env of [{}, { TRUSTED_PROXIES: "10.9.9.9" }] as Record<string, string>[]) {
-    const t = await startRouter({ env });
+    const t = await startRouter({ env, now: windowAlignedClock() });
     try {
       for (let i = 0; i < SIGNIN_LIMIT; i++) {
         assert.equal(await failSignin(t, `203.0.113.${i + 1}`), 401);
@@ -92,7 +101,7 @@ Deno.test("the audit row's client_ip is the same client address the sign-in limi
     [{}, "127.0.0.1"],
   ];
   for (const [env, expected] of cases) {
-    const t = await startRouter({ env });
+    const t = await startRouter({ env, now: windowAlignedClock() });
     try {
       const { mgmt, key } = await t.account("1");
       const res = await t.call(key, "POST", "/v1/chat/completions", {
