@@ -28,10 +28,9 @@ import { FINISH, noteFinish, streamHandlers, streamWatch } from "../telemetry/in
 /**
  * Reads a JSON reply and settles it; the body's `usage` (in the request's shape) shows the
  * figures billed and gains the cost. Any failure releases (the shutdown deadline, `stop`, too:
- * nothing reached the client). A reply without usage is counted by
- * the router, as a stream's is: the request's prompt as the router counts it (`Prompt.count`,
- * with the web searches the reply reported) and the reply's output, both with the model's
- * `tokenCounter`.
+ * nothing reached the client). A reply without usage is counted by the router, as a stream's is:
+ * the request's prompt as the router counts it (`Prompt.count`, with the web searches the reply
+ * reported) and the reply's output, both with the model's `tokenCounter`.
  */
 export async function settleJson(
   m: MeteredRequest,
