@@ -43,7 +43,7 @@ function drain(stream: ReadableStream<Uint8Array>): () => string {
   return () => tail;
 }
 
-/** Starts a process and waits until `readyPath` on its port answers over HTTP. */
+/** Starts a process and waits until `readyPath` on its port answers over HTTP, other than 503. */
 export async function start(
   name: string,
   cmd: string,
@@ -70,10 +70,12 @@ export async function start(
     try {
       const res = await fetch(url + (opts.readyPath ?? "/"));
       await res.body?.cancel();
-      return p;
+      // A router answers 503 until it is ready (`/readyz`).
+      if (res.status !== 503) return p;
     } catch {
-      await sleep(100);
+      // not listening yet
     }
+    await sleep(100);
   }
   throw new Error(`${name} did not start within 30 s:\n${p.tail()}`);
 }

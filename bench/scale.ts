@@ -18,7 +18,10 @@
  * process on a KV file and account of its own, sharing nothing: the most N processes can serve on
  * this machine), --rpm=N (every key with rate_limit_rpm N: such keys always take the shared
  * path), --compare (also 1 and 2 processes with BALANCE_LEASES=off, in the same rounds: the same
- * run with and without leases). Results also go to bench/results/scale.json.
+ * run with and without leases), --controls (also, in the same rounds, 2 processes sharing nothing
+ * and 2 processes on one KV file with an account each: what the machine and what the shared file
+ * allow, against which the hot account's 2 processes are read). Results also go to
+ * bench/results/scale.json.
  */
 import type { LoadResult, LoadSpec } from "./loadgen.ts";
 import {
@@ -74,10 +77,18 @@ const extraEnv: Record<string, string> = Object.fromEntries(
 
 let tmp = "";
 
+/**
+ * How a group's processes share: one KV file and one account (the hot account under test), a KV
+ * file and an account each (a control: nothing shared), or one KV file with an account each (a
+ * control: only the file shared).
+ */
+type Layout = "shared" | "independent" | "split";
+
 interface Group {
   name: string;
   /** False for a group run with BALANCE_LEASES=off (--compare). */
   leases: boolean;
+  layout: Layout;
   procs: Proc[];
   kvPath: string;
   keys: { hot: string[]; spread: string[] };
@@ -89,6 +100,7 @@ async function startGroup(
   n: number,
   upstream: Proc,
   env: Record<string, string> = {},
+  layout: Layout = independent ? "independent" : "shared",
 ): Promise<Group> {
   const kvPath = `${tmp}/${name}.kv`;
   const ps: Proc[] = [];
@@ -97,11 +109,12 @@ async function startGroup(
     ps.push(
       await start(`${name}-${i}`, Deno.execPath(), ["run", "-A", "main.ts"], {
         port,
-        readyPath: "/healthz",
+        // Ready once migrations ran and background work started (`/healthz` answers before).
+        readyPath: "/readyz",
         env: {
           PORT: String(port),
           LISTEN_HOST: "127.0.0.1",
-          KV_PATH: independent ? `${kvPath}.${i}` : kvPath,
+          KV_PATH: layout === "independent" ? `${kvPath}.${i}` : kvPath,
           ADMIN_TOKEN,
           OPENAI_API_KEY: UPSTREAM_KEY,
           OPENAI_BASE_URL: `${upstream.url}/v1`,
@@ -117,6 +130,7 @@ async function startGroup(
   return {
     name,
     leases: (env.BALANCE_LEASES ?? extraEnv.BALANCE_LEASES) !== "off",
+    layout,
     procs: ps,
     kvPath,
     keys: { hot: [], spread: [] },
@@ -124,9 +138,9 @@ async function startGroup(
 }
 
 async function addAccounts(g: Group, spread: boolean) {
-  if (independent) {
-    // One account per process, each in the process's own KV file.
-    g.keys.hot = await Promise.all(g.procs.map((p) => account(p, 0, "1000", keySpec)));
+  if (g.layout !== "shared") {
+    // One account per process, in the process's own KV file or all in the group's one.
+    g.keys.hot = await Promise.all(g.procs.map((p, i) => account(p, i, "1000", keySpec)));
     return;
   }
   g.keys.hot = [await account(g.procs[0], 0, "1000", keySpec)];
@@ -209,7 +223,7 @@ const kvs = new Map<string, Deno.Kv>();
 
 /** Waits until the group's outbox is empty: the ledger caught up with the load. */
 async function catchUp(g: Group) {
-  const paths = independent ? g.procs.map((_, i) => `${g.kvPath}.${i}`) : [g.kvPath];
+  const paths = g.layout === "independent" ? g.procs.map((_, i) => `${g.kvPath}.${i}`) : [g.kvPath];
   for (const path of paths) {
     let kv = kvs.get(path);
     if (!kv) kvs.set(path, kv = await Deno.openKv(path));
@@ -228,6 +242,7 @@ export interface ScaleRow {
   shape: "hot" | "spread";
   processes: number;
   leases: boolean;
+  layout: Layout;
   rps: number;
   rounds_rps: number[];
   p50_ms: number;
@@ -259,8 +274,8 @@ async function slice(
   const specs = g.procs.map((p, i): LoadSpec => ({
     url: `${p.url}/v1/chat/completions`,
     body: chatBody("openai/gpt-4o-mini", mode),
-    // Each process sees every account of the shape (its own, when independent).
-    tokens: independent ? [keys[i]] : keys,
+    // Each process sees every account of the shape (its own, in a control).
+    tokens: g.layout === "shared" ? keys : [keys[i]],
     headers: {},
     concurrency: Math.floor(connections / n) + (i < connections % n ? 1 : 0),
     durationMs: ms,
@@ -269,12 +284,14 @@ async function slice(
 }
 
 async function throughput(
-  groups: Group[],
+  allGroups: Group[],
   load: (s: LoadSpec) => Promise<LoadResult>,
 ): Promise<ScaleRow[]> {
   const rows: ScaleRow[] = [];
   for (const mode of modes) {
     for (const shape of shapes) {
+      // The controls serve the hot shape only (an account per process).
+      const groups = allGroups.filter((g) => shape === "hot" || g.layout === "shared");
       for (const g of groups) {
         await slice(g, mode, g.keys[shape], 1000, load);
         await catchUp(g);
@@ -308,6 +325,7 @@ async function throughput(
           shape,
           processes: g.procs.length,
           leases: g.leases,
+          layout: g.layout,
           rps: successRate(all),
           rounds_rps: results.get(g)!.map(successRate),
           p50_ms: all.p50_us / 1000,
@@ -335,7 +353,8 @@ async function throughput(
 const f = (x: number, d = 2) => x.toFixed(d);
 
 function formatRow(r: ScaleRow): string {
-  return `${r.mode.padEnd(4)} ${r.shape.padEnd(6)} ${r.processes}p${r.leases ? "" : " off"} ` +
+  return `${r.mode.padEnd(4)} ${r.shape.padEnd(6)} ${r.processes}p${r.leases ? "" : " off"}` +
+    `${r.layout === "shared" ? "" : ` ${r.layout}`} ` +
     `${f(r.rps, 0).padStart(6)} req/s  p50 ${f(r.p50_ms)} ms  p99 ${f(r.p99_ms)} ms  ` +
     `${f(r.cpu_us_per_request, 0)} µs CPU/req  ${f(r.kv_commits_per_request, 3)} commits/req  ` +
     `${f(r.conflicts_per_request, 4)} conflicts/req  ${f(r.locked_per_request, 4)} locked/req  ` +
@@ -348,22 +367,23 @@ function formatRow(r: ScaleRow): string {
 
 function table(rows: ScaleRow[]): string {
   const lines = [
-    "| mode | shape | processes | leases | req/s | ÷ 1 process | p50 ms | p99 ms | CPU µs/req | KV commits/req | conflicts/req | locked/req | balance commits/s |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| mode | shape | processes | layout | leases | req/s | ÷ 1 process | p50 ms | p99 ms | CPU µs/req | KV commits/req | conflicts/req | locked/req | balance commits/s |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ];
   for (const r of rows) {
     // Against one process of the same run with leases (the router as configured).
     const one = rows.find((o) =>
-      o.mode === r.mode && o.shape === r.shape && o.processes === 1 && o.leases
+      o.mode === r.mode && o.shape === r.shape && o.processes === 1 && o.leases &&
+      o.layout === (r.layout === "independent" && independent ? "independent" : "shared")
     );
     lines.push(
-      `| ${r.mode} | ${r.shape} | ${r.processes} | ${r.leases ? "on" : "off"} | ${f(r.rps, 0)} | ${
-        one ? f(r.rps / one.rps, 3) : "-"
-      } | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${f(r.cpu_us_per_request, 0)} | ${
-        f(r.kv_commits_per_request, 3)
-      } | ${f(r.conflicts_per_request, 4)} | ${f(r.locked_per_request, 4)} | ${
-        f(r.balance_commits_per_s, 1)
-      } |${r.errors ? ` ${r.errors} errors` : ""}`,
+      `| ${r.mode} | ${r.shape} | ${r.processes} | ${r.layout} | ${r.leases ? "on" : "off"} | ${
+        f(r.rps, 0)
+      } | ${one ? f(r.rps / one.rps, 3) : "-"} | ${f(r.p50_ms)} | ${f(r.p99_ms)} | ${
+        f(r.cpu_us_per_request, 0)
+      } | ${f(r.kv_commits_per_request, 3)} | ${f(r.conflicts_per_request, 4)} | ${
+        f(r.locked_per_request, 4)
+      } | ${f(r.balance_commits_per_s, 1)} |${r.errors ? ` ${r.errors} errors` : ""}`,
     );
   }
   return lines.join("\n");
@@ -374,8 +394,11 @@ function targets(rows: ScaleRow[]): string {
   const lines = ["Targets (hot account, same run):"];
   const verdict = (ok: boolean) => ok ? "met" : "NOT met";
   for (const mode of modes) {
-    const hot = (n: number) =>
-      rows.find((r) => r.mode === mode && r.shape === "hot" && r.processes === n && r.leases);
+    const hot = (n: number, layout: Layout = independent ? "independent" : "shared") =>
+      rows.find((r) =>
+        r.mode === mode && r.shape === "hot" && r.processes === n && r.leases &&
+        r.layout === layout
+      );
     const [one, two, three] = [hot(1), hot(2), hot(3)];
     if (!one || !two) continue;
     const ratio = two.rps / one.rps;
@@ -385,6 +408,19 @@ function targets(rows: ScaleRow[]): string {
         verdict(ratio >= 1)
       }; by round ${rounds}`,
     );
+    for (const layout of ["independent", "split"] as const) {
+      const control = independent ? undefined : hot(2, layout);
+      if (!control) continue;
+      const of = two.rps / control.rps;
+      const byRound = two.rounds_rps.map((x, i) => f(x / (control.rounds_rps[i] || 1), 3));
+      lines.push(
+        `  ${mode}: 2 processes on the hot account ÷ 2 ${
+          layout === "independent" ? "sharing nothing" : "on one KV file, an account each"
+        } = ${f(of, 3)}${
+          layout === "independent" ? ` (re-based target ≥ 0.9): ${verdict(of >= 0.9)}` : ""
+        }; by round ${byRound.join(", ")}`,
+      );
+    }
     const worst = Math.max(
       ...[one, two, three].filter((r) => r).map((r) => r!.conflicts_per_request),
     );
@@ -558,6 +594,13 @@ async function main(): Promise<boolean> {
       await addAccounts(g, shapes.includes("spread"));
       groups.push(g);
     }
+    if (args.has("--controls") && !independent) {
+      for (const layout of ["independent", "split"] as const) {
+        const g = await startGroup(`control-${layout}-2p`, 2, upstream, {}, layout);
+        await addAccounts(g, false);
+        groups.push(g);
+      }
+    }
     if (args.has("--compare")) {
       for (const n of [1, 2]) {
         const g = await startGroup(`scale-off-${n}p`, n, upstream, { BALANCE_LEASES: "off" });
@@ -569,7 +612,7 @@ async function main(): Promise<boolean> {
     console.log("\n" + table(rows) + "\n\n" + targets(rows));
     console.log("\nBooks at the end (GET /v1/admin/verify):");
     for (const g of groups) {
-      for (const p of independent ? g.procs : [g.procs[0]]) {
+      for (const p of g.layout === "independent" ? g.procs : [g.procs[0]]) {
         const v = await admin(p, "GET", "/v1/admin/verify");
         const balanced = v.ok && v.pending_events === 0;
         if (!balanced) ok = false;
