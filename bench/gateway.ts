@@ -124,7 +124,7 @@ async function startRouter(name: string, upstream: Proc): Promise<Proc> {
   const flags = (Deno.env.get("BENCH_ROUTER_FLAGS") ?? "").split(" ").filter(Boolean);
   return await start(name, Deno.execPath(), ["run", "-A", ...flags, "main.ts"], {
     port,
-    readyPath: "/healthz",
+    readyPath: "/readyz",
     env: {
       PORT: String(port),
       LISTEN_HOST: "127.0.0.1",
