@@ -26,6 +26,7 @@ import {
   type StreamOptions,
   type StreamReducer,
   withCost,
+  withSearch,
 } from "./format.ts";
 
 /** The body of a Messages request, as the router reads it (other fields pass through). */
@@ -102,7 +103,12 @@ export const messages: Format<MessagesBody> = {
             : upstream,
           ending: MESSAGES_ENDING,
           watch: MESSAGES_WATCH,
-          reducer: messagesReducer({ translated, bounded: opts.bounded, translation }),
+          reducer: messagesReducer({
+            translated,
+            searches: searches(model),
+            bounded: opts.bounded,
+            translation,
+          }),
           unfinished(state, count) {
             // message_start's input usage is Anthropic's own count (before any search result),
             // the results of the searches run since at most a context window each; otherwise the
@@ -153,6 +159,8 @@ export interface MessagesState {
 export interface MessagesStreamRules {
   /** Whether the stream is a chat stream translated (the model does not speak Messages). */
   translated: boolean;
+  /** The web searches the hold covers (`anthropicSearchBound`, on a native model). */
+  searches: number;
   bounded: StreamOptions["bounded"];
   /** The reader a translation read the final usage with (its clamps are reported). */
   translation?: UsageReader;
@@ -204,10 +212,12 @@ export function messagesReducer(rules: MessagesStreamRules): StreamReducer<Messa
         data.type === "content_block_start" && block.type === "web_search_tool_result" &&
         Array.isArray(block.content)
       ) {
-        const id = String(block.tool_use_id ?? data.index);
-        if (!state.searched.includes(id)) {
-          return { state: { ...state, searched: [...state.searched, id] } };
-        }
+        const searched = withSearch(
+          state.searched,
+          String(block.tool_use_id ?? data.index),
+          rules.searches,
+        );
+        if (searched) return { state: { ...state, searched } };
       }
       return { state };
     },

@@ -21,6 +21,7 @@ import {
   isObject,
   type StreamReducer,
   withCost,
+  withSearch,
 } from "./format.ts";
 
 /** The body of a Responses request, as the router reads it (other fields pass through). */
@@ -83,7 +84,7 @@ export const responses: Format<ResponsesBody> = {
         body: upstream,
         ending: RESPONSES_ENDING,
         watch: RESPONSES_WATCH,
-        reducer: responsesReducer,
+        reducer: responsesReducer(searches),
         unfinished: (state, count) =>
           withSearches(prompt.count(model, count, state.searched.length), state.searched.length),
       } satisfies BilledStream<ResponsesState>),
@@ -115,7 +116,10 @@ export interface ResponsesState {
  * failure mid-stream is an `error` event or response.failed (billed as final if it has usage,
  * audited as a failed stream).
  */
-export const responsesReducer: StreamReducer<ResponsesState> = {
+export const responsesReducer = (
+  /** The web searches the hold covers (`responsesSearchBound`). */
+  searches: number,
+): StreamReducer<ResponsesState> => ({
   init: { searched: [], final: false },
   step(state, { data, text }) {
     if (state.final) return { state };
@@ -138,11 +142,9 @@ export const responsesReducer: StreamReducer<ResponsesState> = {
     }
     const item = obj(data.item);
     if (data.type === "response.output_item.done" && item.type === "web_search_call") {
-      const id = String(item.id ?? data.output_index);
-      if (!state.searched.includes(id)) {
-        return { state: { ...state, searched: [...state.searched, id] }, failed };
-      }
+      const searched = withSearch(state.searched, String(item.id ?? data.output_index), searches);
+      if (searched) return { state: { ...state, searched }, failed };
     }
     return { state, failed };
   },
-};
+});

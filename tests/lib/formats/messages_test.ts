@@ -23,7 +23,7 @@ const searchResult = (id: string, content: unknown) =>
     index: 1,
     content_block: { type: "web_search_tool_result", tool_use_id: id, content },
   }, "content_block_start");
-const native = { translated: false, bounded: unbounded };
+const native = { translated: false, searches: 20, bounded: unbounded };
 
 Deno.test("messagesReducer: message_delta's cumulative usage is final, with message_start's input", () => {
   const r = reduce(messagesReducer(native), [
@@ -120,4 +120,14 @@ Deno.test("messages: a cut native stream bills Anthropic's input count and a con
     webSearches: 1,
   });
   await billed.body.cancel();
+});
+
+Deno.test("messagesReducer: a provider reporting searches past the hold's bound is kept to one past it", () => {
+  // Each id a distinct string as long as an event allows: kept all, they grew without bound.
+  const results = Array.from(
+    { length: 1000 },
+    (_, i) => searchResult(`srv_${i}_${"x".repeat(1000)}`, []),
+  );
+  const r = reduce(messagesReducer({ ...native, searches: 2 }), results);
+  assert.equal(r.state.searched.length, 3);
 });
