@@ -14,7 +14,7 @@ import {
   messagesToChat,
 } from "../providers/anthropic/messages_api.ts";
 import { withData } from "../sse.ts";
-import type { ModelBound } from "../proxy/metered.ts";
+import type { Billed, ModelBound } from "../proxy/metered.ts";
 import { anthropicSearchBound, contextOf, Prompt } from "../proxy/tokens.ts";
 import type { StreamEnding } from "../proxy/tap.ts";
 import {
@@ -171,13 +171,18 @@ export interface MessagesStreamRules {
  * beyond the hold's bounds or malformed), message_delta the final, cumulative usage (with the
  * input's fields message_start gave). A translated stream whose upstream reported no usage has no
  * `input_tokens` in its message_delta: it is not final, and the router counts instead. Anthropic
- * reports a failure mid-stream (overloaded_error) as `event: error`, as a translation does.
+ * reports a failure mid-stream (overloaded_error) as `event: error`, as a translation does. A
+ * message_delta repeated after the final one shows the same bill.
  */
 export function messagesReducer(rules: MessagesStreamRules): StreamReducer<MessagesState> {
   return {
     init: { started: null, searched: [], final: false },
     step(state, { data, name, text }) {
-      if (state.final) return { state };
+      const usage = data.type === "message_delta" && isObject(data.usage) ? data.usage : null;
+      /** The event showing the charge: the final usage's, and any repeating it after. */
+      const billedEvent = (billed: Billed) =>
+        withData(text, { ...data, usage: withCost(usage, billed, "anthropic") });
+      if (state.final) return usage ? { state, out: billedEvent } : { state };
       if (name === "error" || data.type === "error") return { state, failed: true };
       if (data.type === "message_start") {
         const message = obj(data.message);
@@ -195,16 +200,15 @@ export function messagesReducer(rules: MessagesStreamRules): StreamReducer<Messa
           : undefined;
         return { state: { ...state, started }, out };
       }
-      if (data.type === "message_delta" && isObject(data.usage)) {
-        if (rules.translated && data.usage.input_tokens === undefined) return { state };
+      if (usage) {
+        if (rules.translated && usage.input_tokens === undefined) return { state };
         const reader = new UsageReader();
         return {
           state: { ...state, final: true },
           final: true,
-          usage: readAnthropicUsage({ ...state.started, ...data.usage }, reader),
+          usage: readAnthropicUsage({ ...state.started, ...usage }, reader),
           anomalies: [...(rules.translation?.anomalies ?? []), ...reader.anomalies],
-          out: (billed) =>
-            withData(text, { ...data, usage: withCost(data.usage, billed, "anthropic") }),
+          out: billedEvent,
         };
       }
       const block = obj(data.content_block);

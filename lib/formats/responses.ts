@@ -11,7 +11,7 @@ import {
 } from "../providers/usage.ts";
 import { obj } from "../providers/common.ts";
 import { withData } from "../sse.ts";
-import type { ModelBound } from "../proxy/metered.ts";
+import type { Billed, ModelBound } from "../proxy/metered.ts";
 import { Prompt, responsesSearchBound, responsesToolBound } from "../proxy/tokens.ts";
 import type { StreamEnding } from "../proxy/tap.ts";
 import {
@@ -114,7 +114,7 @@ export interface ResponsesState {
  * The Responses stream's reducer: response.completed (or .incomplete, .failed) carries the final
  * usage in `response`, whose output lists every item, its web_search_call items included. A
  * failure mid-stream is an `error` event or response.failed (billed as final if it has usage,
- * audited as a failed stream).
+ * audited as a failed stream). A final event repeated after the first shows the same bill.
  */
 export const responsesReducer = (
   /** The web searches the hold covers (`responsesSearchBound`). */
@@ -122,9 +122,15 @@ export const responsesReducer = (
 ): StreamReducer<ResponsesState> => ({
   init: { searched: [], final: false },
   step(state, { data, text }) {
-    if (state.final) return { state };
-    const failed = data.type === "error" || data.type === "response.failed";
     const response = obj(data.response);
+    /** The event showing the charge: the final usage's, and any repeating it after. */
+    const billedEvent = (billed: Billed) =>
+      withData(text, {
+        ...data,
+        response: { ...response, usage: withCost(response.usage, billed, "responses") },
+      });
+    if (state.final) return isObject(response.usage) ? { state, out: billedEvent } : { state };
+    const failed = data.type === "error" || data.type === "response.failed";
     if (isObject(response.usage)) {
       const reader = new UsageReader();
       return {
@@ -133,11 +139,7 @@ export const responsesReducer = (
         failed,
         usage: usageOf(response, reader),
         anomalies: reader.anomalies,
-        out: (billed) =>
-          withData(text, {
-            ...data,
-            response: { ...response, usage: withCost(response.usage, billed, "responses") },
-          }),
+        out: billedEvent,
       };
     }
     const item = obj(data.item);

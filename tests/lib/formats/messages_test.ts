@@ -89,7 +89,18 @@ Deno.test("messagesReducer: an error event is a failure, and nothing after the f
     delta({ input_tokens: 4, output_tokens: 9 }),
   ]);
   assert.equal(after.final.length, 1);
-  assert.ok(after.steps.slice(1).every((s) => !s.failed && !s.usage && s.out === undefined));
+  assert.ok(after.steps.slice(1).every((s) => !s.failed && !s.usage));
+});
+
+Deno.test("messagesReducer: a message_delta repeated after the final one shows the same bill, not its own figures", () => {
+  const r = reduce(messagesReducer(native), [
+    delta({ input_tokens: 4, output_tokens: 2 }),
+    delta({ input_tokens: 4, output_tokens: 90_000_000 }),
+  ]);
+  assert.equal(r.final.length, 1);
+  const usage = (i: number) => JSON.parse(rendered(r.steps[i])!.split("data: ")[1]).usage;
+  assert.deepEqual(usage(1), usage(0));
+  assert.equal(usage(1).output_tokens, 5, "BILLED's output");
 });
 
 Deno.test("messagesReducer: a stream without usage reports none", () => {

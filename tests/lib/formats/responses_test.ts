@@ -38,6 +38,18 @@ Deno.test("responsesReducer: response.completed carries the final usage, its sea
   assert.equal(shown.response.usage.cost, 0.0015);
 });
 
+Deno.test("responsesReducer: a response.completed repeated after the final one shows the same bill, not its own figures", () => {
+  const r = reduce(responsesReducer(20), [
+    final("response.completed", USAGE),
+    final("response.completed", { ...USAGE, output_tokens: 90_000_000 }),
+  ]);
+  assert.equal(r.final.length, 1);
+  assert.equal(r.steps[1].usage, undefined, "the repeat reports nothing to bill");
+  const usage = (i: number) => JSON.parse(rendered(r.steps[i])!.slice(6)).response.usage;
+  assert.deepEqual(usage(1), usage(0));
+  assert.equal(usage(1).output_tokens, 5, "BILLED's output");
+});
+
 Deno.test("responsesReducer: the usage of the last event (.incomplete, .failed) is final; .failed is a failure", () => {
   const incomplete = reduce(responsesReducer(20), [final("response.incomplete", USAGE)]);
   assert.ok(incomplete.final[0] && !incomplete.final[0].failed);
