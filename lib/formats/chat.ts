@@ -46,7 +46,8 @@ const chatRequest = z.preprocess((v) => {
 
 /** The output limit a request may reach on `model`, and the `max_tokens` to send it, if any. */
 function outputLimit(body: ChatBody, model: ResolvedModel) {
-  const asked = body.max_completion_tokens ?? body.max_tokens;
+  // Both go upstream as sent, and a host may honour either: the larger bounds the output.
+  const asked = Math.max(body.max_completion_tokens ?? 0, body.max_tokens ?? 0);
   if (asked) return { tokens: asked, send: undefined };
   const d = model.adapter.defaultMaxTokens;
   if (d === undefined) return { tokens: model.maxOutputTokens, send: undefined };

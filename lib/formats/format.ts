@@ -153,6 +153,20 @@ export function shownUsage(
   return echoUsage(raw, shown, shape);
 }
 
+/**
+ * The web searches done so far (by id) with `id` added, each once; null when unchanged. At most
+ * one past the hold's bound (`max`) is kept: a cut stream's searches are billed within it, and
+ * one past it is enough to log that it was exceeded, however many a provider reports.
+ */
+export function withSearch(
+  searched: readonly string[],
+  id: string,
+  max: number,
+): readonly string[] | null {
+  if (searched.length > max || searched.includes(id)) return null;
+  return [...searched, id];
+}
+
 /** A plain object (JSON's), for a field that must be one. */
 export const isObject = (v: unknown): v is Record<string, unknown> =>
   v !== null && typeof v === "object" && !Array.isArray(v);

@@ -14,7 +14,7 @@ import {
   messagesToChat,
 } from "../providers/anthropic/messages_api.ts";
 import { withData } from "../sse.ts";
-import type { ModelBound } from "../proxy/metered.ts";
+import type { Billed, ModelBound } from "../proxy/metered.ts";
 import { anthropicSearchBound, contextOf, Prompt } from "../proxy/tokens.ts";
 import type { StreamEnding } from "../proxy/tap.ts";
 import {
@@ -26,6 +26,7 @@ import {
   type StreamOptions,
   type StreamReducer,
   withCost,
+  withSearch,
 } from "./format.ts";
 
 /** The body of a Messages request, as the router reads it (other fields pass through). */
@@ -102,7 +103,12 @@ export const messages: Format<MessagesBody> = {
             : upstream,
           ending: MESSAGES_ENDING,
           watch: MESSAGES_WATCH,
-          reducer: messagesReducer({ translated, bounded: opts.bounded, translation }),
+          reducer: messagesReducer({
+            translated,
+            searches: searches(model),
+            bounded: opts.bounded,
+            translation,
+          }),
           unfinished(state, count) {
             // message_start's input usage is Anthropic's own count (before any search result),
             // the results of the searches run since at most a context window each; otherwise the
@@ -153,6 +159,8 @@ export interface MessagesState {
 export interface MessagesStreamRules {
   /** Whether the stream is a chat stream translated (the model does not speak Messages). */
   translated: boolean;
+  /** The web searches the hold covers (`anthropicSearchBound`, on a native model). */
+  searches: number;
   bounded: StreamOptions["bounded"];
   /** The reader a translation read the final usage with (its clamps are reported). */
   translation?: UsageReader;
@@ -163,13 +171,18 @@ export interface MessagesStreamRules {
  * beyond the hold's bounds or malformed), message_delta the final, cumulative usage (with the
  * input's fields message_start gave). A translated stream whose upstream reported no usage has no
  * `input_tokens` in its message_delta: it is not final, and the router counts instead. Anthropic
- * reports a failure mid-stream (overloaded_error) as `event: error`, as a translation does.
+ * reports a failure mid-stream (overloaded_error) as `event: error`, as a translation does. A
+ * message_delta repeated after the final one shows the same bill.
  */
 export function messagesReducer(rules: MessagesStreamRules): StreamReducer<MessagesState> {
   return {
     init: { started: null, searched: [], final: false },
     step(state, { data, name, text }) {
-      if (state.final) return { state };
+      const usage = data.type === "message_delta" && isObject(data.usage) ? data.usage : null;
+      /** The event showing the charge: the final usage's, and any repeating it after. */
+      const billedEvent = (billed: Billed) =>
+        withData(text, { ...data, usage: withCost(usage, billed, "anthropic") });
+      if (state.final) return usage ? { state, out: billedEvent } : { state };
       if (name === "error" || data.type === "error") return { state, failed: true };
       if (data.type === "message_start") {
         const message = obj(data.message);
@@ -187,16 +200,15 @@ export function messagesReducer(rules: MessagesStreamRules): StreamReducer<Messa
           : undefined;
         return { state: { ...state, started }, out };
       }
-      if (data.type === "message_delta" && isObject(data.usage)) {
-        if (rules.translated && data.usage.input_tokens === undefined) return { state };
+      if (usage) {
+        if (rules.translated && usage.input_tokens === undefined) return { state };
         const reader = new UsageReader();
         return {
           state: { ...state, final: true },
           final: true,
-          usage: readAnthropicUsage({ ...state.started, ...data.usage }, reader),
+          usage: readAnthropicUsage({ ...state.started, ...usage }, reader),
           anomalies: [...(rules.translation?.anomalies ?? []), ...reader.anomalies],
-          out: (billed) =>
-            withData(text, { ...data, usage: withCost(data.usage, billed, "anthropic") }),
+          out: billedEvent,
         };
       }
       const block = obj(data.content_block);
@@ -204,10 +216,12 @@ export function messagesReducer(rules: MessagesStreamRules): StreamReducer<Messa
         data.type === "content_block_start" && block.type === "web_search_tool_result" &&
         Array.isArray(block.content)
       ) {
-        const id = String(block.tool_use_id ?? data.index);
-        if (!state.searched.includes(id)) {
-          return { state: { ...state, searched: [...state.searched, id] } };
-        }
+        const searched = withSearch(
+          state.searched,
+          String(block.tool_use_id ?? data.index),
+          rules.searches,
+        );
+        if (searched) return { state: { ...state, searched } };
       }
       return { state };
     },

@@ -11,7 +11,7 @@ import {
 } from "../providers/usage.ts";
 import { obj } from "../providers/common.ts";
 import { withData } from "../sse.ts";
-import type { ModelBound } from "../proxy/metered.ts";
+import type { Billed, ModelBound } from "../proxy/metered.ts";
 import { Prompt, responsesSearchBound, responsesToolBound } from "../proxy/tokens.ts";
 import type { StreamEnding } from "../proxy/tap.ts";
 import {
@@ -21,6 +21,7 @@ import {
   isObject,
   type StreamReducer,
   withCost,
+  withSearch,
 } from "./format.ts";
 
 /** The body of a Responses request, as the router reads it (other fields pass through). */
@@ -83,7 +84,7 @@ export const responses: Format<ResponsesBody> = {
         body: upstream,
         ending: RESPONSES_ENDING,
         watch: RESPONSES_WATCH,
-        reducer: responsesReducer,
+        reducer: responsesReducer(searches),
         unfinished: (state, count) =>
           withSearches(prompt.count(model, count, state.searched.length), state.searched.length),
       } satisfies BilledStream<ResponsesState>),
@@ -113,14 +114,23 @@ export interface ResponsesState {
  * The Responses stream's reducer: response.completed (or .incomplete, .failed) carries the final
  * usage in `response`, whose output lists every item, its web_search_call items included. A
  * failure mid-stream is an `error` event or response.failed (billed as final if it has usage,
- * audited as a failed stream).
+ * audited as a failed stream). A final event repeated after the first shows the same bill.
  */
-export const responsesReducer: StreamReducer<ResponsesState> = {
+export const responsesReducer = (
+  /** The web searches the hold covers (`responsesSearchBound`). */
+  searches: number,
+): StreamReducer<ResponsesState> => ({
   init: { searched: [], final: false },
   step(state, { data, text }) {
-    if (state.final) return { state };
-    const failed = data.type === "error" || data.type === "response.failed";
     const response = obj(data.response);
+    /** The event showing the charge: the final usage's, and any repeating it after. */
+    const billedEvent = (billed: Billed) =>
+      withData(text, {
+        ...data,
+        response: { ...response, usage: withCost(response.usage, billed, "responses") },
+      });
+    if (state.final) return isObject(response.usage) ? { state, out: billedEvent } : { state };
+    const failed = data.type === "error" || data.type === "response.failed";
     if (isObject(response.usage)) {
       const reader = new UsageReader();
       return {
@@ -129,20 +139,14 @@ export const responsesReducer: StreamReducer<ResponsesState> = {
         failed,
         usage: usageOf(response, reader),
         anomalies: reader.anomalies,
-        out: (billed) =>
-          withData(text, {
-            ...data,
-            response: { ...response, usage: withCost(response.usage, billed, "responses") },
-          }),
+        out: billedEvent,
       };
     }
     const item = obj(data.item);
     if (data.type === "response.output_item.done" && item.type === "web_search_call") {
-      const id = String(item.id ?? data.output_index);
-      if (!state.searched.includes(id)) {
-        return { state: { ...state, searched: [...state.searched, id] }, failed };
-      }
+      const searched = withSearch(state.searched, String(item.id ?? data.output_index), searches);
+      if (searched) return { state: { ...state, searched }, failed };
     }
     return { state, failed };
   },
-};
+});

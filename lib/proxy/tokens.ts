@@ -248,7 +248,8 @@ function textOf(v: unknown): string {
  * default the UTF-8 length, an upper bound for any tokenizer).
  */
 export function countStreamedOutput(sse: string, count: TokenCounter = utf8Bytes): number {
-  const splitter = new SseSplitter();
+  // Whole events the tap already held to MAX_SSE_EVENT_BYTES, which may be above the default.
+  const splitter = new SseSplitter(Infinity);
   let tokens = 0;
   const add = (text: string) => {
     if (text) tokens += Math.max(1, count(text));

@@ -39,7 +39,7 @@ function whenStopped(stop: AbortSignal | undefined, onStop: () => void): () => v
  * Sends a request to a provider. Waits at most `timeoutMs` for the reply's headers; connection
  * failures are 502 and time-outs 504; `stop` (the shutdown deadline) aborts the wait with a 503
  * `shutting_down`. Provider error replies map to the API's errors without echoing their body (it
- * may contain prompt text).
+ * may contain prompt text); a success without a body is a 502 too.
  */
 export async function callUpstream(
   fetchFn: typeof fetch,
@@ -71,6 +71,8 @@ export async function callUpstream(
     await res.body?.cancel().catch(() => {});
     throw upstreamError(res);
   }
+  // A success without a body (204) is no reply: a failure to retry or fall back from.
+  if (!res.body) throw new ApiError(502, "upstream_error", "The provider's reply has no body");
   return { res, abort: () => ac.abort() };
 }
 

@@ -103,6 +103,7 @@ export async function runInference<B>(
     if (!req.stream || !req.events) {
       return c.json(await settleJson(metered, req, reply, svc.config, svc.streams.signal));
     }
+    // `callUpstream` answers only with a body.
     const stream = req.events(metered.model, reply.res.body!, {
       maxEventBytes: svc.config.maxSseEventBytes,
       bounded: (u) => metered.bounded(u, false),

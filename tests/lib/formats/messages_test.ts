@@ -23,7 +23,7 @@ const searchResult = (id: string, content: unknown) =>
     index: 1,
     content_block: { type: "web_search_tool_result", tool_use_id: id, content },
   }, "content_block_start");
-const native = { translated: false, bounded: unbounded };
+const native = { translated: false, searches: 20, bounded: unbounded };
 
 Deno.test("messagesReducer: message_delta's cumulative usage is final, with message_start's input", () => {
   const r = reduce(messagesReducer(native), [
@@ -89,7 +89,18 @@ Deno.test("messagesReducer: an error event is a failure, and nothing after the f
     delta({ input_tokens: 4, output_tokens: 9 }),
   ]);
   assert.equal(after.final.length, 1);
-  assert.ok(after.steps.slice(1).every((s) => !s.failed && !s.usage && s.out === undefined));
+  assert.ok(after.steps.slice(1).every((s) => !s.failed && !s.usage));
+});
+
+Deno.test("messagesReducer: a message_delta repeated after the final one shows the same bill, not its own figures", () => {
+  const r = reduce(messagesReducer(native), [
+    delta({ input_tokens: 4, output_tokens: 2 }),
+    delta({ input_tokens: 4, output_tokens: 90_000_000 }),
+  ]);
+  assert.equal(r.final.length, 1);
+  const usage = (i: number) => JSON.parse(rendered(r.steps[i])!.split("data: ")[1]).usage;
+  assert.deepEqual(usage(1), usage(0));
+  assert.equal(usage(1).output_tokens, 5, "BILLED's output");
 });
 
 Deno.test("messagesReducer: a stream without usage reports none", () => {
@@ -120,4 +131,14 @@ Deno.test("messages: a cut native stream bills Anthropic's input count and a con
     webSearches: 1,
   });
   await billed.body.cancel();
+});
+
+Deno.test("messagesReducer: a provider reporting searches past the hold's bound is kept to one past it", () => {
+  // Each id a distinct string as long as an event allows: kept all, they grew without bound.
+  const results = Array.from(
+    { length: 1000 },
+    (_, i) => searchResult(`srv_${i}_${"x".repeat(1000)}`, []),
+  );
+  const r = reduce(messagesReducer({ ...native, searches: 2 }), results);
+  assert.equal(r.state.searched.length, 3);
 });

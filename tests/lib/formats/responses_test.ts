@@ -19,7 +19,7 @@ const final = (type: string, usage: unknown, output: unknown[] = []) =>
 
 Deno.test("responsesReducer: response.completed carries the final usage, its search calls counted", () => {
   const output = [searchCall("ws_1"), searchCall("ws_2"), { type: "message" }];
-  const r = reduce(responsesReducer, [
+  const r = reduce(responsesReducer(20), [
     sse({ type: "response.created", response: { id: "resp_1", usage: null } }),
     delta("hi"),
     final("response.completed", USAGE, output),
@@ -38,15 +38,27 @@ Deno.test("responsesReducer: response.completed carries the final usage, its sea
   assert.equal(shown.response.usage.cost, 0.0015);
 });
 
+Deno.test("responsesReducer: a response.completed repeated after the final one shows the same bill, not its own figures", () => {
+  const r = reduce(responsesReducer(20), [
+    final("response.completed", USAGE),
+    final("response.completed", { ...USAGE, output_tokens: 90_000_000 }),
+  ]);
+  assert.equal(r.final.length, 1);
+  assert.equal(r.steps[1].usage, undefined, "the repeat reports nothing to bill");
+  const usage = (i: number) => JSON.parse(rendered(r.steps[i])!.slice(6)).response.usage;
+  assert.deepEqual(usage(1), usage(0));
+  assert.equal(usage(1).output_tokens, 5, "BILLED's output");
+});
+
 Deno.test("responsesReducer: the usage of the last event (.incomplete, .failed) is final; .failed is a failure", () => {
-  const incomplete = reduce(responsesReducer, [final("response.incomplete", USAGE)]);
+  const incomplete = reduce(responsesReducer(20), [final("response.incomplete", USAGE)]);
   assert.ok(incomplete.final[0] && !incomplete.final[0].failed);
-  const failed = reduce(responsesReducer, [final("response.failed", USAGE)]);
+  const failed = reduce(responsesReducer(20), [final("response.failed", USAGE)]);
   assert.ok(failed.final[0].failed);
 });
 
 Deno.test("responsesReducer: a cut stream keeps the web searches done, each once", () => {
-  const r = reduce(responsesReducer, [
+  const r = reduce(responsesReducer(20), [
     done(searchCall("ws_1")),
     done(searchCall("ws_1")),
     done({ type: "message", id: "m" }, 1),
@@ -58,7 +70,7 @@ Deno.test("responsesReducer: a cut stream keeps the web searches done, each once
 });
 
 Deno.test("responsesReducer: an error event is a failure", () => {
-  const r = reduce(responsesReducer, [
+  const r = reduce(responsesReducer(20), [
     delta('"error"'),
     sse({ type: "error", code: "server_error", message: "m" }),
   ]);
@@ -67,7 +79,7 @@ Deno.test("responsesReducer: an error event is a failure", () => {
 });
 
 Deno.test("responsesReducer: a final event without usage reports none", () => {
-  const r = reduce(responsesReducer, [delta("a"), final("response.completed", null)]);
+  const r = reduce(responsesReducer(20), [delta("a"), final("response.completed", null)]);
   assert.ok(r.steps.every((s) => !s.usage && !s.final));
 });
 
@@ -88,4 +100,14 @@ Deno.test("responses: a cut stream bills the prompt as counted and a context win
     { ...req.prompt.count(m, count, 1), webSearches: 1 },
   );
   await billed.body.cancel();
+});
+
+Deno.test("responsesReducer: a provider reporting searches past the hold's bound is kept to one past it", () => {
+  // Each id a distinct string as long as an event allows: kept all, they grew without bound.
+  const calls = Array.from(
+    { length: 1000 },
+    (_, i) => done(searchCall(`ws_${i}_${"x".repeat(1000)}`), i),
+  );
+  const r = reduce(responsesReducer(2), calls);
+  assert.equal(r.state.searched.length, 3);
 });

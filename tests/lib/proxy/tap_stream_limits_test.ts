@@ -235,3 +235,36 @@ Deno.test("an SSE event nested past MAX_JSON_DEPTH is passed on unread: the stre
     await upstream.close();
   }
 });
+
+Deno.test("an event within a MAX_SSE_EVENT_BYTES raised past its default is counted when the stream ends without usage: billed, its hold settled", async () => {
+  // The tap passes events up to the configured maximum; counting what a cut stream delivered must
+  // take them too, or the stream ends unbilled with its hold renewed for as long as the process runs.
+  const padded = chunkEvent("Hello ").replace(
+    '"finish_reason"',
+    `"pad":"${"p".repeat(17 * MiB)}","finish_reason"`,
+  );
+  const sent = padded + chunkEvent("world");
+  const upstream = serveLoopback(() =>
+    new Response(sent, { headers: { "content-type": "text/event-stream" } })
+  );
+  const t = await startRouter({
+    env: { OPENAI_BASE_URL: `${upstream.origin}/v1`, MAX_SSE_EVENT_BYTES: String(32 * MiB) },
+  });
+  try {
+    const { key, mgmt } = await t.account("1");
+    const res = await t.call(key, "POST", "/v1/chat/completions", ask("hi", true));
+    assert.equal(res.status, 200);
+    const got = await res.text();
+    assert.equal(got.length, sent.length, got.slice(0, 200));
+    const row = await auditRow(t, mgmt, res);
+    assert.deepEqual([row.error_code, row.completion_tokens], [
+      "usage_missing",
+      countStreamedOutput(chunkEvent("Hello ") + chunkEvent("world"), o200k),
+    ]);
+    assert.equal(t.router.svc.actors.liveHolds.size, 0, "no hold left to renew");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+    await upstream.close();
+  }
+});

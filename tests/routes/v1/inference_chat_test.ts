@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import OpenAI from "openai";
 import { json, padding, startRouter } from "../../_helpers.ts";
 import { sseData } from "../../_providers.ts";
+import { serveLoopback } from "../../_fakes/serve.ts";
 import { encodingCounter } from "../../../lib/tokenizer.ts";
 
 const USAGE = {
@@ -316,5 +317,31 @@ Deno.test("an OpenAI stream carrying an error chunk is audited as a failed strea
     await t.assertBooks();
   } finally {
     await t.close();
+  }
+});
+
+Deno.test("a stream answered 204 with no body: the hold released, the request audited as an upstream error", async () => {
+  const upstream = serveLoopback(() => new Response(null, { status: 204 }));
+  const t = await startRouter({ env: { OPENAI_BASE_URL: `${upstream.origin}/v1` } });
+  try {
+    const { key, mgmt } = await t.account("1");
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "hi" }],
+      stream: true,
+    });
+    const body = await json(res, 502);
+    assert.equal(body.error.code, "upstream_error");
+    await t.router.flush();
+    const row = await json(
+      await t.call(mgmt, "GET", `/v1/audit/${res.headers.get("x-request-id")}`),
+      200,
+    );
+    assert.deepEqual([row.status, row.error_code, row.cost], [502, "upstream_error", "0"]);
+    assert.equal(t.router.svc.actors.liveHolds.size, 0, "no hold left to renew");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+    await upstream.close();
   }
 });

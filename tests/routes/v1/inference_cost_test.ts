@@ -192,3 +192,30 @@ Deno.test("Gemini audio input is billed at the audio rate, streamed or not", asy
     await t.close();
   }
 });
+
+Deno.test("a request setting both max_tokens and max_completion_tokens is held for the larger: a host that honours max_tokens is billed in full", async () => {
+  // Both go upstream as sent; an OpenAI-compatible host may read either, so the hold (and the
+  // bound the output is clamped to) is the larger, not the one the router reads first.
+  const t = await startRouter();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.openai.scenario = { usage: { prompt_tokens: 10, completion_tokens: 500 } };
+    const res = await t.call(key, "POST", "/v1/chat/completions", {
+      model: "gpt-4o-mini",
+      messages: [{ role: "user", content: "hi" }],
+      max_completion_tokens: 1,
+      max_tokens: 1000,
+    });
+    const body = await json(res, 200);
+    assert.equal(body.usage.completion_tokens, 500);
+    await t.router.flush();
+    const row = await json(
+      await t.call(mgmt, "GET", `/v1/audit/${res.headers.get("x-request-id")}`),
+      200,
+    );
+    assert.equal(row.completion_tokens, 500);
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
