@@ -109,6 +109,17 @@ export class MeteredRequest {
     });
   }
 
+  /**
+   * A stream's settlement failed: its hold, if still this process's, is no longer renewed (a
+   * lease's is dropped, nothing charged; a shared one is released by the sweeper). Nothing is done
+   * to a hold already settled or released.
+   */
+  drop(): void {
+    if (!this.#held) return;
+    this.#done = true;
+    this.deps.actors.abandon(this.deps.key.account_id, this.holdId);
+  }
+
   /** The cost of `usage` at this model's prices. */
   price(usage: NormalizedUsage): Cost {
     return priceUsage(usage, this.model.prices, this.model.discountBps);

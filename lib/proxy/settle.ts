@@ -179,6 +179,19 @@ export function billStream<S>(
     });
     return await m.settle(usage, { errorCode: errorCode ?? "usage_missing" });
   };
+  /**
+   * The settlement failed (a bug, or a commit that could not be made): the hold is not left renewed
+   * for the process's life with no audit row, but released unbilled and audited (or, if that fails
+   * too, no longer this process's: the sweeper releases it).
+   */
+  const fail = async (e: unknown) => {
+    log("error", "stream's settlement failed; its hold released, nothing charged", {
+      request_id: m.requestId,
+      error: e instanceof Error ? e.name : "unknown",
+    });
+    await m.release(500, "internal_error").catch(() => {});
+    m.drop();
+  };
   /** What the client gets for a step's event (one showing the charge: once there is one). */
   const render = (out: Step<S>["out"]) =>
     typeof out === "function" ? (billed ? out(billed) : undefined) : out;
@@ -191,7 +204,12 @@ export function billStream<S>(
       if (step.usage) latest = step.usage;
       return { out: render(step.out) };
     }
-    billed = await settle(step.usage!, step.failed ? "upstream_stream_failed" : undefined);
+    try {
+      billed = await settle(step.usage!, step.failed ? "upstream_stream_failed" : undefined);
+    } catch (e) {
+      await fail(e);
+      throw e;
+    }
     m.readAnomalies(step.anomalies ?? []);
     return { final: true, out: render(step.out) };
   };
@@ -216,43 +234,51 @@ export function billStream<S>(
       return {};
     },
     async onEnd(kind) {
-      const limit = LIMIT_OF[kind];
-      if (limit) {
-        log("warn", "stream ended at a limit", {
-          request_id: m.requestId,
-          limit,
-          usage_settled: settled,
-        });
+      try {
+        await end(kind);
+      } catch (e) {
+        await fail(e);
       }
-      if (settled) return;
-      const errorCode = failed ? "upstream_stream_failed" : END_REASON[kind];
-      if (latest) {
-        await m.settle(latest, { errorCode });
-        log("warn", "stream ended without final usage; its latest usage settled", {
-          request_id: m.requestId,
-          reason: errorCode,
-          prompt_tokens: latest.prompt,
-          completion_tokens: latest.completion,
-        });
-        return;
-      }
-      const usage = await counted();
-      // Searches the provider already ran are billed even when no output came before the failure.
-      const broke = kind === "error" || kind === "event_too_large";
-      if (broke && usage.completion === 0 && !usage.webSearches) {
-        await m.release(502, "upstream_error");
-        return;
-      }
-      const billed = await m.settle(usage, { errorCode });
-      log("warn", "stream ended without usage; counted by the router", {
-        request_id: m.requestId,
-        reason: errorCode,
-        prompt_tokens: billed.usage.prompt,
-        completion_tokens: billed.usage.completion,
-        web_searches: billed.usage.webSearches ?? 0,
-      });
     },
   };
+  /** The stream's end settled: its final usage if it came, else what the stream tells. */
+  async function end(kind: TapEnd) {
+    const limit = LIMIT_OF[kind];
+    if (limit) {
+      log("warn", "stream ended at a limit", {
+        request_id: m.requestId,
+        limit,
+        usage_settled: settled,
+      });
+    }
+    if (settled) return;
+    const errorCode = failed ? "upstream_stream_failed" : END_REASON[kind];
+    if (latest) {
+      await m.settle(latest, { errorCode });
+      log("warn", "stream ended without final usage; its latest usage settled", {
+        request_id: m.requestId,
+        reason: errorCode,
+        prompt_tokens: latest.prompt,
+        completion_tokens: latest.completion,
+      });
+      return;
+    }
+    const usage = await counted();
+    // Searches the provider already ran are billed even when no output came before the failure.
+    const broke = kind === "error" || kind === "event_too_large";
+    if (broke && usage.completion === 0 && !usage.webSearches) {
+      await m.release(502, "upstream_error");
+      return;
+    }
+    const billed = await m.settle(usage, { errorCode });
+    log("warn", "stream ended without usage; counted by the router", {
+      request_id: m.requestId,
+      reason: errorCode,
+      prompt_tokens: billed.usage.prompt,
+      completion_tokens: billed.usage.completion,
+      web_searches: billed.usage.webSearches ?? 0,
+    });
+  }
   // Bound to the request's trace; ended among the others at the shutdown deadline (`live`).
   return tapStream(stream.body, streamHandlers(handlers), {
     idleMs: limits.upstreamTimeoutMs,
