@@ -177,9 +177,16 @@ async function countTokens(c: Context<InferenceEnv>) {
     return c.json({ input_tokens: usage.prompt });
   }
   const call = native(model.upstream, { ...body, model: model.model }, c.req.raw.headers);
-  const reply = await callUpstream(svc.fetch, call, svc.config.upstreamTimeoutMs);
+  // Given up at the shutdown deadline, as a billed request is.
+  const stop = svc.streams.signal;
+  const reply = await callUpstream(svc.fetch, call, svc.config.upstreamTimeoutMs, stop);
   const json = obj(
-    await readUpstreamJson(reply, svc.config.upstreamTimeoutMs, svc.config.maxUpstreamBodyBytes),
+    await readUpstreamJson(
+      reply,
+      svc.config.upstreamTimeoutMs,
+      svc.config.maxUpstreamBodyBytes,
+      stop,
+    ),
   );
   return c.json({ input_tokens: new UsageReader().count(json.input_tokens, "input_tokens") });
 }

@@ -3,6 +3,7 @@
  * /v1/messages`, streaming and not, tool use included), standing in for the provider.
  */
 import { serveLoopback } from "./serve.ts";
+import { pause } from "../../lib/kv/util.ts";
 
 export interface AnthropicScenario {
   /** Usage to report (Anthropic shape); by default derived from the text lengths. */
@@ -30,6 +31,8 @@ export interface AnthropicScenario {
   webSearches?: number;
   /** In a stream, send an `error` event (echoing the request) after this many events, then end. */
   errorAfter?: number;
+  /** Milliseconds to wait before answering anything (cut short when the caller goes away). */
+  delayMs?: number;
 }
 
 export interface FakeAnthropic {
@@ -72,6 +75,7 @@ export function startFakeAnthropic(): FakeAnthropic {
       fake.requests.push(body);
       fake.headers.push(req.headers);
       const s = fake.scenario;
+      if (s.delayMs) await pause(s.delayMs, req.signal);
       if (url.pathname === "/v1/messages/count_tokens") {
         return Response.json({ input_tokens: Math.ceil(JSON.stringify(body.messages).length / 4) });
       }

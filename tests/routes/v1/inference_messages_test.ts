@@ -402,3 +402,30 @@ Deno.test("count_tokens calls leave audit rows at cost 0: answered or refused, n
     await t.close();
   }
 });
+
+Deno.test("count_tokens still waiting for Anthropic at the shutdown deadline is answered 503 shutting_down, audited", async () => {
+  const t = await startProviders();
+  try {
+    const { key, mgmt } = await t.account("1");
+    t.anthropic.scenario = { delayMs: 60_000 };
+    const waiting = t.call(key, "POST", "/v1/messages/count_tokens", {
+      model: "claude-haiku-4-5",
+      messages: [{ role: "user", content: "count these words" }],
+    });
+    while (t.anthropic.requests.length === 0) await new Promise((r) => setTimeout(r, 10));
+    await t.router.endStreams(1000);
+    const res = await waiting;
+    assert.equal(res.headers.get("retry-after"), "1");
+    assert.equal((await json(res, 503)).error.code, "shutting_down");
+    await t.router.flush();
+    const row = await json(
+      await t.call(mgmt, "GET", `/v1/audit/${res.headers.get("x-request-id")}`),
+      200,
+    );
+    assert.equal(row.status, 503);
+    assert.equal(row.error_code, "shutting_down");
+    await t.assertBooks();
+  } finally {
+    await t.close();
+  }
+});
