@@ -219,6 +219,8 @@ export function chatReducer(rules: ChatStreamRules): StreamReducer<ChatState> {
       return {
         state: { final: true },
         final: true,
+        // A final usage that comes with an error (a host reporting both at once) is a failure.
+        failed: data.error != null,
         usage: withSearches(readOpenAIUsage(data.usage, reader), rules.searches),
         anomalies: [...(rules.translation?.anomalies ?? []), ...reader.anomalies],
         out: billedChunk(data),

@@ -92,6 +92,16 @@ Deno.test("chatReducer: an error chunk is a failure; the word in a reply is not"
   assert.equal(r.final.length, 0);
 });
 
+Deno.test("chatReducer: a final usage chunk that carries an error is final and a failure", () => {
+  const r = reduce(chatReducer(rules), [
+    content("partial"),
+    sse({ ...head, choices: [], usage: USAGE, error: { message: "overloaded" } }),
+  ]);
+  assert.equal(r.final.length, 1);
+  assert.equal(r.final[0].failed, true, "audited upstream_stream_failed, billed its usage");
+  assert.deepEqual(r.final[0].usage, { ...ZERO_USAGE, prompt: 12, completion: 7 });
+});
+
 Deno.test("chatReducer: a stream without usage reports none", () => {
   const r = reduce(chatReducer(rules), [content("a"), content("b", "stop"), "data: [DONE]"]);
   assert.ok(r.steps.every((s) => s.usage === undefined && !s.final && s.out === undefined));
