@@ -229,7 +229,8 @@ export function chatStreamToMessages(
       }];
     }
     start(out, data.id);
-    if (data.usage && typeof data.usage === "object") usage = data.usage;
+    const hasUsage = data.usage !== null && typeof data.usage === "object";
+    if (hasUsage) usage = data.usage;
     const choice = obj(arr(data.choices)[0]);
     const d = obj(choice.delta);
     if (typeof d.reasoning_content === "string" && d.reasoning_content) {
@@ -264,9 +265,11 @@ export function chatStreamToMessages(
       }
     }
     if (choice.finish_reason) finish = choice.finish_reason;
-    // The usage chunk follows the finishing one (or a running usage rides on it): the message
-    // ends (and is billed) at once, so that a stall before the upstream's end ends it cleanly.
-    if (finish !== null && usage !== null) out.push(...end());
+    // The usage that comes with the finishing chunk or after it (OpenAI's usage chunk; a running
+    // usage riding on the finishing chunk) is final: the message ends (and is billed) at once, so
+    // that a stall before the upstream's end ends it cleanly. A running usage seen before the
+    // finish waits for the usage chunk that may follow, or for the upstream's end.
+    if (finish !== null && hasUsage) out.push(...end());
     return out;
   }, () => {
     return ended ? [] : end();
