@@ -16,6 +16,7 @@ export const DUMP_VERSION = 1;
 // The longest line read: a 64 KiB value of characters JSON escapes as six is under 400 KiB.
 const MAX_LINE_CHARS = 1 << 20;
 const MAX_KEY_BYTES = 2048;
+const MAX_VALUE_BYTES = 65_536;
 
 export interface DumpHeader {
   format: string;
@@ -177,7 +178,24 @@ async function* readDump(
 export async function verifyDump(path: string): Promise<DumpHeader & { entries: number }> {
   let header: DumpHeader | null = null;
   let entries = 0;
-  for await (const _ of readDump(path, (h) => header = h)) entries++;
+  // A value whose size bound passes KV's limit is tried on an in-memory KV, under a check that
+  // fails: KV sizes the value exactly and stores nothing.
+  let probe: Deno.Kv | null = null;
+  try {
+    for await (const { n, key, value } of readDump(path, (h) => header = h)) {
+      entries++;
+      if (serializedBound(value) <= MAX_VALUE_BYTES) continue;
+      probe ??= await Deno.openKv(":memory:");
+      try {
+        await probe.atomic().check({ key, versionstamp: "00000000000000010000" }).set(key, value)
+          .commit();
+      } catch (e) {
+        throw new DumpError(`line ${n}: a value KV cannot store (${(e as Error).message})`);
+      }
+    }
+  } finally {
+    probe?.close();
+  }
   return { ...header!, entries };
 }
 

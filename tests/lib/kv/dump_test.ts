@@ -218,6 +218,13 @@ Deno.test("kv:import refuses an altered, cut or newer file before writing anythi
         /schema version 99 is newer/,
       ],
       [
+        // Written last, after atomics of the entries before it: found before any is written.
+        "a value over KV's 64 KiB",
+        (ls) => [...ls.slice(0, -1), '{"k":["zzz"],"v":"' + "x".repeat(70_000) + '"}', ls.at(-1)!],
+        true,
+        /line \d+: a value KV cannot store/,
+      ],
+      [
         "a line that is no entry",
         (ls) => [...ls.slice(0, 2), '{"k":"x","v":1}', ...ls.slice(2)],
         true,
