@@ -6,7 +6,7 @@
  */
 import { createHash } from "node:crypto";
 import { decodeKey, decodeValue, encodeKey, encodeValue, serializedBound } from "./codec.ts";
-import { EPHEMERAL_PREFIXES } from "./schema.ts";
+import { EPHEMERAL_PREFIXES, SCHEMA_VERSION_KEY } from "./schema.ts";
 import { schemaVersion } from "./migrate.ts";
 import { commitRetrying, keyBytes } from "./util.ts";
 import { AtomicRoom } from "./limits.ts";
@@ -16,6 +16,7 @@ export const DUMP_VERSION = 1;
 // The longest line read: a 64 KiB value of characters JSON escapes as six is under 400 KiB.
 const MAX_LINE_CHARS = 1 << 20;
 const MAX_KEY_BYTES = 2048;
+const MAX_VALUE_BYTES = 65_536;
 
 export interface DumpHeader {
   format: string;
@@ -177,7 +178,24 @@ async function* readDump(
 export async function verifyDump(path: string): Promise<DumpHeader & { entries: number }> {
   let header: DumpHeader | null = null;
   let entries = 0;
-  for await (const _ of readDump(path, (h) => header = h)) entries++;
+  // A value whose size bound passes KV's limit is tried on an in-memory KV, under a check that
+  // fails: KV sizes the value exactly and stores nothing.
+  let probe: Deno.Kv | null = null;
+  try {
+    for await (const { n, key, value } of readDump(path, (h) => header = h)) {
+      entries++;
+      if (serializedBound(value) <= MAX_VALUE_BYTES) continue;
+      probe ??= await Deno.openKv(":memory:");
+      try {
+        await probe.atomic().check({ key, versionstamp: "00000000000000010000" }).set(key, value)
+          .commit();
+      } catch (e) {
+        throw new DumpError(`line ${n}: a value KV cannot store (${(e as Error).message})`);
+      }
+    }
+  } finally {
+    probe?.close();
+  }
   return { ...header!, entries };
 }
 
@@ -197,13 +215,27 @@ export async function importDump(
       `the file's schema version ${header.schema_version} is newer than this build's ${opts.maxSchemaVersion}`,
     );
   }
-  if (!opts.force) {
-    for await (const _ of kv.list({ prefix: [] }, { limit: 1 })) {
-      throw new DumpError("the target KV is not empty (--force writes over it)");
-    }
+  let empty = true;
+  for await (const _ of kv.list({ prefix: [] }, { limit: 1 })) empty = false;
+  if (!empty && !opts.force) {
+    throw new DumpError("the target KV is not empty (--force writes over it)");
   }
+  // Written over, the KV keeps the older of its schema and the file's: the migrations run after
+  // (idempotent) then reach the entries of both, not only those of the newer.
+  const kvVersion = empty ? header.schema_version : await schemaVersion(kv);
+  if (kvVersion > opts.maxSchemaVersion) {
+    throw new DumpError(
+      `the target KV's schema version ${kvVersion} is newer than this build's ${opts.maxSchemaVersion}`,
+    );
+  }
+  const version = Math.min(kvVersion, header.schema_version);
   let atomic = kv.atomic();
-  let room = new AtomicRoom(), mutations = 0, first = 0, written = 0;
+  let room = new AtomicRoom(), mutations = 1, carried = 0, first = 1, written = 0;
+  // The version goes in the first atomic, before any entry it must cover.
+  const versionBytes = keyBytes(SCHEMA_VERSION_KEY);
+  room.take({ checks: 0, mutations: 1, keyBytes: versionBytes, bytes: versionBytes + 16 });
+  if (version > 0) atomic.set(SCHEMA_VERSION_KEY, version);
+  else atomic.delete(SCHEMA_VERSION_KEY);
   const commit = async (last: number) => {
     if (mutations === 0) return;
     try {
@@ -215,22 +247,33 @@ export async function importDump(
         }); the KV holds the ${written} entries before them`,
       );
     }
-    written += mutations;
+    written += carried;
     atomic = kv.atomic();
     room = new AtomicRoom();
-    mutations = 0;
+    mutations = carried = 0;
   };
   let last = 0;
   try {
     for await (const { n, key, value } of readDump(path, () => {})) {
+      if (carried === 0) first = n;
+      last = n;
+      // The file's version is the header's, written above; an ephemeral entry (none is exported)
+      // could be a migration lock, which would hold the migrations below.
+      if (key.length === SCHEMA_VERSION_KEY.length && startsWith(key, SCHEMA_VERSION_KEY)) {
+        carried++;
+        continue;
+      }
+      if (ephemeral(key)) continue;
       const kb = keyBytes(key);
       const f = { checks: 0, mutations: 1, keyBytes: kb, bytes: kb + serializedBound(value) };
-      if (!room.fits(f)) await commit(n - 1);
-      if (mutations === 0) first = n;
+      if (!room.fits(f)) {
+        await commit(n - 1);
+        first = n;
+      }
       atomic.set(key, value);
       mutations++;
+      carried++;
       room.take(f);
-      last = n;
     }
   } catch (e) {
     // It verified a moment ago: the file changed meanwhile.

@@ -1,10 +1,16 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { startRouter } from "../../_helpers.ts";
-import { entries, populateBooks } from "../../_books.ts";
+import { asPreviousSchema, entries, populateBooks } from "../../_books.ts";
 import { DumpError, exportKv, importDump } from "../../../lib/kv/dump.ts";
 import { encodeKey, encodeValue } from "../../../lib/kv/codec.ts";
-import { EPHEMERAL_PREFIXES, ledgerPrefix } from "../../../lib/kv/schema.ts";
+import {
+  EPHEMERAL_PREFIXES,
+  ledgerPrefix,
+  MIGRATION_LOCK_KEY,
+  SCHEMA_VERSION_KEY,
+} from "../../../lib/kv/schema.ts";
+import { ledgerTotals, sumLedger } from "../../../lib/billing/totals.ts";
 import { listAccounts, verifyBooks } from "../../../lib/billing/accounts.ts";
 import { schemaVersion } from "../../../lib/kv/migrate.ts";
 import { SCHEMA_VERSION } from "../../../lib/migrations.ts";
@@ -212,6 +218,13 @@ Deno.test("kv:import refuses an altered, cut or newer file before writing anythi
         /schema version 99 is newer/,
       ],
       [
+        // Written last, after atomics of the entries before it: found before any is written.
+        "a value over KV's 64 KiB",
+        (ls) => [...ls.slice(0, -1), '{"k":["zzz"],"v":"' + "x".repeat(70_000) + '"}', ls.at(-1)!],
+        true,
+        /line \d+: a value KV cannot store/,
+      ],
+      [
         "a line that is no entry",
         (ls) => [...ls.slice(0, 2), '{"k":"x","v":1}', ...ls.slice(2)],
         true,
@@ -311,5 +324,76 @@ Deno.test("kv:export reads a remote KV over KV Connect with DENO_KV_ACCESS_TOKEN
     assert.match(missing.stderr, /no KV at \/nonexistent\/dir\/router\.kv/);
   } finally {
     await server.shutdown();
+  }
+});
+
+Deno.test("kv:import --force leaves the KV at the older of its schema and the file's, and refuses a newer KV", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // Books of the previous schema (no ledger totals, no version), exported.
+    const { source } = await exportedBooks(dir);
+    await withKv(source, asPreviousSchema);
+    const oldDump = `${dir}/old.jsonl`;
+    assert.equal((await task("export", ["--kv", source, "--out", oldDump])).code, 0);
+    assert.equal(JSON.parse((await Deno.readTextFile(oldDump)).split("\n")[0]).schema_version, 0);
+
+    // Over a KV a router of this build already migrated: the file's accounts still get their totals.
+    const migrated = `${dir}/migrated.kv`;
+    await withKv(migrated, (kv) => kv.set(SCHEMA_VERSION_KEY, SCHEMA_VERSION));
+    const forced = await task("import", ["--kv", migrated, "--force", oldDump]);
+    assert.equal(forced.code, 0, forced.stderr);
+    await withKv(migrated, async (kv) => {
+      const ids = (await listAccounts(kv)).map((a) => a.account.id);
+      assert.equal(ids.length, 3);
+      assert.deepEqual(
+        await ledgerTotals(kv, ids),
+        await Promise.all(ids.map((id) => sumLedger(kv, id))),
+        "migration 1 ran over the imported accounts",
+      );
+      assert.equal(await schemaVersion(kv), SCHEMA_VERSION);
+    });
+
+    // A file of this build's schema over books of the previous one: those get their totals too.
+    const current = `${dir}/current.kv`;
+    await withKv(current, async (kv) => {
+      await kv.set(SCHEMA_VERSION_KEY, SCHEMA_VERSION);
+      await kv.set(["future_kind", 1], "x");
+    });
+    const newDump = `${dir}/new.jsonl`;
+    assert.equal((await task("export", ["--kv", current, "--out", newDump])).code, 0);
+    const forced2 = await task("import", ["--kv", source, "--force", newDump]);
+    assert.equal(forced2.code, 0, forced2.stderr);
+    await withKv(source, async (kv) => {
+      const ids = (await listAccounts(kv)).map((a) => a.account.id);
+      assert.deepEqual(
+        await ledgerTotals(kv, ids),
+        await Promise.all(ids.map((id) => sumLedger(kv, id))),
+        "the KV's own accounts were not left behind by the file's version",
+      );
+    });
+
+    // A hand-made file carrying a live migration lock: left out (it would hold the migrations).
+    const locked = `${dir}/locked.jsonl`;
+    const lock = { owner: "mig_x", expires_ms: Date.now() + 86_400_000 };
+    await rewrite(oldDump, locked, (ls) => [
+      ...ls.slice(0, -1),
+      JSON.stringify({ k: encodeKey(MIGRATION_LOCK_KEY), v: encodeValue(lock) }),
+      ls.at(-1)!,
+    ], true);
+    await withKv(":memory:", async (kv) => {
+      await importDump(kv, locked, { maxSchemaVersion: SCHEMA_VERSION });
+      assert.equal((await kv.get(MIGRATION_LOCK_KEY)).value, null);
+    });
+
+    // A KV of a newer schema than the build: refused before anything is written.
+    const newer = `${dir}/newer.kv`;
+    await withKv(newer, (kv) => kv.set(SCHEMA_VERSION_KEY, SCHEMA_VERSION + 1));
+    const before = await withKv(newer, contents);
+    const refused = await task("import", ["--kv", newer, "--force", oldDump]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /newer than this build/);
+    assert.deepEqual(await withKv(newer, contents), before, "nothing written");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 });
