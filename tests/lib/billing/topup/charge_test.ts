@@ -106,6 +106,32 @@ Deno.test("a setup session's event delivered again after its card was forgotten,
     assert.equal(card.last4, "0002", "the card saved last stays");
   }));
 
+Deno.test("a paid top-up whose charge shows an overlong receipt URL is credited without it (it overflowed the ledger row: a 500 at every delivery, the payment never credited)", () =>
+  spendRouter(async (t, stripe) => {
+    const { id, mgmt } = await t.account("5");
+    const pi = {
+      id: "pi_test_long_receipt",
+      object: "payment_intent",
+      amount: 1000,
+      amount_received: 1000,
+      currency: "usd",
+      status: "succeeded",
+      metadata: { account_id: id, purpose: "auto_topup", topup_id: "topup_gone" },
+      latest_charge: {
+        id: "ch_test_long_receipt",
+        object: "charge",
+        receipt_url: `https://pay.stripe.com/receipts/${"a".repeat(70_000)}`,
+      },
+    };
+    const event = stripe.event("payment_intent.succeeded", pi);
+    const r = await json(await deliverSigned(t, stripe, event, SECRET), 200);
+    assert.equal(r.result, "topup_credited");
+    const [row] = await transactions(t, mgmt, "purchase");
+    assert.equal(row.amount, "10");
+    assert.equal(row.receipt_url, undefined);
+    await t.assertBooks();
+  }));
+
 Deno.test("PUT /v1/billing/auto_topup refuses bad amounts, naming the field, and writes nothing", () =>
   spendRouter(async (t, stripe) => {
     const { mgmt } = await t.account("5");
