@@ -227,6 +227,13 @@ export async function creditSession(
 }
 
 /**
+ * A charge's `receipt_url` as kept on its ledger row: an https URL of at most 2048 characters
+ * (pages show it as a link; a longer one would overflow the row), else null.
+ */
+export const keptReceipt = (url: string | null | undefined): string | null =>
+  url && url.length <= 2048 && URL.parse(url)?.protocol === "https:" ? url : null;
+
+/**
  * The receipt of a payment (its charge's `receipt_url`), or null when Stripe has none or does not
  * answer within a few seconds: the credit does not wait on it. Only an https URL is kept (pages
  * show it as a link).
@@ -244,8 +251,7 @@ export async function receiptUrl(
       { timeout: 5000, maxNetworkRetries: 0 },
     );
     const charge = pi.latest_charge;
-    const url = typeof charge === "object" && charge !== null ? charge.receipt_url : null;
-    if (url && url.length <= 2048 && URL.parse(url)?.protocol === "https:") return url;
+    return keptReceipt(typeof charge === "object" && charge !== null ? charge.receipt_url : null);
   } catch (e) {
     deps.log("warn", "stripe receipt not available", {
       payment_intent: paymentIntent,

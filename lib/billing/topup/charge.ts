@@ -25,7 +25,7 @@ import { newId } from "../../ids.ts";
 import { accountEvent, emitEvent } from "../../webhooks/events.ts";
 import { getAccount } from "../accounts.ts";
 import { getBalanceView } from "../views.ts";
-import { customerForAccount, receiptUrl } from "../stripe/checkout.ts";
+import { customerForAccount, keptReceipt, receiptUrl } from "../stripe/checkout.ts";
 import { NANOS_PER_CENT } from "../stripe/client.ts";
 import type { StripePayment } from "../stripe/types.ts";
 import type { CreditResult } from "../ops.ts";
@@ -382,7 +382,7 @@ async function intentSucceeded(
     amount,
     reference: pi.id,
     description: "Auto top-up",
-    receipt: receipt && URL.parse(receipt)?.protocol === "https:" ? receipt : null,
+    receipt: keptReceipt(receipt),
   });
   await finishAttempt(svc, t.accountId, t.topupId, { ok: true, amount, paymentIntent: pi.id });
   return r.replayed ? "topup_already_credited" : "topup_credited";

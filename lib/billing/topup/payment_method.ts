@@ -120,6 +120,15 @@ export async function cardFromSetupSession(
     });
     return "ignored";
   }
+  // Detached since (forgotten, or replaced by a newer card): Stripe would refuse to charge it, and
+  // a redelivered event must not bring back a card the customer removed.
+  const customer = idOf(si.customer) ?? idOf(session.customer);
+  if (!customer || idOf(pm.customer) !== customer) {
+    svc.log("info", "stripe setup session's card is no longer attached", {
+      session_id: session.id,
+    });
+    return "ignored";
+  }
   const card: SavedCard = {
     id: pm.id,
     brand: pm.card.brand,
@@ -131,14 +140,11 @@ export async function cardFromSetupSession(
   };
   const { saved, previous } = await saveCard(svc.kv, accountId, card);
   if (!saved) return "payment_method_kept";
-  const customer = idOf(si.customer) ?? idOf(session.customer);
   // Stripe's side is tidied best-effort: the router charges only the card it stored.
   await bestEffort(svc, "set default", async () => {
-    if (customer) {
-      await stripe.customers.update(customer, {
-        invoice_settings: { default_payment_method: pm.id },
-      });
-    }
+    await stripe.customers.update(customer, {
+      invoice_settings: { default_payment_method: pm.id },
+    });
     if (previous && previous.id !== pm.id) await stripe.paymentMethods.detach(previous.id);
   });
   return "payment_method_saved";

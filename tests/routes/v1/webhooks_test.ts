@@ -18,6 +18,10 @@ Deno.test("POST /v1/webhooks refuses bad bodies with a 400 naming the field, wri
       [{ url: "ftp://127.0.0.1/h", events: ["balance.low"] }, /'url'/],
       [{ url: "http://user:pw@127.0.0.1/h", events: ["balance.low"] }, /'url'/],
       [{ url: `http://127.0.0.1/${"a".repeat(2100)}`, events: ["balance.low"] }, /'url'/],
+      // Under 2048 characters as sent, 18 KB once percent-encoded: four such overflowed the
+      // account's endpoint record (a 500 at the fourth, and no endpoint could be added after).
+      [{ url: `http://127.0.0.1/${"測".repeat(2000)}`, events: ["balance.low"] }, /percent-enc/],
+      [{ url: `http://127.0.0.1/${" ".repeat(1000)}x`, events: ["balance.low"] }, /percent-enc/],
       [{ url: "http://127.0.0.1/h", events: ["balance.low"], secret: "x" }, /'secret'|body/],
       ["not json", /not valid JSON/],
     ];
@@ -107,6 +111,34 @@ Deno.test("webhook endpoints: list, get, patch, delete; at most 10 an account; t
       }),
       201,
     );
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("ten endpoints whose URLs are at the longest once percent-encoded all fit, as sent and stored", async () => {
+  const t = await startRouter();
+  try {
+    const { mgmt } = await t.account("0");
+    for (let i = 0; i < 10; i++) {
+      // "http://127.0.0.1/" and a digit, then 226 characters of 9 once encoded: 2052 > 2048.
+      const long = `http://127.0.0.1/${i}${"測".repeat(226)}`;
+      const refused = await json(
+        await t.call(mgmt, "POST", "/v1/webhooks", { url: long, events: ["balance.low"] }),
+        400,
+      );
+      assert.match(refused.error.message, /'url'.*percent-encoded/);
+      const e = await json(
+        await t.call(mgmt, "POST", "/v1/webhooks", {
+          url: long.slice(0, -1),
+          events: ["balance.low"],
+        }),
+        201,
+      );
+      assert.equal(e.url.length, 2043);
+    }
+    const list = await json(await t.call(mgmt, "GET", "/v1/webhooks"), 200);
+    assert.equal(list.data.length, 10);
   } finally {
     await t.close();
   }

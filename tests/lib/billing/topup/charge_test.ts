@@ -73,6 +73,65 @@ Deno.test("a saved card: a setup Checkout Session saves its brand, last four and
     await json(await t.call(mgmt, "DELETE", "/v1/billing/payment_method"), 404);
   }));
 
+Deno.test("a setup session's event delivered again after its card was forgotten, or replaced within the same second, does not bring the detached card back", () =>
+  spendRouter(async (t, stripe) => {
+    const { mgmt } = await t.account("5");
+    // The steps of saveCard, keeping the event to deliver it again (Stripe may, days later).
+    const setupEvent = async (card: "visa" | "declined") => {
+      const { url } = await json(await t.call(mgmt, "POST", "/v1/billing/payment_method"), 200);
+      const session = stripe.completeSetup(/\/(cs_[a-z0-9_]+)$/.exec(url)![1], card);
+      return stripe.event("checkout.session.completed", session);
+    };
+    const first = await setupEvent("visa");
+    assert.equal(
+      (await json(await deliverSigned(t, stripe, first, SECRET), 200)).result,
+      "payment_method_saved",
+    );
+    await json(await t.call(mgmt, "DELETE", "/v1/billing/payment_method"), 200);
+    const again = await json(await deliverSigned(t, stripe, first, SECRET), 200);
+    assert.equal(again.result, "ignored");
+    await json(await t.call(mgmt, "GET", "/v1/billing/payment_method"), 404);
+
+    // A second card saved within the same second as the first: the first's event again (its
+    // card detached when the second replaced it) leaves the second in place.
+    const a = await setupEvent("visa");
+    const b = await setupEvent("declined");
+    await json(await deliverSigned(t, stripe, a, SECRET), 200);
+    await json(await deliverSigned(t, stripe, b, SECRET), 200);
+    assert.notEqual(
+      (await json(await deliverSigned(t, stripe, a, SECRET), 200)).result,
+      "payment_method_saved",
+    );
+    const card = await json(await t.call(mgmt, "GET", "/v1/billing/payment_method"), 200);
+    assert.equal(card.last4, "0002", "the card saved last stays");
+  }));
+
+Deno.test("a paid top-up whose charge shows an overlong receipt URL is credited without it (it overflowed the ledger row: a 500 at every delivery, the payment never credited)", () =>
+  spendRouter(async (t, stripe) => {
+    const { id, mgmt } = await t.account("5");
+    const pi = {
+      id: "pi_test_long_receipt",
+      object: "payment_intent",
+      amount: 1000,
+      amount_received: 1000,
+      currency: "usd",
+      status: "succeeded",
+      metadata: { account_id: id, purpose: "auto_topup", topup_id: "topup_gone" },
+      latest_charge: {
+        id: "ch_test_long_receipt",
+        object: "charge",
+        receipt_url: `https://pay.stripe.com/receipts/${"a".repeat(70_000)}`,
+      },
+    };
+    const event = stripe.event("payment_intent.succeeded", pi);
+    const r = await json(await deliverSigned(t, stripe, event, SECRET), 200);
+    assert.equal(r.result, "topup_credited");
+    const [row] = await transactions(t, mgmt, "purchase");
+    assert.equal(row.amount, "10");
+    assert.equal(row.receipt_url, undefined);
+    await t.assertBooks();
+  }));
+
 Deno.test("PUT /v1/billing/auto_topup refuses bad amounts, naming the field, and writes nothing", () =>
   spendRouter(async (t, stripe) => {
     const { mgmt } = await t.account("5");
