@@ -1,6 +1,7 @@
 import { hashSecret, pbkdf2Sha256, randomToken, safeEqual } from "../crypto.ts";
 import { sessionKey, signinAttemptsKey, signinFailuresKey } from "../kv/schema.ts";
 import { signinClient } from "../net.ts";
+import { countInWindow } from "../kv/util.ts";
 import { normalizeEmail } from "./users.ts";
 
 /** A dashboard session: a signed-in user working in one account, or the operator. */
@@ -234,7 +235,7 @@ export function countSigninAttempt(
   now: number,
 ): Promise<{ ok: boolean; retryAfterS: number }> {
   const windowMs = now - (now % SIGNIN_WINDOW_MS);
-  return countInWindow(
+  return countAttempt(
     kv,
     signinAttemptsKey(signinClient(ip), windowMs),
     SIGNIN_LIMIT,
@@ -261,7 +262,7 @@ export async function countSigninFailure(
   const windowMs = now - (now % SIGNIN_EMAIL_WINDOW_MS);
   const key = signinFailuresKey(await hashSecret(`signin:${normalizeEmail(email)}`), windowMs);
   const expireIn = SIGNIN_EMAIL_WINDOW_MS * 2;
-  const limit = await countInWindow(
+  const limit = await countAttempt(
     kv,
     key,
     SIGNIN_EMAIL_LIMIT,
@@ -282,25 +283,16 @@ export async function countSigninFailure(
 }
 
 /**
- * Adds one to the counter at `key` and says whether it is still within `limit`; the counter
- * expires after `expireIn` ms, and `retryAfterMs` is what a refusal tells the client to wait.
+ * Counts in the window at `key` (`countInWindow`): ok while within `limit`, with `retryAfterMs`
+ * as what a refusal tells the client to wait; contended beyond reason is a refusal too.
  */
-async function countInWindow(
+async function countAttempt(
   kv: Deno.Kv,
   key: Deno.KvKey,
   limit: number,
   retryAfterMs: number,
   expireIn: number,
 ): Promise<{ ok: boolean; retryAfterS: number }> {
-  const retryAfterS = Math.ceil(retryAfterMs / 1000);
-  for (let attempt = 0; attempt < 10; attempt++) {
-    const entry = await kv.get<number>(key);
-    const n = (entry.value ?? 0) + 1;
-    // Past the limit there is nothing more to count.
-    if (n > limit + 1) return { ok: false, retryAfterS };
-    const res = await kv.atomic().check(entry).set(key, n, { expireIn }).commit();
-    if (res.ok) return { ok: n <= limit, retryAfterS };
-  }
-  // Contended beyond reason: refuse rather than let attempts through uncounted.
-  return { ok: false, retryAfterS };
+  const counted = await countInWindow(kv, key, limit, expireIn);
+  return { ok: counted === "ok", retryAfterS: Math.ceil(retryAfterMs / 1000) };
 }

@@ -182,6 +182,37 @@ export async function commitRetrying(
   }
 }
 
+/**
+ * Counts one more in a fixed window's counter at `key` (check-and-set, so processes share it;
+ * expiring after `expireIn` ms), with `also`'s writes in the same atomic while the count is within
+ * `limit`: "ok" then, "over" past it (counted up to `limit + 1`, no further), "contended" when
+ * `attempts` commits all lost to other counts (a caller refuses rather than let one through
+ * uncounted).
+ *
+ * @example
+ * ```ts
+ * if (await countInWindow(kv, ["tries", ip, minute], 10, 120_000) !== "ok") refuse();
+ * ```
+ */
+export async function countInWindow(
+  kv: Deno.Kv,
+  key: Deno.KvKey,
+  limit: number,
+  expireIn: number,
+  opts: { also?: (atomic: Deno.AtomicOperation) => void; attempts?: number } = {},
+): Promise<"ok" | "over" | "contended"> {
+  for (let attempt = 0; attempt < (opts.attempts ?? 10); attempt++) {
+    const entry = await kv.get<number>(key);
+    const n = (entry.value ?? 0) + 1;
+    // Past the limit there is nothing more to count.
+    if (n > limit + 1) return "over";
+    const atomic = kv.atomic().check(entry).set(key, n, { expireIn });
+    if (n <= limit) opts.also?.(atomic);
+    if ((await commitRetrying(atomic)).ok) return n <= limit ? "ok" : "over";
+  }
+  return "contended";
+}
+
 /** The latest time a JS Date holds (epoch ms). */
 const MAX_DATE_MS = 8.64e15;
 

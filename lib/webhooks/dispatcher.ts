@@ -19,7 +19,7 @@ import {
   webhookOutboxKey,
   webhookTestsKey,
 } from "../kv/schema.ts";
-import { commitRetrying, getAll } from "../kv/util.ts";
+import { commitRetrying, countInWindow, getAll } from "../kv/util.ts";
 import type { Logger } from "../log.ts";
 import {
   type AddressPolicy,
@@ -194,22 +194,20 @@ export class Webhooks {
       message: "A test event: your endpoint receives and verifies Enterprise Router's webhooks",
     }, now);
     const minute = Math.floor(now / 60_000);
-    const windowKey = webhookTestsKey(accountId, endpoint.id, minute);
-    for (let attempt = 0;; attempt++) {
-      const sent = await this.#kv.get<number>(windowKey);
-      if ((sent.value ?? 0) >= TEST_EVENTS_PER_MINUTE) {
-        throw new TooManyRequests(
-          `At most ${TEST_EVENTS_PER_MINUTE} test events a minute go to one webhook endpoint`,
-          Math.max(1, Math.ceil(((minute + 1) * 60_000 - now) / 1000)),
-        );
-      }
-      const atomic = this.#kv.atomic().check(sent)
-        .set(windowKey, (sent.value ?? 0) + 1, { expireIn: 120_000 });
-      this.#schedule(atomic, event, endpoint.id, now);
-      if ((await commitRetrying(atomic)).ok) break;
-      // Another test of this endpoint counted first (or, never in practice, the same event id).
-      if (attempt >= 20) throw new Conflict("Too many test events at once; retry");
+    const counted = await countInWindow(
+      this.#kv,
+      webhookTestsKey(accountId, endpoint.id, minute),
+      TEST_EVENTS_PER_MINUTE,
+      120_000,
+      { also: (atomic) => this.#schedule(atomic, event, endpoint.id, now), attempts: 20 },
+    );
+    if (counted === "over") {
+      throw new TooManyRequests(
+        `At most ${TEST_EVENTS_PER_MINUTE} test events a minute go to one webhook endpoint`,
+        Math.max(1, Math.ceil(((minute + 1) * 60_000 - now) / 1000)),
+      );
     }
+    if (counted === "contended") throw new Conflict("Too many test events at once; retry");
     const ref = [accountId, endpoint.id, event.id] as const;
     await this.#run(ref, now);
     return (await this.#kv.get<Delivery>(webhookDeliveryKey(...ref))).value!;
