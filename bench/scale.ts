@@ -83,6 +83,8 @@ let tmp = "";
  * control: only the file shared).
  */
 type Layout = "shared" | "independent" | "split";
+/** The layout of the groups under test (the controls aside). */
+const BASE_LAYOUT: Layout = independent ? "independent" : "shared";
 
 interface Group {
   name: string;
@@ -100,7 +102,7 @@ async function startGroup(
   n: number,
   upstream: Proc,
   env: Record<string, string> = {},
-  layout: Layout = independent ? "independent" : "shared",
+  layout: Layout = BASE_LAYOUT,
 ): Promise<Group> {
   const kvPath = `${tmp}/${name}.kv`;
   const ps: Proc[] = [];
@@ -374,7 +376,7 @@ function table(rows: ScaleRow[]): string {
     // Against one process of the same run with leases (the router as configured).
     const one = rows.find((o) =>
       o.mode === r.mode && o.shape === r.shape && o.processes === 1 && o.leases &&
-      o.layout === (r.layout === "independent" && independent ? "independent" : "shared")
+      o.layout === BASE_LAYOUT
     );
     lines.push(
       `| ${r.mode} | ${r.shape} | ${r.processes} | ${r.layout} | ${r.leases ? "on" : "off"} | ${
@@ -394,7 +396,7 @@ function targets(rows: ScaleRow[]): string {
   const lines = ["Targets (hot account, same run):"];
   const verdict = (ok: boolean) => ok ? "met" : "NOT met";
   for (const mode of modes) {
-    const hot = (n: number, layout: Layout = independent ? "independent" : "shared") =>
+    const hot = (n: number, layout: Layout = BASE_LAYOUT) =>
       rows.find((r) =>
         r.mode === mode && r.shape === "hot" && r.processes === n && r.leases &&
         r.layout === layout
